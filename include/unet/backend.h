@@ -1,0 +1,83 @@
+/* The backend interface: one op table per backend (CPU, CUDA), plus memory,
+ * transfers and the optimizer passes over the contiguous parameter block.
+ *
+ * The core resolves every pointer of a step once, at compile time, into a
+ * unet_op_args; a training step is then a flat walk calling forward and
+ * backward functions with their prebuilt args. Nothing is allocated inside a
+ * step: scratch memory comes from the plan's workspace, per-node saved data
+ * (batch statistics, dropout masks) from the arena as `aux`. */
+#ifndef UNET_BACKEND_H
+#define UNET_BACKEND_H
+
+#include "unet/graph.h"
+#include "unet/tensor.h"
+
+typedef struct unet_backend unet_backend;
+
+typedef struct {
+    const unet_node *node;
+    int node_index;            /* position in the graph: with the step seed, keys random streams */
+    const unet_backend *backend;
+    int training;              /* batch norm: batch statistics; dropout: active */
+    int n_in;
+    unet_shape in_shape[UNET_MAX_IN];
+    unet_shape out_shape;
+    const void *in[UNET_MAX_IN];
+    void *out;
+    /* backward: gradient of each input (NULL: not needed), and whether to add
+     * into it (another consumer wrote it first) or overwrite it */
+    void *din[UNET_MAX_IN];
+    int din_accumulate[UNET_MAX_IN];
+    /* backward: gradient of the output. Backward may clobber it: it has no
+     * other reader. Loss nodes have none: they are the roots. */
+    void *dout;
+    const float *param[UNET_MAX_PARAM];
+    float *dparam[UNET_MAX_PARAM]; /* overwritten, never accumulated */
+    float *state[2];               /* batch norm running mean, running var */
+    void *aux;                     /* aux_bytes() of per-node saved data, alive forward to backward */
+    void *workspace;               /* workspace_bytes() of scratch, shared by all nodes */
+    const uint64_t *seed;          /* points at the plan's per-step seed (dropout) */
+} unet_op_args;
+
+typedef struct {
+    void (*forward)(const unet_op_args *a);
+    void (*backward)(const unet_op_args *a); /* NULL: inference-only */
+    /* Sizes asked at compile time; args carry shapes and node, no pointers. NULL: 0. */
+    size_t (*workspace_bytes)(const unet_op_args *a);
+    size_t (*aux_bytes)(const unet_op_args *a);
+} unet_op_impl;
+
+struct unet_backend {
+    const char *name; /* "cpu", "cuda" */
+    const unet_op_impl *ops[UNET_OP_COUNT]; /* indexed by unet_op */
+    void *ctx;               /* backend state (CUDA: device, stream, handles) */
+
+    size_t (*tensor_bytes)(const unet_backend *b, unet_shape s, unet_dtype t);
+    void *(*alloc)(const unet_backend *b, size_t bytes);   /* NULL on failure */
+    void (*free)(const unet_backend *b, void *p);
+    void (*memset0)(const unet_backend *b, void *p, size_t bytes);
+    /* Host NCHW data <-> a tensor in this backend's layout. */
+    void (*upload)(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t);
+    void (*download)(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t);
+    /* Plain float arrays (parameter blocks) in both directions. */
+    void (*upload_f32)(const unet_backend *b, float *dst, const float *host, size_t n);
+    void (*download_f32)(const unet_backend *b, float *host, const float *src, size_t n);
+    void (*sync)(const unet_backend *b);
+
+    /* Optimizers: one pass over the contiguous block, PyTorch semantics.
+     * SGD: buf = first ? g + wd*p : mom*buf + g + wd*p;  p -= lr*(nesterov? ...: buf).
+     * Adam: decoupled (AdamW) when adamw, else L2 added to the gradient. step >= 1. */
+    void (*sgd)(const unet_backend *b, float *p, const float *g, float *buf, size_t n, float lr, float momentum,
+                float wd, int first);
+    void (*adam)(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n, float lr,
+                 float beta1, float beta2, float eps, float wd, int adamw, long step);
+};
+
+/* The CPU backend: the reference, always built. */
+const unet_backend *unet_cpu_backend(void);
+
+/* The CUDA backend when built with UNET_CUDA; NULL with a message in err when
+ * unavailable (not built, no device). device: index, precision as the flag. */
+const unet_backend *unet_cuda_backend(int device, const char *precision, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,113 @@
+/* The static computation graph: nodes on symbolic values, compiled once for a
+ * batch and tile size into a plan (shapes, backward pass, memory offsets).
+ *
+ * A graph knows no sizes: values get their shapes when a plan is compiled.
+ * It includes no CUDA, cuDNN, NCCL or HDF5 header. */
+#ifndef UNET_GRAPH_H
+#define UNET_GRAPH_H
+
+#include "unet/tensor.h"
+
+#define UNET_MAX_IN 8    /* UNet++ X^{0,4}: the upsampled tensor and 4 skips */
+#define UNET_MAX_PARAM 2 /* weight and bias (conv), gamma and beta (batch norm) */
+#define UNET_NAME_LEN 64
+
+typedef enum {
+    UNET_OP_CONV,        /* k x k conv, stride 1, pad 0 (valid) or k/2 (same), bias, optional fused ReLU */
+    UNET_OP_CONV_T2,     /* 2x2 stride-2 transposed conv + bias; weight [in, out, 2, 2] */
+    UNET_OP_BIAS,        /* y = x + b[c] */
+    UNET_OP_RELU,        /* y = max(x, 0) */
+    UNET_OP_MAXPOOL2,    /* 2x2 stride 2; odd sizes are an error at compile time */
+    UNET_OP_CROP_CONCAT, /* centre-crop every input to input 0's H,W, concat channels in input order */
+    UNET_OP_CROP_ADD,    /* centre-crop every input to input 0's H,W, sum (all inputs: same C) */
+    UNET_OP_UPSAMPLE2,   /* bilinear x2, align_corners = False (PyTorch's default) */
+    UNET_OP_BATCHNORM,   /* per-channel, batch statistics when training, optional fused ReLU */
+    UNET_OP_DROPOUT,     /* inverted dropout: kept values scaled by 1 / (1 - p) */
+    UNET_OP_SOFTMAX_CE,  /* in: logits (N,K,h,w), label (N,1,H,W) i32, [weight (N,1,H,W)]; out: scalar */
+    UNET_OP_BCE_DICE,    /* in: logits (N,1,h,w), label (N,1,H,W) i32 in {0,1}, [weight]; out: scalar */
+    UNET_OP_COUNT
+} unet_op;
+
+const char *unet_op_name(unet_op op);
+
+/* A node as the builder describes it. Value ids refer to graph values
+ * (inputs and node outputs), param ids to the graph's parameter table. */
+typedef struct {
+    unet_op op;
+    char name[UNET_NAME_LEN]; /* grid name of the layer, e.g. "x1_2.conv1" */
+    int n_in;
+    int in[UNET_MAX_IN];
+    int param[UNET_MAX_PARAM]; /* -1 when absent */
+    int state[2];              /* batch norm running mean, running var (param-table ids), else -1 */
+    /* attributes */
+    int k;          /* conv kernel size: 1 or 3 */
+    int pad;        /* conv padding: 0 (valid) or k/2 (same) */
+    int relu;       /* conv / batch norm: ReLU fused after */
+    int out_c;      /* conv / transposed conv: output channels */
+    float p;        /* dropout probability */
+    float eps;      /* batch norm epsilon (1e-5) */
+    float momentum; /* batch norm running-stat momentum (0.1, PyTorch's convention) */
+    float scale;    /* loss: weight of this loss in the total (1 / number of heads) */
+    int out_value;  /* set by unet_graph_add */
+} unet_node;
+
+typedef enum {
+    UNET_INIT_HE,    /* normal, std sqrt(2 / fan_in) */
+    UNET_INIT_ZERO,  /* biases, batch norm beta, running mean */
+    UNET_INIT_ONE,   /* batch norm gamma, running var */
+} unet_init;
+
+typedef enum {
+    UNET_PARAM_TRAINABLE, /* in the parameter block, has a gradient and optimizer state */
+    UNET_PARAM_STATE,     /* batch norm running statistics: saved, not trained */
+} unet_param_kind;
+
+typedef struct {
+    char name[UNET_NAME_LEN]; /* checkpoint name, e.g. "x0_0.conv1.weight" */
+    int ndim;
+    int dims[4];              /* PyTorch layout */
+    size_t count;
+    size_t offset;            /* in floats, within its block (trainable or state) */
+    unet_param_kind kind;
+    unet_init init;
+    int fan_in;
+} unet_param;
+
+typedef enum {
+    UNET_INPUT_IMAGE,  /* (N, C, H, W) float32 */
+    UNET_INPUT_LABEL,  /* (N, 1, H, W) int32 */
+    UNET_INPUT_WEIGHT, /* (N, 1, H, W) float32 */
+} unet_input_kind;
+
+typedef struct unet_graph unet_graph;
+
+unet_graph *unet_graph_new(void);
+void unet_graph_free(unet_graph *g);
+
+/* Inputs. channels is C for the image and 1 for labels and weights.
+ * requires_grad: a gradient is computed for it (op tests use this). */
+int unet_graph_input(unet_graph *g, const char *name, unet_input_kind kind, int channels, int requires_grad);
+/* A parameter (trainable or batch norm state); dims in PyTorch layout. Returns its id. */
+int unet_graph_param(unet_graph *g, const char *name, unet_param_kind kind, int ndim, const int *dims,
+                     unet_init init, int fan_in);
+/* Adds a node; returns the id of its output value. */
+int unet_graph_add(unet_graph *g, const unet_node *node);
+/* Marks a value as an output (a head's logits); returns the output index. */
+int unet_graph_mark_output(unet_graph *g, int value);
+
+/* A node with defaults filled in (params and states -1). */
+unet_node unet_node_make(unet_op op, const char *name);
+
+int unet_graph_num_params(const unet_graph *g);
+const unet_param *unet_graph_params(const unet_graph *g);
+/* Total floats in the trainable block and in the state block. */
+size_t unet_graph_trainable_count(const unet_graph *g);
+size_t unet_graph_state_count(const unet_graph *g);
+int unet_graph_num_nodes(const unet_graph *g);
+const unet_node *unet_graph_nodes(const unet_graph *g);
+int unet_graph_num_inputs(const unet_graph *g);
+int unet_graph_num_outputs(const unet_graph *g);
+int unet_graph_output_value(const unet_graph *g, int index);
+int unet_graph_num_values(const unet_graph *g);
+
+#endif

@@ -1,0 +1,47 @@
+/* The U-Net family, built from one grid (DESIGN.md): U-Net, U-Net^e, UNet+
+ * and UNet++ differ only in which skips feed a decoder node. */
+#ifndef UNET_MODEL_H
+#define UNET_MODEL_H
+
+#include "unet/graph.h"
+
+#define UNET_MAX_LEVELS 8
+
+typedef enum { UNET_MODEL_UNET, UNET_MODEL_UNET_E, UNET_MODEL_UNET_PLUS, UNET_MODEL_UNETPP } unet_model_kind;
+typedef enum { UNET_LOSS_CE, UNET_LOSS_BCE_DICE } unet_loss_kind;
+
+typedef struct {
+    unet_model_kind kind;
+    int levels;                      /* number of filter levels = L + 1 (grid rows 0..L) */
+    int filters[UNET_MAX_LEVELS];    /* f_0 .. f_L */
+    int same_padding;                /* 0: valid (the U-Net paper), 1: same */
+    int in_channels;
+    int classes;                     /* 1: sigmoid head (BCE + Dice); >= 2: softmax (CE) */
+    int batch_norm;
+    int bilinear;                    /* up = bilinear x2 + 1x1 conv f_{i+1} -> f_i, else 2x2 transposed conv */
+    int fusion_add;                  /* fuse skips by sum instead of concat */
+    int deep_supervision;            /* a head on every X^{0,j}, j = 1..L */
+    float dropout;                   /* at the end of the contracting path (on X^{L,0}) */
+    unet_loss_kind loss;
+    int prune_depth;                 /* 0: the full model; d: nodes with i + j <= d and head d */
+} unet_model_cfg;
+
+const char *unet_model_kind_name(unet_model_kind k);
+int unet_model_kind_parse(const char *s, unet_model_kind *out);
+
+/* Checks the configuration; -1 with a one-line message when it cannot be built. */
+int unet_model_validate(const unet_model_cfg *m, char *err, size_t errlen);
+
+typedef struct {
+    unet_graph *graph;
+    int n_heads;
+    int head_column[UNET_MAX_LEVELS]; /* column j of each output, in output order (increasing j) */
+} unet_model;
+
+/* Builds the graph. with_loss: add loss nodes (label input, optional weight
+ * input) for training; inference graphs omit them. */
+int unet_model_build(const unet_model_cfg *m, int with_loss, int with_weight, unet_model *out, char *err,
+                     size_t errlen);
+void unet_model_free(unet_model *out);
+
+#endif

@@ -1,0 +1,29 @@
+/* Shapes and element types shared by the core and every backend. */
+#ifndef UNET_TENSOR_H
+#define UNET_TENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    UNET_F32 = 0, /* activations, gradients, weights, weight maps */
+    UNET_I32 = 1, /* labels */
+} unet_dtype;
+
+/* Every tensor of the graph is 4-D, in PyTorch's logical order (N, C, H, W).
+ * A backend decides how it lays one out in memory (the CPU backend: NCHW
+ * float32); the core only ever asks the backend for byte sizes. */
+typedef struct {
+    int n, c, h, w;
+} unet_shape;
+
+static inline size_t unet_shape_count(unet_shape s) {
+    return (size_t)s.n * (size_t)s.c * (size_t)s.h * (size_t)s.w;
+}
+
+static inline size_t unet_dtype_size(unet_dtype t) {
+    (void)t;
+    return 4;
+}
+
+#endif

@@ -1,0 +1,114 @@
+/* The CPU backend: NCHW float32 in host memory; the reference every other
+ * backend is held against. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/ops.h"
+
+static size_t cpu_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
+    (void)b;
+    return unet_shape_count(s) * unet_dtype_size(t);
+}
+
+static void *cpu_alloc(const unet_backend *b, size_t bytes) {
+    (void)b;
+    /* 64-byte alignment for vector loads; never zero bytes, so NULL means failure */
+    size_t rounded = (bytes + 63) / 64 * 64;
+    return aligned_alloc(64, rounded ? rounded : 64);
+}
+
+static void cpu_free(const unet_backend *b, void *p) {
+    (void)b;
+    free(p);
+}
+
+static void cpu_memset0(const unet_backend *b, void *p, size_t bytes) {
+    (void)b;
+    memset(p, 0, bytes);
+}
+
+static void cpu_upload(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t) {
+    (void)b;
+    memcpy(dst, host, unet_shape_count(s) * unet_dtype_size(t));
+}
+
+static void cpu_download(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t) {
+    (void)b;
+    memcpy(host, src, unet_shape_count(s) * unet_dtype_size(t));
+}
+
+static void cpu_copy_f32(const unet_backend *b, float *dst, const float *src, size_t n) {
+    (void)b;
+    memcpy(dst, src, n * sizeof(float));
+}
+
+static void cpu_sync(const unet_backend *b) { (void)b; }
+
+static void cpu_sgd(const unet_backend *b, float *p, const float *g, float *buf, size_t n, float lr,
+                    float momentum, float wd, int first) {
+    (void)b;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float d = g[i] + wd * p[i];
+        if (momentum != 0.0f) {
+            buf[i] = first ? d : momentum * buf[i] + d;
+            d = buf[i];
+        }
+        p[i] -= lr * d;
+    }
+}
+
+static void cpu_adam(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n, float lr,
+                     float beta1, float beta2, float eps, float wd, int adamw, long step) {
+    (void)b;
+    /* PyTorch: bias corrections in double, step size lr / bc1, denominator sqrt(v)/sqrt(bc2) + eps */
+    double bc1 = 1.0 - pow((double)beta1, (double)step);
+    double bc2 = 1.0 - pow((double)beta2, (double)step);
+    float step_size = (float)(lr / bc1);
+    float bc2_sqrt = (float)sqrt(bc2);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i];
+        if (adamw)
+            p[i] *= 1.0f - lr * wd;
+        else
+            gi += wd * p[i];
+        m[i] = beta1 * m[i] + (1.0f - beta1) * gi;
+        v[i] = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+        p[i] -= step_size * m[i] / denom;
+    }
+}
+
+static const unet_backend cpu_backend = {
+    .name = "cpu",
+    .ops =
+        {
+            [UNET_OP_CONV] = &unet_cpu_conv,
+            [UNET_OP_CONV_T2] = &unet_cpu_conv_t2,
+            [UNET_OP_BIAS] = &unet_cpu_bias,
+            [UNET_OP_RELU] = &unet_cpu_relu,
+            [UNET_OP_MAXPOOL2] = &unet_cpu_maxpool2,
+            [UNET_OP_CROP_CONCAT] = &unet_cpu_crop_concat,
+            [UNET_OP_CROP_ADD] = &unet_cpu_crop_add,
+            [UNET_OP_UPSAMPLE2] = &unet_cpu_upsample2,
+            [UNET_OP_BATCHNORM] = &unet_cpu_batchnorm,
+            [UNET_OP_DROPOUT] = &unet_cpu_dropout,
+            [UNET_OP_SOFTMAX_CE] = &unet_cpu_softmax_ce,
+            [UNET_OP_BCE_DICE] = &unet_cpu_bce_dice,
+        },
+    .tensor_bytes = cpu_tensor_bytes,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .memset0 = cpu_memset0,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .upload_f32 = cpu_copy_f32,
+    .download_f32 = cpu_copy_f32,
+    .sync = cpu_sync,
+    .sgd = cpu_sgd,
+    .adam = cpu_adam,
+};
+
+const unet_backend *unet_cpu_backend(void) { return &cpu_backend; }

@@ -1,0 +1,4 @@
+/* STUB: to be implemented. */
+#include "kernels/cpu/ops.h"
+
+const unet_op_impl unet_cpu_maxpool2 = {0};

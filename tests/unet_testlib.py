@@ -1,0 +1,84 @@
+"""Shared helpers for the Python tests: where the build is, running the op
+driver (tests/tools/unet_optest.c) on numpy arrays, and comparing against
+float64 PyTorch references."""
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+
+BUILD = os.environ.get("UNET_BUILD", os.path.join(os.path.dirname(__file__), "..", "build"))
+SOURCE = os.environ.get("UNET_SOURCE", os.path.join(os.path.dirname(__file__), ".."))
+UNET = os.path.join(BUILD, "unet")
+OPTEST = os.path.join(BUILD, "unet_optest")
+
+
+def run_op(op, inputs, out_shape, attrs=None, params=(), states=(), dout=None, backward=False,
+           backend="cpu", din_init=None, training=1, seed=0, node_index=0):
+    """Runs one op of a backend. inputs: numpy arrays (float32 or int32, 4-D);
+    params, states: 1-D or N-D float arrays. Returns a dict with out, din
+    (list, None where not computed), dparam (list), state (list)."""
+    attrs = dict(attrs or {})
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [OPTEST, "--backend", backend, "--op", op, "--dir", d, "--training", str(training),
+               "--seed", str(seed), "--node-index", str(node_index),
+               "--out", ",".join(str(int(x)) for x in out_shape)]
+        for i, x in enumerate(inputs):
+            x = np.ascontiguousarray(x)
+            suffix = ":i32" if x.dtype == np.int32 else ""
+            if x.dtype not in (np.float32, np.int32):
+                raise TypeError("inputs must be float32 or int32")
+            x.tofile(os.path.join(d, f"in{i}.bin"))
+            cmd += ["--in", ",".join(str(s) for s in x.shape) + suffix]
+        for j, p in enumerate(params):
+            np.ascontiguousarray(p, dtype=np.float32).tofile(os.path.join(d, f"param{j}.bin"))
+        for j, s in enumerate(states):
+            np.ascontiguousarray(s, dtype=np.float32).tofile(os.path.join(d, f"state{j}.bin"))
+        for k, v in attrs.items():
+            cmd += ["--" + k.replace("_", "-"), str(v)]
+        if backward:
+            cmd.append("--backward")
+            if dout is not None:
+                np.ascontiguousarray(dout, dtype=np.float32).tofile(os.path.join(d, "dout.bin"))
+            if din_init is not None:
+                cmd.append("--accumulate")
+                for i, x in enumerate(din_init):
+                    if x is not None:
+                        np.ascontiguousarray(x, dtype=np.float32).tofile(os.path.join(d, f"din{i}.init.bin"))
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
+
+        def load(name, shape):
+            path = os.path.join(d, name)
+            if not os.path.exists(path):
+                return None
+            return np.fromfile(path, dtype=np.float32).reshape(shape)
+
+        res = {"out": load("out.bin", tuple(out_shape))}
+        res["din"] = [load(f"din{i}.bin", x.shape) for i, x in enumerate(inputs)]
+        res["dparam"] = [load(f"dparam{j}.bin", np.shape(p)) for j, p in enumerate(params)]
+        res["state"] = [load(f"state{j}.out.bin", np.shape(s)) for j, s in enumerate(states)]
+        return res
+
+
+def rel_err(a, ref):
+    """||a - ref|| / ||ref||, with NaN anywhere in a counted as a failure."""
+    a = np.asarray(a, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        return float("inf")
+    denom = np.linalg.norm(ref.ravel())
+    num = np.linalg.norm((a - ref).ravel())
+    return num / denom if denom > 0 else num
+
+
+def assert_close(a, ref, tol=1e-5, what=""):
+    assert a is not None, f"{what}: not written"
+    assert np.shape(a) == np.shape(ref), f"{what}: shape {np.shape(a)} != {np.shape(ref)}"
+    e = rel_err(a, ref)
+    assert e <= tol, f"{what}: relative error {e:.3g} > {tol:g}"
+
+
+def rng(seed):
+    return np.random.default_rng(seed)
