@@ -54,6 +54,9 @@ void unet_graph_nearest_valid(const unet_graph *g, int size, int *below, int *ab
 /* Inputs are uploaded from host NCHW arrays (image float32, label int32,
  * weight float32 or NULL: all ones). Sizes are the plan's. */
 void unet_plan_set_inputs(unet_plan *p, const float *image, const int32_t *label, const float *weight);
+/* One input from a host NCHW array (float32, or int32 for labels): op tests
+ * and callers with several image-kind inputs. */
+void unet_plan_set_input(unet_plan *p, int input_index, const void *host);
 /* Seed for this step's random ops (dropout). */
 void unet_plan_set_seed(unet_plan *p, uint64_t seed);
 void unet_plan_forward(unet_plan *p);

@@ -1,0 +1,33 @@
+/* Segmentation metrics from summed statistics: counts add up across batches,
+ * images and ranks, and the ratios are taken once at the end. */
+#ifndef UNET_METRICS_H
+#define UNET_METRICS_H
+
+#include <stdint.h>
+
+#include "unet/tensor.h"
+
+#define UNET_MAX_CLASSES 64
+
+typedef struct {
+    int classes;                         /* output channels: 1 (sigmoid) or K >= 2 (softmax) */
+    double tp[UNET_MAX_CLASSES], fp[UNET_MAX_CLASSES], fn[UNET_MAX_CLASSES];
+    double correct, total;               /* pixel accuracy */
+} unet_seg_stats;
+
+void unet_seg_stats_init(unet_seg_stats *s, int classes);
+/* Adds a batch: logits (N,K,h,w) NCHW, label (N,1,H,W) centre-cropped to (h,w). */
+void unet_seg_stats_add(unet_seg_stats *s, const float *logits, unet_shape shape, const int32_t *label, int label_h,
+                        int label_w);
+/* Hard prediction of one pixel set: argmax (K >= 2) or p > 0.5 (K = 1); pred is (N,h,w). */
+void unet_predict_labels(const float *logits, unet_shape shape, uint8_t *pred);
+/* Probabilities in place: softmax over channels, or sigmoid for one class. */
+void unet_probabilities(float *logits, unet_shape shape);
+
+typedef struct {
+    double iou, dice, pixel_accuracy;    /* foreground: class 1 for binary, mean over classes 1..K-1 otherwise */
+    double iou_class[UNET_MAX_CLASSES], dice_class[UNET_MAX_CLASSES];
+} unet_seg_metrics;
+unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s);
+
+#endif

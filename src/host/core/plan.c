@@ -1,0 +1,462 @@
+/* The compiler and executor of a plan: backward derivation, liveness-based
+ * memory planning into one arena, and the flat step arrays a training step
+ * walks. All allocation happens here, at compile time. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "host/core/shapes.h"
+#include "unet/plan.h"
+
+#define ALIGN 256 /* arena offsets: enough for any vector load and cuDNN's alignment rules */
+
+/* Which forward tensors an op's backward reads: the others get NULL pointers
+ * in backward, and their memory may already hold something else. */
+enum { READS_IN = 1, READS_OUT = 2, READS_OUT_IF_RELU = 4 };
+static const unsigned backward_reads[UNET_OP_COUNT] = {
+    [UNET_OP_CONV] = READS_IN | READS_OUT_IF_RELU,
+    [UNET_OP_CONV_T2] = READS_IN,
+    [UNET_OP_BIAS] = 0,
+    [UNET_OP_RELU] = READS_OUT,
+    [UNET_OP_MAXPOOL2] = READS_IN | READS_OUT,
+    [UNET_OP_CROP_CONCAT] = 0,
+    [UNET_OP_CROP_ADD] = 0,
+    [UNET_OP_UPSAMPLE2] = 0,
+    [UNET_OP_BATCHNORM] = READS_IN | READS_OUT,
+    [UNET_OP_DROPOUT] = 0,
+    [UNET_OP_SOFTMAX_CE] = READS_IN,
+    [UNET_OP_BCE_DICE] = READS_IN,
+};
+
+static int reads_in(const unet_node *n) { return (backward_reads[n->op] & READS_IN) != 0; }
+static int reads_out(const unet_node *n) {
+    return (backward_reads[n->op] & READS_OUT) || ((backward_reads[n->op] & READS_OUT_IF_RELU) && n->relu);
+}
+
+typedef struct {
+    size_t bytes, offset;
+    int first, last; /* step interval in which the tensor holds live data */
+} plan_tensor;
+
+struct unet_plan {
+    const unet_graph *g;
+    unet_param_blocks *pb;
+    const unet_backend *b;
+    unet_plan_cfg cfg;
+    unet_shape *shapes;  /* per value */
+    int *act, *grad;     /* per value: tensor index or -1 */
+    int *aux;            /* per node */
+    plan_tensor *tensors;
+    int n_tensors;
+    char *arena;
+    size_t arena_bytes, unplanned_bytes;
+    void *workspace;
+    size_t workspace_bytes;
+    unet_op_args *fwd, *bwd;
+    int n_fwd, n_bwd;
+    int *loss_nodes;
+    int n_loss;
+    float *loss_host; /* per loss node, read after forward */
+    float *ones;      /* host: the weight map used when a batch has none */
+    uint64_t seed;
+    double flops;
+};
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size);
+    if (!p) abort();
+    return p;
+}
+
+static int new_tensor(unet_plan *p, size_t bytes, int first) {
+    p->tensors = realloc(p->tensors, (size_t)(p->n_tensors + 1) * sizeof *p->tensors);
+    if (!p->tensors) abort();
+    p->tensors[p->n_tensors] = (plan_tensor){.bytes = (bytes + ALIGN - 1) / ALIGN * ALIGN, .first = first, .last = first};
+    return p->n_tensors++;
+}
+
+static void use(unet_plan *p, int t, int step) {
+    if (t < 0) return;
+    if (step < p->tensors[t].first) p->tensors[t].first = step;
+    if (step > p->tensors[t].last) p->tensors[t].last = step;
+}
+
+static int cmp_size_desc(const void *a, const void *b, void *ctx) {
+    const plan_tensor *t = ctx;
+    int i = *(const int *)a, j = *(const int *)b;
+    if (t[i].bytes != t[j].bytes) return t[i].bytes < t[j].bytes ? 1 : -1;
+    return i - j;
+}
+
+/* Greedy by size: each tensor, largest first, goes to the lowest offset that
+ * overlaps no already-placed tensor alive at the same time. */
+static size_t assign_offsets(plan_tensor *t, int n) {
+    int *order = xcalloc((size_t)n, sizeof *order);
+    for (int i = 0; i < n; i++) order[i] = i;
+    /* insertion sort keeps this dependency-free and deterministic; n is a few hundred */
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && cmp_size_desc(&order[j - 1], &order[j], t) > 0; j--) {
+            int tmp = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = tmp;
+        }
+    int *placed = xcalloc((size_t)n, sizeof *placed);
+    int n_placed = 0;
+    size_t total = 0;
+    for (int k = 0; k < n; k++) {
+        plan_tensor *x = &t[order[k]];
+        size_t offset = 0;
+        for (int moved = 1; moved;) {
+            moved = 0;
+            for (int q = 0; q < n_placed; q++) {
+                plan_tensor *y = &t[placed[q]];
+                int overlap_time = !(x->last < y->first || y->last < x->first);
+                int overlap_space = offset < y->offset + y->bytes && y->offset < offset + x->bytes;
+                if (overlap_time && overlap_space) {
+                    offset = y->offset + y->bytes;
+                    moved = 1;
+                }
+            }
+        }
+        x->offset = offset;
+        placed[n_placed++] = order[k];
+        if (offset + x->bytes > total) total = offset + x->bytes;
+    }
+    free(order);
+    free(placed);
+    return total;
+}
+
+static double node_flops(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape out) {
+    (void)g;
+    if (n->op == UNET_OP_CONV) return 2.0 * unet_shape_count(out) * in[0].c * n->k * n->k;
+    if (n->op == UNET_OP_CONV_T2) return 2.0 * unet_shape_count(out) * in[0].c;
+    return 0.0;
+}
+
+unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_plan_cfg cfg, char *err,
+                             size_t errlen) {
+    if (cfg.batch < 1) {
+        snprintf(err, errlen, "batch size must be at least 1, got %d", cfg.batch);
+        return NULL;
+    }
+    if (unet_check_tile(g, cfg, err, errlen)) return NULL;
+    unet_plan *p = xcalloc(1, sizeof *p);
+    p->g = g;
+    p->pb = pb;
+    p->b = pb->backend;
+    p->cfg = cfg;
+    const int NV = g->n_values, NN = g->n_nodes;
+    p->shapes = xcalloc((size_t)NV, sizeof *p->shapes);
+    unet_infer_all(g, cfg, p->shapes, err, errlen);
+    p->act = xcalloc((size_t)NV, sizeof(int));
+    p->grad = xcalloc((size_t)NV, sizeof(int));
+    p->aux = xcalloc((size_t)NN, sizeof(int));
+    for (int v = 0; v < NV; v++) p->act[v] = p->grad[v] = -1;
+    for (int k = 0; k < NN; k++) p->aux[k] = -1;
+
+    /* Forward steps: every node in order (the builder appends them in a
+     * topological order); loss nodes only when training. */
+    int *fwd_step = xcalloc((size_t)NN, sizeof(int)); /* node -> step, -1 when inactive */
+    int *fwd_nodes = xcalloc((size_t)NN, sizeof(int));
+    for (int k = 0; k < NN; k++) {
+        fwd_step[k] = -1;
+        if (!cfg.training && unet_op_is_loss(g->nodes[k].op)) continue;
+        fwd_step[k] = p->n_fwd;
+        fwd_nodes[p->n_fwd++] = k;
+    }
+
+    /* Backward derivation: which values need a gradient, which nodes run a
+     * backward, in reverse order, and who writes a gradient first. */
+    char *requires = xcalloc((size_t)NV, 1), *has_grad = xcalloc((size_t)NV, 1), *written = xcalloc((size_t)NV, 1);
+    int *bwd_step = xcalloc((size_t)NN, sizeof(int));
+    int *bwd_nodes = xcalloc((size_t)NN, sizeof(int));
+    int has_loss = 0;
+    for (int k = 0; k < NN; k++) {
+        bwd_step[k] = -1;
+        if (fwd_step[k] >= 0 && unet_op_is_loss(g->nodes[k].op)) has_loss = 1;
+    }
+    int end = p->n_fwd; /* the step after the last, updated once backward is known */
+    if (cfg.training) {
+        for (int i = 0; i < g->n_inputs; i++) requires[g->inputs[i].value] = (char)g->inputs[i].requires_grad;
+        for (int k = 0; k < NN; k++) {
+            const unet_node *n = &g->nodes[k];
+            int r = 0;
+            for (int i = 0; i < n->n_in; i++) r |= requires[n->in[i]];
+            for (int j = 0; j < UNET_MAX_PARAM; j++)
+                if (n->param[j] >= 0 && g->params[n->param[j]].kind == UNET_PARAM_TRAINABLE) r = 1;
+            requires[n->out_value] = (char)r;
+        }
+        if (!has_loss)
+            for (int o = 0; o < g->n_outputs; o++) {
+                has_grad[g->outputs[o]] = requires[g->outputs[o]];
+                written[g->outputs[o]] = 1; /* the caller's gradient is there first */
+            }
+        for (int k = NN - 1; k >= 0; k--) {
+            const unet_node *n = &g->nodes[k];
+            if (fwd_step[k] < 0 || !requires[n->out_value]) continue;
+            if (!unet_op_is_loss(n->op) && !has_grad[n->out_value]) continue;
+            bwd_step[k] = p->n_fwd + p->n_bwd;
+            bwd_nodes[p->n_bwd++] = k;
+            for (int i = 0; i < n->n_in; i++)
+                if (requires[n->in[i]] && !(unet_op_is_loss(n->op) && i > 0)) has_grad[n->in[i]] = 1;
+        }
+        end = p->n_fwd + p->n_bwd;
+    }
+
+    /* Tensors and their lifetimes. */
+    const unet_backend *b = p->b;
+    for (int i = 0; i < g->n_inputs; i++) {
+        int v = g->inputs[i].value;
+        unet_dtype t = g->inputs[i].kind == UNET_INPUT_LABEL ? UNET_I32 : UNET_F32;
+        p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], t), 0);
+        if (has_grad[v]) {
+            p->grad[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), p->n_fwd);
+            use(p, p->grad[v], end); /* read by the caller after backward */
+        }
+    }
+    for (int s = 0; s < p->n_fwd; s++) {
+        int k = fwd_nodes[s];
+        const unet_node *n = &g->nodes[k];
+        int v = n->out_value;
+        p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), s);
+        if (has_grad[v]) p->grad[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), end);
+        for (int i = 0; i < n->n_in; i++) {
+            use(p, p->act[n->in[i]], s);
+            if (bwd_step[k] >= 0 && reads_in(n)) use(p, p->act[n->in[i]], bwd_step[k]);
+        }
+        if (bwd_step[k] >= 0 && reads_out(n)) use(p, p->act[v], bwd_step[k]);
+        if (unet_op_is_loss(n->op)) use(p, p->act[v], end);
+    }
+    for (int o = 0; o < g->n_outputs; o++) use(p, p->act[g->outputs[o]], end);
+    for (int s = 0; s < p->n_bwd; s++) {
+        int k = bwd_nodes[s];
+        const unet_node *n = &g->nodes[k];
+        use(p, p->grad[n->out_value], bwd_step[k]);
+        for (int i = 0; i < n->n_in; i++) use(p, p->grad[n->in[i]], bwd_step[k]);
+    }
+    if (!has_loss)
+        for (int o = 0; o < g->n_outputs; o++) use(p, p->grad[g->outputs[o]], p->n_fwd);
+
+    /* Per-node args (shapes first: the backends size workspace and aux from them). */
+    p->fwd = xcalloc((size_t)p->n_fwd, sizeof *p->fwd);
+    p->bwd = xcalloc((size_t)p->n_bwd, sizeof *p->bwd);
+    size_t ws = 0;
+    for (int s = 0; s < p->n_fwd; s++) {
+        int k = fwd_nodes[s];
+        const unet_node *n = &g->nodes[k];
+        unet_op_args *a = &p->fwd[s];
+        const unet_op_impl *impl = b->ops[n->op];
+        if (!impl || !impl->forward || (bwd_step[k] >= 0 && !impl->backward)) {
+            snprintf(err, errlen, "the %s backend has no %s for op %s", b->name,
+                     impl && impl->forward ? "backward" : "forward", unet_op_name(n->op));
+            goto fail;
+        }
+        a->node = n;
+        a->node_index = k;
+        a->backend = b;
+        a->training = cfg.training;
+        a->n_in = n->n_in;
+        a->seed = &p->seed;
+        for (int i = 0; i < n->n_in; i++) a->in_shape[i] = p->shapes[n->in[i]];
+        a->out_shape = p->shapes[n->out_value];
+        p->flops += node_flops(g, n, a->in_shape, a->out_shape);
+        size_t w = impl->workspace_bytes ? impl->workspace_bytes(a) : 0;
+        if (w > ws) ws = w;
+        size_t x = impl->aux_bytes ? impl->aux_bytes(a) : 0;
+        if (x) {
+            p->aux[k] = new_tensor(p, x, s);
+            use(p, p->aux[k], bwd_step[k] >= 0 ? bwd_step[k] : s);
+        }
+    }
+
+    for (int t = 0; t < p->n_tensors; t++) p->unplanned_bytes += p->tensors[t].bytes;
+    p->arena_bytes = assign_offsets(p->tensors, p->n_tensors);
+    p->arena = b->alloc(b, p->arena_bytes ? p->arena_bytes : ALIGN);
+    p->workspace_bytes = ws;
+    p->workspace = b->alloc(b, ws ? ws : ALIGN);
+    if (!p->arena || !p->workspace) {
+        snprintf(err, errlen, "out of %s memory: the plan needs %.1f MiB of activations and %.1f MiB of workspace "
+                 "(try a smaller --batch or --tile)", b->name, p->arena_bytes / 1048576.0, ws / 1048576.0);
+        goto fail;
+    }
+#define PTR(t) ((t) >= 0 ? (void *)(p->arena + p->tensors[t].offset) : NULL)
+    for (int s = 0; s < p->n_fwd; s++) {
+        int k = fwd_nodes[s];
+        const unet_node *n = &g->nodes[k];
+        unet_op_args *a = &p->fwd[s];
+        for (int i = 0; i < n->n_in; i++) a->in[i] = PTR(p->act[n->in[i]]);
+        a->out = PTR(p->act[n->out_value]);
+        for (int j = 0; j < UNET_MAX_PARAM; j++)
+            if (n->param[j] >= 0) {
+                const unet_param *pr = &g->params[n->param[j]];
+                a->param[j] = pb->params + pr->offset;
+                a->dparam[j] = pb->grads ? pb->grads + pr->offset : NULL;
+            }
+        for (int j = 0; j < 2; j++)
+            if (n->state[j] >= 0) a->state[j] = pb->state + g->params[n->state[j]].offset;
+        a->aux = PTR(p->aux[k]);
+        a->workspace = p->workspace;
+        if (bwd_step[k] >= 0) {
+            unet_op_args *ba = &p->bwd[bwd_step[k] - p->n_fwd];
+            *ba = *a;
+            for (int i = 0; i < n->n_in; i++) {
+                if (!reads_in(n)) ba->in[i] = NULL;
+                if (unet_op_is_loss(n->op) && i > 0) continue;
+                ba->din[i] = PTR(p->grad[n->in[i]]);
+            }
+            if (!reads_out(n)) ba->out = NULL;
+            ba->dout = unet_op_is_loss(n->op) ? NULL : PTR(p->grad[n->out_value]);
+        }
+    }
+    /* Who writes each gradient first, in execution order: that one overwrites,
+     * later consumers add. */
+    for (int s = 0; s < p->n_bwd; s++) {
+        unet_op_args *ba = &p->bwd[s];
+        for (int i = 0; i < ba->n_in; i++) {
+            if (!ba->din[i]) continue;
+            int v = ba->node->in[i];
+            ba->din_accumulate[i] = written[v];
+            written[v] = 1;
+        }
+    }
+#undef PTR
+    for (int s = 0; s < p->n_fwd; s++)
+        if (unet_op_is_loss(g->nodes[fwd_nodes[s]].op)) p->n_loss++;
+    p->loss_nodes = xcalloc((size_t)p->n_loss, sizeof(int));
+    p->loss_host = xcalloc((size_t)p->n_loss, sizeof(float));
+    p->n_loss = 0;
+    for (int s = 0; s < p->n_fwd; s++)
+        if (unet_op_is_loss(g->nodes[fwd_nodes[s]].op)) p->loss_nodes[p->n_loss++] = fwd_nodes[s];
+    size_t max_hw = 0;
+    for (int i = 0; i < g->n_inputs; i++)
+        if (g->inputs[i].kind == UNET_INPUT_WEIGHT) max_hw = unet_shape_count(p->shapes[g->inputs[i].value]);
+    p->ones = xcalloc(max_hw, sizeof(float));
+    for (size_t i = 0; i < max_hw; i++) p->ones[i] = 1.0f;
+    /* Gradients of parameters whose node runs no backward stay zero. */
+    if (cfg.training && pb->grads) b->memset0(b, pb->grads, pb->n_trainable * sizeof(float));
+
+    free(fwd_step);
+    free(fwd_nodes);
+    free(bwd_step);
+    free(bwd_nodes);
+    free(requires);
+    free(has_grad);
+    free(written);
+    return p;
+fail:
+    free(fwd_step);
+    free(fwd_nodes);
+    free(bwd_step);
+    free(bwd_nodes);
+    free(requires);
+    free(has_grad);
+    free(written);
+    unet_plan_free(p);
+    return NULL;
+}
+
+void unet_plan_free(unet_plan *p) {
+    if (!p) return;
+    if (p->arena) p->b->free(p->b, p->arena);
+    if (p->workspace) p->b->free(p->b, p->workspace);
+    free(p->shapes);
+    free(p->act);
+    free(p->grad);
+    free(p->aux);
+    free(p->tensors);
+    free(p->fwd);
+    free(p->bwd);
+    free(p->loss_nodes);
+    free(p->loss_host);
+    free(p->ones);
+    free(p);
+}
+
+static void *tensor_ptr(const unet_plan *p, int t) { return t >= 0 ? p->arena + p->tensors[t].offset : NULL; }
+
+void unet_plan_set_inputs(unet_plan *p, const float *image, const int32_t *label, const float *weight) {
+    const unet_graph *g = p->g;
+    for (int i = 0; i < g->n_inputs; i++) {
+        int v = g->inputs[i].value;
+        void *dst = tensor_ptr(p, p->act[v]);
+        unet_shape s = p->shapes[v];
+        switch (g->inputs[i].kind) {
+        case UNET_INPUT_IMAGE:
+            if (image) p->b->upload(p->b, dst, image, s, UNET_F32);
+            break;
+        case UNET_INPUT_LABEL:
+            if (label) p->b->upload(p->b, dst, label, s, UNET_I32);
+            break;
+        case UNET_INPUT_WEIGHT:
+            p->b->upload(p->b, dst, weight ? weight : p->ones, s, UNET_F32);
+            break;
+        }
+    }
+}
+
+/* Op tests feed several float inputs: the n-th image-kind input takes the n-th array. */
+void unet_plan_set_input(unet_plan *p, int input_index, const void *host) {
+    int v = p->g->inputs[input_index].value;
+    unet_dtype t = p->g->inputs[input_index].kind == UNET_INPUT_LABEL ? UNET_I32 : UNET_F32;
+    p->b->upload(p->b, tensor_ptr(p, p->act[v]), host, p->shapes[v], t);
+}
+
+void unet_plan_set_seed(unet_plan *p, uint64_t seed) { p->seed = seed; }
+
+void unet_plan_forward(unet_plan *p) {
+    for (int s = 0; s < p->n_fwd; s++) p->b->ops[p->fwd[s].node->op]->forward(&p->fwd[s]);
+    for (int l = 0; l < p->n_loss; l++) {
+        int v = p->g->nodes[p->loss_nodes[l]].out_value;
+        p->b->download(p->b, &p->loss_host[l], tensor_ptr(p, p->act[v]), (unet_shape){1, 1, 1, 1}, UNET_F32);
+    }
+}
+
+void unet_plan_backward(unet_plan *p) {
+    for (int s = 0; s < p->n_bwd; s++) p->b->ops[p->bwd[s].node->op]->backward(&p->bwd[s]);
+}
+
+void unet_plan_set_output_grad(unet_plan *p, int index, const float *host) {
+    int v = p->g->outputs[index];
+    if (p->grad[v] >= 0) p->b->upload(p->b, tensor_ptr(p, p->grad[v]), host, p->shapes[v], UNET_F32);
+}
+
+double unet_plan_loss(unet_plan *p, double *per_head) {
+    double total = 0;
+    for (int l = 0; l < p->n_loss; l++) {
+        const unet_node *n = &p->g->nodes[p->loss_nodes[l]];
+        if (per_head) per_head[l] = p->loss_host[l];
+        total += (double)n->scale * p->loss_host[l];
+    }
+    return total;
+}
+
+int unet_plan_num_outputs(const unet_plan *p) { return p->g->n_outputs; }
+unet_shape unet_plan_output_shape(const unet_plan *p, int index) { return p->shapes[p->g->outputs[index]]; }
+unet_shape unet_plan_input_shape(const unet_plan *p, int input_index) {
+    return p->shapes[p->g->inputs[input_index].value];
+}
+
+void unet_plan_read_output(unet_plan *p, int index, float *host) {
+    int v = p->g->outputs[index];
+    p->b->download(p->b, host, tensor_ptr(p, p->act[v]), p->shapes[v], UNET_F32);
+}
+
+void unet_plan_read_input_grad(unet_plan *p, int input_index, float *host) {
+    int v = p->g->inputs[input_index].value;
+    if (p->grad[v] >= 0) p->b->download(p->b, host, tensor_ptr(p, p->grad[v]), p->shapes[v], UNET_F32);
+}
+
+unet_plan_stats unet_plan_get_stats(const unet_plan *p) {
+    unet_plan_stats s;
+    memset(&s, 0, sizeof s);
+    s.arena_bytes = p->arena_bytes;
+    s.unplanned_bytes = p->unplanned_bytes;
+    s.workspace_bytes = p->workspace_bytes;
+    size_t opt_blocks = (p->pb->opt_a ? 1 : 0) + (p->pb->opt_b ? 1 : 0) + (p->pb->grads ? 1 : 0);
+    s.param_bytes = (p->pb->n_trainable * (1 + opt_blocks) + p->pb->n_state) * sizeof(float);
+    s.n_tensors = p->n_tensors;
+    s.n_steps = p->n_fwd + p->n_bwd;
+    s.forward_flops = p->flops;
+    return s;
+}

@@ -1,0 +1,186 @@
+"""Whole-model forward and backward of every family member, valid and same
+padding, against the independent PyTorch reference (tests/reference_model.py)
+in float64, through the compiled plan (graph, autodiff, memory plan)."""
+import os
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+from reference_model import GridNet, total_loss
+from unet_testlib import BUILD, assert_close
+
+MODELTEST = os.path.join(BUILD, "unet_modeltest")
+
+
+def flags_of(cfg):
+    f = ["--model", cfg["model"], "--filters", ",".join(map(str, cfg["filters"])), "--padding", cfg["padding"],
+         "--classes", str(cfg["classes"]), "--in-channels", str(cfg.get("in_channels", 1))]
+    if cfg.get("norm"):
+        f += ["--norm", "batch"]
+    if cfg.get("bilinear"):
+        f += ["--upsample", "bilinear"]
+    if cfg.get("fusion") == "add":
+        f += ["--fusion", "add"]
+    if cfg.get("ds"):
+        f += ["--deep-supervision"]
+    if cfg.get("depth"):
+        f += ["--depth", str(cfg["depth"])]
+    return f
+
+
+def list_params(cfg, tile=None, batch=1):
+    cmd = [MODELTEST] + flags_of(cfg) + ["--list"]
+    if tile:
+        cmd += ["--tile", str(tile), "--batch", str(batch)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, r.stderr.strip()
+    params = []
+    stats = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("# arena"):
+            toks = line[2:].split()
+            stats = {toks[i]: toks[i + 1] for i in range(0, len(toks) - 1, 2)}
+        elif not line.startswith("#"):
+            name, kind, off, count, *dims = line.split()
+            params.append((name, kind, int(off), int(count), tuple(map(int, dims))))
+    return params, stats
+
+
+def valid_tile(cfg, start):
+    for s in range(start, start + 64):
+        p, _ = list_params(cfg, s)
+        if p is not None:
+            return s
+    raise AssertionError("no valid tile found")
+
+
+def reference(cfg):
+    return GridNet(model=cfg["model"], filters=cfg["filters"], padding=cfg["padding"],
+                   in_channels=cfg.get("in_channels", 1), classes=cfg["classes"], norm=cfg.get("norm", False),
+                   bilinear=cfg.get("bilinear", False), fusion=cfg.get("fusion", "concat"),
+                   deep_supervision=cfg.get("ds", False), depth=cfg.get("depth", 0)).double()
+
+
+def run_case(cfg, seed, tile_start, batch=2, weight_map=False):
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    tile = valid_tile(cfg, tile_start)
+    params, _ = list_params(cfg)
+    net = reference(cfg)
+    flat = net.state_dict_flat()
+    names = [p[0] for p in params]
+    assert sorted(names) == sorted(flat.keys()), f"names differ: {set(names) ^ set(flat.keys())}"
+    # random values everywhere (biases and batch norm too), float32-representable
+    for name, kind, off, count, dims in params:
+        t = flat[name]
+        assert tuple(t.shape) == dims, f"{name}: {tuple(t.shape)} vs {dims}"
+        if name.endswith("running_var"):
+            v = rng.uniform(0.5, 2.0, dims)
+        elif name.endswith("weight") and "norm" in name:
+            v = rng.uniform(0.5, 1.5, dims)
+        else:
+            fan_in = np.prod(dims[1:]) if len(dims) > 1 else 4
+            v = rng.normal(0, np.sqrt(2.0 / fan_in), dims)
+        flat[name] = torch.from_numpy(v.astype(np.float32).astype(np.float64))
+    net.load_flat(flat)
+    train_block = np.concatenate([flat[p[0]].numpy().ravel() for p in params if p[1] == "param"]).astype(np.float32)
+    state_block = [flat[p[0]].numpy().ravel() for p in params if p[1] == "state"]
+    state_block = np.concatenate(state_block).astype(np.float32) if state_block else np.zeros(0, np.float32)
+    cin = cfg.get("in_channels", 1)
+    image = rng.normal(0, 1, (batch, cin, tile, tile)).astype(np.float32)
+    k = max(cfg["classes"], 2)
+    label = rng.integers(0, k, (batch, 1, tile, tile)).astype(np.int32)
+    weight = rng.uniform(0.5, 3.0, (batch, 1, tile, tile)).astype(np.float32)
+    loss_kind = "ce" if cfg["classes"] > 1 else "bce_dice"
+    with tempfile.TemporaryDirectory() as d:
+        train_block.tofile(os.path.join(d, "params.bin"))
+        state_block.tofile(os.path.join(d, "state.bin"))
+        image.tofile(os.path.join(d, "image.bin"))
+        label.tofile(os.path.join(d, "label.bin"))
+        weight.tofile(os.path.join(d, "weight.bin"))
+        cmd = [MODELTEST] + flags_of(cfg) + ["--tile", str(tile), "--batch", str(batch), "--dir", d]
+        if weight_map:
+            cmd.append("--weight-map")
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        losses = [float(x) for x in open(os.path.join(d, "loss.txt")).readline().split()]
+        grads = np.fromfile(os.path.join(d, "grads.bin"), dtype=np.float32)
+        outs = []
+        for h in range(len(net.heads_cols)):
+            outs.append(np.fromfile(os.path.join(d, f"out{h}.bin"), dtype=np.float32))
+        state_out = np.fromfile(os.path.join(d, "state.out.bin"), dtype=np.float32) if state_block.size else None
+
+    net.train()
+    x = torch.from_numpy(image.astype(np.float64))
+    ref_outs = net(x)
+    lab = torch.from_numpy(label)
+    wt = torch.from_numpy(weight.astype(np.float64)) if weight_map else None
+    loss, per = total_loss(ref_outs, lab, wt, loss_kind)
+    loss.backward()
+    for h, o in enumerate(ref_outs):
+        assert_close(outs[h].reshape(o.shape), o.detach().numpy(), 1e-4, f"head {h} output")
+    assert abs(losses[0] - loss.item()) <= 1e-4 * max(1.0, abs(loss.item())), (losses, loss.item())
+    for h, p in enumerate(per):
+        assert abs(losses[1 + h] - p.item()) <= 1e-4 * max(1.0, abs(p.item()))
+    named = dict((k.replace("nodes.", "").replace("heads.", ""), v) for k, v in net.named_parameters())
+    for name, kind, off, count, dims in params:
+        if kind != "param":
+            continue
+        assert_close(grads[off:off + count].reshape(dims), named[name].grad.numpy(), 2e-4, f"grad {name}")
+    if state_out is not None:
+        sd = net.state_dict_flat()
+        soff = 0
+        for name, kind, off, count, dims in params:
+            if kind == "state":
+                assert_close(state_out[off:off + count], sd[name].numpy().ravel(), 1e-5, name)
+
+
+CASES = [
+    dict(model="unet", filters=[4, 8, 16], padding="valid", classes=2),
+    dict(model="unet", filters=[4, 8, 16], padding="same", classes=3),
+    dict(model="unet_e", filters=[3, 6, 12], padding="valid", classes=2, ds=True),
+    dict(model="unet_e", filters=[3, 6, 12], padding="same", classes=1, ds=True),
+    dict(model="unet_plus", filters=[3, 6, 12], padding="valid", classes=2, ds=True),
+    dict(model="unet_plus", filters=[3, 6, 12], padding="same", classes=2),
+    dict(model="unetpp", filters=[2, 4, 8, 16], padding="valid", classes=2, ds=True),
+    dict(model="unetpp", filters=[4, 8, 16], padding="same", classes=1, ds=True),
+    dict(model="unetpp", filters=[4, 8, 16], padding="same", classes=2, norm=True),
+    dict(model="unetpp", filters=[4, 8, 16], padding="valid", classes=2, bilinear=True, fusion="add", ds=True),
+    dict(model="unet", filters=[4, 8, 16], padding="same", classes=2, norm=True, bilinear=True, in_channels=3),
+    dict(model="unetpp", filters=[2, 4, 8, 16], padding="same", classes=1, ds=True, depth=2),
+]
+
+
+@pytest.mark.parametrize("i", range(len(CASES)))
+def test_family_member(i):
+    cfg = CASES[i]
+    start = 44 if cfg["padding"] == "valid" else 16 + 2 * i
+    run_case(cfg, seed=100 + i, tile_start=start, weight_map=(i % 2 == 0))
+
+
+def test_published_parameter_counts():
+    def count(cfg):
+        params, _ = list_params(cfg)
+        return sum(p[3] for p in params if p[1] == "param")
+    assert count(dict(model="unet", filters=[64, 128, 256, 512, 1024], padding="valid", classes=2)) == 31030658
+    assert abs(count(dict(model="unet", filters=[32, 64, 128, 256, 512], padding="same", classes=1)) - 7.76e6) < 5e3
+    assert abs(count(dict(model="unetpp", filters=[32, 64, 128, 256, 512], padding="same", classes=1)) - 9.04e6) < 5e3
+
+
+def test_planner_reuses_memory():
+    cfg = dict(model="unet", filters=[64, 128, 256, 512, 1024], padding="valid", classes=2)
+    _, stats = list_params(cfg, 572)
+    assert stats["out0"] == "1x2x388x388"
+    arena, unplanned = int(stats["arena"]), int(stats["unplanned"])
+    assert arena < 0.6 * unplanned, (arena, unplanned)
+
+
+def test_invalid_tile_names_nearest():
+    cfg = dict(model="unet", filters=[64, 128, 256, 512, 1024], padding="valid", classes=2)
+    p, msg = list_params(cfg, 570)
+    assert p is None
+    assert "nearest valid sizes: 556 and 572" in msg, msg
