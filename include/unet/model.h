@@ -3,9 +3,13 @@
 #ifndef UNET_MODEL_H
 #define UNET_MODEL_H
 
+#include <stdio.h>
+
 #include "unet/graph.h"
 
 #define UNET_MAX_LEVELS 8
+
+struct unet_backend;
 
 typedef enum { UNET_MODEL_UNET, UNET_MODEL_UNET_E, UNET_MODEL_UNET_PLUS, UNET_MODEL_UNETPP } unet_model_kind;
 typedef enum { UNET_LOSS_CE, UNET_LOSS_BCE_DICE } unet_loss_kind;
@@ -43,5 +47,23 @@ typedef struct {
 int unet_model_build(const unet_model_cfg *m, int with_loss, int with_weight, unet_model *out, char *err,
                      size_t errlen);
 void unet_model_free(unet_model *out);
+
+/* What a model costs at a tile size: `unet info`. Plans memory without allocating it. */
+typedef struct {
+    size_t params, state;              /* trainable floats, batch norm statistics */
+    int n_outputs;
+    unet_shape outputs[UNET_MAX_LEVELS];
+    int tile, valid_below, valid_above; /* the nearest valid tile sizes around `tile` (0: none) */
+    double flops_per_image;            /* forward; a training step is about 3x */
+    size_t train_activation_bytes;     /* planned arena of a training step at `batch` */
+    size_t infer_activation_bytes;     /* planned arena of inference at `batch` */
+    size_t unplanned_bytes;            /* every training tensor with no reuse, for comparison */
+    size_t workspace_bytes, param_bytes;
+    int batch;
+} unet_model_info;
+int unet_model_info_get(const unet_model_cfg *m, const struct unet_backend *b, int tile, int batch,
+                        unet_model_info *out, char *err, size_t errlen);
+/* Human-readable (with per-node parameter counts) or one JSON object. */
+void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_info *info, int json);
 
 #endif

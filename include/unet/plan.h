@@ -34,6 +34,9 @@ typedef struct {
      * tests feed inputs of unrelated sizes). NULL: image (batch, C, height,
      * width), labels and weights (batch, 1, height, width). */
     const unet_shape *input_shapes;
+    /* Plan memory only, allocate nothing (info, the largest batch that fits):
+     * the plan reports statistics and cannot run. pb may have no blocks. */
+    int plan_only;
 } unet_plan_cfg;
 
 typedef struct unet_plan unet_plan;

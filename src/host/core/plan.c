@@ -272,8 +272,9 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
 
     for (int t = 0; t < p->n_tensors; t++) p->unplanned_bytes += p->tensors[t].bytes;
     p->arena_bytes = assign_offsets(p->tensors, p->n_tensors);
-    p->arena = b->alloc(b, p->arena_bytes ? p->arena_bytes : ALIGN);
     p->workspace_bytes = ws;
+    if (cfg.plan_only) goto done;
+    p->arena = b->alloc(b, p->arena_bytes ? p->arena_bytes : ALIGN);
     p->workspace = b->alloc(b, ws ? ws : ALIGN);
     if (!p->arena || !p->workspace) {
         snprintf(err, errlen, "out of %s memory: the plan needs %.1f MiB of activations and %.1f MiB of workspace "
@@ -335,7 +336,7 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
     for (size_t i = 0; i < max_hw; i++) p->ones[i] = 1.0f;
     /* Gradients of parameters whose node runs no backward stay zero. */
     if (cfg.training && pb->grads) b->memset0(b, pb->grads, pb->n_trainable * sizeof(float));
-
+done:
     free(fwd_step);
     free(fwd_nodes);
     free(bwd_step);
@@ -453,8 +454,9 @@ unet_plan_stats unet_plan_get_stats(const unet_plan *p) {
     s.arena_bytes = p->arena_bytes;
     s.unplanned_bytes = p->unplanned_bytes;
     s.workspace_bytes = p->workspace_bytes;
-    size_t opt_blocks = (p->pb->opt_a ? 1 : 0) + (p->pb->opt_b ? 1 : 0) + (p->pb->grads ? 1 : 0);
-    s.param_bytes = (p->pb->n_trainable * (1 + opt_blocks) + p->pb->n_state) * sizeof(float);
+    /* parameters, gradients and one optimizer block (SGD momentum); Adam's second moment when allocated */
+    size_t blocks = 3 + (p->pb->opt_b ? 1 : 0);
+    s.param_bytes = (p->g->trainable_count * blocks + p->g->state_count) * sizeof(float);
     s.n_tensors = p->n_tensors;
     s.n_steps = p->n_fwd + p->n_bwd;
     s.forward_flops = p->flops;
