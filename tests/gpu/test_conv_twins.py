@@ -1,0 +1,225 @@
+"""The CUDA conv, conv_t2 and bias ops (cuDNN graph API + src/kernels/cuda/conv.cu),
+forward and backward, against PyTorch in float64 and against their CPU twins,
+on random shapes (odd sizes, batch > 1), through tests/tools/unet_optest.c.
+
+Tolerances are norm-wise relative errors (unet_testlib.rel_err):
+  fp32 1e-5: pure float math (no TF32, FFT or Winograd engines); the largest
+       sums here (weight gradients) have a few thousand terms, whose float
+       rounding is ~1e-6 norm-wise, so 1e-5 holds with margin and a looser
+       engine slipping through the filter would show.
+  tf32 2e-3: TF32 keeps 10 mantissa bits (unit roundoff 4.9e-4) on the
+       products; norm-wise that lands near 5e-4..1e-3 on random data.
+Every output starts as NaN (unet_optest poisons it), so an unwritten element
+fails. UNET_CUDNN_LOG=1 is set so that a failing unet_optest run shows, in the
+error, the cuDNN engine chosen (or the fallback taken) for each plan."""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_testlib import assert_close, rng, run_op
+
+FP32_TOL = 1e-5
+TF32_TOL = 2e-3
+
+
+def _gpu_listed():
+    try:
+        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "GPU" in r.stdout
+
+
+pytestmark = pytest.mark.skipif(not _gpu_listed(), reason="no NVIDIA GPU here (nvidia-smi -L lists none): "
+                                "the CUDA conv twins run on a GPU machine")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cuda_backend_built():
+    """Skips the module when the build has no CUDA backend; any other failure
+    of a tiny conv is left to the tests, which report it in full."""
+    os.environ.setdefault("UNET_CUDNN_LOG", "1")
+    x = np.ones((1, 1, 3, 3), np.float32)
+    try:
+        run_op("conv", [x], (1, 1, 1, 1), {"k": 3, "pad": 0, "relu": 0, "out_c": 1},
+               params=[np.ones((1, 1, 3, 3), np.float32), np.zeros(1, np.float32)], backend="cuda")
+    except RuntimeError as e:
+        if "built without CUDA" in str(e):
+            pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
+
+
+def t64(a, grad=False):
+    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
+
+
+def conv_case(g, k, pad, relu, n=None):
+    n = n or int(g.integers(1, 4))
+    c, o = int(g.integers(1, 8)), int(g.integers(1, 10))
+    h, w = int(g.integers(k + 2, 18)), int(g.integers(k + 2, 18))
+    ho, wo = h - k + 1 + 2 * pad, w - k + 1 + 2 * pad
+    x = g.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (g.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    b = g.standard_normal(o).astype(np.float32)
+    dout = g.standard_normal((n, o, ho, wo)).astype(np.float32)
+    return x, wt, b, dout, (n, o, ho, wo)
+
+
+def conv_reference(x, wt, b, dout, pad, relu):
+    X, W, B = t64(x, True), t64(wt, True), t64(b, True)
+    y = F.conv2d(X, W, B, padding=pad)
+    if relu:
+        y = F.relu(y)
+    y.backward(t64(dout))
+    return y.detach().numpy(), X.grad.numpy(), W.grad.numpy(), B.grad.numpy()
+
+
+def run_conv(x, wt, b, dout, out_shape, k, pad, relu, backend="cuda", din_init=None, precision=None):
+    attrs = {"k": k, "pad": pad, "relu": relu, "out_c": out_shape[1]}
+    if precision:
+        attrs["precision"] = precision
+    return run_op("conv", [x], out_shape, attrs, params=[wt, b], dout=dout, backward=True, backend=backend,
+                  din_init=din_init)
+
+
+def check_conv(r, ref, tol, what, din_init=None):
+    y, dx, dw, db = ref
+    assert_close(r["out"], y, tol, f"{what} out")
+    assert_close(r["din"][0], dx if din_init is None else dx + din_init, tol, f"{what} din")
+    assert_close(r["dparam"][0], dw, tol, f"{what} dweight")
+    assert_close(r["dparam"][1], db, tol, f"{what} dbias")
+
+
+CONV_CONFIGS = [  # (k, pad, relu, batch): valid and same 3x3, 1x1 heads, with and without the fused ReLU
+    (3, 1, 1, None), (3, 0, 0, None), (1, 0, 1, None), (3, 1, 0, 3), (3, 0, 1, 2)]
+
+
+@pytest.mark.parametrize("case", range(len(CONV_CONFIGS)))
+def test_conv_matches_torch(case):
+    k, pad, relu, n = CONV_CONFIGS[case]
+    g = rng(100 + case)
+    x, wt, b, dout, oshape = conv_case(g, k, pad, relu, n)
+    r = run_conv(x, wt, b, dout, oshape, k, pad, relu)
+    check_conv(r, conv_reference(x, wt, b, dout, pad, relu), FP32_TOL, f"conv k{k} pad{pad} relu{relu} {x.shape}")
+
+
+def test_conv_matches_cpu_twin():
+    for case, (k, pad, relu, n) in enumerate(CONV_CONFIGS[:3]):
+        g = rng(200 + case)
+        x, wt, b, dout, oshape = conv_case(g, k, pad, relu, n)
+        cpu = run_conv(x, wt, b, dout, oshape, k, pad, relu, backend="cpu")
+        ref = (cpu["out"], cpu["din"][0], cpu["dparam"][0], cpu["dparam"][1])
+        check_conv(run_conv(x, wt, b, dout, oshape, k, pad, relu), ref, FP32_TOL,
+                   f"conv vs CPU twin k{k} pad{pad} relu{relu} {x.shape}")
+
+
+def test_conv_accumulates_into_din():
+    g = rng(300)
+    x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
+    din_init = g.standard_normal(x.shape).astype(np.float32)
+    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init])
+    check_conv(r, conv_reference(x, wt, b, dout, 1, 1), FP32_TOL, "conv accumulate", din_init)
+
+
+def test_conv_is_deterministic():
+    g = rng(400)
+    x, wt, b, dout, oshape = conv_case(g, 3, 0, 1, 3)
+    r1 = run_conv(x, wt, b, dout, oshape, 3, 0, 1)
+    r2 = run_conv(x, wt, b, dout, oshape, 3, 0, 1)
+    for name, a1, a2 in [("out", r1["out"], r2["out"]), ("din", r1["din"][0], r2["din"][0]),
+                         ("dweight", r1["dparam"][0], r2["dparam"][0]), ("dbias", r1["dparam"][1], r2["dparam"][1])]:
+        assert np.array_equal(a1.view(np.uint32), a2.view(np.uint32)), f"conv {name} differs between two runs"
+
+
+def conv_t2_case(g, n=None):
+    n = n or int(g.integers(1, 4))
+    c, o = int(g.integers(1, 9)), int(g.integers(1, 8))
+    h, w = int(g.integers(2, 12)), int(g.integers(2, 12))
+    x = g.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (g.standard_normal((c, o, 2, 2)) / np.sqrt(c)).astype(np.float32)
+    b = g.standard_normal(o).astype(np.float32)
+    dout = g.standard_normal((n, o, 2 * h, 2 * w)).astype(np.float32)
+    return x, wt, b, dout, (n, o, 2 * h, 2 * w)
+
+
+def conv_t2_reference(x, wt, b, dout):
+    X, W, B = t64(x, True), t64(wt, True), t64(b, True)
+    y = F.conv_transpose2d(X, W, B, stride=2)
+    y.backward(t64(dout))
+    return y.detach().numpy(), X.grad.numpy(), W.grad.numpy(), B.grad.numpy()
+
+
+def run_conv_t2(x, wt, b, dout, out_shape, backend="cuda", din_init=None, precision=None):
+    attrs = {"out_c": out_shape[1]}
+    if precision:
+        attrs["precision"] = precision
+    return run_op("conv_t2", [x], out_shape, attrs, params=[wt, b], dout=dout, backward=True, backend=backend,
+                  din_init=din_init)
+
+
+@pytest.mark.parametrize("seed", [500, 501])
+def test_conv_t2_matches_torch(seed):
+    g = rng(seed)
+    x, wt, b, dout, oshape = conv_t2_case(g, 2 if seed == 500 else None)
+    r = run_conv_t2(x, wt, b, dout, oshape)
+    check_conv(r, conv_t2_reference(x, wt, b, dout), FP32_TOL, f"conv_t2 {x.shape}")
+
+
+def test_conv_t2_accumulates_and_matches_cpu_twin():
+    g = rng(600)
+    x, wt, b, dout, oshape = conv_t2_case(g, 3)
+    din_init = g.standard_normal(x.shape).astype(np.float32)
+    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init])
+    check_conv(r, conv_t2_reference(x, wt, b, dout), FP32_TOL, "conv_t2 accumulate", din_init)
+    cpu = run_conv_t2(x, wt, b, dout, oshape, backend="cpu", din_init=[din_init])
+    for name, got, want in [("out", r["out"], cpu["out"]), ("din", r["din"][0], cpu["din"][0]),
+                            ("dweight", r["dparam"][0], cpu["dparam"][0]), ("dbias", r["dparam"][1], cpu["dparam"][1])]:
+        assert_close(got, want, FP32_TOL, f"conv_t2 vs CPU twin {name}")
+
+
+def test_unfused_paths(monkeypatch):
+    """UNET_CUDNN_NOFUSE=1: conv alone + the bias/ReLU kernel, and accumulation
+    through workspace scratch, as on a GPU where no engine runs the fused or
+    beta = 1 graphs."""
+    monkeypatch.setenv("UNET_CUDNN_NOFUSE", "1")
+    g = rng(700)
+    x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
+    din_init = g.standard_normal(x.shape).astype(np.float32)
+    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init])
+    check_conv(r, conv_reference(x, wt, b, dout, 1, 1), FP32_TOL, "unfused conv", din_init)
+    x, wt, b, dout, oshape = conv_t2_case(g, 2)
+    din_init = g.standard_normal(x.shape).astype(np.float32)
+    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init])
+    check_conv(r, conv_t2_reference(x, wt, b, dout), FP32_TOL, "unfused conv_t2", din_init)
+
+
+def test_tf32_within_its_tolerance():
+    g = rng(800)
+    x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
+    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, precision="tf32")
+    check_conv(r, conv_reference(x, wt, b, dout, 1, 1), TF32_TOL, "conv tf32")
+    x, wt, b, dout, oshape = conv_t2_case(g, 2)
+    r = run_conv_t2(x, wt, b, dout, oshape, precision="tf32")
+    check_conv(r, conv_t2_reference(x, wt, b, dout), TF32_TOL, "conv_t2 tf32")
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_bias_matches_torch(accumulate):
+    g = rng(900 + accumulate)
+    n, c, h, w = 3, int(g.integers(1, 9)), int(g.integers(3, 15)), int(g.integers(3, 15))
+    x = g.standard_normal((n, c, h, w)).astype(np.float32)
+    b = g.standard_normal(c).astype(np.float32)
+    dout = g.standard_normal(x.shape).astype(np.float32)
+    din_init = g.standard_normal(x.shape).astype(np.float32) if accumulate else None
+    r = run_op("bias", [x], x.shape, params=[b], dout=dout, backward=True, backend="cuda",
+               din_init=[din_init] if accumulate else None)
+    X, B = t64(x, True), t64(b, True)
+    y = X + B.view(1, -1, 1, 1)
+    y.backward(t64(dout))
+    assert_close(r["out"], y.detach().numpy(), FP32_TOL, "bias out")
+    dx = X.grad.numpy() + (din_init if accumulate else 0)
+    assert_close(r["din"][0], dx, FP32_TOL, "bias din")
+    assert_close(r["dparam"][0], B.grad.numpy(), FP32_TOL, "bias dbias")
