@@ -67,7 +67,7 @@ typedef struct {
     int ndim;
     int dims[4];              /* PyTorch layout */
     size_t count;
-    size_t offset;            /* in floats, within its block (trainable or state) */
+    size_t offset;            /* in floats, within its block (trainable or state), a multiple of 16 */
     unet_param_kind kind;
     unet_init init;
     int fan_in;
@@ -100,9 +100,11 @@ unet_node unet_node_make(unet_op op, const char *name);
 
 int unet_graph_num_params(const unet_graph *g);
 const unet_param *unet_graph_params(const unet_graph *g);
-/* Total floats in the trainable block and in the state block. */
+/* Floats in the trainable block and in the state block (with the 64-byte
+ * alignment gaps between tensors), and the exact number of trainable values. */
 size_t unet_graph_trainable_count(const unet_graph *g);
 size_t unet_graph_state_count(const unet_graph *g);
+size_t unet_graph_trainable_params(const unet_graph *g);
 int unet_graph_num_nodes(const unet_graph *g);
 const unet_node *unet_graph_nodes(const unet_graph *g);
 int unet_graph_num_inputs(const unet_graph *g);

@@ -41,9 +41,12 @@ def list_params(cfg, tile=None, batch=1):
     params = []
     stats = {}
     for line in r.stdout.splitlines():
-        if line.startswith("# arena"):
+        if line.startswith("# trainable"):
             toks = line[2:].split()
-            stats = {toks[i]: toks[i + 1] for i in range(0, len(toks) - 1, 2)}
+            stats.update({toks[i]: toks[i + 1] for i in range(0, len(toks) - 1, 2)})
+        elif line.startswith("# arena"):
+            toks = line[2:].split()
+            stats.update({toks[i]: toks[i + 1] for i in range(0, len(toks) - 1, 2)})
         elif not line.startswith("#"):
             name, kind, off, count, *dims = line.split()
             params.append((name, kind, int(off), int(count), tuple(map(int, dims))))
@@ -69,7 +72,7 @@ def run_case(cfg, seed, tile_start, batch=2, weight_map=False):
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     tile = valid_tile(cfg, tile_start)
-    params, _ = list_params(cfg)
+    params, blocks = list_params(cfg)
     net = reference(cfg)
     flat = net.state_dict_flat()
     names = [p[0] for p in params]
@@ -87,9 +90,12 @@ def run_case(cfg, seed, tile_start, batch=2, weight_map=False):
             v = rng.normal(0, np.sqrt(2.0 / fan_in), dims)
         flat[name] = torch.from_numpy(v.astype(np.float32).astype(np.float64))
     net.load_flat(flat)
-    train_block = np.concatenate([flat[p[0]].numpy().ravel() for p in params if p[1] == "param"]).astype(np.float32)
-    state_block = [flat[p[0]].numpy().ravel() for p in params if p[1] == "state"]
-    state_block = np.concatenate(state_block).astype(np.float32) if state_block else np.zeros(0, np.float32)
+    # the blocks keep each tensor at its offset (64-byte aligned, zero gaps)
+    train_block = np.zeros(int(blocks["trainable"]), np.float32)
+    state_block = np.zeros(int(blocks["state"]), np.float32)
+    for name, kind, off, count, dims in params:
+        block = train_block if kind == "param" else state_block
+        block[off:off + count] = flat[name].numpy().ravel()
     cin = cfg.get("in_channels", 1)
     image = rng.normal(0, 1, (batch, cin, tile, tile)).astype(np.float32)
     k = max(cfg["classes"], 2)
@@ -164,8 +170,9 @@ def test_family_member(i):
 
 def test_published_parameter_counts():
     def count(cfg):
-        params, _ = list_params(cfg)
-        return sum(p[3] for p in params if p[1] == "param")
+        params, stats = list_params(cfg)
+        assert int(stats["params"]) == sum(p[3] for p in params if p[1] == "param")
+        return int(stats["params"])
     assert count(dict(model="unet", filters=[64, 128, 256, 512, 1024], padding="valid", classes=2)) == 31030658
     assert abs(count(dict(model="unet", filters=[32, 64, 128, 256, 512], padding="same", classes=1)) - 7.76e6) < 5e3
     assert abs(count(dict(model="unetpp", filters=[32, 64, 128, 256, 512], padding="same", classes=1)) - 9.04e6) < 5e3

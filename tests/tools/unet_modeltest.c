@@ -109,7 +109,7 @@ int main(int argc, char **argv) {
             for (int d = 0; d < p[k].ndim; d++) printf(" %d", p[k].dims[d]);
             printf("\n");
         }
-        printf("# trainable %zu state %zu heads %d\n", nt, ns, model.n_heads);
+        printf("# trainable %zu state %zu heads %d params %zu\n", nt, ns, model.n_heads, unet_graph_trainable_params(g));
         if (tile) {
             unet_plan_cfg cfg = {.batch = batch, .height = tile, .width = tile, .training = !eval};
             unet_plan *plan = unet_plan_compile(g, &pb, cfg, err, sizeof err);
@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
     }
     float *params = read_bin(dir, "params.bin", nt * 4), *state = read_bin(dir, "state.bin", ns * 4);
     if (!params || !state) {
-        float *tp = malloc((nt + 1) * 4), *ts = malloc((ns + 1) * 4);
+        float *tp = calloc(nt + 1, 4), *ts = calloc(ns + 1, 4);
         unet_param_init_host(g, seed, tp, ts);
         if (!params) params = tp; else free(tp);
         if (!state) state = ts; else free(ts);

@@ -97,13 +97,13 @@ int unet_graph_param(unet_graph *g, const char *name, unet_param_kind kind, int 
     p->kind = kind;
     p->init = init;
     p->fan_in = fan_in;
-    if (kind == UNET_PARAM_TRAINABLE) {
-        p->offset = g->trainable_count;
-        g->trainable_count += p->count;
-    } else {
-        p->offset = g->state_count;
-        g->state_count += p->count;
-    }
+    /* Each tensor starts on a 64-byte boundary inside its block (vector loads,
+     * cuDNN's alignment preferences); the gaps stay zero, parameters and
+     * gradients alike. */
+    size_t *block = kind == UNET_PARAM_TRAINABLE ? &g->trainable_count : &g->state_count;
+    p->offset = *block;
+    *block += (p->count + 15) / 16 * 16;
+    if (kind == UNET_PARAM_TRAINABLE) g->trainable_params += p->count;
     return g->n_params++;
 }
 
@@ -126,6 +126,7 @@ int unet_graph_num_params(const unet_graph *g) { return g->n_params; }
 const unet_param *unet_graph_params(const unet_graph *g) { return g->params; }
 size_t unet_graph_trainable_count(const unet_graph *g) { return g->trainable_count; }
 size_t unet_graph_state_count(const unet_graph *g) { return g->state_count; }
+size_t unet_graph_trainable_params(const unet_graph *g) { return g->trainable_params; }
 int unet_graph_num_nodes(const unet_graph *g) { return g->n_nodes; }
 const unet_node *unet_graph_nodes(const unet_graph *g) { return g->nodes; }
 int unet_graph_num_inputs(const unet_graph *g) { return g->n_inputs; }

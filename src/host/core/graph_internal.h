@@ -31,7 +31,8 @@ struct unet_graph {
     int n_inputs, cap_inputs;
     int *outputs;
     int n_outputs, cap_outputs;
-    size_t trainable_count, state_count;
+    size_t trainable_count, state_count; /* block sizes in floats, with alignment gaps */
+    size_t trainable_params;             /* exact count of trainable values */
 };
 
 int unet_op_is_loss(unet_op op);

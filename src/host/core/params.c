@@ -27,6 +27,8 @@ int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const 
         unet_param_blocks_free(pb);
         return -1;
     }
+    b->memset0(b, pb->params, nt * sizeof(float)); /* the alignment gaps */
+    b->memset0(b, pb->state, ns * sizeof(float));
     b->memset0(b, pb->grads, nt * sizeof(float));
     b->memset0(b, pb->opt_a, nt * sizeof(float));
     if (pb->opt_b) b->memset0(b, pb->opt_b, nt * sizeof(float));

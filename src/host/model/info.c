@@ -13,7 +13,7 @@ int unet_model_info_get(const unet_model_cfg *m, const unet_backend *b, int tile
     memset(out, 0, sizeof *out);
     unet_model model;
     if (unet_model_build(m, 1, 0, &model, err, errlen)) return -1;
-    out->params = unet_graph_trainable_count(model.graph);
+    out->params = unet_graph_trainable_params(model.graph);
     out->state = unet_graph_state_count(model.graph);
     out->tile = tile;
     out->batch = batch;
