@@ -1,0 +1,28 @@
+/* `unet bench`: training-step and inference throughput of a model on random
+ * data, timed inside the process (after warm-up), for the benchmarks in bench/. */
+#ifndef UNET_BENCH_H
+#define UNET_BENCH_H
+
+#include "unet/backend.h"
+#include "unet/model.h"
+#include "unet/optim.h"
+
+typedef struct {
+    int tile, batch, warmup, steps;
+    int inference; /* time forward passes of an inference plan instead of training steps */
+    unsigned long long seed;
+} unet_bench_cfg;
+
+typedef struct {
+    double ms_median, ms_p90, ms_min;
+    double images_per_s;   /* batch / median step time */
+    double tflops;         /* achieved: images/s x (3 x forward FLOPs) for training, 1x for inference */
+    double flops_per_image;
+    size_t activation_bytes, workspace_bytes, param_bytes;
+    double first_loss, last_loss;
+} unet_bench_result;
+
+int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_backend *b, const unet_bench_cfg *c,
+                   unet_bench_result *r, char *err, size_t errlen);
+
+#endif
