@@ -1,0 +1,99 @@
+"""CPU batch norm, training and eval, with and without the fused ReLU,
+forward, backward and the running-statistics update, against PyTorch's
+F.batch_norm in float64 on random shapes (odd sizes, batch 1..3, non-square,
+several channels, activations with a non-zero mean), through
+tests/tools/unet_optest.c.
+
+Tolerance: norm-wise relative error 1e-5 (unet_testlib.rel_err). Sums run
+in double; the remaining error comes from the float32 mean and inverse
+standard deviation saved for the backward (as PyTorch saves them), about
+|mean| / std * 6e-8 relative, so the inputs keep |mean| / std <= ~5. At least
+9 values per channel: with fewer the training-mode input gradient is almost
+zero by construction (with 2 values it is exactly zero but for eps), and a
+relative error of it measures nothing."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unet_testlib import assert_close, rng, run_op
+
+TOL = 1e-5
+
+
+def t64(a, grad=False):
+    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
+
+
+def case(g):
+    n, c = int(g.integers(1, 4)), int(g.integers(1, 7))
+    h, w = int(g.integers(3, 14)), int(g.integers(3, 14))
+    shift = g.uniform(-3, 3, size=(1, c, 1, 1))
+    x = (shift + g.uniform(0.5, 2.0, size=(1, c, 1, 1)) * g.standard_normal((n, c, h, w))).astype(np.float32)
+    gamma = g.uniform(0.5, 1.5, c).astype(np.float32) * g.choice([-1, 1], c).astype(np.float32)
+    beta = g.standard_normal(c).astype(np.float32)
+    rm = g.standard_normal(c).astype(np.float32)
+    rv = g.uniform(0.5, 2.0, c).astype(np.float32)
+    dout = g.standard_normal((n, c, h, w)).astype(np.float32)
+    return x, gamma, beta, rm, rv, dout
+
+
+def reference(x, gamma, beta, rm, rv, dout, training, relu, momentum, eps):
+    X, G, B = t64(x, True), t64(gamma, True), t64(beta, True)
+    RM, RV = t64(rm), t64(rv)
+    y = F.batch_norm(X, RM, RV, G, B, training=bool(training), momentum=momentum, eps=eps)
+    if relu:
+        y = F.relu(y)
+    y.backward(t64(dout))
+    return y.detach().numpy(), X.grad.numpy(), G.grad.numpy(), B.grad.numpy(), RM.numpy(), RV.numpy()
+
+
+@pytest.mark.parametrize("training", [1, 0])
+@pytest.mark.parametrize("relu", [0, 1])
+@pytest.mark.parametrize("seed", range(3))
+def test_batchnorm(training, relu, seed):
+    g = rng(1000 + 10 * seed + 2 * training + relu)
+    x, gamma, beta, rm, rv, dout = case(g)
+    momentum, eps = [(0.1, 1e-5), (0.3, 1e-3), (0.1, 1e-5)][seed]
+    y_ref, dx_ref, dg_ref, db_ref, rm_ref, rv_ref = reference(x, gamma, beta, rm, rv, dout, training, relu,
+                                                              momentum, eps)
+    attrs = {"relu": relu, "momentum": momentum, "eps": eps}
+    what = f"batchnorm training={training} relu={relu} {x.shape}"
+    r = run_op("batchnorm", [x], x.shape, attrs, params=[gamma, beta], states=[rm, rv], dout=dout,
+               backward=True, training=training)
+    assert_close(r["out"], y_ref, TOL, what + " out")
+    assert_close(r["din"][0], dx_ref, TOL, what + " din")
+    assert_close(r["dparam"][0], dg_ref, TOL, what + " dgamma")
+    assert_close(r["dparam"][1], db_ref, TOL, what + " dbeta")
+    if training:
+        assert_close(r["state"][0], rm_ref, TOL, what + " running mean")
+        assert_close(r["state"][1], rv_ref, TOL, what + " running var")
+    else:
+        assert np.array_equal(r["state"][0], rm) and np.array_equal(r["state"][1], rv), \
+            what + ": eval mode changed the running statistics"
+    init = g.standard_normal(x.shape).astype(np.float32)
+    r = run_op("batchnorm", [x], x.shape, attrs, params=[gamma, beta], states=[rm, rv], dout=dout,
+               backward=True, training=training, din_init=[init])
+    assert_close(r["din"][0], init + dx_ref, TOL, what + " din accumulated")
+    assert_close(r["dparam"][0], dg_ref, TOL, what + " dgamma (never accumulated)")
+
+
+def test_deterministic_across_thread_counts(monkeypatch):
+    g = rng(1100)
+    x, gamma, beta, rm, rv, dout = case(g)
+    x = np.concatenate([x] * 3, axis=1)  # more channels than threads
+    c = x.shape[1]
+    gamma, beta, rm, rv = (np.tile(v, 3) for v in (gamma, beta, rm, rv))
+    dout = np.concatenate([dout] * 3, axis=1)
+    runs = []
+    for threads in ("1", "3", "3"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        runs.append(run_op("batchnorm", [x], x.shape, {"relu": 1}, params=[gamma, beta], states=[rm, rv],
+                           dout=dout, backward=True))
+    assert c > 3
+    for r in runs[1:]:
+        for key in ("out", "din", "dparam", "state"):
+            a, b = runs[0][key], r[key]
+            a, b = (a, b) if key == "out" else (np.concatenate([v.ravel() for v in a]),
+                                                np.concatenate([v.ravel() for v in b]))
+            assert a.tobytes() == b.tobytes(), f"batchnorm {key} differs between runs"
