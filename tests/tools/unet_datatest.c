@@ -1,0 +1,201 @@
+/* Data driver for the tests: opens a dataset through include/unet/data.h and
+ * dumps what the library made of it, so that tests/cpu/test_data.py can hold
+ * it against numpy (scaling, mirroring, batches).
+ *
+ *   unet_datatest --data F.h5 [--raw-key K --label-key K --weight-key K --instances-key K]
+ *       [--classes K] [--label-optional] [--cache-bytes N] [--val V.h5 | --val-fraction f] [--use-val]
+ *       (--info | --read K | --window K,Y0,X0,SIZE | --batches | --eval-tiles) [--dir D]
+ *       [--step S --count M --batch B --tile T --margin m --seed s --no-shuffle --no-prefetch --augment-test CTX]
+ *
+ * --info prints the dataset and both views. --read writes D/raw.bin,
+ * label.bin, weight.bin (instances.bin when the file has them) of image K of
+ * the view. --window writes the mirrored window. --batches writes
+ * D/raw.<step>.bin, label.<step>.bin, weight.<step>.bin for steps S..S+M-1 and
+ * D/samples.txt ("step slot image y0 x0" a line). --eval-tiles writes all
+ * evaluation tiles one after the other to D/raw.bin, label.bin, weight.bin.
+ * --augment-test CTX plugs in an augmentation that crops the centre of its
+ * CTX-larger source window (the identity, if the seam is right).
+ * Errors: the library's one line on stderr, exit code 2. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "unet/data.h"
+
+static char err[1024];
+
+static void fail(void) {
+    fprintf(stderr, "%s\n", err);
+    exit(2);
+}
+
+static void usage(const char *msg) {
+    fprintf(stderr, "unet_datatest: %s\n", msg);
+    exit(2);
+}
+
+static void write_bin(const char *dir, const char *name, const void *p, size_t bytes) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(p, 1, bytes, f) != bytes) usage("cannot write output");
+    fclose(f);
+}
+
+static int centre_crop(void *ctx, const unet_augment_args *a, char *e, size_t elen) {
+    (void)ctx, (void)e, (void)elen;
+    int S = a->tile + 2 * a->context, T = a->tile, c0 = a->context;
+    for (int y = 0; y < T; y++)
+        for (int x = 0; x < T; x++) {
+            size_t s = (size_t)(y + c0) * S + x + c0, d = (size_t)y * T + x;
+            for (int c = 0; c < a->channels; c++) a->raw[(size_t)c * T * T + d] = a->src_raw[(size_t)c * S * S + s];
+            a->label[d] = a->src_label[s];
+            a->weight[d] = a->src_weight[s];
+        }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    unet_dataset_opts dopts = {0};
+    unet_loader_opts lopts = {.batch = 1, .seed = 0};
+    const char *data = NULL, *val = NULL, *dir = ".", *mode = NULL;
+    double val_fraction = 0;
+    int use_val = 0, index = 0, step = 0, count = 1, win[4] = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define ARG(name) (!strcmp(a, name) && v && ++i)
+        if (ARG("--data")) data = v;
+        else if (ARG("--raw-key")) dopts.raw_key = v;
+        else if (ARG("--label-key")) dopts.label_key = v;
+        else if (ARG("--weight-key")) dopts.weight_key = v;
+        else if (ARG("--instances-key")) dopts.instances_key = v;
+        else if (ARG("--classes")) dopts.classes = atoi(v);
+        else if (!strcmp(a, "--label-optional")) dopts.label_optional = 1;
+        else if (ARG("--cache-bytes")) dopts.cache_bytes = strtoull(v, NULL, 10);
+        else if (ARG("--val")) val = v;
+        else if (ARG("--val-fraction")) val_fraction = atof(v);
+        else if (!strcmp(a, "--use-val")) use_val = 1;
+        else if (ARG("--dir")) dir = v;
+        else if (!strcmp(a, "--info") || !strcmp(a, "--batches") || !strcmp(a, "--eval-tiles")) mode = a + 2;
+        else if (ARG("--read")) mode = "read", index = atoi(v);
+        else if (ARG("--window")) {
+            mode = "window";
+            if (sscanf(v, "%d,%d,%d,%d", &win[0], &win[1], &win[2], &win[3]) != 4) usage("--window K,Y0,X0,SIZE");
+        }
+        else if (ARG("--step")) step = atoi(v);
+        else if (ARG("--count")) count = atoi(v);
+        else if (ARG("--batch")) lopts.batch = atoi(v);
+        else if (ARG("--tile")) lopts.tile = atoi(v);
+        else if (ARG("--margin")) lopts.margin = atoi(v);
+        else if (ARG("--seed")) lopts.seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--no-shuffle")) lopts.no_shuffle = 1;
+        else if (!strcmp(a, "--no-prefetch")) lopts.no_prefetch = 1;
+        else if (ARG("--augment-test")) lopts.augment = centre_crop, lopts.augment_context = atoi(v);
+        else {
+            fprintf(stderr, "unet_datatest: unknown or incomplete argument %s\n", a);
+            return 2;
+        }
+#undef ARG
+    }
+    if (!data || !mode) usage("need --data F.h5 and one of --info, --read, --window, --batches, --eval-tiles");
+
+    unet_dataset *ds, *vds = NULL;
+    if (unet_dataset_open(data, &dopts, &ds, err, sizeof err)) fail();
+    unet_data_view train = unet_data_view_all(ds), held = {0};
+    if (val) {
+        if (unet_dataset_open(val, &dopts, &vds, err, sizeof err)) fail();
+        held = unet_data_view_all(vds);
+    } else if (val_fraction > 0) {
+        if (unet_data_split(ds, val_fraction, &train, &held, err, sizeof err)) fail();
+    }
+    const unet_data_view *view = use_val ? &held : &train;
+    if (use_val && !held.ds) usage("--use-val needs --val or --val-fraction");
+    unet_dataset_info info;
+    unet_dataset_get_info(view->ds, &info);
+    const int C = info.c, W = info.w;
+
+    if (!strcmp(mode, "info")) {
+        printf("n %d c %d h %d w %d label %d weight %d instances %d cached %d type %s\n", info.n, info.c, info.h,
+               info.w, info.has_label, info.has_weight, info.has_instances, info.cached, info.raw_type);
+        printf("train %d %d %d %d\n", train.image0, train.images, train.row0, train.rows);
+        if (held.ds) printf("val %d %d %d %d\n", held.image0, held.images, held.row0, held.rows);
+    } else if (!strcmp(mode, "read")) {
+        size_t plane = (size_t)view->rows * W;
+        float *raw = malloc(plane * C * sizeof(float)), *wt = malloc(plane * sizeof(float));
+        int32_t *lab = info.has_label ? malloc(plane * sizeof(int32_t)) : NULL;
+        if (unet_data_view_read(view, index, raw, lab, wt, err, sizeof err)) fail();
+        write_bin(dir, "raw.bin", raw, plane * C * sizeof(float));
+        if (lab) write_bin(dir, "label.bin", lab, plane * sizeof(int32_t));
+        write_bin(dir, "weight.bin", wt, plane * sizeof(float));
+        if (info.has_instances) {
+            int32_t *inst = malloc(plane * sizeof(int32_t));
+            if (unet_dataset_read(view->ds, view->image0 + index, view->row0, view->rows, NULL, NULL, NULL, inst,
+                                  err, sizeof err))
+                fail();
+            write_bin(dir, "instances.bin", inst, plane * sizeof(int32_t));
+            free(inst);
+        }
+        free(raw), free(lab), free(wt);
+    } else if (!strcmp(mode, "window")) {
+        size_t plane = (size_t)win[3] * win[3];
+        float *raw = malloc(plane * C * sizeof(float)), *wt = malloc(plane * sizeof(float));
+        int32_t *lab = info.has_label ? malloc(plane * sizeof(int32_t)) : NULL;
+        if (unet_data_window(view, win[0], win[1], win[2], win[3], raw, lab, wt, NULL, err, sizeof err)) fail();
+        write_bin(dir, "raw.bin", raw, plane * C * sizeof(float));
+        if (lab) write_bin(dir, "label.bin", lab, plane * sizeof(int32_t));
+        write_bin(dir, "weight.bin", wt, plane * sizeof(float));
+        free(raw), free(lab), free(wt);
+    } else if (!strcmp(mode, "batches")) {
+        unet_loader *l;
+        if (unet_loader_create(view, &lopts, &l, err, sizeof err)) fail();
+        size_t n = (size_t)lopts.batch * lopts.tile * lopts.tile;
+        float *raw = malloc(n * C * sizeof(float)), *wt = malloc(n * sizeof(float));
+        int32_t *lab = malloc(n * sizeof(int32_t));
+        char path[2048], name[64];
+        snprintf(path, sizeof path, "%s/samples.txt", dir);
+        FILE *samples = fopen(path, "w");
+        if (!samples) usage("cannot write samples.txt");
+        for (int s = step; s < step + count; s++) {
+            if (unet_loader_batch(l, s, raw, lab, wt, err, sizeof err)) fail();
+            snprintf(name, sizeof name, "raw.%d.bin", s);
+            write_bin(dir, name, raw, n * C * sizeof(float));
+            snprintf(name, sizeof name, "label.%d.bin", s);
+            write_bin(dir, name, lab, n * sizeof(int32_t));
+            snprintf(name, sizeof name, "weight.%d.bin", s);
+            write_bin(dir, name, wt, n * sizeof(float));
+            for (int b = 0; b < lopts.batch; b++) {
+                int k, y0, x0;
+                unet_loader_sample(l, s, b, &k, &y0, &x0);
+                fprintf(samples, "%d %d %d %d %d\n", s, b, k, y0, x0);
+            }
+        }
+        fclose(samples);
+        unet_loader_free(l);
+        free(raw), free(lab), free(wt);
+    } else {
+        unet_eval_tiles it;
+        if (unet_eval_tiles_init(&it, view, lopts.tile, lopts.margin, lopts.batch, err, sizeof err)) fail();
+        int total = unet_eval_tiles_count(&it), got, done = 0;
+        size_t n = (size_t)total * lopts.tile * lopts.tile;
+        float *raw = malloc(n * C * sizeof(float)), *wt = malloc(n * sizeof(float));
+        int32_t *lab = malloc(n * sizeof(int32_t));
+        size_t plane = (size_t)lopts.tile * lopts.tile;
+        for (;;) {
+            if (unet_eval_tiles_next(&it, raw + done * plane * C, lab + done * plane, wt + done * plane, &got, err,
+                                     sizeof err))
+                fail();
+            if (!got) break;
+            done += got;
+        }
+        printf("tiles %d of %d\n", done, total);
+        write_bin(dir, "raw.bin", raw, n * C * sizeof(float));
+        write_bin(dir, "label.bin", lab, n * sizeof(int32_t));
+        write_bin(dir, "weight.bin", wt, n * sizeof(float));
+        unet_eval_tiles_free(&it);
+        free(raw), free(lab), free(wt);
+    }
+    unet_dataset_close(ds);
+    unet_dataset_close(vds);
+    return 0;
+}
