@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # Dockerfile installs the same list (keep them in step).
 PACKAGES=(build-essential cmake pkg-config libhdf5-dev libopenblas-dev libjson-c-dev libpng-dev libtiff-dev
           python3 python3-pip python3-numpy python3-scipy python3-h5py python3-matplotlib python3-pytest
-          python3-torch python3-pil python3-tifffile)
+          python3-torch python3-pil)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

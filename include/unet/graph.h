@@ -30,6 +30,7 @@ typedef enum {
 
 const char *unet_op_name(unet_op op);
 
+
 /* A node as the builder describes it. Value ids refer to graph values
  * (inputs and node outputs), param ids to the graph's parameter table. */
 typedef struct {
@@ -50,6 +51,11 @@ typedef struct {
     float scale;    /* loss: weight of this loss in the total (1 / number of heads) */
     int out_value;  /* set by unet_graph_add */
 } unet_node;
+
+/* Which forward tensors the backward of a node reads (its inputs, its
+ * output). Compiled plans pass NULL for the others and reuse their memory. */
+int unet_backward_reads_inputs(const unet_node *n);
+int unet_backward_reads_output(const unet_node *n);
 
 typedef enum {
     UNET_INIT_HE,    /* normal, std sqrt(2 / fan_in) */

@@ -209,7 +209,13 @@ int main(int argc, char **argv) {
             a.din[i] = to_device(b, init, in_shape[i], UNET_F32);
             free(init);
         }
-        impl->backward(&a);
+        /* exactly what a compiled plan hands a backward: NULL for the forward
+         * tensors it does not declare it reads (their memory is reused) */
+        unet_op_args ba = a;
+        if (!unet_backward_reads_inputs(&node))
+            for (int i = 0; i < n_in; i++) ba.in[i] = NULL;
+        if (!unet_backward_reads_output(&node)) ba.out = NULL;
+        impl->backward(&ba);
         b->sync(b);
         for (int i = 0; i < n_in; i++) {
             if (!a.din[i]) continue;

@@ -28,10 +28,11 @@ static const unsigned backward_reads[UNET_OP_COUNT] = {
     [UNET_OP_BCE_DICE] = READS_IN,
 };
 
-static int reads_in(const unet_node *n) { return (backward_reads[n->op] & READS_IN) != 0; }
-static int reads_out(const unet_node *n) {
+int unet_backward_reads_inputs(const unet_node *n) { return (backward_reads[n->op] & READS_IN) != 0; }
+int unet_backward_reads_output(const unet_node *n) {
     return (backward_reads[n->op] & READS_OUT) || ((backward_reads[n->op] & READS_OUT_IF_RELU) && n->relu);
 }
+
 
 typedef struct {
     size_t bytes, offset;
@@ -223,9 +224,9 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
         if (has_grad[v]) p->grad[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), end);
         for (int i = 0; i < n->n_in; i++) {
             use(p, p->act[n->in[i]], s);
-            if (bwd_step[k] >= 0 && reads_in(n)) use(p, p->act[n->in[i]], bwd_step[k]);
+            if (bwd_step[k] >= 0 && unet_backward_reads_inputs(n)) use(p, p->act[n->in[i]], bwd_step[k]);
         }
-        if (bwd_step[k] >= 0 && reads_out(n)) use(p, p->act[v], bwd_step[k]);
+        if (bwd_step[k] >= 0 && unet_backward_reads_output(n)) use(p, p->act[v], bwd_step[k]);
         if (unet_op_is_loss(n->op)) use(p, p->act[v], end);
     }
     for (int o = 0; o < g->n_outputs; o++) use(p, p->act[g->outputs[o]], end);
@@ -302,11 +303,11 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
             unet_op_args *ba = &p->bwd[bwd_step[k] - p->n_fwd];
             *ba = *a;
             for (int i = 0; i < n->n_in; i++) {
-                if (!reads_in(n)) ba->in[i] = NULL;
+                if (!unet_backward_reads_inputs(n)) ba->in[i] = NULL;
                 if (unet_op_is_loss(n->op) && i > 0) continue;
                 ba->din[i] = PTR(p->grad[n->in[i]]);
             }
-            if (!reads_out(n)) ba->out = NULL;
+            if (!unet_backward_reads_output(n)) ba->out = NULL;
             ba->dout = unet_op_is_loss(n->op) ? NULL : PTR(p->grad[n->out_value]);
         }
     }
