@@ -32,10 +32,12 @@ static inline int unet_reflect(int i, int n) {
     return i < n ? i : period - i;
 }
 
-/* Predicts one image (C, H, W) with the plan's head `output`, writing logits
- * (classes, H, W). progress(done, total, ctx) is called after each batch of
- * tiles when not NULL. Uses the plan's batch for several tiles at once. */
-int unet_predict_tiled(unet_plan *plan, int output, const unet_tiling *t, const float *image, int channels, int height,
-                       int width, float *logits, void (*progress)(int done, int total, void *ctx), void *ctx);
+/* Predicts one image (C, H, W): logits[o] (classes, H, W) for each output o
+ * of the plan whose pointer is not NULL, in one pass over the tiles.
+ * progress(done, total, ctx) is called after each batch of tiles when not
+ * NULL. Uses the plan's batch for several tiles at once. 0, or -1 when out
+ * of host memory. */
+int unet_predict_tiled(unet_plan *plan, const unet_tiling *t, const float *image, int channels, int height, int width,
+                       float **logits, void (*progress)(int done, int total, void *ctx), void *ctx);
 
 #endif

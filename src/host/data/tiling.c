@@ -13,12 +13,15 @@
 int unet_tiling_init(unet_tiling *t, unet_plan *plan, int pool_levels, float overlap, char *err, size_t errlen) {
     memset(t, 0, sizeof *t);
     unet_shape in = unet_plan_input_shape(plan, 0);
-    unet_shape out = unet_plan_output_shape(plan, unet_plan_num_outputs(plan) - 1);
+    /* the smallest output (the deepest head under valid padding) sets the stride */
+    int out = in.h;
+    for (int o = 0; o < unet_plan_num_outputs(plan); o++)
+        if (unet_plan_output_shape(plan, o).h < out) out = unet_plan_output_shape(plan, o).h;
     t->tile = in.h;
-    t->out = out.h;
-    t->margin = (in.h - out.h) / 2;
+    t->out = out;
+    t->margin = (in.h - out) / 2;
     t->align = 1 << pool_levels;
-    t->same = out.h == in.h;
+    t->same = out == in.h;
     if (!(overlap >= 0.0f && overlap < 1.0f)) {
         snprintf(err, errlen, "--overlap must be in [0, 1), got %g", (double)overlap);
         return -1;
@@ -41,16 +44,42 @@ static float window(int i, int n) {
     return (float)fmax(exp(-(i - c) * (i - c) / (2 * s * s)), 1e-3);
 }
 
-int unet_predict_tiled(unet_plan *plan, int output, const unet_tiling *t, const float *image, int channels, int height,
-                       int width, float *logits, void (*progress)(int done, int total, void *ctx), void *ctx) {
+/* Adds (same padding) or copies (valid) one tile's output into an image map. */
+static void stitch(const unet_tiling *t, const float *src, int K, int O, int ty, int tx, float *dst, float *wsum,
+                   int height, int width) {
+    for (int k = 0; k < K; k++)
+        for (int y = 0; y < O; y++) {
+            int iy = ty + y;
+            if (iy < 0 || iy >= height) continue;
+            const float *s = src + ((size_t)k * O + y) * O;
+            float *d = dst + ((size_t)k * height + iy) * width;
+            for (int x = 0; x < O; x++) {
+                int ix = tx + x;
+                if (ix < 0 || ix >= width) continue;
+                if (!t->same) {
+                    d[ix] = s[x];
+                } else {
+                    float w = window(y, O) * window(x, O);
+                    d[ix] += w * s[x];
+                    if (k == 0 && wsum) wsum[(size_t)iy * width + ix] += w;
+                }
+            }
+        }
+}
+
+int unet_predict_tiled(unet_plan *plan, const unet_tiling *t, const float *image, int channels, int height, int width,
+                       float **logits, void (*progress)(int done, int total, void *ctx), void *ctx) {
     unet_shape in = unet_plan_input_shape(plan, 0);
-    unet_shape os = unet_plan_output_shape(plan, output);
-    const int B = in.n, T = t->tile, O = os.h, K = os.c;
+    const int B = in.n, T = t->tile, n_out = unet_plan_num_outputs(plan);
     const int ny = tiles_along(height, t->out, t->stride), nx = tiles_along(width, t->out, t->stride);
     const int total = ny * nx;
-    const int oy_head = (t->out - O) / 2; /* a shallower head's output may be larger: centre it */
+    size_t out_floats = 0;
+    for (int o = 0; o < n_out; o++) {
+        size_t n = unet_shape_count(unet_plan_output_shape(plan, o));
+        if (n > out_floats) out_floats = n;
+    }
     float *batch = calloc((size_t)B * channels * T * T, sizeof(float));
-    float *outs = malloc((size_t)B * K * O * O * sizeof(float));
+    float *outs = malloc(out_floats * sizeof(float));
     float *wsum = t->same ? calloc((size_t)height * width, sizeof(float)) : NULL;
     if (!batch || !outs || (t->same && !wsum)) {
         free(batch);
@@ -58,7 +87,12 @@ int unet_predict_tiled(unet_plan *plan, int output, const unet_tiling *t, const 
         free(wsum);
         return -1;
     }
-    if (t->same) memset(logits, 0, (size_t)K * height * width * sizeof(float));
+    int weighed = -1; /* the output whose stitching accumulates the blend weights */
+    for (int o = 0; o < n_out; o++)
+        if (logits[o] && weighed < 0) weighed = o;
+    for (int o = 0; o < n_out; o++)
+        if (logits[o] && t->same)
+            memset(logits[o], 0, (size_t)unet_plan_output_shape(plan, o).c * height * width * sizeof(float));
     for (int first = 0; first < total; first += B) {
         int count = total - first < B ? total - first : B;
         for (int b = 0; b < count; b++) {
@@ -72,34 +106,29 @@ int unet_predict_tiled(unet_plan *plan, int output, const unet_tiling *t, const 
         }
         unet_plan_set_input(plan, 0, batch);
         unet_plan_forward(plan);
-        unet_plan_read_output(plan, output, outs);
-        for (int b = 0; b < count; b++) {
-            /* output pixel (y, x) of this tile sits at image (ty + y, tx + x) */
-            int ty = (first + b) / nx * t->stride - oy_head, tx = (first + b) % nx * t->stride - oy_head;
-            for (int k = 0; k < K; k++)
-                for (int y = 0; y < O; y++) {
-                    int iy = ty + y;
-                    if (iy < 0 || iy >= height) continue;
-                    const float *src = outs + (((size_t)b * K + k) * O + y) * O;
-                    float *dst = logits + ((size_t)k * height + iy) * width;
-                    for (int x = 0; x < O; x++) {
-                        int ix = tx + x;
-                        if (ix < 0 || ix >= width) continue;
-                        if (!t->same) {
-                            dst[ix] = src[x];
-                        } else {
-                            float w = window(y, O) * window(x, O);
-                            dst[ix] += w * src[x];
-                            if (k == 0) wsum[(size_t)iy * width + ix] += w;
-                        }
-                    }
-                }
+        for (int o = 0; o < n_out; o++) {
+            if (!logits[o]) continue;
+            unet_shape os = unet_plan_output_shape(plan, o);
+            unet_plan_read_output(plan, o, outs);
+            /* a head's output pixel (0, 0) sits at the tile's output origin,
+             * shifted when this head's output is larger than the deepest's */
+            int shift = (t->out - os.h) / 2;
+            for (int b = 0; b < count; b++) {
+                int ty = (first + b) / nx * t->stride + shift, tx = (first + b) % nx * t->stride + shift;
+                stitch(t, outs + (size_t)b * os.c * os.h * os.w, os.c, os.h, ty, tx, logits[o], o == weighed ? wsum : NULL,
+                       height, width);
+            }
         }
         if (progress) progress(first + count, total, ctx);
     }
     if (t->same)
-        for (int k = 0; k < K; k++)
-            for (size_t i = 0; i < (size_t)height * width; i++) logits[(size_t)k * height * width + i] /= wsum[i];
+        for (int o = 0; o < n_out; o++) {
+            if (!logits[o]) continue;
+            int K = unet_plan_output_shape(plan, o).c;
+            for (int k = 0; k < K; k++)
+                for (size_t i = 0; i < (size_t)height * width; i++)
+                    logits[o][(size_t)k * height * width + i] /= wsum[i];
+        }
     free(batch);
     free(outs);
     free(wsum);
