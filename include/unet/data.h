@@ -162,4 +162,16 @@ int unet_eval_tiles_next(unet_eval_tiles *it, float *raw, int32_t *label, float 
                          size_t errlen);
 void unet_eval_tiles_free(unet_eval_tiles *it);
 
+/* Prediction files: `prob` (N, K, H, W) float32 (softmax, or sigmoid for one
+ * class) and `pred` (N, H, W) uint8, chunked per image, gzip. Written to a
+ * temporary file beside the target and renamed by close(commit = 1), so a
+ * failed or interrupted run never leaves a half-written file under the name. */
+typedef struct unet_prediction_file unet_prediction_file;
+int unet_prediction_file_create(const char *path, int n, int classes, int height, int width,
+                                unet_prediction_file **out, char *err, size_t errlen);
+int unet_prediction_file_write(unet_prediction_file *f, int index, const float *prob, const uint8_t *pred, char *err,
+                               size_t errlen);
+/* commit = 0 discards the file (an error happened). */
+int unet_prediction_file_close(unet_prediction_file *f, int commit, char *err, size_t errlen);
+
 #endif

@@ -18,8 +18,12 @@
 
 #include "unet/data.h"
 #include "unet/tiling.h"
+#include "host/data/hdf5_lock.h"
 
 static pthread_mutex_t hdf5_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void unet_hdf5_lock(void) { pthread_mutex_lock(&hdf5_lock); }
+void unet_hdf5_unlock(void) { pthread_mutex_unlock(&hdf5_lock); }
 
 enum { RAW_U8, RAW_U16, RAW_F32 };
 static const char *const raw_type_names[] = {"uint8", "uint16", "float32"};
