@@ -1,0 +1,57 @@
+/* Checkpoints: one safetensors file a PyTorch user can load.
+ *
+ * Tensors: every parameter of the graph under its grid name in PyTorch's
+ * layout (x{i}_{j}.conv1.weight [out,in,3,3], x{i}_{j}.up.weight [in,out,2,2],
+ * head{j}.weight, x{i}_{j}.norm1.running_mean, ...), float32; for every batch
+ * norm `<prefix>.num_batches_tracked` (I64 scalar, = the step) as PyTorch's
+ * BatchNorm2d has it; then the optimizer state, when saved, under
+ * optimizer.momentum_buffer.<param> (SGD) or optimizer.exp_avg.<param> and
+ * optimizer.exp_avg_sq.<param> (Adam, AdamW).
+ *
+ * Metadata (strings): "format" = "pt", "unet.format_version" = "1",
+ * "unet.step", "unet.optimizer_state" = none | sgd | adam, and "unet.config",
+ * the run's configuration as JSON (unet_config_to_json), from which predict
+ * rebuilds the model. */
+#ifndef UNET_CHECKPOINT_H
+#define UNET_CHECKPOINT_H
+
+#include <stddef.h>
+
+#include "unet/graph.h"
+
+#define UNET_CHECKPOINT_FORMAT_VERSION 1
+
+/* Writes atomically. params and state are the host blocks in the graph's
+ * layout (unet_graph_params() offsets). Optimizer state: opt_a and opt_b NULL
+ * for weights only; opt_a alone for SGD's momentum buffer; both for Adam's
+ * first and second moments. config_json may be NULL. */
+int unet_checkpoint_save(const char *path, const unet_graph *g, const float *params, const float *state,
+                         const float *opt_a, const float *opt_b, long step, const char *config_json, char *err,
+                         size_t errlen);
+
+/* --init: weights only. Every trainable and state tensor of the graph must be
+ * there with its shape (F32, or F64/F16/BF16 converted), else one line naming
+ * the tensor and both shapes; other tensors in the file are ignored. Only the
+ * graph's tensors are written: alignment gaps in the blocks are left alone. */
+int unet_checkpoint_load_weights(const char *path, const unet_graph *g, float *params, float *state, char *err,
+                                 size_t errlen);
+
+/* --resume: weights, the optimizer state the run uses (opt_b NULL: SGD's
+ * momentum buffer into opt_a; else Adam's moments into opt_a and opt_b) and
+ * the step. A checkpoint without optimizer state, or with another
+ * optimizer's, is an error that says what to do instead. */
+int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *params, float *state, float *opt_a,
+                                float *opt_b, long *step, char *err, size_t errlen);
+
+/* The metadata alone (no model needed): predict takes the model from it. */
+typedef struct {
+    char *config_json;    /* malloc'd; NULL when the file has none (weights written by PyTorch, say) */
+    long step;            /* 0 when absent */
+    int format_version;   /* 0 when absent */
+    char optimizer_state[16]; /* "none", "sgd", "adam" ("none" when absent) */
+} unet_checkpoint_meta;
+
+int unet_checkpoint_read_meta(const char *path, unet_checkpoint_meta *meta, char *err, size_t errlen);
+void unet_checkpoint_meta_free(unet_checkpoint_meta *meta);
+
+#endif

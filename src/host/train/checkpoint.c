@@ -1,0 +1,243 @@
+/* Checkpoints on top of safetensors: the graph's parameter table names the
+ * tensors and gives their shapes and offsets in the host blocks, so saving
+ * and loading are walks over that table (layout in include/unet/checkpoint.h). */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "unet/checkpoint.h"
+#include "unet/safetensors.h"
+
+#define OPT_PREFIX_LEN 32
+#define TENSOR_NAME_LEN (UNET_NAME_LEN + OPT_PREFIX_LEN)
+
+static void fail(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t ls = strlen(s), lx = strlen(suffix);
+    return ls >= lx && !strcmp(s + ls - lx, suffix);
+}
+
+/* Names of the optimizer state blocks, PyTorch's state keys: SGD keeps a
+ * momentum buffer, Adam two moments. */
+static const char *const sgd_names[] = {"momentum_buffer"};
+static const char *const adam_names[] = {"exp_avg", "exp_avg_sq"};
+
+static void shape_text(int ndim, const int64_t *dims, char *buf, size_t n) {
+    buf[0] = 0;
+    snprintf(buf, n, "[");
+    for (int d = 0; d < ndim; d++)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%s%lld", d ? ", " : "", (long long)dims[d]);
+    snprintf(buf + strlen(buf), n - strlen(buf), "]");
+}
+
+static void param_shape(const unet_param *p, int64_t *dims) {
+    for (int d = 0; d < p->ndim; d++) dims[d] = p->dims[d];
+}
+
+int unet_checkpoint_save(const char *path, const unet_graph *g, const float *params, const float *state,
+                         const float *opt_a, const float *opt_b, long step, const char *config_json, char *err,
+                         size_t errlen) {
+    const int np = unet_graph_num_params(g);
+    const unet_param *p = unet_graph_params(g);
+    int n_bn = 0, n_train = 0;
+    for (int k = 0; k < np; k++) {
+        n_bn += p[k].kind == UNET_PARAM_STATE && ends_with(p[k].name, ".running_var");
+        n_train += p[k].kind == UNET_PARAM_TRAINABLE;
+    }
+    const float *opt_blocks[2] = {opt_a, opt_b};
+    const char *const *opt_names = opt_b ? adam_names : sgd_names;
+    int n_opt = !opt_a ? 0 : opt_b ? 2 : 1;
+    int total = np + n_bn + n_opt * n_train, nt = 0, nn = 0;
+    unet_st_tensor *t = calloc((size_t)total + 1, sizeof *t);
+    char(*names)[TENSOR_NAME_LEN] = calloc((size_t)(n_bn + n_opt * n_train) + 1, sizeof *names);
+    if (!t || !names) {
+        free(t);
+        free(names);
+        fail(err, errlen, "cannot write %s: out of memory", path);
+        return -1;
+    }
+    const int64_t tracked = step; /* PyTorch's BatchNorm2d counts its training forward passes */
+    for (int k = 0; k < np; k++) {
+        const float *block = p[k].kind == UNET_PARAM_TRAINABLE ? params : state;
+        t[nt] = (unet_st_tensor){.name = p[k].name, .dtype = UNET_ST_F32, .ndim = p[k].ndim, .data = block + p[k].offset};
+        param_shape(&p[k], t[nt].shape);
+        nt++;
+        if (p[k].kind == UNET_PARAM_STATE && ends_with(p[k].name, ".running_var")) {
+            snprintf(names[nn], TENSOR_NAME_LEN, "%.*s.num_batches_tracked",
+                     (int)(strlen(p[k].name) - strlen(".running_var")), p[k].name);
+            t[nt++] = (unet_st_tensor){.name = names[nn++], .dtype = UNET_ST_I64, .ndim = 0, .data = &tracked};
+        }
+    }
+    for (int b = 0; b < n_opt; b++)
+        for (int k = 0; k < np; k++) {
+            if (p[k].kind != UNET_PARAM_TRAINABLE) continue;
+            snprintf(names[nn], TENSOR_NAME_LEN, "optimizer.%s.%s", opt_names[b], p[k].name);
+            t[nt] = (unet_st_tensor){.name = names[nn++], .dtype = UNET_ST_F32, .ndim = p[k].ndim,
+                                     .data = opt_blocks[b] + p[k].offset};
+            param_shape(&p[k], t[nt].shape);
+            nt++;
+        }
+    char step_text[32], version[16];
+    snprintf(step_text, sizeof step_text, "%ld", step);
+    snprintf(version, sizeof version, "%d", UNET_CHECKPOINT_FORMAT_VERSION);
+    unet_st_meta meta[6] = {{"format", "pt"},
+                            {"unet.format_version", version},
+                            {"unet.step", step_text},
+                            {"unet.optimizer_state", !opt_a ? "none" : opt_b ? "adam" : "sgd"}};
+    int n_meta = 4;
+    if (config_json) meta[n_meta++] = (unet_st_meta){"unet.config", config_json};
+    int rc = unet_st_write(path, t, nt, meta, n_meta, err, errlen);
+    free(t);
+    free(names);
+    return rc;
+}
+
+/* ---- loading ----------------------------------------------------------- */
+
+static int check_version(const unet_st_file *f, char *err, size_t errlen) {
+    const char *v = unet_st_meta_get(f, "unet.format_version");
+    if (v && atoi(v) > UNET_CHECKPOINT_FORMAT_VERSION) {
+        fail(err, errlen, "%s was written by a newer unet (checkpoint format %s; this one reads up to %d)",
+             unet_st_path(f), v, UNET_CHECKPOINT_FORMAT_VERSION);
+        return -1;
+    }
+    return 0;
+}
+
+/* One tensor into dst, after checking it exists and has the model's shape. */
+static int load_tensor(const unet_st_file *f, const char *name, const unet_param *p, float *dst, char *err,
+                       size_t errlen) {
+    int64_t want[4];
+    param_shape(p, want);
+    char want_text[64], have_text[128];
+    shape_text(p->ndim, want, want_text, sizeof want_text);
+    const unet_st_tensor *t = unet_st_find(f, name);
+    if (!t) {
+        fail(err, errlen, "%s has no tensor %s %s that the model needs (a checkpoint of another model? the model "
+                          "flags must describe the one it was saved from)",
+             unet_st_path(f), name, want_text);
+        return -1;
+    }
+    int same = t->ndim == p->ndim;
+    for (int d = 0; same && d < p->ndim; d++) same = t->shape[d] == want[d];
+    if (!same) {
+        shape_text(t->ndim, t->shape, have_text, sizeof have_text);
+        fail(err, errlen, "%s: tensor %s has shape %s, the model needs %s", unet_st_path(f), name, have_text,
+             want_text);
+        return -1;
+    }
+    return unet_st_read_f32(f, t, dst, err, errlen);
+}
+
+static int load_weights(const unet_st_file *f, const unet_graph *g, float *params, float *state, char *err,
+                        size_t errlen) {
+    const unet_param *p = unet_graph_params(g);
+    for (int k = 0; k < unet_graph_num_params(g); k++) {
+        float *block = p[k].kind == UNET_PARAM_TRAINABLE ? params : state;
+        if (load_tensor(f, p[k].name, &p[k], block + p[k].offset, err, errlen)) return -1;
+    }
+    return 0;
+}
+
+int unet_checkpoint_load_weights(const char *path, const unet_graph *g, float *params, float *state, char *err,
+                                 size_t errlen) {
+    unet_st_file *f;
+    if (unet_st_open(path, &f, err, errlen)) return -1;
+    int rc = check_version(f, err, errlen) || load_weights(f, g, params, state, err, errlen) ? -1 : 0;
+    unet_st_close(f);
+    return rc;
+}
+
+/* Which optimizer's state the file holds, by the names of its tensors:
+ * "sgd", "adam" or NULL. */
+static const char *saved_optimizer(const unet_st_file *f) {
+    for (int i = 0; i < unet_st_count(f); i++) {
+        const char *n = unet_st_at(f, i)->name;
+        if (!strncmp(n, "optimizer.momentum_buffer.", 26)) return "sgd";
+        if (!strncmp(n, "optimizer.exp_avg.", 18)) return "adam";
+    }
+    return NULL;
+}
+
+static int parse_step(const char *s, long *out) {
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*end || errno || v < 0) return -1;
+    *out = v;
+    return 0;
+}
+
+int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *params, float *state, float *opt_a,
+                                float *opt_b, long *step, char *err, size_t errlen) {
+    unet_st_file *f;
+    if (unet_st_open(path, &f, err, errlen)) return -1;
+    int rc = -1;
+    const char *want = opt_b ? "adam" : "sgd", *have = saved_optimizer(f);
+    if (check_version(f, err, errlen) || load_weights(f, g, params, state, err, errlen)) goto out;
+    if (!have) {
+        fail(err, errlen, "%s holds weights but no optimizer state, so a run cannot continue from it: start from its "
+                          "weights with --init %s instead of --resume",
+             path, path);
+        goto out;
+    }
+    if (strcmp(have, want)) {
+        fail(err, errlen, "%s holds the optimizer state of %s, but this run uses %s: resume with the --optimizer it "
+                          "was trained with, or start from its weights with --init %s",
+             path, !strcmp(have, "sgd") ? "SGD (momentum buffers)" : "Adam (moments)",
+             opt_b ? "Adam" : "SGD", path);
+        goto out;
+    }
+    const char *const *names = opt_b ? adam_names : sgd_names;
+    float *blocks[2] = {opt_a, opt_b};
+    const unet_param *p = unet_graph_params(g);
+    for (int b = 0; b < (opt_b ? 2 : 1); b++)
+        for (int k = 0; k < unet_graph_num_params(g); k++) {
+            if (p[k].kind != UNET_PARAM_TRAINABLE) continue;
+            char name[TENSOR_NAME_LEN];
+            snprintf(name, sizeof name, "optimizer.%s.%s", names[b], p[k].name);
+            if (load_tensor(f, name, &p[k], blocks[b] + p[k].offset, err, errlen)) goto out;
+        }
+    if (parse_step(unet_st_meta_get(f, "unet.step"), step)) {
+        fail(err, errlen, "%s has optimizer state but no valid \"unet.step\" in its metadata, so the step to "
+                          "continue from is unknown",
+             path);
+        goto out;
+    }
+    rc = 0;
+out:
+    unet_st_close(f);
+    return rc;
+}
+
+int unet_checkpoint_read_meta(const char *path, unet_checkpoint_meta *meta, char *err, size_t errlen) {
+    memset(meta, 0, sizeof *meta);
+    snprintf(meta->optimizer_state, sizeof meta->optimizer_state, "none");
+    unet_st_file *f;
+    if (unet_st_open(path, &f, err, errlen)) return -1;
+    int rc = check_version(f, err, errlen);
+    if (!rc) {
+        const char *config = unet_st_meta_get(f, "unet.config"), *v = unet_st_meta_get(f, "unet.format_version");
+        const char *opt = unet_st_meta_get(f, "unet.optimizer_state");
+        if (config) meta->config_json = strdup(config);
+        if (v) meta->format_version = atoi(v);
+        if (parse_step(unet_st_meta_get(f, "unet.step"), &meta->step)) meta->step = 0;
+        if (opt) snprintf(meta->optimizer_state, sizeof meta->optimizer_state, "%s", opt);
+    }
+    unet_st_close(f);
+    return rc;
+}
+
+void unet_checkpoint_meta_free(unet_checkpoint_meta *meta) {
+    free(meta->config_json);
+    meta->config_json = NULL;
+}
