@@ -1,0 +1,141 @@
+/* Everything a run needs, in one struct, and the one table of options that
+ * fills it: parsing, `--help`, the configuration printed at start and the
+ * JSON saved with a checkpoint all walk the same table (src/host/cli/options.c),
+ * so a flag added there is parsed, documented, printed and saved at once. */
+#ifndef UNET_CONFIG_H
+#define UNET_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "unet/model.h"
+#include "unet/optim.h"
+
+#define UNET_CONFIG_MAX_OPTIONS 128
+#define UNET_CONFIG_STRING_MAX 4095 /* longest path or key a string option takes */
+
+/* Subcommands, as bits: an option lists the subcommands that take it. */
+typedef enum {
+    UNET_CMD_TRAIN = 1u << 0,
+    UNET_CMD_PREDICT = 1u << 1,
+    UNET_CMD_EVAL = 1u << 2,
+    UNET_CMD_INFO = 1u << 3,
+    UNET_CMD_BENCH = 1u << 4,
+} unet_command;
+
+/* Option groups: sections of --help and of the printed configuration. */
+typedef enum {
+    UNET_GROUP_MODEL = 1u << 0,
+    UNET_GROUP_TRAINING = 1u << 1,
+    UNET_GROUP_DATA = 1u << 2,
+    UNET_GROUP_OUTPUT = 1u << 3,
+    UNET_GROUP_DEVICE = 1u << 4,
+} unet_option_group;
+
+typedef enum { UNET_PRECISION_AUTO, UNET_PRECISION_FP32, UNET_PRECISION_TF32, UNET_PRECISION_BF16 } unet_precision;
+/* predict --mode: the deepest head, the network pruned to --depth, or the mean of all heads */
+typedef enum { UNET_MODE_DEEPEST, UNET_MODE_FAST, UNET_MODE_ACCURATE } unet_predict_mode;
+
+typedef struct {
+    /* model: the builder's own config, so nothing is translated twice */
+    unet_model_cfg model;           /* --model --filters --padding --in-channels --classes --norm --upsample
+                                       --fusion --deep-supervision --dropout --loss --depth (prune_depth) */
+    int base, levels;               /* --base B [--levels N]: filters B * 2^i, i < N; resolved into model.filters */
+
+    /* training */
+    int tile;                       /* input tile, pixels per side */
+    int batch;                      /* per process */
+    long steps;
+    unet_optim_cfg optim;           /* --optimizer --lr --momentum --weight-decay --schedule --warmup --beta1
+                                       --beta2 --adam-eps; total_steps = steps */
+    uint64_t seed;
+    int no_shuffle;
+    const char *augment;            /* none | paper | a list, checked by the augmentation */
+    float val_fraction;             /* held-out share of --data when there is no --val (0: none) */
+
+    /* data: files read. Strings are never NULL ("" when unset) and live as
+     * long as the process (argv, literals, or interned copies from JSON), so
+     * a configuration copies like a plain struct. */
+    const char *data, *val, *input;
+    const char *raw_key, *label_key, *weight_key;
+    const char *init, *resume, *checkpoint;
+
+    /* output: files written, logging */
+    const char *save, *output, *log;
+    int log_every, val_every;
+    int json;
+    unet_predict_mode mode;
+    float overlap;                  /* same-padding tiles: overlap share for blending */
+
+    /* device */
+    const char *device;             /* cpu | cuda | cuda:N | auto; see unet_config_device() */
+    unet_precision precision;
+    int workers, threads;
+
+    /* bench */
+    int bench_warmup;               /* untimed steps before timing */
+
+    /* which options the command line (not a default, a checkpoint or a
+     * preset) set, by index in the option table */
+    unsigned char explicit_set[UNET_CONFIG_MAX_OPTIONS];
+} unet_config;
+
+/* Defaults: the original U-Net of the paper (1 -> 2 classes, filters
+ * 64..1024, valid padding, SGD momentum 0.99, 572 x 572 tiles). */
+void unet_config_defaults(unet_config *cfg);
+
+/* Parses GNU long options (`--name value`, `--name=value`, bare flags) of
+ * one subcommand into cfg, which should hold defaults. argv[0] is the first
+ * option (not the program or subcommand name). Returns 0; 1 when --help or -h
+ * was given (print unet_config_help and exit 0); -1 with one line in err
+ * (unknown option with a suggestion, an option the subcommand does not take,
+ * a missing or malformed value, a value out of range: exit code 2).
+ * Afterwards: filters resolved from --base/--levels, loss defaulted from the
+ * classes when not given, optim.total_steps = steps. */
+int unet_config_parse(unet_config *cfg, const char *subcommand, int argc, char **argv, char *err, size_t errlen);
+
+/* Whether the command line set this option (long name without dashes). */
+int unet_config_is_set(const unet_config *cfg, const char *name);
+
+/* Copies from src every option of `groups` (unet_option_group bits) that the
+ * command line did not set in dst: predict takes the model from a
+ * checkpoint's metadata while explicit flags win; presets work the same way. */
+void unet_config_merge(unet_config *dst, const unet_config *src, unsigned groups);
+
+/* usage, the subcommand's summary and its options by group, with defaults */
+void unet_config_help(FILE *f, const char *subcommand);
+/* Top-level usage: the subcommands and their summaries. */
+void unet_config_usage(FILE *f);
+/* The configuration printed at the start of a run: the subcommand's options
+ * as name=value, a line per group (unset paths and off flags left out). */
+void unet_config_print(FILE *f, const unet_config *cfg, const char *subcommand);
+
+/* JSON of the configuration (malloc'd, free() it): with model_only, the
+ * model's options alone (what a checkpoint needs to rebuild the network);
+ * else every option. Keys are option names with '_' for '-'; enums as their
+ * names; floats in the shortest form that reads back to the same float. */
+char *unet_config_to_json(const unet_config *cfg, int model_only);
+/* Sets the options present in json (either form above) on top of cfg; an
+ * unknown key, a wrong type or a value out of range is -1 with one line.
+ * Does not mark options explicit. */
+int unet_config_from_json(unet_config *cfg, const char *json, char *err, size_t errlen);
+
+/* --device: 0 with *cuda (0 cpu, 1 cuda, -1 auto) and *index (-1 when not given). */
+int unet_config_device(const unet_config *cfg, int *cuda, int *index);
+/* The name of an enum option's value ("precision", UNET_PRECISION_BF16 -> "bf16"); NULL if none. */
+const char *unet_config_choice_name(const char *option, int value);
+/* A subcommand's bit, 0 when unknown. */
+unsigned unet_config_command(const char *subcommand);
+
+/* A minimal dispatcher for main(): finds the subcommand, parses its options
+ * into defaults, prints help or the one-line error ("unet: ...", exit 2), and
+ * calls the matching handler with the configuration. */
+typedef int (*unet_cli_handler)(unet_config *cfg);
+typedef struct {
+    const char *name;
+    unet_cli_handler run;
+} unet_cli_command_impl;
+int unet_cli_dispatch(int argc, char **argv, const unet_cli_command_impl *impls, int n_impls);
+
+#endif
