@@ -19,8 +19,12 @@ void unet_seg_stats_init(unet_seg_stats *s, int classes);
 /* Adds a batch: logits (N,K,h,w) NCHW, label (N,1,H,W) centre-cropped to (h,w). */
 void unet_seg_stats_add(unet_seg_stats *s, const float *logits, unet_shape shape, const int32_t *label, int label_h,
                         int label_w);
+/* Adds n pixels of hard predictions and labels. */
+void unet_seg_stats_add_labels(unet_seg_stats *s, const uint8_t *pred, const int32_t *label, size_t n);
 /* Hard prediction of one pixel set: argmax (K >= 2) or p > 0.5 (K = 1); pred is (N,h,w). */
 void unet_predict_labels(const float *logits, unet_shape shape, uint8_t *pred);
+/* The same from probabilities (threshold 0.5 for one class). */
+void unet_labels_from_probabilities(const float *prob, unet_shape shape, uint8_t *pred);
 /* Probabilities in place: softmax over channels, or sigmoid for one class. */
 void unet_probabilities(float *logits, unet_shape shape);
 

@@ -82,6 +82,7 @@ unet_shape unet_plan_input_shape(const unet_plan *p, int input_index);
 typedef struct {
     size_t arena_bytes;      /* planned: activations + gradients + saved data */
     size_t unplanned_bytes;  /* what every tensor would take with no reuse */
+    size_t peak_live_bytes;  /* the most bytes alive at one step: a lower bound for the arena */
     size_t workspace_bytes;
     size_t param_bytes;      /* parameters + gradients + optimizer state + running stats */
     int n_tensors, n_steps;

@@ -133,10 +133,18 @@ def run_case(cfg, seed, tile_start, batch=2, weight_map=False):
     for h, p in enumerate(per):
         assert abs(losses[1 + h] - p.item()) <= 1e-4 * max(1.0, abs(p.item()))
     named = dict((k.replace("nodes.", "").replace("heads.", ""), v) for k, v in net.named_parameters())
+    total = np.sqrt(sum(float((v.grad.numpy() ** 2).sum()) for v in named.values()))
     for name, kind, off, count, dims in params:
         if kind != "param":
             continue
-        assert_close(grads[off:off + count].reshape(dims), named[name].grad.numpy(), 2e-4, f"grad {name}")
+        ref = named[name].grad.numpy()
+        ours = grads[off:off + count].reshape(dims)
+        if np.linalg.norm(ref) < 1e-9 * total:
+            # a bias right before batch norm: its exact gradient is zero, and
+            # float32 leaves rounding there; hold it against the whole gradient
+            assert np.linalg.norm(ours) <= 1e-5 * total, f"grad {name} should be ~0"
+            continue
+        assert_close(ours, ref, 2e-4, f"grad {name}")
     if state_out is not None:
         sd = net.state_dict_flat()
         soff = 0
@@ -182,8 +190,12 @@ def test_planner_reuses_memory():
     cfg = dict(model="unet", filters=[64, 128, 256, 512, 1024], padding="valid", classes=2)
     _, stats = list_params(cfg, 572)
     assert stats["out0"] == "1x2x388x388"
-    arena, unplanned = int(stats["arena"]), int(stats["unplanned"])
-    assert arena < 0.6 * unplanned, (arena, unplanned)
+    arena, unplanned, peak = int(stats["arena"]), int(stats["unplanned"]), int(stats["peak"])
+    # training keeps most activations for the backward pass, so the floor
+    # (the most bytes alive at one step) is ~60% of all tensors; the
+    # placement must come close to that floor
+    assert arena <= 1.2 * peak, (arena, peak)
+    assert arena < 0.75 * unplanned, (arena, unplanned)
 
 
 def test_invalid_tile_names_nearest():

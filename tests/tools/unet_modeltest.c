@@ -115,7 +115,7 @@ int main(int argc, char **argv) {
             unet_plan *plan = unet_plan_compile(g, &pb, cfg, err, sizeof err);
             if (!plan) die(err);
             unet_plan_stats st = unet_plan_get_stats(plan);
-            printf("# arena %zu unplanned %zu workspace %zu flops %.0f", st.arena_bytes, st.unplanned_bytes,
+            printf("# arena %zu unplanned %zu peak %zu workspace %zu flops %.0f", st.arena_bytes, st.unplanned_bytes, st.peak_live_bytes,
                    st.workspace_bytes, st.forward_flops);
             for (int o = 0; o < unet_plan_num_outputs(plan); o++) {
                 unet_shape s = unet_plan_output_shape(plan, o);

@@ -1,1 +1,13 @@
-int main(void){return 0;}
+/* The unet command: routes a subcommand to its run. Flags are parsed by the
+ * one option table (src/host/cli/options.c); the work is in the library. */
+#include "unet/config.h"
+#include "unet/train.h"
+
+static const unet_cli_command_impl commands[] = {
+    {"train", unet_run_train}, {"predict", unet_run_predict}, {"eval", unet_run_eval},
+    {"info", unet_run_info},   {"bench", unet_run_bench},
+};
+
+int main(int argc, char **argv) {
+    return unet_cli_dispatch(argc, argv, commands, (int)(sizeof commands / sizeof commands[0]));
+}

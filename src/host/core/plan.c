@@ -50,7 +50,7 @@ struct unet_plan {
     plan_tensor *tensors;
     int n_tensors;
     char *arena;
-    size_t arena_bytes, unplanned_bytes;
+    size_t arena_bytes, unplanned_bytes, peak_live_bytes;
     void *workspace;
     size_t workspace_bytes;
     unet_op_args *fwd, *bwd;
@@ -82,35 +82,42 @@ static void use(unet_plan *p, int t, int step) {
     if (step > p->tensors[t].last) p->tensors[t].last = step;
 }
 
-static int cmp_size_desc(const void *a, const void *b, void *ctx) {
-    const plan_tensor *t = ctx;
-    int i = *(const int *)a, j = *(const int *)b;
-    if (t[i].bytes != t[j].bytes) return t[i].bytes < t[j].bytes ? 1 : -1;
-    return i - j;
+/* Orders tried by the placement: largest first; longest-lived first; first
+ * born first (ties by size). No single order wins on every graph, and trying
+ * three is cheap next to a training run. */
+typedef int (*tensor_order)(const plan_tensor *a, const plan_tensor *b);
+static int by_size(const plan_tensor *a, const plan_tensor *b) {
+    return a->bytes != b->bytes ? (a->bytes < b->bytes ? 1 : -1) : 0;
+}
+static int by_lifetime(const plan_tensor *a, const plan_tensor *b) {
+    int la = a->last - a->first, lb = b->last - b->first;
+    return la != lb ? lb - la : by_size(a, b);
+}
+static int by_birth(const plan_tensor *a, const plan_tensor *b) {
+    return a->first != b->first ? a->first - b->first : by_size(a, b);
 }
 
-/* Greedy by size: each tensor, largest first, goes to the lowest offset that
- * overlaps no already-placed tensor alive at the same time. */
-static size_t assign_offsets(plan_tensor *t, int n) {
-    int *order = xcalloc((size_t)n, sizeof *order);
-    for (int i = 0; i < n; i++) order[i] = i;
-    /* insertion sort keeps this dependency-free and deterministic; n is a few hundred */
+/* Each tensor, in the given order, goes to the lowest offset that overlaps no
+ * already-placed tensor alive at the same time. Writes offsets, returns the
+ * arena size. */
+static size_t place(plan_tensor *t, int n, tensor_order order) {
+    int *idx = xcalloc((size_t)n, sizeof *idx);
+    for (int i = 0; i < n; i++) idx[i] = i;
+    /* insertion sort: stable and deterministic; n is a few hundred */
     for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && cmp_size_desc(&order[j - 1], &order[j], t) > 0; j--) {
-            int tmp = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = tmp;
+        for (int j = i; j > 0 && order(&t[idx[j - 1]], &t[idx[j]]) > 0; j--) {
+            int tmp = idx[j];
+            idx[j] = idx[j - 1];
+            idx[j - 1] = tmp;
         }
-    int *placed = xcalloc((size_t)n, sizeof *placed);
-    int n_placed = 0;
     size_t total = 0;
     for (int k = 0; k < n; k++) {
-        plan_tensor *x = &t[order[k]];
+        plan_tensor *x = &t[idx[k]];
         size_t offset = 0;
         for (int moved = 1; moved;) {
             moved = 0;
-            for (int q = 0; q < n_placed; q++) {
-                plan_tensor *y = &t[placed[q]];
+            for (int q = 0; q < k; q++) {
+                plan_tensor *y = &t[idx[q]];
                 int overlap_time = !(x->last < y->first || y->last < x->first);
                 int overlap_space = offset < y->offset + y->bytes && y->offset < offset + x->bytes;
                 if (overlap_time && overlap_space) {
@@ -120,12 +127,21 @@ static size_t assign_offsets(plan_tensor *t, int n) {
             }
         }
         x->offset = offset;
-        placed[n_placed++] = order[k];
         if (offset + x->bytes > total) total = offset + x->bytes;
     }
-    free(order);
-    free(placed);
+    free(idx);
     return total;
+}
+
+static size_t assign_offsets(plan_tensor *t, int n) {
+    static const tensor_order orders[] = {by_size, by_lifetime, by_birth};
+    int best = 0;
+    size_t best_total = (size_t)-1;
+    for (int o = 0; o < 3; o++) {
+        size_t total = place(t, n, orders[o]);
+        if (total < best_total) best_total = total, best = o;
+    }
+    return place(t, n, orders[best]);
 }
 
 static double node_flops(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape out) {
@@ -272,6 +288,13 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
     }
 
     for (int t = 0; t < p->n_tensors; t++) p->unplanned_bytes += p->tensors[t].bytes;
+    /* the most bytes alive at any one step: no placement can use less */
+    for (int step = 0; step <= end; step++) {
+        size_t live = 0;
+        for (int t = 0; t < p->n_tensors; t++)
+            if (p->tensors[t].first <= step && step <= p->tensors[t].last) live += p->tensors[t].bytes;
+        if (live > p->peak_live_bytes) p->peak_live_bytes = live;
+    }
     p->arena_bytes = assign_offsets(p->tensors, p->n_tensors);
     p->workspace_bytes = ws;
     if (cfg.plan_only) goto done;
@@ -454,6 +477,7 @@ unet_plan_stats unet_plan_get_stats(const unet_plan *p) {
     memset(&s, 0, sizeof s);
     s.arena_bytes = p->arena_bytes;
     s.unplanned_bytes = p->unplanned_bytes;
+    s.peak_live_bytes = p->peak_live_bytes;
     s.workspace_bytes = p->workspace_bytes;
     /* parameters, gradients and one optimizer block (SGD momentum); Adam's second moment when allocated */
     size_t blocks = 3 + (p->pb->opt_b ? 1 : 0);

@@ -7,6 +7,7 @@
 #include "unet/backend.h"
 #include "unet/model.h"
 #include "unet/plan.h"
+#include "unet/train.h"
 
 int unet_model_info_get(const unet_model_cfg *m, const unet_backend *b, int tile, int batch, unet_model_info *out,
                         char *err, size_t errlen) {
@@ -108,4 +109,17 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
                "workspace %.1f MiB, parameters+gradients+optimizer %.1f MiB\n",
             in->batch, mib(in->train_activation_bytes), mib(in->unplanned_bytes), mib(in->infer_activation_bytes),
             mib(in->workspace_bytes), mib(in->param_bytes));
+}
+
+int unet_run_info(unet_config *cfg) {
+    char err[1024], desc[128];
+    /* info plans memory; it needs a backend only for its tensor sizes */
+    const unet_backend *b = unet_select_backend(cfg, desc, sizeof desc, err, sizeof err);
+    unet_model_info info;
+    if (!b || unet_model_info_get(&cfg->model, b, cfg->tile, cfg->batch, &info, err, sizeof err)) {
+        fprintf(stderr, "unet: %s\n", err);
+        return 2;
+    }
+    unet_model_info_print(stdout, &cfg->model, &info, cfg->json);
+    return 0;
 }

@@ -8,6 +8,7 @@
 #include "unet/bench.h"
 #include "unet/plan.h"
 #include "unet/rng.h"
+#include "unet/train.h"
 
 static double now_ms(void) {
     struct timespec t;
@@ -87,4 +88,29 @@ out:
 out_model:
     unet_model_free(&model);
     return rc;
+}
+
+int unet_run_bench(unet_config *cfg) {
+    char err[1024], desc[128];
+    const unet_backend *b = unet_select_backend(cfg, desc, sizeof desc, err, sizeof err);
+    unet_bench_cfg c = {.tile = cfg->tile, .batch = cfg->batch, .warmup = cfg->bench_warmup,
+                        .steps = (int)cfg->steps, .inference = cfg->mode != UNET_MODE_DEEPEST, .seed = cfg->seed};
+    unet_bench_result r;
+    if (!b || unet_bench_run(&cfg->model, &cfg->optim, b, &c, &r, err, sizeof err)) {
+        fprintf(stderr, "unet: %s\n", err);
+        return 2;
+    }
+    if (cfg->json)
+        printf("{\"device\": \"%s\", \"model\": \"%s\", \"tile\": %d, \"batch\": %d, \"steps\": %d, "
+               "\"inference\": %d, \"ms_median\": %.4f, \"ms_p90\": %.4f, \"images_per_s\": %.4f, "
+               "\"tflops\": %.4f, \"flops_per_image\": %.6g, \"activation_bytes\": %zu, \"workspace_bytes\": %zu, "
+               "\"param_bytes\": %zu, \"first_loss\": %.6g, \"last_loss\": %.6g}\n",
+               desc, unet_model_kind_name(cfg->model.kind), c.tile, c.batch, c.steps, c.inference, r.ms_median,
+               r.ms_p90, r.images_per_s, r.tflops, r.flops_per_image, r.activation_bytes, r.workspace_bytes,
+               r.param_bytes, r.first_loss, r.last_loss);
+    else
+        printf("%s on %s: tile %d batch %d: %.2f ms/step median (p90 %.2f), %.2f images/s, %.3f TFLOP/s\n",
+               c.inference ? "inference" : "training", desc, c.tile, c.batch, r.ms_median, r.ms_p90, r.images_per_s,
+               r.tflops);
+    return 0;
 }

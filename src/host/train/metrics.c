@@ -9,20 +9,25 @@ void unet_seg_stats_init(unet_seg_stats *s, int classes) {
     s->classes = classes;
 }
 
-static int pixel_class(const float *logits, size_t plane, size_t px, int k) {
-    if (k == 1) return logits[px] > 0.0f; /* sigmoid(z) > 0.5 */
+/* argmax over channels, or for one channel the score above `threshold`
+ * (0 for a logit, 0.5 for a probability: the same decision). */
+static int pixel_class(const float *logits, size_t plane, size_t px, int k, float threshold) {
+    if (k == 1) return logits[px] > threshold;
     int best = 0;
     for (int c = 1; c < k; c++)
         if (logits[c * plane + px] > logits[best * plane + px]) best = c;
     return best;
 }
 
-void unet_predict_labels(const float *logits, unet_shape sh, uint8_t *pred) {
+static void labels(const float *scores, unet_shape sh, uint8_t *pred, float threshold) {
     size_t plane = (size_t)sh.h * sh.w;
     for (int n = 0; n < sh.n; n++)
         for (size_t px = 0; px < plane; px++)
-            pred[n * plane + px] = (uint8_t)pixel_class(logits + (size_t)n * sh.c * plane, plane, px, sh.c);
+            pred[n * plane + px] = (uint8_t)pixel_class(scores + (size_t)n * sh.c * plane, plane, px, sh.c, threshold);
 }
+
+void unet_predict_labels(const float *logits, unet_shape sh, uint8_t *pred) { labels(logits, sh, pred, 0.0f); }
+void unet_labels_from_probabilities(const float *prob, unet_shape sh, uint8_t *pred) { labels(prob, sh, pred, 0.5f); }
 
 void unet_probabilities(float *logits, unet_shape sh) {
     size_t plane = (size_t)sh.h * sh.w;
@@ -42,27 +47,32 @@ void unet_probabilities(float *logits, unet_shape sh) {
     }
 }
 
+static void count(unet_seg_stats *s, int p, int t) {
+    s->total += 1;
+    if (p == t) {
+        s->correct += 1;
+        if (p < UNET_MAX_CLASSES) s->tp[p] += 1;
+        return;
+    }
+    if (p < UNET_MAX_CLASSES) s->fp[p] += 1;
+    if (t >= 0 && t < UNET_MAX_CLASSES) s->fn[t] += 1;
+}
+
 void unet_seg_stats_add(unet_seg_stats *s, const float *logits, unet_shape sh, const int32_t *label, int label_h,
                         int label_w) {
     size_t plane = (size_t)sh.h * sh.w;
     int oy = (label_h - sh.h) / 2, ox = (label_w - sh.w) / 2;
-    int ncls = sh.c == 1 ? 2 : sh.c;
     for (int n = 0; n < sh.n; n++) {
         const float *z = logits + (size_t)n * sh.c * plane;
         const int32_t *lab = label + (size_t)n * label_h * label_w;
         for (int y = 0; y < sh.h; y++)
-            for (int x = 0; x < sh.w; x++) {
-                int p = pixel_class(z, plane, (size_t)y * sh.w + x, sh.c);
-                int t = lab[(size_t)(y + oy) * label_w + x + ox];
-                s->total += 1;
-                if (p == t) s->correct += 1;
-                for (int c = 0; c < ncls && c < UNET_MAX_CLASSES; c++) {
-                    if (p == c && t == c) s->tp[c] += 1;
-                    else if (p == c) s->fp[c] += 1;
-                    else if (t == c) s->fn[c] += 1;
-                }
-            }
+            for (int x = 0; x < sh.w; x++)
+                count(s, pixel_class(z, plane, (size_t)y * sh.w + x, sh.c, 0.0f), lab[(size_t)(y + oy) * label_w + x + ox]);
     }
+}
+
+void unet_seg_stats_add_labels(unet_seg_stats *s, const uint8_t *pred, const int32_t *label, size_t n) {
+    for (size_t i = 0; i < n; i++) count(s, pred[i], label[i]);
 }
 
 unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s) {

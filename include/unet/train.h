@@ -1,0 +1,21 @@
+/* The runs behind the subcommands: each takes the parsed configuration and
+ * returns the process exit code (0 done, 1 a failure of the run, 2 bad input,
+ * with one line on stderr saying what is wrong and what would be right). */
+#ifndef UNET_TRAIN_H
+#define UNET_TRAIN_H
+
+#include "unet/backend.h"
+#include "unet/config.h"
+
+int unet_run_train(unet_config *cfg);
+int unet_run_predict(unet_config *cfg);
+int unet_run_eval(unet_config *cfg);
+int unet_run_info(unet_config *cfg);
+int unet_run_bench(unet_config *cfg);
+
+/* The backend --device and --precision ask for (auto: CUDA when a device is
+ * present, else the CPU), with a one-line description of it in desc. NULL
+ * with a message in err when it cannot be had. Also applies --threads. */
+const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size_t desclen, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,113 @@
+/* What train, predict, eval and bench share: the backend a run asks for, the
+ * model it builds, and whole-image evaluation through overlap-tile prediction. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+#include <omp.h>
+
+#include "host/train/session.h"
+
+const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size_t desclen, char *err, size_t errlen) {
+    if (cfg->threads > 0) {
+        omp_set_num_threads(cfg->threads);
+        openblas_set_num_threads(cfg->threads);
+    }
+    int cuda, index;
+    if (unet_config_device(cfg, &cuda, &index)) {
+        snprintf(err, errlen, "--device must be cpu, cuda, cuda:N or auto, got '%s'", cfg->device);
+        return NULL;
+    }
+    if (cuda != 0) {
+        /* bf16 (the default on the GPU) is not in the CUDA backend yet: auto means tf32 for now */
+        const char *prec = cfg->precision == UNET_PRECISION_AUTO ? "tf32"
+                                                                  : unet_config_choice_name("precision", cfg->precision);
+        char why[512];
+        const unet_backend *b = unet_cuda_backend(index < 0 ? 0 : index, prec, why, sizeof why);
+        if (b) {
+            snprintf(desc, desclen, "cuda:%d (%s)", index < 0 ? 0 : index, prec);
+            return b;
+        }
+        if (cuda == 1) {
+            snprintf(err, errlen, "--device %s: %s (use --device cpu)", cfg->device, why);
+            return NULL;
+        }
+    }
+    snprintf(desc, desclen, "cpu (%d threads)", omp_get_max_threads());
+    return unet_cpu_backend();
+}
+
+int unet_session_build(unet_session *s, const unet_config *cfg, int training, int with_weight, char *err,
+                       size_t errlen) {
+    memset(s, 0, sizeof *s);
+    s->backend = unet_select_backend(cfg, s->device, sizeof s->device, err, errlen);
+    if (!s->backend) return -1;
+    if (unet_model_build(&cfg->model, training, with_weight, &s->model, err, errlen)) return -1;
+    if (unet_param_blocks_alloc(&s->pb, s->backend, s->model.graph, cfg->optim.kind != UNET_OPT_SGD, err, errlen))
+        return -1;
+    s->host_params = calloc(s->pb.n_trainable + 1, sizeof(float));
+    s->host_state = calloc(s->pb.n_state + 1, sizeof(float));
+    if (!s->host_params || !s->host_state) {
+        snprintf(err, errlen, "out of host memory for %zu parameters", s->pb.n_trainable);
+        return -1;
+    }
+    return 0;
+}
+
+void unet_session_upload(unet_session *s) {
+    const unet_backend *b = s->backend;
+    b->upload_f32(b, s->pb.params, s->host_params, s->pb.n_trainable);
+    if (s->pb.n_state) b->upload_f32(b, s->pb.state, s->host_state, s->pb.n_state);
+}
+
+void unet_session_download(unet_session *s) {
+    const unet_backend *b = s->backend;
+    b->download_f32(b, s->host_params, s->pb.params, s->pb.n_trainable);
+    if (s->pb.n_state) b->download_f32(b, s->host_state, s->pb.state, s->pb.n_state);
+}
+
+void unet_session_free(unet_session *s) {
+    unet_param_blocks_free(&s->pb);
+    unet_model_free(&s->model);
+    free(s->host_params);
+    free(s->host_state);
+    memset(s, 0, sizeof *s);
+}
+
+int unet_pool_levels(const unet_model_cfg *m) { return m->prune_depth ? m->prune_depth : m->levels - 1; }
+
+int unet_evaluate_view(unet_plan *plan, const unet_tiling *t, const unet_data_view *v, int classes,
+                       unet_seg_stats *per_head, int n_heads, char *err, size_t errlen) {
+    unet_dataset_info info;
+    unet_dataset_get_info(v->ds, &info);
+    const int H = v->rows, W = info.w, C = info.c;
+    float *raw = malloc((size_t)C * H * W * sizeof(float));
+    int32_t *label = malloc((size_t)H * W * sizeof(int32_t));
+    float *logits[UNET_MAX_LEVELS] = {0};
+    int rc = raw && label ? 0 : -1;
+    for (int h = 0; h < n_heads && !rc; h++) {
+        unet_seg_stats_init(&per_head[h], classes);
+        logits[h] = malloc((size_t)unet_plan_output_shape(plan, h).c * H * W * sizeof(float));
+        if (!logits[h]) rc = -1;
+    }
+    if (rc) snprintf(err, errlen, "out of host memory for a %dx%d validation image", H, W);
+    for (int k = 0; k < v->images && !rc; k++) {
+        rc = unet_data_view_read(v, k, raw, label, NULL, err, errlen);
+        if (rc) break;
+        if (unet_predict_tiled(plan, t, raw, C, H, W, logits, NULL, NULL)) {
+            snprintf(err, errlen, "out of host memory predicting a %dx%d image", H, W);
+            rc = -1;
+            break;
+        }
+        for (int h = 0; h < n_heads; h++) {
+            unet_shape s = {1, unet_plan_output_shape(plan, h).c, H, W};
+            unet_seg_stats_add(&per_head[h], logits[h], s, label, H, W);
+        }
+    }
+    free(raw);
+    free(label);
+    for (int h = 0; h < n_heads; h++) free(logits[h]);
+    return rc;
+}

@@ -1,0 +1,266 @@
+/* unet train: the training loop. Batches come from the loader as a pure
+ * function of (seed, step), the dropout seed is a function of (seed, step),
+ * and the checkpoint holds parameters, optimizer state and the step, so a
+ * run resumed at step k continues with exactly the bits of an unbroken run. */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "host/train/session.h"
+#include "unet/checkpoint.h"
+#include "unet/optim.h"
+#include "unet/rng.h"
+
+static volatile sig_atomic_t stop_signal = 0;
+static void on_signal(int sig) { stop_signal = sig; }
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* A one-line progress bar on a terminal; nothing when stderr is a file. */
+static void progress(long step, long steps, double loss, double ips, double elapsed) {
+    if (!isatty(2)) return;
+    int width = 30, done = steps ? (int)(width * step / steps) : width;
+    double eta = step ? elapsed / step * (steps - step) : 0;
+    fprintf(stderr, "\r[%.*s%*s] step %ld/%ld  loss %.4f  %.1f img/s  eta %dm%02ds ", done,
+            "##############################", width - done, "", step, steps, loss, ips, (int)eta / 60,
+            (int)eta % 60);
+    if (step == steps) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static int save(const unet_config *cfg, unet_session *s, const char *path, long step, char *err, size_t errlen) {
+    unet_session_download(s);
+    const unet_backend *b = s->backend;
+    size_t n = s->pb.n_trainable;
+    float *opt_a = malloc((n + 1) * sizeof(float)), *opt_b = s->pb.opt_b ? malloc((n + 1) * sizeof(float)) : NULL;
+    b->download_f32(b, opt_a, s->pb.opt_a, n);
+    if (opt_b) b->download_f32(b, opt_b, s->pb.opt_b, n);
+    char *json = unet_config_to_json(cfg, 0);
+    int rc = unet_checkpoint_save(path, s->model.graph, s->host_params, s->host_state, opt_a, opt_b, step, json, err,
+                                  errlen);
+    free(json);
+    free(opt_a);
+    free(opt_b);
+    return rc;
+}
+
+/* Parameters to start from: a resumed checkpoint, --init weights, or He initialisation. */
+static int load_start(const unet_config *cfg, unet_session *s, long *start, char *err, size_t errlen) {
+    *start = 0;
+    if (cfg->resume[0]) {
+        size_t n = s->pb.n_trainable;
+        float *opt_a = calloc(n + 1, sizeof(float)), *opt_b = s->pb.opt_b ? calloc(n + 1, sizeof(float)) : NULL;
+        int rc = unet_checkpoint_load_resume(cfg->resume, s->model.graph, s->host_params, s->host_state, opt_a, opt_b,
+                                             start, err, errlen);
+        if (!rc) {
+            s->backend->upload_f32(s->backend, s->pb.opt_a, opt_a, n);
+            if (opt_b) s->backend->upload_f32(s->backend, s->pb.opt_b, opt_b, n);
+        }
+        free(opt_a);
+        free(opt_b);
+        if (rc) return -1;
+        if (*start > cfg->steps) {
+            snprintf(err, errlen, "%s is at step %ld, past --steps %ld: ask for more steps to continue", cfg->resume,
+                     *start, cfg->steps);
+            return -1;
+        }
+    } else if (cfg->init[0]) {
+        unet_param_init_host(s->model.graph, cfg->seed, s->host_params, s->host_state);
+        if (unet_checkpoint_load_weights(cfg->init, s->model.graph, s->host_params, s->host_state, err, errlen))
+            return -1;
+    } else {
+        unet_param_init_host(s->model.graph, cfg->seed, s->host_params, s->host_state);
+    }
+    unet_session_upload(s);
+    return 0;
+}
+
+static void log_json(FILE *log, const char *line) {
+    if (log) {
+        fprintf(log, "%s\n", line);
+        fflush(log);
+    }
+}
+
+int unet_run_train(unet_config *cfg) {
+    char err[1024] = "";
+    int code = 2; /* until the run starts, failures are the input's */
+    unet_session s;
+    memset(&s, 0, sizeof s);
+    unet_dataset *train_ds = NULL, *val_ds = NULL;
+    unet_loader *loader = NULL;
+    unet_plan *plan = NULL, *eval_plan = NULL;
+    float *raw = NULL, *weight = NULL;
+    int32_t *label = NULL;
+    FILE *log = NULL;
+
+    if (!cfg->data[0]) {
+        snprintf(err, sizeof err, "unet train needs --data FILE.h5 (an HDF5 file with raw and label)");
+        goto fail;
+    }
+    unet_dataset_opts dopts = {.raw_key = cfg->raw_key[0] ? cfg->raw_key : NULL,
+                               .label_key = cfg->label_key[0] ? cfg->label_key : NULL,
+                               .weight_key = cfg->weight_key[0] ? cfg->weight_key : NULL,
+                               .classes = cfg->model.classes};
+    if (unet_dataset_open(cfg->data, &dopts, &train_ds, err, sizeof err)) goto fail;
+    unet_dataset_info info;
+    unet_dataset_get_info(train_ds, &info);
+    if (info.c != cfg->model.in_channels) {
+        snprintf(err, sizeof err, "%s has %d channel(s) but the model takes --in-channels %d", cfg->data, info.c,
+                 cfg->model.in_channels);
+        goto fail;
+    }
+    unet_data_view train_view = unet_data_view_all(train_ds), val_view = {0};
+    if (cfg->val[0]) {
+        if (unet_dataset_open(cfg->val, &dopts, &val_ds, err, sizeof err)) goto fail;
+        val_view = unet_data_view_all(val_ds);
+    } else if (cfg->val_fraction > 0) {
+        if (unet_data_split(train_ds, cfg->val_fraction, &train_view, &val_view, err, sizeof err)) goto fail;
+    }
+    if (unet_session_build(&s, cfg, 1, info.has_weight, err, sizeof err)) goto fail;
+    unet_plan_cfg pc = {.batch = cfg->batch, .height = cfg->tile, .width = cfg->tile, .training = 1};
+    plan = unet_plan_compile(s.model.graph, &s.pb, pc, err, sizeof err);
+    if (!plan) goto fail;
+    unet_tiling tiling;
+    if (val_view.ds) {
+        pc.training = 0;
+        eval_plan = unet_plan_compile(s.model.graph, &s.pb, pc, err, sizeof err);
+        if (!eval_plan || unet_tiling_init(&tiling, eval_plan, unet_pool_levels(&cfg->model), cfg->overlap, err,
+                                           sizeof err))
+            goto fail;
+    }
+    long start;
+    if (load_start(cfg, &s, &start, err, sizeof err)) goto fail;
+
+    /* the context a valid network loses per side, from the deepest head's output */
+    unet_shape out = unet_plan_output_shape(plan, unet_plan_num_outputs(plan) - 1);
+    unet_loader_opts lo = {.batch = cfg->batch, .tile = cfg->tile, .margin = (cfg->tile - out.h) / 2,
+                           .seed = cfg->seed, .no_shuffle = cfg->no_shuffle};
+    if (unet_loader_create(&train_view, &lo, &loader, err, sizeof err)) goto fail;
+    size_t npix = (size_t)cfg->batch * cfg->tile * cfg->tile;
+    raw = malloc(npix * info.c * sizeof(float));
+    label = malloc(npix * sizeof(int32_t));
+    weight = info.has_weight ? malloc(npix * sizeof(float)) : NULL;
+    if (cfg->log[0] && !(log = fopen(cfg->log, start ? "a" : "w"))) {
+        snprintf(err, sizeof err, "cannot write the log %s (is the directory there and writable?)", cfg->log);
+        goto fail;
+    }
+
+    unet_config_print(stdout, cfg, "train");
+    unet_plan_stats st = unet_plan_get_stats(plan);
+    printf("device: %s; %zu parameters; training images %d x %dx%d; tile %d -> output %d; "
+           "activations %.1f MiB (%.1f MiB without reuse)\n",
+           s.device, unet_graph_trainable_params(s.model.graph), train_view.images, train_view.rows, info.w,
+           cfg->tile, out.h, st.arena_bytes / 1048576.0, st.unplanned_bytes / 1048576.0);
+    if (start) printf("resuming %s at step %ld\n", cfg->resume, start);
+    fflush(stdout);
+    code = 1; /* from here on a failure is the run's */
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGUSR1, on_signal);
+
+    double t0 = now_s(), t_log = t0;
+    long imgs_since_log = 0;
+    double loss = 0;
+    char line[2048];
+    for (long step = start; step < cfg->steps; step++) {
+        if (unet_loader_batch(loader, step, raw, label, weight, err, sizeof err)) goto fail;
+        unet_plan_set_inputs(plan, raw, label, weight);
+        unet_plan_set_seed(plan, unet_rng_key(cfg->seed, 0xd0, (uint64_t)step));
+        unet_plan_forward(plan);
+        double per_head[UNET_MAX_LEVELS];
+        loss = unet_plan_loss(plan, per_head);
+        if (!isfinite(loss)) {
+            snprintf(err, sizeof err, "the loss became %g at step %ld: the run diverged (lower --lr, now %g)", loss,
+                     step + 1, (double)cfg->optim.lr);
+            goto fail;
+        }
+        unet_plan_backward(plan);
+        unet_optim_step(&cfg->optim, &s.pb, step);
+        imgs_since_log += cfg->batch;
+        long done = step + 1;
+        if (cfg->log_every > 0 && (done % cfg->log_every == 0 || done == cfg->steps)) {
+            s.backend->sync(s.backend);
+            double t = now_s(), ips = imgs_since_log / (t - t_log);
+            t_log = t;
+            imgs_since_log = 0;
+            int n = snprintf(line, sizeof line, "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"images_per_s\": %.4g",
+                             done, loss, (double)unet_lr_at(&cfg->optim, step), ips);
+            if (s.model.n_heads > 1)
+                for (int h = 0; h < s.model.n_heads; h++)
+                    n += snprintf(line + n, sizeof line - n, ", \"loss_head%d\": %.6g", s.model.head_column[h],
+                                  per_head[h]);
+            snprintf(line + n, sizeof line - n, "}");
+            log_json(log, line);
+            if (!isatty(2)) printf("step %ld/%ld loss %.4f %.2f img/s\n", done, cfg->steps, loss, ips);
+            progress(done, cfg->steps, loss, ips, t - t0);
+        }
+        int last = done == cfg->steps || stop_signal;
+        if (eval_plan && ((cfg->val_every > 0 && done % cfg->val_every == 0) || last)) {
+            unet_seg_stats stats[UNET_MAX_LEVELS];
+            if (unet_evaluate_view(eval_plan, &tiling, &val_view, cfg->model.classes, stats, s.model.n_heads, err,
+                                   sizeof err))
+                goto fail;
+            int n = snprintf(line, sizeof line, "{\"step\": %ld", done);
+            for (int h = s.model.n_heads - 1; h >= 0; h--) {
+                unet_seg_metrics m = unet_seg_stats_finish(&stats[h]);
+                if (h == s.model.n_heads - 1)
+                    n += snprintf(line + n, sizeof line - n,
+                                  ", \"val_iou\": %.6f, \"val_dice\": %.6f, \"val_pixel_accuracy\": %.6f", m.iou,
+                                  m.dice, m.pixel_accuracy);
+                if (s.model.n_heads > 1)
+                    n += snprintf(line + n, sizeof line - n, ", \"val_iou_head%d\": %.6f, \"val_dice_head%d\": %.6f",
+                                  s.model.head_column[h], m.iou, s.model.head_column[h], m.dice);
+                if (h == s.model.n_heads - 1) {
+                    if (isatty(2)) fputc('\n', stderr);
+                    printf("validation at step %ld: IoU %.4f  Dice %.4f  pixel accuracy %.4f\n", done, m.iou, m.dice,
+                           m.pixel_accuracy);
+                }
+            }
+            snprintf(line + n, sizeof line - n, "}");
+            log_json(log, line);
+        }
+        if (stop_signal) {
+            const char *path = cfg->save[0] ? cfg->save : cfg->resume;
+            if (!path[0]) {
+                fprintf(stderr, "unet: stopped by signal %d at step %ld (no --save given: nothing written)\n",
+                        (int)stop_signal, done);
+                code = 1;
+                goto done;
+            }
+            if (save(cfg, &s, path, done, err, sizeof err)) goto fail;
+            fprintf(stderr, "unet: stopped by signal %d at step %ld; checkpoint %s (continue with --resume %s)\n",
+                    (int)stop_signal, done, path, path);
+            code = 0;
+            goto done;
+        }
+    }
+    if (cfg->save[0]) {
+        if (save(cfg, &s, cfg->save, cfg->steps, err, sizeof err)) goto fail;
+        printf("saved %s (step %ld)\n", cfg->save, cfg->steps);
+    }
+    code = 0;
+    goto done;
+fail:
+    fprintf(stderr, "unet: %s\n", err);
+done:
+    if (log) fclose(log);
+    unet_loader_free(loader);
+    unet_plan_free(plan);
+    unet_plan_free(eval_plan);
+    unet_session_free(&s);
+    if (train_ds) unet_dataset_close(train_ds);
+    if (val_ds) unet_dataset_close(val_ds);
+    free(raw);
+    free(label);
+    free(weight);
+    return code;
+}
