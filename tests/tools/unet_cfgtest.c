@@ -38,8 +38,7 @@ static void die(const char *msg) {
     exit(2);
 }
 
-static unet_config *parse_or_die(const char *cmd, int argc, char **argv) {
-    unet_config *cfg = malloc(sizeof *cfg);
+static unet_config *parse_or_die(unet_config *cfg, const char *cmd, int argc, char **argv) {
     unet_config_defaults(cfg);
     int rc = unet_config_parse(cfg, cmd, argc, argv, err, sizeof err);
     if (rc == 1) {
@@ -185,7 +184,8 @@ int main(int argc, char **argv) {
     }
     if (argc < 3) die("missing arguments");
     if (!strcmp(what, "parse")) {
-        print_parsed(parse_or_die(argv[2], argc - 3, argv + 3));
+        unet_config cfg;
+        print_parsed(parse_or_die(&cfg, argv[2], argc - 3, argv + 3));
         return 0;
     }
     if (!strcmp(what, "help")) {
@@ -193,17 +193,19 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(what, "print")) {
-        unet_config_print(stdout, parse_or_die(argv[2], argc - 3, argv + 3), argv[2]);
+        unet_config cfg;
+        unet_config_print(stdout, parse_or_die(&cfg, argv[2], argc - 3, argv + 3), argv[2]);
         return 0;
     }
     if (!strcmp(what, "device")) {
         int cuda, index;
-        if (unet_config_device(parse_or_die(argv[2], argc - 3, argv + 3), &cuda, &index)) die("bad device");
+        unet_config cfg;
+        if (unet_config_device(parse_or_die(&cfg, argv[2], argc - 3, argv + 3), &cuda, &index)) die("bad device");
         printf("%d %d\n", cuda, index);
         return 0;
     }
     if (!strcmp(what, "roundtrip")) {
-        unet_config *cfg = parse_or_die(argv[2], argc - 3, argv + 3), *back = malloc(sizeof *back);
+        unet_config cfg_, back_, *cfg = parse_or_die(&cfg_, argv[2], argc - 3, argv + 3), *back = &back_;
         char *j1 = unet_config_to_json(cfg, 0);
         unet_config_defaults(back);
         if (unet_config_from_json(back, j1, err, sizeof err)) die(err);
@@ -215,24 +217,28 @@ int main(int argc, char **argv) {
             fprintf(stderr, "round trip differs:\n%s\n%s\n", j1, j2);
             return 1;
         }
+        free(j1);
+        free(j2);
         return 0;
     }
     if (!strcmp(what, "fromjson") || !strcmp(what, "merge")) {
         if (argc < 4) die("missing FILE");
         char *json = read_text(argv[3]);
-        unet_config *from = malloc(sizeof *from);
-        unet_config_defaults(from);
-        if (unet_config_from_json(from, json, err, sizeof err)) {
+        unet_config from, cfg;
+        unet_config_defaults(&from);
+        int rc = unet_config_from_json(&from, json, err, sizeof err);
+        free(json);
+        if (rc) {
             fprintf(stderr, "unet %s: %s\n", argv[2], err);
             return 2;
         }
         if (!strcmp(what, "fromjson")) {
-            print_parsed(from);
+            print_parsed(&from);
             return 0;
         }
-        unet_config *cfg = parse_or_die(argv[2], argc - 4, argv + 4);
-        unet_config_merge(cfg, from, UNET_GROUP_MODEL);
-        print_parsed(cfg);
+        parse_or_die(&cfg, argv[2], argc - 4, argv + 4);
+        unet_config_merge(&cfg, &from, UNET_GROUP_MODEL);
+        print_parsed(&cfg);
         return 0;
     }
     if (!strcmp(what, "ckpt-meta")) {
@@ -251,7 +257,7 @@ int main(int argc, char **argv) {
     if (argc < 4) die("missing DIR PATH");
     const char *dir = argv[2], *path = argv[3];
     if (!strcmp(what, "st-dump")) return st_dump(dir, path);
-    unet_config *cfg = parse_or_die("train", argc - 4, argv + 4);
+    unet_config cfg_, *cfg = parse_or_die(&cfg_, "train", argc - 4, argv + 4);
     blocks b;
     build(cfg, &b);
     const unet_graph *g = b.model.graph;
@@ -279,5 +285,10 @@ int main(int argc, char **argv) {
         die("unknown subcommand");
     }
     dump_blocks(dir, &b);
+    free(b.params);
+    free(b.state);
+    free(b.opt_a);
+    free(b.opt_b);
+    unet_model_free(&b.model);
     return 0;
 }

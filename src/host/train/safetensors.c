@@ -174,9 +174,11 @@ typedef struct {
     uint64_t begin, end;
 } entry;
 
+/* By begin, then end: an empty tensor sorts before the one that starts where it sits. */
 static int cmp_begin(const void *a, const void *b) {
     const entry *x = a, *y = b;
-    return (x->begin > y->begin) - (x->begin < y->begin);
+    if (x->begin != y->begin) return (x->begin > y->begin) - (x->begin < y->begin);
+    return (x->end > y->end) - (x->end < y->end);
 }
 
 const char *unet_st_path(const unet_st_file *f) { return f->path; }
@@ -268,12 +270,12 @@ static int parse_entry(const char *name, json_object *v, entry *e, char *why, si
     for (int d = 0; d < e->t.ndim; d++) {
         uint64_t s;
         if (get_u64(json_object_array_get_idx(shape, (size_t)d), &s) || s > ((uint64_t)1 << 48)) {
-            fail(why, whylen, "has a bad shape %s", json_object_to_json_string(shape));
+            fail(why, whylen, "has a bad shape %s", json_object_to_json_string_ext(shape, JSON_C_TO_STRING_PLAIN));
             return -1;
         }
         e->t.shape[d] = (int64_t)s;
         if (s && numel > ((uint64_t)1 << 56) / s) {
-            fail(why, whylen, "has an impossibly large shape %s", json_object_to_json_string(shape));
+            fail(why, whylen, "has an impossibly large shape %s", json_object_to_json_string_ext(shape, JSON_C_TO_STRING_PLAIN));
             return -1;
         }
         numel *= s;
@@ -285,8 +287,8 @@ static int parse_entry(const char *name, json_object *v, entry *e, char *why, si
         return -1;
     }
     if (e->end - e->begin != numel * dtypes[found].size) {
-        fail(why, whylen, "holds %llu bytes, but %s %s needs %llu", (unsigned long long)(e->end - e->begin), dn,
-             json_object_to_json_string(shape), (unsigned long long)(numel * dtypes[found].size));
+        fail(why, whylen, "holds %llu bytes, but %s %s needs %llu bytes", (unsigned long long)(e->end - e->begin), dn,
+             json_object_to_json_string_ext(shape, JSON_C_TO_STRING_PLAIN), (unsigned long long)(numel * dtypes[found].size));
         return -1;
     }
     e->t.name = strdup(name);
