@@ -14,6 +14,13 @@
 
 typedef struct unet_backend unet_backend;
 
+/* Sums n doubles over the replicas of a data-parallel run, in place, on the
+ * host (synchronised batch norm). Every replica calls it at the same point. */
+typedef struct {
+    void (*sum)(void *ctx, double *values, int n);
+    void *ctx;
+} unet_replica_sum;
+
 typedef struct {
     const unet_node *node;
     int node_index;            /* position in the graph: with the step seed, keys random streams */
@@ -37,6 +44,7 @@ typedef struct {
     void *aux;                     /* aux_bytes() of per-node saved data, alive forward to backward */
     void *workspace;               /* workspace_bytes() of scratch, shared by all nodes */
     const uint64_t *seed;          /* points at the plan's per-step seed (dropout) */
+    const unet_replica_sum *replica_sum; /* batch norm: statistics over all replicas; NULL: this one's */
 } unet_op_args;
 
 typedef struct {

@@ -37,6 +37,9 @@ typedef struct {
     /* Plan memory only, allocate nothing (info, the largest batch that fits):
      * the plan reports statistics and cannot run. pb may have no blocks. */
     int plan_only;
+    /* Data-parallel runs with synchronised batch norm: batch statistics summed
+     * over every replica's batch. NULL: each replica normalises its own batch. */
+    const unet_replica_sum *replica_sum;
 } unet_plan_cfg;
 
 typedef struct unet_plan unet_plan;
@@ -65,6 +68,15 @@ void unet_plan_set_seed(unet_plan *p, uint64_t seed);
 void unet_plan_forward(unet_plan *p);
 /* Backward pass; fills pb->grads. Needs a training plan and a forward. */
 void unet_plan_backward(unet_plan *p);
+/* Called during unet_plan_backward each time a range [begin, end) of the
+ * gradient block (in floats) becomes final, so that a data-parallel run can
+ * start reducing it while the rest of the backward runs. The block is in graph
+ * order and the backward runs in reverse, so ranges arrive from the end of the
+ * block toward its start, and one backward covers the block exactly once. On
+ * an asynchronous backend the range is final in stream order: its work has
+ * been enqueued, not necessarily done. NULL fn: no calls. */
+typedef void (*unet_grads_ready_fn)(void *ctx, size_t begin, size_t end);
+void unet_plan_on_grads_ready(unet_plan *p, unet_grads_ready_fn fn, void *ctx);
 /* For graphs without loss nodes (op tests): the gradient flowing into an
  * output, host NCHW float32; backward starts from these. */
 void unet_plan_set_output_grad(unet_plan *p, int index, const float *host);

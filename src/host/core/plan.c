@@ -61,6 +61,10 @@ struct unet_plan {
     float *ones;      /* host: the weight map used when a batch has none */
     uint64_t seed;
     double flops;
+    /* after backward step s, gradients [ready_from[s], n_trainable) are final */
+    size_t *ready_from;
+    unet_grads_ready_fn grads_ready;
+    void *grads_ready_ctx;
 };
 
 static void *xcalloc(size_t n, size_t size) {
@@ -149,6 +153,42 @@ static double node_flops(const unet_graph *g, const unet_node *n, const unet_sha
     if (n->op == UNET_OP_CONV) return 2.0 * unet_shape_count(out) * in[0].c * n->k * n->k;
     if (n->op == UNET_OP_CONV_T2) return 2.0 * unet_shape_count(out) * in[0].c;
     return 0.0;
+}
+
+/* Where the final part of the gradient block begins after each backward
+ * step: a parameter's gradient is final once its node's backward has run (a
+ * parameter whose node runs none keeps the zeros set at compile time), and the
+ * final part is the longest tail of the block, in offsets, whose parameters
+ * are all final. Alignment gaps hold zeros and belong to whichever range
+ * covers them. */
+static void gradient_readiness(unet_plan *p, const int *bwd_step) {
+    const unet_graph *g = p->g;
+    int *done = xcalloc((size_t)g->n_params, sizeof(int)); /* backward index that finishes it; -1: from the start */
+    int *order = xcalloc((size_t)g->n_params, sizeof(int));
+    int n = 0;
+    for (int k = 0; k < g->n_params; k++) done[k] = -1;
+    for (int k = 0; k < g->n_nodes; k++)
+        for (int j = 0; j < UNET_MAX_PARAM; j++) {
+            int q = g->nodes[k].param[j];
+            if (q >= 0 && bwd_step[k] >= 0) done[q] = bwd_step[k] - p->n_fwd;
+        }
+    for (int k = 0; k < g->n_params; k++)
+        if (g->params[k].kind == UNET_PARAM_TRAINABLE) order[n++] = k;
+    /* highest offset first; insertion sort, n is a few hundred */
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && g->params[order[j - 1]].offset < g->params[order[j]].offset; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    p->ready_from = xcalloc((size_t)p->n_bwd, sizeof(size_t));
+    int i = 0;
+    for (int s = 0; s < p->n_bwd; s++) {
+        while (i < n && done[order[i]] <= s) i++;
+        p->ready_from[s] = i == n ? 0 : g->params[order[i]].offset + g->params[order[i]].count;
+    }
+    free(done);
+    free(order);
 }
 
 unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_plan_cfg cfg, char *err,
@@ -275,6 +315,7 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
         a->training = cfg.training;
         a->n_in = n->n_in;
         a->seed = &p->seed;
+        a->replica_sum = cfg.replica_sum;
         for (int i = 0; i < n->n_in; i++) a->in_shape[i] = p->shapes[n->in[i]];
         a->out_shape = p->shapes[n->out_value];
         p->flops += node_flops(g, n, a->in_shape, a->out_shape);
@@ -346,6 +387,7 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
         }
     }
 #undef PTR
+    if (cfg.training) gradient_readiness(p, bwd_step);
     for (int s = 0; s < p->n_fwd; s++)
         if (unet_op_is_loss(g->nodes[fwd_nodes[s]].op)) p->n_loss++;
     p->loss_nodes = xcalloc((size_t)p->n_loss, sizeof(int));
@@ -395,6 +437,7 @@ void unet_plan_free(unet_plan *p) {
     free(p->loss_nodes);
     free(p->loss_host);
     free(p->ones);
+    free(p->ready_from);
     free(p);
 }
 
@@ -438,7 +481,20 @@ void unet_plan_forward(unet_plan *p) {
 }
 
 void unet_plan_backward(unet_plan *p) {
-    for (int s = 0; s < p->n_bwd; s++) p->b->ops[p->bwd[s].node->op]->backward(&p->bwd[s]);
+    size_t final_from = p->pb->n_trainable;
+    for (int s = 0; s < p->n_bwd; s++) {
+        p->b->ops[p->bwd[s].node->op]->backward(&p->bwd[s]);
+        if (p->grads_ready && p->ready_from[s] < final_from) {
+            p->grads_ready(p->grads_ready_ctx, p->ready_from[s], final_from);
+            final_from = p->ready_from[s];
+        }
+    }
+    if (p->grads_ready && final_from > 0) p->grads_ready(p->grads_ready_ctx, 0, final_from);
+}
+
+void unet_plan_on_grads_ready(unet_plan *p, unet_grads_ready_fn fn, void *ctx) {
+    p->grads_ready = fn;
+    p->grads_ready_ctx = ctx;
 }
 
 void unet_plan_set_output_grad(unet_plan *p, int index, const float *host) {

@@ -16,8 +16,15 @@ static int uses_batch_stats(const unet_op_args *a) { return a->training || !a->s
 
 static size_t bn_aux_bytes(const unet_op_args *a) { return 2 * (size_t)a->in_shape[0].c * sizeof(float); }
 
-/* backward: the per-channel sums of dy and dy * xhat */
-static size_t bn_workspace_bytes(const unet_op_args *a) { return 2 * (size_t)a->in_shape[0].c * sizeof(double); }
+/* Per-channel sums in double: forward, of x and of squared deviations;
+ * backward, of dy and dy * xhat; one more for the pixel count, which
+ * synchronised batch norm sums over the replicas with them. */
+static size_t bn_workspace_bytes(const unet_op_args *a) { return (2 * (size_t)a->in_shape[0].c + 2) * sizeof(double); }
+
+/* Sums over every replica's batch under synchronised batch norm; a no-op otherwise. */
+static void replica_sum(const unet_op_args *a, double *values, int n) {
+    if (a->replica_sum) a->replica_sum->sum(a->replica_sum->ctx, values, n);
+}
 
 /* Per-plane sums in double over four interleaved partial sums added in a
  * fixed order: the same bits every run, without one long chain of dependent
@@ -59,20 +66,35 @@ static void bn_forward(const unet_op_args *a) {
     float *y = a->out, *mean = a->aux, *invstd = mean + s.c;
     double eps = a->node->eps, momentum = a->node->momentum;
     if (uses_batch_stats(a)) {
+        /* two passes, each summed over the replicas under synchronised batch
+         * norm: the variance of activations with a large mean keeps its digits */
+        double *sums = a->workspace, *count = sums + s.c, *squares = count + 1;
 #pragma omp parallel for schedule(static)
         for (int c = 0; c < s.c; c++) {
             double sum = 0.0;
             for (int n = 0; n < s.n; n++) sum += plane_sum(x + ((size_t)n * s.c + c) * hw, hw);
-            double mu = sum / (double)m, ss = 0.0;
-            /* two passes: the variance of activations with a large mean keeps its digits */
+            sums[c] = sum;
+        }
+        *count = (double)m;
+        replica_sum(a, sums, s.c + 1);
+        double total = *count;
+#pragma omp parallel for schedule(static)
+        for (int c = 0; c < s.c; c++) {
+            double mu = sums[c] / total, ss = 0.0;
             for (int n = 0; n < s.n; n++) ss += plane_squared_deviation(x + ((size_t)n * s.c + c) * hw, hw, mu);
-            double var = ss / (double)m;
+            sums[c] = mu;
+            squares[c] = ss;
+        }
+        replica_sum(a, squares, s.c);
+#pragma omp parallel for schedule(static)
+        for (int c = 0; c < s.c; c++) {
+            double mu = sums[c], ss = squares[c], var = ss / total;
             mean[c] = (float)mu;
             invstd[c] = (float)(1.0 / sqrt(var + eps));
             if (a->training && a->state[0] && a->state[1]) {
                 /* one value per channel has no unbiased variance (PyTorch refuses to train
                  * on it); the biased one, 0, keeps the running variance finite */
-                double unbiased = m > 1 ? ss / (double)(m - 1) : var;
+                double unbiased = total > 1 ? ss / (total - 1) : var;
                 a->state[0][c] = (float)((1.0 - momentum) * a->state[0][c] + momentum * mu);
                 a->state[1][c] = (float)((1.0 - momentum) * a->state[1][c] + momentum * unbiased);
             }
@@ -108,7 +130,7 @@ static void bn_backward(const unet_op_args *a) {
     const float *x = a->in[0], *y = a->out, *gamma = a->param[0];
     const float *mean = a->aux, *invstd = mean + s.c;
     float *dy = a->dout;
-    double *sum_dy = a->workspace, *sum_dy_xhat = sum_dy + s.c;
+    double *sum_dy = a->workspace, *sum_dy_xhat = sum_dy + s.c, *count = sum_dy_xhat + s.c;
     int relu = a->node->relu;
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < s.c; c++) {
@@ -133,13 +155,18 @@ static void bn_backward(const unet_op_args *a) {
     float *dx = a->din[0];
     if (!dx) return;
     int batch_stats = uses_batch_stats(a), acc = a->din_accumulate[0];
+    /* gamma and beta keep this replica's sums (the gradient allreduce adds
+     * them); dx sees the statistics of the batch the forward normalised */
+    *count = (double)m;
+    if (batch_stats) replica_sum(a, sum_dy, 2 * s.c + 1);
+    double total = *count;
     long planes = (long)s.n * s.c;
 #pragma omp parallel for schedule(static)
     for (long pl = 0; pl < planes; pl++) {
         int c = (int)(pl % s.c);
         double mu = mean[c], is = invstd[c], k = (double)gamma[c] * is;
-        double mean_dy = batch_stats ? sum_dy[c] / (double)m : 0.0;
-        double mean_dy_xhat = batch_stats ? sum_dy_xhat[c] / (double)m : 0.0;
+        double mean_dy = batch_stats ? sum_dy[c] / total : 0.0;
+        double mean_dy_xhat = batch_stats ? sum_dy_xhat[c] / total : 0.0;
         const float *xp = x + (size_t)pl * hw, *dyp = dy + (size_t)pl * hw;
         float *dxp = dx + (size_t)pl * hw;
         for (size_t i = 0; i < hw; i++) {
