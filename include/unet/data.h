@@ -117,6 +117,11 @@ typedef struct {
     unet_augment_fn augment;  /* NULL: no augmentation */
     void *augment_ctx;
     int augment_context;
+    /* Data parallel: this process is replica `rank` of `world` (0, 0: alone).
+     * Global step s has G = batch * world samples, s*G .. s*G + G - 1 in the
+     * epoch order, and replica r takes the r-th contiguous slice of batch of
+     * them: W replicas of batch B see exactly the batches of one of W*B. */
+    int rank, world;
 } unet_loader_opts;
 
 typedef struct unet_loader unet_loader;
@@ -136,7 +141,8 @@ int unet_loader_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, 
 
 /* Which sample slot `slot` of step `step` is: image k of the view and the
  * tile's top-left corner (negative, or past the edge, where mirrored). Global
- * sample g = step * B + slot is position g % n of epoch g / n's order. */
+ * sample g = (step * world + rank) * B + slot is position g % n of epoch g / n's
+ * order. */
 void unet_loader_sample(const unet_loader *l, int64_t step, int slot, int *image, int *y0, int *x0);
 
 /* Evaluation in fixed tiles: the output windows (tile - 2 * margin) of every

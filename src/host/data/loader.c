@@ -74,10 +74,12 @@ static int tile_start(uint64_t key, int draw, int extent, int tile, int margin) 
     return lo + (int)draw_below(key, (uint64_t)draw, (uint64_t)span) - margin;
 }
 
+/* slot is this replica's; positions and random draws follow the global slot */
 static void sample_at(const unet_loader *l, permutation_cache *pc, int64_t step, int slot, int *image, int *y0,
                       int *x0) {
-    int n = l->view.images;
-    int64_t g = step * l->o.batch + slot;
+    int n = l->view.images, world = l->o.world > 1 ? l->o.world : 1;
+    slot += l->o.rank * l->o.batch;
+    int64_t g = step * l->o.batch * world + slot;
     int64_t epoch = g / n;
     int pos = (int)(g % n);
     if (l->o.no_shuffle) {
@@ -121,7 +123,7 @@ static int fill_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, 
                              l->scratch, err, errlen))
             return -1;
         unet_augment_args a = {C, T, ctx, l->src_raw, l->src_label, l->src_weight, r, lab, w,
-                               unet_rng_key(sample_key(l, step, b), DRAW_AUGMENT, 0)};
+                               unet_rng_key(sample_key(l, step, l->o.rank * l->o.batch + b), DRAW_AUGMENT, 0)};
         if (l->o.augment(l->o.augment_ctx, &a, err, errlen)) return -1;
     }
     return 0;
@@ -155,6 +157,10 @@ int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_
     const char *path = unet_dataset_path(v->ds);
     if (!info.has_label) {
         snprintf(err, errlen, "%s has no label dataset: training needs labels (name them with --label-key)", path);
+        return -1;
+    }
+    if (o->world < 0 || o->rank < 0 || (o->rank > 0 && o->rank >= o->world)) {
+        snprintf(err, errlen, "loader: rank %d of world %d: need 0 <= rank < world", o->rank, o->world);
         return -1;
     }
     if (o->batch < 1 || o->tile < 1 || o->margin < 0 || 2 * o->margin >= o->tile || o->augment_context < 0 ||
