@@ -22,6 +22,8 @@ typedef enum {
     UNET_CMD_EVAL = 1u << 2,
     UNET_CMD_INFO = 1u << 3,
     UNET_CMD_BENCH = 1u << 4,
+    UNET_CMD_PRUNE = 1u << 5,
+    UNET_CMD_COMPARE = 1u << 6,
 } unet_command;
 
 /* Option groups: sections of --help and of the printed configuration. */
@@ -75,6 +77,14 @@ typedef struct {
 
     /* bench */
     int bench_warmup;               /* untimed steps before timing */
+
+    /* presets, matched parameter counts, compare */
+    int preset;                     /* --preset: 0 none, else the preset whose options are filled in */
+    const char *match_params;       /* "": off; a model kind (the reference is the configured model of that kind)
+                                       or a parameter count: the U-Net width that comes closest */
+    const char *models;             /* compare: comma-separated model names */
+    const char *out_dir;            /* compare: report directory */
+    int seeds;                      /* compare: runs per model, seeds --seed, --seed + 1, ... */
 
     /* which options the command line (not a default, a checkpoint or a
      * preset) set, by index in the option table */

@@ -12,6 +12,8 @@ int unet_run_predict(unet_config *cfg);
 int unet_run_eval(unet_config *cfg);
 int unet_run_info(unet_config *cfg);
 int unet_run_bench(unet_config *cfg);
+int unet_run_prune(unet_config *cfg);
+int unet_run_compare(unet_config *cfg);
 
 /* The backend --device and --precision ask for (auto: CUDA when a device is
  * present, else the CPU), with a one-line description of it in desc. NULL

@@ -159,7 +159,7 @@ BAD = [
     ("train", ["--"], "unexpected argument '--'"),
     ("train", ["--save", "--steps", "10"], "--save needs a value (C.safetensors), got option --steps"),
     ("train", ["--model"], "--model needs a value (unet|unet_e|unet_plus|unetpp)"),
-    ("predict", ["--lr", "1"], "--lr is not an option of predict (it is one of train, bench)"),
+    ("predict", ["--lr", "1"], "--lr is not an option of predict (it is one of train, bench, compare)"),
     ("info", ["--data", "x.h5"], "--data is not an option of info"),
     ("trian", [], "unknown command 'trian' (did you mean train?)"),
     ("frobnicate", [], "unknown command 'frobnicate'; commands: train, predict"),

@@ -5,7 +5,8 @@
 
 static const unet_cli_command_impl commands[] = {
     {"train", unet_run_train}, {"predict", unet_run_predict}, {"eval", unet_run_eval},
-    {"info", unet_run_info},   {"bench", unet_run_bench},
+    {"info", unet_run_info},   {"bench", unet_run_bench}, {"prune", unet_run_prune},
+    {"compare", unet_run_compare},
 };
 
 int main(int argc, char **argv) {

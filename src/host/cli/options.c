@@ -45,6 +45,7 @@ typedef struct {
     unet_option_group group;
     unsigned flags;
     int (*check)(const char *value, char *err, size_t errlen);
+    const char *bare;    /* value when the option is given without one (--match-params alone); NULL: required */
 } option;
 
 typedef struct {
@@ -61,10 +62,17 @@ static const command commands[] = {
     {"eval", UNET_CMD_EVAL, "IoU, Dice and pixel accuracy of a checkpoint on a labelled HDF5 dataset"},
     {"info", UNET_CMD_INFO, "parameters, output size, FLOPs and planned memory of a model at a tile size"},
     {"bench", UNET_CMD_BENCH, "time training steps (or inference, with --mode) of a model on random data"},
+    {"prune", UNET_CMD_PRUNE, "write the network of a checkpoint pruned to --depth as a checkpoint of its own"},
+    {"compare", UNET_CMD_COMPARE, "train several models under identical settings and report them side by side"},
 };
 #define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
 
-#define TRAIN UNET_CMD_TRAIN
+/* compare trains every model as train would, so it takes every training
+ * option; the few that name one run's files say UNET_CMD_TRAIN alone */
+#define TRAIN (UNET_CMD_TRAIN | UNET_CMD_COMPARE)
+#define TRAIN_ONLY UNET_CMD_TRAIN
+#define PRUNE UNET_CMD_PRUNE
+#define COMPARE UNET_CMD_COMPARE
 #define PREDICT UNET_CMD_PREDICT
 #define EVAL UNET_CMD_EVAL
 #define INFO UNET_CMD_INFO
@@ -87,6 +95,21 @@ static const char *const optimizers[] = {"sgd", "adam", "adamw", NULL};
 static const char *const schedules[] = {"constant", "cosine", "poly", NULL};
 static const char *const precisions[] = {"auto", "fp32", "tf32", "bf16", NULL};
 static const char *const modes[] = {"deepest", "fast", "accurate", NULL};
+static const char *const preset_names[] = {"none", "unet-paper", "unetpp-paper", NULL};
+
+/* What each preset sets, as typed on the command line (index as in
+ * preset_names); explicit flags win. The loss follows the classes. */
+static const char *const preset_values[][10] = {
+    {NULL},
+    /* Ronneberger et al. 2015: CE (weighted by the dataset's weight map when it has one), SGD momentum 0.99 */
+    {"model=unet", "filters=64,128,256,512,1024", "padding=valid", "classes=2", "optimizer=sgd", "momentum=0.99",
+     "tile=572", NULL},
+    /* Zhou et al. 2018: BCE + Dice on every head, Adam 3e-4, 96 x 96 inputs */
+    {"model=unetpp", "filters=32,64,128,256,512", "padding=same", "classes=1", "deep-supervision=true",
+     "optimizer=adam", "lr=0.0003", "tile=96", NULL},
+};
+
+static int check_match_params(const char *value, char *err, size_t errlen);
 
 static int check_device(const char *value, char *err, size_t errlen);
 
@@ -126,9 +149,21 @@ static const option options[] = {
     {"loss", OPT_ENUM, F(model.loss), .choices = losses, .commands = MODEL_USERS, .group = G_MODEL,
      .help = "softmax cross-entropy, or sigmoid BCE + soft Dice (default: ce for --classes >= 2, bce_dice for 1)"},
     {"depth", OPT_INT, F(model.prune_depth), .min = 0, .max = UNET_MAX_LEVELS, .def = "0", .meta = "D",
-     .commands = MODEL_USERS, .group = G_MODEL,
+     .commands = MODEL_USERS | PRUNE, .group = G_MODEL,
      .help = "prune to depth D: nodes with i + j <= D and head D (0: the full model; with --base and no "
              "--levels: the number of levels)"},
+    {"preset", OPT_ENUM, F(preset), .choices = preset_names, .def = "none", .commands = TRAIN | INFO | BENCH,
+     .group = G_MODEL, .flags = OPTF_NO_JSON,
+     .help = "a paper's setup: unet-paper (filters 64..1024, valid, 2 classes, CE, SGD momentum 0.99) or "
+             "unetpp-paper (filters 32..512, same, 1 class BCE + Dice, deep supervision, Adam 3e-4, tile 96); "
+             "explicit flags win"},
+    {"match-params", OPT_STRING, F(match_params), .meta = "[MODEL|N]", .bare = "unetpp", .commands = INFO | COMPARE,
+     .group = G_MODEL, .flags = OPTF_NO_JSON, .check = check_match_params,
+     .help = "the U-Net width whose parameter count comes closest to the model of the other flags as --model MODEL "
+             "(alone: unetpp), or to N parameters"},
+    {"models", OPT_STRING, F(models), .def = "unet,unet_e,unet_plus,unetpp", .meta = "M1,M2,...",
+     .commands = COMPARE, .group = G_MODEL, .flags = OPTF_NO_JSON,
+     .help = "models to compare: unet, unet_e, unet_plus, unetpp, wide_unet (the U-Net of --match-params)"},
 
     /* training */
     {"tile", OPT_INT, F(tile), .min = 1, .max = 1 << 20, .def = "572", .meta = "S", .commands = MODEL_USERS,
@@ -157,6 +192,8 @@ static const option options[] = {
      .group = G_TRAINING, .help = "linear learning-rate warm-up steps before the schedule"},
     {"seed", OPT_U64, F(seed), .def = "1", .meta = "S", .commands = TRAIN | INFO | BENCH, .group = G_TRAINING,
      .help = "seed of initialisation, sampling, augmentation and dropout"},
+    {"seeds", OPT_INT, F(seeds), .min = 1, .max = 1000, .def = "3", .meta = "N", .commands = COMPARE,
+     .group = G_TRAINING, .help = "runs per model, with seeds --seed, --seed + 1, ..."},
     {"no-shuffle", OPT_FLAG, F(no_shuffle), .commands = TRAIN, .group = G_TRAINING,
      .help = "take images in order instead of a permutation per epoch"},
     {"augment", OPT_STRING, F(augment), .def = "none", .meta = "none|paper|LIST", .commands = TRAIN,
@@ -177,19 +214,22 @@ static const option options[] = {
      .group = G_DATA, .help = "dataset name of the labels"},
     {"weight-key", OPT_STRING, F(weight_key), .def = "weight", .meta = "NAME", .commands = TRAIN | EVAL,
      .group = G_DATA, .help = "dataset name of the optional per-pixel loss weights"},
-    {"checkpoint", OPT_STRING, F(checkpoint), .meta = "C.safetensors", .commands = PREDICT | EVAL | INFO,
+    {"checkpoint", OPT_STRING, F(checkpoint), .meta = "C.safetensors", .commands = PREDICT | EVAL | INFO | PRUNE,
      .group = G_DATA, .help = "checkpoint to run (the model comes from its metadata; explicit flags override)"},
-    {"init", OPT_STRING, F(init), .meta = "W.safetensors", .commands = TRAIN, .group = G_DATA,
+    {"init", OPT_STRING, F(init), .meta = "W.safetensors", .commands = TRAIN_ONLY, .group = G_DATA,
      .help = "start from these weights (fine-tuning; PyTorch names and layouts)"},
-    {"resume", OPT_STRING, F(resume), .meta = "C.safetensors", .commands = TRAIN, .group = G_DATA,
+    {"resume", OPT_STRING, F(resume), .meta = "C.safetensors", .commands = TRAIN_ONLY, .group = G_DATA,
      .help = "continue the run saved in this checkpoint: weights, optimizer state and step"},
 
     /* output */
-    {"save", OPT_STRING, F(save), .meta = "C.safetensors", .commands = TRAIN, .group = G_OUTPUT,
+    {"save", OPT_STRING, F(save), .meta = "C.safetensors", .commands = TRAIN_ONLY, .group = G_OUTPUT,
      .help = "write the checkpoint here (atomically)"},
-    {"output", OPT_STRING, F(output), .meta = "P.h5", .commands = PREDICT, .group = G_OUTPUT,
-     .help = "write prob (N,K,H,W) float32 and pred (N,H,W) uint8 here"},
-    {"log", OPT_STRING, F(log), .meta = "M.jsonl", .commands = TRAIN | EVAL, .group = G_OUTPUT,
+    {"output", OPT_STRING, F(output), .meta = "FILE", .commands = PREDICT | PRUNE, .group = G_OUTPUT,
+     .help = "predict: write prob (N,K,H,W) float32 and pred (N,H,W) uint8 to this .h5; prune: the pruned "
+             "checkpoint"},
+    {"out", OPT_STRING, F(out_dir), .meta = "DIR", .commands = COMPARE, .group = G_OUTPUT,
+     .help = "write report.md, report.json, the runs' logs and the plots here"},
+    {"log", OPT_STRING, F(log), .meta = "M.jsonl", .commands = TRAIN_ONLY | EVAL, .group = G_OUTPUT,
      .help = "append one JSON object a line per logged step and per validation"},
     {"log-every", OPT_INT, F(log_every), .min = 1, .max = INT_MAX, .def = "10", .meta = "N", .commands = TRAIN,
      .group = G_OUTPUT, .help = "log every N steps"},
@@ -199,7 +239,8 @@ static const option options[] = {
     {"mode", OPT_ENUM, F(mode), .choices = modes, .def = "deepest", .commands = PREDICT | EVAL | BENCH, .group = G_OUTPUT,
      .help = "the deepest head, the network pruned to --depth, or the mean of all heads"},
     {"overlap", OPT_FLOAT, F(overlap), .min = 0, .max = 1, .max_open = 1, .def = "0.5", .meta = "F",
-     .commands = PREDICT | EVAL, .group = G_OUTPUT, .help = "overlap of same-padding tiles, blended"},
+     .commands = PREDICT | EVAL | COMPARE, .group = G_OUTPUT,
+     .help = "overlap of same-padding tiles, blended"},
 
     /* device */
     {"device", OPT_STRING, F(device), .def = "auto", .meta = "cpu|cuda[:N]|auto", .commands = MODEL_USERS,
@@ -210,7 +251,7 @@ static const option options[] = {
      .group = G_DEVICE, .help = "data loader threads (0: load on the training thread)"},
     {"threads", OPT_INT, F(threads), .min = 0, .max = 4096, .def = "0", .meta = "N", .commands = RUNNERS | INFO,
      .group = G_DEVICE, .help = "CPU compute threads (0: all cores)"},
-    {"bench-warmup", OPT_INT, F(bench_warmup), .min = 0, .max = INT_MAX, .def = "5", .meta = "N", .commands = BENCH,
+    {"bench-warmup", OPT_INT, F(bench_warmup), .min = 0, .max = INT_MAX, .def = "5", .meta = "N", .commands = BENCH | COMPARE,
      .group = G_TRAINING, .help = "untimed steps before timing"},
 };
 #define N_OPTIONS ((int)(sizeof options / sizeof options[0]))
@@ -551,6 +592,18 @@ static int check_device(const char *value, char *err, size_t errlen) {
     return -1;
 }
 
+/* A model kind (the reference is the configured model of that kind) or a
+ * positive parameter count. */
+static int check_match_params(const char *value, char *err, size_t errlen) {
+    long long n;
+    if (!parse_integer(value, &n) && n > 0) return 0;
+    for (int k = 0; model_kinds[k]; k++)
+        if (!strcmp(value, model_kinds[k])) return 0;
+    fail(err, errlen, "--match-params takes a model (unet, unet_e, unet_plus, unetpp) or a parameter count such as "
+                      "9041601, got '%s'", value);
+    return -1;
+}
+
 int unet_config_device(const unet_config *cfg, int *cuda, int *index) {
     const char *d = cfg->device;
     *index = -1;
@@ -653,6 +706,15 @@ static int resolve(unet_config *cfg, char *err, size_t errlen) {
         cfg->model.levels = cfg->levels;
         mark(cfg, "filters", 1);
     }
+    /* a preset sets what the command line did not; its values go through the parser like typed ones */
+    for (int v = 0; cfg->preset > 0 && preset_values[cfg->preset][v]; v++) {
+        const char *item = preset_values[cfg->preset][v];
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(item, "="), item);
+        int k = option_index(name);
+        if (cfg->explicit_set[k]) continue;
+        if (set_value(cfg, &options[k], strchr(item, '=') + 1, err, errlen)) return -1;
+    }
     if (!unet_config_is_set(cfg, "loss")) cfg->model.loss = default_loss(cfg->model.classes);
     cfg->optim.total_steps = cfg->steps;
     return 0;
@@ -713,6 +775,8 @@ int unet_config_parse(unet_config *cfg, const char *subcommand, int argc, char *
             value = "true";
         } else if (eq) {
             value = eq + 1;
+        } else if (o->bare && (i + 1 >= argc || !strncmp(argv[i + 1], "--", 2))) {
+            value = o->bare;
         } else if (i + 1 >= argc || (!strncmp(argv[i + 1], "--", 2) && argv[i + 1][2])) {
             /* `--save --steps 10`: a forgotten value, not a file named --steps */
             char what[160];
