@@ -75,6 +75,13 @@ typedef struct {
     unet_precision precision;
     int workers, threads;
 
+    /* data parallel (include/unet/dist.h) */
+    int dist;                       /* unet_dist_kind: none | mpi | nccl | auto */
+    int rank, world_size, local_rank; /* -1: from the launcher's environment */
+    int sync_bn;                    /* batch statistics over every rank's batch */
+    float dist_timeout;             /* seconds a rank waits for the others before giving up */
+    float bucket_mb;                /* gradient allreduce bucket size, MiB */
+
     /* bench */
     int bench_warmup;               /* untimed steps before timing */
 

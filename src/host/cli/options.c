@@ -94,6 +94,7 @@ static const char *const losses[] = {"ce", "bce_dice", NULL};
 static const char *const optimizers[] = {"sgd", "adam", "adamw", NULL};
 static const char *const schedules[] = {"constant", "cosine", "poly", NULL};
 static const char *const precisions[] = {"auto", "fp32", "tf32", "bf16", NULL};
+static const char *const dist_kinds[] = {"none", "mpi", "nccl", "auto", NULL}; /* unet_dist_kind's order */
 static const char *const modes[] = {"deepest", "fast", "accurate", NULL};
 static const char *const preset_names[] = {"none", "unet-paper", "unetpp-paper", NULL};
 
@@ -251,6 +252,24 @@ static const option options[] = {
      .group = G_DEVICE, .help = "data loader threads (0: load on the training thread)"},
     {"threads", OPT_INT, F(threads), .min = 0, .max = 4096, .def = "0", .meta = "N", .commands = RUNNERS | INFO,
      .group = G_DEVICE, .help = "CPU compute threads (0: all cores)"},
+    /* data parallel: rank, world size and local rank come from the launcher (srun, torchrun, mpirun) */
+    {"dist", OPT_ENUM, F(dist), .choices = dist_kinds, .def = "auto", .commands = UNET_CMD_TRAIN, .group = G_DEVICE,
+     .help = "who averages gradients across processes (auto: none for one process, nccl on GPUs, mpi on CPUs)"},
+    {"rank", OPT_INT, F(rank), .min = -1, .max = 1 << 24, .def = "-1", .meta = "R", .commands = UNET_CMD_TRAIN,
+     .group = G_DEVICE, .flags = OPTF_NO_JSON, .help = "this process's rank (-1: from SLURM_PROCID, RANK or mpirun)"},
+    {"world-size", OPT_INT, F(world_size), .min = -1, .max = 1 << 24, .def = "-1", .meta = "W",
+     .commands = UNET_CMD_TRAIN, .group = G_DEVICE, .flags = OPTF_NO_JSON,
+     .help = "number of processes (-1: from SLURM_NTASKS, WORLD_SIZE or mpirun)"},
+    {"local-rank", OPT_INT, F(local_rank), .min = -1, .max = 1 << 24, .def = "-1", .meta = "L",
+     .commands = UNET_CMD_TRAIN, .group = G_DEVICE, .flags = OPTF_NO_JSON,
+     .help = "rank on this node, picks the GPU (-1: from SLURM_LOCALID, LOCAL_RANK or mpirun)"},
+    {"sync-bn", OPT_FLAG, F(sync_bn), .commands = UNET_CMD_TRAIN, .group = G_DEVICE,
+     .help = "batch norm statistics over the global batch instead of each process's (CPU backend)"},
+    {"dist-timeout", OPT_FLOAT, F(dist_timeout), .min = 0, .min_open = 1, .max = NOMAX, .def = "600", .meta = "S",
+     .commands = UNET_CMD_TRAIN, .group = G_DEVICE,
+     .help = "seconds a process waits for the others before it gives up with a message"},
+    {"bucket-mb", OPT_FLOAT, F(bucket_mb), .min = 0, .min_open = 1, .max = 65536, .def = "25", .meta = "M",
+     .commands = UNET_CMD_TRAIN, .group = G_DEVICE, .help = "gradient allreduce bucket size in MiB"},
     {"bench-warmup", OPT_INT, F(bench_warmup), .min = 0, .max = INT_MAX, .def = "5", .meta = "N", .commands = BENCH | COMPARE,
      .group = G_TRAINING, .help = "untimed steps before timing"},
 };

@@ -12,6 +12,7 @@
 
 #include "host/train/session.h"
 #include "unet/checkpoint.h"
+#include "unet/dist.h"
 #include "unet/optim.h"
 #include "unet/rng.h"
 
@@ -83,6 +84,28 @@ static int load_start(const unet_config *cfg, unet_session *s, long *start, char
     return 0;
 }
 
+/* Validation counts of every rank's share of the images, summed: ratios are
+ * taken from the totals, so the metrics are those of one process. */
+static void sum_seg_stats(unet_dist *dist, unet_seg_stats *stats, int n_heads) {
+    enum { PER_HEAD = 3 * UNET_MAX_CLASSES + 2 };
+    double buf[UNET_MAX_LEVELS * PER_HEAD];
+    for (int h = 0; h < n_heads; h++) {
+        double *b = buf + h * PER_HEAD;
+        memcpy(b, stats[h].tp, sizeof stats[h].tp);
+        memcpy(b + UNET_MAX_CLASSES, stats[h].fp, sizeof stats[h].fp);
+        memcpy(b + 2 * UNET_MAX_CLASSES, stats[h].fn, sizeof stats[h].fn);
+        b[3 * UNET_MAX_CLASSES] = stats[h].correct, b[3 * UNET_MAX_CLASSES + 1] = stats[h].total;
+    }
+    unet_dist_sum_f64(dist, buf, n_heads * PER_HEAD);
+    for (int h = 0; h < n_heads; h++) {
+        const double *b = buf + h * PER_HEAD;
+        memcpy(stats[h].tp, b, sizeof stats[h].tp);
+        memcpy(stats[h].fp, b + UNET_MAX_CLASSES, sizeof stats[h].fp);
+        memcpy(stats[h].fn, b + 2 * UNET_MAX_CLASSES, sizeof stats[h].fn);
+        stats[h].correct = b[3 * UNET_MAX_CLASSES], stats[h].total = b[3 * UNET_MAX_CLASSES + 1];
+    }
+}
+
 static void log_json(FILE *log, const char *line) {
     if (log) {
         fprintf(log, "%s\n", line);
@@ -101,6 +124,8 @@ int unet_run_train(unet_config *cfg) {
     float *raw = NULL, *weight = NULL;
     int32_t *label = NULL;
     FILE *log = NULL;
+    unet_dist *dist = NULL;
+    int rank = 0, world = 1, all_ranks_failed = 0;
 
     if (!cfg->data[0]) {
         snprintf(err, sizeof err, "unet train needs --data FILE.h5 (an HDF5 file with raw and label)");
@@ -125,13 +150,38 @@ int unet_run_train(unet_config *cfg) {
     } else if (cfg->val_fraction > 0) {
         if (unet_data_split(train_ds, cfg->val_fraction, &train_view, &val_view, err, sizeof err)) goto fail;
     }
+    /* data parallel: one process per device, the device from the local rank */
+    unet_dist_place place;
+    char rank_device[64];
+    if (unet_dist_place_from_env(cfg->rank, cfg->world_size, cfg->local_rank, &place, err, sizeof err)) goto fail;
+    if (place.world > 1) cfg->device = unet_dist_device(cfg->device, place.local_rank, rank_device, sizeof rank_device);
     if (unet_session_build(&s, cfg, 1, info.has_weight, err, sizeof err)) goto fail;
-    unet_plan_cfg pc = {.batch = cfg->batch, .height = cfg->tile, .width = cfg->tile, .training = 1};
+    unet_dist_opts dist_opts = {.kind = (unet_dist_kind)cfg->dist, .rank = cfg->rank, .world = cfg->world_size,
+                            .local_rank = cfg->local_rank, .timeout_s = cfg->dist_timeout,
+                            .bucket_bytes = (size_t)(cfg->bucket_mb * 1048576.0)};
+    if (unet_dist_open(&dist_opts, s.backend, &dist, err, sizeof err)) goto fail;
+    rank = unet_dist_rank(dist), world = unet_dist_world(dist);
+    if (world > 1 || cfg->dist == UNET_DIST_NCCL || cfg->dist == UNET_DIST_MPI) {
+        printf("rank %d of %d (local rank %d) on %s: device %s, %s, batch %d of a global %d\n", rank, world,
+               unet_dist_local_rank(dist), unet_dist_host(dist), s.device, unet_dist_name(dist), cfg->batch,
+               cfg->batch * world);
+        fflush(stdout);
+    }
+    const unet_replica_sum *replica_sum = cfg->sync_bn ? unet_dist_replica_sum(dist) : NULL;
+    if (cfg->sync_bn && world > 1 && !replica_sum) {
+        snprintf(err, sizeof err, "--sync-bn is implemented on the CPU backend (--dist mpi) only for now; on %s batch "
+                 "norm is per process: drop --sync-bn", s.device);
+        goto fail;
+    }
+    unet_plan_cfg pc = {.batch = cfg->batch, .height = cfg->tile, .width = cfg->tile, .training = 1,
+                        .replica_sum = replica_sum};
     plan = unet_plan_compile(s.model.graph, &s.pb, pc, err, sizeof err);
     if (!plan) goto fail;
+    if (strcmp(unet_dist_name(dist), "none")) unet_plan_on_grads_ready(plan, unet_dist_grads_ready, dist);
     unet_tiling tiling;
     if (val_view.ds) {
         pc.training = 0;
+        pc.replica_sum = NULL;
         eval_plan = unet_plan_compile(s.model.graph, &s.pb, pc, err, sizeof err);
         if (!eval_plan || unet_tiling_init(&tiling, eval_plan, unet_pool_levels(&cfg->model), cfg->overlap, err,
                                            sizeof err))
@@ -143,24 +193,25 @@ int unet_run_train(unet_config *cfg) {
     /* the context a valid network loses per side, from the deepest head's output */
     unet_shape out = unet_plan_output_shape(plan, unet_plan_num_outputs(plan) - 1);
     unet_loader_opts lo = {.batch = cfg->batch, .tile = cfg->tile, .margin = (cfg->tile - out.h) / 2,
-                           .seed = cfg->seed, .no_shuffle = cfg->no_shuffle};
+                           .seed = cfg->seed, .no_shuffle = cfg->no_shuffle, .rank = rank, .world = world};
     if (unet_loader_create(&train_view, &lo, &loader, err, sizeof err)) goto fail;
     size_t npix = (size_t)cfg->batch * cfg->tile * cfg->tile;
     raw = malloc(npix * info.c * sizeof(float));
     label = malloc(npix * sizeof(int32_t));
     weight = info.has_weight ? malloc(npix * sizeof(float)) : NULL;
-    if (cfg->log[0] && !(log = fopen(cfg->log, start ? "a" : "w"))) {
+    /* rank 0 alone writes the log and the checkpoints, and talks */
+    if (rank == 0 && cfg->log[0] && !(log = fopen(cfg->log, start ? "a" : "w"))) {
         snprintf(err, sizeof err, "cannot write the log %s (is the directory there and writable?)", cfg->log);
         goto fail;
     }
 
-    unet_config_print(stdout, cfg, "train");
+    if (rank == 0) unet_config_print(stdout, cfg, "train");
     unet_plan_stats st = unet_plan_get_stats(plan);
-    printf("device: %s; %zu parameters; training images %d x %dx%d; tile %d -> output %d; "
+    if (rank == 0) printf("device: %s; %zu parameters; training images %d x %dx%d; tile %d -> output %d; "
            "activations %.1f MiB (%.1f MiB without reuse)\n",
            s.device, unet_graph_trainable_params(s.model.graph), train_view.images, train_view.rows, info.w,
            cfg->tile, out.h, st.arena_bytes / 1048576.0, st.unplanned_bytes / 1048576.0);
-    if (start) printf("resuming %s at step %ld\n", cfg->resume, start);
+    if (start && rank == 0) printf("resuming %s at step %ld\n", cfg->resume, start);
     fflush(stdout);
     code = 1; /* from here on a failure is the run's */
     signal(SIGINT, on_signal);
@@ -171,21 +222,44 @@ int unet_run_train(unet_config *cfg) {
     long imgs_since_log = 0;
     double loss = 0;
     char line[2048];
+    /* each rank's share of the validation images */
+    unet_data_view my_val = val_view;
+    if (val_view.ds) {
+        int lo = (int)((long)val_view.images * rank / world), hi = (int)((long)val_view.images * (rank + 1) / world);
+        my_val.image0 += lo, my_val.images = hi - lo;
+    }
     for (long step = start; step < cfg->steps; step++) {
         if (unet_loader_batch(loader, step, raw, label, weight, err, sizeof err)) goto fail;
         unet_plan_set_inputs(plan, raw, label, weight);
-        unet_plan_set_seed(plan, unet_rng_key(cfg->seed, 0xd0, (uint64_t)step));
+        /* dropout: rank 0 keeps the single-process stream, the others their own */
+        unet_plan_set_seed(plan, unet_rng_key(cfg->seed, 0xd0 | ((uint64_t)rank << 8), (uint64_t)step));
         unet_plan_forward(plan);
         double per_head[UNET_MAX_LEVELS];
         loss = unet_plan_loss(plan, per_head);
+        int stop = stop_signal != 0;
+        if (world > 1) {
+            /* the loss of the global batch (the mean of the ranks' means), and a
+             * stop signal seen by any rank stops all of them at the same step */
+            double v[2 + UNET_MAX_LEVELS] = {loss, stop};
+            for (int h = 0; h < s.model.n_heads; h++) v[2 + h] = per_head[h];
+            unet_dist_sum_f64(dist, v, 2 + s.model.n_heads);
+            loss = v[0] / world, stop = v[1] > 0;
+            for (int h = 0; h < s.model.n_heads; h++) per_head[h] = v[2 + h] / world;
+            all_ranks_failed = 1; /* a divergence below is every rank's */
+        }
         if (!isfinite(loss)) {
             snprintf(err, sizeof err, "the loss became %g at step %ld: the run diverged (lower --lr, now %g)", loss,
                      step + 1, (double)cfg->optim.lr);
             goto fail;
         }
+        all_ranks_failed = 0;
+        unet_dist_grads_begin(dist, s.pb.grads, s.pb.n_trainable);
         unet_plan_backward(plan);
+        unet_dist_grads_finish(dist);
+        /* running statistics: the moving average of the ranks' mean batch statistics */
+        if (world > 1 && !replica_sum && s.pb.n_state) unet_dist_mean_f32(dist, s.pb.state, s.pb.n_state);
         unet_optim_step(&cfg->optim, &s.pb, step);
-        imgs_since_log += cfg->batch;
+        imgs_since_log += (long)cfg->batch * world; /* the job's images, not this rank's */
         long done = step + 1;
         if (cfg->log_every > 0 && (done % cfg->log_every == 0 || done == cfg->steps)) {
             s.backend->sync(s.backend);
@@ -198,17 +272,23 @@ int unet_run_train(unet_config *cfg) {
                 for (int h = 0; h < s.model.n_heads; h++)
                     n += snprintf(line + n, sizeof line - n, ", \"loss_head%d\": %.6g", s.model.head_column[h],
                                   per_head[h]);
+            unet_dist_stats ds = unet_dist_take_stats(dist);
+            if (ds.steps)
+                n += snprintf(line + n, sizeof line - n, ", \"world\": %d, \"comm_wait_s\": %.4g", world,
+                              ds.wait_s / ds.steps);
             snprintf(line + n, sizeof line - n, "}");
             log_json(log, line);
-            if (!isatty(2)) printf("step %ld/%ld loss %.4f %.2f img/s\n", done, cfg->steps, loss, ips);
-            progress(done, cfg->steps, loss, ips, t - t0);
+            if (rank == 0 && !isatty(2))
+                printf("step %ld/%ld loss %.4f %.2f img/s\n", done, cfg->steps, loss, ips);
+            if (rank == 0) progress(done, cfg->steps, loss, ips, t - t0);
         }
-        int last = done == cfg->steps || stop_signal;
+        int last = done == cfg->steps || stop;
         if (eval_plan && ((cfg->val_every > 0 && done % cfg->val_every == 0) || last)) {
             unet_seg_stats stats[UNET_MAX_LEVELS];
-            if (unet_evaluate_view(eval_plan, &tiling, &val_view, cfg->model.classes, stats, s.model.n_heads, err,
+            if (unet_evaluate_view(eval_plan, &tiling, &my_val, cfg->model.classes, stats, s.model.n_heads, err,
                                    sizeof err))
                 goto fail;
+            if (world > 1) sum_seg_stats(dist, stats, s.model.n_heads);
             int n = snprintf(line, sizeof line, "{\"step\": %ld", done);
             for (int h = s.model.n_heads - 1; h >= 0; h--) {
                 unet_seg_metrics m = unet_seg_stats_finish(&stats[h]);
@@ -219,7 +299,7 @@ int unet_run_train(unet_config *cfg) {
                 if (s.model.n_heads > 1)
                     n += snprintf(line + n, sizeof line - n, ", \"val_iou_head%d\": %.6f, \"val_dice_head%d\": %.6f",
                                   s.model.head_column[h], m.iou, s.model.head_column[h], m.dice);
-                if (h == s.model.n_heads - 1) {
+                if (h == s.model.n_heads - 1 && rank == 0) {
                     if (isatty(2)) fputc('\n', stderr);
                     printf("validation at step %ld: IoU %.4f  Dice %.4f  pixel accuracy %.4f\n", done, m.iou, m.dice,
                            m.pixel_accuracy);
@@ -228,31 +308,39 @@ int unet_run_train(unet_config *cfg) {
             snprintf(line + n, sizeof line - n, "}");
             log_json(log, line);
         }
-        if (stop_signal) {
+        if (stop) {
             const char *path = cfg->save[0] ? cfg->save : cfg->resume;
             if (!path[0]) {
-                fprintf(stderr, "unet: stopped by signal %d at step %ld (no --save given: nothing written)\n",
-                        (int)stop_signal, done);
+                if (rank == 0)
+                    fprintf(stderr, "unet: stopped by signal %d at step %ld (no --save given: nothing written)\n",
+                            (int)stop_signal, done);
                 code = 1;
                 goto done;
             }
-            if (save(cfg, &s, path, done, err, sizeof err)) goto fail;
-            fprintf(stderr, "unet: stopped by signal %d at step %ld; checkpoint %s (continue with --resume %s)\n",
-                    (int)stop_signal, done, path, path);
+            if (rank == 0 && save(cfg, &s, path, done, err, sizeof err)) goto fail;
+            if (rank == 0)
+                fprintf(stderr, "unet: stopped by signal %d at step %ld; checkpoint %s (continue with --resume %s)\n",
+                        (int)stop_signal, done, path, path);
             code = 0;
             goto done;
         }
     }
-    if (cfg->save[0]) {
+    if (cfg->save[0] && rank == 0) {
         if (save(cfg, &s, cfg->save, cfg->steps, err, sizeof err)) goto fail;
         printf("saved %s (step %ld)\n", cfg->save, cfg->steps);
     }
     code = 0;
     goto done;
 fail:
-    fprintf(stderr, "unet: %s\n", err);
+    if (world > 1)
+        fprintf(stderr, "unet: rank %d of %d: %s\n", rank, world, err);
+    else
+        fprintf(stderr, "unet: %s\n", err);
+    /* a failure of this rank alone must not leave the others waiting for it */
+    if (world > 1 && !all_ranks_failed) unet_dist_abort(dist, code);
 done:
     if (log) fclose(log);
+    unet_dist_close(dist);
     unet_loader_free(loader);
     unet_plan_free(plan);
     unet_plan_free(eval_plan);

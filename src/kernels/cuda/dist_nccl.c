@@ -1,0 +1,185 @@
+/* The NCCL face of the communicator (src/host/dist/dist.c): gradient buckets
+ * are averaged (ncclAvg) on NCCL's own stream, each after an event that marks
+ * where the backward finished it on the compute stream, so the allreduce of
+ * the last layers runs while the backward computes the first. wait() makes
+ * the compute stream wait for every bucket and blocks the host until they are
+ * done, so that a rank whose peers died is caught by the watchdog there. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime.h>
+
+#include "host/dist/dist_internal.h"
+#include "kernels/cuda/common.h"
+
+int unet_dist_cuda_devices(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
+    return n;
+}
+
+#ifdef UNET_HAVE_NCCL
+#include <nccl.h>
+
+_Static_assert(sizeof(ncclUniqueId) == UNET_NCCL_ID_BYTES, "NCCL unique id size");
+
+/* A failed CUDA or NCCL call inside a step is not a user error: name it and stop. */
+#define CUDA_OK(call)                                                                                    \
+    do {                                                                                                 \
+        cudaError_t e_ = (call);                                                                         \
+        if (e_ != cudaSuccess) {                                                                         \
+            fprintf(stderr, "unet: %s failed: %s (%s:%d)\n", #call, cudaGetErrorString(e_), __FILE__, __LINE__); \
+            abort();                                                                                     \
+        }                                                                                                \
+    } while (0)
+#define NCCL_OK(call)                                                                                    \
+    do {                                                                                                 \
+        ncclResult_t r_ = (call);                                                                        \
+        if (r_ != ncclSuccess) {                                                                         \
+            fprintf(stderr, "unet: %s failed: %s (%s:%d)\n", #call, ncclGetErrorString(r_), __FILE__, __LINE__); \
+            abort();                                                                                     \
+        }                                                                                                \
+    } while (0)
+
+typedef struct {
+    unet_dist_face face;
+    ncclComm_t comm;
+    int device;
+    cudaStream_t compute, stream;
+    cudaEvent_t *ready; /* one per bucket started since the last wait */
+    int n_ready, cap_ready;
+    cudaEvent_t done;
+    double *scratch; /* device: host sums go through here */
+    int scratch_n;
+} nccl_face;
+
+static cudaEvent_t next_event(nccl_face *f) {
+    if (f->n_ready == f->cap_ready) {
+        int ncap = f->cap_ready ? 2 * f->cap_ready : 64;
+        cudaEvent_t *grown = realloc(f->ready, (size_t)ncap * sizeof *grown);
+        if (!grown) abort();
+        for (int i = f->cap_ready; i < ncap; i++) CUDA_OK(cudaEventCreateWithFlags(&grown[i], cudaEventDisableTiming));
+        f->ready = grown;
+        f->cap_ready = ncap;
+    }
+    return f->ready[f->n_ready++];
+}
+
+static void nccl_start_sum(unet_dist_face *face, float *data, size_t n, int average) {
+    nccl_face *f = (nccl_face *)face;
+    cudaEvent_t ev = next_event(f);
+    CUDA_OK(cudaEventRecord(ev, f->compute));
+    CUDA_OK(cudaStreamWaitEvent(f->stream, ev, 0));
+    NCCL_OK(ncclAllReduce(data, data, n, ncclFloat, average ? ncclAvg : ncclSum, f->comm, f->stream));
+}
+
+static void nccl_wait(unet_dist_face *face) {
+    nccl_face *f = (nccl_face *)face;
+    CUDA_OK(cudaEventRecord(f->done, f->stream));
+    CUDA_OK(cudaStreamWaitEvent(f->compute, f->done, 0));
+    CUDA_OK(cudaEventSynchronize(f->done));
+    f->n_ready = 0;
+}
+
+static void nccl_sum_f64(unet_dist_face *face, double *values, int n) {
+    nccl_face *f = (nccl_face *)face;
+    if (n > f->scratch_n) {
+        if (f->scratch) CUDA_OK(cudaFree(f->scratch));
+        CUDA_OK(cudaMalloc((void **)&f->scratch, (size_t)n * sizeof(double)));
+        f->scratch_n = n;
+    }
+    CUDA_OK(cudaMemcpyAsync(f->scratch, values, (size_t)n * sizeof(double), cudaMemcpyHostToDevice, f->stream));
+    NCCL_OK(ncclAllReduce(f->scratch, f->scratch, (size_t)n, ncclDouble, ncclSum, f->comm, f->stream));
+    CUDA_OK(cudaMemcpyAsync(values, f->scratch, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost, f->stream));
+    CUDA_OK(cudaStreamSynchronize(f->stream));
+}
+
+static void nccl_barrier(unet_dist_face *face) {
+    double zero = 0.0;
+    nccl_sum_f64(face, &zero, 1);
+}
+
+static void nccl_abort(unet_dist_face *face, int code) {
+    (void)code;
+    ncclCommAbort(((nccl_face *)face)->comm);
+}
+
+static void nccl_close(unet_dist_face *face) {
+    nccl_face *f = (nccl_face *)face;
+    cudaSetDevice(f->device);
+    if (f->comm) ncclCommDestroy(f->comm);
+    for (int i = 0; i < f->cap_ready; i++) cudaEventDestroy(f->ready[i]);
+    free(f->ready);
+    if (f->done) cudaEventDestroy(f->done);
+    if (f->scratch) cudaFree(f->scratch);
+    if (f->stream) cudaStreamDestroy(f->stream);
+    free(f);
+}
+
+int unet_dist_nccl_unique_id(unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+    ncclUniqueId u;
+    ncclResult_t r = ncclGetUniqueId(&u);
+    if (r != ncclSuccess) {
+        snprintf(err, errlen, "ncclGetUniqueId failed: %s (NCCL_DEBUG=INFO tells more)", ncclGetErrorString(r));
+        return -1;
+    }
+    memcpy(id, u.internal, UNET_NCCL_ID_BYTES);
+    return 0;
+}
+
+unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
+                                    const unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+    const unet_cuda_ctx *ctx = (const unet_cuda_ctx *)b->ctx;
+    nccl_face *f = calloc(1, sizeof *f);
+    if (!f) {
+        snprintf(err, errlen, "out of memory for the NCCL communicator");
+        return NULL;
+    }
+    f->device = ctx->device;
+    f->compute = ctx->stream;
+    cudaError_t e = cudaSetDevice(f->device);
+    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&f->stream, cudaStreamNonBlocking);
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&f->done, cudaEventDisableTiming);
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "NCCL setup on cuda:%d: %s", f->device, cudaGetErrorString(e));
+        nccl_close(&f->face);
+        return NULL;
+    }
+    ncclUniqueId u;
+    memcpy(u.internal, id, UNET_NCCL_ID_BYTES);
+    ncclResult_t r = ncclCommInitRank(&f->comm, world, u, rank);
+    if (r != ncclSuccess) {
+        f->comm = NULL;
+        snprintf(err, errlen, "ncclCommInitRank (rank %d of %d on cuda:%d) failed: %s (two ranks on one GPU? NCCL "
+                 "refuses that; NCCL_DEBUG=INFO tells more)", rank, world, f->device, ncclGetErrorString(r));
+        nccl_close(&f->face);
+        return NULL;
+    }
+    f->face = (unet_dist_face){.name = "nccl", .host_memory = 0, .start_sum = nccl_start_sum, .progress = NULL,
+                               .wait = nccl_wait, .sum_f64 = nccl_sum_f64, .barrier = nccl_barrier,
+                               .abort = nccl_abort, .close = nccl_close};
+    return &f->face;
+}
+
+int unet_dist_nccl_built(void) { return 1; }
+
+#else
+
+int unet_dist_nccl_unique_id(unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+    (void)id;
+    snprintf(err, errlen, "--dist nccl: this unet was built with CUDA but without NCCL (install NCCL's headers "
+             "and library, then reconfigure)");
+    return -1;
+}
+
+unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
+                                    const unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+    (void)b, (void)rank, (void)world, (void)id;
+    snprintf(err, errlen, "--dist nccl: this unet was built with CUDA but without NCCL");
+    return NULL;
+}
+
+int unet_dist_nccl_built(void) { return 0; }
+
+#endif
