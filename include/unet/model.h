@@ -48,6 +48,28 @@ int unet_model_build(const unet_model_cfg *m, int with_loss, int with_weight, un
                      size_t errlen);
 void unet_model_free(unet_model *out);
 
+/* Trainable parameters of a configuration (0 with a message when it cannot be built). */
+size_t unet_model_param_count(const unet_model_cfg *m, char *err, size_t errlen);
+
+/* Matched parameter counts (`unet info --match-params`, `unet compare`): the
+ * U-Net (kind unet, one head, not pruned, every other option of `like`)
+ * whose parameter count comes closest to `target`, in two families of
+ * widths: filters w * 2^i for an integer w, and the filters of `like`
+ * scaled by one factor and rounded level by level, which lands closer when
+ * no integer w does (UNet++ 32..512 lies between w = 34 and w = 35). */
+typedef struct {
+    size_t target;
+    unet_model_cfg by_width;     /* filters w, 2w, 4w, ... */
+    size_t by_width_params;
+    int width;
+    unet_model_cfg by_scale;     /* filters round(scale * like.filters[i]) */
+    size_t by_scale_params;
+    double scale;
+    const unet_model_cfg *best;  /* the closer of the two (points into this struct) */
+    size_t best_params;
+} unet_params_match;
+int unet_match_params(const unet_model_cfg *like, size_t target, unet_params_match *out, char *err, size_t errlen);
+
 /* What a model costs at a tile size: `unet info`. Plans memory without allocating it. */
 typedef struct {
     size_t params, state;              /* trainable floats, batch norm statistics */

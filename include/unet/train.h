@@ -15,6 +15,11 @@ int unet_run_bench(unet_config *cfg);
 int unet_run_prune(unet_config *cfg);
 int unet_run_compare(unet_config *cfg);
 
+/* --match-params: the parameter count to match, either the number given or
+ * the count of the configured model as the given kind (then *reference is
+ * that model; its levels are 0 for a number). */
+int unet_match_target(const unet_config *cfg, size_t *target, unet_model_cfg *reference, char *err, size_t errlen);
+
 /* The backend --device and --precision ask for (auto: CUDA when a device is
  * present, else the CPU), with a one-line description of it in desc. NULL
  * with a message in err when it cannot be had. Also applies --threads. */

@@ -1,10 +1,12 @@
 /* `unet info`: parameters, output sizes, FLOPs and planned memory of a model
  * at a tile size, from compiled plans that allocate nothing. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <json-c/json.h>
 
 #include "unet/backend.h"
+#include "unet/checkpoint.h"
 #include "unet/model.h"
 #include "unet/plan.h"
 #include "unet/train.h"
@@ -111,8 +113,136 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
             mib(in->workspace_bytes), mib(in->param_bytes));
 }
 
+int unet_match_target(const unet_config *cfg, size_t *target, unet_model_cfg *reference, char *err, size_t errlen) {
+    memset(reference, 0, sizeof *reference);
+    unet_model_kind kind;
+    if (unet_model_kind_parse(cfg->match_params, &kind)) {
+        /* the option's check let through a kind or a positive integer */
+        *target = (size_t)strtoull(cfg->match_params, NULL, 10);
+        return 0;
+    }
+    *reference = cfg->model;
+    reference->kind = kind;
+    reference->prune_depth = 0;
+    if (kind == UNET_MODEL_UNET) reference->deep_supervision = 0;
+    *target = unet_model_param_count(reference, err, errlen);
+    return *target ? 0 : -1;
+}
+
+static void print_filters(FILE *f, const unet_model_cfg *m) {
+    for (int i = 0; i < m->levels; i++) fprintf(f, "%s%d", i ? "," : "", m->filters[i]);
+}
+
+static double gap_percent(size_t n, size_t target) { return 100.0 * ((double)n - (double)target) / (double)target; }
+
+static void match_line(FILE *f, const char *what, const unet_model_cfg *m, size_t n, size_t target) {
+    fprintf(f, "%-13s filters ", what);
+    print_filters(f, m);
+    fprintf(f, ": %zu parameters (%.2fM), %+.2f%%\n", n, n / 1e6, gap_percent(n, target));
+}
+
+static json_object *match_json(const unet_model_cfg *m, size_t n, size_t target) {
+    json_object *o = json_object_new_object(), *fl = json_object_new_array();
+    for (int i = 0; i < m->levels; i++) json_object_array_add(fl, json_object_new_int(m->filters[i]));
+    json_object_object_add(o, "filters", fl);
+    json_object_object_add(o, "params", json_object_new_int64((int64_t)n));
+    json_object_object_add(o, "gap", json_object_new_double(gap_percent(n, target) / 100.0));
+    return o;
+}
+
+/* `unet info --match-params`: the U-Net of the configured options whose
+ * parameter count comes closest to the reference's. */
+static int run_match(const unet_config *cfg) {
+    char err[1024];
+    size_t target;
+    unet_model_cfg ref;
+    unet_params_match match;
+    if (unet_match_target(cfg, &target, &ref, err, sizeof err) ||
+        unet_match_params(&cfg->model, target, &match, err, sizeof err)) {
+        fprintf(stderr, "unet info: %s\n", err);
+        return 2;
+    }
+    /* the configured filters as a U-Net: the gap the match closes */
+    unet_model_cfg plain = cfg->model;
+    plain.kind = UNET_MODEL_UNET;
+    plain.deep_supervision = 0;
+    plain.prune_depth = 0;
+    size_t plain_n = unet_model_param_count(&plain, err, sizeof err);
+    if (!plain_n) {
+        fprintf(stderr, "unet info: %s\n", err);
+        return 2;
+    }
+    const int by_scale = match.best == &match.by_scale;
+    if (cfg->json) {
+        json_object *o = json_object_new_object(), *r = json_object_new_object();
+        json_object_object_add(r, "params", json_object_new_int64((int64_t)target));
+        if (ref.levels) {
+            json_object *fl = json_object_new_array();
+            for (int i = 0; i < ref.levels; i++) json_object_array_add(fl, json_object_new_int(ref.filters[i]));
+            json_object_object_add(r, "model", json_object_new_string(unet_model_kind_name(ref.kind)));
+            json_object_object_add(r, "filters", fl);
+        }
+        json_object_object_add(o, "reference", r);
+        json_object_object_add(o, "unet", match_json(&plain, plain_n, target));
+        json_object *w = match_json(&match.by_width, match.by_width_params, target);
+        json_object_object_add(w, "width", json_object_new_int(match.width));
+        json_object_object_add(o, "by_width", w);
+        json_object *s = match_json(&match.by_scale, match.by_scale_params, target);
+        json_object_object_add(s, "scale", json_object_new_double(match.scale));
+        json_object_object_add(o, "by_scale", s);
+        json_object *b = match_json(match.best, match.best_params, target);
+        json_object_object_add(b, "family", json_object_new_string(by_scale ? "scale" : "width"));
+        json_object_object_add(o, "match", b);
+        printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+        json_object_put(o);
+        return 0;
+    }
+    if (ref.levels) {
+        printf("reference     %s, filters ", unet_model_kind_name(ref.kind));
+        print_filters(stdout, &ref);
+        printf(", %s padding: %zu parameters (%.2fM)\n", ref.same_padding ? "same" : "valid", target, target / 1e6);
+    } else {
+        printf("reference     %zu parameters (%.2fM)\n", target, target / 1e6);
+    }
+    match_line(stdout, "U-Net", &plain, plain_n, target);
+    char what[64];
+    snprintf(what, sizeof what, "width w=%d", match.width);
+    match_line(stdout, what, &match.by_width, match.by_width_params, target);
+    snprintf(what, sizeof what, "scale %.4f", match.scale);
+    match_line(stdout, what, &match.by_scale, match.by_scale_params, target);
+    printf("match         --model unet --filters ");
+    print_filters(stdout, match.best);
+    printf(": %zu against %zu parameters, gap %+.2f%% (%s)\n", match.best_params, target,
+           gap_percent(match.best_params, target), by_scale ? "scaled filters" : "integer width");
+    return 0;
+}
+
+/* --checkpoint: the model of a checkpoint, explicit flags over it. */
+static int model_from_checkpoint(unet_config *cfg, char *err, size_t errlen) {
+    unet_checkpoint_meta meta;
+    if (unet_checkpoint_read_meta(cfg->checkpoint, &meta, err, errlen)) return -1;
+    if (!meta.config_json) {
+        snprintf(err, errlen, "%s has no unet.config metadata: describe the model with flags instead of --checkpoint",
+                 cfg->checkpoint);
+        return -1;
+    }
+    unet_config saved;
+    unet_config_defaults(&saved);
+    int rc = unet_config_from_json(&saved, meta.config_json, err, errlen);
+    unet_checkpoint_meta_free(&meta);
+    if (rc) return -1;
+    unet_config_merge(cfg, &saved, UNET_GROUP_MODEL);
+    if (!unet_config_is_set(cfg, "tile")) cfg->tile = saved.tile;
+    return 0;
+}
+
 int unet_run_info(unet_config *cfg) {
     char err[1024], desc[128];
+    if (cfg->checkpoint[0] && model_from_checkpoint(cfg, err, sizeof err)) {
+        fprintf(stderr, "unet info: %s\n", err);
+        return 2;
+    }
+    if (cfg->match_params[0]) return run_match(cfg);
     /* info plans memory; it needs a backend only for its tensor sizes */
     const unet_backend *b = unet_select_backend(cfg, desc, sizeof desc, err, sizeof err);
     unet_model_info info;

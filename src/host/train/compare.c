@@ -1,10 +1,660 @@
-/* unet compare: several models trained under identical settings, one report. */
+/* unet compare: the benchmark of the UNet++ paper, U-Net against its
+ * nested relatives at matched parameter counts. Every model is trained by
+ * the training run itself (unet_run_train, in this process) under one
+ * configuration that differs only in the model: same data, split, seeds,
+ * schedule, augmentation and steps. Costs come from the code paths of
+ * `unet info` (parameters, FLOPs, planned memory) and `unet bench` (timed
+ * steps); deep-supervised models are also evaluated pruned to every depth,
+ * through the same whole-image evaluation validation uses. Results go to
+ * DIR/report.md, DIR/report.json and DIR/runs/; scripts/plot_compare.py,
+ * when present, draws the plots from those files.
+ *
+ * In-process rather than one subprocess per run: the runs share the
+ * backend, the report gets numbers rather than parsed text, and nothing
+ * depends on where the executable lives (only the optional plot does). */
+#include <errno.h>
+#include <math.h>
+#include <spawn.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
-#include "unet/train.h"
+#include <json-c/json.h>
+
+#include "host/train/session.h"
+#include "unet/bench.h"
+#include "unet/checkpoint.h"
+
+extern char **environ;
+
+#define MAX_MODELS 8
+#define PATH_LEN (UNET_CONFIG_STRING_MAX + 128)
+#define BENCH_STEPS 10 /* timed steps per measurement, after --bench-warmup */
+
+typedef struct {
+    double *v; /* one value per seed */
+    int n;
+} runs;
+
+static double mean_of(const runs *r) {
+    double s = 0;
+    for (int i = 0; i < r->n; i++) s += r->v[i];
+    return r->n ? s / r->n : NAN;
+}
+
+/* Sample standard deviation over the seeds (0 for one seed). */
+static double sd_of(const runs *r) {
+    if (r->n < 2) return 0;
+    double m = mean_of(r), s = 0;
+    for (int i = 0; i < r->n; i++) s += (r->v[i] - m) * (r->v[i] - m);
+    return sqrt(s / (r->n - 1));
+}
+
+typedef struct {
+    size_t params;
+    double flops, infer_ms; /* forward FLOPs per image, ms per tile of inference */
+    runs iou, dice;
+} depth_result;
+
+typedef struct {
+    char name[16]; /* as in --models */
+    unet_model_cfg model;
+    int pruned_depths;                      /* deep supervision: depths 1..L evaluated pruned; else 0 */
+    size_t params;
+    double flops, train_images_per_s, infer_ms;
+    size_t train_activation_bytes;
+    runs iou, dice;
+    depth_result depth[UNET_MAX_LEVELS + 1]; /* [d], d = 1..pruned_depths */
+} model_result;
+
+static const char *const model_names[] = {"unet", "unet_e", "unet_plus", "unetpp", "wide_unet"};
+#define WIDE_UNET 4
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path, char *err, size_t errlen) {
+    char p[PATH_LEN];
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p) abort(); /* PATH_LEN holds any --out */
+    for (char *s = p + 1;; s++) {
+        char c = *s;
+        if (c == '/' || c == 0) {
+            *s = 0;
+            if (mkdir(p, 0777) && errno != EEXIST) {
+                snprintf(err, errlen, "cannot create the directory %.900s: %s", p, strerror(errno));
+                return -1;
+            }
+            *s = c;
+        }
+        if (!c) return 0;
+    }
+}
+
+/* A file under --out (at most UNET_CONFIG_STRING_MAX characters, so PATH_LEN holds it). */
+static void out_path(char *buf, size_t n, const char *dir, const char *name) {
+    if (snprintf(buf, n, "%s/%s", dir, name) >= (int)n) abort();
+}
+
+/* One run's file: DIR/runs/<model>_seed<S>.<ext> (dir "runs" gives the name relative to --out). */
+static void run_path(char *buf, size_t n, const char *dir, const char *model, uint64_t seed, const char *ext) {
+    char name[128];
+    snprintf(name, sizeof name, "%.15s_seed%llu.%.15s", model, (unsigned long long)seed, ext);
+    if (strcmp(dir, "runs")) {
+        char runs[PATH_LEN];
+        out_path(runs, sizeof runs, dir, "runs");
+        out_path(buf, n, runs, name);
+    } else {
+        out_path(buf, n, dir, name);
+    }
+}
+
+/* --models: known names, no repeats; wide_unet needs something to match. */
+static int parse_models(const unet_config *cfg, model_result *out, int *n, char *err, size_t errlen) {
+    *n = 0;
+    const char *s = cfg->models;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        int k = -1;
+        for (int i = 0; i < 5; i++)
+            if (strlen(model_names[i]) == len && !strncmp(s, model_names[i], len)) k = i;
+        if (k < 0) {
+            snprintf(err, errlen, "--models: unknown model '%.*s'; the models are unet, unet_e, unet_plus, unetpp and "
+                                  "wide_unet", (int)len, s);
+            return -1;
+        }
+        for (int i = 0; i < *n; i++)
+            if (!strcmp(out[i].name, model_names[k])) {
+                snprintf(err, errlen, "--models names %s twice", model_names[k]);
+                return -1;
+            }
+        if (*n == MAX_MODELS) {
+            snprintf(err, errlen, "--models takes at most %d models", MAX_MODELS);
+            return -1;
+        }
+        model_result *m = &out[(*n)++];
+        memset(m, 0, sizeof *m);
+        snprintf(m->name, sizeof m->name, "%s", model_names[k]);
+        m->model = cfg->model;
+        if (k == WIDE_UNET) {
+            if (!cfg->match_params[0]) {
+                snprintf(err, errlen, "wide_unet is the U-Net matched to another model's parameter count: add "
+                                      "--match-params (unetpp), --match-params MODEL or --match-params N");
+                return -1;
+            }
+            m->model.kind = UNET_MODEL_UNET;
+        } else {
+            unet_model_kind_parse(model_names[k], &m->model.kind);
+        }
+        /* U-Net has one head: deep supervision and pruning are for its relatives */
+        if (m->model.kind == UNET_MODEL_UNET) m->model.deep_supervision = 0;
+        m->pruned_depths = m->model.deep_supervision ? m->model.levels - 1 : 0;
+        s += len;
+        if (*s == ',') s++;
+    }
+    if (!*n) {
+        snprintf(err, errlen, "--models needs at least one model, such as unet,unetpp");
+        return -1;
+    }
+    return 0;
+}
+
+static int alloc_runs(runs *r, int seeds) {
+    r->v = calloc((size_t)seeds, sizeof(double));
+    r->n = 0;
+    return r->v ? 0 : -1;
+}
+
+static void free_result(model_result *m) {
+    free(m->iou.v);
+    free(m->dice.v);
+    for (int d = 0; d <= UNET_MAX_LEVELS; d++) {
+        free(m->depth[d].iou.v);
+        free(m->depth[d].dice.v);
+    }
+}
+
+/* The last validation of a run's log, and the step it was taken at. */
+static int last_validation(const char *log, double *iou, double *dice, long *step, char *err, size_t errlen) {
+    FILE *f = fopen(log, "r");
+    if (!f) {
+        snprintf(err, errlen, "cannot read the run's log %.900s", log);
+        return -1;
+    }
+    char line[8192];
+    int found = 0;
+    while (fgets(line, sizeof line, f)) {
+        json_object *o = json_tokener_parse(line), *v;
+        if (o && json_object_object_get_ex(o, "val_iou", &v)) {
+            *iou = json_object_get_double(v);
+            if (json_object_object_get_ex(o, "val_dice", &v)) *dice = json_object_get_double(v);
+            if (json_object_object_get_ex(o, "step", &v)) *step = json_object_get_int64(v);
+            found = 1;
+        }
+        json_object_put(o);
+    }
+    fclose(f);
+    if (!found) snprintf(err, errlen, "the run's log %.900s has no validation", log);
+    return found ? 0 : -1;
+}
+
+/* The validation images of the runs: --val, or the --val-fraction split of --data. */
+typedef struct {
+    unet_dataset *train_ds, *val_ds;
+    unet_data_view view;
+} val_data;
+
+static int open_validation(const unet_config *cfg, val_data *v, char *err, size_t errlen) {
+    memset(v, 0, sizeof *v);
+    unet_dataset_opts o = {.raw_key = cfg->raw_key[0] ? cfg->raw_key : NULL,
+                           .label_key = cfg->label_key[0] ? cfg->label_key : NULL,
+                           .classes = cfg->model.classes};
+    if (cfg->val[0]) {
+        if (unet_dataset_open(cfg->val, &o, &v->val_ds, err, errlen)) return -1;
+        v->view = unet_data_view_all(v->val_ds);
+        return 0;
+    }
+    unet_data_view train;
+    if (unet_dataset_open(cfg->data, &o, &v->train_ds, err, errlen)) return -1;
+    return unet_data_split(v->train_ds, cfg->val_fraction, &train, &v->view, err, errlen);
+}
+
+static void close_validation(val_data *v) {
+    if (v->train_ds) unet_dataset_close(v->train_ds);
+    if (v->val_ds) unet_dataset_close(v->val_ds);
+}
+
+/* IoU and Dice of a checkpoint's network pruned to `depth` (head d alone),
+ * over whole validation images as `unet eval --mode fast --depth d` sees them. */
+static int evaluate_pruned(const unet_config *cfg, const unet_model_cfg *full, int depth, const char *checkpoint,
+                           const val_data *v, double *iou, double *dice, char *err, size_t errlen) {
+    unet_config run = *cfg;
+    run.model = *full;
+    run.model.prune_depth = depth;
+    run.model.deep_supervision = 0;
+    unet_session s;
+    unet_plan *plan = NULL;
+    int rc = -1;
+    if (unet_session_build(&s, &run, 0, 0, err, errlen)) goto out;
+    unet_param_init_host(s.model.graph, 0, s.host_params, s.host_state);
+    if (unet_checkpoint_load_weights(checkpoint, s.model.graph, s.host_params, s.host_state, err, errlen)) goto out;
+    unet_session_upload(&s);
+    unet_plan_cfg pc = {.batch = run.batch, .height = run.tile, .width = run.tile, .training = 0};
+    plan = unet_plan_compile(s.model.graph, &s.pb, pc, err, errlen);
+    unet_tiling t;
+    if (!plan || unet_tiling_init(&t, plan, unet_pool_levels(&run.model), run.overlap, err, errlen)) goto out;
+    unet_seg_stats stats;
+    if (unet_evaluate_view(plan, &t, &v->view, run.model.classes, &stats, 1, err, errlen)) goto out;
+    unet_seg_metrics m = unet_seg_stats_finish(&stats);
+    *iou = m.iou;
+    *dice = m.dice;
+    rc = 0;
+out:
+    unet_plan_free(plan);
+    unet_session_free(&s);
+    return rc;
+}
+
+/* Parameters, FLOPs and planned training memory (unet info), and the
+ * training throughput and inference time (unet bench) of one model. */
+static int measure(const unet_config *cfg, const unet_backend *b, const unet_model_cfg *m, size_t *params,
+                   double *flops, size_t *train_bytes, double *train_ips, double *infer_ms, char *err, size_t errlen) {
+    unet_model_info info;
+    if (unet_model_info_get(m, b, cfg->tile, cfg->batch, &info, err, errlen)) return -1;
+    *params = info.params;
+    *flops = info.flops_per_image;
+    if (train_bytes) *train_bytes = info.train_activation_bytes;
+    unet_bench_cfg bc = {.tile = cfg->tile, .batch = cfg->batch, .warmup = cfg->bench_warmup, .steps = BENCH_STEPS,
+                         .seed = cfg->seed};
+    unet_bench_result r;
+    if (train_ips) {
+        if (unet_bench_run(m, &cfg->optim, b, &bc, &r, err, errlen)) return -1;
+        *train_ips = r.images_per_s;
+    }
+    bc.inference = 1;
+    if (unet_bench_run(m, &cfg->optim, b, &bc, &r, err, errlen)) return -1;
+    *infer_ms = r.ms_median / cfg->batch;
+    return 0;
+}
+
+static void filters_text(const unet_model_cfg *m, char *buf, size_t n) {
+    buf[0] = 0;
+    for (int i = 0; i < m->levels; i++) snprintf(buf + strlen(buf), n - strlen(buf), "%s%d", i ? "," : "", m->filters[i]);
+}
+
+static json_object *runs_json(const runs *r) {
+    json_object *o = json_object_new_object(), *a = json_object_new_array();
+    for (int i = 0; i < r->n; i++) json_object_array_add(a, json_object_new_double(r->v[i]));
+    json_object_object_add(o, "mean", json_object_new_double(mean_of(r)));
+    json_object_object_add(o, "sd", json_object_new_double(sd_of(r)));
+    json_object_object_add(o, "runs", a);
+    return o;
+}
+
+static json_object *filters_json(const unet_model_cfg *m) {
+    json_object *a = json_object_new_array();
+    for (int i = 0; i < m->levels; i++) json_object_array_add(a, json_object_new_int(m->filters[i]));
+    return a;
+}
+
+/* Where and when: the report says what machine its timings come from. */
+static void machine_text(char *buf, size_t n) {
+    struct utsname u;
+    char cpu[256] = "";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof line, f))
+            if (!strncmp(line, "model name", 10) && strchr(line, ':')) {
+                snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2);
+                cpu[strcspn(cpu, "\n")] = 0;
+                break;
+            }
+        fclose(f);
+    }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (uname(&u)) snprintf(u.machine, sizeof u.machine, "?");
+    snprintf(buf, n, "%s%s%ld cores, %s", cpu, cpu[0] ? ", " : "", cores, u.machine);
+}
+
+static const char *model_label(const model_result *m) {
+    if (!strcmp(m->name, "unet")) return "U-Net";
+    if (!strcmp(m->name, "wide_unet")) return "wide U-Net";
+    if (!strcmp(m->name, "unet_e")) return "U-Net^e";
+    if (!strcmp(m->name, "unet_plus")) return "UNet+";
+    return "UNet++";
+}
+
+typedef struct {
+    const unet_config *cfg;
+    const model_result *models;
+    int n_models;
+    const char *device, *machine, *date;
+    double wall_s;
+    size_t match_target;
+    const unet_model_cfg *match_ref; /* levels 0: a number */
+} report;
+
+static int write_json(const report *r, const char *path, char *err, size_t errlen) {
+    const unet_config *cfg = r->cfg;
+    json_object *root = json_object_new_object(), *settings = json_object_new_object();
+    char *cj = unet_config_to_json(cfg, 0);
+    json_object *cfg_json = json_tokener_parse(cj);
+    free(cj);
+    json_object_object_add(settings, "config", cfg_json);
+    json_object_object_add(settings, "seeds", json_object_new_int(cfg->seeds));
+    json_object_object_add(settings, "device", json_object_new_string(r->device));
+    json_object_object_add(settings, "machine", json_object_new_string(r->machine));
+    json_object_object_add(settings, "date", json_object_new_string(r->date));
+    json_object_object_add(settings, "wall_s", json_object_new_double(r->wall_s));
+    json_object_object_add(root, "settings", settings);
+    if (r->match_target) {
+        json_object *mt = json_object_new_object();
+        json_object_object_add(mt, "target_params", json_object_new_int64((int64_t)r->match_target));
+        if (r->match_ref->levels) {
+            json_object_object_add(mt, "reference", json_object_new_string(unet_model_kind_name(r->match_ref->kind)));
+            json_object_object_add(mt, "filters", filters_json(r->match_ref));
+        }
+        json_object_object_add(root, "match", mt);
+    }
+    json_object *models = json_object_new_array();
+    for (int i = 0; i < r->n_models; i++) {
+        const model_result *m = &r->models[i];
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "name", json_object_new_string(m->name));
+        json_object_object_add(o, "label", json_object_new_string(model_label(m)));
+        json_object_object_add(o, "model", json_object_new_string(unet_model_kind_name(m->model.kind)));
+        json_object_object_add(o, "filters", filters_json(&m->model));
+        json_object_object_add(o, "deep_supervision", json_object_new_boolean(m->model.deep_supervision));
+        json_object_object_add(o, "params", json_object_new_int64((int64_t)m->params));
+        json_object_object_add(o, "flops_per_image", json_object_new_double(m->flops));
+        json_object_object_add(o, "train_images_per_s", json_object_new_double(m->train_images_per_s));
+        json_object_object_add(o, "train_activation_bytes", json_object_new_int64((int64_t)m->train_activation_bytes));
+        json_object_object_add(o, "inference_ms_per_tile", json_object_new_double(m->infer_ms));
+        json_object_object_add(o, "val_iou", runs_json(&m->iou));
+        json_object_object_add(o, "val_dice", runs_json(&m->dice));
+        json_object *logs = json_object_new_array();
+        for (int s = 0; s < cfg->seeds; s++) {
+            char p[PATH_LEN];
+            run_path(p, sizeof p, "runs", m->name, cfg->seed + (uint64_t)s, "jsonl");
+            json_object_array_add(logs, json_object_new_string(p));
+        }
+        json_object_object_add(o, "logs", logs);
+        json_object *depths = json_object_new_array();
+        for (int d = 1; d <= m->pruned_depths; d++) {
+            const depth_result *p = &m->depth[d];
+            json_object *x = json_object_new_object();
+            json_object_object_add(x, "depth", json_object_new_int(d));
+            json_object_object_add(x, "params", json_object_new_int64((int64_t)p->params));
+            json_object_object_add(x, "flops_per_image", json_object_new_double(p->flops));
+            json_object_object_add(x, "inference_ms_per_tile", json_object_new_double(p->infer_ms));
+            json_object_object_add(x, "speedup", json_object_new_double(m->infer_ms / p->infer_ms));
+            json_object_object_add(x, "val_iou", runs_json(&p->iou));
+            json_object_object_add(x, "val_dice", runs_json(&p->dice));
+            json_object_array_add(depths, x);
+        }
+        json_object_object_add(o, "pruning", depths);
+        json_object_array_add(models, o);
+    }
+    json_object_object_add(root, "models", models);
+    int rc = json_object_to_file_ext(path, root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+    json_object_put(root);
+    if (rc) snprintf(err, errlen, "cannot write %.900s", path);
+    return rc ? -1 : 0;
+}
+
+static void mean_sd_text(const runs *r, char *buf, size_t n) {
+    if (r->n > 1)
+        snprintf(buf, n, "%.4f ± %.4f", mean_of(r), sd_of(r));
+    else
+        snprintf(buf, n, "%.4f", mean_of(r));
+}
+
+static int write_markdown(const report *r, const char *path, int have_plots, char *err, size_t errlen) {
+    const unet_config *cfg = r->cfg;
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        snprintf(err, errlen, "cannot write %.900s", path);
+        return -1;
+    }
+    const unet_model_cfg *m0 = &cfg->model;
+    fprintf(f, "# U-Net family compared (`unet compare`)\n\n");
+    fprintf(f, "Every model trained under the same settings: data `%s`, validation `%s`, %ld steps, batch %d, "
+               "tile %d, %s padding, %d class%s (%s loss), %s lr %g (%s schedule), augmentation `%s`, seeds %llu..%llu "
+               "(%d run%s per model)%s.\n\n",
+            cfg->data, cfg->val[0] ? cfg->val : "held-out share of the training data", cfg->steps, cfg->batch, cfg->tile,
+            m0->same_padding ? "same" : "valid", m0->classes, m0->classes == 1 ? "" : "es",
+            unet_config_choice_name("loss", (int)m0->loss), unet_config_choice_name("optimizer", (int)cfg->optim.kind),
+            (double)cfg->optim.lr, unet_config_choice_name("schedule", (int)cfg->optim.schedule), cfg->augment,
+            (unsigned long long)cfg->seed, (unsigned long long)(cfg->seed + (uint64_t)cfg->seeds - 1), cfg->seeds,
+            cfg->seeds == 1 ? "" : "s", m0->deep_supervision ? ", deep supervision for every model but U-Net" : "");
+    fprintf(f, "Device: %s (%s). Date: %s. Wall time %.0f s.\n\n", r->device, r->machine, r->date, r->wall_s);
+    if (r->match_target) {
+        char ft[128];
+        if (r->match_ref->levels) {
+            filters_text(r->match_ref, ft, sizeof ft);
+            fprintf(f, "wide U-Net: the U-Net whose parameter count comes closest to %s with filters %s (%zu).\n\n",
+                    unet_model_kind_name(r->match_ref->kind), ft, r->match_target);
+        } else {
+            fprintf(f, "wide U-Net: the U-Net whose parameter count comes closest to %zu.\n\n", r->match_target);
+        }
+    }
+    fprintf(f, "| Model | Filters | Params | GFLOPs / image | Train images/s | Train activations (MiB) | "
+               "Inference ms / tile | Val IoU | Val Dice |\n");
+    fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (int i = 0; i < r->n_models; i++) {
+        const model_result *m = &r->models[i];
+        char ft[128], iou[64], dice[64];
+        filters_text(&m->model, ft, sizeof ft);
+        mean_sd_text(&m->iou, iou, sizeof iou);
+        mean_sd_text(&m->dice, dice, sizeof dice);
+        fprintf(f, "| %s%s | %s | %.2fM | %.3f | %.2f | %.1f | %.2f | %s | %s |\n", model_label(m),
+                m->model.deep_supervision ? " (DS)" : "", ft, m->params / 1e6, m->flops / 1e9, m->train_images_per_s,
+                m->train_activation_bytes / 1048576.0, m->infer_ms, iou, dice);
+    }
+    int any_pruned = 0;
+    for (int i = 0; i < r->n_models; i++) any_pruned |= r->models[i].pruned_depths > 0;
+    if (any_pruned) {
+        fprintf(f, "\nPruned at inference (`unet predict --mode fast --depth d`): the network cut to the nodes "
+                   "with i + j <= d and head d alone, evaluated on the whole validation images; times per tile of %d x %d; "
+                   "speed-up against the full network as trained (every head computed, as `--mode deepest` and "
+                   "`--mode accurate` run it).\n\n", cfg->tile, cfg->tile);
+        fprintf(f, "| Model | Depth | Params | GFLOPs / image | Inference ms / tile | Speed-up | Val IoU | Val Dice |\n");
+        fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|\n");
+        for (int i = 0; i < r->n_models; i++) {
+            const model_result *m = &r->models[i];
+            for (int d = 1; d <= m->pruned_depths; d++) {
+                const depth_result *p = &m->depth[d];
+                char iou[64], dice[64];
+                mean_sd_text(&p->iou, iou, sizeof iou);
+                mean_sd_text(&p->dice, dice, sizeof dice);
+                fprintf(f, "| %s | L%d | %.3fM | %.3f | %.2f | %.2fx | %s | %s |\n", model_label(m), d, p->params / 1e6,
+                        p->flops / 1e9, p->infer_ms, m->infer_ms / p->infer_ms, iou, dice);
+            }
+        }
+    }
+    fprintf(f, "\nIoU and Dice: foreground, over whole validation images (overlap-tile prediction), after the last "
+               "step; mean ± sample standard deviation over the seeds. Train images/s and inference times: `unet bench` "
+               "code path on random data (%d timed steps after %d warm-up). Train activations: the planned memory "
+               "arena of a training step at batch %d. Per-run logs: `runs/*.jsonl`; every number above is in "
+               "`report.json`.\n", BENCH_STEPS, cfg->bench_warmup, cfg->batch);
+    if (have_plots)
+        fprintf(f, "\n![validation IoU over steps](val_iou.png)\n\n![IoU against inference time](pruning.png)\n");
+    fclose(f);
+    return 0;
+}
+
+/* scripts/plot_compare.py next to the source tree of this executable, or
+ * under the working directory; NULL when neither is there. */
+static int find_plot_script(char *buf, size_t n) {
+    char exe[PATH_LEN];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = 0;
+            if (snprintf(buf, n, "%s/../scripts/plot_compare.py", exe) < (int)n && access(buf, R_OK) == 0) return 1;
+        }
+    }
+    snprintf(buf, n, "scripts/plot_compare.py");
+    return access(buf, R_OK) == 0;
+}
+
+/* Draws the plots; 1 when they were drawn. A missing script or matplotlib
+ * costs the pictures, not the report. */
+static int draw_plots(const char *dir) {
+    char script[PATH_LEN];
+    if (!find_plot_script(script, sizeof script)) {
+        printf("plots: scripts/plot_compare.py not found; the report has no pictures\n");
+        return 0;
+    }
+    /* Debian's python3 has matplotlib (python3-matplotlib); a python3 first on PATH may not */
+    const char *python = getenv("UNET_PYTHON");
+    if (!python || !python[0]) python = access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3" : "python3";
+    char *argv[] = {(char *)python, script, (char *)dir, NULL};
+    pid_t pid;
+    int status = 0;
+    fflush(stdout);
+    if (posix_spawnp(&pid, python, NULL, NULL, argv, environ) || waitpid(pid, &status, 0) < 0 ||
+        !WIFEXITED(status) || WEXITSTATUS(status)) {
+        printf("plots: %s %s %s failed; the report has no pictures\n", python, script, dir);
+        return 0;
+    }
+    return 1;
+}
 
 int unet_run_compare(unet_config *cfg) {
-    (void)cfg;
-    fprintf(stderr, "unet compare: not built yet\n");
-    return 2;
+    char err[1024] = "", desc[128] = "";
+    int code = 2, n_models = 0;
+    model_result models[MAX_MODELS];
+    memset(models, 0, sizeof models);
+    val_data val = {0};
+    size_t match_target = 0;
+    unet_model_cfg match_ref;
+    memset(&match_ref, 0, sizeof match_ref);
+    const double t0 = now_s();
+
+    if (!cfg->out_dir[0] || !cfg->data[0] || (!cfg->val[0] && !(cfg->val_fraction > 0))) {
+        snprintf(err, sizeof err, "needs --data D.h5, validation data (--val V.h5 or --val-fraction F) and --out DIR");
+        goto fail;
+    }
+    if (unet_config_is_set(cfg, "model") || unet_config_is_set(cfg, "depth")) {
+        snprintf(err, sizeof err, "--models says which models to train, and every pruning depth of a deep-supervised "
+                                  "model is evaluated: drop --model and --depth");
+        goto fail;
+    }
+    if (parse_models(cfg, models, &n_models, err, sizeof err)) goto fail;
+    for (int i = 0; i < n_models; i++) {
+        if (unet_model_validate(&models[i].model, err, sizeof err)) goto fail;
+        int bad = alloc_runs(&models[i].iou, cfg->seeds) || alloc_runs(&models[i].dice, cfg->seeds);
+        for (int d = 1; d <= models[i].pruned_depths; d++)
+            bad |= alloc_runs(&models[i].depth[d].iou, cfg->seeds) || alloc_runs(&models[i].depth[d].dice, cfg->seeds);
+        if (bad) {
+            snprintf(err, sizeof err, "out of host memory");
+            goto fail;
+        }
+    }
+    if (cfg->match_params[0]) {
+        unet_params_match match;
+        if (unet_match_target(cfg, &match_target, &match_ref, err, sizeof err) ||
+            unet_match_params(&cfg->model, match_target, &match, err, sizeof err))
+            goto fail;
+        for (int i = 0; i < n_models; i++)
+            if (!strcmp(models[i].name, "wide_unet")) memcpy(models[i].model.filters, match.best->filters, sizeof match.best->filters);
+    }
+    const unet_backend *b = unet_select_backend(cfg, desc, sizeof desc, err, sizeof err);
+    if (!b) goto fail;
+    char runs_dir[PATH_LEN];
+    out_path(runs_dir, sizeof runs_dir, cfg->out_dir, "runs");
+    if (make_dirs(runs_dir, err, sizeof err)) goto fail;
+    if (open_validation(cfg, &val, err, sizeof err)) goto fail;
+    code = 1;
+
+    /* costs first: a model that cannot run at this tile fails before any training */
+    for (int i = 0; i < n_models; i++) {
+        model_result *m = &models[i];
+        printf("== %s: parameters, FLOPs, memory and timing\n", m->name);
+        fflush(stdout);
+        if (measure(cfg, b, &m->model, &m->params, &m->flops, &m->train_activation_bytes, &m->train_images_per_s,
+                    &m->infer_ms, err, sizeof err))
+            goto fail;
+        for (int d = 1; d <= m->pruned_depths; d++) {
+            unet_model_cfg p = m->model;
+            p.prune_depth = d;
+            p.deep_supervision = 0;
+            depth_result *r = &m->depth[d];
+            if (measure(cfg, b, &p, &r->params, &r->flops, NULL, NULL, &r->infer_ms, err, sizeof err)) goto fail;
+        }
+    }
+    for (int s = 0; s < cfg->seeds; s++)
+        for (int i = 0; i < n_models; i++) {
+            model_result *m = &models[i];
+            unet_config run = *cfg;
+            char log[PATH_LEN], ckpt[PATH_LEN];
+            run.model = m->model;
+            run.seed = cfg->seed + (uint64_t)s;
+            run_path(log, sizeof log, cfg->out_dir, m->name, run.seed, "jsonl");
+            run_path(ckpt, sizeof ckpt, cfg->out_dir, m->name, run.seed, "safetensors");
+            run.log = log;
+            run.save = ckpt;
+            printf("== %s, seed %llu (run %d of %d)\n", m->name, (unsigned long long)run.seed, s * n_models + i + 1,
+                   cfg->seeds * n_models);
+            fflush(stdout);
+            if (unet_run_train(&run)) {
+                snprintf(err, sizeof err, "training %.15s with seed %llu failed (its message is above)", m->name,
+                         (unsigned long long)run.seed);
+                goto fail;
+            }
+            long step = 0;
+            double iou = NAN, dice = NAN;
+            if (last_validation(log, &iou, &dice, &step, err, sizeof err)) goto fail;
+            if (step != cfg->steps) {
+                snprintf(err, sizeof err, "the %.15s run stopped at step %ld of %ld: the comparison is incomplete", m->name,
+                         step, cfg->steps);
+                goto fail;
+            }
+            m->iou.v[m->iou.n++] = iou;
+            m->dice.v[m->dice.n++] = dice;
+            for (int d = 1; d <= m->pruned_depths; d++) {
+                depth_result *r = &m->depth[d];
+                if (evaluate_pruned(cfg, &m->model, d, ckpt, &val, &r->iou.v[r->iou.n], &r->dice.v[r->dice.n], err,
+                                    sizeof err))
+                    goto fail;
+                r->iou.n++, r->dice.n++;
+                printf("   pruned to L%d: IoU %.4f  Dice %.4f\n", d, r->iou.v[r->iou.n - 1], r->dice.v[r->dice.n - 1]);
+            }
+            /* the weights served the pruned evaluation; a full comparison would leave gigabytes behind */
+            unlink(ckpt);
+        }
+
+    char machine[512], date[64], path[PATH_LEN];
+    machine_text(machine, sizeof machine);
+    time_t now = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
+    report r = {.cfg = cfg, .models = models, .n_models = n_models, .device = desc, .machine = machine, .date = date,
+                .wall_s = now_s() - t0, .match_target = match_target, .match_ref = &match_ref};
+    out_path(path, sizeof path, cfg->out_dir, "report.json");
+    if (write_json(&r, path, err, sizeof err)) goto fail;
+    int plots = draw_plots(cfg->out_dir);
+    out_path(path, sizeof path, cfg->out_dir, "report.md");
+    if (write_markdown(&r, path, plots, err, sizeof err)) goto fail;
+    printf("wrote %s/report.md, report.json%s and runs/ (%.0f s)\n", cfg->out_dir, plots ? ", val_iou.png, pruning.png" : "",
+           now_s() - t0);
+    code = 0;
+    goto done;
+fail:
+    fprintf(stderr, "unet compare: %s\n", err);
+done:
+    close_validation(&val);
+    for (int i = 0; i < MAX_MODELS; i++) free_result(&models[i]);
+    return code;
 }
