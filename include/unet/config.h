@@ -24,6 +24,11 @@ typedef enum {
     UNET_CMD_BENCH = 1u << 4,
     UNET_CMD_PRUNE = 1u << 5,
     UNET_CMD_COMPARE = 1u << 6,
+    /* `unet data weights` etc.: two words on the command line, one name here */
+    UNET_CMD_DATA_WEIGHTS = 1u << 7,
+    UNET_CMD_DATA_IMPORT = 1u << 8,
+    UNET_CMD_DATA_SPLIT = 1u << 9,
+    UNET_CMD_DATA_INFO = 1u << 10,
 } unet_command;
 
 /* Option groups: sections of --help and of the printed configuration. */
@@ -84,6 +89,11 @@ typedef struct {
 
     /* bench */
     int bench_warmup;               /* untimed steps before timing */
+
+    /* data commands (include/unet/datacmd.h) */
+    float w0, sigma;                /* data weights: border weight and its width, pixels */
+    int no_balance;                 /* data weights: w_c = 1 */
+    const char *images, *masks;     /* data import: folders of TIFF/PNG files */
 
     /* presets, matched parameter counts, compare */
     int preset;                     /* --preset: 0 none, else the preset whose options are filled in */

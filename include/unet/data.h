@@ -91,8 +91,9 @@ size_t unet_data_window_scratch(const unet_data_view *v, int size);
  * hook writes the tile from it: elastic deformation and rotations need the
  * pixels around the tile. key is this sample's own random stream
  * (unet_uniform(key, i)); one draw must move raw, label and weight together.
- * Runs outside the HDF5 lock, on the loader's thread. Returns 0, or -1 with
- * a one-line message. */
+ * Runs outside the HDF5 lock, on the loader's worker threads, several at once
+ * (so it must be thread-safe). Returns 0, or -1 with a one-line message.
+ * The augmentations of the U-Net paper are unet_augment_apply (unet/augment.h). */
 typedef struct {
     int channels, tile, context;
     const float *src_raw;      /* (C, S, S), S = tile + 2 * context */
@@ -114,6 +115,11 @@ typedef struct {
     uint64_t seed;
     int no_shuffle;      /* images in order instead of one permutation per epoch */
     int no_prefetch;     /* prepare batches on the caller's thread only */
+    /* Threads preparing samples ahead (0 or 1: one). The samples of a batch
+     * and of the next batches are shared out among them; every sample is a
+     * pure function of (seed, step, slot), so batches are the same bits
+     * whatever the number of workers. */
+    int workers;
     unet_augment_fn augment;  /* NULL: no augmentation */
     void *augment_ctx;
     int augment_context;

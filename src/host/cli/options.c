@@ -64,8 +64,24 @@ static const command commands[] = {
     {"bench", UNET_CMD_BENCH, "time training steps (or inference, with --mode) of a model on random data"},
     {"prune", UNET_CMD_PRUNE, "write the network of a checkpoint pruned to --depth as a checkpoint of its own"},
     {"compare", UNET_CMD_COMPARE, "train several models under identical settings and report them side by side"},
+    {"data weights", UNET_CMD_DATA_WEIGHTS, "add the U-Net paper's border weight map (weight) to an HDF5 dataset"},
+    {"data import", UNET_CMD_DATA_IMPORT, "make an HDF5 dataset from folders of TIFF or PNG images and masks"},
+    {"data split", UNET_CMD_DATA_SPLIT, "split an HDF5 dataset's images at random into a training and a validation file"},
+    {"data info", UNET_CMD_DATA_INFO, "shapes, types, labels, weights and storage of an HDF5 dataset"},
 };
 #define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
+
+/* Commands that take one bare argument, and the option it sets (unet data info D.h5). */
+static const struct {
+    unsigned bit;
+    const char *option;
+} positionals[] = {{UNET_CMD_DATA_WEIGHTS, "data"}, {UNET_CMD_DATA_SPLIT, "data"}, {UNET_CMD_DATA_INFO, "data"}};
+
+static const char *positional_of(unsigned bit) {
+    for (size_t i = 0; i < sizeof positionals / sizeof positionals[0]; i++)
+        if (positionals[i].bit == bit) return positionals[i].option;
+    return NULL;
+}
 
 /* compare trains every model as train would, so it takes every training
  * option; the few that name one run's files say UNET_CMD_TRAIN alone */
@@ -73,6 +89,8 @@ static const command commands[] = {
 #define TRAIN_ONLY UNET_CMD_TRAIN
 #define PRUNE UNET_CMD_PRUNE
 #define COMPARE UNET_CMD_COMPARE
+#define DATA_WEIGHTS UNET_CMD_DATA_WEIGHTS
+#define DATA_FILES (UNET_CMD_DATA_WEIGHTS | UNET_CMD_DATA_SPLIT | UNET_CMD_DATA_INFO) /* take D.h5 and its keys */
 #define PREDICT UNET_CMD_PREDICT
 #define EVAL UNET_CMD_EVAL
 #define INFO UNET_CMD_INFO
@@ -191,29 +209,41 @@ static const option options[] = {
      .group = G_TRAINING, .help = "learning-rate schedule over --steps"},
     {"warmup", OPT_LONG, F(optim.warmup_steps), .min = 0, .max = 1e15, .def = "0", .meta = "N", .commands = STEPPERS,
      .group = G_TRAINING, .help = "linear learning-rate warm-up steps before the schedule"},
-    {"seed", OPT_U64, F(seed), .def = "1", .meta = "S", .commands = TRAIN | INFO | BENCH, .group = G_TRAINING,
-     .help = "seed of initialisation, sampling, augmentation and dropout"},
+    {"seed", OPT_U64, F(seed), .def = "1", .meta = "S", .commands = TRAIN | INFO | BENCH | UNET_CMD_DATA_SPLIT,
+     .group = G_TRAINING, .help = "seed of initialisation, sampling, augmentation and dropout (data split: of the pick)"},
     {"seeds", OPT_INT, F(seeds), .min = 1, .max = 1000, .def = "3", .meta = "N", .commands = COMPARE,
      .group = G_TRAINING, .help = "runs per model, with seeds --seed, --seed + 1, ..."},
     {"no-shuffle", OPT_FLAG, F(no_shuffle), .commands = TRAIN, .group = G_TRAINING,
      .help = "take images in order instead of a permutation per epoch"},
     {"augment", OPT_STRING, F(augment), .def = "none", .meta = "none|paper|LIST", .commands = TRAIN,
-     .group = G_TRAINING, .help = "data augmentation"},
+     .group = G_TRAINING,
+     .help = "data augmentation. paper = elastic,flip,rot90: elastic deformation (random displacements on a 3x3 "
+             "grid, sigma 10 px, bicubic field; raw cubic, labels nearest, mirrored borders), random flips and "
+             "90-degree rotations. A LIST names any of elastic[:sigma=10:grid=3:interp=cubic|linear], flip, rot90, "
+             "rotate[:deg=15], scale[:range=0.1], gamma[:range=0.3], brightness[:range=0.1], contrast[:range=0.2], "
+             "noise[:std=0.03], e.g. paper,noise (see include/unet/augment.h)"},
     {"val-fraction", OPT_FLOAT, F(val_fraction), .min = 0, .max = 1, .max_open = 1, .def = "0", .meta = "F",
-     .commands = TRAIN, .group = G_TRAINING,
-     .help = "hold out the last share F of --data for validation when there is no --val (0: none)"},
+     .commands = TRAIN | UNET_CMD_DATA_SPLIT, .group = G_TRAINING,
+     .help = "share F of --data for validation: train holds out the last images (rows of a single image) when "
+             "there is no --val (0: none); data split picks whole images at random"},
 
     /* data: files read */
-    {"data", OPT_STRING, F(data), .meta = "D.h5", .commands = TRAIN | EVAL, .group = G_DATA,
-     .help = "HDF5 dataset: raw, label, optional weight"},
+    {"data", OPT_STRING, F(data), .meta = "D.h5", .commands = TRAIN | EVAL | DATA_FILES, .group = G_DATA,
+     .help = "HDF5 dataset: raw, label, optional weight and instances (data commands: also the bare argument)"},
+    {"images", OPT_STRING, F(images), .meta = "DIR", .commands = UNET_CMD_DATA_IMPORT, .group = G_DATA,
+     .help = "folder of images (.tif, .tiff, .png; 8 or 16 bit, gray or RGB), all of one size"},
+    {"masks", OPT_STRING, F(masks), .meta = "DIR", .commands = UNET_CMD_DATA_IMPORT, .group = G_DATA,
+     .help = "folder of masks named like the images: two values (a binary mask) give label = mask > 0; more give "
+             "instances = mask and label = mask > 0"},
     {"val", OPT_STRING, F(val), .meta = "V.h5", .commands = TRAIN, .group = G_DATA, .help = "validation dataset"},
     {"input", OPT_STRING, F(input), .meta = "D.h5", .commands = PREDICT, .group = G_DATA,
      .help = "HDF5 dataset to predict (raw)"},
-    {"raw-key", OPT_STRING, F(raw_key), .def = "raw", .meta = "NAME", .commands = TRAIN | PREDICT | EVAL, .group = G_DATA,
+    {"raw-key", OPT_STRING, F(raw_key), .def = "raw", .meta = "NAME", .commands = TRAIN | PREDICT | EVAL | DATA_WEIGHTS,
+     .group = G_DATA,
      .help = "dataset name of the images inside the file"},
-    {"label-key", OPT_STRING, F(label_key), .def = "label", .meta = "NAME", .commands = TRAIN | EVAL,
+    {"label-key", OPT_STRING, F(label_key), .def = "label", .meta = "NAME", .commands = TRAIN | EVAL | DATA_WEIGHTS,
      .group = G_DATA, .help = "dataset name of the labels"},
-    {"weight-key", OPT_STRING, F(weight_key), .def = "weight", .meta = "NAME", .commands = TRAIN | EVAL,
+    {"weight-key", OPT_STRING, F(weight_key), .def = "weight", .meta = "NAME", .commands = TRAIN | EVAL | DATA_WEIGHTS,
      .group = G_DATA, .help = "dataset name of the optional per-pixel loss weights"},
     {"checkpoint", OPT_STRING, F(checkpoint), .meta = "C.safetensors", .commands = PREDICT | EVAL | INFO | PRUNE,
      .group = G_DATA, .help = "checkpoint to run (the model comes from its metadata; explicit flags override)"},
@@ -225,9 +255,10 @@ static const option options[] = {
     /* output */
     {"save", OPT_STRING, F(save), .meta = "C.safetensors", .commands = TRAIN_ONLY, .group = G_OUTPUT,
      .help = "write the checkpoint here (atomically)"},
-    {"output", OPT_STRING, F(output), .meta = "FILE", .commands = PREDICT | PRUNE, .group = G_OUTPUT,
+    {"output", OPT_STRING, F(output), .meta = "FILE", .commands = PREDICT | PRUNE | UNET_CMD_DATA_IMPORT,
+     .group = G_OUTPUT,
      .help = "predict: write prob (N,K,H,W) float32 and pred (N,H,W) uint8 to this .h5; prune: the pruned "
-             "checkpoint"},
+             "checkpoint; data import: the dataset"},
     {"out", OPT_STRING, F(out_dir), .meta = "DIR", .commands = COMPARE, .group = G_OUTPUT,
      .help = "write report.md, report.json, the runs' logs and the plots here"},
     {"log", OPT_STRING, F(log), .meta = "M.jsonl", .commands = TRAIN_ONLY | EVAL, .group = G_OUTPUT,
@@ -236,7 +267,14 @@ static const option options[] = {
      .group = G_OUTPUT, .help = "log every N steps"},
     {"val-every", OPT_INT, F(val_every), .min = 0, .max = INT_MAX, .def = "100", .meta = "N", .commands = TRAIN,
      .group = G_OUTPUT, .help = "validate every N steps and after the last (0: after the last only)"},
-    {"json", OPT_FLAG, F(json), .commands = INFO | EVAL | BENCH, .group = G_OUTPUT, .help = "print one JSON object"},
+    {"json", OPT_FLAG, F(json), .commands = INFO | EVAL | BENCH | UNET_CMD_DATA_INFO, .group = G_OUTPUT,
+     .help = "print one JSON object"},
+    {"w0", OPT_FLOAT, F(w0), .min = 0, .max = NOMAX, .def = "10", .meta = "X", .commands = DATA_WEIGHTS,
+     .group = G_OUTPUT, .help = "border weight of the weight map (the paper's w0)"},
+    {"sigma", OPT_FLOAT, F(sigma), .min = 0, .min_open = 1, .max = NOMAX, .def = "5", .meta = "PX",
+     .commands = DATA_WEIGHTS, .group = G_OUTPUT, .help = "width of the border term, pixels (the paper's sigma)"},
+    {"no-balance", OPT_FLAG, F(no_balance), .commands = DATA_WEIGHTS, .group = G_OUTPUT,
+     .help = "no class balancing: w_c = 1 instead of n / (2 n_class)"},
     {"mode", OPT_ENUM, F(mode), .choices = modes, .def = "deepest", .commands = PREDICT | EVAL | BENCH, .group = G_OUTPUT,
      .help = "the deepest head, the network pruned to --depth, or the mean of all heads"},
     {"overlap", OPT_FLOAT, F(overlap), .min = 0, .max = 1, .max_open = 1, .def = "0.5", .meta = "F",
@@ -249,7 +287,9 @@ static const option options[] = {
     {"precision", OPT_ENUM, F(precision), .choices = precisions, .def = "auto", .commands = MODEL_USERS,
      .group = G_DEVICE, .help = "GPU arithmetic (auto: bf16 where supported; the CPU is always fp32)"},
     {"workers", OPT_INT, F(workers), .min = 0, .max = 1024, .def = "1", .meta = "N", .commands = TRAIN,
-     .group = G_DEVICE, .help = "data loader threads (0: load on the training thread)"},
+     .group = G_DEVICE,
+     .help = "data loader threads reading and augmenting the next batches (0: on the training thread); the "
+             "batches are the same for any N"},
     {"threads", OPT_INT, F(threads), .min = 0, .max = 4096, .def = "0", .meta = "N", .commands = RUNNERS | INFO,
      .group = G_DEVICE, .help = "CPU compute threads (0: all cores)"},
     /* data parallel: rank, world size and local rank come from the launcher (srun, torchrun, mpirun) */
@@ -756,6 +796,13 @@ int unet_config_parse(unet_config *cfg, const char *subcommand, int argc, char *
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return 1;
+        const char *positional = positional_of(cmd->bit);
+        if (positional && a[0] != '-' && !unet_config_is_set(cfg, positional)) {
+            int k = option_index(positional);
+            if (set_value(cfg, &options[k], a, err, errlen)) return -1;
+            cfg->explicit_set[k] = 1;
+            continue;
+        }
         if (strncmp(a, "--", 2) || !a[2]) {
             if (a[0] == '-' && a[1] && a[1] != '-')
                 fail(err, errlen, "unknown option %s: options are long, --name value (see unet %s --help)", a,
@@ -971,7 +1018,7 @@ int unet_config_from_json(unet_config *cfg, const char *json, char *err, size_t 
 
 void unet_config_usage(FILE *f) {
     fprintf(f, "usage: unet <command> [options]\n\ncommands:\n");
-    for (int c = 0; c < N_COMMANDS; c++) fprintf(f, "  %-10s %s\n", commands[c].name, commands[c].summary);
+    for (int c = 0; c < N_COMMANDS; c++) fprintf(f, "  %-13s %s\n", commands[c].name, commands[c].summary);
     fprintf(f, "\n'unet <command> --help' lists the options of a command.\n");
 }
 
@@ -997,7 +1044,8 @@ void unet_config_help(FILE *f, const char *subcommand) {
         unet_config_usage(f);
         return;
     }
-    fprintf(f, "usage: unet %s [options]\n%s.\n", cmd->name, cmd->summary);
+    fprintf(f, "usage: unet %s%s [options]\n%s.\n", cmd->name, positional_of(cmd->bit) ? " D.h5" : "",
+            cmd->summary);
     for (int g = 0; g < N_GROUPS; g++) {
         int header = 0;
         for (int k = 0; k < N_OPTIONS; k++) {

@@ -37,28 +37,42 @@ static void permutation_of(uint64_t seed, int64_t epoch, int n, int *order) {
     }
 }
 
+/* What one thread needs to prepare samples: its own permutation cache and
+ * read/augmentation buffers, so workers share nothing but the ring. */
+typedef struct {
+    permutation_cache perm;
+    void *scratch;
+    float *src_raw, *src_weight; /* augmentation source windows */
+    int32_t *src_label;
+} sample_worker;
+
+/* A batch being prepared: its B slots are handed out to workers one by one. */
+typedef struct {
+    int64_t step;          /* the step it holds or is filling; -1: unassigned */
+    int claimed, finished; /* slots handed out, slots done */
+    int rc;
+    char err[512];
+    float *raw;
+    int32_t *label;
+    float *weight;
+} batch_buffer;
+
 struct unet_loader {
     unet_data_view view;
     unet_loader_opts o;
     int channels, width;
 
-    /* Owned by whichever thread fills batches (one at a time). */
-    permutation_cache perm;
-    void *scratch;
-    float *src_raw, *src_weight; /* augmentation source windows */
-    int32_t *src_label;
-
-    /* The batch prepared in the background, and the handshake around it. */
-    float *raw;
-    int32_t *label;
-    float *weight;
-    pthread_t thread;
-    int thread_started;
+    /* Steps base .. base + ring_size - 1 are prepared ahead in ring[step % ring_size]
+     * by n_threads workers (0: on the caller's thread, in ring[0] with caller). */
+    int n_threads, ring_size;
+    sample_worker caller, *workers;
+    batch_buffer *ring;
+    pthread_t *threads;
+    int threads_started;
     pthread_mutex_t lock;
-    pthread_cond_t changed;
-    int64_t want, doing, have; /* steps requested, in progress, in the buffer; -1: none */
-    int stop, have_rc;
-    char have_err[512];
+    pthread_cond_t work, done;
+    int64_t base;
+    int in_flight, stop;
 };
 
 static uint64_t sample_key(const unet_loader *l, int64_t step, int slot) {
@@ -106,47 +120,91 @@ void unet_loader_sample(const unet_loader *l, int64_t step, int slot, int *image
     free(pc.order);
 }
 
-static int fill_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, char *err,
-                      size_t errlen) {
+/* Sample `slot` of step `step` into its place in a batch buffer. */
+static int fill_sample(const unet_loader *l, sample_worker *ws, int64_t step, int b, batch_buffer *buf, char *err,
+                       size_t errlen) {
     const int T = l->o.tile, C = l->channels, ctx = l->o.augment_context;
     const size_t plane = (size_t)T * T;
-    for (int b = 0; b < l->o.batch; b++) {
-        int k, y0, x0;
-        sample_at(l, &l->perm, step, b, &k, &y0, &x0);
-        float *r = raw + (size_t)b * C * plane, *w = weight + (size_t)b * plane;
-        int32_t *lab = label + (size_t)b * plane;
-        if (!l->o.augment) {
-            if (unet_data_window(&l->view, k, y0, x0, T, r, lab, w, l->scratch, err, errlen)) return -1;
-            continue;
-        }
-        if (unet_data_window(&l->view, k, y0 - ctx, x0 - ctx, T + 2 * ctx, l->src_raw, l->src_label, l->src_weight,
-                             l->scratch, err, errlen))
-            return -1;
-        unet_augment_args a = {C, T, ctx, l->src_raw, l->src_label, l->src_weight, r, lab, w,
-                               unet_rng_key(sample_key(l, step, l->o.rank * l->o.batch + b), DRAW_AUGMENT, 0)};
-        if (l->o.augment(l->o.augment_ctx, &a, err, errlen)) return -1;
-    }
-    return 0;
+    int k, y0, x0;
+    sample_at(l, &ws->perm, step, b, &k, &y0, &x0);
+    float *r = buf->raw + (size_t)b * C * plane, *w = buf->weight + (size_t)b * plane;
+    int32_t *lab = buf->label + (size_t)b * plane;
+    if (!l->o.augment) return unet_data_window(&l->view, k, y0, x0, T, r, lab, w, ws->scratch, err, errlen);
+    if (unet_data_window(&l->view, k, y0 - ctx, x0 - ctx, T + 2 * ctx, ws->src_raw, ws->src_label, ws->src_weight,
+                         ws->scratch, err, errlen))
+        return -1;
+    unet_augment_args a = {C, T, ctx, ws->src_raw, ws->src_label, ws->src_weight, r, lab, w,
+                           unet_rng_key(sample_key(l, step, l->o.rank * l->o.batch + b), DRAW_AUGMENT, 0)};
+    return l->o.augment(l->o.augment_ctx, &a, err, errlen);
 }
 
-static void *prefetch_main(void *arg) {
-    unet_loader *l = arg;
+static void assign(batch_buffer *b, int64_t step) {
+    b->step = step, b->claimed = b->finished = b->rc = 0, b->err[0] = 0;
+}
+
+/* A batch is ready when every slot handed out is done and either all were
+ * handed out or one failed (the rest are then not started). */
+static int batch_ready(const unet_loader *l, const batch_buffer *b) {
+    return b->finished == b->claimed && (b->claimed == l->o.batch || b->rc);
+}
+
+typedef struct {
+    unet_loader *l;
+    int index;
+} worker_arg;
+
+/* Workers take the earliest unclaimed slot of the window, so the batch the
+ * trainer waits for next is finished first and later ones fill idle time. */
+static void *worker_main(void *arg) {
+    unet_loader *l = ((worker_arg *)arg)->l;
+    sample_worker *ws = &l->workers[((worker_arg *)arg)->index];
+    free(arg);
     pthread_mutex_lock(&l->lock);
-    for (;;) {
-        while (l->want < 0 && !l->stop) pthread_cond_wait(&l->changed, &l->lock);
-        if (l->stop) break;
-        l->doing = l->want;
-        l->want = -1;
+    while (!l->stop) {
+        batch_buffer *b = NULL;
+        for (int k = 0; k < l->ring_size && !b && l->base >= 0; k++) {
+            int64_t st = l->base + k;
+            batch_buffer *c = &l->ring[st % l->ring_size];
+            if (c->step == st && c->claimed < l->o.batch && !c->rc) b = c;
+        }
+        if (!b) {
+            pthread_cond_wait(&l->work, &l->lock);
+            continue;
+        }
+        int64_t step = b->step;
+        int slot = b->claimed++;
+        l->in_flight++;
         pthread_mutex_unlock(&l->lock);
         char err[512] = "";
-        int rc = fill_batch(l, l->doing, l->raw, l->label, l->weight, err, sizeof err);
+        int rc = fill_sample(l, ws, step, slot, b, err, sizeof err);
         pthread_mutex_lock(&l->lock);
-        l->have = l->doing, l->have_rc = rc, l->doing = -1;
-        memcpy(l->have_err, err, sizeof err);
-        pthread_cond_broadcast(&l->changed);
+        l->in_flight--;
+        if (rc && !b->rc) b->rc = rc, memcpy(b->err, err, sizeof err);
+        b->finished++;
+        pthread_cond_broadcast(&l->done);
     }
     pthread_mutex_unlock(&l->lock);
     return NULL;
+}
+
+static int alloc_worker(sample_worker *ws, const unet_data_view *v, int images, int augment, int S, int C) {
+    ws->perm.epoch = -1;
+    ws->perm.order = malloc((size_t)images * sizeof(int));
+    size_t scratch = unet_data_window_scratch(v, S);
+    if (scratch && !(ws->scratch = malloc(scratch))) return -1;
+    if (augment) {
+        ws->src_raw = malloc((size_t)C * S * S * sizeof(float));
+        ws->src_label = malloc((size_t)S * S * sizeof(int32_t));
+        ws->src_weight = malloc((size_t)S * S * sizeof(float));
+        if (!ws->src_raw || !ws->src_label || !ws->src_weight) return -1;
+    }
+    return ws->perm.order ? 0 : -1;
+}
+
+static void free_worker(sample_worker *ws) {
+    free(ws->perm.order);
+    free(ws->scratch);
+    free(ws->src_raw), free(ws->src_label), free(ws->src_weight);
 }
 
 int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_loader **out, char *err,
@@ -164,10 +222,10 @@ int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_
         return -1;
     }
     if (o->batch < 1 || o->tile < 1 || o->margin < 0 || 2 * o->margin >= o->tile || o->augment_context < 0 ||
-        v->images < 1 || v->rows < 1) {
-        snprintf(err, errlen, "loader: batch %d, tile %d, margin %d, augment context %d on %d images of %d rows: "
-                 "need batch >= 1, 0 <= 2 margin < tile, context >= 0 and a non-empty view",
-                 o->batch, o->tile, o->margin, o->augment_context, v->images, v->rows);
+        o->workers < 0 || v->images < 1 || v->rows < 1) {
+        snprintf(err, errlen, "loader: batch %d, tile %d, margin %d, augment context %d, %d workers on %d images of "
+                 "%d rows: need batch >= 1, 0 <= 2 margin < tile, context >= 0, workers >= 0 and a non-empty view",
+                 o->batch, o->tile, o->margin, o->augment_context, o->workers, v->images, v->rows);
         return -1;
     }
     unet_loader *l = calloc(1, sizeof *l);
@@ -176,34 +234,43 @@ int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_
     l->o = *o;
     if (!o->augment) l->o.augment_context = 0;
     l->channels = info.c, l->width = info.w;
-    l->perm.epoch = -1;
-    l->want = l->doing = l->have = -1;
+    l->base = -1;
     const int T = o->tile, S = T + 2 * l->o.augment_context, C = info.c;
-    l->perm.order = malloc((size_t)v->images * sizeof(int));
-    size_t scratch = unet_data_window_scratch(v, S);
-    if (scratch && !(l->scratch = malloc(scratch))) goto oom;
-    if (o->augment) {
-        l->src_raw = malloc((size_t)C * S * S * sizeof(float));
-        l->src_label = malloc((size_t)S * S * sizeof(int32_t));
-        l->src_weight = malloc((size_t)S * S * sizeof(float));
-        if (!l->src_raw || !l->src_label || !l->src_weight) goto oom;
+    l->n_threads = o->no_prefetch ? 0 : o->workers > 1 ? o->workers : 1;
+    /* enough batches ahead that every worker has a slot to fill while the trainer holds one */
+    l->ring_size = l->n_threads ? (l->n_threads + o->batch - 1) / o->batch + 1 : 1;
+    if (alloc_worker(&l->caller, v, v->images, o->augment != NULL, S, C)) goto oom;
+    l->ring = calloc((size_t)l->ring_size, sizeof *l->ring);
+    if (!l->ring) goto oom;
+    for (int i = 0; i < l->ring_size; i++) {
+        batch_buffer *b = &l->ring[i];
+        b->step = -1;
+        b->raw = malloc((size_t)o->batch * C * T * T * sizeof(float));
+        b->label = malloc((size_t)o->batch * T * T * sizeof(int32_t));
+        b->weight = malloc((size_t)o->batch * T * T * sizeof(float));
+        if (!b->raw || !b->label || !b->weight) goto oom;
     }
-    /* Batches are made here and copied out, prefetched or not: one path. */
-    l->raw = malloc((size_t)o->batch * C * T * T * sizeof(float));
-    l->label = malloc((size_t)o->batch * T * T * sizeof(int32_t));
-    l->weight = malloc((size_t)o->batch * T * T * sizeof(float));
-    if (!l->perm.order || !l->raw || !l->label || !l->weight) goto oom;
-    if (!o->no_prefetch) {
+    if (l->n_threads) {
+        l->workers = calloc((size_t)l->n_threads, sizeof *l->workers);
+        l->threads = calloc((size_t)l->n_threads, sizeof *l->threads);
+        if (!l->workers || !l->threads) goto oom;
+        for (int i = 0; i < l->n_threads; i++)
+            if (alloc_worker(&l->workers[i], v, v->images, o->augment != NULL, S, C)) goto oom;
         pthread_mutex_init(&l->lock, NULL);
-        pthread_cond_init(&l->changed, NULL);
-        if (pthread_create(&l->thread, NULL, prefetch_main, l) != 0) {
-            pthread_cond_destroy(&l->changed);
-            pthread_mutex_destroy(&l->lock);
-            unet_loader_free(l);
-            snprintf(err, errlen, "loader: cannot start the prefetch thread: use --no-prefetch");
-            return -1;
+        pthread_cond_init(&l->work, NULL);
+        pthread_cond_init(&l->done, NULL);
+        for (int i = 0; i < l->n_threads; i++) {
+            worker_arg *wa = malloc(sizeof *wa);
+            if (wa) *wa = (worker_arg){l, i};
+            if (!wa || pthread_create(&l->threads[i], NULL, worker_main, wa) != 0) {
+                free(wa);
+                unet_loader_free(l);
+                snprintf(err, errlen, "loader: cannot start worker thread %d of %d: use fewer --workers, or 0", i + 1,
+                         o->workers);
+                return -1;
+            }
+            l->threads_started++;
         }
-        l->thread_started = 1;
     }
     *out = l;
     return 0;
@@ -216,55 +283,63 @@ oom:
 
 void unet_loader_free(unet_loader *l) {
     if (!l) return;
-    if (l->thread_started) {
+    if (l->n_threads && l->threads) {
         pthread_mutex_lock(&l->lock);
         l->stop = 1;
-        pthread_cond_broadcast(&l->changed);
+        pthread_cond_broadcast(&l->work);
         pthread_mutex_unlock(&l->lock);
-        pthread_join(l->thread, NULL);
-        pthread_cond_destroy(&l->changed);
+        for (int i = 0; i < l->threads_started; i++) pthread_join(l->threads[i], NULL);
+        pthread_cond_destroy(&l->work);
+        pthread_cond_destroy(&l->done);
         pthread_mutex_destroy(&l->lock);
     }
-    free(l->perm.order);
-    free(l->scratch);
-    free(l->src_raw), free(l->src_label), free(l->src_weight);
-    free(l->raw), free(l->label), free(l->weight);
+    free_worker(&l->caller);
+    for (int i = 0; l->workers && i < l->n_threads; i++) free_worker(&l->workers[i]);
+    free(l->workers);
+    free(l->threads);
+    for (int i = 0; l->ring && i < l->ring_size; i++) free(l->ring[i].raw), free(l->ring[i].label), free(l->ring[i].weight);
+    free(l->ring);
     free(l);
 }
 
-static void copy_out(const unet_loader *l, float *raw, int32_t *label, float *weight) {
+static void copy_out(const unet_loader *l, const batch_buffer *b, float *raw, int32_t *label, float *weight) {
     const size_t n = (size_t)l->o.batch * l->o.tile * l->o.tile;
-    memcpy(raw, l->raw, n * l->channels * sizeof(float));
-    if (label) memcpy(label, l->label, n * sizeof(int32_t));
-    if (weight) memcpy(weight, l->weight, n * sizeof(float));
+    memcpy(raw, b->raw, n * l->channels * sizeof(float));
+    if (label) memcpy(label, b->label, n * sizeof(int32_t));
+    if (weight) memcpy(weight, b->weight, n * sizeof(float));
 }
 
 int unet_loader_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, char *err,
                       size_t errlen) {
-    if (!l->thread_started) {
-        if (fill_batch(l, step, l->raw, l->label, l->weight, err, errlen)) return -1;
-        copy_out(l, raw, label, weight);
+    if (!l->n_threads) {
+        batch_buffer *b = &l->ring[0];
+        for (int s = 0; s < l->o.batch; s++)
+            if (fill_sample(l, &l->caller, step, s, b, err, errlen)) return -1;
+        copy_out(l, b, raw, label, weight);
         return 0;
     }
     pthread_mutex_lock(&l->lock);
-    for (;;) {
-        int idle = l->doing < 0 && l->want < 0;
-        if (idle && l->have == step) break;
-        if (idle) {
-            l->want = step;
-            pthread_cond_broadcast(&l->changed);
-        }
-        pthread_cond_wait(&l->changed, &l->lock);
+    batch_buffer *b = &l->ring[step % l->ring_size];
+    if (step != l->base || b->step != step) {
+        /* Not the next step (the first call, a resume, a jump): drop what was
+         * prepared, once no worker is writing into it, and start here. */
+        for (int i = 0; i < l->ring_size; i++) l->ring[i].step = -1;
+        while (l->in_flight) pthread_cond_wait(&l->done, &l->lock);
+        l->base = step;
+        for (int k = 0; k < l->ring_size; k++) assign(&l->ring[(step + k) % l->ring_size], step + k);
+        pthread_cond_broadcast(&l->work);
     }
-    int rc = l->have_rc;
+    while (!batch_ready(l, b)) pthread_cond_wait(&l->done, &l->lock);
+    int rc = b->rc;
     if (rc) {
-        snprintf(err, errlen, "%s", l->have_err);
-        l->have = -1; /* a retry reads again */
+        snprintf(err, errlen, "%s", b->err);
+        assign(b, step); /* a retry reads again */
     } else {
-        copy_out(l, raw, label, weight);
-        l->want = step + 1;
-        pthread_cond_broadcast(&l->changed);
+        copy_out(l, b, raw, label, weight);
+        l->base = step + 1;
+        assign(b, step + l->ring_size);
     }
+    pthread_cond_broadcast(&l->work);
     pthread_mutex_unlock(&l->lock);
     return rc;
 }

@@ -1,5 +1,7 @@
-/* IoU, Dice and pixel accuracy from confusion counts. */
+/* IoU, Dice and pixel accuracy from confusion counts; the Rand score of
+ * the ISBI 2012 challenge from segment overlaps. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "unet/metrics.h"
@@ -93,5 +95,98 @@ unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s) {
     m.iou = iou / (ncls - 1);
     m.dice = dice / (ncls - 1);
     m.pixel_accuracy = s->total > 0 ? s->correct / s->total : 0.0;
+    m.pixel_error = s->total > 0 ? 1.0 - m.pixel_accuracy : 0.0;
+    m.rand_error = -1;
+    if (s->rand_images > 0) {
+        double sum = 0;
+        for (int c = 1; c < ncls && c < UNET_MAX_CLASSES; c++) {
+            m.rand_error_class[c] = 1.0 - s->vrand_sum[c] / s->rand_images;
+            sum += m.rand_error_class[c];
+        }
+        m.rand_error = sum / (ncls - 1);
+    }
     return m;
+}
+
+/* ---- Rand score ---------------------------------------------------------------- */
+
+/* 4-connected components of mask into ids 1..K; returns K. */
+static int32_t components(const uint8_t *mask, int h, int w, int32_t *ids, int32_t *stack) {
+    size_t n = (size_t)h * w;
+    memset(ids, 0, n * sizeof *ids);
+    int32_t k = 0;
+    for (size_t p = 0; p < n; p++) {
+        if (!mask[p] || ids[p]) continue;
+        ids[p] = ++k;
+        size_t top = 0;
+        stack[top++] = (int32_t)p;
+        while (top) {
+            int32_t q = stack[--top];
+            int y = q / w, x = q % w;
+            int32_t nb[4] = {y > 0 ? q - w : -1, y < h - 1 ? q + w : -1, x > 0 ? q - 1 : -1, x < w - 1 ? q + 1 : -1};
+            for (int i = 0; i < 4; i++)
+                if (nb[i] >= 0 && mask[nb[i]] && !ids[nb[i]]) ids[nb[i]] = k, stack[top++] = nb[i];
+        }
+    }
+    return k;
+}
+
+static int compare_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sum of squared run lengths of a sorted array: the sum of squared counts of its values. */
+static double squared_counts(const uint64_t *v, size_t n) {
+    double sum = 0;
+    for (size_t i = 0, j; i < n; i = j) {
+        for (j = i + 1; j < n && v[j] == v[i];) j++;
+        sum += (double)(j - i) * (double)(j - i);
+    }
+    return sum;
+}
+
+/* V_rand over buffers of n pixels: mask (n), pid, tid, stack (n int32), pairs, marg (n uint64). */
+static double vrand(const uint8_t *pred, const int32_t *label, int h, int w, int cls, uint8_t *mask, int32_t *pid,
+                    int32_t *tid, int32_t *stack, uint64_t *pairs, uint64_t *marg) {
+    size_t n = (size_t)h * w, m = 0;
+    for (size_t p = 0; p < n; p++) mask[p] = pred[p] == cls;
+    int32_t kp = components(mask, h, w, pid, stack);
+    for (size_t p = 0; p < n; p++) mask[p] = label[p] == cls;
+    components(mask, h, w, tid, stack);
+    /* pairs (predicted segment, true segment) over the true foreground; another
+     * predicted class is a singleton: an id of its own past the components */
+    int64_t singleton = kp;
+    for (size_t p = 0; p < n; p++) {
+        if (!tid[p]) continue;
+        int64_t s = pid[p] ? pid[p] : ++singleton;
+        pairs[m++] = (uint64_t)s << 32 | (uint32_t)tid[p];
+    }
+    if (!m) return 1.0; /* nothing of this class to split or merge */
+    qsort(pairs, m, sizeof *pairs, compare_u64);
+    double sum_p = squared_counts(pairs, m);
+    for (size_t i = 0; i < m; i++) marg[i] = pairs[i] >> 32; /* sorted already */
+    double sum_s = squared_counts(marg, m);
+    for (size_t i = 0; i < m; i++) marg[i] = pairs[i] & 0xffffffffu;
+    qsort(marg, m, sizeof *marg, compare_u64);
+    double sum_t = squared_counts(marg, m);
+    return sum_p / (0.5 * sum_s + 0.5 * sum_t);
+}
+
+double unet_vrand(const uint8_t *pred, const int32_t *label, int h, int w, int cls) {
+    size_t n = (size_t)h * w;
+    uint8_t *mask = calloc(n ? n : 1, 1); /* calloc: the compiler cannot see every byte is written */
+    int32_t *pid = malloc(n * sizeof *pid), *tid = malloc(n * sizeof *tid), *stack = malloc(n * sizeof *stack);
+    uint64_t *pairs = malloc(n * sizeof *pairs), *marg = malloc(n * sizeof *marg);
+    double v = mask && pid && tid && stack && pairs && marg
+                   ? vrand(pred, label, h, w, cls, mask, pid, tid, stack, pairs, marg)
+                   : NAN;
+    free(mask), free(pid), free(tid), free(stack), free(pairs), free(marg);
+    return v;
+}
+
+void unet_seg_stats_add_rand(unet_seg_stats *s, const uint8_t *pred, const int32_t *label, int h, int w) {
+    int ncls = s->classes == 1 ? 2 : s->classes;
+    for (int c = 1; c < ncls && c < UNET_MAX_CLASSES; c++) s->vrand_sum[c] += unet_vrand(pred, label, h, w, c);
+    s->rand_images += 1;
 }

@@ -156,6 +156,7 @@ static int run(unet_config *cfg, int evaluate) {
         unet_labels_from_probabilities(prob, shape, pred);
         if (evaluate) {
             unet_seg_stats_add_labels(&stats, pred, label, (size_t)H * W);
+            unet_seg_stats_add_rand(&stats, pred, label, H, W);
         } else if (unet_prediction_file_write(pf, k, prob, pred, err, sizeof err)) {
             goto fail;
         }
@@ -171,10 +172,12 @@ static int run(unet_config *cfg, int evaluate) {
     } else {
         unet_seg_metrics m = unet_seg_stats_finish(&stats);
         if (cfg->json)
-            printf("{\"iou\": %.6f, \"dice\": %.6f, \"pixel_accuracy\": %.6f, \"images\": %d}\n", m.iou, m.dice,
-                   m.pixel_accuracy, info.n);
+            printf("{\"iou\": %.6f, \"dice\": %.6f, \"pixel_accuracy\": %.6f, \"pixel_error\": %.6f, "
+                   "\"rand_error\": %.6f, \"images\": %d}\n",
+                   m.iou, m.dice, m.pixel_accuracy, m.pixel_error, m.rand_error, info.n);
         else
-            printf("IoU %.4f  Dice %.4f  pixel accuracy %.4f  (%d images)\n", m.iou, m.dice, m.pixel_accuracy, info.n);
+            printf("IoU %.4f  Dice %.4f  pixel accuracy %.4f  pixel error %.4f  Rand error %.4f  (%d images)\n", m.iou,
+                   m.dice, m.pixel_accuracy, m.pixel_error, m.rand_error, info.n);
     }
     code = 0;
     goto done;

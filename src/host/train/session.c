@@ -86,7 +86,8 @@ int unet_evaluate_view(unet_plan *plan, const unet_tiling *t, const unet_data_vi
     float *raw = malloc((size_t)C * H * W * sizeof(float));
     int32_t *label = malloc((size_t)H * W * sizeof(int32_t));
     float *logits[UNET_MAX_LEVELS] = {0};
-    int rc = raw && label ? 0 : -1;
+    uint8_t *pred = malloc((size_t)H * W); /* hard labels for the Rand score */
+    int rc = raw && label && pred ? 0 : -1;
     for (int h = 0; h < n_heads && !rc; h++) {
         unet_seg_stats_init(&per_head[h], classes);
         logits[h] = malloc((size_t)unet_plan_output_shape(plan, h).c * H * W * sizeof(float));
@@ -104,10 +105,13 @@ int unet_evaluate_view(unet_plan *plan, const unet_tiling *t, const unet_data_vi
         for (int h = 0; h < n_heads; h++) {
             unet_shape s = {1, unet_plan_output_shape(plan, h).c, H, W};
             unet_seg_stats_add(&per_head[h], logits[h], s, label, H, W);
+            unet_predict_labels(logits[h], s, pred);
+            unet_seg_stats_add_rand(&per_head[h], pred, label, H, W);
         }
     }
     free(raw);
     free(label);
+    free(pred);
     for (int h = 0; h < n_heads; h++) free(logits[h]);
     return rc;
 }

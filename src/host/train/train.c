@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "host/train/session.h"
+#include "unet/augment.h"
 #include "unet/checkpoint.h"
 #include "unet/dist.h"
 #include "unet/optim.h"
@@ -87,7 +88,7 @@ static int load_start(const unet_config *cfg, unet_session *s, long *start, char
 /* Validation counts of every rank's share of the images, summed: ratios are
  * taken from the totals, so the metrics are those of one process. */
 static void sum_seg_stats(unet_dist *dist, unet_seg_stats *stats, int n_heads) {
-    enum { PER_HEAD = 3 * UNET_MAX_CLASSES + 2 };
+    enum { PER_HEAD = 4 * UNET_MAX_CLASSES + 3 };
     double buf[UNET_MAX_LEVELS * PER_HEAD];
     for (int h = 0; h < n_heads; h++) {
         double *b = buf + h * PER_HEAD;
@@ -95,6 +96,8 @@ static void sum_seg_stats(unet_dist *dist, unet_seg_stats *stats, int n_heads) {
         memcpy(b + UNET_MAX_CLASSES, stats[h].fp, sizeof stats[h].fp);
         memcpy(b + 2 * UNET_MAX_CLASSES, stats[h].fn, sizeof stats[h].fn);
         b[3 * UNET_MAX_CLASSES] = stats[h].correct, b[3 * UNET_MAX_CLASSES + 1] = stats[h].total;
+        memcpy(b + 3 * UNET_MAX_CLASSES + 2, stats[h].vrand_sum, sizeof stats[h].vrand_sum);
+        b[4 * UNET_MAX_CLASSES + 2] = stats[h].rand_images;
     }
     unet_dist_sum_f64(dist, buf, n_heads * PER_HEAD);
     for (int h = 0; h < n_heads; h++) {
@@ -103,6 +106,8 @@ static void sum_seg_stats(unet_dist *dist, unet_seg_stats *stats, int n_heads) {
         memcpy(stats[h].fp, b + UNET_MAX_CLASSES, sizeof stats[h].fp);
         memcpy(stats[h].fn, b + 2 * UNET_MAX_CLASSES, sizeof stats[h].fn);
         stats[h].correct = b[3 * UNET_MAX_CLASSES], stats[h].total = b[3 * UNET_MAX_CLASSES + 1];
+        memcpy(stats[h].vrand_sum, b + 3 * UNET_MAX_CLASSES + 2, sizeof stats[h].vrand_sum);
+        stats[h].rand_images = b[4 * UNET_MAX_CLASSES + 2];
     }
 }
 
@@ -131,6 +136,8 @@ int unet_run_train(unet_config *cfg) {
         snprintf(err, sizeof err, "unet train needs --data FILE.h5 (an HDF5 file with raw and label)");
         goto fail;
     }
+    unet_augment_cfg augment; /* outlives the loader, which calls it */
+    if (unet_augment_parse(cfg->augment, &augment, err, sizeof err)) goto fail;
     unet_dataset_opts dopts = {.raw_key = cfg->raw_key[0] ? cfg->raw_key : NULL,
                                .label_key = cfg->label_key[0] ? cfg->label_key : NULL,
                                .weight_key = cfg->weight_key[0] ? cfg->weight_key : NULL,
@@ -193,7 +200,12 @@ int unet_run_train(unet_config *cfg) {
     /* the context a valid network loses per side, from the deepest head's output */
     unet_shape out = unet_plan_output_shape(plan, unet_plan_num_outputs(plan) - 1);
     unet_loader_opts lo = {.batch = cfg->batch, .tile = cfg->tile, .margin = (cfg->tile - out.h) / 2,
-                           .seed = cfg->seed, .no_shuffle = cfg->no_shuffle, .rank = rank, .world = world};
+                           .seed = cfg->seed, .no_shuffle = cfg->no_shuffle, .rank = rank, .world = world,
+                           .workers = cfg->workers, .no_prefetch = cfg->workers == 0};
+    if (unet_augment_active(&augment)) {
+        lo.augment = unet_augment_apply, lo.augment_ctx = &augment;
+        lo.augment_context = unet_augment_context(&augment, cfg->tile);
+    }
     if (unet_loader_create(&train_view, &lo, &loader, err, sizeof err)) goto fail;
     size_t npix = (size_t)cfg->batch * cfg->tile * cfg->tile;
     raw = malloc(npix * info.c * sizeof(float));
@@ -294,15 +306,16 @@ int unet_run_train(unet_config *cfg) {
                 unet_seg_metrics m = unet_seg_stats_finish(&stats[h]);
                 if (h == s.model.n_heads - 1)
                     n += snprintf(line + n, sizeof line - n,
-                                  ", \"val_iou\": %.6f, \"val_dice\": %.6f, \"val_pixel_accuracy\": %.6f", m.iou,
-                                  m.dice, m.pixel_accuracy);
+                                  ", \"val_iou\": %.6f, \"val_dice\": %.6f, \"val_pixel_accuracy\": %.6f, "
+                                  "\"val_pixel_error\": %.6f, \"val_rand_error\": %.6f", m.iou, m.dice,
+                                  m.pixel_accuracy, m.pixel_error, m.rand_error);
                 if (s.model.n_heads > 1)
                     n += snprintf(line + n, sizeof line - n, ", \"val_iou_head%d\": %.6f, \"val_dice_head%d\": %.6f",
                                   s.model.head_column[h], m.iou, s.model.head_column[h], m.dice);
                 if (h == s.model.n_heads - 1 && rank == 0) {
                     if (isatty(2)) fputc('\n', stderr);
-                    printf("validation at step %ld: IoU %.4f  Dice %.4f  pixel accuracy %.4f\n", done, m.iou, m.dice,
-                           m.pixel_accuracy);
+                    printf("validation at step %ld: IoU %.4f  Dice %.4f  pixel accuracy %.4f  Rand error %.4f\n",
+                           done, m.iou, m.dice, m.pixel_accuracy, m.rand_error);
                 }
             }
             snprintf(line + n, sizeof line - n, "}");

@@ -1,0 +1,380 @@
+/* unet data import: folders of TIFF (libtiff) or PNG (libpng) images and
+ * masks into the HDF5 layout the loader reads. Images and masks pair by
+ * file name without the extension; all images have one size, one channel
+ * count and one bit depth (8 or 16), kept as they are (uint8 or uint16: the
+ * loader scales by the type's maximum). */
+#include <ctype.h>
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <hdf5.h>
+#include <png.h>
+#include <tiffio.h>
+
+#include "host/data/hdf5_lock.h"
+#include "unet/datacmd.h"
+
+typedef struct {
+    int h, w, c, bits;     /* bits 8 or 16 */
+    void *pixels;          /* (H, W, C) interleaved, uint8 or uint16 */
+} image;
+
+static void say(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- PNG --------------------------------------------------------------------- */
+
+static int read_png(const char *path, int is_mask, image *im, char *err, size_t errlen) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        say(err, errlen, "cannot read %s", path);
+        return -1;
+    }
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    png_bytep *rows = NULL;
+    if (!png || !info || setjmp(png_jmpbuf(png))) {
+        png_destroy_read_struct(&png, &info, NULL);
+        fclose(fp);
+        free(rows), free(im->pixels);
+        im->pixels = NULL;
+        say(err, errlen, "%s is not a readable PNG file", path);
+        return -1;
+    }
+    png_init_io(png, fp);
+    png_read_info(png, info);
+    int depth = png_get_bit_depth(png, info), type = png_get_color_type(png, info);
+    if (depth < 8) png_set_packing(png); /* 1, 2, 4 bits: one byte a pixel, values kept */
+    if (depth == 16) png_set_swap(png);  /* to the host's little-endian uint16 */
+    if (type & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+    /* a palette mask is its indices; a palette image means its colours */
+    if (type == PNG_COLOR_TYPE_PALETTE && !is_mask) png_set_palette_to_rgb(png);
+    png_read_update_info(png, info);
+    im->w = (int)png_get_image_width(png, info), im->h = (int)png_get_image_height(png, info);
+    im->c = png_get_channels(png, info), im->bits = depth == 16 ? 16 : 8;
+    size_t rowbytes = png_get_rowbytes(png, info);
+    im->pixels = malloc(rowbytes * im->h);
+    rows = malloc(sizeof *rows * im->h);
+    if (!im->pixels || !rows) png_error(png, "out of memory");
+    for (int y = 0; y < im->h; y++) rows[y] = (png_bytep)im->pixels + rowbytes * y;
+    png_read_image(png, rows);
+    png_read_end(png, NULL);
+    png_destroy_read_struct(&png, &info, NULL);
+    free(rows);
+    fclose(fp);
+    return 0;
+}
+
+/* ---- TIFF -------------------------------------------------------------------- */
+
+static char tiff_message[512];
+static void tiff_error(const char *module, const char *fmt, va_list ap) {
+    (void)module;
+    vsnprintf(tiff_message, sizeof tiff_message, fmt, ap);
+}
+
+static int read_tiff(const char *path, image *im, char *err, size_t errlen) {
+    TIFFSetWarningHandler(NULL);
+    TIFFSetErrorHandler(tiff_error);
+    tiff_message[0] = 0;
+    TIFF *t = TIFFOpen(path, "r");
+    if (!t) {
+        say(err, errlen, "%s is not a readable TIFF file%s%s", path, tiff_message[0] ? ": " : "", tiff_message);
+        return -1;
+    }
+    uint32_t w = 0, h = 0;
+    uint16_t spp = 1, bps = 8, format = SAMPLEFORMAT_UINT, planar = PLANARCONFIG_CONTIG;
+    TIFFGetField(t, TIFFTAG_IMAGEWIDTH, &w);
+    TIFFGetField(t, TIFFTAG_IMAGELENGTH, &h);
+    TIFFGetFieldDefaulted(t, TIFFTAG_SAMPLESPERPIXEL, &spp);
+    TIFFGetFieldDefaulted(t, TIFFTAG_BITSPERSAMPLE, &bps);
+    TIFFGetFieldDefaulted(t, TIFFTAG_SAMPLEFORMAT, &format);
+    TIFFGetFieldDefaulted(t, TIFFTAG_PLANARCONFIG, &planar);
+    int pages = TIFFNumberOfDirectories(t);
+    if (pages > 1 || (bps != 8 && bps != 16) || format != SAMPLEFORMAT_UINT || spp < 1 || spp > 4 || !w || !h) {
+        if (pages > 1)
+            say(err, errlen, "%s has %d pages: import takes one 2D image per file (split the stack first)", path, pages);
+        else
+            say(err, errlen, "%s is %u-bit %s with %u samples a pixel: import takes 8- or 16-bit unsigned images with 1 "
+                "to 4 channels", path, bps, format == SAMPLEFORMAT_INT ? "signed" : format == SAMPLEFORMAT_IEEEFP ? "float" : "unsigned", spp);
+        TIFFClose(t);
+        return -1;
+    }
+    im->w = (int)w, im->h = (int)h, im->c = spp, im->bits = bps;
+    const size_t bpp = bps / 8, row = (size_t)w * spp * bpp;
+    im->pixels = malloc(row * h);
+    int rc = im->pixels ? 0 : -1;
+    if (!rc && TIFFIsTiled(t)) {
+        uint32_t tw = 0, th = 0;
+        TIFFGetField(t, TIFFTAG_TILEWIDTH, &tw);
+        TIFFGetField(t, TIFFTAG_TILELENGTH, &th);
+        unsigned char *tile = malloc(TIFFTileSize(t));
+        int samples = planar == PLANARCONFIG_SEPARATE ? spp : 1;
+        size_t per = planar == PLANARCONFIG_SEPARATE ? 1 : spp; /* samples per pixel in a tile */
+        for (int s = 0; s < samples && tile && !rc; s++)
+            for (uint32_t y0 = 0; y0 < h && !rc; y0 += th)
+                for (uint32_t x0 = 0; x0 < w && !rc; x0 += tw) {
+                    if (TIFFReadTile(t, tile, x0, y0, 0, (uint16_t)s) < 0) {
+                        rc = -1;
+                        break;
+                    }
+                    for (uint32_t y = y0; y < y0 + th && y < h; y++)
+                        for (uint32_t x = x0; x < x0 + tw && x < w; x++)
+                            for (size_t k = 0; k < per; k++) {
+                                size_t src = (((size_t)(y - y0) * tw + (x - x0)) * per + k) * bpp;
+                                size_t dst = ((size_t)y * w + x) * spp + (per == 1 ? (size_t)s : k);
+                                memcpy((unsigned char *)im->pixels + dst * bpp, tile + src, bpp);
+                            }
+                }
+        if (!tile) rc = -1;
+        free(tile);
+    } else if (!rc) {
+        unsigned char *line = malloc(TIFFScanlineSize(t) > (tmsize_t)row ? (size_t)TIFFScanlineSize(t) : row);
+        int samples = planar == PLANARCONFIG_SEPARATE ? spp : 1;
+        for (int s = 0; s < samples && line && !rc; s++)
+            for (uint32_t y = 0; y < h && !rc; y++) {
+                if (TIFFReadScanline(t, line, y, (uint16_t)s) < 0) {
+                    rc = -1;
+                    break;
+                }
+                unsigned char *dst = (unsigned char *)im->pixels + (size_t)y * row;
+                if (samples == 1)
+                    memcpy(dst, line, row);
+                else
+                    for (uint32_t x = 0; x < w; x++) memcpy(dst + ((size_t)x * spp + s) * bpp, line + (size_t)x * bpp, bpp);
+            }
+        if (!line) rc = -1;
+        free(line);
+    }
+    TIFFClose(t);
+    if (rc) {
+        free(im->pixels);
+        im->pixels = NULL;
+        say(err, errlen, "%s: reading the pixels failed%s%s", path, tiff_message[0] ? ": " : "", tiff_message);
+    }
+    return rc;
+}
+
+/* ---- folders ------------------------------------------------------------------- */
+
+static const char *extension(const char *name) {
+    const char *dot = strrchr(name, '.');
+    return dot ? dot + 1 : "";
+}
+
+static int is_tiff(const char *name) { return !strcasecmp(extension(name), "tif") || !strcasecmp(extension(name), "tiff"); }
+static int is_png(const char *name) { return !strcasecmp(extension(name), "png"); }
+
+static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The image files of a folder, sorted by name. */
+static char **list_images(const char *dir, int *count, char *err, size_t errlen) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        say(err, errlen, "cannot open the folder %s: give a folder of .tif, .tiff or .png files", dir);
+        return NULL;
+    }
+    char **names = NULL;
+    int n = 0, cap = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.' || !(is_tiff(e->d_name) || is_png(e->d_name))) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            char **grown = realloc(names, sizeof *names * cap);
+            if (!grown) break;
+            names = grown;
+        }
+        names[n++] = strdup(e->d_name);
+    }
+    closedir(d);
+    if (!n) {
+        say(err, errlen, "%s has no .tif, .tiff or .png files", dir);
+        free(names);
+        return NULL;
+    }
+    qsort(names, n, sizeof *names, compare_names);
+    *count = n;
+    return names;
+}
+
+static void free_names(char **names, int n) {
+    for (int i = 0; names && i < n; i++) free(names[i]);
+    free(names);
+}
+
+static size_t stem_length(const char *name) { return strlen(name) - strlen(extension(name)) - 1; }
+
+static int read_image(const char *dir, const char *name, int is_mask, image *im, char *err, size_t errlen) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    memset(im, 0, sizeof *im);
+    return is_png(name) ? read_png(path, is_mask, im, err, errlen) : read_tiff(path, im, err, errlen);
+}
+
+static uint32_t pixel(const image *im, size_t i) {
+    return im->bits == 16 ? ((const uint16_t *)im->pixels)[i] : ((const uint8_t *)im->pixels)[i];
+}
+
+static hid_t create_stack(hid_t f, const char *name, hid_t type, int rank, const hsize_t *dims) {
+    hsize_t chunk[4];
+    for (int i = 0; i < rank; i++) chunk[i] = i ? dims[i] : 1;
+    hid_t space = H5Screate_simple(rank, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(dcpl, rank, chunk);
+    H5Pset_shuffle(dcpl);
+    H5Pset_deflate(dcpl, 4);
+    hid_t d = H5Dcreate2(f, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    H5Pclose(dcpl), H5Sclose(space);
+    return d;
+}
+
+static int write_image(hid_t d, int rank, const hsize_t *dims, int index, hid_t mem, const void *buf) {
+    hsize_t start[4] = {(hsize_t)index, 0, 0, 0}, count[4];
+    for (int i = 0; i < rank; i++) count[i] = i ? dims[i] : 1;
+    hid_t fs = H5Dget_space(d), ms = H5Screate_simple(rank, count, NULL);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL);
+    herr_t rc = H5Dwrite(d, mem, ms, fs, H5P_DEFAULT, buf);
+    H5Sclose(ms), H5Sclose(fs);
+    return rc < 0 ? -1 : 0;
+}
+
+int unet_run_data_import(unet_config *cfg) {
+    char err[2048] = "";
+    if (!cfg->images[0] || !cfg->masks[0] || !cfg->output[0]) {
+        fprintf(stderr, "unet: unet data import needs --images DIR --masks DIR --output D.h5\n");
+        return 2;
+    }
+    int n = 0, nm = 0, code = 2;
+    char **names = list_images(cfg->images, &n, err, sizeof err), **masks = NULL;
+    if (names) masks = list_images(cfg->masks, &nm, err, sizeof err);
+    if (!names || !masks) goto fail;
+    /* pair by stem */
+    int *match = malloc(sizeof *match * n);
+    for (int i = 0; match && i < n; i++) {
+        match[i] = -1;
+        for (int j = 0; j < nm && match[i] < 0; j++)
+            if (stem_length(names[i]) == stem_length(masks[j]) && !strncmp(names[i], masks[j], stem_length(names[i])))
+                match[i] = j;
+        if (match[i] < 0) {
+            say(err, sizeof err, "%s/%s has no mask in %s: name the mask like the image (%.*s.tif or .png)",
+                cfg->images, names[i], cfg->masks, (int)stem_length(names[i]), names[i]);
+            free(match);
+            goto fail;
+        }
+    }
+    /* all masks first: whether they are binary or instance ids decides the layout */
+    image first;
+    if (read_image(cfg->images, names[0], 0, &first, err, sizeof err)) goto fail_match;
+    const int H = first.h, W = first.w, C = first.c, bits = first.bits;
+    free(first.pixels);
+    const size_t plane = (size_t)H * W;
+    int32_t *ids = malloc(sizeof *ids * plane * n);
+    int instances = 0;
+    for (int i = 0; ids && i < n; i++) {
+        image m;
+        if (read_image(cfg->masks, masks[match[i]], 1, &m, err, sizeof err)) goto fail_ids;
+        if (m.h != H || m.w != W || m.c != 1) {
+            say(err, sizeof err, "%s/%s is %dx%d with %d channel(s); masks must be single-channel and the size of the "
+                "images (%dx%d)", cfg->masks, masks[match[i]], m.h, m.w, m.c, H, W);
+            free(m.pixels);
+            goto fail_ids;
+        }
+        uint32_t seen = 0;
+        for (size_t p = 0; p < plane; p++) {
+            uint32_t v = pixel(&m, p);
+            ids[(size_t)i * plane + p] = (int32_t)v;
+            if (v && seen && v != seen) instances = 1;
+            if (v) seen = v;
+        }
+        free(m.pixels);
+    }
+    if (!ids) {
+        say(err, sizeof err, "out of memory for %d masks of %dx%d", n, H, W);
+        goto fail_match;
+    }
+
+    char *tmp = malloc(strlen(cfg->output) + 32);
+    sprintf(tmp, "%s.tmp.%d", cfg->output, (int)getpid());
+    code = 1;
+    unet_hdf5_lock();
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hsize_t rdims[4] = {(hsize_t)n, (hsize_t)C, (hsize_t)H, (hsize_t)W}, ldims[3] = {(hsize_t)n, (hsize_t)H, (hsize_t)W};
+    if (C == 1) rdims[1] = (hsize_t)H, rdims[2] = (hsize_t)W;
+    int rrank = C == 1 ? 3 : 4;
+    hid_t rtype = bits == 16 ? H5T_STD_U16LE : H5T_STD_U8LE, rmem = bits == 16 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT8;
+    hid_t draw = f >= 0 ? create_stack(f, "raw", rtype, rrank, rdims) : -1;
+    hid_t dlab = f >= 0 ? create_stack(f, "label", H5T_STD_U8LE, 3, ldims) : -1;
+    hid_t dins = f >= 0 && instances ? create_stack(f, "instances", H5T_STD_I32LE, 3, ldims) : -1;
+    int rc = f < 0 || draw < 0 || dlab < 0 || (instances && dins < 0) ? -1 : 0;
+    if (rc) say(err, sizeof err, "cannot create %s (is the directory writable?)", cfg->output);
+    unet_hdf5_unlock();
+    uint8_t *lab = malloc(plane);
+    unsigned char *planar = malloc(plane * C * (bits / 8));
+    for (int i = 0; i < n && !rc; i++) {
+        image im;
+        rc = read_image(cfg->images, names[i], 0, &im, err, sizeof err);
+        if (rc) break;
+        if (im.h != H || im.w != W || im.c != C || im.bits != bits) {
+            say(err, sizeof err, "%s/%s is %dx%d, %d channel(s), %d-bit; %s/%s is %dx%d, %d channel(s), %d-bit: all "
+                "images must match", cfg->images, names[i], im.h, im.w, im.c, im.bits, cfg->images, names[0], H, W, C,
+                bits);
+            free(im.pixels);
+            rc = -1;
+            break;
+        }
+        /* (H, W, C) interleaved -> (C, H, W) */
+        size_t bpp = bits / 8;
+        for (size_t p = 0; p < plane; p++)
+            for (int c = 0; c < C; c++)
+                memcpy(planar + ((size_t)c * plane + p) * bpp, (unsigned char *)im.pixels + (p * C + c) * bpp, bpp);
+        free(im.pixels);
+        for (size_t p = 0; p < plane; p++) lab[p] = ids[(size_t)i * plane + p] > 0;
+        unet_hdf5_lock();
+        rc = write_image(draw, rrank, rdims, i, rmem, planar) || write_image(dlab, 3, ldims, i, H5T_NATIVE_UINT8, lab) ||
+             (instances && write_image(dins, 3, ldims, i, H5T_NATIVE_INT32, ids + (size_t)i * plane));
+        unet_hdf5_unlock();
+        if (rc) say(err, sizeof err, "writing image %d to %s failed (disk full?)", i, tmp);
+    }
+    free(lab), free(planar);
+    unet_hdf5_lock();
+    if (draw >= 0) H5Dclose(draw);
+    if (dlab >= 0) H5Dclose(dlab);
+    if (dins >= 0) H5Dclose(dins);
+    if (f >= 0 && H5Fclose(f) < 0 && !rc) rc = -1, say(err, sizeof err, "could not finish %s", tmp);
+    unet_hdf5_unlock();
+    if (!rc && rename(tmp, cfg->output) != 0) rc = -1, say(err, sizeof err, "cannot write %s", cfg->output);
+    if (rc) unlink(tmp);
+    free(tmp);
+    if (!rc) {
+        long fg = 0;
+        for (size_t p = 0; p < plane * n; p++) fg += ids[p] > 0;
+        char shape[96];
+        if (C == 1) snprintf(shape, sizeof shape, "(%d, %d, %d)", n, H, W);
+        else snprintf(shape, sizeof shape, "(%d, %d, %d, %d)", n, C, H, W);
+        printf("%s: raw %s uint%d, label uint8 {0,1} (%.1f%% foreground)%s, from %d image/mask pairs\n",
+               cfg->output, shape, bits, 100.0 * fg / ((double)plane * n),
+               instances ? ", instances int32 (masks with several ids)" : " (binary masks: no instances)", n);
+        code = 0;
+    }
+    free(ids), free(match);
+    free_names(names, n), free_names(masks, nm);
+    if (code) fprintf(stderr, "unet: %s\n", err);
+    return code;
+fail_ids:
+    free(ids);
+fail_match:
+    free(match);
+fail:
+    free_names(names, n), free_names(masks, nm);
+    fprintf(stderr, "unet: %s\n", err);
+    return code;
+}

@@ -1,0 +1,164 @@
+/* Driver for the tests of the weight map, the augmentation and the Rand
+ * score: raw arrays in, raw arrays out, so tests/cpu/test_weightmap.py,
+ * test_augment.py and test_metrics_rand.py hold the library against numpy
+ * and scipy references.
+ *
+ *   unet_augtest weightmap --h H --w W --dir D [--cells] [--w0 X --sigma S --no-balance] [--repeat N]
+ *       reads D/label.bin (int32), D/cells.bin with --cells; writes D/weight.bin;
+ *       prints "cells K ms T" (T: milliseconds per call, best of --repeat)
+ *   unet_augtest warp --tile T --context X --channels C --dir D [--grid G] [--angle A --scale S
+ *       --flip-x F --rot90 K --linear]
+ *       reads D/src_raw.bin (C,S,S) float32, D/src_label.bin int32, D/src_weight.bin float32, with --grid
+ *       D/dy.bin and D/dx.bin (G,G) float64; writes D/raw.bin, label.bin, weight.bin
+ *   unet_augtest apply --spec TEXT --key K --tile T --context X|auto --channels C --dir D [--repeat N]
+ *       the hook with its own draws, same files; prints "context X ms T"
+ *   unet_augtest parse --spec TEXT --tile T      prints the description and the context, or the error (exit 2)
+ *   unet_augtest vrand --h H --w W --class K --dir D   reads D/pred.bin (uint8), D/label.bin (int32); prints V_rand
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "unet/augment.h"
+#include "unet/metrics.h"
+#include "unet/weightmap.h"
+
+static void die(const char *msg) {
+    fprintf(stderr, "unet_augtest: %s\n", msg);
+    exit(2);
+}
+
+static void *read_file(const char *dir, const char *name, size_t bytes) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    void *p = malloc(bytes ? bytes : 1);
+    if (!f || !p || fread(p, 1, bytes, f) != bytes) die(path);
+    fclose(f);
+    return p;
+}
+
+static void write_file(const char *dir, const char *name, const void *p, size_t bytes) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(p, 1, bytes, f) != bytes) die(path);
+    fclose(f);
+}
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) die("usage: unet_augtest weightmap|warp|apply|parse|vrand [options]");
+    const char *mode = argv[1], *dir = ".", *spec = "none", *context_text = "0";
+    int h = 0, w = 0, cells = 0, tile = 0, channels = 1, grid = 0, flip_x = 0, rot90 = 0, linear = 0, repeat = 1,
+        cls = 1;
+    double angle = 0, scale = 1;
+    unsigned long long key = 0;
+    unet_weightmap_cfg wcfg = UNET_WEIGHTMAP_DEFAULTS;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define ARG(name) (!strcmp(a, name) && v && ++i)
+        if (ARG("--h")) h = atoi(v);
+        else if (ARG("--w")) w = atoi(v);
+        else if (ARG("--dir")) dir = v;
+        else if (!strcmp(a, "--cells")) cells = 1;
+        else if (ARG("--w0")) wcfg.w0 = atof(v);
+        else if (ARG("--sigma")) wcfg.sigma = atof(v);
+        else if (!strcmp(a, "--no-balance")) wcfg.balance = 0;
+        else if (ARG("--repeat")) repeat = atoi(v);
+        else if (ARG("--tile")) tile = atoi(v);
+        else if (ARG("--context")) context_text = v;
+        else if (ARG("--channels")) channels = atoi(v);
+        else if (ARG("--grid")) grid = atoi(v);
+        else if (ARG("--angle")) angle = atof(v);
+        else if (ARG("--scale")) scale = atof(v);
+        else if (ARG("--flip-x")) flip_x = atoi(v);
+        else if (ARG("--rot90")) rot90 = atoi(v);
+        else if (!strcmp(a, "--linear")) linear = 1;
+        else if (ARG("--spec")) spec = v;
+        else if (ARG("--key")) key = strtoull(v, NULL, 10);
+        else if (ARG("--class")) cls = atoi(v);
+        else {
+            fprintf(stderr, "unet_augtest: unknown or incomplete argument %s\n", a);
+            return 2;
+        }
+#undef ARG
+    }
+    char err[1024] = "";
+    if (!strcmp(mode, "weightmap")) {
+        size_t n = (size_t)h * w;
+        int32_t *label = read_file(dir, "label.bin", n * 4), *c = cells ? read_file(dir, "cells.bin", n * 4) : NULL;
+        float *out = malloc(n * sizeof *out);
+        double best = 1e30;
+        int k = 0;
+        for (int r = 0; r < repeat; r++) {
+            double t0 = now_ms();
+            k = unet_weight_map(label, c, h, w, &wcfg, out);
+            double t = now_ms() - t0;
+            if (t < best) best = t;
+        }
+        if (k < 0) die("out of memory");
+        write_file(dir, "weight.bin", out, n * sizeof *out);
+        printf("cells %d ms %.3f\n", k, best);
+        free(label), free(c), free(out);
+        return 0;
+    }
+    if (!strcmp(mode, "vrand")) {
+        size_t n = (size_t)h * w;
+        uint8_t *pred = read_file(dir, "pred.bin", n);
+        int32_t *label = read_file(dir, "label.bin", n * 4);
+        printf("%.17g\n", unet_vrand(pred, label, h, w, cls));
+        free(pred), free(label);
+        return 0;
+    }
+    unet_augment_cfg cfg;
+    if (!strcmp(mode, "parse")) {
+        if (unet_augment_parse(spec, &cfg, err, sizeof err)) {
+            fprintf(stderr, "%s\n", err);
+            return 2;
+        }
+        char text[512];
+        unet_augment_describe(&cfg, text, sizeof text);
+        printf("%s\ncontext %d\nactive %d\n", text, unet_augment_context(&cfg, tile), unet_augment_active(&cfg));
+        return 0;
+    }
+    if (strcmp(mode, "warp") && strcmp(mode, "apply")) die("mode must be weightmap, warp, apply, parse or vrand");
+    if (!strcmp(mode, "apply") && unet_augment_parse(spec, &cfg, err, sizeof err)) die(err);
+    int context = !strcmp(context_text, "auto") ? unet_augment_context(&cfg, tile) : atoi(context_text);
+    const int S = tile + 2 * context, C = channels;
+    const size_t splane = (size_t)S * S, plane = (size_t)tile * tile;
+    unet_augment_args a = {C, tile, context, read_file(dir, "src_raw.bin", splane * C * 4),
+                           read_file(dir, "src_label.bin", splane * 4), read_file(dir, "src_weight.bin", splane * 4),
+                           malloc(plane * C * 4), malloc(plane * 4), malloc(plane * 4), key};
+    double best = 1e30;
+    for (int r = 0; r < repeat; r++) {
+        double t0 = now_ms();
+        int rc;
+        if (!strcmp(mode, "warp")) {
+            double *dy = grid ? read_file(dir, "dy.bin", (size_t)grid * grid * 8) : NULL;
+            double *dx = grid ? read_file(dir, "dx.bin", (size_t)grid * grid * 8) : NULL;
+            unet_warp wp = {grid, dy, dx, angle, scale, flip_x, rot90, linear ? UNET_INTERP_LINEAR : UNET_INTERP_CUBIC};
+            t0 = now_ms();
+            rc = unet_augment_warp(&wp, &a, err, sizeof err);
+            free(dy), free(dx);
+        } else {
+            rc = unet_augment_apply(&cfg, &a, err, sizeof err);
+        }
+        double t = now_ms() - t0;
+        if (t < best) best = t;
+        if (rc) die(err);
+    }
+    write_file(dir, "raw.bin", a.raw, plane * C * 4);
+    write_file(dir, "label.bin", a.label, plane * 4);
+    write_file(dir, "weight.bin", a.weight, plane * 4);
+    printf("context %d ms %.3f\n", context, best);
+    free((void *)a.src_raw), free((void *)a.src_label), free((void *)a.src_weight);
+    free(a.raw), free(a.label), free(a.weight);
+    return 0;
+}
