@@ -5,7 +5,8 @@
  *   unet_datatest --data F.h5 [--raw-key K --label-key K --weight-key K --instances-key K]
  *       [--classes K] [--label-optional] [--cache-bytes N] [--val V.h5 | --val-fraction f] [--use-val]
  *       (--info | --read K | --window K,Y0,X0,SIZE | --batches | --eval-tiles) [--dir D]
- *       [--step S --count M --batch B --tile T --margin m --seed s --no-shuffle --no-prefetch --augment-test CTX]
+ *       [--step S --count M --batch B --tile T --margin m --seed s --no-shuffle --no-prefetch --augment-test CTX
+ *        --augment SPEC --workers N]
  *
  * --info prints the dataset and both views. --read writes D/raw.bin,
  * label.bin, weight.bin (instances.bin when the file has them) of image K of
@@ -14,12 +15,15 @@
  * D/samples.txt ("step slot image y0 x0" a line). --eval-tiles writes all
  * evaluation tiles one after the other to D/raw.bin, label.bin, weight.bin.
  * --augment-test CTX plugs in an augmentation that crops the centre of its
- * CTX-larger source window (the identity, if the seam is right).
+ * CTX-larger source window (the identity, if the seam is right); --augment
+ * plugs in unet_augment_apply with the --augment text SPEC, --workers N the
+ * loader's worker threads.
  * Errors: the library's one line on stderr, exit code 2. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "unet/augment.h"
 #include "unet/data.h"
 
 static char err[1024];
@@ -61,6 +65,7 @@ int main(int argc, char **argv) {
     const char *data = NULL, *val = NULL, *dir = ".", *mode = NULL;
     double val_fraction = 0;
     int use_val = 0, index = 0, step = 0, count = 1, win[4] = {0};
+    unet_augment_cfg augment;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -92,12 +97,19 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--no-shuffle")) lopts.no_shuffle = 1;
         else if (!strcmp(a, "--no-prefetch")) lopts.no_prefetch = 1;
         else if (ARG("--augment-test")) lopts.augment = centre_crop, lopts.augment_context = atoi(v);
+        else if (ARG("--augment")) {
+            if (unet_augment_parse(v, &augment, err, sizeof err)) fail();
+            lopts.augment = unet_augment_apply, lopts.augment_ctx = &augment;
+            lopts.augment_context = -1; /* from the tile, below */
+        }
+        else if (ARG("--workers")) lopts.workers = atoi(v);
         else {
             fprintf(stderr, "unet_datatest: unknown or incomplete argument %s\n", a);
             return 2;
         }
 #undef ARG
     }
+    if (lopts.augment_context < 0) lopts.augment_context = unet_augment_context(&augment, lopts.tile);
     if (!data || !mode) usage("need --data F.h5 and one of --info, --read, --window, --batches, --eval-tiles");
 
     unet_dataset *ds, *vds = NULL;
