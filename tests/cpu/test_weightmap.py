@@ -120,7 +120,7 @@ def test_speed_100_cells_512(tmp_path):
     """~100 cells on 512x512: the per-cell transforms run over each cell's
     neighbourhood only; still exact against the full reference."""
     rng = np.random.default_rng(7)
-    cells = touching_cells(rng, 512, 512, 260)
+    cells = touching_cells(rng, 512, 512, 140)
     label = (cells > 0).astype(np.int32)
     ids = ndimage.label(label > 0, structure=FOUR)[1]
     got, k, ms = weight_map(tmp_path, label, None, repeat=3)
