@@ -106,6 +106,10 @@ typedef struct {
 } unet_augment_args;
 typedef int (*unet_augment_fn)(void *ctx, const unet_augment_args *a, char *err, size_t errlen);
 
+/* Images larger than the tile are sampled as random patches already: every
+ * sample draws its tile position uniformly over the image (mirrored by the
+ * margin), so a few large annotated images make a training set with no
+ * --patch option. */
 typedef struct {
     int batch, tile;     /* B, T: batches are (B,C,T,T) raw, (B,1,T,T) label and weight */
     /* Context a valid-padding network loses per side, (tile - output) / 2:
