@@ -56,6 +56,13 @@ def sbin(name):
     return shutil.which(name) or "/usr/sbin/" + name
 
 
+def alive(pid):
+    try:
+        return "zombie" not in open(f"/proc/{pid}/status").read()
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     if os.geteuid() != 0:
@@ -127,15 +134,27 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
             pytest.fail(f"the local Slurm did not come up (node state '{state}'):\n{logs}")
         yield {"env": env, "dir": d}
     finally:
+        # jobs first, so that no step daemon outlives its slurmd; then the daemons, each waited for
         subprocess.run(["scancel", "--user=root"], capture_output=True, env=env)
+        t = time.time()
+        while pids and time.time() - t < 30:
+            r = subprocess.run(["squeue", "-h"], capture_output=True, text=True, env=env)
+            if r.returncode != 0 or not r.stdout.strip():
+                break
+            time.sleep(0.3)
         for pidfile in reversed(pids):
-            t = time.time()
-            while not pidfile.exists() and time.time() - t < 5:
-                time.sleep(0.1)
             try:
-                os.kill(int(pidfile.read_text().split()[0]), signal.SIGTERM)
-            except (OSError, ValueError):
-                pass
+                pid = int(pidfile.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    break
+                t = time.time()
+                while time.time() - t < wait and alive(pid):
+                    time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +182,10 @@ def job_env(cluster, run_dir):
     return dict(cluster["env"], UNET=UNET, UNET_RUN_DIR=str(run_dir), UNET_SRUN_MPI="pmix")
 
 
-def train_opts(data, steps):
+def train_opts(data, steps, log_every=1):
     return ["--data", str(data), "--filters", "4,8,16", "--padding", "same", "--tile", "32", "--batch", "2",
-            "--device", "cpu", "--threads", "1", "--log-every", "1", "--val-every", "0", "--steps", str(steps)]
+            "--device", "cpu", "--threads", "1", "--log-every", str(log_every), "--val-every", "0",
+            "--steps", str(steps)]
 
 
 def read_step(path):
@@ -198,7 +218,7 @@ def job_field(cluster, job, field):
 def test_time_limit_signal_saves_requeues_and_resumes(cluster, data, tmp_path):
     run = tmp_path / "run"
     steps = 1000000  # longer than the test: it ends the job once the resumed run goes on
-    r = subprocess.run(sbatch_cmd(cluster, run, "--parsable") + train_opts(data, steps), capture_output=True,
+    r = subprocess.run(sbatch_cmd(cluster, run, "--parsable") + train_opts(data, steps, 100), capture_output=True,
                        text=True, env=job_env(cluster, run), timeout=60)
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip().split(";")[0]
@@ -209,9 +229,9 @@ def test_time_limit_signal_saves_requeues_and_resumes(cluster, data, tmp_path):
 
     try:
         t = time.time()
-        while time.time() - t < 120 and len(logged()) < 5:
+        while time.time() - t < 120 and len(logged()) < 2:
             time.sleep(0.1)
-        assert len(logged()) >= 5, open(str(run) + ".out").read()
+        assert len(logged()) >= 2, open(str(run) + ".out").read()
         # what Slurm does 90 s before the limit (--signal=B:USR1@90)
         subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, env=cluster["env"])
         t = time.time()
@@ -219,17 +239,18 @@ def test_time_limit_signal_saves_requeues_and_resumes(cluster, data, tmp_path):
             time.sleep(0.2)
         assert job_field(cluster, job, "Restarts") == "1", open(str(run) + ".out").read()
         stopped = read_step(run / "checkpoint.safetensors")
-        assert logged()[-1] == stopped >= 5
-        # a requeued job waits before it starts again; start it now
-        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster["env"],
-                       capture_output=True)
+        assert stopped >= logged()[-1] >= 200
+        # a requeued job waits a while before it starts again (BeginTime): start it now, once it is pending
         t = time.time()
-        while time.time() - t < 120 and len(logged()) < stopped + 5:
-            time.sleep(0.2)
+        while time.time() - t < 120 and logged()[-1] < stopped + 500:
+            if job_field(cluster, job, "JobState") == "PENDING":
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster["env"],
+                               capture_output=True)
+            time.sleep(0.5)
         out = open(str(run) + ".out").read()
         assert "resuming from" in out, out
         steps_seen = logged()
-        # the second run continues where the first stopped: every step once, in order
-        assert steps_seen[:stopped + 5] == list(range(1, stopped + 6)), steps_seen[:stopped + 10]
+        # the second run continues where the first stopped: every logged step once, in order
+        assert steps_seen == list(range(100, steps_seen[-1] + 1, 100)), steps_seen
     finally:
         subprocess.run(["scancel", job], env=cluster["env"], capture_output=True)

@@ -36,7 +36,7 @@ struct unet_dist {
     pthread_mutex_t lock;
     pthread_cond_t changed;
     const char *waiting_for; /* NULL: not in a collective */
-    double deadline;
+    double deadline, started;
 };
 
 static double now_s(void) {
@@ -54,7 +54,7 @@ static void *watchdog_main(void *arg) {
         if (d->waiting_for && now_s() > d->deadline) {
             fprintf(stderr, "unet: rank %d of %d on %s waited %.0f s for the other ranks in %s: one of them died "
                     "or hangs (see its output); giving up (--dist-timeout sets the limit)\n",
-                    d->place.rank, d->place.world, d->host, d->timeout_s, d->waiting_for);
+                    d->place.rank, d->place.world, d->host, d->deadline - d->started, d->waiting_for);
             fflush(stderr);
             _exit(1); /* the launcher (mpirun, srun) ends the job once a rank fails */
         }
@@ -68,13 +68,16 @@ static void *watchdog_main(void *arg) {
     return NULL;
 }
 
-static void watch(unet_dist *d, const char *what) {
+static void watch_for(unet_dist *d, const char *what, double seconds) {
     if (!d->watchdog_started) return;
     pthread_mutex_lock(&d->lock);
     d->waiting_for = what;
-    d->deadline = now_s() + d->timeout_s;
+    d->started = now_s();
+    d->deadline = d->started + seconds;
     pthread_mutex_unlock(&d->lock);
 }
+
+static void watch(unet_dist *d, const char *what) { watch_for(d, what, d->timeout_s); }
 
 static void unwatch(unet_dist *d) {
     if (!d->watchdog_started) return;
@@ -184,8 +187,15 @@ fail:
     return -1;
 }
 
+/* Leaving can hang too (MPI_Finalize after a peer vanished): watched, briefly. */
+#define CLOSE_TIMEOUT_S 60.0
+
 void unet_dist_close(unet_dist *d) {
     if (!d) return;
+    watch_for(d, "leaving the job", d->timeout_s < CLOSE_TIMEOUT_S ? d->timeout_s : CLOSE_TIMEOUT_S);
+    if (d->face) d->face->close(d->face);
+    if (d->bootstrap) d->bootstrap->close(d->bootstrap);
+    d->face = d->bootstrap = NULL;
     if (d->watchdog_started) {
         pthread_mutex_lock(&d->lock);
         d->stop = 1;
@@ -193,8 +203,6 @@ void unet_dist_close(unet_dist *d) {
         pthread_mutex_unlock(&d->lock);
         pthread_join(d->watchdog, NULL);
     }
-    if (d->face) d->face->close(d->face);
-    if (d->bootstrap) d->bootstrap->close(d->bootstrap);
     pthread_cond_destroy(&d->changed);
     pthread_mutex_destroy(&d->lock);
     free(d);
