@@ -1,0 +1,108 @@
+"""The NCCL face of data-parallel training on one GPU.
+
+NCCL refuses two ranks on one GPU, so the multi-rank path is exercised by the
+same code the MPI tests cover (tests/cpu/test_dist.py: bucketing, the
+backward hook, reductions, rank-0 writes); here: NCCL with one rank trains
+exactly like no communicator, and the cost of the gradient allreduce per step
+is measured and printed (run with -s to see it):
+
+    UNET_BUILD=build python3 -m pytest -s tests/gpu/test_dist_nccl.py
+"""
+import json
+import os
+import struct
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+from unet_testlib import BUILD
+
+UNET = os.path.join(BUILD, "unet")
+
+
+def _gpu_listed():
+    try:
+        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "GPU" in r.stdout
+
+
+pytestmark = pytest.mark.skipif(not _gpu_listed(), reason="no NVIDIA GPU here (nvidia-smi -L lists none): the NCCL "
+                                "test runs on a GPU machine")
+
+LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS")
+
+
+def env():
+    return {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+
+
+def read_st(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    return {k: np.frombuffer(data[t["data_offsets"][0]:t["data_offsets"][1]], np.float32)
+            for k, t in header.items() if k != "__metadata__" and t["dtype"] == "F32"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("nccl")
+    rng = np.random.default_rng(9)
+    yy, xx = np.mgrid[0:128, 0:128]
+    label = np.zeros((8, 128, 128), np.uint8)
+    for i in range(8):
+        for _ in range(10):
+            cy, cx, r = rng.uniform(10, 118), rng.uniform(10, 118), rng.uniform(5, 14)
+            label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+    raw = np.clip(label * 120 + rng.normal(60, 25, label.shape), 0, 255).astype(np.uint8)
+    with h5py.File(d / "train.h5", "w") as f:
+        f["raw"], f["label"] = raw, label
+    return d / "train.h5"
+
+
+def train(data, out, *extra, filters="16,32,64,128", tile="124", steps="6"):
+    args = [UNET, "train", "--data", str(data), "--filters", filters, "--tile", tile, "--batch", "4",
+            "--steps", steps, "--device", "cuda", "--precision", "fp32", "--optimizer", "adam", "--lr", "1e-3",
+            "--log-every", "1", "--val-every", "0", "--save", str(out / "c.safetensors"), "--log",
+            str(out / "m.jsonl"), *extra]
+    r = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600)
+    if "built without CUDA" in r.stderr:
+        pytest.skip("this build has no CUDA backend")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r, [json.loads(x) for x in open(out / "m.jsonl")]
+
+
+def test_nccl_with_one_rank_trains_like_no_communicator(data, tmp_path):
+    plain, nccl = tmp_path / "plain", tmp_path / "nccl"
+    plain.mkdir(), nccl.mkdir()
+    _, l1 = train(data, plain, "--dist", "none")
+    r, l2 = train(data, nccl, "--dist", "nccl", "--bucket-mb", "0.25")  # several buckets, overlapped
+    assert "rank 0 of 1 (local rank 0)" in r.stdout and "nccl" in r.stdout, r.stdout
+    a, b = read_st(plain / "c.safetensors"), read_st(nccl / "c.safetensors")
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-6 * max(1.0, float(np.abs(a[k]).max())), err_msg=k)
+    assert [x["loss"] for x in l2] == pytest.approx([x["loss"] for x in l1], rel=1e-6)
+
+
+def test_allreduce_cost_per_step(data, tmp_path):
+    """Exposed allreduce time per step: with many buckets overlapping the
+    backward, and with one bucket after it (the whole allreduce exposed)."""
+    report = {}
+    for name, bucket in (("overlapped_25MiB", "25"), ("overlapped_1MiB", "1"), ("one_bucket", "65536")):
+        out = tmp_path / name
+        out.mkdir()
+        _, lines = train(data, out, "--dist", "nccl", "--bucket-mb", bucket, filters="64,128,256,512,1024",
+                         tile="188", steps="30")
+        steady = lines[5:]
+        step_s = np.median([4 / x["images_per_s"] for x in steady])
+        wait_s = np.median([x["comm_wait_s"] for x in steady])
+        report[name] = {"step_ms": round(step_s * 1e3, 3), "allreduce_wait_ms": round(wait_s * 1e3, 3),
+                        "share": round(wait_s / step_s, 4)}
+    print("\nNCCL, 1 rank, U-Net 64..1024, batch 4, tile 188:", json.dumps(report, indent=1))
+    for r in report.values():
+        assert 0 <= r["share"] < 1
