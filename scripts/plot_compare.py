@@ -6,7 +6,8 @@ logs (DIR/runs/*.jsonl):
                       (mean over seeds, the band between the lowest and highest seed)
     DIR/pruning.png   validation IoU against inference time per tile: every
                       model, and every pruning depth L1..L4 of the
-                      deep-supervised ones
+                      deep-supervised ones (a hollow marker: the network as
+                      trained, every head computed)
 
 `unet compare` runs this when it is present; run it by hand to redraw:
 
@@ -71,6 +72,9 @@ def plot_pruning(report, out_dir):
             for p, x, y in zip(m["pruning"], xs, ys):
                 ax.annotate(f'L{p["depth"]}', (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8,
                             color=line.get_color())
+            # the network as trained computes every head: same IoU as its deepest, more time
+            ax.plot([m["inference_ms_per_tile"]], [m["val_iou"]["mean"]], marker="o", markerfacecolor="none",
+                    linestyle="", color=line.get_color())
         else:
             ax.plot([m["inference_ms_per_tile"]], [m["val_iou"]["mean"]], marker="s", linestyle="", label=m["label"])
     ax.set_xscale("log")

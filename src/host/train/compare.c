@@ -437,15 +437,20 @@ static int write_markdown(const report *r, const char *path, int have_plots, cha
             (unsigned long long)cfg->seed, (unsigned long long)(cfg->seed + (uint64_t)cfg->seeds - 1), cfg->seeds,
             cfg->seeds == 1 ? "" : "s", m0->deep_supervision ? ", deep supervision for every model but U-Net" : "");
     fprintf(f, "Device: %s (%s). Date: %s. Wall time %.0f s.\n\n", r->device, r->machine, r->date, r->wall_s);
-    if (r->match_target) {
-        char ft[128];
+    for (int i = 0; i < r->n_models && r->match_target; i++) {
+        const model_result *m = &r->models[i];
+        if (strcmp(m->name, "wide_unet")) continue;
+        char ft[128], wt[128], ref[192];
+        filters_text(&m->model, wt, sizeof wt);
         if (r->match_ref->levels) {
             filters_text(r->match_ref, ft, sizeof ft);
-            fprintf(f, "wide U-Net: the U-Net whose parameter count comes closest to %s with filters %s (%zu).\n\n",
-                    unet_model_kind_name(r->match_ref->kind), ft, r->match_target);
+            snprintf(ref, sizeof ref, "%s with filters %s", unet_model_kind_name(r->match_ref->kind), ft);
         } else {
-            fprintf(f, "wide U-Net: the U-Net whose parameter count comes closest to %zu.\n\n", r->match_target);
+            snprintf(ref, sizeof ref, "the count asked for");
         }
+        fprintf(f, "wide U-Net: the U-Net whose parameter count comes closest to %s: filters %s, %zu against %zu "
+                   "parameters (%+.2f%%).\n\n", ref, wt, m->params, r->match_target,
+                100.0 * ((double)m->params - (double)r->match_target) / (double)r->match_target);
     }
     fprintf(f, "| Model | Filters | Params | GFLOPs / image | Train images/s | Train activations (MiB) | "
                "Inference ms / tile | Val IoU | Val Dice |\n");
