@@ -8,11 +8,13 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
-#include "unet/backend.h"
-
+/* The project's headers are C without linkage guards: the .cu files must
+ * see their functions (unet_op_name, unet_cuda_backend) with C linkage. */
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#include "unet/backend.h"
 
 typedef enum { UNET_PREC_FP32, UNET_PREC_TF32, UNET_PREC_BF16 } unet_precision;
 
@@ -46,8 +48,12 @@ void unet_cuda_fail(const char *file, int line, const char *call, const char *ms
         cublasStatus_t s_ = (call);                                                            \
         if (s_ != CUBLAS_STATUS_SUCCESS) unet_cuda_fail(__FILE__, __LINE__, #call, cublasGetStatusString(s_), (a)); \
     } while (0)
-/* After every kernel launch. */
-#define UNET_CUDA_LAUNCHED(a) UNET_CUDA_CHECK(cudaGetLastError(), (a))
+/* After every kernel launch: a launch error aborts naming the op. With
+ * UNET_CUDA_SYNC=1 in the environment it also waits for the kernel, so that a
+ * fault inside it (an illegal address, say) is reported at this op rather
+ * than at a later, unrelated call (slow: for debugging only). */
+void unet_cuda_launched(const char *file, int line, const unet_op_args *a);
+#define UNET_CUDA_LAUNCHED(a) unet_cuda_launched(__FILE__, __LINE__, (a))
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,508 @@
+/* The CUDA backend: device selection, the context (stream, cuDNN and cuBLAS
+ * handles bound to it), memory and transfers, the fused optimizer passes and
+ * the one error reporter every CUDA, cuDNN and cuBLAS check goes through.
+ *
+ * Layout this phase: NCHW float32 (labels int32), exactly the CPU's, so
+ * transfers are plain copies and a tensor means the same bytes on both.
+ * Everything runs on the context's stream and returns at once; only the
+ * downloads and sync wait for the stream.
+ *
+ * Precision: fp32 (pure float math) and tf32 (tensor cores in the
+ * convolutions) are implemented. bf16 is refused with an error: its NHWC
+ * bf16 activations are not built yet, and silently running another precision
+ * than the one asked would make a benchmark or a loss curve lie. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/common.h"
+#include "kernels/cuda/cudnn_graph.h"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/ops.h"
+
+/* One backend per (device, precision), alive for the process: plans, the
+ * arena and parameter blocks hold pointers into it, and there is no teardown
+ * in the backend interface. ctx comes first so that backend.ctx, which points
+ * at it, also points at the instance. */
+typedef struct {
+    unet_cuda_ctx ctx;
+    unet_backend backend;
+    char device_name[256];
+    int cc_major, cc_minor;
+} cuda_instance;
+
+#define MAX_INSTANCES 32
+static cuda_instance *instances[MAX_INSTANCES];
+static int n_instances;
+/* UNET_CUDA_SYNC=1: wait after every launch (see unet_cuda_launched). */
+static int sync_each_launch = -1;
+
+static const char *precision_names[] = {"fp32", "tf32", "bf16"};
+
+/* Op names live in the core (graph.c). A tool that links the backend but no
+ * graph (the cuDNN graph check, the optimizer test) has no nodes to name, so
+ * the reference is weak: such a link does not need graph.c, and messages fall
+ * back to the op's number. */
+extern "C" const char *unet_op_name(unet_op op) __attribute__((weak));
+
+/* ---------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------- */
+
+static const cuda_instance *instance_of(const unet_backend *b) { return b ? (const cuda_instance *)b->ctx : NULL; }
+
+/* snprintf that appends to buf and never overruns it. */
+static void append(char *buf, size_t size, const char *fmt, ...) {
+    size_t used = strlen(buf);
+    if (used + 1 >= size) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + used, size - used, fmt, ap);
+    va_end(ap);
+}
+
+static void append_shape(char *buf, size_t size, const char *name, unet_shape s) {
+    append(buf, size, " %s %dx%dx%dx%d", name, s.n, s.c, s.h, s.w);
+}
+
+/* The device in words, for messages: the instance's when known, else the
+ * current device's (which may itself fail to answer after a fault). */
+static void describe_device(const cuda_instance *inst, char *buf, size_t size) {
+    if (inst) {
+        snprintf(buf, size, "cuda:%d (%s, sm_%d%d, %s)", inst->ctx.device, inst->device_name, inst->cc_major,
+                 inst->cc_minor, precision_names[inst->ctx.precision]);
+        return;
+    }
+    int dev = -1;
+    cudaDeviceProp prop;
+    if (cudaGetDevice(&dev) == cudaSuccess && cudaGetDeviceProperties(&prop, dev) == cudaSuccess)
+        snprintf(buf, size, "cuda:%d (%s, sm_%d%d)", dev, prop.name, prop.major, prop.minor);
+    else
+        snprintf(buf, size, "cuda:%d (device not identified)", dev);
+}
+
+static void fail_on(const cuda_instance *inst, const char *file, int line, const char *call, const char *msg,
+                    const unet_op_args *a) {
+    char op[1024] = "";
+    if (a && a->node) {
+        if (unet_op_name)
+            append(op, sizeof op, " in op %s (%s)", a->node->name, unet_op_name(a->node->op));
+        else
+            append(op, sizeof op, " in op %s (op %d)", a->node->name, (int)a->node->op);
+        for (int i = 0; i < a->n_in && i < UNET_MAX_IN; i++) {
+            char name[8];
+            snprintf(name, sizeof name, "in%d", i);
+            append_shape(op, sizeof op, name, a->in_shape[i]);
+        }
+        append_shape(op, sizeof op, "out", a->out_shape);
+        if (a->training) append(op, sizeof op, " training");
+    }
+    if (!inst && a) inst = instance_of(a->backend);
+    if (!inst && n_instances == 1) inst = instances[0];
+    char dev[512];
+    describe_device(inst, dev, sizeof dev);
+    fprintf(stderr, "unet: CUDA failure: %s: %s%s on %s [%s:%d]\n", call, msg, op, dev, file, line);
+    fflush(stderr);
+    exit(1);
+}
+
+extern "C" void unet_cuda_fail(const char *file, int line, const char *call, const char *msg, const unet_op_args *a) {
+    fail_on(NULL, file, line, call, msg, a);
+}
+
+/* Errors of a kernel surface at the next synchronising call; the message says
+ * where to look instead of blaming the call that noticed. */
+#define ASYNC_HINT                                                                                               \
+    " (this may be an earlier kernel's fault surfacing here: rerun with UNET_CUDA_SYNC=1 to stop at the op that " \
+    "failed)"
+
+static void check_on(const cuda_instance *inst, cudaError_t e, const char *file, int line, const char *call,
+                     int waits) {
+    if (e == cudaSuccess) return;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s%s", cudaGetErrorString(e), waits ? ASYNC_HINT : "");
+    fail_on(inst, file, line, call, msg, NULL);
+}
+#define CHECK_ON(inst, call, waits) check_on((inst), (call), __FILE__, __LINE__, #call, (waits))
+
+static int env_flag(const char *name) {
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+extern "C" void unet_cuda_launched(const char *file, int line, const unet_op_args *a) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) fail_on(NULL, file, line, "kernel launch", cudaGetErrorString(e), a);
+    if (sync_each_launch < 0) sync_each_launch = env_flag("UNET_CUDA_SYNC");
+    if (!sync_each_launch) return;
+    const cuda_instance *inst = a ? instance_of(a->backend) : NULL;
+    cudaStream_t stream = inst ? inst->ctx.stream : 0;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    if (stream && cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture != cudaStreamCaptureStatusNone)
+        return; /* waiting is illegal while a CUDA graph is being captured */
+    e = stream ? cudaStreamSynchronize(stream) : cudaDeviceSynchronize();
+    if (e != cudaSuccess) fail_on(inst, file, line, "kernel execution (UNET_CUDA_SYNC=1)", cudaGetErrorString(e), a);
+}
+
+/* ---------------------------------------------------------------------------
+ * Memory and transfers
+ * ------------------------------------------------------------------------- */
+
+static size_t cuda_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
+    (void)b;
+    return unet_shape_count(s) * unet_dtype_size(t);
+}
+
+static void *cuda_alloc(const unet_backend *b, size_t bytes) {
+    const cuda_instance *inst = instance_of(b);
+    /* never zero bytes (cudaMalloc would answer NULL, which means failure here) */
+    size_t rounded = (bytes + 255) / 256 * 256;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, rounded ? rounded : 256);
+    if (e == cudaErrorMemoryAllocation) {
+        /* out of memory is an answer, not a fault: clear it, or the next launch check would report it */
+        cudaGetLastError();
+        return NULL;
+    }
+    CHECK_ON(inst, e, 0);
+    return p;
+}
+
+static void cuda_free(const unet_backend *b, void *p) {
+    if (p) CHECK_ON(instance_of(b), cudaFree(p), 1);
+}
+
+static void cuda_memset0(const unet_backend *b, void *p, size_t bytes) {
+    const cuda_instance *inst = instance_of(b);
+    CHECK_ON(inst, cudaMemsetAsync(p, 0, bytes, inst->ctx.stream), 0);
+}
+
+/* Host to device. The host buffer may be reused as soon as this returns: a
+ * copy from pageable memory is staged before cudaMemcpyAsync returns. */
+static void copy_in(const cuda_instance *inst, void *dst, const void *host, size_t bytes) {
+    if (bytes) CHECK_ON(inst, cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, inst->ctx.stream), 0);
+}
+
+/* Device to host, waiting for the copy (and so for everything before it). */
+static void copy_out(const cuda_instance *inst, void *host, const void *src, size_t bytes) {
+    if (bytes) CHECK_ON(inst, cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, inst->ctx.stream), 1);
+    CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
+}
+
+static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t) {
+    copy_in(instance_of(b), dst, host, unet_shape_count(s) * unet_dtype_size(t));
+}
+
+static void cuda_download(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t) {
+    copy_out(instance_of(b), host, src, unet_shape_count(s) * unet_dtype_size(t));
+}
+
+static void cuda_upload_f32(const unet_backend *b, float *dst, const float *host, size_t n) {
+    copy_in(instance_of(b), dst, host, n * sizeof(float));
+}
+
+static void cuda_download_f32(const unet_backend *b, float *host, const float *src, size_t n) {
+    copy_out(instance_of(b), host, src, n * sizeof(float));
+}
+
+static void cuda_sync(const unet_backend *b) {
+    const cuda_instance *inst = instance_of(b);
+    CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
+}
+
+/* ---------------------------------------------------------------------------
+ * Optimizers: one pass over the contiguous block, the CPU twins'
+ * (src/kernels/cpu/backend.c) arithmetic operation for operation. The
+ * intrinsics round each operation on its own, as the CPU does (C11 mode
+ * contracts nothing into FMA), so both backends produce the same bits.
+ * ------------------------------------------------------------------------- */
+
+typedef struct {
+    float lr, momentum, wd;
+    int first;
+} sgd_args;
+
+static __device__ __forceinline__ void sgd_one(float &p, float g, float *buf, const sgd_args &s) {
+    float d = __fadd_rn(g, __fmul_rn(s.wd, p));
+    if (s.momentum != 0.0f) {
+        float m = s.first ? d : __fadd_rn(__fmul_rn(s.momentum, *buf), d);
+        *buf = m;
+        d = m;
+    }
+    p = __fsub_rn(p, __fmul_rn(s.lr, d));
+}
+
+/* vec: every pointer 16-byte aligned, so the first n/4*4 values go as float4. */
+static __global__ void sgd_kernel(float *p, const float *g, float *buf, long long n, sgd_args s, int vec) {
+    long long n4 = vec ? n / 4 : 0;
+    for (long long q = unet_global_thread(); q < n4; q += unet_grid_threads()) {
+        float4 pv = reinterpret_cast<float4 *>(p)[q];
+        float4 gv = reinterpret_cast<const float4 *>(g)[q];
+        float4 bv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (s.momentum != 0.0f) bv = reinterpret_cast<float4 *>(buf)[q];
+        sgd_one(pv.x, gv.x, &bv.x, s);
+        sgd_one(pv.y, gv.y, &bv.y, s);
+        sgd_one(pv.z, gv.z, &bv.z, s);
+        sgd_one(pv.w, gv.w, &bv.w, s);
+        reinterpret_cast<float4 *>(p)[q] = pv;
+        if (s.momentum != 0.0f) reinterpret_cast<float4 *>(buf)[q] = bv;
+    }
+    for (long long i = n4 * 4 + unet_global_thread(); i < n; i += unet_grid_threads()) {
+        float pi = p[i];
+        sgd_one(pi, g[i], s.momentum != 0.0f ? &buf[i] : NULL, s);
+        p[i] = pi;
+    }
+}
+
+typedef struct {
+    float decay;        /* AdamW: 1 - lr * wd, as the CPU computes it */
+    float wd;           /* Adam: L2 added to the gradient */
+    int adamw;
+    float beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
+    float step_size;    /* lr / (1 - beta1^t) */
+    float bc2_sqrt;     /* sqrt(1 - beta2^t) */
+} adam_args;
+
+static __device__ __forceinline__ void adam_one(float &p, float g, float &m, float &v, const adam_args &s) {
+    if (s.adamw)
+        p = __fmul_rn(p, s.decay);
+    else
+        g = __fadd_rn(g, __fmul_rn(s.wd, p));
+    m = __fadd_rn(__fmul_rn(s.beta1, m), __fmul_rn(s.one_minus_beta1, g));
+    v = __fadd_rn(__fmul_rn(s.beta2, v), __fmul_rn(__fmul_rn(s.one_minus_beta2, g), g));
+    float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bc2_sqrt), s.eps);
+    p = __fsub_rn(p, __fdiv_rn(__fmul_rn(s.step_size, m), denom));
+}
+
+static __global__ void adam_kernel(float *p, const float *g, float *m, float *v, long long n, adam_args s, int vec) {
+    long long n4 = vec ? n / 4 : 0;
+    for (long long q = unet_global_thread(); q < n4; q += unet_grid_threads()) {
+        float4 pv = reinterpret_cast<float4 *>(p)[q];
+        float4 gv = reinterpret_cast<const float4 *>(g)[q];
+        float4 mv = reinterpret_cast<float4 *>(m)[q];
+        float4 vv = reinterpret_cast<float4 *>(v)[q];
+        adam_one(pv.x, gv.x, mv.x, vv.x, s);
+        adam_one(pv.y, gv.y, mv.y, vv.y, s);
+        adam_one(pv.z, gv.z, mv.z, vv.z, s);
+        adam_one(pv.w, gv.w, mv.w, vv.w, s);
+        reinterpret_cast<float4 *>(p)[q] = pv;
+        reinterpret_cast<float4 *>(m)[q] = mv;
+        reinterpret_cast<float4 *>(v)[q] = vv;
+    }
+    for (long long i = n4 * 4 + unet_global_thread(); i < n; i += unet_grid_threads()) {
+        float pi = p[i], mi = m[i], vi = v[i];
+        adam_one(pi, g[i], mi, vi, s);
+        p[i] = pi;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+/* Launch failures of the optimizers name the pass and its size (no op node). */
+static void check_launch(const cuda_instance *inst, const char *what, size_t n, const char *file, int line) {
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && sync_each_launch == 1) e = cudaStreamSynchronize(inst->ctx.stream);
+    if (e == cudaSuccess) return;
+    char call[128];
+    snprintf(call, sizeof call, "%s over %zu parameters", what, n);
+    fail_on(inst, file, line, call, cudaGetErrorString(e), NULL);
+}
+
+static void cuda_sgd(const unet_backend *b, float *p, const float *g, float *buf, size_t n, float lr, float momentum,
+                     float wd, int first) {
+    if (n == 0) return;
+    const cuda_instance *inst = instance_of(b);
+    sgd_args s = {lr, momentum, wd, first};
+    int vec = unet_aligned16(p) && unet_aligned16(g) && (momentum == 0.0f || unet_aligned16(buf));
+    sgd_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
+        p, g, buf, (long long)n, s, vec);
+    check_launch(inst, "sgd kernel", n, __FILE__, __LINE__);
+}
+
+static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n, float lr,
+                      float beta1, float beta2, float eps, float wd, int adamw, long step) {
+    if (n == 0) return;
+    const cuda_instance *inst = instance_of(b);
+    /* the bias corrections exactly as the CPU twin computes them (double, then float) */
+    double bc1 = 1.0 - pow((double)beta1, (double)step);
+    double bc2 = 1.0 - pow((double)beta2, (double)step);
+    adam_args s;
+    s.decay = 1.0f - lr * wd;
+    s.wd = wd;
+    s.adamw = adamw;
+    s.beta1 = beta1;
+    s.one_minus_beta1 = 1.0f - beta1;
+    s.beta2 = beta2;
+    s.one_minus_beta2 = 1.0f - beta2;
+    s.eps = eps;
+    s.step_size = (float)(lr / bc1);
+    s.bc2_sqrt = (float)sqrt(bc2);
+    int vec = unet_aligned16(p) && unet_aligned16(g) && unet_aligned16(m) && unet_aligned16(v);
+    adam_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
+        p, g, m, v, (long long)n, s, vec);
+    check_launch(inst, "adam kernel", n, __FILE__, __LINE__);
+}
+
+/* ---------------------------------------------------------------------------
+ * Creation
+ * ------------------------------------------------------------------------- */
+
+static int parse_precision(const char *s, unet_precision *out, char *err, size_t errlen) {
+    if (!s || !strcmp(s, "fp32")) {
+        *out = UNET_PREC_FP32;
+        return 0;
+    }
+    if (!strcmp(s, "tf32")) {
+        *out = UNET_PREC_TF32;
+        return 0;
+    }
+    if (!strcmp(s, "bf16")) {
+        snprintf(err, errlen,
+                 "precision bf16 is not implemented yet in the CUDA backend (it keeps float32 NCHW activations in "
+                 "this version): use --precision tf32 (tensor cores) or fp32");
+        return -1;
+    }
+    snprintf(err, errlen, "unknown precision '%s': use fp32, tf32 or bf16", s);
+    return -1;
+}
+
+/* Fills err and returns -1 when a setup call fails; the CUDA error is
+ * cleared so that it does not resurface in a later, unrelated check. */
+static int setup_failed(cudaError_t e, const char *what, int device, char *err, size_t errlen) {
+    snprintf(err, errlen, "cannot use CUDA device %d: %s failed: %s", device, what, cudaGetErrorString(e));
+    cudaGetLastError();
+    return -1;
+}
+
+static int create_instance(cuda_instance *inst, int device, unet_precision precision, char *err, size_t errlen) {
+    cudaError_t e;
+    int count = 0;
+    e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        snprintf(err, errlen, "no CUDA device: %s (run with --device cpu, or on a machine with an NVIDIA GPU and driver)",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "the driver lists none");
+        cudaGetLastError();
+        return -1;
+    }
+    if (device < 0 || device >= count) {
+        snprintf(err, errlen, "CUDA device %d does not exist: this machine has %d (cuda:0 to cuda:%d)", device, count,
+                 count - 1);
+        return -1;
+    }
+    if ((e = cudaSetDevice(device)) != cudaSuccess) return setup_failed(e, "cudaSetDevice", device, err, errlen);
+    cudaDeviceProp prop;
+    if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess)
+        return setup_failed(e, "cudaGetDeviceProperties", device, err, errlen);
+    snprintf(inst->device_name, sizeof inst->device_name, "%s", prop.name);
+    inst->cc_major = prop.major;
+    inst->cc_minor = prop.minor;
+    /* A build without machine code for this GPU fails at its first launch;
+     * asking for a kernel's attributes finds out now, with a clear remedy. */
+    cudaFuncAttributes attr;
+    if ((e = cudaFuncGetAttributes(&attr, sgd_kernel)) != cudaSuccess) {
+        snprintf(err, errlen,
+                 "this unet has no kernels for CUDA device %d (%s, sm_%d%d): %s; rebuild with "
+                 "-DCMAKE_CUDA_ARCHITECTURES=%d%d-real",
+                 device, prop.name, prop.major, prop.minor, cudaGetErrorString(e), prop.major, prop.minor);
+        cudaGetLastError();
+        return -1;
+    }
+    size_t cudnn_version = cudnnGetVersion();
+    if (cudnn_version / 10000 != CUDNN_MAJOR) {
+        snprintf(err, errlen, "cuDNN %zu is loaded but unet was built against cuDNN %d.%d: install cuDNN %d",
+                 cudnn_version, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_MAJOR);
+        return -1;
+    }
+
+    unet_cuda_ctx *ctx = &inst->ctx;
+    ctx->device = device;
+    ctx->precision = precision;
+    ctx->deterministic = 1;
+    ctx->plans = NULL; /* cudnn_graph.c creates the cache on first use */
+    if ((e = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)) != cudaSuccess)
+        return setup_failed(e, "cudaStreamCreateWithFlags", device, err, errlen);
+    cudnnStatus_t ds = cudnnCreate(&ctx->cudnn);
+    if (ds == CUDNN_STATUS_SUCCESS) ds = cudnnSetStream(ctx->cudnn, ctx->stream);
+    if (ds != CUDNN_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cannot use CUDA device %d: cuDNN initialisation failed: %s", device,
+                 cudnnGetErrorString(ds));
+        cudaGetLastError();
+        return -1;
+    }
+    cublasStatus_t bs = cublasCreate(&ctx->cublas);
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(ctx->cublas, ctx->stream);
+    /* TF32 tensor cores only when asked; reductions without atomics (the default mode) */
+    if (bs == CUBLAS_STATUS_SUCCESS)
+        bs = cublasSetMathMode(ctx->cublas, precision == UNET_PREC_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                          : CUBLAS_PEDANTIC_MATH);
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetAtomicsMode(ctx->cublas, CUBLAS_ATOMICS_NOT_ALLOWED);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        snprintf(err, errlen, "cannot use CUDA device %d: cuBLAS initialisation failed: %s", device,
+                 cublasGetStatusString(bs));
+        cudaGetLastError();
+        return -1;
+    }
+
+    unet_backend *b = &inst->backend;
+    memset(b, 0, sizeof *b);
+    b->name = "cuda";
+    b->ops[UNET_OP_CONV] = &unet_cuda_conv;
+    b->ops[UNET_OP_CONV_T2] = &unet_cuda_conv_t2;
+    b->ops[UNET_OP_BIAS] = &unet_cuda_bias;
+    b->ops[UNET_OP_RELU] = &unet_cuda_relu;
+    b->ops[UNET_OP_MAXPOOL2] = &unet_cuda_maxpool2;
+    b->ops[UNET_OP_CROP_CONCAT] = &unet_cuda_crop_concat;
+    b->ops[UNET_OP_CROP_ADD] = &unet_cuda_crop_add;
+    b->ops[UNET_OP_UPSAMPLE2] = &unet_cuda_upsample2;
+    b->ops[UNET_OP_BATCHNORM] = &unet_cuda_batchnorm;
+    b->ops[UNET_OP_DROPOUT] = &unet_cuda_dropout;
+    b->ops[UNET_OP_SOFTMAX_CE] = &unet_cuda_softmax_ce;
+    b->ops[UNET_OP_BCE_DICE] = &unet_cuda_bce_dice;
+    b->ctx = ctx;
+    b->tensor_bytes = cuda_tensor_bytes;
+    b->alloc = cuda_alloc;
+    b->free = cuda_free;
+    b->memset0 = cuda_memset0;
+    b->upload = cuda_upload;
+    b->download = cuda_download;
+    b->upload_f32 = cuda_upload_f32;
+    b->download_f32 = cuda_download_f32;
+    b->sync = cuda_sync;
+    b->sgd = cuda_sgd;
+    b->adam = cuda_adam;
+    return 0;
+}
+
+extern "C" const unet_backend *unet_cuda_backend(int device, const char *precision, char *err, size_t errlen) {
+    unet_precision prec;
+    if (parse_precision(precision, &prec, err, errlen)) return NULL;
+    if (sync_each_launch < 0) sync_each_launch = env_flag("UNET_CUDA_SYNC");
+    for (int i = 0; i < n_instances; i++)
+        if (instances[i]->ctx.device == device && instances[i]->ctx.precision == prec) {
+            /* the calling thread works on this device from now on */
+            cudaError_t e = cudaSetDevice(device);
+            if (e != cudaSuccess) {
+                setup_failed(e, "cudaSetDevice", device, err, errlen);
+                return NULL;
+            }
+            return &instances[i]->backend;
+        }
+    if (n_instances == MAX_INSTANCES) {
+        snprintf(err, errlen, "too many CUDA backends in one process (%d device and precision pairs)", MAX_INSTANCES);
+        return NULL;
+    }
+    cuda_instance *inst = (cuda_instance *)calloc(1, sizeof *inst);
+    if (!inst) {
+        snprintf(err, errlen, "out of host memory creating the CUDA backend");
+        return NULL;
+    }
+    if (create_instance(inst, device, prec, err, errlen)) {
+        /* handles made before the failure stay: the process is about to report and stop */
+        free(inst);
+        return NULL;
+    }
+    instances[n_instances++] = inst;
+    return &inst->backend;
+}

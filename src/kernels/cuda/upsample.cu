@@ -1,0 +1,114 @@
+/* Bilinear x2 upsampling, align_corners = False, on the GPU: twin of
+ * src/kernels/cpu/upsample.c.
+ *
+ * Forward: one thread per output element, with the CPU's taps and its
+ * operation order, each operation rounded on its own (no FMA contraction),
+ * so both backends give the same bits.
+ *
+ * Backward without atomics, as a gather: one thread per input element sums
+ * the contributions of the output elements whose taps reach it. For x2 those
+ * are the output rows (and columns) 2i-1 .. 2i+2, each weighing the sum of
+ * its tap weights on i (both taps land on i at a clamped border). Every sum
+ * has a fixed order: deterministic. The order differs from the CPU's
+ * scatter, so the two agree to rounding (a few float ulps), not bit for bit. */
+#include <stdio.h>
+
+#include "kernels/cuda/common.h"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/ops.h"
+
+/* The two source taps of output index o along an axis of in_size inputs
+ * (the CPU twin's taps_of): PyTorch's source index (o + 0.5) / 2 - 0.5,
+ * clamped at 0; weights 1, 0.75 or 0.25, exact in float. */
+typedef struct {
+    int i0, i1;
+    float w0, w1;
+} lerp_taps;
+
+static __device__ __forceinline__ lerp_taps taps_of(int o, int in_size) {
+    float src = __fsub_rn(__fmul_rn(0.5f, __fadd_rn((float)o, 0.5f)), 0.5f);
+    if (src < 0.0f) src = 0.0f;
+    lerp_taps t;
+    t.i0 = (int)src;
+    t.i1 = t.i0 + (t.i0 < in_size - 1);
+    t.w1 = __fsub_rn(src, (float)t.i0);
+    t.w0 = __fsub_rn(1.0f, t.w1);
+    return t;
+}
+
+/* The weight with which output index o reads input index i (0 if it does not). */
+static __device__ __forceinline__ float tap_weight(int o, int i, int in_size) {
+    lerp_taps t = taps_of(o, in_size);
+    return (t.i0 == i ? t.w0 : 0.0f) + (t.i1 == i ? t.w1 : 0.0f);
+}
+
+static __device__ __forceinline__ float lerp(float w0, float a, float w1, float b) {
+    return __fadd_rn(__fmul_rn(w0, a), __fmul_rn(w1, b));
+}
+
+static __global__ void upsample2_forward_kernel(const float *x, float *y, int in_h, int in_w, int out_w,
+                                                int out_items) {
+    const float *xp = x + (long long)blockIdx.x * in_h * in_w;
+    float *yp = y + (long long)blockIdx.x * out_items;
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
+        int oy = e / out_w, ox = e - oy * out_w;
+        lerp_taps ty = taps_of(oy, in_h), tx = taps_of(ox, in_w);
+        const float *r0 = xp + (long long)ty.i0 * in_w, *r1 = xp + (long long)ty.i1 * in_w;
+        yp[e] = lerp(ty.w0, lerp(tx.w0, r0[tx.i0], tx.w1, r0[tx.i1]), ty.w1, lerp(tx.w0, r1[tx.i0], tx.w1, r1[tx.i1]));
+    }
+}
+
+static __global__ void upsample2_backward_kernel(const float *dy, float *dx, int in_h, int in_w, int out_h,
+                                                 int out_w, int accumulate) {
+    int in_items = in_h * in_w;
+    const float *gp = dy + (long long)blockIdx.x * out_h * out_w;
+    float *dp = dx + (long long)blockIdx.x * in_items;
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < in_items; e += gridDim.y * blockDim.x) {
+        int iy = e / in_w, ix = e - iy * in_w;
+        int oy_lo = max(2 * iy - 1, 0), oy_hi = min(2 * iy + 2, out_h - 1);
+        int ox_lo = max(2 * ix - 1, 0), ox_hi = min(2 * ix + 2, out_w - 1);
+        float wx[4];
+        for (int ox = ox_lo; ox <= ox_hi; ox++) wx[ox - ox_lo] = tap_weight(ox, ix, in_w);
+        float sum = 0.0f;
+        for (int oy = oy_lo; oy <= oy_hi; oy++) {
+            float wy = tap_weight(oy, iy, in_h);
+            if (wy == 0.0f) continue;
+            const float *row = gp + (long long)oy * out_w;
+            float rs = 0.0f;
+            for (int ox = ox_lo; ox <= ox_hi; ox++) rs += wx[ox - ox_lo] * row[ox];
+            sum += wy * rs;
+        }
+        unet_store_grad(dp, e, sum, accumulate);
+    }
+}
+
+static void check_shapes(const unet_op_args *a) {
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    if (so.n != si.n || so.c != si.c || so.h != 2 * si.h || so.w != 2 * si.w)
+        unet_cuda_fail(__FILE__, __LINE__, "shape check", "upsample2 needs out = (N, C, 2H, 2W) of in", a);
+}
+
+static void upsample2_forward(const unet_op_args *a) {
+    check_shapes(a);
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    long long planes = (long long)so.n * so.c, items = (long long)so.h * so.w;
+    if (planes == 0 || items == 0) return;
+    unet_plane_launch l = unet_plane_launch_for(a, planes, items);
+    upsample2_forward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
+        (const float *)a->in[0], (float *)a->out, si.h, si.w, so.w, (int)items);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+static void upsample2_backward(const unet_op_args *a) {
+    if (!a->din[0]) return;
+    check_shapes(a);
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    long long planes = (long long)si.n * si.c, items = (long long)si.h * si.w;
+    if (planes == 0 || items == 0) return;
+    unet_plane_launch l = unet_plane_launch_for(a, planes, items);
+    upsample2_backward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
+        (const float *)a->dout, (float *)a->din[0], si.h, si.w, so.h, so.w, a->din_accumulate[0]);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+extern "C" const unet_op_impl unet_cuda_upsample2 = {upsample2_forward, upsample2_backward, NULL, NULL};

@@ -1,0 +1,111 @@
+/* Runs the optimizer passes of one backend's table over a parameter block
+ * read from files, so that the tests can hold the CUDA optimizers against
+ * their CPU twins and both against torch.optim (tests/gpu/test_twins.py).
+ *
+ *   unet_optimtest --backend cpu|cuda --optimizer sgd|adam|adamw --n N --steps S --dir D
+ *                  [--lr 0.01 --momentum 0.9 --wd 0 --beta1 0.9 --beta2 0.999 --eps 1e-8 --offset 0]
+ *
+ * Reads D/param.bin (N floats) and D/grads.bin (S x N floats: the gradient of
+ * each step); writes D/param.out.bin, D/state_a.bin (SGD momentum buffer,
+ * Adam first moment) and, for Adam, D/state_b.bin (second moment). Step s
+ * (0-based) is SGD's first when s = 0 and Adam's step s + 1, as
+ * src/host/train/optim.c calls them. --offset K places the block K floats
+ * into its allocations, so that K not a multiple of 4 exercises the kernels'
+ * unaligned (scalar) path. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "unet/backend.h"
+
+static void die(const char *msg, const char *arg) {
+    fprintf(stderr, "unet_optimtest: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
+    exit(2);
+}
+
+static float *read_floats(const char *dir, const char *name, size_t count) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) die("cannot open", path);
+    float *buf = malloc((count ? count : 1) * sizeof(float));
+    if (!buf || fread(buf, sizeof(float), count, f) != count) die("short read (wrong size?)", path);
+    fclose(f);
+    return buf;
+}
+
+static void write_floats(const char *dir, const char *name, const float *data, size_t count) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, sizeof(float), count, f) != count) die("cannot write", path);
+    fclose(f);
+}
+
+/* A block of n floats at `offset` floats into a fresh allocation, set to host (or zeros). */
+static float *device_block(const unet_backend *b, size_t n, size_t offset, const float *host) {
+    float *base = b->alloc(b, (n + offset) * sizeof(float));
+    if (!base) die("device allocation failed", NULL);
+    b->memset0(b, base, (n + offset) * sizeof(float));
+    if (host) b->upload_f32(b, base + offset, host, n);
+    return base + offset;
+}
+
+int main(int argc, char **argv) {
+    const char *backend_name = "cpu", *optimizer = "sgd", *dir = NULL;
+    long n = 0, steps = 1, offset = 0;
+    float lr = 0.01f, momentum = 0.9f, wd = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const char *a = argv[i], *v = argv[i + 1];
+        if (!strcmp(a, "--backend")) backend_name = v;
+        else if (!strcmp(a, "--optimizer")) optimizer = v;
+        else if (!strcmp(a, "--dir")) dir = v;
+        else if (!strcmp(a, "--n")) n = atol(v);
+        else if (!strcmp(a, "--steps")) steps = atol(v);
+        else if (!strcmp(a, "--offset")) offset = atol(v);
+        else if (!strcmp(a, "--lr")) lr = strtof(v, NULL);
+        else if (!strcmp(a, "--momentum")) momentum = strtof(v, NULL);
+        else if (!strcmp(a, "--wd")) wd = strtof(v, NULL);
+        else if (!strcmp(a, "--beta1")) beta1 = strtof(v, NULL);
+        else if (!strcmp(a, "--beta2")) beta2 = strtof(v, NULL);
+        else if (!strcmp(a, "--eps")) eps = strtof(v, NULL);
+        else die("unknown option", a);
+    }
+    if (argc % 2 == 0) die("every option takes a value", argv[argc - 1]);
+    int sgd = !strcmp(optimizer, "sgd"), adamw = !strcmp(optimizer, "adamw");
+    if (!sgd && !adamw && strcmp(optimizer, "adam")) die("--optimizer must be sgd, adam or adamw", optimizer);
+    if (!dir || n <= 0 || steps <= 0 || offset < 0) die("need --dir, --n > 0, --steps > 0 and --offset >= 0", NULL);
+
+    const unet_backend *b = unet_cpu_backend();
+    if (strcmp(backend_name, "cpu") != 0) {
+        char err[512];
+        b = unet_cuda_backend(0, "fp32", err, sizeof err);
+        if (!b) die(err, NULL);
+    }
+    size_t count = (size_t)n;
+    float *host_p = read_floats(dir, "param.bin", count);
+    float *host_g = read_floats(dir, "grads.bin", count * (size_t)steps);
+    float *p = device_block(b, count, (size_t)offset, host_p);
+    float *g = device_block(b, count, (size_t)offset, NULL);
+    float *state_a = device_block(b, count, (size_t)offset, NULL);
+    float *state_b = sgd ? NULL : device_block(b, count, (size_t)offset, NULL);
+    for (long s = 0; s < steps; s++) {
+        b->upload_f32(b, g, host_g + (size_t)s * count, count);
+        if (sgd)
+            b->sgd(b, p, g, state_a, count, lr, momentum, wd, s == 0);
+        else
+            b->adam(b, p, g, state_a, state_b, count, lr, beta1, beta2, eps, wd, adamw, s + 1);
+    }
+    b->sync(b);
+    b->download_f32(b, host_p, p, count);
+    write_floats(dir, "param.out.bin", host_p, count);
+    b->download_f32(b, host_p, state_a, count);
+    write_floats(dir, "state_a.bin", host_p, count);
+    if (state_b) {
+        b->download_f32(b, host_p, state_b, count);
+        write_floats(dir, "state_b.bin", host_p, count);
+    }
+    free(host_p);
+    free(host_g);
+    return 0;
+}
