@@ -54,6 +54,7 @@ typedef struct {
     int tile;                       /* input tile, pixels per side */
     int batch;                      /* per process */
     long steps;
+    long stop_after;                /* stop (and save) after this step; 0: run all --steps */
     unet_optim_cfg optim;           /* --optimizer --lr --momentum --weight-decay --schedule --warmup --beta1
                                        --beta2 --adam-eps; total_steps = steps */
     uint64_t seed;

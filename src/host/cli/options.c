@@ -191,6 +191,10 @@ static const option options[] = {
      .group = G_TRAINING, .help = "tiles per step, per process"},
     {"steps", OPT_LONG, F(steps), .min = 0, .max = 1e15, .def = "1000", .meta = "N", .commands = STEPPERS,
      .group = G_TRAINING, .help = "training steps"},
+    {"stop-after", OPT_LONG, F(stop_after), .min = 0, .max = 1e15, .def = "0", .meta = "K", .commands = TRAIN_ONLY,
+     .group = G_TRAINING,
+     .help = "stop after step K of the --steps schedule and save as a signal would (0: run to the end); "
+             "--resume with the same --steps continues exactly"},
     {"optimizer", OPT_ENUM, F(optim.kind), .choices = optimizers, .def = "sgd", .commands = STEPPERS,
      .group = G_TRAINING, .help = "SGD with momentum, Adam, or AdamW (decoupled weight decay)"},
     {"lr", OPT_FLOAT, F(optim.lr), .min = 0, .min_open = 1, .max = NOMAX, .def = "0.01", .meta = "X",

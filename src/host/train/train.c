@@ -248,7 +248,8 @@ int unet_run_train(unet_config *cfg) {
         unet_plan_forward(plan);
         double per_head[UNET_MAX_LEVELS];
         loss = unet_plan_loss(plan, per_head);
-        int stop = stop_signal != 0;
+        /* a signal, or --stop-after: save and stop, resumable with the same --steps */
+        int stop = stop_signal != 0 || (cfg->stop_after > 0 && step + 1 == cfg->stop_after);
         if (world > 1) {
             /* the loss of the global batch (the mean of the ranks' means), and a
              * stop signal seen by any rank stops all of them at the same step */
@@ -323,17 +324,20 @@ int unet_run_train(unet_config *cfg) {
         }
         if (stop) {
             const char *path = cfg->save[0] ? cfg->save : cfg->resume;
+            char why[64];
+            if (stop_signal)
+                snprintf(why, sizeof why, "stopped by signal %d", (int)stop_signal);
+            else
+                snprintf(why, sizeof why, "stopped after step %ld (--stop-after)", done);
             if (!path[0]) {
-                if (rank == 0)
-                    fprintf(stderr, "unet: stopped by signal %d at step %ld (no --save given: nothing written)\n",
-                            (int)stop_signal, done);
+                if (rank == 0) fprintf(stderr, "unet: %s at step %ld (no --save given: nothing written)\n", why, done);
                 code = 1;
                 goto done;
             }
             if (rank == 0 && save(cfg, &s, path, done, err, sizeof err)) goto fail;
             if (rank == 0)
-                fprintf(stderr, "unet: stopped by signal %d at step %ld; checkpoint %s (continue with --resume %s)\n",
-                        (int)stop_signal, done, path, path);
+                fprintf(stderr, "unet: %s at step %ld; checkpoint %s (continue with --resume %s)\n", why, done, path,
+                        path);
             code = 0;
             goto done;
         }
