@@ -264,7 +264,10 @@ out:
 }
 
 /* Parameters, FLOPs and planned training memory (unet info), and the
- * training throughput and inference time (unet bench) of one model. */
+ * training throughput and inference time (unet bench) of one model. Times
+ * are the fastest of the timed steps: on a shared machine (two cores and
+ * other jobs, OpenMP threads waiting on each other) the median can jump
+ * tenfold, the fastest step is the one least disturbed. */
 static int measure(const unet_config *cfg, const unet_backend *b, const unet_model_cfg *m, size_t *params,
                    double *flops, size_t *train_bytes, double *train_ips, double *infer_ms, char *err, size_t errlen) {
     unet_model_info info;
@@ -277,11 +280,11 @@ static int measure(const unet_config *cfg, const unet_backend *b, const unet_mod
     unet_bench_result r;
     if (train_ips) {
         if (unet_bench_run(m, &cfg->optim, b, &bc, &r, err, errlen)) return -1;
-        *train_ips = r.images_per_s;
+        *train_ips = cfg->batch / (r.ms_min / 1e3);
     }
     bc.inference = 1;
     if (unet_bench_run(m, &cfg->optim, b, &bc, &r, err, errlen)) return -1;
-    *infer_ms = r.ms_median / cfg->batch;
+    *infer_ms = r.ms_min / cfg->batch;
     return 0;
 }
 
@@ -488,7 +491,7 @@ static int write_markdown(const report *r, const char *path, int have_plots, cha
     }
     fprintf(f, "\nIoU and Dice: foreground, over whole validation images (overlap-tile prediction), after the last "
                "step; mean ± sample standard deviation over the seeds. Train images/s and inference times: `unet bench` "
-               "code path on random data (%d timed steps after %d warm-up). Train activations: the planned memory "
+               "code path on random data, the fastest of %d timed steps after %d warm-up. Train activations: the planned memory "
                "arena of a training step at batch %d. Per-run logs: `runs/*.jsonl`; every number above is in "
                "`report.json`.\n", BENCH_STEPS, cfg->bench_warmup, cfg->batch);
     if (have_plots)
