@@ -16,8 +16,11 @@
  * zero columns of each row are exactly the zeros a full correlation needs at
  * both edges and the wide output is the input gradient itself (no
  * compaction). Backward weight sums dz (the same buffer, its garbage columns
- * zero) times the shifted source over all pixels: conv_dot_run. Bands of rows
- * bound the buffers and keep them in cache between the two products.
+ * zero) times the shifted source over all pixels: conv_dot_run. Same padding
+ * runs the same products over zero-padded copies of a band (dz padded by one,
+ * x padded by one for the weight gradient), its input gradient compacted like
+ * the forward. Bands of rows bound the buffers and keep them in cache between
+ * the two products.
  *
  * Every output element is summed by one thread in one order: the same bits
  * for any thread count (conv_gemm.h). Bias gradients are sums in double,

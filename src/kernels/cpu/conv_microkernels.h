@@ -82,20 +82,34 @@ static void ISA_NAME(dot_tile)(long k, const float *const *a, const float *const
 #pragma GCC unroll 8
             for (int i = 0; i < DMR; i++) acc[i][j] = VFMA(av[i], bv, acc[i][j]);
         }
-        kv = k;
     }
-#endif
-#if defined(VSUM4) && DMR == 4
-    /* four lane sets at once (a column of the tile): one shuffle tree */
-    for (int j = 0; j < DNR; j++) {
-        float s[4];
-        VSUM4(acc[0][j], acc[1][j], acc[2][j], acc[3][j], s);
-        for (int i = 0; i < DMR; i++) {
-            for (long p = kv; p < k; p++) s[i] += ar[i][p] * br[j][p];
-            c[(size_t)i * ldc + j] += s[i];
-        }
+    float sums[DMR][DNR];
+#if defined(VSUM4) && DMR == 4 && DNR == 6
+    /* four lane sets per shuffle tree: columns 0..3 of each row, then
+     * columns 4..5 of two rows */
+#pragma GCC unroll 4
+    for (int i = 0; i < DMR; i++) VSUM4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], &sums[i][0]);
+#pragma GCC unroll 2
+    for (int i = 0; i < DMR; i += 2) {
+        float t[4];
+        VSUM4(acc[i][4], acc[i][5], acc[i + 1][4], acc[i + 1][5], t);
+        sums[i][4] = t[0];
+        sums[i][5] = t[1];
+        sums[i + 1][4] = t[2];
+        sums[i + 1][5] = t[3];
     }
 #else
+#pragma GCC unroll 8
+    for (int i = 0; i < DMR; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < DNR; j++) sums[i][j] = VSUM(acc[i][j]);
+#endif
+#pragma GCC unroll 8
+    for (int i = 0; i < DMR; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < DNR; j++) c[(size_t)i * ldc + j] += sums[i][j];
+#else
+    /* no masked loads: the last < VL products added in order after the reduction */
     for (int i = 0; i < DMR; i++)
         for (int j = 0; j < DNR; j++) {
             float s = VSUM(acc[i][j]);
