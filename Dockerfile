@@ -9,7 +9,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      build-essential cmake pkg-config libhdf5-dev libopenblas-dev libjson-c-dev libpng-dev libtiff-dev \
+      build-essential cmake pkg-config libhdf5-dev libjson-c-dev libpng-dev libtiff-dev \
       python3 python3-pip python3-numpy python3-scipy python3-h5py python3-matplotlib python3-pytest \
       python3-torch python3-pil libopenmpi-dev openmpi-bin \
  && rm -rf /var/lib/apt/lists/*

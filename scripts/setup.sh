@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the build, the tests and the dataset scripts need; the
 # Dockerfile installs the same list (keep them in step: tests/cpu/test_dockerfile.py checks).
-PACKAGES=(build-essential cmake pkg-config libhdf5-dev libopenblas-dev libjson-c-dev libpng-dev libtiff-dev
+PACKAGES=(build-essential cmake pkg-config libhdf5-dev libjson-c-dev libpng-dev libtiff-dev
           python3 python3-pip python3-numpy python3-scipy python3-h5py python3-matplotlib python3-pytest
           python3-torch python3-pil libopenmpi-dev openmpi-bin)
 # For the tests alone, not the image: a real single-node Slurm (tests/cpu/test_slurm.py).

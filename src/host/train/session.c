@@ -5,16 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
 #include <omp.h>
 
 #include "host/train/session.h"
 
 const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size_t desclen, char *err, size_t errlen) {
-    if (cfg->threads > 0) {
-        omp_set_num_threads(cfg->threads);
-        openblas_set_num_threads(cfg->threads);
-    }
+    if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
     int cuda, index;
     if (unet_config_device(cfg, &cuda, &index)) {
         snprintf(err, errlen, "--device must be cpu, cuda, cuda:N or auto, got '%s'", cfg->device);
