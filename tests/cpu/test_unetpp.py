@@ -240,7 +240,7 @@ def test_whole_image_modes_and_prune_valid_padding(tmp_path):
     images = write_dataset(data, 2, 37, 45, rng)
     cfg = VALID
     L = len(cfg["filters"]) - 1
-    tile = valid_tile(cfg, 96)
+    tile = valid_tile(cfg, 132)  # outputs of 44: few tiles per image
     ckpt = train_checkpoint(d, flags_of(cfg), tile, data)
     full = net_with(ckpt, cfg)
     ref_heads = [whole_image_valid(full, cfg, im) for im in images]
