@@ -8,11 +8,11 @@
 #
 #   --build DIR      build directory (default build-gpu), configured with -DUNET_CUDA=ON
 #   --prebuilt DIR   use a build directory made elsewhere (say, on a machine with
-#                    the HDF5, OpenBLAS and json-c headers this one lacks): no
+#                    the HDF5 and json-c headers this one lacks): no
 #                    configure, no build; the tests run through pytest directly,
 #                    since that build's ctest files name the other machine's paths
 #   --libs DIR       shared libraries carried with a prebuilt build (libhdf5,
-#                    libopenblas, libjson-c, ...): prepended to LD_LIBRARY_PATH
+#                    libjson-c, ...): prepended to LD_LIBRARY_PATH
 #   --arch N         CUDA architecture to build for (default: the project's, 80 and 90)
 #   --no-bench       tests only
 #   --bench-args     extra arguments for every bench/*_gpu.py (after --build DIR)
@@ -90,7 +90,7 @@ else
   echo "== configure: cmake ${CFG[*]}"
   if ! cmake "${CFG[@]}" > "$BUILD.configure.log" 2>&1; then
     tail -20 "$BUILD.configure.log"
-    row "configure" FAIL "see $BUILD.configure.log (missing HDF5/OpenBLAS/json-c headers? build elsewhere, then --prebuilt DIR --libs DIR)"
+    row "configure" FAIL "see $BUILD.configure.log (missing HDF5/json-c headers? build elsewhere, then --prebuilt DIR --libs DIR)"
     exit 1
   fi
   echo "== build"
@@ -104,7 +104,37 @@ else
 fi
 
 # Shared libraries the tools cannot find make every test fail the same way: say it once, clearly.
-MISSING=$(ldd "$BUILD/unet_optest" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
+# cuDNN loads its engine libraries (libcudnn_graph, libcudnn_engines_*) only at
+# run time, so ldd alone does not see them missing. Where the system has no
+# cuDNN or cuBLAS of its own, the ones PyTorch's wheels bring (site-packages/
+# nvidia/*/lib) are used.
+missing_libs() {
+  local m
+  m=$(ldd "$BUILD/unet_optest" 2>/dev/null | awk '/not found/ {print $1}' | tr '\n' ' ')
+  if ! ldconfig -p 2>/dev/null | grep -q "libcudnn_graph.so.9" &&
+     ! compgen -G "$(dirname "$(ldd "$BUILD/unet_optest" 2>/dev/null | awk '/libcudnn.so/ {print $3}')" 2>/dev/null)/libcudnn_graph.so.9*" >/dev/null; then
+    m="$m libcudnn_graph.so.9"
+  fi
+  echo "$m" | xargs
+}
+MISSING=$(missing_libs)
+if [ -n "$MISSING" ]; then
+  TORCH_LIBS=$("$PY" - <<'PYEOF' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    roots = list(nvidia.__path__)
+except ImportError:
+    roots = []
+print(":".join(sorted(d for r in roots for d in glob.glob(os.path.join(r, "*", "lib")))))
+PYEOF
+)
+  if [ -n "$TORCH_LIBS" ]; then
+    export LD_LIBRARY_PATH="$TORCH_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    row "libraries from torch" ok "missing $MISSING: using PyTorch's nvidia/*/lib"
+    MISSING=$(missing_libs)
+  fi
+fi
 if [ -n "$MISSING" ]; then
   row "shared libraries" FAIL "not found: $MISSING(carry them and pass --libs DIR)"
   exit 1

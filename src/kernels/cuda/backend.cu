@@ -166,7 +166,7 @@ static void *cuda_alloc(const unet_backend *b, size_t bytes) {
         cudaGetLastError();
         return NULL;
     }
-    CHECK_ON(inst, e, 0);
+    CHECK_ON(inst, e, 1); /* any other error is most likely an earlier kernel's */
     return p;
 }
 
@@ -329,7 +329,10 @@ static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m,
     double bc1 = 1.0 - pow((double)beta1, (double)step);
     double bc2 = 1.0 - pow((double)beta2, (double)step);
     adam_args s;
-    s.decay = 1.0f - lr * wd;
+    /* volatile: the host compiler (C++ through nvcc) may not fuse this into an
+     * FMA, which the CPU twin (C11, no contraction) does not do either */
+    volatile float lr_wd = lr * wd;
+    s.decay = 1.0f - lr_wd;
     s.wd = wd;
     s.adamw = adamw;
     s.beta1 = beta1;
