@@ -2,8 +2,11 @@
 upsample,batchnorm,loss,metrics,backend}.cu), forward and backward, against
 their CPU twins and against PyTorch in float64, on random shapes (odd sizes,
 batch > 1, sizes whose rows are and are not multiples of 4, so that both the
-float4 and the scalar paths run), through tests/tools/unet_optest.c, and the
-fused optimizers through tests/tools/unet_optimtest.c against torch.optim.
+float4 and the scalar paths run), through tests/tools/unet_optest.c; the
+fused optimizers through tests/tools/unet_optimtest.c against torch.optim;
+the confusion counts (tests/tools/unet_metricstest.c) against the CPU's and
+numpy's; and whole training steps of small models (tests/tools/
+unet_modeltest.c) against the CPU backend.
 
 Tolerances (norm-wise relative, unet_testlib.rel_err):
   TOL 1e-5 against float64 PyTorch: these ops do a few float32 roundings per
