@@ -87,17 +87,18 @@ else
   command -v ninja >/dev/null && GEN=(-G Ninja)
   CFG=(-S "$ROOT" -B "$BUILD" "${GEN[@]}" -DUNET_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DUNET_PYTHON="$(command -v "$PY")")
   [ -n "$ARCH" ] && CFG+=(-DCMAKE_CUDA_ARCHITECTURES="$ARCH-real")
+  mkdir -p "$BUILD"
   echo "== configure: cmake ${CFG[*]}"
-  if ! cmake "${CFG[@]}" > "$BUILD.configure.log" 2>&1; then
-    tail -20 "$BUILD.configure.log"
-    row "configure" FAIL "see $BUILD.configure.log (missing HDF5/json-c headers? build elsewhere, then --prebuilt DIR --libs DIR)"
+  if ! cmake "${CFG[@]}" > "$BUILD/gpu_check.configure.log" 2>&1; then
+    tail -20 "$BUILD/gpu_check.configure.log"
+    row "configure" FAIL "see $BUILD/gpu_check.configure.log (missing HDF5/json-c headers? build elsewhere, then --prebuilt DIR --libs DIR)"
     exit 1
   fi
   echo "== build"
   START=$(date +%s)
-  if ! cmake --build "$BUILD" -j"$(nproc)" > "$BUILD.build.log" 2>&1; then
-    grep -E "error|Error" "$BUILD.build.log" | head -20
-    row "build" FAIL "see $BUILD.build.log"
+  if ! cmake --build "$BUILD" -j"$(nproc)" > "$BUILD/gpu_check.build.log" 2>&1; then
+    grep -E "error|Error" "$BUILD/gpu_check.build.log" | head -20
+    row "build" FAIL "see $BUILD/gpu_check.build.log"
     exit 1
   fi
   row "build" ok "$BUILD in $(( $(date +%s) - START )) s"
