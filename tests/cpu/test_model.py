@@ -203,3 +203,18 @@ def test_invalid_tile_names_nearest():
     p, msg = list_params(cfg, 570)
     assert p is None
     assert "nearest valid sizes: 556 and 572" in msg, msg
+
+
+def test_repeated_steps_see_the_same_inputs(tmp_path):
+    """Inputs set once stay valid for every step of a plan (their memory is
+    never lent to another tensor): with a vanishing learning rate every step's
+    loss is the first one's."""
+    cfg = dict(model="unetpp", filters=[4, 8, 16], padding="same", classes=2, norm=True, ds=True)
+    rng = np.random.default_rng(7)
+    rng.normal(size=(2, 1, 32, 32)).astype(np.float32).tofile(tmp_path / "image.bin")
+    rng.integers(0, 2, (2, 1, 32, 32)).astype(np.int32).tofile(tmp_path / "label.bin")
+    r = subprocess.run([MODELTEST] + flags_of(cfg) + ["--tile", "32", "--batch", "2", "--dir", str(tmp_path),
+                                                      "--steps", "3", "--lr", "1e-30"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    losses = [line.split()[0] for line in open(tmp_path / "loss.txt")]
+    assert len(losses) == 4 and len(set(losses)) == 1, losses

@@ -267,6 +267,9 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
         int v = g->inputs[i].value;
         unet_dtype t = g->inputs[i].kind == UNET_INPUT_LABEL ? UNET_I32 : UNET_F32;
         p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], t), 0);
+        /* inputs keep their memory for the whole step: a caller may set them
+         * once and run many steps (benchmarks, inference of one batch) */
+        use(p, p->act[v], end);
         if (has_grad[v]) {
             p->grad[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), p->n_fwd);
             use(p, p->grad[v], end); /* read by the caller after backward */
