@@ -242,7 +242,7 @@ def test_time_limit_signal_saves_requeues_and_resumes(cluster, data, tmp_path):
         assert stopped >= logged()[-1] >= 200
         # a requeued job waits a while before it starts again (BeginTime): start it now, once it is pending
         t = time.time()
-        while time.time() - t < 120 and logged()[-1] < stopped + 500:
+        while time.time() - t < 300 and logged()[-1] < stopped + 500:
             if job_field(cluster, job, "JobState") == "PENDING":
                 subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster["env"],
                                capture_output=True)

@@ -249,17 +249,18 @@ int unet_run_train(unet_config *cfg) {
         double per_head[UNET_MAX_LEVELS];
         loss = unet_plan_loss(plan, per_head);
         /* a signal, or --stop-after: save and stop, resumable with the same --steps */
-        int stop = stop_signal != 0 || (cfg->stop_after > 0 && step + 1 == cfg->stop_after);
+        int signalled = stop_signal != 0;
         if (world > 1) {
             /* the loss of the global batch (the mean of the ranks' means), and a
              * stop signal seen by any rank stops all of them at the same step */
-            double v[2 + UNET_MAX_LEVELS] = {loss, stop};
+            double v[2 + UNET_MAX_LEVELS] = {loss, signalled};
             for (int h = 0; h < s.model.n_heads; h++) v[2 + h] = per_head[h];
             unet_dist_sum_f64(dist, v, 2 + s.model.n_heads);
-            loss = v[0] / world, stop = v[1] > 0;
+            loss = v[0] / world, signalled = v[1] > 0;
             for (int h = 0; h < s.model.n_heads; h++) per_head[h] = v[2 + h] / world;
             all_ranks_failed = 1; /* a divergence below is every rank's */
         }
+        int stop = signalled || (cfg->stop_after > 0 && step + 1 == cfg->stop_after);
         if (!isfinite(loss)) {
             snprintf(err, sizeof err, "the loss became %g at step %ld: the run diverged (lower --lr, now %g)", loss,
                      step + 1, (double)cfg->optim.lr);
@@ -327,6 +328,8 @@ int unet_run_train(unet_config *cfg) {
             char why[64];
             if (stop_signal)
                 snprintf(why, sizeof why, "stopped by signal %d", (int)stop_signal);
+            else if (signalled)
+                snprintf(why, sizeof why, "stopped by signal (on another rank)");
             else
                 snprintf(why, sizeof why, "stopped after step %ld (--stop-after)", done);
             if (!path[0]) {
