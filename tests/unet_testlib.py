@@ -82,3 +82,21 @@ def assert_close(a, ref, tol=1e-5, what=""):
 
 def rng(seed):
     return np.random.default_rng(seed)
+
+
+def gpu_listed():
+    """An NVIDIA GPU is listed by nvidia-smi (UNET_FORCE_GPU_TESTS=1 says yes
+    regardless: an emulator, or a machine whose nvidia-smi is elsewhere)."""
+    if os.environ.get("UNET_FORCE_GPU_TESTS", "0") not in ("", "0"):
+        return True
+    try:
+        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0 and "GPU" in r.stdout
+
+
+def requires_gpu(what):
+    """A pytestmark that skips a GPU test file, saying what it would have run."""
+    import pytest
+    return pytest.mark.skipif(not gpu_listed(), reason=f"no NVIDIA GPU here (nvidia-smi -L lists none): {what}")

@@ -147,7 +147,6 @@ def run_case(cfg, seed, tile_start, batch=2, weight_map=False):
         assert_close(ours, ref, 2e-4, f"grad {name}")
     if state_out is not None:
         sd = net.state_dict_flat()
-        soff = 0
         for name, kind, off, count, dims in params:
             if kind == "state":
                 assert_close(state_out[off:off + count], sd[name].numpy().ravel(), 1e-5, name)

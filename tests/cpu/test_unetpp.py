@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from reference_model import GridNet
 from test_checkpoint import read_st
 from test_model import flags_of, list_params, reference, run_case, valid_tile
 from unet_testlib import BUILD, assert_close

@@ -13,29 +13,19 @@ Every output starts as NaN (unet_optest poisons it), so an unwritten element
 fails. UNET_CUDNN_LOG=1 is set so that a failing unet_optest run shows, in the
 error, the cuDNN engine chosen (or the fallback taken) for each plan."""
 import os
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from unet_testlib import assert_close, rng, run_op
+from unet_testlib import assert_close, rng, run_op, requires_gpu
 
 FP32_TOL = 1e-5
 TF32_TOL = 2e-3
 
 
-def _gpu_listed():
-    try:
-        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0 and "GPU" in r.stdout
-
-
-pytestmark = pytest.mark.skipif(not _gpu_listed(), reason="no NVIDIA GPU here (nvidia-smi -L lists none): "
-                                "the CUDA conv twins run on a GPU machine")
+pytestmark = requires_gpu("the CUDA conv twins run on a GPU machine")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,21 +17,12 @@ import h5py
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD
+from unet_testlib import BUILD, requires_gpu
 
 UNET = os.path.join(BUILD, "unet")
 
 
-def _gpu_listed():
-    try:
-        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0 and "GPU" in r.stdout
-
-
-pytestmark = pytest.mark.skipif(not _gpu_listed(), reason="no NVIDIA GPU here (nvidia-smi -L lists none): the NCCL "
-                                "test runs on a GPU machine")
+pytestmark = requires_gpu("the NCCL test runs on a GPU machine")
 
 LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS")
 

@@ -33,24 +33,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unet_testlib import BUILD, assert_close, rng, run_op
+from unet_testlib import BUILD, assert_close, rng, run_op, requires_gpu
 
 TOL = 1e-5
 TWIN_TOL = 1e-6
 
 
-def _gpu_listed():
-    if os.environ.get("UNET_FORCE_GPU_TESTS", "0") not in ("", "0"):
-        return True
-    try:
-        r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0 and "GPU" in r.stdout
-
-
-pytestmark = pytest.mark.skipif(not _gpu_listed(), reason="no NVIDIA GPU here (nvidia-smi -L lists none): "
-                                "the CUDA kernel twins run on a GPU machine")
+pytestmark = requires_gpu("the CUDA kernel twins run on a GPU machine")
 
 
 @pytest.fixture(scope="module", autouse=True)

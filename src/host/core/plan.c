@@ -405,6 +405,10 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
     for (size_t i = 0; i < max_hw; i++) p->ones[i] = 1.0f;
     /* Gradients of parameters whose node runs no backward stay zero. */
     if (cfg.training && pb->grads) b->memset0(b, pb->grads, pb->n_trainable * sizeof(float));
+    goto done;
+fail:
+    unet_plan_free(p);
+    p = NULL;
 done:
     free(fwd_step);
     free(fwd_nodes);
@@ -414,16 +418,6 @@ done:
     free(has_grad);
     free(written);
     return p;
-fail:
-    free(fwd_step);
-    free(fwd_nodes);
-    free(bwd_step);
-    free(bwd_nodes);
-    free(requires);
-    free(has_grad);
-    free(written);
-    unet_plan_free(p);
-    return NULL;
 }
 
 void unet_plan_free(unet_plan *p) {

@@ -5,6 +5,7 @@
 
 #include <json-c/json.h>
 
+#include "host/train/session.h"
 #include "unet/backend.h"
 #include "unet/checkpoint.h"
 #include "unet/model.h"
@@ -219,20 +220,13 @@ static int run_match(const unet_config *cfg) {
 
 /* --checkpoint: the model of a checkpoint, explicit flags over it. */
 static int model_from_checkpoint(unet_config *cfg, char *err, size_t errlen) {
-    unet_checkpoint_meta meta;
-    if (unet_checkpoint_read_meta(cfg->checkpoint, &meta, err, errlen)) return -1;
-    if (!meta.config_json) {
+    unet_config saved;
+    int rc = unet_checkpoint_config(cfg->checkpoint, &saved, NULL, err, errlen);
+    if (rc == 0)
         snprintf(err, errlen, "%s has no unet.config metadata: describe the model with flags instead of --checkpoint",
                  cfg->checkpoint);
-        return -1;
-    }
-    unet_config saved;
-    unet_config_defaults(&saved);
-    int rc = unet_config_from_json(&saved, meta.config_json, err, errlen);
-    unet_checkpoint_meta_free(&meta);
-    if (rc) return -1;
-    unet_config_merge(cfg, &saved, UNET_GROUP_MODEL);
-    if (!unet_config_is_set(cfg, "tile")) cfg->tile = saved.tile;
+    if (rc != 1) return -1;
+    unet_config_take_model(cfg, &saved);
     return 0;
 }
 

@@ -18,17 +18,12 @@ static int open_model(unet_config *cfg, unet_session *s, unet_plan **plan, unet_
         snprintf(err, errlen, "needs --checkpoint FILE.safetensors (written by unet train --save)");
         return -1;
     }
-    unet_checkpoint_meta meta;
-    if (unet_checkpoint_read_meta(cfg->checkpoint, &meta, err, errlen)) return -1;
     int file_depth = 0; /* a checkpoint written by unet prune holds the pruned network alone */
-    if (meta.config_json) {
-        unet_config saved;
-        unet_config_defaults(&saved);
-        int rc = unet_config_from_json(&saved, meta.config_json, err, errlen);
-        unet_checkpoint_meta_free(&meta);
-        if (rc) return -1;
-        unet_config_merge(cfg, &saved, UNET_GROUP_MODEL);
-        if (!unet_config_is_set(cfg, "tile")) cfg->tile = saved.tile;
+    unet_config saved;
+    int rc = unet_checkpoint_config(cfg->checkpoint, &saved, NULL, err, errlen);
+    if (rc < 0) return -1;
+    if (rc == 1) {
+        unet_config_take_model(cfg, &saved);
         file_depth = saved.model.prune_depth;
     }
     const int depth_given = unet_config_is_set(cfg, "depth");

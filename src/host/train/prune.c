@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "host/train/session.h"
 #include "unet/checkpoint.h"
 #include "unet/train.h"
 
@@ -16,7 +17,7 @@ int unet_run_prune(unet_config *cfg) {
     unet_model pruned = {0}, full = {0};
     float *params = NULL, *state = NULL;
     char *json = NULL;
-    unet_checkpoint_meta meta = {0};
+    long step = 0;
     unet_config saved;
     unet_config_defaults(&saved);
     const int depth = cfg->model.prune_depth;
@@ -26,13 +27,11 @@ int unet_run_prune(unet_config *cfg) {
                                   "(D >= 1: keep the nodes with i + j <= D and head D)");
         goto fail;
     }
-    if (unet_checkpoint_read_meta(cfg->checkpoint, &meta, err, sizeof err)) goto fail;
-    if (!meta.config_json) {
+    int rc = unet_checkpoint_config(cfg->checkpoint, &saved, &step, err, sizeof err);
+    if (rc == 0)
         snprintf(err, sizeof err, "%s has no unet.config metadata: prune needs the model it was trained as "
                                   "(a checkpoint written by unet train)", cfg->checkpoint);
-        goto fail;
-    }
-    if (unet_config_from_json(&saved, meta.config_json, err, sizeof err)) goto fail;
+    if (rc != 1) goto fail;
     const int levels_deep = saved.model.prune_depth ? saved.model.prune_depth : saved.model.levels - 1;
     if (depth > levels_deep) {
         snprintf(err, sizeof err, "--depth %d is deeper than the network of %s (depth %d): use 1..%d", depth,
@@ -56,7 +55,7 @@ int unet_run_prune(unet_config *cfg) {
     /* every tensor of the pruned graph is in the full checkpoint; the rest of the file is left behind */
     if (unet_checkpoint_load_weights(cfg->checkpoint, g, params, state, err, sizeof err)) goto fail;
     json = unet_config_to_json(&saved, 0);
-    if (unet_checkpoint_save(cfg->output, g, params, state, NULL, NULL, meta.step, json, err, sizeof err)) goto fail;
+    if (unet_checkpoint_save(cfg->output, g, params, state, NULL, NULL, step, json, err, sizeof err)) goto fail;
     size_t n = unet_graph_trainable_params(g), n_full = unet_graph_trainable_params(full.graph);
     printf("wrote %s: %s pruned to depth %d, %zu of %zu parameters (%.1f%%)\n", cfg->output,
            unet_model_kind_name(saved.model.kind), depth, n, n_full, 100.0 * (double)n / (double)n_full);
@@ -65,7 +64,6 @@ int unet_run_prune(unet_config *cfg) {
 fail:
     fprintf(stderr, "unet prune: %s\n", err);
 done:
-    unet_checkpoint_meta_free(&meta);
     unet_model_free(&pruned);
     unet_model_free(&full);
     free(params);

@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include "host/train/session.h"
+#include "unet/checkpoint.h"
 
 const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size_t desclen, char *err, size_t errlen) {
     if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
@@ -110,4 +111,20 @@ int unet_evaluate_view(unet_plan *plan, const unet_tiling *t, const unet_data_vi
     free(pred);
     for (int h = 0; h < n_heads; h++) free(logits[h]);
     return rc;
+}
+
+int unet_checkpoint_config(const char *path, unet_config *saved, long *step, char *err, size_t errlen) {
+    unet_checkpoint_meta meta;
+    if (unet_checkpoint_read_meta(path, &meta, err, errlen)) return -1;
+    if (step) *step = meta.step;
+    if (!meta.config_json) return 0;
+    unet_config_defaults(saved);
+    int rc = unet_config_from_json(saved, meta.config_json, err, errlen);
+    unet_checkpoint_meta_free(&meta);
+    return rc ? -1 : 1;
+}
+
+void unet_config_take_model(unet_config *cfg, const unet_config *saved) {
+    unet_config_merge(cfg, saved, UNET_GROUP_MODEL);
+    if (!unet_config_is_set(cfg, "tile")) cfg->tile = saved->tile;
 }

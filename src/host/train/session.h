@@ -27,6 +27,14 @@ void unet_session_upload(unet_session *s);   /* host copies -> backend */
 void unet_session_download(unet_session *s); /* backend -> host copies */
 void unet_session_free(unet_session *s);
 
+/* The configuration a checkpoint was trained with: 1 with *saved filled
+ * (and *step when not NULL), 0 when the file has no unet.config metadata
+ * (weights written by PyTorch, say), -1 with a message. */
+int unet_checkpoint_config(const char *path, unet_config *saved, long *step, char *err, size_t errlen);
+/* Takes the model (and the tile) of a checkpoint's configuration where the
+ * command line did not set them. */
+void unet_config_take_model(unet_config *cfg, const unet_config *saved);
+
 /* Poolings in the (pruned) network: tiles of overlap-tile prediction align to 2^this. */
 int unet_pool_levels(const unet_model_cfg *m);
 
