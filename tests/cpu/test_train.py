@@ -68,7 +68,7 @@ def test_training_learns_and_validates(data, tmp_path):
     assert abs(ev["iou"] - vals[-1]["val_iou"]) < 1e-6
     # predict writes probabilities that sum to one and labels that are their argmax
     out = tmp_path / "p.h5"
-    run("predict", "--checkpoint", tmp_path / "c.safetensors", "--input", data / "val.h5", "--output", out)
+    run("predict", "--checkpoint", tmp_path / "c.safetensors", "--input", data / "val.h5", "-o", out)
     with h5py.File(out, "r") as f, h5py.File(data / "val.h5", "r") as g:
         prob, pred = f["prob"][()], f["pred"][()]
         assert prob.shape == (1, 2) + g["raw"].shape[1:]
@@ -165,3 +165,13 @@ def test_interrupted_run_saves_and_resumes(data, tmp_path):
     assert "--resume" in err
     _, meta = tensors(ck)
     assert int(meta["unet.step"]) >= 1
+
+
+def test_data_split_takes_the_share_as_val(data, tmp_path):
+    import shutil
+    src = tmp_path / "d.h5"
+    shutil.copy(data / "train.h5", src)
+    run("data", "split", src, "--val", "0.25", "--seed", 3)
+    with h5py.File(tmp_path / "d-train.h5", "r") as a, h5py.File(tmp_path / "d-val.h5", "r") as b:
+        assert a["raw"].shape[0] == 3 and b["raw"].shape[0] == 1
+    user_error(run("data", "split", src, "--val", "half", check=False), "--val", "half")

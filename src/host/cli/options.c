@@ -239,7 +239,8 @@ static const option options[] = {
     {"masks", OPT_STRING, F(masks), .meta = "DIR", .commands = UNET_CMD_DATA_IMPORT, .group = G_DATA,
      .help = "folder of masks named like the images: two values (a binary mask) give label = mask > 0; more give "
              "instances = mask and label = mask > 0"},
-    {"val", OPT_STRING, F(val), .meta = "V.h5", .commands = TRAIN, .group = G_DATA, .help = "validation dataset"},
+    {"val", OPT_STRING, F(val), .meta = "V.h5", .commands = TRAIN | UNET_CMD_DATA_SPLIT, .group = G_DATA,
+     .help = "train: the validation dataset; data split: the share of images to hold out (as --val-fraction)"},
     {"input", OPT_STRING, F(input), .meta = "D.h5", .commands = PREDICT, .group = G_DATA,
      .help = "HDF5 dataset to predict (raw)"},
     {"raw-key", OPT_STRING, F(raw_key), .def = "raw", .meta = "NAME", .commands = TRAIN | PREDICT | EVAL | DATA_WEIGHTS,
@@ -261,7 +262,7 @@ static const option options[] = {
      .help = "write the checkpoint here (atomically)"},
     {"output", OPT_STRING, F(output), .meta = "FILE", .commands = PREDICT | PRUNE | UNET_CMD_DATA_IMPORT,
      .group = G_OUTPUT,
-     .help = "predict: write prob (N,K,H,W) float32 and pred (N,H,W) uint8 to this .h5; prune: the pruned "
+     .help = "(or -o FILE) predict: write prob (N,K,H,W) float32 and pred (N,H,W) uint8 to this .h5; prune: the pruned "
              "checkpoint; data import: the dataset"},
     {"out", OPT_STRING, F(out_dir), .meta = "DIR", .commands = COMPARE, .group = G_OUTPUT,
      .help = "write report.md, report.json, the runs' logs and the plots here"},
@@ -807,6 +808,8 @@ int unet_config_parse(unet_config *cfg, const char *subcommand, int argc, char *
             cfg->explicit_set[k] = 1;
             continue;
         }
+        /* the one short option: -o FILE, as in `cc -o` and the issue's `unet data import ... -o D.h5` */
+        if (!strcmp(a, "-o")) a = "--output";
         if (strncmp(a, "--", 2) || !a[2]) {
             if (a[0] == '-' && a[1] && a[1] != '-')
                 fail(err, errlen, "unknown option %s: options are long, --name value (see unet %s --help)", a,

@@ -275,9 +275,19 @@ static int write_split(const char *path, const char *out, hsize_t n, const int *
 
 int unet_run_data_split(unet_config *cfg) {
     char err[1024];
+    if (cfg->val[0]) {
+        /* `unet data split D.h5 --val 0.2`: here --val is the held-out share */
+        char *end;
+        double f = strtod(cfg->val, &end);
+        if (*end || !(f > 0 && f < 1)) {
+            snprintf(err, sizeof err, "data split --val takes the share of images to hold out, in (0, 1), got '%s'",
+                     cfg->val);
+            return fail(err, 2);
+        }
+        cfg->val_fraction = (float)f;
+    }
     if (!cfg->data[0] || !(cfg->val_fraction > 0))
-        return fail("unet data split needs a dataset and a share: unet data split D.h5 --val-fraction 0.2 [--seed S]",
-                    2);
+        return fail("unet data split needs a dataset and a share: unet data split D.h5 --val 0.2 [--seed S]", 2);
     unet_dataset_opts o = dataset_opts(cfg);
     o.label_optional = 1;
     unet_dataset *ds;
