@@ -19,8 +19,8 @@ unet data weights data/nuclei_train.h5 --w0 10 --sigma 5
 # few minutes on two CPU cores learn something; see --help for the rest.
 unet train --data data/nuclei_train.h5 --val data/nuclei_val.h5 \
   --model unet --filters 16,32,64,128,256 --padding valid --tile 284 --batch 4 \
-  --optimizer adam --lr 1e-3 --schedule cosine --steps 600 --augment paper \
-  --seed 1 --log "$out/metrics.jsonl" --log-every 10 --val-every 100 \
+  --optimizer adam --lr 1e-3 --schedule cosine --steps 1200 --augment paper \
+  --seed 1 --log "$out/metrics.jsonl" --log-every 10 --val-every 200 \
   --save "$out/unet.safetensors" "$@"
 
 unet predict --checkpoint "$out/unet.safetensors" --input data/nuclei_val.h5 --output "$out/pred.h5"

@@ -64,7 +64,8 @@ def plot_prediction(pred_path, data_path, out_dir, index=0):
     raw = (raw - raw.min()) / max(raw.max() - raw.min(), 1e-12)
     fg = prob[1] if prob.shape[0] > 1 else prob[0]
     n = 3 if label is not None else 2
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 5))
+    h, w = raw.shape
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 5 * h / w + 0.6))
     axes[0].imshow(raw, cmap="gray")
     axes[0].contour(pred > 0, levels=[0.5], colors="yellow", linewidths=0.7)
     axes[0].set_title("image, predicted boundary")
