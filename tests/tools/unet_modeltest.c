@@ -124,6 +124,8 @@ int main(int argc, char **argv) {
             printf("\n");
             unet_plan_free(plan);
         }
+        unet_param_blocks_free(&pb);
+        unet_model_free(&model);
         return 0;
     }
     float *params = read_bin(dir, "params.bin", nt * 4), *state = read_bin(dir, "state.bin", ns * 4);
@@ -195,5 +197,10 @@ int main(int argc, char **argv) {
     unet_plan_free(plan);
     unet_param_blocks_free(&pb);
     unet_model_free(&model);
+    free(params);
+    free(state);
+    free(image);
+    free(label);
+    free(weight);
     return 0;
 }
