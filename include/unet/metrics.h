@@ -3,7 +3,9 @@
 #ifndef UNET_METRICS_H
 #define UNET_METRICS_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "unet/tensor.h"
 
@@ -43,13 +45,34 @@ void unet_labels_from_probabilities(const float *prob, unet_shape shape, uint8_t
 /* Probabilities in place: softmax over channels, or sigmoid for one class. */
 void unet_probabilities(float *logits, unet_shape shape);
 
+/* The headline figures are those of the foreground: class 1 for one or two
+ * classes, and for K >= 3 the unweighted mean over the classes 1..K-1 of each
+ * class's own figure (the mean of the per-class IoUs, the mean of the
+ * per-class Dice scores, the mean of the per-class Rand errors), so that the
+ * binary figures are the class-1 ones. Background (class 0) is in no mean. A
+ * class absent from both prediction and truth scores IoU and Dice 1. Pixel
+ * accuracy and error count every pixel of every class. */
 typedef struct {
-    double iou, dice, pixel_accuracy;    /* foreground: class 1 for binary, mean over classes 1..K-1 otherwise */
+    int classes;                         /* as in unet_seg_stats: 1 (sigmoid) or K >= 2 */
+    double iou, dice, pixel_accuracy;    /* foreground, as above */
     double iou_class[UNET_MAX_CLASSES], dice_class[UNET_MAX_CLASSES];
     double pixel_error;                  /* 1 - pixel accuracy */
-    /* 1 - mean V_rand (foreground classes as for iou); -1 when no image was scored */
+    /* 1 - mean V_rand over images (foreground classes as for iou); -1 when no image was scored */
     double rand_error, rand_error_class[UNET_MAX_CLASSES];
 } unet_seg_metrics;
 unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s);
+
+/* The foreground classes 1..n: n = 1 for one or two classes, K - 1 otherwise. */
+int unet_seg_metrics_foreground(const unet_seg_metrics *m);
+/* The metrics as members of a JSON object, appended in snprintf's manner
+ * (returns the length written, or that would have been): `, "<prefix>iou": x`
+ * for iou, dice, pixel_accuracy, pixel_error and rand_error, then for each
+ * foreground class c <prefix>iou_class<c>, <prefix>dice_class<c> and
+ * <prefix>rand_error_class<c>. The same keys in `unet eval --json` (prefix
+ * "") and in the validation lines of the training log ("val_"). */
+int unet_seg_metrics_json(char *buf, size_t len, const unet_seg_metrics *m, const char *prefix);
+/* For K >= 3 classes, one line per foreground class:
+ * "<indent>class c: IoU x  Dice y  Rand error z"; nothing for fewer. */
+void unet_seg_metrics_print_classes(FILE *f, const unet_seg_metrics *m, const char *indent);
 
 #endif

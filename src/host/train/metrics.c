@@ -1,6 +1,8 @@
 /* IoU, Dice and pixel accuracy from confusion counts; the Rand score of
  * the ISBI 2012 challenge from segment overlaps. */
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,6 +82,7 @@ void unet_seg_stats_add_labels(unet_seg_stats *s, const uint8_t *pred, const int
 unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s) {
     unet_seg_metrics m;
     memset(&m, 0, sizeof m);
+    m.classes = s->classes;
     int ncls = s->classes == 1 ? 2 : s->classes;
     double iou = 0, dice = 0;
     for (int c = 0; c < ncls && c < UNET_MAX_CLASSES; c++) {
@@ -97,6 +100,7 @@ unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s) {
     m.pixel_accuracy = s->total > 0 ? s->correct / s->total : 0.0;
     m.pixel_error = s->total > 0 ? 1.0 - m.pixel_accuracy : 0.0;
     m.rand_error = -1;
+    for (int c = 1; c < ncls && c < UNET_MAX_CLASSES; c++) m.rand_error_class[c] = -1;
     if (s->rand_images > 0) {
         double sum = 0;
         for (int c = 1; c < ncls && c < UNET_MAX_CLASSES; c++) {
@@ -106,6 +110,39 @@ unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s) {
         m.rand_error = sum / (ncls - 1);
     }
     return m;
+}
+
+int unet_seg_metrics_foreground(const unet_seg_metrics *m) {
+    int n = m->classes <= 2 ? 1 : m->classes - 1;
+    return n < UNET_MAX_CLASSES ? n : UNET_MAX_CLASSES - 1;
+}
+
+/* snprintf at buf + *used, never past len; *used counts what would have been written */
+static void append(char *buf, size_t len, int *used, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    size_t at = (size_t)*used < len ? (size_t)*used : len;
+    int n = vsnprintf(buf ? buf + at : NULL, len - at, fmt, ap);
+    va_end(ap);
+    if (n > 0) *used += n;
+}
+
+int unet_seg_metrics_json(char *buf, size_t len, const unet_seg_metrics *m, const char *prefix) {
+    int used = 0;
+    append(buf, len, &used, ", \"%siou\": %.6f, \"%sdice\": %.6f, \"%spixel_accuracy\": %.6f, \"%spixel_error\": %.6f, "
+                            "\"%srand_error\": %.6f",
+           prefix, m->iou, prefix, m->dice, prefix, m->pixel_accuracy, prefix, m->pixel_error, prefix, m->rand_error);
+    for (int c = 1; c <= unet_seg_metrics_foreground(m); c++)
+        append(buf, len, &used, ", \"%siou_class%d\": %.6f, \"%sdice_class%d\": %.6f, \"%srand_error_class%d\": %.6f",
+               prefix, c, m->iou_class[c], prefix, c, m->dice_class[c], prefix, c, m->rand_error_class[c]);
+    return used;
+}
+
+void unet_seg_metrics_print_classes(FILE *f, const unet_seg_metrics *m, const char *indent) {
+    if (m->classes < 3) return;
+    for (int c = 1; c <= unet_seg_metrics_foreground(m); c++)
+        fprintf(f, "%sclass %d: IoU %.4f  Dice %.4f  Rand error %.4f\n", indent, c, m->iou_class[c], m->dice_class[c],
+                m->rand_error_class[c]);
 }
 
 /* ---- Rand score ---------------------------------------------------------------- */

@@ -99,6 +99,7 @@ static int run(unet_config *cfg, int evaluate) {
     float *raw = NULL, *prob = NULL, *logits[UNET_MAX_LEVELS] = {0};
     int32_t *label = NULL;
     uint8_t *pred = NULL;
+    FILE *log = NULL;
     const char *input = evaluate ? cfg->data : cfg->input;
     if (!input[0]) {
         snprintf(err, sizeof err, "needs %s FILE.h5", evaluate ? "--data" : "--input");
@@ -131,6 +132,11 @@ static int run(unet_config *cfg, int evaluate) {
         if (cfg->mode == UNET_MODE_ACCURATE || h == n_heads - 1) logits[h] = malloc((size_t)K * H * W * sizeof(float));
     if (!raw || !prob || !pred || (evaluate && !label) || !logits[n_heads - 1]) {
         snprintf(err, sizeof err, "out of host memory for %dx%d images", H, W);
+        goto fail;
+    }
+    /* eval --log: the metrics' JSON line is appended (opened now: a bad path fails before the work) */
+    if (evaluate && cfg->log[0] && !(log = fopen(cfg->log, "a"))) {
+        snprintf(err, sizeof err, "cannot write the log %s (is the directory there and writable?)", cfg->log);
         goto fail;
     }
     code = 1;
@@ -166,13 +172,19 @@ static int run(unet_config *cfg, int evaluate) {
         printf("wrote %s: prob (%d, %d, %d, %d), pred (%d, %d, %d)\n", cfg->output, info.n, K, H, W, info.n, H, W);
     } else {
         unet_seg_metrics m = unet_seg_stats_finish(&stats);
-        if (cfg->json)
-            printf("{\"iou\": %.6f, \"dice\": %.6f, \"pixel_accuracy\": %.6f, \"pixel_error\": %.6f, "
-                   "\"rand_error\": %.6f, \"images\": %d}\n",
-                   m.iou, m.dice, m.pixel_accuracy, m.pixel_error, m.rand_error, info.n);
-        else
-            printf("IoU %.4f  Dice %.4f  pixel accuracy %.4f  pixel error %.4f  Rand error %.4f  (%d images)\n", m.iou,
+        /* the headline members first, then per class (include/unet/metrics.h) */
+        char members[16384];
+        unet_seg_metrics_json(members, sizeof members, &m, "");
+        if (log) fprintf(log, "{%s, \"images\": %d}\n", members + 2, info.n);
+        if (cfg->json) {
+            printf("{%s, \"images\": %d}\n", members + 2, info.n);
+        } else {
+            printf("IoU %.4f  Dice %.4f  pixel accuracy %.4f  pixel error %.4f  Rand error %.4f  (%d images", m.iou,
                    m.dice, m.pixel_accuracy, m.pixel_error, m.rand_error, info.n);
+            if (K >= 3) printf("; IoU, Dice and Rand error: means over classes 1..%d", K - 1);
+            printf(")\n");
+            unet_seg_metrics_print_classes(stdout, &m, "  ");
+        }
     }
     code = 0;
     goto done;
@@ -180,6 +192,7 @@ fail:
     fprintf(stderr, "unet: %s\n", err);
 done:
     if (pf) unet_prediction_file_close(pf, 0, err, 0);
+    if (log) fclose(log);
     unet_plan_free(plan);
     unet_session_free(&s);
     if (ds) unet_dataset_close(ds);

@@ -233,7 +233,7 @@ int unet_run_train(unet_config *cfg) {
     double t0 = now_s(), t_log = t0;
     long imgs_since_log = 0;
     double loss = 0;
-    char line[2048];
+    char line[16384]; /* a validation line: per-class metrics of up to 64 classes, per-head of up to 8 heads */
     /* each rank's share of the validation images */
     unet_data_view my_val = val_view;
     if (val_view.ds) {
@@ -306,11 +306,7 @@ int unet_run_train(unet_config *cfg) {
             int n = snprintf(line, sizeof line, "{\"step\": %ld", done);
             for (int h = s.model.n_heads - 1; h >= 0; h--) {
                 unet_seg_metrics m = unet_seg_stats_finish(&stats[h]);
-                if (h == s.model.n_heads - 1)
-                    n += snprintf(line + n, sizeof line - n,
-                                  ", \"val_iou\": %.6f, \"val_dice\": %.6f, \"val_pixel_accuracy\": %.6f, "
-                                  "\"val_pixel_error\": %.6f, \"val_rand_error\": %.6f", m.iou, m.dice,
-                                  m.pixel_accuracy, m.pixel_error, m.rand_error);
+                if (h == s.model.n_heads - 1) n += unet_seg_metrics_json(line + n, sizeof line - n, &m, "val_");
                 if (s.model.n_heads > 1)
                     n += snprintf(line + n, sizeof line - n, ", \"val_iou_head%d\": %.6f, \"val_dice_head%d\": %.6f",
                                   s.model.head_column[h], m.iou, s.model.head_column[h], m.dice);
@@ -318,6 +314,7 @@ int unet_run_train(unet_config *cfg) {
                     if (isatty(2)) fputc('\n', stderr);
                     printf("validation at step %ld: IoU %.4f  Dice %.4f  pixel accuracy %.4f  Rand error %.4f\n",
                            done, m.iou, m.dice, m.pixel_accuracy, m.rand_error);
+                    unet_seg_metrics_print_classes(stdout, &m, "  ");
                 }
             }
             snprintf(line + n, sizeof line - n, "}");
