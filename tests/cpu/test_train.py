@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from test_data_commands import vrand_reference
 from unet_testlib import BUILD, SOURCE
 
 UNET = os.path.join(BUILD, "unet")
@@ -66,6 +67,11 @@ def test_training_learns_and_validates(data, tmp_path):
     r = run("eval", "--checkpoint", tmp_path / "c.safetensors", "--data", data / "val.h5", "--json", "--threads", 1)
     ev = json.loads(r.stdout.strip().splitlines()[-1])
     assert abs(ev["iou"] - vals[-1]["val_iou"]) < 1e-6
+    # two classes: the per-class members are class 1's, the headline; the text has no per-class lines
+    for k in ("iou", "dice", "rand_error"):
+        assert ev[k + "_class1"] == ev[k] and vals[-1]["val_" + k + "_class1"] == vals[-1]["val_" + k]
+    assert "class 1" not in run("eval", "--checkpoint", tmp_path / "c.safetensors", "--data", data / "val.h5",
+                                "--threads", 1).stdout
     # predict writes probabilities that sum to one and labels that are their argmax
     out = tmp_path / "p.h5"
     run("predict", "--checkpoint", tmp_path / "c.safetensors", "--input", data / "val.h5", "-o", out)
@@ -175,3 +181,69 @@ def test_data_split_takes_the_share_as_val(data, tmp_path):
     with h5py.File(tmp_path / "d-train.h5", "r") as a, h5py.File(tmp_path / "d-val.h5", "r") as b:
         assert a["raw"].shape[0] == 3 and b["raw"].shape[0] == 1
     user_error(run("data", "split", src, "--val", "half", check=False), "--val", "half")
+
+
+def blobs(path, n, h, w, k, seed):
+    """Discs of classes 1..k-1 on background 0, each class at its own brightness, with noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    label = np.zeros((n, h, w), np.int32)
+    for i in range(n):
+        for _ in range(9):
+            c, (cy, cx), r = rng.integers(1, k), rng.uniform(6, [h - 6, w - 6]), rng.uniform(4, 11)
+            label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = c
+    raw = (label / (k - 1) + rng.normal(0, 0.1, label.shape)).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        f["raw"], f["label"] = raw, label
+
+
+def metrics_reference(pred, label, k):
+    """IoU, Dice and Rand error of every foreground class, their means, and the pixel error, from hard labels."""
+    out = {"pixel_error": float(np.mean(pred != label))}
+    for c in range(1, k):
+        tp = np.sum((pred == c) & (label == c))
+        fp, fn = np.sum((pred == c) & (label != c)), np.sum((pred != c) & (label == c))
+        out[f"iou_class{c}"] = tp / (tp + fp + fn) if tp + fp + fn else 1.0
+        out[f"dice_class{c}"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        out[f"rand_error_class{c}"] = 1 - np.mean([vrand_reference(p, t, c) for p, t in zip(pred, label)])
+    for m in ("iou", "dice", "rand_error"):
+        out[m] = np.mean([out[f"{m}_class{c}"] for c in range(1, k)])
+    return out
+
+
+def test_metrics_per_class_against_numpy(tmp_path):
+    """Four classes: unet eval --json, its text, and the validation line of unet train --val give IoU, Dice and
+    Rand error of classes 1..3 and their means, and the pixel error, as numpy computes them from the labels that
+    unet predict writes."""
+    k = 4
+    blobs(tmp_path / "train.h5", 4, 96, 96, k, 1)
+    blobs(tmp_path / "val.h5", 2, 72, 88, k, 2)
+    log, ck = tmp_path / "m.jsonl", tmp_path / "c.safetensors"
+    r = run("train", "--data", tmp_path / "train.h5", "--val", tmp_path / "val.h5", "--classes", k, "--filters",
+            "8,16,32", "--padding", "same", "--tile", 48, "--batch", 4, "--threads", 1, "--steps", 40, "--optimizer",
+            "adam", "--lr", "1e-2", "--val-every", 0, "--log", log, "--save", ck)
+    val = [json.loads(line) for line in open(log) if "val_iou" in line][-1]
+    ev = json.loads(run("eval", "--checkpoint", ck, "--data", tmp_path / "val.h5", "--json").stdout.splitlines()[-1])
+    run("predict", "--checkpoint", ck, "--input", tmp_path / "val.h5", "-o", tmp_path / "p.h5")
+    with h5py.File(tmp_path / "p.h5", "r") as f, h5py.File(tmp_path / "val.h5", "r") as g:
+        pred, label = f["pred"][()].astype(np.int32), g["label"][()]
+    ref = metrics_reference(pred, label, k)
+    # a trained model, not a degenerate one: every class found in part
+    assert all(0.2 < ref[f"iou_class{c}"] < 1 for c in range(1, k)), ref
+    assert ev["images"] == 2 and not any(key.endswith("class4") or key.endswith("class0") for key in ev)
+    for key, want in ref.items():
+        assert abs(ev[key] - want) < 1e-6, (key, ev[key], want)
+        assert abs(val["val_" + key] - want) < 1e-6, (key, val["val_" + key], want)
+    assert abs(ev["pixel_accuracy"] - (1 - ref["pixel_error"])) < 1e-6
+    # text: the headline says what it means, then one line per class; training prints the same lines
+    text = run("eval", "--checkpoint", ck, "--data", tmp_path / "val.h5").stdout.splitlines()
+    head = [ln for ln in text if ln.startswith("IoU")]
+    assert len(head) == 1 and "means over classes 1..3" in head[0] and f"IoU {ref['iou']:.4f}" in head[0]
+    rows = [ln.strip() for ln in text if ln.strip().startswith("class ")]
+    want = [f"class {c}: IoU {ref[f'iou_class{c}']:.4f}  Dice {ref[f'dice_class{c}']:.4f}  "
+            f"Rand error {ref[f'rand_error_class{c}']:.4f}" for c in range(1, k)]
+    assert rows == want
+    assert [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("class ")] == want
+    # eval --log appends the --json line
+    run("eval", "--checkpoint", ck, "--data", tmp_path / "val.h5", "--log", tmp_path / "e.jsonl")
+    assert json.loads(open(tmp_path / "e.jsonl").read()) == ev

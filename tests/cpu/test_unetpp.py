@@ -424,6 +424,9 @@ def test_compare_writes_a_consistent_report(tmp_path):
             vals = [x for x in lines if "val_iou" in x]
             assert [x["step"] for x in vals] == [2, 4]
             assert vals[-1]["val_iou"] in m["val_iou"]["runs"]
+            for key in ("val_pixel_error", "val_rand_error", "val_iou_class1", "val_dice_class1"):
+                assert vals[-1][key] in m[key]["runs"], key
+        assert m["val_iou_class1"] == m["val_iou"] and "val_iou_class2" not in m  # one class: class 1 is the headline
         assert m["flops_per_image"] > 0 and m["train_images_per_s"] > 0 and m["train_activation_bytes"] > 0
     # depth L pruned is the full network's deepest head, through the same evaluation
     assert [p["depth"] for p in pp["pruning"]] == [1, 2]
@@ -432,6 +435,36 @@ def test_compare_writes_a_consistent_report(tmp_path):
     assert not [f for f in os.listdir(os.path.join(out, "runs")) if f.endswith(".safetensors")]
     md = open(os.path.join(out, "report.md")).read()
     assert "| UNet++ (DS) |" in md and "| UNet++ | L1 |" in md and "wide U-Net" in md
+    assert "Val Rand error" in md and "Per class" not in md
     r = subprocess.run([UNET, "compare", "--models", "unet,wide_unet", "--data", train, "--val", val, "--out", out],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--match-params" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_compare_reports_every_class(tmp_path):
+    """Three classes: the report gives IoU and Dice of classes 1 and 2 (their mean is the headline), for the
+    models as trained and pruned, and they are the runs' last validations."""
+    rng = np.random.default_rng(4)
+    d = str(tmp_path)
+    train, val = os.path.join(d, "train.h5"), os.path.join(d, "val.h5")
+    for path, n, h, w in ((train, 2, 40, 40), (val, 1, 36, 44)):
+        raw = rng.random((n, h, w)).astype(np.float32)
+        with h5py.File(path, "w") as f:
+            f["raw"], f["label"] = raw, np.digitize(raw, [0.4, 0.7]).astype(np.uint8)
+    out = os.path.join(d, "cmp")
+    ok(UNET, "compare", "--models", "unet,unetpp", "--data", train, "--val", val, "--filters", "2,4,8", "--padding",
+       "same", "--classes", 3, "--deep-supervision", "--tile", 32, "--batch", 2, "--steps", 3, "--seeds", 1,
+       "--optimizer", "adam", "--lr", "0.01", "--bench-warmup", 1, "--out", out, "--device", "cpu")
+    rep = json.load(open(os.path.join(out, "report.json")))
+    for m in rep["models"]:
+        last = [json.loads(x) for x in open(os.path.join(out, m["logs"][0])) if "val_iou" in x][-1]
+        for key in ("val_iou", "val_dice", "val_pixel_error", "val_rand_error", "val_iou_class1", "val_iou_class2",
+                    "val_dice_class1", "val_dice_class2"):
+            assert m[key]["runs"] == [last[key]], key
+        assert "val_iou_class3" not in m
+        assert m["val_iou"]["mean"] == pytest.approx((last["val_iou_class1"] + last["val_iou_class2"]) / 2, abs=2e-6)
+    pp = rep["models"][1]
+    for key in ("val_iou_class1", "val_dice_class2", "val_rand_error"):
+        assert pp["pruning"][-1][key]["runs"] == pytest.approx(pp[key]["runs"], abs=1e-6), key
+    md = open(os.path.join(out, "report.md")).read()
+    assert "means over classes 1..2" in md and "| UNet++ L1 | 2 |" in md and "| U-Net | 1 |" in md

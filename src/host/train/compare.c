@@ -55,10 +55,18 @@ static double sd_of(const runs *r) {
     return sqrt(s / (r->n - 1));
 }
 
+/* The validation metrics of the runs (include/unet/metrics.h): the headline
+ * figures, and IoU and Dice of each foreground class c = 1..n_classes. */
+typedef struct {
+    runs iou, dice, pixel_error, rand_error;
+    runs iou_class[UNET_MAX_CLASSES], dice_class[UNET_MAX_CLASSES]; /* [c] */
+    int n_classes;
+} val_runs;
+
 typedef struct {
     size_t params;
     double flops, infer_ms; /* forward FLOPs per image, ms per tile of inference */
-    runs iou, dice;
+    val_runs val;
 } depth_result;
 
 typedef struct {
@@ -68,7 +76,7 @@ typedef struct {
     size_t params;
     double flops, train_images_per_s, infer_ms;
     size_t train_activation_bytes;
-    runs iou, dice;
+    val_runs val;
     depth_result depth[UNET_MAX_LEVELS + 1]; /* [d], d = 1..pruned_depths */
 } model_result;
 
@@ -173,34 +181,83 @@ static int alloc_runs(runs *r, int seeds) {
     return r->v ? 0 : -1;
 }
 
-static void free_result(model_result *m) {
-    free(m->iou.v);
-    free(m->dice.v);
-    for (int d = 0; d <= UNET_MAX_LEVELS; d++) {
-        free(m->depth[d].iou.v);
-        free(m->depth[d].dice.v);
+static int alloc_val_runs(val_runs *r, int classes, int seeds) {
+    unet_seg_metrics m = {.classes = classes};
+    r->n_classes = unet_seg_metrics_foreground(&m);
+    int bad = alloc_runs(&r->iou, seeds) || alloc_runs(&r->dice, seeds) || alloc_runs(&r->pixel_error, seeds) ||
+              alloc_runs(&r->rand_error, seeds);
+    for (int c = 1; c <= r->n_classes; c++)
+        bad |= alloc_runs(&r->iou_class[c], seeds) || alloc_runs(&r->dice_class[c], seeds);
+    return bad ? -1 : 0;
+}
+
+static void free_val_runs(val_runs *r) {
+    free(r->iou.v);
+    free(r->dice.v);
+    free(r->pixel_error.v);
+    free(r->rand_error.v);
+    for (int c = 0; c < UNET_MAX_CLASSES; c++) {
+        free(r->iou_class[c].v);
+        free(r->dice_class[c].v);
     }
 }
 
-/* The last validation of a run's log, and the step it was taken at. */
-static int last_validation(const char *log, double *iou, double *dice, long *step, char *err, size_t errlen) {
+/* One run's metrics, appended to every list. */
+static void add_run(val_runs *r, const unet_seg_metrics *m) {
+    r->iou.v[r->iou.n++] = m->iou;
+    r->dice.v[r->dice.n++] = m->dice;
+    r->pixel_error.v[r->pixel_error.n++] = m->pixel_error;
+    r->rand_error.v[r->rand_error.n++] = m->rand_error;
+    for (int c = 1; c <= r->n_classes; c++) {
+        r->iou_class[c].v[r->iou_class[c].n++] = m->iou_class[c];
+        r->dice_class[c].v[r->dice_class[c].n++] = m->dice_class[c];
+    }
+}
+
+static void free_result(model_result *m) {
+    free_val_runs(&m->val);
+    for (int d = 0; d <= UNET_MAX_LEVELS; d++) free_val_runs(&m->depth[d].val);
+}
+
+static double member(json_object *o, const char *key) {
+    json_object *v;
+    return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : NAN;
+}
+
+/* The last validation of a run's log (the members unet_seg_metrics_json
+ * wrote), and the step it was taken at. */
+static int last_validation(const char *log, int classes, unet_seg_metrics *m, long *step, char *err, size_t errlen) {
     FILE *f = fopen(log, "r");
     if (!f) {
         snprintf(err, errlen, "cannot read the run's log %.900s", log);
         return -1;
     }
-    char line[8192];
+    char *line = NULL;
+    size_t cap = 0;
     int found = 0;
-    while (fgets(line, sizeof line, f)) {
+    memset(m, 0, sizeof *m);
+    m->classes = classes;
+    while (getline(&line, &cap, f) > 0) {
         json_object *o = json_tokener_parse(line), *v;
         if (o && json_object_object_get_ex(o, "val_iou", &v)) {
-            *iou = json_object_get_double(v);
-            if (json_object_object_get_ex(o, "val_dice", &v)) *dice = json_object_get_double(v);
+            m->iou = json_object_get_double(v);
+            m->dice = member(o, "val_dice");
+            m->pixel_accuracy = member(o, "val_pixel_accuracy");
+            m->pixel_error = member(o, "val_pixel_error");
+            m->rand_error = member(o, "val_rand_error");
+            for (int c = 1; c <= unet_seg_metrics_foreground(m); c++) {
+                char key[64];
+                snprintf(key, sizeof key, "val_iou_class%d", c);
+                m->iou_class[c] = member(o, key);
+                snprintf(key, sizeof key, "val_dice_class%d", c);
+                m->dice_class[c] = member(o, key);
+            }
             if (json_object_object_get_ex(o, "step", &v)) *step = json_object_get_int64(v);
             found = 1;
         }
         json_object_put(o);
     }
+    free(line);
     fclose(f);
     if (!found) snprintf(err, errlen, "the run's log %.900s has no validation", log);
     return found ? 0 : -1;
@@ -232,10 +289,10 @@ static void close_validation(val_data *v) {
     if (v->val_ds) unet_dataset_close(v->val_ds);
 }
 
-/* IoU and Dice of a checkpoint's network pruned to `depth` (head d alone),
+/* The metrics of a checkpoint's network pruned to `depth` (head d alone),
  * over whole validation images as `unet eval --mode fast --depth d` sees them. */
 static int evaluate_pruned(const unet_config *cfg, const unet_model_cfg *full, int depth, const char *checkpoint,
-                           const val_data *v, double *iou, double *dice, char *err, size_t errlen) {
+                           const val_data *v, unet_seg_metrics *m, char *err, size_t errlen) {
     unet_config run = *cfg;
     run.model = *full;
     run.model.prune_depth = depth;
@@ -253,9 +310,7 @@ static int evaluate_pruned(const unet_config *cfg, const unet_model_cfg *full, i
     if (!plan || unet_tiling_init(&t, plan, unet_pool_levels(&run.model), run.overlap, err, errlen)) goto out;
     unet_seg_stats stats;
     if (unet_evaluate_view(plan, &t, &v->view, run.model.classes, &stats, 1, err, errlen)) goto out;
-    unet_seg_metrics m = unet_seg_stats_finish(&stats);
-    *iou = m.iou;
-    *dice = m.dice;
+    *m = unet_seg_stats_finish(&stats);
     rc = 0;
 out:
     unet_plan_free(plan);
@@ -300,6 +355,21 @@ static json_object *runs_json(const runs *r) {
     json_object_object_add(o, "sd", json_object_new_double(sd_of(r)));
     json_object_object_add(o, "runs", a);
     return o;
+}
+
+/* val_iou, val_dice, val_pixel_error, val_rand_error, then val_iou_class<c> and val_dice_class<c>: the keys of the logs. */
+static void val_runs_json(json_object *o, const val_runs *r) {
+    json_object_object_add(o, "val_iou", runs_json(&r->iou));
+    json_object_object_add(o, "val_dice", runs_json(&r->dice));
+    json_object_object_add(o, "val_pixel_error", runs_json(&r->pixel_error));
+    json_object_object_add(o, "val_rand_error", runs_json(&r->rand_error));
+    for (int c = 1; c <= r->n_classes; c++) {
+        char key[64];
+        snprintf(key, sizeof key, "val_iou_class%d", c);
+        json_object_object_add(o, key, runs_json(&r->iou_class[c]));
+        snprintf(key, sizeof key, "val_dice_class%d", c);
+        json_object_object_add(o, key, runs_json(&r->dice_class[c]));
+    }
 }
 
 static json_object *filters_json(const unet_model_cfg *m) {
@@ -382,8 +452,7 @@ static int write_json(const report *r, const char *path, char *err, size_t errle
         json_object_object_add(o, "train_images_per_s", json_object_new_double(m->train_images_per_s));
         json_object_object_add(o, "train_activation_bytes", json_object_new_int64((int64_t)m->train_activation_bytes));
         json_object_object_add(o, "inference_ms_per_tile", json_object_new_double(m->infer_ms));
-        json_object_object_add(o, "val_iou", runs_json(&m->iou));
-        json_object_object_add(o, "val_dice", runs_json(&m->dice));
+        val_runs_json(o, &m->val);
         json_object *logs = json_object_new_array();
         for (int s = 0; s < cfg->seeds; s++) {
             char p[PATH_LEN];
@@ -400,8 +469,7 @@ static int write_json(const report *r, const char *path, char *err, size_t errle
             json_object_object_add(x, "flops_per_image", json_object_new_double(p->flops));
             json_object_object_add(x, "inference_ms_per_tile", json_object_new_double(p->infer_ms));
             json_object_object_add(x, "speedup", json_object_new_double(m->infer_ms / p->infer_ms));
-            json_object_object_add(x, "val_iou", runs_json(&p->iou));
-            json_object_object_add(x, "val_dice", runs_json(&p->dice));
+            val_runs_json(x, &p->val);
             json_object_array_add(depths, x);
         }
         json_object_object_add(o, "pruning", depths);
@@ -456,17 +524,19 @@ static int write_markdown(const report *r, const char *path, int have_plots, cha
                 100.0 * ((double)m->params - (double)r->match_target) / (double)r->match_target);
     }
     fprintf(f, "| Model | Filters | Params | GFLOPs / image | Train images/s | Train activations (MiB) | "
-               "Inference ms / tile | Val IoU | Val Dice |\n");
-    fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+               "Inference ms / tile | Val IoU | Val Dice | Val pixel error | Val Rand error |\n");
+    fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < r->n_models; i++) {
         const model_result *m = &r->models[i];
-        char ft[128], iou[64], dice[64];
+        char ft[128], iou[64], dice[64], pe[64], re[64];
         filters_text(&m->model, ft, sizeof ft);
-        mean_sd_text(&m->iou, iou, sizeof iou);
-        mean_sd_text(&m->dice, dice, sizeof dice);
-        fprintf(f, "| %s%s | %s | %.2fM | %.3f | %.2f | %.1f | %.2f | %s | %s |\n", model_label(m),
+        mean_sd_text(&m->val.iou, iou, sizeof iou);
+        mean_sd_text(&m->val.dice, dice, sizeof dice);
+        mean_sd_text(&m->val.pixel_error, pe, sizeof pe);
+        mean_sd_text(&m->val.rand_error, re, sizeof re);
+        fprintf(f, "| %s%s | %s | %.2fM | %.3f | %.2f | %.1f | %.2f | %s | %s | %s | %s |\n", model_label(m),
                 m->model.deep_supervision ? " (DS)" : "", ft, m->params / 1e6, m->flops / 1e9, m->train_images_per_s,
-                m->train_activation_bytes / 1048576.0, m->infer_ms, iou, dice);
+                m->train_activation_bytes / 1048576.0, m->infer_ms, iou, dice, pe, re);
     }
     int any_pruned = 0;
     for (int i = 0; i < r->n_models; i++) any_pruned |= r->models[i].pruned_depths > 0;
@@ -475,22 +545,46 @@ static int write_markdown(const report *r, const char *path, int have_plots, cha
                    "with i + j <= d and head d alone, evaluated on the whole validation images; times per tile of %d x %d; "
                    "speed-up against the full network as trained (every head computed, as `--mode deepest` and "
                    "`--mode accurate` run it).\n\n", cfg->tile, cfg->tile);
-        fprintf(f, "| Model | Depth | Params | GFLOPs / image | Inference ms / tile | Speed-up | Val IoU | Val Dice |\n");
-        fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|\n");
+        fprintf(f, "| Model | Depth | Params | GFLOPs / image | Inference ms / tile | Speed-up | Val IoU | Val Dice | "
+                   "Val pixel error | Val Rand error |\n");
+        fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (int i = 0; i < r->n_models; i++) {
             const model_result *m = &r->models[i];
             for (int d = 1; d <= m->pruned_depths; d++) {
                 const depth_result *p = &m->depth[d];
-                char iou[64], dice[64];
-                mean_sd_text(&p->iou, iou, sizeof iou);
-                mean_sd_text(&p->dice, dice, sizeof dice);
-                fprintf(f, "| %s | L%d | %.3fM | %.3f | %.2f | %.2fx | %s | %s |\n", model_label(m), d, p->params / 1e6,
-                        p->flops / 1e9, p->infer_ms, m->infer_ms / p->infer_ms, iou, dice);
+                char iou[64], dice[64], pe[64], re[64];
+                mean_sd_text(&p->val.iou, iou, sizeof iou);
+                mean_sd_text(&p->val.dice, dice, sizeof dice);
+                mean_sd_text(&p->val.pixel_error, pe, sizeof pe);
+                mean_sd_text(&p->val.rand_error, re, sizeof re);
+                fprintf(f, "| %s | L%d | %.3fM | %.3f | %.2f | %.2fx | %s | %s | %s | %s |\n", model_label(m), d,
+                        p->params / 1e6, p->flops / 1e9, p->infer_ms, m->infer_ms / p->infer_ms, iou, dice, pe, re);
             }
         }
     }
-    fprintf(f, "\nIoU and Dice: foreground, over whole validation images (overlap-tile prediction), after the last "
-               "step; mean ± sample standard deviation over the seeds. Train images/s and inference times: `unet bench` "
+    if (m0->classes >= 3) {
+        fprintf(f, "\nPer class: IoU and Dice of each foreground class; the Val IoU and Val Dice above are their means "
+                   "over classes 1..%d.\n\n", m0->classes - 1);
+        fprintf(f, "| Model | Class | Val IoU | Val Dice |\n|---|---:|---:|---:|\n");
+        for (int i = 0; i < r->n_models; i++) {
+            const model_result *m = &r->models[i];
+            for (int d = 0; d <= m->pruned_depths; d++) {
+                const val_runs *v = d ? &m->depth[d].val : &m->val;
+                for (int c = 1; c <= v->n_classes; c++) {
+                    char iou[64], dice[64];
+                    mean_sd_text(&v->iou_class[c], iou, sizeof iou);
+                    mean_sd_text(&v->dice_class[c], dice, sizeof dice);
+                    fprintf(f, "| %s%s", model_label(m), m->model.deep_supervision && !d ? " (DS)" : "");
+                    if (d) fprintf(f, " L%d", d);
+                    fprintf(f, " | %d | %s | %s |\n", c, iou, dice);
+                }
+            }
+        }
+    }
+    fprintf(f, "\nIoU and Dice: foreground (class 1, or the mean over classes 1..K-1), over whole validation images "
+               "(overlap-tile prediction), after the last step; pixel error over every pixel; Rand error: the ISBI 2012 "
+               "foreground-restricted V_rand, 1 - its mean over images; mean ± sample standard deviation over the "
+               "seeds. Train images/s and inference times: `unet bench` "
                "code path on random data, the fastest of %d timed steps after %d warm-up. Train activations: the planned memory "
                "arena of a training step at batch %d. Per-run logs: `runs/*.jsonl`; every number above is in "
                "`report.json`.\n", BENCH_STEPS, cfg->bench_warmup, cfg->batch);
@@ -563,9 +657,9 @@ int unet_run_compare(unet_config *cfg) {
     if (parse_models(cfg, models, &n_models, err, sizeof err)) goto fail;
     for (int i = 0; i < n_models; i++) {
         if (unet_model_validate(&models[i].model, err, sizeof err)) goto fail;
-        int bad = alloc_runs(&models[i].iou, cfg->seeds) || alloc_runs(&models[i].dice, cfg->seeds);
+        int bad = alloc_val_runs(&models[i].val, cfg->model.classes, cfg->seeds);
         for (int d = 1; d <= models[i].pruned_depths; d++)
-            bad |= alloc_runs(&models[i].depth[d].iou, cfg->seeds) || alloc_runs(&models[i].depth[d].dice, cfg->seeds);
+            bad |= alloc_val_runs(&models[i].depth[d].val, cfg->model.classes, cfg->seeds);
         if (bad) {
             snprintf(err, sizeof err, "out of host memory");
             goto fail;
@@ -623,22 +717,21 @@ int unet_run_compare(unet_config *cfg) {
                 goto fail;
             }
             long step = 0;
-            double iou = NAN, dice = NAN;
-            if (last_validation(log, &iou, &dice, &step, err, sizeof err)) goto fail;
+            unet_seg_metrics val_m;
+            if (last_validation(log, cfg->model.classes, &val_m, &step, err, sizeof err)) goto fail;
             if (step != cfg->steps) {
                 snprintf(err, sizeof err, "the %.15s run stopped at step %ld of %ld: the comparison is incomplete", m->name,
                          step, cfg->steps);
                 goto fail;
             }
-            m->iou.v[m->iou.n++] = iou;
-            m->dice.v[m->dice.n++] = dice;
+            add_run(&m->val, &val_m);
             for (int d = 1; d <= m->pruned_depths; d++) {
-                depth_result *r = &m->depth[d];
-                if (evaluate_pruned(cfg, &m->model, d, ckpt, &val, &r->iou.v[r->iou.n], &r->dice.v[r->dice.n], err,
-                                    sizeof err))
-                    goto fail;
-                r->iou.n++, r->dice.n++;
-                printf("   pruned to L%d: IoU %.4f  Dice %.4f\n", d, r->iou.v[r->iou.n - 1], r->dice.v[r->dice.n - 1]);
+                unet_seg_metrics pm;
+                if (evaluate_pruned(cfg, &m->model, d, ckpt, &val, &pm, err, sizeof err)) goto fail;
+                add_run(&m->depth[d].val, &pm);
+                printf("   pruned to L%d: IoU %.4f  Dice %.4f  pixel error %.4f  Rand error %.4f\n", d, pm.iou, pm.dice,
+                       pm.pixel_error, pm.rand_error);
+                unet_seg_metrics_print_classes(stdout, &pm, "     ");
             }
             /* the weights served the pruned evaluation; a full comparison would leave gigabytes behind */
             unlink(ckpt);
