@@ -5,7 +5,9 @@
  * elasticdeform package do it: the window is prefiltered once (Unser's
  * recursive filter, mirror boundary as scipy's spline_filter1d), and each
  * output pixel is 4 x 4 taps of the coefficients. The same interpolation
- * turns the coarse displacement grid into a per-pixel field. */
+ * turns the coarse displacement grid into a per-pixel field. That arithmetic
+ * lives in warp_math.h, shared with the CUDA twin (src/kernels/cuda/
+ * augment.cu); this file keeps the loops, the memory and the draws. */
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,6 +16,7 @@
 
 #include "unet/augment.h"
 #include "unet/rng.h"
+#include "host/data/warp_math.h"
 
 #ifndef M_PI
 #define M_PI 3.14159265358979323846
@@ -33,7 +36,7 @@ enum {
     DRAW_GRID = 1 << 8,   /* 2 uniforms per Gaussian, 2 grid^2 Gaussians */
     DRAW_NOISE = 1 << 20, /* 2 uniforms per pixel */
 };
-#define MAX_GRID 64
+#define MAX_GRID UNET_WARP_MAX_GRID
 
 static double uniform(uint64_t key, uint64_t i) { return unet_uniform(key, i); }
 
@@ -212,132 +215,22 @@ void unet_augment_describe(const unet_augment_cfg *c, char *buf, size_t len) {
 #undef ADD
 }
 
-/* ---- cubic B-splines ------------------------------------------------------ */
-
-static const double POLE = -0.267949192431122706; /* sqrt(3) - 2 */
-
-/* Index i folded into [0, n) by mirroring without repeating the edge (period 2n - 2). */
-static inline int fold(int i, int n) {
-    if (n == 1) return 0;
-    int period = 2 * n - 2;
-    i %= period;
-    if (i < 0) i += period;
-    return i < n ? i : period - i;
-}
-
-/* A position mirrored into [0, n - 1], as scipy's mirror mode does. */
-static inline double mirror_position(double c, int n) {
-    if (c >= 0 && c <= n - 1) return c;
-    if (n == 1) return 0;
-    double period = 2.0 * n - 2;
-    c = fmod(c, period);
-    if (c < 0) c += period;
-    return c <= n - 1 ? c : period - c;
-}
-
-/* Cubic B-spline coefficients of a line in place, mirror boundary
- * (scipy.ndimage.spline_filter1d(order=3, mode='mirror')). n >= 2. */
-static void spline_line(double *c, int n, int stride) {
-#define C(i) c[(size_t)(i) * stride]
-    const double z = POLE;
-    for (int i = 0; i < n; i++) C(i) *= 6.0; /* (1 - z)(1 - 1/z) */
-    double zn1 = pow(z, n - 1), zi = z, c0 = C(0) + zn1 * C(n - 1);
-    for (int i = 1; i < n - 1; i++) {
-        c0 += zi * (C(i) + zn1 * C(n - 1 - i));
-        zi *= z;
-        if (fabs(zi) < 1e-17 && fabs(zn1) < 1e-30) break; /* the rest adds below double precision */
-    }
-    C(0) = c0 / (1 - zn1 * zn1);
-    for (int i = 1; i < n; i++) C(i) += z * C(i - 1);
-    C(n - 1) = (z * C(n - 2) + C(n - 1)) * z / (z * z - 1);
-    for (int i = n - 2; i >= 0; i--) C(i) = z * (C(i + 1) - C(i));
-#undef C
-}
-
-/* The same over a float image: rows one at a time in double, columns as
- * whole-row vector operations so memory is walked in order. */
-static void spline_image(float *img, int h, int w, double *line) {
-    for (int y = 0; y < h; y++) {
-        float *r = img + (size_t)y * w;
-        for (int x = 0; x < w; x++) line[x] = r[x];
-        spline_line(line, w, 1);
-        for (int x = 0; x < w; x++) r[x] = (float)line[x];
-    }
-    const double z = POLE, zn1 = pow(z, h - 1);
-#define ROW(y) (img + (size_t)(y) * w)
-    for (int x = 0; x < w; x++) line[x] = 6.0 * ROW(0)[x] + zn1 * 6.0 * ROW(h - 1)[x];
-    double zi = z;
-    for (int y = 1; y < h - 1; y++) {
-        const float *a = ROW(y), *b = ROW(h - 1 - y);
-        for (int x = 0; x < w; x++) line[x] += zi * 6.0 * (a[x] + zn1 * b[x]);
-        zi *= z;
-        if (fabs(zi) < 1e-12 && fabs(zn1) < 1e-30) break; /* below float precision */
-    }
-    for (int x = 0; x < w; x++) ROW(0)[x] = (float)(line[x] / (1 - zn1 * zn1));
-    for (int y = 1; y < h; y++) {
-        float *r = ROW(y);
-        const float *p = ROW(y - 1);
-        for (int x = 0; x < w; x++) r[x] = (float)(6.0 * r[x] + z * p[x]);
-    }
-    {
-        float *r = ROW(h - 1);
-        const float *p = ROW(h - 2);
-        for (int x = 0; x < w; x++) r[x] = (float)((z * p[x] + r[x]) * z / (z * z - 1));
-    }
-    for (int y = h - 2; y >= 0; y--) {
-        float *r = ROW(y);
-        const float *nx = ROW(y + 1);
-        for (int x = 0; x < w; x++) r[x] = (float)(z * (nx[x] - r[x]));
-    }
-#undef ROW
-}
-
-/* Taps of a position already inside [0, n - 1]: first index and weights. */
-static inline int cubic_taps(double c, double *wt) {
-    double f = floor(c), t = c - f, u = 1.0 - t;
-    wt[0] = u * u * u / 6.0;
-    wt[1] = (3.0 * t * t * t - 6.0 * t * t + 4.0) / 6.0;
-    wt[2] = (-3.0 * t * t * t + 3.0 * t * t + 3.0 * t + 1.0) / 6.0;
-    wt[3] = t * t * t / 6.0;
-    return (int)f - 1;
-}
-
-/* Per-position weights over the g grid points of one axis of a T-pixel tile
- * (the 4 taps folded onto the grid): W[t * g + i]. */
-static void grid_weights(int tile, int g, double *W) {
-    memset(W, 0, (size_t)tile * g * sizeof *W);
-    for (int t = 0; t < tile; t++) {
-        double cp = tile > 1 ? (double)(g - 1) * t / (tile - 1) : 0, wt[4];
-        int s = cubic_taps(cp, wt);
-        for (int k = 0; k < 4; k++) W[(size_t)t * g + fold(s + k, g)] += wt[k];
-    }
-}
-
 /* ---- the warp ---------------------------------------------------------------- */
 
-/* The dihedral element: tile pixel (y, x) -> (u, v). */
-static inline void dihedral(int y, int x, int T, int flip_x, int rot90, int *u, int *v) {
-    int a = y, b = flip_x ? T - 1 - x : x;
-    for (int k = 0; k < rot90; k++) {
-        int t = a;
-        a = b, b = T - 1 - t;
-    }
-    *u = a, *v = b;
+/* Every tile pixel: the per-pixel arithmetic is src/host/data/warp_math.h,
+ * shared with the CUDA twin. */
+static void warp_pixels(const unet_warp_map *m) {
+    for (int y = 0; y < m->tile; y++)
+        for (int x = 0; x < m->tile; x++) unet_warp_pixel(m, y, x);
 }
 
-static int copy_dihedral(const unet_warp *w, const unet_augment_args *a) {
-    const int T = a->tile, S = T + 2 * a->context, ctx = a->context;
-    const size_t plane = (size_t)T * T, splane = (size_t)S * S;
-    for (int y = 0; y < T; y++)
-        for (int x = 0; x < T; x++) {
-            int u, v;
-            dihedral(y, x, T, w->flip_x, w->rot90 & 3, &u, &v);
-            size_t s = (size_t)(u + ctx) * S + v + ctx, d = (size_t)y * T + x;
-            for (int c = 0; c < a->channels; c++) a->raw[c * plane + d] = a->src_raw[c * splane + s];
-            a->label[d] = a->src_label[s];
-            a->weight[d] = a->src_weight[s];
-        }
-    return 0;
+/* The B-spline coefficients of a float image, src -> dst (h, w >= 2): rows one
+ * at a time in double, then columns as whole-row vector operations so that
+ * memory is walked in order. */
+static void spline_image(const float *src, float *dst, int h, int w, double *line) {
+    const double zw = pow(UNET_SPLINE_POLE, w - 1);
+    for (int y = 0; y < h; y++) unet_spline_row(src + (size_t)y * w, dst + (size_t)y * w, w, line, 1, zw);
+    unet_spline_columns(dst, h, w, 0, w, line, pow(UNET_SPLINE_POLE, h - 1));
 }
 
 int unet_augment_warp(const unet_warp *w, const unet_augment_args *a, char *err, size_t errlen) {
@@ -347,9 +240,16 @@ int unet_augment_warp(const unet_warp *w, const unet_augment_args *a, char *err,
         snprintf(err, errlen, "augmentation: an elastic grid of %d points per side; it takes 2 to %d", g, MAX_GRID);
         return -1;
     }
-    if (!elastic && w->angle == 0 && w->scale == 1) return copy_dihedral(w, a);
+    unet_warp_map m = {.tile = T, .context = ctx, .channels = C, .flip_x = w->flip_x, .rot90 = w->rot90 & 3,
+                       .src = a->src_raw, .src_label = a->src_label, .src_weight = a->src_weight,
+                       .raw = a->raw, .label = a->label, .weight = a->weight};
+    if (!elastic && w->angle == 0 && w->scale == 1) {
+        m.mode = UNET_WARP_COPY;
+        warp_pixels(&m);
+        return 0;
+    }
 
-    const size_t plane = (size_t)T * T, splane = (size_t)S * S;
+    const size_t splane = (size_t)S * S;
     const int cubic = w->interp == UNET_INTERP_CUBIC;
     float *coef = cubic ? malloc(splane * C * sizeof *coef) : NULL;
     double *line = malloc((size_t)S * sizeof *line);
@@ -360,70 +260,24 @@ int unet_augment_warp(const unet_warp *w, const unet_augment_args *a, char *err,
         snprintf(err, errlen, "augmentation: out of memory for a %d x %d window", S, S);
         return -1;
     }
-    if (cubic) {
-        memcpy(coef, a->src_raw, splane * C * sizeof *coef);
-        for (int c = 0; c < C; c++) spline_image(coef + c * splane, S, S, line);
-    }
-    const float *src = cubic ? coef : a->src_raw;
+    if (cubic)
+        for (int c = 0; c < C; c++) spline_image(a->src_raw + c * splane, coef + c * splane, S, S, line);
     if (elastic) {
         /* coefficients of the displacement grids, then each row u's grid row combined once: Ry[u*g + j] */
         double cy[MAX_GRID * MAX_GRID], cx[MAX_GRID * MAX_GRID];
+        const double zg = pow(UNET_SPLINE_POLE, g - 1);
         memcpy(cy, w->dy, (size_t)g * g * sizeof(double));
         memcpy(cx, w->dx, (size_t)g * g * sizeof(double));
-        for (int i = 0; i < g; i++) spline_line(cy + i * g, g, 1), spline_line(cx + i * g, g, 1);
-        for (int j = 0; j < g; j++) spline_line(cy + j, g, g), spline_line(cx + j, g, g);
-        grid_weights(T, g, W);
-        for (int u = 0; u < T; u++)
-            for (int j = 0; j < g; j++) {
-                double sy = 0, sx = 0;
-                for (int i = 0; i < g; i++) sy += W[(size_t)u * g + i] * cy[i * g + j], sx += W[(size_t)u * g + i] * cx[i * g + j];
-                Ry[(size_t)u * g + j] = sy, Rx[(size_t)u * g + j] = sx;
-            }
+        unet_warp_grid_coefficients(cy, g, zg);
+        unet_warp_grid_coefficients(cx, g, zg);
+        for (int t = 0; t < T; t++) unet_warp_weights_at(t, T, g, W + (size_t)t * g);
+        for (int u = 0; u < T; u++) unet_warp_field_row(W + (size_t)u * g, cy, cx, g, Ry + (size_t)u * g, Rx + (size_t)u * g);
+        m.grid = g, m.W = W, m.Ry = Ry, m.Rx = Rx;
     }
-    const double centre = (T - 1) / 2.0, ca = cos(w->angle) / w->scale, sa = sin(w->angle) / w->scale;
-    for (int y = 0; y < T; y++)
-        for (int x = 0; x < T; x++) {
-            int u, v;
-            dihedral(y, x, T, w->flip_x, w->rot90 & 3, &u, &v);
-            double p = u - centre, q = v - centre;
-            double sy = ctx + centre + ca * p - sa * q, sx = ctx + centre + sa * p + ca * q;
-            if (elastic)
-                for (int j = 0; j < g; j++) {
-                    double wv = W[(size_t)v * g + j];
-                    sy += wv * Ry[(size_t)u * g + j], sx += wv * Rx[(size_t)u * g + j];
-                }
-            sy = mirror_position(sy, S), sx = mirror_position(sx, S);
-            size_t d = (size_t)y * T + x;
-            /* labels and weights: the nearest pixel (scipy order 0 rounds halves up) */
-            size_t near = (size_t)fold((int)floor(sy + 0.5), S) * S + fold((int)floor(sx + 0.5), S);
-            a->label[d] = a->src_label[near];
-            a->weight[d] = a->src_weight[near];
-            if (cubic) {
-                double wy[4], wx[4];
-                int y0 = cubic_taps(sy, wy), x0 = cubic_taps(sx, wx);
-                size_t rows[4];
-                int cols[4];
-                for (int k = 0; k < 4; k++) rows[k] = (size_t)fold(y0 + k, S) * S, cols[k] = fold(x0 + k, S);
-                for (int c = 0; c < C; c++) {
-                    const float *s = src + c * splane;
-                    double acc = 0;
-                    for (int i = 0; i < 4; i++) {
-                        const float *r = s + rows[i];
-                        acc += wy[i] * (wx[0] * r[cols[0]] + wx[1] * r[cols[1]] + wx[2] * r[cols[2]] + wx[3] * r[cols[3]]);
-                    }
-                    a->raw[c * plane + d] = (float)acc;
-                }
-            } else {
-                double fy = floor(sy), fx = floor(sx), ty = sy - fy, tx = sx - fx;
-                size_t r0 = (size_t)fold((int)fy, S) * S, r1 = (size_t)fold((int)fy + 1, S) * S;
-                int c0 = fold((int)fx, S), c1 = fold((int)fx + 1, S);
-                for (int c = 0; c < C; c++) {
-                    const float *s = src + c * splane;
-                    a->raw[c * plane + d] = (float)((1 - ty) * ((1 - tx) * s[r0 + c0] + tx * s[r0 + c1]) +
-                                                    ty * ((1 - tx) * s[r1 + c0] + tx * s[r1 + c1]));
-                }
-            }
-        }
+    m.mode = cubic ? UNET_WARP_CUBIC : UNET_WARP_LINEAR;
+    m.ca = cos(w->angle) / w->scale, m.sa = sin(w->angle) / w->scale;
+    if (cubic) m.src = coef;
+    warp_pixels(&m);
     free(coef), free(line), free(W), free(Ry), free(Rx);
     return 0;
 }
