@@ -80,6 +80,7 @@ typedef struct {
     const char *device;             /* cpu | cuda | cuda:N | auto; see unet_config_device() */
     unet_precision precision;
     int workers, threads;
+    float memory_budget;            /* info: GiB of device memory to plan a run for (0: the CUDA device's free memory) */
 
     /* data parallel (include/unet/dist.h) */
     int dist;                       /* unet_dist_kind: none | mpi | nccl | auto */

@@ -85,7 +85,42 @@ typedef struct {
 } unet_model_info;
 int unet_model_info_get(const unet_model_cfg *m, const struct unet_backend *b, int tile, int batch,
                         unet_model_info *out, char *err, size_t errlen);
-/* Human-readable (with per-node parameter counts) or one JSON object. */
-void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_info *info, int json);
+
+/* What a training run holds on its backend at a batch size, in bytes, from a
+ * plan-only compile (nothing allocated): the parameter blocks (parameters with
+ * the batch norm running statistics, their gradients, and the optimizer's
+ * state: SGD's momentum buffer, or Adam's two moments), the planned arena of
+ * a training step and the workspace its ops asked for. No weight map input:
+ * a dataset with one adds batch x tile^2 x 4 bytes to the arena. */
+typedef struct {
+    int batch;
+    size_t params, grads, optimizer, arena, workspace;
+    size_t total; /* the sum of the five */
+} unet_train_memory;
+int unet_train_memory_get(const unet_model_cfg *m, const struct unet_backend *b, int tile, int batch, int with_adam,
+                          unet_train_memory *out, char *err, size_t errlen);
+/* The largest batch in 1..max_batch whose training memory fits in `budget`
+ * bytes, by plan-only compiles at doubling batch sizes and then bisection;
+ * *out is that batch's memory, out->batch 0 (and *out batch 1's memory) when
+ * not even batch 1 fits. */
+int unet_largest_batch(const unet_model_cfg *m, const struct unet_backend *b, int tile, int with_adam, size_t budget,
+                       int max_batch, unet_train_memory *out, char *err, size_t errlen);
+
+/* unet info's plan of a training run: its memory at --batch, and the largest
+ * batch within a budget. */
+typedef struct {
+    const char *optimizer;     /* its name */
+    const char *layout;        /* the backend whose sizes were planned: "cpu" or "cuda" */
+    const char *note;          /* "", or why the layout is not that of the device asked for */
+    unet_train_memory at_batch;
+    size_t budget;             /* 0: none given and no device to ask */
+    const char *budget_source; /* "--memory-budget", "cuda:N free memory" */
+    unet_train_memory largest; /* .batch 0: not even batch 1 fits */
+    int largest_capped;        /* largest.batch is the most --batch takes: more would fit */
+} unet_run_memory;
+
+/* Human-readable (with per-node parameter counts) or one JSON object; run may be NULL. */
+void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_info *info, const unet_run_memory *run,
+                           int json);
 
 #endif

@@ -1,16 +1,18 @@
 """Whole-model forward and backward of every family member, valid and same
 padding, against the independent PyTorch reference (tests/reference_model.py)
 in float64, through the compiled plan (graph, autodiff, memory plan)."""
+import json
 import os
 import subprocess
 import tempfile
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from reference_model import GridNet, total_loss
-from unet_testlib import BUILD, assert_close
+from unet_testlib import BUILD, assert_close, gpu_listed
 
 MODELTEST = os.path.join(BUILD, "unet_modeltest")
 
@@ -217,3 +219,89 @@ def test_repeated_steps_see_the_same_inputs(tmp_path):
     assert r.returncode == 0, r.stderr
     losses = [line.split()[0] for line in open(tmp_path / "loss.txt")]
     assert len(losses) == 4 and len(set(losses)) == 1, losses
+
+
+# ---- unet info: the memory of a training run, and the largest batch that fits ----------------
+
+UNET = os.path.join(BUILD, "unet")
+GIB = 1 << 30
+
+
+def info(*args):
+    r = subprocess.run([UNET, "info", "--device", "cpu", "--json", *map(str, args)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_info_memory_breakdown(optimizer):
+    small = ["--filters", "8,16,32,64", "--padding", "same", "--tile", 96, "--norm", "batch", "--optimizer", optimizer]
+    runs = [info(*small, "--batch", b) for b in (1, 2, 4, 8)]
+    for d, batch in zip(runs, (1, 2, 4, 8)):
+        m = d["memory"]
+        assert m["batch"] == batch
+        assert m["total"] == m["params"] + m["grads"] + m["optimizer"] + m["arena"] + m["workspace"]
+        # parameter blocks: parameters and the running statistics, gradients, and one (SGD) or two (Adam) buffers
+        assert m["params"] > m["grads"] >= 4 * d["params"]
+        assert m["optimizer"] == (2 if optimizer == "adam" else 1) * m["grads"]
+        assert m["arena"] == d["activation_bytes"] and d["param_bytes"] == m["params"] + m["grads"] + m["optimizer"]
+        assert d["optimizer"] == optimizer and d["memory_layout"] == "cpu"
+        assert d["memory_budget"] is None and d["largest_batch"] is None  # no budget, no device to ask
+    totals = [d["memory"]["total"] for d in runs]
+    assert totals == sorted(set(totals)), totals
+    # the parameter blocks do not grow with the batch; the arena grows in proportion
+    assert len({(d["memory"]["params"], d["memory"]["grads"], d["memory"]["optimizer"]) for d in runs}) == 1
+    arenas = [d["memory"]["arena"] for d in runs]
+    assert 7.5 * arenas[0] < arenas[3] < 8.5 * arenas[0], arenas
+
+
+@pytest.mark.parametrize("flags, budget_gib", [
+    (["--filters", "8,16,32,64", "--padding", "same", "--tile", 128, "--optimizer", "adam"], 0.75),
+    (["--filters", "4,8,16", "--tile", 92, "--norm", "batch"], 0.0625),
+])
+def test_info_largest_batch_fits_and_the_next_does_not(flags, budget_gib):
+    d = info(*flags, "--memory-budget", budget_gib)
+    budget = int(budget_gib * GIB)
+    assert d["memory_budget"] == budget and d["memory_budget_source"] == "--memory-budget"
+    b = d["largest_batch"]
+    assert b > 2 and d["largest_batch_capped"] is False
+    at, above = info(*flags, "--batch", b)["memory"], info(*flags, "--batch", b + 1)["memory"]
+    assert at["total"] <= budget < above["total"], (b, at, above, budget)
+    assert d["largest_batch_memory"] == at
+
+
+def test_info_largest_batch_of_the_original_unet_is_quick():
+    """The paper's U-Net at 572: plan-only compiles at doubling batches then bisection, in a blink."""
+    t = time.time()
+    d = info("--memory-budget", 80)
+    elapsed = time.time() - t
+    assert d["params"] == 31030658 and d["largest_batch"] > 50
+    assert d["largest_batch_memory"]["total"] <= 80 * GIB
+    assert elapsed < 10, elapsed
+    # too small a budget: not even batch 1 fits
+    tiny = info("--memory-budget", 0.5)
+    assert tiny["largest_batch"] == 0 and tiny["largest_batch_memory"] is None
+    text = subprocess.run([UNET, "info", "--device", "cpu", "--memory-budget", "80"], capture_output=True,
+                          text=True).stdout
+    assert f"largest batch  {d['largest_batch']} within 80.00 GiB (--memory-budget)" in text
+    assert "training run batch 1, sgd: parameters" in text and "CPU backend's layout" in text
+
+
+@pytest.mark.parametrize("value, words", [("0", "must be in (0"), ("-1", "must be in (0"), ("abc", "needs a number"),
+                                          ("nan", "needs a number"), ("", "needs a number")])
+def test_info_bad_memory_budget_is_one_line(value, words):
+    r = subprocess.run([UNET, "info", "--memory-budget", value], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not r.stdout, r
+    assert "--memory-budget" in r.stderr and words in r.stderr, r.stderr
+
+
+@pytest.mark.skipif(gpu_listed(), reason="a GPU is here: --device cuda plans with it")
+def test_info_device_cuda_without_a_device():
+    r = subprocess.run([UNET, "info", "--device", "cuda"], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not r.stdout, r
+    assert "no CUDA device" in r.stderr and "--memory-budget" in r.stderr, r.stderr
+    # with a budget it plans a run for the GPU it does not have, with the CPU layout's sizes, and says so
+    d = json.loads(subprocess.run([UNET, "info", "--device", "cuda", "--memory-budget", "40", "--json"],
+                                  capture_output=True, text=True, check=True).stdout)
+    assert d["memory_layout"] == "cpu" and "CPU layout" in d["memory_note"] and d["largest_batch"] > 1

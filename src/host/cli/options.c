@@ -195,8 +195,10 @@ static const option options[] = {
      .group = G_TRAINING,
      .help = "stop after step K of the --steps schedule and save as a signal would (0: run to the end); "
              "--resume with the same --steps continues exactly"},
-    {"optimizer", OPT_ENUM, F(optim.kind), .choices = optimizers, .def = "sgd", .commands = STEPPERS,
-     .group = G_TRAINING, .help = "SGD with momentum, Adam, or AdamW (decoupled weight decay)"},
+    {"optimizer", OPT_ENUM, F(optim.kind), .choices = optimizers, .def = "sgd", .commands = STEPPERS | INFO,
+     .group = G_TRAINING,
+     .help = "SGD with momentum, Adam, or AdamW (decoupled weight decay); info: its state in the memory of a run "
+             "(one buffer for sgd, two for adam)"},
     {"lr", OPT_FLOAT, F(optim.lr), .min = 0, .min_open = 1, .max = NOMAX, .def = "0.01", .meta = "X",
      .commands = STEPPERS, .group = G_TRAINING, .help = "learning rate (peak, after warm-up)"},
     {"momentum", OPT_FLOAT, F(optim.momentum), .min = 0, .max = 1, .max_open = 1, .def = "0.99", .meta = "M",
@@ -295,6 +297,10 @@ static const option options[] = {
      .group = G_DEVICE,
      .help = "data loader threads reading and augmenting the next batches (0: on the training thread); the "
              "batches are the same for any N"},
+    {"memory-budget", OPT_FLOAT, F(memory_budget), .min = 0, .min_open = 1, .max = 1 << 20, .meta = "GiB",
+     .commands = INFO, .group = G_DEVICE, .flags = OPTF_NO_JSON,
+     .help = "device memory to plan for: the largest --batch whose training run fits (default: the CUDA device's "
+             "free memory; for a GPU this machine does not have, the CPU layout's planned sizes)"},
     {"threads", OPT_INT, F(threads), .min = 0, .max = 4096, .def = "0", .meta = "N", .commands = RUNNERS | INFO,
      .group = G_DEVICE, .help = "CPU compute threads (0: all cores)"},
     /* data parallel: rank, world size and local rank come from the launcher (srun, torchrun, mpirun) */

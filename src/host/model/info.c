@@ -8,6 +8,7 @@
 #include "host/train/session.h"
 #include "unet/backend.h"
 #include "unet/checkpoint.h"
+#include "unet/device_memory.h"
 #include "unet/model.h"
 #include "unet/plan.h"
 #include "unet/train.h"
@@ -50,9 +51,153 @@ out:
     return rc;
 }
 
+/* ---- the memory of a training run, and the largest batch that fits ------------------------- */
+
+static int train_memory(const unet_graph *g, const unet_backend *b, int tile, int batch, int with_adam,
+                        unet_train_memory *out, char *err, size_t errlen) {
+    unet_param_blocks pb = {.backend = b};
+    unet_plan_cfg cfg = {.batch = batch, .height = tile, .width = tile, .training = 1, .plan_only = 1};
+    unet_plan *p = unet_plan_compile(g, &pb, cfg, err, errlen);
+    if (!p) return -1;
+    unet_plan_stats st = unet_plan_get_stats(p);
+    unet_plan_free(p);
+    /* the blocks as unet_param_blocks_alloc sizes them (alignment gaps included) */
+    size_t nt = unet_graph_trainable_count(g), ns = unet_graph_state_count(g);
+    memset(out, 0, sizeof *out);
+    out->batch = batch;
+    out->params = (nt + ns) * sizeof(float);
+    out->grads = nt * sizeof(float);
+    out->optimizer = (with_adam ? 2 : 1) * nt * sizeof(float);
+    out->arena = st.arena_bytes;
+    out->workspace = st.workspace_bytes;
+    out->total = out->params + out->grads + out->optimizer + out->arena + out->workspace;
+    return 0;
+}
+
+int unet_train_memory_get(const unet_model_cfg *m, const unet_backend *b, int tile, int batch, int with_adam,
+                          unet_train_memory *out, char *err, size_t errlen) {
+    unet_model model;
+    if (unet_model_build(m, 1, 0, &model, err, errlen)) return -1;
+    int rc = train_memory(model.graph, b, tile, batch, with_adam, out, err, errlen);
+    unet_model_free(&model);
+    return rc;
+}
+
+/* Whether batch fits: 1 (with *at filled), 0, or -1 on an error. A batch
+ * whose extrapolation from batch 1 (the parameter blocks and batch x batch
+ * 1's arena) exceeds the budget by half is not compiled: the arena grows in
+ * proportion to the batch (its lower bound, the bytes alive at the busiest
+ * step, exactly so but for alignment), and a backend need not be asked to
+ * plan tensors far beyond any memory (cuDNN engines for more than 2^31
+ * elements, say). */
+typedef struct {
+    const unet_graph *g;
+    const unet_backend *b;
+    int tile, with_adam;
+    size_t budget;
+    unet_train_memory one;
+} batch_search;
+
+static int batch_fits(const batch_search *s, int batch, unet_train_memory *at, char *err, size_t errlen) {
+    double fixed = (double)(s->one.params + s->one.grads + s->one.optimizer);
+    if (fixed + (double)batch * (double)s->one.arena > 1.5 * (double)s->budget) return 0;
+    unet_train_memory m;
+    if (train_memory(s->g, s->b, s->tile, batch, s->with_adam, &m, err, errlen)) return -1;
+    if (m.total > s->budget) return 0;
+    *at = m;
+    return 1;
+}
+
+int unet_largest_batch(const unet_model_cfg *m, const unet_backend *b, int tile, int with_adam, size_t budget,
+                       int max_batch, unet_train_memory *out, char *err, size_t errlen) {
+    unet_model model;
+    if (unet_model_build(m, 1, 0, &model, err, errlen)) return -1;
+    batch_search s = {.g = model.graph, .b = b, .tile = tile, .with_adam = with_adam, .budget = budget};
+    int rc = train_memory(model.graph, b, tile, 1, with_adam, &s.one, err, errlen);
+    if (rc) goto out;
+    *out = s.one;
+    if (s.one.total > budget) {
+        out->batch = 0;
+        goto out;
+    }
+    /* fits(lo) and not fits(hi) (hi = max_batch + 1: nothing above was asked) */
+    int lo = 1, hi = max_batch + 1;
+    for (long bt = 2; bt <= max_batch; bt *= 2) {
+        int f = batch_fits(&s, (int)bt, out, err, errlen);
+        if (f < 0) goto fail;
+        if (!f) {
+            hi = (int)bt;
+            break;
+        }
+        lo = (int)bt;
+    }
+    while (hi - lo > 1) {
+        int mid = lo + (hi - lo) / 2;
+        unet_train_memory at;
+        int f = batch_fits(&s, mid, &at, err, errlen);
+        if (f < 0) goto fail;
+        if (f) lo = mid, *out = at;
+        else hi = mid;
+    }
+    if (out->batch != lo) rc = train_memory(model.graph, b, tile, lo, with_adam, out, err, errlen);
+    goto out;
+fail:
+    rc = -1;
+out:
+    unet_model_free(&model);
+    return rc;
+}
+
 static double mib(size_t b) { return (double)b / 1048576.0; }
 
-void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_info *in, int json) {
+static double gib(size_t b) { return (double)b / 1073741824.0; }
+
+static json_object *memory_json(const unet_train_memory *t) {
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "batch", json_object_new_int(t->batch));
+    json_object_object_add(o, "params", json_object_new_int64((int64_t)t->params));
+    json_object_object_add(o, "grads", json_object_new_int64((int64_t)t->grads));
+    json_object_object_add(o, "optimizer", json_object_new_int64((int64_t)t->optimizer));
+    json_object_object_add(o, "arena", json_object_new_int64((int64_t)t->arena));
+    json_object_object_add(o, "workspace", json_object_new_int64((int64_t)t->workspace));
+    json_object_object_add(o, "total", json_object_new_int64((int64_t)t->total));
+    return o;
+}
+
+static void run_memory_json(json_object *o, const unet_run_memory *r) {
+    json_object_object_add(o, "optimizer", json_object_new_string(r->optimizer));
+    json_object_object_add(o, "memory", memory_json(&r->at_batch));
+    json_object_object_add(o, "memory_layout", json_object_new_string(r->layout));
+    if (r->note[0]) json_object_object_add(o, "memory_note", json_object_new_string(r->note));
+    json_object_object_add(o, "memory_budget", r->budget ? json_object_new_int64((int64_t)r->budget) : NULL);
+    json_object_object_add(o, "memory_budget_source", r->budget ? json_object_new_string(r->budget_source) : NULL);
+    json_object_object_add(o, "largest_batch", r->budget ? json_object_new_int(r->largest.batch) : NULL);
+    json_object_object_add(o, "largest_batch_memory", r->budget && r->largest.batch ? memory_json(&r->largest) : NULL);
+    if (r->budget) json_object_object_add(o, "largest_batch_capped", json_object_new_boolean(r->largest_capped));
+}
+
+static void run_memory_text(FILE *f, const unet_run_memory *r) {
+    const unet_train_memory *t = &r->at_batch;
+    fprintf(f, "training run batch %d, %s: parameters %.1f MiB, gradients %.1f MiB, optimizer %.1f MiB, arena %.1f MiB, "
+               "workspace %.1f MiB; total %.1f MiB (%.2f GiB), planned for the %s layout\n",
+            t->batch, r->optimizer, mib(t->params), mib(t->grads), mib(t->optimizer), mib(t->arena), mib(t->workspace),
+            mib(t->total), gib(t->total), !strcmp(r->layout, "cuda") ? "CUDA backend's" : "CPU backend's");
+    if (r->note[0]) fprintf(f, "             %s\n", r->note);
+    if (!r->budget) {
+        fprintf(f, "largest batch  give --memory-budget GiB (or run on a CUDA device) for the largest batch that fits\n");
+        return;
+    }
+    if (!r->largest.batch)
+        fprintf(f, "largest batch  none: batch 1 takes %.2f GiB, more than the %.2f GiB of %s\n", gib(r->largest.total),
+                gib(r->budget), r->budget_source);
+    else
+        fprintf(f, "largest batch  %d%s within %.2f GiB (%s): it takes %.2f GiB\n", r->largest.batch,
+                r->largest_capped ? " (the most --batch takes)" : "", gib(r->budget), r->budget_source,
+                gib(r->largest.total));
+}
+
+void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_info *in, const unet_run_memory *run,
+                           int json) {
     if (json) {
         json_object *o = json_object_new_object();
         json_object_object_add(o, "model", json_object_new_string(unet_model_kind_name(m->kind)));
@@ -79,6 +224,7 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
         json_object_array_add(valid, json_object_new_int(in->valid_below));
         json_object_array_add(valid, json_object_new_int(in->valid_above));
         json_object_object_add(o, "nearest_valid_tiles", valid);
+        if (run) run_memory_json(o, run);
         fprintf(f, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
         json_object_put(o);
         return;
@@ -112,6 +258,7 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
                "workspace %.1f MiB, parameters+gradients+optimizer %.1f MiB\n",
             in->batch, mib(in->train_activation_bytes), mib(in->unplanned_bytes), mib(in->infer_activation_bytes),
             mib(in->workspace_bytes), mib(in->param_bytes));
+    if (run) run_memory_text(f, run);
 }
 
 int unet_match_target(const unet_config *cfg, size_t *target, unet_model_cfg *reference, char *err, size_t errlen) {
@@ -237,13 +384,68 @@ int unet_run_info(unet_config *cfg) {
         return 2;
     }
     if (cfg->match_params[0]) return run_match(cfg);
-    /* info plans memory; it needs a backend only for its tensor sizes */
-    const unet_backend *b = unet_select_backend(cfg, desc, sizeof desc, err, sizeof err);
+    /* info plans memory; it needs a backend only for its tensor sizes (and a
+     * CUDA device for its free memory). --device cuda without a device plans
+     * with the CPU backend's sizes when there is a budget to plan for. */
+    unet_run_memory run = {.optimizer = unet_config_choice_name("optimizer", (int)cfg->optim.kind), .note = ""};
+    char note[1024] = "", source[160] = "";
+    int cuda = 0, index = -1;
+    const unet_backend *b = NULL;
+    if (!unet_config_device(cfg, &cuda, &index) && cuda == 1) {
+        const char *prec = cfg->precision == UNET_PRECISION_AUTO ? "tf32"
+                                                                  : unet_config_choice_name("precision", cfg->precision);
+        char why[512];
+        b = unet_cuda_backend(index < 0 ? 0 : index, prec, why, sizeof why);
+        if (!b && !(cfg->memory_budget > 0)) {
+            fprintf(stderr, "unet info: --device %s: %s%s%s; to plan a run for a GPU this machine does not have, give "
+                            "--memory-budget GiB\n", cfg->device, strstr(why, "no CUDA device") ? "" : "no CUDA device (",
+                    why, strstr(why, "no CUDA device") ? "" : ")");
+            return 2;
+        }
+        if (!b) {
+            snprintf(note, sizeof note, "no CUDA device here: the planner's sizes for the CPU layout (a CUDA run's "
+                                        "workspace, cuDNN's, differs)");
+            b = unet_cpu_backend();
+        }
+        snprintf(desc, sizeof desc, "%s", cfg->device);
+    } else {
+        b = unet_select_backend(cfg, desc, sizeof desc, err, sizeof err);
+    }
     unet_model_info info;
     if (!b || unet_model_info_get(&cfg->model, b, cfg->tile, cfg->batch, &info, err, sizeof err)) {
         fprintf(stderr, "unet: %s\n", err);
         return 2;
     }
-    unet_model_info_print(stdout, &cfg->model, &info, cfg->json);
+    run.note = note;
+    run.layout = b->name;
+    const int with_adam = cfg->optim.kind != UNET_OPT_SGD;
+    if (unet_train_memory_get(&cfg->model, b, cfg->tile, cfg->batch, with_adam, &run.at_batch, err, sizeof err)) {
+        fprintf(stderr, "unet: %s\n", err);
+        return 2;
+    }
+    info.param_bytes = run.at_batch.params + run.at_batch.grads + run.at_batch.optimizer;
+    if (cfg->memory_budget > 0) {
+        run.budget = (size_t)((double)cfg->memory_budget * 1073741824.0);
+        run.budget_source = "--memory-budget";
+    } else if (!strcmp(b->name, "cuda")) {
+        size_t free_bytes, total_bytes;
+        if (unet_cuda_memory(b, &free_bytes, &total_bytes, err, sizeof err)) {
+            fprintf(stderr, "unet info: %s (give --memory-budget GiB instead)\n", err);
+            return 1;
+        }
+        snprintf(source, sizeof source, "the free memory of %.60s, of %.1f GiB", desc, gib(total_bytes));
+        run.budget = free_bytes;
+        run.budget_source = source;
+    }
+    const int max_batch = 1 << 20; /* the most --batch takes */
+    if (run.budget) {
+        if (unet_largest_batch(&cfg->model, b, cfg->tile, with_adam, run.budget, max_batch, &run.largest, err,
+                               sizeof err)) {
+            fprintf(stderr, "unet: %s\n", err);
+            return 2;
+        }
+        run.largest_capped = run.largest.batch == max_batch;
+    }
+    unet_model_info_print(stdout, &cfg->model, &info, &run, cfg->json);
     return 0;
 }
