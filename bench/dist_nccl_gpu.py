@@ -75,11 +75,26 @@ def make_data(path, n, size):
         f["raw"], f["label"] = raw, label
 
 
-def configs(gpu):
+def configs(gpu, graph_flag, graph_mode):
+    """graph_flag: this unet has --cuda-graph. A step with a communicator runs
+    eagerly, so all three run with --cuda-graph off (the communicator is then
+    the only difference), and the default training (a CUDA graph per step,
+    no communicator) comes last for reference."""
     face = "nccl" if gpu else "mpi"
-    return [dict(name="none", dist="none", bucket_mb=None),
-            dict(name=face, dist=face, bucket_mb=25),
-            dict(name=f"{face}-1bucket", dist=face, bucket_mb=ONE_BUCKET_MB)]
+    extra = ["--cuda-graph", graph_mode] if graph_flag else []
+    out = [dict(name="none", dist="none", bucket_mb=None, extra=extra),
+           dict(name=face, dist=face, bucket_mb=25, extra=extra),
+           dict(name=f"{face}-1bucket", dist=face, bucket_mb=ONE_BUCKET_MB, extra=extra)]
+    if graph_flag and gpu and graph_mode == "off":
+        out.append(dict(name="none-graph", dist="none", bucket_mb=None, extra=["--cuda-graph", "auto"],
+                        note="reference: the default training, a CUDA graph per step; Δ is the graph's, not an "
+                             "allreduce's"))
+    return out
+
+
+def has_flag(unet, flag):
+    r = subprocess.run([unet, "train", "--help"], capture_output=True, text=True)
+    return flag in r.stdout + r.stderr
 
 
 def train_once(a, unet, data, tmp, m, batch, cfg, tag):
@@ -89,6 +104,7 @@ def train_once(a, unet, data, tmp, m, batch, cfg, tag):
            "--val-every", "0", "--log", log, "--dist", cfg["dist"]]
     if cfg["bucket_mb"]:
         cmd += ["--bucket-mb", str(cfg["bucket_mb"])]
+    cmd += cfg["extra"]
     if a.device == "cuda":
         cmd += ["--device", f"cuda:{a.gpu}", "--precision", a.precision, "--workers", "2"]
     else:
@@ -128,7 +144,8 @@ def markdown(rep):
     else:
         L.append(f"# NCCL with one rank on one GPU ({rep['date']}, {dev['name']})\n")
     L.append(f"- Device: {dev['name']}" + (f", driver {dev['driver']}" if dev.get("driver") else "") +
-             f"; engine {rep['engine_git']}; precision {s['precision']}.")
+             f"; engine {rep['engine_git']}; precision {s['precision']}; --cuda-graph of the compared runs: "
+             f"{s.get('cuda_graph')}.")
     L.append(f"- Command: `{rep['command']}`")
     L.append(f"- Model: {rep['model']['desc']}; {rep['model']['params']:,} parameters, gradients "
              f"{rep['model']['grad_bytes'] / 1e6:.1f} MB (fp32) per step.")
@@ -176,6 +193,9 @@ def parse_args(argv):
     ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 100; --quick: 4)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds (default 3; --quick: 2)")
     ap.add_argument("--precision", default="tf32", choices=("fp32", "tf32"))
+    ap.add_argument("--cuda-graph", default="off", choices=("off", "auto"),
+                    help="for the three compared runs, where unet has --cuda-graph (default off: a step with a "
+                         "communicator runs eagerly, so the runs differ in the communicator only)")
     ap.add_argument("--budget", type=float, default=540.0, help="seconds (0: no limit)")
     ap.add_argument("--gpu", type=int, default=0)
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -252,7 +272,9 @@ def main(argv=None):
     print(f"dist_nccl_gpu: {device['name']}; " + ("SMOKE RUN, no GPU figure; " if a.quick else "") +
           f"results: {base + '.{md,json}' if base else 'not written (no --out)'}", flush=True)
     budget = Budget(a.budget)
-    cfgs = configs(gpu)
+    graph_flag = has_flag(unet, "--cuda-graph")
+    rep["settings"]["cuda_graph"] = a.cuda_graph if graph_flag else "not in this unet"
+    cfgs = configs(gpu, graph_flag, a.cuda_graph)
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "train.h5")
         make_data(data, max(8, 2 * max(a.batch_list)), m["tile"])
@@ -282,14 +304,15 @@ def main(argv=None):
             none_ms = statistics.median(x["ms_median"] for x in none) if none else None
             for c in cfgs:
                 row = dict(batch=batch, config=c["name"], dist=c["dist"], bucket_mb=c["bucket_mb"], status="ok",
-                           note="", grad_bytes=m["grad_bytes"])
+                           note=c.get("note", ""), flags=" ".join(c["extra"]), grad_bytes=m["grad_bytes"])
                 rs = runs[c["name"]]
                 if c["name"] in failed and len(rs) < a.repeats:
                     st, why = failed[c["name"]]
                     if not rs:
                         rep["rows"].append(dict(row, status=st, note=why))
                         continue
-                    row["note"] = f"{len(rs)} of {a.repeats} rounds ({st}: {why})"
+                    row["note"] = (row["note"] + "; " if row["note"] else "") + \
+                        f"{len(rs)} of {a.repeats} rounds ({st}: {why})"
                 row["runs"] = rs
                 row["ms_median"] = statistics.median(x["ms_median"] for x in rs)
                 row["ms_p90"] = statistics.median(x["ms_p90"] for x in rs)

@@ -351,7 +351,7 @@ def engine_info(ctx, m):
 def engine_cmd(ctx, m, batch, precision, warmup, steps, inference):
     cmd = [ctx.unet, "bench", "--json", "--device", ctx.engine_device, *m.flags(), "--tile", str(m.tile),
            "--batch", str(batch), "--steps", str(steps), "--bench-warmup", str(warmup), "--optimizer", "adam",
-           "--lr", "1e-4"]
+           "--lr", "1e-4", *ctx.args.engine_args.split()]
     if ctx.gpu:
         cmd += ["--precision", precision]
     else:
@@ -406,6 +406,10 @@ def engine_row(ctx, m, batch, label, precision, inference):
             return dict(row, status=classify_failure(err), note=err, repeats=reps)
         reps.append(out)
     row["repeats"] = reps
+    if "cuda_graph" in reps[0]:  # engines that capture the step say whether the timed steps were graph replays
+        row["cuda_graph"] = reps[0]["cuda_graph"]
+        row["note"] = "CUDA graph replays" if reps[0]["cuda_graph"] else \
+            "eager" + (f" ({reps[0].get('cuda_graph_note')})" if reps[0].get("cuda_graph_note") else "")
     row["ms_median"] = statistics.median(r["ms_median"] for r in reps)
     row["ms_p90"] = statistics.median(r["ms_p90"] for r in reps)
     row["ms_repeat_range"] = [min(r["ms_median"] for r in reps), max(r["ms_median"] for r in reps)]
@@ -900,6 +904,7 @@ def parse_args(argv):
     ap.add_argument("--no-inference", dest="inference", action="store_false", help="no batch-1 inference rows")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--engine-args", default="", help="extra flags for every `unet bench`, e.g. \"--cuda-graph off\"")
     ap.add_argument("--peak-tflops", type=float, default=790.0)
     ap.add_argument("--budget", type=float, default=540.0, help="seconds (0: no limit)")
     ap.add_argument("--gpu", type=int, default=0, help="which GPU (cuda:N)")
@@ -979,7 +984,7 @@ def main(argv=None):
                                     *(sys.argv[1:] if argv is None else argv)]),
                   settings=dict(warmup=a.warmup, steps=a.steps, repeats=a.repeats, max_batch=a.max_batch,
                                 batches=a.batches, budget_s=a.budget, peak_tflops=a.peak_tflops,
-                                threads=None if ctx.gpu else a.threads,
+                                threads=None if ctx.gpu else a.threads, engine_args=a.engine_args,
                                 precisions=a.precision_list, torch_variants=a.torch_variant_list),
                   meets_protocol_minimum=(a.warmup >= 50 and a.steps >= 200 and a.repeats >= 3),
                   models={}, rows=[], largest_batch=[], ratios=[], partial="in progress")

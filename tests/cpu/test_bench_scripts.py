@@ -112,14 +112,19 @@ def test_largest_batch_search():
     assert search(16, 32, 1000) == (16, True, [16])
 
 
-def test_engine_failures_become_rows(tmp_path):
+def test_engine_rows_from_its_answers(tmp_path):
     """bf16, refused by the CUDA backend, is a 'not available' row with the
     engine's words; out of memory is told apart (the largest-batch search
-    stops on it); neither stops the benchmark."""
+    stops on it); neither stops the benchmark; an engine that times CUDA
+    graph replays says so in the row."""
     refusal = ("unet: --device cuda: precision bf16 is not implemented yet in the CUDA backend (it keeps float32 "
                "NCHW activations in this version): use --precision tf32 (tensor cores) or fp32 (use --device cpu)")
+    answer = {"device": "cuda:0 (tf32)", "ms_median": 10.0, "ms_p90": 12.0, "images_per_s": 100.0,
+              "activation_bytes": 2**30, "workspace_bytes": 0, "param_bytes": 2**20, "cuda_graph": True,
+              "cuda_graph_note": ""}
     fake = tmp_path / "unet"
-    fake.write_text(f"#!/bin/sh\necho '{refusal}' >&2\nexit 2\n")
+    fake.write_text("#!/bin/sh\ncase \"$*\" in\n  *'--precision bf16'*) echo '" + refusal + "' >&2; exit 2 ;;\n"
+                    "esac\necho '" + json.dumps(answer) + "'\n")
     fake.chmod(0o755)
     a = train_step_gpu.parse_args(["--build", str(tmp_path), "--device", "cpu", "--quick"])
     ctx = train_step_gpu.Ctx(a)
@@ -127,6 +132,19 @@ def test_engine_failures_become_rows(tmp_path):
     m = train_step_gpu.models(True)[0]
     row = train_step_gpu.engine_row(ctx, m, 1, "1", "bf16", False)
     assert row["status"] == "not available" and row["note"].startswith("--device cuda: precision bf16 is not")
+    row = train_step_gpu.engine_row(ctx, m, 1, "1", "tf32", False)
+    assert row["status"] == "ok" and row["ms_median"] == 10.0 and row["ms_p90"] == 12.0
+    assert row["cuda_graph"] and row["note"] == "CUDA graph replays"
+    assert row["mem_mib"] == 1025.0 and "planned" in row["mem_source"]  # no nvidia-smi here
     assert train_step_gpu.classify_failure("out of cuda memory: the plan needs 81234.0 MiB of activations") == "oom"
     assert train_step_gpu.classify_failure("out of cuda memory for 9041700 parameters and their optimizer") == "oom"
     assert train_step_gpu.classify_failure("cudnn: CUDNN_STATUS_EXECUTION_FAILED in conv") == "error"
+
+
+def test_dist_compares_runs_that_differ_in_the_communicator_only():
+    import dist_nccl_gpu
+    cfgs = dist_nccl_gpu.configs(True, True, "off")
+    assert [c["name"] for c in cfgs] == ["none", "nccl", "nccl-1bucket", "none-graph"]
+    assert all(c["extra"] == ["--cuda-graph", "off"] for c in cfgs[:3]) and cfgs[3]["extra"][-1] == "auto"
+    assert [c["name"] for c in dist_nccl_gpu.configs(True, False, "off")] == ["none", "nccl", "nccl-1bucket"]
+    assert all(c["extra"] == [] for c in dist_nccl_gpu.configs(False, False, "off"))
