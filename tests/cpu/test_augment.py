@@ -239,6 +239,31 @@ def test_draws_depend_on_the_key_only(tmp_path):
     assert not np.array_equal(a[0], c[0])
 
 
+def test_batch_draws_are_the_hooks(tmp_path):
+    """The batch mode of the driver (unet_augment_draw, then unet_augment_warp:
+    the host half of the GPU warp, tests/gpu/test_augment_twin.py) makes the
+    hook's tiles: sample n of a batch is unet_augment_apply with key K + n."""
+    rng = np.random.default_rng(6)
+    specs, tile, c, batch, key = ["paper", "elastic:grid=4:interp=linear,rotate,scale,flip", "flip,rot90"], 37, 2, 4, 90
+    ctx = max(context_of(sp, tile) for sp in specs)
+    s = tile + 2 * ctx
+    raw = np.stack([smooth_image(rng, c, s) for _ in range(batch)])
+    label = np.stack([blobs(rng, s) for _ in range(batch)])
+    weight = rng.random((batch, s, s)).astype(np.float32)
+    write_source(tmp_path, raw, label, weight)
+    run(AUGTEST, "batch", "--device", "cpu", "--spec", ";".join(specs), "--key", key, "--batch", batch, "--tile", tile,
+        "--context", ctx, "--channels", c, "--dir", tmp_path)
+    got = (np.fromfile(tmp_path / "raw.bin", np.float32).reshape(batch, c, tile, tile),
+           np.fromfile(tmp_path / "label.bin", np.int32).reshape(batch, tile, tile),
+           np.fromfile(tmp_path / "weight.bin", np.float32).reshape(batch, tile, tile))
+    for n in range(batch):
+        d = tmp_path / f"sample{n}"
+        d.mkdir()
+        want, _ = apply(d, specs[n % len(specs)], key + n, raw[n], label[n], weight[n], tile, context=ctx)
+        for g, w in zip(got, want):
+            assert g[n].tobytes() == w.tobytes()
+
+
 @pytest.mark.parametrize("spec,message", [
     ("elastc", "unknown augmentation 'elastc'"),
     ("elastic:sigma=-1", "sigma must be a number in"),

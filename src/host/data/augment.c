@@ -309,25 +309,30 @@ static void intensity(const unet_augment_cfg *c, uint64_t key, float *raw, size_
     }
 }
 
-int unet_augment_apply(void *ctx, const unet_augment_args *a, char *err, size_t errlen) {
-    const unet_augment_cfg *c = ctx;
-    const uint64_t key = a->key;
+void unet_augment_draw(const unet_augment_cfg *c, uint64_t key, unet_warp *w, double *grid_values) {
     const int g = c->elastic_grid;
-    double dy[MAX_GRID * MAX_GRID], dx[MAX_GRID * MAX_GRID];
-    unet_warp w = {.grid = g, .scale = 1, .interp = c->interp};
-    if (c->flip) w.flip_x = uniform(key, DRAW_FLIP) < 0.5;
-    if (c->rot90) w.rot90 = (int)(uniform(key, DRAW_ROT90) * 4);
-    if (c->rotate) w.angle = (2 * uniform(key, DRAW_ANGLE) - 1) * c->rotate_degrees * M_PI / 180;
-    if (c->scale) w.scale = 1 + (2 * uniform(key, DRAW_SCALE) - 1) * c->scale_range;
+    *w = (unet_warp){.grid = g, .scale = 1, .interp = c->interp};
+    if (c->flip) w->flip_x = uniform(key, DRAW_FLIP) < 0.5;
+    if (c->rot90) w->rot90 = (int)(uniform(key, DRAW_ROT90) * 4);
+    if (c->rotate) w->angle = (2 * uniform(key, DRAW_ANGLE) - 1) * c->rotate_degrees * M_PI / 180;
+    if (c->scale) w->scale = 1 + (2 * uniform(key, DRAW_SCALE) - 1) * c->scale_range;
     if (c->elastic && c->elastic_sigma > 0) {
+        double *dy = grid_values, *dx = grid_values + g * g;
         for (int i = 0; i < g * g; i++) {
             dy[i] = c->elastic_sigma * gaussian(key, DRAW_GRID, (uint64_t)i);
             dx[i] = c->elastic_sigma * gaussian(key, DRAW_GRID, (uint64_t)(g * g + i));
         }
-        w.dy = dy, w.dx = dx;
+        w->dy = dy, w->dx = dx;
     }
+}
+
+int unet_augment_apply(void *ctx, const unet_augment_args *a, char *err, size_t errlen) {
+    const unet_augment_cfg *c = ctx;
+    double grid_values[2 * MAX_GRID * MAX_GRID];
+    unet_warp w;
+    unet_augment_draw(c, a->key, &w, grid_values);
     if (unet_augment_warp(&w, a, err, errlen)) return -1;
     if (c->gamma || c->brightness || c->contrast || c->noise)
-        intensity(c, key, a->raw, (size_t)a->channels * a->tile * a->tile);
+        intensity(c, a->key, a->raw, (size_t)a->channels * a->tile * a->tile);
     return 0;
 }
