@@ -136,7 +136,9 @@ def loss_diff(a, b):
 def markdown(rep):
     dev, s = rep["device"], rep["settings"]
     L = []
-    if rep["smoke"]:
+    if rep["smoke"] and dev["kind"] == "cuda":
+        L.append(f"# dist_nccl_gpu.py --quick run ({rep['date']}, {dev['name']}): tiny shapes, not the benchmark\n")
+    elif rep["smoke"]:
         L.append(f"# dist_nccl_gpu.py smoke run ({rep['date']}, {dev['name']}): NOT a GPU measurement\n")
         L.append("Tiny shapes, a handful of steps, to exercise the script"
                  + ("; on the CPU the MPI face with one rank stands in for NCCL (which needs the CUDA backend)"
@@ -269,7 +271,8 @@ def main(argv=None):
             with open(base + ".md", "w") as f:
                 f.write(markdown(rep))
 
-    print(f"dist_nccl_gpu: {device['name']}; " + ("SMOKE RUN, no GPU figure; " if a.quick else "") +
+    kind = ("QUICK RUN, not the benchmark; " if gpu else "SMOKE RUN, no GPU figure; ") if a.quick else ""
+    print(f"dist_nccl_gpu: {device['name']}; " + kind +
           f"results: {base + '.{md,json}' if base else 'not written (no --out)'}", flush=True)
     budget = Budget(a.budget)
     graph_flag = has_flag(unet, "--cuda-graph")

@@ -503,8 +503,14 @@ class TorchRun:
         if variant == "compile":
             if not hasattr(torch, "compile"):
                 raise RuntimeError(f"torch.compile is not in PyTorch {torch.__version__}")
-            if ctx.gpu:
+            # one compilation per row: without a reset, the same function compiled for a 9th network or
+            # shape passes dynamo's cache_size_limit (8) and would run eagerly, silently
+            torch._dynamo.reset()
+            if ctx.gpu and not ctx.args.quick:
                 fn = torch.compile(fn, mode="max-autotune")
+            elif ctx.gpu:  # a quick run: minutes of autotuning per shape are not what it is for
+                fn = torch.compile(fn)
+                self.notes.append("--quick: torch.compile default mode")
             else:  # the smoke run: the plumbing, not Inductor's code generation on 2 cores
                 fn = torch.compile(fn, backend="eager")
                 self.notes.append("CPU smoke: torch.compile(backend='eager')")
@@ -737,7 +743,9 @@ def run_all(ctx, ms, report, write):
                 report["largest_batch"].append(info)
             if best == 0:
                 row = dict(model=m.key, side=side, variant=variant, mode="train", batch=0, batch_label="max",
-                           status="oom" if not info["notes"] else "error",
+                           status="oom" if not info["notes"] else
+                           "not available" if all(classify_failure(n) == "not available" for n in info["notes"])
+                           else "error",
                            note="; ".join(info["notes"]) or f"batch {info['tried'][0]} does not fit")
                 rows.append(finish_row(ctx, m, row))
                 write()
@@ -793,10 +801,14 @@ def markdown(report):
     smoke = report["smoke"]
     dev = report["device"]
     L = []
-    if smoke:
+    if smoke and dev["kind"] == "cpu":
         L.append(f"# train_step_gpu.py smoke run ({report['date']}, {dev['name']}): NOT a GPU measurement\n")
         L.append("Tiny shapes and a handful of steps, to exercise the script; no figure here says anything about a "
                  "GPU.\n")
+    elif smoke:
+        L.append(f"# train_step_gpu.py --quick run ({report['date']}, {dev['name']}): not the protocol\n")
+        L.append("Tiny shapes and a handful of steps, to exercise the script on the GPU; not figures of the "
+                 "models or the protocol.\n")
     else:
         L.append(f"# Training step on the GPU, engine vs PyTorch ({report['date']}, {dev['name']})\n")
     L.append(f"- Device: {dev['name']}" + (f", driver {dev['driver']}" if dev.get("driver") else "") +
@@ -1010,7 +1022,8 @@ def main(argv=None):
         with open(base + ".md", "w") as f:
             f.write(markdown(report))
 
-    print(f"train_step_gpu: {device['name']}; " + ("SMOKE RUN, no GPU figure; " if smoke else "") +
+    kind = ("QUICK RUN, not the protocol; " if ctx.gpu else "SMOKE RUN, no GPU figure; ") if smoke else ""
+    print(f"train_step_gpu: {device['name']}; " + kind +
           f"PyTorch: {report['torch']}; results: {base + '.{md,json}' if base else 'not written (no --out)'}",
           flush=True)
     if ctx.torch is not None and ctx.gpu:
