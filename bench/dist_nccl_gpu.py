@@ -27,7 +27,7 @@ ahead of the allreduce, so it is an upper bound of the exposed allreduce,
 not its cost: the difference of the step times is the number to read.
 
     bench/dist_nccl_gpu.py --build DIR [--batches 1,8] [--warmup 20] [--steps 100] [--repeats 3]
-        [--precision tf32] [--gpu 0] [--budget 540] [--out bench/results] [--quick] [--device cpu]
+        [--precision tf32] [--gpu 0] [--budget 480] [--out bench/results] [--quick] [--device cpu]
 
 Writes bench/results/dist_nccl_gpu-<date>-<gpu>.md and .json and prints the
 table. Without a GPU it says so in one line and exits 0. --device cpu --quick
@@ -198,7 +198,7 @@ def parse_args(argv):
     ap.add_argument("--cuda-graph", default="off", choices=("off", "auto"),
                     help="for the three compared runs, where unet has --cuda-graph (default off: a step with a "
                          "communicator runs eagerly, so the runs differ in the communicator only)")
-    ap.add_argument("--budget", type=float, default=540.0, help="seconds (0: no limit)")
+    ap.add_argument("--budget", type=float, default=480.0, help="seconds (0: no limit)")
     ap.add_argument("--gpu", type=int, default=0)
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--quick", action="store_true")
