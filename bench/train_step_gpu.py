@@ -380,6 +380,18 @@ def engine_once(ctx, m, batch, precision, warmup, steps, inference):
     return out, None
 
 
+def engine_predicted_largest(ctx, m, precision):
+    """What `unet info` predicts from its planned memory and the device's free
+    memory (engines that have it; None otherwise), beside the measured one."""
+    cmd = [ctx.unet, "info", "--json", *m.flags(), "--tile", str(m.tile), "--optimizer", "adam", "--device",
+           ctx.engine_device] + (["--precision", precision] if ctx.gpu else [])
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        return json.loads(r.stdout).get("largest_batch") if r.returncode == 0 else None
+    except ValueError:
+        return None
+
+
 def engine_fits(ctx, m, precision):
     notes = []
 
@@ -713,6 +725,8 @@ def resolve_max(ctx, side, m, variant, maxes, rows):
     best, bounded, tried = largest_batch(fits, a.max_batch, start)
     info = dict(model=m.key, side=side, variant=key[2], largest_batch=best, bounded_by_max_batch=bounded,
                 tried=tried, notes=notes, search_s=round(time.monotonic() - t0, 1))
+    if side == "engine":
+        info["predicted_by_unet_info"] = engine_predicted_largest(ctx, m, variant)
     maxes[key] = (best, info)
     return maxes[key]
 
@@ -883,12 +897,13 @@ def markdown(report):
                          f"{r['note'].replace('|', '/')} |")
     if report["largest_batch"]:
         L.append("\n## Largest batch that fits (training)\n")
-        L.append("| model | side | variant | largest batch | batches tried | search s | note |")
-        L.append("|---|---|---|---|---|---|---|")
+        L.append("| model | side | variant | largest batch | `unet info` predicts | batches tried | search s | note |")
+        L.append("|---|---|---|---|---|---|---|---|")
         for x in report["largest_batch"]:
             side = "engine" if x["side"] == "engine" else "PyTorch"
             lb = f"{x['largest_batch']}" + (" (the --max-batch bound)" if x["bounded_by_max_batch"] else "")
-            L.append(f"| {x['model']} | {side} | {x['variant']} | {lb} | {', '.join(map(str, x['tried']))} | "
+            L.append(f"| {x['model']} | {side} | {x['variant']} | {lb} | {fmt(x.get('predicted_by_unet_info'), '')} | "
+                     f"{', '.join(map(str, x['tried']))} | "
                      f"{x['search_s']} | {'; '.join(x['notes']).replace('|', '/')} |")
     if report["ratios"]:
         L.append("\n## Engine / PyTorch (images/s ratio; > 1: the engine is faster)\n")
