@@ -5,7 +5,13 @@
  * unet_op_args; a training step is then a flat walk calling forward and
  * backward functions with their prebuilt args. Nothing is allocated inside a
  * step: scratch memory comes from the plan's workspace, per-node saved data
- * (batch statistics, dropout masks) from the arena as `aux`. */
+ * (batch statistics, dropout masks) from the arena as `aux`.
+ *
+ * Values that change from one step to the next (the dropout seed, the
+ * learning rate, Adam's bias corrections) are never passed by value to the
+ * work a step enqueues: the host writes them into backend memory before the
+ * step and the kernels read them there. The same walk can then be recorded
+ * once (a CUDA graph) and replayed for every later step. */
 #ifndef UNET_BACKEND_H
 #define UNET_BACKEND_H
 
@@ -43,7 +49,9 @@ typedef struct {
     float *state[2];               /* batch norm running mean, running var */
     void *aux;                     /* aux_bytes() of per-node saved data, alive forward to backward */
     void *workspace;               /* workspace_bytes() of scratch, shared by all nodes */
-    const uint64_t *seed;          /* points at the plan's per-step seed (dropout) */
+    /* the plan's per-step seed (dropout), in backend memory: read when the op
+     * runs, not when it is enqueued, so a replayed step uses its own seed */
+    const uint64_t *seed;
     const unet_replica_sum *replica_sum; /* batch norm: statistics over all replicas; NULL: this one's */
 } unet_op_args;
 
@@ -54,6 +62,18 @@ typedef struct {
     size_t (*workspace_bytes)(const unet_op_args *a);
     size_t (*aux_bytes)(const unet_op_args *a);
 } unet_op_impl;
+
+/* The optimizer's values for one step, derived on the host once for every
+ * backend (unet_optim_scalars_at, src/host/train/optim.c). They live in
+ * backend memory (unet_param_blocks.scalars) and the update passes read them
+ * there. */
+typedef struct {
+    float lr;
+    float decay;     /* AdamW: 1 - lr * wd (1 otherwise) */
+    float step_size; /* Adam: lr / (1 - beta1^t) */
+    float bc2_sqrt;  /* Adam: sqrt(1 - beta2^t) */
+    int first;       /* SGD: 1 on step 0, where the momentum buffer starts as the gradient */
+} unet_optim_scalars;
 
 struct unet_backend {
     const char *name; /* "cpu", "cuda" */
@@ -70,15 +90,20 @@ struct unet_backend {
     /* Plain float arrays (parameter blocks) in both directions. */
     void (*upload_f32)(const unet_backend *b, float *dst, const float *host, size_t n);
     void (*download_f32)(const unet_backend *b, float *host, const float *src, size_t n);
+    /* A few bytes (per-step values) into backend memory, in order with the
+     * work enqueued around it; the host copy may be reused when it returns. */
+    void (*upload_bytes)(const unet_backend *b, void *dst, const void *host, size_t bytes);
     void (*sync)(const unet_backend *b);
 
     /* Optimizers: one pass over the contiguous block, PyTorch semantics.
-     * SGD: buf = first ? g + wd*p : mom*buf + g + wd*p;  p -= lr*(nesterov? ...: buf).
-     * Adam: decoupled (AdamW) when adamw, else L2 added to the gradient. step >= 1. */
-    void (*sgd)(const unet_backend *b, float *p, const float *g, float *buf, size_t n, float lr, float momentum,
-                float wd, int first);
-    void (*adam)(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n, float lr,
-                 float beta1, float beta2, float eps, float wd, int adamw, long step);
+     * SGD: buf = first ? g + wd*p : mom*buf + g + wd*p;  p -= lr*buf.
+     * Adam: decoupled (AdamW) when adamw, else L2 added to the gradient.
+     * s points into backend memory and is read when the pass runs; the
+     * arguments passed by value are the same on every step. */
+    void (*sgd)(const unet_backend *b, float *p, const float *g, float *buf, size_t n, const unet_optim_scalars *s,
+                float momentum, float wd);
+    void (*adam)(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n,
+                 const unet_optim_scalars *s, float beta1, float beta2, float eps, float wd, int adamw);
 };
 
 /* The CPU backend: the reference, always built. */

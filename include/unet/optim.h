@@ -18,7 +18,17 @@ typedef struct {
 
 /* Learning rate of step `step` (0-based). */
 float unet_lr_at(const unet_optim_cfg *o, long step);
-/* One update of pb->params from pb->grads; step is 0-based. */
+/* What the update of step `step` (0-based) reads besides the constants of o:
+ * the learning rate, SGD's first step, Adam's bias corrections (step + 1). */
+unet_optim_scalars unet_optim_scalars_at(const unet_optim_cfg *o, long step);
+
+/* One update of pb->params from pb->grads, in two halves: prepare writes the
+ * step's scalars into pb->scalars, apply enqueues the pass, which reads them
+ * when it runs. A recorded step (a CUDA graph) holds apply and is replayed
+ * after each step's prepare. */
+void unet_optim_prepare(const unet_optim_cfg *o, unet_param_blocks *pb, long step);
+void unet_optim_apply(const unet_optim_cfg *o, unet_param_blocks *pb);
+/* Both: one update, step 0-based. */
 void unet_optim_step(const unet_optim_cfg *o, unet_param_blocks *pb, long step);
 
 #endif

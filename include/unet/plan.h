@@ -18,6 +18,7 @@ typedef struct {
     float *opt_a;   /* optimizer state: SGD momentum buffer, Adam first moment */
     float *opt_b;   /* Adam second moment (NULL for SGD) */
     float *state;   /* batch norm running statistics */
+    unet_optim_scalars *scalars; /* this step's learning rate and bias corrections, on the backend */
 } unet_param_blocks;
 
 int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const unet_graph *g, int with_adam,
@@ -63,8 +64,11 @@ void unet_plan_set_inputs(unet_plan *p, const float *image, const int32_t *label
 /* One input from a host NCHW array (float32, or int32 for labels): op tests
  * and callers with several image-kind inputs. */
 void unet_plan_set_input(unet_plan *p, int input_index, const void *host);
-/* Seed for this step's random ops (dropout). */
+/* Seed for this step's random ops (dropout): written into the plan's seed in
+ * backend memory, where the ops read it when they run. */
 void unet_plan_set_seed(unet_plan *p, uint64_t seed);
+/* Enqueues the forward pass (on an asynchronous backend it may still be
+ * running when this returns; unet_plan_loss waits for it). */
 void unet_plan_forward(unet_plan *p);
 /* Backward pass; fills pb->grads. Needs a training plan and a forward. */
 void unet_plan_backward(unet_plan *p);
@@ -80,7 +84,10 @@ void unet_plan_on_grads_ready(unet_plan *p, unet_grads_ready_fn fn, void *ctx);
 /* For graphs without loss nodes (op tests): the gradient flowing into an
  * output, host NCHW float32; backward starts from these. */
 void unet_plan_set_output_grad(unet_plan *p, int index, const float *host);
-/* Total loss after forward (sum over heads of scale * head loss), and per head. */
+/* Total loss after forward (sum over heads of scale * head loss), and per
+ * head. Reads the loss back from the backend, so it waits for the work
+ * enqueued so far; the value stays readable after the backward and the
+ * update, until the next forward. */
 double unet_plan_loss(unet_plan *p, double *per_head);
 
 int unet_plan_num_outputs(const unet_plan *p);

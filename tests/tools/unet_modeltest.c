@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "unet/model.h"
+#include "unet/optim.h"
 #include "unet/plan.h"
 
 static void die(const char *msg) {
@@ -100,6 +101,9 @@ int main(int argc, char **argv) {
     }
     unet_param_blocks pb;
     if (unet_param_blocks_alloc(&pb, b, g, adam, err, sizeof err)) die(err);
+    /* the training run's updates: SGD momentum 0.9, Adam's defaults, no decay, a constant rate */
+    unet_optim_cfg optim = {.kind = adam ? UNET_OPT_ADAM : UNET_OPT_SGD, .lr = lr, .momentum = 0.9f, .beta1 = 0.9f,
+                            .beta2 = 0.999f, .eps = 1e-8f, .schedule = UNET_SCHED_CONSTANT, .total_steps = steps};
     size_t nt = pb.n_trainable, ns = pb.n_state;
     if (list) {
         const unet_param *p = unet_graph_params(g);
@@ -180,12 +184,7 @@ int main(int argc, char **argv) {
                 free(gr);
             }
         }
-        if (s < steps) {
-            if (adam)
-                b->adam(b, pb.params, pb.grads, pb.opt_a, pb.opt_b, nt, lr, 0.9f, 0.999f, 1e-8f, 0.0f, 0, s + 1);
-            else
-                b->sgd(b, pb.params, pb.grads, pb.opt_a, nt, lr, 0.9f, 0.0f, s == 0);
-        }
+        if (s < steps) unet_optim_step(&optim, &pb, s);
     }
     fclose(lf);
     b->download_f32(b, params, pb.params, nt);

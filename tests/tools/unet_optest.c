@@ -136,8 +136,11 @@ int main(int argc, char **argv) {
     a.training = training;
     a.n_in = n_in;
     a.out_shape = out_shape;
-    uint64_t seed64 = seed;
-    a.seed = &seed64;
+    /* the seed lives in backend memory, where a plan keeps it */
+    uint64_t seed64 = seed, *seed_dev = b->alloc(b, sizeof seed64);
+    if (!seed_dev) die("allocation failed", "seed");
+    b->upload_bytes(b, seed_dev, &seed64, sizeof seed64);
+    a.seed = seed_dev;
     char name[64];
     size_t bytes;
     for (int i = 0; i < n_in; i++) {
@@ -259,6 +262,7 @@ int main(int argc, char **argv) {
     b->free(b, a.out);
     b->free(b, a.workspace);
     b->free(b, a.aux);
+    b->free(b, seed_dev);
     free(host_out);
     return 0;
 }

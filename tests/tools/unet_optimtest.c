@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "unet/backend.h"
+#include "unet/optim.h"
 
 static void die(const char *msg, const char *arg) {
     fprintf(stderr, "unet_optimtest: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
@@ -89,12 +90,20 @@ int main(int argc, char **argv) {
     float *g = device_block(b, count, (size_t)offset, NULL);
     float *state_a = device_block(b, count, (size_t)offset, NULL);
     float *state_b = sgd ? NULL : device_block(b, count, (size_t)offset, NULL);
+    /* the per-step values as training derives them, in backend memory */
+    unet_optim_cfg o = {.kind = sgd ? UNET_OPT_SGD : adamw ? UNET_OPT_ADAMW : UNET_OPT_ADAM, .lr = lr,
+                        .momentum = momentum, .weight_decay = wd, .beta1 = beta1, .beta2 = beta2, .eps = eps,
+                        .schedule = UNET_SCHED_CONSTANT, .total_steps = steps};
+    unet_optim_scalars *scalars = b->alloc(b, sizeof *scalars);
+    if (!scalars) die("device allocation failed", NULL);
     for (long s = 0; s < steps; s++) {
         b->upload_f32(b, g, host_g + (size_t)s * count, count);
+        unet_optim_scalars host_scalars = unet_optim_scalars_at(&o, s);
+        b->upload_bytes(b, scalars, &host_scalars, sizeof host_scalars);
         if (sgd)
-            b->sgd(b, p, g, state_a, count, lr, momentum, wd, s == 0);
+            b->sgd(b, p, g, state_a, count, scalars, momentum, wd);
         else
-            b->adam(b, p, g, state_a, state_b, count, lr, beta1, beta2, eps, wd, adamw, s + 1);
+            b->adam(b, p, g, state_a, state_b, count, scalars, beta1, beta2, eps, wd, adamw);
     }
     b->sync(b);
     b->download_f32(b, host_p, p, count);
@@ -105,6 +114,7 @@ int main(int argc, char **argv) {
         b->download_f32(b, host_p, state_b, count);
         write_floats(dir, "state_b.bin", host_p, count);
     }
+    b->free(b, scalars);
     free(host_p);
     free(host_g);
     return 0;

@@ -21,7 +21,8 @@ int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const 
     pb->opt_a = b->alloc(b, nt * sizeof(float));
     pb->opt_b = with_adam ? b->alloc(b, nt * sizeof(float)) : NULL;
     pb->state = b->alloc(b, ns * sizeof(float));
-    if (!pb->params || !pb->grads || !pb->opt_a || (with_adam && !pb->opt_b) || !pb->state) {
+    pb->scalars = b->alloc(b, sizeof *pb->scalars);
+    if (!pb->params || !pb->grads || !pb->opt_a || (with_adam && !pb->opt_b) || !pb->state || !pb->scalars) {
         snprintf(err, errlen, "out of %s memory for %zu parameters and their optimizer state", b->name,
                  pb->n_trainable);
         unet_param_blocks_free(pb);
@@ -32,13 +33,14 @@ int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const 
     b->memset0(b, pb->grads, nt * sizeof(float));
     b->memset0(b, pb->opt_a, nt * sizeof(float));
     if (pb->opt_b) b->memset0(b, pb->opt_b, nt * sizeof(float));
+    b->memset0(b, pb->scalars, sizeof *pb->scalars);
     return 0;
 }
 
 void unet_param_blocks_free(unet_param_blocks *pb) {
     const unet_backend *b = pb->backend;
     if (!b) return;
-    float *blocks[] = {pb->params, pb->grads, pb->opt_a, pb->opt_b, pb->state};
+    void *blocks[] = {pb->params, pb->grads, pb->opt_a, pb->opt_b, pb->state, pb->scalars};
     for (size_t i = 0; i < sizeof blocks / sizeof blocks[0]; i++)
         if (blocks[i]) b->free(b, blocks[i]);
     memset(pb, 0, sizeof *pb);

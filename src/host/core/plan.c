@@ -57,9 +57,9 @@ struct unet_plan {
     int n_fwd, n_bwd;
     int *loss_nodes;
     int n_loss;
-    float *loss_host; /* per loss node, read after forward */
+    float *loss_host; /* per loss node, read by unet_plan_loss */
     float *ones;      /* host: the weight map used when a batch has none */
-    uint64_t seed;
+    uint64_t *seed;   /* backend memory: the step's dropout seed, read by the ops when they run */
     double flops;
     /* after backward step s, gradients [ready_from[s], n_trainable) are final */
     size_t *ready_from;
@@ -317,7 +317,6 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
         a->backend = b;
         a->training = cfg.training;
         a->n_in = n->n_in;
-        a->seed = &p->seed;
         a->replica_sum = cfg.replica_sum;
         for (int i = 0; i < n->n_in; i++) a->in_shape[i] = p->shapes[n->in[i]];
         a->out_shape = p->shapes[n->out_value];
@@ -344,11 +343,13 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
     if (cfg.plan_only) goto done;
     p->arena = b->alloc(b, p->arena_bytes ? p->arena_bytes : ALIGN);
     p->workspace = b->alloc(b, ws ? ws : ALIGN);
-    if (!p->arena || !p->workspace) {
+    p->seed = b->alloc(b, sizeof *p->seed);
+    if (!p->arena || !p->workspace || !p->seed) {
         snprintf(err, errlen, "out of %s memory: the plan needs %.1f MiB of activations and %.1f MiB of workspace "
                  "(try a smaller --batch or --tile)", b->name, p->arena_bytes / 1048576.0, ws / 1048576.0);
         goto fail;
     }
+    b->memset0(b, p->seed, sizeof *p->seed); /* seed 0 until the caller sets one */
 #define PTR(t) ((t) >= 0 ? (void *)(p->arena + p->tensors[t].offset) : NULL)
     for (int s = 0; s < p->n_fwd; s++) {
         int k = fwd_nodes[s];
@@ -366,6 +367,7 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
             if (n->state[j] >= 0) a->state[j] = pb->state + g->params[n->state[j]].offset;
         a->aux = PTR(p->aux[k]);
         a->workspace = p->workspace;
+        a->seed = p->seed;
         if (bwd_step[k] >= 0) {
             unet_op_args *ba = &p->bwd[bwd_step[k] - p->n_fwd];
             *ba = *a;
@@ -424,6 +426,7 @@ void unet_plan_free(unet_plan *p) {
     if (!p) return;
     if (p->arena) p->b->free(p->b, p->arena);
     if (p->workspace) p->b->free(p->b, p->workspace);
+    if (p->seed) p->b->free(p->b, p->seed);
     free(p->shapes);
     free(p->act);
     free(p->grad);
@@ -467,14 +470,12 @@ void unet_plan_set_input(unet_plan *p, int input_index, const void *host) {
     p->b->upload(p->b, tensor_ptr(p, p->act[v]), host, p->shapes[v], t);
 }
 
-void unet_plan_set_seed(unet_plan *p, uint64_t seed) { p->seed = seed; }
+void unet_plan_set_seed(unet_plan *p, uint64_t seed) { p->b->upload_bytes(p->b, p->seed, &seed, sizeof seed); }
 
+/* Nothing here waits for the backend: the same walk is what a CUDA graph
+ * records (src/host/train/step.c). */
 void unet_plan_forward(unet_plan *p) {
     for (int s = 0; s < p->n_fwd; s++) p->b->ops[p->fwd[s].node->op]->forward(&p->fwd[s]);
-    for (int l = 0; l < p->n_loss; l++) {
-        int v = p->g->nodes[p->loss_nodes[l]].out_value;
-        p->b->download(p->b, &p->loss_host[l], tensor_ptr(p, p->act[v]), (unet_shape){1, 1, 1, 1}, UNET_F32);
-    }
 }
 
 void unet_plan_backward(unet_plan *p) {
@@ -503,6 +504,8 @@ double unet_plan_loss(unet_plan *p, double *per_head) {
     double total = 0;
     for (int l = 0; l < p->n_loss; l++) {
         const unet_node *n = &p->g->nodes[p->loss_nodes[l]];
+        p->b->download(p->b, &p->loss_host[l], tensor_ptr(p, p->act[n->out_value]), (unet_shape){1, 1, 1, 1},
+                       UNET_F32);
         if (per_head) per_head[l] = p->loss_host[l];
         total += (double)n->scale * p->loss_host[l];
     }

@@ -1,4 +1,5 @@
-/* Schedules on the host, updates on the backend in one pass over the block. */
+/* Schedules and the per-step optimizer values on the host, updates on the
+ * backend in one pass over the block. */
 #include <math.h>
 
 #include "unet/optim.h"
@@ -15,12 +16,38 @@ float unet_lr_at(const unet_optim_cfg *o, long step) {
     return o->lr;
 }
 
-void unet_optim_step(const unet_optim_cfg *o, unet_param_blocks *pb, long step) {
+/* Computed here once, in C11 (no contraction into FMA), so that every
+ * backend's update reads the same floats: the CPU and CUDA twins agree bit
+ * for bit because neither derives these on its own. */
+unet_optim_scalars unet_optim_scalars_at(const unet_optim_cfg *o, long step) {
+    unet_optim_scalars s = {.lr = unet_lr_at(o, step), .decay = 1.0f, .step_size = 0.0f, .bc2_sqrt = 1.0f,
+                            .first = step == 0};
+    if (o->kind != UNET_OPT_SGD) {
+        /* PyTorch: bias corrections in double, step size lr / bc1, denominator sqrt(v) / sqrt(bc2) + eps */
+        double t = (double)(step + 1);
+        double bc1 = 1.0 - pow((double)o->beta1, t), bc2 = 1.0 - pow((double)o->beta2, t);
+        s.step_size = (float)(s.lr / bc1);
+        s.bc2_sqrt = (float)sqrt(bc2);
+        if (o->kind == UNET_OPT_ADAMW) s.decay = 1.0f - s.lr * o->weight_decay;
+    }
+    return s;
+}
+
+void unet_optim_prepare(const unet_optim_cfg *o, unet_param_blocks *pb, long step) {
+    unet_optim_scalars s = unet_optim_scalars_at(o, step);
+    pb->backend->upload_bytes(pb->backend, pb->scalars, &s, sizeof s);
+}
+
+void unet_optim_apply(const unet_optim_cfg *o, unet_param_blocks *pb) {
     const unet_backend *b = pb->backend;
-    float lr = unet_lr_at(o, step);
     if (o->kind == UNET_OPT_SGD)
-        b->sgd(b, pb->params, pb->grads, pb->opt_a, pb->n_trainable, lr, o->momentum, o->weight_decay, step == 0);
+        b->sgd(b, pb->params, pb->grads, pb->opt_a, pb->n_trainable, pb->scalars, o->momentum, o->weight_decay);
     else
-        b->adam(b, pb->params, pb->grads, pb->opt_a, pb->opt_b, pb->n_trainable, lr, o->beta1, o->beta2, o->eps,
-                o->weight_decay, o->kind == UNET_OPT_ADAMW, step + 1);
+        b->adam(b, pb->params, pb->grads, pb->opt_a, pb->opt_b, pb->n_trainable, pb->scalars, o->beta1, o->beta2,
+                o->eps, o->weight_decay, o->kind == UNET_OPT_ADAMW);
+}
+
+void unet_optim_step(const unet_optim_cfg *o, unet_param_blocks *pb, long step) {
+    unet_optim_prepare(o, pb, step);
+    unet_optim_apply(o, pb);
 }

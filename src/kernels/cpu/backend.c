@@ -43,11 +43,18 @@ static void cpu_copy_f32(const unet_backend *b, float *dst, const float *src, si
     memcpy(dst, src, n * sizeof(float));
 }
 
+static void cpu_upload_bytes(const unet_backend *b, void *dst, const void *host, size_t bytes) {
+    (void)b;
+    memcpy(dst, host, bytes);
+}
+
 static void cpu_sync(const unet_backend *b) { (void)b; }
 
-static void cpu_sgd(const unet_backend *b, float *p, const float *g, float *buf, size_t n, float lr,
-                    float momentum, float wd, int first) {
+static void cpu_sgd(const unet_backend *b, float *p, const float *g, float *buf, size_t n, const unet_optim_scalars *s,
+                    float momentum, float wd) {
     (void)b;
+    const float lr = s->lr;
+    const int first = s->first;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float d = g[i] + wd * p[i];
@@ -59,19 +66,15 @@ static void cpu_sgd(const unet_backend *b, float *p, const float *g, float *buf,
     }
 }
 
-static void cpu_adam(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n, float lr,
-                     float beta1, float beta2, float eps, float wd, int adamw, long step) {
+static void cpu_adam(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n,
+                     const unet_optim_scalars *s, float beta1, float beta2, float eps, float wd, int adamw) {
     (void)b;
-    /* PyTorch: bias corrections in double, step size lr / bc1, denominator sqrt(v)/sqrt(bc2) + eps */
-    double bc1 = 1.0 - pow((double)beta1, (double)step);
-    double bc2 = 1.0 - pow((double)beta2, (double)step);
-    float step_size = (float)(lr / bc1);
-    float bc2_sqrt = (float)sqrt(bc2);
+    const float decay = s->decay, step_size = s->step_size, bc2_sqrt = s->bc2_sqrt;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float gi = g[i];
         if (adamw)
-            p[i] *= 1.0f - lr * wd;
+            p[i] *= decay;
         else
             gi += wd * p[i];
         m[i] = beta1 * m[i] + (1.0f - beta1) * gi;
@@ -106,6 +109,7 @@ static const unet_backend cpu_backend = {
     .download = cpu_download,
     .upload_f32 = cpu_copy_f32,
     .download_f32 = cpu_copy_f32,
+    .upload_bytes = cpu_upload_bytes,
     .sync = cpu_sync,
     .sgd = cpu_sgd,
     .adam = cpu_adam,

@@ -11,7 +11,6 @@
  * convolutions) are implemented. bf16 is refused with an error: its NHWC
  * bf16 activations are not built yet, and silently running another precision
  * than the one asked would make a benchmark or a loss curve lie. */
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,6 +206,10 @@ static void cuda_download_f32(const unet_backend *b, float *host, const float *s
     copy_out(instance_of(b), host, src, n * sizeof(float));
 }
 
+static void cuda_upload_bytes(const unet_backend *b, void *dst, const void *host, size_t bytes) {
+    copy_in(instance_of(b), dst, host, bytes);
+}
+
 static void cuda_sync(const unet_backend *b) {
     const cuda_instance *inst = instance_of(b);
     CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
@@ -219,6 +222,9 @@ static void cuda_sync(const unet_backend *b) {
  * contracts nothing into FMA), so both backends produce the same bits.
  * ------------------------------------------------------------------------- */
 
+/* What the kernels compute with: the constants come by value, lr and first
+ * from the step's unet_optim_scalars in device memory, read when the kernel
+ * runs (so that a replayed graph takes each step's values). */
 typedef struct {
     float lr, momentum, wd;
     int first;
@@ -235,7 +241,10 @@ static __device__ __forceinline__ void sgd_one(float &p, float g, float *buf, co
 }
 
 /* vec: every pointer 16-byte aligned, so the first n/4*4 values go as float4. */
-static __global__ void sgd_kernel(float *p, const float *g, float *buf, long long n, sgd_args s, int vec) {
+static __global__ void sgd_kernel(float *p, const float *g, float *buf, long long n, const unet_optim_scalars *step,
+                                  sgd_args s, int vec) {
+    s.lr = step->lr;
+    s.first = step->first;
     long long n4 = vec ? n / 4 : 0;
     for (long long q = unet_global_thread(); q < n4; q += unet_grid_threads()) {
         float4 pv = reinterpret_cast<float4 *>(p)[q];
@@ -257,12 +266,12 @@ static __global__ void sgd_kernel(float *p, const float *g, float *buf, long lon
 }
 
 typedef struct {
-    float decay;        /* AdamW: 1 - lr * wd, as the CPU computes it */
+    float decay;        /* per step: AdamW's 1 - lr * wd */
     float wd;           /* Adam: L2 added to the gradient */
     int adamw;
     float beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
-    float step_size;    /* lr / (1 - beta1^t) */
-    float bc2_sqrt;     /* sqrt(1 - beta2^t) */
+    float step_size;    /* per step: lr / (1 - beta1^t) */
+    float bc2_sqrt;     /* per step: sqrt(1 - beta2^t) */
 } adam_args;
 
 static __device__ __forceinline__ void adam_one(float &p, float g, float &m, float &v, const adam_args &s) {
@@ -276,7 +285,11 @@ static __device__ __forceinline__ void adam_one(float &p, float g, float &m, flo
     p = __fsub_rn(p, __fdiv_rn(__fmul_rn(s.step_size, m), denom));
 }
 
-static __global__ void adam_kernel(float *p, const float *g, float *m, float *v, long long n, adam_args s, int vec) {
+static __global__ void adam_kernel(float *p, const float *g, float *m, float *v, long long n,
+                                   const unet_optim_scalars *step, adam_args s, int vec) {
+    s.decay = step->decay;
+    s.step_size = step->step_size;
+    s.bc2_sqrt = step->bc2_sqrt;
     long long n4 = vec ? n / 4 : 0;
     for (long long q = unet_global_thread(); q < n4; q += unet_grid_threads()) {
         float4 pv = reinterpret_cast<float4 *>(p)[q];
@@ -310,29 +323,23 @@ static void check_launch(const cuda_instance *inst, const char *what, size_t n, 
     fail_on(inst, file, line, call, cudaGetErrorString(e), NULL);
 }
 
-static void cuda_sgd(const unet_backend *b, float *p, const float *g, float *buf, size_t n, float lr, float momentum,
-                     float wd, int first) {
+static void cuda_sgd(const unet_backend *b, float *p, const float *g, float *buf, size_t n,
+                     const unet_optim_scalars *step, float momentum, float wd) {
     if (n == 0) return;
     const cuda_instance *inst = instance_of(b);
-    sgd_args s = {lr, momentum, wd, first};
+    sgd_args s = {0.0f, momentum, wd, 0};
     int vec = unet_aligned16(p) && unet_aligned16(g) && (momentum == 0.0f || unet_aligned16(buf));
     sgd_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
-        p, g, buf, (long long)n, s, vec);
+        p, g, buf, (long long)n, step, s, vec);
     check_launch(inst, "sgd kernel", n, __FILE__, __LINE__);
 }
 
-static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n, float lr,
-                      float beta1, float beta2, float eps, float wd, int adamw, long step) {
+static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n,
+                      const unet_optim_scalars *step, float beta1, float beta2, float eps, float wd, int adamw) {
     if (n == 0) return;
     const cuda_instance *inst = instance_of(b);
-    /* the bias corrections exactly as the CPU twin computes them (double, then float) */
-    double bc1 = 1.0 - pow((double)beta1, (double)step);
-    double bc2 = 1.0 - pow((double)beta2, (double)step);
     adam_args s;
-    /* volatile: the host compiler (C++ through nvcc) may not fuse this into an
-     * FMA, which the CPU twin (C11, no contraction) does not do either */
-    volatile float lr_wd = lr * wd;
-    s.decay = 1.0f - lr_wd;
+    memset(&s, 0, sizeof s);
     s.wd = wd;
     s.adamw = adamw;
     s.beta1 = beta1;
@@ -340,11 +347,9 @@ static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m,
     s.beta2 = beta2;
     s.one_minus_beta2 = 1.0f - beta2;
     s.eps = eps;
-    s.step_size = (float)(lr / bc1);
-    s.bc2_sqrt = (float)sqrt(bc2);
     int vec = unet_aligned16(p) && unet_aligned16(g) && unet_aligned16(m) && unet_aligned16(v);
     adam_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
-        p, g, m, v, (long long)n, s, vec);
+        p, g, m, v, (long long)n, step, s, vec);
     check_launch(inst, "adam kernel", n, __FILE__, __LINE__);
 }
 
@@ -472,6 +477,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->download = cuda_download;
     b->upload_f32 = cuda_upload_f32;
     b->download_f32 = cuda_download_f32;
+    b->upload_bytes = cuda_upload_bytes;
     b->sync = cuda_sync;
     b->sgd = cuda_sgd;
     b->adam = cuda_adam;

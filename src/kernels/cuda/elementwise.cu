@@ -93,23 +93,32 @@ extern "C" const unet_op_impl unet_cuda_relu = {relu_forward, relu_backward, NUL
 
 /* ---- dropout ---- */
 
+/* The seed is read on the device when the kernel runs (a replayed CUDA
+ * graph reuses the launch, not the step): the key is the CPU twin's
+ * unet_rng_key(seed, node, 0), computed from it there. */
 typedef struct {
-    uint64_t key;
+    const uint64_t *seed;
+    uint64_t node;
     float p, scale;
 } dropout_mask;
 
 /* The CPU twin's dropout_mask_of, value for value. */
 static dropout_mask dropout_mask_of(const unet_op_args *a) {
     dropout_mask m;
-    m.key = unet_rng_key(*a->seed, (uint64_t)a->node_index, 0);
+    m.seed = a->seed;
+    m.node = (uint64_t)a->node_index;
     m.p = a->node->p;
     m.scale = m.p < 1.0f ? 1.0f / (1.0f - m.p) : 0.0f;
     return m;
 }
 
-static __device__ __forceinline__ float dropout_apply(const dropout_mask &m, long long i, float v) {
+static __device__ __forceinline__ uint64_t dropout_key(const dropout_mask &m) {
+    return unet_rng_key(*m.seed, m.node, 0);
+}
+
+static __device__ __forceinline__ float dropout_apply(const dropout_mask &m, uint64_t key, long long i, float v) {
     /* rounded on its own, as on the CPU, even where an accumulation follows */
-    return unet_uniform(m.key, (uint64_t)i) >= m.p ? __fmul_rn(v, m.scale) : 0.0f;
+    return unet_uniform(key, (uint64_t)i) >= m.p ? __fmul_rn(v, m.scale) : 0.0f;
 }
 
 /* Forward (acc = 0, dst = out) and backward (dst = din) are the same map. */
@@ -118,13 +127,16 @@ struct dropout_map {
     const float *src;
     float *dst;
     int acc;
-    __device__ void one(long long i) const { unet_store_grad(dst, i, dropout_apply(m, i, src[i]), acc); }
+    __device__ void one(long long i) const {
+        unet_store_grad(dst, i, dropout_apply(m, dropout_key(m), i, src[i]), acc);
+    }
     __device__ void quad(long long q) const {
         float4 v = load4(src, q);
         long long i = 4 * q;
+        uint64_t key = dropout_key(m);
         store_grad4(dst, q,
-                    make_float4(dropout_apply(m, i, v.x), dropout_apply(m, i + 1, v.y), dropout_apply(m, i + 2, v.z),
-                                dropout_apply(m, i + 3, v.w)),
+                    make_float4(dropout_apply(m, key, i, v.x), dropout_apply(m, key, i + 1, v.y),
+                                dropout_apply(m, key, i + 2, v.z), dropout_apply(m, key, i + 3, v.w)),
                     acc);
     }
 };
