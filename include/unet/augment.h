@@ -81,6 +81,18 @@ int unet_augment_warp(const unet_warp *w, const unet_augment_args *a, char *err,
  * into it when the elastic deformation is on. */
 void unet_augment_draw(const unet_augment_cfg *cfg, uint64_t key, unet_warp *w, double *grid_values);
 
+/* The same draws as the loader's deferred hook (unet_loader_opts.draw, for
+ * the GPU warp): a record is plain bytes (it is copied between the loader's
+ * buffers), unet_augment_record_bytes(cfg) of them; ctx is a const
+ * unet_augment_cfg *. unet_augment_record_warp gives the warp a record
+ * holds, dy and dx pointing into the record. */
+size_t unet_augment_record_bytes(const unet_augment_cfg *cfg);
+int unet_augment_record(void *ctx, uint64_t key, void *record, char *err, size_t errlen);
+void unet_augment_record_warp(const void *record, unet_warp *w);
+/* Whether cfg changes intensities (gamma, brightness, contrast, noise): the
+ * part of unet_augment_apply that no warp does. */
+int unet_augment_has_intensity(const unet_augment_cfg *cfg);
+
 /* ---- the CUDA twin of unet_augment_warp (src/kernels/cuda/augment.cu) ----
  *
  * A batch of warps on the GPU, with the arithmetic of the CPU version (both

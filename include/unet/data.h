@@ -127,6 +127,14 @@ typedef struct {
     unet_augment_fn augment;  /* NULL: no augmentation */
     void *augment_ctx;
     int augment_context;
+    /* Deferred augmentation, for a warp done elsewhere (the GPU warp of
+     * unet/augment.h), instead of augment: a worker reads the sample's source
+     * window, tile + 2 augment_context a side, and draw(augment_ctx, key, ...)
+     * writes the sample's random draws into record_bytes (a multiple of 8)
+     * bytes, with the key augment would get. unet_loader_sources hands both
+     * over; the reads and draws stay on the loader's threads. NULL: none. */
+    int (*draw)(void *ctx, uint64_t key, void *record, char *err, size_t errlen);
+    size_t record_bytes;
     /* Data parallel: this process is replica `rank` of `world` (0, 0: alone).
      * Global step s has G = batch * world samples, s*G .. s*G + G - 1 in the
      * epoch order, and replica r takes the r-th contiguous slice of batch of
@@ -148,6 +156,11 @@ void unet_loader_free(unet_loader *l);
  * (a resumed run starts anywhere); one caller thread at a time. */
 int unet_loader_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, char *err,
                       size_t errlen);
+/* The same for a loader with a deferred augmentation (opts.draw): the source
+ * windows, raw (B,C,S,S), label and weight (B,1,S,S) with S = tile + 2
+ * augment_context, and the B draw records, back to back, in records. */
+int unet_loader_sources(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, void *records,
+                        char *err, size_t errlen);
 
 /* Which sample slot `slot` of step `step` is: image k of the view and the
  * tile's top-left corner (negative, or past the edge, where mirrored). Global

@@ -285,7 +285,7 @@ def test_paper_means_elastic_flip_rot90():
     assert run(AUGTEST, "parse", "--spec", "none", "--tile", "572").splitlines()[2] == "active 0"
 
 
-def test_loader_same_batches_for_any_worker_count(tmp_path):
+def ellipses_file(tmp_path):
     import make_ellipses
 
     raw, label, inst = make_ellipses.make(5, 80, seed=1)
@@ -294,6 +294,11 @@ def test_loader_same_batches_for_any_worker_count(tmp_path):
         f.create_dataset("raw", data=raw)
         f.create_dataset("label", data=label)
         f.create_dataset("weight", data=np.random.default_rng(0).random(label.shape, np.float32) + 0.5)
+    return path
+
+
+def test_loader_same_batches_for_any_worker_count(tmp_path):
+    path = ellipses_file(tmp_path)
     base = ["--data", path, "--batches", "--batch", 3, "--tile", 60, "--margin", 10, "--seed", 9,
             "--augment", "paper,noise", "--count", 4]
     outputs = []
@@ -312,6 +317,27 @@ def test_loader_same_batches_for_any_worker_count(tmp_path):
     assert (d / "label.4.bin").read_bytes() == outputs[0]["label.4.bin"]
     lab = np.frombuffer(outputs[0]["label.3.bin"], np.int32)
     assert set(np.unique(lab)) <= {0, 1}
+
+
+def test_loader_deferred_warp_gives_the_same_batches(tmp_path):
+    """A deferred augmentation (the loader reads the source windows and
+    records the draws, the warp runs after it: the path of the GPU warp)
+    warped on the CPU gives the hook's batches bit for bit, for any number of
+    workers."""
+    path = ellipses_file(tmp_path)
+    spec = "elastic:grid=4,flip,rot90,rotate,scale:range=0.2"
+    base = ["--data", path, "--batches", "--batch", 3, "--tile", 60, "--margin", 10, "--seed", 5, "--augment", spec,
+            "--count", 3, "--step", 7]
+    outputs = []
+    for workers, extra in [(2, []), (0, ["--defer", "cpu", "--no-prefetch"]), (3, ["--defer", "cpu"])]:
+        d = tmp_path / f"w{workers}{len(extra)}"
+        d.mkdir()
+        run(DATATEST, *base, "--workers", workers, "--dir", d, *extra)
+        outputs.append({n: (d / n).read_bytes() for n in sorted(os.listdir(d))})
+    assert outputs[1] == outputs[0] and outputs[2] == outputs[0]
+    r = subprocess.run([DATATEST, *map(str, base), "--augment", "paper,noise", "--defer", "cpu", "--dir", tmp_path],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no intensity changes" in r.stderr
 
 
 def test_augmentation_speed_572(tmp_path):

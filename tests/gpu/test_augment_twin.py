@@ -21,14 +21,18 @@ anyway), and where the build has no CUDA backend. UNET_CUDA_SYNC=1 is set
 so that a fault inside a kernel is reported at the kernel."""
 import os
 import subprocess
+import sys
 
+import h5py
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from unet_testlib import BUILD, requires_gpu
+from unet_testlib import BUILD, SOURCE, requires_gpu
 
 AUGTEST = os.path.join(BUILD, "unet_augtest")
+DATATEST = os.path.join(BUILD, "unet_datatest")
+sys.path.insert(0, os.path.join(SOURCE, "datasets"))
 
 pytestmark = requires_gpu("the GPU augmentation warp runs on a GPU machine")
 
@@ -129,3 +133,33 @@ def test_gpu_warp_is_a_pure_function_of_its_inputs(tmp_path):
     thrice = warp(tmp_path, "cuda", spec, 11, 4, tile, ctx, c, repeat=3)
     for x, y in zip(once[:3], thrice[:3]):
         assert x.tobytes() == y.tobytes()
+
+
+def test_loader_deferred_to_the_gpu(tmp_path):
+    """The loader handing its source windows and draws to the GPU warp
+    (unet_datatest --defer cuda: reads and draws on the loader's threads, the
+    batch warped on the device) gives the batches of the CPU hook."""
+    import make_ellipses
+
+    raw, label, _ = make_ellipses.make(4, 90, seed=3)
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", data=raw)
+        f.create_dataset("label", data=label)
+        f.create_dataset("weight", data=np.random.default_rng(1).random(label.shape, np.float32) + 0.5)
+    base = ["--data", path, "--batches", "--batch", 3, "--tile", 64, "--margin", 8, "--seed", 4, "--augment",
+            "paper,rotate,scale", "--count", 3, "--step", 2, "--workers", 2]
+    outputs = []
+    for extra in ([], ["--defer", "cuda"]):
+        d = tmp_path / ("gpu" if extra else "cpu")
+        d.mkdir()
+        run(DATATEST, *base, "--dir", d, *extra)
+        outputs.append(d)
+    for step in (2, 3, 4):
+        cpu_raw, gpu_raw = (np.fromfile(d / f"raw.{step}.bin", np.float32) for d in outputs)
+        assert np.all(np.isfinite(gpu_raw))
+        worst = np.max(np.abs(gpu_raw.astype(np.float64) - cpu_raw) / np.maximum(np.abs(cpu_raw), 1.0))
+        assert worst <= 1e-5, f"step {step}: raw differs from the CPU loader by {worst:.3g} (relative)"
+        for name in ("label", "weight"):
+            a, b = ((d / f"{name}.{step}.bin").read_bytes() for d in outputs)
+            assert a == b, f"step {step}: {name} differs from the CPU loader"

@@ -6,7 +6,7 @@
  *       [--classes K] [--label-optional] [--cache-bytes N] [--val V.h5 | --val-fraction f] [--use-val]
  *       (--info | --read K | --window K,Y0,X0,SIZE | --batches | --eval-tiles) [--dir D]
  *       [--step S --count M --batch B --tile T --margin m --seed s --no-shuffle --no-prefetch --augment-test CTX
- *        --augment SPEC --workers N]
+ *        --augment SPEC --workers N --defer cpu|cuda]
  *
  * --info prints the dataset and both views. --read writes D/raw.bin,
  * label.bin, weight.bin (instances.bin when the file has them) of image K of
@@ -17,13 +17,18 @@
  * --augment-test CTX plugs in an augmentation that crops the centre of its
  * CTX-larger source window (the identity, if the seam is right); --augment
  * plugs in unet_augment_apply with the --augment text SPEC, --workers N the
- * loader's worker threads.
+ * loader's worker threads. --defer cpu|cuda defers the --augment warp (no
+ * intensity changes): the loader reads the source windows and records the
+ * draws (unet_augment_record, unet_loader_sources), and the batch is warped
+ * here, sample by sample by unet_augment_warp (cpu) or at once by
+ * unet_cuda_warp_batch (cuda); the files are the same as without it.
  * Errors: the library's one line on stderr, exit code 2. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "unet/augment.h"
+#include "unet/backend.h"
 #include "unet/data.h"
 
 static char err[1024];
@@ -59,10 +64,77 @@ static int centre_crop(void *ctx, const unet_augment_args *a, char *e, size_t el
     return 0;
 }
 
+/* --defer: the source windows and records of a step, warped here. */
+typedef struct {
+    int cuda, B, C, T, S;
+    size_t record_bytes;
+    float *src_raw, *src_weight;
+    int32_t *src_label;
+    unsigned char *records;
+    unet_warp *warps;
+    const unet_backend *b;
+    unet_cuda_warper *warper;
+    float *d_raw, *d_weight;
+    int32_t *d_label;
+} deferred;
+
+static void deferred_open(deferred *d, const char *device, const unet_loader_opts *o, int C,
+                          const unet_augment_cfg *cfg) {
+    memset(d, 0, sizeof *d);
+    d->cuda = !strcmp(device, "cuda");
+    if (!d->cuda && strcmp(device, "cpu")) usage("--defer cpu|cuda");
+    d->B = o->batch, d->C = C, d->T = o->tile, d->S = o->tile + 2 * o->augment_context;
+    d->record_bytes = o->record_bytes;
+    size_t windows = (size_t)d->B * d->S * d->S;
+    d->src_raw = malloc(windows * C * sizeof(float)), d->src_weight = malloc(windows * sizeof(float));
+    d->src_label = malloc(windows * sizeof(int32_t));
+    d->records = malloc(d->B * d->record_bytes);
+    d->warps = malloc(d->B * sizeof *d->warps);
+    if (!d->src_raw || !d->src_weight || !d->src_label || !d->records || !d->warps) usage("out of memory");
+    if (!d->cuda) return;
+    if (!(d->b = unet_cuda_backend(0, "fp32", err, sizeof err))) fail();
+    int grid = cfg->elastic && cfg->elastic_sigma > 0 ? cfg->elastic_grid : 0;
+    d->warper = unet_cuda_warper_create(d->b, d->B, C, d->T, o->augment_context, grid, cfg->interp, err, sizeof err);
+    if (!d->warper) fail();
+    size_t tiles = (size_t)d->B * d->T * d->T;
+    d->d_raw = d->b->alloc(d->b, tiles * C * sizeof(float)), d->d_weight = d->b->alloc(d->b, tiles * sizeof(float));
+    d->d_label = d->b->alloc(d->b, tiles * sizeof(int32_t));
+    if (!d->d_raw || !d->d_weight || !d->d_label) usage("device allocation failed");
+}
+
+static void deferred_batch(deferred *d, unet_loader *l, int step, float *raw, int32_t *label, float *weight) {
+    if (unet_loader_sources(l, step, d->src_raw, d->src_label, d->src_weight, d->records, err, sizeof err)) fail();
+    for (int n = 0; n < d->B; n++) unet_augment_record_warp(d->records + n * d->record_bytes, &d->warps[n]);
+    const size_t sp = (size_t)d->S * d->S, tp = (size_t)d->T * d->T;
+    if (!d->cuda) {
+        for (int n = 0; n < d->B; n++) {
+            unet_augment_args a = {d->C, d->T, (d->S - d->T) / 2, d->src_raw + n * d->C * sp, d->src_label + n * sp,
+                                   d->src_weight + n * sp, raw + n * d->C * tp, label + n * tp, weight + n * tp, 0};
+            if (unet_augment_warp(&d->warps[n], &a, err, sizeof err)) fail();
+        }
+        return;
+    }
+    if (unet_cuda_warp_batch(d->warper, d->B, d->warps, d->src_raw, d->src_label, d->src_weight, d->d_raw, d->d_label,
+                             d->d_weight, err, sizeof err))
+        fail();
+    unet_shape rs = {d->B, d->C, d->T, d->T}, ps = {d->B, 1, d->T, d->T};
+    d->b->download(d->b, raw, d->d_raw, rs, UNET_F32);
+    d->b->download(d->b, label, d->d_label, ps, UNET_I32);
+    d->b->download(d->b, weight, d->d_weight, ps, UNET_F32);
+}
+
+static void deferred_close(deferred *d) {
+    if (d->cuda) {
+        unet_cuda_warper_free(d->warper);
+        d->b->free(d->b, d->d_raw), d->b->free(d->b, d->d_label), d->b->free(d->b, d->d_weight);
+    }
+    free(d->src_raw), free(d->src_weight), free(d->src_label), free(d->records), free(d->warps);
+}
+
 int main(int argc, char **argv) {
     unet_dataset_opts dopts = {0};
     unet_loader_opts lopts = {.batch = 1, .seed = 0};
-    const char *data = NULL, *val = NULL, *dir = ".", *mode = NULL;
+    const char *data = NULL, *val = NULL, *dir = ".", *mode = NULL, *defer = NULL;
     double val_fraction = 0;
     int use_val = 0, index = 0, step = 0, count = 1, win[4] = {0};
     unet_augment_cfg augment;
@@ -103,6 +175,7 @@ int main(int argc, char **argv) {
             lopts.augment_context = -1; /* from the tile, below */
         }
         else if (ARG("--workers")) lopts.workers = atoi(v);
+        else if (ARG("--defer")) defer = v;
         else {
             fprintf(stderr, "unet_datatest: unknown or incomplete argument %s\n", a);
             return 2;
@@ -110,6 +183,12 @@ int main(int argc, char **argv) {
 #undef ARG
     }
     if (lopts.augment_context < 0) lopts.augment_context = unet_augment_context(&augment, lopts.tile);
+    if (defer) {
+        if (lopts.augment != unet_augment_apply || unet_augment_has_intensity(&augment))
+            usage("--defer needs --augment with no intensity changes (gamma, brightness, contrast, noise)");
+        lopts.augment = NULL, lopts.draw = unet_augment_record;
+        lopts.record_bytes = unet_augment_record_bytes(&augment);
+    }
     if (!data || !mode) usage("need --data F.h5 and one of --info, --read, --window, --batches, --eval-tiles");
 
     unet_dataset *ds, *vds = NULL;
@@ -168,8 +247,13 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof path, "%s/samples.txt", dir);
         FILE *samples = fopen(path, "w");
         if (!samples) usage("cannot write samples.txt");
+        deferred dw;
+        if (defer) deferred_open(&dw, defer, &lopts, C, &augment);
         for (int s = step; s < step + count; s++) {
-            if (unet_loader_batch(l, s, raw, lab, wt, err, sizeof err)) fail();
+            if (defer)
+                deferred_batch(&dw, l, s, raw, lab, wt);
+            else if (unet_loader_batch(l, s, raw, lab, wt, err, sizeof err))
+                fail();
             snprintf(name, sizeof name, "raw.%d.bin", s);
             write_bin(dir, name, raw, n * C * sizeof(float));
             snprintf(name, sizeof name, "label.%d.bin", s);
@@ -183,6 +267,7 @@ int main(int argc, char **argv) {
             }
         }
         fclose(samples);
+        if (defer) deferred_close(&dw);
         unet_loader_free(l);
         free(raw), free(lab), free(wt);
     } else {

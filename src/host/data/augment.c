@@ -326,13 +326,41 @@ void unet_augment_draw(const unet_augment_cfg *c, uint64_t key, unet_warp *w, do
     }
 }
 
+/* A record: the warp without its pointers, then the 2 g^2 grid values. */
+typedef struct {
+    unet_warp warp;
+    int elastic;
+} record_head;
+#define RECORD_HEAD ((sizeof(record_head) + 7) / 8 * 8)
+
+size_t unet_augment_record_bytes(const unet_augment_cfg *c) {
+    return RECORD_HEAD + (size_t)2 * c->elastic_grid * c->elastic_grid * sizeof(double);
+}
+
+int unet_augment_record(void *ctx, uint64_t key, void *record, char *err, size_t errlen) {
+    (void)err, (void)errlen;
+    record_head *h = record;
+    unet_augment_draw(ctx, key, &h->warp, (double *)((char *)record + RECORD_HEAD));
+    h->elastic = h->warp.dy != NULL;
+    h->warp.dy = h->warp.dx = NULL; /* the record moves: the consumer points them again */
+    return 0;
+}
+
+void unet_augment_record_warp(const void *record, unet_warp *w) {
+    const record_head *h = record;
+    const double *values = (const double *)((const char *)record + RECORD_HEAD);
+    *w = h->warp;
+    if (h->elastic) w->dy = values, w->dx = values + w->grid * w->grid;
+}
+
+int unet_augment_has_intensity(const unet_augment_cfg *c) { return c->gamma || c->brightness || c->contrast || c->noise; }
+
 int unet_augment_apply(void *ctx, const unet_augment_args *a, char *err, size_t errlen) {
     const unet_augment_cfg *c = ctx;
     double grid_values[2 * MAX_GRID * MAX_GRID];
     unet_warp w;
     unet_augment_draw(c, a->key, &w, grid_values);
     if (unet_augment_warp(&w, a, err, errlen)) return -1;
-    if (c->gamma || c->brightness || c->contrast || c->noise)
-        intensity(c, a->key, a->raw, (size_t)a->channels * a->tile * a->tile);
+    if (unet_augment_has_intensity(c)) intensity(c, a->key, a->raw, (size_t)a->channels * a->tile * a->tile);
     return 0;
 }

@@ -55,12 +55,14 @@ typedef struct {
     float *raw;
     int32_t *label;
     float *weight;
+    unsigned char *records; /* deferred augmentation: each slot's draws */
 } batch_buffer;
 
 struct unet_loader {
     unet_data_view view;
     unet_loader_opts o;
     int channels, width;
+    int size; /* side of what a slot holds: the tile, or with o.draw its source window */
 
     /* Steps base .. base + ring_size - 1 are prepared ahead in ring[step % ring_size]
      * by n_threads workers (0: on the caller's thread, in ring[0] with caller). */
@@ -124,17 +126,23 @@ void unet_loader_sample(const unet_loader *l, int64_t step, int slot, int *image
 static int fill_sample(const unet_loader *l, sample_worker *ws, int64_t step, int b, batch_buffer *buf, char *err,
                        size_t errlen) {
     const int T = l->o.tile, C = l->channels, ctx = l->o.augment_context;
-    const size_t plane = (size_t)T * T;
     int k, y0, x0;
     sample_at(l, &ws->perm, step, b, &k, &y0, &x0);
-    float *r = buf->raw + (size_t)b * C * plane, *w = buf->weight + (size_t)b * plane;
-    int32_t *lab = buf->label + (size_t)b * plane;
+    const size_t slot_plane = (size_t)l->size * l->size;
+    float *r = buf->raw + (size_t)b * C * slot_plane, *w = buf->weight + (size_t)b * slot_plane;
+    int32_t *lab = buf->label + (size_t)b * slot_plane;
+    const uint64_t key = unet_rng_key(sample_key(l, step, l->o.rank * l->o.batch + b), DRAW_AUGMENT, 0);
+    if (l->o.draw) {
+        /* deferred: the source window itself is the slot's content, the draws go beside it */
+        if (unet_data_window(&l->view, k, y0 - ctx, x0 - ctx, l->size, r, lab, w, ws->scratch, err, errlen))
+            return -1;
+        return l->o.draw(l->o.augment_ctx, key, buf->records + (size_t)b * l->o.record_bytes, err, errlen);
+    }
     if (!l->o.augment) return unet_data_window(&l->view, k, y0, x0, T, r, lab, w, ws->scratch, err, errlen);
     if (unet_data_window(&l->view, k, y0 - ctx, x0 - ctx, T + 2 * ctx, ws->src_raw, ws->src_label, ws->src_weight,
                          ws->scratch, err, errlen))
         return -1;
-    unet_augment_args a = {C, T, ctx, ws->src_raw, ws->src_label, ws->src_weight, r, lab, w,
-                           unet_rng_key(sample_key(l, step, l->o.rank * l->o.batch + b), DRAW_AUGMENT, 0)};
+    unet_augment_args a = {C, T, ctx, ws->src_raw, ws->src_label, ws->src_weight, r, lab, w, key};
     return l->o.augment(l->o.augment_ctx, &a, err, errlen);
 }
 
@@ -221,6 +229,11 @@ int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_
         snprintf(err, errlen, "loader: rank %d of world %d: need 0 <= rank < world", o->rank, o->world);
         return -1;
     }
+    if (o->draw && (o->augment || o->record_bytes == 0 || o->record_bytes % 8)) {
+        snprintf(err, errlen, "loader: a deferred augmentation (draw) takes no augment hook and a record of a "
+                 "positive multiple of 8 bytes, got %zu", o->record_bytes);
+        return -1;
+    }
     if (o->batch < 1 || o->tile < 1 || o->margin < 0 || 2 * o->margin >= o->tile || o->augment_context < 0 ||
         o->workers < 0 || v->images < 1 || v->rows < 1) {
         snprintf(err, errlen, "loader: batch %d, tile %d, margin %d, augment context %d, %d workers on %d images of "
@@ -232,10 +245,12 @@ int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_
     if (!l) goto oom;
     l->view = *v;
     l->o = *o;
-    if (!o->augment) l->o.augment_context = 0;
+    if (!o->augment && !o->draw) l->o.augment_context = 0;
     l->channels = info.c, l->width = info.w;
     l->base = -1;
     const int T = o->tile, S = T + 2 * l->o.augment_context, C = info.c;
+    l->size = o->draw ? S : T;
+    const size_t slot_plane = (size_t)l->size * l->size;
     l->n_threads = o->no_prefetch ? 0 : o->workers > 1 ? o->workers : 1;
     /* enough batches ahead that every worker has a slot to fill while the trainer holds one */
     l->ring_size = l->n_threads ? (l->n_threads + o->batch - 1) / o->batch + 1 : 1;
@@ -245,10 +260,11 @@ int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_
     for (int i = 0; i < l->ring_size; i++) {
         batch_buffer *b = &l->ring[i];
         b->step = -1;
-        b->raw = malloc((size_t)o->batch * C * T * T * sizeof(float));
-        b->label = malloc((size_t)o->batch * T * T * sizeof(int32_t));
-        b->weight = malloc((size_t)o->batch * T * T * sizeof(float));
-        if (!b->raw || !b->label || !b->weight) goto oom;
+        b->raw = malloc((size_t)o->batch * C * slot_plane * sizeof(float));
+        b->label = malloc((size_t)o->batch * slot_plane * sizeof(int32_t));
+        b->weight = malloc((size_t)o->batch * slot_plane * sizeof(float));
+        b->records = o->draw ? malloc((size_t)o->batch * o->record_bytes) : NULL;
+        if (!b->raw || !b->label || !b->weight || (o->draw && !b->records)) goto oom;
     }
     if (l->n_threads) {
         l->workers = calloc((size_t)l->n_threads, sizeof *l->workers);
@@ -276,8 +292,10 @@ int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_
     return 0;
 oom:
     unet_loader_free(l);
-    snprintf(err, errlen, "loader: out of memory for batches of %d x %d x %d x %d", o->batch, info.c, o->tile,
-             o->tile);
+    {
+        int side = o->draw ? o->tile + 2 * o->augment_context : o->tile;
+        snprintf(err, errlen, "loader: out of memory for batches of %d x %d x %d x %d", o->batch, info.c, side, side);
+    }
     return -1;
 }
 
@@ -297,25 +315,28 @@ void unet_loader_free(unet_loader *l) {
     for (int i = 0; l->workers && i < l->n_threads; i++) free_worker(&l->workers[i]);
     free(l->workers);
     free(l->threads);
-    for (int i = 0; l->ring && i < l->ring_size; i++) free(l->ring[i].raw), free(l->ring[i].label), free(l->ring[i].weight);
+    for (int i = 0; l->ring && i < l->ring_size; i++)
+        free(l->ring[i].raw), free(l->ring[i].label), free(l->ring[i].weight), free(l->ring[i].records);
     free(l->ring);
     free(l);
 }
 
-static void copy_out(const unet_loader *l, const batch_buffer *b, float *raw, int32_t *label, float *weight) {
-    const size_t n = (size_t)l->o.batch * l->o.tile * l->o.tile;
+static void copy_out(const unet_loader *l, const batch_buffer *b, float *raw, int32_t *label, float *weight,
+                     void *records) {
+    const size_t n = (size_t)l->o.batch * l->size * l->size;
     memcpy(raw, b->raw, n * l->channels * sizeof(float));
     if (label) memcpy(label, b->label, n * sizeof(int32_t));
     if (weight) memcpy(weight, b->weight, n * sizeof(float));
+    if (records) memcpy(records, b->records, (size_t)l->o.batch * l->o.record_bytes);
 }
 
-int unet_loader_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, char *err,
-                      size_t errlen) {
+static int take_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, void *records,
+                      char *err, size_t errlen) {
     if (!l->n_threads) {
         batch_buffer *b = &l->ring[0];
         for (int s = 0; s < l->o.batch; s++)
             if (fill_sample(l, &l->caller, step, s, b, err, errlen)) return -1;
-        copy_out(l, b, raw, label, weight);
+        copy_out(l, b, raw, label, weight, records);
         return 0;
     }
     pthread_mutex_lock(&l->lock);
@@ -335,13 +356,32 @@ int unet_loader_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, 
         snprintf(err, errlen, "%s", b->err);
         assign(b, step); /* a retry reads again */
     } else {
-        copy_out(l, b, raw, label, weight);
+        copy_out(l, b, raw, label, weight, records);
         l->base = step + 1;
         assign(b, step + l->ring_size);
     }
     pthread_cond_broadcast(&l->work);
     pthread_mutex_unlock(&l->lock);
     return rc;
+}
+
+int unet_loader_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, char *err,
+                      size_t errlen) {
+    if (l->o.draw) {
+        snprintf(err, errlen, "loader: this loader defers its augmentation; take its batches with unet_loader_sources");
+        return -1;
+    }
+    return take_batch(l, step, raw, label, weight, NULL, err, errlen);
+}
+
+int unet_loader_sources(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, void *records,
+                        char *err, size_t errlen) {
+    if (!l->o.draw || !records) {
+        snprintf(err, errlen, "loader: unet_loader_sources needs a loader with a deferred augmentation (draw) and a "
+                 "records buffer");
+        return -1;
+    }
+    return take_batch(l, step, raw, label, weight, records, err, errlen);
 }
 
 /* ---- evaluation tiles ------------------------------------------------------------- */
