@@ -59,10 +59,10 @@ typedef struct {
 static const command commands[] = {
     {"train", UNET_CMD_TRAIN, "train a model on an HDF5 dataset and save a checkpoint"},
     {"predict", UNET_CMD_PREDICT, "predict probabilities and labels of an HDF5 dataset with a checkpoint"},
-    {"eval", UNET_CMD_EVAL, "IoU, Dice, pixel and Rand error of a checkpoint on labelled data; per class, and "
-                            "the mean over classes 1..K-1"},
-    {"info", UNET_CMD_INFO, "parameters, output size, FLOPs and planned memory of a model at a tile size, and the "
-                            "largest batch that fits"},
+    {"eval", UNET_CMD_EVAL, "IoU, Dice, pixel and Rand error of a checkpoint on labelled data (per class, and their "
+                            "mean)"},
+    {"info", UNET_CMD_INFO, "parameters, output size, FLOPs and memory of a model at a tile size; the largest batch "
+                            "that fits"},
     {"bench", UNET_CMD_BENCH, "time training steps (or inference, with --mode) of a model on random data"},
     {"prune", UNET_CMD_PRUNE, "write the network of a checkpoint pruned to --depth as a checkpoint of its own"},
     {"compare", UNET_CMD_COMPARE, "train several models under identical settings and report them side by side"},
