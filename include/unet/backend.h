@@ -75,6 +75,9 @@ typedef struct {
     int first;       /* SGD: 1 on step 0, where the momentum buffer starts as the gradient */
 } unet_optim_scalars;
 
+/* A step recorded by a backend that can replay work (a CUDA graph). */
+typedef struct unet_capture unet_capture;
+
 struct unet_backend {
     const char *name; /* "cpu", "cuda" */
     const unet_op_impl *ops[UNET_OP_COUNT]; /* indexed by unet_op */
@@ -104,6 +107,19 @@ struct unet_backend {
                 float momentum, float wd);
     void (*adam)(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n,
                  const unet_optim_scalars *s, float beta1, float beta2, float eps, float wd, int adamw);
+
+    /* Recording and replaying a whole step (CUDA graphs); NULL on backends
+     * that cannot (the CPU). Between begin_capture and end_capture the work
+     * the host enqueues is recorded and not run. end_capture returns the
+     * recorded step, ready to replay, and its number of nodes; or NULL with
+     * what failed in why, the backend back to running work as it is enqueued
+     * and its error state cleared. begin_capture may refuse (-1, why). A
+     * replay runs the recorded work on the backend's stream with whatever
+     * the per-step memory (inputs, seed, optimizer scalars) holds by then. */
+    int (*begin_capture)(const unet_backend *b, char *why, size_t whylen);
+    unet_capture *(*end_capture)(const unet_backend *b, size_t *nodes, char *why, size_t whylen);
+    void (*replay)(const unet_backend *b, unet_capture *c);
+    void (*release)(const unet_backend *b, unet_capture *c);
 };
 
 /* The CPU backend: the reference, always built. */

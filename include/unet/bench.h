@@ -11,6 +11,9 @@ typedef struct {
     int tile, batch, warmup, steps;
     int inference; /* time forward passes of an inference plan instead of training steps */
     unsigned long long seed;
+    /* time replays of the step captured as a CUDA graph where the backend can
+     * (--cuda-graph auto); the warm-up then covers at least the capture */
+    int graph;
 } unet_bench_cfg;
 
 typedef struct {
@@ -20,6 +23,8 @@ typedef struct {
     double flops_per_image;
     size_t activation_bytes, workspace_bytes, param_bytes;
     double first_loss, last_loss;
+    int cuda_graph;             /* 1: the timed steps were replays of one CUDA graph */
+    char cuda_graph_note[1100]; /* why not, where a graph was asked for and the backend has them; else "" */
 } unet_bench_result;
 
 int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_backend *b, const unet_bench_cfg *c,

@@ -43,6 +43,8 @@ typedef enum {
 typedef enum { UNET_PRECISION_AUTO, UNET_PRECISION_FP32, UNET_PRECISION_TF32, UNET_PRECISION_BF16 } unet_precision;
 /* predict --mode: the deepest head, the network pruned to --depth, or the mean of all heads */
 typedef enum { UNET_MODE_DEEPEST, UNET_MODE_FAST, UNET_MODE_ACCURATE } unet_predict_mode;
+/* --cuda-graph: record the training step once and replay it where the backend can (auto), or never (off) */
+typedef enum { UNET_CUDA_GRAPH_AUTO, UNET_CUDA_GRAPH_OFF } unet_cuda_graph_mode;
 
 typedef struct {
     /* model: the builder's own config, so nothing is translated twice */
@@ -88,6 +90,9 @@ typedef struct {
     int sync_bn;                    /* batch statistics over every rank's batch */
     float dist_timeout;             /* seconds a rank waits for the others before giving up */
     float bucket_mb;                /* gradient allreduce bucket size, MiB */
+
+    /* the step as one CUDA graph (src/host/train/step.h) */
+    unet_cuda_graph_mode cuda_graph;
 
     /* bench */
     int bench_warmup;               /* untimed steps before timing */

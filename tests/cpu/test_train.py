@@ -101,6 +101,25 @@ def test_same_seed_same_bits_and_exact_resume(data, tmp_path, optimizer):
     assert meta["unet.step"] == rmeta["unet.step"] == "6"
 
 
+def test_cuda_graph_flag_is_accepted_and_ignored_on_the_cpu(data, tmp_path):
+    """--cuda-graph is the CUDA backend's: on the CPU both values train the
+    same bits and nothing speaks of graphs (tests/gpu/test_cuda_graph.py
+    holds the GPU's replays against its eager steps)."""
+    args = ["train", "--data", data / "train.h5", *SMALL, "--dropout", "0.2", "--optimizer", "adam", "--steps", 5,
+            "--device", "cpu"]
+    runs = {}
+    for mode in ("auto", "off"):
+        r = run(*args, "--cuda-graph", mode, "--save", tmp_path / f"{mode}.safetensors")
+        assert "cuda graph" not in r.stdout + r.stderr
+        runs[mode] = tensors(tmp_path / f"{mode}.safetensors")[0]
+    assert runs["auto"] == runs["off"]
+    user_error(run(*args, "--cuda-graph", "on", check=False), "--cuda-graph")
+    bench = run("bench", "--device", "cpu", "--filters", "4,8,16", "--tile", 60, "--steps", 2, "--bench-warmup", 1,
+                "--threads", 1, "--json")
+    b = json.loads(bench.stdout.strip().splitlines()[-1])
+    assert b["cuda_graph"] is False and b["cuda_graph_note"] == ""
+
+
 def test_bad_inputs_are_one_line_and_exit_2(data, tmp_path):
     base = ["train", *SMALL, "--steps", 1]
     user_error(run(*base, "--data", tmp_path / "missing.h5", check=False), "missing.h5")

@@ -21,6 +21,7 @@ _Static_assert(sizeof(unet_optimizer_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_schedule_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_precision) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_predict_mode) == sizeof(int), "enum storage");
+_Static_assert(sizeof(unet_cuda_graph_mode) == sizeof(int), "enum storage");
 
 typedef enum { OPT_INT, OPT_LONG, OPT_U64, OPT_FLOAT, OPT_STRING, OPT_FLAG, OPT_ENUM, OPT_INT_LIST } opt_type;
 
@@ -117,6 +118,7 @@ static const char *const precisions[] = {"auto", "fp32", "tf32", "bf16", NULL};
 static const char *const dist_kinds[] = {"none", "mpi", "nccl", "auto", NULL}; /* unet_dist_kind's order */
 static const char *const modes[] = {"deepest", "fast", "accurate", NULL};
 static const char *const preset_names[] = {"none", "unet-paper", "unetpp-paper", NULL};
+static const char *const cuda_graph_modes[] = {"auto", "off", NULL}; /* unet_cuda_graph_mode's order */
 
 /* What each preset sets, as typed on the command line (index as in
  * preset_names); explicit flags win. The loss follows the classes. */
@@ -323,6 +325,11 @@ static const option options[] = {
      .help = "seconds a process waits for the others before it gives up with a message"},
     {"bucket-mb", OPT_FLOAT, F(bucket_mb), .min = 0, .min_open = 1, .max = 65536, .def = "25", .meta = "M",
      .commands = UNET_CMD_TRAIN, .group = G_DEVICE, .help = "gradient allreduce bucket size in MiB"},
+    {"cuda-graph", OPT_ENUM, F(cuda_graph), .choices = cuda_graph_modes, .def = "auto", .commands = STEPPERS,
+     .group = G_DEVICE,
+     .help = "auto: on the CUDA backend, capture the training step as one CUDA graph after 3 eager steps and replay "
+             "it (the same bits, less launch overhead; one process per job only); off: launch every op from the "
+             "host. The CPU ignores it"},
     {"bench-warmup", OPT_INT, F(bench_warmup), .min = 0, .max = INT_MAX, .def = "5", .meta = "N", .commands = BENCH | COMPARE,
      .group = G_TRAINING, .help = "untimed steps before timing"},
 };

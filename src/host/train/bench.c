@@ -1,10 +1,14 @@
 /* Times the production training step (forward, loss, backward, update) or an
- * inference forward on random data. Timings are per step, after warm-up,
+ * inference forward on random data, run by the same stepper as training
+ * (eager, or replays of one CUDA graph). Timings are per step, after warm-up,
  * with the backend synchronised around each step. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <json-c/json.h>
+
+#include "host/train/step.h"
 #include "unet/bench.h"
 #include "unet/plan.h"
 #include "unet/rng.h"
@@ -30,6 +34,8 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     unet_param_blocks pb;
     int rc = -1;
     unet_plan *plan = NULL;
+    unet_stepper stepper;
+    memset(&stepper, 0, sizeof stepper);
     float *image = NULL, *tp = NULL, *ts = NULL;
     int32_t *label = NULL;
     double *times = NULL;
@@ -51,20 +57,22 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     for (size_t i = 0; i < npix; i++) label[i] = (int32_t)(unet_uniform(key, npix * m->in_channels + i) * k) % k;
     unet_plan_set_inputs(plan, image, label, NULL);
     times = calloc((size_t)c->steps + 1, sizeof(double));
-    for (int s = 0; s < c->warmup + c->steps; s++) {
+    unet_stepper_cfg sc = {.plan = plan, .pb = &pb, .optim = c->inference ? NULL : o, .graph = c->graph};
+    unet_stepper_init(&stepper, &sc);
+    int warmup = c->warmup;
+    if (stepper.mode == UNET_STEP_WARMING && warmup <= UNET_GRAPH_WARMUP) warmup = UNET_GRAPH_WARMUP + 1;
+    int total = warmup + c->steps;
+    for (int s = 0; s < total; s++) {
         double t0 = now_ms();
-        unet_plan_set_seed(plan, unet_rng_key(c->seed, 0xd0, (uint64_t)s));
-        unet_plan_forward(plan);
-        if (!c->inference) {
-            double loss = unet_plan_loss(plan, NULL);
-            if (s == 0) r->first_loss = loss;
-            r->last_loss = loss;
-            unet_plan_backward(plan);
-            unet_optim_step(o, &pb, s);
-        }
+        unet_stepper_run(&stepper, s, unet_rng_key(c->seed, 0xd0, (uint64_t)s));
+        /* a loss read waits for the step: only the first and the last */
+        if (!c->inference && s == 0) r->first_loss = unet_plan_loss(plan, NULL);
+        if (!c->inference && s == total - 1) r->last_loss = unet_plan_loss(plan, NULL);
         b->sync(b);
-        if (s >= c->warmup) times[s - c->warmup] = now_ms() - t0;
+        if (s >= warmup) times[s - warmup] = now_ms() - t0;
     }
+    r->cuda_graph = unet_stepper_replaying(&stepper);
+    snprintf(r->cuda_graph_note, sizeof r->cuda_graph_note, "%s", stepper.why);
     qsort(times, (size_t)c->steps, sizeof(double), cmp_double);
     unet_plan_stats st = unet_plan_get_stats(plan);
     r->ms_median = times[c->steps / 2];
@@ -78,6 +86,7 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     r->param_bytes = st.param_bytes;
     rc = 0;
 out:
+    unet_stepper_free(&stepper);
     unet_plan_free(plan);
     unet_param_blocks_free(&pb);
     free(image);
@@ -94,23 +103,30 @@ int unet_run_bench(unet_config *cfg) {
     char err[1024], desc[128];
     const unet_backend *b = unet_select_backend(cfg, desc, sizeof desc, err, sizeof err);
     unet_bench_cfg c = {.tile = cfg->tile, .batch = cfg->batch, .warmup = cfg->bench_warmup,
-                        .steps = (int)cfg->steps, .inference = cfg->mode != UNET_MODE_DEEPEST, .seed = cfg->seed};
+                        .steps = (int)cfg->steps, .inference = cfg->mode != UNET_MODE_DEEPEST, .seed = cfg->seed,
+                        .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO};
     unet_bench_result r;
     if (!b || unet_bench_run(&cfg->model, &cfg->optim, b, &c, &r, err, sizeof err)) {
         fprintf(stderr, "unet: %s\n", err);
         return 2;
     }
-    if (cfg->json)
+    if (cfg->json) {
+        json_object *note = json_object_new_string(r.cuda_graph_note);
         printf("{\"device\": \"%s\", \"model\": \"%s\", \"tile\": %d, \"batch\": %d, \"steps\": %d, "
                "\"inference\": %d, \"ms_median\": %.4f, \"ms_p90\": %.4f, \"images_per_s\": %.4f, "
                "\"tflops\": %.4f, \"flops_per_image\": %.6g, \"activation_bytes\": %zu, \"workspace_bytes\": %zu, "
-               "\"param_bytes\": %zu, \"first_loss\": %.6g, \"last_loss\": %.6g}\n",
+               "\"param_bytes\": %zu, \"first_loss\": %.6g, \"last_loss\": %.6g, \"cuda_graph\": %s, "
+               "\"cuda_graph_note\": %s}\n",
                desc, unet_model_kind_name(cfg->model.kind), c.tile, c.batch, c.steps, c.inference, r.ms_median,
                r.ms_p90, r.images_per_s, r.tflops, r.flops_per_image, r.activation_bytes, r.workspace_bytes,
-               r.param_bytes, r.first_loss, r.last_loss);
-    else
-        printf("%s on %s: tile %d batch %d: %.2f ms/step median (p90 %.2f), %.2f images/s, %.3f TFLOP/s\n",
-               c.inference ? "inference" : "training", desc, c.tile, c.batch, r.ms_median, r.ms_p90, r.images_per_s,
-               r.tflops);
+               r.param_bytes, r.first_loss, r.last_loss, r.cuda_graph ? "true" : "false",
+               json_object_to_json_string_ext(note, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(note);
+    } else {
+        printf("%s on %s%s: tile %d batch %d: %.2f ms/step median (p90 %.2f), %.2f images/s, %.3f TFLOP/s\n",
+               c.inference ? "inference" : "training", desc, r.cuda_graph ? ", one CUDA graph" : "", c.tile, c.batch,
+               r.ms_median, r.ms_p90, r.images_per_s, r.tflops);
+        if (r.cuda_graph_note[0]) printf("cuda graph: not used (%s)\n", r.cuda_graph_note);
+    }
     return 0;
 }

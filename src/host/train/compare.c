@@ -331,7 +331,7 @@ static int measure(const unet_config *cfg, const unet_backend *b, const unet_mod
     *flops = info.flops_per_image;
     if (train_bytes) *train_bytes = info.train_activation_bytes;
     unet_bench_cfg bc = {.tile = cfg->tile, .batch = cfg->batch, .warmup = cfg->bench_warmup, .steps = BENCH_STEPS,
-                         .seed = cfg->seed};
+                         .seed = cfg->seed, .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO};
     unet_bench_result r;
     if (train_ips) {
         if (unet_bench_run(m, &cfg->optim, b, &bc, &r, err, errlen)) return -1;

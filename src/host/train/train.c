@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "host/train/session.h"
+#include "host/train/step.h"
 #include "unet/augment.h"
 #include "unet/checkpoint.h"
 #include "unet/dist.h"
@@ -130,6 +131,8 @@ int unet_run_train(unet_config *cfg) {
     int32_t *label = NULL;
     FILE *log = NULL;
     unet_dist *dist = NULL;
+    unet_stepper stepper;
+    memset(&stepper, 0, sizeof stepper);
     int rank = 0, world = 1, all_ranks_failed = 0;
 
     if (!cfg->data[0]) {
@@ -225,6 +228,10 @@ int unet_run_train(unet_config *cfg) {
            cfg->tile, out.h, st.arena_bytes / 1048576.0, st.unplanned_bytes / 1048576.0);
     if (start && rank == 0) printf("resuming %s at step %ld\n", cfg->resume, start);
     fflush(stdout);
+    unet_stepper_cfg step_cfg = {.plan = plan, .pb = &s.pb, .optim = &cfg->optim, .dist = dist,
+                                 .average_state = world > 1 && !replica_sum,
+                                 .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO, .notes = rank == 0 ? stdout : NULL};
+    unet_stepper_init(&stepper, &step_cfg);
     code = 1; /* from here on a failure is the run's */
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
@@ -244,10 +251,15 @@ int unet_run_train(unet_config *cfg) {
         if (unet_loader_batch(loader, step, raw, label, weight, err, sizeof err)) goto fail;
         unet_plan_set_inputs(plan, raw, label, weight);
         /* dropout: rank 0 keeps the single-process stream, the others their own */
-        unet_plan_set_seed(plan, unet_rng_key(cfg->seed, 0xd0 | ((uint64_t)rank << 8), (uint64_t)step));
-        unet_plan_forward(plan);
-        double per_head[UNET_MAX_LEVELS];
-        loss = unet_plan_loss(plan, per_head);
+        unet_stepper_run(&stepper, step, unet_rng_key(cfg->seed, 0xd0 | ((uint64_t)rank << 8), (uint64_t)step));
+        long done = step + 1;
+        int logged = cfg->log_every > 0 && (done % cfg->log_every == 0 || done == cfg->steps);
+        /* Reading the loss waits for the step. A replayed step is read only
+         * when logged, so that the host prepares the next batch while the
+         * device computes; eager steps are checked every step. */
+        int have_loss = logged || world > 1 || !unet_stepper_replaying(&stepper);
+        double per_head[UNET_MAX_LEVELS] = {0};
+        if (have_loss) loss = unet_plan_loss(plan, per_head);
         /* a signal, or --stop-after: save and stop, resumable with the same --steps */
         int signalled = stop_signal != 0;
         if (world > 1) {
@@ -261,21 +273,15 @@ int unet_run_train(unet_config *cfg) {
             all_ranks_failed = 1; /* a divergence below is every rank's */
         }
         int stop = signalled || (cfg->stop_after > 0 && step + 1 == cfg->stop_after);
-        if (!isfinite(loss)) {
-            snprintf(err, sizeof err, "the loss became %g at step %ld: the run diverged (lower --lr, now %g)", loss,
-                     step + 1, (double)cfg->optim.lr);
+        if (have_loss && !isfinite(loss)) {
+            const char *when = unet_stepper_replaying(&stepper) ? " (or earlier: replayed steps are read when logged)" : "";
+            snprintf(err, sizeof err, "the loss became %g at step %ld%s: the run diverged (lower --lr, now %g)", loss,
+                     done, when, (double)cfg->optim.lr);
             goto fail;
         }
         all_ranks_failed = 0;
-        unet_dist_grads_begin(dist, s.pb.grads, s.pb.n_trainable);
-        unet_plan_backward(plan);
-        unet_dist_grads_finish(dist);
-        /* running statistics: the moving average of the ranks' mean batch statistics */
-        if (world > 1 && !replica_sum && s.pb.n_state) unet_dist_mean_f32(dist, s.pb.state, s.pb.n_state);
-        unet_optim_step(&cfg->optim, &s.pb, step);
         imgs_since_log += (long)cfg->batch * world; /* the job's images, not this rank's */
-        long done = step + 1;
-        if (cfg->log_every > 0 && (done % cfg->log_every == 0 || done == cfg->steps)) {
+        if (logged) {
             s.backend->sync(s.backend);
             double t = now_s(), ips = imgs_since_log / (t - t_log);
             t_log = t;
@@ -357,6 +363,7 @@ fail:
     if (world > 1 && !all_ranks_failed) unet_dist_abort(dist, code);
 done:
     if (log) fclose(log);
+    unet_stepper_free(&stepper);
     unet_dist_close(dist);
     unet_loader_free(loader);
     unet_plan_free(plan);

@@ -1,6 +1,7 @@
 /* The CUDA backend: device selection, the context (stream, cuDNN and cuBLAS
- * handles bound to it), memory and transfers, the fused optimizer passes and
- * the one error reporter every CUDA, cuDNN and cuBLAS check goes through.
+ * handles bound to it), memory and transfers, the fused optimizer passes,
+ * the capture and replay of a whole step as a CUDA graph, and the one error
+ * reporter every CUDA, cuDNN and cuBLAS check goes through.
  *
  * Layout this phase: NCHW float32 (labels int32), exactly the CPU's, so
  * transfers are plain copies and a tensor means the same bytes on both.
@@ -100,6 +101,13 @@ static void fail_on(const cuda_instance *inst, const char *file, int line, const
     }
     if (!inst && a) inst = instance_of(a->backend);
     if (!inst && n_instances == 1) inst = instances[0];
+    if (inst && inst->ctx.capturing) {
+        /* the one state a report changes in an instance its callers hold as const */
+        unet_cuda_ctx *ctx = (unet_cuda_ctx *)&inst->ctx;
+        if (!ctx->capture_failure[0])
+            snprintf(ctx->capture_failure, sizeof ctx->capture_failure, "%s: %s%s [%s:%d]", call, msg, op, file, line);
+        return;
+    }
     char dev[512];
     describe_device(inst, dev, sizeof dev);
     fprintf(stderr, "unet: CUDA failure: %s: %s%s on %s [%s:%d]\n", call, msg, op, dev, file, line);
@@ -114,8 +122,8 @@ extern "C" void unet_cuda_fail(const char *file, int line, const char *call, con
 /* Errors of a kernel surface at the next synchronising call; the message says
  * where to look instead of blaming the call that noticed. */
 #define ASYNC_HINT                                                                                               \
-    " (this may be an earlier kernel's fault surfacing here: rerun with UNET_CUDA_SYNC=1 to stop at the op that " \
-    "failed)"
+    " (this may be an earlier kernel's fault surfacing here: rerun with UNET_CUDA_SYNC=1, which also runs the "   \
+    "step without a CUDA graph, to stop at the op that failed)"
 
 static void check_on(const cuda_instance *inst, cudaError_t e, const char *file, int line, const char *call,
                      int waits) {
@@ -354,6 +362,80 @@ static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m,
 }
 
 /* ---------------------------------------------------------------------------
+ * CUDA graphs: the step's launches recorded once by stream capture and
+ * replayed. Every pointer the step uses is fixed by the plan, and every value
+ * that changes between steps lives in device memory (the seed, the optimizer
+ * scalars, the inputs), so one recording serves every later step.
+ * ------------------------------------------------------------------------- */
+
+struct unet_capture {
+    cudaGraphExec_t exec;
+};
+
+static int cuda_begin_capture(const unet_backend *b, char *why, size_t whylen) {
+    cuda_instance *inst = (cuda_instance *)b->ctx;
+    if (sync_each_launch == 1) {
+        snprintf(why, whylen, "UNET_CUDA_SYNC=1 waits for every kernel as it is launched, which a graph cannot do");
+        return -1;
+    }
+    /* a fault of the eager steps before shows here as what it is, not as a failed capture */
+    CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
+    /* thread-local: the loader's threads may call what they like meanwhile */
+    cudaError_t e = cudaStreamBeginCapture(inst->ctx.stream, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
+        snprintf(why, whylen, "cudaStreamBeginCapture: %s", cudaGetErrorString(e));
+        cudaGetLastError();
+        return -1;
+    }
+    inst->ctx.capture_failure[0] = '\0';
+    inst->ctx.capturing = 1;
+    return 0;
+}
+
+static unet_capture *cuda_end_capture(const unet_backend *b, size_t *nodes, char *why, size_t whylen) {
+    cuda_instance *inst = (cuda_instance *)b->ctx;
+    inst->ctx.capturing = 0;
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    unet_capture *c = NULL;
+    *nodes = 0;
+    /* ends the capture whatever happened inside it (an invalidated capture still has to be ended) */
+    cudaError_t e = cudaStreamEndCapture(inst->ctx.stream, &graph);
+    if (inst->ctx.capture_failure[0])
+        snprintf(why, whylen, "%s", inst->ctx.capture_failure); /* the cause; a failed end is its consequence */
+    else if (e != cudaSuccess || !graph)
+        snprintf(why, whylen, "cudaStreamEndCapture: %s", cudaGetErrorString(e));
+    else if ((e = cudaGraphGetNodes(graph, NULL, nodes)) != cudaSuccess)
+        snprintf(why, whylen, "cudaGraphGetNodes: %s", cudaGetErrorString(e));
+    else if ((e = cudaGraphInstantiate(&exec, graph, 0)) != cudaSuccess)
+        snprintf(why, whylen, "cudaGraphInstantiate (%zu nodes): %s", *nodes, cudaGetErrorString(e));
+    else if ((e = cudaGraphUpload(exec, inst->ctx.stream)) != cudaSuccess) /* the first replay pays no setup */
+        snprintf(why, whylen, "cudaGraphUpload (%zu nodes): %s", *nodes, cudaGetErrorString(e));
+    else if (!(c = (unet_capture *)calloc(1, sizeof *c)))
+        snprintf(why, whylen, "out of host memory for the graph");
+    if (graph) cudaGraphDestroy(graph); /* the executable graph is a copy */
+    if (c) {
+        c->exec = exec;
+        return c;
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    cudaGetLastError(); /* nothing of the failed capture may resurface in a later check */
+    inst->ctx.capture_failure[0] = '\0';
+    return NULL;
+}
+
+static void cuda_replay(const unet_backend *b, unet_capture *c) {
+    const cuda_instance *inst = instance_of(b);
+    CHECK_ON(inst, cudaGraphLaunch(c->exec, inst->ctx.stream), 0);
+}
+
+static void cuda_release(const unet_backend *b, unet_capture *c) {
+    if (!c) return;
+    CHECK_ON(instance_of(b), cudaGraphExecDestroy(c->exec), 0);
+    free(c);
+}
+
+/* ---------------------------------------------------------------------------
  * Creation
  * ------------------------------------------------------------------------- */
 
@@ -481,6 +563,10 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->sync = cuda_sync;
     b->sgd = cuda_sgd;
     b->adam = cuda_adam;
+    b->begin_capture = cuda_begin_capture;
+    b->end_capture = cuda_end_capture;
+    b->replay = cuda_replay;
+    b->release = cuda_release;
     return 0;
 }
 

@@ -26,11 +26,18 @@ typedef struct {
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
     struct unet_cudnn_cache *plans; /* cudnn_graph.c: execution plans keyed by op and shapes */
+    /* While a step is being captured as a CUDA graph (backend.cu), a failing
+     * CUDA, cuDNN or cuBLAS call does not end the process: the first failure
+     * is kept here, the capture ends without a graph, and the run goes on
+     * eagerly. Nothing runs during a capture, so no data is lost. */
+    int capturing;
+    char capture_failure[1024];
 } unet_cuda_ctx;
 
 static inline unet_cuda_ctx *unet_cuda_ctx_of(const unet_op_args *a) { return (unet_cuda_ctx *)a->backend->ctx; }
 
-/* Report and abort. `what` names the call, `op` the node (or NULL), with the shapes when known. */
+/* Report and abort (during a capture: record, see unet_cuda_ctx). `what` names the call, `op` the node (or
+ * NULL), with the shapes when known. */
 void unet_cuda_fail(const char *file, int line, const char *call, const char *msg, const unet_op_args *a);
 
 #define UNET_CUDA_CHECK(call, a)                                                               \

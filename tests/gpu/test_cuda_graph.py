@@ -1,0 +1,165 @@
+"""The training step as one CUDA graph (src/host/train/step.c): after 3 eager
+steps the whole step (forward, losses, backward, optimizer update) is
+captured once and replayed, its per-step values (inputs, dropout seed,
+learning rate, Adam's bias corrections) read from device memory. A replayed
+step must give the same bits as the eager step: every run here trains the
+same model with --cuda-graph off and auto and compares the checkpoints
+(parameters and optimizer state) and the logged losses bit for bit, and
+checks from the run's own line that the graph was captured.
+
+The models make every per-step value matter: dropout (a new mask each step),
+a warm-up and a cosine schedule (a new learning rate each step), Adam and
+AdamW (new bias corrections each step), SGD's first step (eager) and its
+later ones (replayed), batch norm, deep supervision, validation between
+replays, and a weight map. A value frozen into the graph at capture would
+make the replayed steps differ.
+
+Skips where no GPU is listed by nvidia-smi and where the build has no CUDA
+backend."""
+import json
+import os
+import struct
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+from unet_testlib import BUILD, requires_gpu
+
+UNET = os.path.join(BUILD, "unet")
+STEPS = 9  # 3 eager, the capture at step 4, replays up to 9
+
+pytestmark = requires_gpu("the CUDA graph tests run on a GPU machine")
+
+LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS",
+               "UNET_CUDA_SYNC")
+
+
+def env(**extra):
+    e = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    e.update(extra)
+    return e
+
+
+def read_st(path):
+    """A checkpoint's tensors (name -> raw bytes): parameters, running statistics and optimizer state."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    return {k: data[t["data_offsets"][0]:t["data_offsets"][1]] for k, t in header.items() if k != "__metadata__"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("graph")
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:96, 0:96]
+    for name, n in (("train.h5", 6), ("val.h5", 2)):
+        label = np.zeros((n, 96, 96), np.uint8)
+        for i in range(n):
+            for _ in range(8):
+                cy, cx, r = rng.uniform(8, 88), rng.uniform(8, 88), rng.uniform(4, 12)
+                label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+        raw = np.clip(label * 120 + rng.normal(60, 25, label.shape), 0, 255).astype(np.uint8)
+        with h5py.File(d / name, "w") as f:
+            f["raw"], f["label"] = raw, label
+            f["weight"] = rng.uniform(0.5, 2.0, label.shape).astype(np.float32)
+    return d
+
+
+MODELS = {
+    # the paper's U-Net shape, small: valid padding, CE with the weight map, SGD with momentum, dropout
+    "unet_sgd": ["--model", "unet", "--filters", "8,16,32", "--padding", "valid", "--tile", "60", "--classes", "2",
+                 "--dropout", "0.3", "--optimizer", "sgd", "--lr", "0.02", "--momentum", "0.9", "--warmup", "2",
+                 "--schedule", "cosine"],
+    # UNet++ with deep supervision, BCE + Dice on every head, batch norm, dropout, Adam
+    "unetpp_adam": ["--model", "unetpp", "--filters", "8,16,32,64", "--padding", "same", "--tile", "64",
+                    "--classes", "1", "--deep-supervision", "--norm", "batch", "--dropout", "0.3",
+                    "--optimizer", "adam", "--lr", "3e-3", "--schedule", "poly"],
+    # the same with AdamW's decoupled decay and bilinear upsampling
+    "unetpp_adamw": ["--model", "unetpp", "--filters", "8,16,32", "--padding", "same", "--tile", "64",
+                     "--classes", "1", "--deep-supervision", "--dropout", "0.2", "--upsample", "bilinear",
+                     "--optimizer", "adamw", "--weight-decay", "0.05", "--lr", "3e-3", "--warmup", "3"],
+}
+
+
+def train(data, out, model, graph, *extra, environ=None):
+    out.mkdir(parents=True, exist_ok=True)
+    args = [UNET, "train", "--data", str(data / "train.h5"), "--val", str(data / "val.h5"), *MODELS[model],
+            "--batch", "2", "--steps", str(STEPS), "--val-every", "4", "--log-every", "1", "--device", "cuda",
+            "--precision", "fp32", "--cuda-graph", graph, "--seed", "3", "--save", str(out / "c.safetensors"),
+            "--log", str(out / "m.jsonl"), *extra]
+    r = subprocess.run(args, capture_output=True, text=True, env=environ or env(), timeout=600)
+    if "built without CUDA" in r.stderr:
+        pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [json.loads(x) for x in open(out / "m.jsonl")]
+    return r, read_st(out / "c.safetensors"), lines
+
+
+def without_timing(lines):
+    return [{k: v for k, v in x.items() if k != "images_per_s"} for x in lines]
+
+
+def assert_same_run(eager, graphed, what):
+    (_, a, la), (_, b, lb) = eager, graphed
+    assert a.keys() == b.keys()
+    differ = [k for k in a if a[k] != b[k]]
+    assert not differ, f"{what}: replayed steps differ from eager ones in {differ[:8]}"
+    assert without_timing(la) == without_timing(lb), f"{what}: the logged losses or validations differ"
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_replayed_steps_give_the_eager_bits(data, tmp_path, model):
+    eager = train(data, tmp_path / "off", model, "off")
+    graphed = train(data, tmp_path / "auto", model, "auto")
+    assert "cuda graph" not in eager[0].stdout, eager[0].stdout
+    assert "cuda graph: step 4 captured after 3 eager steps" in graphed[0].stdout, graphed[0].stdout + \
+        graphed[0].stderr
+    assert_same_run(eager, graphed, model)
+    losses = [x["loss"] for x in graphed[2] if "loss" in x]
+    assert len(losses) == STEPS and all(np.isfinite(losses))
+
+
+def test_sparse_logging_reads_the_replayed_loss_when_logged(data, tmp_path):
+    """A replayed step is read back only when it is logged: the logged losses
+    are those of a run that logs every step."""
+    every = train(data, tmp_path / "every", "unetpp_adam", "auto")
+    sparse = train(data, tmp_path / "sparse", "unetpp_adam", "auto", "--log-every", "4")
+    assert every[1] == sparse[1]
+    by_step = {x["step"]: x for x in without_timing(every[2]) if "loss" in x}
+    for x in without_timing(sparse[2]):
+        if "loss" in x:
+            assert x == by_step[x["step"]]
+    assert [x["step"] for x in sparse[2] if "loss" in x] == [4, 8, STEPS]
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly(data, tmp_path):
+    """UNET_CUDA_SYNC=1 waits after every kernel, which a graph cannot: the
+    run says so once and trains exactly as without a graph."""
+    eager = train(data, tmp_path / "off", "unet_sgd", "off")
+    synced = train(data, tmp_path / "sync", "unet_sgd", "auto", environ=env(UNET_CUDA_SYNC="1"))
+    notes = [x for x in synced[0].stdout.splitlines() if x.startswith("cuda graph")]
+    assert len(notes) == 1 and "failed" in notes[0] and "UNET_CUDA_SYNC" in notes[0], synced[0].stdout
+    assert_same_run(eager, synced, "eager fallback")
+
+
+def test_bench_times_the_graph(data):
+    """unet bench replays the graph and says so; its losses are the eager
+    ones (a warm-up of 4 covers the capture, so both runs take 10 steps)."""
+    out = {}
+    for graph in ("auto", "off"):
+        r = subprocess.run([UNET, "bench", *MODELS["unetpp_adam"], "--batch", "2", "--steps", "6", "--bench-warmup",
+                            "4", "--device", "cuda", "--precision", "fp32", "--cuda-graph", graph, "--json"],
+                           capture_output=True, text=True, env=env(), timeout=600)
+        if "built without CUDA" in r.stderr:
+            pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
+        assert r.returncode == 0, r.stdout + r.stderr
+        out[graph] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["auto"]["cuda_graph"] is True and out["auto"]["cuda_graph_note"] == ""
+    assert out["off"]["cuda_graph"] is False
+    assert out["auto"]["first_loss"] == out["off"]["first_loss"]
+    assert out["auto"]["last_loss"] == out["off"]["last_loss"]
+    print("\nms per step, eager", out["off"]["ms_median"], "graph", out["auto"]["ms_median"])
