@@ -719,6 +719,11 @@ static void check_pointer(const void *ptr, size_t alignment, const char *slot, c
     unet_cuda_fail(__FILE__, __LINE__, "unet_cudnn_execute", msg, a);
 }
 
+/* Also runs while a training step is captured as a CUDA graph
+ * (src/host/train/step.c): nothing here allocates device memory or waits for
+ * the device. The plan was built at compile time, the workspace is the
+ * plan's, and the variant pack is host-side bookkeeping that may die once
+ * cudnnBackendExecute has enqueued (or recorded) the engine's kernels. */
 void unet_cudnn_execute(unet_cuda_ctx *ctx, const unet_cudnn_plan *plan, const unet_conv_tensors *t, void *workspace,
                         const unet_op_args *a) {
     if (!plan || !plan->supported) {
