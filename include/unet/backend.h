@@ -52,6 +52,10 @@ typedef struct {
     /* the plan's per-step seed (dropout), in backend memory: read when the op
      * runs, not when it is enqueued, so a replayed step uses its own seed */
     const uint64_t *seed;
+    /* the global index of the batch's first sample (data parallel: rank x
+     * per-rank batch; else 0). Dropout keys its mask by the global element
+     * index, so the ranks together draw the single-process batch's masks. */
+    uint64_t first_sample;
     const unet_replica_sum *replica_sum; /* batch norm: statistics over all replicas; NULL: this one's */
 } unet_op_args;
 

@@ -67,6 +67,11 @@ void unet_plan_set_input(unet_plan *p, int input_index, const void *host);
 /* Seed for this step's random ops (dropout): written into the plan's seed in
  * backend memory, where the ops read it when they run. */
 void unet_plan_set_seed(unet_plan *p, uint64_t seed);
+/* The global index of this plan's first sample, for the whole run (set it
+ * before the first step: a recorded step keeps it): the rank's offset in the
+ * global batch of a data-parallel run, so dropout masks do not depend on how
+ * the batch is split. */
+void unet_plan_set_first_sample(unet_plan *p, uint64_t first_sample);
 /* Enqueues the forward pass (on an asynchronous backend it may still be
  * running when this returns; unet_plan_loss waits for it). */
 void unet_plan_forward(unet_plan *p);

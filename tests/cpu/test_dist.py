@@ -103,6 +103,8 @@ def log_lines(path):
 CASES = {
     # U-Net, SGD with momentum, shuffled, small buckets (many allreduces overlapping the backward)
     "unet": ["--model", "unet", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--bucket-mb", "0.005"],
+    # dropout: the ranks draw the slices of the single-process batch's masks
+    "unet_dropout": ["--model", "unet", "--dropout", "0.5", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9"],
     # UNet++ with deep supervision, one sigmoid class (BCE + Dice: the Dice is a mean over samples), Adam, in order
     "unetpp_ds": ["--model", "unetpp", "--deep-supervision", "--classes", "1", "--optimizer", "adam", "--lr", "3e-3",
                   "--no-shuffle"],

@@ -472,6 +472,11 @@ void unet_plan_set_input(unet_plan *p, int input_index, const void *host) {
 
 void unet_plan_set_seed(unet_plan *p, uint64_t seed) { p->b->upload_bytes(p->b, p->seed, &seed, sizeof seed); }
 
+void unet_plan_set_first_sample(unet_plan *p, uint64_t first_sample) {
+    for (int s = 0; s < p->n_fwd; s++) p->fwd[s].first_sample = first_sample;
+    for (int s = 0; s < p->n_bwd; s++) p->bwd[s].first_sample = first_sample;
+}
+
 /* Nothing here waits for the backend: the same walk is what a CUDA graph
  * records (src/host/train/step.c). */
 void unet_plan_forward(unet_plan *p) {

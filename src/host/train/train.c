@@ -232,6 +232,8 @@ int unet_run_train(unet_config *cfg) {
                                  .average_state = world > 1 && !replica_sum,
                                  .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO, .notes = rank == 0 ? stdout : NULL};
     unet_stepper_init(&stepper, &step_cfg);
+    /* this rank's samples are the rank-th contiguous slice of the global batch */
+    unet_plan_set_first_sample(plan, (uint64_t)rank * (uint64_t)cfg->batch);
     code = 1; /* from here on a failure is the run's */
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
@@ -250,8 +252,9 @@ int unet_run_train(unet_config *cfg) {
     for (long step = start; step < cfg->steps; step++) {
         if (unet_loader_batch(loader, step, raw, label, weight, err, sizeof err)) goto fail;
         unet_plan_set_inputs(plan, raw, label, weight);
-        /* dropout: rank 0 keeps the single-process stream, the others their own */
-        unet_stepper_run(&stepper, step, unet_rng_key(cfg->seed, 0xd0 | ((uint64_t)rank << 8), (uint64_t)step));
+        /* dropout: one stream for every rank, each drawing its slice of the
+         * global batch's masks (unet_plan_set_first_sample above) */
+        unet_stepper_run(&stepper, step, unet_rng_key(cfg->seed, 0xd0, (uint64_t)step));
         long done = step + 1;
         int logged = cfg->log_every > 0 && (done % cfg->log_every == 0 || done == cfg->steps);
         /* Reading the loss waits for the step. A replayed step is read only

@@ -29,23 +29,26 @@ static void relu_backward(const unet_op_args *a) {
 
 const unet_op_impl unet_cpu_relu = {.forward = relu_forward, .backward = relu_backward};
 
-/* The mask is a pure function of (step seed, node, flat NCHW index), so the
- * backward recomputes it instead of saving it, and the CUDA twin draws the
- * same one. Kept values are multiplied by 1/(1-p) rounded to float, as PyTorch's
- * scaled mask does. */
+/* The mask is a pure function of (step seed, node, flat NCHW index in the
+ * global batch), so the backward recomputes it instead of saving it, the CUDA
+ * twin draws the same one, and data-parallel ranks draw the slices of the
+ * single-process batch's mask. Kept values are multiplied by 1/(1-p) rounded
+ * to float, as PyTorch's scaled mask does. */
 typedef struct {
-    uint64_t key;
+    uint64_t key, base; /* base: the global flat index of this batch's first element */
     float p, scale;
 } dropout_mask;
 
 static dropout_mask dropout_mask_of(const unet_op_args *a) {
-    dropout_mask m = {unet_rng_key(*a->seed, (uint64_t)a->node_index, 0), a->node->p, 0.0f};
+    unet_shape s = a->out_shape;
+    dropout_mask m = {unet_rng_key(*a->seed, (uint64_t)a->node_index, 0),
+                      a->first_sample * (uint64_t)s.c * (uint64_t)s.h * (uint64_t)s.w, a->node->p, 0.0f};
     m.scale = m.p < 1.0f ? 1.0f / (1.0f - m.p) : 0.0f;
     return m;
 }
 
 static inline float dropout_apply(const dropout_mask *m, size_t i, float v) {
-    return unet_uniform(m->key, i) >= m->p ? v * m->scale : 0.0f;
+    return unet_uniform(m->key, m->base + i) >= m->p ? v * m->scale : 0.0f;
 }
 
 static void dropout_forward(const unet_op_args *a) {

@@ -99,6 +99,7 @@ extern "C" const unet_op_impl unet_cuda_relu = {relu_forward, relu_backward, NUL
 typedef struct {
     const uint64_t *seed;
     uint64_t node;
+    uint64_t base; /* the global flat index of this batch's first element */
     float p, scale;
 } dropout_mask;
 
@@ -107,6 +108,7 @@ static dropout_mask dropout_mask_of(const unet_op_args *a) {
     dropout_mask m;
     m.seed = a->seed;
     m.node = (uint64_t)a->node_index;
+    m.base = a->first_sample * (uint64_t)a->out_shape.c * (uint64_t)a->out_shape.h * (uint64_t)a->out_shape.w;
     m.p = a->node->p;
     m.scale = m.p < 1.0f ? 1.0f / (1.0f - m.p) : 0.0f;
     return m;
@@ -118,7 +120,7 @@ static __device__ __forceinline__ uint64_t dropout_key(const dropout_mask &m) {
 
 static __device__ __forceinline__ float dropout_apply(const dropout_mask &m, uint64_t key, long long i, float v) {
     /* rounded on its own, as on the CPU, even where an accumulation follows */
-    return unet_uniform(key, (uint64_t)i) >= m.p ? __fmul_rn(v, m.scale) : 0.0f;
+    return unet_uniform(key, m.base + (uint64_t)i) >= m.p ? __fmul_rn(v, m.scale) : 0.0f;
 }
 
 /* Forward (acc = 0, dst = out) and backward (dst = din) are the same map. */
