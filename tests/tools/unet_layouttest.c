@@ -1,0 +1,81 @@
+/* The CUDA backend's host-side layout conversions (src/kernels/cuda/
+ * layout.h) on raw files, for tests/cpu/test_cuda_layout.py to compare with
+ * PyTorch's bfloat16. Plain C: runs with or without a GPU or a CUDA build.
+ *
+ *   unet_layouttest round IN OUT               float32 values -> bf16 bits (uint16)
+ *   unet_layouttest pack N C H W IN OUT        NCHW float32 -> NHWC bf16, padded channels
+ *   unet_layouttest unpack N C H W IN OUT      NHWC bf16, padded -> NCHW float32
+ *   unet_layouttest bytes N C H W bf16|fp32 f32|i32   the tensor's bytes in that layout
+ * Exit 0 on success, 2 on bad arguments or files. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/layout.h"
+
+/* The whole file, its size in *bytes. */
+static void *slurp(const char *path, size_t *bytes) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *buf = malloc(size > 0 ? (size_t)size : 1);
+    if (buf && size > 0 && fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    *bytes = size > 0 ? (size_t)size : 0;
+    return buf;
+}
+
+static int spit(const char *path, const void *buf, size_t bytes) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int ok = fwrite(buf, 1, bytes, f) == bytes;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static int usage(void) {
+    fprintf(stderr, "usage: unet_layouttest round IN OUT | pack|unpack N C H W IN OUT | bytes N C H W bf16|fp32 "
+                    "f32|i32\n");
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 4 && !strcmp(argv[1], "round")) {
+        size_t bytes;
+        float *in = slurp(argv[2], &bytes);
+        if (!in) return usage();
+        size_t n = bytes / sizeof(float);
+        uint16_t *out = malloc(n ? n * sizeof *out : 1);
+        for (size_t i = 0; i < n; i++) out[i] = unet_bf16_from_float(in[i]);
+        return spit(argv[3], out, n * sizeof *out) ? 2 : 0;
+    }
+    if (argc < 6) return usage();
+    unet_shape s = {atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5])};
+    if (argc == 8 && !strcmp(argv[1], "bytes")) {
+        unet_dtype t = !strcmp(argv[7], "i32") ? UNET_I32 : UNET_F32;
+        printf("%zu\n", unet_cuda_layout_bytes(unet_cuda_layout_of(!strcmp(argv[6], "bf16"), s, t)));
+        return 0;
+    }
+    if (argc != 8) return usage();
+    unet_cuda_layout l = unet_cuda_layout_of(1, s, UNET_F32);
+    size_t bytes;
+    void *in = slurp(argv[6], &bytes);
+    if (!in) return usage();
+    if (!strcmp(argv[1], "pack")) {
+        if (bytes != unet_shape_count(s) * sizeof(float)) return usage();
+        uint16_t *out = malloc(unet_cuda_layout_bytes(l) + 1);
+        unet_cuda_pack_bf16(l, out, in);
+        return spit(argv[7], out, unet_cuda_layout_bytes(l)) ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "unpack")) {
+        if (bytes != unet_cuda_layout_bytes(l)) return usage();
+        float *out = malloc(unet_shape_count(s) * sizeof(float) + 1);
+        unet_cuda_unpack_bf16(l, out, in);
+        return spit(argv[7], out, unet_shape_count(s) * sizeof(float)) ? 2 : 0;
+    }
+    return usage();
+}
