@@ -45,6 +45,9 @@ typedef enum { UNET_PRECISION_AUTO, UNET_PRECISION_FP32, UNET_PRECISION_TF32, UN
 typedef enum { UNET_MODE_DEEPEST, UNET_MODE_FAST, UNET_MODE_ACCURATE } unet_predict_mode;
 /* --cuda-graph: record the training step once and replay it where the backend can (auto), or never (off) */
 typedef enum { UNET_CUDA_GRAPH_AUTO, UNET_CUDA_GRAPH_OFF } unet_cuda_graph_mode;
+/* --augment-device: where the augmentation's warp runs: on the loader's threads (cpu), or on the GPU of a CUDA
+ * run, written straight into the training step's inputs (cuda; unet_cuda_warp_batch in unet/augment.h) */
+typedef enum { UNET_AUGMENT_DEVICE_CPU, UNET_AUGMENT_DEVICE_CUDA } unet_augment_device;
 
 typedef struct {
     /* model: the builder's own config, so nothing is translated twice */
@@ -62,6 +65,7 @@ typedef struct {
     uint64_t seed;
     int no_shuffle;
     const char *augment;            /* none | paper | a list, checked by the augmentation */
+    unet_augment_device augment_device; /* where --augment's warp runs */
     float val_fraction;             /* held-out share of --data when there is no --val (0: none) */
 
     /* data: files read. Strings are never NULL ("" when unset) and live as

@@ -102,6 +102,13 @@ void unet_plan_read_output(unet_plan *p, int index, float *host);
 /* Tests: the gradient of an input created with requires_grad. */
 void unet_plan_read_input_grad(unet_plan *p, int input_index, float *host);
 unet_shape unet_plan_input_shape(const unet_plan *p, int input_index);
+/* Where the plan keeps its first input of this kind in backend memory: the
+ * image (B,C,H,W) float32, the labels (B,1,H,W) int32 or the weights
+ * (B,1,H,W) float32, in the NCHW layout unet_plan_set_inputs uploads; NULL
+ * when the graph has no such input. The address is fixed for the plan's
+ * life, so a recorded step reads what is written there before each replay:
+ * the GPU augmentation warp writes its tiles there instead of an upload. */
+void *unet_plan_input_data(unet_plan *p, unet_input_kind kind);
 
 typedef struct {
     size_t arena_bytes;      /* planned: activations + gradients + saved data */

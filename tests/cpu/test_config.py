@@ -42,6 +42,7 @@ def test_defaults_are_the_paper_unet():
     assert c["tile"] == 572 and c["batch"] == 1 and c["optimizer"] == "sgd"
     assert f32(c["momentum"]) == f32(0.99) and c["momentum"] == 0.99  # shortest form, not 0.99000001
     assert c["augment"] == "none" and c["device"] == "auto" and c["precision"] == "auto"
+    assert c["augment_device"] == "cpu"
     assert c["raw_key"] == "raw" and c["label_key"] == "label" and c["weight_key"] == "weight"
     assert c["schedule"] == "constant" and c["warmup"] == 0 and c["no_shuffle"] is False
     assert out["explicit"] == [] and out["total_steps"] == c["steps"]
@@ -53,13 +54,14 @@ def test_every_value_type():
                 "--deep-supervision", "--no-shuffle", "--model", "unetpp", "--filters", "3,5,7", "--padding", "same",
                 "--norm", "batch", "--upsample", "bilinear", "--fusion", "add", "--dropout", "0.5",
                 "--optimizer", "adamw", "--schedule", "poly", "--warmup", "17", "--precision", "bf16",
-                "--device", "cuda:2", "--in-channels", "3", "--classes", "1", "--augment", "paper")
+                "--device", "cuda:2", "--in-channels", "3", "--classes", "1", "--augment", "paper",
+                "--augment-device", "cuda")
     c, m = out["config"], out["model"]
     assert c["tile"] == 256 and c["batch"] == 3 and c["steps"] == 123456789012 and out["total_steps"] == 123456789012
     assert c["seed"] == 2**64 - 1
     assert f32(c["lr"]) == f32(3e-4) and f32(c["weight_decay"]) == f32(1e-5)
     assert c["data"] == "dir with space/a b.h5" and c["save"] == "x=y.safetensors"
-    assert c["no_shuffle"] is True and c["augment"] == "paper"
+    assert c["no_shuffle"] is True and c["augment"] == "paper" and c["augment_device"] == "cuda"
     assert m == {"model": "unetpp", "filters": [3, 5, 7], "padding": "same", "in_channels": 3, "classes": 1,
                  "norm": "batch", "upsample": "bilinear", "fusion": "add", "deep_supervision": True, "dropout": 0.5,
                  "loss": "bce_dice", "depth": 0}

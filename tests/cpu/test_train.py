@@ -120,6 +120,29 @@ def test_cuda_graph_flag_is_accepted_and_ignored_on_the_cpu(data, tmp_path):
     assert b["cuda_graph"] is False and b["cuda_graph_note"] == ""
 
 
+def test_augment_device_cuda_is_refused_on_the_cpu(data, tmp_path):
+    """--augment-device cuda warps on the GPU, into the step's inputs
+    (tests/gpu/test_augment_device.py trains with it against the CPU warp): a
+    run on the CPU, or in a build without CUDA, refuses it in one line, exit 2,
+    saying how to go on; so does an intensity augmentation, which the GPU warp
+    does not do. --augment-device cpu is the default: the same bits, saved in
+    the checkpoint's configuration."""
+    args = ["train", "--data", data / "train.h5", *SMALL, "--steps", 2, "--device", "cpu"]
+    line = user_error(run(*args, "--augment", "paper", "--augment-device", "cuda", check=False), "--augment-device cpu")
+    assert "--device cuda" in line or "built without CUDA" in line, line
+    for spec, named in [("paper,noise", "noise"), ("elastic,gamma,contrast", "gamma, contrast")]:
+        user_error(run(*args, "--augment", spec, "--augment-device", "cuda", check=False), named,
+                   "--augment-device cpu")
+    user_error(run(*args, "--augment-device", "gpu", check=False), "--augment-device", "cpu, cuda")
+    runs = {}
+    for name, extra in (("default", []), ("cpu", ["--augment-device", "cpu"])):
+        r = run(*args, "--augment", "paper", "--workers", 2, *extra, "--save", tmp_path / f"{name}.safetensors")
+        assert "augment-device=cpu" in r.stdout
+        runs[name] = tensors(tmp_path / f"{name}.safetensors")
+    assert runs["default"][0] == runs["cpu"][0]
+    assert json.loads(runs["cpu"][1]["unet.config"])["augment_device"] == "cpu"
+
+
 def test_bad_inputs_are_one_line_and_exit_2(data, tmp_path):
     base = ["train", *SMALL, "--steps", 1]
     user_error(run(*base, "--data", tmp_path / "missing.h5", check=False), "missing.h5")

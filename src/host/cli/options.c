@@ -22,6 +22,7 @@ _Static_assert(sizeof(unet_schedule_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_precision) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_predict_mode) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_cuda_graph_mode) == sizeof(int), "enum storage");
+_Static_assert(sizeof(unet_augment_device) == sizeof(int), "enum storage");
 
 typedef enum { OPT_INT, OPT_LONG, OPT_U64, OPT_FLOAT, OPT_STRING, OPT_FLAG, OPT_ENUM, OPT_INT_LIST } opt_type;
 
@@ -119,6 +120,7 @@ static const char *const dist_kinds[] = {"none", "mpi", "nccl", "auto", NULL}; /
 static const char *const modes[] = {"deepest", "fast", "accurate", NULL};
 static const char *const preset_names[] = {"none", "unet-paper", "unetpp-paper", NULL};
 static const char *const cuda_graph_modes[] = {"auto", "off", NULL}; /* unet_cuda_graph_mode's order */
+static const char *const augment_devices[] = {"cpu", "cuda", NULL}; /* unet_augment_device's order */
 
 /* What each preset sets, as typed on the command line (index as in
  * preset_names); explicit flags win. The loss follows the classes. */
@@ -301,6 +303,11 @@ static const option options[] = {
      .group = G_DEVICE,
      .help = "data loader threads reading and augmenting the next batches (0: on the training thread); the "
              "batches are the same for any N"},
+    {"augment-device", OPT_ENUM, F(augment_device), .choices = augment_devices, .def = "cpu", .commands = TRAIN,
+     .group = G_DEVICE,
+     .help = "where --augment's deformation (elastic, flips, turns, rotation, scaling) is applied: cpu, on the "
+             "loader's threads, or cuda, on the GPU straight into the step's inputs (the same tiles; the loader only "
+             "reads and draws). cuda needs --device cuda and takes no gamma, brightness, contrast or noise"},
     {"memory-budget", OPT_FLOAT, F(memory_budget), .min = 0, .min_open = 1, .max = 1 << 20, .meta = "GiB",
      .commands = INFO, .group = G_DEVICE, .flags = OPTF_NO_JSON,
      .help = "device memory to plan for: the largest --batch whose training run fits (default: the CUDA device's "

@@ -523,6 +523,12 @@ unet_shape unet_plan_input_shape(const unet_plan *p, int input_index) {
     return p->shapes[p->g->inputs[input_index].value];
 }
 
+void *unet_plan_input_data(unet_plan *p, unet_input_kind kind) {
+    for (int i = 0; i < p->g->n_inputs; i++)
+        if (p->g->inputs[i].kind == kind) return tensor_ptr(p, p->act[p->g->inputs[i].value]);
+    return NULL;
+}
+
 void unet_plan_read_output(unet_plan *p, int index, float *host) {
     int v = p->g->outputs[index];
     p->b->download(p->b, host, tensor_ptr(p, p->act[v]), p->shapes[v], UNET_F32);

@@ -1,0 +1,143 @@
+"""Training with the augmentation warp on the GPU (--augment-device cuda,
+src/host/train/train.c): the loader reads the source windows and records the
+draws (unet_loader_sources), and unet_cuda_warp_batch writes the tiles
+straight into the training step's inputs on the backend's stream, before
+the step and outside its CUDA graph capture. The same seed must train what
+--augment-device cpu trains (the loader's threads warping with the same
+arithmetic, src/host/data/warp_math.h): every logged loss within 1e-5 and
+the checkpoint's tensors within 1e-4 relative. Both warps are expected to
+give the same bits (tests/gpu/test_augment_twin.py): each case prints
+whether they did, for the record.
+
+The cases: the paper's U-Net shape with a weight map (the weight input
+warped), cubic raw, SGD with dropout; UNet++ without a weight map (the warp's
+weights go to a scratch plane), bilinear raw with rotation and scaling,
+Adam; each with --cuda-graph auto (the warp feeds the replays, whose inputs
+have fixed addresses) and off, and with several loader workers. A resumed
+GPU-warp run continues like an unbroken one.
+
+Skips where no GPU is listed by nvidia-smi and where the build has no CUDA
+backend."""
+import json
+import os
+import struct
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+from unet_testlib import BUILD, requires_gpu
+
+UNET = os.path.join(BUILD, "unet")
+STEPS = 8  # with --cuda-graph auto: 3 eager steps, the capture at step 4, replays after it
+
+pytestmark = requires_gpu("training with the GPU augmentation warp runs on a GPU machine")
+
+LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS",
+               "UNET_CUDA_SYNC")
+
+
+def env():
+    return {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+
+
+def read_st(path):
+    """A checkpoint's tensors (name -> float32 array, or raw bytes for other types)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, t in header.items():
+        if k == "__metadata__":
+            continue
+        raw = data[t["data_offsets"][0]:t["data_offsets"][1]]
+        out[k] = np.frombuffer(raw, np.float32) if t["dtype"] == "F32" else raw
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("augdev")
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:110, 0:110]
+    for name, with_weight in (("weighted.h5", True), ("plain.h5", False)):
+        label = np.zeros((5, 110, 110), np.uint8)
+        for i in range(5):
+            for _ in range(9):
+                cy, cx, r = rng.uniform(8, 102), rng.uniform(8, 102), rng.uniform(4, 13)
+                label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+        raw = np.clip(label * 110 + rng.normal(70, 25, label.shape), 0, 255).astype(np.uint8)
+        with h5py.File(d / name, "w") as f:
+            f["raw"], f["label"] = raw, label
+            if with_weight:
+                f["weight"] = rng.uniform(0.5, 3.0, label.shape).astype(np.float32)
+    return d
+
+
+CASES = {
+    "unet_weighted": ("weighted.h5",
+                      ["--model", "unet", "--filters", "8,16,32", "--padding", "valid", "--tile", "60",
+                       "--classes", "2", "--dropout", "0.2", "--optimizer", "sgd", "--lr", "0.02",
+                       "--momentum", "0.9", "--augment", "paper"]),
+    "unetpp_plain": ("plain.h5",
+                     ["--model", "unetpp", "--filters", "8,16,32", "--padding", "same", "--tile", "64",
+                      "--classes", "1", "--deep-supervision", "--optimizer", "adam", "--lr", "3e-3",
+                      "--augment", "elastic:sigma=8:interp=linear,flip,rot90,rotate:deg=30,scale:range=0.2"]),
+}
+
+
+def train(data, out, case, augment_device, *extra):
+    out.mkdir(parents=True, exist_ok=True)
+    dataset, model = CASES[case]
+    args = [UNET, "train", "--data", str(data / dataset), *model, "--batch", "3", "--steps", str(STEPS),
+            "--log-every", "1", "--device", "cuda", "--precision", "fp32", "--seed", "9",
+            "--augment-device", augment_device, "--save", str(out / "c.safetensors"), "--log", str(out / "m.jsonl"),
+            *extra]
+    r = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600)
+    if "built without CUDA" in r.stderr:
+        pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"augment-device={augment_device}" in r.stdout, r.stdout
+    losses = [json.loads(x)["loss"] for x in open(out / "m.jsonl") if '"loss"' in x]
+    return r, losses, read_st(out / "c.safetensors")
+
+
+def assert_same_training(a, b, what):
+    """a, b: (losses, tensors) of two runs."""
+    (la, ta), (lb, tb) = a, b
+    assert len(la) == len(lb) and la and np.all(np.isfinite(la)), (la, lb)
+    worst = max(abs(x - y) / max(abs(y), 1.0) for x, y in zip(la, lb))
+    assert worst <= 1e-5, f"{what}: losses differ by {worst:.3g}: {la} against {lb}"
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        if isinstance(ta[k], bytes):
+            assert ta[k] == tb[k], f"{what}: {k} differs"
+            continue
+        x, y = ta[k].astype(np.float64), tb[k].astype(np.float64)
+        rel = np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12)
+        assert rel <= 1e-4, f"{what}: {k} differs by {rel:.3g} (relative)"
+    same = la == lb and all((ta[k] == tb[k]) if isinstance(ta[k], bytes) else np.array_equal(ta[k], tb[k])
+                            for k in ta)
+    print(f"{what}: {'the same bits' if same else 'within tolerance, not the same bits'}")
+
+
+@pytest.mark.parametrize("graph", ["auto", "off"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_gpu_warp_trains_like_the_cpu_warp(data, tmp_path, case, graph):
+    cpu = train(data, tmp_path / "cpu", case, "cpu", "--cuda-graph", graph)
+    gpu = train(data, tmp_path / "cuda", case, "cuda", "--cuda-graph", graph, "--workers", "3")
+    if graph == "auto":
+        assert "cuda graph: step 4 captured" in gpu[0].stdout, gpu[0].stdout + gpu[0].stderr
+    assert len(cpu[1]) == STEPS
+    assert_same_training(gpu[1:], cpu[1:], f"{case}, --cuda-graph {graph}")
+
+
+def test_resumed_gpu_warp_run_continues_exactly(data, tmp_path):
+    whole = train(data, tmp_path / "whole", "unet_weighted", "cuda")
+    train(data, tmp_path / "part", "unet_weighted", "cuda", "--stop-after", "3")
+    resumed = train(data, tmp_path / "resumed", "unet_weighted", "cuda", "--resume",
+                    str(tmp_path / "part" / "c.safetensors"))
+    # the resumed run logs steps 4..8 only
+    assert_same_training((resumed[1], resumed[2]), (whole[1][3:], whole[2]), "resumed")
