@@ -18,16 +18,17 @@ static int check(unet_precision precision, unet_conv_problem p, const char *what
     char why[1024];
     int ok = unet_cudnn_graph_check(precision, &p, why, sizeof why);
     printf("%s %s %s: x (%d,%d,%d,%d) k %d r %d stride %d pad %d%s%s%s%s%s\n", ok ? "accepted" : "REFUSED",
-           precision == UNET_PREC_FP32 ? "fp32" : "tf32", what, p.n, p.c, p.h, p.w, p.k, p.r, p.stride, p.pad,
+           precision == UNET_PREC_FP32 ? "fp32" : precision == UNET_PREC_TF32 ? "tf32" : "bf16", what, p.n, p.c, p.h, p.w, p.k, p.r, p.stride, p.pad,
            p.bias ? " +bias" : "", p.relu ? " +relu" : "", p.accumulate ? " beta=1" : "", ok ? "" : ": ", ok ? "" : why);
     return ok;
 }
 
 int main(void) {
-    static const unet_precision precisions[] = {UNET_PREC_FP32, UNET_PREC_TF32};
+    /* bf16: the NHWC bf16 descriptors, channels padded to 8 (3 and 5 here become 8) */
+    static const unet_precision precisions[] = {UNET_PREC_FP32, UNET_PREC_TF32, UNET_PREC_BF16};
     static const int kernels[][2] = {{3, 0}, {3, 1}, {1, 0}}; /* (k, pad): valid, same, 1x1 head */
     int all = 1;
-    for (int q = 0; q < 2; q++) {
+    for (int q = 0; q < 3; q++) {
         for (int i = 0; i < 3; i++) {
             /* conv: forward alone and fused, its data gradient (overwriting and
              * accumulating) and its weight gradient */

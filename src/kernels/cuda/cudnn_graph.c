@@ -23,18 +23,35 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/layout.h"
+
 /* ---------------------------------------------------------------------------
  * Layout: the one place that decides element types, memory order and
- * alignment. NCHW float32 is the CPU layout, which keeps every CUDA op a
- * direct twin of its CPU op. NHWC bf16 (channels padded to 8) becomes a new
- * case here: the strides, the element type and the channel count of
- * activation tensors; nothing outside this block knows the layout.
+ * alignment of what cuDNN reads and writes.
+ *
+ * fp32 and tf32: NCHW float32, the CPU layout, which keeps every CUDA op a
+ * direct twin of its CPU op.
+ *
+ * bf16 (src/kernels/cuda/layout.h): activations and their gradients NHWC
+ * bfloat16 with the channels padded by zeros to a multiple of 8, and cuDNN
+ * is shown the padded channel count: the tensors are then packed NHWC, the
+ * form the tensor-core engines take, and the padding adds nothing (zero
+ * inputs, zero weights) and comes out zero (zero weights, zero bias). The
+ * weights stay float32 master copies in the parameter block; a convolution
+ * reads a bf16 copy, padded the same way and laid out KRSC (channels last),
+ * that the op casts into its workspace each step; the weight gradient comes
+ * out in that form too, bf16, and is widened and added into the float32
+ * gradient block by the op (what PyTorch's autocast does: bf16 weight
+ * gradients, float32 accumulation). The fused bias is a bf16 copy as well.
+ * Every reduction and fused pointwise step computes in float (the compute
+ * type and the virtual intermediates), rounding once, to bf16, on the store.
  * ------------------------------------------------------------------------- */
 
 /* Activations come from the plan's arena (offsets aligned to 256 bytes) or
  * from cudaMalloc. Parameters and their gradients are packed without padding
  * in one block (include/unet/graph.h: offsets in floats), so a weight tensor
- * is only guaranteed float alignment. Both are checked at every execution. */
+ * is only guaranteed float alignment; the bf16 copies live in the workspace,
+ * aligned like activations. Both are checked at every execution. */
 enum { ACTIVATION_ALIGNMENT = 16, PARAM_ALIGNMENT = 4 };
 
 typedef enum { ROLE_ACTIVATION, ROLE_FILTER, ROLE_BIAS, ROLE_INTERMEDIATE } tensor_role;
@@ -45,21 +62,41 @@ typedef struct {
     int64_t alignment;
 } tensor_layout;
 
-/* The element type cuDNN computes in: float for fp32 and tf32 (the engine
- * filter below decides whether TF32 tensor cores may be used). */
+/* The element type cuDNN computes in: float for every precision (the engine
+ * filter below decides whether tensor cores may be used). */
 static cudnnDataType_t compute_type(const unet_cuda_ctx *ctx) {
     (void)ctx;
     return CUDNN_DATA_FLOAT;
 }
 
-static int layout_supported(const unet_cuda_ctx *ctx) {
-    return ctx->precision == UNET_PREC_FP32 || ctx->precision == UNET_PREC_TF32;
+static int is_bf16(const unet_cuda_ctx *ctx) { return ctx->precision == UNET_PREC_BF16; }
+
+/* The alignment cuDNN may assume for a tensor of this role. */
+static int64_t alignment_of(const unet_cuda_ctx *ctx, tensor_role role) {
+    return (role == ROLE_FILTER || role == ROLE_BIAS) && !is_bf16(ctx) ? PARAM_ALIGNMENT : ACTIVATION_ALIGNMENT;
 }
 
 /* Logical dims (n, c, h, w); filters (k, c, r, s); biases (1, k, 1, 1). */
 static tensor_layout layout_for(const unet_cuda_ctx *ctx, tensor_role role, int64_t n, int64_t c, int64_t h,
                                 int64_t w) {
     tensor_layout l;
+    l.alignment = alignment_of(ctx, role);
+    if (is_bf16(ctx)) {
+        /* NHWC with padded channels; a filter's (and the bias's) k is padded too */
+        int64_t pad = UNET_BF16_CHANNELS;
+        if (role == ROLE_FILTER || role == ROLE_BIAS) n = role == ROLE_BIAS ? 1 : (n + pad - 1) / pad * pad;
+        c = (c + pad - 1) / pad * pad;
+        l.type = role == ROLE_INTERMEDIATE ? compute_type(ctx) : CUDNN_DATA_BFLOAT16;
+        l.dims[0] = n;
+        l.dims[1] = c;
+        l.dims[2] = h;
+        l.dims[3] = w;
+        l.strides[1] = 1;
+        l.strides[3] = c;
+        l.strides[2] = w * c;
+        l.strides[0] = h * w * c;
+        return l;
+    }
     l.type = compute_type(ctx); /* fp32 and tf32: float tensors throughout */
     l.dims[0] = n;
     l.dims[1] = c;
@@ -70,7 +107,6 @@ static tensor_layout layout_for(const unet_cuda_ctx *ctx, tensor_role role, int6
     l.strides[2] = w;
     l.strides[1] = h * w;
     l.strides[0] = c * h * w;
-    l.alignment = (role == ROLE_FILTER || role == ROLE_BIAS) ? PARAM_ALIGNMENT : ACTIVATION_ALIGNMENT;
     return l;
 }
 
@@ -377,7 +413,10 @@ static const char *note_name(cudnnBackendNumericalNote_t n) {
  *  - nondeterministic engines (atomics in reductions) unless the run allows them;
  *  - fp32 means pure float math: no tensor cores (TF32), and no FFT or
  *    Winograd, whose transforms round differently from a direct sum;
- *  - float data is never down-converted nor reduced in lower precision. */
+ *  - tf32 and bf16 take tensor cores, FFT and Winograd (their transforms
+ *    round about as a tensor core does);
+ *  - inputs are never down-converted below their type, and reductions are
+ *    never carried in less than float (bf16 keeps float32 accumulation). */
 static const char *rejection(const unet_cuda_ctx *ctx, const cudnnBackendNumericalNote_t *notes, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         switch (notes[i]) {
@@ -612,11 +651,9 @@ static void insert(struct unet_cudnn_cache *c, unet_cudnn_plan *p) {
     c->plans[c->n++] = p;
 }
 
-static void check_problem(const unet_cuda_ctx *ctx, const plan_key *k, const char *problem, const unet_op_args *a) {
+static void check_problem(const plan_key *k, const char *problem, const unet_op_args *a) {
     const char *bad = NULL;
-    if (!layout_supported(ctx))
-        bad = "the cuDNN module supports fp32 and tf32 only so far (bf16 needs the NHWC layout in cudnn_graph.c)";
-    else if (k->n < 1 || k->c < 1 || k->h < 1 || k->w < 1 || k->k < 1 || k->r < 1 || k->stride < 1 || k->pad < 0)
+    if (k->n < 1 || k->c < 1 || k->h < 1 || k->w < 1 || k->k < 1 || k->r < 1 || k->stride < 1 || k->pad < 0)
         bad = "sizes must be positive";
     else if (unet_conv_out_size(k->h, k->r, k->stride, k->pad) < 1 ||
              unet_conv_out_size(k->w, k->r, k->stride, k->pad) < 1)
@@ -643,7 +680,7 @@ const unet_cudnn_plan *unet_cudnn_plan_build(unet_cuda_ctx *ctx, const unet_conv
         }
         return found->supported ? found : NULL;
     }
-    check_problem(ctx, &k, problem, a);
+    check_problem(&k, problem, a);
     unet_cudnn_plan *plan = calloc(1, sizeof *plan);
     if (!plan) unet_cuda_fail(__FILE__, __LINE__, "calloc", "out of host memory for a cuDNN plan", a);
     plan->key = k;
@@ -789,7 +826,7 @@ int unet_cudnn_graph_check(unet_precision precision, const unet_conv_problem *p,
     plan_key k = key_of(&ctx, p);
     char problem[512];
     describe(&k, -1, problem, sizeof problem);
-    check_problem(&ctx, &k, problem, NULL);
+    check_problem(&k, problem, NULL);
     graph_builder g;
     memset(&g, 0, sizeof g);
     g.problem = problem;

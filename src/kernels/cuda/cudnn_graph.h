@@ -12,9 +12,12 @@
  * The problem is always stated in terms of the forward convolution's shapes;
  * the tensors passed at run time fill the x, w, y, b slots by role.
  *
- * Layout and element type (NCHW float32 today) are decided in
- * cudnn_graph.c alone, so that NHWC bf16 is a change of tensor descriptors
- * there, not of the callers. */
+ * Layout and element type are decided in cudnn_graph.c alone: NCHW
+ * float32 for fp32 and tf32. For bf16 (not enabled in the backend yet) every
+ * tensor passed is bf16 with channels last and padded to 8 (layout.h): x, y
+ * as the activations are stored; w (and dw) a (K8, R, S, C8) copy of the
+ * weights, and b a K8 copy of the bias, that the caller keeps in its
+ * workspace. */
 #ifndef UNET_CUDA_CUDNN_GRAPH_H
 #define UNET_CUDA_CUDNN_GRAPH_H
 
