@@ -6,7 +6,8 @@
  *   unet_modeltest --model unetpp --filters 4,8,16 --padding same --classes 2 [--norm batch]
  *       [--upsample bilinear] [--fusion add] [--deep-supervision] [--dropout P] [--depth d]
  *       [--in-channels C] [--loss ce|bce_dice] [--weight-map] --tile S --batch B --dir D
- *       [--list] [--eval] [--backend cpu|cuda] [--seed S] [--steps K --lr X --optimizer sgd|adam]
+ *       [--list] [--eval] [--backend cpu|cuda] [--precision fp32|tf32|bf16 (cuda)] [--seed S]
+ *       [--steps K --lr X --optimizer sgd|adam]
  *
  * --list prints "name kind offset count dims..." per parameter and the plan's
  * statistics, then exits. Otherwise reads D/params.bin (trainable block in
@@ -54,7 +55,7 @@ int main(int argc, char **argv) {
     int tile = 0, batch = 1, list = 0, eval = 0, weight_map = 0, steps = 0, adam = 0, loss_set = 0;
     unsigned long long seed = 1;
     float lr = 0.01f;
-    const char *dir = ".", *backend_name = "cpu";
+    const char *dir = ".", *backend_name = "cpu", *precision = "fp32";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--list")) { list = 1; continue; }
@@ -83,6 +84,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--batch")) batch = atoi(v);
         else if (!strcmp(a, "--dir")) dir = v;
         else if (!strcmp(a, "--backend")) backend_name = v;
+        else if (!strcmp(a, "--precision")) precision = v;
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--lr")) lr = strtof(v, NULL);
@@ -96,7 +98,7 @@ int main(int argc, char **argv) {
     const unet_graph *g = model.graph;
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu")) {
-        b = unet_cuda_backend(0, "fp32", err, sizeof err);
+        b = unet_cuda_backend(0, precision, err, sizeof err);
         if (!b) die(err);
     }
     unet_param_blocks pb;
