@@ -84,6 +84,27 @@ def rng(seed):
     return np.random.default_rng(seed)
 
 
+def write_discs(path, rng, n, side, discs, radius, margin, weight=False):
+    """An HDF5 training file of n side x side uint8 images of bright discs
+    (label 1) on a noisy background: `discs` per image, radii uniform in
+    `radius`, centres at least `margin` from the border; with weight, a
+    random per-pixel weight map too. Draws from rng in that order."""
+    import h5py
+
+    yy, xx = np.mgrid[0:side, 0:side]
+    label = np.zeros((n, side, side), np.uint8)
+    for i in range(n):
+        for _ in range(discs):
+            cy, cx, r = rng.uniform(margin, side - margin), rng.uniform(margin, side - margin), rng.uniform(*radius)
+            label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
+    raw = np.clip(label * 120 + rng.normal(60, 25, label.shape), 0, 255).astype(np.uint8)
+    with h5py.File(path, "w") as f:
+        f["raw"], f["label"] = raw, label
+        if weight:
+            f["weight"] = rng.uniform(0.5, 2.0, label.shape).astype(np.float32)
+    return path
+
+
 def gpu_listed():
     """An NVIDIA GPU is listed by nvidia-smi (UNET_FORCE_GPU_TESTS=1 says yes
     regardless: an emulator, or a machine whose nvidia-smi is elsewhere)."""

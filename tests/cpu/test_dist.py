@@ -14,11 +14,10 @@ import struct
 import subprocess
 import time
 
-import h5py
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD
+from unet_testlib import BUILD, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 DISTTEST = os.path.join(BUILD, "unet_disttest")
@@ -67,15 +66,7 @@ def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
     rng = np.random.default_rng(5)
     for name, n in (("train.h5", 8), ("val.h5", 3)):
-        yy, xx = np.mgrid[0:48, 0:48]
-        label = np.zeros((n, 48, 48), np.uint8)
-        for i in range(n):
-            for _ in range(4):
-                cy, cx, r = rng.uniform(8, 40), rng.uniform(8, 40), rng.uniform(4, 9)
-                label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
-        raw = np.clip(label * 120 + rng.normal(60, 25, label.shape), 0, 255).astype(np.uint8)
-        with h5py.File(d / name, "w") as f:
-            f["raw"], f["label"] = raw, label
+        write_discs(d / name, rng, n, 48, 4, (4, 9), 8)
     return d
 
 

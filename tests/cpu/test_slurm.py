@@ -14,11 +14,10 @@ import socket
 import subprocess
 import time
 
-import h5py
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, SOURCE
+from unet_testlib import BUILD, SOURCE, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 SBATCH_SCRIPT = os.path.join(SOURCE, "scripts", "slurm", "train.sbatch")
@@ -160,17 +159,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("slurmdata")
-    rng = np.random.default_rng(3)
-    yy, xx = np.mgrid[0:48, 0:48]
-    label = np.zeros((6, 48, 48), np.uint8)
-    for i in range(6):
-        for _ in range(4):
-            cy, cx, r = rng.uniform(8, 40), rng.uniform(8, 40), rng.uniform(4, 9)
-            label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
-    raw = np.clip(label * 120 + rng.normal(60, 25, label.shape), 0, 255).astype(np.uint8)
-    with h5py.File(d / "train.h5", "w") as f:
-        f["raw"], f["label"] = raw, label
-    return d / "train.h5"
+    return write_discs(d / "train.h5", np.random.default_rng(3), 6, 48, 4, (4, 9), 8)
 
 
 def sbatch_cmd(cluster, run_dir, *extra):

@@ -21,11 +21,10 @@ import os
 import struct
 import subprocess
 
-import h5py
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, requires_gpu
+from unet_testlib import BUILD, requires_gpu, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 STEPS = 9  # 3 eager, the capture at step 4, replays up to 9
@@ -55,17 +54,8 @@ def read_st(path):
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("graph")
     rng = np.random.default_rng(5)
-    yy, xx = np.mgrid[0:96, 0:96]
     for name, n in (("train.h5", 6), ("val.h5", 2)):
-        label = np.zeros((n, 96, 96), np.uint8)
-        for i in range(n):
-            for _ in range(8):
-                cy, cx, r = rng.uniform(8, 88), rng.uniform(8, 88), rng.uniform(4, 12)
-                label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
-        raw = np.clip(label * 120 + rng.normal(60, 25, label.shape), 0, 255).astype(np.uint8)
-        with h5py.File(d / name, "w") as f:
-            f["raw"], f["label"] = raw, label
-            f["weight"] = rng.uniform(0.5, 2.0, label.shape).astype(np.float32)
+        write_discs(d / name, rng, n, 96, 8, (4, 12), 8, weight=True)
     return d
 
 

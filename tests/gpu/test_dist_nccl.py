@@ -13,11 +13,10 @@ import os
 import struct
 import subprocess
 
-import h5py
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, requires_gpu
+from unet_testlib import BUILD, requires_gpu, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 
@@ -43,17 +42,7 @@ def read_st(path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("nccl")
-    rng = np.random.default_rng(9)
-    yy, xx = np.mgrid[0:128, 0:128]
-    label = np.zeros((8, 128, 128), np.uint8)
-    for i in range(8):
-        for _ in range(10):
-            cy, cx, r = rng.uniform(10, 118), rng.uniform(10, 118), rng.uniform(5, 14)
-            label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
-    raw = np.clip(label * 120 + rng.normal(60, 25, label.shape), 0, 255).astype(np.uint8)
-    with h5py.File(d / "train.h5", "w") as f:
-        f["raw"], f["label"] = raw, label
-    return d / "train.h5"
+    return write_discs(d / "train.h5", np.random.default_rng(9), 8, 128, 10, (5, 14), 10)
 
 
 def train(data, out, *extra, filters="16,32,64,128", tile="124", steps="6"):
