@@ -2,6 +2,9 @@
  * src/kernels/cpu/elementwise.c. Memory-bound: one grid-stride pass, float4
  * where every pointer is 16-byte aligned, scalars for the tail.
  *
+ * Both layouts of tensor_view.cuh: float32 NCHW, and bf16 NHWC (padded),
+ * element by element over memory in either case.
+ *
  * Dropout draws the CPU's mask: element i (flat NCHW index) is kept iff
  * unet_uniform(key, i) >= p, the same integer hash on both sides
  * (include/unet/rng.h), and kept values are multiplied by the same float
@@ -11,6 +14,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/tensor_view.cuh"
 #include "unet/rng.h"
 
 /* Runs op.one(i) for every i < n, as op.quad(q) on indices 4q..4q+3 where vec. */
@@ -30,44 +34,44 @@ static void launch_map(const unet_op_args *a, const Op &op, long long n, int vec
 
 static __device__ __forceinline__ float relu_of(float v) { return v < 0.0f ? 0.0f : v; } /* NaN passes */
 
-static __device__ __forceinline__ float4 load4(const float *p, long long q) {
-    return reinterpret_cast<const float4 *>(p)[q];
-}
-static __device__ __forceinline__ void store4(float *p, long long q, float4 v) { reinterpret_cast<float4 *>(p)[q] = v; }
-
 /* A gradient store of four values at once (see unet_store_grad). */
-static __device__ __forceinline__ void store_grad4(float *d, long long q, float4 v, int accumulate) {
+template <class T>
+static __device__ __forceinline__ void store_grad4(T *d, long long q, float4 v, int accumulate) {
     if (accumulate) {
-        float4 o = load4(d, q);
+        float4 o = unet_ld4(d, q);
         v.x += o.x;
         v.y += o.y;
         v.z += o.z;
         v.w += o.w;
     }
-    store4(d, q, v);
+    unet_st4(d, q, v);
 }
 
-/* ---- ReLU ---- */
+/* ---- ReLU ----
+ * Element by element over memory, padding included: bf16's zero padding
+ * channels stay zero (relu(0) = 0, and their gradient is masked to 0). */
 
+template <class T>
 struct relu_fwd {
-    const float *x;
-    float *y;
-    __device__ void one(long long i) const { y[i] = relu_of(x[i]); }
+    const T *x;
+    T *y;
+    __device__ void one(long long i) const { unet_st(y, i, relu_of(unet_ld(x, i))); }
     __device__ void quad(long long q) const {
-        float4 v = load4(x, q);
-        store4(y, q, make_float4(relu_of(v.x), relu_of(v.y), relu_of(v.z), relu_of(v.w)));
+        float4 v = unet_ld4(x, q);
+        unet_st4(y, q, make_float4(relu_of(v.x), relu_of(v.y), relu_of(v.z), relu_of(v.w)));
     }
 };
 
 /* dx = dout * (out > 0): the plan keeps out, not in, for this backward. */
+template <class T>
 struct relu_bwd {
-    const float *y, *dy;
-    float *dx;
+    const T *y, *dy;
+    T *dx;
     int acc;
     static __device__ __forceinline__ float pass(float y, float g) { return y > 0.0f ? g : 0.0f; }
-    __device__ void one(long long i) const { unet_store_grad(dx, i, pass(y[i], dy[i]), acc); }
+    __device__ void one(long long i) const { unet_store_grad_t(dx, i, pass(unet_ld(y, i), unet_ld(dy, i)), acc); }
     __device__ void quad(long long q) const {
-        float4 yv = load4(y, q), g = load4(dy, q);
+        float4 yv = unet_ld4(y, q), g = unet_ld4(dy, q);
         store_grad4(dx, q, make_float4(pass(yv.x, g.x), pass(yv.y, g.y), pass(yv.z, g.z), pass(yv.w, g.w)), acc);
     }
 };
@@ -76,17 +80,38 @@ static void require_ptr(const unet_op_args *a, const void *p, const char *what) 
     if (!p) unet_cuda_fail(__FILE__, __LINE__, "argument check", what, a);
 }
 
+/* float4 where every pointer is 16-byte aligned (float only: bf16 goes by scalars). */
+template <class T>
+static int vec_ok(const T *p, const T *q, const T *r = NULL) {
+    return sizeof(T) == 4 && unet_aligned16(p) && unet_aligned16(q) && (!r || unet_aligned16(r));
+}
+
+template <class T>
+static void relu_forward_t(const unet_op_args *a) {
+    relu_fwd<T> op = {(const T *)a->in[0], (T *)a->out};
+    launch_map(a, op, unet_cuda_act_elements(a, a->out_shape), vec_ok(op.x, op.y));
+}
+
+template <class T>
+static void relu_backward_t(const unet_op_args *a) {
+    relu_bwd<T> op = {(const T *)a->out, (const T *)a->dout, (T *)a->din[0], a->din_accumulate[0]};
+    launch_map(a, op, unet_cuda_act_elements(a, a->out_shape), vec_ok(op.y, op.dy, op.dx));
+}
+
 static void relu_forward(const unet_op_args *a) {
-    relu_fwd op = {(const float *)a->in[0], (float *)a->out};
-    launch_map(a, op, (long long)unet_shape_count(a->out_shape), unet_aligned16(op.x) && unet_aligned16(op.y));
+    if (unet_cuda_is_bf16(a))
+        relu_forward_t<unet_bf16>(a);
+    else
+        relu_forward_t<float>(a);
 }
 
 static void relu_backward(const unet_op_args *a) {
     if (!a->din[0]) return;
     require_ptr(a, a->out, "relu backward needs the forward output (out is NULL)");
-    relu_bwd op = {(const float *)a->out, (const float *)a->dout, (float *)a->din[0], a->din_accumulate[0]};
-    int vec = unet_aligned16(op.y) && unet_aligned16(op.dy) && unet_aligned16(op.dx);
-    launch_map(a, op, (long long)unet_shape_count(a->out_shape), vec);
+    if (unet_cuda_is_bf16(a))
+        relu_backward_t<unet_bf16>(a);
+    else
+        relu_backward_t<float>(a);
 }
 
 extern "C" const unet_op_impl unet_cuda_relu = {relu_forward, relu_backward, NULL, NULL};
@@ -101,6 +126,9 @@ typedef struct {
     uint64_t node;
     uint64_t base; /* the global flat index of this batch's first element */
     float p, scale;
+    /* bf16 (NHWC, padded): the shape that turns a memory index into the
+     * logical NCHW index the mask is keyed by; c == 0 for NCHW */
+    int c, cp, h, w;
 } dropout_mask;
 
 /* The CPU twin's dropout_mask_of, value for value. */
@@ -111,6 +139,11 @@ static dropout_mask dropout_mask_of(const unet_op_args *a) {
     m.base = a->first_sample * (uint64_t)a->out_shape.c * (uint64_t)a->out_shape.h * (uint64_t)a->out_shape.w;
     m.p = a->node->p;
     m.scale = m.p < 1.0f ? 1.0f / (1.0f - m.p) : 0.0f;
+    unet_cuda_layout l = unet_cuda_layout_of(unet_cuda_is_bf16(a), a->out_shape, UNET_F32);
+    m.c = l.nhwc_bf16 ? l.c : 0;
+    m.cp = l.cp;
+    m.h = l.h;
+    m.w = l.w;
     return m;
 }
 
@@ -118,22 +151,33 @@ static __device__ __forceinline__ uint64_t dropout_key(const dropout_mask &m) {
     return unet_rng_key(*m.seed, m.node, 0);
 }
 
+/* The NCHW index of memory element i: the CPU's mask index. A padding
+ * channel maps to some other element's index; its value is 0 and stays 0. */
+static __device__ __forceinline__ long long logical_index(const dropout_mask &m, long long i) {
+    if (m.c == 0) return i;
+    long long pixel = i / m.cp, hw = (long long)m.h * m.w;
+    int ch = (int)(i - pixel * m.cp);
+    long long n = pixel / hw, r = pixel - n * hw;
+    return (n * m.c + ch) * hw + r;
+}
+
 static __device__ __forceinline__ float dropout_apply(const dropout_mask &m, uint64_t key, long long i, float v) {
     /* rounded on its own, as on the CPU, even where an accumulation follows */
-    return unet_uniform(key, m.base + (uint64_t)i) >= m.p ? __fmul_rn(v, m.scale) : 0.0f;
+    return unet_uniform(key, m.base + (uint64_t)logical_index(m, i)) >= m.p ? __fmul_rn(v, m.scale) : 0.0f;
 }
 
 /* Forward (acc = 0, dst = out) and backward (dst = din) are the same map. */
+template <class T>
 struct dropout_map {
     dropout_mask m;
-    const float *src;
-    float *dst;
+    const T *src;
+    T *dst;
     int acc;
     __device__ void one(long long i) const {
-        unet_store_grad(dst, i, dropout_apply(m, dropout_key(m), i, src[i]), acc);
+        unet_store_grad_t(dst, i, dropout_apply(m, dropout_key(m), i, unet_ld(src, i)), acc);
     }
     __device__ void quad(long long q) const {
-        float4 v = load4(src, q);
+        float4 v = unet_ld4(src, q);
         long long i = 4 * q;
         uint64_t key = dropout_key(m);
         store_grad4(dst, q,
@@ -144,32 +188,43 @@ struct dropout_map {
 };
 
 /* Evaluation: identity, and its gradient a plain (accumulated) copy. */
+template <class T>
 struct copy_map {
-    const float *src;
-    float *dst;
+    const T *src;
+    T *dst;
     int acc;
-    __device__ void one(long long i) const { unet_store_grad(dst, i, src[i], acc); }
-    __device__ void quad(long long q) const { store_grad4(dst, q, load4(src, q), acc); }
+    __device__ void one(long long i) const { unet_store_grad_t(dst, i, unet_ld(src, i), acc); }
+    __device__ void quad(long long q) const { store_grad4(dst, q, unet_ld4(src, q), acc); }
 };
 
-static void dropout_pass(const unet_op_args *a, const float *src, float *dst, int acc) {
-    long long n = (long long)unet_shape_count(a->out_shape);
-    int vec = unet_aligned16(src) && unet_aligned16(dst);
+template <class T>
+static void dropout_pass_t(const unet_op_args *a, const void *src_v, void *dst_v, int acc) {
+    const T *src = (const T *)src_v;
+    T *dst = (T *)dst_v;
+    long long n = unet_cuda_act_elements(a, a->out_shape);
+    int vec = vec_ok(src, (const T *)dst);
     if (!a->training) {
-        copy_map op = {src, dst, acc};
+        copy_map<T> op = {src, dst, acc};
         launch_map(a, op, n, vec);
         return;
     }
     require_ptr(a, a->seed, "dropout needs the step seed (seed is NULL)");
-    dropout_map op = {dropout_mask_of(a), src, dst, acc};
+    dropout_map<T> op = {dropout_mask_of(a), src, dst, acc};
     launch_map(a, op, n, vec);
 }
 
-static void dropout_forward(const unet_op_args *a) { dropout_pass(a, (const float *)a->in[0], (float *)a->out, 0); }
+static void dropout_pass(const unet_op_args *a, const void *src, void *dst, int acc) {
+    if (unet_cuda_is_bf16(a))
+        dropout_pass_t<unet_bf16>(a, src, dst, acc);
+    else
+        dropout_pass_t<float>(a, src, dst, acc);
+}
+
+static void dropout_forward(const unet_op_args *a) { dropout_pass(a, a->in[0], a->out, 0); }
 
 static void dropout_backward(const unet_op_args *a) {
     if (!a->din[0]) return;
-    dropout_pass(a, (const float *)a->dout, (float *)a->din[0], a->din_accumulate[0]);
+    dropout_pass(a, a->dout, a->din[0], a->din_accumulate[0]);
 }
 
 extern "C" const unet_op_impl unet_cuda_dropout = {dropout_forward, dropout_backward, NULL, NULL};

@@ -1,8 +1,8 @@
 /* 2x2 stride-2 max pooling on the GPU, twin of src/kernels/cpu/pool.c.
  * One thread per window (H and W are even: the shape inference rejects odd
- * sizes), blocks per plane so that the plane's index arithmetic stays 32-bit
- * and only the plane offsets are 64-bit. The two values of a window row are
- * adjacent and at an even index, read and written as one float2.
+ * sizes), blocks per plane (n, c). In float32 NCHW the two values of a
+ * window row are adjacent and at an even index, read and written as one
+ * float2; in bf16 NHWC (tensor_view.cuh) they are a pixel (cp values) apart.
  *
  * The backward recomputes each window's argmax from the input with the
  * forward's rule (the first maximum in row-major order; a NaN wins), so the
@@ -13,6 +13,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/tensor_view.cuh"
 
 /* Whether v replaces the running maximum m (see the CPU twin). */
 static __device__ __forceinline__ bool takes_max(float v, float m) { return v > m || isnan(v); }
@@ -27,25 +28,20 @@ static __device__ __forceinline__ int window_argmax(float a, float b, float c, f
     return win;
 }
 
-static __global__ void maxpool2_forward_kernel(const float *x, float *y, int in_w, long long in_plane, int out_w,
-                                               int out_items) {
-    const float *xp = x + (long long)blockIdx.x * in_plane;
-    float *yp = y + (long long)blockIdx.x * out_items;
-    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
-        int oy = e / out_w, ox = e - oy * out_w;
-        const float *r0 = xp + (long long)(2 * oy) * in_w + 2 * ox;
-        float2 top = *reinterpret_cast<const float2 *>(r0);
-        float2 bottom = *reinterpret_cast<const float2 *>(r0 + in_w);
-        float m = top.x;
-        m = takes_max(top.y, m) ? top.y : m;
-        m = takes_max(bottom.x, m) ? bottom.x : m;
-        m = takes_max(bottom.y, m) ? bottom.y : m;
-        yp[e] = m;
-    }
+/* The two horizontally adjacent values at memory index i (x even): one
+ * float2 in NCHW float32, two loads a pixel apart in NHWC bf16. */
+static __device__ __forceinline__ float2 ld_pair(const unet_nchw_view<const float> &v, long long i) {
+    return *reinterpret_cast<const float2 *>(v.p + i);
+}
+template <class T>
+static __device__ __forceinline__ float2 ld_pair(const unet_nhwc_view<const T> &v, long long i) {
+    return make_float2(unet_ld(v.p, i), unet_ld(v.p, i + v.cp));
 }
 
-static __device__ __forceinline__ void store_grad2(float *d, float2 v, int accumulate) {
-    float2 *p = reinterpret_cast<float2 *>(d);
+/* A gradient store of such a pair (see unet_store_grad). */
+static __device__ __forceinline__ void store_grad2(const unet_nchw_view<float> &d, long long i, float2 v,
+                                                   int accumulate) {
+    float2 *p = reinterpret_cast<float2 *>(d.p + i);
     if (accumulate) {
         float2 o = *p;
         v.x += o.x;
@@ -53,20 +49,49 @@ static __device__ __forceinline__ void store_grad2(float *d, float2 v, int accum
     }
     *p = v;
 }
+template <class T>
+static __device__ __forceinline__ void store_grad2(const unet_nhwc_view<T> &d, long long i, float2 v, int accumulate) {
+    unet_store_grad_t(d.p, i, v.x, accumulate);
+    unet_store_grad_t(d.p, i + d.cp, v.y, accumulate);
+}
 
-static __global__ void maxpool2_backward_kernel(const float *x, const float *dy, float *dx, int in_w,
-                                                long long in_plane, int out_w, int out_items, int accumulate) {
-    long long in_base = (long long)blockIdx.x * in_plane;
-    const float *dyp = dy + (long long)blockIdx.x * out_items;
+/* grid.x: planes (n, c) of the output, padding planes included (zeros). */
+template <class VX, class VY>
+static __global__ void maxpool2_forward_kernel(VX x, VY y, int out_items) {
+    int n = (int)(blockIdx.x / (unsigned)x.planes_c()), c = (int)(blockIdx.x % (unsigned)x.planes_c());
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
-        int oy = e / out_w, ox = e - oy * out_w;
-        long long top = in_base + (long long)(2 * oy) * in_w + 2 * ox, bottom = top + in_w;
-        float2 t = *reinterpret_cast<const float2 *>(x + top);
-        float2 b = *reinterpret_cast<const float2 *>(x + bottom);
-        float g = dyp[e];
+        int oy = e / y.w, ox = e - oy * y.w;
+        if (c >= x.c) {
+            unet_st(y.p, y.at(n, c, oy, ox), 0.0f);
+            continue;
+        }
+        float2 top = ld_pair(x, x.at(n, c, 2 * oy, 2 * ox));
+        float2 bottom = ld_pair(x, x.at(n, c, 2 * oy + 1, 2 * ox));
+        float m = top.x;
+        m = takes_max(top.y, m) ? top.y : m;
+        m = takes_max(bottom.x, m) ? bottom.x : m;
+        m = takes_max(bottom.y, m) ? bottom.y : m;
+        unet_st(y.p, y.at(n, c, oy, ox), m);
+    }
+}
+
+template <class VX, class VG, class VD>
+static __global__ void maxpool2_backward_kernel(VX x, VG dy, VD dx, int out_items, int accumulate) {
+    int n = (int)(blockIdx.x / (unsigned)x.planes_c()), c = (int)(blockIdx.x % (unsigned)x.planes_c());
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
+        int oy = e / dy.w, ox = e - oy * dy.w;
+        long long top = x.at(n, c, 2 * oy, 2 * ox), bottom = x.at(n, c, 2 * oy + 1, 2 * ox);
+        if (c >= x.c) {
+            store_grad2(dx, top, make_float2(0.0f, 0.0f), 0);
+            store_grad2(dx, bottom, make_float2(0.0f, 0.0f), 0);
+            continue;
+        }
+        float2 t = ld_pair(x, top);
+        float2 b = ld_pair(x, bottom);
+        float g = unet_ld(dy.p, dy.at(n, c, oy, ox));
         int win = window_argmax(t.x, t.y, b.x, b.y);
-        store_grad2(dx + top, make_float2(win == 0 ? g : 0.0f, win == 1 ? g : 0.0f), accumulate);
-        store_grad2(dx + bottom, make_float2(win == 2 ? g : 0.0f, win == 3 ? g : 0.0f), accumulate);
+        store_grad2(dx, top, make_float2(win == 0 ? g : 0.0f, win == 1 ? g : 0.0f), accumulate);
+        store_grad2(dx, bottom, make_float2(win == 2 ? g : 0.0f, win == 3 ? g : 0.0f), accumulate);
     }
 }
 
@@ -87,11 +112,16 @@ static void check_pool_args(const unet_op_args *a, const void *x, const void *y,
 static void maxpool2_forward(const unet_op_args *a) {
     unet_shape si = a->in_shape[0], so = a->out_shape;
     check_pool_args(a, a->in[0], a->out, NULL);
-    long long planes = (long long)so.n * so.c, items = (long long)so.h * so.w;
+    long long planes = (long long)so.n * unet_cuda_planes_c(a, so), items = (long long)so.h * so.w;
     if (planes == 0 || items == 0) return;
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    maxpool2_forward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
-        (const float *)a->in[0], (float *)a->out, si.w, (long long)si.h * si.w, so.w, (int)items);
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    if (unet_cuda_is_bf16(a))
+        maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nhwc((const unet_bf16 *)a->in[0], si),
+                                                                unet_nhwc((unet_bf16 *)a->out, so), (int)items);
+    else
+        maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nchw((const float *)a->in[0], si),
+                                                                unet_nchw((float *)a->out, so), (int)items);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -99,12 +129,19 @@ static void maxpool2_backward(const unet_op_args *a) {
     if (!a->din[0]) return;
     unet_shape si = a->in_shape[0], so = a->out_shape;
     check_pool_args(a, a->in[0], a->din[0], a->dout);
-    long long planes = (long long)so.n * so.c, items = (long long)so.h * so.w;
+    long long planes = (long long)so.n * unet_cuda_planes_c(a, so), items = (long long)so.h * so.w;
     if (planes == 0 || items == 0) return;
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    maxpool2_backward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
-        (const float *)a->in[0], (const float *)a->dout, (float *)a->din[0], si.w, (long long)si.h * si.w, so.w,
-        (int)items, a->din_accumulate[0]);
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    int acc = a->din_accumulate[0];
+    if (unet_cuda_is_bf16(a))
+        maxpool2_backward_kernel<<<l.grid, l.block, 0, stream>>>(
+            unet_nhwc((const unet_bf16 *)a->in[0], si), unet_nhwc((const unet_bf16 *)a->dout, so),
+            unet_nhwc((unet_bf16 *)a->din[0], si), (int)items, acc);
+    else
+        maxpool2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nchw((const float *)a->in[0], si),
+                                                                 unet_nchw((const float *)a->dout, so),
+                                                                 unet_nchw((float *)a->din[0], si), (int)items, acc);
     UNET_CUDA_LAUNCHED(a);
 }
 

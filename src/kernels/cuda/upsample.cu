@@ -10,12 +10,15 @@
  * are the output rows (and columns) 2i-1 .. 2i+2, each weighing the sum of
  * its tap weights on i (both taps land on i at a clamped border). Every sum
  * has a fixed order: deterministic. The order differs from the CPU's
- * scatter, so the two agree to rounding (a few float ulps), not bit for bit. */
+ * scatter, so the two agree to rounding (a few float ulps), not bit for bit.
+ *
+ * Both layouts of tensor_view.cuh; the arithmetic is float in both. */
 #include <stdio.h>
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/tensor_view.cuh"
 
 /* The two source taps of output index o along an axis of in_size inputs
  * (the CPU twin's taps_of): PyTorch's source index (o + 0.5) / 2 - 0.5,
@@ -46,25 +49,34 @@ static __device__ __forceinline__ float lerp(float w0, float a, float w1, float 
     return __fadd_rn(__fmul_rn(w0, a), __fmul_rn(w1, b));
 }
 
-static __global__ void upsample2_forward_kernel(const float *x, float *y, int in_h, int in_w, int out_w,
-                                                int out_items) {
-    const float *xp = x + (long long)blockIdx.x * in_h * in_w;
-    float *yp = y + (long long)blockIdx.x * out_items;
+/* grid.x: planes (n, c), padding planes included (zeros). */
+template <class VX, class VY>
+static __global__ void upsample2_forward_kernel(VX x, VY y, int out_items) {
+    int n = (int)(blockIdx.x / (unsigned)x.planes_c()), c = (int)(blockIdx.x % (unsigned)x.planes_c());
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
-        int oy = e / out_w, ox = e - oy * out_w;
-        lerp_taps ty = taps_of(oy, in_h), tx = taps_of(ox, in_w);
-        const float *r0 = xp + (long long)ty.i0 * in_w, *r1 = xp + (long long)ty.i1 * in_w;
-        yp[e] = lerp(ty.w0, lerp(tx.w0, r0[tx.i0], tx.w1, r0[tx.i1]), ty.w1, lerp(tx.w0, r1[tx.i0], tx.w1, r1[tx.i1]));
+        int oy = e / y.w, ox = e - oy * y.w;
+        if (c >= x.c) {
+            unet_st(y.p, y.at(n, c, oy, ox), 0.0f);
+            continue;
+        }
+        lerp_taps ty = taps_of(oy, x.h), tx = taps_of(ox, x.w);
+        float a0 = unet_ld(x.p, x.at(n, c, ty.i0, tx.i0)), a1 = unet_ld(x.p, x.at(n, c, ty.i0, tx.i1));
+        float b0 = unet_ld(x.p, x.at(n, c, ty.i1, tx.i0)), b1 = unet_ld(x.p, x.at(n, c, ty.i1, tx.i1));
+        unet_st(y.p, y.at(n, c, oy, ox), lerp(ty.w0, lerp(tx.w0, a0, tx.w1, a1), ty.w1, lerp(tx.w0, b0, tx.w1, b1)));
     }
 }
 
-static __global__ void upsample2_backward_kernel(const float *dy, float *dx, int in_h, int in_w, int out_h,
-                                                 int out_w, int accumulate) {
-    int in_items = in_h * in_w;
-    const float *gp = dy + (long long)blockIdx.x * out_h * out_w;
-    float *dp = dx + (long long)blockIdx.x * in_items;
+/* grid.x: planes (n, c) of the input gradient, padding planes included (zeros). */
+template <class VG, class VD>
+static __global__ void upsample2_backward_kernel(VG dy, VD dx, int accumulate) {
+    int n = (int)(blockIdx.x / (unsigned)dx.planes_c()), c = (int)(blockIdx.x % (unsigned)dx.planes_c());
+    int in_h = dx.h, in_w = dx.w, out_h = dy.h, out_w = dy.w, in_items = in_h * in_w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < in_items; e += gridDim.y * blockDim.x) {
         int iy = e / in_w, ix = e - iy * in_w;
+        if (c >= dx.c) {
+            unet_st(dx.p, dx.at(n, c, iy, ix), 0.0f);
+            continue;
+        }
         int oy_lo = max(2 * iy - 1, 0), oy_hi = min(2 * iy + 2, out_h - 1);
         int ox_lo = max(2 * ix - 1, 0), ox_hi = min(2 * ix + 2, out_w - 1);
         float wx[4];
@@ -73,12 +85,11 @@ static __global__ void upsample2_backward_kernel(const float *dy, float *dx, int
         for (int oy = oy_lo; oy <= oy_hi; oy++) {
             float wy = tap_weight(oy, iy, in_h);
             if (wy == 0.0f) continue;
-            const float *row = gp + (long long)oy * out_w;
             float rs = 0.0f;
-            for (int ox = ox_lo; ox <= ox_hi; ox++) rs += wx[ox - ox_lo] * row[ox];
+            for (int ox = ox_lo; ox <= ox_hi; ox++) rs += wx[ox - ox_lo] * unet_ld(dy.p, dy.at(n, c, oy, ox));
             sum += wy * rs;
         }
-        unet_store_grad(dp, e, sum, accumulate);
+        unet_store_grad_t(dx.p, dx.at(n, c, iy, ix), sum, accumulate);
     }
 }
 
@@ -91,11 +102,16 @@ static void check_shapes(const unet_op_args *a) {
 static void upsample2_forward(const unet_op_args *a) {
     check_shapes(a);
     unet_shape si = a->in_shape[0], so = a->out_shape;
-    long long planes = (long long)so.n * so.c, items = (long long)so.h * so.w;
+    long long planes = (long long)so.n * unet_cuda_planes_c(a, so), items = (long long)so.h * so.w;
     if (planes == 0 || items == 0) return;
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    upsample2_forward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
-        (const float *)a->in[0], (float *)a->out, si.h, si.w, so.w, (int)items);
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    if (unet_cuda_is_bf16(a))
+        upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nhwc((const unet_bf16 *)a->in[0], si),
+                                                                 unet_nhwc((unet_bf16 *)a->out, so), (int)items);
+    else
+        upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nchw((const float *)a->in[0], si),
+                                                                 unet_nchw((float *)a->out, so), (int)items);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -103,11 +119,17 @@ static void upsample2_backward(const unet_op_args *a) {
     if (!a->din[0]) return;
     check_shapes(a);
     unet_shape si = a->in_shape[0], so = a->out_shape;
-    long long planes = (long long)si.n * si.c, items = (long long)si.h * si.w;
+    long long planes = (long long)si.n * unet_cuda_planes_c(a, si), items = (long long)si.h * si.w;
     if (planes == 0 || items == 0) return;
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    upsample2_backward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
-        (const float *)a->dout, (float *)a->din[0], si.h, si.w, so.h, so.w, a->din_accumulate[0]);
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    int acc = a->din_accumulate[0];
+    if (unet_cuda_is_bf16(a))
+        upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nhwc((const unet_bf16 *)a->dout, so),
+                                                                  unet_nhwc((unet_bf16 *)a->din[0], si), acc);
+    else
+        upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nchw((const float *)a->dout, so),
+                                                                  unet_nchw((float *)a->din[0], si), acc);
     UNET_CUDA_LAUNCHED(a);
 }
 
