@@ -12,39 +12,59 @@
  * padding, where the crop is the identity). The backward is one launch over
  * the planes of every input gradient asked for: the matching slice of dout
  * inside the crop window, zero outside. No reductions; crop_add sums its
- * inputs in input order, as the CPU does, so the bits agree. */
+ * inputs in input order, as the CPU does, so the bits agree.
+ *
+ * Both layouts of tensor_view.cuh: the float4 paths are float32 NCHW's;
+ * bf16 NHWC goes element by element (a plane of one channel is strided in
+ * memory) and writes zeros into the padding planes. */
 #include <stdio.h>
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/tensor_view.cuh"
 
 /* One input (forward) or input gradient (backward) as the kernels see it. */
-typedef struct {
-    const float *src; /* forward: the input */
-    float *din;       /* backward: its gradient */
+template <class T>
+struct crop_part {
+    const T *src;     /* forward: the input */
+    T *din;           /* backward: its gradient */
     int c, c0;        /* channels, first channel in the output */
+    int cp;           /* channels in memory (bf16: padded) */
     int h, w, oy, ox; /* size and crop offset into it */
     int acc;          /* backward: add into din */
     int vec_src;      /* forward: src rows load as float4 at the crop's column (w, ox multiples of 4, aligned) */
     int vec_din;      /* backward: din rows store as float4 (w a multiple of 4, aligned) */
     long long plane_begin; /* backward: first global plane of this input */
-} crop_part;
+};
 
-typedef struct {
-    crop_part part[UNET_MAX_IN];
+template <class T>
+struct crop_parts {
+    crop_part<T> part[UNET_MAX_IN];
     int n;
-} crop_parts;
+};
 
+/* Four consecutive values at p: float4 (aligned, checked by the host), or
+ * scalars. The vector paths only run for float32. */
 static __device__ __forceinline__ float4 ld4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
 static __device__ __forceinline__ void st4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
+static __device__ __forceinline__ float4 ld4(const unet_bf16 *p) {
+    return make_float4(unet_ld(p, 0), unet_ld(p, 1), unet_ld(p, 2), unet_ld(p, 3));
+}
+static __device__ __forceinline__ void st4(unet_bf16 *p, float4 v) {
+    unet_st(p, 0, v.x);
+    unet_st(p, 1, v.y);
+    unet_st(p, 2, v.z);
+    unet_st(p, 3, v.w);
+}
 
 /* The part a block works on: the last whose first channel is <= channel
  * (forward) or whose first plane is <= plane (backward). The loop has
  * constant indices, so the part is read from the kernel parameters into
  * registers, never copied to local memory by a dynamic index. */
-static __device__ __forceinline__ crop_part the_part(const crop_parts &parts, int channel, long long plane) {
-    crop_part p = parts.part[0];
+template <class T>
+static __device__ __forceinline__ crop_part<T> the_part(const crop_parts<T> &parts, int channel, long long plane) {
+    crop_part<T> p = parts.part[0];
 #pragma unroll
     for (int j = 1; j < UNET_MAX_IN; j++)
         if (j < parts.n && (plane < 0 ? channel >= parts.part[j].c0 : plane >= parts.part[j].plane_begin))
@@ -52,37 +72,62 @@ static __device__ __forceinline__ crop_part the_part(const crop_parts &parts, in
     return p;
 }
 
+/* Zeros over the padding plane (n, c) of a bf16 tensor. */
+template <class T>
+static __device__ void zero_plane(T *t, int n, int c, int cp, int h, int w) {
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < h * w; e += gridDim.y * blockDim.x) {
+        int y = e / w, x = e - y * w;
+        unet_st(t, unet_act_at(t, n, c, cp, h, w, y, x), 0.0f);
+    }
+}
+
 /* ---- forward ---- */
 
-/* grid.x: output planes (n, c). vec_out: output rows are stored as float4. */
-static __global__ void crop_concat_kernel(crop_parts parts, float *out, int out_c, int out_h, int out_w, int vec_out) {
-    int n = (int)(blockIdx.x / (unsigned)out_c), c = (int)(blockIdx.x % (unsigned)out_c);
-    crop_part p = the_part(parts, c, -1);
-    const float *src = p.src + (((long long)n * p.c + (c - p.c0)) * p.h + p.oy) * p.w + p.ox;
-    float *dst = out + (long long)blockIdx.x * out_h * out_w;
+/* grid.x: output planes (n, c), padding planes included. vec_out: output
+ * rows are stored as float4. */
+template <class T>
+static __global__ void crop_concat_kernel(crop_parts<T> parts, T *out, int out_c, int out_cp, int out_h, int out_w,
+                                          int vec_out) {
+    int n = (int)(blockIdx.x / (unsigned)out_cp), c = (int)(blockIdx.x % (unsigned)out_cp);
+    if (c >= out_c) {
+        zero_plane(out, n, c, out_cp, out_h, out_w);
+        return;
+    }
+    crop_part<T> p = the_part(parts, c, -1);
     int stride = gridDim.y * blockDim.x;
     if (vec_out) {
+        const T *src = p.src + unet_act_at(p.src, n, c - p.c0, p.cp, p.h, p.w, p.oy, p.ox);
+        T *dst = out + (long long)blockIdx.x * out_h * out_w;
         int wq = out_w / 4, items = out_h * wq;
         for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
             int y = e / wq, x = 4 * (e - y * wq);
-            const float *s = src + (long long)y * p.w + x;
-            st4(dst + (long long)y * out_w + x, p.vec_src ? ld4(s) : make_float4(s[0], s[1], s[2], s[3]));
+            const T *s = src + (long long)y * p.w + x;
+            st4(dst + (long long)y * out_w + x,
+                p.vec_src ? ld4(s) : make_float4(unet_ld(s, 0), unet_ld(s, 1), unet_ld(s, 2), unet_ld(s, 3)));
         }
         return;
     }
     int items = out_h * out_w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
         int y = e / out_w, x = e - y * out_w;
-        dst[e] = src[(long long)y * p.w + x];
+        float v = unet_ld(p.src, unet_act_at(p.src, n, c - p.c0, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+        unet_st(out, unet_act_at(out, n, c, out_cp, out_h, out_w, y, x), v);
     }
 }
 
-/* grid.x: output planes (n, c); every input has the output's channels. */
-static __global__ void crop_add_kernel(crop_parts parts, float *out, int out_c, int out_h, int out_w, int vec) {
-    int n = (int)(blockIdx.x / (unsigned)out_c), c = (int)(blockIdx.x % (unsigned)out_c);
-    float *dst = out + (long long)blockIdx.x * out_h * out_w;
+/* grid.x: output planes (n, c), padding planes included; every input has
+ * the output's channels. */
+template <class T>
+static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, int out_cp, int out_h, int out_w,
+                                       int vec) {
+    int n = (int)(blockIdx.x / (unsigned)out_cp), c = (int)(blockIdx.x % (unsigned)out_cp);
+    if (c >= out_c) {
+        zero_plane(out, n, c, out_cp, out_h, out_w);
+        return;
+    }
     int stride = gridDim.y * blockDim.x;
     if (vec) {
+        T *dst = out + (long long)blockIdx.x * out_h * out_w;
         int wq = out_w / 4, items = out_h * wq;
         for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
             int y = e / wq, x = 4 * (e - y * wq);
@@ -90,8 +135,8 @@ static __global__ void crop_add_kernel(crop_parts parts, float *out, int out_c, 
 #pragma unroll
             for (int i = 0; i < UNET_MAX_IN; i++) {
                 if (i >= parts.n) break;
-                const crop_part &p = parts.part[i];
-                float4 v = ld4(p.src + (((long long)n * p.c + c) * p.h + p.oy + y) * p.w + p.ox + x);
+                const crop_part<T> &p = parts.part[i];
+                float4 v = ld4(p.src + unet_act_at(p.src, n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
                 if (i == 0) {
                     sum = v;
                 } else {
@@ -112,40 +157,50 @@ static __global__ void crop_add_kernel(crop_parts parts, float *out, int out_c, 
 #pragma unroll
         for (int i = 0; i < UNET_MAX_IN; i++) {
             if (i >= parts.n) break;
-            const crop_part &p = parts.part[i];
-            float v = p.src[(((long long)n * p.c + c) * p.h + p.oy + y) * p.w + p.ox + x];
+            const crop_part<T> &p = parts.part[i];
+            float v = unet_ld(p.src, unet_act_at(p.src, n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
             sum = i == 0 ? v : sum + v;
         }
-        dst[e] = sum;
+        unet_st(out, unet_act_at(out, n, c, out_cp, out_h, out_w, y, x), sum);
     }
 }
 
 /* ---- backward ---- */
 
-/* The gradient of one input element (y, x): dout's inside the crop window,
- * else 0. g points at the input's first channel plane of dout. */
-static __device__ __forceinline__ float window_grad(const float *g, const crop_part &p, int y, int x, int out_h,
-                                                    int out_w) {
+/* The gradient of one input element (y, x) of channel ch: dout's inside the
+ * crop window, else 0. */
+template <class T>
+static __device__ __forceinline__ float window_grad(const T *dout, const crop_part<T> &p, int n, int ch, int y, int x,
+                                                    int out_cp, int out_h, int out_w) {
     int wy = y - p.oy, wx = x - p.ox;
-    return wy >= 0 && wy < out_h && wx >= 0 && wx < out_w ? g[(long long)wy * out_w + wx] : 0.0f;
+    return wy >= 0 && wy < out_h && wx >= 0 && wx < out_w
+               ? unet_ld(dout, unet_act_at(dout, n, p.c0 + ch, out_cp, out_h, out_w, wy, wx))
+               : 0.0f;
 }
 
-/* grid.x: the planes of every input gradient, input after input. */
-static __global__ void crop_grad_kernel(crop_parts parts, const float *dout, int out_c, int out_h, int out_w) {
+/* grid.x: the planes of every input gradient, input after input, padding
+ * planes included (bf16: zeros). */
+template <class T>
+static __global__ void crop_grad_kernel(crop_parts<T> parts, const T *dout, int out_cp, int out_h, int out_w) {
     long long plane = blockIdx.x;
-    crop_part p = the_part(parts, -1, plane);
+    crop_part<T> p = the_part(parts, -1, plane);
     int local = (int)(plane - p.plane_begin);
-    int n = local / p.c, ch = local - n * p.c;
-    const float *g = dout + ((long long)n * out_c + p.c0 + ch) * out_h * out_w;
-    float *d = p.din + (long long)local * p.h * p.w;
+    int n = local / p.cp, ch = local - n * p.cp;
+    if (ch >= p.c) {
+        zero_plane(p.din, n, ch, p.cp, p.h, p.w);
+        return;
+    }
     int stride = gridDim.y * blockDim.x;
     if (p.vec_din) {
+        T *d = p.din + (long long)local * p.h * p.w;
         int wq = p.w / 4, items = p.h * wq;
         for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
             int y = e / wq, x = 4 * (e - y * wq);
-            float4 v = make_float4(window_grad(g, p, y, x, out_h, out_w), window_grad(g, p, y, x + 1, out_h, out_w),
-                                   window_grad(g, p, y, x + 2, out_h, out_w), window_grad(g, p, y, x + 3, out_h, out_w));
-            float *dst = d + (long long)y * p.w + x;
+            float4 v = make_float4(window_grad(dout, p, n, ch, y, x, out_cp, out_h, out_w),
+                                   window_grad(dout, p, n, ch, y, x + 1, out_cp, out_h, out_w),
+                                   window_grad(dout, p, n, ch, y, x + 2, out_cp, out_h, out_w),
+                                   window_grad(dout, p, n, ch, y, x + 3, out_cp, out_h, out_w));
+            T *dst = d + (long long)y * p.w + x;
             if (p.acc) {
                 float4 o = ld4(dst);
                 v.x += o.x;
@@ -160,7 +215,8 @@ static __global__ void crop_grad_kernel(crop_parts parts, const float *dout, int
     int items = p.h * p.w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
         int y = e / p.w, x = e - y * p.w;
-        unet_store_grad(d, e, window_grad(g, p, y, x, out_h, out_w), p.acc);
+        unet_store_grad_t(p.din, unet_act_at(p.din, n, ch, p.cp, p.h, p.w, y, x),
+                          window_grad(dout, p, n, ch, y, x, out_cp, out_h, out_w), p.acc);
     }
 }
 
@@ -171,9 +227,10 @@ static void bad_shapes(const unet_op_args *a, const char *what) {
 }
 
 /* The parts of a node; for the backward, only the inputs whose gradient is asked. */
-static crop_parts parts_of(const unet_op_args *a, int concat, int backward) {
+template <class T>
+static crop_parts<T> parts_of(const unet_op_args *a, int concat, int backward) {
     unet_shape so = a->out_shape;
-    crop_parts ps;
+    crop_parts<T> ps;
     ps.n = 0;
     int c0 = 0;
     long long planes = 0;
@@ -187,59 +244,79 @@ static crop_parts parts_of(const unet_op_args *a, int concat, int backward) {
             if (!backward) bad_shapes(a, "a crop input pointer is NULL");
             continue;
         }
-        crop_part p;
-        p.src = backward ? NULL : (const float *)a->in[i];
-        p.din = backward ? (float *)a->din[i] : NULL;
+        /* float4 only for float32 NCHW rows */
+        int f32 = sizeof(T) == 4;
+        crop_part<T> p;
+        p.src = backward ? NULL : (const T *)a->in[i];
+        p.din = backward ? (T *)a->din[i] : NULL;
         p.c = si.c;
         p.c0 = c0;
+        p.cp = unet_cuda_planes_c(a, si);
         p.h = si.h;
         p.w = si.w;
         p.oy = (si.h - so.h) / 2;
         p.ox = (si.w - so.w) / 2;
         p.acc = backward ? a->din_accumulate[i] : 0;
-        p.vec_src = !backward && si.w % 4 == 0 && p.ox % 4 == 0 && unet_aligned16(p.src);
-        p.vec_din = backward && si.w % 4 == 0 && unet_aligned16(p.din);
+        p.vec_src = f32 && !backward && si.w % 4 == 0 && p.ox % 4 == 0 && unet_aligned16(p.src);
+        p.vec_din = f32 && backward && si.w % 4 == 0 && unet_aligned16(p.din);
         p.plane_begin = planes;
-        planes += (long long)si.n * si.c;
+        planes += (long long)si.n * p.cp;
         ps.part[ps.n++] = p;
     }
     if (concat && !backward && c0 != so.c) bad_shapes(a, "crop_concat output channels must be the sum of the inputs'");
     return ps;
 }
 
-static void crop_forward(const unet_op_args *a, int concat) {
+template <class T>
+static void crop_forward_t(const unet_op_args *a, int concat) {
     unet_shape so = a->out_shape;
-    crop_parts ps = parts_of(a, concat, 0);
-    long long planes = (long long)so.n * so.c, plane_items = (long long)so.h * so.w;
+    crop_parts<T> ps = parts_of<T>(a, concat, 0);
+    int out_cp = unet_cuda_planes_c(a, so);
+    long long planes = (long long)so.n * out_cp, plane_items = (long long)so.h * so.w;
     if (planes == 0 || plane_items == 0) return;
-    int vec = so.w % 4 == 0 && unet_aligned16(a->out);
+    int vec = sizeof(T) == 4 && so.w % 4 == 0 && unet_aligned16(a->out);
     if (!concat)
         for (int i = 0; i < ps.n; i++) vec = vec && ps.part[i].vec_src;
     unet_plane_launch l = unet_plane_launch_for(a, planes, vec ? plane_items / 4 : plane_items);
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     if (concat)
-        crop_concat_kernel<<<l.grid, l.block, 0, stream>>>(ps, (float *)a->out, so.c, so.h, so.w, vec);
+        crop_concat_kernel<<<l.grid, l.block, 0, stream>>>(ps, (T *)a->out, so.c, out_cp, so.h, so.w, vec);
     else
-        crop_add_kernel<<<l.grid, l.block, 0, stream>>>(ps, (float *)a->out, so.c, so.h, so.w, vec);
+        crop_add_kernel<<<l.grid, l.block, 0, stream>>>(ps, (T *)a->out, so.c, out_cp, so.h, so.w, vec);
     UNET_CUDA_LAUNCHED(a);
 }
 
-static void crop_backward(const unet_op_args *a, int concat) {
+template <class T>
+static void crop_backward_t(const unet_op_args *a, int concat) {
     unet_shape so = a->out_shape;
-    crop_parts ps = parts_of(a, concat, 1);
+    crop_parts<T> ps = parts_of<T>(a, concat, 1);
     long long planes = 0, max_items = 0;
     for (int i = 0; i < ps.n; i++) {
-        const crop_part &p = ps.part[i];
+        const crop_part<T> &p = ps.part[i];
         long long items = (long long)p.h * p.w / (p.vec_din ? 4 : 1);
-        planes += (long long)so.n * p.c;
+        planes += (long long)so.n * p.cp;
         if (items > max_items) max_items = items;
     }
     if (planes == 0 || max_items == 0) return;
     if (!a->dout) bad_shapes(a, "crop backward needs dout (NULL)");
     unet_plane_launch l = unet_plane_launch_for(a, planes, max_items);
-    crop_grad_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(ps, (const float *)a->dout, so.c, so.h,
-                                                                          so.w);
+    crop_grad_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(ps, (const T *)a->dout,
+                                                                          unet_cuda_planes_c(a, so), so.h, so.w);
     UNET_CUDA_LAUNCHED(a);
+}
+
+static void crop_forward(const unet_op_args *a, int concat) {
+    if (unet_cuda_is_bf16(a))
+        crop_forward_t<unet_bf16>(a, concat);
+    else
+        crop_forward_t<float>(a, concat);
+}
+
+static void crop_backward(const unet_op_args *a, int concat) {
+    if (unet_cuda_is_bf16(a))
+        crop_backward_t<unet_bf16>(a, concat);
+    else
+        crop_backward_t<float>(a, concat);
 }
 
 static void crop_concat_forward(const unet_op_args *a) { crop_forward(a, 1); }

@@ -54,6 +54,19 @@ static __device__ __forceinline__ void unet_st4(unet_bf16 *p, long long q, float
     unet_st(p, 4 * q + 3, v.w);
 }
 
+/* The memory index of logical element (n, c, y, x) of a tensor with cp
+ * channels in memory and planes h x w, by its element type: the backend
+ * keeps float32 tensors NCHW (cp = c) and bf16 ones NHWC. The pointer only
+ * picks the layout. */
+static __device__ __forceinline__ long long unet_act_at(const float *, int n, int c, int cp, int h, int w, int y,
+                                                        int x) {
+    return (((long long)n * cp + c) * h + y) * w + x;
+}
+static __device__ __forceinline__ long long unet_act_at(const unet_bf16 *, int n, int c, int cp, int h, int w, int y,
+                                                        int x) {
+    return (((long long)n * h + y) * w + x) * cp + c;
+}
+
 /* A tensor of logical shape (n, c, h, w) in one of the two layouts. T is
  * const-qualified for inputs. */
 template <class T>
