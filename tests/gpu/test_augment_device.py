@@ -23,11 +23,10 @@ import os
 import struct
 import subprocess
 
-import h5py
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, requires_gpu
+from unet_testlib import BUILD, requires_gpu, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 STEPS = 8  # with --cuda-graph auto: 3 eager steps, the capture at step 4, replays after it
@@ -61,18 +60,8 @@ def read_st(path):
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("augdev")
     rng = np.random.default_rng(11)
-    yy, xx = np.mgrid[0:110, 0:110]
     for name, with_weight in (("weighted.h5", True), ("plain.h5", False)):
-        label = np.zeros((5, 110, 110), np.uint8)
-        for i in range(5):
-            for _ in range(9):
-                cy, cx, r = rng.uniform(8, 102), rng.uniform(8, 102), rng.uniform(4, 13)
-                label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
-        raw = np.clip(label * 110 + rng.normal(70, 25, label.shape), 0, 255).astype(np.uint8)
-        with h5py.File(d / name, "w") as f:
-            f["raw"], f["label"] = raw, label
-            if with_weight:
-                f["weight"] = rng.uniform(0.5, 3.0, label.shape).astype(np.float32)
+        write_discs(d / name, rng, 5, 110, 9, (4, 13), 8, weight=with_weight)
     return d
 
 
