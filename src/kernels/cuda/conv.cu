@@ -13,7 +13,15 @@
  *   2. weight gradient: the cuDNN plan's workspace at offset 0;
  *   3. input gradient: the plan's workspace at offset 0, or, when it must be
  *      added into an existing gradient and no beta = 1 engine exists, a
- *      scratch tensor at offset 0 and the plan's workspace after it. */
+ *      scratch tensor at offset 0 and the plan's workspace after it.
+ *
+ * bf16 (cudnn_graph.c, layout.h): activations are NHWC bf16 with padded
+ * channels, and cuDNN reads bf16 weights. Every workspace then starts with
+ * a prefix holding the bf16 copy of the weights (K8, R, S, C8) and of the
+ * bias (K8), cast from the float32 master copies before each use; the
+ * weight gradient comes out there as bf16 too and is widened into the float32
+ * gradient block. The offsets above count from the end of the prefix. In
+ * float32 the prefix is empty and nothing else changes. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,6 +29,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/cudnn_graph.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/tensor_view.cuh"
 
 #define THREADS 256
 /* A scratch region inside the workspace starts on this boundary. */
@@ -39,19 +48,64 @@ static unsigned blocks_for(long long n) {
  * Kernels
  * ------------------------------------------------------------------------- */
 
-/* out = in + b[c], then ReLU when asked; in may be out. NCHW. */
-static __global__ void bias_act_kernel(const float *in, float *out, const float *b, int channels, long long hw,
+/* The channel of memory element i: NCHW float32 (planes of hw), or NHWC
+ * bf16 (cp channels to a pixel). */
+static __device__ __forceinline__ int channel_at(const float *, long long i, long long hw, int channels, int) {
+    return (int)((i / hw) % channels);
+}
+static __device__ __forceinline__ int channel_at(const unet_bf16 *, long long i, long long, int, int cp) {
+    return (int)(i % cp);
+}
+
+/* out = in + b[c], then ReLU when asked; in may be out. Over memory, the
+ * padding channels (bf16) written as zeros. */
+template <class T>
+static __global__ void bias_act_kernel(const T *in, T *out, const float *b, int channels, int cp, long long hw,
                                        long long total, int relu) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        float v = in[i] + b[(i / hw) % channels];
-        out[i] = relu ? (v > 0.0f ? v : 0.0f) : v;
+        int c = channel_at(in, i, hw, channels, cp);
+        if (c >= channels) {
+            unet_st(out, i, 0.0f);
+            continue;
+        }
+        float v = unet_ld(in, i) + b[c];
+        unet_st(out, i, relu ? (v > 0.0f ? v : 0.0f) : v);
     }
 }
 
-static __global__ void add_kernel(float *dst, const float *src, long long n) {
+template <class T>
+static __global__ void add_kernel(T *dst, const T *src, long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        dst[i] += src[i];
+        unet_st(dst, i, unet_ld(dst, i) + unet_ld(src, i));
+}
+
+/* bf16: the (K8, R, S, C8) bf16 copy of float32 weights w (K, C, R, S), and
+ * of the bias (K) into bk (K8) when given; zeros in the padding. */
+static __global__ void weights_to_bf16_kernel(const float *w, unet_bf16 *wk, const float *b, unet_bf16 *bk, int k,
+                                              int kp, int c, int cp, int r) {
+    long long total = (long long)kp * r * r * cp;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        int ci = (int)(i % cp);
+        long long t = i / cp;
+        int sx = (int)(t % r), ry = (int)(t / r % r), ko = (int)(t / ((long long)r * r));
+        float v = ko < k && ci < c ? w[(((long long)ko * c + ci) * r + ry) * r + sx] : 0.0f;
+        wk[i] = __float2bfloat16_rn(v);
+        if (bk && i < kp) bk[i] = __float2bfloat16_rn(i < k ? b[i] : 0.0f);
+    }
+}
+
+/* bf16: the float32 weight gradient dw (K, C, R, S) from cuDNN's (K8, R, S, C8) bf16 one. */
+static __global__ void dweights_from_bf16_kernel(const unet_bf16 *dwk, float *dw, int k, int c, int cp, int r) {
+    long long total = (long long)k * c * r * r;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        int sx = (int)(i % r), ry = (int)(i / r % r);
+        long long t = i / ((long long)r * r);
+        int ci = (int)(t % c), ko = (int)(t / c);
+        dw[i] = __bfloat162float(dwk[(((long long)ko * r + ry) * r + sx) * cp + ci]);
+    }
 }
 
 /* Sums a block's values in a fixed tree order; the result is in sh[0]. */
@@ -70,7 +124,18 @@ static __device__ void block_sum(double *sh, double v) {
  * dz = dout * (out > 0) and is written back, so that the weight and data
  * gradients read dz. The partition depends on the shape alone and every sum
  * has a fixed order: the result is the same bits on every run, no atomics. */
-static __global__ void channel_partial_kernel(float *dz, const float *mask, int channels, long long hw,
+/* The memory index of element r (= y * w + x) of plane (n, c). */
+static __device__ __forceinline__ long long plane_at(const float *, long long n, int c, int cp, long long hw,
+                                                     long long r) {
+    return (n * cp + c) * hw + r;
+}
+static __device__ __forceinline__ long long plane_at(const unet_bf16 *, long long n, int c, int cp, long long hw,
+                                                     long long r) {
+    return (n * hw + r) * cp + c;
+}
+
+template <class T>
+static __global__ void channel_partial_kernel(T *dz, const T *mask, int channels, int cp, long long hw,
                                               long long per_channel, long long chunk, int slices, double *partial) {
     __shared__ double sh[THREADS];
     int c = blockIdx.y, s = blockIdx.x;
@@ -78,11 +143,11 @@ static __global__ void channel_partial_kernel(float *dz, const float *mask, int 
     double acc = 0.0;
     for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
         long long n = j / hw;
-        long long idx = (n * channels + c) * hw + (j - n * hw);
-        float v = dz[idx];
+        long long idx = plane_at(dz, n, c, cp, hw, j - n * hw);
+        float v = unet_ld(dz, idx);
         if (mask) {
-            v = mask[idx] > 0.0f ? v : 0.0f;
-            dz[idx] = v;
+            v = unet_ld(mask, idx) > 0.0f ? v : 0.0f;
+            unet_st(dz, idx, v); /* v or 0: exact in bf16 too */
         }
         acc += v;
     }
@@ -125,15 +190,14 @@ static size_t channel_sum_workspace(unet_shape s) {
 
 /* sum[c] = sum of dz over n, y, x (NULL: no sum wanted); with mask, dz is first
  * replaced by dz * (mask > 0) in place. */
-static void channel_sums(const unet_op_args *a, float *dz, const float *mask, unet_shape s, float *sum,
-                         void *workspace) {
-    if (!sum && !mask) return;
+template <class T>
+static void channel_sums_t(const unet_op_args *a, T *dz, const T *mask, unet_shape s, float *sum, void *workspace) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     long long per_channel = (long long)s.n * s.h * s.w;
     channel_split sp = split_channel(per_channel);
     double *partial = (double *)workspace;
     channel_partial_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), THREADS, 0, ctx->stream>>>(
-        dz, mask, s.c, (long long)s.h * s.w, per_channel, sp.chunk, sp.slices, partial);
+        dz, mask, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk, sp.slices, partial);
     UNET_CUDA_LAUNCHED(a);
     if (sum) {
         channel_finish_kernel<<<(unsigned)s.c, THREADS, 0, ctx->stream>>>(partial, sp.slices, sum);
@@ -141,20 +205,88 @@ static void channel_sums(const unet_op_args *a, float *dz, const float *mask, un
     }
 }
 
-static void bias_act(const unet_op_args *a, const float *in, float *out, const float *b, unet_shape s, int relu) {
+static void channel_sums(const unet_op_args *a, void *dz, const void *mask, unet_shape s, float *sum,
+                         void *workspace) {
+    if (!sum && !mask) return;
+    if (unet_cuda_is_bf16(a))
+        channel_sums_t(a, (unet_bf16 *)dz, (const unet_bf16 *)mask, s, sum, workspace);
+    else
+        channel_sums_t(a, (float *)dz, (const float *)mask, s, sum, workspace);
+}
+
+static void bias_act(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int relu) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    long long total = (long long)unet_shape_count(s);
-    bias_act_kernel<<<blocks_for(total), THREADS, 0, ctx->stream>>>(in, out, b, s.c, (long long)s.h * s.w, total, relu);
+    long long total = unet_cuda_act_elements(a, s), hw = (long long)s.h * s.w;
+    int cp = unet_cuda_planes_c(a, s);
+    if (unet_cuda_is_bf16(a))
+        bias_act_kernel<<<blocks_for(total), THREADS, 0, ctx->stream>>>((const unet_bf16 *)in, (unet_bf16 *)out, b, s.c,
+                                                                        cp, hw, total, relu);
+    else
+        bias_act_kernel<<<blocks_for(total), THREADS, 0, ctx->stream>>>((const float *)in, (float *)out, b, s.c, cp,
+                                                                        hw, total, relu);
     UNET_CUDA_LAUNCHED(a);
 }
 
-static void add_into(const unet_op_args *a, float *dst, const float *src, size_t count) {
+/* dst += src over an activation tensor of shape s (memory elements, padding included). */
+static void add_into(const unet_op_args *a, void *dst, const void *src, unet_shape s) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    add_kernel<<<blocks_for((long long)count), THREADS, 0, ctx->stream>>>(dst, src, (long long)count);
+    long long count = unet_cuda_act_elements(a, s);
+    if (unet_cuda_is_bf16(a))
+        add_kernel<<<blocks_for(count), THREADS, 0, ctx->stream>>>((unet_bf16 *)dst, (const unet_bf16 *)src, count);
+    else
+        add_kernel<<<blocks_for(count), THREADS, 0, ctx->stream>>>((float *)dst, (const float *)src, count);
     UNET_CUDA_LAUNCHED(a);
 }
 
-static size_t f32_bytes(unet_shape s) { return unet_shape_count(s) * sizeof(float); }
+/* Bytes of an activation tensor of shape s in this backend's layout. */
+static size_t act_bytes(const unet_op_args *a, unet_shape s) {
+    return unet_cuda_layout_bytes(unet_cuda_layout_of(unet_cuda_is_bf16(a), s, UNET_F32));
+}
+
+/* ---------------------------------------------------------------------------
+ * bf16 weights: the workspace prefix (see the top of the file)
+ * ------------------------------------------------------------------------- */
+
+static int pad8(int c) { return (c + UNET_BF16_CHANNELS - 1) / UNET_BF16_CHANNELS * UNET_BF16_CHANNELS; }
+
+/* Bytes of the prefix for a problem's filter (K, C, R, R): the bf16 weight
+ * (or weight gradient) copy and the bias copy; 0 in float32. */
+static size_t weight_prefix(const unet_op_args *a, const unet_conv_problem &p) {
+    if (!unet_cuda_is_bf16(a)) return 0;
+    return align_up((size_t)pad8(p.k) * p.r * p.r * pad8(p.c) * sizeof(unet_bf16)) +
+           align_up((size_t)pad8(p.k) * sizeof(unet_bf16));
+}
+
+static unet_bf16 *bias_copy(const unet_op_args *a, const unet_conv_problem &p) {
+    return (unet_bf16 *)((char *)a->workspace +
+                         align_up((size_t)pad8(p.k) * p.r * p.r * pad8(p.c) * sizeof(unet_bf16)));
+}
+
+/* The weights cuDNN reads for problem p: the float32 parameters, or (bf16)
+ * their copy cast into the prefix now, with the bias's when b is given. */
+static const void *weights_for(const unet_op_args *a, const unet_conv_problem &p, const float *w, const float *b) {
+    if (!unet_cuda_is_bf16(a)) return w;
+    unet_bf16 *wk = (unet_bf16 *)a->workspace;
+    long long total = (long long)pad8(p.k) * p.r * p.r * pad8(p.c);
+    weights_to_bf16_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        w, wk, b, b ? bias_copy(a, p) : NULL, p.k, pad8(p.k), p.c, pad8(p.c), p.r);
+    UNET_CUDA_LAUNCHED(a);
+    return wk;
+}
+
+/* The weight gradient's slot for cuDNN: dw itself, or (bf16) the prefix. */
+static void *dweights_slot(const unet_op_args *a, float *dw) {
+    return unet_cuda_is_bf16(a) ? a->workspace : (void *)dw;
+}
+
+/* bf16: widens the prefix's weight gradient into dw (float32). */
+static void dweights_finish(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
+    if (!unet_cuda_is_bf16(a)) return;
+    long long total = (long long)p.k * p.c * p.r * p.r;
+    dweights_from_bf16_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        (const unet_bf16 *)a->workspace, dw, p.k, p.c, pad8(p.c), p.r);
+    UNET_CUDA_LAUNCHED(a);
+}
 
 /* Aborts when an op is handed a pointer it cannot do without. */
 static void require(const unet_op_args *a, const void *ptr, const char *what) {
@@ -186,29 +318,28 @@ static size_t build_output_plans(unet_cuda_ctx *ctx, unet_conv_problem p, size_t
     return max_size(plain, accumulating);
 }
 
+/* ws: the workspace after the prefix. out_shape: the output slot's tensor. */
 static void run_output(const unet_op_args *a, unet_conv_problem p, unet_conv_tensors t, int accumulate,
-                       size_t out_count) {
+                       unet_shape out_shape, char *ws) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     if (accumulate) {
         p.accumulate = 1;
         const unet_cudnn_plan *acc = unet_cudnn_plan_find(ctx, &p, a);
         if (acc) {
-            unet_cudnn_execute(ctx, acc, &t, a->workspace, a);
+            unet_cudnn_execute(ctx, acc, &t, ws, a);
             return;
         }
         /* no beta = 1 engine: overwrite scratch, then add */
         p.accumulate = 0;
         const void **slot = output_slot(&t, p.dir);
-        float *dst = (float *)*slot;
-        float *scratch = (float *)a->workspace;
-        *slot = scratch;
-        unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t,
-                           (char *)a->workspace + align_up(out_count * sizeof(float)), a);
-        add_into(a, dst, scratch, out_count);
+        void *dst = (void *)*slot;
+        *slot = ws;
+        unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws + align_up(act_bytes(a, out_shape)), a);
+        add_into(a, dst, ws, out_shape);
         return;
     }
     p.accumulate = 0;
-    unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, a->workspace, a);
+    unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws, a);
 }
 
 /* ---------------------------------------------------------------------------
@@ -253,6 +384,7 @@ static size_t conv_workspace_bytes(const unet_op_args *a) {
     check_conv_shapes(a);
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     unet_conv_problem fwd = conv_forward_problem(a, 1);
+    size_t prefix = weight_prefix(a, fwd);
     const unet_cudnn_plan *fused = unet_cudnn_plan_build(ctx, &fwd, 0, a);
     if (!fused) {
         fwd = conv_forward_problem(a, 0);
@@ -263,9 +395,9 @@ static size_t conv_workspace_bytes(const unet_op_args *a) {
         unet_conv_problem wgrad = conv_problem(a, UNET_CONV_WGRAD);
         ws = max_size(ws, channel_sum_workspace(a->out_shape));
         ws = max_size(ws, unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &wgrad, 1, a)));
-        ws = max_size(ws, build_output_plans(ctx, conv_problem(a, UNET_CONV_DGRAD), f32_bytes(a->in_shape[0]), a));
+        ws = max_size(ws, build_output_plans(ctx, conv_problem(a, UNET_CONV_DGRAD), act_bytes(a, a->in_shape[0]), a));
     }
-    return ws;
+    return prefix + ws;
 }
 
 static void conv_forward(const unet_op_args *a) {
@@ -273,16 +405,19 @@ static void conv_forward(const unet_op_args *a) {
     require(a, a->param[0], "conv weight (param[0])");
     require(a, a->param[1], "conv bias (param[1])");
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    unet_conv_tensors t = {a->in[0], a->param[0], a->out, a->param[1]};
     unet_conv_problem p = conv_forward_problem(a, 1);
+    char *ws = (char *)a->workspace + weight_prefix(a, p);
     const unet_cudnn_plan *fused = unet_cudnn_plan_find(ctx, &p, a);
+    const void *w = weights_for(a, p, a->param[0], fused ? a->param[1] : NULL);
     if (fused) {
-        unet_cudnn_execute(ctx, fused, &t, a->workspace, a);
+        unet_conv_tensors t = {a->in[0], w, a->out, unet_cuda_is_bf16(a) ? (const void *)bias_copy(a, p) : a->param[1]};
+        unet_cudnn_execute(ctx, fused, &t, ws, a);
         return;
     }
+    unet_conv_tensors t = {a->in[0], w, a->out, NULL};
     p = conv_forward_problem(a, 0);
-    unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, a->workspace, a);
-    bias_act(a, (const float *)a->out, (float *)a->out, a->param[1], a->out_shape, a->node->relu);
+    unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws, a);
+    bias_act(a, a->out, a->out, a->param[1], a->out_shape, a->node->relu);
 }
 
 /* dz = dout * (out > 0) with ReLU (in place: dout has no other reader);
@@ -290,20 +425,23 @@ static void conv_forward(const unet_op_args *a) {
 static void conv_backward(const unet_op_args *a) {
     check_conv_shapes(a);
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    float *dz = (float *)a->dout;
+    void *dz = a->dout;
     require(a, dz, "conv dout");
     if (a->node->relu) require(a, a->out, "conv out (the ReLU mask)");
-    channel_sums(a, dz, a->node->relu ? (const float *)a->out : NULL, a->out_shape, a->dparam[1], a->workspace);
+    char *ws = (char *)a->workspace + weight_prefix(a, conv_problem(a, UNET_CONV_WGRAD));
+    channel_sums(a, dz, a->node->relu ? a->out : NULL, a->out_shape, a->dparam[1], ws);
     if (a->dparam[0]) {
         require(a, a->in[0], "conv x (in[0])");
         unet_conv_problem p = conv_problem(a, UNET_CONV_WGRAD);
-        unet_conv_tensors t = {a->in[0], a->dparam[0], dz, NULL};
-        unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, a->workspace, a);
+        unet_conv_tensors t = {a->in[0], dweights_slot(a, a->dparam[0]), dz, NULL};
+        unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws, a);
+        dweights_finish(a, p, a->dparam[0]);
     }
     if (a->din[0]) {
         require(a, a->param[0], "conv weight (param[0])");
-        unet_conv_tensors t = {a->din[0], a->param[0], dz, NULL};
-        run_output(a, conv_problem(a, UNET_CONV_DGRAD), t, a->din_accumulate[0], unet_shape_count(a->in_shape[0]));
+        unet_conv_problem p = conv_problem(a, UNET_CONV_DGRAD);
+        unet_conv_tensors t = {a->din[0], weights_for(a, p, a->param[0], NULL), dz, NULL};
+        run_output(a, p, t, a->din_accumulate[0], a->in_shape[0], ws);
     }
 }
 
@@ -360,14 +498,15 @@ static size_t conv_t2_workspace_bytes(const unet_op_args *a) {
     check_conv_t2_shapes(a);
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     unet_conv_problem fwd = conv_t2_problem(a, UNET_CONV_DGRAD);
+    size_t prefix = weight_prefix(a, fwd);
     size_t ws = unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &fwd, 1, a));
     if (a->training) {
         unet_conv_problem wgrad = conv_t2_problem(a, UNET_CONV_WGRAD);
         ws = max_size(ws, channel_sum_workspace(a->out_shape));
         ws = max_size(ws, unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &wgrad, 1, a)));
-        ws = max_size(ws, build_output_plans(ctx, conv_t2_problem(a, UNET_CONV_FWD), f32_bytes(a->in_shape[0]), a));
+        ws = max_size(ws, build_output_plans(ctx, conv_t2_problem(a, UNET_CONV_FWD), act_bytes(a, a->in_shape[0]), a));
     }
-    return ws;
+    return prefix + ws;
 }
 
 static void conv_t2_forward(const unet_op_args *a) {
@@ -376,26 +515,29 @@ static void conv_t2_forward(const unet_op_args *a) {
     require(a, a->param[1], "conv_t2 bias (param[1])");
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     unet_conv_problem p = conv_t2_problem(a, UNET_CONV_DGRAD);
-    unet_conv_tensors t = {a->out, a->param[0], a->in[0], NULL};
-    unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, a->workspace, a);
-    bias_act(a, (const float *)a->out, (float *)a->out, a->param[1], a->out_shape, 0);
+    unet_conv_tensors t = {a->out, weights_for(a, p, a->param[0], NULL), a->in[0], NULL};
+    unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, (char *)a->workspace + weight_prefix(a, p), a);
+    bias_act(a, a->out, a->out, a->param[1], a->out_shape, 0);
 }
 
 static void conv_t2_backward(const unet_op_args *a) {
     check_conv_t2_shapes(a);
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     require(a, a->dout, "conv_t2 dout");
-    channel_sums(a, (float *)a->dout, NULL, a->out_shape, a->dparam[1], a->workspace);
+    char *ws = (char *)a->workspace + weight_prefix(a, conv_t2_problem(a, UNET_CONV_WGRAD));
+    channel_sums(a, a->dout, NULL, a->out_shape, a->dparam[1], ws);
     if (a->dparam[0]) {
         require(a, a->in[0], "conv_t2 x (in[0])");
         unet_conv_problem p = conv_t2_problem(a, UNET_CONV_WGRAD);
-        unet_conv_tensors t = {a->dout, a->dparam[0], a->in[0], NULL};
-        unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, a->workspace, a);
+        unet_conv_tensors t = {a->dout, dweights_slot(a, a->dparam[0]), a->in[0], NULL};
+        unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws, a);
+        dweights_finish(a, p, a->dparam[0]);
     }
     if (a->din[0]) {
         require(a, a->param[0], "conv_t2 weight (param[0])");
-        unet_conv_tensors t = {a->dout, a->param[0], a->din[0], NULL};
-        run_output(a, conv_t2_problem(a, UNET_CONV_FWD), t, a->din_accumulate[0], unet_shape_count(a->in_shape[0]));
+        unet_conv_problem p = conv_t2_problem(a, UNET_CONV_FWD);
+        unet_conv_tensors t = {a->dout, weights_for(a, p, a->param[0], NULL), a->din[0], NULL};
+        run_output(a, p, t, a->din_accumulate[0], a->in_shape[0], ws);
     }
 }
 
@@ -420,22 +562,21 @@ static size_t bias_workspace_bytes(const unet_op_args *a) {
 static void bias_forward(const unet_op_args *a) {
     check_bias_shapes(a);
     require(a, a->param[0], "bias (param[0])");
-    bias_act(a, (const float *)a->in[0], (float *)a->out, a->param[0], a->out_shape, 0);
+    bias_act(a, a->in[0], a->out, a->param[0], a->out_shape, 0);
 }
 
 static void bias_backward(const unet_op_args *a) {
     check_bias_shapes(a);
     require(a, a->dout, "bias dout");
     if (a->din[0]) {
-        size_t n = unet_shape_count(a->in_shape[0]);
         if (a->din_accumulate[0])
-            add_into(a, (float *)a->din[0], (const float *)a->dout, n);
+            add_into(a, a->din[0], a->dout, a->in_shape[0]);
         else
-            UNET_CUDA_CHECK(cudaMemcpyAsync(a->din[0], a->dout, n * sizeof(float), cudaMemcpyDeviceToDevice,
+            UNET_CUDA_CHECK(cudaMemcpyAsync(a->din[0], a->dout, act_bytes(a, a->in_shape[0]), cudaMemcpyDeviceToDevice,
                                             unet_cuda_ctx_of(a)->stream),
                             a);
     }
-    channel_sums(a, (float *)a->dout, NULL, a->out_shape, a->dparam[0], a->workspace);
+    channel_sums(a, a->dout, NULL, a->out_shape, a->dparam[0], a->workspace);
 }
 
 /* Positional: the fields of unet_op_impl are forward, backward, workspace_bytes, aux_bytes. */
