@@ -16,13 +16,18 @@
  * and one write of y, normalising and applying the ReLU in the same pass.
  * Backward: one read of dout (masked by out > 0 in place with the fused ReLU)
  * and x for the two per-channel sums, a finish that writes dgamma and dbeta,
- * then one pass for dx. */
+ * then one pass for dx.
+ *
+ * Both layouts of tensor_view.cuh: float32 NCHW, and bf16 NHWC padded
+ * (a channel's values cp apart; the passes that write a tensor plane by
+ * plane cover the padding planes with zeros). */
 #include <math.h>
 #include <stdio.h>
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/tensor_view.cuh"
 
 /* Values of one plane a reduction block covers (UNET_THREADS x 16). */
 #define BN_TILE 4096
@@ -64,13 +69,15 @@ static size_t bn_aux_bytes(const unet_op_args *a) { return 2 * (size_t)a->in_sha
 
 /* The range of plane values a reduction block (blockIdx.x = slice, blockIdx.y = channel) covers. */
 typedef struct {
-    long long base; /* index of the plane's first value */
+    int n;          /* the image */
+    long long base; /* NCHW: index of the plane's first value */
     int begin, end; /* within the plane */
 } bn_slice;
 
 static __device__ __forceinline__ bn_slice slice_of(int c, int channels, long long hw, int tiles) {
     int n = (int)(blockIdx.x / (unsigned)tiles), t = (int)(blockIdx.x % (unsigned)tiles);
     bn_slice s;
+    s.n = n;
     s.base = ((long long)n * channels + c) * hw;
     long long b = (long long)t * BN_TILE, e = b + BN_TILE < hw ? b + BN_TILE : hw;
     s.begin = (int)b;
@@ -78,16 +85,20 @@ static __device__ __forceinline__ bn_slice slice_of(int c, int channels, long lo
     return s;
 }
 
-/* ---- forward ---- */
+/* ---- forward ----
+ * Both layouts of tensor_view.cuh: a channel's plane is contiguous in
+ * float32 NCHW (read as float4 where aligned), strided by cp in bf16 NHWC.
+ * cp: channels in memory (= channels in NCHW). */
 
-static __global__ void bn_stats_kernel(const float *x, int channels, long long hw, int tiles, int vec,
+template <class T>
+static __global__ void bn_stats_kernel(const T *x, int channels, int cp, long long hw, int tiles, int vec,
                                        double *partial) {
     int c = blockIdx.y;
-    bn_slice sl = slice_of(c, channels, hw, tiles);
-    double k = x[(long long)c * hw]; /* the shift: image 0's first value of this channel */
+    bn_slice sl = slice_of(c, cp, hw, tiles);
+    double k = unet_ld(x, unet_plane_at(x, 0, c, cp, hw, 0)); /* the shift: image 0's first value of this channel */
     double v[2] = {0.0, 0.0};
-    const float *p = x + sl.base;
     if (vec) {
+        const float *p = (const float *)x + sl.base; /* vec: float32 only */
         for (int i = sl.begin + 4 * (int)threadIdx.x; i < sl.end; i += 4 * UNET_THREADS) {
             float4 q = *reinterpret_cast<const float4 *>(p + i);
             double d0 = q.x - k, d1 = q.y - k, d2 = q.z - k, d3 = q.w - k;
@@ -96,7 +107,7 @@ static __global__ void bn_stats_kernel(const float *x, int channels, long long h
         }
     } else {
         for (int i = sl.begin + (int)threadIdx.x; i < sl.end; i += UNET_THREADS) {
-            double d = p[i] - k;
+            double d = unet_ld(x, unet_plane_at(x, sl.n, c, cp, hw, i)) - k;
             v[0] += d;
             v[1] += d * d;
         }
@@ -121,14 +132,15 @@ static __device__ void sum_partials(const double *partial, long long slices, dou
 }
 
 /* One block per channel: mean, invstd into aux, and the running statistics. */
-static __global__ void bn_finish_stats_kernel(const float *x, long long hw, const double *partial, long long slices,
-                                              long long m, double eps, double momentum, float *mean, float *invstd,
-                                              float *running_mean, float *running_var) {
+template <class T>
+static __global__ void bn_finish_stats_kernel(const T *x, int cp, long long hw, const double *partial,
+                                              long long slices, long long m, double eps, double momentum, float *mean,
+                                              float *invstd, float *running_mean, float *running_var) {
     double v[2];
     sum_partials(partial, slices, v);
     if (threadIdx.x != 0) return;
     int c = blockIdx.x;
-    double k = x[(long long)c * hw];
+    double k = unet_ld(x, unet_plane_at(x, 0, c, cp, hw, 0));
     double mean_d = v[0] / (double)m;
     double ss = v[1] - v[0] * mean_d; /* sum of squared deviations from the mean */
     if (ss < 0.0) ss = 0.0;
@@ -159,17 +171,22 @@ static __device__ __forceinline__ float bn_apply(float x, float mu, float scale,
     return relu && v < 0.0f ? 0.0f : v;
 }
 
-/* grid.x: planes (n, c), grid.y along the plane. */
-static __global__ void bn_normalize_kernel(const float *x, float *y, int channels, int hw, const float *mean,
+/* grid.x: planes (n, c), padding planes included (zeros), grid.y along the plane. */
+template <class T>
+static __global__ void bn_normalize_kernel(const T *x, T *y, int channels, int cp, int hw, const float *mean,
                                            const float *invstd, const float *gamma, const float *beta, int relu,
                                            int vec) {
-    int c = (int)(blockIdx.x % (unsigned)channels);
-    float mu = mean[c], scale = __fmul_rn(gamma[c], invstd[c]), shift = beta[c];
-    long long base = (long long)blockIdx.x * hw;
+    int n = (int)(blockIdx.x / (unsigned)cp), c = (int)(blockIdx.x % (unsigned)cp);
     int stride = gridDim.y * blockDim.x, first = blockIdx.y * blockDim.x + threadIdx.x;
-    if (vec) {
-        const float4 *xs = reinterpret_cast<const float4 *>(x + base);
-        float4 *ys = reinterpret_cast<float4 *>(y + base);
+    if (c >= channels) {
+        for (int i = first; i < hw; i += stride) unet_st(y, unet_plane_at(y, n, c, cp, hw, i), 0.0f);
+        return;
+    }
+    float mu = mean[c], scale = __fmul_rn(gamma[c], invstd[c]), shift = beta[c];
+    if (vec) { /* float32 only */
+        long long base = (long long)blockIdx.x * hw;
+        const float4 *xs = reinterpret_cast<const float4 *>((const float *)x + base);
+        float4 *ys = reinterpret_cast<float4 *>((float *)y + base);
         for (int q = first; q < hw / 4; q += stride) {
             float4 v = xs[q];
             ys[q] = make_float4(bn_apply(v.x, mu, scale, shift, relu), bn_apply(v.y, mu, scale, shift, relu),
@@ -177,28 +194,32 @@ static __global__ void bn_normalize_kernel(const float *x, float *y, int channel
         }
         return;
     }
-    for (int i = first; i < hw; i += stride) y[base + i] = bn_apply(x[base + i], mu, scale, shift, relu);
+    for (int i = first; i < hw; i += stride) {
+        long long idx = unet_plane_at(x, n, c, cp, hw, i);
+        unet_st(y, idx, bn_apply(unet_ld(x, idx), mu, scale, shift, relu));
+    }
 }
 
 /* ---- backward ---- */
 
 /* Block (slice, channel): sums of dy and dy * (x - mean); with the fused
  * ReLU, dy = dout * (out > 0), written back for the dx pass. */
-static __global__ void bn_grad_sums_kernel(float *dy, const float *x, const float *y, const float *mean, int channels,
-                                           long long hw, int tiles, int relu, double *partial) {
+template <class T>
+static __global__ void bn_grad_sums_kernel(T *dy, const T *x, const T *y, const float *mean, int cp, long long hw,
+                                           int tiles, int relu, double *partial) {
     int c = blockIdx.y;
-    bn_slice sl = slice_of(c, channels, hw, tiles);
+    bn_slice sl = slice_of(c, cp, hw, tiles);
     double mu = mean[c];
     double v[2] = {0.0, 0.0};
     for (int i = sl.begin + (int)threadIdx.x; i < sl.end; i += UNET_THREADS) {
-        long long idx = sl.base + i;
-        float g = dy[idx];
+        long long idx = unet_plane_at(x, sl.n, c, cp, hw, i);
+        float g = unet_ld(dy, idx);
         if (relu) {
-            g = y[idx] > 0.0f ? g : 0.0f;
-            dy[idx] = g;
+            g = unet_ld(y, idx) > 0.0f ? g : 0.0f;
+            unet_st(dy, idx, g); /* g or 0: exact in bf16 too */
         }
         v[0] += g;
-        v[1] += (double)g * ((double)x[idx] - mu);
+        v[1] += (double)g * ((double)unet_ld(x, idx) - mu);
     }
     unet_block_sum<2>(v);
     if (threadIdx.x == 0) {
@@ -223,18 +244,26 @@ static __global__ void bn_finish_grads_kernel(const double *partial, long long s
 }
 
 /* dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) with batch
- * statistics, gamma * invstd * dy with running ones; in double as on the CPU. */
-static __global__ void bn_dx_kernel(const float *dy, const float *x, float *dx, int channels, int hw, long long m,
+ * statistics, gamma * invstd * dy with running ones; in double as on the CPU.
+ * grid.x: planes (n, c), padding planes included (zeros). */
+template <class T>
+static __global__ void bn_dx_kernel(const T *dy, const T *x, T *dx, int channels, int cp, int hw, long long m,
                                     const float *mean, const float *invstd, const float *gamma, const double *sums,
                                     int batch_stats, int accumulate) {
-    int c = (int)(blockIdx.x % (unsigned)channels);
+    int n = (int)(blockIdx.x / (unsigned)cp), c = (int)(blockIdx.x % (unsigned)cp);
+    if (c >= channels) {
+        for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < hw; i += gridDim.y * blockDim.x)
+            unet_st(dx, unet_plane_at(dx, n, c, cp, hw, i), 0.0f);
+        return;
+    }
     double mu = mean[c], is = invstd[c], k = (double)gamma[c] * is;
     double mean_dy = batch_stats ? sums[c] / (double)m : 0.0;
     double mean_dy_xhat = batch_stats ? sums[channels + c] / (double)m : 0.0;
-    long long base = (long long)blockIdx.x * hw;
     for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < hw; i += gridDim.y * blockDim.x) {
-        double xhat = ((double)x[base + i] - mu) * is;
-        unet_store_grad(dx, base + i, (float)(k * ((double)dy[base + i] - mean_dy - xhat * mean_dy_xhat)), accumulate);
+        long long idx = unet_plane_at(x, n, c, cp, hw, i);
+        double xhat = ((double)unet_ld(x, idx) - mu) * is;
+        unet_store_grad_t(dx, idx, (float)(k * ((double)unet_ld(dy, idx) - mean_dy - xhat * mean_dy_xhat)),
+                          accumulate);
     }
 }
 
@@ -251,6 +280,39 @@ static void require_launchable(const unet_op_args *a, const bn_split &sp) {
                        "batchnorm supports at most 65535 channels and 2^30 values per plane", a);
 }
 
+template <class T>
+static void bn_forward_t(const unet_op_args *a) {
+    unet_shape s = a->in_shape[0];
+    bn_split sp = split_of(s);
+    int cp = unet_cuda_planes_c(a, s);
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    const T *x = (const T *)a->in[0];
+    float *mean = (float *)a->aux, *invstd = mean + s.c;
+    double eps = a->node->eps, momentum = a->node->momentum;
+    if (uses_batch_stats(a)) {
+        require(a, a->workspace != NULL, "batchnorm needs its workspace");
+        double *partial = (double *)a->workspace;
+        int vec = sizeof(T) == 4 && sp.hw % 4 == 0 && unet_aligned16(x);
+        bn_stats_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(x, s.c, cp, sp.hw,
+                                                                                              sp.tiles, vec, partial);
+        UNET_CUDA_LAUNCHED(a);
+        int update = a->training && a->state[0] && a->state[1];
+        bn_finish_stats_kernel<<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(
+            x, cp, sp.hw, partial, sp.slices, sp.m, eps, momentum, mean, invstd, update ? a->state[0] : NULL,
+            update ? a->state[1] : NULL);
+        UNET_CUDA_LAUNCHED(a);
+    } else {
+        bn_running_aux_kernel<<<unet_blocks_for(s.c), UNET_THREADS, 0, stream>>>(a->state[0], a->state[1], s.c, eps,
+                                                                                 mean, invstd);
+        UNET_CUDA_LAUNCHED(a);
+    }
+    int vec = sizeof(T) == 4 && sp.hw % 4 == 0 && unet_aligned16(x) && unet_aligned16(a->out);
+    unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * cp, vec ? sp.hw / 4 : sp.hw);
+    bn_normalize_kernel<<<l.grid, l.block, 0, stream>>>(x, (T *)a->out, s.c, cp, (int)sp.hw, mean, invstd,
+                                                        a->param[0], a->param[1], a->node->relu, vec);
+    UNET_CUDA_LAUNCHED(a);
+}
+
 static void bn_forward(const unet_op_args *a) {
     unet_shape s = a->in_shape[0];
     bn_split sp = split_of(s);
@@ -259,31 +321,33 @@ static void bn_forward(const unet_op_args *a) {
     require(a, s.n == a->out_shape.n && s.c == a->out_shape.c && s.h == a->out_shape.h && s.w == a->out_shape.w,
             "batchnorm output must have the input's shape");
     if (sp.m == 0 || s.c == 0) return;
+    if (unet_cuda_is_bf16(a))
+        bn_forward_t<unet_bf16>(a);
+    else
+        bn_forward_t<float>(a);
+}
+
+template <class T>
+static void bn_backward_t(const unet_op_args *a) {
+    unet_shape s = a->in_shape[0];
+    bn_split sp = split_of(s);
+    int cp = unet_cuda_planes_c(a, s);
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
-    const float *x = (const float *)a->in[0];
-    float *mean = (float *)a->aux, *invstd = mean + s.c;
-    double eps = a->node->eps, momentum = a->node->momentum;
-    if (uses_batch_stats(a)) {
-        require(a, a->workspace != NULL, "batchnorm needs its workspace");
-        double *partial = (double *)a->workspace;
-        int vec = sp.hw % 4 == 0 && unet_aligned16(x);
-        bn_stats_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(x, s.c, sp.hw, sp.tiles,
-                                                                                              vec, partial);
-        UNET_CUDA_LAUNCHED(a);
-        int update = a->training && a->state[0] && a->state[1];
-        bn_finish_stats_kernel<<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(
-            x, sp.hw, partial, sp.slices, sp.m, eps, momentum, mean, invstd, update ? a->state[0] : NULL,
-            update ? a->state[1] : NULL);
-        UNET_CUDA_LAUNCHED(a);
-    } else {
-        bn_running_aux_kernel<<<unet_blocks_for(s.c), UNET_THREADS, 0, stream>>>(a->state[0], a->state[1], s.c, eps,
-                                                                                 mean, invstd);
-        UNET_CUDA_LAUNCHED(a);
-    }
-    int vec = sp.hw % 4 == 0 && unet_aligned16(x) && unet_aligned16(a->out);
-    unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * s.c, vec ? sp.hw / 4 : sp.hw);
-    bn_normalize_kernel<<<l.grid, l.block, 0, stream>>>(x, (float *)a->out, s.c, (int)sp.hw, mean, invstd,
-                                                        a->param[0], a->param[1], a->node->relu, vec);
+    const T *x = (const T *)a->in[0];
+    const float *mean = (const float *)a->aux, *invstd = mean + s.c;
+    double *partial = (double *)a->workspace;
+    double *sums = (double *)((char *)a->workspace + partial_bytes(sp));
+    bn_grad_sums_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(
+        (T *)a->dout, x, (const T *)a->out, mean, cp, sp.hw, sp.tiles, a->node->relu, partial);
+    UNET_CUDA_LAUNCHED(a);
+    bn_finish_grads_kernel<<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(partial, sp.slices, invstd, sums, a->dparam[0],
+                                                                       a->dparam[1]);
+    UNET_CUDA_LAUNCHED(a);
+    if (!a->din[0]) return;
+    unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * cp, sp.hw);
+    bn_dx_kernel<<<l.grid, l.block, 0, stream>>>((const T *)a->dout, x, (T *)a->din[0], s.c, cp, (int)sp.hw, sp.m,
+                                                 mean, invstd, a->param[0], sums, uses_batch_stats(a),
+                                                 a->din_accumulate[0]);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -295,23 +359,10 @@ static void bn_backward(const unet_op_args *a) {
     require(a, a->in[0] && a->dout && a->aux && a->param[0] && a->workspace,
             "batchnorm backward needs x, dout, aux, gamma and its workspace");
     require(a, !a->node->relu || a->out, "batchnorm backward with a fused ReLU needs the forward output (out is NULL)");
-    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
-    const float *x = (const float *)a->in[0];
-    const float *mean = (const float *)a->aux, *invstd = mean + s.c;
-    double *partial = (double *)a->workspace;
-    double *sums = (double *)((char *)a->workspace + partial_bytes(sp));
-    bn_grad_sums_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(
-        (float *)a->dout, x, (const float *)a->out, mean, s.c, sp.hw, sp.tiles, a->node->relu, partial);
-    UNET_CUDA_LAUNCHED(a);
-    bn_finish_grads_kernel<<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(partial, sp.slices, invstd, sums, a->dparam[0],
-                                                                       a->dparam[1]);
-    UNET_CUDA_LAUNCHED(a);
-    if (!a->din[0]) return;
-    unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * s.c, sp.hw);
-    bn_dx_kernel<<<l.grid, l.block, 0, stream>>>((const float *)a->dout, x, (float *)a->din[0], s.c, (int)sp.hw, sp.m,
-                                                 mean, invstd, a->param[0], sums, uses_batch_stats(a),
-                                                 a->din_accumulate[0]);
-    UNET_CUDA_LAUNCHED(a);
+    if (unet_cuda_is_bf16(a))
+        bn_backward_t<unet_bf16>(a);
+    else
+        bn_backward_t<float>(a);
 }
 
 extern "C" const unet_op_impl unet_cuda_batchnorm = {bn_forward, bn_backward, bn_workspace_bytes, bn_aux_bytes};

@@ -124,16 +124,6 @@ static __device__ void block_sum(double *sh, double v) {
  * dz = dout * (out > 0) and is written back, so that the weight and data
  * gradients read dz. The partition depends on the shape alone and every sum
  * has a fixed order: the result is the same bits on every run, no atomics. */
-/* The memory index of element r (= y * w + x) of plane (n, c). */
-static __device__ __forceinline__ long long plane_at(const float *, long long n, int c, int cp, long long hw,
-                                                     long long r) {
-    return (n * cp + c) * hw + r;
-}
-static __device__ __forceinline__ long long plane_at(const unet_bf16 *, long long n, int c, int cp, long long hw,
-                                                     long long r) {
-    return (n * hw + r) * cp + c;
-}
-
 template <class T>
 static __global__ void channel_partial_kernel(T *dz, const T *mask, int channels, int cp, long long hw,
                                               long long per_channel, long long chunk, int slices, double *partial) {
@@ -143,7 +133,7 @@ static __global__ void channel_partial_kernel(T *dz, const T *mask, int channels
     double acc = 0.0;
     for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
         long long n = j / hw;
-        long long idx = plane_at(dz, n, c, cp, hw, j - n * hw);
+        long long idx = unet_plane_at(dz, n, c, cp, hw, j - n * hw);
         float v = unet_ld(dz, idx);
         if (mask) {
             v = unet_ld(mask, idx) > 0.0f ? v : 0.0f;

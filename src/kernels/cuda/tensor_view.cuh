@@ -67,6 +67,16 @@ static __device__ __forceinline__ long long unet_act_at(const unet_bf16 *, int n
     return (((long long)n * h + y) * w + x) * cp + c;
 }
 
+/* The same for element r = y * w + x of plane (n, c), planes of hw elements. */
+static __device__ __forceinline__ long long unet_plane_at(const float *, long long n, int c, int cp, long long hw,
+                                                          long long r) {
+    return (n * cp + c) * hw + r;
+}
+static __device__ __forceinline__ long long unet_plane_at(const unet_bf16 *, long long n, int c, int cp, long long hw,
+                                                          long long r) {
+    return (n * hw + r) * cp + c;
+}
+
 /* A tensor of logical shape (n, c, h, w) in one of the two layouts. T is
  * const-qualified for inputs. */
 template <class T>
