@@ -6,8 +6,11 @@
 #include <stdint.h>
 
 typedef enum {
-    UNET_F32 = 0, /* activations, gradients, weights, weight maps */
-    UNET_I32 = 1, /* labels */
+    UNET_F32 = 0,       /* activations and their gradients: float32 to the host, in the backend's own layout
+                         * and type on the device (CUDA under bf16: NHWC bfloat16) */
+    UNET_I32 = 1,       /* labels */
+    UNET_F32_EXACT = 2, /* float32 NCHW on every backend: weight maps and loss values, which the
+                         * losses read and write in float32 whatever the precision */
 } unet_dtype;
 
 /* Every tensor of the graph is 4-D, in PyTorch's logical order (N, C, H, W).

@@ -127,6 +127,10 @@ int main(int argc, char **argv) {
     if (!impl || !impl->forward) die("op has no forward in this backend", op_name);
     if (backward && !impl->backward) die("op has no backward in this backend", op_name);
     int is_loss = node.op == UNET_OP_SOFTMAX_CE || node.op == UNET_OP_BCE_DICE;
+    /* a loss's weight map and value are float32 in every precision, as a plan holds them */
+    for (int i = 1; i < n_in; i++)
+        if (is_loss && in_type[i] == UNET_F32) in_type[i] = UNET_F32_EXACT;
+    unet_dtype out_type = is_loss ? UNET_F32_EXACT : UNET_F32;
 
     unet_op_args a;
     memset(&a, 0, sizeof a);
@@ -177,7 +181,7 @@ int main(int argc, char **argv) {
     }
     size_t out_n = unet_shape_count(out_shape);
     float *poison = nan_array(out_n);
-    a.out = to_device(b, poison, out_shape, UNET_F32);
+    a.out = to_device(b, poison, out_shape, out_type);
     free(poison);
 
     size_t ws = impl->workspace_bytes ? impl->workspace_bytes(&a) : 0;
@@ -188,7 +192,7 @@ int main(int argc, char **argv) {
     impl->forward(&a);
     b->sync(b);
     float *host_out = malloc(out_n * sizeof(float));
-    b->download(b, host_out, a.out, out_shape, UNET_F32);
+    b->download(b, host_out, a.out, out_shape, out_type);
     write_file(dir, "out.bin", host_out, out_n * sizeof(float));
 
     if (backward) {

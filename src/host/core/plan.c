@@ -73,6 +73,11 @@ static void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
+/* How an input is held: labels int32, weight maps float32 in every precision, images as activations. */
+static unet_dtype input_dtype(unet_input_kind kind) {
+    return kind == UNET_INPUT_LABEL ? UNET_I32 : kind == UNET_INPUT_WEIGHT ? UNET_F32_EXACT : UNET_F32;
+}
+
 static int new_tensor(unet_plan *p, size_t bytes, int first) {
     p->tensors = realloc(p->tensors, (size_t)(p->n_tensors + 1) * sizeof *p->tensors);
     if (!p->tensors) abort();
@@ -265,8 +270,7 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
     const unet_backend *b = p->b;
     for (int i = 0; i < g->n_inputs; i++) {
         int v = g->inputs[i].value;
-        unet_dtype t = g->inputs[i].kind == UNET_INPUT_LABEL ? UNET_I32 : UNET_F32;
-        p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], t), 0);
+        p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], input_dtype(g->inputs[i].kind)), 0);
         /* inputs keep their memory for the whole step: a caller may set them
          * once and run many steps (benchmarks, inference of one batch) */
         use(p, p->act[v], end);
@@ -279,7 +283,9 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
         int k = fwd_nodes[s];
         const unet_node *n = &g->nodes[k];
         int v = n->out_value;
-        p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), s);
+        /* a loss value is float32 whatever the backend's precision */
+        unet_dtype t = unet_op_is_loss(n->op) ? UNET_F32_EXACT : UNET_F32;
+        p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], t), s);
         if (has_grad[v]) p->grad[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), end);
         for (int i = 0; i < n->n_in; i++) {
             use(p, p->act[n->in[i]], s);
@@ -457,7 +463,7 @@ void unet_plan_set_inputs(unet_plan *p, const float *image, const int32_t *label
             if (label) p->b->upload(p->b, dst, label, s, UNET_I32);
             break;
         case UNET_INPUT_WEIGHT:
-            p->b->upload(p->b, dst, weight ? weight : p->ones, s, UNET_F32);
+            p->b->upload(p->b, dst, weight ? weight : p->ones, s, UNET_F32_EXACT);
             break;
         }
     }
@@ -466,8 +472,7 @@ void unet_plan_set_inputs(unet_plan *p, const float *image, const int32_t *label
 /* Op tests feed several float inputs: the n-th image-kind input takes the n-th array. */
 void unet_plan_set_input(unet_plan *p, int input_index, const void *host) {
     int v = p->g->inputs[input_index].value;
-    unet_dtype t = p->g->inputs[input_index].kind == UNET_INPUT_LABEL ? UNET_I32 : UNET_F32;
-    p->b->upload(p->b, tensor_ptr(p, p->act[v]), host, p->shapes[v], t);
+    p->b->upload(p->b, tensor_ptr(p, p->act[v]), host, p->shapes[v], input_dtype(p->g->inputs[input_index].kind));
 }
 
 void unet_plan_set_seed(unet_plan *p, uint64_t seed) { p->b->upload_bytes(p->b, p->seed, &seed, sizeof seed); }
@@ -510,7 +515,7 @@ double unet_plan_loss(unet_plan *p, double *per_head) {
     for (int l = 0; l < p->n_loss; l++) {
         const unet_node *n = &p->g->nodes[p->loss_nodes[l]];
         p->b->download(p->b, &p->loss_host[l], tensor_ptr(p, p->act[n->out_value]), (unet_shape){1, 1, 1, 1},
-                       UNET_F32);
+                       UNET_F32_EXACT);
         if (per_head) per_head[l] = p->loss_host[l];
         total += (double)n->scale * p->loss_host[l];
     }

@@ -5,8 +5,10 @@
  * unet_layouttest.c) share one definition.
  *
  * Two layouts:
- *   NCHW float32   fp32 and tf32, and every int32 tensor (labels): the CPU
- *                  backend's layout, byte for byte, so transfers are copies.
+ *   NCHW float32   fp32 and tf32, and in every precision int32 tensors
+ *                  (labels) and UNET_F32_EXACT ones (weight maps, loss
+ *                  values): the CPU backend's layout, byte for byte, so
+ *                  transfers are copies.
  *   NHWC bfloat16  bf16 activations and their gradients: channels last and
  *                  padded to a multiple of UNET_BF16_CHANNELS with zeros,
  *                  the layout cuDNN's bf16 tensor-core engines read without
@@ -19,12 +21,9 @@
  * (uploads) and the kernels' stores round alike, and a NaN becomes the
  * device's canonical NaN 0x7fff. Widening back to float is exact.
  *
- * Not decided here yet: which float tensors stay exact float32 under bf16.
- * Weight maps and loss values are UNET_F32 tensors to the core just as
- * activations are; they must keep float32 NCHW (a weight map in bf16 NHWC
- * would be eight times larger and rounded to 3 digits, a loss value rounded
- * likewise), which needs the core to tell them apart (a dtype of their own)
- * before bf16 can be enabled. */
+ * Weight maps and loss values (UNET_F32_EXACT) stay float32 NCHW under
+ * bf16: a weight map in bf16 NHWC would be eight times larger and rounded
+ * to 3 digits, and so would a loss value. */
 #ifndef UNET_CUDA_LAYOUT_H
 #define UNET_CUDA_LAYOUT_H
 

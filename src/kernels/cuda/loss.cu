@@ -9,7 +9,11 @@
  * fixed tree into a partial in the workspace; one block then sums the
  * partials in a fixed order and writes the scalar loss into out. The
  * backward (a root: no dout) writes node->scale times the gradient; BCE +
- * Dice first recomputes its per-image sums the same way. */
+ * Dice first recomputes its per-image sums the same way.
+ *
+ * Under bf16 the logits and their gradient are NHWC bf16 (tensor_view.cuh),
+ * read into double as before; the weight map and the loss value stay
+ * float32 (UNET_F32_EXACT), the labels int32. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,24 +21,36 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/tensor_view.cuh"
 
 /* Pixels one reduction block covers (UNET_THREADS x 8). */
 #define LOSS_CHUNK 2048
 
-/* Logits and the cropped views of label and weight, as the kernels see them. */
-typedef struct {
-    const float *z;
+/* Logits and the cropped views of label and weight, as the kernels see them.
+ * The logits (and their gradient) are activations, in either layout of
+ * tensor_view.cuh (T: float NCHW or bf16 NHWC with kp channels in memory);
+ * labels are int32 and weight maps float32, NCHW, in every precision. */
+template <class T>
+struct loss_view {
+    const T *z;
     const int32_t *label;
     const float *weight;  /* NULL: every pixel weighs 1 */
     int n, k, h, w;       /* logits */
+    int kp;               /* logit channels in memory */
     int lh, lw, loy, lox; /* label size and crop offset */
     int wh, ww, woy, wox; /* weight size and crop offset */
-} loss_view;
+    /* the logit of channel j at pixel r (= y * w + x) of image n */
+    __device__ __forceinline__ long long at(long long n_, int j, long long r) const {
+        return unet_plane_at(z, n_, j, kp, (long long)h * w, r);
+    }
+};
 
-static loss_view view_of(const unet_op_args *a) {
+template <class T>
+static loss_view<T> view_of(const unet_op_args *a) {
     unet_shape s = a->in_shape[0], l = a->in_shape[1];
-    loss_view v;
-    v.z = (const float *)a->in[0];
+    loss_view<T> v;
+    v.z = (const T *)a->in[0];
+    v.kp = unet_cuda_planes_c(a, s);
     v.label = (const int32_t *)a->in[1];
     v.weight = a->n_in > 2 ? (const float *)a->in[2] : NULL;
     v.n = s.n;
@@ -56,11 +72,13 @@ static loss_view view_of(const unet_op_args *a) {
     return v;
 }
 
-static __device__ __forceinline__ int32_t label_at(const loss_view &v, int n, int y, int x) {
+template <class T>
+static __device__ __forceinline__ int32_t label_at(const loss_view<T> &v, int n, int y, int x) {
     return v.label[((long long)n * v.lh + v.loy + y) * v.lw + v.lox + x];
 }
 
-static __device__ __forceinline__ double weight_at(const loss_view &v, int n, int y, int x) {
+template <class T>
+static __device__ __forceinline__ double weight_at(const loss_view<T> &v, int n, int y, int x) {
     return v.weight ? (double)v.weight[((long long)n * v.wh + v.woy + y) * v.ww + v.wox + x] : 1.0;
 }
 
@@ -74,19 +92,23 @@ static long long ce_chunks(const unet_op_args *a) {
 
 static size_t ce_workspace_bytes(const unet_op_args *a) { return (size_t)ce_chunks(a) * sizeof(double); }
 
-/* sum_j exp(z_j - max) at one pixel whose K logits lie hw apart; *max gets the max. */
-static __device__ double softmax_denominator(const float *z, long long hw, int k, double *max) {
-    double m = z[0];
-    for (int j = 1; j < k; j++)
-        if (z[j * hw] > m) m = z[j * hw];
+/* sum_j exp(z_j - max) over the K logits of pixel r of image n; *max gets the max. */
+template <class T>
+static __device__ double softmax_denominator(const loss_view<T> &v, int n, long long r, double *max) {
+    double m = unet_ld(v.z, v.at(n, 0, r));
+    for (int j = 1; j < v.k; j++) {
+        float zj = unet_ld(v.z, v.at(n, j, r));
+        if (zj > m) m = zj;
+    }
     double s = 0.0;
-    for (int j = 0; j < k; j++) s += exp((double)z[j * hw] - m);
+    for (int j = 0; j < v.k; j++) s += exp((double)unet_ld(v.z, v.at(n, j, r)) - m);
     *max = m;
     return s;
 }
 
 /* Block b sums the weighted NLL of pixels b*LOSS_CHUNK .. (pixels in (n, y, x) order). */
-static __global__ void ce_partial_kernel(loss_view v, double *partial) {
+template <class T>
+static __global__ void ce_partial_kernel(loss_view<T> v, double *partial) {
     long long hw = (long long)v.h * v.w, pixels = (long long)v.n * hw;
     long long begin = (long long)blockIdx.x * LOSS_CHUNK;
     long long end = begin + LOSS_CHUNK < pixels ? begin + LOSS_CHUNK : pixels;
@@ -97,9 +119,8 @@ static __global__ void ce_partial_kernel(loss_view v, double *partial) {
         int y = (int)(r / v.w), x = (int)(r - (long long)y * v.w);
         int32_t l = label_at(v, n, y, x);
         if (l < 0 || l >= v.k) continue;
-        const float *z = v.z + (long long)n * v.k * hw + r;
-        double m, s = softmax_denominator(z, hw, v.k, &m);
-        acc[0] += weight_at(v, n, y, x) * (log(s) - ((double)z[l * hw] - m));
+        double m, s = softmax_denominator(v, n, r, &m);
+        acc[0] += weight_at(v, n, y, x) * (log(s) - ((double)unet_ld(v.z, v.at(n, l, r)) - m));
     }
     unet_block_sum<1>(acc);
     if (threadIdx.x == 0) partial[blockIdx.x] = acc[0];
@@ -113,8 +134,10 @@ static __global__ void ce_finish_kernel(const double *partial, long long chunks,
     if (threadIdx.x == 0) out[0] = (float)(acc[0] / pixels);
 }
 
-/* dz = coef * w * (softmax - onehot), one thread per pixel writing its K gradients. */
-static __global__ void ce_backward_kernel(loss_view v, double coef, float *dz, int accumulate) {
+/* dz = coef * w * (softmax - onehot), one thread per pixel writing its K
+ * gradients (and zeros into its padding channels). */
+template <class T>
+static __global__ void ce_backward_kernel(loss_view<T> v, double coef, T *dz, int accumulate) {
     long long hw = (long long)v.h * v.w, pixels = (long long)v.n * hw;
     for (long long p = unet_global_thread(); p < pixels; p += unet_grid_threads()) {
         int n = (int)(p / hw);
@@ -122,14 +145,14 @@ static __global__ void ce_backward_kernel(loss_view v, double coef, float *dz, i
         int y = (int)(r / v.w), x = (int)(r - (long long)y * v.w);
         int32_t l = label_at(v, n, y, x);
         int valid = l >= 0 && l < v.k;
-        long long base = (long long)n * v.k * hw + r;
-        double m, s = softmax_denominator(v.z + base, hw, v.k, &m);
+        double m, s = softmax_denominator(v, n, r, &m);
         double c = valid ? coef * weight_at(v, n, y, x) : 0.0;
         for (int j = 0; j < v.k; j++) {
-            long long i = base + j * hw;
-            double prob = exp((double)v.z[i] - m) / s;
-            unet_store_grad(dz, i, (float)(c * (prob - (j == l ? 1.0 : 0.0))), accumulate);
+            long long i = v.at(n, j, r);
+            double prob = exp((double)unet_ld(v.z, i) - m) / s;
+            unet_store_grad_t(dz, i, (float)(c * (prob - (j == l ? 1.0 : 0.0))), accumulate);
         }
+        for (int j = v.k; j < v.kp; j++) unet_st(dz, v.at(n, j, r), 0.0f);
     }
 }
 
@@ -160,14 +183,15 @@ static __device__ __forceinline__ double sigmoid(double z) {
 }
 
 /* Block (chunk, image). */
-static __global__ void bd_partial_kernel(loss_view v, double *partial) {
+template <class T>
+static __global__ void bd_partial_kernel(loss_view<T> v, double *partial) {
     int n = blockIdx.y;
     long long hw = (long long)v.h * v.w;
     long long begin = (long long)blockIdx.x * LOSS_CHUNK, end = begin + LOSS_CHUNK < hw ? begin + LOSS_CHUNK : hw;
     double acc[BD_SUMS] = {0.0, 0.0, 0.0, 0.0};
     for (long long r = begin + threadIdx.x; r < end; r += UNET_THREADS) {
         int y = (int)(r / v.w), x = (int)(r - (long long)y * v.w);
-        double zv = v.z[(long long)n * hw + r], t = label_at(v, n, y, x), p = sigmoid(zv);
+        double zv = unet_ld(v.z, v.at(n, 0, r)), t = label_at(v, n, y, x), p = sigmoid(zv);
         /* BCE with logits, stable: max(z, 0) - z*y + log(1 + exp(-|z|)) */
         double bce = (zv > 0.0 ? zv : 0.0) - zv * t + log1p(exp(-fabs(zv)));
         acc[0] += weight_at(v, n, y, x) * bce;
@@ -203,19 +227,22 @@ static __global__ void bd_finish_kernel(const double *partial, int chunks, int i
     if (threadIdx.x == 0 && out) out[0] = (float)(bce / pixels + 1.0 - dice_sum / images);
 }
 
-/* d/dz = bce_coef * w * (p - y) - dice_coef * (2 y denom - numer) / denom^2 * p (1 - p) */
-static __global__ void bd_backward_kernel(loss_view v, const double *dice, double bce_coef, double dice_coef,
-                                          float *dz, int accumulate) {
+/* d/dz = bce_coef * w * (p - y) - dice_coef * (2 y denom - numer) / denom^2 * p (1 - p);
+ * zeros into the padding channels. */
+template <class T>
+static __global__ void bd_backward_kernel(loss_view<T> v, const double *dice, double bce_coef, double dice_coef,
+                                          T *dz, int accumulate) {
     long long hw = (long long)v.h * v.w, pixels = (long long)v.n * hw;
     for (long long i = unet_global_thread(); i < pixels; i += unet_grid_threads()) {
         int n = (int)(i / hw);
         long long r = i - n * hw;
         int y = (int)(r / v.w), x = (int)(r - (long long)y * v.w);
-        double t = label_at(v, n, y, x), p = sigmoid(v.z[i]);
+        double t = label_at(v, n, y, x), p = sigmoid(unet_ld(v.z, v.at(n, 0, r)));
         double numer = dice[2 * n], denom = dice[2 * n + 1];
         double g = bce_coef * weight_at(v, n, y, x) * (p - t) -
                    dice_coef * (2.0 * t * denom - numer) / (denom * denom) * p * (1.0 - p);
-        unet_store_grad(dz, i, (float)g, accumulate);
+        unet_store_grad_t(dz, v.at(n, 0, r), (float)g, accumulate);
+        for (int j = 1; j < v.kp; j++) unet_st(dz, v.at(n, j, r), 0.0f);
     }
 }
 
@@ -247,14 +274,45 @@ static long long pixels_of(const unet_op_args *a) {
     return (long long)s.n * s.h * s.w;
 }
 
+/* The launches below, for the logits' element type T. */
+template <class T>
+static void ce_forward_t(const unet_op_args *a, long long chunks, double *partial) {
+    ce_partial_kernel<<<(unsigned)chunks, UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(view_of<T>(a), partial);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+template <class T>
+static void ce_backward_t(const unet_op_args *a, long long pixels, double coef) {
+    ce_backward_kernel<<<unet_blocks_for(pixels), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        view_of<T>(a), coef, (T *)a->din[0], a->din_accumulate[0]);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+template <class T>
+static void bd_partial_t(const unet_op_args *a, int chunks, double *partial) {
+    dim3 grid((unsigned)chunks, (unsigned)a->in_shape[0].n);
+    bd_partial_kernel<<<grid, UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(view_of<T>(a), partial);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+template <class T>
+static void bd_backward_t(const unet_op_args *a, long long pixels, const double *dice) {
+    double scale = a->node->scale;
+    bd_backward_kernel<<<unet_blocks_for(pixels), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        view_of<T>(a), dice, scale / (double)pixels, scale / a->in_shape[0].n, (T *)a->din[0], a->din_accumulate[0]);
+    UNET_CUDA_LAUNCHED(a);
+}
+
 static void ce_forward(const unet_op_args *a) {
     check_loss_args(a, 0);
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     long long chunks = ce_chunks(a), pixels = pixels_of(a);
     double *partial = (double *)a->workspace;
     if (chunks > 0) {
-        ce_partial_kernel<<<(unsigned)chunks, UNET_THREADS, 0, stream>>>(view_of(a), partial);
-        UNET_CUDA_LAUNCHED(a);
+        if (unet_cuda_is_bf16(a))
+            ce_forward_t<unet_bf16>(a, chunks, partial);
+        else
+            ce_forward_t<float>(a, chunks, partial);
     }
     /* an empty batch has no mean: NaN, as the CPU's 0/0 */
     ce_finish_kernel<<<1, UNET_THREADS, 0, stream>>>(partial, chunks, (double)pixels, (float *)a->out);
@@ -267,9 +325,10 @@ static void ce_backward(const unet_op_args *a) {
     long long pixels = pixels_of(a);
     if (pixels == 0) return;
     double coef = (double)a->node->scale / (double)pixels;
-    ce_backward_kernel<<<unet_blocks_for(pixels), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        view_of(a), coef, (float *)a->din[0], a->din_accumulate[0]);
-    UNET_CUDA_LAUNCHED(a);
+    if (unet_cuda_is_bf16(a))
+        ce_backward_t<unet_bf16>(a, pixels, coef);
+    else
+        ce_backward_t<float>(a, pixels, coef);
 }
 
 /* Partials and per-image Dice terms into the workspace; the loss into out when given. */
@@ -281,8 +340,10 @@ static double *bd_sums(const unet_op_args *a, float *out) {
     double *partial = (double *)a->workspace;
     double *dice = (double *)((char *)a->workspace + bd_partial_bytes(a));
     if (chunks > 0 && s.n > 0) {
-        bd_partial_kernel<<<dim3((unsigned)chunks, (unsigned)s.n), UNET_THREADS, 0, stream>>>(view_of(a), partial);
-        UNET_CUDA_LAUNCHED(a);
+        if (unet_cuda_is_bf16(a))
+            bd_partial_t<unet_bf16>(a, chunks, partial);
+        else
+            bd_partial_t<float>(a, chunks, partial);
     }
     bd_finish_kernel<<<1, UNET_THREADS, 0, stream>>>(partial, chunks, s.n, (double)pixels_of(a), dice, out);
     UNET_CUDA_LAUNCHED(a);
@@ -300,10 +361,10 @@ static void bd_backward(const unet_op_args *a) {
     double *dice = bd_sums(a, NULL);
     long long pixels = pixels_of(a);
     if (pixels == 0) return;
-    double scale = a->node->scale;
-    bd_backward_kernel<<<unet_blocks_for(pixels), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        view_of(a), dice, scale / (double)pixels, scale / a->in_shape[0].n, (float *)a->din[0], a->din_accumulate[0]);
-    UNET_CUDA_LAUNCHED(a);
+    if (unet_cuda_is_bf16(a))
+        bd_backward_t<unet_bf16>(a, pixels, dice);
+    else
+        bd_backward_t<float>(a, pixels, dice);
 }
 
 extern "C" const unet_op_impl unet_cuda_softmax_ce = {ce_forward, ce_backward, ce_workspace_bytes, NULL};

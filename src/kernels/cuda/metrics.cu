@@ -10,6 +10,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/metrics.h"
+#include "kernels/cuda/tensor_view.cuh"
 
 #define COUNT_CHUNK 4096 /* pixels per block */
 /* Counters: tp[64], fp[64], fn[64], correct. */
@@ -30,19 +31,23 @@ extern "C" size_t unet_cuda_seg_counts_workspace_bytes(unet_shape logits) {
 }
 
 /* The CPU's pixel_class: the first channel with the largest logit (a NaN
- * never wins), or logit > 0 for one channel. */
-static __device__ __forceinline__ int pixel_class(const float *z, long long hw, int k) {
-    if (k == 1) return z[0] > 0.0f;
+ * never wins), or logit > 0 for one channel. Pixel r of image n; the logits
+ * in either layout of tensor_view.cuh (kp channels in memory). */
+template <class T>
+static __device__ __forceinline__ int pixel_class(const T *z, long long n, long long r, int kp, long long hw, int k) {
+    float z0 = unet_ld(z, unet_plane_at(z, n, 0, kp, hw, r));
+    if (k == 1) return z0 > 0.0f;
     int best = 0;
-    float bv = z[0];
+    float bv = z0;
     for (int c = 1; c < k; c++) {
-        float v = z[c * hw];
+        float v = unet_ld(z, unet_plane_at(z, n, c, kp, hw, r));
         if (v > bv) best = c, bv = v;
     }
     return best;
 }
 
-static __global__ void count_kernel(const float *logits, int n_img, int k, int h, int w, const int32_t *label,
+template <class T>
+static __global__ void count_kernel(const T *logits, int n_img, int k, int kp, int h, int w, const int32_t *label,
                                     int label_h, int label_w, uint32_t *partial) {
     __shared__ uint32_t counts[N_COUNTERS];
     for (int i = threadIdx.x; i < N_COUNTERS; i += blockDim.x) counts[i] = 0;
@@ -55,7 +60,7 @@ static __global__ void count_kernel(const float *logits, int n_img, int k, int h
         int n = (int)(p / hw);
         long long r = p - n * hw;
         int y = (int)(r / w), x = (int)(r - (long long)y * w);
-        int pred = pixel_class(logits + (long long)n * k * hw + r, hw, k);
+        int pred = pixel_class(logits, n, r, kp, hw, k);
         int32_t t = label[((long long)n * label_h + oy + y) * label_w + ox + x];
         if (pred == t) {
             atomicAdd(&counts[3 * UNET_MAX_CLASSES], 1u);
@@ -78,7 +83,7 @@ static __global__ void count_finish_kernel(const uint32_t *partial, long long ch
     }
 }
 
-extern "C" void unet_cuda_seg_stats_add(const unet_backend *b, unet_seg_stats *s, const float *logits,
+extern "C" void unet_cuda_seg_stats_add(const unet_backend *b, unet_seg_stats *s, const void *logits,
                                         unet_shape shape, const int32_t *label, int label_h, int label_w,
                                         void *workspace) {
     unet_cuda_ctx *ctx = (unet_cuda_ctx *)b->ctx;
@@ -88,8 +93,14 @@ extern "C" void unet_cuda_seg_stats_add(const unet_backend *b, unet_seg_stats *s
     if (chunks == 0) return;
     uint32_t *partial = (uint32_t *)workspace;
     unsigned long long *total = (unsigned long long *)((char *)workspace + partial_bytes(shape));
-    count_kernel<<<(unsigned)chunks, UNET_THREADS, 0, ctx->stream>>>(logits, shape.n, shape.c, shape.h, shape.w, label,
-                                                                     label_h, label_w, partial);
+    int bf16 = ctx->precision == UNET_PREC_BF16;
+    int kp = (int)unet_cuda_layout_of(bf16, shape, UNET_F32).cp;
+    if (bf16)
+        count_kernel<<<(unsigned)chunks, UNET_THREADS, 0, ctx->stream>>>(
+            (const unet_bf16 *)logits, shape.n, shape.c, kp, shape.h, shape.w, label, label_h, label_w, partial);
+    else
+        count_kernel<<<(unsigned)chunks, UNET_THREADS, 0, ctx->stream>>>(
+            (const float *)logits, shape.n, shape.c, kp, shape.h, shape.w, label, label_h, label_w, partial);
     UNET_CUDA_LAUNCHED(NULL);
     count_finish_kernel<<<1, UNET_THREADS, 0, ctx->stream>>>(partial, chunks, total);
     UNET_CUDA_LAUNCHED(NULL);

@@ -21,11 +21,12 @@ extern "C" {
 size_t unet_cuda_seg_counts_workspace_bytes(unet_shape logits);
 
 /* Adds a batch to s: logits (N,K,h,w) and label (N,1,label_h,label_w) int32
- * are device tensors of the CUDA backend b; workspace holds
+ * are device tensors of the CUDA backend b (the logits in its layout:
+ * float32 NCHW, or bf16 NHWC under bf16); workspace holds
  * unet_cuda_seg_counts_workspace_bytes(shape) device bytes. Waits for the
  * counts (one small download). The counts are integers, summed exactly: the
  * same for any order, so deterministic. */
-void unet_cuda_seg_stats_add(const unet_backend *b, unet_seg_stats *s, const float *logits, unet_shape shape,
+void unet_cuda_seg_stats_add(const unet_backend *b, unet_seg_stats *s, const void *logits, unet_shape shape,
                              const int32_t *label, int label_h, int label_w, void *workspace);
 
 #ifdef __cplusplus
