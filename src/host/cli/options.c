@@ -298,7 +298,7 @@ static const option options[] = {
     {"device", OPT_STRING, F(device), .def = "auto", .meta = "cpu|cuda[:N]|auto", .commands = MODEL_USERS,
      .group = G_DEVICE, .check = check_device, .help = "where to run (auto: cuda when a GPU is present)"},
     {"precision", OPT_ENUM, F(precision), .choices = precisions, .def = "auto", .commands = MODEL_USERS,
-     .group = G_DEVICE, .help = "GPU arithmetic (auto: bf16 where supported; the CPU is always fp32)"},
+     .group = G_DEVICE, .help = "GPU arithmetic (auto: tf32, bf16 once verified on a GPU; the CPU is always fp32)"},
     {"workers", OPT_INT, F(workers), .min = 0, .max = 1024, .def = "1", .meta = "N", .commands = TRAIN,
      .group = G_DEVICE,
      .help = "data loader threads reading and augmenting the next batches (0: on the training thread); the "

@@ -3,17 +3,21 @@
  * the capture and replay of a whole step as a CUDA graph, and the one error
  * reporter every CUDA, cuDNN and cuBLAS check goes through.
  *
- * Layout this phase: NCHW float32 (labels int32), exactly the CPU's, so
- * transfers are plain copies and a tensor means the same bytes on both.
- * Everything runs on the context's stream and returns at once; only the
- * downloads and sync wait for the stream.
+ * Layout (layout.h): fp32 and tf32 keep NCHW float32 (labels int32),
+ * exactly the CPU's, so transfers are plain copies and a tensor means the
+ * same bytes on both. bf16 keeps activations and their gradients NHWC
+ * bfloat16 with channels padded to 8; the transfers convert on the host
+ * (round to nearest even on the way in), and labels, weight maps and loss
+ * values stay as on the CPU. Parameters, their gradients and the optimizer
+ * state are float32 in every precision. Everything runs on the context's
+ * stream and returns at once; only the downloads and sync wait for the
+ * stream.
  *
- * Precision: fp32 (pure float math) and tf32 (tensor cores in the
- * convolutions) are implemented. bf16 is refused with an error: its layout
- * (layout.h) and cuDNN descriptors (cudnn_graph.c) exist, but the transfers
- * and the custom kernels still read and write NCHW float32, and silently
- * running another precision than the one asked would make a benchmark or a
- * loss curve lie. */
+ * Precision: fp32 (pure float math), tf32 (tensor cores in the
+ * convolutions) and bf16 (bf16 storage and tensor cores, float32 master
+ * weights and float32 reductions; compute capability 8.0 and newer). bf16
+ * has been checked on the CPU only (kernels emulated, cuDNN graphs
+ * finalized), so --precision auto stays tf32 until it has run on a GPU. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +26,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/cudnn_graph.h"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/layout.h"
 #include "kernels/cuda/ops.h"
 
 /* One backend per (device, precision), alive for the process: plans, the
@@ -159,9 +164,12 @@ extern "C" void unet_cuda_launched(const char *file, int line, const unet_op_arg
  * Memory and transfers
  * ------------------------------------------------------------------------- */
 
+static unet_cuda_layout layout_of(const unet_backend *b, unet_shape s, unet_dtype t) {
+    return unet_cuda_layout_of(instance_of(b)->ctx.precision == UNET_PREC_BF16, s, t);
+}
+
 static size_t cuda_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
-    (void)b;
-    return unet_shape_count(s) * unet_dtype_size(t);
+    return unet_cuda_layout_bytes(layout_of(b, s, t));
 }
 
 static void *cuda_alloc(const unet_backend *b, size_t bytes) {
@@ -200,12 +208,43 @@ static void copy_out(const cuda_instance *inst, void *host, const void *src, siz
     CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
 }
 
+/* A host buffer for a conversion; out of host memory ends the run (as a failed call would). */
+static void *staging(const cuda_instance *inst, size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "out of host memory for %zu bytes of staging", bytes);
+        fail_on(inst, __FILE__, __LINE__, "malloc", msg, NULL);
+    }
+    return p;
+}
+
+/* bf16 activations are converted on the host: the staging buffer may be
+ * freed when copy_in returns (see copy_in). */
 static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t) {
-    copy_in(instance_of(b), dst, host, unet_shape_count(s) * unet_dtype_size(t));
+    const cuda_instance *inst = instance_of(b);
+    unet_cuda_layout l = layout_of(b, s, t);
+    if (!l.nhwc_bf16) {
+        copy_in(inst, dst, host, unet_shape_count(s) * unet_dtype_size(t));
+        return;
+    }
+    uint16_t *packed = (uint16_t *)staging(inst, unet_cuda_layout_bytes(l));
+    unet_cuda_pack_bf16(l, packed, (const float *)host);
+    copy_in(inst, dst, packed, unet_cuda_layout_bytes(l));
+    free(packed);
 }
 
 static void cuda_download(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t) {
-    copy_out(instance_of(b), host, src, unet_shape_count(s) * unet_dtype_size(t));
+    const cuda_instance *inst = instance_of(b);
+    unet_cuda_layout l = layout_of(b, s, t);
+    if (!l.nhwc_bf16) {
+        copy_out(inst, host, src, unet_shape_count(s) * unet_dtype_size(t));
+        return;
+    }
+    uint16_t *packed = (uint16_t *)staging(inst, unet_cuda_layout_bytes(l));
+    copy_out(inst, packed, src, unet_cuda_layout_bytes(l));
+    unet_cuda_unpack_bf16(l, (float *)host, packed);
+    free(packed);
 }
 
 static void cuda_upload_f32(const unet_backend *b, float *dst, const float *host, size_t n) {
@@ -451,11 +490,8 @@ static int parse_precision(const char *s, unet_precision *out, char *err, size_t
         return 0;
     }
     if (!strcmp(s, "bf16")) {
-        /* refusals of bf16 begin with "precision bf16 " (tests/gpu/test_bf16_twins.py skips on them) */
-        snprintf(err, errlen,
-                 "precision bf16 is not available yet in the CUDA backend (its layout and cuDNN graphs exist, its "
-                 "NHWC bf16 kernels do not): use --precision tf32 (tensor cores) or fp32");
-        return -1;
+        *out = UNET_PREC_BF16;
+        return 0;
     }
     snprintf(err, errlen, "unknown precision '%s': use fp32, tf32 or bf16", s);
     return -1;
@@ -491,6 +527,14 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     snprintf(inst->device_name, sizeof inst->device_name, "%s", prop.name);
     inst->cc_major = prop.major;
     inst->cc_minor = prop.minor;
+    if (precision == UNET_PREC_BF16 && prop.major < 8) {
+        /* refusals of bf16 begin with "precision bf16 " (tests/gpu/test_bf16_twins.py skips on them) */
+        snprintf(err, errlen,
+                 "precision bf16 needs a GPU of compute capability 8.0 or newer (bf16 tensor cores); CUDA device %d "
+                 "(%s) is sm_%d%d: use --precision tf32 or fp32",
+                 device, prop.name, prop.major, prop.minor);
+        return -1;
+    }
     /* A build without machine code for this GPU fails at its first launch;
      * asking for a kernel's attributes finds out now, with a clear remedy. */
     cudaFuncAttributes attr;
