@@ -22,7 +22,13 @@ import torch
 from unet_testlib import rng, run_op, requires_gpu
 
 TOL = 1e-2        # ops: a few bf16 roundings (2^-9 each) of float32-accumulated results
-MODEL_TOL = 5e-2  # whole steps: the roundings compound through the layers and the steps
+MODEL_TOL = 5e-2  # whole steps, losses, parameters and running statistics: the roundings compound
+# Whole steps, gradients: these small batch-normed models at initialisation are ill-conditioned
+# (on the CPU alone, perturbing the input image by 0.1% moves the U-Net's gradients by 5% in norm,
+# 0.4% by 23%), so bf16's roundings move them by ~10% (measured in a CPU emulation of the
+# backend: 12% and 3% of the largest gradient for the two cases). This bound still catches a
+# wrong layout, mask or sign, which move them by their own size.
+MODEL_GRAD_TOL = 0.3
 
 pytestmark = requires_gpu("the bf16 twins run on a GPU machine")
 
@@ -166,12 +172,13 @@ def test_losses(op, k, weighted):
 
 @pytest.mark.parametrize("case", ["unetpp", "unet_valid"])
 def test_model_steps_match_cpu(case):
-    """Two optimizer steps of a small model: losses, gradients, parameters
-    and running statistics within MODEL_TOL of the CPU backend's."""
+    """Two optimizer steps of a small model: losses, parameters and running
+    statistics within MODEL_TOL of the CPU backend's, gradients within
+    MODEL_GRAD_TOL."""
     from test_twins import MODEL_CASES, run_model  # the fp32 model cases and driver
 
     args = MODEL_CASES[case]
     cu = run_model("cuda", [*args, "--precision", "bf16"], 7)
     cpu = run_model("cpu", args, 7)
     for key in ("loss", "grads", "params", "state"):
-        assert_bf16_close(cu[key], cpu[key], f"{case} {key} bf16 vs CPU", MODEL_TOL)
+        assert_bf16_close(cu[key], cpu[key], f"{case} {key} bf16 vs CPU", MODEL_GRAD_TOL if key == "grads" else MODEL_TOL)
