@@ -181,4 +181,5 @@ def test_model_steps_match_cpu(case):
     cu = run_model("cuda", [*args, "--precision", "bf16"], 7)
     cpu = run_model("cpu", args, 7)
     for key in ("loss", "grads", "params", "state"):
-        assert_bf16_close(cu[key], cpu[key], f"{case} {key} bf16 vs CPU", MODEL_GRAD_TOL if key == "grads" else MODEL_TOL)
+        tol = MODEL_GRAD_TOL if key == "grads" else MODEL_TOL
+        assert_bf16_close(cu[key], cpu[key], f"{case} {key} bf16 vs CPU", tol)
