@@ -30,16 +30,15 @@ static __device__ __forceinline__ int window_argmax(float a, float b, float c, f
 
 /* The two horizontally adjacent values at memory index i (x even): one
  * float2 in NCHW float32, two loads a pixel apart in NHWC bf16. */
-static __device__ __forceinline__ float2 ld_pair(const unet_nchw_view<const float> &v, long long i) {
+static __device__ __forceinline__ float2 ld_pair(const unet_act_view<const float> &v, long long i) {
     return *reinterpret_cast<const float2 *>(v.p + i);
 }
-template <class T>
-static __device__ __forceinline__ float2 ld_pair(const unet_nhwc_view<const T> &v, long long i) {
+static __device__ __forceinline__ float2 ld_pair(const unet_act_view<const unet_bf16> &v, long long i) {
     return make_float2(unet_ld(v.p, i), unet_ld(v.p, i + v.cp));
 }
 
 /* A gradient store of such a pair (see unet_store_grad). */
-static __device__ __forceinline__ void store_grad2(const unet_nchw_view<float> &d, long long i, float2 v,
+static __device__ __forceinline__ void store_grad2(const unet_act_view<float> &d, long long i, float2 v,
                                                    int accumulate) {
     float2 *p = reinterpret_cast<float2 *>(d.p + i);
     if (accumulate) {
@@ -49,8 +48,8 @@ static __device__ __forceinline__ void store_grad2(const unet_nchw_view<float> &
     }
     *p = v;
 }
-template <class T>
-static __device__ __forceinline__ void store_grad2(const unet_nhwc_view<T> &d, long long i, float2 v, int accumulate) {
+static __device__ __forceinline__ void store_grad2(const unet_act_view<unet_bf16> &d, long long i, float2 v,
+                                                   int accumulate) {
     unet_store_grad_t(d.p, i, v.x, accumulate);
     unet_store_grad_t(d.p, i + d.cp, v.y, accumulate);
 }
@@ -58,7 +57,7 @@ static __device__ __forceinline__ void store_grad2(const unet_nhwc_view<T> &d, l
 /* grid.x: planes (n, c) of the output, padding planes included (zeros). */
 template <class VX, class VY>
 static __global__ void maxpool2_forward_kernel(VX x, VY y, int out_items) {
-    int n = (int)(blockIdx.x / (unsigned)x.planes_c()), c = (int)(blockIdx.x % (unsigned)x.planes_c());
+    int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
         int oy = e / y.w, ox = e - oy * y.w;
         if (c >= x.c) {
@@ -77,7 +76,7 @@ static __global__ void maxpool2_forward_kernel(VX x, VY y, int out_items) {
 
 template <class VX, class VG, class VD>
 static __global__ void maxpool2_backward_kernel(VX x, VG dy, VD dx, int out_items, int accumulate) {
-    int n = (int)(blockIdx.x / (unsigned)x.planes_c()), c = (int)(blockIdx.x % (unsigned)x.planes_c());
+    int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
         int oy = e / dy.w, ox = e - oy * dy.w;
         long long top = x.at(n, c, 2 * oy, 2 * ox), bottom = x.at(n, c, 2 * oy + 1, 2 * ox);
@@ -117,11 +116,11 @@ static void maxpool2_forward(const unet_op_args *a) {
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     if (unet_cuda_is_bf16(a))
-        maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nhwc((const unet_bf16 *)a->in[0], si),
-                                                                unet_nhwc((unet_bf16 *)a->out, so), (int)items);
+        maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->in[0], si),
+                                                                unet_view((unet_bf16 *)a->out, so), (int)items);
     else
-        maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nchw((const float *)a->in[0], si),
-                                                                unet_nchw((float *)a->out, so), (int)items);
+        maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->in[0], si),
+                                                                unet_view((float *)a->out, so), (int)items);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -136,12 +135,12 @@ static void maxpool2_backward(const unet_op_args *a) {
     int acc = a->din_accumulate[0];
     if (unet_cuda_is_bf16(a))
         maxpool2_backward_kernel<<<l.grid, l.block, 0, stream>>>(
-            unet_nhwc((const unet_bf16 *)a->in[0], si), unet_nhwc((const unet_bf16 *)a->dout, so),
-            unet_nhwc((unet_bf16 *)a->din[0], si), (int)items, acc);
+            unet_view((const unet_bf16 *)a->in[0], si), unet_view((const unet_bf16 *)a->dout, so),
+            unet_view((unet_bf16 *)a->din[0], si), (int)items, acc);
     else
-        maxpool2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nchw((const float *)a->in[0], si),
-                                                                 unet_nchw((const float *)a->dout, so),
-                                                                 unet_nchw((float *)a->din[0], si), (int)items, acc);
+        maxpool2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->in[0], si),
+                                                                 unet_view((const float *)a->dout, so),
+                                                                 unet_view((float *)a->din[0], si), (int)items, acc);
     UNET_CUDA_LAUNCHED(a);
 }
 

@@ -1,19 +1,21 @@
 /* Activation tensors as the custom kernels see them, in either layout of
- * layout.h: one kernel body per op, instantiated for both.
+ * layout.h: one kernel body per op, a template over the element type T,
+ * which also picks the layout:
  *
- *   nchw_f32   fp32 and tf32: the CPU's layout and type; the instantiation
- *              does exactly the float operations the kernels did before
- *              bf16 existed (same loads, same order, same roundings).
- *   nhwc_bf16  bf16: channels last, padded to a multiple of 8 with zeros.
+ *   float      fp32 and tf32: NCHW, the CPU's layout and type; the
+ *              instantiation does exactly the float operations the kernels
+ *              did before bf16 existed (same loads, order and roundings).
+ *   unet_bf16  bf16: NHWC, channels padded to a multiple of 8 with zeros.
  *              Values are read into float, computed in float and rounded
  *              once, to nearest even, when stored (__float2bfloat16_rn).
  *
- * Kernels address logical elements (n, c, y, x); a view maps them to
- * memory. The padding channels must hold zeros after every write of a
- * tensor, and arena memory is reused: a kernel that writes a tensor plane by
- * plane also covers the padding planes (planes_c() of them per image) and
- * writes zeros there; one that maps memory element by element (relu,
- * dropout) maps the zeros it reads to zeros. */
+ * Kernels address logical elements (n, c, y, x) through unet_act_at (or a
+ * view, or unet_plane_at), which maps them to memory. The padding channels
+ * must hold zeros after every write of a tensor, and arena memory is
+ * reused: a kernel that writes a tensor plane by plane also covers the
+ * padding planes (cp planes per image, not c) and writes zeros there; one
+ * that maps memory element by element (relu, dropout) maps the zeros it
+ * reads to zeros. */
 #ifndef UNET_CUDA_TENSOR_VIEW_CUH
 #define UNET_CUDA_TENSOR_VIEW_CUH
 
@@ -77,46 +79,28 @@ static __device__ __forceinline__ long long unet_plane_at(const unet_bf16 *, lon
     return (n * hw + r) * cp + c;
 }
 
-/* A tensor of logical shape (n, c, h, w) in one of the two layouts. T is
- * const-qualified for inputs. */
+/* An activation tensor of logical shape (n, c, h, w) as the plane-wise
+ * kernels of pool.cu and upsample.cu take it; the element type picks the
+ * layout (unet_act_at). T is const-qualified for inputs. */
 template <class T>
-struct unet_nchw_view {
+struct unet_act_view {
     T *p;
     int c, h, w;
+    int cp; /* channels in memory: the planes per image a plane-wise kernel covers */
     __device__ __forceinline__ long long at(int n, int ch, int y, int x) const {
-        return (((long long)n * c + ch) * h + y) * w + x;
+        return unet_act_at(p, n, ch, cp, h, w, y, x);
     }
-    /* channels in memory: the planes per image a plane-wise kernel covers */
-    __host__ __device__ __forceinline__ int planes_c() const { return c; }
 };
 
-template <class T>
-struct unet_nhwc_view {
-    T *p;
-    int c, h, w;
-    int cp; /* channels in memory */
-    __device__ __forceinline__ long long at(int n, int ch, int y, int x) const {
-        return (((long long)n * h + y) * w + x) * cp + ch;
-    }
-    __host__ __device__ __forceinline__ int planes_c() const { return cp; }
-};
-
-/* Host: the view of a tensor of shape s at p, in the layout of the backend
- * running a (bf16 or not). */
 static inline int unet_cuda_is_bf16(const unet_op_args *a) {
     return ((const unet_cuda_ctx *)a->backend->ctx)->precision == UNET_PREC_BF16;
 }
 
+/* Host: the view of a tensor of shape s at p (float: NCHW, bf16: NHWC padded). */
 template <class T>
-static inline unet_nchw_view<T> unet_nchw(T *p, unet_shape s) {
-    unet_nchw_view<T> v = {p, s.c, s.h, s.w};
-    return v;
-}
-
-template <class T>
-static inline unet_nhwc_view<T> unet_nhwc(T *p, unet_shape s) {
-    unet_cuda_layout l = unet_cuda_layout_of(1, s, UNET_F32);
-    unet_nhwc_view<T> v = {p, s.c, s.h, s.w, l.cp};
+static inline unet_act_view<T> unet_view(T *p, unet_shape s) {
+    int bf16 = sizeof(T) == sizeof(unet_bf16);
+    unet_act_view<T> v = {p, s.c, s.h, s.w, unet_cuda_layout_of(bf16, s, UNET_F32).cp};
     return v;
 }
 

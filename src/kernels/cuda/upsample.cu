@@ -52,7 +52,7 @@ static __device__ __forceinline__ float lerp(float w0, float a, float w1, float 
 /* grid.x: planes (n, c), padding planes included (zeros). */
 template <class VX, class VY>
 static __global__ void upsample2_forward_kernel(VX x, VY y, int out_items) {
-    int n = (int)(blockIdx.x / (unsigned)x.planes_c()), c = (int)(blockIdx.x % (unsigned)x.planes_c());
+    int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
         int oy = e / y.w, ox = e - oy * y.w;
         if (c >= x.c) {
@@ -69,7 +69,7 @@ static __global__ void upsample2_forward_kernel(VX x, VY y, int out_items) {
 /* grid.x: planes (n, c) of the input gradient, padding planes included (zeros). */
 template <class VG, class VD>
 static __global__ void upsample2_backward_kernel(VG dy, VD dx, int accumulate) {
-    int n = (int)(blockIdx.x / (unsigned)dx.planes_c()), c = (int)(blockIdx.x % (unsigned)dx.planes_c());
+    int n = (int)(blockIdx.x / (unsigned)dx.cp), c = (int)(blockIdx.x % (unsigned)dx.cp);
     int in_h = dx.h, in_w = dx.w, out_h = dy.h, out_w = dy.w, in_items = in_h * in_w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < in_items; e += gridDim.y * blockDim.x) {
         int iy = e / in_w, ix = e - iy * in_w;
@@ -107,11 +107,11 @@ static void upsample2_forward(const unet_op_args *a) {
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     if (unet_cuda_is_bf16(a))
-        upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nhwc((const unet_bf16 *)a->in[0], si),
-                                                                 unet_nhwc((unet_bf16 *)a->out, so), (int)items);
+        upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->in[0], si),
+                                                                 unet_view((unet_bf16 *)a->out, so), (int)items);
     else
-        upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nchw((const float *)a->in[0], si),
-                                                                 unet_nchw((float *)a->out, so), (int)items);
+        upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->in[0], si),
+                                                                 unet_view((float *)a->out, so), (int)items);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -125,11 +125,11 @@ static void upsample2_backward(const unet_op_args *a) {
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     int acc = a->din_accumulate[0];
     if (unet_cuda_is_bf16(a))
-        upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nhwc((const unet_bf16 *)a->dout, so),
-                                                                  unet_nhwc((unet_bf16 *)a->din[0], si), acc);
+        upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->dout, so),
+                                                                  unet_view((unet_bf16 *)a->din[0], si), acc);
     else
-        upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_nchw((const float *)a->dout, so),
-                                                                  unet_nchw((float *)a->din[0], si), acc);
+        upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->dout, so),
+                                                                  unet_view((float *)a->din[0], si), acc);
     UNET_CUDA_LAUNCHED(a);
 }
 
