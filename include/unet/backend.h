@@ -130,7 +130,11 @@ struct unet_backend {
 const unet_backend *unet_cpu_backend(void);
 
 /* The CUDA backend when built with UNET_CUDA; NULL with a message in err when
- * unavailable (not built, no device). device: index, precision as the flag. */
-const unet_backend *unet_cuda_backend(int device, const char *precision, char *err, size_t errlen);
+ * unavailable (not built, no device). device: index, precision as the flag;
+ * deterministic: 1 keeps cuDNN to engines without atomics in their reductions
+ * (the same bits run to run), 0 lets it pick nondeterministic ones too
+ * (--fast-nondeterministic). */
+const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
+                                      size_t errlen);
 
 #endif

@@ -85,6 +85,7 @@ typedef struct {
     /* device */
     const char *device;             /* cpu | cuda | cuda:N | auto; see unet_config_device() */
     unet_precision precision;
+    int fast_nondeterministic;      /* CUDA: let cuDNN pick engines with atomics (not the same bits run to run) */
     int workers, threads;
     float memory_budget;            /* info: GiB of device memory to plan a run for (0: the CUDA device's free memory) */
 

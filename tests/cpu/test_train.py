@@ -101,10 +101,11 @@ def test_same_seed_same_bits_and_exact_resume(data, tmp_path, optimizer):
     assert meta["unet.step"] == rmeta["unet.step"] == "6"
 
 
-def test_cuda_graph_flag_is_accepted_and_ignored_on_the_cpu(data, tmp_path):
-    """--cuda-graph is the CUDA backend's: on the CPU both values train the
-    same bits and nothing speaks of graphs (tests/gpu/test_cuda_graph.py
-    holds the GPU's replays against its eager steps)."""
+def test_cuda_flags_are_accepted_and_ignored_on_the_cpu(data, tmp_path):
+    """--cuda-graph and --fast-nondeterministic are the CUDA backend's: on the
+    CPU every value trains the same bits and nothing speaks of graphs
+    (tests/gpu/test_cuda_graph.py holds the GPU's replays against its eager
+    steps)."""
     args = ["train", "--data", data / "train.h5", *SMALL, "--dropout", "0.2", "--optimizer", "adam", "--steps", 5,
             "--device", "cpu"]
     runs = {}
@@ -114,6 +115,10 @@ def test_cuda_graph_flag_is_accepted_and_ignored_on_the_cpu(data, tmp_path):
         runs[mode] = tensors(tmp_path / f"{mode}.safetensors")[0]
     assert runs["auto"] == runs["off"]
     user_error(run(*args, "--cuda-graph", "on", check=False), "--cuda-graph")
+    # cuDNN's engine choice is the CUDA backend's too: the CPU trains the same bits
+    r = run(*args, "--fast-nondeterministic", "--save", tmp_path / "fast.safetensors")
+    assert "nondeterministic" not in r.stdout.split("device:")[-1].splitlines()[0]
+    assert tensors(tmp_path / "fast.safetensors")[0] == runs["off"]
     bench = run("bench", "--device", "cpu", "--filters", "4,8,16", "--tile", 60, "--steps", 2, "--bench-warmup", 1,
                 "--threads", 1, "--json")
     b = json.loads(bench.stdout.strip().splitlines()[-1])

@@ -136,6 +136,19 @@ def test_a_step_that_cannot_be_captured_runs_eagerly(data, tmp_path):
     assert_same_run(eager, synced, "eager fallback")
 
 
+def test_fast_nondeterministic_trains_and_says_so(data, tmp_path):
+    """--fast-nondeterministic lets cuDNN pick engines with atomics: the run
+    says so on its device line, captures as usual and trains to finite losses
+    close to the deterministic run's (not the same bits: that is the point)."""
+    det = train(data, tmp_path / "det", "unet_sgd", "auto")
+    fast = train(data, tmp_path / "fast", "unet_sgd", "auto", "--fast-nondeterministic")
+    assert "nondeterministic engines allowed" in fast[0].stdout and "nondeterministic" not in det[0].stdout
+    assert "cuda graph: step 4 captured" in fast[0].stdout, fast[0].stdout + fast[0].stderr
+    a, b = ([x["loss"] for x in r[2] if "loss" in x] for r in (det, fast))
+    assert len(b) == STEPS and all(np.isfinite(b))
+    assert np.allclose(a, b, rtol=1e-3, atol=1e-5), (a, b)
+
+
 def test_bench_times_the_graph(data):
     """unet bench replays the graph and says so; its losses are the eager
     ones (a warm-up of 4 covers the capture, so both runs take 10 steps)."""

@@ -92,7 +92,7 @@ static void deferred_open(deferred *d, const char *device, const unet_loader_opt
     d->warps = malloc(d->B * sizeof *d->warps);
     if (!d->src_raw || !d->src_weight || !d->src_label || !d->records || !d->warps) usage("out of memory");
     if (!d->cuda) return;
-    if (!(d->b = unet_cuda_backend(0, "fp32", err, sizeof err))) fail();
+    if (!(d->b = unet_cuda_backend(0, "fp32", 1, err, sizeof err))) fail();
     int grid = cfg->elastic && cfg->elastic_sigma > 0 ? cfg->elastic_grid : 0;
     d->warper = unet_cuda_warper_create(d->b, d->B, C, d->T, o->augment_context, grid, cfg->interp, err, sizeof err);
     if (!d->warper) fail();

@@ -60,7 +60,7 @@ int main(int argc, char **argv) {
     } else {
 #ifdef UNET_HAVE_CUDA
         char err[512];
-        const unet_backend *b = unet_cuda_backend(0, "fp32", err, sizeof err);
+        const unet_backend *b = unet_cuda_backend(0, "fp32", 1, err, sizeof err);
         if (!b) die(err, NULL);
         float *dz = b->alloc(b, zn * sizeof(float));
         int32_t *dl = b->alloc(b, ln * sizeof(int32_t));

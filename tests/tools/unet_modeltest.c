@@ -98,7 +98,7 @@ int main(int argc, char **argv) {
     const unet_graph *g = model.graph;
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu")) {
-        b = unet_cuda_backend(0, precision, err, sizeof err);
+        b = unet_cuda_backend(0, precision, 1, err, sizeof err);
         if (!b) die(err);
     }
     unet_param_blocks pb;

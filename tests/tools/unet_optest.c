@@ -120,7 +120,7 @@ int main(int argc, char **argv) {
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu") != 0) {
         char err[512];
-        b = unet_cuda_backend(0, precision, err, sizeof err);
+        b = unet_cuda_backend(0, precision, 1, err, sizeof err);
         if (!b) die(err, NULL);
     }
     const unet_op_impl *impl = b->ops[node.op];

@@ -299,6 +299,8 @@ static const option options[] = {
      .group = G_DEVICE, .check = check_device, .help = "where to run (auto: cuda when a GPU is present)"},
     {"precision", OPT_ENUM, F(precision), .choices = precisions, .def = "auto", .commands = MODEL_USERS,
      .group = G_DEVICE, .help = "GPU arithmetic (auto: tf32, bf16 once verified on a GPU; the CPU is always fp32)"},
+    {"fast-nondeterministic", OPT_FLAG, F(fast_nondeterministic), .commands = MODEL_USERS, .group = G_DEVICE,
+     .help = "let cuDNN use engines with atomic reductions: maybe faster, not the same bits run to run (CUDA)"},
     {"workers", OPT_INT, F(workers), .min = 0, .max = 1024, .def = "1", .meta = "N", .commands = TRAIN,
      .group = G_DEVICE,
      .help = "data loader threads reading and augmenting the next batches (0: on the training thread); the "

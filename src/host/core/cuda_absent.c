@@ -5,9 +5,11 @@
 #include "unet/backend.h"
 #include "unet/device_memory.h"
 
-const unet_backend *unet_cuda_backend(int device, const char *precision, char *err, size_t errlen) {
+const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
+                                      size_t errlen) {
     (void)device;
     (void)precision;
+    (void)deterministic;
     snprintf(err, errlen, "this unet was built without CUDA (configure with -DUNET_CUDA=ON where nvcc is installed)");
     return NULL;
 }

@@ -392,10 +392,9 @@ int unet_run_info(unet_config *cfg) {
     int cuda = 0, index = -1;
     const unet_backend *b = NULL;
     if (!unet_config_device(cfg, &cuda, &index) && cuda == 1) {
-        const char *prec = cfg->precision == UNET_PRECISION_AUTO ? "tf32"
-                                                                  : unet_config_choice_name("precision", cfg->precision);
+        const char *prec;
         char why[512];
-        b = unet_cuda_backend(index < 0 ? 0 : index, prec, why, sizeof why);
+        b = unet_config_cuda_backend(cfg, index, &prec, why, sizeof why);
         if (!b && !(cfg->memory_budget > 0)) {
             fprintf(stderr, "unet info: --device %s: %s%s%s; to plan a run for a GPU this machine does not have, give "
                             "--memory-budget GiB\n", cfg->device, strstr(why, "no CUDA device") ? "" : "no CUDA device (",

@@ -10,6 +10,13 @@
 #include "host/train/session.h"
 #include "unet/checkpoint.h"
 
+const unet_backend *unet_config_cuda_backend(const unet_config *cfg, int index, const char **precision, char *why,
+                                             size_t whylen) {
+    /* bf16 is in the CUDA backend but has not yet run on a GPU: auto means tf32 until it has */
+    *precision = cfg->precision == UNET_PRECISION_AUTO ? "tf32" : unet_config_choice_name("precision", cfg->precision);
+    return unet_cuda_backend(index < 0 ? 0 : index, *precision, !cfg->fast_nondeterministic, why, whylen);
+}
+
 const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size_t desclen, char *err, size_t errlen) {
     if (cfg->threads > 0) omp_set_num_threads(cfg->threads);
     int cuda, index;
@@ -18,13 +25,12 @@ const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size
         return NULL;
     }
     if (cuda != 0) {
-        /* bf16 (the default on the GPU) is not in the CUDA backend yet: auto means tf32 for now */
-        const char *prec = cfg->precision == UNET_PRECISION_AUTO ? "tf32"
-                                                                  : unet_config_choice_name("precision", cfg->precision);
+        const char *prec;
         char why[512];
-        const unet_backend *b = unet_cuda_backend(index < 0 ? 0 : index, prec, why, sizeof why);
+        const unet_backend *b = unet_config_cuda_backend(cfg, index, &prec, why, sizeof why);
         if (b) {
-            snprintf(desc, desclen, "cuda:%d (%s)", index < 0 ? 0 : index, prec);
+            snprintf(desc, desclen, "cuda:%d (%s%s)", index < 0 ? 0 : index, prec,
+                     cfg->fast_nondeterministic ? ", nondeterministic engines allowed" : "");
             return b;
         }
         if (cuda == 1) {

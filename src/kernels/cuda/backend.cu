@@ -505,7 +505,8 @@ static int setup_failed(cudaError_t e, const char *what, int device, char *err, 
     return -1;
 }
 
-static int create_instance(cuda_instance *inst, int device, unet_precision precision, char *err, size_t errlen) {
+static int create_instance(cuda_instance *inst, int device, unet_precision precision, int deterministic, char *err,
+                           size_t errlen) {
     cudaError_t e;
     int count = 0;
     e = cudaGetDeviceCount(&count);
@@ -556,7 +557,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     unet_cuda_ctx *ctx = &inst->ctx;
     ctx->device = device;
     ctx->precision = precision;
-    ctx->deterministic = 1;
+    ctx->deterministic = deterministic;
     ctx->plans = NULL; /* cudnn_graph.c creates the cache on first use */
     if ((e = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)) != cudaSuccess)
         return setup_failed(e, "cudaStreamCreateWithFlags", device, err, errlen);
@@ -617,12 +618,15 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     return 0;
 }
 
-extern "C" const unet_backend *unet_cuda_backend(int device, const char *precision, char *err, size_t errlen) {
+extern "C" const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
+                                                 size_t errlen) {
     unet_precision prec;
     if (parse_precision(precision, &prec, err, errlen)) return NULL;
+    deterministic = deterministic != 0;
     if (sync_each_launch < 0) sync_each_launch = env_flag("UNET_CUDA_SYNC");
     for (int i = 0; i < n_instances; i++)
-        if (instances[i]->ctx.device == device && instances[i]->ctx.precision == prec) {
+        if (instances[i]->ctx.device == device && instances[i]->ctx.precision == prec &&
+            instances[i]->ctx.deterministic == deterministic) {
             /* the calling thread works on this device from now on */
             cudaError_t e = cudaSetDevice(device);
             if (e != cudaSuccess) {
@@ -632,7 +636,8 @@ extern "C" const unet_backend *unet_cuda_backend(int device, const char *precisi
             return &instances[i]->backend;
         }
     if (n_instances == MAX_INSTANCES) {
-        snprintf(err, errlen, "too many CUDA backends in one process (%d device and precision pairs)", MAX_INSTANCES);
+        snprintf(err, errlen, "too many CUDA backends in one process (%d choices of device, precision, determinism)",
+                 MAX_INSTANCES);
         return NULL;
     }
     cuda_instance *inst = (cuda_instance *)calloc(1, sizeof *inst);
@@ -640,7 +645,7 @@ extern "C" const unet_backend *unet_cuda_backend(int device, const char *precisi
         snprintf(err, errlen, "out of host memory creating the CUDA backend");
         return NULL;
     }
-    if (create_instance(inst, device, prec, err, errlen)) {
+    if (create_instance(inst, device, prec, deterministic, err, errlen)) {
         /* handles made before the failure stay: the process is about to report and stop */
         free(inst);
         return NULL;
