@@ -9,8 +9,8 @@ class, BCE + Dice, deep supervision) at 512x512. Batch 1, 8 and the largest
 that fits. Adam (lr 1e-4) on both sides, random data of the same shapes.
 
 The engine's side is `unet bench --device cuda --precision P --json`, one
-process per repeat: fp32, tf32 and bf16 (which the CUDA backend refuses
-today: the row records its message). PyTorch's side is the same network
+process per repeat: fp32, tf32 and bf16 (sm_80 and newer; a refusal, on an
+older GPU, is recorded as the row's message). PyTorch's side is the same network
 (tests/reference_model.py) in four variants: eager fp32 (TF32 off), eager
 tf32 (PyTorch's default for convolutions), eager channels_last + bf16
 autocast + fused Adam, and torch.compile(mode="max-autotune") on top of the
@@ -72,7 +72,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 PROTOCOL_MIN = dict(warmup=50, steps=200, repeats=3)
 OOM_RE = re.compile(r"out of (\w+ )?memory|ALLOC_FAILED|cudaErrorMemoryAllocation|OutOfMemory", re.I)
-UNAVAILABLE_RE = re.compile(r"not implemented|not built in|built without|needs the CUDA backend", re.I)
+UNAVAILABLE_RE = re.compile(r"not implemented|not built in|built without|needs the CUDA backend|"
+                            r"needs a GPU of compute capability", re.I)
 
 
 # ---- the models -------------------------------------------------------------
@@ -851,7 +852,7 @@ def markdown(report):
     L.append("- PyTorch variants: `fp32` eager, TF32 off; `tf32` eager, TF32 on (PyTorch's default for "
              "convolutions); `bf16` eager, channels_last + bf16 autocast + fused Adam; `compile` the bf16 variant "
              "under torch.compile(mode=\"max-autotune\"). cudnn.benchmark on in all. The engine: `fp32`, `tf32`, "
-             "`bf16` (refused by the CUDA backend in this version).")
+             "`bf16` (NHWC bfloat16 activations, float32 master weights; sm_80 and newer).")
     if report["partial"]:
         L.append(f"- **Partial**: {report['partial']}")
     L.append("")

@@ -113,12 +113,12 @@ def test_largest_batch_search():
 
 
 def test_engine_rows_from_its_answers(tmp_path):
-    """bf16, refused by the CUDA backend, is a 'not available' row with the
-    engine's words; out of memory is told apart (the largest-batch search
+    """bf16, refused by the CUDA backend on a GPU before sm_80, is a 'not
+    available' row with the engine's words; out of memory is told apart (the largest-batch search
     stops on it); neither stops the benchmark; an engine that times CUDA
     graph replays says so in the row."""
-    refusal = ("unet: --device cuda: precision bf16 is not implemented yet in the CUDA backend (it keeps float32 "
-               "NCHW activations in this version): use --precision tf32 (tensor cores) or fp32 (use --device cpu)")
+    refusal = ("unet: --device cuda: precision bf16 needs a GPU of compute capability 8.0 or newer (bf16 tensor "
+               "cores); CUDA device 0 (Tesla T4) is sm_75: use --precision tf32 or fp32 (use --device cpu)")
     answer = {"device": "cuda:0 (tf32)", "ms_median": 10.0, "ms_p90": 12.0, "images_per_s": 100.0,
               "activation_bytes": 2**30, "workspace_bytes": 0, "param_bytes": 2**20, "cuda_graph": True,
               "cuda_graph_note": ""}
@@ -131,7 +131,7 @@ def test_engine_rows_from_its_answers(tmp_path):
     ctx.gpu, ctx.engine_device = True, "cuda:0"
     m = train_step_gpu.models(True)[0]
     row = train_step_gpu.engine_row(ctx, m, 1, "1", "bf16", False)
-    assert row["status"] == "not available" and row["note"].startswith("--device cuda: precision bf16 is not")
+    assert row["status"] == "not available" and row["note"].startswith("--device cuda: precision bf16 needs")
     row = train_step_gpu.engine_row(ctx, m, 1, "1", "tf32", False)
     assert row["status"] == "ok" and row["ms_median"] == 10.0 and row["ms_p90"] == 12.0
     assert row["cuda_graph"] and row["note"] == "CUDA graph replays"
