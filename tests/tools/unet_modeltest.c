@@ -7,7 +7,7 @@
  *       [--upsample bilinear] [--fusion add] [--deep-supervision] [--dropout P] [--depth d]
  *       [--in-channels C] [--loss ce|bce_dice] [--weight-map] --tile S --batch B --dir D
  *       [--list] [--eval] [--backend cpu|cuda] [--precision fp32|tf32|bf16 (cuda)] [--seed S]
- *       [--steps K --lr X --optimizer sgd|adam]
+ *       [--steps K --lr X --optimizer sgd|adam --adam-eps E]
  *
  * --list prints "name kind offset count dims..." per parameter and the plan's
  * statistics, then exits. Otherwise reads D/params.bin (trainable block in
@@ -53,6 +53,7 @@ static void write_bin(const char *dir, const char *name, const void *p, size_t b
 int main(int argc, char **argv) {
     unet_model_cfg m = {.kind = UNET_MODEL_UNET, .levels = 3, .filters = {4, 8, 16}, .in_channels = 1, .classes = 2};
     int tile = 0, batch = 1, list = 0, eval = 0, weight_map = 0, steps = 0, adam = 0, loss_set = 0;
+    float adam_eps = 1e-8f;
     unsigned long long seed = 1;
     float lr = 0.01f;
     const char *dir = ".", *backend_name = "cpu", *precision = "fp32";
@@ -89,6 +90,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--lr")) lr = strtof(v, NULL);
         else if (!strcmp(a, "--optimizer")) adam = !strcmp(v, "adam");
+        else if (!strcmp(a, "--adam-eps")) adam_eps = strtof(v, NULL);
         else die("unknown option");
     }
     if (!loss_set) m.loss = m.classes == 1 ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE;
@@ -105,7 +107,7 @@ int main(int argc, char **argv) {
     if (unet_param_blocks_alloc(&pb, b, g, adam, err, sizeof err)) die(err);
     /* the training run's updates: SGD momentum 0.9, Adam's defaults, no decay, a constant rate */
     unet_optim_cfg optim = {.kind = adam ? UNET_OPT_ADAM : UNET_OPT_SGD, .lr = lr, .momentum = 0.9f, .beta1 = 0.9f,
-                            .beta2 = 0.999f, .eps = 1e-8f, .schedule = UNET_SCHED_CONSTANT, .total_steps = steps};
+                            .beta2 = 0.999f, .eps = adam_eps, .schedule = UNET_SCHED_CONSTANT, .total_steps = steps};
     size_t nt = pb.n_trainable, ns = pb.n_state;
     if (list) {
         const unet_param *p = unet_graph_params(g);
