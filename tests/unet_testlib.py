@@ -84,6 +84,40 @@ def rng(seed):
     return np.random.default_rng(seed)
 
 
+# Variables a launcher (Slurm, mpirun, torchrun) or a debug session sets:
+# without them, a test's unet is one process, configured by its flags alone.
+LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS",
+               "UNET_CUDA_SYNC")
+
+
+def single_process_env(**extra):
+    """This environment without LAUNCH_VARS, plus extra (values as strings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def read_safetensors(path):
+    """A safetensors file as ({name: (header entry, raw bytes)}, metadata)."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    tensors = {k: (t, data[t["data_offsets"][0]:t["data_offsets"][1]]) for k, t in header.items()
+               if k != "__metadata__"}
+    return tensors, header.get("__metadata__", {})
+
+
+def safetensors_f32(path):
+    """The F32 tensors of a safetensors file as ({name: float32 array}, metadata)."""
+    tensors, meta = read_safetensors(path)
+    return {k: np.frombuffer(raw, np.float32).reshape(t["shape"]) for k, (t, raw) in tensors.items()
+            if t["dtype"] == "F32"}, meta
+
+
 def write_discs(path, rng, n, side, discs, radius, margin, weight=False):
     """An HDF5 training file of n side x side uint8 images of bright discs
     (label 1) on a noisy background: `discs` per image, radii uniform in

@@ -10,29 +10,22 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import time
 
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, write_discs
+from unet_testlib import BUILD, safetensors_f32, single_process_env, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 DISTTEST = os.path.join(BUILD, "unet_disttest")
 MPIRUN = shutil.which("mpirun")
 needs_mpi = pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed (apt-get install openmpi-bin libopenmpi-dev)")
 
-# environment without any launcher's variables, one thread per rank (2 cores)
-LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS")
-
-
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+    """No launcher's variables, one thread per rank (2 cores)."""
+    return single_process_env(OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1, **extra)
 
 
 def mpirun(n, *args, env=None, timeout=120, **kw):
@@ -46,18 +39,8 @@ def single(*args, env=None, timeout=120):
 
 
 def read_st(path):
-    """The tensors of a safetensors file as float arrays (F32) by name."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__" or t["dtype"] != "F32":
-            continue
-        a, b = t["data_offsets"]
-        out[name] = np.frombuffer(data[a:b], np.float32).reshape(t["shape"])
-    return out, header.get("__metadata__", {})
+    """The F32 tensors of a checkpoint by name, and its metadata."""
+    return safetensors_f32(path)
 
 
 @pytest.fixture(scope="module")

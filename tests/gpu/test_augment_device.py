@@ -20,40 +20,26 @@ Skips where no GPU is listed by nvidia-smi and where the build has no CUDA
 backend."""
 import json
 import os
-import struct
 import subprocess
 
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, requires_gpu, write_discs
+from unet_testlib import BUILD, read_safetensors, requires_gpu, single_process_env, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 STEPS = 8  # with --cuda-graph auto: 3 eager steps, the capture at step 4, replays after it
 
 pytestmark = requires_gpu("training with the GPU augmentation warp runs on a GPU machine")
 
-LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS",
-               "UNET_CUDA_SYNC")
-
-
 def env():
-    return {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    return single_process_env()
 
 
 def read_st(path):
     """A checkpoint's tensors (name -> float32 array, or raw bytes for other types)."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, t in header.items():
-        if k == "__metadata__":
-            continue
-        raw = data[t["data_offsets"][0]:t["data_offsets"][1]]
-        out[k] = np.frombuffer(raw, np.float32) if t["dtype"] == "F32" else raw
-    return out
+    return {k: np.frombuffer(raw, np.float32) if t["dtype"] == "F32" else raw
+            for k, (t, raw) in read_safetensors(path)[0].items()}
 
 
 @pytest.fixture(scope="module")

@@ -18,36 +18,25 @@ Skips where no GPU is listed by nvidia-smi and where the build has no CUDA
 backend."""
 import json
 import os
-import struct
 import subprocess
 
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, requires_gpu, write_discs
+from unet_testlib import BUILD, read_safetensors, requires_gpu, single_process_env, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 STEPS = 9  # 3 eager, the capture at step 4, replays up to 9
 
 pytestmark = requires_gpu("the CUDA graph tests run on a GPU machine")
 
-LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS",
-               "UNET_CUDA_SYNC")
-
-
 def env(**extra):
-    e = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
-    e.update(extra)
-    return e
+    return single_process_env(**extra)
 
 
 def read_st(path):
     """A checkpoint's tensors (name -> raw bytes): parameters, running statistics and optimizer state."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    return {k: data[t["data_offsets"][0]:t["data_offsets"][1]] for k, t in header.items() if k != "__metadata__"}
+    return {k: raw for k, (_, raw) in read_safetensors(path)[0].items()}
 
 
 @pytest.fixture(scope="module")

@@ -10,33 +10,24 @@ is measured and printed (run with -s to see it):
 """
 import json
 import os
-import struct
 import subprocess
 
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, requires_gpu, write_discs
+from unet_testlib import BUILD, requires_gpu, safetensors_f32, single_process_env, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 
 
 pytestmark = requires_gpu("the NCCL test runs on a GPU machine")
 
-LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS")
-
-
 def env():
-    return {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
+    return single_process_env()
 
 
 def read_st(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    return {k: np.frombuffer(data[t["data_offsets"][0]:t["data_offsets"][1]], np.float32)
-            for k, t in header.items() if k != "__metadata__" and t["dtype"] == "F32"}
+    return safetensors_f32(path)[0]
 
 
 @pytest.fixture(scope="module")
