@@ -87,26 +87,19 @@ static tensor_layout layout_for(const unet_cuda_ctx *ctx, tensor_role role, int6
         if (role == ROLE_FILTER || role == ROLE_BIAS) n = role == ROLE_BIAS ? 1 : (n + pad - 1) / pad * pad;
         c = (c + pad - 1) / pad * pad;
         l.type = role == ROLE_INTERMEDIATE ? compute_type(ctx) : CUDNN_DATA_BFLOAT16;
-        l.dims[0] = n;
-        l.dims[1] = c;
-        l.dims[2] = h;
-        l.dims[3] = w;
-        l.strides[1] = 1;
-        l.strides[3] = c;
-        l.strides[2] = w * c;
-        l.strides[0] = h * w * c;
-        return l;
+    } else {
+        l.type = compute_type(ctx); /* fp32 and tf32: float tensors throughout */
     }
-    l.type = compute_type(ctx); /* fp32 and tf32: float tensors throughout */
     l.dims[0] = n;
     l.dims[1] = c;
     l.dims[2] = h;
     l.dims[3] = w;
-    /* NCHW: w fastest, then h, then c */
-    l.strides[3] = 1;
-    l.strides[2] = w;
-    l.strides[1] = h * w;
+    /* NHWC: c fastest, then w, then h; NCHW: w fastest, then h, then c */
+    int64_t sc = is_bf16(ctx) ? 1 : h * w, sw = is_bf16(ctx) ? c : 1;
     l.strides[0] = c * h * w;
+    l.strides[1] = sc;
+    l.strides[2] = w * sw;
+    l.strides[3] = sw;
     return l;
 }
 
