@@ -5,11 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def centre_crop(x, h, w):
-    oy = (x.shape[2] - h) // 2
-    ox = (x.shape[3] - w) // 2
-    return x[:, :, oy:oy + h, ox:ox + w]
+from op_references import centre_crop
 
 
 class Block(nn.Module):

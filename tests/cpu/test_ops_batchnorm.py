@@ -13,39 +13,17 @@ zero by construction (with 2 values it is exactly zero but for eps), and a
 relative error of it measures nothing."""
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
+from op_references import bn_case, bn_reference
 from unet_testlib import assert_close, rng, run_op
 
 TOL = 1e-5
 
 
-def t64(a, grad=False):
-    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
-
-
 def case(g):
     n, c = int(g.integers(1, 4)), int(g.integers(1, 7))
     h, w = int(g.integers(3, 14)), int(g.integers(3, 14))
-    shift = g.uniform(-3, 3, size=(1, c, 1, 1))
-    x = (shift + g.uniform(0.5, 2.0, size=(1, c, 1, 1)) * g.standard_normal((n, c, h, w))).astype(np.float32)
-    gamma = g.uniform(0.5, 1.5, c).astype(np.float32) * g.choice([-1, 1], c).astype(np.float32)
-    beta = g.standard_normal(c).astype(np.float32)
-    rm = g.standard_normal(c).astype(np.float32)
-    rv = g.uniform(0.5, 2.0, c).astype(np.float32)
-    dout = g.standard_normal((n, c, h, w)).astype(np.float32)
-    return x, gamma, beta, rm, rv, dout
-
-
-def reference(x, gamma, beta, rm, rv, dout, training, relu, momentum, eps):
-    X, G, B = t64(x, True), t64(gamma, True), t64(beta, True)
-    RM, RV = t64(rm), t64(rv)
-    y = F.batch_norm(X, RM, RV, G, B, training=bool(training), momentum=momentum, eps=eps)
-    if relu:
-        y = F.relu(y)
-    y.backward(t64(dout))
-    return y.detach().numpy(), X.grad.numpy(), G.grad.numpy(), B.grad.numpy(), RM.numpy(), RV.numpy()
+    return bn_case(g, (n, c, h, w))
 
 
 @pytest.mark.parametrize("training", [1, 0])
@@ -55,7 +33,7 @@ def test_batchnorm(training, relu, seed):
     g = rng(1000 + 10 * seed + 2 * training + relu)
     x, gamma, beta, rm, rv, dout = case(g)
     momentum, eps = [(0.1, 1e-5), (0.3, 1e-3), (0.1, 1e-5)][seed]
-    y_ref, dx_ref, dg_ref, db_ref, rm_ref, rv_ref = reference(x, gamma, beta, rm, rv, dout, training, relu,
+    y_ref, dx_ref, dg_ref, db_ref, rm_ref, rv_ref = bn_reference(x, gamma, beta, rm, rv, dout, training, relu,
                                                               momentum, eps)
     attrs = {"relu": relu, "momentum": momentum, "eps": eps}
     what = f"batchnorm training={training} relu={relu} {x.shape}"

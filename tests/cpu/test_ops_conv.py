@@ -22,13 +22,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from op_references import t64
 from unet_testlib import assert_close, rng, run_op
 
 TOL = 1e-5
-
-
-def t64(a, grad=False):
-    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
 
 
 def conv_reference(x, w, b, pad, relu, dout, out=None):

@@ -11,18 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from op_references import centre_crop, t64
 from unet_testlib import assert_close, rng, run_op
 
 TOL = 1e-5
-
-
-def t64(a, grad=False):
-    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
-
-
-def centre_crop(x, h, w):
-    oy, ox = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
-    return x[:, :, oy:oy + h, ox:ox + w]
 
 
 def random_inputs(g, n_in, same_c):

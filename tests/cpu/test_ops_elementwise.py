@@ -9,16 +9,12 @@ element. Dropout is also checked bit for bit against a numpy re-implementation
 of the mask (include/unet/rng.h), since its arithmetic is a single multiply."""
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 
+from op_references import t64
 from unet_testlib import assert_close, rng, run_op
 
 TOL = 1e-5
-
-
-def t64(a, grad=False):
-    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
 
 
 def random_shape(g, even=False, min_hw=1):

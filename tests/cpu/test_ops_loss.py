@@ -9,21 +9,11 @@ losses are summed in double and rounded to float32 once (~6e-8); gradients
 are per-pixel double expressions rounded to float32."""
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
+from op_references import LOSS_REFS, softmax_ce_ref, t64
 from unet_testlib import assert_close, rng, run_op
 
 TOL = 1e-5
-
-
-def t64(a, grad=False):
-    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
-
-
-def centre_crop(x, h, w):
-    oy, ox = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
-    return x[:, :, oy:oy + h, ox:ox + w]
 
 
 def case(g, k, weighted):
@@ -39,31 +29,12 @@ def case(g, k, weighted):
     return inputs
 
 
-def softmax_ce_ref(Z, label, weight):
-    n, k, h, w = Z.shape
-    lab = torch.tensor(centre_crop(label, h, w)[:, 0]).long()
-    ce = F.cross_entropy(Z, lab, reduction="none")
-    if weight is not None:
-        ce = ce * t64(centre_crop(weight, h, w)[:, 0])
-    return ce.sum() / (n * h * w)
 
-
-def bce_dice_ref(Z, label, weight):
-    n, _, h, w = Z.shape
-    y = t64(centre_crop(label, h, w))
-    wt = t64(centre_crop(weight, h, w)) if weight is not None else None
-    bce = F.binary_cross_entropy_with_logits(Z, y, weight=wt)
-    p = torch.sigmoid(Z)
-    dice = (2 * (p * y).sum(dim=(1, 2, 3)) + 1) / (p.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)) + 1)
-    return bce + 1 - dice.mean()
-
-
-REFS = {"softmax_ce": softmax_ce_ref, "bce_dice": bce_dice_ref}
 
 
 def check(op, inputs, scale, g):
     Z = t64(inputs[0], True)
-    loss = REFS[op](Z, inputs[1], inputs[2] if len(inputs) > 2 else None)
+    loss = LOSS_REFS[op](Z, inputs[1], inputs[2] if len(inputs) > 2 else None)
     (scale * loss).backward()
     what = f"{op} {[x.shape for x in inputs]} scale={scale}"
     r = run_op(op, inputs, (1, 1, 1, 1), {"scale": scale}, backward=True)

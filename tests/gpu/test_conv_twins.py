@@ -16,9 +16,9 @@ import os
 
 import numpy as np
 import pytest
-import torch
 import torch.nn.functional as F
 
+from op_references import t64
 from unet_testlib import assert_close, rng, run_op, requires_gpu
 
 FP32_TOL = 1e-5
@@ -40,10 +40,6 @@ def cuda_backend_built():
     except RuntimeError as e:
         if "built without CUDA" in str(e):
             pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
-
-
-def t64(a, grad=False):
-    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
 
 
 def conv_case(g, k, pad, relu, n=None):

@@ -33,6 +33,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from op_references import LOSS_REFS, bn_case, bn_reference, centre_crop, t64
 from unet_testlib import BUILD, assert_close, rng, run_op, requires_gpu
 
 TOL = 1e-5
@@ -53,10 +54,6 @@ def cuda_backend_built():
     except RuntimeError as e:
         if "built without CUDA" in str(e):
             pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
-
-
-def t64(a, grad=False):
-    return torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
 
 
 def assert_same_bits(a, b, what):
@@ -162,11 +159,6 @@ def test_dropout_eval_is_identity():
 
 # ---- crop_concat, crop_add ----
 
-def centre_crop(x, h, w):
-    oy, ox = (x.shape[2] - h) // 2, (x.shape[3] - w) // 2
-    return x[:, :, oy:oy + h, ox:ox + w]
-
-
 def crop_inputs(g, n_in, same_c, h, w, grow_h, grow_w):
     """Input 0 sets the output's H,W; the others are larger by a growth drawn
     from grow_h, grow_w (their crop offset is half of it, rounded down)."""
@@ -218,28 +210,6 @@ def test_crop(op, case):
 
 
 # ---- batch norm ----
-
-def bn_case(g, shape, mean_scale=3.0):
-    n, c, h, w = shape
-    shift = g.uniform(-mean_scale, mean_scale, size=(1, c, 1, 1))
-    x = (shift + g.uniform(0.5, 2.0, size=(1, c, 1, 1)) * g.standard_normal(shape)).astype(np.float32)
-    gamma = g.uniform(0.5, 1.5, c).astype(np.float32) * g.choice([-1, 1], c).astype(np.float32)
-    beta = g.standard_normal(c).astype(np.float32)
-    rm = g.standard_normal(c).astype(np.float32)
-    rv = g.uniform(0.5, 2.0, c).astype(np.float32)
-    dout = g.standard_normal(shape).astype(np.float32)
-    return x, gamma, beta, rm, rv, dout
-
-
-def bn_reference(x, gamma, beta, rm, rv, dout, training, relu, momentum, eps):
-    X, G, B = t64(x, True), t64(gamma, True), t64(beta, True)
-    RM, RV = t64(rm), t64(rv)
-    y = F.batch_norm(X, RM, RV, G, B, training=bool(training), momentum=momentum, eps=eps)
-    if relu:
-        y = F.relu(y)
-    y.backward(t64(dout))
-    return y.detach().numpy(), X.grad.numpy(), G.grad.numpy(), B.grad.numpy(), RM.numpy(), RV.numpy()
-
 
 def check_bn(shape, training, relu, seed, accumulate=False, tol=TOL):
     g = rng(seed)
@@ -305,28 +275,6 @@ def loss_case(g, k, weighted, n, h, w, grow=7):
         wh, ww = h + int(g.integers(0, 5)), w + int(g.integers(0, 5))
         inputs.append(g.uniform(0.1, 3.0, size=(n, 1, wh, ww)).astype(np.float32))
     return inputs
-
-
-def softmax_ce_ref(Z, label, weight):
-    n, k, h, w = Z.shape
-    lab = torch.tensor(centre_crop(label, h, w)[:, 0]).long()
-    ce = F.cross_entropy(Z, lab, reduction="none")
-    if weight is not None:
-        ce = ce * t64(centre_crop(weight, h, w)[:, 0])
-    return ce.sum() / (n * h * w)
-
-
-def bce_dice_ref(Z, label, weight):
-    n, _, h, w = Z.shape
-    y = t64(centre_crop(label, h, w))
-    wt = t64(centre_crop(weight, h, w)) if weight is not None else None
-    bce = F.binary_cross_entropy_with_logits(Z, y, weight=wt)
-    p = torch.sigmoid(Z)
-    dice = (2 * (p * y).sum(dim=(1, 2, 3)) + 1) / (p.sum(dim=(1, 2, 3)) + y.sum(dim=(1, 2, 3)) + 1)
-    return bce + 1 - dice.mean()
-
-
-LOSS_REFS = {"softmax_ce": softmax_ce_ref, "bce_dice": bce_dice_ref}
 
 
 def check_loss(op, inputs, scale, g, accumulate=False):
