@@ -38,6 +38,8 @@ typedef struct {
     unet_backend backend;
     char device_name[256];
     int cc_major, cc_minor;
+    void *staging;        /* host buffer of the bf16 conversions (staging()), kept between calls */
+    size_t staging_bytes;
 } cuda_instance;
 
 #define MAX_INSTANCES 32
@@ -208,19 +210,27 @@ static void copy_out(const cuda_instance *inst, void *host, const void *src, siz
     CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
 }
 
-/* A host buffer for a conversion; out of host memory ends the run (as a failed call would). */
-static void *staging(const cuda_instance *inst, size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        char msg[96];
-        snprintf(msg, sizeof msg, "out of host memory for %zu bytes of staging", bytes);
-        fail_on(inst, __FILE__, __LINE__, "malloc", msg, NULL);
+/* The host buffer for a conversion, grown when a larger one is asked for and
+ * kept, so that a step's uploads allocate nothing once the first step has
+ * run. Reusing it at once is safe: copy_in returns once a pageable copy is
+ * staged, and copy_out waits. Out of host memory ends the run (as a failed
+ * call would). */
+static void *staging(const unet_backend *b, size_t bytes) {
+    cuda_instance *inst = (cuda_instance *)b->ctx;
+    if (bytes > inst->staging_bytes) {
+        void *p = realloc(inst->staging, bytes);
+        if (!p) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "out of host memory for %zu bytes of staging", bytes);
+            fail_on(inst, __FILE__, __LINE__, "realloc", msg, NULL);
+        }
+        inst->staging = p;
+        inst->staging_bytes = bytes;
     }
-    return p;
+    return inst->staging;
 }
 
-/* bf16 activations are converted on the host: the staging buffer may be
- * freed when copy_in returns (see copy_in). */
+/* bf16 activations are converted on the host, through the staging buffer. */
 static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t) {
     const cuda_instance *inst = instance_of(b);
     unet_cuda_layout l = layout_of(b, s, t);
@@ -228,10 +238,9 @@ static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet
         copy_in(inst, dst, host, unet_shape_count(s) * unet_dtype_size(t));
         return;
     }
-    uint16_t *packed = (uint16_t *)staging(inst, unet_cuda_layout_bytes(l));
+    uint16_t *packed = (uint16_t *)staging(b, unet_cuda_layout_bytes(l));
     unet_cuda_pack_bf16(l, packed, (const float *)host);
     copy_in(inst, dst, packed, unet_cuda_layout_bytes(l));
-    free(packed);
 }
 
 static void cuda_download(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t) {
@@ -241,10 +250,9 @@ static void cuda_download(const unet_backend *b, void *host, const void *src, un
         copy_out(inst, host, src, unet_shape_count(s) * unet_dtype_size(t));
         return;
     }
-    uint16_t *packed = (uint16_t *)staging(inst, unet_cuda_layout_bytes(l));
+    uint16_t *packed = (uint16_t *)staging(b, unet_cuda_layout_bytes(l));
     copy_out(inst, packed, src, unet_cuda_layout_bytes(l));
     unet_cuda_unpack_bf16(l, (float *)host, packed);
-    free(packed);
 }
 
 static void cuda_upload_f32(const unet_backend *b, float *dst, const float *host, size_t n) {
