@@ -151,7 +151,19 @@ def gpu_listed():
     return r.returncode == 0 and "GPU" in r.stdout
 
 
+def cuda_built():
+    """This build has the CUDA backend: its CMake cache says UNET_CUDA=ON (as
+    scripts/setup.sh reads it). A missing cache is an error, not a skip: BUILD
+    is then not a build at all."""
+    with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
+        return any(line.strip() == "UNET_CUDA:BOOL=ON" for line in f)
+
+
 def requires_gpu(what):
-    """A pytestmark that skips a GPU test file, saying what it would have run."""
+    """A pytestmark that skips a GPU test file, saying what it would have run:
+    where no NVIDIA GPU is listed, or where the build has no CUDA backend."""
     import pytest
-    return pytest.mark.skipif(not gpu_listed(), reason=f"no NVIDIA GPU here (nvidia-smi -L lists none): {what}")
+    if not gpu_listed():
+        return pytest.mark.skipif(True, reason=f"no NVIDIA GPU here (nvidia-smi -L lists none): {what}")
+    return pytest.mark.skipif(not cuda_built(),
+                              reason=f"this build has no CUDA backend (configure with -DUNET_CUDA=ON): {what}")

@@ -74,18 +74,6 @@ def warp(d, device, spec, key, batch, tile, context, c, repeat=1):
     return raw, label, weight, float(out.split("ms ")[1])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cuda_built(tmp_path_factory):
-    d = tmp_path_factory.mktemp("probe")
-    sources(d, np.random.default_rng(0), 1, 1, 8)
-    try:
-        run(AUGTEST, "batch", "--device", "cuda", "--spec", "flip", "--batch", 1, "--tile", 8, "--context", 0,
-            "--channels", 1, "--dir", d)
-    except RuntimeError as e:
-        if "built without CUDA" in str(e):
-            pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
-
-
 CASES = [
     # spec (';' separates the specs of successive samples), batch, tile, context (None: what the specs want), channels
     ("paper", 3, 64, None, 1),
