@@ -97,6 +97,17 @@ def single_process_env(**extra):
     return env
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on just now."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def read_safetensors(path):
     """A safetensors file as ({name: (header entry, raw bytes)}, metadata)."""
     import json
@@ -136,6 +147,25 @@ def write_discs(path, rng, n, side, discs, radius, margin, weight=False):
         f["raw"], f["label"] = raw, label
         if weight:
             f["weight"] = rng.uniform(0.5, 2.0, label.shape).astype(np.float32)
+    return path
+
+
+def write_ellipses(path, n, size, seed, weight_seed):
+    """An HDF5 file of n size x size images of datasets/make_ellipses.py
+    (raw and label, drawn from seed) with a random per-pixel weight in
+    [0.5, 1.5) drawn from weight_seed."""
+    import sys
+
+    import h5py
+
+    sys.path.insert(0, os.path.join(SOURCE, "datasets"))
+    import make_ellipses
+
+    raw, label, _ = make_ellipses.make(n, size, seed=seed)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", data=raw)
+        f.create_dataset("label", data=label)
+        f.create_dataset("weight", data=np.random.default_rng(weight_seed).random(label.shape, np.float32) + 0.5)
     return path
 
 
