@@ -71,8 +71,6 @@ def train(data, out, model, graph, *extra, environ=None):
             "--precision", "fp32", "--cuda-graph", graph, "--seed", "3", "--save", str(out / "c.safetensors"),
             "--log", str(out / "m.jsonl"), *extra]
     r = subprocess.run(args, capture_output=True, text=True, env=environ or env(), timeout=600)
-    if "built without CUDA" in r.stderr:
-        pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [json.loads(x) for x in open(out / "m.jsonl")]
     return r, read_st(out / "c.safetensors"), lines
@@ -146,8 +144,6 @@ def test_bench_times_the_graph(data):
         r = subprocess.run([UNET, "bench", *MODELS["unetpp_adam"], "--batch", "2", "--steps", "6", "--bench-warmup",
                             "4", "--device", "cuda", "--precision", "fp32", "--cuda-graph", graph, "--json"],
                            capture_output=True, text=True, env=env(), timeout=600)
-        if "built without CUDA" in r.stderr:
-            pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
         assert r.returncode == 0, r.stdout + r.stderr
         out[graph] = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["auto"]["cuda_graph"] is True and out["auto"]["cuda_graph_note"] == ""

@@ -42,8 +42,6 @@ def train(data, out, *extra, filters="16,32,64,128", tile="124", steps="6"):
             "--log-every", "1", "--val-every", "0", "--save", str(out / "c.safetensors"), "--log",
             str(out / "m.jsonl"), *extra]
     r = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600)
-    if "built without CUDA" in r.stderr:
-        pytest.skip("this build has no CUDA backend")
     assert r.returncode == 0, r.stdout + r.stderr
     return r, [json.loads(x) for x in open(out / "m.jsonl")]
 

@@ -17,27 +17,8 @@
 #include "kernels/cuda/metrics.h"
 #endif
 
-static void die(const char *msg, const char *arg) {
-    fprintf(stderr, "unet_metricstest: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
-    exit(2);
-}
-
-static unet_shape parse_shape(const char *s) {
-    unet_shape sh;
-    if (sscanf(s, "%d,%d,%d,%d", &sh.n, &sh.c, &sh.h, &sh.w) != 4) die("shape must be N,C,H,W", s);
-    return sh;
-}
-
-static void *read_file(const char *dir, const char *name, size_t bytes) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) die("cannot open", path);
-    void *buf = malloc(bytes ? bytes : 1);
-    if (!buf || fread(buf, 1, bytes, f) != bytes) die("short read (wrong size?)", path);
-    fclose(f);
-    return buf;
-}
+#define TOOL_NAME "unet_metricstest"
+#include "tool_common.h"
 
 int main(int argc, char **argv) {
     const char *backend = "cpu", *dir = NULL;
@@ -45,14 +26,14 @@ int main(int argc, char **argv) {
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--backend")) backend = argv[i + 1];
         else if (!strcmp(argv[i], "--dir")) dir = argv[i + 1];
-        else if (!strcmp(argv[i], "--logits")) zs = parse_shape(argv[i + 1]);
-        else if (!strcmp(argv[i], "--label")) ls = parse_shape(argv[i + 1]);
+        else if (!strcmp(argv[i], "--logits")) zs = parse_shape(argv[i + 1], NULL);
+        else if (!strcmp(argv[i], "--label")) ls = parse_shape(argv[i + 1], NULL);
         else die("unknown option", argv[i]);
     }
     if (!dir || zs.n <= 0 || ls.n != zs.n || ls.c != 1) die("need --dir, --logits N,K,h,w and --label N,1,H,W", NULL);
     size_t zn = unet_shape_count(zs), ln = unet_shape_count(ls);
-    float *z = read_file(dir, "logits.bin", zn * sizeof(float));
-    int32_t *label = read_file(dir, "label.bin", ln * sizeof(int32_t));
+    float *z = read_exact(dir, "logits.bin", zn * sizeof(float));
+    int32_t *label = read_exact(dir, "label.bin", ln * sizeof(int32_t));
     unet_seg_stats s;
     unet_seg_stats_init(&s, zs.c);
     if (!strcmp(backend, "cpu")) {
@@ -73,16 +54,14 @@ int main(int argc, char **argv) {
         die("this unet was built without CUDA (configure with -DUNET_CUDA=ON where nvcc is installed)", NULL);
 #endif
     }
-    char path[1024];
-    snprintf(path, sizeof path, "%s/stats.bin", dir);
-    FILE *f = fopen(path, "wb");
-    if (!f) die("cannot write", path);
-    fwrite(s.tp, sizeof(double), UNET_MAX_CLASSES, f);
-    fwrite(s.fp, sizeof(double), UNET_MAX_CLASSES, f);
-    fwrite(s.fn, sizeof(double), UNET_MAX_CLASSES, f);
-    fwrite(&s.correct, sizeof(double), 1, f);
-    fwrite(&s.total, sizeof(double), 1, f);
-    fclose(f);
+    enum { M = UNET_MAX_CLASSES };
+    double stats[3 * M + 2]; /* the layout of stats.bin (top of the file) */
+    memcpy(stats, s.tp, sizeof s.tp);
+    memcpy(stats + M, s.fp, sizeof s.fp);
+    memcpy(stats + 2 * M, s.fn, sizeof s.fn);
+    stats[3 * M] = s.correct;
+    stats[3 * M + 1] = s.total;
+    write_file(dir, "stats.bin", stats, sizeof stats);
     free(z);
     free(label);
     return 0;
