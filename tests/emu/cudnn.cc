@@ -713,87 +713,92 @@ geometry geometry_of(const op_info &o) {
     return g;
 }
 
-/* The three directions over logical NCHW / KCRS arrays, summing in Acc; `reverse` walks the reduction the
- * other way round (what an engine with atomics may do from one run to the next). */
+/* The three directions over logical NCHW / KCRS arrays, summing in Acc, a filter tap at a time over whole
+ * output rows; `reverse` walks the outermost reduction the other way round (what an engine with atomics may
+ * do from one run to the next). */
 template <class Acc>
 std::vector<double> convolve(const geometry &g, op_kind kind, const std::vector<double> &a,
                              const std::vector<double> &b, bool reverse) {
-    auto X = [&](const std::vector<double> &v, int64_t n, int64_t c, int64_t y, int64_t x) {
-        return v[((n * g.c + c) * g.h + y) * g.w + x];
-    };
-    auto W = [&](const std::vector<double> &v, int64_t k, int64_t c, int64_t r, int64_t s) {
-        if (g.flip) r = g.r - 1 - r, s = g.s - 1 - s;
-        return v[((k * g.c + c) * g.r + r) * g.s + s];
-    };
-    auto Y = [&](const std::vector<double> &v, int64_t n, int64_t k, int64_t p, int64_t q) {
-        return v[((n * g.k + k) * g.p + p) * g.q + q];
-    };
     auto rev = [&](int64_t i, int64_t len) { return reverse ? len - 1 - i : i; };
+    /* the filter tap (r, s) of the weights as stored (flipped for a true convolution) */
+    auto tap = [&](int64_t k, int64_t c, int64_t r, int64_t s) {
+        if (g.flip) r = g.r - 1 - r, s = g.s - 1 - s;
+        return ((k * g.c + c) * g.r + r) * g.s + s;
+    };
+    /* input row and column of output (p, q) under tap (r, s); out of range: padding */
+    auto in_y = [&](int64_t p, int64_t r) { return p * g.stride[0] - g.pad[0] + r * g.dil[0]; };
+    auto in_x = [&](int64_t q, int64_t s) { return q * g.stride[1] - g.pad[1] + s * g.dil[1]; };
     std::vector<double> out;
-    if (kind == OP_FWD) { /* a = x, b = w */
+    if (kind == OP_FWD) { /* a = x, b = w: y[n,k] = sum over c, r, s */
         out.resize(g.n * g.k * g.p * g.q);
+        std::vector<Acc> acc(g.p * g.q);
         for (int64_t n = 0; n < g.n; n++)
-            for (int64_t k = 0; k < g.k; k++)
-                for (int64_t p = 0; p < g.p; p++)
-                    for (int64_t q = 0; q < g.q; q++) {
-                        Acc acc = 0;
-                        for (int64_t ci = 0; ci < g.c; ci++) {
-                            int64_t c = rev(ci, g.c);
-                            for (int64_t r = 0; r < g.r; r++) {
-                                int64_t y = p * g.stride[0] - g.pad[0] + r * g.dil[0];
+            for (int64_t k = 0; k < g.k; k++) {
+                std::fill(acc.begin(), acc.end(), (Acc)0);
+                for (int64_t ci = 0; ci < g.c; ci++) {
+                    int64_t c = rev(ci, g.c);
+                    const double *xp = &a[(n * g.c + c) * g.h * g.w];
+                    for (int64_t r = 0; r < g.r; r++)
+                        for (int64_t s = 0; s < g.s; s++) {
+                            double wv = b[tap(k, c, r, s)];
+                            for (int64_t p = 0; p < g.p; p++) {
+                                int64_t y = in_y(p, r);
                                 if (y < 0 || y >= g.h) continue;
-                                for (int64_t s = 0; s < g.s; s++) {
-                                    int64_t x = q * g.stride[1] - g.pad[1] + s * g.dil[1];
-                                    if (x < 0 || x >= g.w) continue;
-                                    acc += (Acc)(X(a, n, c, y, x) * W(b, k, c, r, s));
+                                Acc *row = &acc[p * g.q];
+                                for (int64_t q = 0; q < g.q; q++) {
+                                    int64_t x = in_x(q, s);
+                                    if (x >= 0 && x < g.w) row[q] += (Acc)(xp[y * g.w + x] * wv);
                                 }
                             }
                         }
-                        out[((n * g.k + k) * g.p + p) * g.q + q] = acc;
-                    }
-    } else if (kind == OP_DGRAD) { /* a = dy, b = w */
-        std::vector<Acc> acc(g.n * g.c * g.h * g.w, 0);
-        for (int64_t n = 0; n < g.n; n++)
-            for (int64_t ki = 0; ki < g.k; ki++) {
-                int64_t k = rev(ki, g.k);
-                for (int64_t p = 0; p < g.p; p++)
-                    for (int64_t q = 0; q < g.q; q++) {
-                        double d = Y(a, n, k, p, q);
-                        for (int64_t c = 0; c < g.c; c++)
-                            for (int64_t r = 0; r < g.r; r++) {
-                                int64_t y = p * g.stride[0] - g.pad[0] + r * g.dil[0];
-                                if (y < 0 || y >= g.h) continue;
-                                for (int64_t s = 0; s < g.s; s++) {
-                                    int64_t x = q * g.stride[1] - g.pad[1] + s * g.dil[1];
-                                    if (x < 0 || x >= g.w) continue;
-                                    acc[((n * g.c + c) * g.h + y) * g.w + x] += (Acc)(d * W(b, k, c, r, s));
-                                }
-                            }
-                    }
+                }
+                std::copy(acc.begin(), acc.end(), out.begin() + (n * g.k + k) * g.p * g.q);
             }
-        out.assign(acc.begin(), acc.end());
-    } else { /* WGRAD: a = x, b = dy */
-        std::vector<Acc> acc(g.k * g.c * g.r * g.s, 0);
-        for (int64_t ni = 0; ni < g.n; ni++) {
-            int64_t n = rev(ni, g.n);
-            for (int64_t k = 0; k < g.k; k++)
-                for (int64_t p = 0; p < g.p; p++)
-                    for (int64_t q = 0; q < g.q; q++) {
-                        double d = Y(b, n, k, p, q);
-                        for (int64_t c = 0; c < g.c; c++)
-                            for (int64_t r = 0; r < g.r; r++) {
-                                int64_t y = p * g.stride[0] - g.pad[0] + r * g.dil[0];
+    } else if (kind == OP_DGRAD) { /* a = dy, b = w: dx[n,c] = sum over k, r, s of what reaches it */
+        out.resize(g.n * g.c * g.h * g.w);
+        std::vector<Acc> acc(g.h * g.w);
+        for (int64_t n = 0; n < g.n; n++)
+            for (int64_t c = 0; c < g.c; c++) {
+                std::fill(acc.begin(), acc.end(), (Acc)0);
+                for (int64_t ki = 0; ki < g.k; ki++) {
+                    int64_t k = rev(ki, g.k);
+                    const double *dy = &a[(n * g.k + k) * g.p * g.q];
+                    for (int64_t r = 0; r < g.r; r++)
+                        for (int64_t s = 0; s < g.s; s++) {
+                            double wv = b[tap(k, c, r, s)];
+                            for (int64_t p = 0; p < g.p; p++) {
+                                int64_t y = in_y(p, r);
                                 if (y < 0 || y >= g.h) continue;
-                                for (int64_t s = 0; s < g.s; s++) {
-                                    int64_t x = q * g.stride[1] - g.pad[1] + s * g.dil[1];
-                                    if (x < 0 || x >= g.w) continue;
-                                    int64_t rr = g.flip ? g.r - 1 - r : r, ss = g.flip ? g.s - 1 - s : s;
-                                    acc[((k * g.c + c) * g.r + rr) * g.s + ss] += (Acc)(d * X(a, n, c, y, x));
+                                for (int64_t q = 0; q < g.q; q++) {
+                                    int64_t x = in_x(q, s);
+                                    if (x >= 0 && x < g.w) acc[y * g.w + x] += (Acc)(dy[p * g.q + q] * wv);
                                 }
                             }
+                        }
+                }
+                std::copy(acc.begin(), acc.end(), out.begin() + (n * g.c + c) * g.h * g.w);
+            }
+    } else { /* WGRAD: a = x, b = dy: dw[k,c,r,s] = sum over n, p, q */
+        out.assign(g.k * g.c * g.r * g.s, 0.0);
+        for (int64_t k = 0; k < g.k; k++)
+            for (int64_t c = 0; c < g.c; c++)
+                for (int64_t r = 0; r < g.r; r++)
+                    for (int64_t s = 0; s < g.s; s++) {
+                        Acc acc = 0;
+                        for (int64_t ni = 0; ni < g.n; ni++) {
+                            int64_t n = rev(ni, g.n);
+                            const double *xp = &a[(n * g.c + c) * g.h * g.w], *dy = &b[(n * g.k + k) * g.p * g.q];
+                            for (int64_t p = 0; p < g.p; p++) {
+                                int64_t y = in_y(p, r);
+                                if (y < 0 || y >= g.h) continue;
+                                for (int64_t q = 0; q < g.q; q++) {
+                                    int64_t x = in_x(q, s);
+                                    if (x >= 0 && x < g.w) acc += (Acc)(dy[p * g.q + q] * xp[y * g.w + x]);
+                                }
+                            }
+                        }
+                        out[tap(k, c, r, s)] = acc;
                     }
-        }
-        out.assign(acc.begin(), acc.end());
     }
     return out;
 }

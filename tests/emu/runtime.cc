@@ -232,8 +232,9 @@ cudaError_t enqueue(cudaStream_t s, const char *what, std::function<void()> work
  * Kernels: blocks in order, the threads of a block as fibers
  * ------------------------------------------------------------------------- */
 
-/* A fiber switch: saves the callee-saved registers and the FPU control words on the current stack, stores the
- * stack pointer in *save and continues on the stack `to` (which was left the same way). */
+/* A fiber switch: saves the callee-saved registers on the current stack, stores the stack pointer in *save and
+ * continues on the stack `to` (which was left the same way). The FPU control words are not switched: nothing in
+ * the emulator or the kernels changes them. */
 extern "C" void unet_emu_switch(void **save, void *to);
 extern "C" void unet_emu_fiber_start(void);
 __asm__(R"(
@@ -247,14 +248,8 @@ unet_emu_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -300,6 +295,7 @@ struct block_state {
     std::vector<fiber> fibers;
     std::vector<warp_state> warps;
     int live, arrived, exited;
+    int next_start; /* threads are started in order (thread_at): how many have been */
     unsigned long long gen;
     fiber *running;
     void *scheduler_sp;
@@ -343,40 +339,6 @@ static void yield_to_scheduler() {
     unet_emu_switch(&f->sp, blk.scheduler_sp);
 }
 
-static void fiber_main(void *arg) {
-    fiber *f = (fiber *)arg;
-    (*blk.body)();
-    f->wait = EXITED;
-    /* a thread that leaves while others wait at a barrier would hang a GPU block or break its barrier */
-    if (blk.arrived > 0) kernel_error("a thread exited while other threads of its block wait at __syncthreads");
-    warp_state &w = blk.warps[f->linear / 32];
-    if (w.arrived > 0) kernel_error("a thread exited while other lanes of its warp wait in a shuffle");
-    blk.live--;
-    blk.exited++;
-    w.live--;
-    w.live_mask &= ~(1u << (f->linear % 32));
-    unet_emu_switch(&f->sp, blk.scheduler_sp);
-    __builtin_unreachable();
-}
-
-static void start_fiber(fiber *f) {
-    f->stack = take_stack();
-    uintptr_t top = ((uintptr_t)f->stack + STACK_BYTES) & ~(uintptr_t)15;
-    uint64_t *sp = (uint64_t *)(top - 64);
-    uint32_t mxcsr;
-    uint16_t fpucw;
-    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
-    __asm__ volatile("fnstcw %0" : "=m"(fpucw));
-    memset(sp, 0, 64);
-    memcpy(sp, &mxcsr, 4);
-    memcpy((char *)sp + 4, &fpucw, 2);
-    sp[3] = (uint64_t)(uintptr_t)&fiber_main;         /* r13: the entry */
-    sp[4] = (uint64_t)(uintptr_t)f;                   /* r12: its argument */
-    sp[7] = (uint64_t)(uintptr_t)&unet_emu_fiber_start; /* where the first switch returns to */
-    f->sp = sp;
-    f->started = 1;
-}
-
 static bool reverse_order() {
     static int r = -1;
     if (r < 0) {
@@ -386,16 +348,68 @@ static bool reverse_order() {
     return r;
 }
 
+/* The thread of the block to start k-th. */
+static int thread_at(int k) {
+    int n = (int)blk.fibers.size();
+    return reverse_order() ? n - 1 - k : k;
+}
+
+/* Runs threads on one stack: f's, then, as each ends without having had to wait, the next thread not yet
+ * started, on the same stack (a block without barriers costs one fiber, not one per thread). A thread that
+ * waits keeps the stack; the scheduler starts the next one on a new stack. */
+static void fiber_main(void *arg) {
+    fiber *f = (fiber *)arg;
+    for (;;) {
+        (*blk.body)();
+        f->wait = EXITED;
+        /* a thread that leaves while others wait at a barrier would hang a GPU block or break its barrier */
+        if (blk.arrived > 0) kernel_error("a thread exited while other threads of its block wait at __syncthreads");
+        warp_state &w = blk.warps[f->linear / 32];
+        if (w.arrived > 0) kernel_error("a thread exited while other lanes of its warp wait in a shuffle");
+        blk.live--;
+        blk.exited++;
+        w.live--;
+        w.live_mask &= ~(1u << (f->linear % 32));
+        if (blk.next_start == (int)blk.fibers.size()) break;
+        fiber *g = &blk.fibers[thread_at(blk.next_start++)];
+        g->stack = f->stack;
+        g->started = 1;
+        g->wait = RUNNABLE;
+        f->stack = nullptr;
+        f = g;
+        blk.running = g;
+        unet_emu_threadIdx = g->tid;
+    }
+    unet_emu_switch(&f->sp, blk.scheduler_sp);
+    __builtin_unreachable();
+}
+
+static void start_fiber(fiber *f) {
+    f->stack = take_stack();
+    /* what unet_emu_switch pops: r15, r14, r13 (the entry), r12 (its argument), rbx, rbp, then the return
+     * address; after it the stack is 16-byte aligned, as the entry's call wants */
+    uintptr_t top = ((uintptr_t)f->stack + STACK_BYTES) & ~(uintptr_t)15;
+    uint64_t *sp = (uint64_t *)(top - 72);
+    memset(sp, 0, 56);
+    sp[2] = (uint64_t)(uintptr_t)&fiber_main;
+    sp[3] = (uint64_t)(uintptr_t)f;
+    sp[6] = (uint64_t)(uintptr_t)&unet_emu_fiber_start;
+    f->sp = sp;
+    f->started = 1;
+}
+
 static void resume(fiber *f) {
     unet_emu_threadIdx = f->tid;
     blk.running = f;
     f->wait = RUNNABLE;
     if (!f->started) start_fiber(f);
     unet_emu_switch(&blk.scheduler_sp, f->sp);
+    /* the fiber that came back may be a later thread of the same stack */
+    fiber *back = blk.running;
     blk.running = nullptr;
-    if (f->wait == EXITED) {
-        free_stacks.push_back(f->stack);
-        f->stack = nullptr;
+    if (back->wait == EXITED) {
+        free_stacks.push_back(back->stack);
+        back->stack = nullptr;
     }
 }
 
@@ -427,20 +441,23 @@ static void run_block(const uint3 &b) {
     blk.arrived = 0;
     blk.exited = 0;
     blk.gen = 0;
-    bool rev = reverse_order();
+    blk.next_start = 0;
     for (;;) {
         int progressed = 0, left = 0;
         for (int k = 0; k < n; k++) {
-            fiber &f = blk.fibers[rev ? n - 1 - k : k];
+            fiber &f = blk.fibers[thread_at(k)];
             if (f.wait == EXITED) continue;
-            if (!ready(f)) {
+            if (!f.started) {
+                if (k < blk.next_start) continue; /* claimed by a running stack: not possible while it is here */
+                blk.next_start = k + 1;
+            } else if (!ready(f)) {
                 left++;
                 continue;
             }
             resume(&f);
             progressed++;
-            if (f.wait != EXITED) left++;
         }
+        for (int k = 0; k < n && !left; k++) left += blk.fibers[k].wait != EXITED;
         if (!left) return;
         if (!progressed) kernel_error("the threads of a block wait for each other forever (a barrier not every "
                                       "thread reaches)");
@@ -658,6 +675,12 @@ cudaError_t cudaSetDevice(int device) {
     if (device < 0 || device >= device_count()) return fail(cudaErrorInvalidDevice);
     current_device = device;
     install_fault_handler();
+    static bool announced = false;
+    if (!announced) {
+        announced = true;
+        say("--device cuda runs on a CPU emulation of CUDA, cuDNN and NCCL (tests/emu): a check of correctness; "
+            "no time or memory figure of this run is a GPU's");
+    }
     return sticky ? fail(sticky) : cudaSuccess;
 }
 
