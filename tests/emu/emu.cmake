@@ -42,3 +42,13 @@ target_compile_definitions(unetcuda PUBLIC UNET_HAVE_NCCL=1)
 target_compile_definitions(unetlib PUBLIC UNET_HAVE_CUDA=1 UNET_CUDA_EMULATED=1)
 target_link_libraries(unetlib PUBLIC unetcuda)
 message(STATUS "CUDA backend: emulated on the CPU (tests/emu), a correctness tool; nothing it measures is a GPU's")
+
+# The emulator's own check (tests/emu/test_emulator.py): a .cu of kernels that keep and break CUDA's rules.
+add_custom_command(OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/emu/selftest.cu.cc
+                   COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/emu
+                   COMMAND ${Python3_EXECUTABLE} ${UNET_EMU_DIR}/cu2cc.py ${UNET_EMU_DIR}/selftest.cu
+                           ${CMAKE_CURRENT_BINARY_DIR}/emu/selftest.cu.cc
+                   DEPENDS ${UNET_EMU_DIR}/selftest.cu ${UNET_EMU_DIR}/cu2cc.py VERBATIM)
+add_executable(unet_emu_selftest ${CMAKE_CURRENT_BINARY_DIR}/emu/selftest.cu.cc)
+target_compile_options(unet_emu_selftest PRIVATE -Wall -Wextra -Werror)
+target_link_libraries(unet_emu_selftest PRIVATE unet_cuda_emulator)
