@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_bf16.h"
 #include "cudnn.h"
 #include "emu_runtime.h"
 
@@ -652,8 +653,7 @@ std::vector<double> load(const tensor_info &t, const void *p, bool tensor_cores)
         int64_t off = offset_of(t, i);
         float f;
         if (t.type == CUDNN_DATA_BFLOAT16) {
-            uint32_t u = (uint32_t)((const uint16_t *)p)[off] << 16;
-            memcpy(&f, &u, 4);
+            f = unet_emu_bf16_float(((const uint16_t *)p)[off]);
         } else {
             f = ((const float *)p)[off];
             if (tensor_cores) f = tf32(f);
@@ -663,31 +663,18 @@ std::vector<double> load(const tensor_info &t, const void *p, bool tensor_cores)
     return v;
 }
 
-uint16_t bf16_rn(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 /* y = alpha * v + beta * y, through y's strides and type (one rounding from float). */
 void store(const tensor_info &t, void *p, const std::vector<double> &v, double alpha, double beta) {
     for (int64_t i = 0; i < (int64_t)v.size(); i++) {
         int64_t off = offset_of(t, i);
         double r = alpha * v[i];
         if (beta != 0.0) {
-            float old;
-            if (t.type == CUDNN_DATA_BFLOAT16) {
-                uint32_t u = (uint32_t)((const uint16_t *)p)[off] << 16;
-                memcpy(&old, &u, 4);
-            } else {
-                old = ((const float *)p)[off];
-            }
+            float old = t.type == CUDNN_DATA_BFLOAT16 ? unet_emu_bf16_float(((const uint16_t *)p)[off])
+                                                      : ((const float *)p)[off];
             r += beta * old;
         }
         if (t.type == CUDNN_DATA_BFLOAT16)
-            ((uint16_t *)p)[off] = bf16_rn((float)r);
+            ((uint16_t *)p)[off] = unet_emu_bf16_bits((float)r);
         else
             ((float *)p)[off] = (float)r;
     }
