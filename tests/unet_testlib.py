@@ -169,10 +169,17 @@ def write_ellipses(path, n, size, seed, weight_seed):
     return path
 
 
+def cuda_emulated():
+    """The build under test runs --device cuda on the CPU emulation of CUDA
+    (tests/emu, -DUNET_CUDA_EMU=ON), whose ctest entries set UNET_CUDA_EMULATED=1."""
+    return os.environ.get("UNET_CUDA_EMULATED", "0") not in ("", "0")
+
+
 def gpu_listed():
-    """An NVIDIA GPU is listed by nvidia-smi (UNET_FORCE_GPU_TESTS=1 says yes
-    regardless: an emulator, or a machine whose nvidia-smi is elsewhere)."""
-    if os.environ.get("UNET_FORCE_GPU_TESTS", "0") not in ("", "0"):
+    """An NVIDIA GPU is listed by nvidia-smi, or the build emulates one
+    (UNET_FORCE_GPU_TESTS=1 says yes regardless: a machine whose nvidia-smi
+    is elsewhere)."""
+    if cuda_emulated() or os.environ.get("UNET_FORCE_GPU_TESTS", "0") not in ("", "0"):
         return True
     try:
         r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
@@ -184,7 +191,9 @@ def gpu_listed():
 def cuda_built():
     """This build has the CUDA backend: its CMake cache says UNET_CUDA=ON (as
     scripts/setup.sh reads it). A missing cache is an error, not a skip: BUILD
-    is then not a build at all."""
+    is then not a build at all. An emulated build (tests/emu) has it too."""
+    if cuda_emulated():
+        return True
     with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
         return any(line.strip() == "UNET_CUDA:BOOL=ON" for line in f)
 
