@@ -5,34 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "host/core/op_table.h"
 #include "host/core/shapes.h"
 #include "unet/plan.h"
 
 #define ALIGN 256 /* arena offsets: enough for any vector load and cuDNN's alignment rules */
-
-/* Which forward tensors an op's backward reads: the others get NULL pointers
- * in backward, and their memory may already hold something else. */
-enum { READS_IN = 1, READS_OUT = 2, READS_OUT_IF_RELU = 4 };
-static const unsigned backward_reads[UNET_OP_COUNT] = {
-    [UNET_OP_CONV] = READS_IN | READS_OUT_IF_RELU,
-    [UNET_OP_CONV_T2] = READS_IN,
-    [UNET_OP_BIAS] = 0,
-    [UNET_OP_RELU] = READS_OUT,
-    [UNET_OP_MAXPOOL2] = READS_IN | READS_OUT,
-    [UNET_OP_CROP_CONCAT] = 0,
-    [UNET_OP_CROP_ADD] = 0,
-    [UNET_OP_UPSAMPLE2] = 0,
-    [UNET_OP_BATCHNORM] = READS_IN | READS_OUT,
-    [UNET_OP_DROPOUT] = 0,
-    [UNET_OP_SOFTMAX_CE] = READS_IN,
-    [UNET_OP_BCE_DICE] = READS_IN,
-};
-
-int unet_backward_reads_inputs(const unet_node *n) { return (backward_reads[n->op] & READS_IN) != 0; }
-int unet_backward_reads_output(const unet_node *n) {
-    return (backward_reads[n->op] & READS_OUT) || ((backward_reads[n->op] & READS_OUT_IF_RELU) && n->relu);
-}
-
 
 typedef struct {
     size_t bytes, offset;
@@ -151,13 +128,6 @@ static size_t assign_offsets(plan_tensor *t, int n) {
         if (total < best_total) best_total = total, best = o;
     }
     return place(t, n, orders[best]);
-}
-
-static double node_flops(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape out) {
-    (void)g;
-    if (n->op == UNET_OP_CONV) return 2.0 * unet_shape_count(out) * in[0].c * n->k * n->k;
-    if (n->op == UNET_OP_CONV_T2) return 2.0 * unet_shape_count(out) * in[0].c;
-    return 0.0;
 }
 
 /* Where the final part of the gradient block begins after each backward
@@ -326,7 +296,8 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
         a->replica_sum = cfg.replica_sum;
         for (int i = 0; i < n->n_in; i++) a->in_shape[i] = p->shapes[n->in[i]];
         a->out_shape = p->shapes[n->out_value];
-        p->flops += node_flops(g, n, a->in_shape, a->out_shape);
+        double (*flops)(const unet_node *, const unet_shape *, unet_shape) = unet_op_row_of(n->op)->flops;
+        if (flops) p->flops += flops(n, a->in_shape, a->out_shape);
         size_t w = impl->workspace_bytes ? impl->workspace_bytes(a) : 0;
         if (w > ws) ws = w;
         size_t x = impl->aux_bytes ? impl->aux_bytes(a) : 0;
