@@ -169,12 +169,12 @@ int unet_op_check(unet_op op, char *err, size_t errlen) {
     }
     const unet_op_row *r = &op_table[op];
     const char *lacks = !r->name                             ? "a name"
-                        : !r->infer                          ? "a shape rule (infer)"
-                        : r->reads_inputs == UNET_READS_UNSET ? "what its backward reads of its inputs"
-                        : r->reads_output == UNET_READS_UNSET ? "what its backward reads of its output"
+                        : !r->infer                          ? "a shape rule"
+                        : r->reads_inputs == UNET_READS_UNSET ? "whether its backward reads its inputs"
+                        : r->reads_output == UNET_READS_UNSET ? "whether its backward reads its output"
                                                               : NULL;
     if (!lacks) return 0;
-    snprintf(err, errlen, "op %d (%s) has no %s in the op table (src/host/core/op_table.c)", (int)op,
+    snprintf(err, errlen, "op %d (%s): its row in the op table (src/host/core/op_table.c) lacks %s", (int)op,
              r->name ? r->name : "unnamed", lacks);
     return -1;
 }
