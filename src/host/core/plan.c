@@ -172,15 +172,18 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
         snprintf(err, errlen, "batch size must be at least 1, got %d", cfg.batch);
         return NULL;
     }
-    if (unet_check_tile(g, cfg, err, errlen)) return NULL;
+    unet_shape *shapes = xcalloc((size_t)g->n_values, sizeof *shapes);
+    if (unet_infer_tile(g, cfg, shapes, err, errlen)) {
+        free(shapes);
+        return NULL;
+    }
     unet_plan *p = xcalloc(1, sizeof *p);
     p->g = g;
     p->pb = pb;
     p->b = pb->backend;
     p->cfg = cfg;
+    p->shapes = shapes;
     const int NV = g->n_values, NN = g->n_nodes;
-    p->shapes = xcalloc((size_t)NV, sizeof *p->shapes);
-    unet_infer_all(g, cfg, p->shapes, err, errlen);
     p->act = xcalloc((size_t)NV, sizeof(int));
     p->grad = xcalloc((size_t)NV, sizeof(int));
     p->aux = xcalloc((size_t)NN, sizeof(int));

@@ -70,13 +70,9 @@ void unet_graph_nearest_valid(const unet_graph *g, int size, int *below, int *ab
         if (size_is_valid(g, s)) *above = s;
 }
 
-int unet_check_tile(const unet_graph *g, unet_plan_cfg cfg, char *err, size_t errlen) {
-    unet_shape *shapes = calloc((size_t)g->n_values, sizeof *shapes);
-    if (!shapes) abort();
+int unet_infer_tile(const unet_graph *g, unet_plan_cfg cfg, unet_shape *shapes, char *err, size_t errlen) {
     char why[512];
-    int rc = unet_infer_all(g, cfg, shapes, why, sizeof why);
-    free(shapes);
-    if (!rc) return 0;
+    if (!unet_infer_all(g, cfg, shapes, why, sizeof why)) return 0;
     if (cfg.input_shapes || cfg.height != cfg.width) {
         snprintf(err, errlen, "%s", why);
         return -1;
