@@ -18,10 +18,8 @@
 
 #include "unet/plan.h"
 
-static void die(const char *msg, const char *arg) {
-    fprintf(stderr, "unet_opinfo: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
-    exit(2);
-}
+#define TOOL_NAME "unet_opinfo"
+#include "tool_common.h"
 
 static const unet_backend *backend_named(const char *name) {
     if (!strcmp(name, "cpu")) return unet_cpu_backend();
