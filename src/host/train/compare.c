@@ -26,6 +26,7 @@
 
 #include <json-c/json.h>
 
+#include "host/common/util.h"
 #include "host/train/session.h"
 #include "unet/bench.h"
 #include "unet/checkpoint.h"
@@ -82,12 +83,6 @@ typedef struct {
 
 static const char *const model_names[] = {"unet", "unet_e", "unet_plus", "unetpp", "wide_unet"};
 #define WIDE_UNET 4
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
 
 /* mkdir -p */
 static int make_dirs(const char *path, char *err, size_t errlen) {
@@ -643,7 +638,7 @@ int unet_run_compare(unet_config *cfg) {
     size_t match_target = 0;
     unet_model_cfg match_ref;
     memset(&match_ref, 0, sizeof match_ref);
-    const double t0 = now_s();
+    const double t0 = unet_now_s();
 
     if (!cfg->out_dir[0] || !cfg->data[0] || (!cfg->val[0] && !(cfg->val_fraction > 0))) {
         snprintf(err, sizeof err, "needs --data D.h5, validation data (--val V.h5 or --val-fraction F) and --out DIR");
@@ -742,14 +737,14 @@ int unet_run_compare(unet_config *cfg) {
     time_t now = time(NULL);
     strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
     report r = {.cfg = cfg, .models = models, .n_models = n_models, .device = desc, .machine = machine, .date = date,
-                .wall_s = now_s() - t0, .match_target = match_target, .match_ref = &match_ref};
+                .wall_s = unet_now_s() - t0, .match_target = match_target, .match_ref = &match_ref};
     out_path(path, sizeof path, cfg->out_dir, "report.json");
     if (write_json(&r, path, err, sizeof err)) goto fail;
     int plots = draw_plots(cfg->out_dir);
     out_path(path, sizeof path, cfg->out_dir, "report.md");
     if (write_markdown(&r, path, plots, err, sizeof err)) goto fail;
     printf("wrote %s/report.md, report.json%s and runs/ (%.0f s)\n", cfg->out_dir, plots ? ", val_iou.png, pruning.png" : "",
-           now_s() - t0);
+           unet_now_s() - t0);
     code = 0;
     goto done;
 fail:

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "host/common/util.h"
 #include "host/train/session.h"
 #include "host/train/step.h"
 #include "unet/augment.h"
@@ -20,12 +21,6 @@
 
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
 
 /* A one-line progress bar on a terminal; nothing when stderr is a file. */
 static void progress(long step, long steps, double loss, double ips, double elapsed) {
@@ -362,7 +357,7 @@ int unet_run_train(unet_config *cfg) {
     signal(SIGTERM, on_signal);
     signal(SIGUSR1, on_signal);
 
-    double t0 = now_s(), t_log = t0;
+    double t0 = unet_now_s(), t_log = t0;
     long imgs_since_log = 0;
     double loss = 0;
     char line[16384]; /* a validation line: per-class metrics of up to 64 classes, per-head of up to 8 heads */
@@ -413,7 +408,7 @@ int unet_run_train(unet_config *cfg) {
         imgs_since_log += (long)cfg->batch * world; /* the job's images, not this rank's */
         if (logged) {
             s.backend->sync(s.backend);
-            double t = now_s(), ips = imgs_since_log / (t - t_log);
+            double t = unet_now_s(), ips = imgs_since_log / (t - t_log);
             t_log = t;
             imgs_since_log = 0;
             int n = snprintf(line, sizeof line, "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"images_per_s\": %.4g",
