@@ -4,21 +4,16 @@
  * with the backend synchronised around each step. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <json-c/json.h>
 
+#include "host/common/util.h"
+#include "host/train/session.h"
 #include "host/train/step.h"
 #include "unet/bench.h"
+#include "unet/commands.h"
 #include "unet/plan.h"
 #include "unet/rng.h"
-#include "unet/train.h"
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -63,13 +58,13 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     if (stepper.mode == UNET_STEP_WARMING && warmup <= UNET_GRAPH_WARMUP) warmup = UNET_GRAPH_WARMUP + 1;
     int total = warmup + c->steps;
     for (int s = 0; s < total; s++) {
-        double t0 = now_ms();
+        double t0 = unet_now_s();
         unet_stepper_run(&stepper, s, unet_rng_key(c->seed, 0xd0, (uint64_t)s));
         /* a loss read waits for the step: only the first and the last */
         if (!c->inference && s == 0) r->first_loss = unet_plan_loss(plan, NULL);
         if (!c->inference && s == total - 1) r->last_loss = unet_plan_loss(plan, NULL);
         b->sync(b);
-        if (s >= warmup) times[s - warmup] = now_ms() - t0;
+        if (s >= warmup) times[s - warmup] = (unet_now_s() - t0) * 1e3;
     }
     r->cuda_graph = unet_stepper_replaying(&stepper);
     snprintf(r->cuda_graph_note, sizeof r->cuda_graph_note, "%s", stepper.why);

@@ -27,9 +27,12 @@
 #include <json-c/json.h>
 
 #include "host/common/util.h"
+#include "host/model/match.h"
+#include "host/train/evaluate.h"
 #include "host/train/session.h"
 #include "unet/bench.h"
 #include "unet/checkpoint.h"
+#include "unet/commands.h"
 
 extern char **environ;
 

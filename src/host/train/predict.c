@@ -7,8 +7,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "host/train/checkpoint_config.h"
 #include "host/train/session.h"
 #include "unet/checkpoint.h"
+#include "unet/commands.h"
+#include "unet/data.h"
+#include "unet/metrics.h"
+#include "unet/tiling.h"
 
 /* Model and tile from the checkpoint unless given; then backend, weights,
  * an inference plan and its tiling. */

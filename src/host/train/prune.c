@@ -7,9 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "host/train/checkpoint_config.h"
 #include "host/train/session.h"
 #include "unet/checkpoint.h"
-#include "unet/train.h"
+#include "unet/commands.h"
 
 int unet_run_prune(unet_config *cfg) {
     char err[1024] = "";

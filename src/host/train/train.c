@@ -11,8 +11,10 @@
 #include <unistd.h>
 
 #include "host/common/util.h"
+#include "host/train/evaluate.h"
 #include "host/train/session.h"
 #include "host/train/step.h"
+#include "unet/commands.h"
 #include "unet/augment.h"
 #include "unet/checkpoint.h"
 #include "unet/dist.h"
