@@ -35,8 +35,9 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     int32_t *label = NULL;
     double *times = NULL;
     if (unet_param_blocks_alloc(&pb, b, g, o->kind != UNET_OPT_SGD, err, errlen)) goto out_model;
-    tp = calloc(pb.n_trainable + 1, sizeof(float));
-    ts = calloc(pb.n_state + 1, sizeof(float));
+    if (!(tp = unet_alloc_zeroed(pb.n_trainable, sizeof(float), "the parameters", err, errlen)) ||
+        !(ts = unet_alloc_zeroed(pb.n_state, sizeof(float), "the batch norm statistics", err, errlen)))
+        goto out;
     unet_param_init_host(g, c->seed, tp, ts);
     b->upload_f32(b, pb.params, tp, pb.n_trainable);
     if (pb.n_state) b->upload_f32(b, pb.state, ts, pb.n_state);
@@ -44,14 +45,15 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     plan = unet_plan_compile(g, &pb, pc, err, errlen);
     if (!plan) goto out;
     size_t npix = (size_t)c->batch * c->tile * c->tile;
-    image = malloc(npix * m->in_channels * sizeof(float));
-    label = malloc(npix * sizeof(int32_t));
+    if (!(image = unet_alloc(npix * m->in_channels, sizeof(float), "a batch", err, errlen)) ||
+        !(label = unet_alloc(npix, sizeof(int32_t), "a batch's labels", err, errlen)) ||
+        !(times = unet_alloc_zeroed((size_t)c->steps + 1, sizeof(double), "the step times", err, errlen)))
+        goto out;
     uint64_t key = unet_rng_key(c->seed, 0xbe7c, 0);
     for (size_t i = 0; i < npix * m->in_channels; i++) image[i] = unet_uniform(key, i);
     int k = m->classes > 1 ? m->classes : 2;
     for (size_t i = 0; i < npix; i++) label[i] = (int32_t)(unet_uniform(key, npix * m->in_channels + i) * k) % k;
     unet_plan_set_inputs(plan, image, label, NULL);
-    times = calloc((size_t)c->steps + 1, sizeof(double));
     unet_stepper_cfg sc = {.plan = plan, .pb = &pb, .optim = c->inference ? NULL : o, .graph = c->graph};
     unet_stepper_init(&stepper, &sc);
     int warmup = c->warmup;
