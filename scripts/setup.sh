@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 # Dockerfile installs the same list (keep them in step: tests/cpu/test_dockerfile.py checks).
 PACKAGES=(build-essential cmake pkg-config libhdf5-dev libjson-c-dev libpng-dev libtiff-dev
           python3 python3-pip python3-numpy python3-scipy python3-h5py python3-matplotlib python3-pytest
-          python3-torch python3-pil libopenmpi-dev openmpi-bin)
+          python3-torch python3-torchvision python3-pil libopenmpi-dev openmpi-bin)
 # For the tests alone, not the image: a real single-node Slurm (tests/cpu/test_slurm.py).
-TEST_PACKAGES=(slurm-wlm munge)
+TEST_PACKAGES=(slurm-wlm munge python3-venv)
 
 missing=()
 for p in "${PACKAGES[@]}" "${TEST_PACKAGES[@]}"; do
@@ -23,6 +23,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The tests' PyPI packages (ONNX, ONNX Runtime, segmentation-models-pytorch) in .venv, beside Debian's torch
+# (tests/requirements*.txt say why some go in without their dependencies); tests/CMakeLists.txt runs pytest from it.
+if [ ! -x .venv/bin/python ] || ! cmp -s tests/requirements.txt .venv/requirements.txt \
+     || ! cmp -s tests/requirements-nodeps.txt .venv/requirements-nodeps.txt; then
+  echo "setup: installing the tests' Python packages into .venv"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -r tests/requirements-nodeps.txt
+  cp tests/requirements.txt tests/requirements-nodeps.txt .venv/
 fi
 
 # nvcc lives outside PATH on most CUDA installs
