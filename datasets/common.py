@@ -1,11 +1,45 @@
-"""What the dataset scripts share: separating touching cells, and writing the
-HDF5 layout unet reads (raw, label, instances; gzip + shuffle, one chunk per
-image, written to a temporary file and renamed so no half-written file is
-left behind)."""
+"""What the dataset scripts share: fetching a pinned wheel from PyPI,
+separating touching cells, and writing the HDF5 layout unet reads (raw,
+label, instances; gzip + shuffle, one chunk per image, written to a temporary
+file and renamed so no half-written file is left behind)."""
+import argparse
+import glob
 import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
+
+
+def wheel_script_args(doc, files):
+    """The command line of a script that makes files from a fetched wheel:
+    --out and --cache, the cache defaulting to <out>/cache."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--out", default="data", help=f"folder for {files}")
+    ap.add_argument("--cache", default=None, help="folder for the downloaded wheel (default <out>/cache)")
+    args = ap.parse_args()
+    args.cache = args.cache or os.path.join(args.out, "cache")
+    return args
+
+
+def fetch_wheel(requirement, cache, who):
+    """The cached wheel of requirement ("name==version"), or pip downloads it
+    into cache (binary only, so nothing is built; no dependencies, since only
+    its files are read). who names the script in the error."""
+    os.makedirs(cache, exist_ok=True)
+    name, version = requirement.split("==")
+    pattern = os.path.join(cache, f"{name}-{version}-*.whl")
+    found = sorted(glob.glob(pattern))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               requirement, "-d", cache]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(glob.glob(pattern))
+        if r.returncode != 0 or not found:
+            sys.exit(f"{who}: `{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}: "
+                     f"check the network (PyPI) or put a {name}-{version} wheel in {cache}")
+    return found[0]
 
 
 def separate_touching(inst):

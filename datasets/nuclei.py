@@ -23,18 +23,15 @@ Reads the TIFFs with PIL (Debian: python3-pil); the wheel comes through
 
     python3 datasets/nuclei.py [--out data] [--cache data/cache]
 """
-import argparse
-import glob
 import hashlib
 import io
 import os
-import subprocess
 import sys
 import zipfile
 
 import numpy as np
 
-from common import separate_touching, write_h5
+from common import fetch_wheel, separate_touching, wheel_script_args, write_h5
 
 STARDIST = "stardist==0.9.1"
 MEMBERS = {
@@ -42,23 +39,6 @@ MEMBERS = {
     "mask2d": ("stardist/data/images/mask2d.tif", "59ad5e820b7982ca9d13e946fa6e7f64e2714899e00a2ae6c69aa79aad53d46f"),
 }
 VAL_ROWS = 128  # bottom quarter of the 512 rows
-
-
-def fetch_wheel(cache):
-    """The cached wheel, or pip downloads it (binary only: nothing is built)."""
-    os.makedirs(cache, exist_ok=True)
-    name, version = STARDIST.split("==")
-    pattern = os.path.join(cache, f"{name}-{version}-*.whl")
-    found = sorted(glob.glob(pattern))
-    if not found:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-               STARDIST, "-d", cache]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(glob.glob(pattern))
-        if r.returncode != 0 or not found:
-            sys.exit(f"nuclei.py: `{' '.join(cmd)}` failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}: "
-                     f"check the network (PyPI) or put a {name}-{version} wheel in {cache}")
-    return found[0]
 
 
 def extract(wheel):
@@ -104,11 +84,8 @@ def convert(image, mask, out_dir, val_rows=VAL_ROWS):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="data", help="folder for nuclei_train.h5 and nuclei_val.h5")
-    ap.add_argument("--cache", default=None, help="folder for the downloaded wheel (default <out>/cache)")
-    args = ap.parse_args()
-    tiffs = extract(fetch_wheel(args.cache or os.path.join(args.out, "cache")))
+    args = wheel_script_args(__doc__, "nuclei_train.h5 and nuclei_val.h5")
+    tiffs = extract(fetch_wheel(STARDIST, args.cache, "nuclei.py"))
     image, mask = read_tiff(tiffs["img2d"]), read_tiff(tiffs["mask2d"])
     train, val = convert(image, mask, args.out)
     print(f"{train}, {val}: {image.shape[0] - VAL_ROWS} + {VAL_ROWS} rows of {image.shape[1]}, "

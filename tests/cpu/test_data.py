@@ -396,6 +396,72 @@ def test_nuclei_checksums(tmp_path):
         nuclei.extract(str(wheel))
 
 
+def mnfinder_wheel(path, members):
+    """A zip laid out as the mnfinder wheel: {name under mnfinder/: array}, .tif and .png through PIL."""
+    import io
+    import zipfile
+    from PIL import Image
+    with zipfile.ZipFile(path, "w") as z:
+        for name, a in members.items():
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="TIFF" if name.endswith(".tif") else "PNG")
+            z.writestr("mnfinder/" + name, buf.getvalue())
+    return str(path)
+
+
+def test_mnfinder_conversion(tmp_path):
+    import mnfinder
+    from common import separate_touching
+    rng = np.random.default_rng(7)
+    image = rng.integers(600, 9000, (40, 52)).astype(np.uint16)  # a grid of 16-px tiles: rows 4..35, cols 2..49
+    ids = np.zeros((40, 52), np.int32)  # blue = id + 1, 0 = no nucleus
+    ids[6:14, 4:12], ids[6:14, 12:20] = 6, 7      # nuclei 5 and 6 touch
+    ids[26:32, 30:36] = 6                         # a second piece of nucleus 5
+    ids[20:26, 40:46] = 1                         # a nucleus of id 0
+    nuclei = np.zeros((40, 52, 4), np.uint8)
+    nuclei[ids > 0] = 255
+    nuclei[..., 2] = np.maximum(ids - 1, 0)
+    dots = np.zeros((40, 52, 4), np.uint8)
+    dots[16:18, 8:10] = dots[30:32, 20:22] = (255, 188, 5, 255)  # two micronuclei of nucleus 5
+    other = rng.integers(0, 200, (32, 32)).astype(np.uint8)
+    empty = np.zeros((32, 32, 4), np.uint8)
+    wheel = mnfinder_wheel(tmp_path / "mnfinder-1.2.3-py3-none-any.whl", {
+        "training-data/a/images/1.tif": image, "training-data/a/nucleus_masks/1.png": nuclei,
+        "training-data/a/mn_masks/1.png": dots,
+        "validation-data/b/images/2.tif": other, "validation-data/b/nucleus_masks/2.png": empty,
+        "validation-data/b/mn_masks/2.png": empty,
+        "test-data/c/images/3.tif": image, "test-data/c/nucleus_masks/3.png": nuclei,  # a training image again
+        "test-data/c/mn_masks/3.png": dots})
+    parts = mnfinder.convert(mnfinder.read_images(wheel), str(tmp_path), tile=16)
+    assert parts["train"][1:] == (1, 6) and parts["val"][1:] == (1, 4), "the repeated training image is dropped"
+    with h5py.File(parts["train"][0]) as f:
+        origins = f.attrs["tile_origin"]
+        assert [tuple(o) for o in origins] == [(0, y, x) for y in (4, 20) for x in (2, 18, 34)]
+        raw, inst, mn = (np.zeros((40, 52), f[k].dtype) for k in ("raw", "instances", "micronuclei"))
+        for k, (_, y, x) in enumerate(origins):
+            for whole, part in ((raw, "raw"), (inst, "instances"), (mn, "micronuclei")):
+                whole[y:y + 16, x:x + 16] = f[part][k]
+        np.testing.assert_array_equal(f["label"][:], f["instances"][:] > 0)
+        assert f["raw"].dtype == np.float32 and f["raw"].compression == "gzip" and f["raw"].chunks == (1, 16, 16)
+    lo, hi = np.percentile(image, (1, 99.8))
+    np.testing.assert_allclose(raw[4:36, 2:50], ((image - lo) / (hi - lo))[4:36, 2:50], rtol=1e-6)
+    assert len(np.unique(inst)) == 5, "four nuclei: two pieces of one id, one of id 0, and its neighbour"
+    assert inst[10, 8] != inst[28, 33] and inst[22, 42] > 0
+    np.testing.assert_array_equal(inst > 0, separate_touching(ids) > 0)
+    assert inst[10, 11] > 0 and inst[10, 12] == 0, "touching nuclei are parted"
+    assert len(np.unique(mn)) == 3 and (mn[16:18, 8:10] > 0).all()
+    for part in ("train", "val"):
+        datatest("--data", parts[part][0], "--info", "--classes", 2)
+
+
+def test_mnfinder_checksum(tmp_path):
+    import mnfinder
+    wheel = tmp_path / "mnfinder-1.2.3-py3-none-any.whl"
+    wheel.write_bytes(b"not the wheel")
+    with pytest.raises(SystemExit, match="sha256"):
+        mnfinder.check_wheel(str(wheel))
+
+
 @pytest.mark.skipif(not os.path.isdir(ISBI), reason="no ../shared/data/isbi2012")
 def test_isbi2012_converter(tmp_path):
     import isbi2012
