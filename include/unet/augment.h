@@ -32,6 +32,10 @@
 
 #include "unet/data.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { UNET_INTERP_CUBIC, UNET_INTERP_LINEAR } unet_interp;
 
 typedef struct {
@@ -133,5 +137,9 @@ int unet_cuda_warp_batch(unet_cuda_warper *w, int count, const unet_warp *warps,
                          const int32_t *src_label, const float *src_weight, float *raw, int32_t *label,
                          float *weight, char *err, size_t errlen);
 void unet_cuda_warper_free(unet_cuda_warper *w);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -18,6 +18,10 @@
 #include "unet/graph.h"
 #include "unet/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct unet_backend unet_backend;
 
 /* Sums n doubles over the replicas of a data-parallel run, in place, on the
@@ -136,5 +140,9 @@ const unet_backend *unet_cpu_backend(void);
  * (--fast-nondeterministic). */
 const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
                                       size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -12,6 +12,10 @@
 #include "unet/model.h"
 #include "unet/optim.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define UNET_CONFIG_MAX_OPTIONS 128
 #define UNET_CONFIG_STRING_MAX 4095 /* longest path or key a string option takes */
 
@@ -176,5 +180,9 @@ typedef struct {
     unet_cli_handler run;
 } unet_cli_command_impl;
 int unet_cli_dispatch(int argc, char **argv, const unet_cli_command_impl *impls, int n_impls);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

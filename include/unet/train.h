@@ -7,6 +7,10 @@
 #include "unet/backend.h"
 #include "unet/config.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 int unet_run_train(unet_config *cfg);
 int unet_run_predict(unet_config *cfg);
 int unet_run_eval(unet_config *cfg);
@@ -29,5 +33,9 @@ const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size
  * with the reason in why. *precision: the precision's name. */
 const unet_backend *unet_config_cuda_backend(const unet_config *cfg, int index, const char **precision, char *why,
                                              size_t whylen);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -34,11 +34,7 @@
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
-
-/* The project's C headers have no linkage guards (see common.h). */
-extern "C" {
 #include "unet/augment.h"
-}
 #include "host/data/warp_math.h"
 
 /* One sample as the kernels see it: the resolved warp with device pointers. */

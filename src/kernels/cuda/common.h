@@ -8,13 +8,12 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
-/* The project's headers are C without linkage guards: the .cu files must
- * see their functions (unet_op_name, unet_cuda_backend) with C linkage. */
+#include "unet/backend.h"
+
+/* C linkage: the backend's C file (cudnn_graph.c) calls the reporter defined in backend.cu. */
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#include "unet/backend.h"
 
 typedef enum { UNET_PREC_FP32, UNET_PREC_TF32, UNET_PREC_BF16 } unet_precision;
 

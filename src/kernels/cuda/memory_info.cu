@@ -2,10 +2,7 @@
 #include <stdio.h>
 
 #include "kernels/cuda/common.h"
-
-extern "C" {
 #include "unet/device_memory.h"
-}
 
 extern "C" int unet_cuda_memory(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err,
                                 size_t errlen) {

@@ -10,12 +10,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "unet/backend.h"
+#include "unet/metrics.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#include "unet/backend.h"
-#include "unet/metrics.h"
 
 /* Device scratch the counting needs for logits of this shape. */
 size_t unet_cuda_seg_counts_workspace_bytes(unet_shape logits);
