@@ -100,7 +100,7 @@ int unet_augment_has_intensity(const unet_augment_cfg *cfg);
 /* ---- the CUDA twin of unet_augment_warp (src/kernels/cuda/augment.cu) ----
  *
  * A batch of warps on the GPU, with the arithmetic of the CPU version (both
- * run src/host/data/warp_math.h): the random draws, the tile positions and
+ * run src/common/warp_math.h): the random draws, the tile positions and
  * the reading of the source windows stay on the host, so a seed gives the
  * same tiles on either; the source windows go up and the tiles are written
  * in device memory, where the training step reads them.

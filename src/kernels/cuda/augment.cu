@@ -6,7 +6,7 @@
  * What is shared and what is not. The host draws (unet_augment_draw, the
  * same counter-based draws as the CPU path) and hands over each sample's
  * unet_warp; every number that decides a pixel is then computed by the
- * functions of src/host/data/warp_math.h, the CPU's own code, here compiled
+ * functions of src/common/warp_math.h, the CPU's own code, here compiled
  * for the device. This file compiles with -fmad=false (CMakeLists.txt): with
  * FMA contraction the device would round a * b + c once where the CPU rounds
  * twice, the source positions would differ in the last bit, and a label
@@ -32,10 +32,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/warp_math.h"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "unet/augment.h"
-#include "host/data/warp_math.h"
 
 /* One sample as the kernels see it: the resolved warp with device pointers. */
 typedef struct {
