@@ -49,7 +49,6 @@ struct unet_cuda_warper {
     unet_cuda_ctx *ctx;
     int batch, channels, tile, context, grid, window; /* window: S = tile + 2 context */
     int cubic;
-    int sync_each; /* UNET_CUDA_SYNC=1: wait after every launch, as the ops do */
     /* device */
     float *src_raw, *src_weight; /* (batch, C, S, S), (batch, S, S) */
     int32_t *src_label;          /* (batch, S, S) */
@@ -129,42 +128,24 @@ static __global__ void warp_kernel(const sample_job *jobs, int items) {
 
 /* ---------------------------------------------------------------------------
  * Errors: a failed CUDA call is not the user's mistake; like every check of
- * the backend it reports the call, the shapes and the device, and ends the
- * run (unet_cuda_fail). It returns only while a CUDA graph is being captured
- * (common.h), where the warp is never called; the callers still stop there.
+ * the backend (common.h) it is reported with the call, the warp's shapes and
+ * the device, and ends the run.
  * ------------------------------------------------------------------------- */
 
-static int failed(const unet_cuda_warper *w, int count, cudaError_t e, const char *call, const char *file, int line) {
-    if (e == cudaSuccess) return 0;
-    char what[640];
-    snprintf(what, sizeof what,
-             "%s (augmentation warp of %d sample(s): source windows %d x %d x %d x %d -> tiles %d x %d x %d x %d, "
-             "elastic grid up to %d, %s, cuda:%d)",
-             call, count, count, w->channels, w->window, w->window, count, w->channels, w->tile, w->tile, w->grid,
-             w->cubic ? "cubic" : "linear", w->ctx->device);
-    unet_cuda_fail(file, line, what, cudaGetErrorString(e), NULL);
-    return 1;
-}
-#define FAILED(w, count, call) failed((w), (count), (call), #call, __FILE__, __LINE__)
+typedef struct {
+    char text[320];
+} work_words;
 
-/* After a launch: its error now, and with UNET_CUDA_SYNC=1 a fault inside it
- * here rather than at a later, unrelated call. */
-static int launch_failed(const unet_cuda_warper *w, int count, const char *kernel, const char *file, int line) {
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && w->sync_each) e = cudaStreamSynchronize(w->ctx->stream);
-    return failed(w, count, e, kernel, file, line);
+/* The warp of `count` samples in words, for the reports of its calls. */
+static work_words describe(const unet_cuda_warper *w, int count) {
+    work_words d;
+    snprintf(d.text, sizeof d.text,
+             "augmentation warp of %d sample(s): source windows %d x %d x %d x %d -> tiles %d x %d x %d x %d, "
+             "elastic grid up to %d, %s",
+             count, count, w->channels, w->window, w->window, count, w->channels, w->tile, w->tile, w->grid,
+             w->cubic ? "cubic" : "linear");
+    return d;
 }
-#define LAUNCH_FAILED(w, count, kernel) launch_failed((w), (count), kernel, __FILE__, __LINE__)
-
-static int upload(const unet_cuda_warper *w, int count, void *dst, const void *host, size_t bytes, const char *what,
-                  const char *file, int line) {
-    if (!bytes) return 0;
-    cudaError_t e = cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, w->ctx->stream);
-    char call[160];
-    snprintf(call, sizeof call, "cudaMemcpyAsync(%s, %zu bytes, host to device)", what, bytes);
-    return failed(w, count, e, call, file, line);
-}
-#define UPLOAD(w, count, dst, host, bytes) upload((w), (count), (dst), (host), (bytes), #dst, __FILE__, __LINE__)
 
 /* ---------------------------------------------------------------------------
  * Host entry points
@@ -172,9 +153,11 @@ static int upload(const unet_cuda_warper *w, int count, void *dst, const void *h
 
 extern "C" void unet_cuda_warper_free(unet_cuda_warper *w) {
     if (!w) return;
+    work_words d = describe(w, w->batch);
+    const unet_cuda_site at = unet_at_work(w->b, d.text, 1);
     void *device[] = {w->src_raw, w->src_weight, w->src_label, w->coef, w->lines, w->grids, w->tables, w->jobs};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
-        if (device[i]) FAILED(w, w->batch, cudaFree(device[i]));
+        if (device[i]) UNET_CUDA_CHECK(cudaFree(device[i]), at);
     free(w->host_jobs);
     free(w->host_grids);
     free(w);
@@ -208,13 +191,8 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
     w->batch = batch, w->channels = channels, w->tile = tile, w->context = context, w->grid = grid;
     w->window = (int)S, w->cubic = cubic;
     /* the calling thread may not be the one that made the backend: allocate on the backend's device */
-    if (FAILED(w, batch, cudaSetDevice(w->ctx->device))) {
-        snprintf(err, errlen, "the GPU augmentation warp: cannot select cuda:%d", w->ctx->device);
-        free(w);
-        return NULL;
-    }
-    const char *sync = getenv("UNET_CUDA_SYNC");
-    w->sync_each = sync && *sync && strcmp(sync, "0") != 0;
+    work_words d = describe(w, batch);
+    UNET_CUDA_CHECK(cudaSetDevice(w->ctx->device), unet_at_work(b, d.text, 0));
 
     const size_t windows = (size_t)batch * channels * S * S, planes = (size_t)batch * S * S;
     struct {
@@ -224,8 +202,8 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
         {(void **)&w->src_raw, windows * sizeof(float)},
         {(void **)&w->src_weight, planes * sizeof(float)},
         {(void **)&w->src_label, planes * sizeof(int32_t)},
-        {(void **)&w->coef, cubic ? windows * sizeof(float) : 0},
-        {(void **)&w->lines, cubic ? windows * sizeof(double) : 0},
+        {(void **)&w->coef, w->cubic ? windows * sizeof(float) : 0},
+        {(void **)&w->lines, w->cubic ? windows * sizeof(double) : 0},
         {(void **)&w->grids, (size_t)batch * grid_stride(w) * sizeof(double)},
         {(void **)&w->tables, (size_t)batch * table_stride(w) * sizeof(double)},
         {(void **)&w->jobs, (size_t)batch * sizeof(sample_job)},
@@ -331,36 +309,35 @@ extern "C" int unet_cuda_warp_batch(unet_cuda_warper *w, int count, const unet_w
     }
     const int C = w->channels, S = w->window, T = w->tile;
     const size_t windows = (size_t)count * C * S * S, planes = (size_t)count * S * S;
-    cudaStream_t stream = w->ctx->stream;
-    if (FAILED(w, count, cudaSetDevice(w->ctx->device)) ||
-        UPLOAD(w, count, w->src_raw, src_raw, windows * sizeof(float)) ||
-        UPLOAD(w, count, w->src_label, src_label, planes * sizeof(int32_t)) ||
-        UPLOAD(w, count, w->src_weight, src_weight, planes * sizeof(float)) ||
-        (any_field && UPLOAD(w, count, w->grids, w->host_grids, (size_t)count * grid_stride(w) * sizeof(double))) ||
-        UPLOAD(w, count, w->jobs, w->host_jobs, (size_t)count * sizeof(sample_job)))
-        goto fail;
+    const cudaStream_t stream = w->ctx->stream;
+    const cudaMemcpyKind up = cudaMemcpyHostToDevice;
+    work_words d = describe(w, count);
+    const unet_cuda_site at = unet_at_work(w->b, d.text, 0);
+    UNET_CUDA_CHECK(cudaSetDevice(w->ctx->device), at);
+    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_raw, src_raw, windows * sizeof(float), up, stream), at);
+    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_label, src_label, planes * sizeof(int32_t), up, stream), at);
+    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_weight, src_weight, planes * sizeof(float), up, stream), at);
+    if (any_field)
+        UNET_CUDA_CHECK(cudaMemcpyAsync(w->grids, w->host_grids, count * grid_stride(w) * sizeof(double), up, stream),
+                        at);
+    UNET_CUDA_CHECK(cudaMemcpyAsync(w->jobs, w->host_jobs, count * sizeof(sample_job), up, stream), at);
     if (any_field) {
         field_kernel<<<count, UNET_THREADS, 0, stream>>>(w->jobs, w->grids, grid_stride(w), w->tables,
                                                          table_stride(w));
-        if (LAUNCH_FAILED(w, count, "field_kernel")) goto fail;
+        UNET_CUDA_LAUNCHED_AT("field_kernel", at);
     }
     if (any_prefilter) {
         const long long lines = (long long)count * C * S;
         const double zn1 = pow(UNET_SPLINE_POLE, S - 1);
         spline_rows_kernel<<<unet_blocks_for(lines), UNET_THREADS, 0, stream>>>(w->jobs, w->src_raw, w->coef,
                                                                                 w->lines, C, S, lines, zn1);
-        if (LAUNCH_FAILED(w, count, "spline_rows_kernel")) goto fail;
+        UNET_CUDA_LAUNCHED_AT("spline_rows_kernel", at);
         spline_columns_kernel<<<unet_blocks_for(lines), UNET_THREADS, 0, stream>>>(w->jobs, w->coef, C, S, lines,
                                                                                    zn1);
-        if (LAUNCH_FAILED(w, count, "spline_columns_kernel")) goto fail;
+        UNET_CUDA_LAUNCHED_AT("spline_columns_kernel", at);
     }
-    {
-        unet_plane_launch l = unet_plane_launch_for(NULL, count, (long long)T * T);
-        warp_kernel<<<l.grid, l.block, 0, stream>>>(w->jobs, T * T);
-        if (LAUNCH_FAILED(w, count, "warp_kernel")) goto fail;
-    }
+    unet_plane_launch l = unet_plane_launch_for(NULL, count, (long long)T * T);
+    warp_kernel<<<l.grid, l.block, 0, stream>>>(w->jobs, T * T);
+    UNET_CUDA_LAUNCHED_AT("warp_kernel", at);
     return 0;
-fail:
-    snprintf(err, errlen, "the GPU augmentation warp failed (the CUDA failure is reported above)");
-    return -1;
 }
