@@ -1,5 +1,9 @@
 /* The backend interface: one op table per backend (CPU, CUDA), plus memory,
- * transfers and the optimizer passes over the contiguous parameter block.
+ * transfers and the optimizer passes over the contiguous parameter block,
+ * and the optional work a backend may offer beyond the ops (the free memory
+ * of its device, the augmentation warp on it, collective communication
+ * between devices). Everything a backend offers is reached through this
+ * table, never by a backend's function name: the callers need no #ifdef.
  *
  * The core resolves every pointer of a step once, at compile time, into a
  * unet_op_args; a training step is then a flat walk calling forward and
@@ -128,6 +132,16 @@ struct unet_backend {
     unet_capture *(*end_capture)(const unet_backend *b, size_t *nodes, char *why, size_t whylen);
     void (*replay)(const unet_backend *b, unet_capture *c);
     void (*release)(const unet_backend *b, unet_capture *c);
+
+    /* The rest is optional: NULL on a backend that does not offer it (the
+     * CPU backend offers none of it). */
+
+    /* The free and total memory of the backend's device, for planning a run
+     * before it allocates anything (unet info: the largest batch that fits).
+     * free counts what this process and every other holds already, the
+     * backend's own context and handles included. 0, or -1 with one line in
+     * err. */
+    int (*memory_info)(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err, size_t errlen);
 };
 
 /* The CPU backend: the reference, always built. */

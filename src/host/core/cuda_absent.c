@@ -3,7 +3,6 @@
 #include <stdio.h>
 
 #include "unet/backend.h"
-#include "unet/device_memory.h"
 
 const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
                                       size_t errlen) {
@@ -12,12 +11,5 @@ const unet_backend *unet_cuda_backend(int device, const char *precision, int det
     (void)deterministic;
     snprintf(err, errlen, "this unet was built without CUDA (configure with -DUNET_CUDA=ON where nvcc is installed)");
     return NULL;
-}
-
-int unet_cuda_memory(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err, size_t errlen) {
-    (void)b;
-    *free_bytes = *total_bytes = 0;
-    snprintf(err, errlen, "this unet was built without CUDA");
-    return -1;
 }
 #endif

@@ -269,6 +269,20 @@ static void cuda_upload_bytes(const unet_backend *b, void *dst, const void *host
     copy_in(instance_of(b), dst, host, bytes);
 }
 
+/* cudaMemGetInfo of the instance's device: an answer for planning, not a fault, so a failure is returned. */
+static int cuda_memory_info(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err,
+                            size_t errlen) {
+    const cuda_instance *inst = instance_of(b);
+    cudaError_t e = cudaSetDevice(inst->ctx.device);
+    if (e == cudaSuccess) e = cudaMemGetInfo(free_bytes, total_bytes);
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "cudaMemGetInfo on cuda:%d: %s", inst->ctx.device, cudaGetErrorString(e));
+        cudaGetLastError(); /* leave no error for the next check */
+        return -1;
+    }
+    return 0;
+}
+
 static void cuda_sync(const unet_backend *b) {
     const cuda_instance *inst = instance_of(b);
     UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
@@ -622,6 +636,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->end_capture = cuda_end_capture;
     b->replay = cuda_replay;
     b->release = cuda_release;
+    b->memory_info = cuda_memory_info;
     return 0;
 }
 
