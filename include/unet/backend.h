@@ -90,6 +90,11 @@ typedef struct {
 /* A step recorded by a backend that can replay work (a CUDA graph). */
 typedef struct unet_capture unet_capture;
 
+/* One sample's augmentation draw (unet/augment.h), and a backend's buffers
+ * for warping batches of them on its device. */
+typedef struct unet_warp unet_warp;
+typedef struct unet_warper unet_warper;
+
 struct unet_backend {
     const char *name; /* "cpu", "cuda" */
     const unet_op_impl *ops[UNET_OP_COUNT]; /* indexed by unet_op */
@@ -142,6 +147,34 @@ struct unet_backend {
      * backend's own context and handles included. 0, or -1 with one line in
      * err. */
     int (*memory_info)(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err, size_t errlen);
+
+    /* The augmentation warp on the device, twin of unet_augment_warp
+     * (unet/augment.h) with the same arithmetic (src/common/warp_math.h): the
+     * host draws and reads the source windows, the device warps them
+     * straight into the tensors a step reads. No op of the table: the warp
+     * has no backward and is no node of the graph, so the core never sees it.
+     *
+     * warper_create: buffers for batches of up to `batch` samples of
+     * `channels` x tile x tile, from source windows of S = tile + 2 context
+     * pixels a side, elastic grids of up to `grid` points a side (0: no
+     * elastic deformation), raw sampled by a cubic B-spline (cubic: 1, which
+     * also takes S x S x 12 bytes a channel and sample for the prefilter) or
+     * bilinearly. NULL with one line in err (out of device memory, sizes it
+     * cannot take).
+     * warp_batch: warps samples 0 .. count - 1, warps[n] applied to source
+     * window n of the host arrays src_raw (count, C, S, S), src_label and
+     * src_weight (count, S, S), into the device arrays raw (count, C, T, T),
+     * label and weight (count, T, T), as unet_augment_warp would write them;
+     * queued in order with the backend's other work (no synchronisation with
+     * the step that reads them). Host arrays in pageable memory (malloc) may
+     * be reused when it returns. -1 with one line in err for a warp the
+     * warper was not made for (count, grid, interpolation). */
+    unet_warper *(*warper_create)(const unet_backend *b, int batch, int channels, int tile, int context, int grid,
+                                  int cubic, char *err, size_t errlen);
+    int (*warp_batch)(const unet_backend *b, unet_warper *w, int count, const unet_warp *warps, const float *src_raw,
+                      const int32_t *src_label, const float *src_weight, float *raw, int32_t *label, float *weight,
+                      char *err, size_t errlen);
+    void (*warper_free)(const unet_backend *b, unet_warper *w);
 };
 
 /* The CPU backend: the reference, always built. */

@@ -1,7 +1,8 @@
 /* The augmentation warp on the GPU, twin of unet_augment_warp
  * (src/host/data/augment.c): the elastic deformation of the U-Net paper with
  * the flips, quarter turns, rotation and scaling composed into one map, for
- * a batch of source windows at once (the API is in include/unet/augment.h).
+ * a batch of source windows at once: the CUDA backend's warp slots
+ * (warper_create, warp_batch, warper_free in include/unet/backend.h).
  *
  * What is shared and what is not. The host draws (unet_augment_draw, the
  * same counter-based draws as the CPU path) and hands over each sample's
@@ -35,6 +36,7 @@
 #include "common/warp_math.h"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/ops.h"
 #include "unet/augment.h"
 
 /* One sample as the kernels see it: the resolved warp with device pointers. */
@@ -44,7 +46,7 @@ typedef struct {
     double zn1_grid; /* pow(UNET_SPLINE_POLE, grid - 1), from the host */
 } sample_job;
 
-struct unet_cuda_warper {
+struct unet_warper {
     const unet_backend *b;
     unet_cuda_ctx *ctx;
     int batch, channels, tile, context, grid, window; /* window: S = tile + 2 context */
@@ -62,8 +64,8 @@ struct unet_cuda_warper {
     double *host_grids;
 };
 
-static size_t grid_stride(const unet_cuda_warper *w) { return (size_t)2 * w->grid * w->grid; }
-static size_t table_stride(const unet_cuda_warper *w) { return (size_t)3 * w->tile * w->grid; }
+static size_t grid_stride(const unet_warper *w) { return (size_t)2 * w->grid * w->grid; }
+static size_t table_stride(const unet_warper *w) { return (size_t)3 * w->tile * w->grid; }
 
 /* ---------------------------------------------------------------------------
  * Kernels
@@ -137,7 +139,7 @@ typedef struct {
 } work_words;
 
 /* The warp of `count` samples in words, for the reports of its calls. */
-static work_words describe(const unet_cuda_warper *w, int count) {
+static work_words describe(const unet_warper *w, int count) {
     work_words d;
     snprintf(d.text, sizeof d.text,
              "augmentation warp of %d sample(s): source windows %d x %d x %d x %d -> tiles %d x %d x %d x %d, "
@@ -148,10 +150,11 @@ static work_words describe(const unet_cuda_warper *w, int count) {
 }
 
 /* ---------------------------------------------------------------------------
- * Host entry points
+ * The backend's slots
  * ------------------------------------------------------------------------- */
 
-extern "C" void unet_cuda_warper_free(unet_cuda_warper *w) {
+void unet_cuda_warper_free(const unet_backend *b, unet_warper *w) {
+    (void)b;
     if (!w) return;
     work_words d = describe(w, w->batch);
     const unet_cuda_site at = unet_at_work(w->b, d.text, 1);
@@ -163,15 +166,9 @@ extern "C" void unet_cuda_warper_free(unet_cuda_warper *w) {
     free(w);
 }
 
-extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int batch, int channels, int tile,
-                                                     int context, int grid, unet_interp interp, char *err,
-                                                     size_t errlen) {
-    if (!b || strcmp(b->name, "cuda") != 0) {
-        snprintf(err, errlen, "the GPU augmentation warp needs the CUDA backend, got %s", b ? b->name : "none");
-        return NULL;
-    }
+unet_warper *unet_cuda_warper_create(const unet_backend *b, int batch, int channels, int tile, int context, int grid,
+                                     int cubic, char *err, size_t errlen) {
     const long long S = (long long)tile + 2LL * context;
-    const int cubic = interp == UNET_INTERP_CUBIC;
     if (batch < 1 || channels < 1 || tile < 1 || context < 0 || (grid != 0 && (grid < 2 || grid > UNET_WARP_MAX_GRID)) ||
         (cubic && S < 2) || (long long)tile * tile > (1LL << 30) || S * S * channels > (1LL << 40)) {
         snprintf(err, errlen,
@@ -181,7 +178,7 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
                  batch, channels, tile, context, grid, UNET_WARP_MAX_GRID);
         return NULL;
     }
-    unet_cuda_warper *w = (unet_cuda_warper *)calloc(1, sizeof *w);
+    unet_warper *w = (unet_warper *)calloc(1, sizeof *w);
     if (!w) {
         snprintf(err, errlen, "the GPU augmentation warp: out of host memory");
         return NULL;
@@ -189,7 +186,7 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
     w->b = b;
     w->ctx = (unet_cuda_ctx *)b->ctx;
     w->batch = batch, w->channels = channels, w->tile = tile, w->context = context, w->grid = grid;
-    w->window = (int)S, w->cubic = cubic;
+    w->window = (int)S, w->cubic = cubic != 0;
     /* the calling thread may not be the one that made the backend: allocate on the backend's device */
     work_words d = describe(w, batch);
     UNET_CUDA_CHECK(cudaSetDevice(w->ctx->device), unet_at_work(b, d.text, 0));
@@ -222,7 +219,7 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
                      "on the CPU",
                      want[i].bytes / 1048576.0, total / 1048576.0, batch, channels, tile, tile, S, w->ctx->device,
                      cudaGetErrorString(e));
-            unet_cuda_warper_free(w);
+            unet_cuda_warper_free(b, w);
             return NULL;
         }
     }
@@ -230,14 +227,14 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
     w->host_grids = grid ? (double *)calloc((size_t)batch * grid_stride(w), sizeof(double)) : NULL;
     if (!w->host_jobs || (grid && !w->host_grids)) {
         snprintf(err, errlen, "the GPU augmentation warp: out of host memory");
-        unet_cuda_warper_free(w);
+        unet_cuda_warper_free(b, w);
         return NULL;
     }
     return w;
 }
 
 /* Sample n's job: the CPU's decisions (unet_augment_warp), device pointers. */
-static int make_job(const unet_cuda_warper *w, int n, const unet_warp *wp, float *raw, int32_t *label, float *weight,
+static int make_job(const unet_warper *w, int n, const unet_warp *wp, float *raw, int32_t *label, float *weight,
                     sample_job *j, double *grid_values, char *err, size_t errlen) {
     const int T = w->tile, C = w->channels, S = w->window, g = wp->grid;
     const size_t splane = (size_t)S * S, plane = (size_t)T * T;
@@ -290,9 +287,10 @@ static int make_job(const unet_cuda_warper *w, int n, const unet_warp *wp, float
     return 0;
 }
 
-extern "C" int unet_cuda_warp_batch(unet_cuda_warper *w, int count, const unet_warp *warps, const float *src_raw,
-                                    const int32_t *src_label, const float *src_weight, float *raw, int32_t *label,
-                                    float *weight, char *err, size_t errlen) {
+int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const unet_warp *warps,
+                         const float *src_raw, const int32_t *src_label, const float *src_weight, float *raw,
+                         int32_t *label, float *weight, char *err, size_t errlen) {
+    (void)b;
     if (count < 1 || count > w->batch || !warps || !src_raw || !src_label || !src_weight || !raw || !label ||
         !weight) {
         snprintf(err, errlen, "the GPU augmentation warp: %d sample(s) for a warper of %d, every array given: need "

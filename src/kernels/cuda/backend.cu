@@ -637,6 +637,9 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->replay = cuda_replay;
     b->release = cuda_release;
     b->memory_info = cuda_memory_info;
+    b->warper_create = unet_cuda_warper_create;
+    b->warp_batch = unet_cuda_warp_batch;
+    b->warper_free = unet_cuda_warper_free;
     return 0;
 }
 
