@@ -95,6 +95,27 @@ typedef struct unet_capture unet_capture;
 typedef struct unet_warp unet_warp;
 typedef struct unet_warper unet_warper;
 
+/* One face of a data-parallel run's communicator (unet/dist.h): it moves
+ * bytes, and the bucketing, the watchdog and the choice of face are
+ * src/host/dist's. MPI's face sums host memory (src/host/dist/mpi.c); a
+ * backend may open one between its devices (NCCL on CUDA: dist_open). */
+typedef struct unet_dist_face unet_dist_face;
+struct unet_dist_face {
+    const char *name;
+    int host_memory; /* data lives on the host: ops can sum inside a kernel (synchronised batch norm) */
+    /* Starts summing n floats of backend memory in place over the ranks
+     * (average: then divided by the world size); wait finishes every start. */
+    void (*start_sum)(unet_dist_face *f, float *data, size_t n, int average);
+    void (*progress)(unet_dist_face *f); /* NULL: the face progresses by itself */
+    void (*wait)(unet_dist_face *f);
+    void (*sum_f64)(unet_dist_face *f, double *values, int n); /* host memory, blocking */
+    void (*barrier)(unet_dist_face *f);
+    void (*abort)(unet_dist_face *f, int code);
+    void (*close)(unet_dist_face *f);
+};
+/* The bytes rank 0 hands every rank so that their faces find each other. */
+#define UNET_DIST_ID_BYTES 128
+
 struct unet_backend {
     const char *name; /* "cpu", "cuda" */
     const unet_op_impl *ops[UNET_OP_COUNT]; /* indexed by unet_op */
@@ -175,6 +196,15 @@ struct unet_backend {
                       const int32_t *src_label, const float *src_weight, float *raw, int32_t *label, float *weight,
                       char *err, size_t errlen);
     void (*warper_free)(const unet_backend *b, unet_warper *w);
+
+    /* Collective communication between the devices of a data-parallel run
+     * (NCCL on CUDA): rank 0 makes the id, the ranks exchange it (src/host/
+     * dist), and every rank opens its face with it on this backend's device,
+     * summing gradients on its own stream after the backend's work. -1 / NULL
+     * with one line in err. */
+    int (*dist_id)(const unet_backend *b, unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen);
+    unet_dist_face *(*dist_open)(const unet_backend *b, int rank, int world, const unsigned char id[UNET_DIST_ID_BYTES],
+                                 char *err, size_t errlen);
 };
 
 /* The CPU backend: the reference, always built. */
@@ -187,6 +217,9 @@ const unet_backend *unet_cpu_backend(void);
  * (--fast-nondeterministic). */
 const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
                                       size_t errlen);
+/* CUDA devices this process sees, without making a backend (a rank picks
+ * its device by them); 0 without CUDA. */
+int unet_cuda_devices(void);
 
 #ifdef __cplusplus
 }

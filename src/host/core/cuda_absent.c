@@ -12,4 +12,6 @@ const unet_backend *unet_cuda_backend(int device, const char *precision, int det
     snprintf(err, errlen, "this unet was built without CUDA (configure with -DUNET_CUDA=ON where nvcc is installed)");
     return NULL;
 }
+
+int unet_cuda_devices(void) { return 0; }
 #endif

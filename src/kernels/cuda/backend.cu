@@ -640,7 +640,18 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->warper_create = unet_cuda_warper_create;
     b->warp_batch = unet_cuda_warp_batch;
     b->warper_free = unet_cuda_warper_free;
+    b->dist_id = unet_cuda_dist_id;
+    b->dist_open = unet_cuda_dist_open;
     return 0;
+}
+
+extern "C" int unet_cuda_devices(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* no driver, no device: an answer, not a fault */
+        return 0;
+    }
+    return n;
 }
 
 extern "C" const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,

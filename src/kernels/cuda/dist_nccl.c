@@ -1,4 +1,5 @@
-/* The NCCL face of the communicator (src/host/dist/dist.c): gradient buckets
+/* The NCCL face of the communicator (src/host/dist/dist.c), opened through
+ * the CUDA backend's dist_id and dist_open slots: gradient buckets
  * are averaged (ncclAvg) on NCCL's own stream, each after an event that marks
  * where the backward finished it on the compute stream, so the allreduce of
  * the last layers runs while the backward computes the first. wait() makes
@@ -8,19 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "host/dist/dist_internal.h"
 #include "kernels/cuda/common.h"
-
-int unet_dist_cuda_devices(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
-    return n;
-}
+#include "kernels/cuda/ops.h"
 
 #ifdef UNET_HAVE_NCCL
 #include <nccl.h>
 
-_Static_assert(sizeof(ncclUniqueId) == UNET_NCCL_ID_BYTES, "NCCL unique id size");
+_Static_assert(sizeof(ncclUniqueId) == UNET_DIST_ID_BYTES, "NCCL unique id size");
 
 /* A failed CUDA or NCCL call inside a step is not a user error: the backend's
  * checks (common.h) report it, with the communicator in words, and stop. */
@@ -107,19 +102,20 @@ static void nccl_close(unet_dist_face *face) {
     free(f);
 }
 
-int unet_dist_nccl_unique_id(unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+int unet_cuda_dist_id(const unet_backend *b, unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen) {
+    (void)b;
     ncclUniqueId u;
     ncclResult_t r = ncclGetUniqueId(&u);
     if (r != ncclSuccess) {
         snprintf(err, errlen, "ncclGetUniqueId failed: %s (NCCL_DEBUG=INFO tells more)", ncclGetErrorString(r));
         return -1;
     }
-    memcpy(id, u.internal, UNET_NCCL_ID_BYTES);
+    memcpy(id, u.internal, UNET_DIST_ID_BYTES);
     return 0;
 }
 
-unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
-                                    const unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+unet_dist_face *unet_cuda_dist_open(const unet_backend *b, int rank, int world,
+                                    const unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen) {
     const unet_cuda_ctx *ctx = (const unet_cuda_ctx *)b->ctx;
     nccl_face *f = calloc(1, sizeof *f);
     if (!f) {
@@ -139,7 +135,7 @@ unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
         return NULL;
     }
     ncclUniqueId u;
-    memcpy(u.internal, id, UNET_NCCL_ID_BYTES);
+    memcpy(u.internal, id, UNET_DIST_ID_BYTES);
     ncclResult_t r = ncclCommInitRank(&f->comm, world, u, rank);
     if (r != ncclSuccess) {
         f->comm = NULL;
@@ -154,24 +150,20 @@ unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
     return &f->face;
 }
 
-int unet_dist_nccl_built(void) { return 1; }
-
 #else
 
-int unet_dist_nccl_unique_id(unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
-    (void)id;
+int unet_cuda_dist_id(const unet_backend *b, unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen) {
+    (void)b, (void)id;
     snprintf(err, errlen, "--dist nccl: this unet was built with CUDA but without NCCL (install NCCL's headers "
              "and library, then reconfigure)");
     return -1;
 }
 
-unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
-                                    const unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+unet_dist_face *unet_cuda_dist_open(const unet_backend *b, int rank, int world,
+                                    const unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen) {
     (void)b, (void)rank, (void)world, (void)id;
     snprintf(err, errlen, "--dist nccl: this unet was built with CUDA but without NCCL");
     return NULL;
 }
-
-int unet_dist_nccl_built(void) { return 0; }
 
 #endif

@@ -31,6 +31,11 @@ int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const
                          int32_t *label, float *weight, char *err, size_t errlen);
 void unet_cuda_warper_free(const unet_backend *b, unet_warper *w);
 
+/* NCCL (dist_nccl.c): unet_backend's dist_id and dist_open; in a build without NCCL they say so. */
+int unet_cuda_dist_id(const unet_backend *b, unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen);
+unet_dist_face *unet_cuda_dist_open(const unet_backend *b, int rank, int world,
+                                    const unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif
