@@ -220,6 +220,10 @@ const unet_backend *unet_cuda_backend(int device, const char *precision, int det
 /* CUDA devices this process sees, without making a backend (a rank picks
  * its device by them); 0 without CUDA. */
 int unet_cuda_devices(void);
+/* In a build without the CUDA backend, why, in words every refusal of CUDA
+ * work quotes ("this unet was built without CUDA (configure with ...)");
+ * NULL in a build with it. */
+const char *unet_cuda_absent(void);
 
 #ifdef __cplusplus
 }

@@ -82,13 +82,12 @@ int check_augment_device(const unet_config *cfg, const unet_augment_cfg *a, cons
         return -1;
     }
     if (!b->warp_batch) {
-#ifdef UNET_HAVE_CUDA
-        snprintf(err, errlen, "--augment-device cuda warps on the GPU, but this run is on the CPU (--device %s): use "
-                 "--augment-device cpu, or --device cuda on a machine with a GPU", cfg->device);
-#else
-        snprintf(err, errlen, "--augment-device cuda warps on the GPU, but this unet was built without CUDA "
-                 "(configure with -DUNET_CUDA=ON): use --augment-device cpu");
-#endif
+        const char *absent = unet_cuda_absent();
+        if (absent)
+            snprintf(err, errlen, "--augment-device cuda warps on the GPU, but %s: use --augment-device cpu", absent);
+        else
+            snprintf(err, errlen, "--augment-device cuda warps on the GPU, but this run is on the CPU (--device %s): "
+                     "use --augment-device cpu, or --device cuda on a machine with a GPU", cfg->device);
         return -1;
     }
     return 0;

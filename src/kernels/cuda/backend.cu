@@ -654,6 +654,8 @@ extern "C" int unet_cuda_devices(void) {
     return n;
 }
 
+extern "C" const char *unet_cuda_absent(void) { return NULL; }
+
 extern "C" const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
                                                  size_t errlen) {
     unet_precision prec;
