@@ -17,23 +17,10 @@ import subprocess
 import sys
 import tempfile
 
-import h5py
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def make_data(path, n=8, size=256):
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size]
-    label = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        for _ in range(20):
-            cy, cx, r = rng.uniform(10, size - 10), rng.uniform(10, size - 10), rng.uniform(6, 20)
-            label[i][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1
-    raw = np.clip(label * 120 + rng.normal(60, 25, label.shape), 0, 255).astype(np.uint8)
-    with h5py.File(path, "w") as f:
-        f["raw"], f["label"] = raw, label
+from common import HERE
+from unet_testlib import write_discs  # tests/, on the path through common
 
 
 def run(unet, ranks, data, out, steps, model, bucket_mb):
@@ -68,7 +55,8 @@ def main():
     results = []
     with tempfile.TemporaryDirectory() as d:
         data = os.path.join(d, "train.h5")
-        make_data(data)
+        # 8 images of 256 x 256, 20 discs each of radius 6..20, at least 10 pixels from the border
+        write_discs(data, np.random.default_rng(0), 8, 256, 20, (6, 20), 10)
         for ranks in (1, 2):
             for bucket in (25, 1):
                 r = run(unet, ranks, data, d, a.steps, model, bucket)

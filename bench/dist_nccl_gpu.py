@@ -45,10 +45,8 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from train_step_gpu import (Budget, MemoryPoller, classify_failure, cpu_name,  # noqa: E402 (after the path)
-                            engine_cuda_probe, first_line, git_describe, gpu_info, q_median, q_p90, slug, split_known)
+from common import (HERE, Budget, MemoryPoller, classify_failure, command_line, device_entry, engine_ready,
+                    finish_report, first_line, git_describe, q_median, q_p90, report_base, split_known, write_report)
 
 LAUNCH_VARS = ("SLURM_", "OMPI_", "PMIX_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "UNET_RENDEZVOUS")
 ONE_BUCKET_MB = 65536
@@ -228,13 +226,8 @@ def main(argv=None):
     a = parse_args(argv)
     unet = os.path.join(a.build, "unet")
     gpu = a.device == "cuda"
-    if gpu:
-        why = engine_cuda_probe(unet, a.gpu)
-        if why:
-            print(f"dist_nccl_gpu: no GPU for the engine here ({why}): nothing measured, no results written")
-            return 0
-    elif not os.access(unet, os.X_OK):
-        sys.exit(f"dist_nccl_gpu: {unet} is not there or not executable (build first)")
+    if not engine_ready("dist_nccl_gpu", unet, gpu, a.gpu):
+        return 0
     m = model(a.quick)
     r = subprocess.run([unet, "info", "--json", *model_flags(m), "--tile", str(m["tile"])], capture_output=True,
                        text=True)
@@ -244,32 +237,19 @@ def main(argv=None):
     m.update(params=info["params"], grad_bytes=4 * info["params"])
 
     date = datetime.date.today().isoformat()
-    if gpu:
-        g = gpu_info(a.gpu) or {}
-        device = dict(kind="cuda", index=a.gpu, name=g.get("name") or f"cuda:{a.gpu}", driver=g.get("driver"),
-                      memory_total_mib=g.get("memory_total_mib"))
-        dslug = slug(device["name"]) + ("-quick" if a.quick else "")
-    else:
-        device = dict(kind="cpu", name=f"CPU smoke run on {cpu_name()} ({os.cpu_count()} cores)")
-        dslug = "cpu-smoke"
+    device, dslug = device_entry(gpu, a.gpu, a.quick)
     rep = dict(benchmark="dist_nccl_gpu", date=date, started=datetime.datetime.now().isoformat(timespec="seconds"),
                smoke=a.quick, device=device, host=platform.node(), engine_git=git_describe(),
                engine_build=os.path.abspath(a.build),
-               command=" ".join([os.path.relpath(sys.argv[0]) if sys.argv[0] else "dist_nccl_gpu.py", *argv]),
+               command=command_line("dist_nccl_gpu.py", argv),
                settings=dict(batches=a.batch_list, warmup=a.warmup, steps=a.steps, repeats=a.repeats,
                              precision=a.precision if gpu else "fp32 (cpu)", budget_s=a.budget,
                              threads=None if gpu else a.threads),
                model=m, rows=[], partial="in progress")
-    out_dir = a.out if a.out else (None if a.quick else os.path.join(HERE, "results"))
-    base = os.path.join(out_dir, f"dist_nccl_gpu-{date}-{dslug}") if out_dir else None
+    base = report_base(a.out, a.quick, f"dist_nccl_gpu-{date}-{dslug}")
 
     def write():
-        if base:
-            os.makedirs(out_dir, exist_ok=True)
-            with open(base + ".json", "w") as f:
-                json.dump(rep, f, indent=1)
-            with open(base + ".md", "w") as f:
-                f.write(markdown(rep))
+        write_report(base, rep, markdown)
 
     kind = ("QUICK RUN, not the benchmark; " if gpu else "SMOKE RUN, no GPU figure; ") if a.quick else ""
     print(f"dist_nccl_gpu: {device['name']}; " + kind +
@@ -337,13 +317,7 @@ def main(argv=None):
             write()
     skipped = sum(r["status"] == "skipped" for r in rep["rows"])
     rep["partial"] = f"{skipped} rows not run within --budget {a.budget:.0f} s" if skipped else ""
-    rep["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    rep["elapsed_s"] = round(budget.elapsed(), 1)
-    write()
-    print()
-    print(markdown(rep))
-    if base:
-        print(f"wrote {base}.md and {base}.json")
+    finish_report(rep, write, markdown, base, budget.elapsed())
     return 0
 
 

@@ -27,26 +27,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from reference_model import GridNet  # noqa: E402
-
-
-def machine():
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()}
+from common import HERE, machine
+from reference_model import GridNet  # tests/, on the path through common
 
 
 def unet_bench(args, depth):
@@ -98,7 +86,7 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="CPU threads for both (0: all cores)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

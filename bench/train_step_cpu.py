@@ -20,16 +20,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-sys.path.insert(0, HERE)
-from pruning_depth import machine  # noqa: E402
-from reference_model import GridNet, total_loss  # noqa: E402
+from common import HERE, machine
+from reference_model import GridNet, total_loss  # tests/, on the path through common
 
 MODELS = [
     dict(name="U-Net (paper), 572x572, batch 1", model="unet", filters=[64, 128, 256, 512, 1024], padding="valid",

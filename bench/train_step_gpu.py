@@ -60,20 +60,16 @@ import gc
 import json
 import os
 import platform
-import re
-import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.join(HERE, "..")
+from common import (ROOT, Budget, MemoryPoller, classify_failure, command_line, device_entry, engine_ready,
+                    finish_report, first_line, git_describe, q_median, q_p90, report_base, split_known, used_mib,
+                    write_report)
+
 PROTOCOL_MIN = dict(warmup=50, steps=200, repeats=3)
-OOM_RE = re.compile(r"out of (\w+ )?memory|ALLOC_FAILED|cudaErrorMemoryAllocation|OutOfMemory", re.I)
-UNAVAILABLE_RE = re.compile(r"not implemented|not built in|built without|needs the CUDA backend|"
-                            r"needs a GPU of compute capability", re.I)
 
 
 # ---- the models -------------------------------------------------------------
@@ -108,176 +104,6 @@ def models(quick):
             Model("unet-paper", "U-Net 4..32, valid, 2 classes CE, 92x92 (quick)", "unet", f, "valid", 2, 92),
             Model("unetpp", "UNet++ 4..32, same, 1 class BCE+Dice, deep supervision, 32x32 (quick)", "unetpp", f,
                   "same", 1, 32, ds=True)]
-
-
-# ---- shared with bench/dist_nccl_gpu.py --------------------------------------
-
-def nvidia_smi(query, gpu=0):
-    """One nvidia-smi --query-gpu answer as a list of strings, or None."""
-    if not shutil.which("nvidia-smi"):
-        return None
-    try:
-        r = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-i", str(gpu)],
-                           capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if r.returncode or not r.stdout.strip():
-        return None
-    return [x.strip() for x in r.stdout.strip().splitlines()[0].split(",")]
-
-
-def used_mib(gpu=0):
-    v = nvidia_smi("memory.used", gpu)
-    try:
-        return float(v[0]) if v else None
-    except ValueError:
-        return None
-
-
-class MemoryPoller:
-    """The most GPU memory in use (MiB, nvidia-smi -lms) while it runs, minus
-    what was in use when it started: what the work in between added."""
-
-    def __init__(self, gpu, enabled=True):
-        self.gpu, self.peak, self.base, self.proc = gpu, None, None, None
-        self.enabled = enabled and shutil.which("nvidia-smi") is not None
-
-    def __enter__(self):
-        if not self.enabled:
-            return self
-        self.base = used_mib(self.gpu)
-        if self.base is None:
-            return self
-        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                                      "-i", str(self.gpu), "-lms", "50"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-        return self
-
-    def _read(self):
-        for line in self.proc.stdout:
-            try:
-                v = float(line.strip())
-            except ValueError:
-                continue
-            self.peak = v if self.peak is None else max(self.peak, v)
-
-    def __exit__(self, *exc):
-        if self.proc:
-            v = used_mib(self.gpu)  # one more sample, in case the run was shorter than the polling period
-            if v is not None:
-                self.peak = v if self.peak is None else max(self.peak, v)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.thread.join(timeout=5)
-        return False
-
-    def rise_mib(self):
-        if self.base is None or self.peak is None:
-            return None
-        return max(0.0, self.peak - self.base)
-
-
-def gpu_info(gpu=0):
-    v = nvidia_smi("name,driver_version,memory.total", gpu)
-    if not v or len(v) < 3:
-        return None
-    return {"name": v[0], "driver": v[1], "memory_total_mib": float(v[2]) if v[2].replace(".", "").isdigit() else v[2]}
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def slug(s):
-    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") or "unknown"
-
-
-def git_describe():
-    try:
-        h = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                           timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
-        return h + ("+dirty" if dirty else "") if h else None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def first_line(text):
-    lines = [x.strip() for x in (text or "").strip().splitlines() if x.strip()]
-    msg = lines[-1] if lines else ""
-    return msg[len("unet: "):] if msg.startswith("unet: ") else msg
-
-
-def classify_failure(msg):
-    if OOM_RE.search(msg):
-        return "oom"
-    if UNAVAILABLE_RE.search(msg):
-        return "not available"
-    return "error"
-
-
-def engine_cuda_probe(unet, gpu):
-    """None when the engine can run on cuda:gpu, else its reason in words."""
-    if not os.access(unet, os.X_OK):
-        return f"{unet} is not there or not executable (build first)"
-    cmd = [unet, "bench", "--json", "--device", f"cuda:{gpu}", "--precision", "fp32", "--base", "8", "--levels",
-           "3", "--padding", "same", "--tile", "64", "--steps", "1", "--bench-warmup", "0"]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired:
-        return "unet bench on cuda did not answer in 300 s"
-    return None if r.returncode == 0 else first_line(r.stderr) or f"exit {r.returncode}"
-
-
-class Budget:
-    """--budget S: work is started only while it can end within S seconds of the start."""
-
-    def __init__(self, seconds):
-        self.seconds, self.t0 = seconds, time.monotonic()
-
-    def elapsed(self):
-        return time.monotonic() - self.t0
-
-    def left(self):
-        return float("inf") if not self.seconds else self.seconds - self.elapsed()
-
-    def refuse(self, estimate_s=0.0):
-        """A reason not to start work of about estimate_s seconds, or None."""
-        left = self.left()
-        if left <= 0:
-            return f"not run: --budget {self.seconds:.0f} s spent"
-        if estimate_s > left:
-            return f"not run: about {estimate_s:.0f} s estimated, {left:.0f} s of --budget left"
-        return None
-
-
-def split_known(ap, argv, name):
-    """parse_known_args, with a note for what belongs to another benchmark."""
-    args, rest = ap.parse_known_args(argv)
-    if rest:
-        print(f"{name}: ignoring options meant for another benchmark: {' '.join(rest)}", flush=True)
-    return args
-
-
-def q_median(xs):
-    s = sorted(xs)
-    return s[len(s) // 2]
-
-
-def q_p90(xs):
-    """The engine's definition (src/host/train/bench.c): the sorted value at floor(0.9 (n - 1))."""
-    s = sorted(xs)
-    return s[int(0.9 * (len(s) - 1))]
 
 
 # ---- largest batch -----------------------------------------------------------
@@ -452,7 +278,6 @@ def torch_setup(ctx):
         return None, f"PyTorch is not installed beside this Python ({e})"
     if ctx.gpu and not torch.cuda.is_available():
         return None, f"PyTorch {torch.__version__} here has no CUDA"
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
     return torch, None
 
 
@@ -978,13 +803,8 @@ def main(argv=None):
     ms = [all_models[k] for k in a.models.split(",")]
     smoke = a.quick
 
-    if ctx.gpu:
-        why = engine_cuda_probe(ctx.unet, a.gpu)
-        if why:
-            print(f"train_step_gpu: no GPU for the engine here ({why}): nothing measured, no results written")
-            return 0
-    elif not os.access(ctx.unet, os.X_OK):
-        sys.exit(f"train_step_gpu: {ctx.unet} is not there or not executable (build first)")
+    if not engine_ready("train_step_gpu", ctx.unet, ctx.gpu, a.gpu):
+        return 0
 
     torch_why = None
     if not a.skip_torch:
@@ -997,21 +817,13 @@ def main(argv=None):
         torch_why = "--skip-torch"
 
     date = datetime.date.today().isoformat()
-    if ctx.gpu:
-        g = gpu_info(a.gpu) or {}
-        name = g.get("name") or (ctx.torch.cuda.get_device_name(a.gpu) if ctx.torch else f"cuda:{a.gpu}")
-        device = dict(kind="cuda", index=a.gpu, name=name, driver=g.get("driver"),
-                      memory_total_mib=g.get("memory_total_mib"))
-        dslug = slug(name) + ("-quick" if smoke else "")
-    else:
-        device = dict(kind="cpu", name=f"CPU smoke run on {cpu_name()} ({os.cpu_count()} cores)")
-        dslug = "cpu-smoke"
+    device, dslug = device_entry(ctx.gpu, a.gpu, smoke,
+                                 (lambda: ctx.torch.cuda.get_device_name(a.gpu)) if ctx.torch else None)
     report = dict(benchmark="train_step_gpu", date=date, started=datetime.datetime.now().isoformat(timespec="seconds"),
                   smoke=smoke, device=device, host=platform.node(),
                   torch=ctx.torch.__version__ if ctx.torch else f"not used ({torch_why})",
                   engine_git=git_describe(), engine_build=os.path.abspath(a.build),
-                  command=" ".join([os.path.relpath(sys.argv[0]) if sys.argv[0] else "train_step_gpu.py",
-                                    *(sys.argv[1:] if argv is None else argv)]),
+                  command=command_line("train_step_gpu.py", sys.argv[1:] if argv is None else argv),
                   settings=dict(warmup=a.warmup, steps=a.steps, repeats=a.repeats, max_batch=a.max_batch,
                                 batches=a.batches, budget_s=a.budget, peak_tflops=a.peak_tflops,
                                 threads=None if ctx.gpu else a.threads, engine_args=a.engine_args,
@@ -1027,18 +839,11 @@ def main(argv=None):
         report["models"][m.key] = dict(m.as_dict(), params=info["params"], flops_per_image=float(info["flops"]),
                                        output_size=info["output_size"])
 
-    out_dir = a.out if a.out else (None if smoke else os.path.join(HERE, "results"))
-    base = os.path.join(out_dir, f"train_step_gpu-{date}-{dslug}") if out_dir else None
+    base = report_base(a.out, smoke, f"train_step_gpu-{date}-{dslug}")
 
     def write():
         report["ratios"] = ratio_rows(report)
-        if not base:
-            return
-        os.makedirs(out_dir, exist_ok=True)
-        with open(base + ".json", "w") as f:
-            json.dump(report, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(markdown(report))
+        write_report(base, report, markdown)
 
     kind = ("QUICK RUN, not the protocol; " if ctx.gpu else "SMOKE RUN, no GPU figure; ") if smoke else ""
     print(f"train_step_gpu: {device['name']}; " + kind +
@@ -1051,13 +856,7 @@ def main(argv=None):
     run_all(ctx, ms, report, write)
     skipped = sum(r["status"] == "skipped" for r in report["rows"])
     report["partial"] = (f"{skipped} rows not run within --budget {a.budget:.0f} s (0: no limit)" if skipped else "")
-    report["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    report["elapsed_s"] = round(ctx.budget.elapsed(), 1)
-    write()
-    print()
-    print(markdown(report))
-    if base:
-        print(f"wrote {base}.md and {base}.json")
+    finish_report(report, write, markdown, base, ctx.budget.elapsed())
     return 0
 
 

@@ -97,6 +97,17 @@ def single_process_env(**extra):
     return env
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on just now."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def read_safetensors(path):
     """A safetensors file as ({name: (header entry, raw bytes)}, metadata)."""
     import json
@@ -139,10 +150,36 @@ def write_discs(path, rng, n, side, discs, radius, margin, weight=False):
     return path
 
 
+def write_ellipses(path, n, size, seed, weight_seed):
+    """An HDF5 file of n size x size images of datasets/make_ellipses.py
+    (raw and label, drawn from seed) with a random per-pixel weight in
+    [0.5, 1.5) drawn from weight_seed."""
+    import sys
+
+    import h5py
+
+    sys.path.insert(0, os.path.join(SOURCE, "datasets"))
+    import make_ellipses
+
+    raw, label, _ = make_ellipses.make(n, size, seed=seed)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("raw", data=raw)
+        f.create_dataset("label", data=label)
+        f.create_dataset("weight", data=np.random.default_rng(weight_seed).random(label.shape, np.float32) + 0.5)
+    return path
+
+
+def cuda_emulated():
+    """The build under test runs --device cuda on the CPU emulation of CUDA
+    (tests/emu, -DUNET_CUDA_EMU=ON), whose ctest entries set UNET_CUDA_EMULATED=1."""
+    return os.environ.get("UNET_CUDA_EMULATED", "0") not in ("", "0")
+
+
 def gpu_listed():
-    """An NVIDIA GPU is listed by nvidia-smi (UNET_FORCE_GPU_TESTS=1 says yes
-    regardless: an emulator, or a machine whose nvidia-smi is elsewhere)."""
-    if os.environ.get("UNET_FORCE_GPU_TESTS", "0") not in ("", "0"):
+    """An NVIDIA GPU is listed by nvidia-smi, or the build emulates one
+    (UNET_FORCE_GPU_TESTS=1 says yes regardless: a machine whose nvidia-smi
+    is elsewhere)."""
+    if cuda_emulated() or os.environ.get("UNET_FORCE_GPU_TESTS", "0") not in ("", "0"):
         return True
     try:
         r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
@@ -151,7 +188,21 @@ def gpu_listed():
     return r.returncode == 0 and "GPU" in r.stdout
 
 
+def cuda_built():
+    """This build has the CUDA backend: its CMake cache says UNET_CUDA=ON (as
+    scripts/setup.sh reads it). A missing cache is an error, not a skip: BUILD
+    is then not a build at all. An emulated build (tests/emu) has it too."""
+    if cuda_emulated():
+        return True
+    with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
+        return any(line.strip() == "UNET_CUDA:BOOL=ON" for line in f)
+
+
 def requires_gpu(what):
-    """A pytestmark that skips a GPU test file, saying what it would have run."""
+    """A pytestmark that skips a GPU test file, saying what it would have run:
+    where no NVIDIA GPU is listed, or where the build has no CUDA backend."""
     import pytest
-    return pytest.mark.skipif(not gpu_listed(), reason=f"no NVIDIA GPU here (nvidia-smi -L lists none): {what}")
+    if not gpu_listed():
+        return pytest.mark.skipif(True, reason=f"no NVIDIA GPU here (nvidia-smi -L lists none): {what}")
+    return pytest.mark.skipif(not cuda_built(),
+                              reason=f"this build has no CUDA backend (configure with -DUNET_CUDA=ON): {what}")

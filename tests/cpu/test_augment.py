@@ -9,16 +9,14 @@ import os
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from unet_testlib import BUILD, SOURCE
+from unet_testlib import BUILD, write_ellipses
 
 AUGTEST = os.path.join(BUILD, "unet_augtest")
 DATATEST = os.path.join(BUILD, "unet_datatest")
-sys.path.insert(0, os.path.join(SOURCE, "datasets"))
 
 
 def run(*args):
@@ -286,15 +284,7 @@ def test_paper_means_elastic_flip_rot90():
 
 
 def ellipses_file(tmp_path):
-    import make_ellipses
-
-    raw, label, inst = make_ellipses.make(5, 80, seed=1)
-    path = tmp_path / "d.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("raw", data=raw)
-        f.create_dataset("label", data=label)
-        f.create_dataset("weight", data=np.random.default_rng(0).random(label.shape, np.float32) + 0.5)
-    return path
+    return write_ellipses(tmp_path / "d.h5", 5, 80, seed=1, weight_seed=0)
 
 
 def test_loader_same_batches_for_any_worker_count(tmp_path):

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, safetensors_f32, single_process_env, write_discs
+from unet_testlib import BUILD, free_port, safetensors_f32, single_process_env, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 DISTTEST = os.path.join(BUILD, "unet_disttest")
@@ -285,15 +285,6 @@ def test_master_address_and_port_from_slurm():
 
 
 # ---- rendezvous --------------------------------------------------------------------------
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
 
 def rendezvous(mode, world, path, seed, rank0_delay=0.3, timeout=20):
     port = free_port()

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, SOURCE, write_discs
+from unet_testlib import BUILD, SOURCE, free_port, read_safetensors, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 SBATCH_SCRIPT = os.path.join(SOURCE, "scripts", "slurm", "train.sbatch")
@@ -41,14 +41,6 @@ def install_if_missing():
         r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
                            capture_output=True, text=True, env=env)
     return None if have_everything() else f"apt-get install {' '.join(PACKAGES)} failed: {r.stderr[-300:]}"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def sbin(name):
@@ -178,9 +170,7 @@ def train_opts(data, steps, log_every=1):
 
 
 def read_step(path):
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return int(json.loads(f.read(n))["__metadata__"]["unet.step"])
+    return int(read_safetensors(path)[1]["unet.step"])
 
 
 def test_sbatch_trains_with_two_tasks(cluster, data, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from test_data_commands import vrand_reference
-from unet_testlib import BUILD, SOURCE
+from unet_testlib import BUILD, SOURCE, read_safetensors
 
 UNET = os.path.join(BUILD, "unet")
 SMALL = ["--filters", "4,8,16", "--tile", "60", "--batch", "2", "--log-every", "1", "--threads", "1"]
@@ -44,13 +44,9 @@ def data(tmp_path_factory):
 
 
 def tensors(path):
-    """A safetensors file's F32 tensors (name -> bytes) and metadata."""
-    b = open(path, "rb").read()
-    n = int.from_bytes(b[:8], "little")
-    header = json.loads(b[8:8 + n])
-    body = b[8 + n:]
-    meta = header.pop("__metadata__", {})
-    return {k: body[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items()}, meta
+    """A safetensors file's tensors (name -> bytes) and metadata."""
+    entries, meta = read_safetensors(path)
+    return {k: raw for k, (_, raw) in entries.items()}, meta
 
 
 def test_training_learns_and_validates(data, tmp_path):

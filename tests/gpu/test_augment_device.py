@@ -71,8 +71,6 @@ def train(data, out, case, augment_device, *extra):
             "--augment-device", augment_device, "--save", str(out / "c.safetensors"), "--log", str(out / "m.jsonl"),
             *extra]
     r = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600)
-    if "built without CUDA" in r.stderr:
-        pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"augment-device={augment_device}" in r.stdout, r.stdout
     losses = [json.loads(x)["loss"] for x in open(out / "m.jsonl") if '"loss"' in x]

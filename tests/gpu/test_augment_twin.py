@@ -21,18 +21,15 @@ anyway), and where the build has no CUDA backend. UNET_CUDA_SYNC=1 is set
 so that a fault inside a kernel is reported at the kernel."""
 import os
 import subprocess
-import sys
 
-import h5py
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from unet_testlib import BUILD, SOURCE, requires_gpu
+from unet_testlib import BUILD, requires_gpu, write_ellipses
 
 AUGTEST = os.path.join(BUILD, "unet_augtest")
 DATATEST = os.path.join(BUILD, "unet_datatest")
-sys.path.insert(0, os.path.join(SOURCE, "datasets"))
 
 pytestmark = requires_gpu("the GPU augmentation warp runs on a GPU machine")
 
@@ -72,18 +69,6 @@ def warp(d, device, spec, key, batch, tile, context, c, repeat=1):
     label = np.fromfile(d / "label.bin", np.int32).reshape(batch, tile, tile)
     weight = np.fromfile(d / "weight.bin", np.float32).reshape(batch, tile, tile)
     return raw, label, weight, float(out.split("ms ")[1])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cuda_built(tmp_path_factory):
-    d = tmp_path_factory.mktemp("probe")
-    sources(d, np.random.default_rng(0), 1, 1, 8)
-    try:
-        run(AUGTEST, "batch", "--device", "cuda", "--spec", "flip", "--batch", 1, "--tile", 8, "--context", 0,
-            "--channels", 1, "--dir", d)
-    except RuntimeError as e:
-        if "built without CUDA" in str(e):
-            pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
 
 
 CASES = [
@@ -139,14 +124,7 @@ def test_loader_deferred_to_the_gpu(tmp_path):
     """The loader handing its source windows and draws to the GPU warp
     (unet_datatest --defer cuda: reads and draws on the loader's threads, the
     batch warped on the device) gives the batches of the CPU hook."""
-    import make_ellipses
-
-    raw, label, _ = make_ellipses.make(4, 90, seed=3)
-    path = tmp_path / "d.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("raw", data=raw)
-        f.create_dataset("label", data=label)
-        f.create_dataset("weight", data=np.random.default_rng(1).random(label.shape, np.float32) + 0.5)
+    path = write_ellipses(tmp_path / "d.h5", 4, 90, seed=3, weight_seed=1)
     base = ["--data", path, "--batches", "--batch", 3, "--tile", 64, "--margin", 8, "--seed", 4, "--augment",
             "paper,rotate,scale", "--count", 3, "--step", 2, "--workers", 2]
     outputs = []

@@ -29,17 +29,8 @@ pytestmark = requires_gpu("the CUDA conv twins run on a GPU machine")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cuda_backend_built():
-    """Skips the module when the build has no CUDA backend; any other failure
-    of a tiny conv is left to the tests, which report it in full."""
+def cudnn_log():
     os.environ.setdefault("UNET_CUDNN_LOG", "1")
-    x = np.ones((1, 1, 3, 3), np.float32)
-    try:
-        run_op("conv", [x], (1, 1, 1, 1), {"k": 3, "pad": 0, "relu": 0, "out_c": 1},
-               params=[np.ones((1, 1, 3, 3), np.float32), np.zeros(1, np.float32)], backend="cuda")
-    except RuntimeError as e:
-        if "built without CUDA" in str(e):
-            pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
 
 
 def conv_case(g, k, pad, relu, n=None):

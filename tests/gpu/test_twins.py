@@ -43,16 +43,8 @@ pytestmark = requires_gpu("the CUDA kernel twins run on a GPU machine")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cuda_backend_built():
-    """Skips the module when the build has no CUDA backend; any other failure
-    of a tiny op is left to the tests, which report it in full."""
+def cuda_sync():
     os.environ.setdefault("UNET_CUDA_SYNC", "1")
-    x = np.ones((1, 1, 2, 2), np.float32)
-    try:
-        run_op("relu", [x], x.shape, backend="cuda")
-    except RuntimeError as e:
-        if "built without CUDA" in str(e):
-            pytest.skip("this build has no CUDA backend (configure with -DUNET_CUDA=ON)")
 
 
 def assert_same_bits(a, b, what):

@@ -29,41 +29,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "unet/augment.h"
 #include "unet/backend.h"
 #include "unet/metrics.h"
 #include "unet/weightmap.h"
 
-static void die(const char *msg) {
-    fprintf(stderr, "unet_augtest: %s\n", msg);
-    exit(2);
-}
-
-static void *read_file(const char *dir, const char *name, size_t bytes) {
-    char path[2048];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    void *p = malloc(bytes ? bytes : 1);
-    if (!f || !p || fread(p, 1, bytes, f) != bytes) die(path);
-    fclose(f);
-    return p;
-}
-
-static void write_file(const char *dir, const char *name, const void *p, size_t bytes) {
-    char path[2048];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(p, 1, bytes, f) != bytes) die(path);
-    fclose(f);
-}
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
+#define TOOL_NAME "unet_augtest"
+#include "tool_common.h"
 
 static void poison(float *raw, size_t n_raw, int32_t *label, float *weight, size_t n) {
     for (size_t i = 0; i < n_raw; i++) raw[i] = NAN;
@@ -79,8 +52,8 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
     unet_interp interp = UNET_INTERP_LINEAR;
     char err[1024] = "", *copy = strdup(specs);
     for (char *s = strtok(copy, ";"); s; s = strtok(NULL, ";")) {
-        if (n_specs == MAX_SPECS) die("batch: at most 16 specs");
-        if (unet_augment_parse(s, &cfg[n_specs], err, sizeof err)) die(err);
+        if (n_specs == MAX_SPECS) die("batch: at most 16 specs", NULL);
+        if (unet_augment_parse(s, &cfg[n_specs], err, sizeof err)) die(err, NULL);
         int c = unet_augment_context(&cfg[n_specs], tile);
         if (c > context) context = c;
         if (cfg[n_specs].elastic && cfg[n_specs].elastic_sigma > 0 && cfg[n_specs].elastic_grid > grid)
@@ -89,18 +62,18 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
         n_specs++;
     }
     free(copy);
-    if (!n_specs || batch < 1 || tile < 1) die("batch: need --spec, --batch >= 1 and --tile >= 1");
+    if (!n_specs || batch < 1 || tile < 1) die("batch: need --spec, --batch >= 1 and --tile >= 1", NULL);
     if (strcmp(context_text, "auto")) context = atoi(context_text);
     const int S = tile + 2 * context, C = channels;
     const size_t splane = (size_t)S * S, plane = (size_t)tile * tile, G2 = 2 * 64 * 64;
-    float *src_raw = read_file(dir, "src_raw.bin", batch * C * splane * 4);
-    int32_t *src_label = read_file(dir, "src_label.bin", batch * splane * 4);
-    float *src_weight = read_file(dir, "src_weight.bin", batch * splane * 4);
+    float *src_raw = read_exact(dir, "src_raw.bin", batch * C * splane * 4);
+    int32_t *src_label = read_exact(dir, "src_label.bin", batch * splane * 4);
+    float *src_weight = read_exact(dir, "src_weight.bin", batch * splane * 4);
     float *raw = malloc(batch * C * plane * sizeof *raw), *weight = malloc(batch * plane * sizeof *weight);
     int32_t *label = malloc(batch * plane * sizeof *label);
     unet_warp *warps = malloc(batch * sizeof *warps);
     double *grid_values = malloc(batch * G2 * sizeof *grid_values);
-    if (!raw || !weight || !label || !warps || !grid_values) die("out of memory");
+    if (!raw || !weight || !label || !warps || !grid_values) die("out of memory", NULL);
     for (int n = 0; n < batch; n++) unet_augment_draw(&cfg[n % n_specs], key + n, &warps[n], grid_values + n * G2);
     double best = 1e30;
     if (!strcmp(device, "cpu")) {
@@ -111,21 +84,21 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
                 unet_augment_args a = {C, tile, context, src_raw + n * C * splane, src_label + n * splane,
                                        src_weight + n * splane, raw + n * C * plane, label + n * plane,
                                        weight + n * plane, key + n};
-                if (unet_augment_warp(&warps[n], &a, err, sizeof err)) die(err);
+                if (unet_augment_warp(&warps[n], &a, err, sizeof err)) die(err, NULL);
             }
             double t = now_ms() - t0;
             if (t < best) best = t;
         }
     } else if (!strcmp(device, "cuda")) {
         const unet_backend *b = unet_cuda_backend(0, "fp32", 1, err, sizeof err);
-        if (!b) die(err);
+        if (!b) die(err, NULL);
         unet_shape rs = {batch, C, tile, tile}, ps = {batch, 1, tile, tile};
         float *d_raw = b->alloc(b, batch * C * plane * sizeof(float)), *d_weight = b->alloc(b, batch * plane * 4);
         int32_t *d_label = b->alloc(b, batch * plane * 4);
-        if (!d_raw || !d_weight || !d_label) die("device allocation failed");
+        if (!d_raw || !d_weight || !d_label) die("device allocation failed", NULL);
         int cubic = interp == UNET_INTERP_CUBIC;
         unet_warper *wp = b->warper_create(b, batch, C, tile, context, grid, cubic, err, sizeof err);
-        if (!wp) die(err);
+        if (!wp) die(err, NULL);
         for (int r = 0; r < repeat; r++) {
             poison(raw, batch * C * plane, label, weight, batch * plane);
             b->upload(b, d_raw, raw, rs, UNET_F32);
@@ -135,7 +108,7 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
             double t0 = now_ms();
             if (b->warp_batch(b, wp, batch, warps, src_raw, src_label, src_weight, d_raw, d_label, d_weight, err,
                               sizeof err))
-                die(err);
+                die(err, NULL);
             b->sync(b);
             double t = now_ms() - t0;
             if (t < best) best = t;
@@ -146,7 +119,7 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
         b->warper_free(b, wp);
         b->free(b, d_raw), b->free(b, d_label), b->free(b, d_weight);
     } else {
-        die("batch: --device must be cpu or cuda");
+        die("batch: --device must be cpu or cuda", NULL);
     }
     write_file(dir, "raw.bin", raw, batch * C * plane * 4);
     write_file(dir, "label.bin", label, batch * plane * 4);
@@ -158,7 +131,7 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) die("usage: unet_augtest weightmap|warp|apply|batch|parse|vrand [options]");
+    if (argc < 2) die("usage: unet_augtest weightmap|warp|apply|batch|parse|vrand [options]", NULL);
     const char *mode = argv[1], *dir = ".", *spec = "none", *context_text = "0", *device = "cpu";
     int h = 0, w = 0, cells = 0, tile = 0, channels = 1, grid = 0, flip_x = 0, rot90 = 0, linear = 0, repeat = 1,
         cls = 1, batch = 1;
@@ -190,16 +163,14 @@ int main(int argc, char **argv) {
         else if (ARG("--class")) cls = atoi(v);
         else if (ARG("--device")) device = v;
         else if (ARG("--batch")) batch = atoi(v);
-        else {
-            fprintf(stderr, "unet_augtest: unknown or incomplete argument %s\n", a);
-            return 2;
-        }
+        else
+            die("unknown or incomplete argument", a);
 #undef ARG
     }
     char err[1024] = "";
     if (!strcmp(mode, "weightmap")) {
         size_t n = (size_t)h * w;
-        int32_t *label = read_file(dir, "label.bin", n * 4), *c = cells ? read_file(dir, "cells.bin", n * 4) : NULL;
+        int32_t *label = read_exact(dir, "label.bin", n * 4), *c = cells ? read_exact(dir, "cells.bin", n * 4) : NULL;
         float *out = malloc(n * sizeof *out);
         double best = 1e30;
         int k = 0;
@@ -209,7 +180,7 @@ int main(int argc, char **argv) {
             double t = now_ms() - t0;
             if (t < best) best = t;
         }
-        if (k < 0) die("out of memory");
+        if (k < 0) die("out of memory", NULL);
         write_file(dir, "weight.bin", out, n * sizeof *out);
         printf("cells %d ms %.3f\n", k, best);
         free(label), free(c), free(out);
@@ -217,8 +188,8 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(mode, "vrand")) {
         size_t n = (size_t)h * w;
-        uint8_t *pred = read_file(dir, "pred.bin", n);
-        int32_t *label = read_file(dir, "label.bin", n * 4);
+        uint8_t *pred = read_exact(dir, "pred.bin", n);
+        int32_t *label = read_exact(dir, "label.bin", n * 4);
         printf("%.17g\n", unet_vrand(pred, label, h, w, cls));
         free(pred), free(label);
         return 0;
@@ -235,21 +206,22 @@ int main(int argc, char **argv) {
         printf("%s\ncontext %d\nactive %d\n", text, unet_augment_context(&cfg, tile), unet_augment_active(&cfg));
         return 0;
     }
-    if (strcmp(mode, "warp") && strcmp(mode, "apply")) die("mode must be weightmap, warp, apply, batch, parse or vrand");
-    if (!strcmp(mode, "apply") && unet_augment_parse(spec, &cfg, err, sizeof err)) die(err);
+    if (strcmp(mode, "warp") && strcmp(mode, "apply"))
+        die("mode must be weightmap, warp, apply, batch, parse or vrand", NULL);
+    if (!strcmp(mode, "apply") && unet_augment_parse(spec, &cfg, err, sizeof err)) die(err, NULL);
     int context = !strcmp(context_text, "auto") ? unet_augment_context(&cfg, tile) : atoi(context_text);
     const int S = tile + 2 * context, C = channels;
     const size_t splane = (size_t)S * S, plane = (size_t)tile * tile;
-    unet_augment_args a = {C, tile, context, read_file(dir, "src_raw.bin", splane * C * 4),
-                           read_file(dir, "src_label.bin", splane * 4), read_file(dir, "src_weight.bin", splane * 4),
+    unet_augment_args a = {C, tile, context, read_exact(dir, "src_raw.bin", splane * C * 4),
+                           read_exact(dir, "src_label.bin", splane * 4), read_exact(dir, "src_weight.bin", splane * 4),
                            malloc(plane * C * 4), malloc(plane * 4), malloc(plane * 4), key};
     double best = 1e30;
     for (int r = 0; r < repeat; r++) {
         double t0 = now_ms();
         int rc;
         if (!strcmp(mode, "warp")) {
-            double *dy = grid ? read_file(dir, "dy.bin", (size_t)grid * grid * 8) : NULL;
-            double *dx = grid ? read_file(dir, "dx.bin", (size_t)grid * grid * 8) : NULL;
+            double *dy = grid ? read_exact(dir, "dy.bin", (size_t)grid * grid * 8) : NULL;
+            double *dx = grid ? read_exact(dir, "dx.bin", (size_t)grid * grid * 8) : NULL;
             unet_warp wp = {grid, dy, dx, angle, scale, flip_x, rot90, linear ? UNET_INTERP_LINEAR : UNET_INTERP_CUBIC};
             t0 = now_ms();
             rc = unet_augment_warp(&wp, &a, err, sizeof err);
@@ -259,7 +231,7 @@ int main(int argc, char **argv) {
         }
         double t = now_ms() - t0;
         if (t < best) best = t;
-        if (rc) die(err);
+        if (rc) die(err, NULL);
     }
     write_file(dir, "raw.bin", a.raw, plane * C * 4);
     write_file(dir, "label.bin", a.label, plane * 4);

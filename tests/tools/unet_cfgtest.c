@@ -31,12 +31,10 @@
 #include "unet/rng.h"
 #include "unet/safetensors.h"
 
-static char err[2048];
+#define TOOL_NAME "unet_cfgtest"
+#include "tool_common.h"
 
-static void die(const char *msg) {
-    fprintf(stderr, "unet_cfgtest: %s\n", msg);
-    exit(2);
-}
+static char err[2048];
 
 static unet_config *parse_or_die(unet_config *cfg, const char *cmd, int argc, char **argv) {
     unet_config_defaults(cfg);
@@ -50,19 +48,6 @@ static unet_config *parse_or_die(unet_config *cfg, const char *cmd, int argc, ch
         exit(2);
     }
     return cfg;
-}
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) die("cannot open the JSON file");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (fread(s, 1, (size_t)n, f) != (size_t)n) die("cannot read the JSON file");
-    s[n] = 0;
-    fclose(f);
-    return s;
 }
 
 static void print_parsed(const unet_config *cfg) {
@@ -84,14 +69,6 @@ static void print_parsed(const unet_config *cfg) {
     free(model);
 }
 
-static void write_bin(const char *dir, const char *name, const void *p, size_t bytes) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || (bytes && fwrite(p, 1, bytes, f) != bytes)) die("cannot write an output file");
-    fclose(f);
-}
-
 typedef struct {
     unet_model model;
     size_t nt, ns;
@@ -99,7 +76,7 @@ typedef struct {
 } blocks;
 
 static void build(const unet_config *cfg, blocks *b) {
-    if (unet_model_build(&cfg->model, 0, 0, &b->model, err, sizeof err)) die(err);
+    if (unet_model_build(&cfg->model, 0, 0, &b->model, err, sizeof err)) die(err, NULL);
     const unet_graph *g = b->model.graph;
     b->nt = unet_graph_trainable_count(g);
     b->ns = unet_graph_state_count(g);
@@ -113,7 +90,7 @@ static void dump_blocks(const char *dir, const blocks *b) {
     char path[4096];
     snprintf(path, sizeof path, "%s/list.txt", dir);
     FILE *f = fopen(path, "w");
-    if (!f) die("cannot write list.txt");
+    if (!f) die("cannot write list.txt", NULL);
     const unet_param *p = unet_graph_params(b->model.graph);
     for (int k = 0; k < unet_graph_num_params(b->model.graph); k++) {
         fprintf(f, "%s %s %zu %zu", p[k].name, p[k].kind == UNET_PARAM_TRAINABLE ? "param" : "state", p[k].offset,
@@ -122,10 +99,10 @@ static void dump_blocks(const char *dir, const blocks *b) {
         fprintf(f, "\n");
     }
     fclose(f);
-    write_bin(dir, "params.bin", b->params, b->nt * sizeof(float));
-    write_bin(dir, "state.bin", b->state, b->ns * sizeof(float));
-    write_bin(dir, "opt_a.bin", b->opt_a, b->nt * sizeof(float));
-    if (b->opt_b) write_bin(dir, "opt_b.bin", b->opt_b, b->nt * sizeof(float));
+    write_file(dir, "params.bin", b->params, b->nt * sizeof(float));
+    write_file(dir, "state.bin", b->state, b->ns * sizeof(float));
+    write_file(dir, "opt_a.bin", b->opt_a, b->nt * sizeof(float));
+    if (b->opt_b) write_file(dir, "opt_b.bin", b->opt_b, b->nt * sizeof(float));
 }
 
 /* Values unlike any initialisation, so a swapped block shows; the alignment
@@ -139,7 +116,7 @@ static void fill(const unet_graph *g, unet_param_kind kind, float *block, uint64
 
 static int st_dump(const char *dir, const char *path) {
     unet_st_file *f;
-    if (unet_st_open(path, &f, err, sizeof err)) die(err);
+    if (unet_st_open(path, &f, err, sizeof err)) die(err, NULL);
     json_object *root = json_object_new_object(), *list = json_object_new_array(), *meta = json_object_new_object();
     for (int i = 0; i < unet_st_count(f); i++) {
         const unet_st_tensor *t = unet_st_at(f, i);
@@ -155,13 +132,13 @@ static int st_dump(const char *dir, const char *path) {
         if (t->dtype == UNET_ST_F32 || t->dtype == UNET_ST_F64 || t->dtype == UNET_ST_F16 ||
             t->dtype == UNET_ST_BF16) {
             float *x = malloc((n + 1) * sizeof(float));
-            if (unet_st_read_f32(f, t, x, err, sizeof err)) die(err);
-            write_bin(dir, name, x, n * sizeof(float));
+            if (unet_st_read_f32(f, t, x, err, sizeof err)) die(err, NULL);
+            write_file(dir, name, x, n * sizeof(float));
             free(x);
         } else {
             int64_t *x = malloc((n + 1) * sizeof(int64_t));
-            if (unet_st_read_i64(f, t, x, err, sizeof err)) die(err);
-            write_bin(dir, name, x, n * sizeof(int64_t));
+            if (unet_st_read_i64(f, t, x, err, sizeof err)) die(err, NULL);
+            write_file(dir, name, x, n * sizeof(int64_t));
             free(x);
         }
     }
@@ -176,13 +153,14 @@ static int st_dump(const char *dir, const char *path) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) die("usage: unet_cfgtest parse|help|usage|print|roundtrip|fromjson|merge|device|ckpt-*|st-dump ...");
+    if (argc < 2)
+        die("usage: unet_cfgtest parse|help|usage|print|roundtrip|fromjson|merge|device|ckpt-*|st-dump ...", NULL);
     const char *what = argv[1];
     if (!strcmp(what, "usage")) {
         unet_config_usage(stdout);
         return 0;
     }
-    if (argc < 3) die("missing arguments");
+    if (argc < 3) die("missing arguments", NULL);
     if (!strcmp(what, "parse")) {
         unet_config cfg;
         print_parsed(parse_or_die(&cfg, argv[2], argc - 3, argv + 3));
@@ -200,7 +178,7 @@ int main(int argc, char **argv) {
     if (!strcmp(what, "device")) {
         int cuda, index;
         unet_config cfg;
-        if (unet_config_device(parse_or_die(&cfg, argv[2], argc - 3, argv + 3), &cuda, &index)) die("bad device");
+        if (unet_config_device(parse_or_die(&cfg, argv[2], argc - 3, argv + 3), &cuda, &index)) die("bad device", NULL);
         printf("%d %d\n", cuda, index);
         return 0;
     }
@@ -208,7 +186,7 @@ int main(int argc, char **argv) {
         unet_config cfg_, back_, *cfg = parse_or_die(&cfg_, argv[2], argc - 3, argv + 3), *back = &back_;
         char *j1 = unet_config_to_json(cfg, 0);
         unet_config_defaults(back);
-        if (unet_config_from_json(back, j1, err, sizeof err)) die(err);
+        if (unet_config_from_json(back, j1, err, sizeof err)) die(err, NULL);
         char *j2 = unet_config_to_json(back, 0);
         printf("%s\n", j1);
         /* the model must come back bit for bit: it rebuilds the network of a checkpoint */
@@ -222,8 +200,10 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(what, "fromjson") || !strcmp(what, "merge")) {
-        if (argc < 4) die("missing FILE");
-        char *json = read_text(argv[3]);
+        if (argc < 4) die("missing FILE", NULL);
+        size_t bytes;
+        char *json = read_file(NULL, argv[3], &bytes);
+        if (!json) die("cannot open the JSON file", argv[3]);
         unet_config from, cfg;
         unet_config_defaults(&from);
         int rc = unet_config_from_json(&from, json, err, sizeof err);
@@ -243,7 +223,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(what, "ckpt-meta")) {
         unet_checkpoint_meta m;
-        if (unet_checkpoint_read_meta(argv[2], &m, err, sizeof err)) die(err);
+        if (unet_checkpoint_read_meta(argv[2], &m, err, sizeof err)) die(err, NULL);
         json_object *o = json_object_new_object();
         json_object_object_add(o, "config", m.config_json ? json_object_new_string(m.config_json) : NULL);
         json_object_object_add(o, "step", json_object_new_int64(m.step));
@@ -254,7 +234,7 @@ int main(int argc, char **argv) {
         unet_checkpoint_meta_free(&m);
         return 0;
     }
-    if (argc < 4) die("missing DIR PATH");
+    if (argc < 4) die("missing DIR PATH", NULL);
     const char *dir = argv[2], *path = argv[3];
     if (!strcmp(what, "st-dump")) return st_dump(dir, path);
     unet_config cfg_, *cfg = parse_or_die(&cfg_, "train", argc - 4, argv + 4);
@@ -270,19 +250,19 @@ int main(int argc, char **argv) {
         const int weights_only = !strcmp(what, "ckpt-save-weights");
         if (unet_checkpoint_save(path, g, b.params, b.state, weights_only ? NULL : b.opt_a,
                                  weights_only ? NULL : b.opt_b, cfg->steps, json, err, sizeof err))
-            die(err);
+            die(err, NULL);
         free(json);
     } else if (!strcmp(what, "ckpt-init")) {
-        if (unet_checkpoint_load_weights(path, g, b.params, b.state, err, sizeof err)) die(err);
+        if (unet_checkpoint_load_weights(path, g, b.params, b.state, err, sizeof err)) die(err, NULL);
     } else if (!strcmp(what, "ckpt-resume")) {
         long step = -1;
         if (unet_checkpoint_load_resume(path, g, b.params, b.state, b.opt_a, b.opt_b, &step, err, sizeof err))
-            die(err);
+            die(err, NULL);
         char text[32];
         snprintf(text, sizeof text, "%ld\n", step);
-        write_bin(dir, "step.txt", text, strlen(text));
+        write_file(dir, "step.txt", text, strlen(text));
     } else {
-        die("unknown subcommand");
+        die("unknown subcommand", NULL);
     }
     dump_blocks(dir, &b);
     free(b.params);

@@ -13,21 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "kernels/cpu/conv_gemm.h"
 #include "unet/backend.h"
 
-static void die(const char *msg, const char *arg) {
-    fprintf(stderr, "unet_convbench: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
-    exit(2);
-}
-
-static double clock_ms(clockid_t id) {
-    struct timespec t;
-    clock_gettime(id, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
+#define TOOL_NAME "unet_convbench"
+#include "tool_common.h"
 
 static float *random_floats(size_t n, unsigned *state, float scale) {
     float *p = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
@@ -53,9 +44,8 @@ int main(int argc, char **argv) {
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
         if (!strcmp(a, "--op")) op_name = v;
-        else if (!strcmp(a, "--in")) {
-            if (sscanf(v, "%d,%d,%d,%d", &in.n, &in.c, &in.h, &in.w) != 4) die("--in takes N,C,H,W", v);
-        } else if (!strcmp(a, "--out-c")) node.out_c = atoi(v);
+        else if (!strcmp(a, "--in")) in = parse_shape(v, NULL);
+        else if (!strcmp(a, "--out-c")) node.out_c = atoi(v);
         else if (!strcmp(a, "--k")) node.k = atoi(v);
         else if (!strcmp(a, "--pad")) node.pad = atoi(v);
         else if (!strcmp(a, "--relu")) node.relu = atoi(v);

@@ -31,24 +31,14 @@
 #include "unet/backend.h"
 #include "unet/data.h"
 
+#define TOOL_NAME "unet_datatest"
+#include "tool_common.h"
+
 static char err[1024];
 
 static void fail(void) {
     fprintf(stderr, "%s\n", err);
     exit(2);
-}
-
-static void usage(const char *msg) {
-    fprintf(stderr, "unet_datatest: %s\n", msg);
-    exit(2);
-}
-
-static void write_bin(const char *dir, const char *name, const void *p, size_t bytes) {
-    char path[2048];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(p, 1, bytes, f) != bytes) usage("cannot write output");
-    fclose(f);
 }
 
 static int centre_crop(void *ctx, const unet_augment_args *a, char *e, size_t elen) {
@@ -82,7 +72,7 @@ static void deferred_open(deferred *d, const char *device, const unet_loader_opt
                           const unet_augment_cfg *cfg) {
     memset(d, 0, sizeof *d);
     d->cuda = !strcmp(device, "cuda");
-    if (!d->cuda && strcmp(device, "cpu")) usage("--defer cpu|cuda");
+    if (!d->cuda && strcmp(device, "cpu")) die("--defer cpu|cuda", NULL);
     d->B = o->batch, d->C = C, d->T = o->tile, d->S = o->tile + 2 * o->augment_context;
     d->record_bytes = o->record_bytes;
     size_t windows = (size_t)d->B * d->S * d->S;
@@ -90,7 +80,7 @@ static void deferred_open(deferred *d, const char *device, const unet_loader_opt
     d->src_label = malloc(windows * sizeof(int32_t));
     d->records = malloc(d->B * d->record_bytes);
     d->warps = malloc(d->B * sizeof *d->warps);
-    if (!d->src_raw || !d->src_weight || !d->src_label || !d->records || !d->warps) usage("out of memory");
+    if (!d->src_raw || !d->src_weight || !d->src_label || !d->records || !d->warps) die("out of memory", NULL);
     if (!d->cuda) return;
     if (!(d->b = unet_cuda_backend(0, "fp32", 1, err, sizeof err))) fail();
     int grid = cfg->elastic && cfg->elastic_sigma > 0 ? cfg->elastic_grid : 0;
@@ -100,7 +90,7 @@ static void deferred_open(deferred *d, const char *device, const unet_loader_opt
     size_t tiles = (size_t)d->B * d->T * d->T;
     d->d_raw = d->b->alloc(d->b, tiles * C * sizeof(float)), d->d_weight = d->b->alloc(d->b, tiles * sizeof(float));
     d->d_label = d->b->alloc(d->b, tiles * sizeof(int32_t));
-    if (!d->d_raw || !d->d_weight || !d->d_label) usage("device allocation failed");
+    if (!d->d_raw || !d->d_weight || !d->d_label) die("device allocation failed", NULL);
 }
 
 static void deferred_batch(deferred *d, unet_loader *l, int step, float *raw, int32_t *label, float *weight) {
@@ -159,7 +149,8 @@ int main(int argc, char **argv) {
         else if (ARG("--read")) mode = "read", index = atoi(v);
         else if (ARG("--window")) {
             mode = "window";
-            if (sscanf(v, "%d,%d,%d,%d", &win[0], &win[1], &win[2], &win[3]) != 4) usage("--window K,Y0,X0,SIZE");
+            if (sscanf(v, "%d,%d,%d,%d", &win[0], &win[1], &win[2], &win[3]) != 4)
+                die("--window K,Y0,X0,SIZE", NULL);
         }
         else if (ARG("--step")) step = atoi(v);
         else if (ARG("--count")) count = atoi(v);
@@ -177,20 +168,18 @@ int main(int argc, char **argv) {
         }
         else if (ARG("--workers")) lopts.workers = atoi(v);
         else if (ARG("--defer")) defer = v;
-        else {
-            fprintf(stderr, "unet_datatest: unknown or incomplete argument %s\n", a);
-            return 2;
-        }
+        else
+            die("unknown or incomplete argument", a);
 #undef ARG
     }
     if (lopts.augment_context < 0) lopts.augment_context = unet_augment_context(&augment, lopts.tile);
     if (defer) {
         if (lopts.augment != unet_augment_apply || unet_augment_has_intensity(&augment))
-            usage("--defer needs --augment with no intensity changes (gamma, brightness, contrast, noise)");
+            die("--defer needs --augment with no intensity changes (gamma, brightness, contrast, noise)", NULL);
         lopts.augment = NULL, lopts.draw = unet_augment_record;
         lopts.record_bytes = unet_augment_record_bytes(&augment);
     }
-    if (!data || !mode) usage("need --data F.h5 and one of --info, --read, --window, --batches, --eval-tiles");
+    if (!data || !mode) die("need --data F.h5 and one of --info, --read, --window, --batches, --eval-tiles", NULL);
 
     unet_dataset *ds, *vds = NULL;
     if (unet_dataset_open(data, &dopts, &ds, err, sizeof err)) fail();
@@ -202,7 +191,7 @@ int main(int argc, char **argv) {
         if (unet_data_split(ds, val_fraction, &train, &held, err, sizeof err)) fail();
     }
     const unet_data_view *view = use_val ? &held : &train;
-    if (use_val && !held.ds) usage("--use-val needs --val or --val-fraction");
+    if (use_val && !held.ds) die("--use-val needs --val or --val-fraction", NULL);
     unet_dataset_info info;
     unet_dataset_get_info(view->ds, &info);
     const int C = info.c, W = info.w;
@@ -217,15 +206,15 @@ int main(int argc, char **argv) {
         float *raw = malloc(plane * C * sizeof(float)), *wt = malloc(plane * sizeof(float));
         int32_t *lab = info.has_label ? malloc(plane * sizeof(int32_t)) : NULL;
         if (unet_data_view_read(view, index, raw, lab, wt, err, sizeof err)) fail();
-        write_bin(dir, "raw.bin", raw, plane * C * sizeof(float));
-        if (lab) write_bin(dir, "label.bin", lab, plane * sizeof(int32_t));
-        write_bin(dir, "weight.bin", wt, plane * sizeof(float));
+        write_file(dir, "raw.bin", raw, plane * C * sizeof(float));
+        if (lab) write_file(dir, "label.bin", lab, plane * sizeof(int32_t));
+        write_file(dir, "weight.bin", wt, plane * sizeof(float));
         if (info.has_instances) {
             int32_t *inst = malloc(plane * sizeof(int32_t));
             if (unet_dataset_read(view->ds, view->image0 + index, view->row0, view->rows, NULL, NULL, NULL, inst,
                                   err, sizeof err))
                 fail();
-            write_bin(dir, "instances.bin", inst, plane * sizeof(int32_t));
+            write_file(dir, "instances.bin", inst, plane * sizeof(int32_t));
             free(inst);
         }
         free(raw), free(lab), free(wt);
@@ -234,9 +223,9 @@ int main(int argc, char **argv) {
         float *raw = malloc(plane * C * sizeof(float)), *wt = malloc(plane * sizeof(float));
         int32_t *lab = info.has_label ? malloc(plane * sizeof(int32_t)) : NULL;
         if (unet_data_window(view, win[0], win[1], win[2], win[3], raw, lab, wt, NULL, err, sizeof err)) fail();
-        write_bin(dir, "raw.bin", raw, plane * C * sizeof(float));
-        if (lab) write_bin(dir, "label.bin", lab, plane * sizeof(int32_t));
-        write_bin(dir, "weight.bin", wt, plane * sizeof(float));
+        write_file(dir, "raw.bin", raw, plane * C * sizeof(float));
+        if (lab) write_file(dir, "label.bin", lab, plane * sizeof(int32_t));
+        write_file(dir, "weight.bin", wt, plane * sizeof(float));
         free(raw), free(lab), free(wt);
     } else if (!strcmp(mode, "batches")) {
         unet_loader *l;
@@ -247,7 +236,7 @@ int main(int argc, char **argv) {
         char path[2048], name[64];
         snprintf(path, sizeof path, "%s/samples.txt", dir);
         FILE *samples = fopen(path, "w");
-        if (!samples) usage("cannot write samples.txt");
+        if (!samples) die("cannot write samples.txt", NULL);
         deferred dw;
         if (defer) deferred_open(&dw, defer, &lopts, C, &augment);
         for (int s = step; s < step + count; s++) {
@@ -256,11 +245,11 @@ int main(int argc, char **argv) {
             else if (unet_loader_batch(l, s, raw, lab, wt, err, sizeof err))
                 fail();
             snprintf(name, sizeof name, "raw.%d.bin", s);
-            write_bin(dir, name, raw, n * C * sizeof(float));
+            write_file(dir, name, raw, n * C * sizeof(float));
             snprintf(name, sizeof name, "label.%d.bin", s);
-            write_bin(dir, name, lab, n * sizeof(int32_t));
+            write_file(dir, name, lab, n * sizeof(int32_t));
             snprintf(name, sizeof name, "weight.%d.bin", s);
-            write_bin(dir, name, wt, n * sizeof(float));
+            write_file(dir, name, wt, n * sizeof(float));
             for (int b = 0; b < lopts.batch; b++) {
                 int k, y0, x0;
                 unet_loader_sample(l, s, b, &k, &y0, &x0);
@@ -287,9 +276,9 @@ int main(int argc, char **argv) {
             done += got;
         }
         printf("tiles %d of %d\n", done, total);
-        write_bin(dir, "raw.bin", raw, n * C * sizeof(float));
-        write_bin(dir, "label.bin", lab, n * sizeof(int32_t));
-        write_bin(dir, "weight.bin", wt, n * sizeof(float));
+        write_file(dir, "raw.bin", raw, n * C * sizeof(float));
+        write_file(dir, "label.bin", lab, n * sizeof(int32_t));
+        write_file(dir, "weight.bin", wt, n * sizeof(float));
         unet_eval_tiles_free(&it);
         free(raw), free(lab), free(wt);
     }

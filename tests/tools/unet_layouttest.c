@@ -13,29 +13,8 @@
 
 #include "kernels/cuda/layout.h"
 
-/* The whole file, its size in *bytes. */
-static void *slurp(const char *path, size_t *bytes) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *buf = malloc(size > 0 ? (size_t)size : 1);
-    if (buf && size > 0 && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *bytes = size > 0 ? (size_t)size : 0;
-    return buf;
-}
-
-static int spit(const char *path, const void *buf, size_t bytes) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return -1;
-    int ok = fwrite(buf, 1, bytes, f) == bytes;
-    return fclose(f) == 0 && ok ? 0 : -1;
-}
+#define TOOL_NAME "unet_layouttest"
+#include "tool_common.h"
 
 static int usage(void) {
     fprintf(stderr, "usage: unet_layouttest round IN OUT | pack|unpack N C H W IN OUT | bytes N C H W bf16|fp32 "
@@ -46,15 +25,15 @@ static int usage(void) {
 int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "round")) {
         size_t bytes;
-        float *in = slurp(argv[2], &bytes);
+        float *in = read_file(NULL, argv[2], &bytes);
         if (!in) return usage();
         size_t n = bytes / sizeof(float);
         uint16_t *out = malloc(n ? n * sizeof *out : 1);
         for (size_t i = 0; i < n; i++) out[i] = unet_bf16_from_float(in[i]);
-        int rc = spit(argv[3], out, n * sizeof *out) ? 2 : 0;
+        write_file(NULL, argv[3], out, n * sizeof *out);
         free(in);
         free(out);
-        return rc;
+        return 0;
     }
     if (argc < 6) return usage();
     unet_shape s = {atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5])};
@@ -66,22 +45,22 @@ int main(int argc, char **argv) {
     if (argc != 8) return usage();
     unet_cuda_layout l = unet_cuda_layout_of(1, s, UNET_F32);
     size_t bytes;
-    void *in = slurp(argv[6], &bytes);
+    void *in = read_file(NULL, argv[6], &bytes);
     if (!in) return usage();
     /* everything freed on the way out, so a sanitizer's leak check speaks only of the layout code */
-    int rc = 2;
+    int rc = 0;
     if (!strcmp(argv[1], "pack") && bytes == unet_shape_count(s) * sizeof(float)) {
         uint16_t *out = malloc(unet_cuda_layout_bytes(l) + 1);
         unet_cuda_pack_bf16(l, out, in);
-        rc = spit(argv[7], out, unet_cuda_layout_bytes(l)) ? 2 : 0;
+        write_file(NULL, argv[7], out, unet_cuda_layout_bytes(l));
         free(out);
     } else if (!strcmp(argv[1], "unpack") && bytes == unet_cuda_layout_bytes(l)) {
         float *out = malloc(unet_shape_count(s) * sizeof(float) + 1);
         unet_cuda_unpack_bf16(l, out, in);
-        rc = spit(argv[7], out, unet_shape_count(s) * sizeof(float)) ? 2 : 0;
+        write_file(NULL, argv[7], out, unet_shape_count(s) * sizeof(float));
         free(out);
     } else {
-        usage();
+        rc = usage();
     }
     free(in);
     return rc;

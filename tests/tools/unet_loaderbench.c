@@ -7,16 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "unet/augment.h"
 #include "unet/data.h"
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
+#define TOOL_NAME "unet_loaderbench"
+#include "tool_common.h"
 
 int main(int argc, char **argv) {
     const char *data = NULL, *spec = "paper";
@@ -31,35 +27,30 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--workers")) o.workers = atoi(v);
         else if (!strcmp(a, "--augment")) spec = v;
         else if (!strcmp(a, "--margin")) o.margin = atoi(v);
-        else {
-            fprintf(stderr, "unet_loaderbench: unknown argument %s\n", a);
-            return 2;
-        }
+        else die("unknown argument", a);
     }
     char err[1024];
     unet_augment_cfg cfg;
-    if (!data || unet_augment_parse(spec, &cfg, err, sizeof err)) {
-        fprintf(stderr, "unet_loaderbench: %s\n", data ? err : "needs --data D.h5");
-        return 2;
-    }
+    if (!data) die("needs --data D.h5", NULL);
+    if (unet_augment_parse(spec, &cfg, err, sizeof err)) die(err, NULL);
     o.no_prefetch = o.workers == 0;
     if (unet_augment_active(&cfg))
         o.augment = unet_augment_apply, o.augment_ctx = &cfg, o.augment_context = unet_augment_context(&cfg, o.tile);
     unet_dataset *ds;
     unet_loader *l;
-    if (unet_dataset_open(data, NULL, &ds, err, sizeof err)) goto fail;
+    if (unet_dataset_open(data, NULL, &ds, err, sizeof err)) die(err, NULL);
     unet_data_view v = unet_data_view_all(ds);
-    if (unet_loader_create(&v, &o, &l, err, sizeof err)) goto fail;
+    if (unet_loader_create(&v, &o, &l, err, sizeof err)) die(err, NULL);
     size_t n = (size_t)o.batch * o.tile * o.tile;
     unet_dataset_info info;
     unet_dataset_get_info(ds, &info);
     float *raw = malloc(n * info.c * sizeof *raw), *wt = malloc(n * sizeof *wt);
     int32_t *lab = malloc(n * sizeof *lab);
-    if (unet_loader_batch(l, 0, raw, lab, wt, err, sizeof err)) goto fail;
-    double t0 = now_s();
+    if (unet_loader_batch(l, 0, raw, lab, wt, err, sizeof err)) die(err, NULL);
+    double t0 = now_ms();
     for (int s = 1; s <= steps; s++)
-        if (unet_loader_batch(l, s, raw, lab, wt, err, sizeof err)) goto fail;
-    double t = now_s() - t0;
+        if (unet_loader_batch(l, s, raw, lab, wt, err, sizeof err)) die(err, NULL);
+    double t = (now_ms() - t0) / 1e3;
     printf("{\"workers\": %d, \"batch\": %d, \"tile\": %d, \"context\": %d, \"augment\": \"%s\", \"steps\": %d, "
            "\"images_per_s\": %.3f}\n",
            o.workers, o.batch, o.tile, o.augment_context, spec, steps, steps * o.batch / t);
@@ -67,7 +58,4 @@ int main(int argc, char **argv) {
     unet_dataset_close(ds);
     free(raw), free(wt), free(lab);
     return 0;
-fail:
-    fprintf(stderr, "unet_loaderbench: %s\n", err);
-    return 2;
 }

@@ -22,33 +22,8 @@
 #include "unet/optim.h"
 #include "unet/plan.h"
 
-static void die(const char *msg) {
-    fprintf(stderr, "unet_modeltest: %s\n", msg);
-    exit(2);
-}
-
-static void *read_bin(const char *dir, const char *name, size_t expect) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    void *buf = malloc(expect ? expect : 1);
-    size_t got = fread(buf, 1, expect, f);
-    fclose(f);
-    if (got != expect) {
-        fprintf(stderr, "unet_modeltest: %s has %zu bytes, expected %zu\n", path, got, expect);
-        exit(2);
-    }
-    return buf;
-}
-
-static void write_bin(const char *dir, const char *name, const void *p, size_t bytes) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(p, 1, bytes, f) != bytes) die("cannot write output");
-    fclose(f);
-}
+#define TOOL_NAME "unet_modeltest"
+#include "tool_common.h"
 
 int main(int argc, char **argv) {
     unet_model_cfg m = {.kind = UNET_MODEL_UNET, .levels = 3, .filters = {4, 8, 16}, .in_channels = 1, .classes = 2};
@@ -63,9 +38,9 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--eval")) { eval = 1; continue; }
         if (!strcmp(a, "--deep-supervision")) { m.deep_supervision = 1; continue; }
         if (!strcmp(a, "--weight-map")) { weight_map = 1; continue; }
-        if (i + 1 >= argc) die("missing value");
+        if (i + 1 >= argc) die("missing value", NULL);
         const char *v = argv[++i];
-        if (!strcmp(a, "--model")) { if (unet_model_kind_parse(v, &m.kind)) die("bad --model"); }
+        if (!strcmp(a, "--model")) { if (unet_model_kind_parse(v, &m.kind)) die("bad --model", NULL); }
         else if (!strcmp(a, "--filters")) {
             m.levels = 0;
             for (char *s = (char *)v; *s && m.levels < UNET_MAX_LEVELS;) {
@@ -91,20 +66,20 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--lr")) lr = strtof(v, NULL);
         else if (!strcmp(a, "--optimizer")) adam = !strcmp(v, "adam");
         else if (!strcmp(a, "--adam-eps")) adam_eps = strtof(v, NULL);
-        else die("unknown option");
+        else die("unknown option", a);
     }
     if (!loss_set) m.loss = m.classes == 1 ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE;
     char err[1024];
     unet_model model;
-    if (unet_model_build(&m, !eval, weight_map, &model, err, sizeof err)) die(err);
+    if (unet_model_build(&m, !eval, weight_map, &model, err, sizeof err)) die(err, NULL);
     const unet_graph *g = model.graph;
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu")) {
         b = unet_cuda_backend(0, precision, 1, err, sizeof err);
-        if (!b) die(err);
+        if (!b) die(err, NULL);
     }
     unet_param_blocks pb;
-    if (unet_param_blocks_alloc(&pb, b, g, adam, err, sizeof err)) die(err);
+    if (unet_param_blocks_alloc(&pb, b, g, adam, err, sizeof err)) die(err, NULL);
     /* the training run's updates: SGD momentum 0.9, Adam's defaults, no decay, a constant rate */
     unet_optim_cfg optim = {.kind = adam ? UNET_OPT_ADAM : UNET_OPT_SGD, .lr = lr, .momentum = 0.9f, .beta1 = 0.9f,
                             .beta2 = 0.999f, .eps = adam_eps, .schedule = UNET_SCHED_CONSTANT, .total_steps = steps};
@@ -121,7 +96,7 @@ int main(int argc, char **argv) {
         if (tile) {
             unet_plan_cfg cfg = {.batch = batch, .height = tile, .width = tile, .training = !eval};
             unet_plan *plan = unet_plan_compile(g, &pb, cfg, err, sizeof err);
-            if (!plan) die(err);
+            if (!plan) die(err, NULL);
             unet_plan_stats st = unet_plan_get_stats(plan);
             printf("# arena %zu unplanned %zu peak %zu workspace %zu flops %.0f", st.arena_bytes, st.unplanned_bytes, st.peak_live_bytes,
                    st.workspace_bytes, st.forward_flops);
@@ -136,7 +111,8 @@ int main(int argc, char **argv) {
         unet_model_free(&model);
         return 0;
     }
-    float *params = read_bin(dir, "params.bin", nt * 4), *state = read_bin(dir, "state.bin", ns * 4);
+    float *params = read_exact_if_present(dir, "params.bin", nt * 4);
+    float *state = read_exact_if_present(dir, "state.bin", ns * 4);
     if (!params || !state) {
         float *tp = calloc(nt + 1, 4), *ts = calloc(ns + 1, 4);
         unet_param_init_host(g, seed, tp, ts);
@@ -148,13 +124,12 @@ int main(int argc, char **argv) {
 
     unet_plan_cfg cfg = {.batch = batch, .height = tile, .width = tile, .training = !eval};
     unet_plan *plan = unet_plan_compile(g, &pb, cfg, err, sizeof err);
-    if (!plan) die(err);
+    if (!plan) die(err, NULL);
     size_t npix = (size_t)batch * tile * tile;
-    float *image = read_bin(dir, "image.bin", npix * m.in_channels * 4);
-    int32_t *label = read_bin(dir, "label.bin", npix * 4);
-    float *weight = weight_map ? read_bin(dir, "weight.bin", npix * 4) : NULL;
-    if (!image) die("missing image.bin");
-    if (!eval && !label) die("missing label.bin");
+    float *image = read_exact(dir, "image.bin", npix * m.in_channels * 4);
+    int32_t *label = read_exact_if_present(dir, "label.bin", npix * 4);
+    float *weight = weight_map ? read_exact_if_present(dir, "weight.bin", npix * 4) : NULL;
+    if (!eval && !label) die("missing label.bin", NULL);
     unet_plan_set_inputs(plan, image, label, weight);
     unet_plan_set_seed(plan, seed);
     FILE *lf;
@@ -178,13 +153,13 @@ int main(int argc, char **argv) {
                 unet_plan_read_output(plan, o, out);
                 char name[32];
                 snprintf(name, sizeof name, "out%d.bin", o);
-                write_bin(dir, name, out, unet_shape_count(sh) * 4);
+                write_file(dir, name, out, unet_shape_count(sh) * 4);
                 free(out);
             }
             if (!eval) {
                 float *gr = malloc((nt + 1) * 4);
                 b->download_f32(b, gr, pb.grads, nt);
-                write_bin(dir, "grads.bin", gr, nt * 4);
+                write_file(dir, "grads.bin", gr, nt * 4);
                 free(gr);
             }
         }
@@ -192,10 +167,10 @@ int main(int argc, char **argv) {
     }
     fclose(lf);
     b->download_f32(b, params, pb.params, nt);
-    write_bin(dir, "params.out.bin", params, nt * 4);
+    write_file(dir, "params.out.bin", params, nt * 4);
     if (ns) {
         b->download_f32(b, state, pb.state, ns);
-        write_bin(dir, "state.out.bin", state, ns * 4);
+        write_file(dir, "state.out.bin", state, ns * 4);
     }
     unet_plan_free(plan);
     unet_param_blocks_free(&pb);

@@ -20,48 +20,13 @@
 
 #include "unet/backend.h"
 
-static void die(const char *msg, const char *arg) {
-    fprintf(stderr, "unet_optest: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
-    exit(2);
-}
-
-static unet_shape parse_shape(const char *s, unet_dtype *t) {
-    unet_shape sh;
-    char suffix[8] = "";
-    int n = sscanf(s, "%d,%d,%d,%d:%7s", &sh.n, &sh.c, &sh.h, &sh.w, suffix);
-    if (n < 4) die("shape must be N,C,H,W[:i32]", s);
-    if (t) *t = strcmp(suffix, "i32") == 0 ? UNET_I32 : UNET_F32;
-    return sh;
-}
-
-static void *read_file(const char *dir, const char *name, size_t *bytes) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *buf = malloc(n ? (size_t)n : 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) die("short read", path);
-    fclose(f);
-    *bytes = (size_t)n;
-    return buf;
-}
-
-static void write_file(const char *dir, const char *name, const void *data, size_t bytes) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(data, 1, bytes, f) != bytes) die("cannot write", path);
-    fclose(f);
-}
+#define TOOL_NAME "unet_optest"
+#include "tool_common.h"
 
 static unet_op parse_op(const char *s) {
     for (int i = 0; i < UNET_OP_COUNT; i++)
         if (strcmp(unet_op_name((unet_op)i), s) == 0) return (unet_op)i;
     die("unknown op", s);
-    return UNET_OP_COUNT;
 }
 
 /* A device buffer holding a host array's contents (count floats or ints). */
@@ -150,8 +115,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_in; i++) {
         a.in_shape[i] = in_shape[i];
         snprintf(name, sizeof name, "in%d.bin", i);
-        void *h = read_file(dir, name, &bytes);
-        if (!h || bytes != unet_shape_count(in_shape[i]) * 4) die("missing or wrong-sized input", name);
+        void *h = read_exact(dir, name, unet_shape_count(in_shape[i]) * 4);
         a.in[i] = to_device(b, h, in_shape[i], in_type[i]);
         free(h);
     }
@@ -197,8 +161,7 @@ int main(int argc, char **argv) {
 
     if (backward) {
         if (!is_loss) {
-            float *h = read_file(dir, "dout.bin", &bytes);
-            if (!h || bytes != out_n * 4) die("missing or wrong-sized dout.bin", NULL);
+            float *h = read_exact(dir, "dout.bin", out_n * 4);
             a.dout = to_device(b, h, out_shape, UNET_F32);
             free(h);
         }
@@ -209,8 +172,7 @@ int main(int argc, char **argv) {
             if (accumulate) {
                 snprintf(name, sizeof name, "din%d.init.bin", i);
                 free(init);
-                init = read_file(dir, name, &bytes);
-                if (!init || bytes != n * 4) die("missing or wrong-sized", name);
+                init = read_exact(dir, name, n * 4);
                 a.din_accumulate[i] = 1;
             }
             a.din[i] = to_device(b, init, in_shape[i], UNET_F32);

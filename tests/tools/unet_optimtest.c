@@ -19,29 +19,8 @@
 #include "unet/backend.h"
 #include "unet/optim.h"
 
-static void die(const char *msg, const char *arg) {
-    fprintf(stderr, "unet_optimtest: %s%s%s\n", msg, arg ? ": " : "", arg ? arg : "");
-    exit(2);
-}
-
-static float *read_floats(const char *dir, const char *name, size_t count) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    if (!f) die("cannot open", path);
-    float *buf = malloc((count ? count : 1) * sizeof(float));
-    if (!buf || fread(buf, sizeof(float), count, f) != count) die("short read (wrong size?)", path);
-    fclose(f);
-    return buf;
-}
-
-static void write_floats(const char *dir, const char *name, const float *data, size_t count) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(data, sizeof(float), count, f) != count) die("cannot write", path);
-    fclose(f);
-}
+#define TOOL_NAME "unet_optimtest"
+#include "tool_common.h"
 
 /* A block of n floats at `offset` floats into a fresh allocation, set to host (or zeros). */
 static float *device_block(const unet_backend *b, size_t n, size_t offset, const float *host) {
@@ -84,8 +63,8 @@ int main(int argc, char **argv) {
         if (!b) die(err, NULL);
     }
     size_t count = (size_t)n;
-    float *host_p = read_floats(dir, "param.bin", count);
-    float *host_g = read_floats(dir, "grads.bin", count * (size_t)steps);
+    float *host_p = read_exact(dir, "param.bin", count * sizeof(float));
+    float *host_g = read_exact(dir, "grads.bin", count * (size_t)steps * sizeof(float));
     float *p = device_block(b, count, (size_t)offset, host_p);
     float *g = device_block(b, count, (size_t)offset, NULL);
     float *state_a = device_block(b, count, (size_t)offset, NULL);
@@ -107,12 +86,12 @@ int main(int argc, char **argv) {
     }
     b->sync(b);
     b->download_f32(b, host_p, p, count);
-    write_floats(dir, "param.out.bin", host_p, count);
+    write_file(dir, "param.out.bin", host_p, count * sizeof(float));
     b->download_f32(b, host_p, state_a, count);
-    write_floats(dir, "state_a.bin", host_p, count);
+    write_file(dir, "state_a.bin", host_p, count * sizeof(float));
     if (state_b) {
         b->download_f32(b, host_p, state_b, count);
-        write_floats(dir, "state_b.bin", host_p, count);
+        write_file(dir, "state_b.bin", host_p, count * sizeof(float));
     }
     b->free(b, scalars);
     free(host_p);

@@ -1,0 +1,33 @@
+/* What the emulator's cuDNN and NCCL (cudnn.cc, libs.cc) share with its
+ * CUDA runtime (runtime.cc): the device lock, stream-ordered work, and the
+ * checks of device pointers. */
+#ifndef UNET_EMU_RUNTIME_H
+#define UNET_EMU_RUNTIME_H
+
+#include <functional>
+#include <mutex>
+#include <string>
+
+#include "cuda_runtime.h"
+
+namespace unet_emu {
+
+/* Every API call holds it: one piece of device work runs at a time. */
+std::recursive_mutex &device_lock();
+
+/* Runs work in the stream's order: now, or (stream capturing) when the graph is replayed. */
+cudaError_t enqueue(cudaStream_t stream, const char *what, std::function<void()> work);
+
+/* Whether [p, p + bytes) lies inside one live device allocation; why says what is wrong otherwise. */
+bool device_range(const void *p, size_t bytes, std::string *why);
+
+/* A fault on the device: says what on stderr, and every later call returns cudaErrorIllegalAddress, as a
+ * GPU's context is lost after one. */
+void device_fault(const std::string &what);
+
+/* After a piece of device work: a write past the end of an allocation is a fault, named after `what`. */
+void check_redzones(const char *what);
+
+} // namespace unet_emu
+
+#endif
