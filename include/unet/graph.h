@@ -32,8 +32,13 @@ typedef enum {
     UNET_OP_COUNT
 } unet_op;
 
-const char *unet_op_name(unet_op op);
-
+/* Facts about each op, from the core's op table (src/host/core/op_table.c). */
+const char *unet_op_name(unet_op op); /* "?" for a value that is no op */
+/* A loss: its output is a scalar, its inputs after the first take no gradient. */
+int unet_op_is_loss(unet_op op);
+/* 0 when op's row in the op table is complete (a name, a shape rule, what its
+ * backward reads), else -1 with what it lacks in err. */
+int unet_op_check(unet_op op, char *err, size_t errlen);
 
 /* A node as the builder describes it. Value ids refer to graph values
  * (inputs and node outputs), param ids to the graph's parameter table. */

@@ -40,6 +40,9 @@ int unet_model_kind_parse(const char *s, unet_model_kind *out);
 /* Checks the configuration; -1 with a one-line message when it cannot be built. */
 int unet_model_validate(const unet_model_cfg *m, char *err, size_t errlen);
 
+/* Poolings in the (pruned) network: tiles of overlap-tile prediction align to 2^this. */
+int unet_pool_levels(const unet_model_cfg *m);
+
 typedef struct {
     unet_graph *graph;
     int n_heads;

@@ -1,15 +1,32 @@
-"""Every op of the CPU op table has a forward and a backward: each op named
-in include/unet/graph.h's unet_op enum is run through unet_optest with
---backward on a tiny valid case, which fails with "has no forward/backward"
-when the table lacks one. The op list comes from the header, so a new op
-without a case here fails this test instead of slipping by."""
+"""Every op named in include/unet/graph.h's unet_op enum, walked through
+every table that has to know it:
+
+- the core's op table (src/host/core/op_table.c): a complete row (a name, the
+  enum's own in lower case, a shape rule, what its backward reads), listed by
+  tests/tools/unet_opinfo;
+- its shape rule and FLOPs: a one-node graph of each case below, compiled
+  for training as a model is, must infer the case's output shape, count the
+  case's FLOPs and plan a forward and a backward step;
+- the CPU backend's op table: each case runs through unet_optest with
+  --backward, which fails with "has no forward/backward" when the table lacks
+  one, and hands the backward NULL for every forward tensor the op table says
+  it does not read (so a row that under-declares them crashes here);
+- the CUDA backend's: its table names every op (src/kernels/cuda/backend.cu;
+  the backend cannot be created without a GPU) and, where a GPU is listed,
+  each case runs there too.
+
+The op list comes from the header, so a new op without a row, kernels or a
+case here fails this test instead of slipping by."""
 import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
 
-from unet_testlib import SOURCE, run_op
+from unet_testlib import BUILD, SOURCE, gpu_listed, run_op
+
+OPINFO = os.path.join(BUILD, "unet_opinfo")
 
 
 def ops_in_header():
@@ -22,21 +39,33 @@ def ops_in_header():
 F = np.float32
 x = np.linspace(-1, 1, 2 * 3 * 4 * 6, dtype=F).reshape(2, 3, 4, 6)
 label = (np.arange(2 * 4 * 6).reshape(2, 1, 4, 6) % 2).astype(np.int32)
-# op -> (inputs, out shape, attrs, params, states)
+# op -> (inputs, out shape, attrs, params, states, forward FLOPs with multiply-adds as 2)
 CASES = {
-    "conv": ([x], (2, 2, 4, 6), {"k": 3, "pad": 1, "out_c": 2}, [np.ones((2, 3, 3, 3), F), np.zeros(2, F)], []),
-    "conv_t2": ([x], (2, 2, 8, 12), {"out_c": 2}, [np.ones((3, 2, 2, 2), F), np.zeros(2, F)], []),
-    "bias": ([x], x.shape, {}, [np.ones(3, F)], []),
-    "relu": ([x], x.shape, {}, [], []),
-    "maxpool2": ([x], (2, 3, 2, 3), {}, [], []),
-    "crop_concat": ([x, x], (2, 6, 4, 6), {}, [], []),
-    "crop_add": ([x, x], x.shape, {}, [], []),
-    "upsample2": ([x], (2, 3, 8, 12), {}, [], []),
-    "batchnorm": ([x], x.shape, {}, [np.ones(3, F), np.zeros(3, F)], [np.zeros(3, F), np.ones(3, F)]),
-    "dropout": ([x], x.shape, {"p": 0.5}, [], []),
-    "softmax_ce": ([x, label], (1, 1, 1, 1), {}, [], []),
-    "bce_dice": ([x[:, :1], label], (1, 1, 1, 1), {}, [], []),
+    "conv": ([x], (2, 2, 4, 6), {"k": 3, "pad": 1, "out_c": 2}, [np.ones((2, 3, 3, 3), F), np.zeros(2, F)], [],
+             2 * (2 * 2 * 4 * 6) * 3 * 3 * 3),
+    "conv_t2": ([x], (2, 2, 8, 12), {"out_c": 2}, [np.ones((3, 2, 2, 2), F), np.zeros(2, F)], [],
+                2 * (2 * 2 * 8 * 12) * 3),
+    "bias": ([x], x.shape, {}, [np.ones(3, F)], [], 0),
+    "relu": ([x], x.shape, {}, [], [], 0),
+    "maxpool2": ([x], (2, 3, 2, 3), {}, [], [], 0),
+    "crop_concat": ([x, x], (2, 6, 4, 6), {}, [], [], 0),
+    "crop_add": ([x, x], x.shape, {}, [], [], 0),
+    "upsample2": ([x], (2, 3, 8, 12), {}, [], [], 0),
+    "batchnorm": ([x], x.shape, {}, [np.ones(3, F), np.zeros(3, F)], [np.zeros(3, F), np.ones(3, F)], 0),
+    "dropout": ([x], x.shape, {"p": 0.5}, [], [], 0),
+    "softmax_ce": ([x, label], (1, 1, 1, 1), {}, [], [], 0),
+    "bce_dice": ([x[:, :1], label], (1, 1, 1, 1), {}, [], [], 0),
 }
+
+
+def opinfo(*args):
+    r = subprocess.run([OPINFO, *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == 0, f"unet_opinfo {' '.join(map(str, args))}: {r.stderr.strip()}"
+    return r.stdout
+
+
+def dims(a):
+    return ",".join(str(d) for d in np.shape(a))
 
 
 def test_every_op_has_a_case():
@@ -44,10 +73,53 @@ def test_every_op_has_a_case():
     assert not missing, f"ops without a case in {__file__}: {missing}"
 
 
+def test_op_table_has_a_complete_row_for_every_op():
+    rows = [line.split("\t") for line in opinfo().splitlines()]
+    assert [r[1] for r in rows] == ops_in_header(), "op table names, in enum order, differ from the unet_op enum"
+    for index, name, forward, backward, check in rows:
+        assert check == "check=ok", f"{name}: {check}"
+        assert forward == "forward=1" and backward == "backward=1", f"cpu backend's {name}: {forward} {backward}"
+
+
 @pytest.mark.parametrize("op", ops_in_header())
-def test_op_has_forward_and_backward(op):
-    inputs, out_shape, attrs, params, states = CASES[op]
+def test_op_shape_rule_and_flops(op):
+    inputs, out_shape, attrs, params, states, flops = CASES[op]
+    args = ["--op", op]
+    for a in inputs:
+        args += ["--in", dims(a) + (":i32" if a.dtype == np.int32 else "")]
+    for p in params:
+        args += ["--param", dims(p)]
+    for s in states:
+        args += ["--state", dims(s)]
+    for k, v in attrs.items():
+        args += ["--" + k.replace("_", "-"), v]
+    got = dict(field.split("=") for field in opinfo(*args).split())
+    assert tuple(int(d) for d in got["out"].split(",")) == tuple(out_shape), f"{op}: inferred output shape"
+    assert float(got["flops"]) == flops, f"{op}: forward FLOPs"
+    assert got["steps"] == "2", f"{op}: a training plan of one node runs its forward and its backward"
+
+
+def test_cuda_op_table_names_every_op():
+    with open(os.path.join(SOURCE, "src", "kernels", "cuda", "backend.cu")) as f:
+        named = {m.lower() for m in re.findall(r"\[UNET_OP_(\w+)\]", f.read())}
+    missing = [op for op in ops_in_header() if op not in named]
+    assert not missing, f"ops missing from the CUDA backend's op table (src/kernels/cuda/backend.cu): {missing}"
+
+
+def cuda_built():
+    with open(os.path.join(BUILD, "CMakeCache.txt")) as f:
+        return "UNET_CUDA:BOOL=ON" in f.read()
+
+
+BACKENDS = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not (gpu_listed() and cuda_built()), reason="no CUDA backend to run here (no GPU listed, or built without)"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ops_in_header())
+def test_op_has_forward_and_backward(op, backend):
+    inputs, out_shape, attrs, params, states, _ = CASES[op]
     dout = np.ones(out_shape, F)
-    r = run_op(op, inputs, out_shape, attrs, params=params, states=states, dout=dout, backward=True)
-    assert np.all(np.isfinite(r["out"])), f"{op}: forward left elements unwritten"
-    assert r["din"][0] is not None and np.all(np.isfinite(r["din"][0])), f"{op}: backward left din0 unwritten"
+    r = run_op(op, inputs, out_shape, attrs, params=params, states=states, dout=dout, backward=True, backend=backend)
+    assert np.all(np.isfinite(r["out"])), f"{backend} {op}: forward left elements unwritten"
+    assert r["din"][0] is not None and np.all(np.isfinite(r["din"][0])), f"{backend} {op}: backward left din0 unwritten"

@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
     const unet_op_impl *impl = b->ops[node.op];
     if (!impl || !impl->forward) die("op has no forward in this backend", op_name);
     if (backward && !impl->backward) die("op has no backward in this backend", op_name);
-    int is_loss = node.op == UNET_OP_SOFTMAX_CE || node.op == UNET_OP_BCE_DICE;
+    int is_loss = unet_op_is_loss(node.op);
     /* a loss's weight map and value are float32 in every precision, as a plan holds them */
     for (int i = 1; i < n_in; i++)
         if (is_loss && in_type[i] == UNET_F32) in_type[i] = UNET_F32_EXACT;

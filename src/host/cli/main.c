@@ -1,8 +1,8 @@
 /* The unet command: routes a subcommand to its run. Flags are parsed by the
  * one option table (src/host/cli/options.c); the work is in the library. */
+#include "unet/commands.h"
 #include "unet/config.h"
 #include "unet/datacmd.h"
-#include "unet/train.h"
 
 static const unet_cli_command_impl commands[] = {
     {"train", unet_run_train}, {"predict", unet_run_predict}, {"eval", unet_run_eval},

@@ -6,12 +6,12 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <json-c/json.h>
 
+#include "host/common/util.h"
 #include "unet/config.h"
 
 /* Enum options are stored through an int pointer. */
@@ -352,13 +352,6 @@ static const struct {
               {G_DEVICE, "device"}};
 #define N_GROUPS ((int)(sizeof groups / sizeof groups[0]))
 
-static void fail(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void *field(unet_config *cfg, const option *o) { return (char *)cfg + o->offset; }
 static const void *cfield(const unet_config *cfg, const option *o) { return (const char *)cfg + o->offset; }
 
@@ -432,9 +425,9 @@ static void unknown_command(const char *s, char *err, size_t errlen) {
     }
     const char *s2 = suggest(s, names, N_COMMANDS);
     if (s2)
-        fail(err, errlen, "unknown command '%s' (did you mean %s?); commands: %s", s, s2, list);
+        unet_errorf(err, errlen, "unknown command '%s' (did you mean %s?); commands: %s", s, s2, list);
     else
-        fail(err, errlen, "unknown command '%s'; commands: %s", s, list);
+        unet_errorf(err, errlen, "unknown command '%s'; commands: %s", s, list);
 }
 
 /* ---- values ---------------------------------------------------------- */
@@ -524,12 +517,12 @@ static int set_value(unet_config *cfg, const option *o, const char *text, char *
     case OPT_LONG: {
         long long v;
         if (parse_integer(text, &v)) {
-            fail(err, errlen, "--%s needs an integer, got '%s'", o->name, text);
+            unet_errorf(err, errlen, "--%s needs an integer, got '%s'", o->name, text);
             return -1;
         }
         if (!in_range(o, (double)v) || (o->type == OPT_INT && (v < INT_MIN || v > INT_MAX))) {
             range_text(o, range, sizeof range);
-            fail(err, errlen, "--%s must be %s, got %s", o->name, range, text);
+            unet_errorf(err, errlen, "--%s must be %s, got %s", o->name, range, text);
             return -1;
         }
         if (o->type == OPT_INT)
@@ -545,7 +538,7 @@ static int set_value(unet_config *cfg, const option *o, const char *text, char *
         errno = 0;
         if (isdigit((unsigned char)text[0])) v = strtoull(text, &end, 10);
         if (!end || *end || errno) {
-            fail(err, errlen, "--%s needs an integer in [0, 2^64), got '%s'", o->name, text);
+            unet_errorf(err, errlen, "--%s needs an integer in [0, 2^64), got '%s'", o->name, text);
             return -1;
         }
         *(uint64_t *)dst = (uint64_t)v;
@@ -554,13 +547,13 @@ static int set_value(unet_config *cfg, const option *o, const char *text, char *
     case OPT_FLOAT: {
         double v;
         if (parse_float(text, &v)) {
-            fail(err, errlen, "--%s needs a number, got '%s'", o->name, text);
+            unet_errorf(err, errlen, "--%s needs a number, got '%s'", o->name, text);
             return -1;
         }
         float f = (float)v;
         if (!isfinite(f) || !in_range(o, (double)f)) {
             range_text(o, range, sizeof range);
-            fail(err, errlen, "--%s must be %s, got %s", o->name, range, text);
+            unet_errorf(err, errlen, "--%s must be %s, got %s", o->name, range, text);
             return -1;
         }
         *(float *)dst = f;
@@ -568,14 +561,14 @@ static int set_value(unet_config *cfg, const option *o, const char *text, char *
     }
     case OPT_STRING: {
         if (strlen(text) > UNET_CONFIG_STRING_MAX) {
-            fail(err, errlen, "--%s is too long: %zu characters, at most %d", o->name, strlen(text),
-                 UNET_CONFIG_STRING_MAX);
+            unet_errorf(err, errlen, "--%s is too long: %zu characters, at most %d", o->name, strlen(text),
+                        UNET_CONFIG_STRING_MAX);
             return -1;
         }
         if (o->check && o->check(text, err, errlen)) return -1;
         const char *kept = intern(text);
         if (!kept) {
-            fail(err, errlen, "out of memory for --%s", o->name);
+            unet_errorf(err, errlen, "out of memory for --%s", o->name);
             return -1;
         }
         *(const char **)dst = kept;
@@ -587,7 +580,7 @@ static int set_value(unet_config *cfg, const option *o, const char *text, char *
         else if (!strcmp(text, "false") || !strcmp(text, "0"))
             *(int *)dst = 0;
         else {
-            fail(err, errlen, "--%s is a flag and takes no value, got '%s'", o->name, text);
+            unet_errorf(err, errlen, "--%s is a flag and takes no value, got '%s'", o->name, text);
             return -1;
         }
         return 0;
@@ -598,7 +591,7 @@ static int set_value(unet_config *cfg, const option *o, const char *text, char *
                 return 0;
             }
         choices_text(o, ", ", range, sizeof range);
-        fail(err, errlen, "--%s must be one of %s; got '%s'", o->name, range, text);
+        unet_errorf(err, errlen, "--%s must be one of %s; got '%s'", o->name, range, text);
         return -1;
     case OPT_INT_LIST: {
         int cap = (int)(o->size / sizeof(int)), n = 0, vals[64];
@@ -614,7 +607,7 @@ static int set_value(unet_config *cfg, const option *o, const char *text, char *
             if (parse_integer(item, &v)) goto malformed;
             if (!in_range(o, (double)v)) {
                 range_text(o, range, sizeof range);
-                fail(err, errlen, "--%s: every value must be %s, got %s", o->name, range, item);
+                unet_errorf(err, errlen, "--%s: every value must be %s, got %s", o->name, range, item);
                 return -1;
             }
             vals[n++] = (int)v;
@@ -622,15 +615,15 @@ static int set_value(unet_config *cfg, const option *o, const char *text, char *
             s = comma + 1;
         }
         if (n < o->min_count || n > cap) {
-            fail(err, errlen, "--%s takes %d to %d values, got %d", o->name, o->min_count, cap, n);
+            unet_errorf(err, errlen, "--%s takes %d to %d values, got %d", o->name, o->min_count, cap, n);
             return -1;
         }
         memcpy(dst, vals, (size_t)n * sizeof(int));
         *(int *)((char *)cfg + o->count_offset) = n;
         return 0;
     malformed:
-        fail(err, errlen, "--%s needs comma-separated integers such as %s, got '%s'", o->name,
-             o->def ? o->def : "1,2,3", text);
+        unet_errorf(err, errlen, "--%s needs comma-separated integers such as %s, got '%s'", o->name,
+                    o->def ? o->def : "1,2,3", text);
         return -1;
     }
     }
@@ -676,7 +669,7 @@ static int check_device(const char *value, char *err, size_t errlen) {
     probe.device = value;
     int cuda, index;
     if (unet_config_device(&probe, &cuda, &index) == 0) return 0;
-    fail(err, errlen, "--device must be cpu, cuda, cuda:N (N a device index) or auto; got '%s'", value);
+    unet_errorf(err, errlen, "--device must be cpu, cuda, cuda:N (N a device index) or auto; got '%s'", value);
     return -1;
 }
 
@@ -687,8 +680,8 @@ static int check_match_params(const char *value, char *err, size_t errlen) {
     if (!parse_integer(value, &n) && n > 0) return 0;
     for (int k = 0; model_kinds[k]; k++)
         if (!strcmp(value, model_kinds[k])) return 0;
-    fail(err, errlen, "--match-params takes a model (unet, unet_e, unet_plus, unetpp) or a parameter count such as "
-                      "9041601, got '%s'", value);
+    unet_errorf(err, errlen, "--match-params takes a model (unet, unet_e, unet_plus, unetpp) or a parameter count "
+                             "such as 9041601, got '%s'", value);
     return -1;
 }
 
@@ -761,12 +754,12 @@ static int resolve(unet_config *cfg, char *err, size_t errlen) {
     int base = unet_config_is_set(cfg, "base"), levels = unet_config_is_set(cfg, "levels");
     int depth = unet_config_is_set(cfg, "depth");
     if (base && unet_config_is_set(cfg, "filters")) {
-        fail(err, errlen, "give either --filters or --base (with --levels), not both");
+        unet_errorf(err, errlen, "give either --filters or --base (with --levels), not both");
         return -1;
     }
     if (levels && !base) {
-        fail(err, errlen, "--levels goes with --base B (filters B * 2^i); with --filters the list's length is the "
-                          "number of levels");
+        unet_errorf(err, errlen, "--levels goes with --base B (filters B * 2^i); with --filters the list's length is "
+                                 "the number of levels");
         return -1;
     }
     if (base) {
@@ -780,13 +773,14 @@ static int resolve(unet_config *cfg, char *err, size_t errlen) {
             mark(cfg, "levels", 1);
         }
         if (cfg->levels < 2 || cfg->levels > UNET_MAX_LEVELS) {
-            fail(err, errlen, "%s with --base must be between 2 and %d levels, got %d", levels_flag, UNET_MAX_LEVELS,
-                 cfg->levels);
+            unet_errorf(err, errlen, "%s with --base must be between 2 and %d levels, got %d", levels_flag,
+                        UNET_MAX_LEVELS, cfg->levels);
             return -1;
         }
         if ((long long)cfg->base << (cfg->levels - 1) > 65536) {
-            fail(err, errlen, "--base %d with %d levels gives %lld filters at the deepest level, more than 65536",
-                 cfg->base, cfg->levels, (long long)cfg->base << (cfg->levels - 1));
+            unet_errorf(err, errlen, "--base %d with %d levels gives %lld filters at the deepest level, more "
+                                     "than 65536",
+                        cfg->base, cfg->levels, (long long)cfg->base << (cfg->levels - 1));
             return -1;
         }
         for (int i = 0; i < cfg->levels; i++) cfg->model.filters[i] = cfg->base << i;
@@ -836,11 +830,11 @@ int unet_config_parse(unet_config *cfg, const char *subcommand, int argc, char *
         if (!strcmp(a, "-o")) a = "--output";
         if (strncmp(a, "--", 2) || !a[2]) {
             if (a[0] == '-' && a[1] && a[1] != '-')
-                fail(err, errlen, "unknown option %s: options are long, --name value (see unet %s --help)", a,
-                     subcommand);
+                unet_errorf(err, errlen, "unknown option %s: options are long, --name value (see unet %s --help)", a,
+                            subcommand);
             else
-                fail(err, errlen, "unexpected argument '%s': options are --name value (see unet %s --help)", a,
-                     subcommand);
+                unet_errorf(err, errlen, "unexpected argument '%s': options are --name value (see unet %s --help)", a,
+                            subcommand);
             return -1;
         }
         char name[64];
@@ -851,22 +845,22 @@ int unet_config_parse(unet_config *cfg, const char *subcommand, int argc, char *
         if (k < 0) {
             const char *s = suggest_option(name);
             if (s)
-                fail(err, errlen, "unknown option --%s (did you mean --%s?)", name, s);
+                unet_errorf(err, errlen, "unknown option --%s (did you mean --%s?)", name, s);
             else
-                fail(err, errlen, "unknown option --%s (see unet %s --help)", name, subcommand);
+                unet_errorf(err, errlen, "unknown option --%s (see unet %s --help)", name, subcommand);
             return -1;
         }
         const option *o = &options[k];
         if (!(o->commands & cmd->bit)) {
             char takers[128];
             commands_taking(o, takers, sizeof takers);
-            fail(err, errlen, "--%s is not an option of %s (it is one of %s)", o->name, subcommand, takers);
+            unet_errorf(err, errlen, "--%s is not an option of %s (it is one of %s)", o->name, subcommand, takers);
             return -1;
         }
         const char *value;
         if (o->type == OPT_FLAG) {
             if (eq) {
-                fail(err, errlen, "--%s is a flag and takes no value", o->name);
+                unet_errorf(err, errlen, "--%s is a flag and takes no value", o->name);
                 return -1;
             }
             value = "true";
@@ -881,8 +875,8 @@ int unet_config_parse(unet_config *cfg, const char *subcommand, int argc, char *
                 choices_text(o, "|", what, sizeof what);
             else
                 snprintf(what, sizeof what, "%s", o->meta ? o->meta : type_meta(o));
-            fail(err, errlen, "--%s needs a value (%s)%s%s", o->name, what, i + 1 < argc ? ", got option " : "",
-                 i + 1 < argc ? argv[i + 1] : "");
+            unet_errorf(err, errlen, "--%s needs a value (%s)%s%s", o->name, what, i + 1 < argc ? ", got option " : "",
+                        i + 1 < argc ? argv[i + 1] : "");
             return -1;
         } else {
             value = argv[++i];
@@ -980,7 +974,7 @@ static int json_value_text(const option *o, json_object *v, char *buf, size_t n,
         break;
     }
     if (want) {
-        fail(err, errlen, "\"%s\" must be %s, got %s", key, want, json_object_to_json_string(v));
+        unet_errorf(err, errlen, "\"%s\" must be %s, got %s", key, want, json_object_to_json_string(v));
         return -1;
     }
     if (o->type == OPT_FLOAT) {
@@ -992,8 +986,8 @@ static int json_value_text(const option *o, json_object *v, char *buf, size_t n,
         for (size_t i = 0; i < len; i++) {
             json_object *e = json_object_array_get_idx(v, i);
             if (json_object_get_type(e) != json_type_int) {
-                fail(err, errlen, "\"%s\" must be an array of integers, got %s", key,
-                     json_object_to_json_string(v));
+                unet_errorf(err, errlen, "\"%s\" must be an array of integers, got %s", key,
+                            json_object_to_json_string(v));
                 return -1;
             }
             snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", i ? "," : "", json_object_get_string(e));
@@ -1008,8 +1002,8 @@ int unet_config_from_json(unet_config *cfg, const char *json, char *err, size_t 
     enum json_tokener_error jerr;
     json_object *root = json_tokener_parse_verbose(json, &jerr);
     if (!root || json_object_get_type(root) != json_type_object) {
-        fail(err, errlen, "configuration is not a JSON object (%s)",
-             root ? "another JSON value" : json_tokener_error_desc(jerr));
+        unet_errorf(err, errlen, "configuration is not a JSON object (%s)",
+                    root ? "another JSON value" : json_tokener_error_desc(jerr));
         json_object_put(root);
         return -1;
     }
@@ -1023,14 +1017,14 @@ int unet_config_from_json(unet_config *cfg, const char *json, char *err, size_t 
             if (!(options[j].flags & OPTF_NO_JSON) && !strcmp(jk, key)) k = j;
         }
         if (k < 0) {
-            fail(err, errlen, "configuration has an unknown key \"%s\" (written by a newer version?)", key);
+            unet_errorf(err, errlen, "configuration has an unknown key \"%s\" (written by a newer version?)", key);
             rc = -1;
             break;
         }
         char text[TEXT_MAX], why[512];
         if (json_value_text(&options[k], v, text, sizeof text, why, sizeof why) ||
             set_value(&tmp, &options[k], text, why, sizeof why)) {
-            fail(err, errlen, "configuration: %s", why);
+            unet_errorf(err, errlen, "configuration: %s", why);
             rc = -1;
             break;
         }

@@ -4,25 +4,6 @@
 
 #include "host/core/graph_internal.h"
 
-static const char *op_names[UNET_OP_COUNT] = {
-    [UNET_OP_CONV] = "conv",
-    [UNET_OP_CONV_T2] = "conv_t2",
-    [UNET_OP_BIAS] = "bias",
-    [UNET_OP_RELU] = "relu",
-    [UNET_OP_MAXPOOL2] = "maxpool2",
-    [UNET_OP_CROP_CONCAT] = "crop_concat",
-    [UNET_OP_CROP_ADD] = "crop_add",
-    [UNET_OP_UPSAMPLE2] = "upsample2",
-    [UNET_OP_BATCHNORM] = "batchnorm",
-    [UNET_OP_DROPOUT] = "dropout",
-    [UNET_OP_SOFTMAX_CE] = "softmax_ce",
-    [UNET_OP_BCE_DICE] = "bce_dice",
-};
-
-const char *unet_op_name(unet_op op) { return op >= 0 && op < UNET_OP_COUNT ? op_names[op] : "?"; }
-
-int unet_op_is_loss(unet_op op) { return op == UNET_OP_SOFTMAX_CE || op == UNET_OP_BCE_DICE; }
-
 unet_node unet_node_make(unet_op op, const char *name) {
     unet_node n;
     memset(&n, 0, sizeof n);

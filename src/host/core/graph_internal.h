@@ -35,6 +35,4 @@ struct unet_graph {
     size_t trainable_params;             /* exact count of trainable values */
 };
 
-int unet_op_is_loss(unet_op op);
-
 #endif

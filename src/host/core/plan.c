@@ -5,34 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "host/core/op_table.h"
 #include "host/core/shapes.h"
 #include "unet/plan.h"
 
 #define ALIGN 256 /* arena offsets: enough for any vector load and cuDNN's alignment rules */
-
-/* Which forward tensors an op's backward reads: the others get NULL pointers
- * in backward, and their memory may already hold something else. */
-enum { READS_IN = 1, READS_OUT = 2, READS_OUT_IF_RELU = 4 };
-static const unsigned backward_reads[UNET_OP_COUNT] = {
-    [UNET_OP_CONV] = READS_IN | READS_OUT_IF_RELU,
-    [UNET_OP_CONV_T2] = READS_IN,
-    [UNET_OP_BIAS] = 0,
-    [UNET_OP_RELU] = READS_OUT,
-    [UNET_OP_MAXPOOL2] = READS_IN | READS_OUT,
-    [UNET_OP_CROP_CONCAT] = 0,
-    [UNET_OP_CROP_ADD] = 0,
-    [UNET_OP_UPSAMPLE2] = 0,
-    [UNET_OP_BATCHNORM] = READS_IN | READS_OUT,
-    [UNET_OP_DROPOUT] = 0,
-    [UNET_OP_SOFTMAX_CE] = READS_IN,
-    [UNET_OP_BCE_DICE] = READS_IN,
-};
-
-int unet_backward_reads_inputs(const unet_node *n) { return (backward_reads[n->op] & READS_IN) != 0; }
-int unet_backward_reads_output(const unet_node *n) {
-    return (backward_reads[n->op] & READS_OUT) || ((backward_reads[n->op] & READS_OUT_IF_RELU) && n->relu);
-}
-
 
 typedef struct {
     size_t bytes, offset;
@@ -153,13 +130,6 @@ static size_t assign_offsets(plan_tensor *t, int n) {
     return place(t, n, orders[best]);
 }
 
-static double node_flops(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape out) {
-    (void)g;
-    if (n->op == UNET_OP_CONV) return 2.0 * unet_shape_count(out) * in[0].c * n->k * n->k;
-    if (n->op == UNET_OP_CONV_T2) return 2.0 * unet_shape_count(out) * in[0].c;
-    return 0.0;
-}
-
 /* Where the final part of the gradient block begins after each backward
  * step: a parameter's gradient is final once its node's backward has run (a
  * parameter whose node runs none keeps the zeros set at compile time), and the
@@ -196,148 +166,175 @@ static void gradient_readiness(unet_plan *p, const int *bwd_step) {
     free(order);
 }
 
-unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_plan_cfg cfg, char *err,
-                             size_t errlen) {
-    if (cfg.batch < 1) {
-        snprintf(err, errlen, "batch size must be at least 1, got %d", cfg.batch);
-        return NULL;
-    }
-    if (unet_check_tile(g, cfg, err, errlen)) return NULL;
-    unet_plan *p = xcalloc(1, sizeof *p);
-    p->g = g;
-    p->pb = pb;
-    p->b = pb->backend;
-    p->cfg = cfg;
-    const int NV = g->n_values, NN = g->n_nodes;
-    p->shapes = xcalloc((size_t)NV, sizeof *p->shapes);
-    unet_infer_all(g, cfg, p->shapes, err, errlen);
-    p->act = xcalloc((size_t)NV, sizeof(int));
-    p->grad = xcalloc((size_t)NV, sizeof(int));
-    p->aux = xcalloc((size_t)NN, sizeof(int));
-    for (int v = 0; v < NV; v++) p->act[v] = p->grad[v] = -1;
-    for (int k = 0; k < NN; k++) p->aux[k] = -1;
+/* What the compiler's stages hand one another, freed once the plan is built. */
+typedef struct {
+    int *fwd_nodes, *bwd_nodes; /* forward step -> node; backward step (from 0) -> node */
+    /* node -> the step that runs its forward, its backward; -1: none. Steps
+     * number on through the backward: the backward's first is n_fwd. */
+    int *fwd_step, *bwd_step;
+    char *has_grad; /* per value: a gradient tensor is computed for it */
+    int has_loss;   /* losses run: the backward starts from them, not from gradients the caller sets */
+    int end;        /* the step after the last */
+} schedule;
 
-    /* Forward steps: every node in order (the builder appends them in a
-     * topological order); loss nodes only when training. */
-    int *fwd_step = xcalloc((size_t)NN, sizeof(int)); /* node -> step, -1 when inactive */
-    int *fwd_nodes = xcalloc((size_t)NN, sizeof(int));
-    for (int k = 0; k < NN; k++) {
-        fwd_step[k] = -1;
-        if (!cfg.training && unet_op_is_loss(g->nodes[k].op)) continue;
-        fwd_step[k] = p->n_fwd;
-        fwd_nodes[p->n_fwd++] = k;
-    }
+static schedule schedule_new(const unet_graph *g) {
+    schedule s = {
+        .fwd_nodes = xcalloc((size_t)g->n_nodes, sizeof(int)),
+        .bwd_nodes = xcalloc((size_t)g->n_nodes, sizeof(int)),
+        .fwd_step = xcalloc((size_t)g->n_nodes, sizeof(int)),
+        .bwd_step = xcalloc((size_t)g->n_nodes, sizeof(int)),
+        .has_grad = xcalloc((size_t)g->n_values, 1),
+    };
+    for (int k = 0; k < g->n_nodes; k++) s.fwd_step[k] = s.bwd_step[k] = -1;
+    return s;
+}
 
-    /* Backward derivation: which values need a gradient, which nodes run a
-     * backward, in reverse order, and who writes a gradient first. */
-    char *requires = xcalloc((size_t)NV, 1), *has_grad = xcalloc((size_t)NV, 1), *written = xcalloc((size_t)NV, 1);
-    int *bwd_step = xcalloc((size_t)NN, sizeof(int));
-    int *bwd_nodes = xcalloc((size_t)NN, sizeof(int));
-    int has_loss = 0;
-    for (int k = 0; k < NN; k++) {
-        bwd_step[k] = -1;
-        if (fwd_step[k] >= 0 && unet_op_is_loss(g->nodes[k].op)) has_loss = 1;
-    }
-    int end = p->n_fwd; /* the step after the last, updated once backward is known */
-    if (cfg.training) {
-        for (int i = 0; i < g->n_inputs; i++) requires[g->inputs[i].value] = (char)g->inputs[i].requires_grad;
-        for (int k = 0; k < NN; k++) {
-            const unet_node *n = &g->nodes[k];
-            int r = 0;
-            for (int i = 0; i < n->n_in; i++) r |= requires[n->in[i]];
-            for (int j = 0; j < UNET_MAX_PARAM; j++)
-                if (n->param[j] >= 0 && g->params[n->param[j]].kind == UNET_PARAM_TRAINABLE) r = 1;
-            requires[n->out_value] = (char)r;
-        }
-        if (!has_loss)
-            for (int o = 0; o < g->n_outputs; o++) {
-                has_grad[g->outputs[o]] = requires[g->outputs[o]];
-                written[g->outputs[o]] = 1; /* the caller's gradient is there first */
-            }
-        for (int k = NN - 1; k >= 0; k--) {
-            const unet_node *n = &g->nodes[k];
-            if (fwd_step[k] < 0 || !requires[n->out_value]) continue;
-            if (!unet_op_is_loss(n->op) && !has_grad[n->out_value]) continue;
-            bwd_step[k] = p->n_fwd + p->n_bwd;
-            bwd_nodes[p->n_bwd++] = k;
-            for (int i = 0; i < n->n_in; i++)
-                if (requires[n->in[i]] && !(unet_op_is_loss(n->op) && i > 0)) has_grad[n->in[i]] = 1;
-        }
-        end = p->n_fwd + p->n_bwd;
-    }
+static void schedule_free(schedule *s) {
+    free(s->fwd_nodes);
+    free(s->bwd_nodes);
+    free(s->fwd_step);
+    free(s->bwd_step);
+    free(s->has_grad);
+}
 
-    /* Tensors and their lifetimes. */
+/* Forward steps: every node in graph order, which the builder keeps
+ * topological; losses only when training, where they are what the backward
+ * starts from. */
+static void order_forward(unet_plan *p, schedule *s) {
+    const unet_graph *g = p->g;
+    for (int k = 0; k < g->n_nodes; k++) {
+        if (!p->cfg.training && unet_op_is_loss(g->nodes[k].op)) continue;
+        s->fwd_step[k] = p->n_fwd;
+        s->fwd_nodes[p->n_fwd++] = k;
+        if (unet_op_is_loss(g->nodes[k].op)) s->has_loss = 1;
+    }
+    s->end = p->n_fwd;
+}
+
+/* Backward steps, when training: which values need a gradient (those that
+ * depend on a trainable parameter or an input that asks for one), and which
+ * nodes then run a backward, in reverse graph order. A node runs one when a
+ * gradient reaches its output: from a loss, or, in a graph without losses (op
+ * tests), from the gradient the caller sets on an output. A loss passes none
+ * to its labels and weights. */
+static void derive_backward(unet_plan *p, schedule *s) {
+    const unet_graph *g = p->g;
+    if (!p->cfg.training) return;
+    char *requires = xcalloc((size_t)g->n_values, 1);
+    for (int i = 0; i < g->n_inputs; i++) requires[g->inputs[i].value] = (char)g->inputs[i].requires_grad;
+    for (int k = 0; k < g->n_nodes; k++) {
+        const unet_node *n = &g->nodes[k];
+        int r = 0;
+        for (int i = 0; i < n->n_in; i++) r |= requires[n->in[i]];
+        for (int j = 0; j < UNET_MAX_PARAM; j++)
+            if (n->param[j] >= 0 && g->params[n->param[j]].kind == UNET_PARAM_TRAINABLE) r = 1;
+        requires[n->out_value] = (char)r;
+    }
+    if (!s->has_loss)
+        for (int o = 0; o < g->n_outputs; o++) s->has_grad[g->outputs[o]] = requires[g->outputs[o]];
+    for (int k = g->n_nodes - 1; k >= 0; k--) {
+        const unet_node *n = &g->nodes[k];
+        if (s->fwd_step[k] < 0 || !requires[n->out_value]) continue;
+        if (!unet_op_is_loss(n->op) && !s->has_grad[n->out_value]) continue;
+        s->bwd_step[k] = p->n_fwd + p->n_bwd;
+        s->bwd_nodes[p->n_bwd++] = k;
+        for (int i = 0; i < n->n_in; i++)
+            if (requires[n->in[i]] && !(unet_op_is_loss(n->op) && i > 0)) s->has_grad[n->in[i]] = 1;
+    }
+    s->end = p->n_fwd + p->n_bwd;
+    free(requires);
+}
+
+/* Every activation and gradient as a tensor, alive from the step that writes
+ * it to the last that reads it. A backward keeps alive only the forward
+ * tensors its op reads (op_table.c): the others' memory can be reused
+ * before it runs. */
+static void tensor_lifetimes(unet_plan *p, const schedule *s) {
+    const unet_graph *g = p->g;
     const unet_backend *b = p->b;
     for (int i = 0; i < g->n_inputs; i++) {
         int v = g->inputs[i].value;
         p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], input_dtype(g->inputs[i].kind)), 0);
         /* inputs keep their memory for the whole step: a caller may set them
          * once and run many steps (benchmarks, inference of one batch) */
-        use(p, p->act[v], end);
-        if (has_grad[v]) {
+        use(p, p->act[v], s->end);
+        if (s->has_grad[v]) {
             p->grad[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), p->n_fwd);
-            use(p, p->grad[v], end); /* read by the caller after backward */
+            use(p, p->grad[v], s->end); /* read by the caller after backward */
         }
     }
-    for (int s = 0; s < p->n_fwd; s++) {
-        int k = fwd_nodes[s];
+    for (int f = 0; f < p->n_fwd; f++) {
+        int k = s->fwd_nodes[f], back = s->bwd_step[k];
         const unet_node *n = &g->nodes[k];
         int v = n->out_value;
         /* a loss value is float32 whatever the backend's precision */
         unet_dtype t = unet_op_is_loss(n->op) ? UNET_F32_EXACT : UNET_F32;
-        p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], t), s);
-        if (has_grad[v]) p->grad[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), end);
+        p->act[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], t), f);
+        if (s->has_grad[v]) p->grad[v] = new_tensor(p, b->tensor_bytes(b, p->shapes[v], UNET_F32), s->end);
         for (int i = 0; i < n->n_in; i++) {
-            use(p, p->act[n->in[i]], s);
-            if (bwd_step[k] >= 0 && unet_backward_reads_inputs(n)) use(p, p->act[n->in[i]], bwd_step[k]);
+            use(p, p->act[n->in[i]], f);
+            if (back >= 0 && unet_backward_reads_inputs(n)) use(p, p->act[n->in[i]], back);
         }
-        if (bwd_step[k] >= 0 && unet_backward_reads_output(n)) use(p, p->act[v], bwd_step[k]);
-        if (unet_op_is_loss(n->op)) use(p, p->act[v], end);
+        if (back >= 0 && unet_backward_reads_output(n)) use(p, p->act[v], back);
+        if (unet_op_is_loss(n->op)) use(p, p->act[v], s->end);
     }
-    for (int o = 0; o < g->n_outputs; o++) use(p, p->act[g->outputs[o]], end);
-    for (int s = 0; s < p->n_bwd; s++) {
-        int k = bwd_nodes[s];
+    for (int o = 0; o < g->n_outputs; o++) use(p, p->act[g->outputs[o]], s->end);
+    for (int i = 0; i < p->n_bwd; i++) {
+        int k = s->bwd_nodes[i];
         const unet_node *n = &g->nodes[k];
-        use(p, p->grad[n->out_value], bwd_step[k]);
-        for (int i = 0; i < n->n_in; i++) use(p, p->grad[n->in[i]], bwd_step[k]);
+        use(p, p->grad[n->out_value], s->bwd_step[k]);
+        for (int j = 0; j < n->n_in; j++) use(p, p->grad[n->in[j]], s->bwd_step[k]);
     }
-    if (!has_loss)
+    if (!s->has_loss)
         for (int o = 0; o < g->n_outputs; o++) use(p, p->grad[g->outputs[o]], p->n_fwd);
+}
 
-    /* Per-node args (shapes first: the backends size workspace and aux from them). */
+/* Each forward step's args without pointers, which the backend sizes its
+ * memory from: the workspace all nodes share (the largest any asks), and a
+ * node's saved data (aux: batch statistics, dropout masks), a tensor alive
+ * from its forward to its backward. Counts the FLOPs on the way. Fails when
+ * the backend lacks a kernel the plan runs. */
+static int describe_nodes(unet_plan *p, const schedule *s, char *err, size_t errlen) {
+    const unet_graph *g = p->g;
+    const unet_backend *b = p->b;
     p->fwd = xcalloc((size_t)p->n_fwd, sizeof *p->fwd);
     p->bwd = xcalloc((size_t)p->n_bwd, sizeof *p->bwd);
-    size_t ws = 0;
-    for (int s = 0; s < p->n_fwd; s++) {
-        int k = fwd_nodes[s];
+    for (int f = 0; f < p->n_fwd; f++) {
+        int k = s->fwd_nodes[f], back = s->bwd_step[k];
         const unet_node *n = &g->nodes[k];
-        unet_op_args *a = &p->fwd[s];
+        unet_op_args *a = &p->fwd[f];
         const unet_op_impl *impl = b->ops[n->op];
-        if (!impl || !impl->forward || (bwd_step[k] >= 0 && !impl->backward)) {
+        if (!impl || !impl->forward || (back >= 0 && !impl->backward)) {
             snprintf(err, errlen, "the %s backend has no %s for op %s", b->name,
                      impl && impl->forward ? "backward" : "forward", unet_op_name(n->op));
-            goto fail;
+            return -1;
         }
         a->node = n;
         a->node_index = k;
         a->backend = b;
-        a->training = cfg.training;
+        a->training = p->cfg.training;
         a->n_in = n->n_in;
-        a->replica_sum = cfg.replica_sum;
+        a->replica_sum = p->cfg.replica_sum;
         for (int i = 0; i < n->n_in; i++) a->in_shape[i] = p->shapes[n->in[i]];
         a->out_shape = p->shapes[n->out_value];
-        p->flops += node_flops(g, n, a->in_shape, a->out_shape);
+        double (*flops)(const unet_node *, const unet_shape *, unet_shape) = unet_op_row_of(n->op)->flops;
+        if (flops) p->flops += flops(n, a->in_shape, a->out_shape);
         size_t w = impl->workspace_bytes ? impl->workspace_bytes(a) : 0;
-        if (w > ws) ws = w;
+        if (w > p->workspace_bytes) p->workspace_bytes = w;
         size_t x = impl->aux_bytes ? impl->aux_bytes(a) : 0;
         if (x) {
-            p->aux[k] = new_tensor(p, x, s);
-            use(p, p->aux[k], bwd_step[k] >= 0 ? bwd_step[k] : s);
+            p->aux[k] = new_tensor(p, x, f);
+            use(p, p->aux[k], back >= 0 ? back : f);
         }
     }
+    return 0;
+}
 
+/* Offsets in the arena for every tensor, and the statistics that say how well
+ * they pack: what no reuse would take, and the most alive at one step, which
+ * no placement can beat. */
+static void place_tensors(unet_plan *p, int end) {
     for (int t = 0; t < p->n_tensors; t++) p->unplanned_bytes += p->tensors[t].bytes;
-    /* the most bytes alive at any one step: no placement can use less */
     for (int step = 0; step <= end; step++) {
         size_t live = 0;
         for (int t = 0; t < p->n_tensors; t++)
@@ -345,24 +342,38 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
         if (live > p->peak_live_bytes) p->peak_live_bytes = live;
     }
     p->arena_bytes = assign_offsets(p->tensors, p->n_tensors);
-    p->workspace_bytes = ws;
-    if (cfg.plan_only) goto done;
+}
+
+/* The plan's backend memory: the arena, the workspace, the step's seed. */
+static int allocate(unet_plan *p, char *err, size_t errlen) {
+    const unet_backend *b = p->b;
     p->arena = b->alloc(b, p->arena_bytes ? p->arena_bytes : ALIGN);
-    p->workspace = b->alloc(b, ws ? ws : ALIGN);
+    p->workspace = b->alloc(b, p->workspace_bytes ? p->workspace_bytes : ALIGN);
     p->seed = b->alloc(b, sizeof *p->seed);
     if (!p->arena || !p->workspace || !p->seed) {
         snprintf(err, errlen, "out of %s memory: the plan needs %.1f MiB of activations and %.1f MiB of workspace "
-                 "(try a smaller --batch or --tile)", b->name, p->arena_bytes / 1048576.0, ws / 1048576.0);
-        goto fail;
+                 "(try a smaller --batch or --tile)", b->name, p->arena_bytes / 1048576.0,
+                 p->workspace_bytes / 1048576.0);
+        return -1;
     }
     b->memset0(b, p->seed, sizeof *p->seed); /* seed 0 until the caller sets one */
-#define PTR(t) ((t) >= 0 ? (void *)(p->arena + p->tensors[t].offset) : NULL)
-    for (int s = 0; s < p->n_fwd; s++) {
-        int k = fwd_nodes[s];
+    return 0;
+}
+
+static void *tensor_ptr(const unet_plan *p, int t) { return t >= 0 ? p->arena + p->tensors[t].offset : NULL; }
+
+/* Every pointer a step needs, resolved once. A backward's args are its
+ * forward's, less the forward tensors its op does not read (NULL: their
+ * memory may hold something else by then), plus the gradients. */
+static void bind_pointers(unet_plan *p, const schedule *s) {
+    const unet_graph *g = p->g;
+    const unet_param_blocks *pb = p->pb;
+    for (int f = 0; f < p->n_fwd; f++) {
+        int k = s->fwd_nodes[f];
         const unet_node *n = &g->nodes[k];
-        unet_op_args *a = &p->fwd[s];
-        for (int i = 0; i < n->n_in; i++) a->in[i] = PTR(p->act[n->in[i]]);
-        a->out = PTR(p->act[n->out_value]);
+        unet_op_args *a = &p->fwd[f];
+        for (int i = 0; i < n->n_in; i++) a->in[i] = tensor_ptr(p, p->act[n->in[i]]);
+        a->out = tensor_ptr(p, p->act[n->out_value]);
         for (int j = 0; j < UNET_MAX_PARAM; j++)
             if (n->param[j] >= 0) {
                 const unet_param *pr = &g->params[n->param[j]];
@@ -371,25 +382,32 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
             }
         for (int j = 0; j < 2; j++)
             if (n->state[j] >= 0) a->state[j] = pb->state + g->params[n->state[j]].offset;
-        a->aux = PTR(p->aux[k]);
+        a->aux = tensor_ptr(p, p->aux[k]);
         a->workspace = p->workspace;
         a->seed = p->seed;
-        if (bwd_step[k] >= 0) {
-            unet_op_args *ba = &p->bwd[bwd_step[k] - p->n_fwd];
-            *ba = *a;
-            for (int i = 0; i < n->n_in; i++) {
-                if (!unet_backward_reads_inputs(n)) ba->in[i] = NULL;
-                if (unet_op_is_loss(n->op) && i > 0) continue;
-                ba->din[i] = PTR(p->grad[n->in[i]]);
-            }
-            if (!unet_backward_reads_output(n)) ba->out = NULL;
-            ba->dout = unet_op_is_loss(n->op) ? NULL : PTR(p->grad[n->out_value]);
+        if (s->bwd_step[k] < 0) continue;
+        unet_op_args *ba = &p->bwd[s->bwd_step[k] - p->n_fwd];
+        *ba = *a;
+        for (int i = 0; i < n->n_in; i++) {
+            if (!unet_backward_reads_inputs(n)) ba->in[i] = NULL;
+            if (unet_op_is_loss(n->op) && i > 0) continue;
+            ba->din[i] = tensor_ptr(p, p->grad[n->in[i]]);
         }
+        if (!unet_backward_reads_output(n)) ba->out = NULL;
+        ba->dout = unet_op_is_loss(n->op) ? NULL : tensor_ptr(p, p->grad[n->out_value]);
     }
-    /* Who writes each gradient first, in execution order: that one overwrites,
-     * later consumers add. */
-    for (int s = 0; s < p->n_bwd; s++) {
-        unet_op_args *ba = &p->bwd[s];
+}
+
+/* Who writes each gradient first, in execution order: that one overwrites,
+ * later consumers add. Without losses the caller's output gradient is there
+ * before any. */
+static void mark_accumulating_gradients(unet_plan *p, const schedule *s) {
+    const unet_graph *g = p->g;
+    char *written = xcalloc((size_t)g->n_values, 1);
+    if (!s->has_loss)
+        for (int o = 0; o < g->n_outputs; o++) written[g->outputs[o]] = 1;
+    for (int step = 0; step < p->n_bwd; step++) {
+        unet_op_args *ba = &p->bwd[step];
         for (int i = 0; i < ba->n_in; i++) {
             if (!ba->din[i]) continue;
             int v = ba->node->in[i];
@@ -397,34 +415,73 @@ unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_pl
             written[v] = 1;
         }
     }
-#undef PTR
-    if (cfg.training) gradient_readiness(p, bwd_step);
-    for (int s = 0; s < p->n_fwd; s++)
-        if (unet_op_is_loss(g->nodes[fwd_nodes[s]].op)) p->n_loss++;
-    p->loss_nodes = xcalloc((size_t)p->n_loss, sizeof(int));
+    free(written);
+}
+
+/* The loss nodes, in forward order, which unet_plan_loss reads back. */
+static void find_losses(unet_plan *p, const schedule *s) {
+    const unet_graph *g = p->g;
+    p->loss_nodes = xcalloc((size_t)p->n_fwd, sizeof(int));
+    for (int f = 0; f < p->n_fwd; f++)
+        if (unet_op_is_loss(g->nodes[s->fwd_nodes[f]].op)) p->loss_nodes[p->n_loss++] = s->fwd_nodes[f];
     p->loss_host = xcalloc((size_t)p->n_loss, sizeof(float));
-    p->n_loss = 0;
-    for (int s = 0; s < p->n_fwd; s++)
-        if (unet_op_is_loss(g->nodes[fwd_nodes[s]].op)) p->loss_nodes[p->n_loss++] = fwd_nodes[s];
+}
+
+/* The weight map uploaded when a batch brings none: all ones. */
+static void default_weights(unet_plan *p) {
+    const unet_graph *g = p->g;
     size_t max_hw = 0;
     for (int i = 0; i < g->n_inputs; i++)
         if (g->inputs[i].kind == UNET_INPUT_WEIGHT) max_hw = unet_shape_count(p->shapes[g->inputs[i].value]);
     p->ones = xcalloc(max_hw, sizeof(float));
     for (size_t i = 0; i < max_hw; i++) p->ones[i] = 1.0f;
+}
+
+/* The compiler's stages in order. A plan_only plan stops once its memory is
+ * planned. */
+static int build(unet_plan *p, schedule *s, char *err, size_t errlen) {
+    order_forward(p, s);
+    derive_backward(p, s);
+    tensor_lifetimes(p, s);
+    if (describe_nodes(p, s, err, errlen)) return -1;
+    place_tensors(p, s->end);
+    if (p->cfg.plan_only) return 0;
+    if (allocate(p, err, errlen)) return -1;
+    bind_pointers(p, s);
+    mark_accumulating_gradients(p, s);
+    if (p->cfg.training) gradient_readiness(p, s->bwd_step);
+    find_losses(p, s);
+    default_weights(p);
     /* Gradients of parameters whose node runs no backward stay zero. */
-    if (cfg.training && pb->grads) b->memset0(b, pb->grads, pb->n_trainable * sizeof(float));
-    goto done;
-fail:
-    unet_plan_free(p);
-    p = NULL;
-done:
-    free(fwd_step);
-    free(fwd_nodes);
-    free(bwd_step);
-    free(bwd_nodes);
-    free(requires);
-    free(has_grad);
-    free(written);
+    if (p->cfg.training && p->pb->grads) p->b->memset0(p->b, p->pb->grads, p->pb->n_trainable * sizeof(float));
+    return 0;
+}
+
+unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_plan_cfg cfg, char *err,
+                             size_t errlen) {
+    if (cfg.batch < 1) {
+        snprintf(err, errlen, "batch size must be at least 1, got %d", cfg.batch);
+        return NULL;
+    }
+    unet_shape *shapes = xcalloc((size_t)g->n_values, sizeof *shapes);
+    if (unet_infer_tile(g, cfg, shapes, err, errlen)) {
+        free(shapes);
+        return NULL;
+    }
+    unet_plan *p = xcalloc(1, sizeof *p);
+    *p = (unet_plan){.g = g, .pb = pb, .b = pb->backend, .cfg = cfg, .shapes = shapes};
+    p->act = xcalloc((size_t)g->n_values, sizeof(int));
+    p->grad = xcalloc((size_t)g->n_values, sizeof(int));
+    p->aux = xcalloc((size_t)g->n_nodes, sizeof(int));
+    for (int v = 0; v < g->n_values; v++) p->act[v] = p->grad[v] = -1;
+    for (int k = 0; k < g->n_nodes; k++) p->aux[k] = -1;
+    schedule s = schedule_new(g);
+    int rc = build(p, &s, err, errlen);
+    schedule_free(&s);
+    if (rc) {
+        unet_plan_free(p);
+        return NULL;
+    }
     return p;
 }
 
@@ -446,8 +503,6 @@ void unet_plan_free(unet_plan *p) {
     free(p->ready_from);
     free(p);
 }
-
-static void *tensor_ptr(const unet_plan *p, int t) { return t >= 0 ? p->arena + p->tensors[t].offset : NULL; }
 
 void unet_plan_set_inputs(unet_plan *p, const float *image, const int32_t *label, const float *weight) {
     const unet_graph *g = p->g;

@@ -4,93 +4,18 @@
  * user error that names the nearest sizes that work. */
 #include <string.h>
 
+#include "host/core/op_table.h"
 #include "host/core/shapes.h"
 
-static int fail(char *err, size_t errlen, const unet_node *n, const char *what, unet_shape s) {
-    snprintf(err, errlen, "%s (%s): %s, input %dx%d", n->name, unet_op_name(n->op), what, s.h, s.w);
-    return -1;
-}
-
-int unet_infer_node(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape *out, char *err,
-                    size_t errlen) {
-    unet_shape x = in[0];
-    *out = x;
-    switch (n->op) {
-    case UNET_OP_CONV: {
-        const unet_param *w = &g->params[n->param[0]];
-        if (w->dims[1] != x.c) {
-            snprintf(err, errlen, "%s: weight expects %d input channels, got %d", n->name, w->dims[1], x.c);
-            return -1;
-        }
-        out->c = n->out_c;
-        out->h = x.h - n->k + 1 + 2 * n->pad;
-        out->w = x.w - n->k + 1 + 2 * n->pad;
-        if (out->h < 1 || out->w < 1) return fail(err, errlen, n, "the tile is too small for this convolution", x);
-        return 0;
+/* The op's own rule (op_table.c), from its input shapes. */
+static int infer_node(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape *out, char *err,
+                      size_t errlen) {
+    if (n->op < 0 || n->op >= UNET_OP_COUNT) {
+        snprintf(err, errlen, "%s: unknown op", n->name);
+        return -1;
     }
-    case UNET_OP_CONV_T2:
-        out->c = n->out_c;
-        out->h = 2 * x.h;
-        out->w = 2 * x.w;
-        return 0;
-    case UNET_OP_UPSAMPLE2:
-        out->h = 2 * x.h;
-        out->w = 2 * x.w;
-        return 0;
-    case UNET_OP_MAXPOOL2:
-        if (x.h % 2 || x.w % 2) return fail(err, errlen, n, "2x2 max-pooling needs an even size", x);
-        out->h = x.h / 2;
-        out->w = x.w / 2;
-        return 0;
-    case UNET_OP_BIAS:
-    case UNET_OP_RELU:
-    case UNET_OP_BATCHNORM:
-    case UNET_OP_DROPOUT:
-        return 0;
-    case UNET_OP_CROP_CONCAT:
-    case UNET_OP_CROP_ADD:
-        out->c = 0;
-        for (int i = 0; i < n->n_in; i++) {
-            if (in[i].h < x.h || in[i].w < x.w) {
-                snprintf(err, errlen, "%s: skip input %d is %dx%d, smaller than the upsampled %dx%d", n->name, i,
-                         in[i].h, in[i].w, x.h, x.w);
-                return -1;
-            }
-            if (in[i].n != x.n) {
-                snprintf(err, errlen, "%s: batch sizes differ", n->name);
-                return -1;
-            }
-            if (n->op == UNET_OP_CROP_ADD) {
-                if (in[i].c != x.c) {
-                    snprintf(err, errlen, "%s: fusion by sum needs equal channels, got %d and %d", n->name, x.c,
-                             in[i].c);
-                    return -1;
-                }
-                out->c = x.c;
-            } else {
-                out->c += in[i].c;
-            }
-        }
-        return 0;
-    case UNET_OP_SOFTMAX_CE:
-    case UNET_OP_BCE_DICE:
-        for (int i = 1; i < n->n_in; i++)
-            if (in[i].h < x.h || in[i].w < x.w || in[i].n != x.n) {
-                snprintf(err, errlen, "%s: label/weight %dx%d smaller than the output %dx%d", n->name, in[i].h,
-                         in[i].w, x.h, x.w);
-                return -1;
-            }
-        if (n->op == UNET_OP_BCE_DICE && x.c != 1) {
-            snprintf(err, errlen, "%s: BCE + Dice needs one output channel, got %d", n->name, x.c);
-            return -1;
-        }
-        *out = (unet_shape){1, 1, 1, 1};
-        return 0;
-    case UNET_OP_COUNT:
-        break;
-    }
-    snprintf(err, errlen, "%s: unknown op", n->name);
-    return -1;
+    *out = in[0];
+    return unet_op_row_of(n->op)->infer(g, n, in, out, err, errlen);
 }
 
 unet_shape unet_input_shape(const unet_graph *g, int input, unet_plan_cfg cfg) {
@@ -113,7 +38,7 @@ int unet_infer_all(const unet_graph *g, unet_plan_cfg cfg, unet_shape *shapes, c
         if (!cfg.training && unet_op_is_loss(n->op)) continue;
         unet_shape in[UNET_MAX_IN];
         for (int i = 0; i < n->n_in; i++) in[i] = shapes[n->in[i]];
-        if (unet_infer_node(g, n, in, &shapes[n->out_value], err, errlen)) return -1;
+        if (infer_node(g, n, in, &shapes[n->out_value], err, errlen)) return -1;
     }
     return 0;
 }
@@ -145,13 +70,9 @@ void unet_graph_nearest_valid(const unet_graph *g, int size, int *below, int *ab
         if (size_is_valid(g, s)) *above = s;
 }
 
-int unet_check_tile(const unet_graph *g, unet_plan_cfg cfg, char *err, size_t errlen) {
-    unet_shape *shapes = calloc((size_t)g->n_values, sizeof *shapes);
-    if (!shapes) abort();
+int unet_infer_tile(const unet_graph *g, unet_plan_cfg cfg, unet_shape *shapes, char *err, size_t errlen) {
     char why[512];
-    int rc = unet_infer_all(g, cfg, shapes, why, sizeof why);
-    free(shapes);
-    if (!rc) return 0;
+    if (!unet_infer_all(g, cfg, shapes, why, sizeof why)) return 0;
     if (cfg.input_shapes || cfg.height != cfg.width) {
         snprintf(err, errlen, "%s", why);
         return -1;

@@ -7,12 +7,10 @@
 #include "host/core/graph_internal.h"
 #include "unet/plan.h"
 
-int unet_infer_node(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape *out, char *err,
-                    size_t errlen);
 unet_shape unet_input_shape(const unet_graph *g, int input, unet_plan_cfg cfg);
 /* Shapes of every value (indexed by value id); loss nodes skipped unless training. */
 int unet_infer_all(const unet_graph *g, unet_plan_cfg cfg, unet_shape *shapes, char *err, size_t errlen);
 /* unet_infer_all, with a failure turned into a user error naming the nearest valid tile sizes. */
-int unet_check_tile(const unet_graph *g, unet_plan_cfg cfg, char *err, size_t errlen);
+int unet_infer_tile(const unet_graph *g, unet_plan_cfg cfg, unet_shape *shapes, char *err, size_t errlen);
 
 #endif

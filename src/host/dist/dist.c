@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "host/common/util.h"
 #include "host/dist/dist_internal.h"
 #include "unet/dist.h"
 
@@ -39,19 +40,13 @@ struct unet_dist {
     double deadline, started;
 };
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
-
 /* ---- the watchdog ------------------------------------------------------ */
 
 static void *watchdog_main(void *arg) {
     unet_dist *d = arg;
     pthread_mutex_lock(&d->lock);
     while (!d->stop) {
-        if (d->waiting_for && now_s() > d->deadline) {
+        if (d->waiting_for && unet_now_s() > d->deadline) {
             fprintf(stderr, "unet: rank %d of %d on %s waited %.0f s for the other ranks in %s: one of them died "
                     "or hangs (see its output); giving up (--dist-timeout sets the limit)\n",
                     d->place.rank, d->place.world, d->host, d->deadline - d->started, d->waiting_for);
@@ -72,7 +67,7 @@ static void watch_for(unet_dist *d, const char *what, double seconds) {
     if (!d->watchdog_started) return;
     pthread_mutex_lock(&d->lock);
     d->waiting_for = what;
-    d->started = now_s();
+    d->started = unet_now_s();
     d->deadline = d->started + seconds;
     pthread_mutex_unlock(&d->lock);
 }
@@ -132,11 +127,8 @@ static int open_nccl(unet_dist *d, const unet_backend *b, char *err, size_t errl
 
 int unet_dist_open(const unet_dist_opts *o, const unet_backend *b, unet_dist **out, char *err, size_t errlen) {
     *out = NULL;
-    unet_dist *d = calloc(1, sizeof *d);
-    if (!d) {
-        snprintf(err, errlen, "out of memory for the communicator");
-        return -1;
-    }
+    unet_dist *d = unet_alloc_zeroed(1, sizeof *d, "the communicator", err, errlen);
+    if (!d) return -1;
     pthread_mutex_init(&d->lock, NULL);
     pthread_cond_init(&d->changed, NULL);
     d->timeout_s = o->timeout_s > 0 ? o->timeout_s : DEFAULT_TIMEOUT_S;
@@ -262,11 +254,11 @@ void unet_dist_grads_finish(unet_dist *d) {
         abort();
     }
     if (d->pending_end > 0) start_bucket(d, 0, d->pending_end);
-    double t0 = now_s();
+    double t0 = unet_now_s();
     watch(d, "the gradient allreduce");
     d->face->wait(d->face);
     unwatch(d);
-    d->stats.wait_s += now_s() - t0;
+    d->stats.wait_s += unet_now_s() - t0;
     d->stats.steps++;
 }
 

@@ -21,17 +21,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "host/common/util.h"
 #include "unet/dist.h"
 
 #define MAGIC "UNETRDV1"
 #define MAGIC_LEN 8
 #define MAX_BLOB (1u << 20)
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
 
 static void sleep_s(double s) {
     struct timespec t = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
@@ -105,7 +100,7 @@ static int write_all(int fd, const void *buf, size_t n) {
 static int read_all(int fd, void *buf, size_t n, double deadline) {
     char *p = buf;
     while (n) {
-        int left_ms = (int)((deadline - now_s()) * 1000);
+        int left_ms = (int)((deadline - unet_now_s()) * 1000);
         if (left_ms <= 0) return -1;
         struct pollfd pfd = {fd, POLLIN, 0};
         int r = poll(&pfd, 1, left_ms);
@@ -147,7 +142,7 @@ struct unet_rendezvous {
 
 static void serve_one(unet_rendezvous *r, int fd) {
     hello h;
-    if (read_all(fd, &h, sizeof h, now_s() + 5.0) || memcmp(h.magic, MAGIC, MAGIC_LEN)) return;
+    if (read_all(fd, &h, sizeof h, unet_now_s() + 5.0) || memcmp(h.magic, MAGIC, MAGIC_LEN)) return;
     answer a = {.world = r->world, .status = h.world != r->world, .bytes = r->bytes};
     memcpy(a.magic, MAGIC, MAGIC_LEN);
     if (write_all(fd, &a, sizeof a)) return;
@@ -159,7 +154,7 @@ static void serve_one(unet_rendezvous *r, int fd) {
     if (write_all(fd, r->blob, r->bytes)) return;
     char ack = 0;
     /* the peer acknowledges once it has every byte: only then does it count as served */
-    if (!read_all(fd, &ack, 1, now_s() + 5.0) && ack == 'K' && h.rank > 0 && h.rank < r->world) {
+    if (!read_all(fd, &ack, 1, unet_now_s() + 5.0) && ack == 'K' && h.rank > 0 && h.rank < r->world) {
         pthread_mutex_lock(&r->lock);
         r->served[h.rank] = 1;
         pthread_mutex_unlock(&r->lock);
@@ -248,7 +243,7 @@ static int try_tcp(unet_rendezvous *r, const char *addr, int port, char *err, si
             hello h = {.rank = r->rank, .world = r->world};
             memcpy(h.magic, MAGIC, MAGIC_LEN);
             answer a;
-            double deadline = now_s() + 10.0;
+            double deadline = unet_now_s() + 10.0;
             if (!write_all(fd, &h, sizeof h) && !read_all(fd, &a, sizeof a, deadline) &&
                 !memcmp(a.magic, MAGIC, MAGIC_LEN)) {
                 if (a.status) {
@@ -296,11 +291,8 @@ int unet_rendezvous_begin(const char *addr, int port, const char *file, int rank
                  bytes);
         return -1;
     }
-    unet_rendezvous *r = calloc(1, sizeof *r);
-    if (!r) {
-        snprintf(err, errlen, "rendezvous: out of memory");
-        return -1;
-    }
+    unet_rendezvous *r = unet_alloc_zeroed(1, sizeof *r, "the rendezvous", err, errlen);
+    if (!r) return -1;
     r->rank = rank, r->world = world, r->blob = blob, r->bytes = bytes, r->timeout_s = timeout_s;
     r->listen_fd = -1;
     r->has_file = file != NULL;
@@ -322,7 +314,7 @@ int unet_rendezvous_begin(const char *addr, int port, const char *file, int rank
         *out = r;
         return 0;
     }
-    double deadline = now_s() + timeout_s;
+    double deadline = unet_now_s() + timeout_s;
     for (;;) {
         int got = addr ? try_tcp(r, addr, port, err, errlen) : 0;
         if (!got && file) got = try_file(r, err, errlen);
@@ -331,7 +323,7 @@ int unet_rendezvous_begin(const char *addr, int port, const char *file, int rank
             *out = r;
             return 0;
         }
-        if (now_s() > deadline) {
+        if (unet_now_s() > deadline) {
             char where[4400] = "";
             if (addr) snprintf(where, sizeof where, "on %s:%d", addr, port);
             if (file)
@@ -351,7 +343,7 @@ void unet_rendezvous_end(unet_rendezvous *r) {
     if (!r) return;
     if (r->rank == 0 && r->world > 1) {
         /* wait for every rank to have the bytes, then take both paths down */
-        double deadline = now_s() + r->timeout_s;
+        double deadline = unet_now_s() + r->timeout_s;
         for (;;) {
             int missing = 0;
             for (int k = 1; k < r->world; k++) {
@@ -363,7 +355,7 @@ void unet_rendezvous_end(unet_rendezvous *r) {
                 pthread_mutex_unlock(&r->lock);
                 if (!served && !(r->has_file && stat(ack, &st) == 0)) missing++;
             }
-            if (!missing || now_s() > deadline) break;
+            if (!missing || unet_now_s() > deadline) break;
             sleep_s(0.02);
         }
         if (r->server_started) {

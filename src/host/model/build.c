@@ -70,6 +70,8 @@ int unet_model_validate(const unet_model_cfg *m, char *err, size_t errlen) {
     return 0;
 }
 
+int unet_pool_levels(const unet_model_cfg *m) { return m->prune_depth ? m->prune_depth : m->levels - 1; }
+
 typedef struct {
     const unet_model_cfg *m;
     unet_graph *g;

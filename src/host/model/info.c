@@ -5,12 +5,14 @@
 
 #include <json-c/json.h>
 
+#include "host/model/match.h"
+#include "host/train/checkpoint_config.h"
 #include "host/train/session.h"
 #include "unet/backend.h"
 #include "unet/checkpoint.h"
 #include "unet/model.h"
 #include "unet/plan.h"
-#include "unet/train.h"
+#include "unet/commands.h"
 
 int unet_model_info_get(const unet_model_cfg *m, const unet_backend *b, int tile, int batch, unet_model_info *out,
                         char *err, size_t errlen) {
@@ -258,22 +260,6 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
             in->batch, mib(in->train_activation_bytes), mib(in->unplanned_bytes), mib(in->infer_activation_bytes),
             mib(in->workspace_bytes), mib(in->param_bytes));
     if (run) run_memory_text(f, run);
-}
-
-int unet_match_target(const unet_config *cfg, size_t *target, unet_model_cfg *reference, char *err, size_t errlen) {
-    memset(reference, 0, sizeof *reference);
-    unet_model_kind kind;
-    if (unet_model_kind_parse(cfg->match_params, &kind)) {
-        /* the option's check let through a kind or a positive integer */
-        *target = (size_t)strtoull(cfg->match_params, NULL, 10);
-        return 0;
-    }
-    *reference = cfg->model;
-    reference->kind = kind;
-    reference->prune_depth = 0;
-    if (kind == UNET_MODEL_UNET) reference->deep_supervision = 0;
-    *target = unet_model_param_count(reference, err, errlen);
-    return *target ? 0 : -1;
 }
 
 static void print_filters(FILE *f, const unet_model_cfg *m) {

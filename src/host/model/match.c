@@ -4,8 +4,10 @@
  * the graph, so they are the counts training uses. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "host/model/match.h"
 #include "unet/model.h"
 
 size_t unet_model_param_count(const unet_model_cfg *m, char *err, size_t errlen) {
@@ -82,4 +84,20 @@ int unet_match_params(const unet_model_cfg *like, size_t target, unet_params_mat
     out->best = gap_s < gap_w ? &out->by_scale : &out->by_width;
     out->best_params = gap_s < gap_w ? out->by_scale_params : out->by_width_params;
     return 0;
+}
+
+int unet_match_target(const unet_config *cfg, size_t *target, unet_model_cfg *reference, char *err, size_t errlen) {
+    memset(reference, 0, sizeof *reference);
+    unet_model_kind kind;
+    if (unet_model_kind_parse(cfg->match_params, &kind)) {
+        /* the option's check let through a kind or a positive integer */
+        *target = (size_t)strtoull(cfg->match_params, NULL, 10);
+        return 0;
+    }
+    *reference = cfg->model;
+    reference->kind = kind;
+    reference->prune_depth = 0;
+    if (kind == UNET_MODEL_UNET) reference->deep_supervision = 0;
+    *target = unet_model_param_count(reference, err, errlen);
+    return *target ? 0 : -1;
 }

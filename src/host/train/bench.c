@@ -4,21 +4,16 @@
  * with the backend synchronised around each step. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <json-c/json.h>
 
+#include "host/common/util.h"
+#include "host/train/session.h"
 #include "host/train/step.h"
 #include "unet/bench.h"
+#include "unet/commands.h"
 #include "unet/plan.h"
 #include "unet/rng.h"
-#include "unet/train.h"
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -40,8 +35,9 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     int32_t *label = NULL;
     double *times = NULL;
     if (unet_param_blocks_alloc(&pb, b, g, o->kind != UNET_OPT_SGD, err, errlen)) goto out_model;
-    tp = calloc(pb.n_trainable + 1, sizeof(float));
-    ts = calloc(pb.n_state + 1, sizeof(float));
+    if (!(tp = unet_alloc_zeroed(pb.n_trainable, sizeof(float), "the parameters", err, errlen)) ||
+        !(ts = unet_alloc_zeroed(pb.n_state, sizeof(float), "the batch norm statistics", err, errlen)))
+        goto out;
     unet_param_init_host(g, c->seed, tp, ts);
     b->upload_f32(b, pb.params, tp, pb.n_trainable);
     if (pb.n_state) b->upload_f32(b, pb.state, ts, pb.n_state);
@@ -49,27 +45,28 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     plan = unet_plan_compile(g, &pb, pc, err, errlen);
     if (!plan) goto out;
     size_t npix = (size_t)c->batch * c->tile * c->tile;
-    image = malloc(npix * m->in_channels * sizeof(float));
-    label = malloc(npix * sizeof(int32_t));
+    if (!(image = unet_alloc(npix * m->in_channels, sizeof(float), "a batch", err, errlen)) ||
+        !(label = unet_alloc(npix, sizeof(int32_t), "a batch's labels", err, errlen)) ||
+        !(times = unet_alloc_zeroed((size_t)c->steps + 1, sizeof(double), "the step times", err, errlen)))
+        goto out;
     uint64_t key = unet_rng_key(c->seed, 0xbe7c, 0);
     for (size_t i = 0; i < npix * m->in_channels; i++) image[i] = unet_uniform(key, i);
     int k = m->classes > 1 ? m->classes : 2;
     for (size_t i = 0; i < npix; i++) label[i] = (int32_t)(unet_uniform(key, npix * m->in_channels + i) * k) % k;
     unet_plan_set_inputs(plan, image, label, NULL);
-    times = calloc((size_t)c->steps + 1, sizeof(double));
     unet_stepper_cfg sc = {.plan = plan, .pb = &pb, .optim = c->inference ? NULL : o, .graph = c->graph};
     unet_stepper_init(&stepper, &sc);
     int warmup = c->warmup;
     if (stepper.mode == UNET_STEP_WARMING && warmup <= UNET_GRAPH_WARMUP) warmup = UNET_GRAPH_WARMUP + 1;
     int total = warmup + c->steps;
     for (int s = 0; s < total; s++) {
-        double t0 = now_ms();
+        double t0 = unet_now_s();
         unet_stepper_run(&stepper, s, unet_rng_key(c->seed, 0xd0, (uint64_t)s));
         /* a loss read waits for the step: only the first and the last */
         if (!c->inference && s == 0) r->first_loss = unet_plan_loss(plan, NULL);
         if (!c->inference && s == total - 1) r->last_loss = unet_plan_loss(plan, NULL);
         b->sync(b);
-        if (s >= warmup) times[s - warmup] = now_ms() - t0;
+        if (s >= warmup) times[s - warmup] = (unet_now_s() - t0) * 1e3;
     }
     r->cuda_graph = unet_stepper_replaying(&stepper);
     snprintf(r->cuda_graph_note, sizeof r->cuda_graph_note, "%s", stepper.why);

@@ -2,23 +2,16 @@
  * tensors and gives their shapes and offsets in the host blocks, so saving
  * and loading are walks over that table (layout in include/unet/checkpoint.h). */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "host/common/util.h"
 #include "unet/checkpoint.h"
 #include "unet/safetensors.h"
 
 #define OPT_PREFIX_LEN 32
 #define TENSOR_NAME_LEN (UNET_NAME_LEN + OPT_PREFIX_LEN)
-
-static void fail(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int ends_with(const char *s, const char *suffix) {
     size_t ls = strlen(s), lx = strlen(suffix);
@@ -61,7 +54,7 @@ int unet_checkpoint_save(const char *path, const unet_graph *g, const float *par
     if (!t || !names) {
         free(t);
         free(names);
-        fail(err, errlen, "cannot write %s: out of memory", path);
+        unet_errorf(err, errlen, "cannot write %s: out of memory", path);
         return -1;
     }
     const int64_t tracked = step; /* PyTorch's BatchNorm2d counts its training forward passes */
@@ -105,8 +98,8 @@ int unet_checkpoint_save(const char *path, const unet_graph *g, const float *par
 static int check_version(const unet_st_file *f, char *err, size_t errlen) {
     const char *v = unet_st_meta_get(f, "unet.format_version");
     if (v && atoi(v) > UNET_CHECKPOINT_FORMAT_VERSION) {
-        fail(err, errlen, "%s was written by a newer unet (checkpoint format %s; this one reads up to %d)",
-             unet_st_path(f), v, UNET_CHECKPOINT_FORMAT_VERSION);
+        unet_errorf(err, errlen, "%s was written by a newer unet (checkpoint format %s; this one reads up to %d)",
+                    unet_st_path(f), v, UNET_CHECKPOINT_FORMAT_VERSION);
         return -1;
     }
     return 0;
@@ -121,17 +114,17 @@ static int load_tensor(const unet_st_file *f, const char *name, const unet_param
     shape_text(p->ndim, want, want_text, sizeof want_text);
     const unet_st_tensor *t = unet_st_find(f, name);
     if (!t) {
-        fail(err, errlen, "%s has no tensor %s %s that the model needs (a checkpoint of another model? the model "
-                          "flags must describe the one it was saved from)",
-             unet_st_path(f), name, want_text);
+        unet_errorf(err, errlen, "%s has no tensor %s %s that the model needs (a checkpoint of another model? the "
+                                 "model flags must describe the one it was saved from)",
+                    unet_st_path(f), name, want_text);
         return -1;
     }
     int same = t->ndim == p->ndim;
     for (int d = 0; same && d < p->ndim; d++) same = t->shape[d] == want[d];
     if (!same) {
         shape_text(t->ndim, t->shape, have_text, sizeof have_text);
-        fail(err, errlen, "%s: tensor %s has shape %s, the model needs %s", unet_st_path(f), name, have_text,
-             want_text);
+        unet_errorf(err, errlen, "%s: tensor %s has shape %s, the model needs %s", unet_st_path(f), name, have_text,
+                    want_text);
         return -1;
     }
     return unet_st_read_f32(f, t, dst, err, errlen);
@@ -185,16 +178,16 @@ int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *pa
     const char *want = opt_b ? "adam" : "sgd", *have = saved_optimizer(f);
     if (check_version(f, err, errlen) || load_weights(f, g, params, state, err, errlen)) goto out;
     if (!have) {
-        fail(err, errlen, "%s holds weights but no optimizer state, so a run cannot continue from it: start from its "
-                          "weights with --init %s instead of --resume",
-             path, path);
+        unet_errorf(err, errlen, "%s holds weights but no optimizer state, so a run cannot continue from it: start "
+                                 "from its weights with --init %s instead of --resume",
+                    path, path);
         goto out;
     }
     if (strcmp(have, want)) {
-        fail(err, errlen, "%s holds the optimizer state of %s, but this run uses %s: resume with the --optimizer it "
-                          "was trained with, or start from its weights with --init %s",
-             path, !strcmp(have, "sgd") ? "SGD (momentum buffers)" : "Adam (moments)",
-             opt_b ? "Adam" : "SGD", path);
+        unet_errorf(err, errlen, "%s holds the optimizer state of %s, but this run uses %s: resume with the "
+                                 "--optimizer it was trained with, or start from its weights with --init %s",
+                    path, !strcmp(have, "sgd") ? "SGD (momentum buffers)" : "Adam (moments)",
+                    opt_b ? "Adam" : "SGD", path);
         goto out;
     }
     const char *const *names = opt_b ? adam_names : sgd_names;
@@ -208,9 +201,9 @@ int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *pa
             if (load_tensor(f, name, &p[k], blocks[b] + p[k].offset, err, errlen)) goto out;
         }
     if (parse_step(unet_st_meta_get(f, "unet.step"), step)) {
-        fail(err, errlen, "%s has optimizer state but no valid \"unet.step\" in its metadata, so the step to "
-                          "continue from is unknown",
-             path);
+        unet_errorf(err, errlen, "%s has optimizer state but no valid \"unet.step\" in its metadata, so the step to "
+                                 "continue from is unknown",
+                    path);
         goto out;
     }
     rc = 0;

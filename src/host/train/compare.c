@@ -5,13 +5,13 @@
  * schedule, augmentation and steps. Costs come from the code paths of
  * `unet info` (parameters, FLOPs, planned memory) and `unet bench` (timed
  * steps); deep-supervised models are also evaluated pruned to every depth,
- * through the same whole-image evaluation validation uses. Results go to
- * DIR/report.md, DIR/report.json and DIR/runs/; scripts/plot_compare.py,
- * when present, draws the plots from those files.
+ * through the same whole-image evaluation validation uses. The numbers go
+ * to DIR/report.json, the runs' logs to DIR/runs/; scripts/compare_report.py
+ * writes the report (DIR/report.md and its plots) from those files.
  *
  * In-process rather than one subprocess per run: the runs share the
- * backend, the report gets numbers rather than parsed text, and nothing
- * depends on where the executable lives (only the optional plot does). */
+ * backend, report.json gets numbers rather than parsed text, and nothing
+ * depends on where the executable lives (only the report's script does). */
 #include <errno.h>
 #include <math.h>
 #include <spawn.h>
@@ -26,9 +26,13 @@
 
 #include <json-c/json.h>
 
+#include "host/common/util.h"
+#include "host/model/match.h"
+#include "host/train/evaluate.h"
 #include "host/train/session.h"
 #include "unet/bench.h"
 #include "unet/checkpoint.h"
+#include "unet/commands.h"
 
 extern char **environ;
 
@@ -82,12 +86,6 @@ typedef struct {
 
 static const char *const model_names[] = {"unet", "unet_e", "unet_plus", "unetpp", "wide_unet"};
 #define WIDE_UNET 4
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
 
 /* mkdir -p */
 static int make_dirs(const char *path, char *err, size_t errlen) {
@@ -175,20 +173,30 @@ static int parse_models(const unet_config *cfg, model_result *out, int *n, char 
     return 0;
 }
 
-static int alloc_runs(runs *r, int seeds) {
-    r->v = calloc((size_t)seeds, sizeof(double));
+static int alloc_runs(runs *r, int seeds, char *err, size_t errlen) {
+    r->v = unet_alloc_zeroed((size_t)seeds, sizeof(double), "the runs' metrics", err, errlen);
     r->n = 0;
     return r->v ? 0 : -1;
 }
 
-static int alloc_val_runs(val_runs *r, int classes, int seeds) {
+static int alloc_val_runs(val_runs *r, int classes, int seeds, char *err, size_t errlen) {
     unet_seg_metrics m = {.classes = classes};
     r->n_classes = unet_seg_metrics_foreground(&m);
-    int bad = alloc_runs(&r->iou, seeds) || alloc_runs(&r->dice, seeds) || alloc_runs(&r->pixel_error, seeds) ||
-              alloc_runs(&r->rand_error, seeds);
+    if (alloc_runs(&r->iou, seeds, err, errlen) || alloc_runs(&r->dice, seeds, err, errlen) ||
+        alloc_runs(&r->pixel_error, seeds, err, errlen) || alloc_runs(&r->rand_error, seeds, err, errlen))
+        return -1;
     for (int c = 1; c <= r->n_classes; c++)
-        bad |= alloc_runs(&r->iou_class[c], seeds) || alloc_runs(&r->dice_class[c], seeds);
-    return bad ? -1 : 0;
+        if (alloc_runs(&r->iou_class[c], seeds, err, errlen) || alloc_runs(&r->dice_class[c], seeds, err, errlen))
+            return -1;
+    return 0;
+}
+
+/* A place for every seed's metrics: of the model as trained, and pruned to each depth. */
+static int alloc_results(model_result *m, int classes, int seeds, char *err, size_t errlen) {
+    if (alloc_val_runs(&m->val, classes, seeds, err, errlen)) return -1;
+    for (int d = 1; d <= m->pruned_depths; d++)
+        if (alloc_val_runs(&m->depth[d].val, classes, seeds, err, errlen)) return -1;
+    return 0;
 }
 
 static void free_val_runs(val_runs *r) {
@@ -343,11 +351,6 @@ static int measure(const unet_config *cfg, const unet_backend *b, const unet_mod
     return 0;
 }
 
-static void filters_text(const unet_model_cfg *m, char *buf, size_t n) {
-    buf[0] = 0;
-    for (int i = 0; i < m->levels; i++) snprintf(buf + strlen(buf), n - strlen(buf), "%s%d", i ? "," : "", m->filters[i]);
-}
-
 static json_object *runs_json(const runs *r) {
     json_object *o = json_object_new_object(), *a = json_object_new_array();
     for (int i = 0; i < r->n; i++) json_object_array_add(a, json_object_new_double(r->v[i]));
@@ -357,7 +360,8 @@ static json_object *runs_json(const runs *r) {
     return o;
 }
 
-/* val_iou, val_dice, val_pixel_error, val_rand_error, then val_iou_class<c> and val_dice_class<c>: the keys of the logs. */
+/* val_iou, val_dice, val_pixel_error, val_rand_error, then val_iou_class<c>
+ * and val_dice_class<c>: the keys of the logs. */
 static void val_runs_json(json_object *o, const val_runs *r) {
     json_object_object_add(o, "val_iou", runs_json(&r->iou));
     json_object_object_add(o, "val_dice", runs_json(&r->dice));
@@ -406,197 +410,227 @@ static const char *model_label(const model_result *m) {
     return "UNet++";
 }
 
+/* One comparison: the models with their results, and what their runs share. */
 typedef struct {
-    const unet_config *cfg;
-    const model_result *models;
+    unet_config *cfg;
+    model_result models[MAX_MODELS];
     int n_models;
-    const char *device, *machine, *date;
-    double wall_s;
-    size_t match_target;
-    const unet_model_cfg *match_ref; /* levels 0: a number */
-} report;
+    size_t match_target;      /* --match-params: the count wide_unet matches; 0: none */
+    unet_model_cfg match_ref; /* the model of that count (levels 0: a number was given) */
+    const unet_backend *backend;
+    char device[128];         /* the backend in words */
+    val_data val;
+    double t0;
+} comparison;
 
-static int write_json(const report *r, const char *path, char *err, size_t errlen) {
-    const unet_config *cfg = r->cfg;
-    json_object *root = json_object_new_object(), *settings = json_object_new_object();
-    char *cj = unet_config_to_json(cfg, 0);
-    json_object *cfg_json = json_tokener_parse(cj);
-    free(cj);
-    json_object_object_add(settings, "config", cfg_json);
-    json_object_object_add(settings, "seeds", json_object_new_int(cfg->seeds));
-    json_object_object_add(settings, "device", json_object_new_string(r->device));
-    json_object_object_add(settings, "machine", json_object_new_string(r->machine));
-    json_object_object_add(settings, "date", json_object_new_string(r->date));
-    json_object_object_add(settings, "wall_s", json_object_new_double(r->wall_s));
-    json_object_object_add(root, "settings", settings);
-    if (r->match_target) {
-        json_object *mt = json_object_new_object();
-        json_object_object_add(mt, "target_params", json_object_new_int64((int64_t)r->match_target));
-        if (r->match_ref->levels) {
-            json_object_object_add(mt, "reference", json_object_new_string(unet_model_kind_name(r->match_ref->kind)));
-            json_object_object_add(mt, "filters", filters_json(r->match_ref));
-        }
-        json_object_object_add(root, "match", mt);
-    }
-    json_object *models = json_object_new_array();
-    for (int i = 0; i < r->n_models; i++) {
-        const model_result *m = &r->models[i];
-        json_object *o = json_object_new_object();
-        json_object_object_add(o, "name", json_object_new_string(m->name));
-        json_object_object_add(o, "label", json_object_new_string(model_label(m)));
-        json_object_object_add(o, "model", json_object_new_string(unet_model_kind_name(m->model.kind)));
-        json_object_object_add(o, "filters", filters_json(&m->model));
-        json_object_object_add(o, "deep_supervision", json_object_new_boolean(m->model.deep_supervision));
-        json_object_object_add(o, "params", json_object_new_int64((int64_t)m->params));
-        json_object_object_add(o, "flops_per_image", json_object_new_double(m->flops));
-        json_object_object_add(o, "train_images_per_s", json_object_new_double(m->train_images_per_s));
-        json_object_object_add(o, "train_activation_bytes", json_object_new_int64((int64_t)m->train_activation_bytes));
-        json_object_object_add(o, "inference_ms_per_tile", json_object_new_double(m->infer_ms));
-        val_runs_json(o, &m->val);
-        json_object *logs = json_object_new_array();
-        for (int s = 0; s < cfg->seeds; s++) {
-            char p[PATH_LEN];
-            run_path(p, sizeof p, "runs", m->name, cfg->seed + (uint64_t)s, "jsonl");
-            json_object_array_add(logs, json_object_new_string(p));
-        }
-        json_object_object_add(o, "logs", logs);
-        json_object *depths = json_object_new_array();
-        for (int d = 1; d <= m->pruned_depths; d++) {
-            const depth_result *p = &m->depth[d];
-            json_object *x = json_object_new_object();
-            json_object_object_add(x, "depth", json_object_new_int(d));
-            json_object_object_add(x, "params", json_object_new_int64((int64_t)p->params));
-            json_object_object_add(x, "flops_per_image", json_object_new_double(p->flops));
-            json_object_object_add(x, "inference_ms_per_tile", json_object_new_double(p->infer_ms));
-            json_object_object_add(x, "speedup", json_object_new_double(m->infer_ms / p->infer_ms));
-            val_runs_json(x, &p->val);
-            json_object_array_add(depths, x);
-        }
-        json_object_object_add(o, "pruning", depths);
-        json_object_array_add(models, o);
-    }
-    json_object_object_add(root, "models", models);
-    int rc = json_object_to_file_ext(path, root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
-    json_object_put(root);
-    if (rc) snprintf(err, errlen, "cannot write %.900s", path);
-    return rc ? -1 : 0;
-}
-
-static void mean_sd_text(const runs *r, char *buf, size_t n) {
-    if (r->n > 1)
-        snprintf(buf, n, "%.4f ± %.4f", mean_of(r), sd_of(r));
-    else
-        snprintf(buf, n, "%.4f", mean_of(r));
-}
-
-static int write_markdown(const report *r, const char *path, int have_plots, char *err, size_t errlen) {
-    const unet_config *cfg = r->cfg;
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        snprintf(err, errlen, "cannot write %.900s", path);
+/* The flags, the models and the count wide_unet matches, the backend,
+ * DIR/runs and the validation images: every mistake of the input before
+ * any work. */
+static int compare_open(comparison *c, unet_config *cfg, char *err, size_t errlen) {
+    memset(c, 0, sizeof *c);
+    c->cfg = cfg;
+    c->t0 = unet_now_s();
+    if (!cfg->out_dir[0] || !cfg->data[0] || (!cfg->val[0] && !(cfg->val_fraction > 0))) {
+        snprintf(err, errlen, "needs --data D.h5, validation data (--val V.h5 or --val-fraction F) and --out DIR");
         return -1;
     }
-    const unet_model_cfg *m0 = &cfg->model;
-    fprintf(f, "# U-Net family compared (`unet compare`)\n\n");
-    fprintf(f, "Every model trained under the same settings: data `%s`, validation `%s`, %ld steps, batch %d, "
-               "tile %d, %s padding, %d class%s (%s loss), %s lr %g (%s schedule), augmentation `%s`, seeds %llu..%llu "
-               "(%d run%s per model)%s.\n\n",
-            cfg->data, cfg->val[0] ? cfg->val : "held-out share of the training data", cfg->steps, cfg->batch, cfg->tile,
-            m0->same_padding ? "same" : "valid", m0->classes, m0->classes == 1 ? "" : "es",
-            unet_config_choice_name("loss", (int)m0->loss), unet_config_choice_name("optimizer", (int)cfg->optim.kind),
-            (double)cfg->optim.lr, unet_config_choice_name("schedule", (int)cfg->optim.schedule), cfg->augment,
-            (unsigned long long)cfg->seed, (unsigned long long)(cfg->seed + (uint64_t)cfg->seeds - 1), cfg->seeds,
-            cfg->seeds == 1 ? "" : "s", m0->deep_supervision ? ", deep supervision for every model but U-Net" : "");
-    fprintf(f, "Device: %s (%s). Date: %s. Wall time %.0f s.\n\n", r->device, r->machine, r->date, r->wall_s);
-    for (int i = 0; i < r->n_models && r->match_target; i++) {
-        const model_result *m = &r->models[i];
-        if (strcmp(m->name, "wide_unet")) continue;
-        char ft[128], wt[128], ref[192];
-        filters_text(&m->model, wt, sizeof wt);
-        if (r->match_ref->levels) {
-            filters_text(r->match_ref, ft, sizeof ft);
-            snprintf(ref, sizeof ref, "%s with filters %s", unet_model_kind_name(r->match_ref->kind), ft);
-        } else {
-            snprintf(ref, sizeof ref, "the count asked for");
-        }
-        fprintf(f, "wide U-Net: the U-Net whose parameter count comes closest to %s: filters %s, %zu against %zu "
-                   "parameters (%+.2f%%).\n\n", ref, wt, m->params, r->match_target,
-                100.0 * ((double)m->params - (double)r->match_target) / (double)r->match_target);
+    if (unet_config_is_set(cfg, "model") || unet_config_is_set(cfg, "depth")) {
+        snprintf(err, errlen, "--models says which models to train, and every pruning depth of a deep-supervised "
+                              "model is evaluated: drop --model and --depth");
+        return -1;
     }
-    fprintf(f, "| Model | Filters | Params | GFLOPs / image | Train images/s | Train activations (MiB) | "
-               "Inference ms / tile | Val IoU | Val Dice | Val pixel error | Val Rand error |\n");
-    fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for (int i = 0; i < r->n_models; i++) {
-        const model_result *m = &r->models[i];
-        char ft[128], iou[64], dice[64], pe[64], re[64];
-        filters_text(&m->model, ft, sizeof ft);
-        mean_sd_text(&m->val.iou, iou, sizeof iou);
-        mean_sd_text(&m->val.dice, dice, sizeof dice);
-        mean_sd_text(&m->val.pixel_error, pe, sizeof pe);
-        mean_sd_text(&m->val.rand_error, re, sizeof re);
-        fprintf(f, "| %s%s | %s | %.2fM | %.3f | %.2f | %.1f | %.2f | %s | %s | %s | %s |\n", model_label(m),
-                m->model.deep_supervision ? " (DS)" : "", ft, m->params / 1e6, m->flops / 1e9, m->train_images_per_s,
-                m->train_activation_bytes / 1048576.0, m->infer_ms, iou, dice, pe, re);
+    if (parse_models(cfg, c->models, &c->n_models, err, errlen)) return -1;
+    for (int i = 0; i < c->n_models; i++)
+        if (unet_model_validate(&c->models[i].model, err, errlen) ||
+            alloc_results(&c->models[i], cfg->model.classes, cfg->seeds, err, errlen))
+            return -1;
+    if (cfg->match_params[0]) {
+        unet_params_match match;
+        if (unet_match_target(cfg, &c->match_target, &c->match_ref, err, errlen) ||
+            unet_match_params(&cfg->model, c->match_target, &match, err, errlen))
+            return -1;
+        for (int i = 0; i < c->n_models; i++)
+            if (!strcmp(c->models[i].name, "wide_unet"))
+                memcpy(c->models[i].model.filters, match.best->filters, sizeof match.best->filters);
     }
-    int any_pruned = 0;
-    for (int i = 0; i < r->n_models; i++) any_pruned |= r->models[i].pruned_depths > 0;
-    if (any_pruned) {
-        fprintf(f, "\nPruned at inference (`unet predict --mode fast --depth d`): the network cut to the nodes "
-                   "with i + j <= d and head d alone, evaluated on the whole validation images; times per tile of %d x %d; "
-                   "speed-up against the full network as trained (every head computed, as `--mode deepest` and "
-                   "`--mode accurate` run it).\n\n", cfg->tile, cfg->tile);
-        fprintf(f, "| Model | Depth | Params | GFLOPs / image | Inference ms / tile | Speed-up | Val IoU | Val Dice | "
-                   "Val pixel error | Val Rand error |\n");
-        fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        for (int i = 0; i < r->n_models; i++) {
-            const model_result *m = &r->models[i];
-            for (int d = 1; d <= m->pruned_depths; d++) {
-                const depth_result *p = &m->depth[d];
-                char iou[64], dice[64], pe[64], re[64];
-                mean_sd_text(&p->val.iou, iou, sizeof iou);
-                mean_sd_text(&p->val.dice, dice, sizeof dice);
-                mean_sd_text(&p->val.pixel_error, pe, sizeof pe);
-                mean_sd_text(&p->val.rand_error, re, sizeof re);
-                fprintf(f, "| %s | L%d | %.3fM | %.3f | %.2f | %.2fx | %s | %s | %s | %s |\n", model_label(m), d,
-                        p->params / 1e6, p->flops / 1e9, p->infer_ms, m->infer_ms / p->infer_ms, iou, dice, pe, re);
-            }
+    c->backend = unet_select_backend(cfg, c->device, sizeof c->device, err, errlen);
+    if (!c->backend) return -1;
+    char runs_dir[PATH_LEN];
+    out_path(runs_dir, sizeof runs_dir, cfg->out_dir, "runs");
+    return make_dirs(runs_dir, err, errlen) || open_validation(cfg, &c->val, err, errlen) ? -1 : 0;
+}
+
+static void compare_close(comparison *c) {
+    close_validation(&c->val);
+    for (int i = 0; i < MAX_MODELS; i++) free_result(&c->models[i]);
+}
+
+/* Costs first: a model that cannot run at this tile fails before any training. */
+static int measure_models(comparison *c, char *err, size_t errlen) {
+    for (int i = 0; i < c->n_models; i++) {
+        model_result *m = &c->models[i];
+        printf("== %s: parameters, FLOPs, memory and timing\n", m->name);
+        fflush(stdout);
+        if (measure(c->cfg, c->backend, &m->model, &m->params, &m->flops, &m->train_activation_bytes,
+                    &m->train_images_per_s, &m->infer_ms, err, errlen))
+            return -1;
+        for (int d = 1; d <= m->pruned_depths; d++) {
+            unet_model_cfg p = m->model;
+            p.prune_depth = d;
+            p.deep_supervision = 0;
+            depth_result *r = &m->depth[d];
+            if (measure(c->cfg, c->backend, &p, &r->params, &r->flops, NULL, NULL, &r->infer_ms, err, errlen))
+                return -1;
         }
     }
-    if (m0->classes >= 3) {
-        fprintf(f, "\nPer class: IoU and Dice of each foreground class; the Val IoU and Val Dice above are their means "
-                   "over classes 1..%d.\n\n", m0->classes - 1);
-        fprintf(f, "| Model | Class | Val IoU | Val Dice |\n|---|---:|---:|---:|\n");
-        for (int i = 0; i < r->n_models; i++) {
-            const model_result *m = &r->models[i];
-            for (int d = 0; d <= m->pruned_depths; d++) {
-                const val_runs *v = d ? &m->depth[d].val : &m->val;
-                for (int c = 1; c <= v->n_classes; c++) {
-                    char iou[64], dice[64];
-                    mean_sd_text(&v->iou_class[c], iou, sizeof iou);
-                    mean_sd_text(&v->dice_class[c], dice, sizeof dice);
-                    fprintf(f, "| %s%s", model_label(m), m->model.deep_supervision && !d ? " (DS)" : "");
-                    if (d) fprintf(f, " L%d", d);
-                    fprintf(f, " | %d | %s | %s |\n", c, iou, dice);
-                }
-            }
-        }
-    }
-    fprintf(f, "\nIoU and Dice: foreground (class 1, or the mean over classes 1..K-1), over whole validation images "
-               "(overlap-tile prediction), after the last step; pixel error over every pixel; Rand error: the ISBI 2012 "
-               "foreground-restricted V_rand, 1 - its mean over images; mean ± sample standard deviation over the "
-               "seeds. Train images/s and inference times: `unet bench` "
-               "code path on random data, the fastest of %d timed steps after %d warm-up. Train activations: the planned memory "
-               "arena of a training step at batch %d. Per-run logs: `runs/*.jsonl`; every number above is in "
-               "`report.json`.\n", BENCH_STEPS, cfg->bench_warmup, cfg->batch);
-    if (have_plots)
-        fprintf(f, "\n![validation IoU over steps](val_iou.png)\n\n![IoU against inference time](pruning.png)\n");
-    fclose(f);
     return 0;
 }
 
-/* scripts/plot_compare.py next to the source tree of this executable, or
- * under the working directory; NULL when neither is there. */
-static int find_plot_script(char *buf, size_t n) {
+/* One run of one model: trained by unet train's own run into
+ * DIR/runs/<model>_seed<S>.jsonl, its metrics those of the log's last
+ * validation, then every pruned depth evaluated from its checkpoint, which
+ * goes once they are (a full comparison would leave gigabytes behind). */
+static int run_one(comparison *c, model_result *m, uint64_t seed, int number, char *err, size_t errlen) {
+    const unet_config *cfg = c->cfg;
+    unet_config run = *cfg;
+    char log[PATH_LEN], ckpt[PATH_LEN];
+    run.model = m->model;
+    run.seed = seed;
+    run_path(log, sizeof log, cfg->out_dir, m->name, seed, "jsonl");
+    run_path(ckpt, sizeof ckpt, cfg->out_dir, m->name, seed, "safetensors");
+    run.log = log;
+    run.save = ckpt;
+    printf("== %s, seed %llu (run %d of %d)\n", m->name, (unsigned long long)seed, number, cfg->seeds * c->n_models);
+    fflush(stdout);
+    if (unet_run_train(&run)) {
+        snprintf(err, errlen, "training %.15s with seed %llu failed (its message is above)", m->name,
+                 (unsigned long long)seed);
+        return -1;
+    }
+    long step = 0;
+    unet_seg_metrics val_m;
+    if (last_validation(log, cfg->model.classes, &val_m, &step, err, errlen)) return -1;
+    if (step != cfg->steps) {
+        snprintf(err, errlen, "the %.15s run stopped at step %ld of %ld: the comparison is incomplete", m->name, step,
+                 cfg->steps);
+        return -1;
+    }
+    add_run(&m->val, &val_m);
+    for (int d = 1; d <= m->pruned_depths; d++) {
+        unet_seg_metrics pm;
+        if (evaluate_pruned(cfg, &m->model, d, ckpt, &c->val, &pm, err, errlen)) return -1;
+        add_run(&m->depth[d].val, &pm);
+        printf("   pruned to L%d: IoU %.4f  Dice %.4f  pixel error %.4f  Rand error %.4f\n", d, pm.iou, pm.dice,
+               pm.pixel_error, pm.rand_error);
+        unet_seg_metrics_print_classes(stdout, &pm, "     ");
+    }
+    unlink(ckpt);
+    return 0;
+}
+
+/* Seed by seed, every model once per seed. */
+static int run_models(comparison *c, char *err, size_t errlen) {
+    for (int s = 0; s < c->cfg->seeds; s++)
+        for (int i = 0; i < c->n_models; i++)
+            if (run_one(c, &c->models[i], c->cfg->seed + (uint64_t)s, s * c->n_models + i + 1, err, errlen))
+                return -1;
+    return 0;
+}
+
+/* The settings the runs shared, and where and when they ran: the report
+ * says what machine its timings come from. */
+static json_object *settings_json(const comparison *c) {
+    const unet_config *cfg = c->cfg;
+    char machine[512], date[64];
+    machine_text(machine, sizeof machine);
+    time_t now = time(NULL);
+    strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
+    json_object *settings = json_object_new_object();
+    char *cj = unet_config_to_json(cfg, 0);
+    json_object_object_add(settings, "config", json_tokener_parse(cj));
+    free(cj);
+    json_object_object_add(settings, "seeds", json_object_new_int(cfg->seeds));
+    json_object_object_add(settings, "device", json_object_new_string(c->device));
+    json_object_object_add(settings, "machine", json_object_new_string(machine));
+    json_object_object_add(settings, "date", json_object_new_string(date));
+    json_object_object_add(settings, "wall_s", json_object_new_double(unet_now_s() - c->t0));
+    json_object_object_add(settings, "bench_steps", json_object_new_int(BENCH_STEPS));
+    return settings;
+}
+
+/* --match-params: the count wide_unet matches, and the model it is the count of. */
+static json_object *match_json(const comparison *c) {
+    json_object *mt = json_object_new_object();
+    json_object_object_add(mt, "target_params", json_object_new_int64((int64_t)c->match_target));
+    if (c->match_ref.levels) {
+        json_object_object_add(mt, "reference", json_object_new_string(unet_model_kind_name(c->match_ref.kind)));
+        json_object_object_add(mt, "filters", filters_json(&c->match_ref));
+    }
+    return mt;
+}
+
+/* A model's costs, metrics (each seed's, their mean and deviation), logs,
+ * and the same of every depth it was pruned to. */
+static json_object *model_json(const comparison *c, const model_result *m) {
+    const unet_config *cfg = c->cfg;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(m->name));
+    json_object_object_add(o, "label", json_object_new_string(model_label(m)));
+    json_object_object_add(o, "model", json_object_new_string(unet_model_kind_name(m->model.kind)));
+    json_object_object_add(o, "filters", filters_json(&m->model));
+    json_object_object_add(o, "deep_supervision", json_object_new_boolean(m->model.deep_supervision));
+    json_object_object_add(o, "params", json_object_new_int64((int64_t)m->params));
+    json_object_object_add(o, "flops_per_image", json_object_new_double(m->flops));
+    json_object_object_add(o, "train_images_per_s", json_object_new_double(m->train_images_per_s));
+    json_object_object_add(o, "train_activation_bytes", json_object_new_int64((int64_t)m->train_activation_bytes));
+    json_object_object_add(o, "inference_ms_per_tile", json_object_new_double(m->infer_ms));
+    val_runs_json(o, &m->val);
+    json_object *logs = json_object_new_array();
+    for (int s = 0; s < cfg->seeds; s++) {
+        char p[PATH_LEN];
+        run_path(p, sizeof p, "runs", m->name, cfg->seed + (uint64_t)s, "jsonl");
+        json_object_array_add(logs, json_object_new_string(p));
+    }
+    json_object_object_add(o, "logs", logs);
+    json_object *depths = json_object_new_array();
+    for (int d = 1; d <= m->pruned_depths; d++) {
+        const depth_result *p = &m->depth[d];
+        json_object *x = json_object_new_object();
+        json_object_object_add(x, "depth", json_object_new_int(d));
+        json_object_object_add(x, "params", json_object_new_int64((int64_t)p->params));
+        json_object_object_add(x, "flops_per_image", json_object_new_double(p->flops));
+        json_object_object_add(x, "inference_ms_per_tile", json_object_new_double(p->infer_ms));
+        json_object_object_add(x, "speedup", json_object_new_double(m->infer_ms / p->infer_ms));
+        val_runs_json(x, &p->val);
+        json_object_array_add(depths, x);
+    }
+    json_object_object_add(o, "pruning", depths);
+    return o;
+}
+
+/* DIR/report.json, every number of the comparison, written atomically. */
+static int write_json(const comparison *c, char *err, size_t errlen) {
+    json_object *root = json_object_new_object(), *models = json_object_new_array();
+    json_object_object_add(root, "settings", settings_json(c));
+    if (c->match_target) json_object_object_add(root, "match", match_json(c));
+    for (int i = 0; i < c->n_models; i++) json_object_array_add(models, model_json(c, &c->models[i]));
+    json_object_object_add(root, "models", models);
+    char path[PATH_LEN], tmp[PATH_LEN + 8];
+    out_path(path, sizeof path, c->cfg->out_dir, "report.json");
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int rc = json_object_to_file_ext(tmp, root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE) ||
+             rename(tmp, path);
+    json_object_put(root);
+    if (rc) {
+        snprintf(err, errlen, "cannot write %.900s", path);
+        unlink(tmp);
+    }
+    return rc ? -1 : 0;
+}
+
+/* scripts/compare_report.py next to the source tree of this executable, or
+ * under the working directory; 0 when neither is there. */
+static int find_report_script(char *buf, size_t n) {
     char exe[PATH_LEN];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (len > 0) {
@@ -604,20 +638,21 @@ static int find_plot_script(char *buf, size_t n) {
         char *slash = strrchr(exe, '/');
         if (slash) {
             *slash = 0;
-            if (snprintf(buf, n, "%s/../scripts/plot_compare.py", exe) < (int)n && access(buf, R_OK) == 0) return 1;
+            if (snprintf(buf, n, "%s/../scripts/compare_report.py", exe) < (int)n && access(buf, R_OK) == 0) return 1;
         }
     }
-    snprintf(buf, n, "scripts/plot_compare.py");
+    snprintf(buf, n, "scripts/compare_report.py");
     return access(buf, R_OK) == 0;
 }
 
-/* Draws the plots; 1 when they were drawn. A missing script or matplotlib
- * costs the pictures, not the report. */
-static int draw_plots(const char *dir) {
+/* DIR/report.md and its plots, written from report.json by
+ * scripts/compare_report.py. A missing script or Python costs the report's
+ * text and pictures, not the comparison: report.json holds every number. */
+static void write_report(const char *dir) {
     char script[PATH_LEN];
-    if (!find_plot_script(script, sizeof script)) {
-        printf("plots: scripts/plot_compare.py not found; the report has no pictures\n");
-        return 0;
+    if (!find_report_script(script, sizeof script)) {
+        printf("report: scripts/compare_report.py not found; every number is in %s/report.json\n", dir);
+        return;
     }
     /* Debian's python3 has matplotlib (python3-matplotlib); a python3 first on PATH may not */
     const char *python = getenv("UNET_PYTHON");
@@ -627,135 +662,24 @@ static int draw_plots(const char *dir) {
     int status = 0;
     fflush(stdout);
     if (posix_spawnp(&pid, python, NULL, NULL, argv, environ) || waitpid(pid, &status, 0) < 0 ||
-        !WIFEXITED(status) || WEXITSTATUS(status)) {
-        printf("plots: %s %s %s failed; the report has no pictures\n", python, script, dir);
-        return 0;
-    }
-    return 1;
+        !WIFEXITED(status) || WEXITSTATUS(status))
+        printf("report: %s %s %s failed; every number is in %s/report.json\n", python, script, dir, dir);
 }
 
 int unet_run_compare(unet_config *cfg) {
-    char err[1024] = "", desc[128] = "";
-    int code = 2, n_models = 0;
-    model_result models[MAX_MODELS];
-    memset(models, 0, sizeof models);
-    val_data val = {0};
-    size_t match_target = 0;
-    unet_model_cfg match_ref;
-    memset(&match_ref, 0, sizeof match_ref);
-    const double t0 = now_s();
-
-    if (!cfg->out_dir[0] || !cfg->data[0] || (!cfg->val[0] && !(cfg->val_fraction > 0))) {
-        snprintf(err, sizeof err, "needs --data D.h5, validation data (--val V.h5 or --val-fraction F) and --out DIR");
-        goto fail;
-    }
-    if (unet_config_is_set(cfg, "model") || unet_config_is_set(cfg, "depth")) {
-        snprintf(err, sizeof err, "--models says which models to train, and every pruning depth of a deep-supervised "
-                                  "model is evaluated: drop --model and --depth");
-        goto fail;
-    }
-    if (parse_models(cfg, models, &n_models, err, sizeof err)) goto fail;
-    for (int i = 0; i < n_models; i++) {
-        if (unet_model_validate(&models[i].model, err, sizeof err)) goto fail;
-        int bad = alloc_val_runs(&models[i].val, cfg->model.classes, cfg->seeds);
-        for (int d = 1; d <= models[i].pruned_depths; d++)
-            bad |= alloc_val_runs(&models[i].depth[d].val, cfg->model.classes, cfg->seeds);
-        if (bad) {
-            snprintf(err, sizeof err, "out of host memory");
-            goto fail;
+    char err[1024] = "";
+    comparison c;
+    int code = 2; /* until the runs start, failures are the input's */
+    if (!compare_open(&c, cfg, err, sizeof err)) {
+        code = 1;
+        if (!measure_models(&c, err, sizeof err) && !run_models(&c, err, sizeof err) &&
+            !write_json(&c, err, sizeof err)) {
+            printf("wrote %s/report.json and runs/ (%.0f s)\n", cfg->out_dir, unet_now_s() - c.t0);
+            write_report(cfg->out_dir);
+            code = 0;
         }
     }
-    if (cfg->match_params[0]) {
-        unet_params_match match;
-        if (unet_match_target(cfg, &match_target, &match_ref, err, sizeof err) ||
-            unet_match_params(&cfg->model, match_target, &match, err, sizeof err))
-            goto fail;
-        for (int i = 0; i < n_models; i++)
-            if (!strcmp(models[i].name, "wide_unet")) memcpy(models[i].model.filters, match.best->filters, sizeof match.best->filters);
-    }
-    const unet_backend *b = unet_select_backend(cfg, desc, sizeof desc, err, sizeof err);
-    if (!b) goto fail;
-    char runs_dir[PATH_LEN];
-    out_path(runs_dir, sizeof runs_dir, cfg->out_dir, "runs");
-    if (make_dirs(runs_dir, err, sizeof err)) goto fail;
-    if (open_validation(cfg, &val, err, sizeof err)) goto fail;
-    code = 1;
-
-    /* costs first: a model that cannot run at this tile fails before any training */
-    for (int i = 0; i < n_models; i++) {
-        model_result *m = &models[i];
-        printf("== %s: parameters, FLOPs, memory and timing\n", m->name);
-        fflush(stdout);
-        if (measure(cfg, b, &m->model, &m->params, &m->flops, &m->train_activation_bytes, &m->train_images_per_s,
-                    &m->infer_ms, err, sizeof err))
-            goto fail;
-        for (int d = 1; d <= m->pruned_depths; d++) {
-            unet_model_cfg p = m->model;
-            p.prune_depth = d;
-            p.deep_supervision = 0;
-            depth_result *r = &m->depth[d];
-            if (measure(cfg, b, &p, &r->params, &r->flops, NULL, NULL, &r->infer_ms, err, sizeof err)) goto fail;
-        }
-    }
-    for (int s = 0; s < cfg->seeds; s++)
-        for (int i = 0; i < n_models; i++) {
-            model_result *m = &models[i];
-            unet_config run = *cfg;
-            char log[PATH_LEN], ckpt[PATH_LEN];
-            run.model = m->model;
-            run.seed = cfg->seed + (uint64_t)s;
-            run_path(log, sizeof log, cfg->out_dir, m->name, run.seed, "jsonl");
-            run_path(ckpt, sizeof ckpt, cfg->out_dir, m->name, run.seed, "safetensors");
-            run.log = log;
-            run.save = ckpt;
-            printf("== %s, seed %llu (run %d of %d)\n", m->name, (unsigned long long)run.seed, s * n_models + i + 1,
-                   cfg->seeds * n_models);
-            fflush(stdout);
-            if (unet_run_train(&run)) {
-                snprintf(err, sizeof err, "training %.15s with seed %llu failed (its message is above)", m->name,
-                         (unsigned long long)run.seed);
-                goto fail;
-            }
-            long step = 0;
-            unet_seg_metrics val_m;
-            if (last_validation(log, cfg->model.classes, &val_m, &step, err, sizeof err)) goto fail;
-            if (step != cfg->steps) {
-                snprintf(err, sizeof err, "the %.15s run stopped at step %ld of %ld: the comparison is incomplete", m->name,
-                         step, cfg->steps);
-                goto fail;
-            }
-            add_run(&m->val, &val_m);
-            for (int d = 1; d <= m->pruned_depths; d++) {
-                unet_seg_metrics pm;
-                if (evaluate_pruned(cfg, &m->model, d, ckpt, &val, &pm, err, sizeof err)) goto fail;
-                add_run(&m->depth[d].val, &pm);
-                printf("   pruned to L%d: IoU %.4f  Dice %.4f  pixel error %.4f  Rand error %.4f\n", d, pm.iou, pm.dice,
-                       pm.pixel_error, pm.rand_error);
-                unet_seg_metrics_print_classes(stdout, &pm, "     ");
-            }
-            /* the weights served the pruned evaluation; a full comparison would leave gigabytes behind */
-            unlink(ckpt);
-        }
-
-    char machine[512], date[64], path[PATH_LEN];
-    machine_text(machine, sizeof machine);
-    time_t now = time(NULL);
-    strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
-    report r = {.cfg = cfg, .models = models, .n_models = n_models, .device = desc, .machine = machine, .date = date,
-                .wall_s = now_s() - t0, .match_target = match_target, .match_ref = &match_ref};
-    out_path(path, sizeof path, cfg->out_dir, "report.json");
-    if (write_json(&r, path, err, sizeof err)) goto fail;
-    int plots = draw_plots(cfg->out_dir);
-    out_path(path, sizeof path, cfg->out_dir, "report.md");
-    if (write_markdown(&r, path, plots, err, sizeof err)) goto fail;
-    printf("wrote %s/report.md, report.json%s and runs/ (%.0f s)\n", cfg->out_dir, plots ? ", val_iou.png, pruning.png" : "",
-           now_s() - t0);
-    code = 0;
-    goto done;
-fail:
-    fprintf(stderr, "unet compare: %s\n", err);
-done:
-    close_validation(&val);
-    for (int i = 0; i < MAX_MODELS; i++) free_result(&models[i]);
+    if (code) fprintf(stderr, "unet compare: %s\n", err);
+    compare_close(&c);
     return code;
 }

@@ -7,8 +7,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "host/common/util.h"
+#include "host/train/checkpoint_config.h"
 #include "host/train/session.h"
 #include "unet/checkpoint.h"
+#include "unet/commands.h"
+#include "unet/data.h"
+#include "unet/metrics.h"
+#include "unet/tiling.h"
 
 /* Model and tile from the checkpoint unless given; then backend, weights,
  * an inference plan and its tiling. */
@@ -124,16 +130,16 @@ static int run(unet_config *cfg, int evaluate) {
     }
     const int H = info.h, W = info.w, K = cfg->model.classes, n_heads = s.model.n_heads;
     unet_shape shape = {1, K, H, W};
-    raw = malloc((size_t)info.c * H * W * sizeof(float));
-    prob = malloc((size_t)K * H * W * sizeof(float));
-    pred = malloc((size_t)H * W);
-    label = evaluate ? malloc((size_t)H * W * sizeof(int32_t)) : NULL;
-    for (int h = 0; h < n_heads; h++)
-        if (cfg->mode == UNET_MODE_ACCURATE || h == n_heads - 1) logits[h] = malloc((size_t)K * H * W * sizeof(float));
-    if (!raw || !prob || !pred || (evaluate && !label) || !logits[n_heads - 1]) {
-        snprintf(err, sizeof err, "out of host memory for %dx%d images", H, W);
+    const size_t pixels = (size_t)H * W;
+    if (!(raw = unet_alloc(info.c * pixels, sizeof(float), "an image", err, sizeof err)) ||
+        !(prob = unet_alloc(K * pixels, sizeof(float), "an image's probabilities", err, sizeof err)) ||
+        !(pred = unet_alloc(pixels, 1, "an image's labels", err, sizeof err)) ||
+        (evaluate && !(label = unet_alloc(pixels, sizeof(int32_t), "an image's true labels", err, sizeof err))))
         goto fail;
-    }
+    for (int h = 0; h < n_heads; h++)
+        if ((cfg->mode == UNET_MODE_ACCURATE || h == n_heads - 1) &&
+            !(logits[h] = unet_alloc(K * pixels, sizeof(float), "an image's logits", err, sizeof err)))
+            goto fail;
     /* eval --log: the metrics' JSON line is appended (opened now: a bad path fails before the work) */
     if (evaluate && cfg->log[0] && !(log = fopen(cfg->log, "a"))) {
         snprintf(err, sizeof err, "cannot write the log %s (is the directory there and writable?)", cfg->log);

@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "host/common/util.h"
+#include "host/train/checkpoint_config.h"
 #include "host/train/session.h"
 #include "unet/checkpoint.h"
-#include "unet/train.h"
+#include "unet/commands.h"
 
 int unet_run_prune(unet_config *cfg) {
     char err[1024] = "";
@@ -45,12 +47,10 @@ int unet_run_prune(unet_config *cfg) {
         unet_model_build(&full_cfg, 0, 0, &full, err, sizeof err))
         goto fail;
     const unet_graph *g = pruned.graph;
-    params = calloc(unet_graph_trainable_count(g) + 1, sizeof(float));
-    state = calloc(unet_graph_state_count(g) + 1, sizeof(float));
-    if (!params || !state) {
-        snprintf(err, sizeof err, "out of host memory for %zu parameters", unet_graph_trainable_count(g));
+    const size_t n_params = unet_graph_trainable_count(g), n_state = unet_graph_state_count(g);
+    if (!(params = unet_alloc_zeroed(n_params, sizeof(float), "the parameters", err, sizeof err)) ||
+        !(state = unet_alloc_zeroed(n_state, sizeof(float), "the batch norm statistics", err, sizeof err)))
         goto fail;
-    }
     code = 1;
     /* every tensor of the pruned graph is in the full checkpoint; the rest of the file is left behind */
     if (unet_checkpoint_load_weights(cfg->checkpoint, g, params, state, err, sizeof err)) goto fail;

@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +16,7 @@
 
 #include <json-c/json.h>
 
+#include "host/common/util.h"
 #include "unet/safetensors.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -45,13 +45,6 @@ size_t unet_st_numel(const unet_st_tensor *t) {
     return n;
 }
 
-static void fail(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- writing ---------------------------------------------------------- */
 
 static json_object *shape_json(const unet_st_tensor *t) {
@@ -75,8 +68,9 @@ static char *build_header(const unet_st_tensor *tensors, int n, const unet_st_me
         const unet_st_tensor *t = &tensors[i];
         if (t->dtype >= UNET_ST_DTYPE_COUNT || t->ndim < 0 || t->ndim > UNET_ST_MAX_DIMS || !t->name ||
             !strcmp(t->name, "__metadata__") || json_object_object_get_ex(root, t->name, NULL)) {
-            fail(err, errlen, "cannot write %s: tensor %d (%s) has a bad dtype, rank or a duplicate name", path, i,
-                 t->name ? t->name : "unnamed");
+            unet_errorf(err, errlen, "cannot write %s: tensor %d (%s) has a bad dtype, rank or a duplicate name", path,
+                        i,
+                        t->name ? t->name : "unnamed");
             json_object_put(root);
             return NULL;
         }
@@ -111,7 +105,7 @@ int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors
     if (!header) return -1;
     char tmp[4200];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
-        fail(err, errlen, "cannot write %s: the path is too long", path);
+        unet_errorf(err, errlen, "cannot write %s: the path is too long", path);
         free(header);
         return -1;
     }
@@ -121,7 +115,7 @@ int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors
     if (!f) {
         int e = errno;
         if (fd >= 0) close(fd), unlink(tmp);
-        fail(err, errlen, "cannot write %s: cannot create %s: %s", path, tmp, strerror(e));
+        unet_errorf(err, errlen, "cannot write %s: cannot create %s: %s", path, tmp, strerror(e));
         free(header);
         return -1;
     }
@@ -140,9 +134,9 @@ int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors
     if (bad) {
         unlink(tmp);
         if (!strcmp(step, "rename"))
-            fail(err, errlen, "cannot write %s: cannot rename %s to it: %s", path, tmp, strerror(e));
+            unet_errorf(err, errlen, "cannot write %s: cannot rename %s to it: %s", path, tmp, strerror(e));
         else
-            fail(err, errlen, "cannot write %s: %s of %s failed: %s", path, step, tmp, strerror(e ? e : EIO));
+            unet_errorf(err, errlen, "cannot write %s: %s of %s failed: %s", path, step, tmp, strerror(e ? e : EIO));
         return -1;
     }
     /* the rename itself survives a power cut once the directory is synced; best effort */
@@ -234,7 +228,7 @@ static int get_u64(json_object *v, uint64_t *out) {
 static int parse_entry(const char *name, json_object *v, entry *e, char *why, size_t whylen) {
     memset(e, 0, sizeof *e);
     if (json_object_get_type(v) != json_type_object) {
-        fail(why, whylen, "is not an object");
+        unet_errorf(why, whylen, "is not an object");
         return -1;
     }
     json_object *dtype = NULL, *shape = NULL, *offsets = NULL;
@@ -243,12 +237,12 @@ static int parse_entry(const char *name, json_object *v, entry *e, char *why, si
         else if (!strcmp(key, "shape")) shape = val;
         else if (!strcmp(key, "data_offsets")) offsets = val;
         else {
-            fail(why, whylen, "has an unknown field \"%s\"", key);
+            unet_errorf(why, whylen, "has an unknown field \"%s\"", key);
             return -1;
         }
     }
     if (!dtype || json_object_get_type(dtype) != json_type_string) {
-        fail(why, whylen, "has no dtype string");
+        unet_errorf(why, whylen, "has no dtype string");
         return -1;
     }
     const char *dn = json_object_get_string(dtype);
@@ -256,13 +250,13 @@ static int parse_entry(const char *name, json_object *v, entry *e, char *why, si
     for (int d = 0; d < UNET_ST_DTYPE_COUNT; d++)
         if (!strcmp(dtypes[d].name, dn)) found = d;
     if (found < 0) {
-        fail(why, whylen, "has an unknown dtype \"%s\"", dn);
+        unet_errorf(why, whylen, "has an unknown dtype \"%s\"", dn);
         return -1;
     }
     e->t.dtype = (unet_st_dtype)found;
     if (!shape || json_object_get_type(shape) != json_type_array ||
         json_object_array_length(shape) > UNET_ST_MAX_DIMS) {
-        fail(why, whylen, "has no shape (an array of at most %d sizes)", UNET_ST_MAX_DIMS);
+        unet_errorf(why, whylen, "has no shape (an array of at most %d sizes)", UNET_ST_MAX_DIMS);
         return -1;
     }
     e->t.ndim = (int)json_object_array_length(shape);
@@ -270,12 +264,14 @@ static int parse_entry(const char *name, json_object *v, entry *e, char *why, si
     for (int d = 0; d < e->t.ndim; d++) {
         uint64_t s;
         if (get_u64(json_object_array_get_idx(shape, (size_t)d), &s) || s > ((uint64_t)1 << 48)) {
-            fail(why, whylen, "has a bad shape %s", json_object_to_json_string_ext(shape, JSON_C_TO_STRING_PLAIN));
+            unet_errorf(why, whylen, "has a bad shape %s",
+                        json_object_to_json_string_ext(shape, JSON_C_TO_STRING_PLAIN));
             return -1;
         }
         e->t.shape[d] = (int64_t)s;
         if (s && numel > ((uint64_t)1 << 56) / s) {
-            fail(why, whylen, "has an impossibly large shape %s", json_object_to_json_string_ext(shape, JSON_C_TO_STRING_PLAIN));
+            unet_errorf(why, whylen, "has an impossibly large shape %s",
+                        json_object_to_json_string_ext(shape, JSON_C_TO_STRING_PLAIN));
             return -1;
         }
         numel *= s;
@@ -283,12 +279,14 @@ static int parse_entry(const char *name, json_object *v, entry *e, char *why, si
     if (!offsets || json_object_get_type(offsets) != json_type_array || json_object_array_length(offsets) != 2 ||
         get_u64(json_object_array_get_idx(offsets, 0), &e->begin) ||
         get_u64(json_object_array_get_idx(offsets, 1), &e->end) || e->end < e->begin) {
-        fail(why, whylen, "has bad data_offsets (want [begin, end], begin <= end)");
+        unet_errorf(why, whylen, "has bad data_offsets (want [begin, end], begin <= end)");
         return -1;
     }
     if (e->end - e->begin != numel * dtypes[found].size) {
-        fail(why, whylen, "holds %llu bytes, but %s %s needs %llu bytes", (unsigned long long)(e->end - e->begin), dn,
-             json_object_to_json_string_ext(shape, JSON_C_TO_STRING_PLAIN), (unsigned long long)(numel * dtypes[found].size));
+        unet_errorf(why, whylen, "holds %llu bytes, but %s %s needs %llu bytes",
+                    (unsigned long long)(e->end - e->begin), dn,
+                    json_object_to_json_string_ext(shape, JSON_C_TO_STRING_PLAIN),
+                    (unsigned long long)(numel * dtypes[found].size));
         return -1;
     }
     e->t.name = strdup(name);
@@ -297,13 +295,13 @@ static int parse_entry(const char *name, json_object *v, entry *e, char *why, si
 
 static int parse_metadata(unet_st_file *f, json_object *m, char *why, size_t whylen) {
     if (json_object_get_type(m) != json_type_object) {
-        fail(why, whylen, "__metadata__ is not an object of strings");
+        unet_errorf(why, whylen, "__metadata__ is not an object of strings");
         return -1;
     }
     f->meta = calloc((size_t)json_object_object_length(m) + 1, sizeof *f->meta);
     json_object_object_foreach(m, key, val) {
         if (json_object_get_type(val) != json_type_string) {
-            fail(why, whylen, "__metadata__ value of \"%s\" is not a string", key);
+            unet_errorf(why, whylen, "__metadata__ value of \"%s\" is not a string", key);
             return -1;
         }
         f->meta[f->n_meta].key = strdup(key);
@@ -317,26 +315,27 @@ int unet_st_open(const char *path, unet_st_file **out, char *err, size_t errlen)
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        fail(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        unet_errorf(err, errlen, "cannot open %s: %s", path, strerror(errno));
         return -1;
     }
     struct stat st;
     if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        fail(err, errlen, "cannot read %s: not a regular file", path);
+        unet_errorf(err, errlen, "cannot read %s: not a regular file", path);
         close(fd);
         return -1;
     }
     size_t size = (size_t)st.st_size;
     if (size < 8) {
-        fail(err, errlen, "%s is not a safetensors file (truncated?): %zu bytes, less than the 8-byte header length",
-             path, size);
+        unet_errorf(err, errlen, "%s is not a safetensors file (truncated?): %zu bytes, less than the 8-byte header "
+                                 "length",
+                    path, size);
         close(fd);
         return -1;
     }
     unsigned char *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) {
-        fail(err, errlen, "cannot map %s: %s", path, strerror(errno));
+        unet_errorf(err, errlen, "cannot map %s: %s", path, strerror(errno));
         return -1;
     }
     unet_st_file *f = calloc(1, sizeof *f);
@@ -349,12 +348,13 @@ int unet_st_open(const char *path, unet_st_file **out, char *err, size_t errlen)
     json_object *root = NULL;
     entry *entries = NULL;
     if (hlen > size - 8 || hlen > MAX_HEADER_BYTES) {
-        fail(err, errlen, "%s is truncated or not a safetensors file: its header claims %llu bytes, the file has %zu",
-             path, (unsigned long long)hlen, size);
+        unet_errorf(err, errlen, "%s is truncated or not a safetensors file: its header claims %llu bytes, the "
+                                 "file has %zu",
+                    path, (unsigned long long)hlen, size);
         goto bad_file;
     }
     if (hlen < 2 || map[8] != '{' || memchr(map + 8, 0, hlen)) {
-        fail(why, sizeof why, "the header is not a JSON object");
+        unet_errorf(why, sizeof why, "the header is not a JSON object");
         goto bad_header;
     }
     json_tokener *tok = json_tokener_new();
@@ -364,13 +364,13 @@ int unet_st_open(const char *path, unet_st_file **out, char *err, size_t errlen)
     size_t end = json_tokener_get_parse_end(tok);
     json_tokener_free(tok);
     if (!root || jerr != json_tokener_success || json_object_get_type(root) != json_type_object) {
-        fail(why, sizeof why, "the header is not valid JSON (%s)",
-             jerr != json_tokener_success ? json_tokener_error_desc(jerr) : "not an object");
+        unet_errorf(why, sizeof why, "the header is not valid JSON (%s)",
+                    jerr != json_tokener_success ? json_tokener_error_desc(jerr) : "not an object");
         goto bad_header;
     }
     for (size_t i = end; i < hlen; i++)
         if (map[8 + i] != ' ' && map[8 + i] != '\n' && map[8 + i] != '\t' && map[8 + i] != '\r') {
-            fail(why, sizeof why, "bytes after the JSON header");
+            unet_errorf(why, sizeof why, "bytes after the JSON header");
             goto bad_header;
         }
     size_t data_bytes = size - 8 - (size_t)hlen;
@@ -384,7 +384,7 @@ int unet_st_open(const char *path, unet_st_file **out, char *err, size_t errlen)
         }
         char inner[400];
         if (parse_entry(key, val, &entries[f->n], inner, sizeof inner)) {
-            fail(why, sizeof why, "tensor \"%s\" %s", key, inner);
+            unet_errorf(why, sizeof why, "tensor \"%s\" %s", key, inner);
             goto bad_header;
         }
         f->n++;
@@ -395,21 +395,21 @@ int unet_st_open(const char *path, unet_st_file **out, char *err, size_t errlen)
     for (int i = 0; i < f->n; i++) {
         if (entries[i].begin != at) {
             if (entries[i].begin < at)
-                fail(why, sizeof why, "tensor \"%s\" overlaps the one before it", entries[i].t.name);
+                unet_errorf(why, sizeof why, "tensor \"%s\" overlaps the one before it", entries[i].t.name);
             else
-                fail(why, sizeof why, "a gap of %llu bytes before tensor \"%s\"",
-                     (unsigned long long)(entries[i].begin - at), entries[i].t.name);
+                unet_errorf(why, sizeof why, "a gap of %llu bytes before tensor \"%s\"",
+                            (unsigned long long)(entries[i].begin - at), entries[i].t.name);
             goto bad_header;
         }
         at = entries[i].end;
     }
     if (at != data_bytes) {
         if (at > data_bytes)
-            fail(err, errlen, "%s is truncated: its tensors need %llu bytes of data, the file has %zu", path,
-                 (unsigned long long)at, data_bytes);
+            unet_errorf(err, errlen, "%s is truncated: its tensors need %llu bytes of data, the file has %zu", path,
+                        (unsigned long long)at, data_bytes);
         else
-            fail(err, errlen, "%s is corrupt: %zu bytes of data past its last tensor", path,
-                 data_bytes - (size_t)at);
+            unet_errorf(err, errlen, "%s is corrupt: %zu bytes of data past its last tensor", path,
+                        data_bytes - (size_t)at);
         goto bad_file;
     }
     f->tensors = calloc((size_t)f->n + 1, sizeof *f->tensors);
@@ -423,7 +423,7 @@ int unet_st_open(const char *path, unet_st_file **out, char *err, size_t errlen)
     return 0;
 
 bad_header:
-    fail(err, errlen, "%s has a corrupt safetensors header: %s", path, why);
+    unet_errorf(err, errlen, "%s has a corrupt safetensors header: %s", path, why);
 bad_file:
     for (int i = 0; entries && i < f->n; i++) free((char *)entries[i].t.name);
     free(entries);
@@ -474,8 +474,9 @@ int unet_st_read_f32(const unet_st_file *f, const unet_st_tensor *t, float *dst,
         }
         return 0;
     default:
-        fail(err, errlen, "%s: tensor %s has dtype %s, not a floating-point type (F32, F64, F16 or BF16)", f->path,
-             t->name, dtypes[t->dtype].name);
+        unet_errorf(err, errlen, "%s: tensor %s has dtype %s, not a floating-point type (F32, F64, F16 or BF16)",
+                    f->path,
+                    t->name, dtypes[t->dtype].name);
         return -1;
     }
 }
@@ -492,8 +493,8 @@ int unet_st_read_i64(const unet_st_file *f, const unet_st_tensor *t, int64_t *ds
         case UNET_ST_U8:
         case UNET_ST_BOOL: dst[i] = p[i]; break;
         default:
-            fail(err, errlen, "%s: tensor %s has dtype %s, not a signed or 8-bit integer type", f->path, t->name,
-                 dtypes[t->dtype].name);
+            unet_errorf(err, errlen, "%s: tensor %s has dtype %s, not a signed or 8-bit integer type", f->path, t->name,
+                        dtypes[t->dtype].name);
             return -1;
         }
     }

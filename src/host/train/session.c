@@ -1,14 +1,13 @@
-/* What train, predict, eval and bench share: the backend a run asks for, the
- * model it builds, and whole-image evaluation through overlap-tile prediction. */
-#include <math.h>
+/* What train, predict, eval, bench and compare share: the backend a run asks
+ * for and the model it builds there. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <omp.h>
 
+#include "host/common/util.h"
 #include "host/train/session.h"
-#include "unet/checkpoint.h"
 
 const unet_backend *unet_config_cuda_backend(const unet_config *cfg, int index, const char **precision, char *why,
                                              size_t whylen) {
@@ -50,13 +49,10 @@ int unet_session_build(unet_session *s, const unet_config *cfg, int training, in
     if (unet_model_build(&cfg->model, training, with_weight, &s->model, err, errlen)) return -1;
     if (unet_param_blocks_alloc(&s->pb, s->backend, s->model.graph, cfg->optim.kind != UNET_OPT_SGD, err, errlen))
         return -1;
-    s->host_params = calloc(s->pb.n_trainable + 1, sizeof(float));
-    s->host_state = calloc(s->pb.n_state + 1, sizeof(float));
-    if (!s->host_params || !s->host_state) {
-        snprintf(err, errlen, "out of host memory for %zu parameters", s->pb.n_trainable);
-        return -1;
-    }
-    return 0;
+    s->host_params = unet_alloc_zeroed(s->pb.n_trainable, sizeof(float), "the parameters", err, errlen);
+    if (!s->host_params) return -1;
+    s->host_state = unet_alloc_zeroed(s->pb.n_state, sizeof(float), "the batch norm statistics", err, errlen);
+    return s->host_state ? 0 : -1;
 }
 
 void unet_session_upload(unet_session *s) {
@@ -77,60 +73,4 @@ void unet_session_free(unet_session *s) {
     free(s->host_params);
     free(s->host_state);
     memset(s, 0, sizeof *s);
-}
-
-int unet_pool_levels(const unet_model_cfg *m) { return m->prune_depth ? m->prune_depth : m->levels - 1; }
-
-int unet_evaluate_view(unet_plan *plan, const unet_tiling *t, const unet_data_view *v, int classes,
-                       unet_seg_stats *per_head, int n_heads, char *err, size_t errlen) {
-    unet_dataset_info info;
-    unet_dataset_get_info(v->ds, &info);
-    const int H = v->rows, W = info.w, C = info.c;
-    float *raw = malloc((size_t)C * H * W * sizeof(float));
-    int32_t *label = malloc((size_t)H * W * sizeof(int32_t));
-    float *logits[UNET_MAX_LEVELS] = {0};
-    uint8_t *pred = malloc((size_t)H * W); /* hard labels for the Rand score */
-    int rc = raw && label && pred ? 0 : -1;
-    for (int h = 0; h < n_heads && !rc; h++) {
-        unet_seg_stats_init(&per_head[h], classes);
-        logits[h] = malloc((size_t)unet_plan_output_shape(plan, h).c * H * W * sizeof(float));
-        if (!logits[h]) rc = -1;
-    }
-    if (rc) snprintf(err, errlen, "out of host memory for a %dx%d validation image", H, W);
-    for (int k = 0; k < v->images && !rc; k++) {
-        rc = unet_data_view_read(v, k, raw, label, NULL, err, errlen);
-        if (rc) break;
-        if (unet_predict_tiled(plan, t, raw, C, H, W, logits, NULL, NULL)) {
-            snprintf(err, errlen, "out of host memory predicting a %dx%d image", H, W);
-            rc = -1;
-            break;
-        }
-        for (int h = 0; h < n_heads; h++) {
-            unet_shape s = {1, unet_plan_output_shape(plan, h).c, H, W};
-            unet_seg_stats_add(&per_head[h], logits[h], s, label, H, W);
-            unet_predict_labels(logits[h], s, pred);
-            unet_seg_stats_add_rand(&per_head[h], pred, label, H, W);
-        }
-    }
-    free(raw);
-    free(label);
-    free(pred);
-    for (int h = 0; h < n_heads; h++) free(logits[h]);
-    return rc;
-}
-
-int unet_checkpoint_config(const char *path, unet_config *saved, long *step, char *err, size_t errlen) {
-    unet_checkpoint_meta meta;
-    if (unet_checkpoint_read_meta(path, &meta, err, errlen)) return -1;
-    if (step) *step = meta.step;
-    if (!meta.config_json) return 0;
-    unet_config_defaults(saved);
-    int rc = unet_config_from_json(saved, meta.config_json, err, errlen);
-    unet_checkpoint_meta_free(&meta);
-    return rc ? -1 : 1;
-}
-
-void unet_config_take_model(unet_config *cfg, const unet_config *saved) {
-    unet_config_merge(cfg, saved, UNET_GROUP_MODEL);
-    if (!unet_config_is_set(cfg, "tile")) cfg->tile = saved->tile;
 }

@@ -1,14 +1,22 @@
-/* Shared pieces of the runs (train, predict, eval, bench): library-internal. */
+/* A run's backend and model (train, predict, eval, bench, compare, info):
+ * library-internal. */
 #ifndef UNET_SESSION_H
 #define UNET_SESSION_H
 
+#include "unet/backend.h"
 #include "unet/config.h"
-#include "unet/data.h"
-#include "unet/metrics.h"
 #include "unet/model.h"
 #include "unet/plan.h"
-#include "unet/tiling.h"
-#include "unet/train.h"
+
+/* The backend --device and --precision ask for (auto: CUDA when a device is
+ * present, else the CPU), with a one-line description of it in desc. NULL
+ * with a message in err when it cannot be had. Also applies --threads. */
+const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size_t desclen, char *err, size_t errlen);
+/* The CUDA backend the flags ask for on device `index` (-1: 0): --precision
+ * (auto: tf32 until bf16 has run on a GPU) and --fast-nondeterministic. NULL
+ * with the reason in why. *precision: the precision's name. */
+const unet_backend *unet_config_cuda_backend(const unet_config *cfg, int index, const char **precision, char *why,
+                                             size_t whylen);
 
 /* A model on a backend with its parameter blocks and host copies of them. */
 typedef struct {
@@ -26,21 +34,5 @@ int unet_session_build(unet_session *s, const unet_config *cfg, int training, in
 void unet_session_upload(unet_session *s);   /* host copies -> backend */
 void unet_session_download(unet_session *s); /* backend -> host copies */
 void unet_session_free(unet_session *s);
-
-/* The configuration a checkpoint was trained with: 1 with *saved filled
- * (and *step when not NULL), 0 when the file has no unet.config metadata
- * (weights written by PyTorch, say), -1 with a message. */
-int unet_checkpoint_config(const char *path, unet_config *saved, long *step, char *err, size_t errlen);
-/* Takes the model (and the tile) of a checkpoint's configuration where the
- * command line did not set them. */
-void unet_config_take_model(unet_config *cfg, const unet_config *saved);
-
-/* Poolings in the (pruned) network: tiles of overlap-tile prediction align to 2^this. */
-int unet_pool_levels(const unet_model_cfg *m);
-
-/* Predicts every image of a view whole (overlap-tile, exact for valid
- * padding) and adds each head's confusion counts to per_head[h]. */
-int unet_evaluate_view(unet_plan *plan, const unet_tiling *t, const unet_data_view *v, int classes,
-                       unet_seg_stats *per_head, int n_heads, char *err, size_t errlen);
 
 #endif

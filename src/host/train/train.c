@@ -7,26 +7,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "host/common/util.h"
 #include "host/train/augment_device.h"
+#include "host/train/evaluate.h"
 #include "host/train/session.h"
 #include "host/train/step.h"
 #include "unet/augment.h"
 #include "unet/checkpoint.h"
+#include "unet/commands.h"
 #include "unet/dist.h"
 #include "unet/optim.h"
 #include "unet/rng.h"
 
 static volatile sig_atomic_t stop_signal = 0;
 static void on_signal(int sig) { stop_signal = sig; }
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
 
 /* A one-line progress bar on a terminal; nothing when stderr is a file. */
 static void progress(long step, long steps, double loss, double ips, double elapsed) {
@@ -40,13 +36,28 @@ static void progress(long step, long steps, double loss, double ips, double elap
     fflush(stderr);
 }
 
+/* Host copies of the optimizer's state blocks, zeroed: opt_a, and opt_b
+ * when the optimizer has a second one (Adam's second moment), else NULL. */
+static int alloc_opt_state(const unet_session *s, float **opt_a, float **opt_b, char *err, size_t errlen) {
+    size_t n = s->pb.n_trainable;
+    *opt_b = NULL;
+    *opt_a = unet_alloc_zeroed(n, sizeof(float), "the optimizer state", err, errlen);
+    if (*opt_a && s->pb.opt_b && !(*opt_b = unet_alloc_zeroed(n, sizeof(float), "the optimizer state", err, errlen))) {
+        free(*opt_a);
+        *opt_a = NULL;
+    }
+    return *opt_a ? 0 : -1;
+}
+
+/* The checkpoint of step `step`: parameters, batch norm statistics and
+ * optimizer state from the backend, with the run's configuration. */
 static int save(const unet_config *cfg, unet_session *s, const char *path, long step, char *err, size_t errlen) {
+    float *opt_a, *opt_b;
+    if (alloc_opt_state(s, &opt_a, &opt_b, err, errlen)) return -1;
     unet_session_download(s);
     const unet_backend *b = s->backend;
-    size_t n = s->pb.n_trainable;
-    float *opt_a = malloc((n + 1) * sizeof(float)), *opt_b = s->pb.opt_b ? malloc((n + 1) * sizeof(float)) : NULL;
-    b->download_f32(b, opt_a, s->pb.opt_a, n);
-    if (opt_b) b->download_f32(b, opt_b, s->pb.opt_b, n);
+    b->download_f32(b, opt_a, s->pb.opt_a, s->pb.n_trainable);
+    if (opt_b) b->download_f32(b, opt_b, s->pb.opt_b, s->pb.n_trainable);
     char *json = unet_config_to_json(cfg, 0);
     int rc = unet_checkpoint_save(path, s->model.graph, s->host_params, s->host_state, opt_a, opt_b, step, json, err,
                                   errlen);
@@ -60,13 +71,13 @@ static int save(const unet_config *cfg, unet_session *s, const char *path, long 
 static int load_start(const unet_config *cfg, unet_session *s, long *start, char *err, size_t errlen) {
     *start = 0;
     if (cfg->resume[0]) {
-        size_t n = s->pb.n_trainable;
-        float *opt_a = calloc(n + 1, sizeof(float)), *opt_b = s->pb.opt_b ? calloc(n + 1, sizeof(float)) : NULL;
+        float *opt_a, *opt_b;
+        if (alloc_opt_state(s, &opt_a, &opt_b, err, errlen)) return -1;
         int rc = unet_checkpoint_load_resume(cfg->resume, s->model.graph, s->host_params, s->host_state, opt_a, opt_b,
                                              start, err, errlen);
         if (!rc) {
-            s->backend->upload_f32(s->backend, s->pb.opt_a, opt_a, n);
-            if (opt_b) s->backend->upload_f32(s->backend, s->pb.opt_b, opt_b, n);
+            s->backend->upload_f32(s->backend, s->pb.opt_a, opt_a, s->pb.n_trainable);
+            if (opt_b) s->backend->upload_f32(s->backend, s->pb.opt_b, opt_b, s->pb.n_trainable);
         }
         free(opt_a);
         free(opt_b);
@@ -120,280 +131,416 @@ static void log_json(FILE *log, const char *line) {
     }
 }
 
-int unet_run_train(unet_config *cfg) {
-    char err[1024] = "";
-    int code = 2; /* until the run starts, failures are the input's */
+/* Everything a training run holds: opened stage by stage (train_open),
+ * stepped (train_steps), closed whatever was opened (train_close). */
+typedef struct {
+    unet_config *cfg;
+    char rank_device[64];       /* cfg->device of a rank of several: cuda:<local rank> */
+    unet_augment_cfg augment;   /* outlives the loader, which calls it */
+    unet_dataset *train_ds, *val_ds;
+    unet_dataset_info info;
+    unet_data_view train_view, val_view;
+    unet_data_view my_val;      /* this rank's share of the validation images */
     unet_session s;
-    memset(&s, 0, sizeof s);
-    unet_dataset *train_ds = NULL, *val_ds = NULL;
-    unet_loader *loader = NULL;
-    unet_plan *plan = NULL, *eval_plan = NULL;
-    float *raw = NULL, *weight = NULL;
-    int32_t *label = NULL;
+    unet_dist *dist;
+    int rank, world;
+    const unet_replica_sum *replica_sum; /* --sync-bn across the ranks; NULL: none */
+    unet_plan *plan, *eval_plan;
+    unet_shape out;             /* the deepest head's output */
+    unet_tiling tiling;         /* of eval_plan */
+    long start;                 /* the first step: 0, or the resumed checkpoint's */
+    unet_loader *loader;
+    int warp_on_gpu;            /* --augment-device cuda: the loader draws, gpu_aug warps */
     gpu_augment gpu_aug;
-    memset(&gpu_aug, 0, sizeof gpu_aug);
-    FILE *log = NULL;
-    unet_dist *dist = NULL;
+    float *raw, *weight;        /* the host batch, when the loader makes it */
+    int32_t *label;
+    FILE *log;                  /* rank 0's JSONL log; NULL: none */
     unet_stepper stepper;
-    memset(&stepper, 0, sizeof stepper);
-    int rank = 0, world = 1, all_ranks_failed = 0;
+    double t0, t_log;           /* when the steps started, and the last log line */
+    long imgs_since_log;
+    int all_ranks_failed;       /* every rank fails at this step: none waits for another */
+} train_run;
 
+/* What a step leaves for the stages after it. */
+typedef struct {
+    long step, done;        /* the step's index, and the steps done counting it */
+    int logged;             /* a log line at this step */
+    int have_loss;          /* the loss was read (and, with several ranks, agreed on) */
+    double loss, per_head[UNET_MAX_LEVELS];
+    int signalled;          /* a stop signal, on any rank */
+} step_result;
+
+/* --data and the validation images (--val, or the --val-fraction split of
+ * --data), and the augmentation the loader will apply. */
+static int open_data(train_run *t, char *err, size_t errlen) {
+    const unet_config *cfg = t->cfg;
     if (!cfg->data[0]) {
-        snprintf(err, sizeof err, "unet train needs --data FILE.h5 (an HDF5 file with raw and label)");
-        goto fail;
+        snprintf(err, errlen, "unet train needs --data FILE.h5 (an HDF5 file with raw and label)");
+        return -1;
     }
-    unet_augment_cfg augment; /* outlives the loader, which calls it */
-    if (unet_augment_parse(cfg->augment, &augment, err, sizeof err)) goto fail;
+    if (unet_augment_parse(cfg->augment, &t->augment, err, errlen)) return -1;
     unet_dataset_opts dopts = {.raw_key = cfg->raw_key[0] ? cfg->raw_key : NULL,
                                .label_key = cfg->label_key[0] ? cfg->label_key : NULL,
                                .weight_key = cfg->weight_key[0] ? cfg->weight_key : NULL,
                                .classes = cfg->model.classes};
-    if (unet_dataset_open(cfg->data, &dopts, &train_ds, err, sizeof err)) goto fail;
-    unet_dataset_info info;
-    unet_dataset_get_info(train_ds, &info);
-    if (info.c != cfg->model.in_channels) {
-        snprintf(err, sizeof err, "%s has %d channel(s) but the model takes --in-channels %d", cfg->data, info.c,
+    if (unet_dataset_open(cfg->data, &dopts, &t->train_ds, err, errlen)) return -1;
+    unet_dataset_get_info(t->train_ds, &t->info);
+    if (t->info.c != cfg->model.in_channels) {
+        snprintf(err, errlen, "%s has %d channel(s) but the model takes --in-channels %d", cfg->data, t->info.c,
                  cfg->model.in_channels);
-        goto fail;
+        return -1;
     }
-    unet_data_view train_view = unet_data_view_all(train_ds), val_view = {0};
+    t->train_view = unet_data_view_all(t->train_ds);
     if (cfg->val[0]) {
-        if (unet_dataset_open(cfg->val, &dopts, &val_ds, err, sizeof err)) goto fail;
-        val_view = unet_data_view_all(val_ds);
+        if (unet_dataset_open(cfg->val, &dopts, &t->val_ds, err, errlen)) return -1;
+        t->val_view = unet_data_view_all(t->val_ds);
     } else if (cfg->val_fraction > 0) {
-        if (unet_data_split(train_ds, cfg->val_fraction, &train_view, &val_view, err, sizeof err)) goto fail;
+        if (unet_data_split(t->train_ds, cfg->val_fraction, &t->train_view, &t->val_view, err, errlen)) return -1;
     }
-    /* data parallel: one process per device, the device from the local rank */
+    return 0;
+}
+
+/* Data parallel: one process per device, the device from the local rank;
+ * the model on it, and the communicator between the ranks. */
+static int open_dist(train_run *t, char *err, size_t errlen) {
+    unet_config *cfg = t->cfg;
     unet_dist_place place;
-    char rank_device[64];
-    if (unet_dist_place_from_env(cfg->rank, cfg->world_size, cfg->local_rank, &place, err, sizeof err)) goto fail;
-    if (place.world > 1) cfg->device = unet_dist_device(cfg->device, place.local_rank, rank_device, sizeof rank_device);
-    if (unet_session_build(&s, cfg, 1, info.has_weight, err, sizeof err)) goto fail;
-    if (check_augment_device(cfg, &augment, s.backend, err, sizeof err)) goto fail;
+    if (unet_dist_place_from_env(cfg->rank, cfg->world_size, cfg->local_rank, &place, err, errlen)) return -1;
+    if (place.world > 1)
+        cfg->device = unet_dist_device(cfg->device, place.local_rank, t->rank_device, sizeof t->rank_device);
+    if (unet_session_build(&t->s, cfg, 1, t->info.has_weight, err, errlen)) return -1;
+    if (check_augment_device(cfg, &t->augment, t->s.backend, err, errlen)) return -1;
     unet_dist_opts dist_opts = {.kind = (unet_dist_kind)cfg->dist, .rank = cfg->rank, .world = cfg->world_size,
-                            .local_rank = cfg->local_rank, .timeout_s = cfg->dist_timeout,
-                            .bucket_bytes = (size_t)(cfg->bucket_mb * 1048576.0)};
-    if (unet_dist_open(&dist_opts, s.backend, &dist, err, sizeof err)) goto fail;
-    rank = unet_dist_rank(dist), world = unet_dist_world(dist);
-    if (world > 1 || cfg->dist == UNET_DIST_NCCL || cfg->dist == UNET_DIST_MPI) {
-        printf("rank %d of %d (local rank %d) on %s: device %s, %s, batch %d of a global %d\n", rank, world,
-               unet_dist_local_rank(dist), unet_dist_host(dist), s.device, unet_dist_name(dist), cfg->batch,
-               cfg->batch * world);
+                                .local_rank = cfg->local_rank, .timeout_s = cfg->dist_timeout,
+                                .bucket_bytes = (size_t)(cfg->bucket_mb * 1048576.0)};
+    if (unet_dist_open(&dist_opts, t->s.backend, &t->dist, err, errlen)) return -1;
+    t->rank = unet_dist_rank(t->dist), t->world = unet_dist_world(t->dist);
+    if (t->world > 1 || cfg->dist == UNET_DIST_NCCL || cfg->dist == UNET_DIST_MPI) {
+        printf("rank %d of %d (local rank %d) on %s: device %s, %s, batch %d of a global %d\n", t->rank, t->world,
+               unet_dist_local_rank(t->dist), unet_dist_host(t->dist), t->s.device, unet_dist_name(t->dist),
+               cfg->batch, cfg->batch * t->world);
         fflush(stdout);
     }
-    const unet_replica_sum *replica_sum = cfg->sync_bn ? unet_dist_replica_sum(dist) : NULL;
-    if (cfg->sync_bn && world > 1 && !replica_sum) {
-        snprintf(err, sizeof err, "--sync-bn is implemented on the CPU backend (--dist mpi) only for now; on %s batch "
-                 "norm is per process: drop --sync-bn", s.device);
-        goto fail;
+    t->replica_sum = cfg->sync_bn ? unet_dist_replica_sum(t->dist) : NULL;
+    if (cfg->sync_bn && t->world > 1 && !t->replica_sum) {
+        snprintf(err, errlen, "--sync-bn is implemented on the CPU backend (--dist mpi) only for now; on %s batch "
+                 "norm is per process: drop --sync-bn", t->s.device);
+        return -1;
     }
-    unet_plan_cfg pc = {.batch = cfg->batch, .height = cfg->tile, .width = cfg->tile, .training = 1,
-                        .replica_sum = replica_sum};
-    plan = unet_plan_compile(s.model.graph, &s.pb, pc, err, sizeof err);
-    if (!plan) goto fail;
-    if (strcmp(unet_dist_name(dist), "none")) unet_plan_on_grads_ready(plan, unet_dist_grads_ready, dist);
-    unet_tiling tiling;
-    if (val_view.ds) {
-        pc.training = 0;
-        pc.replica_sum = NULL;
-        eval_plan = unet_plan_compile(s.model.graph, &s.pb, pc, err, sizeof err);
-        if (!eval_plan || unet_tiling_init(&tiling, eval_plan, unet_pool_levels(&cfg->model), cfg->overlap, err,
-                                           sizeof err))
-            goto fail;
-    }
-    long start;
-    if (load_start(cfg, &s, &start, err, sizeof err)) goto fail;
+    return 0;
+}
 
+/* The training plan (its gradients handed to the communicator as the
+ * backward finishes them) and, with validation images, the inference plan
+ * and tiling that evaluate this rank's share of them. */
+static int open_plans(train_run *t, char *err, size_t errlen) {
+    const unet_config *cfg = t->cfg;
+    unet_plan_cfg pc = {.batch = cfg->batch, .height = cfg->tile, .width = cfg->tile, .training = 1,
+                        .replica_sum = t->replica_sum};
+    t->plan = unet_plan_compile(t->s.model.graph, &t->s.pb, pc, err, errlen);
+    if (!t->plan) return -1;
+    if (strcmp(unet_dist_name(t->dist), "none")) unet_plan_on_grads_ready(t->plan, unet_dist_grads_ready, t->dist);
+    t->out = unet_plan_output_shape(t->plan, unet_plan_num_outputs(t->plan) - 1);
+    if (!t->val_view.ds) return 0;
+    pc.training = 0;
+    pc.replica_sum = NULL;
+    t->eval_plan = unet_plan_compile(t->s.model.graph, &t->s.pb, pc, err, errlen);
+    if (!t->eval_plan ||
+        unet_tiling_init(&t->tiling, t->eval_plan, unet_pool_levels(&cfg->model), cfg->overlap, err, errlen))
+        return -1;
+    int lo = (int)((long)t->val_view.images * t->rank / t->world);
+    int hi = (int)((long)t->val_view.images * (t->rank + 1) / t->world);
+    t->my_val = t->val_view;
+    t->my_val.image0 += lo, t->my_val.images = hi - lo;
+    return 0;
+}
+
+/* The loader of training batches, and where a batch goes: host buffers the
+ * plan's inputs are set from, or (--augment-device cuda) the GPU warp. */
+static int open_loader(train_run *t, char *err, size_t errlen) {
+    const unet_config *cfg = t->cfg;
     /* the context a valid network loses per side, from the deepest head's output */
-    unet_shape out = unet_plan_output_shape(plan, unet_plan_num_outputs(plan) - 1);
-    unet_loader_opts lo = {.batch = cfg->batch, .tile = cfg->tile, .margin = (cfg->tile - out.h) / 2,
-                           .seed = cfg->seed, .no_shuffle = cfg->no_shuffle, .rank = rank, .world = world,
+    unet_loader_opts lo = {.batch = cfg->batch, .tile = cfg->tile, .margin = (cfg->tile - t->out.h) / 2,
+                           .seed = cfg->seed, .no_shuffle = cfg->no_shuffle, .rank = t->rank, .world = t->world,
                            .workers = cfg->workers, .no_prefetch = cfg->workers == 0};
     /* with --augment-device cuda the loader only reads and draws; the GPU warps (gpu_augment) */
-    int warp_on_gpu = cfg->augment_device == UNET_AUGMENT_DEVICE_CUDA && unet_augment_active(&augment);
-    if (unet_augment_active(&augment)) {
-        lo.augment = unet_augment_apply, lo.augment_ctx = &augment;
-        lo.augment_context = unet_augment_context(&augment, cfg->tile);
+    t->warp_on_gpu = cfg->augment_device == UNET_AUGMENT_DEVICE_CUDA && unet_augment_active(&t->augment);
+    if (unet_augment_active(&t->augment)) {
+        lo.augment = unet_augment_apply, lo.augment_ctx = &t->augment;
+        lo.augment_context = unet_augment_context(&t->augment, cfg->tile);
     }
-    if (warp_on_gpu)
-        lo.augment = NULL, lo.draw = unet_augment_record, lo.record_bytes = unet_augment_record_bytes(&augment);
-    if (unet_loader_create(&train_view, &lo, &loader, err, sizeof err)) goto fail;
-    if (warp_on_gpu && gpu_augment_open(&gpu_aug, &augment, s.backend, plan, cfg->batch, info.c, cfg->tile,
-                                        lo.augment_context, err, sizeof err))
-        goto fail;
+    if (t->warp_on_gpu)
+        lo.augment = NULL, lo.draw = unet_augment_record, lo.record_bytes = unet_augment_record_bytes(&t->augment);
+    if (unet_loader_create(&t->train_view, &lo, &t->loader, err, errlen)) return -1;
+    if (t->warp_on_gpu)
+        return gpu_augment_open(&t->gpu_aug, &t->augment, t->s.backend, t->plan, cfg->batch, t->info.c, cfg->tile,
+                                lo.augment_context, err, errlen);
     size_t npix = (size_t)cfg->batch * cfg->tile * cfg->tile;
-    if (!warp_on_gpu) {
-        raw = malloc(npix * info.c * sizeof(float));
-        label = malloc(npix * sizeof(int32_t));
-        weight = info.has_weight ? malloc(npix * sizeof(float)) : NULL;
-    }
-    /* rank 0 alone writes the log and the checkpoints, and talks */
-    if (rank == 0 && cfg->log[0] && !(log = fopen(cfg->log, start ? "a" : "w"))) {
-        snprintf(err, sizeof err, "cannot write the log %s (is the directory there and writable?)", cfg->log);
-        goto fail;
-    }
+    if (!(t->raw = unet_alloc(npix * t->info.c, sizeof(float), "a training batch", err, errlen)) ||
+        !(t->label = unet_alloc(npix, sizeof(int32_t), "a training batch's labels", err, errlen)))
+        return -1;
+    if (t->info.has_weight && !(t->weight = unet_alloc(npix, sizeof(float), "a training batch's weights", err, errlen)))
+        return -1;
+    return 0;
+}
 
-    if (rank == 0) unet_config_print(stdout, cfg, "train");
-    unet_plan_stats st = unet_plan_get_stats(plan);
-    if (rank == 0) printf("device: %s; %zu parameters; training images %d x %dx%d; tile %d -> output %d; "
-           "activations %.1f MiB (%.1f MiB without reuse)\n",
-           s.device, unet_graph_trainable_params(s.model.graph), train_view.images, train_view.rows, info.w,
-           cfg->tile, out.h, st.arena_bytes / 1048576.0, st.unplanned_bytes / 1048576.0);
-    if (start && rank == 0) printf("resuming %s at step %ld\n", cfg->resume, start);
+/* The files the run writes as it goes, opened before the first step so that
+ * a bad path fails at once: rank 0 alone writes the log (appended to when
+ * resuming) and the checkpoints. */
+static int open_outputs(train_run *t, char *err, size_t errlen) {
+    const unet_config *cfg = t->cfg;
+    if (t->rank == 0 && cfg->log[0] && !(t->log = fopen(cfg->log, t->start ? "a" : "w"))) {
+        snprintf(err, errlen, "cannot write the log %s (is the directory there and writable?)", cfg->log);
+        return -1;
+    }
+    return 0;
+}
+
+/* Rank 0 says what runs: the configuration, the device, the sizes. */
+static void announce(const train_run *t) {
+    const unet_config *cfg = t->cfg;
+    if (t->rank == 0) {
+        unet_config_print(stdout, cfg, "train");
+        unet_plan_stats st = unet_plan_get_stats(t->plan);
+        printf("device: %s; %zu parameters; training images %d x %dx%d; tile %d -> output %d; "
+               "activations %.1f MiB (%.1f MiB without reuse)\n",
+               t->s.device, unet_graph_trainable_params(t->s.model.graph), t->train_view.images, t->train_view.rows,
+               t->info.w, cfg->tile, t->out.h, st.arena_bytes / 1048576.0, st.unplanned_bytes / 1048576.0);
+        if (t->start) printf("resuming %s at step %ld\n", cfg->resume, t->start);
+    }
     fflush(stdout);
-    unet_stepper_cfg step_cfg = {.plan = plan, .pb = &s.pb, .optim = &cfg->optim, .dist = dist,
-                                 .average_state = world > 1 && !replica_sum,
-                                 .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO, .notes = rank == 0 ? stdout : NULL};
-    unet_stepper_init(&stepper, &step_cfg);
-    /* this rank's samples are the rank-th contiguous slice of the global batch */
-    unet_plan_set_first_sample(plan, (uint64_t)rank * (uint64_t)cfg->batch);
-    code = 1; /* from here on a failure is the run's */
+}
+
+/* The step runner (eager, or captured and replayed where the backend can),
+ * and this rank's samples: the rank-th contiguous slice of the global batch. */
+static void open_stepper(train_run *t) {
+    const unet_config *cfg = t->cfg;
+    unet_stepper_cfg step_cfg = {.plan = t->plan, .pb = &t->s.pb, .optim = &cfg->optim, .dist = t->dist,
+                                 .average_state = t->world > 1 && !t->replica_sum,
+                                 .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO,
+                                 .notes = t->rank == 0 ? stdout : NULL};
+    unet_stepper_init(&t->stepper, &step_cfg);
+    unet_plan_set_first_sample(t->plan, (uint64_t)t->rank * (uint64_t)cfg->batch);
+}
+
+/* Everything the steps need, in the order a failure should be reported in:
+ * the input's mistakes (bad data, flags, files) before any work. */
+static int train_open(train_run *t, unet_config *cfg, char *err, size_t errlen) {
+    memset(t, 0, sizeof *t);
+    t->cfg = cfg;
+    t->world = 1;
+    if (open_data(t, err, errlen) || open_dist(t, err, errlen) || open_plans(t, err, errlen) ||
+        load_start(cfg, &t->s, &t->start, err, errlen) || open_loader(t, err, errlen) || open_outputs(t, err, errlen))
+        return -1;
+    announce(t);
+    open_stepper(t);
+    return 0;
+}
+
+static void train_close(train_run *t) {
+    if (t->log) fclose(t->log);
+    unet_stepper_free(&t->stepper);
+    unet_dist_close(t->dist);
+    unet_loader_free(t->loader);
+    gpu_augment_close(&t->gpu_aug);
+    unet_plan_free(t->plan);
+    unet_plan_free(t->eval_plan);
+    unet_session_free(&t->s);
+    if (t->train_ds) unet_dataset_close(t->train_ds);
+    if (t->val_ds) unet_dataset_close(t->val_ds);
+    free(t->raw);
+    free(t->label);
+    free(t->weight);
+}
+
+/* Step `step`'s batch into the plan's inputs: warped on the GPU, or made by
+ * the loader on the host. */
+static int feed_batch(train_run *t, long step, char *err, size_t errlen) {
+    if (t->warp_on_gpu) return gpu_augment_batch(&t->gpu_aug, t->loader, step, err, errlen);
+    if (unet_loader_batch(t->loader, step, t->raw, t->label, t->weight, err, errlen)) return -1;
+    unet_plan_set_inputs(t->plan, t->raw, t->label, t->weight);
+    return 0;
+}
+
+/* The loss of the global batch (the mean of the ranks' means), and a stop
+ * signal seen by any rank stops all of them at the same step. */
+static void agree_over_ranks(train_run *t, step_result *r) {
+    int n_heads = t->s.model.n_heads;
+    double v[2 + UNET_MAX_LEVELS] = {r->loss, r->signalled};
+    for (int h = 0; h < n_heads; h++) v[2 + h] = r->per_head[h];
+    unet_dist_sum_f64(t->dist, v, 2 + n_heads);
+    r->loss = v[0] / t->world, r->signalled = v[1] > 0;
+    for (int h = 0; h < n_heads; h++) r->per_head[h] = v[2 + h] / t->world;
+}
+
+/* One training step: the batch in, then forward, backward, gradient
+ * averaging and update; its loss, where it is read, agreed over the ranks. */
+static int take_step(train_run *t, long step, step_result *r, char *err, size_t errlen) {
+    const unet_config *cfg = t->cfg;
+    if (feed_batch(t, step, err, errlen)) return -1;
+    /* dropout: one stream for every rank, each drawing its slice of the
+     * global batch's masks (unet_plan_set_first_sample) */
+    unet_stepper_run(&t->stepper, step, unet_rng_key(cfg->seed, 0xd0, (uint64_t)step));
+    memset(r, 0, sizeof *r);
+    r->step = step, r->done = step + 1;
+    r->logged = cfg->log_every > 0 && (r->done % cfg->log_every == 0 || r->done == cfg->steps);
+    /* Reading the loss waits for the step. A replayed step is read only
+     * when logged, so that the host prepares the next batch while the
+     * device computes; eager steps are checked every step. */
+    r->have_loss = r->logged || t->world > 1 || !unet_stepper_replaying(&t->stepper);
+    if (r->have_loss) r->loss = unet_plan_loss(t->plan, r->per_head);
+    r->signalled = stop_signal != 0;
+    if (t->world > 1) agree_over_ranks(t, r);
+    return 0;
+}
+
+/* A loss that is no number ends the run. With several ranks every one of
+ * them read the same loss, so every one fails here and none waits. */
+static int check_finite(train_run *t, const step_result *r, char *err, size_t errlen) {
+    if (!r->have_loss || isfinite(r->loss)) return 0;
+    const char *when = unet_stepper_replaying(&t->stepper) ? " (or earlier: replayed steps are read when logged)" : "";
+    snprintf(err, errlen, "the loss became %g at step %ld%s: the run diverged (lower --lr, now %g)", r->loss, r->done,
+             when, (double)t->cfg->optim.lr);
+    t->all_ranks_failed = t->world > 1;
+    return -1;
+}
+
+/* The step's images counted for the throughput; at a logged step the JSON
+ * line, a step line on stdout when stderr is no terminal, and the progress
+ * bar when it is. */
+static void log_step(train_run *t, const step_result *r) {
+    const unet_config *cfg = t->cfg;
+    t->imgs_since_log += (long)cfg->batch * t->world; /* the job's images, not this rank's */
+    if (!r->logged) return;
+    t->s.backend->sync(t->s.backend);
+    double now = unet_now_s(), ips = t->imgs_since_log / (now - t->t_log);
+    t->t_log = now;
+    t->imgs_since_log = 0;
+    char line[1024]; /* the loss of up to UNET_MAX_LEVELS heads */
+    int n = snprintf(line, sizeof line, "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"images_per_s\": %.4g",
+                     r->done, r->loss, (double)unet_lr_at(&cfg->optim, r->step), ips);
+    if (t->s.model.n_heads > 1)
+        for (int h = 0; h < t->s.model.n_heads; h++)
+            n += snprintf(line + n, sizeof line - n, ", \"loss_head%d\": %.6g", t->s.model.head_column[h],
+                          r->per_head[h]);
+    unet_dist_stats ds = unet_dist_take_stats(t->dist);
+    if (ds.steps)
+        n += snprintf(line + n, sizeof line - n, ", \"world\": %d, \"comm_wait_s\": %.4g", t->world,
+                      ds.wait_s / ds.steps);
+    snprintf(line + n, sizeof line - n, "}");
+    log_json(t->log, line);
+    if (t->rank == 0 && !isatty(2)) printf("step %ld/%ld loss %.4f %.2f img/s\n", r->done, cfg->steps, r->loss, ips);
+    if (t->rank == 0) progress(r->done, cfg->steps, r->loss, ips, now - t->t0);
+}
+
+/* Every --val-every steps, and after the last step the run takes. */
+static int validation_due(const train_run *t, long done, int last) {
+    return t->eval_plan && ((t->cfg->val_every > 0 && done % t->cfg->val_every == 0) || last);
+}
+
+/* The validation images predicted whole, each rank its share, the counts
+ * summed over the ranks: the metrics of every head in the log, the deepest
+ * head's on stdout. */
+static int validate(train_run *t, long done, char *err, size_t errlen) {
+    const int n_heads = t->s.model.n_heads;
+    unet_seg_stats stats[UNET_MAX_LEVELS];
+    if (unet_evaluate_view(t->eval_plan, &t->tiling, &t->my_val, t->cfg->model.classes, stats, n_heads, err, errlen))
+        return -1;
+    if (t->world > 1) sum_seg_stats(t->dist, stats, n_heads);
+    char line[16384]; /* per-class metrics of up to 64 classes, per-head of up to 8 heads */
+    int n = snprintf(line, sizeof line, "{\"step\": %ld", done);
+    for (int h = n_heads - 1; h >= 0; h--) {
+        unet_seg_metrics m = unet_seg_stats_finish(&stats[h]);
+        if (h == n_heads - 1) n += unet_seg_metrics_json(line + n, sizeof line - n, &m, "val_");
+        if (n_heads > 1)
+            n += snprintf(line + n, sizeof line - n, ", \"val_iou_head%d\": %.6f, \"val_dice_head%d\": %.6f",
+                          t->s.model.head_column[h], m.iou, t->s.model.head_column[h], m.dice);
+        if (h == n_heads - 1 && t->rank == 0) {
+            if (isatty(2)) fputc('\n', stderr);
+            printf("validation at step %ld: IoU %.4f  Dice %.4f  pixel accuracy %.4f  Rand error %.4f\n", done,
+                   m.iou, m.dice, m.pixel_accuracy, m.rand_error);
+            unet_seg_metrics_print_classes(stdout, &m, "  ");
+        }
+    }
+    snprintf(line + n, sizeof line - n, "}");
+    log_json(t->log, line);
+    return 0;
+}
+
+/* A signal or --stop-after: the checkpoint (--save, else the --resume file)
+ * that a run with the same --steps continues from. 0 once it is written, 1
+ * when there is nowhere to write it, -1 on a failure. */
+static int stop_and_save(train_run *t, const step_result *r, char *err, size_t errlen) {
+    const unet_config *cfg = t->cfg;
+    const char *path = cfg->save[0] ? cfg->save : cfg->resume;
+    char why[64];
+    if (stop_signal)
+        snprintf(why, sizeof why, "stopped by signal %d", (int)stop_signal);
+    else if (r->signalled)
+        snprintf(why, sizeof why, "stopped by signal (on another rank)");
+    else
+        snprintf(why, sizeof why, "stopped after step %ld (--stop-after)", r->done);
+    if (!path[0]) {
+        if (t->rank == 0) fprintf(stderr, "unet: %s at step %ld (no --save given: nothing written)\n", why, r->done);
+        return 1;
+    }
+    if (t->rank == 0 && save(cfg, &t->s, path, r->done, err, errlen)) return -1;
+    if (t->rank == 0)
+        fprintf(stderr, "unet: %s at step %ld; checkpoint %s (continue with --resume %s)\n", why, r->done, path, path);
+    return 0;
+}
+
+/* --save after the last step. */
+static int save_final(train_run *t, char *err, size_t errlen) {
+    const unet_config *cfg = t->cfg;
+    if (!cfg->save[0] || t->rank != 0) return 0;
+    if (save(cfg, &t->s, cfg->save, cfg->steps, err, errlen)) return -1;
+    printf("saved %s (step %ld)\n", cfg->save, cfg->steps);
+    return 0;
+}
+
+/* The steps from t->start to --steps, or to a stop: the process exit code
+ * (0 done, 1 stopped with nowhere to save), or -1 with a message in err. */
+static int train_steps(train_run *t, char *err, size_t errlen) {
+    const unet_config *cfg = t->cfg;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     signal(SIGUSR1, on_signal);
-
-    double t0 = now_s(), t_log = t0;
-    long imgs_since_log = 0;
-    double loss = 0;
-    char line[16384]; /* a validation line: per-class metrics of up to 64 classes, per-head of up to 8 heads */
-    /* each rank's share of the validation images */
-    unet_data_view my_val = val_view;
-    if (val_view.ds) {
-        int lo = (int)((long)val_view.images * rank / world), hi = (int)((long)val_view.images * (rank + 1) / world);
-        my_val.image0 += lo, my_val.images = hi - lo;
-    }
-    for (long step = start; step < cfg->steps; step++) {
-        if (warp_on_gpu) {
-            if (gpu_augment_batch(&gpu_aug, loader, step, err, sizeof err)) goto fail;
-        } else {
-            if (unet_loader_batch(loader, step, raw, label, weight, err, sizeof err)) goto fail;
-            unet_plan_set_inputs(plan, raw, label, weight);
-        }
-        /* dropout: one stream for every rank, each drawing its slice of the
-         * global batch's masks (unet_plan_set_first_sample above) */
-        unet_stepper_run(&stepper, step, unet_rng_key(cfg->seed, 0xd0, (uint64_t)step));
-        long done = step + 1;
-        int logged = cfg->log_every > 0 && (done % cfg->log_every == 0 || done == cfg->steps);
-        /* Reading the loss waits for the step. A replayed step is read only
-         * when logged, so that the host prepares the next batch while the
-         * device computes; eager steps are checked every step. */
-        int have_loss = logged || world > 1 || !unet_stepper_replaying(&stepper);
-        double per_head[UNET_MAX_LEVELS] = {0};
-        if (have_loss) loss = unet_plan_loss(plan, per_head);
+    t->t0 = t->t_log = unet_now_s();
+    for (long step = t->start; step < cfg->steps; step++) {
+        step_result r;
+        if (take_step(t, step, &r, err, errlen) || check_finite(t, &r, err, errlen)) return -1;
         /* a signal, or --stop-after: save and stop, resumable with the same --steps */
-        int signalled = stop_signal != 0;
-        if (world > 1) {
-            /* the loss of the global batch (the mean of the ranks' means), and a
-             * stop signal seen by any rank stops all of them at the same step */
-            double v[2 + UNET_MAX_LEVELS] = {loss, signalled};
-            for (int h = 0; h < s.model.n_heads; h++) v[2 + h] = per_head[h];
-            unet_dist_sum_f64(dist, v, 2 + s.model.n_heads);
-            loss = v[0] / world, signalled = v[1] > 0;
-            for (int h = 0; h < s.model.n_heads; h++) per_head[h] = v[2 + h] / world;
-            all_ranks_failed = 1; /* a divergence below is every rank's */
-        }
-        int stop = signalled || (cfg->stop_after > 0 && step + 1 == cfg->stop_after);
-        if (have_loss && !isfinite(loss)) {
-            const char *when = unet_stepper_replaying(&stepper) ? " (or earlier: replayed steps are read when logged)" : "";
-            snprintf(err, sizeof err, "the loss became %g at step %ld%s: the run diverged (lower --lr, now %g)", loss,
-                     done, when, (double)cfg->optim.lr);
-            goto fail;
-        }
-        all_ranks_failed = 0;
-        imgs_since_log += (long)cfg->batch * world; /* the job's images, not this rank's */
-        if (logged) {
-            s.backend->sync(s.backend);
-            double t = now_s(), ips = imgs_since_log / (t - t_log);
-            t_log = t;
-            imgs_since_log = 0;
-            int n = snprintf(line, sizeof line, "{\"step\": %ld, \"loss\": %.6g, \"lr\": %.6g, \"images_per_s\": %.4g",
-                             done, loss, (double)unet_lr_at(&cfg->optim, step), ips);
-            if (s.model.n_heads > 1)
-                for (int h = 0; h < s.model.n_heads; h++)
-                    n += snprintf(line + n, sizeof line - n, ", \"loss_head%d\": %.6g", s.model.head_column[h],
-                                  per_head[h]);
-            unet_dist_stats ds = unet_dist_take_stats(dist);
-            if (ds.steps)
-                n += snprintf(line + n, sizeof line - n, ", \"world\": %d, \"comm_wait_s\": %.4g", world,
-                              ds.wait_s / ds.steps);
-            snprintf(line + n, sizeof line - n, "}");
-            log_json(log, line);
-            if (rank == 0 && !isatty(2))
-                printf("step %ld/%ld loss %.4f %.2f img/s\n", done, cfg->steps, loss, ips);
-            if (rank == 0) progress(done, cfg->steps, loss, ips, t - t0);
-        }
-        int last = done == cfg->steps || stop;
-        if (eval_plan && ((cfg->val_every > 0 && done % cfg->val_every == 0) || last)) {
-            unet_seg_stats stats[UNET_MAX_LEVELS];
-            if (unet_evaluate_view(eval_plan, &tiling, &my_val, cfg->model.classes, stats, s.model.n_heads, err,
-                                   sizeof err))
-                goto fail;
-            if (world > 1) sum_seg_stats(dist, stats, s.model.n_heads);
-            int n = snprintf(line, sizeof line, "{\"step\": %ld", done);
-            for (int h = s.model.n_heads - 1; h >= 0; h--) {
-                unet_seg_metrics m = unet_seg_stats_finish(&stats[h]);
-                if (h == s.model.n_heads - 1) n += unet_seg_metrics_json(line + n, sizeof line - n, &m, "val_");
-                if (s.model.n_heads > 1)
-                    n += snprintf(line + n, sizeof line - n, ", \"val_iou_head%d\": %.6f, \"val_dice_head%d\": %.6f",
-                                  s.model.head_column[h], m.iou, s.model.head_column[h], m.dice);
-                if (h == s.model.n_heads - 1 && rank == 0) {
-                    if (isatty(2)) fputc('\n', stderr);
-                    printf("validation at step %ld: IoU %.4f  Dice %.4f  pixel accuracy %.4f  Rand error %.4f\n",
-                           done, m.iou, m.dice, m.pixel_accuracy, m.rand_error);
-                    unet_seg_metrics_print_classes(stdout, &m, "  ");
-                }
-            }
-            snprintf(line + n, sizeof line - n, "}");
-            log_json(log, line);
-        }
-        if (stop) {
-            const char *path = cfg->save[0] ? cfg->save : cfg->resume;
-            char why[64];
-            if (stop_signal)
-                snprintf(why, sizeof why, "stopped by signal %d", (int)stop_signal);
-            else if (signalled)
-                snprintf(why, sizeof why, "stopped by signal (on another rank)");
-            else
-                snprintf(why, sizeof why, "stopped after step %ld (--stop-after)", done);
-            if (!path[0]) {
-                if (rank == 0) fprintf(stderr, "unet: %s at step %ld (no --save given: nothing written)\n", why, done);
-                code = 1;
-                goto done;
-            }
-            if (rank == 0 && save(cfg, &s, path, done, err, sizeof err)) goto fail;
-            if (rank == 0)
-                fprintf(stderr, "unet: %s at step %ld; checkpoint %s (continue with --resume %s)\n", why, done, path,
-                        path);
-            code = 0;
-            goto done;
-        }
+        int stop = r.signalled || (cfg->stop_after > 0 && r.done == cfg->stop_after);
+        log_step(t, &r);
+        if (validation_due(t, r.done, stop || r.done == cfg->steps) && validate(t, r.done, err, errlen)) return -1;
+        if (stop) return stop_and_save(t, &r, err, errlen);
     }
-    if (cfg->save[0] && rank == 0) {
-        if (save(cfg, &s, cfg->save, cfg->steps, err, sizeof err)) goto fail;
-        printf("saved %s (step %ld)\n", cfg->save, cfg->steps);
-    }
-    code = 0;
-    goto done;
-fail:
-    if (world > 1)
-        fprintf(stderr, "unet: rank %d of %d: %s\n", rank, world, err);
+    return save_final(t, err, errlen);
+}
+
+/* One line on stderr, naming the rank when there are several; a failure of
+ * this rank alone must not leave the others waiting for it. */
+static void report_failure(const train_run *t, int code, const char *err) {
+    if (t->world > 1)
+        fprintf(stderr, "unet: rank %d of %d: %s\n", t->rank, t->world, err);
     else
         fprintf(stderr, "unet: %s\n", err);
-    /* a failure of this rank alone must not leave the others waiting for it */
-    if (world > 1 && !all_ranks_failed) unet_dist_abort(dist, code);
-done:
-    if (log) fclose(log);
-    unet_stepper_free(&stepper);
-    unet_dist_close(dist);
-    unet_loader_free(loader);
-    gpu_augment_close(&gpu_aug);
-    unet_plan_free(plan);
-    unet_plan_free(eval_plan);
-    unet_session_free(&s);
-    if (train_ds) unet_dataset_close(train_ds);
-    if (val_ds) unet_dataset_close(val_ds);
-    free(raw);
-    free(label);
-    free(weight);
+    if (t->world > 1 && !t->all_ranks_failed) unet_dist_abort(t->dist, code);
+}
+
+int unet_run_train(unet_config *cfg) {
+    char err[1024] = "";
+    train_run t;
+    int code = 2; /* until the run starts, failures are the input's */
+    int failed = train_open(&t, cfg, err, sizeof err) != 0;
+    if (!failed) {
+        code = 1; /* from here on a failure is the run's */
+        int rc = train_steps(&t, err, sizeof err);
+        failed = rc < 0;
+        if (!failed) code = rc;
+    }
+    if (failed) report_failure(&t, code, err);
+    train_close(&t);
     return code;
 }

@@ -1,0 +1,126 @@
+/* The core's op table as the table test (tests/cpu/test_ops_table.py) walks it.
+ *
+ *   unet_opinfo [--backend cpu|cuda]
+ *       one line per unet_op, in enum order: its index and name, whether its
+ *       row is complete, and whether the backend has its forward and backward
+ *   unet_opinfo --op conv --in 2,3,4,6 [--in 2,1,4,6:i32] [--param 2,3,3,3 --param 2] [--state 3]
+ *               [--k 3 --pad 1 --relu 1 --out-c 2 --p 0.5] [--backend cpu|cuda]
+ *       a graph of that one node (float inputs take a gradient, :i32 ones are
+ *       labels), compiled for training with its memory planned and nothing
+ *       allocated, as a model's graph is: the output shape the op's shape rule
+ *       infers, the FLOPs the plan counts, its steps and which forward tensors
+ *       the backward declares it reads.
+ *
+ * Bad arguments: a line on stderr and exit code 2. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "unet/plan.h"
+
+#define TOOL_NAME "unet_opinfo"
+#include "tool_common.h"
+
+static const unet_backend *backend_named(const char *name) {
+    if (!strcmp(name, "cpu")) return unet_cpu_backend();
+    char err[512];
+    const unet_backend *b = unet_cuda_backend(0, "fp32", 1, err, sizeof err);
+    if (!b) die(err, NULL);
+    return b;
+}
+
+static void list_table(const unet_backend *b) {
+    for (int i = 0; i < UNET_OP_COUNT; i++) {
+        const unet_op_impl *impl = b->ops[i];
+        char why[256] = "ok";
+        unet_op_check((unet_op)i, why, sizeof why);
+        printf("%d\t%s\tforward=%d\tbackward=%d\tcheck=%s\n", i, unet_op_name((unet_op)i), impl && impl->forward,
+               impl && impl->backward, why);
+    }
+}
+
+/* "2,3,4,6" (an input may end in ":i32") into dims; returns how many. */
+static int parse_dims(const char *s, int *dims, int max) {
+    for (int n = 0;; s++) {
+        char *end;
+        long d = strtol(s, &end, 10);
+        if (end == s || d < 1 || n == max) die("dimensions are up to 4 positive integers separated by commas", s);
+        dims[n++] = (int)d;
+        s = end;
+        if (*s != ',') {
+            if (*s && strcmp(s, ":i32")) die("dimensions end in :i32 or nothing", s);
+            return n;
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *backend_name = "cpu", *op_name = NULL;
+    const char *in_arg[UNET_MAX_IN], *param_arg[UNET_MAX_PARAM], *state_arg[2];
+    int n_in = 0, n_param = 0, n_state = 0;
+    unet_node node = unet_node_make(UNET_OP_CONV, "opinfo");
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) die("missing value for", a);
+        i++;
+        if (!strcmp(a, "--backend")) backend_name = v;
+        else if (!strcmp(a, "--op")) op_name = v;
+        else if (!strcmp(a, "--in") && n_in < UNET_MAX_IN) in_arg[n_in++] = v;
+        else if (!strcmp(a, "--param") && n_param < UNET_MAX_PARAM) param_arg[n_param++] = v;
+        else if (!strcmp(a, "--state") && n_state < 2) state_arg[n_state++] = v;
+        else if (!strcmp(a, "--k")) node.k = atoi(v);
+        else if (!strcmp(a, "--pad")) node.pad = atoi(v);
+        else if (!strcmp(a, "--relu")) node.relu = atoi(v);
+        else if (!strcmp(a, "--out-c")) node.out_c = atoi(v);
+        else if (!strcmp(a, "--p")) node.p = strtof(v, NULL);
+        else die("unknown option, or one given too often", a);
+    }
+    const unet_backend *b = backend_named(backend_name);
+    if (!op_name) {
+        list_table(b);
+        return 0;
+    }
+    if (n_in == 0) die("--op needs at least one --in", NULL);
+    int op = 0;
+    while (op < UNET_OP_COUNT && strcmp(unet_op_name((unet_op)op), op_name)) op++;
+    if (op == UNET_OP_COUNT) die("unknown op", op_name);
+    node.op = (unet_op)op;
+
+    unet_graph *g = unet_graph_new();
+    unet_shape in_shape[UNET_MAX_IN];
+    char name[32];
+    for (int i = 0; i < n_in; i++) {
+        int d[4];
+        if (parse_dims(in_arg[i], d, 4) != 4) die("an input is N,C,H,W[:i32]", in_arg[i]);
+        in_shape[i] = (unet_shape){d[0], d[1], d[2], d[3]};
+        int label = strstr(in_arg[i], ":i32") != NULL;
+        snprintf(name, sizeof name, "in%d", i);
+        node.in[i] = unet_graph_input(g, name, label ? UNET_INPUT_LABEL : UNET_INPUT_IMAGE, d[1], !label);
+    }
+    node.n_in = n_in;
+    for (int j = 0; j < n_param + n_state; j++) {
+        int d[4], state = j >= n_param;
+        int ndim = parse_dims(state ? state_arg[j - n_param] : param_arg[j], d, 4);
+        snprintf(name, sizeof name, "%s%d", state ? "state" : "param", state ? j - n_param : j);
+        int id = unet_graph_param(g, name, state ? UNET_PARAM_STATE : UNET_PARAM_TRAINABLE, ndim, d, UNET_INIT_ZERO,
+                                  0);
+        if (state) node.state[j - n_param] = id;
+        else node.param[j] = id;
+    }
+    unet_graph_mark_output(g, unet_graph_add(g, &node));
+
+    unet_param_blocks pb = {.backend = b};
+    unet_plan_cfg cfg = {.batch = in_shape[0].n, .height = in_shape[0].h, .width = in_shape[0].w, .training = 1,
+                         .input_shapes = in_shape, .plan_only = 1};
+    char err[512];
+    unet_plan *p = unet_plan_compile(g, &pb, cfg, err, sizeof err);
+    if (!p) die(err, NULL);
+    unet_shape out = unet_plan_output_shape(p, 0);
+    unet_plan_stats st = unet_plan_get_stats(p);
+    printf("out=%d,%d,%d,%d\tflops=%.17g\tsteps=%d\treads_inputs=%d\treads_output=%d\n", out.n, out.c, out.h,
+           out.w, st.forward_flops, st.n_steps, unet_backward_reads_inputs(&node),
+           unet_backward_reads_output(&node));
+    unet_plan_free(p);
+    unet_graph_free(g);
+    return 0;
+}
