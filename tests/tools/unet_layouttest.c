@@ -39,11 +39,12 @@ int main(int argc, char **argv) {
     unet_shape s = {atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5])};
     if (argc == 8 && !strcmp(argv[1], "bytes")) {
         unet_dtype t = !strcmp(argv[7], "i32") ? UNET_I32 : UNET_F32;
-        printf("%zu\n", unet_cuda_layout_bytes(unet_cuda_layout_of(!strcmp(argv[6], "bf16"), s, t)));
+        unet_act_format f = !strcmp(argv[6], "bf16") ? UNET_ACT_NHWC_BF16 : UNET_ACT_NCHW_F32;
+        printf("%zu\n", unet_cuda_layout_bytes(unet_cuda_layout_of(f, s, t)));
         return 0;
     }
     if (argc != 8) return usage();
-    unet_cuda_layout l = unet_cuda_layout_of(1, s, UNET_F32);
+    unet_cuda_layout l = unet_cuda_layout_of(UNET_ACT_NHWC_BF16, s, UNET_F32);
     size_t bytes;
     void *in = read_file(NULL, argv[6], &bytes);
     if (!in) return usage();

@@ -167,7 +167,7 @@ extern "C" void unet_cuda_launched_at(const char *file, int line, const char *ke
  * ------------------------------------------------------------------------- */
 
 static unet_cuda_layout layout_of(const unet_backend *b, unet_shape s, unet_dtype t) {
-    return unet_cuda_layout_of(instance_of(b)->ctx.precision == UNET_PREC_BF16, s, t);
+    return unet_cuda_layout_of(instance_of(b)->ctx.act_format, s, t);
 }
 
 static size_t cuda_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
@@ -236,7 +236,7 @@ static void *staging(const unet_backend *b, size_t bytes) {
 static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t) {
     const cuda_instance *inst = instance_of(b);
     unet_cuda_layout l = layout_of(b, s, t);
-    if (!l.nhwc_bf16) {
+    if (l.format == UNET_ACT_NCHW_F32) {
         copy_in(inst, dst, host, unet_shape_count(s) * unet_dtype_size(t));
         return;
     }
@@ -248,7 +248,7 @@ static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet
 static void cuda_download(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t) {
     const cuda_instance *inst = instance_of(b);
     unet_cuda_layout l = layout_of(b, s, t);
-    if (!l.nhwc_bf16) {
+    if (l.format == UNET_ACT_NCHW_F32) {
         copy_out(inst, host, src, unet_shape_count(s) * unet_dtype_size(t));
         return;
     }
@@ -578,6 +578,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     unet_cuda_ctx *ctx = &inst->ctx;
     ctx->device = device;
     ctx->precision = precision;
+    ctx->act_format = precision == UNET_PREC_BF16 ? UNET_ACT_NHWC_BF16 : UNET_ACT_NCHW_F32;
     ctx->deterministic = deterministic;
     ctx->plans = NULL; /* cudnn_graph.c creates the cache on first use */
     if ((e = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)) != cudaSuccess)

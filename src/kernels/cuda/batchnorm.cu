@@ -18,9 +18,9 @@
  * and x for the two per-channel sums, a finish that writes dgamma and dbeta,
  * then one pass for dx.
  *
- * Both layouts of tensor_view.cuh: float32 NCHW, and bf16 NHWC padded
- * (a channel's values cp apart; the passes that write a tensor plane by
- * plane cover the padding planes with zeros). */
+ * Every format of tensor_view.cuh: float32 NCHW, and NHWC padded (a
+ * channel's values cp apart; the passes that write a tensor plane by plane
+ * cover the padding planes with zeros). */
 #include <math.h>
 #include <stdio.h>
 
@@ -86,19 +86,19 @@ static __device__ __forceinline__ bn_slice slice_of(int c, int channels, long lo
 }
 
 /* ---- forward ----
- * Both layouts of tensor_view.cuh: a channel's plane is contiguous in
- * float32 NCHW (read as float4 where aligned), strided by cp in bf16 NHWC.
+ * Every format of tensor_view.cuh: a channel's plane is contiguous in
+ * float32 NCHW (read as float4 where aligned), strided by cp in NHWC.
  * cp: channels in memory (= channels in NCHW). */
 
-template <class T>
-static __global__ void bn_stats_kernel(const T *x, int channels, int cp, long long hw, int tiles, int vec,
+template <class F>
+static __global__ void bn_stats_kernel(const typename F::T *x, int channels, int cp, long long hw, int tiles, int vec,
                                        double *partial) {
     int c = blockIdx.y;
     bn_slice sl = slice_of(c, cp, hw, tiles);
-    double k = unet_ld(x, unet_plane_at(x, 0, c, cp, hw, 0)); /* the shift: image 0's first value of this channel */
+    double k = unet_ld(x, F::plane_at(0, c, cp, hw, 0)); /* the shift: image 0's first value of this channel */
     double v[2] = {0.0, 0.0};
     if (vec) {
-        const float *p = (const float *)x + sl.base; /* vec: float32 only */
+        const float *p = (const float *)x + sl.base; /* vec: float32 NCHW only */
         for (int i = sl.begin + 4 * (int)threadIdx.x; i < sl.end; i += 4 * UNET_THREADS) {
             float4 q = *reinterpret_cast<const float4 *>(p + i);
             double d0 = q.x - k, d1 = q.y - k, d2 = q.z - k, d3 = q.w - k;
@@ -107,7 +107,7 @@ static __global__ void bn_stats_kernel(const T *x, int channels, int cp, long lo
         }
     } else {
         for (int i = sl.begin + (int)threadIdx.x; i < sl.end; i += UNET_THREADS) {
-            double d = unet_ld(x, unet_plane_at(x, sl.n, c, cp, hw, i)) - k;
+            double d = unet_ld(x, F::plane_at(sl.n, c, cp, hw, i)) - k;
             v[0] += d;
             v[1] += d * d;
         }
@@ -132,15 +132,15 @@ static __device__ void sum_partials(const double *partial, long long slices, dou
 }
 
 /* One block per channel: mean, invstd into aux, and the running statistics. */
-template <class T>
-static __global__ void bn_finish_stats_kernel(const T *x, int cp, long long hw, const double *partial,
+template <class F>
+static __global__ void bn_finish_stats_kernel(const typename F::T *x, int cp, long long hw, const double *partial,
                                               long long slices, long long m, double eps, double momentum, float *mean,
                                               float *invstd, float *running_mean, float *running_var) {
     double v[2];
     sum_partials(partial, slices, v);
     if (threadIdx.x != 0) return;
     int c = blockIdx.x;
-    double k = unet_ld(x, unet_plane_at(x, 0, c, cp, hw, 0));
+    double k = unet_ld(x, F::plane_at(0, c, cp, hw, 0));
     double mean_d = v[0] / (double)m;
     double ss = v[1] - v[0] * mean_d; /* sum of squared deviations from the mean */
     if (ss < 0.0) ss = 0.0;
@@ -172,18 +172,19 @@ static __device__ __forceinline__ float bn_apply(float x, float mu, float scale,
 }
 
 /* grid.x: planes (n, c), padding planes included (zeros), grid.y along the plane. */
-template <class T>
-static __global__ void bn_normalize_kernel(const T *x, T *y, int channels, int cp, int hw, const float *mean,
+template <class F>
+static __global__ void bn_normalize_kernel(const typename F::T *x, typename F::T *y, int channels, int cp, int hw,
+                                           const float *mean,
                                            const float *invstd, const float *gamma, const float *beta, int relu,
                                            int vec) {
     int n = (int)(blockIdx.x / (unsigned)cp), c = (int)(blockIdx.x % (unsigned)cp);
     int stride = gridDim.y * blockDim.x, first = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= channels) {
-        for (int i = first; i < hw; i += stride) unet_st(y, unet_plane_at(y, n, c, cp, hw, i), 0.0f);
+        for (int i = first; i < hw; i += stride) unet_st(y, F::plane_at(n, c, cp, hw, i), 0.0f);
         return;
     }
     float mu = mean[c], scale = __fmul_rn(gamma[c], invstd[c]), shift = beta[c];
-    if (vec) { /* float32 only */
+    if (vec) { /* float32 NCHW only */
         long long base = (long long)blockIdx.x * hw;
         const float4 *xs = reinterpret_cast<const float4 *>((const float *)x + base);
         float4 *ys = reinterpret_cast<float4 *>((float *)y + base);
@@ -195,7 +196,7 @@ static __global__ void bn_normalize_kernel(const T *x, T *y, int channels, int c
         return;
     }
     for (int i = first; i < hw; i += stride) {
-        long long idx = unet_plane_at(x, n, c, cp, hw, i);
+        long long idx = F::plane_at(n, c, cp, hw, i);
         unet_st(y, idx, bn_apply(unet_ld(x, idx), mu, scale, shift, relu));
     }
 }
@@ -204,15 +205,16 @@ static __global__ void bn_normalize_kernel(const T *x, T *y, int channels, int c
 
 /* Block (slice, channel): sums of dy and dy * (x - mean); with the fused
  * ReLU, dy = dout * (out > 0), written back for the dx pass. */
-template <class T>
-static __global__ void bn_grad_sums_kernel(T *dy, const T *x, const T *y, const float *mean, int cp, long long hw,
-                                           int tiles, int relu, double *partial) {
+template <class F>
+static __global__ void bn_grad_sums_kernel(typename F::T *dy, const typename F::T *x, const typename F::T *y,
+                                           const float *mean, int cp, long long hw, int tiles, int relu,
+                                           double *partial) {
     int c = blockIdx.y;
     bn_slice sl = slice_of(c, cp, hw, tiles);
     double mu = mean[c];
     double v[2] = {0.0, 0.0};
     for (int i = sl.begin + (int)threadIdx.x; i < sl.end; i += UNET_THREADS) {
-        long long idx = unet_plane_at(x, sl.n, c, cp, hw, i);
+        long long idx = F::plane_at(sl.n, c, cp, hw, i);
         float g = unet_ld(dy, idx);
         if (relu) {
             g = unet_ld(y, idx) > 0.0f ? g : 0.0f;
@@ -246,21 +248,22 @@ static __global__ void bn_finish_grads_kernel(const double *partial, long long s
 /* dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) with batch
  * statistics, gamma * invstd * dy with running ones; in double as on the CPU.
  * grid.x: planes (n, c), padding planes included (zeros). */
-template <class T>
-static __global__ void bn_dx_kernel(const T *dy, const T *x, T *dx, int channels, int cp, int hw, long long m,
+template <class F>
+static __global__ void bn_dx_kernel(const typename F::T *dy, const typename F::T *x, typename F::T *dx, int channels,
+                                    int cp, int hw, long long m,
                                     const float *mean, const float *invstd, const float *gamma, const double *sums,
                                     int batch_stats, int accumulate) {
     int n = (int)(blockIdx.x / (unsigned)cp), c = (int)(blockIdx.x % (unsigned)cp);
     if (c >= channels) {
         for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < hw; i += gridDim.y * blockDim.x)
-            unet_st(dx, unet_plane_at(dx, n, c, cp, hw, i), 0.0f);
+            unet_st(dx, F::plane_at(n, c, cp, hw, i), 0.0f);
         return;
     }
     double mu = mean[c], is = invstd[c], k = (double)gamma[c] * is;
     double mean_dy = batch_stats ? sums[c] / (double)m : 0.0;
     double mean_dy_xhat = batch_stats ? sums[channels + c] / (double)m : 0.0;
     for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < hw; i += gridDim.y * blockDim.x) {
-        long long idx = unet_plane_at(x, n, c, cp, hw, i);
+        long long idx = F::plane_at(n, c, cp, hw, i);
         double xhat = ((double)unet_ld(x, idx) - mu) * is;
         unet_store_grad_t(dx, idx, (float)(k * ((double)unet_ld(dy, idx) - mean_dy - xhat * mean_dy_xhat)),
                           accumulate);
@@ -280,8 +283,9 @@ static void require_launchable(const unet_op_args *a, const bn_split &sp) {
                        "batchnorm supports at most 65535 channels and 2^30 values per plane", a);
 }
 
-template <class T>
+template <class F>
 static void bn_forward_t(const unet_op_args *a) {
+    typedef typename F::T T;
     unet_shape s = a->in_shape[0];
     bn_split sp = split_of(s);
     int cp = unet_cuda_planes_c(a, s);
@@ -292,12 +296,12 @@ static void bn_forward_t(const unet_op_args *a) {
     if (uses_batch_stats(a)) {
         require(a, a->workspace != NULL, "batchnorm needs its workspace");
         double *partial = (double *)a->workspace;
-        int vec = sizeof(T) == 4 && sp.hw % 4 == 0 && unet_aligned16(x);
-        bn_stats_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(x, s.c, cp, sp.hw,
+        int vec = !F::nhwc && sp.hw % 4 == 0 && unet_aligned16(x);
+        bn_stats_kernel<F><<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(x, s.c, cp, sp.hw,
                                                                                               sp.tiles, vec, partial);
         UNET_CUDA_LAUNCHED(a);
         int update = a->training && a->state[0] && a->state[1];
-        bn_finish_stats_kernel<<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(
+        bn_finish_stats_kernel<F><<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(
             x, cp, sp.hw, partial, sp.slices, sp.m, eps, momentum, mean, invstd, update ? a->state[0] : NULL,
             update ? a->state[1] : NULL);
         UNET_CUDA_LAUNCHED(a);
@@ -306,9 +310,9 @@ static void bn_forward_t(const unet_op_args *a) {
                                                                                  mean, invstd);
         UNET_CUDA_LAUNCHED(a);
     }
-    int vec = sizeof(T) == 4 && sp.hw % 4 == 0 && unet_aligned16(x) && unet_aligned16(a->out);
+    int vec = !F::nhwc && sp.hw % 4 == 0 && unet_aligned16(x) && unet_aligned16(a->out);
     unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * cp, vec ? sp.hw / 4 : sp.hw);
-    bn_normalize_kernel<<<l.grid, l.block, 0, stream>>>(x, (T *)a->out, s.c, cp, (int)sp.hw, mean, invstd,
+    bn_normalize_kernel<F><<<l.grid, l.block, 0, stream>>>(x, (T *)a->out, s.c, cp, (int)sp.hw, mean, invstd,
                                                         a->param[0], a->param[1], a->node->relu, vec);
     UNET_CUDA_LAUNCHED(a);
 }
@@ -321,14 +325,12 @@ static void bn_forward(const unet_op_args *a) {
     require(a, s.n == a->out_shape.n && s.c == a->out_shape.c && s.h == a->out_shape.h && s.w == a->out_shape.w,
             "batchnorm output must have the input's shape");
     if (sp.m == 0 || s.c == 0) return;
-    if (unet_cuda_is_bf16(a))
-        bn_forward_t<unet_bf16>(a);
-    else
-        bn_forward_t<float>(a);
+    unet_dispatch(a, [&](auto f) { bn_forward_t<decltype(f)>(a); });
 }
 
-template <class T>
+template <class F>
 static void bn_backward_t(const unet_op_args *a) {
+    typedef typename F::T T;
     unet_shape s = a->in_shape[0];
     bn_split sp = split_of(s);
     int cp = unet_cuda_planes_c(a, s);
@@ -337,7 +339,7 @@ static void bn_backward_t(const unet_op_args *a) {
     const float *mean = (const float *)a->aux, *invstd = mean + s.c;
     double *partial = (double *)a->workspace;
     double *sums = (double *)((char *)a->workspace + partial_bytes(sp));
-    bn_grad_sums_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(
+    bn_grad_sums_kernel<F><<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(
         (T *)a->dout, x, (const T *)a->out, mean, cp, sp.hw, sp.tiles, a->node->relu, partial);
     UNET_CUDA_LAUNCHED(a);
     bn_finish_grads_kernel<<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(partial, sp.slices, invstd, sums, a->dparam[0],
@@ -345,7 +347,7 @@ static void bn_backward_t(const unet_op_args *a) {
     UNET_CUDA_LAUNCHED(a);
     if (!a->din[0]) return;
     unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * cp, sp.hw);
-    bn_dx_kernel<<<l.grid, l.block, 0, stream>>>((const T *)a->dout, x, (T *)a->din[0], s.c, cp, (int)sp.hw, sp.m,
+    bn_dx_kernel<F><<<l.grid, l.block, 0, stream>>>((const T *)a->dout, x, (T *)a->din[0], s.c, cp, (int)sp.hw, sp.m,
                                                  mean, invstd, a->param[0], sums, uses_batch_stats(a),
                                                  a->din_accumulate[0]);
     UNET_CUDA_LAUNCHED(a);
@@ -359,10 +361,7 @@ static void bn_backward(const unet_op_args *a) {
     require(a, a->in[0] && a->dout && a->aux && a->param[0] && a->workspace,
             "batchnorm backward needs x, dout, aux, gamma and its workspace");
     require(a, !a->node->relu || a->out, "batchnorm backward with a fused ReLU needs the forward output (out is NULL)");
-    if (unet_cuda_is_bf16(a))
-        bn_backward_t<unet_bf16>(a);
-    else
-        bn_backward_t<float>(a);
+    unet_dispatch(a, [&](auto f) { bn_backward_t<decltype(f)>(a); });
 }
 
 extern "C" const unet_op_impl unet_cuda_batchnorm = {bn_forward, bn_backward, bn_workspace_bytes, bn_aux_bytes};

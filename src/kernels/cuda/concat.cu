@@ -14,8 +14,8 @@
  * inside the crop window, zero outside. No reductions; crop_add sums its
  * inputs in input order, as the CPU does, so the bits agree.
  *
- * Both layouts of tensor_view.cuh: the float4 paths are float32 NCHW's;
- * bf16 NHWC goes element by element (a plane of one channel is strided in
+ * Every format of tensor_view.cuh: the float4 paths are float32 NCHW's;
+ * NHWC goes element by element (a plane of one channel is strided in
  * memory) and writes zeros into the padding planes. */
 #include <stdio.h>
 
@@ -25,12 +25,12 @@
 #include "kernels/cuda/tensor_view.cuh"
 
 /* One input (forward) or input gradient (backward) as the kernels see it. */
-template <class T>
+template <class F>
 struct crop_part {
-    const T *src;     /* forward: the input */
-    T *din;           /* backward: its gradient */
+    const typename F::T *src; /* forward: the input */
+    typename F::T *din;       /* backward: its gradient */
     int c, c0;        /* channels, first channel in the output */
-    int cp;           /* channels in memory (bf16: padded) */
+    int cp;           /* channels in memory (NHWC: padded) */
     int h, w, oy, ox; /* size and crop offset into it */
     int acc;          /* backward: add into din */
     int vec_src;      /* forward: src rows load as float4 at the crop's column (w, ox multiples of 4, aligned) */
@@ -38,9 +38,9 @@ struct crop_part {
     long long plane_begin; /* backward: first global plane of this input */
 };
 
-template <class T>
+template <class F>
 struct crop_parts {
-    crop_part<T> part[UNET_MAX_IN];
+    crop_part<F> part[UNET_MAX_IN];
     int n;
 };
 
@@ -62,9 +62,9 @@ static __device__ __forceinline__ void st4(unet_bf16 *p, float4 v) {
  * (forward) or whose first plane is <= plane (backward). The loop has
  * constant indices, so the part is read from the kernel parameters into
  * registers, never copied to local memory by a dynamic index. */
-template <class T>
-static __device__ __forceinline__ crop_part<T> the_part(const crop_parts<T> &parts, int channel, long long plane) {
-    crop_part<T> p = parts.part[0];
+template <class F>
+static __device__ __forceinline__ crop_part<F> the_part(const crop_parts<F> &parts, int channel, long long plane) {
+    crop_part<F> p = parts.part[0];
 #pragma unroll
     for (int j = 1; j < UNET_MAX_IN; j++)
         if (j < parts.n && (plane < 0 ? channel >= parts.part[j].c0 : plane >= parts.part[j].plane_begin))
@@ -72,12 +72,12 @@ static __device__ __forceinline__ crop_part<T> the_part(const crop_parts<T> &par
     return p;
 }
 
-/* Zeros over the padding plane (n, c) of a bf16 tensor. */
-template <class T>
-static __device__ void zero_plane(T *t, int n, int c, int cp, int h, int w) {
+/* Zeros over the padding plane (n, c) of an NHWC tensor. */
+template <class F>
+static __device__ void zero_plane(typename F::T *t, int n, int c, int cp, int h, int w) {
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < h * w; e += gridDim.y * blockDim.x) {
         int y = e / w, x = e - y * w;
-        unet_st(t, unet_act_at(t, n, c, cp, h, w, y, x), 0.0f);
+        unet_st(t, F::at(n, c, cp, h, w, y, x), 0.0f);
     }
 }
 
@@ -85,18 +85,19 @@ static __device__ void zero_plane(T *t, int n, int c, int cp, int h, int w) {
 
 /* grid.x: output planes (n, c), padding planes included. vec_out: output
  * rows are stored as float4. */
-template <class T>
-static __global__ void crop_concat_kernel(crop_parts<T> parts, T *out, int out_c, int out_cp, int out_h, int out_w,
-                                          int vec_out) {
+template <class F>
+static __global__ void crop_concat_kernel(crop_parts<F> parts, typename F::T *out, int out_c, int out_cp, int out_h,
+                                          int out_w, int vec_out) {
+    typedef typename F::T T;
     int n = (int)(blockIdx.x / (unsigned)out_cp), c = (int)(blockIdx.x % (unsigned)out_cp);
     if (c >= out_c) {
-        zero_plane(out, n, c, out_cp, out_h, out_w);
+        zero_plane<F>(out, n, c, out_cp, out_h, out_w);
         return;
     }
-    crop_part<T> p = the_part(parts, c, -1);
+    crop_part<F> p = the_part(parts, c, -1);
     int stride = gridDim.y * blockDim.x;
     if (vec_out) {
-        const T *src = p.src + unet_act_at(p.src, n, c - p.c0, p.cp, p.h, p.w, p.oy, p.ox);
+        const T *src = p.src + F::at(n, c - p.c0, p.cp, p.h, p.w, p.oy, p.ox);
         T *dst = out + (long long)blockIdx.x * out_h * out_w;
         int wq = out_w / 4, items = out_h * wq;
         for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
@@ -110,19 +111,20 @@ static __global__ void crop_concat_kernel(crop_parts<T> parts, T *out, int out_c
     int items = out_h * out_w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
         int y = e / out_w, x = e - y * out_w;
-        float v = unet_ld(p.src, unet_act_at(p.src, n, c - p.c0, p.cp, p.h, p.w, p.oy + y, p.ox + x));
-        unet_st(out, unet_act_at(out, n, c, out_cp, out_h, out_w, y, x), v);
+        float v = unet_ld(p.src, F::at(n, c - p.c0, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+        unet_st(out, F::at(n, c, out_cp, out_h, out_w, y, x), v);
     }
 }
 
 /* grid.x: output planes (n, c), padding planes included; every input has
  * the output's channels. */
-template <class T>
-static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, int out_cp, int out_h, int out_w,
-                                       int vec) {
+template <class F>
+static __global__ void crop_add_kernel(crop_parts<F> parts, typename F::T *out, int out_c, int out_cp, int out_h,
+                                       int out_w, int vec) {
+    typedef typename F::T T;
     int n = (int)(blockIdx.x / (unsigned)out_cp), c = (int)(blockIdx.x % (unsigned)out_cp);
     if (c >= out_c) {
-        zero_plane(out, n, c, out_cp, out_h, out_w);
+        zero_plane<F>(out, n, c, out_cp, out_h, out_w);
         return;
     }
     int stride = gridDim.y * blockDim.x;
@@ -135,8 +137,8 @@ static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, i
 #pragma unroll
             for (int i = 0; i < UNET_MAX_IN; i++) {
                 if (i >= parts.n) break;
-                const crop_part<T> &p = parts.part[i];
-                float4 v = ld4(p.src + unet_act_at(p.src, n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+                const crop_part<F> &p = parts.part[i];
+                float4 v = ld4(p.src + F::at(n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
                 if (i == 0) {
                     sum = v;
                 } else {
@@ -157,11 +159,11 @@ static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, i
 #pragma unroll
         for (int i = 0; i < UNET_MAX_IN; i++) {
             if (i >= parts.n) break;
-            const crop_part<T> &p = parts.part[i];
-            float v = unet_ld(p.src, unet_act_at(p.src, n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+            const crop_part<F> &p = parts.part[i];
+            float v = unet_ld(p.src, F::at(n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
             sum = i == 0 ? v : sum + v;
         }
-        unet_st(out, unet_act_at(out, n, c, out_cp, out_h, out_w, y, x), sum);
+        unet_st(out, F::at(n, c, out_cp, out_h, out_w, y, x), sum);
     }
 }
 
@@ -169,25 +171,27 @@ static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, i
 
 /* The gradient of one input element (y, x) of channel ch: dout's inside the
  * crop window, else 0. */
-template <class T>
-static __device__ __forceinline__ float window_grad(const T *dout, const crop_part<T> &p, int n, int ch, int y, int x,
-                                                    int out_cp, int out_h, int out_w) {
+template <class F>
+static __device__ __forceinline__ float window_grad(const typename F::T *dout, const crop_part<F> &p, int n, int ch,
+                                                    int y, int x, int out_cp, int out_h, int out_w) {
     int wy = y - p.oy, wx = x - p.ox;
     return wy >= 0 && wy < out_h && wx >= 0 && wx < out_w
-               ? unet_ld(dout, unet_act_at(dout, n, p.c0 + ch, out_cp, out_h, out_w, wy, wx))
+               ? unet_ld(dout, F::at(n, p.c0 + ch, out_cp, out_h, out_w, wy, wx))
                : 0.0f;
 }
 
 /* grid.x: the planes of every input gradient, input after input, padding
- * planes included (bf16: zeros). */
-template <class T>
-static __global__ void crop_grad_kernel(crop_parts<T> parts, const T *dout, int out_cp, int out_h, int out_w) {
+ * planes included (NHWC: zeros). */
+template <class F>
+static __global__ void crop_grad_kernel(crop_parts<F> parts, const typename F::T *dout, int out_cp, int out_h,
+                                        int out_w) {
+    typedef typename F::T T;
     long long plane = blockIdx.x;
-    crop_part<T> p = the_part(parts, -1, plane);
+    crop_part<F> p = the_part(parts, -1, plane);
     int local = (int)(plane - p.plane_begin);
     int n = local / p.cp, ch = local - n * p.cp;
     if (ch >= p.c) {
-        zero_plane(p.din, n, ch, p.cp, p.h, p.w);
+        zero_plane<F>(p.din, n, ch, p.cp, p.h, p.w);
         return;
     }
     int stride = gridDim.y * blockDim.x;
@@ -215,7 +219,7 @@ static __global__ void crop_grad_kernel(crop_parts<T> parts, const T *dout, int 
     int items = p.h * p.w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
         int y = e / p.w, x = e - y * p.w;
-        unet_store_grad_t(p.din, unet_act_at(p.din, n, ch, p.cp, p.h, p.w, y, x),
+        unet_store_grad_t(p.din, F::at(n, ch, p.cp, p.h, p.w, y, x),
                           window_grad(dout, p, n, ch, y, x, out_cp, out_h, out_w), p.acc);
     }
 }
@@ -227,10 +231,11 @@ static void bad_shapes(const unet_op_args *a, const char *what) {
 }
 
 /* The parts of a node; for the backward, only the inputs whose gradient is asked. */
-template <class T>
-static crop_parts<T> parts_of(const unet_op_args *a, int concat, int backward) {
+template <class F>
+static crop_parts<F> parts_of(const unet_op_args *a, int concat, int backward) {
+    typedef typename F::T T;
     unet_shape so = a->out_shape;
-    crop_parts<T> ps;
+    crop_parts<F> ps;
     ps.n = 0;
     int c0 = 0;
     long long planes = 0;
@@ -245,8 +250,8 @@ static crop_parts<T> parts_of(const unet_op_args *a, int concat, int backward) {
             continue;
         }
         /* float4 only for float32 NCHW rows */
-        int f32 = sizeof(T) == 4;
-        crop_part<T> p;
+        int f32 = !F::nhwc;
+        crop_part<F> p;
         p.src = backward ? NULL : (const T *)a->in[i];
         p.din = backward ? (T *)a->din[i] : NULL;
         p.c = si.c;
@@ -267,14 +272,15 @@ static crop_parts<T> parts_of(const unet_op_args *a, int concat, int backward) {
     return ps;
 }
 
-template <class T>
+template <class F>
 static void crop_forward_t(const unet_op_args *a, int concat) {
+    typedef typename F::T T;
     unet_shape so = a->out_shape;
-    crop_parts<T> ps = parts_of<T>(a, concat, 0);
+    crop_parts<F> ps = parts_of<F>(a, concat, 0);
     int out_cp = unet_cuda_planes_c(a, so);
     long long planes = (long long)so.n * out_cp, plane_items = (long long)so.h * so.w;
     if (planes == 0 || plane_items == 0) return;
-    int vec = sizeof(T) == 4 && so.w % 4 == 0 && unet_aligned16(a->out);
+    int vec = !F::nhwc && so.w % 4 == 0 && unet_aligned16(a->out);
     if (!concat)
         for (int i = 0; i < ps.n; i++) vec = vec && ps.part[i].vec_src;
     unet_plane_launch l = unet_plane_launch_for(a, planes, vec ? plane_items / 4 : plane_items);
@@ -286,13 +292,14 @@ static void crop_forward_t(const unet_op_args *a, int concat) {
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class T>
+template <class F>
 static void crop_backward_t(const unet_op_args *a, int concat) {
+    typedef typename F::T T;
     unet_shape so = a->out_shape;
-    crop_parts<T> ps = parts_of<T>(a, concat, 1);
+    crop_parts<F> ps = parts_of<F>(a, concat, 1);
     long long planes = 0, max_items = 0;
     for (int i = 0; i < ps.n; i++) {
-        const crop_part<T> &p = ps.part[i];
+        const crop_part<F> &p = ps.part[i];
         long long items = (long long)p.h * p.w / (p.vec_din ? 4 : 1);
         planes += (long long)so.n * p.cp;
         if (items > max_items) max_items = items;
@@ -306,17 +313,11 @@ static void crop_backward_t(const unet_op_args *a, int concat) {
 }
 
 static void crop_forward(const unet_op_args *a, int concat) {
-    if (unet_cuda_is_bf16(a))
-        crop_forward_t<unet_bf16>(a, concat);
-    else
-        crop_forward_t<float>(a, concat);
+    unet_dispatch(a, [&](auto f) { crop_forward_t<decltype(f)>(a, concat); });
 }
 
 static void crop_backward(const unet_op_args *a, int concat) {
-    if (unet_cuda_is_bf16(a))
-        crop_backward_t<unet_bf16>(a, concat);
-    else
-        crop_backward_t<float>(a, concat);
+    unet_dispatch(a, [&](auto f) { crop_backward_t<decltype(f)>(a, concat); });
 }
 
 static void crop_concat_forward(const unet_op_args *a) { crop_forward(a, 1); }

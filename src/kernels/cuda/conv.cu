@@ -48,23 +48,21 @@ static unsigned blocks_for(long long n) {
  * Kernels
  * ------------------------------------------------------------------------- */
 
-/* The channel of memory element i: NCHW float32 (planes of hw), or NHWC
- * bf16 (cp channels to a pixel). */
-static __device__ __forceinline__ int channel_at(const float *, long long i, long long hw, int channels, int) {
-    return (int)((i / hw) % channels);
-}
-static __device__ __forceinline__ int channel_at(const unet_bf16 *, long long i, long long, int, int cp) {
-    return (int)(i % cp);
+/* The channel of memory element i: NCHW (planes of hw), or NHWC (cp
+ * channels to a pixel). */
+template <class F>
+static __device__ __forceinline__ int channel_at(long long i, long long hw, int channels, int cp) {
+    return F::nhwc ? (int)(i % cp) : (int)((i / hw) % channels);
 }
 
 /* out = in + b[c], then ReLU when asked; in may be out. Over memory, the
- * padding channels (bf16) written as zeros. */
-template <class T>
-static __global__ void bias_act_kernel(const T *in, T *out, const float *b, int channels, int cp, long long hw,
-                                       long long total, int relu) {
+ * padding channels (NHWC) written as zeros. */
+template <class F>
+static __global__ void bias_act_kernel(const typename F::T *in, typename F::T *out, const float *b, int channels,
+                                       int cp, long long hw, long long total, int relu) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
-        int c = channel_at(in, i, hw, channels, cp);
+        int c = channel_at<F>(i, hw, channels, cp);
         if (c >= channels) {
             unet_st(out, i, 0.0f);
             continue;
@@ -124,16 +122,17 @@ static __device__ void block_sum(double *sh, double v) {
  * dz = dout * (out > 0) and is written back, so that the weight and data
  * gradients read dz. The partition depends on the shape alone and every sum
  * has a fixed order: the result is the same bits on every run, no atomics. */
-template <class T>
-static __global__ void channel_partial_kernel(T *dz, const T *mask, int channels, int cp, long long hw,
-                                              long long per_channel, long long chunk, int slices, double *partial) {
+template <class F>
+static __global__ void channel_partial_kernel(typename F::T *dz, const typename F::T *mask, int channels, int cp,
+                                              long long hw, long long per_channel, long long chunk, int slices,
+                                              double *partial) {
     __shared__ double sh[THREADS];
     int c = blockIdx.y, s = blockIdx.x;
     long long begin = s * chunk, end = begin + chunk < per_channel ? begin + chunk : per_channel;
     double acc = 0.0;
     for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
         long long n = j / hw;
-        long long idx = unet_plane_at(dz, n, c, cp, hw, j - n * hw);
+        long long idx = F::plane_at(n, c, cp, hw, j - n * hw);
         float v = unet_ld(dz, idx);
         if (mask) {
             v = unet_ld(mask, idx) > 0.0f ? v : 0.0f;
@@ -180,14 +179,17 @@ static size_t channel_sum_workspace(unet_shape s) {
 
 /* sum[c] = sum of dz over n, y, x (NULL: no sum wanted); with mask, dz is first
  * replaced by dz * (mask > 0) in place. */
-template <class T>
-static void channel_sums_t(const unet_op_args *a, T *dz, const T *mask, unet_shape s, float *sum, void *workspace) {
+template <class F>
+static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, unet_shape s, float *sum,
+                           void *workspace) {
+    typedef typename F::T T;
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     long long per_channel = (long long)s.n * s.h * s.w;
     channel_split sp = split_channel(per_channel);
     double *partial = (double *)workspace;
-    channel_partial_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), THREADS, 0, ctx->stream>>>(
-        dz, mask, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk, sp.slices, partial);
+    channel_partial_kernel<F><<<dim3((unsigned)sp.slices, (unsigned)s.c), THREADS, 0, ctx->stream>>>(
+        (T *)dz, (const T *)mask, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk,
+        sp.slices, partial);
     UNET_CUDA_LAUNCHED(a);
     if (sum) {
         channel_finish_kernel<<<(unsigned)s.c, THREADS, 0, ctx->stream>>>(partial, sp.slices, sum);
@@ -198,39 +200,38 @@ static void channel_sums_t(const unet_op_args *a, T *dz, const T *mask, unet_sha
 static void channel_sums(const unet_op_args *a, void *dz, const void *mask, unet_shape s, float *sum,
                          void *workspace) {
     if (!sum && !mask) return;
-    if (unet_cuda_is_bf16(a))
-        channel_sums_t(a, (unet_bf16 *)dz, (const unet_bf16 *)mask, s, sum, workspace);
-    else
-        channel_sums_t(a, (float *)dz, (const float *)mask, s, sum, workspace);
+    unet_dispatch(a, [&](auto f) { channel_sums_t<decltype(f)>(a, dz, mask, s, sum, workspace); });
+}
+
+template <class F>
+static void bias_act_t(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int relu) {
+    typedef typename F::T T;
+    long long total = unet_cuda_act_elements(a, s), hw = (long long)s.h * s.w;
+    bias_act_kernel<F><<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        (const T *)in, (T *)out, b, s.c, unet_cuda_planes_c(a, s), hw, total, relu);
+    UNET_CUDA_LAUNCHED(a);
 }
 
 static void bias_act(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int relu) {
-    unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    long long total = unet_cuda_act_elements(a, s), hw = (long long)s.h * s.w;
-    int cp = unet_cuda_planes_c(a, s);
-    if (unet_cuda_is_bf16(a))
-        bias_act_kernel<<<blocks_for(total), THREADS, 0, ctx->stream>>>((const unet_bf16 *)in, (unet_bf16 *)out, b, s.c,
-                                                                        cp, hw, total, relu);
-    else
-        bias_act_kernel<<<blocks_for(total), THREADS, 0, ctx->stream>>>((const float *)in, (float *)out, b, s.c, cp,
-                                                                        hw, total, relu);
-    UNET_CUDA_LAUNCHED(a);
+    unet_dispatch(a, [&](auto f) { bias_act_t<decltype(f)>(a, in, out, b, s, relu); });
 }
 
 /* dst += src over an activation tensor of shape s (memory elements, padding included). */
-static void add_into(const unet_op_args *a, void *dst, const void *src, unet_shape s) {
-    unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
+template <class F>
+static void add_into_t(const unet_op_args *a, void *dst, const void *src, unet_shape s) {
+    typedef typename F::T T;
     long long count = unet_cuda_act_elements(a, s);
-    if (unet_cuda_is_bf16(a))
-        add_kernel<<<blocks_for(count), THREADS, 0, ctx->stream>>>((unet_bf16 *)dst, (const unet_bf16 *)src, count);
-    else
-        add_kernel<<<blocks_for(count), THREADS, 0, ctx->stream>>>((float *)dst, (const float *)src, count);
+    add_kernel<<<blocks_for(count), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>((T *)dst, (const T *)src, count);
     UNET_CUDA_LAUNCHED(a);
+}
+
+static void add_into(const unet_op_args *a, void *dst, const void *src, unet_shape s) {
+    unet_dispatch(a, [&](auto f) { add_into_t<decltype(f)>(a, dst, src, s); });
 }
 
 /* Bytes of an activation tensor of shape s in this backend's layout. */
 static size_t act_bytes(const unet_op_args *a, unet_shape s) {
-    return unet_cuda_layout_bytes(unet_cuda_layout_of(unet_cuda_is_bf16(a), s, UNET_F32));
+    return unet_cuda_layout_bytes(unet_cuda_act_layout(a, s));
 }
 
 /* ---------------------------------------------------------------------------

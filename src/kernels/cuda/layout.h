@@ -43,21 +43,30 @@
  * values are 16 bytes, the vector width tensor-core engines load. */
 #define UNET_BF16_CHANNELS 8
 
+/* How a backend instance holds its activations and their gradients. */
+typedef enum { UNET_ACT_NCHW_F32, UNET_ACT_NHWC_BF16 } unet_act_format;
+
 typedef struct {
-    int nhwc_bf16; /* 0: NCHW, 4-byte elements (float32 or int32) */
-    int n, c, h, w; /* logical shape */
-    int cp;         /* channels in memory: c, or c rounded up to UNET_BF16_CHANNELS */
+    unet_act_format format; /* this tensor's: UNET_ACT_NCHW_F32 also for int32 (4-byte elements) */
+    int n, c, h, w;         /* logical shape */
+    int cp;                 /* channels in memory: c, or c rounded up to the format's channel group */
 } unet_cuda_layout;
 
-/* The layout of a tensor: bf16 says whether the backend runs in bf16. */
-UNET_LAYOUT_FN unet_cuda_layout unet_cuda_layout_of(int bf16, unet_shape s, unet_dtype t) {
+/* Channels in memory of a tensor of c channels in format f. */
+UNET_LAYOUT_FN int unet_cuda_channels_in_memory(unet_act_format f, int c) {
+    int g = f == UNET_ACT_NHWC_BF16 ? UNET_BF16_CHANNELS : 1;
+    return (c + g - 1) / g * g;
+}
+
+/* The layout of a tensor of type t on a backend whose activations are in format act. */
+UNET_LAYOUT_FN unet_cuda_layout unet_cuda_layout_of(unet_act_format act, unet_shape s, unet_dtype t) {
     unet_cuda_layout l;
-    l.nhwc_bf16 = bf16 && t == UNET_F32;
+    l.format = t == UNET_F32 ? act : UNET_ACT_NCHW_F32;
     l.n = s.n;
     l.c = s.c;
     l.h = s.h;
     l.w = s.w;
-    l.cp = l.nhwc_bf16 ? (s.c + UNET_BF16_CHANNELS - 1) / UNET_BF16_CHANNELS * UNET_BF16_CHANNELS : s.c;
+    l.cp = unet_cuda_channels_in_memory(l.format, s.c);
     return l;
 }
 
@@ -67,12 +76,12 @@ UNET_LAYOUT_FN size_t unet_cuda_layout_elements(unet_cuda_layout l) {
 }
 
 UNET_LAYOUT_FN size_t unet_cuda_layout_bytes(unet_cuda_layout l) {
-    return unet_cuda_layout_elements(l) * (l.nhwc_bf16 ? 2u : 4u);
+    return unet_cuda_layout_elements(l) * (l.format == UNET_ACT_NHWC_BF16 ? 2u : 4u);
 }
 
 /* The memory index of logical element (n, c, y, x). */
 UNET_LAYOUT_FN size_t unet_cuda_layout_index(unet_cuda_layout l, int n, int c, int y, int x) {
-    if (l.nhwc_bf16) return (((size_t)n * l.h + y) * l.w + x) * l.cp + c;
+    if (l.format == UNET_ACT_NHWC_BF16) return (((size_t)n * l.h + y) * l.w + x) * l.cp + c;
     return (((size_t)n * l.c + c) * l.h + y) * l.w + x;
 }
 

@@ -2,7 +2,7 @@
  * One thread per window (H and W are even: the shape inference rejects odd
  * sizes), blocks per plane (n, c). In float32 NCHW the two values of a
  * window row are adjacent and at an even index, read and written as one
- * float2; in bf16 NHWC (tensor_view.cuh) they are a pixel (cp values) apart.
+ * float2; in NHWC (tensor_view.cuh) they are a pixel (cp values) apart.
  *
  * The backward recomputes each window's argmax from the input with the
  * forward's rule (the first maximum in row-major order; a NaN wins), so the
@@ -29,29 +29,31 @@ static __device__ __forceinline__ int window_argmax(float a, float b, float c, f
 }
 
 /* The two horizontally adjacent values at memory index i (x even): one
- * float2 in NCHW float32, two loads a pixel apart in NHWC bf16. */
-static __device__ __forceinline__ float2 ld_pair(const unet_act_view<const float> &v, long long i) {
-    return *reinterpret_cast<const float2 *>(v.p + i);
-}
-static __device__ __forceinline__ float2 ld_pair(const unet_act_view<const unet_bf16> &v, long long i) {
-    return make_float2(unet_ld(v.p, i), unet_ld(v.p, i + v.cp));
+ * float2 in NCHW float32, two loads a pixel apart in NHWC. */
+template <class F, class T>
+static __device__ __forceinline__ float2 ld_pair(const unet_act_view<F, T> &v, long long i) {
+    if constexpr (F::nhwc)
+        return make_float2(unet_ld(v.p, i), unet_ld(v.p, i + v.cp));
+    else
+        return *reinterpret_cast<const float2 *>(v.p + i);
 }
 
 /* A gradient store of such a pair (see unet_store_grad). */
-static __device__ __forceinline__ void store_grad2(const unet_act_view<float> &d, long long i, float2 v,
+template <class F, class T>
+static __device__ __forceinline__ void store_grad2(const unet_act_view<F, T> &d, long long i, float2 v,
                                                    int accumulate) {
-    float2 *p = reinterpret_cast<float2 *>(d.p + i);
-    if (accumulate) {
-        float2 o = *p;
-        v.x += o.x;
-        v.y += o.y;
+    if constexpr (F::nhwc) {
+        unet_store_grad_t(d.p, i, v.x, accumulate);
+        unet_store_grad_t(d.p, i + d.cp, v.y, accumulate);
+    } else {
+        float2 *p = reinterpret_cast<float2 *>(d.p + i);
+        if (accumulate) {
+            float2 o = *p;
+            v.x += o.x;
+            v.y += o.y;
+        }
+        *p = v;
     }
-    *p = v;
-}
-static __device__ __forceinline__ void store_grad2(const unet_act_view<unet_bf16> &d, long long i, float2 v,
-                                                   int accumulate) {
-    unet_store_grad_t(d.p, i, v.x, accumulate);
-    unet_store_grad_t(d.p, i + d.cp, v.y, accumulate);
 }
 
 /* grid.x: planes (n, c) of the output, padding planes included (zeros). */
@@ -108,40 +110,38 @@ static void check_pool_args(const unet_op_args *a, const void *x, const void *y,
     if (msg[0]) unet_cuda_fail(__FILE__, __LINE__, "argument check", msg, a);
 }
 
+template <class F>
+static void maxpool2_forward_t(const unet_op_args *a, unet_plane_launch l, int items) {
+    maxpool2_forward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
+        unet_view_in<F>(a->in[0], a->in_shape[0]), unet_view_out<F>(a->out, a->out_shape), items);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+template <class F>
+static void maxpool2_backward_t(const unet_op_args *a, unet_plane_launch l, int items) {
+    maxpool2_backward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
+        unet_view_in<F>(a->in[0], a->in_shape[0]), unet_view_in<F>(a->dout, a->out_shape),
+        unet_view_out<F>(a->din[0], a->in_shape[0]), items, a->din_accumulate[0]);
+    UNET_CUDA_LAUNCHED(a);
+}
+
 static void maxpool2_forward(const unet_op_args *a) {
-    unet_shape si = a->in_shape[0], so = a->out_shape;
+    unet_shape so = a->out_shape;
     check_pool_args(a, a->in[0], a->out, NULL);
     long long planes = (long long)so.n * unet_cuda_planes_c(a, so), items = (long long)so.h * so.w;
     if (planes == 0 || items == 0) return;
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
-    if (unet_cuda_is_bf16(a))
-        maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->in[0], si),
-                                                                unet_view((unet_bf16 *)a->out, so), (int)items);
-    else
-        maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->in[0], si),
-                                                                unet_view((float *)a->out, so), (int)items);
-    UNET_CUDA_LAUNCHED(a);
+    unet_dispatch(a, [&](auto f) { maxpool2_forward_t<decltype(f)>(a, l, (int)items); });
 }
 
 static void maxpool2_backward(const unet_op_args *a) {
     if (!a->din[0]) return;
-    unet_shape si = a->in_shape[0], so = a->out_shape;
+    unet_shape so = a->out_shape;
     check_pool_args(a, a->in[0], a->din[0], a->dout);
     long long planes = (long long)so.n * unet_cuda_planes_c(a, so), items = (long long)so.h * so.w;
     if (planes == 0 || items == 0) return;
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
-    int acc = a->din_accumulate[0];
-    if (unet_cuda_is_bf16(a))
-        maxpool2_backward_kernel<<<l.grid, l.block, 0, stream>>>(
-            unet_view((const unet_bf16 *)a->in[0], si), unet_view((const unet_bf16 *)a->dout, so),
-            unet_view((unet_bf16 *)a->din[0], si), (int)items, acc);
-    else
-        maxpool2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->in[0], si),
-                                                                 unet_view((const float *)a->dout, so),
-                                                                 unet_view((float *)a->din[0], si), (int)items, acc);
-    UNET_CUDA_LAUNCHED(a);
+    unet_dispatch(a, [&](auto f) { maxpool2_backward_t<decltype(f)>(a, l, (int)items); });
 }
 
 extern "C" const unet_op_impl unet_cuda_maxpool2 = {maxpool2_forward, maxpool2_backward, NULL, NULL};

@@ -12,7 +12,7 @@
  * has a fixed order: deterministic. The order differs from the CPU's
  * scatter, so the two agree to rounding (a few float ulps), not bit for bit.
  *
- * Both layouts of tensor_view.cuh; the arithmetic is float in both. */
+ * Every format of tensor_view.cuh; the arithmetic is float in all. */
 #include <stdio.h>
 
 #include "kernels/cuda/common.h"
@@ -99,38 +99,37 @@ static void check_shapes(const unet_op_args *a) {
         unet_cuda_fail(__FILE__, __LINE__, "shape check", "upsample2 needs out = (N, C, 2H, 2W) of in", a);
 }
 
+template <class F>
+static void upsample2_forward_t(const unet_op_args *a, unet_plane_launch l, int items) {
+    upsample2_forward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
+        unet_view_in<F>(a->in[0], a->in_shape[0]), unet_view_out<F>(a->out, a->out_shape), items);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+template <class F>
+static void upsample2_backward_t(const unet_op_args *a, unet_plane_launch l) {
+    upsample2_backward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
+        unet_view_in<F>(a->dout, a->out_shape), unet_view_out<F>(a->din[0], a->in_shape[0]), a->din_accumulate[0]);
+    UNET_CUDA_LAUNCHED(a);
+}
+
 static void upsample2_forward(const unet_op_args *a) {
     check_shapes(a);
-    unet_shape si = a->in_shape[0], so = a->out_shape;
+    unet_shape so = a->out_shape;
     long long planes = (long long)so.n * unet_cuda_planes_c(a, so), items = (long long)so.h * so.w;
     if (planes == 0 || items == 0) return;
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
-    if (unet_cuda_is_bf16(a))
-        upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->in[0], si),
-                                                                 unet_view((unet_bf16 *)a->out, so), (int)items);
-    else
-        upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->in[0], si),
-                                                                 unet_view((float *)a->out, so), (int)items);
-    UNET_CUDA_LAUNCHED(a);
+    unet_dispatch(a, [&](auto f) { upsample2_forward_t<decltype(f)>(a, l, (int)items); });
 }
 
 static void upsample2_backward(const unet_op_args *a) {
     if (!a->din[0]) return;
     check_shapes(a);
-    unet_shape si = a->in_shape[0], so = a->out_shape;
+    unet_shape si = a->in_shape[0];
     long long planes = (long long)si.n * unet_cuda_planes_c(a, si), items = (long long)si.h * si.w;
     if (planes == 0 || items == 0) return;
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
-    int acc = a->din_accumulate[0];
-    if (unet_cuda_is_bf16(a))
-        upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->dout, so),
-                                                                  unet_view((unet_bf16 *)a->din[0], si), acc);
-    else
-        upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->dout, so),
-                                                                  unet_view((float *)a->din[0], si), acc);
-    UNET_CUDA_LAUNCHED(a);
+    unet_dispatch(a, [&](auto f) { upsample2_backward_t<decltype(f)>(a, l); });
 }
 
 extern "C" const unet_op_impl unet_cuda_upsample2 = {upsample2_forward, upsample2_backward, NULL, NULL};
