@@ -11,7 +11,12 @@ Tolerances are norm-wise relative errors (unet_testlib.rel_err):
        products; norm-wise that lands near 5e-4..1e-3 on random data.
 Every output starts as NaN (unet_optest poisons it), so an unwritten element
 fails. UNET_CUDNN_LOG=1 is set so that a failing unet_optest run shows, in the
-error, the cuDNN engine chosen (or the fallback taken) for each plan."""
+error, the cuDNN engine chosen (or the fallback taken) for each plan.
+
+Each case runs in both layouts of fp32/tf32 activations (--layout nchw and
+nhwc) with the same tolerances: in NHWC cuDNN is shown channels-last tensors
+padded to 4 channels and a (K4, R, S, C4) copy of the weights, which changes
+which engines run and their summation order, not the accuracy asked of them."""
 import os
 
 import numpy as np
@@ -23,6 +28,7 @@ from unet_testlib import assert_close, rng, run_op, requires_gpu
 
 FP32_TOL = 1e-5
 TF32_TOL = 2e-3
+LAYOUTS = ["nchw", "nhwc"]
 
 
 pytestmark = requires_gpu("the CUDA conv twins run on a GPU machine")
@@ -54,10 +60,17 @@ def conv_reference(x, wt, b, dout, pad, relu):
     return y.detach().numpy(), X.grad.numpy(), W.grad.numpy(), B.grad.numpy()
 
 
-def run_conv(x, wt, b, dout, out_shape, k, pad, relu, backend="cuda", din_init=None, precision=None):
-    attrs = {"k": k, "pad": pad, "relu": relu, "out_c": out_shape[1]}
+def device_attrs(attrs, backend, precision, layout):
+    """attrs with the CUDA backend's precision and layout, where given."""
     if precision:
         attrs["precision"] = precision
+    if layout and backend == "cuda":
+        attrs["layout"] = layout
+    return attrs
+
+
+def run_conv(x, wt, b, dout, out_shape, k, pad, relu, backend="cuda", din_init=None, precision=None, layout=None):
+    attrs = device_attrs({"k": k, "pad": pad, "relu": relu, "out_c": out_shape[1]}, backend, precision, layout)
     return run_op("conv", [x], out_shape, attrs, params=[wt, b], dout=dout, backward=True, backend=backend,
                   din_init=din_init)
 
@@ -74,38 +87,42 @@ CONV_CONFIGS = [  # (k, pad, relu, batch): valid and same 3x3, 1x1 heads, with a
     (3, 1, 1, None), (3, 0, 0, None), (1, 0, 1, None), (3, 1, 0, 3), (3, 0, 1, 2)]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", range(len(CONV_CONFIGS)))
-def test_conv_matches_torch(case):
+def test_conv_matches_torch(case, layout):
     k, pad, relu, n = CONV_CONFIGS[case]
     g = rng(100 + case)
     x, wt, b, dout, oshape = conv_case(g, k, pad, relu, n)
-    r = run_conv(x, wt, b, dout, oshape, k, pad, relu)
+    r = run_conv(x, wt, b, dout, oshape, k, pad, relu, layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, pad, relu), FP32_TOL, f"conv k{k} pad{pad} relu{relu} {x.shape}")
 
 
-def test_conv_matches_cpu_twin():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_matches_cpu_twin(layout):
     for case, (k, pad, relu, n) in enumerate(CONV_CONFIGS[:3]):
         g = rng(200 + case)
         x, wt, b, dout, oshape = conv_case(g, k, pad, relu, n)
         cpu = run_conv(x, wt, b, dout, oshape, k, pad, relu, backend="cpu")
         ref = (cpu["out"], cpu["din"][0], cpu["dparam"][0], cpu["dparam"][1])
-        check_conv(run_conv(x, wt, b, dout, oshape, k, pad, relu), ref, FP32_TOL,
+        check_conv(run_conv(x, wt, b, dout, oshape, k, pad, relu, layout=layout), ref, FP32_TOL,
                    f"conv vs CPU twin k{k} pad{pad} relu{relu} {x.shape}")
 
 
-def test_conv_accumulates_into_din():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_accumulates_into_din(layout):
     g = rng(300)
     x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init])
+    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init], layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, 1, 1), FP32_TOL, "conv accumulate", din_init)
 
 
-def test_conv_is_deterministic():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_is_deterministic(layout):
     g = rng(400)
     x, wt, b, dout, oshape = conv_case(g, 3, 0, 1, 3)
-    r1 = run_conv(x, wt, b, dout, oshape, 3, 0, 1)
-    r2 = run_conv(x, wt, b, dout, oshape, 3, 0, 1)
+    r1 = run_conv(x, wt, b, dout, oshape, 3, 0, 1, layout=layout)
+    r2 = run_conv(x, wt, b, dout, oshape, 3, 0, 1, layout=layout)
     for name, a1, a2 in [("out", r1["out"], r2["out"]), ("din", r1["din"][0], r2["din"][0]),
                          ("dweight", r1["dparam"][0], r2["dparam"][0]), ("dbias", r1["dparam"][1], r2["dparam"][1])]:
         assert np.array_equal(a1.view(np.uint32), a2.view(np.uint32)), f"conv {name} differs between two runs"
@@ -129,27 +146,27 @@ def conv_t2_reference(x, wt, b, dout):
     return y.detach().numpy(), X.grad.numpy(), W.grad.numpy(), B.grad.numpy()
 
 
-def run_conv_t2(x, wt, b, dout, out_shape, backend="cuda", din_init=None, precision=None):
-    attrs = {"out_c": out_shape[1]}
-    if precision:
-        attrs["precision"] = precision
+def run_conv_t2(x, wt, b, dout, out_shape, backend="cuda", din_init=None, precision=None, layout=None):
+    attrs = device_attrs({"out_c": out_shape[1]}, backend, precision, layout)
     return run_op("conv_t2", [x], out_shape, attrs, params=[wt, b], dout=dout, backward=True, backend=backend,
                   din_init=din_init)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("seed", [500, 501])
-def test_conv_t2_matches_torch(seed):
+def test_conv_t2_matches_torch(seed, layout):
     g = rng(seed)
     x, wt, b, dout, oshape = conv_t2_case(g, 2 if seed == 500 else None)
-    r = run_conv_t2(x, wt, b, dout, oshape)
+    r = run_conv_t2(x, wt, b, dout, oshape, layout=layout)
     check_conv(r, conv_t2_reference(x, wt, b, dout), FP32_TOL, f"conv_t2 {x.shape}")
 
 
-def test_conv_t2_accumulates_and_matches_cpu_twin():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_t2_accumulates_and_matches_cpu_twin(layout):
     g = rng(600)
     x, wt, b, dout, oshape = conv_t2_case(g, 3)
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init])
+    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init], layout=layout)
     check_conv(r, conv_t2_reference(x, wt, b, dout), FP32_TOL, "conv_t2 accumulate", din_init)
     cpu = run_conv_t2(x, wt, b, dout, oshape, backend="cpu", din_init=[din_init])
     for name, got, want in [("out", r["out"], cpu["out"]), ("din", r["din"][0], cpu["din"][0]),
@@ -157,7 +174,8 @@ def test_conv_t2_accumulates_and_matches_cpu_twin():
         assert_close(got, want, FP32_TOL, f"conv_t2 vs CPU twin {name}")
 
 
-def test_unfused_paths(monkeypatch):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_unfused_paths(monkeypatch, layout):
     """UNET_CUDNN_NOFUSE=1: conv alone + the bias/ReLU kernel, and accumulation
     through workspace scratch, as on a GPU where no engine runs the fused or
     beta = 1 graphs."""
@@ -165,33 +183,35 @@ def test_unfused_paths(monkeypatch):
     g = rng(700)
     x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init])
+    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init], layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, 1, 1), FP32_TOL, "unfused conv", din_init)
     x, wt, b, dout, oshape = conv_t2_case(g, 2)
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init])
+    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init], layout=layout)
     check_conv(r, conv_t2_reference(x, wt, b, dout), FP32_TOL, "unfused conv_t2", din_init)
 
 
-def test_tf32_within_its_tolerance():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_tf32_within_its_tolerance(layout):
     g = rng(800)
     x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
-    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, precision="tf32")
+    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, precision="tf32", layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, 1, 1), TF32_TOL, "conv tf32")
     x, wt, b, dout, oshape = conv_t2_case(g, 2)
-    r = run_conv_t2(x, wt, b, dout, oshape, precision="tf32")
+    r = run_conv_t2(x, wt, b, dout, oshape, precision="tf32", layout=layout)
     check_conv(r, conv_t2_reference(x, wt, b, dout), TF32_TOL, "conv_t2 tf32")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_bias_matches_torch(accumulate):
+def test_bias_matches_torch(accumulate, layout):
     g = rng(900 + accumulate)
     n, c, h, w = 3, int(g.integers(1, 9)), int(g.integers(3, 15)), int(g.integers(3, 15))
     x = g.standard_normal((n, c, h, w)).astype(np.float32)
     b = g.standard_normal(c).astype(np.float32)
     dout = g.standard_normal(x.shape).astype(np.float32)
     din_init = g.standard_normal(x.shape).astype(np.float32) if accumulate else None
-    r = run_op("bias", [x], x.shape, params=[b], dout=dout, backward=True, backend="cuda",
+    r = run_op("bias", [x], x.shape, {"layout": layout}, params=[b], dout=dout, backward=True, backend="cuda",
                din_init=[din_init] if accumulate else None)
     X, B = t64(x, True), t64(b, True)
     y = X + B.view(1, -1, 1, 1)

@@ -168,6 +168,13 @@ void unet_cuda_warper_free(const unet_backend *b, unet_warper *w) {
 
 unet_warper *unet_cuda_warper_create(const unet_backend *b, int batch, int channels, int tile, int context, int grid,
                                      int cubic, char *err, size_t errlen) {
+    /* decided by the format, not by sizes: NHWC float32 padded to 4 channels takes the bytes of NCHW at 4 */
+    if (((const unet_cuda_ctx *)b->ctx)->act_format != UNET_FMT_NCHW_F32) {
+        snprintf(err, errlen, "--augment-device cuda writes its tiles as NCHW float32, but this run holds its images "
+                              "channels last (--layout nhwc, or --precision bf16): use --augment-device cpu, or "
+                              "--layout nchw with --precision fp32 or tf32");
+        return NULL;
+    }
     const long long S = (long long)tile + 2LL * context;
     if (batch < 1 || channels < 1 || tile < 1 || context < 0 || (grid != 0 && (grid < 2 || grid > UNET_WARP_MAX_GRID)) ||
         (cubic && S < 2) || (long long)tile * tile > (1LL << 30) || S * S * channels > (1LL << 40)) {

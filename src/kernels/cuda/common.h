@@ -24,7 +24,7 @@ typedef enum { UNET_PREC_FP32, UNET_PREC_TF32, UNET_PREC_BF16 } unet_precision;
 typedef struct {
     int device;
     unet_precision precision;
-    unet_act_format act_format; /* how activations are held (layout.h): from the precision and the layout asked */
+    unet_cuda_format act_format; /* how activations are held (layout.h): from the precision and the layout asked */
     int deterministic; /* 1 unless --fast-nondeterministic */
     cudaStream_t stream;
     cudnnHandle_t cudnn;

@@ -15,13 +15,15 @@
  *      added into an existing gradient and no beta = 1 engine exists, a
  *      scratch tensor at offset 0 and the plan's workspace after it.
  *
- * bf16 (cudnn_graph.c, layout.h): activations are NHWC bf16 with padded
- * channels, and cuDNN reads bf16 weights. Every workspace then starts with
- * a prefix holding the bf16 copy of the weights (K8, R, S, C8) and of the
- * bias (K8), cast from the float32 master copies before each use; the
- * weight gradient comes out there as bf16 too and is widened into the float32
- * gradient block. The offsets above count from the end of the prefix. In
- * float32 the prefix is empty and nothing else changes. */
+ * NHWC (bf16, and fp32/tf32 with --layout nhwc; cudnn_graph.c, layout.h):
+ * activations are channels last with padded channels, and cuDNN reads the
+ * weights channels last too, in the activations' element type. Every
+ * workspace then starts with a prefix holding that copy of the weights (Kp,
+ * R, S, Cp) and of the bias (Kp), Kp and Cp padded as channels are, made
+ * from the float32 master copies before each use; the weight gradient comes
+ * out there in that form too and is converted into the float32 gradient
+ * block. The offsets above count from the end of the prefix. In NCHW the
+ * prefix is empty: cuDNN reads the parameters where they are. */
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -78,10 +80,12 @@ static __global__ void add_kernel(T *dst, const T *src, long long n) {
         unet_st(dst, i, unet_ld(dst, i) + unet_ld(src, i));
 }
 
-/* bf16: the (K8, R, S, C8) bf16 copy of float32 weights w (K, C, R, S), and
- * of the bias (K) into bk (K8) when given; zeros in the padding. */
-static __global__ void weights_to_bf16_kernel(const float *w, unet_bf16 *wk, const float *b, unet_bf16 *bk, int k,
-                                              int kp, int c, int cp, int r) {
+/* NHWC: the (Kp, R, S, Cp) copy of float32 weights w (K, C, R, S) in
+ * element type T, and of the bias (K) into bk (Kp) when given; zeros in the
+ * padding. */
+template <class T>
+static __global__ void weights_to_krsc_kernel(const float *w, T *wk, const float *b, T *bk, int k, int kp, int c,
+                                              int cp, int r) {
     long long total = (long long)kp * r * r * cp;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
@@ -89,20 +93,21 @@ static __global__ void weights_to_bf16_kernel(const float *w, unet_bf16 *wk, con
         long long t = i / cp;
         int sx = (int)(t % r), ry = (int)(t / r % r), ko = (int)(t / ((long long)r * r));
         float v = ko < k && ci < c ? w[(((long long)ko * c + ci) * r + ry) * r + sx] : 0.0f;
-        wk[i] = __float2bfloat16_rn(v);
-        if (bk && i < kp) bk[i] = __float2bfloat16_rn(i < k ? b[i] : 0.0f);
+        unet_st(wk, i, v);
+        if (bk && i < kp) unet_st(bk, i, i < k ? b[i] : 0.0f);
     }
 }
 
-/* bf16: the float32 weight gradient dw (K, C, R, S) from cuDNN's (K8, R, S, C8) bf16 one. */
-static __global__ void dweights_from_bf16_kernel(const unet_bf16 *dwk, float *dw, int k, int c, int cp, int r) {
+/* NHWC: the float32 weight gradient dw (K, C, R, S) from cuDNN's (Kp, R, S, Cp) one. */
+template <class T>
+static __global__ void dweights_from_krsc_kernel(const T *dwk, float *dw, int k, int c, int cp, int r) {
     long long total = (long long)k * c * r * r;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         int sx = (int)(i % r), ry = (int)(i / r % r);
         long long t = i / ((long long)r * r);
         int ci = (int)(t % c), ko = (int)(t / c);
-        dw[i] = __bfloat162float(dwk[(((long long)ko * r + ry) * r + sx) * cp + ci]);
+        dw[i] = unet_ld(dwk, (((long long)ko * r + ry) * r + sx) * cp + ci);
     }
 }
 
@@ -235,48 +240,66 @@ static size_t act_bytes(const unet_op_args *a, unet_shape s) {
 }
 
 /* ---------------------------------------------------------------------------
- * bf16 weights: the workspace prefix (see the top of the file)
+ * NHWC weights: the workspace prefix (see the top of the file)
  * ------------------------------------------------------------------------- */
 
-static int pad8(int c) { return (c + UNET_BF16_CHANNELS - 1) / UNET_BF16_CHANNELS * UNET_BF16_CHANNELS; }
+static int is_nhwc(const unet_op_args *a) { return unet_cuda_ctx_of(a)->act_format != UNET_FMT_NCHW_F32; }
 
-/* Bytes of the prefix for a problem's filter (K, C, R, R): the bf16 weight
- * (or weight gradient) copy and the bias copy; 0 in float32. */
+/* Channels c as the activations hold them (padded in NHWC). */
+static int padded(const unet_op_args *a, int c) {
+    return unet_cuda_channels_in_memory(unet_cuda_ctx_of(a)->act_format, c);
+}
+
+/* Bytes of the (Kp, R, S, Cp) weight copy of a problem's filter (K, C, R, R). */
+static size_t weight_copy_bytes(const unet_op_args *a, const unet_conv_problem &p) {
+    return align_up((size_t)padded(a, p.k) * p.r * p.r * padded(a, p.c) *
+                    unet_cuda_element_bytes(unet_cuda_ctx_of(a)->act_format));
+}
+
+/* Bytes of the prefix: the weight (or weight gradient) copy and the bias
+ * copy; 0 in NCHW. */
 static size_t weight_prefix(const unet_op_args *a, const unet_conv_problem &p) {
-    if (!unet_cuda_is_bf16(a)) return 0;
-    return align_up((size_t)pad8(p.k) * p.r * p.r * pad8(p.c) * sizeof(unet_bf16)) +
-           align_up((size_t)pad8(p.k) * sizeof(unet_bf16));
+    if (!is_nhwc(a)) return 0;
+    return weight_copy_bytes(a, p) +
+           align_up((size_t)padded(a, p.k) * unet_cuda_element_bytes(unet_cuda_ctx_of(a)->act_format));
 }
 
-static unet_bf16 *bias_copy(const unet_op_args *a, const unet_conv_problem &p) {
-    return (unet_bf16 *)((char *)a->workspace +
-                         align_up((size_t)pad8(p.k) * p.r * p.r * pad8(p.c) * sizeof(unet_bf16)));
+static void *bias_copy(const unet_op_args *a, const unet_conv_problem &p) {
+    return (char *)a->workspace + weight_copy_bytes(a, p);
 }
 
-/* The weights cuDNN reads for problem p: the float32 parameters, or (bf16)
- * their copy cast into the prefix now, with the bias's when b is given. */
+template <class F>
+static void weights_to_krsc_t(const unet_op_args *a, const unet_conv_problem &p, const float *w, const float *b) {
+    typedef typename F::T T;
+    long long total = (long long)padded(a, p.k) * p.r * p.r * padded(a, p.c);
+    weights_to_krsc_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        w, (T *)a->workspace, b, b ? (T *)bias_copy(a, p) : (T *)NULL, p.k, padded(a, p.k), p.c, padded(a, p.c), p.r);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+/* The weights cuDNN reads for problem p: the float32 parameters (NCHW), or
+ * their NHWC copy made in the prefix now, with the bias's when b is given. */
 static const void *weights_for(const unet_op_args *a, const unet_conv_problem &p, const float *w, const float *b) {
-    if (!unet_cuda_is_bf16(a)) return w;
-    unet_bf16 *wk = (unet_bf16 *)a->workspace;
-    long long total = (long long)pad8(p.k) * p.r * p.r * pad8(p.c);
-    weights_to_bf16_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        w, wk, b, b ? bias_copy(a, p) : NULL, p.k, pad8(p.k), p.c, pad8(p.c), p.r);
-    UNET_CUDA_LAUNCHED(a);
-    return wk;
+    if (!is_nhwc(a)) return w;
+    unet_dispatch(a, [&](auto f) { weights_to_krsc_t<decltype(f)>(a, p, w, b); });
+    return a->workspace;
 }
 
-/* The weight gradient's slot for cuDNN: dw itself, or (bf16) the prefix. */
-static void *dweights_slot(const unet_op_args *a, float *dw) {
-    return unet_cuda_is_bf16(a) ? a->workspace : (void *)dw;
-}
+/* The weight gradient's slot for cuDNN: dw itself (NCHW), or the prefix. */
+static void *dweights_slot(const unet_op_args *a, float *dw) { return is_nhwc(a) ? a->workspace : (void *)dw; }
 
-/* bf16: widens the prefix's weight gradient into dw (float32). */
-static void dweights_finish(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
-    if (!unet_cuda_is_bf16(a)) return;
+template <class F>
+static void dweights_from_krsc_t(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
     long long total = (long long)p.k * p.c * p.r * p.r;
-    dweights_from_bf16_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        (const unet_bf16 *)a->workspace, dw, p.k, p.c, pad8(p.c), p.r);
+    dweights_from_krsc_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        (const typename F::T *)a->workspace, dw, p.k, p.c, padded(a, p.c), p.r);
     UNET_CUDA_LAUNCHED(a);
+}
+
+/* NHWC: converts the prefix's weight gradient into dw (float32, KCRS). */
+static void dweights_finish(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
+    if (!is_nhwc(a)) return;
+    unet_dispatch(a, [&](auto f) { dweights_from_krsc_t<decltype(f)>(a, p, dw); });
 }
 
 /* Aborts when an op is handed a pointer it cannot do without. */
@@ -401,7 +424,7 @@ static void conv_forward(const unet_op_args *a) {
     const unet_cudnn_plan *fused = unet_cudnn_plan_find(ctx, &p, a);
     const void *w = weights_for(a, p, a->param[0], fused ? a->param[1] : NULL);
     if (fused) {
-        unet_conv_tensors t = {a->in[0], w, a->out, unet_cuda_is_bf16(a) ? (const void *)bias_copy(a, p) : a->param[1]};
+        unet_conv_tensors t = {a->in[0], w, a->out, is_nhwc(a) ? (const void *)bias_copy(a, p) : a->param[1]};
         unet_cudnn_execute(ctx, fused, &t, ws, a);
         return;
     }

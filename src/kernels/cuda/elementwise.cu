@@ -136,7 +136,7 @@ static dropout_mask dropout_mask_of(const unet_op_args *a) {
     m.p = a->node->p;
     m.scale = m.p < 1.0f ? 1.0f / (1.0f - m.p) : 0.0f;
     unet_cuda_layout l = unet_cuda_act_layout(a, a->out_shape);
-    m.c = l.format != UNET_ACT_NCHW_F32 ? l.c : 0;
+    m.c = l.format != UNET_FMT_NCHW_F32 ? l.c : 0;
     m.cp = l.cp;
     m.h = l.h;
     m.w = l.w;

@@ -2,10 +2,13 @@
  * layout.h: one kernel body per op, a template over the storage format F,
  * which names the element type (F::T) and the memory order (F::nhwc):
  *
- *   unet_f32_nchw   fp32 and tf32: NCHW float, the CPU's layout and type;
- *                   the instantiation does exactly the float operations the
- *                   kernels did before other formats existed (same loads,
- *                   order and roundings).
+ *   unet_f32_nchw   fp32 and tf32 (--layout nchw, the default): NCHW float,
+ *                   the CPU's layout and type; the instantiation does exactly
+ *                   the float operations the kernels did before other formats
+ *                   existed (same loads, order and roundings).
+ *   unet_f32_nhwc   fp32 and tf32 with --layout nhwc: NHWC float, channels
+ *                   padded to a multiple of 4 with zeros; the same float
+ *                   operations per element as NCHW.
  *   unet_bf16_nhwc  bf16: NHWC, channels padded to a multiple of 8 with
  *                   zeros. Values are read into float, computed in float and
  *                   rounded once, to nearest even, when stored
@@ -63,11 +66,11 @@ static __device__ __forceinline__ void unet_st4(unet_bf16 *p, long long q, float
 
 /* A storage format of activations: element type Elem, channels last (and
  * padded, layout.h) or not. */
-template <class Elem, unet_act_format Format>
+template <class Elem, unet_cuda_format Format>
 struct unet_fmt {
     typedef Elem T;
-    static constexpr unet_act_format format = Format;
-    static constexpr bool nhwc = Format != UNET_ACT_NCHW_F32;
+    static constexpr unet_cuda_format format = Format;
+    static constexpr bool nhwc = Format != UNET_FMT_NCHW_F32;
 
     /* The memory index of logical element (n, c, y, x) of a tensor with cp
      * channels in memory and planes h x w. */
@@ -83,8 +86,9 @@ struct unet_fmt {
     static __host__ __device__ __forceinline__ int channels(int c) { return unet_cuda_channels_in_memory(Format, c); }
 };
 
-typedef unet_fmt<float, UNET_ACT_NCHW_F32> unet_f32_nchw;
-typedef unet_fmt<unet_bf16, UNET_ACT_NHWC_BF16> unet_bf16_nhwc;
+typedef unet_fmt<float, UNET_FMT_NCHW_F32> unet_f32_nchw;
+typedef unet_fmt<float, UNET_FMT_NHWC_F32> unet_f32_nhwc;
+typedef unet_fmt<unet_bf16, UNET_FMT_NHWC_BF16> unet_bf16_nhwc;
 
 /* Runs fn(F()) with the storage format F of the op's backend: an op's
  * host code is a template over F, instantiated for every format here and
@@ -93,8 +97,9 @@ typedef unet_fmt<unet_bf16, UNET_ACT_NHWC_BF16> unet_bf16_nhwc;
 template <class Fn>
 static inline void unet_dispatch(const unet_op_args *a, Fn &&fn) {
     switch (unet_cuda_ctx_of(a)->act_format) {
-    case UNET_ACT_NHWC_BF16: fn(unet_bf16_nhwc()); return;
-    case UNET_ACT_NCHW_F32: fn(unet_f32_nchw()); return;
+    case UNET_FMT_NHWC_BF16: fn(unet_bf16_nhwc()); return;
+    case UNET_FMT_NHWC_F32: fn(unet_f32_nhwc()); return;
+    case UNET_FMT_NCHW_F32: fn(unet_f32_nchw()); return;
     }
     unet_cuda_fail(__FILE__, __LINE__, "unet_dispatch", "unknown activation format", a);
 }
@@ -125,10 +130,6 @@ template <class F>
 static inline unet_out_view<F> unet_view_out(void *p, unet_shape s) {
     unet_out_view<F> v = {(typename F::T *)p, s.c, s.h, s.w, F::channels(s.c)};
     return v;
-}
-
-static inline int unet_cuda_is_bf16(const unet_op_args *a) {
-    return unet_cuda_ctx_of(a)->precision == UNET_PREC_BF16;
 }
 
 /* The layout of an activation tensor of shape s on the op's backend. */
