@@ -220,3 +220,21 @@ def test_bias_matches_torch(accumulate, layout):
     dx = X.grad.numpy() + (din_init if accumulate else 0)
     assert_close(r["din"][0], dx, FP32_TOL, "bias din")
     assert_close(r["dparam"][0], B.grad.numpy(), FP32_TOL, "bias dbias")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bias_gradient_over_channel_vectors(layout):
+    """The bias gradient's per-channel sums over many channels and pixels: in
+    NHWC 38 vectors of 4 channels (two chunks of 32) over three slices of
+    pixels (src/kernels/cuda/nhwc.cuh)."""
+    g = rng(950)
+    x = g.standard_normal((2, 150, 30, 41)).astype(np.float32)
+    b = g.standard_normal(150).astype(np.float32)
+    dout = g.standard_normal(x.shape).astype(np.float32)
+    r = run_op("bias", [x], x.shape, {"layout": layout}, params=[b], dout=dout, backward=True, backend="cuda")
+    X, B = t64(x, True), t64(b, True)
+    y = X + B.view(1, -1, 1, 1)
+    y.backward(t64(dout))
+    assert_close(r["out"], y.detach().numpy(), FP32_TOL, "bias out")
+    assert_close(r["din"][0], X.grad.numpy(), FP32_TOL, "bias din")
+    assert_close(r["dparam"][0], B.grad.numpy(), FP32_TOL, "bias dbias")

@@ -278,6 +278,15 @@ def test_batchnorm_several_slices_per_plane(layout):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_batchnorm_channel_vectors(layout):
+    """NHWC sums a vector of 4 channels a thread (src/kernels/cuda/nhwc.cuh):
+    3 vectors a pixel (a row tree over 85 rows, not a power of two) over three
+    slices of pixels, and 38 vectors (two chunks of 32)."""
+    check_bn((2, 10, 33, 40), 1, 1, 1050, layout=layout)
+    check_bn((1, 150, 3, 5), 1, 0, 1051, accumulate=True, layout=layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_batchnorm_large_mean(layout):
     """A mean 1000x the spread: the shifted sums keep the variance's digits.
     The float32 mean saved for the backward limits any implementation to

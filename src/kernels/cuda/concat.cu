@@ -14,13 +14,16 @@
  * inside the crop window, zero outside. No reductions; crop_add sums its
  * inputs in input order, as the CPU does, so the bits agree.
  *
- * Every format of tensor_view.cuh: the float4 paths are float32 NCHW's;
- * NHWC goes element by element (a plane of one channel is strided in
- * memory) and writes zeros into the padding planes. */
+ * NHWC (tensor_view.cuh, nhwc.cuh) has kernels of its own: a thread takes
+ * one 16-byte vector of channels of a pixel (consecutive threads consecutive
+ * vectors), read from its input as one vector where that input's channels
+ * start on a whole vector, else channel by channel; the padding channels are
+ * written as zeros. Per value the same loads, sums and order as NCHW. */
 #include <stdio.h>
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/nhwc.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/tensor_view.cuh"
 
@@ -35,13 +38,14 @@ struct crop_part {
     int acc;          /* backward: add into din */
     int vec_src;      /* forward: src rows load as float4 at the crop's column (w, ox multiples of 4, aligned) */
     int vec_din;      /* backward: din rows store as float4 (w a multiple of 4, aligned) */
-    long long plane_begin; /* backward: first global plane of this input */
+    long long begin;  /* backward: first global plane (NCHW) or (pixel, vector) item (NHWC) of this input */
 };
 
 template <class F>
 struct crop_parts {
     crop_part<F> part[UNET_MAX_IN];
     int n;
+    long long end; /* backward: the planes (NCHW) or items (NHWC) of all the parts */
 };
 
 /* Four consecutive values at p: float4 (aligned, checked by the host), or
@@ -59,7 +63,7 @@ static __device__ __forceinline__ void st4(unet_bf16 *p, float4 v) {
 }
 
 /* The part a block works on: the last whose first channel is <= channel
- * (forward) or whose first plane is <= plane (backward). The loop has
+ * (forward) or whose first plane or item is <= plane (backward). The loop has
  * constant indices, so the part is read from the kernel parameters into
  * registers, never copied to local memory by a dynamic index. */
 template <class F>
@@ -67,7 +71,7 @@ static __device__ __forceinline__ crop_part<F> the_part(const crop_parts<F> &par
     crop_part<F> p = parts.part[0];
 #pragma unroll
     for (int j = 1; j < UNET_MAX_IN; j++)
-        if (j < parts.n && (plane < 0 ? channel >= parts.part[j].c0 : plane >= parts.part[j].plane_begin))
+        if (j < parts.n && (plane < 0 ? channel >= parts.part[j].c0 : plane >= parts.part[j].begin))
             p = parts.part[j];
     return p;
 }
@@ -188,7 +192,7 @@ static __global__ void crop_grad_kernel(crop_parts<F> parts, const typename F::T
     typedef typename F::T T;
     long long plane = blockIdx.x;
     crop_part<F> p = the_part(parts, -1, plane);
-    int local = (int)(plane - p.plane_begin);
+    int local = (int)(plane - p.begin);
     int n = local / p.cp, ch = local - n * p.cp;
     if (ch >= p.c) {
         zero_plane<F>(p.din, n, ch, p.cp, p.h, p.w);
@@ -221,6 +225,91 @@ static __global__ void crop_grad_kernel(crop_parts<F> parts, const typename F::T
         int y = e / p.w, x = e - y * p.w;
         unet_store_grad_t(p.din, F::at(n, ch, p.cp, p.h, p.w, y, x),
                           window_grad(dout, p, n, ch, y, x, out_cp, out_h, out_w), p.acc);
+    }
+}
+
+/* ---- NHWC: channel vectors ---- */
+
+/* Output channels c0 .. c0 + V - 1 at output pixel (n, y, x): one vector load
+ * where they all come from one input and start on one of its vectors, else
+ * one load a channel. Channels past out_c are zeros. */
+template <class F>
+static __device__ __forceinline__ unet_vec<F> concat_vector(const crop_parts<F> &parts, int out_c, int c0, int n,
+                                                           int y, int x) {
+    crop_part<F> p = the_part(parts, c0, -1);
+    int last = min(c0 + F::V, out_c) - 1;
+    unet_vec<F> r;
+    if (last < p.c0 + p.c && (c0 - p.c0) % F::V == 0) {
+        r = unet_ldv<F>(p.src, F::at(n, c0 - p.c0, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+        for (int j = last - c0 + 1; j < F::V; j++) r.v[j] = 0.0f;
+        return r;
+    }
+    for (int j = 0; j < F::V; j++) {
+        int c = c0 + j;
+        crop_part<F> q = the_part(parts, c, -1);
+        r.v[j] = c < out_c ? unet_ld(q.src, F::at(n, c - q.c0, q.cp, q.h, q.w, q.oy + y, q.ox + x)) : 0.0f;
+    }
+    return r;
+}
+
+/* crop_add: every input has the output's channels: the vectors at the same
+ * channel offset, summed in input order; channels past out_c are zeros. */
+template <class F>
+static __device__ __forceinline__ unet_vec<F> add_vector(const crop_parts<F> &parts, int out_c, int c0, int n, int y,
+                                                        int x) {
+    unet_vec<F> sum;
+#pragma unroll
+    for (int k = 0; k < UNET_MAX_IN; k++) {
+        if (k >= parts.n) break;
+        const crop_part<F> &p = parts.part[k];
+        unet_vec<F> v = unet_ldv<F>(p.src, F::at(n, c0, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+#pragma unroll
+        for (int j = 0; j < F::V; j++) sum.v[j] = k == 0 ? v.v[j] : sum.v[j] + v.v[j];
+    }
+#pragma unroll
+    for (int j = 0; j < F::V; j++)
+        if (c0 + j >= out_c) sum.v[j] = 0.0f;
+    return sum;
+}
+
+/* Item i: (output pixel, channel vector), the vector fastest. */
+template <class F>
+static __global__ void crop_nhwc_kernel(crop_parts<F> parts, typename F::T *out, int out_c, int out_vectors, int out_h,
+                                        int out_w, unsigned items, int concat) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
+        int n, y, x, c0 = (int)(i % (unsigned)out_vectors) * F::V;
+        unet_pixel_of(i, out_vectors, out_h, out_w, n, y, x);
+        unet_stv<F>(out, (long long)i * F::V,
+                    concat ? concat_vector(parts, out_c, c0, n, y, x) : add_vector(parts, out_c, c0, n, y, x));
+    }
+}
+
+/* Items of every input gradient, input after input (their begin): dout's
+ * channels p.c0 + ch inside the crop window, 0 outside and past p.c. */
+template <class F>
+static __global__ void crop_grad_nhwc_kernel(crop_parts<F> parts, const typename F::T *dout, int out_cp, int out_h,
+                                             int out_w, unsigned items) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
+        crop_part<F> p = the_part(parts, -1, i);
+        unsigned local = i - (unsigned)p.begin;
+        int vectors = p.cp / F::V, n, y, x;
+        unet_pixel_of(local, vectors, p.h, p.w, n, y, x);
+        int ch0 = (int)(local % (unsigned)vectors) * F::V, wy = y - p.oy, wx = x - p.ox;
+        unet_vec<F> g;
+        if (wy < 0 || wy >= out_h || wx < 0 || wx >= out_w) {
+            for (int j = 0; j < F::V; j++) g.v[j] = 0.0f;
+        } else if (p.c0 % F::V == 0) {
+            g = unet_ldv<F>(dout, F::at(n, p.c0 + ch0, out_cp, out_h, out_w, wy, wx));
+        } else {
+            for (int j = 0; j < F::V; j++)
+                g.v[j] = ch0 + j < p.c ? unet_ld(dout, F::at(n, p.c0 + ch0 + j, out_cp, out_h, out_w, wy, wx)) : 0.0f;
+        }
+        long long at = (long long)local * F::V;
+        unet_vec<F> old;
+        if (p.acc) old = unet_ldv<F>(p.din, at);
+#pragma unroll
+        for (int j = 0; j < F::V; j++) g.v[j] = ch0 + j >= p.c ? 0.0f : p.acc ? old.v[j] + g.v[j] : g.v[j];
+        unet_stv<F>(p.din, at, g);
     }
 }
 
@@ -264,12 +353,22 @@ static crop_parts<F> parts_of(const unet_op_args *a, int concat, int backward) {
         p.acc = backward ? a->din_accumulate[i] : 0;
         p.vec_src = f32 && !backward && si.w % 4 == 0 && p.ox % 4 == 0 && unet_aligned16(p.src);
         p.vec_din = f32 && backward && si.w % 4 == 0 && unet_aligned16(p.din);
-        p.plane_begin = planes;
-        planes += (long long)si.n * p.cp;
+        p.begin = planes;
+        planes += F::nhwc ? (long long)si.n * si.h * si.w * (p.cp / F::V) : (long long)si.n * p.cp;
         ps.part[ps.n++] = p;
     }
     if (concat && !backward && c0 != so.c) bad_shapes(a, "crop_concat output channels must be the sum of the inputs'");
+    ps.end = planes;
     return ps;
+}
+
+template <class F>
+static void crop_forward_nhwc(const unet_op_args *a, int concat, const crop_parts<F> &ps) {
+    unet_shape so = a->out_shape;
+    unsigned items = unet_vec_items<F>(a, so);
+    crop_nhwc_kernel<F><<<unet_blocks_for(items), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        ps, (typename F::T *)a->out, so.c, F::channels(so.c) / F::V, so.h, so.w, items, concat);
+    UNET_CUDA_LAUNCHED(a);
 }
 
 template <class F>
@@ -280,6 +379,10 @@ static void crop_forward_t(const unet_op_args *a, int concat) {
     int out_cp = unet_cuda_planes_c(a, so);
     long long planes = (long long)so.n * out_cp, plane_items = (long long)so.h * so.w;
     if (planes == 0 || plane_items == 0) return;
+    if constexpr (F::nhwc) {
+        crop_forward_nhwc<F>(a, concat, ps);
+        return;
+    }
     int vec = !F::nhwc && so.w % 4 == 0 && unet_aligned16(a->out);
     if (!concat)
         for (int i = 0; i < ps.n; i++) vec = vec && ps.part[i].vec_src;
@@ -297,6 +400,15 @@ static void crop_backward_t(const unet_op_args *a, int concat) {
     typedef typename F::T T;
     unet_shape so = a->out_shape;
     crop_parts<F> ps = parts_of<F>(a, concat, 1);
+    if constexpr (F::nhwc) {
+        if (ps.end == 0) return;
+        if (!a->dout) bad_shapes(a, "crop backward needs dout (NULL)");
+        if (ps.end > 0x7fffffffLL) bad_shapes(a, "crop backward: more than 2^31 - 1 channel vectors");
+        crop_grad_nhwc_kernel<F><<<unet_blocks_for(ps.end), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+            ps, (const T *)a->dout, unet_cuda_planes_c(a, so), so.h, so.w, (unsigned)ps.end);
+        UNET_CUDA_LAUNCHED(a);
+        return;
+    }
     long long planes = 0, max_items = 0;
     for (int i = 0; i < ps.n; i++) {
         const crop_part<F> &p = ps.part[i];

@@ -30,6 +30,7 @@
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/cudnn_graph.h"
+#include "kernels/cuda/nhwc.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/tensor_view.cuh"
 
@@ -50,27 +51,31 @@ static unsigned blocks_for(long long n) {
  * Kernels
  * ------------------------------------------------------------------------- */
 
-/* The channel of memory element i: NCHW (planes of hw), or NHWC (cp
- * channels to a pixel). */
-template <class F>
-static __device__ __forceinline__ int channel_at(long long i, long long hw, int channels, int cp) {
-    return F::nhwc ? (int)(i % cp) : (int)((i / hw) % channels);
+/* out = in + b[c], then ReLU when asked; in may be out. */
+static __device__ __forceinline__ float bias_act_of(float x, float b, int relu) {
+    float v = x + b;
+    return relu ? (v > 0.0f ? v : 0.0f) : v;
 }
 
-/* out = in + b[c], then ReLU when asked; in may be out. Over memory, the
- * padding channels (NHWC) written as zeros. */
+/* NCHW: grid.x planes (n, c), so that a block's channel is one number, grid.y along the plane. */
+static __global__ void bias_act_nchw_kernel(const float *in, float *out, const float *b, int channels, int hw,
+                                            int relu) {
+    float bc = b[blockIdx.x % (unsigned)channels];
+    long long base = (long long)blockIdx.x * hw;
+    for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < hw; i += gridDim.y * blockDim.x)
+        out[base + i] = bias_act_of(in[base + i], bc, relu);
+}
+
+/* NHWC: one thread per (pixel, channel vector) (nhwc.cuh), the padding channels written as zeros. */
 template <class F>
-static __global__ void bias_act_kernel(const typename F::T *in, typename F::T *out, const float *b, int channels,
-                                       int cp, long long hw, long long total, int relu) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        int c = channel_at<F>(i, hw, channels, cp);
-        if (c >= channels) {
-            unet_st(out, i, 0.0f);
-            continue;
-        }
-        float v = unet_ld(in, i) + b[c];
-        unet_st(out, i, relu ? (v > 0.0f ? v : 0.0f) : v);
+static __global__ void bias_act_nhwc_kernel(const typename F::T *in, typename F::T *out, const float *b, int channels,
+                                            int vectors, unsigned items, int relu) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
+        int c0 = (int)(i % (unsigned)vectors) * F::V;
+        unet_vec<F> v = unet_ldv<F>(in, (long long)i * F::V);
+#pragma unroll
+        for (int j = 0; j < F::V; j++) v.v[j] = c0 + j < channels ? bias_act_of(v.v[j], b[c0 + j], relu) : 0.0f;
+        unet_stv<F>(out, (long long)i * F::V, v);
     }
 }
 
@@ -149,6 +154,28 @@ static __global__ void channel_partial_kernel(typename F::T *dz, const typename 
     if (threadIdx.x == 0) partial[(long long)c * slices + s] = sh[0];
 }
 
+/* NHWC: the same sums through unet_nhwc_sums (nhwc.cuh): the partials of a
+ * channel vector's channels over a slice of pixels. */
+template <class F>
+struct bias_sums_op {
+    typename F::T *dz;
+    const typename F::T *mask;
+    int cp;
+    struct state {};
+    __device__ state begin(int) const { return state(); }
+    __device__ void add(const state &, long long p, int vec, double (&acc)[F::V]) const {
+        long long i = p * cp + (long long)vec * F::V;
+        unet_vec<F> v = unet_ldv<F>(dz, i);
+        if (mask) {
+            unet_vec<F> m = unet_ldv<F>(mask, i);
+            for (int j = 0; j < F::V; j++) v.v[j] = m.v[j] > 0.0f ? v.v[j] : 0.0f;
+            unet_stv<F>(dz, i, v); /* v or 0: exact in bf16 too */
+        }
+#pragma unroll
+        for (int j = 0; j < F::V; j++) acc[j] += v.v[j];
+    }
+};
+
 static __global__ void channel_finish_kernel(const double *partial, int slices, float *sum) {
     __shared__ double sh[THREADS];
     int c = blockIdx.x;
@@ -177,9 +204,15 @@ static channel_split split_channel(long long per_channel) {
     return sp;
 }
 
-static size_t channel_sum_workspace(unet_shape s) {
+/* Slices per channel: NCHW's split_channel, NHWC's unet_nhwc_sums. */
+static int channel_slices(const unet_op_args *a, long long per_channel) {
+    return unet_cuda_ctx_of(a)->act_format != UNET_FMT_NCHW_F32 ? unet_nhwc_slices(per_channel)
+                                                                : split_channel(per_channel).slices;
+}
+
+static size_t channel_sum_workspace(const unet_op_args *a, unet_shape s) {
     long long per_channel = (long long)s.n * s.h * s.w;
-    return align_up((size_t)s.c * (size_t)split_channel(per_channel).slices * sizeof(double));
+    return align_up((size_t)s.c * (size_t)channel_slices(a, per_channel) * sizeof(double));
 }
 
 /* sum[c] = sum of dz over n, y, x (NULL: no sum wanted); with mask, dz is first
@@ -190,14 +223,23 @@ static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, un
     typedef typename F::T T;
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     long long per_channel = (long long)s.n * s.h * s.w;
-    channel_split sp = split_channel(per_channel);
     double *partial = (double *)workspace;
-    channel_partial_kernel<F><<<dim3((unsigned)sp.slices, (unsigned)s.c), THREADS, 0, ctx->stream>>>(
-        (T *)dz, (const T *)mask, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk,
-        sp.slices, partial);
-    UNET_CUDA_LAUNCHED(a);
+    if constexpr (F::nhwc) {
+        bias_sums_op<F> op = {(T *)dz, (const T *)mask, F::channels(s.c)};
+        unet_nhwc_split ns = unet_nhwc_split_of<F>(s);
+        unet_nhwc_sums_kernel<F, 1><<<ns.grid, ns.block, 0, ctx->stream>>>(op, s.c, ns.vectors, ns.pixels,
+                                                                           ns.per_slice, partial);
+        UNET_CUDA_LAUNCHED(a);
+    } else {
+        channel_split sp = split_channel(per_channel);
+        channel_partial_kernel<F><<<dim3((unsigned)sp.slices, (unsigned)s.c), THREADS, 0, ctx->stream>>>(
+            (T *)dz, (const T *)mask, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk,
+            sp.slices, partial);
+        UNET_CUDA_LAUNCHED(a);
+    }
     if (sum) {
-        channel_finish_kernel<<<(unsigned)s.c, THREADS, 0, ctx->stream>>>(partial, sp.slices, sum);
+        channel_finish_kernel<<<(unsigned)s.c, THREADS, 0, ctx->stream>>>(partial, channel_slices(a, per_channel),
+                                                                          sum);
         UNET_CUDA_LAUNCHED(a);
     }
 }
@@ -211,9 +253,16 @@ static void channel_sums(const unet_op_args *a, void *dz, const void *mask, unet
 template <class F>
 static void bias_act_t(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int relu) {
     typedef typename F::T T;
-    long long total = unet_cuda_act_elements(a, s), hw = (long long)s.h * s.w;
-    bias_act_kernel<F><<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        (const T *)in, (T *)out, b, s.c, unet_cuda_planes_c(a, s), hw, total, relu);
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    if constexpr (F::nhwc) {
+        unsigned items = unet_vec_items<F>(a, s);
+        bias_act_nhwc_kernel<F><<<unet_blocks_for(items), UNET_THREADS, 0, stream>>>(
+            (const T *)in, (T *)out, b, s.c, F::channels(s.c) / F::V, items, relu);
+    } else {
+        unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * s.c, (long long)s.h * s.w);
+        bias_act_nchw_kernel<<<l.grid, l.block, 0, stream>>>((const float *)in, (float *)out, b, s.c, s.h * s.w,
+                                                             relu);
+    }
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -407,7 +456,7 @@ static size_t conv_workspace_bytes(const unet_op_args *a) {
     size_t ws = unet_cudnn_plan_workspace(fused);
     if (a->training) {
         unet_conv_problem wgrad = conv_problem(a, UNET_CONV_WGRAD);
-        ws = max_size(ws, channel_sum_workspace(a->out_shape));
+        ws = max_size(ws, channel_sum_workspace(a, a->out_shape));
         ws = max_size(ws, unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &wgrad, 1, a)));
         ws = max_size(ws, build_output_plans(ctx, conv_problem(a, UNET_CONV_DGRAD), act_bytes(a, a->in_shape[0]), a));
     }
@@ -516,7 +565,7 @@ static size_t conv_t2_workspace_bytes(const unet_op_args *a) {
     size_t ws = unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &fwd, 1, a));
     if (a->training) {
         unet_conv_problem wgrad = conv_t2_problem(a, UNET_CONV_WGRAD);
-        ws = max_size(ws, channel_sum_workspace(a->out_shape));
+        ws = max_size(ws, channel_sum_workspace(a, a->out_shape));
         ws = max_size(ws, unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &wgrad, 1, a)));
         ws = max_size(ws, build_output_plans(ctx, conv_t2_problem(a, UNET_CONV_FWD), act_bytes(a, a->in_shape[0]), a));
     }
@@ -570,7 +619,7 @@ static void check_bias_shapes(const unet_op_args *a) {
 
 static size_t bias_workspace_bytes(const unet_op_args *a) {
     check_bias_shapes(a);
-    return a->training ? channel_sum_workspace(a->out_shape) : 0;
+    return a->training ? channel_sum_workspace(a, a->out_shape) : 0;
 }
 
 static void bias_forward(const unet_op_args *a) {

@@ -1,6 +1,7 @@
 /* Element-wise ops on the GPU: ReLU and inverted dropout, twins of
- * src/kernels/cpu/elementwise.c. Memory-bound: one grid-stride pass, float4
- * where every pointer is 16-byte aligned, scalars for the tail.
+ * src/kernels/cpu/elementwise.c. Memory-bound: one grid-stride pass, four
+ * elements an access where every pointer is aligned to them (a float4, or 8
+ * bytes of bf16), scalars for the tail.
  *
  * Every format of tensor_view.cuh, element by element over memory (padding
  * included) in each.
@@ -80,10 +81,10 @@ static void require_ptr(const unet_op_args *a, const void *p, const char *what) 
     if (!p) unet_cuda_fail(__FILE__, __LINE__, "argument check", what, a);
 }
 
-/* float4 where every pointer is 16-byte aligned (float only: bf16 goes by scalars). */
+/* Four elements an access (unet_ld4) where every pointer is aligned to four elements. */
 template <class T>
 static int vec_ok(const T *p, const T *q, const T *r = NULL) {
-    return sizeof(T) == 4 && unet_aligned16(p) && unet_aligned16(q) && (!r || unet_aligned16(r));
+    return (((uintptr_t)p | (uintptr_t)q | (uintptr_t)r) & (4 * sizeof(T) - 1)) == 0;
 }
 
 template <class F>

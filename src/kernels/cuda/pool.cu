@@ -1,8 +1,10 @@
 /* 2x2 stride-2 max pooling on the GPU, twin of src/kernels/cpu/pool.c.
  * One thread per window (H and W are even: the shape inference rejects odd
- * sizes), blocks per plane (n, c). In float32 NCHW the two values of a
+ * sizes). In float32 NCHW, blocks per plane (n, c): the two values of a
  * window row are adjacent and at an even index, read and written as one
- * float2; in NHWC (tensor_view.cuh) they are a pixel (cp values) apart.
+ * float2. In NHWC (tensor_view.cuh, nhwc.cuh) a thread takes a window's
+ * four pixels for one 16-byte vector of channels, and consecutive threads
+ * consecutive vectors. The comparisons are the same, in the same order.
  *
  * The backward recomputes each window's argmax from the input with the
  * forward's rule (the first maximum in row-major order; a NaN wins), so the
@@ -12,6 +14,7 @@
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/nhwc.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/tensor_view.cuh"
 
@@ -26,6 +29,14 @@ static __device__ __forceinline__ int window_argmax(float a, float b, float c, f
     if (takes_max(c, m)) win = 2, m = c;
     if (takes_max(d, m)) win = 3;
     return win;
+}
+
+/* The maximum of the window a b / c d, taken in that order. */
+static __device__ __forceinline__ float window_max(float a, float b, float c, float d) {
+    float m = a;
+    m = takes_max(b, m) ? b : m;
+    m = takes_max(c, m) ? c : m;
+    return takes_max(d, m) ? d : m;
 }
 
 /* The two horizontally adjacent values at memory index i (x even): one
@@ -68,11 +79,7 @@ static __global__ void maxpool2_forward_kernel(VX x, VY y, int out_items) {
         }
         float2 top = ld_pair(x, x.at(n, c, 2 * oy, 2 * ox));
         float2 bottom = ld_pair(x, x.at(n, c, 2 * oy + 1, 2 * ox));
-        float m = top.x;
-        m = takes_max(top.y, m) ? top.y : m;
-        m = takes_max(bottom.x, m) ? bottom.x : m;
-        m = takes_max(bottom.y, m) ? bottom.y : m;
-        unet_st(y.p, y.at(n, c, oy, ox), m);
+        unet_st(y.p, y.at(n, c, oy, ox), window_max(top.x, top.y, bottom.x, bottom.y));
     }
 }
 
@@ -96,8 +103,66 @@ static __global__ void maxpool2_backward_kernel(VX x, VG dy, VD dx, int out_item
     }
 }
 
-/* The kernels read and write window rows as float2: the tensors must start
- * on 8 bytes (every arena tensor starts on 256) with even H and W. */
+/* NHWC: item i is (output pixel, channel vector), the vector fastest; the
+ * window of output pixel (n, oy, ox) starts at input pixel (n, 2oy, 2ox). */
+typedef struct {
+    int channels, vectors, out_h, out_w;
+    unsigned items;
+} pool_nhwc;
+
+/* The memory index of the window's top-left vector; the others are cp and a row of pixels further. */
+template <class F>
+static __device__ __forceinline__ long long window_at(const pool_nhwc &s, unsigned i) {
+    int n, oy, ox, vec = (int)(i % (unsigned)s.vectors);
+    unet_pixel_of(i, s.vectors, s.out_h, s.out_w, n, oy, ox);
+    return (((long long)n * 2 * s.out_h + 2 * oy) * (2 * s.out_w) + 2 * ox) * (s.vectors * F::V) + vec * F::V;
+}
+
+template <class F>
+static __global__ void maxpool2_nhwc_forward_kernel(const typename F::T *x, typename F::T *y, pool_nhwc s) {
+    long long cp = (long long)s.vectors * F::V, row = 2LL * s.out_w * cp;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
+        long long at = window_at<F>(s, i);
+        unet_vec<F> a = unet_ldv<F>(x, at), b = unet_ldv<F>(x, at + cp);
+        unet_vec<F> c = unet_ldv<F>(x, at + row), d = unet_ldv<F>(x, at + row + cp), m;
+        int c0 = (int)(i % (unsigned)s.vectors) * F::V;
+#pragma unroll
+        for (int j = 0; j < F::V; j++)
+            m.v[j] = c0 + j < s.channels ? window_max(a.v[j], b.v[j], c.v[j], d.v[j]) : 0.0f;
+        unet_stv<F>(y, (long long)i * F::V, m);
+    }
+}
+
+template <class F>
+static __global__ void maxpool2_nhwc_backward_kernel(const typename F::T *x, const typename F::T *dy,
+                                                     typename F::T *dx, pool_nhwc s, int accumulate) {
+    long long cp = (long long)s.vectors * F::V, row = 2LL * s.out_w * cp;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
+        long long at[4];
+        at[0] = window_at<F>(s, i), at[1] = at[0] + cp, at[2] = at[0] + row, at[3] = at[0] + row + cp;
+        unet_vec<F> w[4], g = unet_ldv<F>(dy, (long long)i * F::V);
+#pragma unroll
+        for (int k = 0; k < 4; k++) w[k] = unet_ldv<F>(x, at[k]);
+        int win[F::V], c0 = (int)(i % (unsigned)s.vectors) * F::V;
+#pragma unroll
+        for (int j = 0; j < F::V; j++) win[j] = window_argmax(w[0].v[j], w[1].v[j], w[2].v[j], w[3].v[j]);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            unet_vec<F> old, d;
+            if (accumulate) old = unet_ldv<F>(dx, at[k]);
+#pragma unroll
+            for (int j = 0; j < F::V; j++) {
+                float v = win[j] == k ? g.v[j] : 0.0f;
+                d.v[j] = c0 + j >= s.channels ? 0.0f : accumulate ? old.v[j] + v : v;
+            }
+            unet_stv<F>(dx, at[k], d);
+        }
+    }
+}
+
+/* The kernels read and write window rows as float2 (NCHW) or 16-byte channel
+ * vectors (NHWC): the tensors must start on 8 or 16 bytes (every arena
+ * tensor starts on 256) with even H and W. */
 static void check_pool_args(const unet_op_args *a, const void *x, const void *y, const void *third) {
     unet_shape si = a->in_shape[0], so = a->out_shape;
     char msg[256] = "";
@@ -105,43 +170,67 @@ static void check_pool_args(const unet_op_args *a, const void *x, const void *y,
         snprintf(msg, sizeof msg, "maxpool2 needs even H, W and out = in / 2");
     else if (!x || !y)
         snprintf(msg, sizeof msg, "maxpool2 backward needs the forward input (in[0] is NULL)");
-    else if (((uintptr_t)x | (uintptr_t)y | (uintptr_t)third) & 7)
-        snprintf(msg, sizeof msg, "maxpool2 tensors must start on 8-byte boundaries");
+    else if (((uintptr_t)x | (uintptr_t)y | (uintptr_t)third) & 15)
+        snprintf(msg, sizeof msg, "maxpool2 tensors must start on 16-byte boundaries");
     if (msg[0]) unet_cuda_fail(__FILE__, __LINE__, "argument check", msg, a);
 }
 
 template <class F>
-static void maxpool2_forward_t(const unet_op_args *a, unet_plane_launch l, int items) {
-    maxpool2_forward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
-        unet_view_in<F>(a->in[0], a->in_shape[0]), unet_view_out<F>(a->out, a->out_shape), items);
+static pool_nhwc pool_nhwc_of(const unet_op_args *a) {
+    unet_shape so = a->out_shape;
+    pool_nhwc s = {so.c, F::channels(so.c) / F::V, so.h, so.w, unet_vec_items<F>(a, so)};
+    return s;
+}
+
+template <class F>
+static void maxpool2_forward_t(const unet_op_args *a) {
+    typedef typename F::T T;
+    unet_shape so = a->out_shape;
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    if constexpr (F::nhwc) {
+        pool_nhwc s = pool_nhwc_of<F>(a);
+        maxpool2_nhwc_forward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+            (const T *)a->in[0], (T *)a->out, s);
+    } else {
+        unet_plane_launch l = unet_plane_launch_for(a, (long long)so.n * so.c, (long long)so.h * so.w);
+        maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->in[0], a->in_shape[0]),
+                                                                unet_view_out<F>(a->out, so), so.h * so.w);
+    }
     UNET_CUDA_LAUNCHED(a);
 }
 
 template <class F>
-static void maxpool2_backward_t(const unet_op_args *a, unet_plane_launch l, int items) {
-    maxpool2_backward_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(
-        unet_view_in<F>(a->in[0], a->in_shape[0]), unet_view_in<F>(a->dout, a->out_shape),
-        unet_view_out<F>(a->din[0], a->in_shape[0]), items, a->din_accumulate[0]);
+static void maxpool2_backward_t(const unet_op_args *a) {
+    typedef typename F::T T;
+    unet_shape so = a->out_shape;
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    int acc = a->din_accumulate[0];
+    if constexpr (F::nhwc) {
+        pool_nhwc s = pool_nhwc_of<F>(a);
+        maxpool2_nhwc_backward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+            (const T *)a->in[0], (const T *)a->dout, (T *)a->din[0], s, acc);
+    } else {
+        unet_plane_launch l = unet_plane_launch_for(a, (long long)so.n * so.c, (long long)so.h * so.w);
+        maxpool2_backward_kernel<<<l.grid, l.block, 0, stream>>>(
+            unet_view_in<F>(a->in[0], a->in_shape[0]), unet_view_in<F>(a->dout, so),
+            unet_view_out<F>(a->din[0], a->in_shape[0]), so.h * so.w, acc);
+    }
     UNET_CUDA_LAUNCHED(a);
 }
 
 static void maxpool2_forward(const unet_op_args *a) {
     unet_shape so = a->out_shape;
     check_pool_args(a, a->in[0], a->out, NULL);
-    long long planes = (long long)so.n * unet_cuda_planes_c(a, so), items = (long long)so.h * so.w;
-    if (planes == 0 || items == 0) return;
-    unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    unet_dispatch(a, [&](auto f) { maxpool2_forward_t<decltype(f)>(a, l, (int)items); });
+    if ((long long)so.n * so.c * so.h * so.w == 0) return;
+    unet_dispatch(a, [&](auto f) { maxpool2_forward_t<decltype(f)>(a); });
 }
 
 static void maxpool2_backward(const unet_op_args *a) {
     if (!a->din[0]) return;
     unet_shape so = a->out_shape;
     check_pool_args(a, a->in[0], a->din[0], a->dout);
-    long long planes = (long long)so.n * unet_cuda_planes_c(a, so), items = (long long)so.h * so.w;
-    if (planes == 0 || items == 0) return;
-    unet_plane_launch l = unet_plane_launch_for(a, planes, items);
-    unet_dispatch(a, [&](auto f) { maxpool2_backward_t<decltype(f)>(a, l, (int)items); });
+    if ((long long)so.n * so.c * so.h * so.w == 0) return;
+    unet_dispatch(a, [&](auto f) { maxpool2_backward_t<decltype(f)>(a); });
 }
 
 extern "C" const unet_op_impl unet_cuda_maxpool2 = {maxpool2_forward, maxpool2_backward, NULL, NULL};

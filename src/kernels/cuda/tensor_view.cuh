@@ -46,22 +46,32 @@ static __device__ __forceinline__ void unet_store_grad_t(T *d, long long i, floa
     unet_st(d, i, accumulate ? unet_ld(d, i) + v : v);
 }
 
-/* Four consecutive memory elements 4q .. 4q+3: one float4 for float (the
- * caller checked alignment), four scalars for bf16. */
+/* bf16 moved two to a 32-bit word (little endian: the lower index in the
+ * low half), so that several go in one 8- or 16-byte access: widening is
+ * exact (the bits shifted up), narrowing rounds each value to nearest even
+ * as __float2bfloat16_rn does. */
+static __device__ __forceinline__ float unet_bf16_lo(unsigned w) { return __uint_as_float(w << 16); }
+static __device__ __forceinline__ float unet_bf16_hi(unsigned w) { return __uint_as_float(w & 0xffff0000u); }
+static __device__ __forceinline__ unsigned unet_bf16_pair(float lo, float hi) {
+    return (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           (unsigned)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16;
+}
+
+/* Four consecutive memory elements 4q .. 4q+3 as one access (the caller
+ * checked alignment): a float4, or 8 bytes of bf16. */
 static __device__ __forceinline__ float4 unet_ld4(const float *p, long long q) {
     return reinterpret_cast<const float4 *>(p)[q];
 }
 static __device__ __forceinline__ float4 unet_ld4(const unet_bf16 *p, long long q) {
-    return make_float4(unet_ld(p, 4 * q), unet_ld(p, 4 * q + 1), unet_ld(p, 4 * q + 2), unet_ld(p, 4 * q + 3));
+    int2 w = reinterpret_cast<const int2 *>(p)[q];
+    return make_float4(unet_bf16_lo((unsigned)w.x), unet_bf16_hi((unsigned)w.x), unet_bf16_lo((unsigned)w.y),
+                       unet_bf16_hi((unsigned)w.y));
 }
 static __device__ __forceinline__ void unet_st4(float *p, long long q, float4 v) {
     reinterpret_cast<float4 *>(p)[q] = v;
 }
 static __device__ __forceinline__ void unet_st4(unet_bf16 *p, long long q, float4 v) {
-    unet_st(p, 4 * q, v.x);
-    unet_st(p, 4 * q + 1, v.y);
-    unet_st(p, 4 * q + 2, v.z);
-    unet_st(p, 4 * q + 3, v.w);
+    reinterpret_cast<int2 *>(p)[q] = make_int2((int)unet_bf16_pair(v.x, v.y), (int)unet_bf16_pair(v.z, v.w));
 }
 
 /* A storage format of activations: element type Elem, channels last (and
@@ -71,6 +81,9 @@ struct unet_fmt {
     typedef Elem T;
     static constexpr unet_cuda_format format = Format;
     static constexpr bool nhwc = Format != UNET_FMT_NCHW_F32;
+    /* Channels of a 16-byte vector (4 floats, 8 bf16): NHWC pads a pixel's
+     * channels to whole vectors (layout.h), so they move as such. */
+    static constexpr int V = 16 / (int)sizeof(Elem);
 
     /* The memory index of logical element (n, c, y, x) of a tensor with cp
      * channels in memory and planes h x w. */
@@ -85,6 +98,40 @@ struct unet_fmt {
     /* Channels in memory of a tensor of c channels. */
     static __host__ __device__ __forceinline__ int channels(int c) { return unet_cuda_channels_in_memory(Format, c); }
 };
+
+/* NHWC: V channels of one pixel, in float, moved as one 16-byte access at
+ * memory index i (a multiple of V: every pixel and every tensor starts on 16
+ * bytes). */
+template <class F>
+struct unet_vec {
+    float v[F::V];
+};
+
+template <class F>
+static __device__ __forceinline__ unet_vec<F> unet_ldv(const typename F::T *p, long long i) {
+    unet_vec<F> r;
+    if constexpr (F::V == 4) {
+        float4 q = *reinterpret_cast<const float4 *>(p + i);
+        r.v[0] = q.x, r.v[1] = q.y, r.v[2] = q.z, r.v[3] = q.w;
+    } else {
+        int4 q = *reinterpret_cast<const int4 *>(p + i);
+        unsigned w[4] = {(unsigned)q.x, (unsigned)q.y, (unsigned)q.z, (unsigned)q.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) r.v[2 * k] = unet_bf16_lo(w[k]), r.v[2 * k + 1] = unet_bf16_hi(w[k]);
+    }
+    return r;
+}
+
+template <class F>
+static __device__ __forceinline__ void unet_stv(typename F::T *p, long long i, const unet_vec<F> &r) {
+    if constexpr (F::V == 4) {
+        *reinterpret_cast<float4 *>(p + i) = make_float4(r.v[0], r.v[1], r.v[2], r.v[3]);
+    } else {
+        *reinterpret_cast<int4 *>(p + i) =
+            make_int4((int)unet_bf16_pair(r.v[0], r.v[1]), (int)unet_bf16_pair(r.v[2], r.v[3]),
+                      (int)unet_bf16_pair(r.v[4], r.v[5]), (int)unet_bf16_pair(r.v[6], r.v[7]));
+    }
+}
 
 typedef unet_fmt<float, UNET_FMT_NCHW_F32> unet_f32_nchw;
 typedef unet_fmt<float, UNET_FMT_NHWC_F32> unet_f32_nhwc;
