@@ -1,0 +1,486 @@
+#!/usr/bin/env python3
+"""The measuring half of scripts/gpu_check.sh: that script runs the steps
+(each under its own timeout) and calls these subcommands for what is easier
+in Python than in bash. None of them imports torch except `machine`, so a
+broken PyTorch costs one row, not the check.
+
+    gpu_check.py digest ROOT                 sha256 of the sources a bundle was built from
+    gpu_check.py nvidia-libdirs              PyTorch's CUDA libraries (site-packages/nvidia/*/lib), ':'-joined
+    gpu_check.py machine --work W            the machine: GPU, driver, libraries and their versions
+    gpu_check.py watch-libs --out F -- CMD   runs CMD; writes the shared libraries it had mapped
+    gpu_check.py smoke --work W --precision P --device D    one convolution, forward and backward, against its CPU twin
+    gpu_check.py train --work W --name N --unet U -- FLAGS  a training run: time to first step, images/s
+    gpu_check.py junit OUT IN...             merges pytest's junit files into one
+    gpu_check.py counts FILE                 one junit file's counts in a line
+    gpu_check.py ratios FILE                 the PyTorch comparison's ratios in a line
+    gpu_check.py assemble --work W --out O   figures.json from the steps' records
+
+Every figure written carries `measured_on`: a GPU's name only when the run
+was on a GPU (--mode gpu); a dry run's say CPU or emulated, never a GPU."""
+import argparse
+import glob
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+# what a dry run's figures are, in words that cannot be read as a GPU's
+DRY_LABELS = {"cpu": "CPU (dry run, CPU twins): not a GPU figure",
+              "emulated": "CUDA emulated on the CPU (dry run): not a GPU figure"}
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_json(path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+# ---- digest --------------------------------------------------------------------
+
+# what a carried build and the tests it runs come from (not tests/cpu, which the GPU machine does not run)
+DIGEST_PATHS = ("CMakeLists.txt", "src", "include", "tests/*.py", "tests/CMakeLists.txt", "tests/gpu", "tests/tools",
+                "tests/emu", "bench")
+DIGEST_EXT = (".c", ".h", ".cu", ".cuh", ".cc", ".py", ".txt", ".cmake")
+
+
+def digest(root):
+    """sha256 over the paths and contents of the sources that decide what a
+    build does and what its GPU tests assert: the same on the machine that
+    made a bundle and on the one that runs it, unless a file changed between."""
+    paths = set()
+    for pattern in DIGEST_PATHS:
+        for top in glob.glob(os.path.join(root, pattern)):
+            if os.path.isfile(top):
+                paths.add(os.path.relpath(top, root))
+            for dirpath, dirnames, files in os.walk(top):
+                dirnames[:] = [x for x in dirnames if x != "__pycache__"]
+                paths |= {os.path.relpath(os.path.join(dirpath, f), root) for f in files if f.endswith(DIGEST_EXT)}
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        with open(os.path.join(root, p), "rb") as f:
+            h.update(p.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:16]
+
+
+# ---- libraries -------------------------------------------------------------------
+
+def nvidia_libdirs():
+    """The lib folders of the nvidia-* wheels beside this Python's PyTorch
+    (nvidia/cu13/lib: the CUDA runtime and cuBLAS; nvidia/cudnn/lib, nvidia/nccl/lib),
+    found without importing torch."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        spec = None
+    roots = list(spec.submodule_search_locations) if spec and spec.submodule_search_locations else []
+    return sorted(d for r in roots for d in glob.glob(os.path.join(r, "*", "lib")) if glob.glob(d + "/lib*.so*"))
+
+
+def mapped_libs(pid):
+    """The shared objects mapped into a process now."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return {line.split()[-1] for line in f if ".so" in line.split()[-1]}
+    except OSError:
+        return set()
+
+
+# name in the report, soname, and how to ask the library its version through ctypes
+LIB_PROBES = [
+    ("CUDA runtime", "libcudart.so.13", "cudaRuntimeGetVersion"),
+    ("cuDNN", "libcudnn.so.9", "cudnnGetVersion"),
+    ("cuBLAS", "libcublas.so.13", "cublasGetProperty"),
+    ("cuBLASLt", "libcublasLt.so.13", "cublasLtGetVersion"),
+    ("NCCL", "libnccl.so.2", "ncclGetVersion"),
+]
+
+
+def probe_lib(soname, how):
+    """(version string, path it loaded from) or (None, why)."""
+    import ctypes
+    try:
+        lib = ctypes.CDLL(soname)
+    except OSError as e:
+        return None, str(e)
+    v = ctypes.c_int(0)
+    if how == "cudnnGetVersion":
+        lib.cudnnGetVersion.restype = ctypes.c_size_t
+        n = lib.cudnnGetVersion()
+        ver = f"{n // 10000}.{n % 10000 // 100}.{n % 100}"
+    elif how == "cublasLtGetVersion":
+        lib.cublasLtGetVersion.restype = ctypes.c_size_t
+        n = lib.cublasLtGetVersion()
+        ver = f"{n // 10000}.{n % 10000 // 100}.{n % 100}"
+    elif how == "cublasGetProperty":  # MAJOR_VERSION 0, MINOR 1, PATCH 2
+        parts = []
+        for prop in range(3):
+            lib.cublasGetProperty(prop, ctypes.byref(v))
+            parts.append(str(v.value))
+        ver = ".".join(parts)
+    else:  # cudaRuntimeGetVersion, ncclGetVersion: an int through a pointer
+        if getattr(lib, how)(ctypes.byref(v)) != 0:
+            return None, f"{how} failed"
+        n = v.value
+        ver = f"{n // 1000}.{n % 1000 // 10}" if how.startswith("cuda") else f"{n // 10000}.{n % 10000 // 100}.{n % 100}"
+    path = next((p for p in mapped_libs(os.getpid()) if os.path.basename(p).startswith(soname.split(".so")[0] + ".so")),
+                soname)
+    return ver, path
+
+
+def smi(query):
+    try:
+        r = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
+                           text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, str(e)
+    return (r.stdout.strip(), None) if r.returncode == 0 and r.stdout.strip() else (None, (r.stderr or r.stdout).strip())
+
+
+def machine(a):
+    """The machine report (printed, for machine.txt) and fig-machine.json."""
+    fig = {"mode": a.mode}
+    out = []
+    gpu, why = smi("name,driver_version,compute_cap,memory.total")
+    fig["nvidia_smi"] = gpu or f"none ({why})"
+    out.append(f"nvidia-smi: {fig['nvidia_smi']}  [name, driver, compute capability, memory]")
+    if gpu:  # asked apart: a field this driver does not know fails the whole query
+        clocks, why = smi("clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu,utilization.gpu")
+        fig["clocks"] = clocks or f"not read ({why})"
+        out.append(f"nvidia-smi: {fig['clocks']}  [SM clock, max SM clock, memory clock, power limit, "
+                   "temperature, utilisation]")
+    libs = {}
+    if a.mode == "emulated":
+        out.append("libraries: the build emulates CUDA, cuDNN, cuBLAS and NCCL on the CPU (tests/emu): none loaded")
+    else:
+        for name, soname, how in LIB_PROBES:
+            ver, where = probe_lib(soname, how)
+            libs[name] = {"version": ver, "path": where}
+            out.append(f"{name:13s} {ver or 'NOT LOADED'}  {where}")
+        import ctypes
+        try:
+            v = ctypes.c_int(0)
+            ctypes.CDLL("libcudart.so.13").cudaDriverGetVersion(ctypes.byref(v))
+            drv = f"{v.value // 1000}.{v.value % 1000 // 10}" if v.value else None
+            libs["CUDA driver API"] = {"version": drv, "path": "libcuda.so.1"}
+            out.append(f"{'CUDA driver':13s} {drv or 'none (no driver)'} (the newest CUDA runtime it takes)")
+        except (OSError, AttributeError):
+            pass
+    fig["libraries"] = libs
+    built = read_json(os.path.join(a.carried, "bundle.json"), {}) if a.carried else {}
+    if built:
+        fig["bundle"] = built
+        out.append(f"bundle: built {built.get('date')} from {built.get('commit')} (sources {built.get('digest')}), "
+                   f"CUDA {built.get('cuda')}, cuDNN headers {built.get('cudnn_headers')}, arch {built.get('arch')}")
+    try:
+        import torch
+        t = {"version": torch.__version__, "cuda": torch.version.cuda,
+             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+             "cuda_available": torch.cuda.is_available()}
+        if t["cuda_available"]:
+            p = torch.cuda.get_device_properties(0)
+            t.update(device=p.name, sm=f"{p.major}.{p.minor}", multiprocessors=p.multi_processor_count,
+                     memory_gib=round(p.total_memory / 2**30, 1), l2_mib=round(getattr(p, "L2_cache_size", 0) / 2**20, 1))
+        fig["torch"] = t
+        out.append("PyTorch: " + ", ".join(f"{k} {v}" for k, v in t.items()))
+    except Exception as e:  # noqa: BLE001 (whatever PyTorch raises is the report)
+        fig["torch"] = f"not importable: {type(e).__name__}: {e}"
+        out.append(f"PyTorch: {fig['torch']}")
+    write_json(os.path.join(a.work, "fig-machine.json"), fig)
+    print("\n".join(out))
+    return 0
+
+
+def watch_libs(a):
+    """Runs the command, reading its /proc/PID/maps every 20 ms: cuDNN loads
+    its engine libraries only when a plan is built, so ldd alone cannot say
+    which ones a run used."""
+    p = subprocess.Popen(a.command)
+    seen = set()
+    while p.poll() is None:
+        seen |= mapped_libs(p.pid)
+        time.sleep(0.02)
+    libs = sorted(seen)
+    with open(a.out, "w") as f:
+        f.write("".join(x + "\n" for x in libs))
+    print(f"watch-libs: {len(libs)} shared libraries mapped by {os.path.basename(a.command[0])} (exit {p.returncode})")
+    return p.returncode
+
+
+# ---- smoke ----------------------------------------------------------------------
+
+TOLERANCE = {"fp32": 1e-5, "tf32": 2e-3, "bf16": 2e-2}  # as tests/gpu/test_conv_twins.py and test_bf16_twins.py
+
+
+def smoke(a):
+    """One 3x3 convolution with bias, forward and backward, on the device
+    against the CPU twin (unet_optest through unet_testlib.run_op). No fused
+    ReLU: in tf32 an output near 0 can land on the other side of it and flip
+    its gradient, which is a right answer the twins' tolerance would not take."""
+    import numpy as np
+    from unet_testlib import rel_err, run_op
+    g = np.random.default_rng(a.seed)
+    n, c, h, w, o = 2, 16, 34, 30, 32
+    x = g.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (g.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+    b = g.standard_normal(o).astype(np.float32)
+    dout = g.standard_normal((n, o, h, w)).astype(np.float32)
+    attrs = {"k": 3, "pad": 1, "relu": 0, "out_c": o}
+    args = dict(params=[wt, b], dout=dout, backward=True)
+    t0 = time.monotonic()
+    ref = run_op("conv", [x], (n, o, h, w), attrs, backend="cpu", **args)
+    try:
+        got = run_op("conv", [x], (n, o, h, w), dict(attrs, precision=a.precision) if a.device == "cuda" else attrs,
+                     backend=a.device, **args)
+    except RuntimeError as e:  # run_op's message: the command, " failed (status): ", the driver's stderr
+        cmd, _, why = str(e).partition(" failed ")
+        status, _, text = why.partition(": ")
+        lines = text.strip().splitlines() or [""]
+        print(f"smoke {a.precision} on {a.device}: FAILED {status}: {lines[-1]}")  # the error: stderr's last line
+        print(f"  command: {cmd}\n  stderr:\n" + "\n".join("    " + x for x in lines))
+        return 1
+    sys.stderr.write(got.get("stderr", ""))  # the cuDNN log of the device run
+    errs = {"out": rel_err(got["out"], ref["out"]), "din": rel_err(got["din"][0], ref["din"][0]),
+            "dweight": rel_err(got["dparam"][0], ref["dparam"][0]), "dbias": rel_err(got["dparam"][1], ref["dparam"][1])}
+    tol = TOLERANCE[a.precision]
+    ok = all(e <= tol for e in errs.values())
+    fig = {"precision": a.precision, "device": a.device, "tolerance": tol, "rel_err": errs, "ok": ok,
+           "seconds": round(time.monotonic() - t0, 2), "shape": [n, c, h, w, o]}
+    write_json(os.path.join(a.work, f"fig-smoke-{a.precision}.json"), fig)
+    print(f"smoke {a.precision} on {a.device}: " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()) +
+          f" (tolerance {tol:g}): {'ok' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+# ---- train ----------------------------------------------------------------------
+
+def train(a):
+    """A training run with a log line every step: the time from the start of
+    the process to its first step's line (start-up: CUDA, cuDNN plans, the
+    first batch), and the median images/s of the steps after the first
+    --settle ones."""
+    log = os.path.join(a.work, f"train-{a.name}.jsonl")
+    if os.path.exists(log):
+        os.remove(log)
+    cmd = [a.unet, "train", *a.flags, "--log", log, "--log-every", "1"]
+    t0 = time.monotonic()
+    first = None
+    with open(os.path.join(a.work, f"train-{a.name}.out"), "w") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+        # stderr drained by a thread: the cuDNN log can exceed a pipe's buffer
+        import threading
+        err = []
+        th = threading.Thread(target=lambda: err.extend(p.stderr), daemon=True)
+        th.start()
+        while p.poll() is None:
+            if first is None and os.path.exists(log) and os.path.getsize(log) > 0:
+                first = time.monotonic() - t0
+            time.sleep(0.01)
+        th.join(timeout=5)
+    total = time.monotonic() - t0
+    lines = [json.loads(x) for x in open(log)] if os.path.exists(log) else []
+    steps = [x for x in lines if "images_per_s" in x]
+    with open(os.path.join(a.work, f"train-{a.name}.out")) as f:
+        stdout = f.read()
+    sys.stderr.write("".join(err))
+    settled = [x["images_per_s"] for x in steps[a.settle:]] or [x["images_per_s"] for x in steps]
+    fig = {"name": a.name, "command": " ".join(["unet", "train", *a.flags]), "exit": p.returncode,
+           "seconds": round(total, 2), "steps": len(steps), "images_per_s_of_steps": [a.settle + 1, len(steps)],
+           "time_to_first_step_s": round(first, 3) if first is not None and steps else None,
+           "images_per_s": round(statistics.median(settled), 2) if settled else None,
+           "loss_first": steps[0]["loss"] if steps else None, "loss_last": steps[-1]["loss"] if steps else None,
+           "cuda_graph": next((x for x in stdout.splitlines() if x.startswith("cuda graph")), ""),
+           "device": next((x for x in stdout.splitlines() if x.startswith("device:")), ""),
+           "cudnn_plans": sum("unet cudnn:" in x for x in err),
+           "cudnn_unfused": sum("unet cudnn:" in x and "unfused" in x for x in err)}
+    if p.returncode:
+        fig["error"] = next((x.strip() for x in reversed(err) if x.strip()), f"exit {p.returncode}")
+    write_json(os.path.join(a.work, f"fig-train-{a.name}.json"), fig)
+    if p.returncode:
+        print(f"train {a.name}: FAILED (exit {p.returncode}): {fig['error']}")
+        return 1
+    graph = "graph" if "captured" in fig["cuda_graph"] else "eager"
+    print(f"train {a.name}: 1st step {fig['time_to_first_step_s']} s, {fig['images_per_s']} img/s, {graph}, "
+          f"cuDNN plans {fig['cudnn_plans']} ({fig['cudnn_unfused']} unfused)")
+    return 0
+
+
+# ---- junit ----------------------------------------------------------------------
+
+def junit(a):
+    """One <testsuites> of every file's suites: pytest runs one file per
+    timeout, and one file comes back."""
+    import xml.etree.ElementTree as ET
+    root = ET.Element("testsuites")
+    for path in a.inputs:
+        try:
+            tree = ET.parse(path).getroot()
+        except (OSError, ET.ParseError) as e:
+            print(f"junit: {path}: {e}")
+            continue
+        root.extend(tree.findall("testsuite") if tree.tag == "testsuites" else [tree])
+    tmp = a.out + ".tmp"
+    ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
+    os.replace(tmp, a.out)
+    return 0
+
+
+def counts(a):
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.parse(a.file).getroot()
+    except (OSError, ET.ParseError) as e:
+        print(f"{os.path.basename(a.file)}: no junit ({e.__class__.__name__})")
+        return 0
+    suites = root.findall("testsuite") if root.tag == "testsuites" else [root]
+    n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+    passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
+    name = os.path.basename(a.file)[len("junit-"):-len(".xml")]
+    print(f"{name}: {passed} passed" + "".join(f", {n[k]} {k}" for k in ("failures", "errors", "skipped") if n[k]))
+    return 0
+
+
+# ---- the PyTorch comparison -------------------------------------------------------
+
+def ratios(a):
+    """Per model: the engine's best images/s against PyTorch's eager bf16 and
+    torch.compile at the same batch, and its share of the peak rate."""
+    rep = read_json(a.file)
+    if not rep:
+        print("no report from bench/train_step_gpu.py")
+        return 0
+    rows = [r for r in rep.get("rows", []) if r.get("status") == "ok" and r.get("mode") == "train"]
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        eng = [r for r in rows if r["model"] == model and r["side"] == "engine"]
+        tor = {r["variant"]: r for r in rows if r["model"] == model and r["side"] == "torch"}
+        if not eng:
+            continue
+        best = max(eng, key=lambda r: r["images_per_s"])
+        part = f"{model} b{best['batch']}: engine {best['variant']} {best['images_per_s']:.1f} img/s"
+        part += f" ({100 * best.get('peak_share', 0):.1f}% of peak)"
+        for v in ("bf16", "compile", "fp32"):
+            if v in tor:
+                part += f", x{best['images_per_s'] / tor[v]['images_per_s']:.2f} torch {v}"
+        out.append(part)
+    skipped = sum(r.get("status") == "skipped" for r in rep.get("rows", []))
+    dev = (rep.get("device") or {}).get("name", "?")
+    tag = "" if (rep.get("device") or {}).get("kind") == "cuda" else " (CPU smoke run: not GPU figures)"
+    print(f"{dev}{tag}: " + ("; ".join(out) or "no engine row") + (f"; {skipped} rows not run (budget)" if skipped else ""))
+    return 0
+
+
+# ---- assemble -------------------------------------------------------------------
+
+def measured_on(mode, fig_machine):
+    if mode in DRY_LABELS:
+        return DRY_LABELS[mode]
+    smi_line = (fig_machine or {}).get("nvidia_smi") or ""
+    return "GPU: " + (smi_line.split(",")[0] if smi_line and not smi_line.startswith("none") else "unlisted")
+
+
+def torch_summary(path):
+    """The PyTorch comparison's rows, without the per-repeat detail."""
+    rep = read_json(path)
+    if not rep:
+        return None
+    keep = ("model", "side", "variant", "batch_label", "status", "note", "ms_median", "images_per_s", "tflops",
+            "peak_share", "mem_mib")
+    return {"device": rep.get("device"), "settings": rep.get("settings"), "partial": rep.get("partial"),
+            "rows": [{k: r.get(k) for k in keep if k in r} for r in rep.get("rows", [])], "ratios": rep.get("ratios")}
+
+
+def assemble(a):
+    """figures.json: every step's status and every figure, each labelled with
+    what it was measured on. Rewritten after every step, so a run cut short
+    still leaves what it measured."""
+    steps = []
+    if os.path.exists(os.path.join(a.work, "steps.tsv")):
+        for line in open(os.path.join(a.work, "steps.tsv")):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) == 5:
+                steps.append(dict(zip(("step", "result", "seconds", "timeout_s", "detail"), parts)))
+    figs = {}
+    for path in sorted(glob.glob(os.path.join(a.work, "fig-*.json"))):
+        key = os.path.basename(path)[4:-5]
+        figs[key] = read_json(path)
+    on = measured_on(a.mode, figs.get("machine"))
+    for v in figs.values():
+        if isinstance(v, dict):
+            v["measured_on"] = on
+    out = {"measured_on": on, "mode": a.mode, "dry_run": a.mode in DRY_LABELS,
+           "started": a.started, "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "steps": steps,
+           "figures": figs}
+    tsum = torch_summary(a.torch_json) if a.torch_json else None
+    if tsum:
+        tsum["measured_on"] = on
+        out["torch_compare"] = tsum
+    write_json(os.path.join(a.out, "figures.json"), out)
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="sub", required=True)
+    p = sub.add_parser("digest")
+    p.add_argument("root")
+    sub.add_parser("nvidia-libdirs")
+    p = sub.add_parser("machine")
+    p.add_argument("--work", required=True)
+    p.add_argument("--mode", default="gpu", choices=("gpu", "cpu", "emulated"))
+    p.add_argument("--carried", default="")
+    p = sub.add_parser("watch-libs")
+    p.add_argument("--out", required=True)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p = sub.add_parser("smoke")
+    p.add_argument("--work", required=True)
+    p.add_argument("--precision", default="fp32", choices=sorted(TOLERANCE))
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--seed", type=int, default=1)
+    p = sub.add_parser("train")
+    p.add_argument("--work", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--unet", required=True)
+    p.add_argument("--settle", type=int, default=10, help="steps left out of the images/s median")
+    p.add_argument("flags", nargs=argparse.REMAINDER)
+    p = sub.add_parser("junit")
+    p.add_argument("out")
+    p.add_argument("inputs", nargs="*")
+    p = sub.add_parser("counts")
+    p.add_argument("file")
+    p = sub.add_parser("ratios")
+    p.add_argument("file")
+    p = sub.add_parser("assemble")
+    p.add_argument("--work", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--mode", default="gpu", choices=("gpu", "cpu", "emulated"))
+    p.add_argument("--started", default="")
+    p.add_argument("--torch-json", default="")
+    a = ap.parse_args()
+    for name in ("command", "flags"):
+        if isinstance(getattr(a, name, None), list) and getattr(a, name) and getattr(a, name)[0] == "--":
+            setattr(a, name, getattr(a, name)[1:])
+    if a.sub == "digest":
+        print(digest(a.root))
+        return 0
+    if a.sub == "nvidia-libdirs":
+        print(":".join(nvidia_libdirs()))
+        return 0
+    return {"machine": machine, "watch-libs": watch_libs, "smoke": smoke, "train": train, "junit": junit,
+            "counts": counts, "ratios": ratios, "assemble": assemble}[a.sub](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
