@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -303,8 +304,7 @@ def train(a):
            "loss_first": steps[0]["loss"] if steps else None, "loss_last": steps[-1]["loss"] if steps else None,
            "cuda_graph": next((x for x in stdout.splitlines() if x.startswith("cuda graph")), ""),
            "device": next((x for x in stdout.splitlines() if x.startswith("device:")), ""),
-           "cudnn_plans": sum("unet cudnn:" in x for x in err),
-           "cudnn_unfused": sum("unet cudnn:" in x and "unfused" in x for x in err)}
+           **cudnn_log_counts(err)}
     if p.returncode:
         fig["error"] = next((x.strip() for x in reversed(err) if x.strip()), f"exit {p.returncode}")
     write_json(os.path.join(a.work, f"fig-train-{a.name}.json"), fig)
@@ -312,9 +312,25 @@ def train(a):
         print(f"train {a.name}: FAILED (exit {p.returncode}): {fig['error']}")
         return 1
     graph = "graph" if "captured" in fig["cuda_graph"] else "eager"
-    print(f"train {a.name}: 1st step {fig['time_to_first_step_s']} s, {fig['images_per_s']} img/s, {graph}, "
-          f"cuDNN plans {fig['cudnn_plans']} ({fig['cudnn_unfused']} unfused)")
+    nondet = ", NONDETERMINISTIC" if "nondeterministic" in fig["device"] else ""
+    built = f", {fig['cudnn_plan_ms'] / 1e3:.1f} s to build" if fig["cudnn_plan_ms"] else ""
+    print(f"train {a.name}: 1st step {fig['time_to_first_step_s']} s, {fig['images_per_s']} img/s, {graph}{nondet}, "
+          f"cuDNN plans {fig['cudnn_plans']} ({fig['cudnn_fallbacks']} without an engine{built})")
     return 0
+
+
+def cudnn_log_counts(lines):
+    """What UNET_CUDNN_LOG=1 said (src/kernels/cuda/cudnn_graph.c): one
+    'unet cudnn: PROBLEM -> ...' line per plan, naming the engine taken or
+    why none was and the op took its unfused path, and in newer builds the
+    milliseconds the plan took to build."""
+    plans = [x for x in lines if x.startswith("unet cudnn:") and " -> " in x]
+    ms = [float(m.group(1) or m.group(2)) for m in (re.search(r"built in ([0-9.]+) ms|; ([0-9.]+) ms;", x) for x in plans)
+          if m]
+    return {"cudnn_plans": len(plans),
+            "cudnn_fallbacks": sum("-> no engine" in x or "unfused" in x for x in plans),
+            "cudnn_nondeterministic": sum("no deterministic cuDNN engine" in x for x in lines),
+            "cudnn_plan_ms": round(sum(ms), 1)}
 
 
 # ---- junit ----------------------------------------------------------------------

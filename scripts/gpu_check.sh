@@ -201,7 +201,8 @@ twin() {
     printf '%s\n' "$a"
   done
 }
-unet_has_flag() { "$BUILD/unet" train --help 2>/dev/null | grep -q -- "$1 "; }
+# unet_has_flag COMMAND FLAG: whether this unet's COMMAND takes FLAG (a flag another branch adds may not be there yet)
+unet_has_flag() { "$BUILD/unet" "$1" --help 2>/dev/null | grep -q -- "$2 "; }
 
 say "mode $MODE (device $DEV), build $BUILD, out $OUT, deadline $DEADLINE s"
 
@@ -273,7 +274,7 @@ MEMCHECK_RUNS=(
   "bf16 kernels,add fusion,CE 3 classes,AdamW|bench --precision bf16 --model unetpp --filters 4,8,16 --padding same --tile 32 --classes 3 --norm batch --upsample bilinear --fusion add --dropout 0.2 --optimizer adamw"
   "augment on device tf32|train --precision tf32 --augment paper --augment-device cuda --model unet --filters 4,8,16 --padding same --tile 64 --classes 2 --data $TRAIN --log-every 1 --val-every 0"
 )
-unet_has_flag --layout && MEMCHECK_RUNS+=("tf32 NHWC|bench --precision tf32 --layout nhwc --model unetpp --filters 4,8,16 --padding same --tile 32 --classes 1 --deep-supervision --norm batch --optimizer adam")
+unet_has_flag bench --layout && MEMCHECK_RUNS+=("tf32 NHWC|bench --precision tf32 --layout nhwc --model unetpp --filters 4,8,16 --padding same --tile 32 --classes 1 --deep-supervision --norm batch --optimizer adam")
 if begin memcheck 70; then
   SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -1)
   [ "$MODE" = gpu ] || SAN=""
@@ -363,7 +364,7 @@ train_runs() {
   for r in "${TRAIN_RUNS[@]}"; do
     name=${r%%|*}
     read -r -a extra <<< "${r#*|}"
-    if [[ " ${extra[*]} " == *" --layout "* ]] && ! unet_has_flag --layout; then
+    if [[ " ${extra[*]} " == *" --layout "* ]] && ! unet_has_flag train --layout; then
       row "train:$name" n/a 0 0 "this unet has no --layout"
       continue
     fi
