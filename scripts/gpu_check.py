@@ -142,26 +142,25 @@ def probe_lib(soname, how):
 
 
 def smi(query):
-    try:
-        r = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
-                           text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, str(e)
-    return (r.stdout.strip(), None) if r.returncode == 0 and r.stdout.strip() else (None, (r.stderr or r.stdout).strip())
+    """One nvidia-smi answer as a line, or None (bench/common.py asks it)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+    from common import nvidia_smi
+    v = nvidia_smi(query)
+    return ", ".join(v) if v else None
 
 
 def machine(a):
     """The machine report (printed, for machine.txt) and fig-machine.json."""
     fig = {"mode": a.mode}
     out = []
-    gpu, why = smi("name,driver_version,compute_cap,memory.total")
-    fig["nvidia_smi"] = gpu or f"none ({why})"
-    out.append(f"nvidia-smi: {fig['nvidia_smi']}  [name, driver, compute capability, memory]")
+    gpu = smi("name,driver_version,compute_cap,memory.total")
+    fig["nvidia_smi"] = gpu or "none (nvidia-smi is absent or lists no GPU)"
+    out.append(f"nvidia-smi: {fig['nvidia_smi']}  [name, driver, compute capability, memory MiB]")
     if gpu:  # asked apart: a field this driver does not know fails the whole query
-        clocks, why = smi("clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu,utilization.gpu")
-        fig["clocks"] = clocks or f"not read ({why})"
-        out.append(f"nvidia-smi: {fig['clocks']}  [SM clock, max SM clock, memory clock, power limit, "
-                   "temperature, utilisation]")
+        clocks = smi("clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu,utilization.gpu")
+        fig["clocks"] = clocks or "not read"
+        out.append(f"nvidia-smi: {fig['clocks']}  [SM clock, max SM clock, memory clock MHz, power limit W, "
+                   "temperature C, utilisation %]")
     libs = {}
     if a.mode == "emulated":
         out.append("libraries: the build emulates CUDA, cuDNN, cuBLAS and NCCL on the CPU (tests/emu): none loaded")
