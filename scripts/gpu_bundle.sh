@@ -47,7 +47,7 @@ DATA=nuclei
 CACHE=data/cache
 JOBS=2
 LIMIT_MIB=64
-usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "gpu_bundle: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -10,6 +10,8 @@ broken PyTorch costs one row, not the check.
     gpu_check.py watch-libs --out F -- CMD   runs CMD; writes the shared libraries it had mapped
     gpu_check.py smoke --work W --precision P --device D    one convolution, forward and backward, against its CPU twin
     gpu_check.py train --work W --name N --unet U -- FLAGS  a training run: time to first step, images/s
+    gpu_check.py layout --work W --unet U    tf32 NCHW against NHWC on the benchmark's three models (unet bench)
+    gpu_check.py ncu-summary --work W --name N FILE   per-kernel time and DRAM throughput from ncu's CSV
     gpu_check.py junit OUT IN...             merges pytest's junit files into one
     gpu_check.py counts FILE                 one junit file's counts in a line
     gpu_check.py ratios FILE                 the PyTorch comparison's ratios in a line
@@ -314,8 +316,13 @@ def train(a):
     nondet = ", NONDETERMINISTIC" if "nondeterministic" in fig["device"] else ""
     built = f", {fig['cudnn_plan_ms'] / 1e3:.1f} s to build" if fig["cudnn_plan_ms"] else ""
     print(f"train {a.name}: 1st step {fig['time_to_first_step_s']} s, {fig['images_per_s']} img/s, {graph}{nondet}, "
-          f"cuDNN plans {fig['cudnn_plans']} ({fig['cudnn_fallbacks']} without an engine{built})")
+          f"cuDNN: {fig['cudnn_plans']} plans, {fig['cudnn_fallbacks']} without an engine; fused graphs with an engine "
+          f"{fig['cudnn_fused'] - fig['cudnn_fused_without_engine']} of {fig['cudnn_fused']}{built}")
     return 0
+
+
+def no_engine(line):
+    return "-> no engine" in line or "unfused" in line
 
 
 def cudnn_log_counts(lines):
@@ -326,10 +333,99 @@ def cudnn_log_counts(lines):
     plans = [x for x in lines if x.startswith("unet cudnn:") and " -> " in x]
     ms = [float(m.group(1) or m.group(2)) for m in (re.search(r"built in ([0-9.]+) ms|; ([0-9.]+) ms;", x) for x in plans)
           if m]
+    fused = [x for x in plans if " + bias" in x.split(" -> ")[0]]  # the conv + bias (+ ReLU) graphs
     return {"cudnn_plans": len(plans),
-            "cudnn_fallbacks": sum("-> no engine" in x or "unfused" in x for x in plans),
+            "cudnn_fallbacks": sum(no_engine(x) for x in plans),
+            "cudnn_fused": len(fused), "cudnn_fused_without_engine": sum(no_engine(x) for x in fused),
             "cudnn_nondeterministic": sum("no deterministic cuDNN engine" in x for x in lines),
             "cudnn_plan_ms": round(sum(ms), 1)}
+
+
+# ---- layout -------------------------------------------------------------------
+
+def layout(a):
+    """`unet bench --precision tf32` in --layout nchw and nhwc on the three
+    models of the benchmark protocol (bench/train_step_gpu.py's, tiny ones in
+    a dry run), one process each, each its share of --seconds: whether NHWC,
+    the tensor cores' layout, should become auto's choice for fp32 and tf32."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+    from train_step_gpu import models
+    runs = [(m, lay) for m in models(a.dry) for lay in ("nchw", "nhwc")]
+    end = time.monotonic() + a.seconds
+    rows, failed = [], 0
+    for i, (m, lay) in enumerate(runs):
+        cmd = [a.unet, "bench", "--json", "--device", "cuda", "--precision", "tf32", "--layout", lay, *m.flags(),
+               "--tile", str(m.tile), "--batch", str(a.batch), "--steps", str(a.steps), "--bench-warmup",
+               str(a.warmup), "--optimizer", "adam", "--lr", "1e-4"]
+        left = (end - time.monotonic()) / (len(runs) - i)
+        row = {"model": m.key, "layout": lay, "batch": a.batch}
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, left))
+            if r.returncode:
+                row["error"] = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+            else:
+                out = json.loads(r.stdout.strip().splitlines()[-1])
+                row.update({k: out[k] for k in ("ms_median", "images_per_s", "tflops", "cuda_graph")})
+        except subprocess.TimeoutExpired:
+            row["error"] = f"timed out after {left:.0f} s"
+        failed += "error" in row
+        rows.append(row)
+        print(json.dumps(row))
+    write_json(os.path.join(a.work, "fig-layout.json"), {"precision": "tf32", "rows": rows})
+    parts = []
+    for m in models(a.dry):
+        by = {r["layout"]: r for r in rows if r["model"] == m.key}
+        if all("ms_median" in by.get(x, {}) for x in ("nchw", "nhwc")):
+            parts.append(f"{m.key} nchw {by['nchw']['ms_median']:.2f} ms, nhwc {by['nhwc']['ms_median']:.2f} ms "
+                         f"(nhwc x{by['nchw']['ms_median'] / by['nhwc']['ms_median']:.2f})")
+        else:
+            parts.append(f"{m.key}: " + "; ".join(f"{x} {by[x]['error']}" for x in by if "error" in by[x]))
+    print("layout: tf32 batch " + str(a.batch) + ": " + "; ".join(parts))
+    return 1 if failed else 0
+
+
+# ---- ncu --------------------------------------------------------------------------
+
+def our_kernels():
+    """The names of the __global__ functions of src/kernels/cuda: ours, as
+    against cuDNN's and cuBLAS's."""
+    names = set()
+    for path in glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "kernels", "cuda",
+                                       "*.cu*")):
+        with open(path) as f:
+            names |= set(re.findall(r"__global__[^(;{]*?\b(\w+)\s*\(", f.read()))
+    return names
+
+
+def ncu_summary(a):
+    """ncu --csv's per-kernel rows (one per metric) summed per kernel name:
+    the share of the step's kernel time that is ours and cuDNN's, and the
+    DRAM throughput (% of peak) of each of ours, the slowest first."""
+    import csv
+    kernels = {}
+    with open(a.file, newline="") as f:
+        lines = [x for x in f if x.startswith('"')]  # ncu's own notes are not CSV
+    for r in csv.DictReader(lines):
+        name = r.get("Kernel Name", "?").split("(")[0].split("<")[0].split()[-1]  # "void f<T>(args)" -> f
+        k = kernels.setdefault(name, {"n": 0, "ns": 0.0, "dram": []})
+        value = float(r.get("Metric Value", "0").replace(",", "") or 0)
+        if r.get("Metric Name") == "gpu__time_duration.sum":
+            k["n"] += 1
+            k["ns"] += value * {"nsecond": 1, "usecond": 1e3, "msecond": 1e6}.get(r.get("Metric Unit"), 1)
+        elif r.get("Metric Name", "").startswith("dram__throughput"):
+            k["dram"].append(value)
+    total = sum(k["ns"] for k in kernels.values()) or 1.0
+    mine = our_kernels()
+    ours = {n: k for n, k in kernels.items() if n in mine}
+    rows = [{"kernel": n, "launches": k["n"], "ms": round(k["ns"] / 1e6, 3), "share": round(k["ns"] / total, 4),
+             "dram_pct": round(statistics.mean(k["dram"]), 1) if k["dram"] else None, "ours": n in ours}
+            for n, k in sorted(kernels.items(), key=lambda kv: -kv[1]["ns"])]
+    write_json(os.path.join(a.work, f"fig-profile-{a.name}.json"), {"kernels": rows, "kernel_ms": round(total / 1e6, 3)})
+    share = sum(k["ns"] for k in ours.values()) / total
+    top = [f"{r['kernel']} {100 * r['share']:.1f}% at {r['dram_pct']}% DRAM" for r in rows if r["ours"]][:6]
+    print(f"profile {a.name}: {len(kernels)} kernels, {total / 1e6:.1f} ms; ours {100 * share:.1f}% of kernel time, "
+          f"libraries' {100 * (1 - share):.1f}%; " + "; ".join(top))
+    return 0 if kernels else 1
 
 
 # ---- junit ----------------------------------------------------------------------
@@ -470,6 +566,18 @@ def main():
     p.add_argument("--unet", required=True)
     p.add_argument("--settle", type=int, default=10, help="steps left out of the images/s median")
     p.add_argument("flags", nargs=argparse.REMAINDER)
+    p = sub.add_parser("layout")
+    p.add_argument("--work", required=True)
+    p.add_argument("--unet", required=True)
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--dry", action="store_true", help="the tiny models, for a dry run on the emulation")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p = sub.add_parser("ncu-summary")
+    p.add_argument("--work", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("file")
     p = sub.add_parser("junit")
     p.add_argument("out")
     p.add_argument("inputs", nargs="*")
@@ -494,7 +602,8 @@ def main():
         print(":".join(nvidia_libdirs()))
         return 0
     return {"machine": machine, "watch-libs": watch_libs, "smoke": smoke, "train": train, "junit": junit,
-            "counts": counts, "ratios": ratios, "assemble": assemble}[a.sub](a)
+            "counts": counts, "ratios": ratios, "assemble": assemble, "layout": layout,
+            "ncu-summary": ncu_summary}[a.sub](a)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@
 #                  CUDA emulation (tests/emu, -DUNET_CUDA_EMU=ON) they run with --device cuda on
 #                  the emulator; with any other build, their CPU twins (--device cpu). Tiny
 #                  sizes; every figure is marked as the CPU's or the emulator's, none as a GPU's
-#   --only, --skip steps by name: machine smoke graphs memcheck twins graph train nccl torch
+#   --only, --skip steps by name: machine smoke graphs memcheck twins graph train layout nccl torch profile
 #   --deadline S   the whole run's seconds (default 470); a step gets the lesser of its own
 #                  timeout and what is left, the PyTorch comparison what is left at its turn
 #   --python PY    the Python with torch, numpy, h5py and pytest (default $UNET_PYTHON, else python3)
@@ -33,9 +33,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HELPER="$ROOT/scripts/gpu_check.py"
 CARRIED="" BUILD="" OUT="" DRY=0 ONLY="" SKIP="" DEADLINE=470 PY="${UNET_PYTHON:-python3}"
 TRAIN="" VAL="" PYTEST_K="" KEEP=0
-STEPS="machine smoke graphs memcheck twins graph train nccl torch"
+STEPS="machine smoke graphs memcheck twins graph train layout nccl torch profile"
 
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "gpu_check: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -202,7 +202,8 @@ twin() {
   done
 }
 # unet_has_flag COMMAND FLAG: whether this unet's COMMAND takes FLAG (a flag another branch adds may not be there yet)
-unet_has_flag() { "$BUILD/unet" "$1" --help 2>/dev/null | grep -q -- "$2 "; }
+# (grep reads the whole help: with -q it would stop early and unet's SIGPIPE would fail the pipeline)
+unet_has_flag() { "$BUILD/unet" "$1" --help 2>/dev/null | grep -- "$2 " > /dev/null; }
 
 say "mode $MODE (device $DEV), build $BUILD, out $OUT, deadline $DEADLINE s"
 
@@ -267,44 +268,64 @@ if begin graphs 15; then
   esac
 fi
 
-# ---- 4. compute-sanitizer memcheck on tiny runs of every op family ----
+# ---- 4. compute-sanitizer on tiny runs of every op family ----
+# WHAT|TOOL|unet ARGS (eager, batch 2, 2 steps) or pytest ARGS (the twins' runs of the channel-vectorised NHWC
+# kernels, whose per-channel sums go through a shared-memory tree: racecheck as well as memcheck)
+NHWC_K="nhwc and (batchnorm_channel_vectors or crop_wide)"
 MEMCHECK_RUNS=(
-  "conv,conv_t2,pool,concat,dropout,CE,SGD fp32|bench --precision fp32 --model unet --filters 4,8,16 --padding valid --tile 60 --classes 2 --dropout 0.3 --optimizer sgd"
-  "bn,bilinear,BCE+Dice,heads,Adam tf32|bench --precision tf32 --model unetpp --filters 4,8,16 --padding same --tile 32 --classes 1 --deep-supervision --norm batch --upsample bilinear --optimizer adam"
-  "bf16 kernels,add fusion,CE 3 classes,AdamW|bench --precision bf16 --model unetpp --filters 4,8,16 --padding same --tile 32 --classes 3 --norm batch --upsample bilinear --fusion add --dropout 0.2 --optimizer adamw"
-  "augment on device tf32|train --precision tf32 --augment paper --augment-device cuda --model unet --filters 4,8,16 --padding same --tile 64 --classes 2 --data $TRAIN --log-every 1 --val-every 0"
+  "conv,conv_t2,pool,concat,dropout,CE,SGD fp32|memcheck|bench --precision fp32 --model unet --filters 4,8,16 --padding valid --tile 60 --classes 2 --dropout 0.3 --optimizer sgd"
+  "bn,bilinear,BCE+Dice,heads,Adam tf32|memcheck|bench --precision tf32 --model unetpp --filters 4,8,16 --padding same --tile 32 --classes 1 --deep-supervision --norm batch --upsample bilinear --optimizer adam"
+  "bf16 kernels,add fusion,CE 3 classes,AdamW|memcheck|bench --precision bf16 --model unetpp --filters 4,8,16 --padding same --tile 32 --classes 3 --norm batch --upsample bilinear --fusion add --dropout 0.2 --optimizer adamw"
+  "augment on device tf32|memcheck|train --precision tf32 --augment paper --augment-device cuda --model unet --filters 4,8,16 --padding same --tile 64 --classes 2 --data $TRAIN --log-every 1 --val-every 0"
 )
-unet_has_flag bench --layout && MEMCHECK_RUNS+=("tf32 NHWC|bench --precision tf32 --layout nhwc --model unetpp --filters 4,8,16 --padding same --tile 32 --classes 1 --deep-supervision --norm batch --optimizer adam")
-if begin memcheck 70; then
+if unet_has_flag bench --layout; then
+  MEMCHECK_RUNS+=(
+    "tf32 NHWC|memcheck|bench --precision tf32 --layout nhwc --model unetpp --filters 4,8,16 --padding same --tile 32 --classes 1 --deep-supervision --norm batch --optimizer adam"
+    "NHWC vector kernels|memcheck|pytest"
+    "NHWC vector kernels|racecheck|pytest"
+  )
+fi
+# sanitize TOOL LIMIT CMD...: CMD under compute-sanitizer's TOOL (bare where there is none), into sanitizer.txt
+sanitize() {
+  local tool=$1 limit=$2
+  shift 2
+  if [ -n "$SAN" ]; then
+    within_to "$SANITIZER" "$SANITIZER" "$limit" "$SAN" --tool "$tool" --target-processes all --error-exitcode 99 \
+      --print-limit 20 "$@"
+  else
+    within_to "$SANITIZER" "$SANITIZER" "$limit" "$@"
+  fi
+}
+if begin memcheck 80; then
   SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -1)
   [ "$MODE" = gpu ] || SAN=""
   clean=0 errors=0 refused=0 timedout=0 notes="" n=${#MEMCHECK_RUNS[@]}
   for r in "${MEMCHECK_RUNS[@]}"; do
     share=$(( $(step_left) / n ))  # each run its share of what is left: one that hangs costs only its own
     n=$((n - 1))
-    what=${r%%|*}
-    read -r -a args <<< "${r#*|}"
-    mapfile -t cmd < <(twin "$BUILD/unet" "${args[@]}" --device cuda --batch 2 --steps 2 --bench-warmup 0 --cuda-graph off)
-    [ "${args[0]}" = train ] && mapfile -t cmd < <(twin "$BUILD/unet" "${args[@]}" --device cuda --batch 2 --steps 2 --cuda-graph off)
-    printf '\n## %s: %s\n' "$what" "${cmd[*]}" >> "$SANITIZER"
-    if [ -n "$SAN" ]; then
-      within_to "$SANITIZER" "$SANITIZER" "$share" "$SAN" --tool memcheck --error-exitcode 99 --print-limit 20 "${cmd[@]}"
-    else
-      within_to "$SANITIZER" "$SANITIZER" "$share" "${cmd[@]}"
-    fi
+    IFS='|' read -r what tool run <<< "$r"
+    read -r -a args <<< "$run"
+    case "${args[0]}" in
+      bench) mapfile -t cmd < <(twin "$BUILD/unet" "${args[@]}" --device cuda --batch 2 --steps 2 --bench-warmup 0 --cuda-graph off) ;;
+      train) mapfile -t cmd < <(twin "$BUILD/unet" "${args[@]}" --device cuda --batch 2 --steps 2 --cuda-graph off) ;;
+      pytest) cmd=("$PY" -m pytest -q -p no:cacheprovider "$ROOT/tests/gpu/test_twins.py" -k "$NHWC_K") ;;
+    esac
+    printf '\n## %s (%s): %s\n' "$what" "$tool" "${cmd[*]}" >> "$SANITIZER"
+    UNET_FORCE_GPU_TESTS=$([ "$MODE" = gpu ] && echo 1 || echo 0) sanitize "$tool" "$share" "${cmd[@]}"
     rc=$?
     if [ $rc -eq 0 ]; then clean=$((clean + 1))
-    elif [ $rc -eq 124 ]; then timedout=$((timedout + 1)); notes="$notes $what: timeout;"
-    elif [ $rc -eq 99 ]; then errors=$((errors + 1)); notes="$notes $what: memcheck errors;"
-    elif [ -n "$SAN" ] && tail -20 "$SANITIZER" | grep -qiE "not supported|failed to initialize"; then
+    elif [ $rc -eq 5 ] && [ "${args[0]}" = pytest ]; then notes="$notes $what ($tool): no such tests in this tree;"
+    elif [ $rc -eq 124 ]; then timedout=$((timedout + 1)); notes="$notes $what ($tool): timeout;"
+    elif [ $rc -eq 99 ]; then errors=$((errors + 1)); notes="$notes $what: $tool errors;"
+    elif [ -n "$SAN" ] && tail -20 "$SANITIZER" | grep -iE "not supported|failed to initialize" > /dev/null; then
       # the sanitizer's own refusal (under gVisor: "Device not supported"), not the program's failure, which it
       # reports as "Target application returned an error" with the program's status
       refused=$((refused + 1))
       notes="$notes $what: refused ($(tail -20 "$SANITIZER" | grep -iE "not supported|failed to initialize" | head -1 | cut -c1-100));"
       break  # a sanitizer refused once is refused for every run
-    else errors=$((errors + 1)); notes="$notes $what: exit $rc ($(tail -1 "$SANITIZER" | cut -c1-120));"; fi
+    else errors=$((errors + 1)); notes="$notes $what ($tool): exit $rc ($(tail -1 "$SANITIZER" | cut -c1-120));"; fi
   done
-  how="compute-sanitizer memcheck"
+  how="compute-sanitizer"
   [ -z "$SAN" ] && how="no compute-sanitizer here ($MODE): the same commands ran bare"
   detail="$how: $clean clean, $errors with errors, $refused refused, $timedout timed out of ${#MEMCHECK_RUNS[@]};$notes"
   if [ $errors -gt 0 ]; then end FAIL "$detail"
@@ -352,14 +373,17 @@ if begin twins 110; then pytest_files "${TWIN_FILES[@]}"; fi
 if begin graph 45; then pytest_files "$ROOT/tests/gpu/test_cuda_graph.py"; fi
 
 # ---- 7. training on the nuclei image: time to first step and images/s per precision, layout and mode ----
+# the most telling first: the precisions and the two layouts of fp32 and tf32 (which decides --layout auto), then
+# the graph, determinism and device-augmentation variants
 TRAIN_RUNS=(
-  "fp32|--precision fp32"
-  "tf32|--precision tf32"
+  "fp32|--precision fp32 --layout nchw"
+  "tf32|--precision tf32 --layout nchw"
   "tf32-nhwc|--precision tf32 --layout nhwc"
   "bf16|--precision bf16"
+  "fp32-nhwc|--precision fp32 --layout nhwc"
   "bf16-eager|--precision bf16 --cuda-graph off"
   "bf16-nondet|--precision bf16 --fast-nondeterministic"
-  "tf32-augdev|--precision tf32 --augment paper --augment-device cuda"
+  "tf32-augdev|--precision tf32 --layout nchw --augment paper --augment-device cuda"
 )
 # one row each: train:NAME
 train_runs() {
@@ -367,9 +391,9 @@ train_runs() {
   for r in "${TRAIN_RUNS[@]}"; do
     name=${r%%|*}
     read -r -a extra <<< "${r#*|}"
-    if [[ " ${extra[*]} " == *" --layout "* ]] && ! unet_has_flag train --layout; then
-      row "train:$name" n/a 0 0 "this unet has no --layout"
-      continue
+    if ! unet_has_flag train --layout; then  # a build from before --layout: NCHW is all there is
+      [[ " ${extra[*]} " == *" --layout nhwc "* ]] && { row "train:$name" n/a 0 0 "this unet has no --layout"; continue; }
+      mapfile -t extra < <(printf '%s\n' "${extra[@]}" | grep -v -x -e --layout -e nchw)
     fi
     limit=$(step_left)
     [ "$limit" -gt 25 ] && limit=25
@@ -386,9 +410,25 @@ train_runs() {
     row "train:$name" "$res" "$(( $(date +%s) - t0 ))" "$limit" "${line:-exit $rc}"
   done
 }
-if begin train 95; then
+if begin train 105; then
   if [ -f "$TRAIN" ]; then train_runs
   else end FAIL "no training data $TRAIN (python3 datasets/nuclei.py --out data, or --data and --val)"; fi
+fi
+
+# ---- 7b. tf32 NCHW against NHWC on the benchmark's three models at batch 8 (unet bench) ----
+if begin layout 50; then
+  if ! unet_has_flag bench --layout; then end n/a "this unet has no --layout"
+  elif [ "$MODE" = cpu ]; then end n/a "a CUDA layout: the CPU twin has none"
+  else
+    dry=()
+    [ "$MODE" = emulated ] && dry=(--dry --batch 2 --steps 2 --warmup 0)
+    within "$STEP_LIMIT" "$PY" "$HELPER" layout --work "$WORK" --unet "$BUILD/unet" --seconds "$(( STEP_LIMIT - 5 ))" \
+      "${dry[@]}"
+    rc=$?
+    line=$(grep "^layout: " "$LOG" | tail -1 | sed 's/^layout: //')
+    [ "$MODE" != gpu ] && line="$line ($MODE: not a GPU figure)"
+    case $rc in 0) end ok "$line" ;; 124) end TIMEOUT "$line" ;; *) end FAIL "${line:-exit $rc}" ;; esac
+  fi
 fi
 
 if begin nccl 40; then
@@ -398,16 +438,21 @@ if begin nccl 40; then
 fi
 
 # ---- 9. the PyTorch comparison, the three models of the benchmark protocol at batch 8, in what is left ----
+# ncu, where it reads the GPU's counters: the profile after the comparison gets PROFILE_S of what is left
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+PROFILE_S=0
+if [ "$MODE" = gpu ] && [ -n "$NCU" ] && selected profile; then PROFILE_S=60; fi
 torch_compare() {
-  local budget=$(( $(step_left) - 20 )) bench rc report ratios
-  if [ "$budget" -lt 20 ]; then end "not run" "only $(step_left) s left"; return; fi
+  local limit=$(( $(step_left) - PROFILE_S )) budget bench rc report ratios
+  budget=$(( limit - 20 ))
+  if [ "$budget" -lt 20 ]; then end "not run" "only $limit s left"; return; fi
   if [ "$MODE" = gpu ]; then
     bench=(--short --budget "$budget")
   else  # the script's CPU smoke run (labelled as such in its report), not a GPU measurement
     bench=(--device cpu --quick --models unet32 --batches 1 --torch-variants fp32 --skip-compile --no-inference
            --repeats 1)
   fi
-  within "$(step_left)" "$PY" "$ROOT/bench/train_step_gpu.py" --build "$BUILD" --out "$WORK/bench" "${bench[@]}"
+  within "$limit" "$PY" "$ROOT/bench/train_step_gpu.py" --build "$BUILD" --out "$WORK/bench" "${bench[@]}"
   rc=$?
   for report in "$WORK"/bench/*.json; do [ -f "$report" ] && cp "$report" "$TORCH_JSON"; done
   ratios=$(timeout 30 "$PY" "$HELPER" ratios "$TORCH_JSON" 2>&1)
@@ -418,5 +463,33 @@ torch_compare() {
   esac
 }
 if begin torch 600; then torch_compare; fi
+
+# ---- 10. where a training step's kernel time goes (ncu): ours against the libraries', and our kernels' DRAM
+# throughput (U-Net 64..1024, tile 572, batch 8, one eager step; bf16, and tf32 NHWC where the build has it)
+PROFILES=("bf16|--precision bf16" "tf32-nhwc|--precision tf32 --layout nhwc")
+profile() {
+  local p name extra rc res="" bad=0 n=${#PROFILES[@]} share
+  for p in "${PROFILES[@]}"; do
+    share=$(( $(step_left) / n ))
+    n=$((n - 1))
+    name=${p%%|*}
+    read -r -a extra <<< "${p#*|}"
+    if [[ "$name" == *nhwc ]] && ! unet_has_flag bench --layout; then res="$res $name: n/a (no --layout);"; continue; fi
+    within_to "$WORK/ncu-$name.csv" "$LOG" "$share" "$NCU" --clock-control none --csv --print-units base \
+      --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed --launch-count 600 \
+      "$BUILD/unet" bench --json --device cuda "${extra[@]}" --model unet --filters 64,128,256,512,1024 \
+      --padding valid --classes 2 --tile 572 --batch 8 --steps 1 --bench-warmup 0 --cuda-graph off
+    rc=$?
+    if [ $rc -eq 124 ]; then res="$res $name: TIMEOUT;"; bad=1; continue; fi
+    timeout 30 "$PY" "$HELPER" ncu-summary --work "$WORK" --name "$name" "$WORK/ncu-$name.csv" >> "$LOG" 2>&1 || bad=1
+    res="$res $(grep "^profile $name:" "$LOG" | tail -1 | sed 's/^profile //' || echo "$name: no ncu rows (exit $rc)");"
+  done
+  if [ $bad -eq 0 ]; then end ok "$res"; else end FAIL "$res (ncu's output: log.txt)"; fi
+}
+if begin profile 60; then
+  if [ "$MODE" != gpu ]; then end n/a "no GPU counters in a dry run"
+  elif [ -z "$NCU" ]; then end n/a "no ncu on this machine"
+  else profile; fi
+fi
 
 exit $FAILED
