@@ -10,7 +10,7 @@ broken PyTorch costs one row, not the check.
     gpu_check.py watch-libs --out F -- CMD   runs CMD; writes the shared libraries it had mapped
     gpu_check.py smoke --work W --precision P --device D    one convolution, forward and backward, against its CPU twin
     gpu_check.py train --work W --name N --unet U -- FLAGS  a training run: time to first step, images/s
-    gpu_check.py layout --work W --unet U    tf32 NCHW against NHWC on the benchmark's three models (unet bench)
+    gpu_check.py variants --set S --work W --unet U   unet bench variants (layouts, 1x1 paths) on the benchmark's models
     gpu_check.py ncu-summary --work W --name N FILE   per-kernel time and DRAM throughput from ncu's CSV
     gpu_check.py junit OUT IN...             merges pytest's junit files into one
     gpu_check.py counts FILE                 one junit file's counts in a line
@@ -313,11 +313,9 @@ def train(a):
         print(f"train {a.name}: FAILED (exit {p.returncode}): {fig['error']}")
         return 1
     graph = "graph" if "captured" in fig["cuda_graph"] else "eager"
-    nondet = ", NONDETERMINISTIC" if "nondeterministic" in fig["device"] else ""
-    built = f", {fig['cudnn_plan_ms'] / 1e3:.1f} s to build" if fig["cudnn_plan_ms"] else ""
+    nondet = ", NONDETERMINISTIC" if re.search(r"nondeterministic|not deterministic", fig["device"]) else ""
     print(f"train {a.name}: 1st step {fig['time_to_first_step_s']} s, {fig['images_per_s']} img/s, {graph}{nondet}, "
-          f"cuDNN: {fig['cudnn_plans']} plans, {fig['cudnn_fallbacks']} without an engine; fused graphs with an engine "
-          f"{fig['cudnn_fused'] - fig['cudnn_fused_without_engine']} of {fig['cudnn_fused']}{built}")
+          + cudnn_words(fig))
     return 0
 
 
@@ -326,62 +324,101 @@ def no_engine(line):
 
 
 def cudnn_log_counts(lines):
-    """What UNET_CUDNN_LOG=1 said (src/kernels/cuda/cudnn_graph.c): one
-    'unet cudnn: PROBLEM -> ...' line per plan, naming the engine taken or
-    why none was and the op took its unfused path, and in newer builds the
-    milliseconds the plan took to build."""
+    """What UNET_CUDNN_LOG=1 said (src/kernels/cuda/cudnn_graph.c, conv.cu):
+    one 'unet cudnn: PROBLEM -> engine N [notes] (rules ...)' line per plan,
+    or '-> no engine' / 'unsupported' when the op took its unfused path, with
+    the milliseconds the plan took to build in newer builds; the cuDNN
+    loaded; and per 1x1 shape whether cuBLASLt or cuDNN runs it."""
     plans = [x for x in lines if x.startswith("unet cudnn:") and " -> " in x]
     ms = [float(m.group(1) or m.group(2)) for m in (re.search(r"built in ([0-9.]+) ms|; ([0-9.]+) ms;", x) for x in plans)
           if m]
     fused = [x for x in plans if " + bias" in x.split(" -> ")[0]]  # the conv + bias (+ ReLU) graphs
-    return {"cudnn_plans": len(plans),
-            "cudnn_fallbacks": sum(no_engine(x) for x in plans),
+    engines = [x.split(" -> ", 1)[1] for x in plans if not no_engine(x)]
+    loaded = next((m.group(0) for m in (re.search(r"cuDNN \S+ loaded \(built against [^)]*\)", x) for x in lines) if m),
+                  None)
+    conv1x1 = [x for x in lines if x.startswith("unet conv1x1:")]
+    return {"cudnn_loaded": loaded, "cudnn_plans": len(plans), "cudnn_fallbacks": sum(no_engine(x) for x in plans),
             "cudnn_fused": len(fused), "cudnn_fused_without_engine": sum(no_engine(x) for x in fused),
+            "cudnn_tensor_core": sum("tensor-core" in x.split("]")[0] for x in engines),
+            "cudnn_rules_bent": sum("(rules bent" in x for x in plans),
             "cudnn_nondeterministic": sum("no deterministic cuDNN engine" in x for x in lines),
-            "cudnn_plan_ms": round(sum(ms), 1)}
+            "cudnn_plan_ms": round(sum(ms), 1), "cudnn_plan_ms_max": max(ms, default=0.0),
+            "conv1x1_cublaslt": sum(": cuBLASLt (" in x for x in conv1x1),
+            "conv1x1_cudnn": sum(": cuDNN (" in x for x in conv1x1)}
 
 
-# ---- layout -------------------------------------------------------------------
+def cudnn_words(c):
+    """The counts of cudnn_log_counts in a few words."""
+    w = (f"cuDNN: {c['cudnn_plans']} plans ({c['cudnn_tensor_core']} tensor-core), {c['cudnn_fallbacks']} without an "
+         f"engine; fused graphs with an engine {c['cudnn_fused'] - c['cudnn_fused_without_engine']} of "
+         f"{c['cudnn_fused']}")
+    if c["cudnn_rules_bent"]:
+        w += f"; rules bent for {c['cudnn_rules_bent']}"
+    if c["cudnn_plan_ms"]:
+        w += f"; plans built in {c['cudnn_plan_ms'] / 1e3:.1f} s (longest {c['cudnn_plan_ms_max']:.0f} ms)"
+    if c["conv1x1_cublaslt"] or c["conv1x1_cudnn"]:
+        w += f"; 1x1 by cuBLASLt {c['conv1x1_cublaslt']}, by cuDNN {c['conv1x1_cudnn']}"
+    return w
 
-def layout(a):
-    """`unet bench --precision tf32` in --layout nchw and nhwc on the three
-    models of the benchmark protocol (bench/train_step_gpu.py's, tiny ones in
-    a dry run), one process each, each its share of --seconds: whether NHWC,
-    the tensor cores' layout, should become auto's choice for fp32 and tf32."""
+
+# ---- variants -----------------------------------------------------------------
+
+# (set, label, environment, unet bench flags): on which models, see variants()
+VARIANT_SETS = {
+    # whether NHWC, the tensor cores' layout, should become --layout auto's choice for fp32 and tf32
+    "layout": [("tf32 nchw", {}, ["--precision", "tf32", "--layout", "nchw"]),
+               ("tf32 nhwc", {}, ["--precision", "tf32", "--layout", "nhwc"])],
+    # whether cuBLASLt earns its place for the 1x1 convolutions (the heads), against cuDNN and the measured choice
+    "conv1x1": [(f"{p} {path}", {"UNET_CONV1X1": path} if path != "measured" else {}, ["--precision", p])
+                for p in ("tf32", "bf16") for path in ("measured", "cudnn", "cublaslt")],
+}
+
+
+def bench_once(a, m, env, flags, seconds):
+    """One `unet bench --json` of model m: its JSON, or {"error": why}; its
+    stderr (the cuDNN log) goes on to ours under a heading."""
+    cmd = [a.unet, "bench", "--json", "--device", "cuda", *flags, *m.flags(), "--tile", str(m.tile), "--batch",
+           str(a.batch), "--steps", str(a.steps), "--bench-warmup", str(a.warmup), "--optimizer", "adam", "--lr", "1e-4"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, seconds), env={**os.environ, **env})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {seconds:.0f} s"}
+    sys.stderr.write(f"\n## {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(cmd)}\n{r.stderr}")
+    if r.returncode:
+        return {"error": (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]}
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return {k: out[k] for k in ("ms_median", "images_per_s", "tflops", "cuda_graph")}
+
+
+def variants(a):
+    """`unet bench` of each variant of a set on the benchmark's models
+    (bench/train_step_gpu.py's, tiny ones in a dry run: --dry), one process
+    each, each its share of --seconds; a line per set with the medians."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
     from train_step_gpu import models
-    runs = [(m, lay) for m in models(a.dry) for lay in ("nchw", "nhwc")]
+    ms = [m for m in models(a.dry) if not a.models or m.key in a.models.split(",")]
+    runs = [(m, v) for m in ms for v in VARIANT_SETS[a.set]]
     end = time.monotonic() + a.seconds
-    rows, failed = [], 0
-    for i, (m, lay) in enumerate(runs):
-        cmd = [a.unet, "bench", "--json", "--device", "cuda", "--precision", "tf32", "--layout", lay, *m.flags(),
-               "--tile", str(m.tile), "--batch", str(a.batch), "--steps", str(a.steps), "--bench-warmup",
-               str(a.warmup), "--optimizer", "adam", "--lr", "1e-4"]
-        left = (end - time.monotonic()) / (len(runs) - i)
-        row = {"model": m.key, "layout": lay, "batch": a.batch}
-        try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, left))
-            if r.returncode:
-                row["error"] = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
-            else:
-                out = json.loads(r.stdout.strip().splitlines()[-1])
-                row.update({k: out[k] for k in ("ms_median", "images_per_s", "tflops", "cuda_graph")})
-        except subprocess.TimeoutExpired:
-            row["error"] = f"timed out after {left:.0f} s"
-        failed += "error" in row
+    rows = []
+    for i, (m, (label, env, flags)) in enumerate(runs):
+        row = {"model": m.key, "variant": label, "batch": a.batch,
+               **bench_once(a, m, env, flags, (end - time.monotonic()) / (len(runs) - i))}
         rows.append(row)
-        print(json.dumps(row))
-    write_json(os.path.join(a.work, "fig-layout.json"), {"precision": "tf32", "rows": rows})
+        print(json.dumps(row), flush=True)
+    write_json(os.path.join(a.work, f"fig-{a.set}.json"), {"set": a.set, "rows": rows})
+    def said(r, by):
+        """A variant's median, with its speed-up over the first variant of its precision (the label's first word)."""
+        if "ms_median" not in r:
+            return f"{r['variant']} {r['error']}"
+        base = next(x for x in by if x["variant"].split()[0] == r["variant"].split()[0])
+        ratio = f" (x{base['ms_median'] / r['ms_median']:.2f})" if base is not r and "ms_median" in base else ""
+        return f"{r['variant']} {r['ms_median']:.2f} ms{ratio}"
     parts = []
-    for m in models(a.dry):
-        by = {r["layout"]: r for r in rows if r["model"] == m.key}
-        if all("ms_median" in by.get(x, {}) for x in ("nchw", "nhwc")):
-            parts.append(f"{m.key} nchw {by['nchw']['ms_median']:.2f} ms, nhwc {by['nhwc']['ms_median']:.2f} ms "
-                         f"(nhwc x{by['nchw']['ms_median'] / by['nhwc']['ms_median']:.2f})")
-        else:
-            parts.append(f"{m.key}: " + "; ".join(f"{x} {by[x]['error']}" for x in by if "error" in by[x]))
-    print("layout: tf32 batch " + str(a.batch) + ": " + "; ".join(parts))
-    return 1 if failed else 0
+    for m in ms:
+        by = [r for r in rows if r["model"] == m.key]
+        parts.append(f"{m.key} " + ", ".join(said(r, by) for r in by))
+    print(f"{a.set}: batch {a.batch}, ms per step (speed-up over the first of its precision): " + "; ".join(parts))
+    return 1 if any("error" in r for r in rows) else 0
 
 
 # ---- ncu --------------------------------------------------------------------------
@@ -566,7 +603,9 @@ def main():
     p.add_argument("--unet", required=True)
     p.add_argument("--settle", type=int, default=10, help="steps left out of the images/s median")
     p.add_argument("flags", nargs=argparse.REMAINDER)
-    p = sub.add_parser("layout")
+    p = sub.add_parser("variants")
+    p.add_argument("--set", required=True, choices=sorted(VARIANT_SETS))
+    p.add_argument("--models", default="", help="keys of bench/train_step_gpu.py's models (default: all three)")
     p.add_argument("--work", required=True)
     p.add_argument("--unet", required=True)
     p.add_argument("--seconds", type=float, default=60)
@@ -602,7 +641,7 @@ def main():
         print(":".join(nvidia_libdirs()))
         return 0
     return {"machine": machine, "watch-libs": watch_libs, "smoke": smoke, "train": train, "junit": junit,
-            "counts": counts, "ratios": ratios, "assemble": assemble, "layout": layout,
+            "counts": counts, "ratios": ratios, "assemble": assemble, "variants": variants,
             "ncu-summary": ncu_summary}[a.sub](a)
 
 

@@ -19,7 +19,7 @@
 #                  CUDA emulation (tests/emu, -DUNET_CUDA_EMU=ON) they run with --device cuda on
 #                  the emulator; with any other build, their CPU twins (--device cpu). Tiny
 #                  sizes; every figure is marked as the CPU's or the emulator's, none as a GPU's
-#   --only, --skip steps by name: machine smoke graphs memcheck twins graph train layout nccl torch profile
+#   --only, --skip steps by name: machine smoke graphs memcheck twins graph train variants nccl torch profile
 #   --deadline S   the whole run's seconds (default 470); a step gets the lesser of its own
 #                  timeout and what is left, the PyTorch comparison what is left at its turn
 #   --python PY    the Python with torch, numpy, h5py and pytest (default $UNET_PYTHON, else python3)
@@ -33,7 +33,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HELPER="$ROOT/scripts/gpu_check.py"
 CARRIED="" BUILD="" OUT="" DRY=0 ONLY="" SKIP="" DEADLINE=470 PY="${UNET_PYTHON:-python3}"
 TRAIN="" VAL="" PYTEST_K="" KEEP=0
-STEPS="machine smoke graphs memcheck twins graph train layout nccl torch profile"
+STEPS="machine smoke graphs memcheck twins graph train variants nccl torch profile"
 
 usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "gpu_check: $*" >&2; exit 2; }
@@ -234,7 +234,8 @@ if begin machine 35; then
   libs=$(grep -E "libcudnn|libcublas|libcudart|libnccl|libnvrtc|libcuda\.so" "$WORK/maps.txt" 2>/dev/null | xargs -r -n1 basename | sort -u | tr '\n' ' ')
   gpu=$(sed -n 's/^nvidia-smi: \(.*\)  \[.*/\1/p' "$MACHINE" | head -1)
   vers=$(grep -E "^(CUDA runtime|cuDNN|cuBLAS |NCCL|CUDA driver)" "$MACHINE" | awk '{print $1, $2, $3}' | sed 's/ \/.*//' | tr '\n' ';')
-  detail="${gpu:-no GPU listed}; ${vers}${src:+ $src;} first run exit $rc; mapped: ${libs:-none}"
+  loaded=$(grep -o "cuDNN [^ ]* loaded (built against [^)]*)" "$CUDNN" | head -1)
+  detail="${gpu:-no GPU listed}; ${vers}${loaded:+ $loaded;}${src:+ $src;} first run exit $rc; mapped: ${libs:-none}"
   if [ -n "$missing" ]; then end FAIL "libraries not found: $missing(see machine.txt); $detail"
   elif [ $rc -eq 124 ]; then end TIMEOUT "the first unet bench run did not finish; $detail"
   elif [ $rc -ne 0 ]; then end FAIL "the first unet bench run failed: $(tail -1 "$CUDNN"); $detail"
@@ -415,19 +416,30 @@ if begin train 105; then
   else end FAIL "no training data $TRAIN (python3 datasets/nuclei.py --out data, or --data and --val)"; fi
 fi
 
-# ---- 7b. tf32 NCHW against NHWC on the benchmark's three models at batch 8 (unet bench) ----
-if begin layout 50; then
-  if ! unet_has_flag bench --layout; then end n/a "this unet has no --layout"
-  elif [ "$MODE" = cpu ]; then end n/a "a CUDA layout: the CPU twin has none"
+# ---- 7b. unet bench variants on the benchmark's models at batch 8: tf32 NCHW against NHWC (what --layout auto
+# should pick), and the 1x1 convolutions by cuBLASLt, by cuDNN and as measured (whether cuBLASLt earns its place) ----
+variant_set() {  # variant_set SET LIMIT [--models KEYS]: a line of the set's medians, its cuDNN log in cudnn.log
+  local set=$1 limit=$2 dry=() rc line
+  shift 2
+  [ "$MODE" = emulated ] && dry=(--dry --batch 2 --steps 2 --warmup 0)
+  UNET_CUDNN_LOG=1 within_cudnn "$limit" "$PY" "$HELPER" variants --set "$set" --work "$WORK" --unet "$BUILD/unet" \
+    --seconds "$(( limit - 3 ))" "${dry[@]}" "$@"
+  rc=$?
+  line=$(grep "^$set: " "$LOG" | tail -1)
+  [ $rc -eq 124 ] && line="$set: TIMEOUT ${line#"$set: "}"
+  [ $rc -ne 0 ] && VARIANTS_BAD=1
+  VARIANTS_LINE="$VARIANTS_LINE ${line:-$set: exit $rc};"
+}
+if begin variants 70; then
+  VARIANTS_LINE="" VARIANTS_BAD=0
+  if [ "$MODE" = cpu ]; then end n/a "CUDA variants: the CPU twin has none"
   else
-    dry=()
-    [ "$MODE" = emulated ] && dry=(--dry --batch 2 --steps 2 --warmup 0)
-    within "$STEP_LIMIT" "$PY" "$HELPER" layout --work "$WORK" --unet "$BUILD/unet" --seconds "$(( STEP_LIMIT - 5 ))" \
-      "${dry[@]}"
-    rc=$?
-    line=$(grep "^layout: " "$LOG" | tail -1 | sed 's/^layout: //')
-    [ "$MODE" != gpu ] && line="$line ($MODE: not a GPU figure)"
-    case $rc in 0) end ok "$line" ;; 124) end TIMEOUT "$line" ;; *) end FAIL "${line:-exit $rc}" ;; esac
+    if unet_has_flag bench --layout; then variant_set layout 40; else VARIANTS_LINE=" layout: n/a (no --layout);"; fi
+    # the heads are the 1x1 convolutions: UNet++ with deep supervision has the most
+    if grep -q UNET_CONV1X1 "$BUILD/unet"; then variant_set conv1x1 "$(step_left)" --models unetpp
+    else VARIANTS_LINE="$VARIANTS_LINE conv1x1: n/a (no UNET_CONV1X1 in this unet);"; fi
+    [ "$MODE" != gpu ] && VARIANTS_LINE="$VARIANTS_LINE ($MODE: not GPU figures)"
+    if [ $VARIANTS_BAD -eq 0 ]; then end ok "$VARIANTS_LINE"; else end FAIL "$VARIANTS_LINE"; fi
   fi
 fi
 
@@ -484,6 +496,16 @@ profile() {
     timeout 30 "$PY" "$HELPER" ncu-summary --work "$WORK" --name "$name" "$WORK/ncu-$name.csv" >> "$LOG" 2>&1 || bad=1
     res="$res $(grep "^profile $name:" "$LOG" | tail -1 | sed 's/^profile //' || echo "$name: no ncu rows (exit $rc)");"
   done
+  # the uploads of a training run (pinned, double-buffered: every per-step host-to-device copy from page-locked
+  # memory, the feed of batch k+1 while batch k runs), where nsys is there to trace them: its tables into log.txt
+  if command -v nsys > /dev/null && [ "$(step_left)" -gt 15 ]; then
+    within "$(step_left)" nsys profile -t cuda,osrt --force-overwrite true -o "$WORK/uploads" "$BUILD/unet" train \
+      --data "$TRAIN" --device cuda --precision tf32 "${TRAIN_MODEL[@]}" --steps 40 --log-every 40 --val-every 0 \
+      && within "$(step_left)" nsys stats -r cuda_gpu_mem_size_sum,cuda_api_sum "$WORK/uploads.nsys-rep" \
+      && res="$res uploads: nsys tables in log.txt;" || res="$res uploads: nsys failed (log.txt);"
+  else
+    res="$res uploads: no nsys here;"
+  fi
   if [ $bad -eq 0 ]; then end ok "$res"; else end FAIL "$res (ncu's output: log.txt)"; fi
 }
 if begin profile 60; then

@@ -20,7 +20,7 @@ from unet_testlib import BUILD, SOURCE, cuda_built, cuda_emulated, gpu_listed
 
 BUNDLE = os.path.join(SOURCE, "scripts", "gpu_bundle.sh")
 CHECK = os.path.join(SOURCE, "scripts", "gpu_check.sh")
-STEPS = ["machine", "smoke", "graphs", "memcheck", "twins", "graph", "train", "layout", "nccl", "torch", "profile"]
+STEPS = ["machine", "smoke", "graphs", "memcheck", "twins", "graph", "train", "variants", "nccl", "torch", "profile"]
 FILES = ["cudnn.log", "figures.json", "log.txt", "machine.txt", "pytest.xml", "sanitizer.txt", "summary.txt",
          "torch_compare.json"]
 TRAIN_ROWS = {"train:fp32", "train:tf32", "train:bf16", "train:bf16-eager", "train:bf16-nondet", "train:tf32-augdev"}
