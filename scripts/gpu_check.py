@@ -366,8 +366,7 @@ def cudnn_words(c):
 # (set, label, environment, unet bench flags): on which models, see variants()
 VARIANT_SETS = {
     # whether NHWC, the tensor cores' layout, should become --layout auto's choice for fp32 and tf32
-    "layout": [("tf32 nchw", {}, ["--precision", "tf32", "--layout", "nchw"]),
-               ("tf32 nhwc", {}, ["--precision", "tf32", "--layout", "nhwc"])],
+    "layout": [(f"{p} {lay}", {}, ["--precision", p, "--layout", lay]) for p in ("tf32", "fp32") for lay in ("nchw", "nhwc")],
     # whether cuBLASLt earns its place for the 1x1 convolutions (the heads), against cuDNN and the measured choice
     "conv1x1": [(f"{p} {path}", {"UNET_CONV1X1": path} if path != "measured" else {}, ["--precision", p])
                 for p in ("tf32", "bf16") for path in ("measured", "cudnn", "cublaslt")],
@@ -417,7 +416,7 @@ def variants(a):
     for m in ms:
         by = [r for r in rows if r["model"] == m.key]
         parts.append(f"{m.key} " + ", ".join(said(r, by) for r in by))
-    print(f"{a.set}: batch {a.batch}, ms per step (speed-up over the first of its precision): " + "; ".join(parts))
+    print(f"{a.set}: batch {a.batch}, ms/step (xN: speed-up over its precision's first): " + "; ".join(parts))
     return 1 if any("error" in r for r in rows) else 0
 
 
@@ -611,8 +610,8 @@ def main():
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--dry", action="store_true", help="the tiny models, for a dry run on the emulation")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
     p = sub.add_parser("ncu-summary")
     p.add_argument("--work", required=True)
     p.add_argument("--name", required=True)

@@ -297,7 +297,7 @@ sanitize() {
     within_to "$SANITIZER" "$SANITIZER" "$limit" "$@"
   fi
 }
-if begin memcheck 80; then
+if begin memcheck 75; then
   SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer 2>/dev/null | head -1)
   [ "$MODE" = gpu ] || SAN=""
   clean=0 errors=0 refused=0 timedout=0 notes="" n=${#MEMCHECK_RUNS[@]}
@@ -370,8 +370,8 @@ TWIN_FILES=()
 for f in "$ROOT"/tests/gpu/test_*.py; do
   case "$f" in */test_cuda_graph.py|*/test_dist_nccl.py) ;; *) TWIN_FILES+=("$f") ;; esac
 done
-if begin twins 110; then pytest_files "${TWIN_FILES[@]}"; fi
-if begin graph 45; then pytest_files "$ROOT/tests/gpu/test_cuda_graph.py"; fi
+if begin twins 100; then pytest_files "${TWIN_FILES[@]}"; fi
+if begin graph 40; then pytest_files "$ROOT/tests/gpu/test_cuda_graph.py"; fi
 
 # ---- 7. training on the nuclei image: time to first step and images/s per precision, layout and mode ----
 # the most telling first: the precisions and the two layouts of fp32 and tf32 (which decides --layout auto), then
@@ -407,7 +407,7 @@ train_runs() {
     rc=$?
     line=$(grep "^train $name:" "$LOG" | tail -1 | sed "s/^train $name: //")
     case $rc in 0) res=ok ;; 124) res=TIMEOUT line="did not end within its limit" ;; *) res=FAIL ;; esac
-    [ "$MODE" != gpu ] && line="$line ($MODE: not a GPU figure)"
+    [ "$MODE" != gpu ] && line="($MODE: not a GPU figure) $line"
     row "train:$name" "$res" "$(( $(date +%s) - t0 ))" "$limit" "${line:-exit $rc}"
   done
 }
@@ -418,28 +418,28 @@ fi
 
 # ---- 7b. unet bench variants on the benchmark's models at batch 8: tf32 NCHW against NHWC (what --layout auto
 # should pick), and the 1x1 convolutions by cuBLASLt, by cuDNN and as measured (whether cuBLASLt earns its place) ----
-variant_set() {  # variant_set SET LIMIT [--models KEYS]: a line of the set's medians, its cuDNN log in cudnn.log
-  local set=$1 limit=$2 dry=() rc line
+# variant_set SET LIMIT [--models KEYS]: a row variants:SET of the set's medians, its cuDNN log in cudnn.log
+variant_set() {
+  local set=$1 limit=$2 dry=() rc line t0
   shift 2
   [ "$MODE" = emulated ] && dry=(--dry --batch 2 --steps 2 --warmup 0)
+  t0=$(date +%s)
   UNET_CUDNN_LOG=1 within_cudnn "$limit" "$PY" "$HELPER" variants --set "$set" --work "$WORK" --unet "$BUILD/unet" \
     --seconds "$(( limit - 3 ))" "${dry[@]}" "$@"
   rc=$?
-  line=$(grep "^$set: " "$LOG" | tail -1)
-  [ $rc -eq 124 ] && line="$set: TIMEOUT ${line#"$set: "}"
-  [ $rc -ne 0 ] && VARIANTS_BAD=1
-  VARIANTS_LINE="$VARIANTS_LINE ${line:-$set: exit $rc};"
+  line=$(grep "^$set: " "$LOG" | tail -1 | sed "s/^$set: //")
+  [ "$MODE" != gpu ] && line="($MODE: not GPU figures) $line"
+  case $rc in 0) rc=ok ;; 124) rc=TIMEOUT ;; *) rc=FAIL ;; esac
+  row "variants:$set" "$rc" "$(( $(date +%s) - t0 ))" "$limit" "$line"
 }
-if begin variants 70; then
-  VARIANTS_LINE="" VARIANTS_BAD=0
+if begin variants 90; then
   if [ "$MODE" = cpu ]; then end n/a "CUDA variants: the CPU twin has none"
   else
-    if unet_has_flag bench --layout; then variant_set layout 40; else VARIANTS_LINE=" layout: n/a (no --layout);"; fi
+    if unet_has_flag bench --layout; then variant_set layout 55
+    else row variants:layout n/a 0 0 "this unet has no --layout"; fi
     # the heads are the 1x1 convolutions: UNet++ with deep supervision has the most
     if grep -q UNET_CONV1X1 "$BUILD/unet"; then variant_set conv1x1 "$(step_left)" --models unetpp
-    else VARIANTS_LINE="$VARIANTS_LINE conv1x1: n/a (no UNET_CONV1X1 in this unet);"; fi
-    [ "$MODE" != gpu ] && VARIANTS_LINE="$VARIANTS_LINE ($MODE: not GPU figures)"
-    if [ $VARIANTS_BAD -eq 0 ]; then end ok "$VARIANTS_LINE"; else end FAIL "$VARIANTS_LINE"; fi
+    else row variants:conv1x1 n/a 0 0 "this unet has no UNET_CONV1X1 (cuBLASLt for 1x1 convolutions)"; fi
   fi
 fi
 
