@@ -535,7 +535,9 @@ def measured_on(mode, fig_machine):
     if mode in DRY_LABELS:
         return DRY_LABELS[mode]
     smi_line = (fig_machine or {}).get("nvidia_smi") or ""
-    return "GPU: " + (smi_line.split(",")[0] if smi_line and not smi_line.startswith("none") else "unlisted")
+    if not smi_line or smi_line.startswith("none"):
+        return "no GPU listed by nvidia-smi: not a GPU figure"
+    return "GPU: " + smi_line.split(",")[0]
 
 
 def torch_summary(path):

@@ -101,6 +101,8 @@ if [ $EMU -eq 0 ]; then
   [ -n "$NVLIBS" ] && export LD_LIBRARY_PATH="$NVLIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 if [ "$MODE" != gpu ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" OMP_WAIT_POLICY=passive; fi
+GPU_NAME=""
+[ "$MODE" = gpu ] && GPU_NAME=$(timeout 15 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 
 # ---- rows, the summary and figures.json (rewritten after every row) ----
 FAILED=0
@@ -112,7 +114,7 @@ assemble() {
 summary() {
   {
     case "$MODE" in
-      gpu) echo "== gpu_check $STARTED: measured on this machine's GPU ==" ;;
+      gpu) echo "== gpu_check $STARTED on ${GPU_NAME:-NO GPU (nvidia-smi lists none): nothing below is a GPU figure} ==" ;;
       cpu) echo "== gpu_check $STARTED: DRY RUN on the CPU (CPU twins): no figure below is a GPU's ==" ;;
       emulated) echo "== gpu_check $STARTED: DRY RUN on the CUDA emulation: no figure below is a GPU's ==" ;;
     esac

@@ -132,11 +132,12 @@ def test_without_a_gpu_the_real_run_fails_each_step_with_its_reason(carried, tmp
     assert r.returncode == 1, r.stdout + r.stderr
     summary = open(tmp_path / "summary.txt").read()
     rows = {line.split()[0]: line for line in summary.splitlines()[2:-1]}
-    assert "measured on this machine's GPU" in summary
+    assert "NO GPU (nvidia-smi lists none): nothing below is a GPU figure" in summary.splitlines()[0]
     for step in ("machine", "smoke", "memcheck", "train:fp32", "train:bf16", "torch"):
         assert rows[step].split()[1] == "FAIL" and "no CUDA device" in rows[step], rows[step]
     assert rows["graphs"].split()[1] == "ok"  # cuDNN's graph checks need no device
-    assert json.load(open(tmp_path / "figures.json"))["figures"]["train-fp32"]["exit"] == 2
+    fig = json.load(open(tmp_path / "figures.json"))
+    assert fig["figures"]["train-fp32"]["exit"] == 2 and "not a GPU figure" in fig["measured_on"]
 
 
 @pytest.mark.parametrize("args,message", [
