@@ -29,6 +29,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <algorithm>
@@ -880,14 +881,15 @@ void execute(const execution &ex) {
 cudnnStatus_t finalize_plan(desc *d) {
     desc *cfg = get_desc(d, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG);
     if (!cfg) return bad(CUDNN_STATUS_BAD_PARAM, "execution plan: CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG is required");
-    if (get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE)) memcpy(&d->handle, get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE)->bytes.data(), sizeof d->handle);
+    /* cuDNN before 9.8 requires the plan's own handle (the graph's does not stand in for it); the strictest
+     * release the backend may meet is the one the emulator plays */
+    if (!get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE))
+        return bad(CUDNN_STATUS_BAD_PARAM, "execution plan: CUDNN_ATTR_EXECUTION_PLAN_HANDLE is required (as cuDNN "
+                                           "before 9.8 requires it)");
+    memcpy(&d->handle, get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE)->bytes.data(), sizeof d->handle);
+    if (!d->handle) return bad(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "execution plan: the handle is NULL");
     d->engine = cfg->engine;
     d->graph = cfg->graph;
-    /* the handle names the device; without one on the plan, the graph's (the emulator's leniency: see README) */
-    if (!d->handle) d->handle = d->graph->handle;
-    if (!d->handle)
-        return bad(CUDNN_STATUS_BAD_PARAM, "execution plan: no handle (CUDNN_ATTR_EXECUTION_PLAN_HANDLE, or one on the "
-                                           "operation graph)");
     const engine_kind *e = engine_by_index(d->engine);
     if (const char *why = engine_refuses(*e, d->graph))
         return bad(CUDNN_STATUS_NOT_SUPPORTED, "engine %lld (%s): %s", (long long)e->index, e->name, why);
@@ -969,7 +971,12 @@ struct unet_emu_cudnn {
 
 extern "C" {
 
-size_t cudnnGetVersion(void) { return CUDNN_VERSION; }
+/* The headers' version, or UNET_CUDA_EMU_CUDNN_VERSION (as cudnnGetVersion counts: 90100 is 9.1.0, 8907 is
+ * 8.9.7), so that a test can play an older runtime. */
+size_t cudnnGetVersion(void) {
+    const char *v = getenv("UNET_CUDA_EMU_CUDNN_VERSION");
+    return v && *v ? (size_t)strtoull(v, nullptr, 10) : (size_t)CUDNN_VERSION;
+}
 
 const char *cudnnGetErrorString(cudnnStatus_t s) {
     switch (s) {

@@ -568,12 +568,8 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
         cudaGetLastError();
         return -1;
     }
-    size_t cudnn_version = cudnnGetVersion();
-    if (cudnn_version / 10000 != CUDNN_MAJOR) {
-        snprintf(err, errlen, "cuDNN %zu is loaded but unet was built against cuDNN %d.%d: install cuDNN %d",
-                 cudnn_version, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_MAJOR);
-        return -1;
-    }
+    /* before any plan is built: an old cuDNN would otherwise surface as "no engine" at the first convolution */
+    if (unet_cudnn_check_version(err, errlen)) return -1;
 
     unet_cuda_ctx *ctx = &inst->ctx;
     ctx->device = device;

@@ -10,8 +10,9 @@
  * copies what it references.
  *
  * Environment (diagnosis on a GPU machine, never needed for correctness):
- *   UNET_CUDNN_LOG=1     one line per plan built: engine, numerical notes,
- *                        workspace, and why a fused graph fell back
+ *   UNET_CUDNN_LOG=1     the cuDNN loaded, and one line per plan built:
+ *                        engine, numerical notes, workspace, and why a fused
+ *                        graph fell back
  *   UNET_CUDNN_NOFUSE=1  never build fused or beta = 1 graphs: every op takes
  *                        its unfused path (conv alone + custom kernels) */
 #include "kernels/cuda/cudnn_graph.h"
@@ -504,6 +505,11 @@ static int try_config(graph_builder *g, const unet_cuda_ctx *ctx, cudnnBackendDe
     s = cudnnBackendSetAttribute(c.plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
                                  &cfg);
     if (s != CUDNN_STATUS_SUCCESS) return unusable(&c, why, why_len, "setting the plan's engine config", s);
+    /* cuDNN before 9.8 refuses a plan without its handle (9.8 deprecated it
+     * in favour of the current context); the runtime may be any 9.x from
+     * UNET_CUDNN_MIN_VERSION on, so every plan names it */
+    s = cudnnBackendSetAttribute(c.plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &ctx->cudnn);
+    if (s != CUDNN_STATUS_SUCCESS) return unusable(&c, why, why_len, "setting the plan's handle", s);
     s = cudnnBackendFinalize(c.plan);
     if (s != CUDNN_STATUS_SUCCESS) return unusable(&c, why, why_len, "the plan does not finalize", s);
     s = cudnnBackendGetAttribute(c.plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &count,
@@ -611,6 +617,38 @@ static int select_engine(graph_builder *g, const unet_cuda_ctx *ctx, cudnnBacken
 }
 
 /* ---------------------------------------------------------------------------
+ * The runtime's version
+ * ------------------------------------------------------------------------- */
+
+#if CUDNN_VERSION < UNET_CUDNN_MIN_VERSION
+#error "the CUDA backend needs cuDNN 9.0 or newer headers (cudnn_graph.h: UNET_CUDNN_MIN_VERSION)"
+#endif
+
+/* cudnnGetVersion() as major.minor.patch: 9.x counts major * 10000 + minor * 100 + patch, 8.x and earlier
+ * major * 1000 + minor * 100 + patch. */
+static void version_text(size_t v, char *buf, size_t len) {
+    if (v >= 10000)
+        snprintf(buf, len, "%zu.%zu.%zu", v / 10000, v / 100 % 100, v % 100);
+    else
+        snprintf(buf, len, "%zu.%zu.%zu", v / 1000, v / 100 % 10, v % 100);
+}
+
+int unet_cudnn_check_version(char *err, size_t errlen) {
+    size_t found = cudnnGetVersion();
+    size_t major = found >= 10000 ? found / 10000 : found / 1000;
+    if (major == CUDNN_MAJOR && found >= UNET_CUDNN_MIN_VERSION) return 0;
+    char have[32], oldest[32], built[32];
+    version_text(found, have, sizeof have);
+    version_text(UNET_CUDNN_MIN_VERSION, oldest, sizeof oldest);
+    version_text(CUDNN_VERSION, built, sizeof built);
+    snprintf(err, errlen,
+             "cuDNN %s is loaded, but this unet needs cuDNN %d.x from %s on (built against %s): put such a cuDNN's "
+             "lib directory first on LD_LIBRARY_PATH",
+             have, CUDNN_MAJOR, oldest, built);
+    return -1;
+}
+
+/* ---------------------------------------------------------------------------
  * The cache
  * ------------------------------------------------------------------------- */
 
@@ -622,6 +660,12 @@ static struct unet_cudnn_cache *cache_of(unet_cuda_ctx *ctx) {
         c->log = log && *log && strcmp(log, "0") != 0;
         c->nofuse = nofuse && *nofuse && strcmp(nofuse, "0") != 0;
         ctx->plans = c;
+        if (c->log) {
+            char have[32], built[32];
+            version_text(cudnnGetVersion(), have, sizeof have);
+            version_text(CUDNN_VERSION, built, sizeof built);
+            fprintf(stderr, "unet cudnn: cuDNN %s loaded (built against %s)\n", have, built);
+        }
     }
     return ctx->plans;
 }
