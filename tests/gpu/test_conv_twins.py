@@ -101,6 +101,21 @@ def test_conv_accumulates_into_din():
     check_conv(r, conv_reference(x, wt, b, dout, 1, 1), FP32_TOL, "conv accumulate", din_init)
 
 
+def test_conv_checks_its_weights_against_the_alignment_its_plans_declare():
+    """Parameters start on 64-byte boundaries (graph.c), so the plans declare
+    weights and biases 16-byte aligned, as tensor-core engines want; the
+    backend checks every pointer against what its plan declared, before
+    cuDNN sees it. A weight 64 bytes into its block is fine, 4 bytes is not."""
+    g = rng(350)
+    x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
+    attrs = {"k": 3, "pad": 1, "relu": 1, "out_c": oshape[1]}
+    ok = run_op("conv", [x], oshape, dict(attrs, param_offset=16), params=[wt, b], backend="cuda", training=0)
+    assert_close(ok["out"], conv_reference(x, wt, b, dout, 1, 1)[0], FP32_TOL, "conv, weights 64 bytes in")
+    with pytest.raises(RuntimeError) as e:
+        run_op("conv", [x], oshape, dict(attrs, param_offset=1), params=[wt, b], backend="cuda", training=0)
+    assert "tensor at" in str(e.value) and "is not 16-byte aligned as the plan assumes" in str(e.value), str(e.value)
+
+
 def test_conv_is_deterministic():
     g = rng(400)
     x, wt, b, dout, oshape = conv_case(g, 3, 0, 1, 3)

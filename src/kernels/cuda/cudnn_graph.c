@@ -48,12 +48,16 @@
  * type and the virtual intermediates), rounding once, to bf16, on the store.
  * ------------------------------------------------------------------------- */
 
-/* Activations come from the plan's arena (offsets aligned to 256 bytes) or
- * from cudaMalloc. Parameters and their gradients are packed without padding
- * in one block (include/unet/graph.h: offsets in floats), so a weight tensor
- * is only guaranteed float alignment; the bf16 copies live in the workspace,
- * aligned like activations. Both are checked at every execution. */
-enum { ACTIVATION_ALIGNMENT = 16, PARAM_ALIGNMENT = 4 };
+/* The byte alignment each tensor is declared with: what is true of every
+ * pointer passed, and what the tensor-core engines want (16: a vector of 8
+ * bf16 or 4 floats). Activations come from the plan's arena (offsets aligned
+ * to 256 bytes) or from cudaMalloc (256). Parameters and their gradients
+ * start on 64-byte boundaries inside their blocks (graph.c pads each tensor
+ * to 16 floats; the blocks come from cudaMalloc); the bf16 copies of weights
+ * and biases live in the workspace, aligned like activations. The plan keeps
+ * what it declared per slot, and every execution checks the pointers
+ * against it (unet_cudnn_execute). */
+enum { ACTIVATION_ALIGNMENT = 16, PARAM_ALIGNMENT = 16 };
 
 typedef enum { ROLE_ACTIVATION, ROLE_FILTER, ROLE_BIAS, ROLE_INTERMEDIATE } tensor_role;
 
@@ -120,7 +124,8 @@ struct unet_cudnn_plan {
     cudnnBackendDescriptor_t plan; /* NULL when unsupported */
     int64_t workspace;
     int n_slots;
-    int64_t slot_uid[4]; /* variant pack order: the non-virtual tensors */
+    int64_t slot_uid[4];       /* variant pack order: the non-virtual tensors */
+    int64_t slot_alignment[4]; /* the byte alignment each was declared with */
     int64_t engine_index;
     cudnnBackendDescriptor_t keep[32]; /* what the plan was built from: the graph's descriptors, config, engine */
     int n_keep;
@@ -328,6 +333,13 @@ static cudnnBackendDescriptor_t make_pointwise_op(graph_builder *g, const unet_c
     return op;
 }
 
+/* A tensor the variant pack names, with the alignment its pointer is promised to have. */
+static void add_slot(unet_cudnn_plan *plan, int64_t uid, const tensor_layout *l) {
+    plan->slot_uid[plan->n_slots] = uid;
+    plan->slot_alignment[plan->n_slots] = l->alignment;
+    plan->n_slots++;
+}
+
 /* The operation graph of a problem, or NULL (with the reason in why) when
  * cuDNN refuses the graph. plan->slot_uid lists the tensors the variant pack
  * must name. */
@@ -344,9 +356,9 @@ static cudnnBackendDescriptor_t make_graph(graph_builder *g, const unet_cuda_ctx
     cudnnBackendDescriptor_t ops[3];
     int n_ops = 0;
     plan->n_slots = 0;
-    plan->slot_uid[plan->n_slots++] = UID_X;
-    plan->slot_uid[plan->n_slots++] = UID_W;
-    plan->slot_uid[plan->n_slots++] = UID_Y;
+    add_slot(plan, UID_X, &xl);
+    add_slot(plan, UID_W, &wl);
+    add_slot(plan, UID_Y, &yl);
     if (k->bias) {
         /* conv -> (virtual) + b -> [(virtual) ReLU ->] y. Intermediates are
          * virtual: they never reach memory, which is the point of fusing. */
@@ -354,7 +366,7 @@ static cudnnBackendDescriptor_t make_graph(graph_builder *g, const unet_cuda_ctx
         tensor_layout bl = layout_for(ctx, ROLE_BIAS, 1, k->k, 1, 1);
         cudnnBackendDescriptor_t conv_out = make_tensor(g, &il, UID_CONV_OUT, true);
         cudnnBackendDescriptor_t b = make_tensor(g, &bl, UID_B, false);
-        plan->slot_uid[plan->n_slots++] = UID_B;
+        add_slot(plan, UID_B, &bl);
         ops[n_ops++] = make_conv_op(g, k, conv, x, w, conv_out);
         if (k->relu) {
             cudnnBackendDescriptor_t bias_out = make_tensor(g, &il, UID_BIAS_OUT, true);
@@ -810,15 +822,15 @@ void unet_cudnn_execute(unet_cuda_ctx *ctx, const unet_cudnn_plan *plan, const u
     void *ptrs[4];
     for (int i = 0; i < plan->n_slots; i++) {
         const void *ptr = NULL;
-        size_t alignment = ACTIVATION_ALIGNMENT;
         const char *slot = "";
         switch (plan->slot_uid[i]) {
         case UID_X: ptr = t->x, slot = k->dir == UNET_CONV_DGRAD ? "dx" : "x"; break;
-        case UID_W: ptr = t->w, slot = k->dir == UNET_CONV_WGRAD ? "dw" : "w", alignment = PARAM_ALIGNMENT; break;
+        case UID_W: ptr = t->w, slot = k->dir == UNET_CONV_WGRAD ? "dw" : "w"; break;
         case UID_Y: ptr = t->y, slot = k->dir == UNET_CONV_FWD ? "y" : "dy"; break;
-        case UID_B: ptr = t->b, slot = "bias", alignment = PARAM_ALIGNMENT; break;
+        case UID_B: ptr = t->b, slot = "bias"; break;
         }
-        check_pointer(ptr, alignment, slot, k, ctx->device, a);
+        /* what the plan was promised, not less: an engine may load 16 bytes at a time */
+        check_pointer(ptr, (size_t)plan->slot_alignment[i], slot, k, ctx->device, a);
         ptrs[i] = (void *)ptr;
     }
     if (plan->workspace > 0) check_pointer(workspace, ACTIVATION_ALIGNMENT, "workspace", k, ctx->device, a);
