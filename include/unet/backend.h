@@ -162,6 +162,12 @@ struct unet_backend {
     /* The rest is optional: NULL on a backend that does not offer it (the
      * CPU backend offers none of it). */
 
+    /* After the plans are compiled: NULL, or one line saying that this run
+     * is not deterministic although it asked to be (a convolution that only
+     * a nondeterministic library routine runs), for the line that names the
+     * run's device. */
+    const char *(*nondeterminism)(const unet_backend *b);
+
     /* The free and total memory of the backend's device, for planning a run
      * before it allocates anything (unet info: the largest batch that fits).
      * free counts what this process and every other holds already, the

@@ -573,7 +573,7 @@ const desc *conv_op(const desc *graph) {
     return nullptr;
 }
 
-std::vector<int64_t> heuristic_list(const desc *graph, cudnnBackendHeurMode_t mode) {
+std::vector<int64_t> all_heuristics(const desc *graph, cudnnBackendHeurMode_t mode) {
     const desc *c = conv_op(graph);
     if (!c) return {};
     if (is_fused(graph)) {
@@ -586,6 +586,26 @@ std::vector<int64_t> heuristic_list(const desc *graph, cudnnBackendHeurMode_t mo
     case CUDNN_HEUR_MODE_B: return {1, 2, 0};
     default: return fwd ? std::vector<int64_t>{5, 0, 3, 1, 2} : std::vector<int64_t>{5, 0, 1, 2};
     }
+}
+
+/* The engines a mode lists for a graph; UNET_CUDA_EMU_CUDNN_ENGINES (indices, "3,1") keeps only those, in the
+ * same order: a test plays a machine whose cuDNN has, say, only nondeterministic engines for a graph. */
+std::vector<int64_t> heuristic_list(const desc *graph, cudnnBackendHeurMode_t mode) {
+    std::vector<int64_t> all = all_heuristics(graph, mode);
+    const char *keep = getenv("UNET_CUDA_EMU_CUDNN_ENGINES");
+    if (!keep || !*keep) return all;
+    std::set<int64_t> kept;
+    for (const char *p = keep; *p;) {
+        char *end;
+        long long v = strtoll(p, &end, 10);
+        if (end == p) break;
+        kept.insert(v);
+        p = *end == ',' ? end + 1 : end;
+    }
+    std::vector<int64_t> out;
+    for (int64_t e : all)
+        if (kept.count(e)) out.push_back(e);
+    return out;
 }
 
 /* Why engine e cannot run graph g (the plan does not finalize), or null. */

@@ -283,6 +283,10 @@ static int cuda_memory_info(const unet_backend *b, size_t *free_bytes, size_t *t
     return 0;
 }
 
+static const char *cuda_nondeterminism(const unet_backend *b) {
+    return unet_cudnn_nondeterminism(&((cuda_instance *)b->ctx)->ctx);
+}
+
 static void cuda_sync(const unet_backend *b) {
     const cuda_instance *inst = instance_of(b);
     UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
@@ -633,6 +637,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->replay = cuda_replay;
     b->release = cuda_release;
     b->memory_info = cuda_memory_info;
+    b->nondeterminism = cuda_nondeterminism;
     b->warper_create = unet_cuda_warper_create;
     b->warp_batch = unet_cuda_warp_batch;
     b->warper_free = unet_cuda_warper_free;

@@ -48,10 +48,12 @@ static inline int unet_conv_out_size(int size, int r, int stride, int pad) { ret
 typedef struct unet_cudnn_plan unet_cudnn_plan;
 
 /* Compile time: the plan for a problem, built on first request and cached.
- * required = 1: a problem without any engine aborts with the problem, the
- * device and cuDNN's own reason. required = 0 (fused graphs, beta = 1):
- * returns NULL when no engine runs it, and remembers that, so the caller
- * takes its fallback path. `a` only names the op in messages. */
+ * required = 1: when no engine passes the rules of the run's precision and
+ * determinism, the rules bend (cudnn_graph.c: rule_tier) before a problem
+ * without any engine aborts with the problem, the device and cuDNN's own
+ * reasons. required = 0 (fused graphs, beta = 1): returns NULL when no
+ * engine runs it as asked, and remembers that, so the caller takes its
+ * fallback path. `a` only names the op in messages. */
 const unet_cudnn_plan *unet_cudnn_plan_build(unet_cuda_ctx *ctx, const unet_conv_problem *p, int required,
                                              const unet_op_args *a);
 
@@ -94,6 +96,11 @@ int unet_cudnn_graph_check(unet_precision precision, const unet_conv_problem *p,
  * at least UNET_CUDNN_MIN_VERSION), else -1 with one line in err naming the
  * version found and the one needed. Asked once, when the backend starts. */
 int unet_cudnn_check_version(char *err, size_t errlen);
+
+/* NULL, or one line saying that this deterministic run is not: some
+ * convolution had only nondeterministic engines (each said so on stderr
+ * when its plan was built). Asked once the plans are built. */
+const char *unet_cudnn_nondeterminism(unet_cuda_ctx *ctx);
 
 /* Frees every plan (backend teardown). */
 void unet_cudnn_cache_free(struct unet_cudnn_cache *cache);
