@@ -215,3 +215,19 @@ def test_bias_matches_torch(accumulate):
     dx = X.grad.numpy() + (din_init if accumulate else 0)
     assert_close(r["din"][0], dx, FP32_TOL, "bias din")
     assert_close(r["dparam"][0], B.grad.numpy(), FP32_TOL, "bias dbias")
+
+
+def test_bias_gradient_over_more_channels_than_a_grid_dimension_holds():
+    """The per-channel gradient sums launch a block per channel on grid.y,
+    which holds 65535 at most: past that, each block takes several channels
+    (conv.cu, channel_grid). 65540 channels of 2 values each (cheap, even
+    emulated), against the CPU twin: a channel left out reads as NaN."""
+    g = rng(950)
+    shape = (2, 65540, 1, 1)
+    x = g.standard_normal(shape).astype(np.float32)
+    b = g.standard_normal(shape[1]).astype(np.float32)
+    dout = g.standard_normal(shape).astype(np.float32)
+    r = run_op("bias", [x], shape, params=[b], dout=dout, backward=True, backend="cuda")
+    cpu = run_op("bias", [x], shape, params=[b], dout=dout, backward=True, backend="cpu")
+    assert_close(r["dparam"][0], cpu["dparam"][0], FP32_TOL, "bias dbias over 65540 channels")
+    assert_close(r["out"], cpu["out"], FP32_TOL, "bias out over 65540 channels")

@@ -128,21 +128,26 @@ template <class T>
 static __global__ void channel_partial_kernel(T *dz, const T *mask, int channels, int cp, long long hw,
                                               long long per_channel, long long chunk, int slices, double *partial) {
     __shared__ double sh[THREADS];
-    int c = blockIdx.y, s = blockIdx.x;
+    int s = blockIdx.x;
     long long begin = s * chunk, end = begin + chunk < per_channel ? begin + chunk : per_channel;
-    double acc = 0.0;
-    for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
-        long long n = j / hw;
-        long long idx = unet_plane_at(dz, n, c, cp, hw, j - n * hw);
-        float v = unet_ld(dz, idx);
-        if (mask) {
-            v = unet_ld(mask, idx) > 0.0f ? v : 0.0f;
-            unet_st(dz, idx, v); /* v or 0: exact in bf16 too */
+    /* grid.y is capped at 65535 (channel_grid): a block takes every gridDim.y-th channel, the whole block
+     * together, so that block_sum's barriers are reached by all its threads */
+    for (int c = blockIdx.y; c < channels; c += gridDim.y) {
+        double acc = 0.0;
+        for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
+            long long n = j / hw;
+            long long idx = unet_plane_at(dz, n, c, cp, hw, j - n * hw);
+            float v = unet_ld(dz, idx);
+            if (mask) {
+                v = unet_ld(mask, idx) > 0.0f ? v : 0.0f;
+                unet_st(dz, idx, v); /* v or 0: exact in bf16 too */
+            }
+            acc += v;
         }
-        acc += v;
+        block_sum(sh, acc);
+        if (threadIdx.x == 0) partial[(long long)c * slices + s] = sh[0];
+        __syncthreads(); /* sh is refilled by the next channel */
     }
-    block_sum(sh, acc);
-    if (threadIdx.x == 0) partial[(long long)c * slices + s] = sh[0];
 }
 
 static __global__ void channel_finish_kernel(const double *partial, int slices, float *sum) {
@@ -173,6 +178,14 @@ static channel_split split_channel(long long per_channel) {
     return sp;
 }
 
+/* The launch of channel_partial_kernel: one block per (slice, channel), the
+ * channels on grid.y up to the hardware's 65535, beyond which each block
+ * loops over channels (a layer may have more, a 1x1 convolution's for one). */
+#define MAX_GRID_Y 65535
+static dim3 channel_grid(int slices, int channels) {
+    return dim3((unsigned)slices, (unsigned)(channels < MAX_GRID_Y ? channels : MAX_GRID_Y));
+}
+
 static size_t channel_sum_workspace(unet_shape s) {
     long long per_channel = (long long)s.n * s.h * s.w;
     return align_up((size_t)s.c * (size_t)split_channel(per_channel).slices * sizeof(double));
@@ -186,7 +199,7 @@ static void channel_sums_t(const unet_op_args *a, T *dz, const T *mask, unet_sha
     long long per_channel = (long long)s.n * s.h * s.w;
     channel_split sp = split_channel(per_channel);
     double *partial = (double *)workspace;
-    channel_partial_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), THREADS, 0, ctx->stream>>>(
+    channel_partial_kernel<<<channel_grid(sp.slices, s.c), THREADS, 0, ctx->stream>>>(
         dz, mask, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk, sp.slices, partial);
     UNET_CUDA_LAUNCHED(a);
     if (sum) {
