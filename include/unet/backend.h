@@ -28,6 +28,14 @@ extern "C" {
 
 typedef struct unet_backend unet_backend;
 
+/* How a backend holds the tensors of one element type in its memory (its
+ * layout slot): what writes into them from outside the op table (the
+ * augmentation warp) must write that. */
+typedef enum {
+    UNET_LAYOUT_NCHW,      /* NCHW, 4-byte elements (float32, int32): the host's own bytes */
+    UNET_LAYOUT_NHWC_BF16, /* NHWC bfloat16, channels padded: the CUDA backend's bf16 activations */
+} unet_layout;
+
 /* Sums n doubles over the replicas of a data-parallel run, in place, on the
  * host (synchronised batch norm). Every replica calls it at the same point. */
 typedef struct {
@@ -161,6 +169,9 @@ struct unet_backend {
 
     /* The rest is optional: NULL on a backend that does not offer it (the
      * CPU backend offers none of it). */
+
+    /* The layout of tensors of element type t. NULL: NCHW for every type. */
+    unet_layout (*layout)(const unet_backend *b, unet_dtype t);
 
     /* After the plans are compiled: NULL, or one line saying that this run
      * is not deterministic although it asked to be (a convolution that only

@@ -170,6 +170,11 @@ static unet_cuda_layout layout_of(const unet_backend *b, unet_shape s, unet_dtyp
     return unet_cuda_layout_of(instance_of(b)->ctx.precision == UNET_PREC_BF16, s, t);
 }
 
+static unet_layout cuda_layout(const unet_backend *b, unet_dtype t) {
+    unet_shape one = {1, 1, 1, 1};
+    return layout_of(b, one, t).nhwc_bf16 ? UNET_LAYOUT_NHWC_BF16 : UNET_LAYOUT_NCHW;
+}
+
 static size_t cuda_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
     return unet_cuda_layout_bytes(layout_of(b, s, t));
 }
@@ -637,6 +642,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->replay = cuda_replay;
     b->release = cuda_release;
     b->memory_info = cuda_memory_info;
+    b->layout = cuda_layout;
     b->nondeterminism = cuda_nondeterminism;
     b->warper_create = unet_cuda_warper_create;
     b->warp_batch = unet_cuda_warp_batch;
