@@ -15,8 +15,15 @@ namespace unet_emu {
 /* Every API call holds it: one piece of device work runs at a time. */
 std::recursive_mutex &device_lock();
 
-/* Runs work in the stream's order: now, or (stream capturing) when the graph is replayed. */
+/* Runs work in the stream's order: now, or (stream capturing) when the graph is replayed, or (UNET_CUDA_EMU_DEFER=1,
+ * or work already waiting on the stream) when the host next waits for the stream. */
 cudaError_t enqueue(cudaStream_t stream, const char *what, std::function<void()> work);
+
+/* Work that never finishes on the stream (a collective waiting for a dead peer): the stream's later work waits,
+ * events after it never complete, and a host that waits for them waits forever, until release_hang. */
+void enqueue_hang(cudaStream_t stream, const char *what);
+/* The hang ends (the communicator is aborted): the stream's later work runs. */
+void release_hang(cudaStream_t stream);
 
 /* Whether [p, p + bytes) lies inside one live device allocation; why says what is wrong otherwise. */
 bool device_range(const void *p, size_t bytes, std::string *why);

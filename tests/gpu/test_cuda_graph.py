@@ -23,7 +23,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from unet_testlib import BUILD, read_safetensors, requires_gpu, single_process_env, write_discs
+from unet_testlib import BUILD, cuda_emulated, read_safetensors, requires_gpu, single_process_env, write_discs
 
 UNET = os.path.join(BUILD, "unet")
 STEPS = 9  # 3 eager, the capture at step 4, replays up to 9
@@ -111,6 +111,22 @@ def test_sparse_logging_reads_the_replayed_loss_when_logged(data, tmp_path):
         if "loss" in x:
             assert x == by_step[x["step"]]
     assert [x["step"] for x in sparse[2] if "loss" in x] == [4, 8, STEPS]
+
+
+@pytest.mark.skipif(not cuda_emulated(), reason="UNET_CUDA_EMU_DEFER is the CPU emulation's")
+def test_the_host_running_ahead_never_rewrites_an_upload_still_to_be_read(data, tmp_path):
+    """The host writes step k+1's inputs and values while the device runs
+    step k, into page-locked buffers that asynchronous copies read later
+    (src/kernels/cuda/staging.h). Under UNET_CUDA_EMU_DEFER=1 the emulated
+    device runs nothing until the host waits, the way a GPU far behind the
+    host would: a buffer rewritten before its copy ran would feed a step the
+    wrong batch, seed or learning rate, and the run would not give the bits
+    of one whose device keeps up. Logged and validated once, at the end, so
+    that the replayed steps run ahead unread (an eager step is read back)."""
+    sparse = ["--log-every", str(STEPS), "--val-every", str(STEPS)]
+    keeping_up = train(data, tmp_path / "now", "unet_sgd", "auto", *sparse)
+    behind = train(data, tmp_path / "deferred", "unet_sgd", "auto", *sparse, environ=env(UNET_CUDA_EMU_DEFER="1"))
+    assert_same_run(keeping_up, behind, "a device behind the host")
 
 
 def test_a_step_that_cannot_be_captured_runs_eagerly(data, tmp_path):

@@ -28,6 +28,7 @@ typedef struct {
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
     struct unet_cudnn_cache *plans; /* cudnn_graph.c: execution plans keyed by op and shapes */
+    struct unet_cuda_staging *staging; /* staging.c: page-locked buffers of the uploads, per destination */
     /* While a step is being captured as a CUDA graph (backend.cu), a failing
      * CUDA, cuDNN or cuBLAS call does not end the process: the first failure
      * is kept here, the capture ends without a graph, and the run goes on
