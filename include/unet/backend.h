@@ -111,13 +111,21 @@ typedef struct unet_dist_face unet_dist_face;
 struct unet_dist_face {
     const char *name;
     int host_memory; /* data lives on the host: ops can sum inside a kernel (synchronised batch norm) */
+    /* 1: wait, sum_f64 and barrier watch for a dead peer themselves: each
+     * gives up after timeout_s, or sooner when the communicator reports a
+     * failure, with its communicator aborted (so that the peers' waits end
+     * too) and one line in err. 0: they block, and the communicator's
+     * watchdog (src/host/dist) ends a wait that lasts too long. */
+    int gives_up;
     /* Starts summing n floats of backend memory in place over the ranks
-     * (average: then divided by the world size); wait finishes every start. */
+     * (average: then divided by the world size); wait finishes every start.
+     * wait, sum_f64 and barrier return 0, or -1 when they gave up. */
     void (*start_sum)(unet_dist_face *f, float *data, size_t n, int average);
     void (*progress)(unet_dist_face *f); /* NULL: the face progresses by itself */
-    void (*wait)(unet_dist_face *f);
-    void (*sum_f64)(unet_dist_face *f, double *values, int n); /* host memory, blocking */
-    void (*barrier)(unet_dist_face *f);
+    int (*wait)(unet_dist_face *f, double timeout_s, char *err, size_t errlen);
+    /* host memory, blocking */
+    int (*sum_f64)(unet_dist_face *f, double *values, int n, double timeout_s, char *err, size_t errlen);
+    int (*barrier)(unet_dist_face *f, double timeout_s, char *err, size_t errlen);
     void (*abort)(unet_dist_face *f, int code);
     void (*close)(unet_dist_face *f);
 };

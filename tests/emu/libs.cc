@@ -2,11 +2,14 @@
  * handle and its settings, which the backend makes and keeps (it calls no
  * routine). NCCL: one rank; its allreduce runs on the stream like any
  * other work (a copy when the buffers differ: the sum and the average over
- * one rank are the data itself). */
+ * one rank are the data itself). UNET_CUDA_EMU_NCCL_FAULT plays a dead
+ * peer (see fault_at). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <string>
+#include <vector>
 
 #include "cublas_v2.h"
 #include "emu_runtime.h"
@@ -19,7 +22,9 @@ struct unet_emu_cublas {
 };
 
 struct unet_emu_nccl {
-    int aborted;
+    long allreduces;                 /* started so far */
+    ncclResult_t async;              /* what ncclCommGetAsyncError reports */
+    std::vector<cudaStream_t> hung;  /* streams a collective hangs, until ncclCommAbort */
 };
 
 extern "C" {
@@ -79,7 +84,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int
         fprintf(stderr, "unet CUDA emulator: NCCL is emulated for one rank only (asked for %d)\n", nranks);
         return ncclInvalidUsage;
     }
-    *comm = new unet_emu_nccl{0};
+    *comm = new unet_emu_nccl{0, ncclSuccess, {}};
     return ncclSuccess;
 }
 
@@ -88,14 +93,18 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     return ncclSuccess;
 }
 
+/* Ends the communicator's pending collectives (the hung ones finish, their results garbage as NCCL leaves
+ * them) and frees it, as NCCL's does: the handle is gone after it. */
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
-    if (comm) comm->aborted = 1;
+    if (!comm) return ncclSuccess;
+    for (cudaStream_t s : comm->hung) unet_emu::release_hang(s);
+    delete comm;
     return ncclSuccess;
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *async_error) {
     if (!comm || !async_error) return ncclInvalidArgument;
-    *async_error = ncclSuccess;
+    *async_error = comm->async;
     return ncclSuccess;
 }
 
@@ -112,15 +121,34 @@ static size_t type_bytes(ncclDataType_t t) {
     }
 }
 
+/* UNET_CUDA_EMU_NCCL_FAULT=error:N or hang:N plays a peer that dies at the N-th allreduce (counted from 1):
+ * that collective and every later one never completes (the stream stops there: enqueue_hang), and with error
+ * NCCL reports it as the communicator's asynchronous error (ncclRemoteError, as when a peer's connections
+ * close), with hang nothing is reported (a peer that hangs without dying). 0: no fault here; else 'e' or 'h'. */
+static char fault_at(long allreduce) {
+    const char *v = getenv("UNET_CUDA_EMU_NCCL_FAULT");
+    if (!v || !*v) return 0;
+    char kind = v[0];
+    const char *colon = strchr(v, ':');
+    long from = colon ? atol(colon + 1) : 1;
+    return (kind == 'e' || kind == 'h') && allreduce >= from ? kind : 0;
+}
+
 ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
                            ncclComm_t comm, cudaStream_t stream) {
-    if (!comm || comm->aborted) return ncclInvalidUsage;
+    if (!comm) return ncclInvalidUsage;
     if (op < ncclSum || op > ncclAvg) return ncclInvalidArgument;
     size_t bytes = count * type_bytes(type);
     std::string why;
     if (!unet_emu::device_range(send, bytes, &why) || !unet_emu::device_range(recv, bytes, &why)) {
         fprintf(stderr, "unet CUDA emulator: ncclAllReduce: %s\n", why.c_str());
         return ncclInvalidArgument;
+    }
+    if (char fault = fault_at(++comm->allreduces)) {
+        if (fault == 'e') comm->async = ncclRemoteError;
+        unet_emu::enqueue_hang(stream, "ncclAllReduce waiting for a dead peer");
+        comm->hung.push_back(stream);
+        return ncclSuccess;
     }
     cudaError_t e = unet_emu::enqueue(stream, "ncclAllReduce", [send, recv, bytes]() {
         if (send != recv) memmove(recv, send, bytes);
