@@ -636,16 +636,6 @@ int64_t workspace_of(const engine_kind &e, const desc *g) {
  * Execution
  * ------------------------------------------------------------------------- */
 
-float tf32(float v) {
-    /* tensor cores read float as TF32: 10 mantissa bits, rounded to nearest (ties away from zero) */
-    uint32_t u;
-    memcpy(&u, &v, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return v;
-    u = (u + 0x1000u) & 0xffffe000u;
-    memcpy(&v, &u, 4);
-    return v;
-}
-
 int64_t elements(const tensor_info &t) {
     int64_t n = 1;
     for (int64_t v : t.dims) n *= v;
@@ -677,7 +667,7 @@ std::vector<double> load(const tensor_info &t, const void *p, bool tensor_cores)
             f = unet_emu_bf16_float(((const uint16_t *)p)[off]);
         } else {
             f = ((const float *)p)[off];
-            if (tensor_cores) f = tf32(f);
+            if (tensor_cores) f = unet_emu::tf32(f);
         }
         v[i] = f;
     }

@@ -4,6 +4,9 @@
 #ifndef UNET_EMU_RUNTIME_H
 #define UNET_EMU_RUNTIME_H
 
+#include <stdint.h>
+#include <string.h>
+
 #include <functional>
 #include <mutex>
 #include <string>
@@ -34,6 +37,16 @@ void device_fault(const std::string &what);
 
 /* After a piece of device work: a write past the end of an allocation is a fault, named after `what`. */
 void check_redzones(const char *what);
+
+/* A float as tensor cores read it in TF32: 10 mantissa bits, rounded to nearest (ties away from zero). */
+inline float tf32(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return v;
+    u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&v, &u, 4);
+    return v;
+}
 
 } // namespace unet_emu
 

@@ -151,6 +151,20 @@ def test_conv(k, pad, relu):
     check("conv", [x], (n, o, oh, ow), {"k": k, "pad": pad, "relu": relu}, params=[wt, b], accumulate=True)
 
 
+@pytest.mark.parametrize("path", ["cublaslt", "cudnn"])
+def test_conv_1x1_by_either_path(monkeypatch, path):
+    """A 1x1 convolution as a cuBLASLt matmul over NHWC bf16 (the bias and
+    ReLU in its epilogue) or through cuDNN (src/kernels/cuda/gemm.h)."""
+    monkeypatch.setenv("UNET_CONV1X1", path)
+    monkeypatch.setenv("UNET_CUDNN_LOG", "1")
+    g = rng(55)
+    n, c, h, w, o = 2, 11, 6, 7, 13
+    x = g.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = bf16(g.standard_normal((o, c, 1, 1)) / np.sqrt(c))
+    b = bf16(g.standard_normal(o))
+    check("conv", [x], (n, o, h, w), {"k": 1, "pad": 0, "relu": 1}, params=[wt, b], accumulate=True)
+
+
 def test_conv_t2():
     g = rng(60)
     n, c, h, w, o = 2, 9, 5, 7, 4

@@ -19,7 +19,7 @@ import pytest
 import torch.nn.functional as F
 
 from op_references import t64
-from unet_testlib import assert_close, rng, run_op, requires_gpu
+from unet_testlib import assert_close, cuda_emulated, rng, run_op, requires_gpu
 
 FP32_TOL = 1e-5
 TF32_TOL = 2e-3
@@ -231,3 +231,44 @@ def test_bias_gradient_over_more_channels_than_a_grid_dimension_holds():
     cpu = run_op("bias", [x], shape, params=[b], dout=dout, backward=True, backend="cpu")
     assert_close(r["dparam"][0], cpu["dparam"][0], FP32_TOL, "bias dbias over 65540 channels")
     assert_close(r["out"], cpu["out"], FP32_TOL, "bias out over 65540 channels")
+
+
+@pytest.mark.parametrize("path", ["cublaslt", "cudnn"])
+@pytest.mark.parametrize("precision,relu", [("fp32", 0), ("fp32", 1), ("tf32", 1)])
+def test_1x1_conv_by_either_path_matches_torch_and_the_cpu_twin(monkeypatch, path, precision, relu):
+    """A 1x1 convolution's forward runs as a cuBLASLt matmul with the bias
+    (and ReLU) in its epilogue, or through cuDNN, whichever ran its shape
+    faster when the plans were built (src/kernels/cuda/gemm.h); the choice
+    is forced here (UNET_CONV1X1), and the log must say it was taken."""
+    monkeypatch.setenv("UNET_CONV1X1", path)
+    tol = FP32_TOL if precision == "fp32" else TF32_TOL
+    g = rng(960 + relu)
+    x, wt, b, dout, oshape = conv_case(g, 1, 0, relu, 3)
+    r = run_conv(x, wt, b, dout, oshape, 1, 0, relu, precision=precision)
+    check_conv(r, conv_reference(x, wt, b, dout, 0, relu), tol, f"1x1 conv by {path} {precision} relu{relu}")
+    cpu = run_conv(x, wt, b, dout, oshape, 1, 0, relu, backend="cpu")
+    assert_close(r["out"], cpu["out"], tol, f"1x1 conv by {path} vs the CPU twin")
+    said = "cuBLASLt (UNET_CONV1X1" if path == "cublaslt" else "cuDNN (UNET_CONV1X1"
+    assert said in r["stderr"], r["stderr"]
+
+
+def test_1x1_conv_falls_back_to_cudnn_when_cublaslt_offers_nothing(monkeypatch):
+    if not cuda_emulated():
+        pytest.skip("a cuBLASLt without an algorithm is played by the CPU emulation")
+    monkeypatch.setenv("UNET_CONV1X1", "cublaslt")
+    monkeypatch.setenv("UNET_CUDA_EMU_CUBLASLT_ALGOS", "0")
+    g = rng(970)
+    x, wt, b, dout, oshape = conv_case(g, 1, 0, 1, 2)
+    r = run_conv(x, wt, b, dout, oshape, 1, 0, 1)
+    check_conv(r, conv_reference(x, wt, b, dout, 0, 1), FP32_TOL, "1x1 conv without a matmul")
+    assert "no algorithm" in r["stderr"] and "cuDNN runs it" in r["stderr"], r["stderr"]
+
+
+def test_1x1_conv_by_cublaslt_is_deterministic(monkeypatch):
+    """cuBLASLt's matmul gives the same bits on every run of one algorithm on
+    one GPU (no atomics in its reductions): two runs of the same problem."""
+    monkeypatch.setenv("UNET_CONV1X1", "cublaslt")
+    g = rng(980)
+    x, wt, b, dout, oshape = conv_case(g, 1, 0, 1, 3)
+    r1, r2 = (run_conv(x, wt, b, dout, oshape, 1, 0, 1) for _ in range(2))
+    assert np.array_equal(r1["out"].view(np.uint32), r2["out"].view(np.uint32)), "1x1 conv by cuBLASLt differs"

@@ -1,7 +1,7 @@
-/* The CUDA backend: device selection, the context (stream, cuDNN and cuBLAS
- * handles bound to it), memory and transfers, the fused optimizer passes,
+/* The CUDA backend: device selection, the context (stream, cuDNN and
+ * cuBLASLt handles), memory and transfers, the fused optimizer passes,
  * the capture and replay of a whole step as a CUDA graph, and the one error
- * reporter every CUDA, cuDNN and cuBLAS check goes through.
+ * reporter every CUDA, cuDNN and cuBLASLt check goes through.
  *
  * Layout (layout.h): fp32 and tf32 keep NCHW float32 (labels int32),
  * exactly the CPU's, so transfers are plain copies and a tensor means the
@@ -601,16 +601,11 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
         cudaGetLastError();
         return -1;
     }
-    cublasStatus_t bs = cublasCreate(&ctx->cublas);
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(ctx->cublas, ctx->stream);
-    /* TF32 tensor cores only when asked; reductions without atomics (the default mode) */
-    if (bs == CUBLAS_STATUS_SUCCESS)
-        bs = cublasSetMathMode(ctx->cublas, precision == UNET_PREC_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                                          : CUBLAS_PEDANTIC_MATH);
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetAtomicsMode(ctx->cublas, CUBLAS_ATOMICS_NOT_ALLOWED);
+    /* the 1x1 convolutions' matmuls (gemm.c); the stream and the precision go with each call */
+    cublasStatus_t bs = cublasLtCreate(&ctx->cublaslt);
     if (bs != CUBLAS_STATUS_SUCCESS) {
-        snprintf(err, errlen, "cannot use CUDA device %d: cuBLAS initialisation failed: %s", device,
-                 cublasGetStatusString(bs));
+        snprintf(err, errlen, "cannot use CUDA device %d: cuBLASLt initialisation failed: %s", device,
+                 cublasLtGetStatusString(bs));
         cudaGetLastError();
         return -1;
     }
