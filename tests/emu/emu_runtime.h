@@ -15,6 +15,9 @@
 
 namespace unet_emu {
 
+/* One line on stderr, "unet CUDA emulator: ...". */
+void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Every API call holds it: one piece of device work runs at a time. */
 std::recursive_mutex &device_lock();
 

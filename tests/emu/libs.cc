@@ -65,7 +65,7 @@ cublasStatus_t lt_bad(cublasStatus_t s, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "unet CUDA emulator: cuBLASLt: %s\n", buf);
+    unet_emu::say("cuBLASLt: %s", buf);
     return s;
 }
 
@@ -330,7 +330,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int
     (void)id;
     if (!comm || rank < 0 || rank >= nranks) return ncclInvalidArgument;
     if (nranks != 1) {
-        fprintf(stderr, "unet CUDA emulator: NCCL is emulated for one rank only (asked for %d)\n", nranks);
+        unet_emu::say("NCCL is emulated for one rank only (asked for %d)", nranks);
         return ncclInvalidUsage;
     }
     *comm = new unet_emu_nccl{0, ncclSuccess, {}};
@@ -390,7 +390,7 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataT
     size_t bytes = count * type_bytes(type);
     std::string why;
     if (!unet_emu::device_range(send, bytes, &why) || !unet_emu::device_range(recv, bytes, &why)) {
-        fprintf(stderr, "unet CUDA emulator: ncclAllReduce: %s\n", why.c_str());
+        unet_emu::say("ncclAllReduce: %s", why.c_str());
         return ncclInvalidArgument;
     }
     if (char fault = fault_at(++comm->allreduces)) {

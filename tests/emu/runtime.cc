@@ -57,8 +57,7 @@ static cudaError_t fail(cudaError_t e) {
     return e;
 }
 
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...) {
+void say(const char *fmt, ...) {
     char buf[2048];
     va_list ap;
     va_start(ap, fmt);
