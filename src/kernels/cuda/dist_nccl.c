@@ -106,6 +106,7 @@ static int poll_until(nccl_face *f, cudaEvent_t ev, double timeout_s, char *err,
         /* anything but "not yet" is a fault of the device, not of a peer */
         if (e != cudaErrorNotReady)
             unet_cuda_fail_at(__FILE__, __LINE__, "cudaEventQuery", cudaGetErrorString(e), waiting(f));
+        cudaGetLastError(); /* "not yet" is an answer: no later check may take it for a failure */
         double waited = seconds_now() - start;
         if (waited > timeout_s) {
             snprintf(err, errlen, "waited %.0f s for the other ranks: one of them died or hangs (see its output); "
