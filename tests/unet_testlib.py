@@ -17,7 +17,8 @@ def run_op(op, inputs, out_shape, attrs=None, params=(), states=(), dout=None, b
            backend="cpu", din_init=None, training=1, seed=0, node_index=0):
     """Runs one op of a backend. inputs: numpy arrays (float32 or int32, 4-D);
     params, states: 1-D or N-D float arrays. Returns a dict with out, din
-    (list, None where not computed), dparam (list), state (list)."""
+    (list, None where not computed), dparam (list), state (list), and the
+    driver's stderr."""
     attrs = dict(attrs or {})
     with tempfile.TemporaryDirectory() as d:
         cmd = [OPTEST, "--backend", backend, "--op", op, "--dir", d, "--training", str(training),
