@@ -28,6 +28,15 @@ extern "C" {
 
 typedef struct unet_backend unet_backend;
 
+/* How a backend holds the tensors of one element type in its memory (its
+ * layout slot): what writes into them from outside the op table (the
+ * augmentation warp) must write that. */
+typedef enum {
+    UNET_LAYOUT_NCHW,      /* NCHW, 4-byte elements (float32, int32): the host's own bytes */
+    UNET_LAYOUT_NHWC_BF16, /* NHWC bfloat16, channels padded: the CUDA backend's bf16 activations */
+    UNET_LAYOUT_NHWC_F32,  /* NHWC float32, channels padded: its fp32/tf32 activations with --layout nhwc */
+} unet_layout;
+
 /* Sums n doubles over the replicas of a data-parallel run, in place, on the
  * host (synchronised batch norm). Every replica calls it at the same point. */
 typedef struct {
@@ -103,13 +112,21 @@ typedef struct unet_dist_face unet_dist_face;
 struct unet_dist_face {
     const char *name;
     int host_memory; /* data lives on the host: ops can sum inside a kernel (synchronised batch norm) */
+    /* 1: wait, sum_f64 and barrier watch for a dead peer themselves: each
+     * gives up after timeout_s, or sooner when the communicator reports a
+     * failure, with its communicator aborted (so that the peers' waits end
+     * too) and one line in err. 0: they block, and the communicator's
+     * watchdog (src/host/dist) ends a wait that lasts too long. */
+    int gives_up;
     /* Starts summing n floats of backend memory in place over the ranks
-     * (average: then divided by the world size); wait finishes every start. */
+     * (average: then divided by the world size); wait finishes every start.
+     * wait, sum_f64 and barrier return 0, or -1 when they gave up. */
     void (*start_sum)(unet_dist_face *f, float *data, size_t n, int average);
     void (*progress)(unet_dist_face *f); /* NULL: the face progresses by itself */
-    void (*wait)(unet_dist_face *f);
-    void (*sum_f64)(unet_dist_face *f, double *values, int n); /* host memory, blocking */
-    void (*barrier)(unet_dist_face *f);
+    int (*wait)(unet_dist_face *f, double timeout_s, char *err, size_t errlen);
+    /* host memory, blocking */
+    int (*sum_f64)(unet_dist_face *f, double *values, int n, double timeout_s, char *err, size_t errlen);
+    int (*barrier)(unet_dist_face *f, double timeout_s, char *err, size_t errlen);
     void (*abort)(unet_dist_face *f, int code);
     void (*close)(unet_dist_face *f);
 };
@@ -161,6 +178,15 @@ struct unet_backend {
 
     /* The rest is optional: NULL on a backend that does not offer it (the
      * CPU backend offers none of it). */
+
+    /* The layout of tensors of element type t. NULL: NCHW for every type. */
+    unet_layout (*layout)(const unet_backend *b, unet_dtype t);
+
+    /* After the plans are compiled: NULL, or one line saying that this run
+     * is not deterministic although it asked to be (a convolution that only
+     * a nondeterministic library routine runs), for the line that names the
+     * run's device. */
+    const char *(*nondeterminism)(const unet_backend *b);
 
     /* The free and total memory of the backend's device, for planning a run
      * before it allocates anything (unet info: the largest batch that fits).

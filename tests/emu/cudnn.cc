@@ -29,6 +29,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <algorithm>
@@ -572,7 +573,7 @@ const desc *conv_op(const desc *graph) {
     return nullptr;
 }
 
-std::vector<int64_t> heuristic_list(const desc *graph, cudnnBackendHeurMode_t mode) {
+std::vector<int64_t> all_heuristics(const desc *graph, cudnnBackendHeurMode_t mode) {
     const desc *c = conv_op(graph);
     if (!c) return {};
     if (is_fused(graph)) {
@@ -585,6 +586,26 @@ std::vector<int64_t> heuristic_list(const desc *graph, cudnnBackendHeurMode_t mo
     case CUDNN_HEUR_MODE_B: return {1, 2, 0};
     default: return fwd ? std::vector<int64_t>{5, 0, 3, 1, 2} : std::vector<int64_t>{5, 0, 1, 2};
     }
+}
+
+/* The engines a mode lists for a graph; UNET_CUDA_EMU_CUDNN_ENGINES (indices, "3,1") keeps only those, in the
+ * same order: a test plays a machine whose cuDNN has, say, only nondeterministic engines for a graph. */
+std::vector<int64_t> heuristic_list(const desc *graph, cudnnBackendHeurMode_t mode) {
+    std::vector<int64_t> all = all_heuristics(graph, mode);
+    const char *keep = getenv("UNET_CUDA_EMU_CUDNN_ENGINES");
+    if (!keep || !*keep) return all;
+    std::set<int64_t> kept;
+    for (const char *p = keep; *p;) {
+        char *end;
+        long long v = strtoll(p, &end, 10);
+        if (end == p) break;
+        kept.insert(v);
+        p = *end == ',' ? end + 1 : end;
+    }
+    std::vector<int64_t> out;
+    for (int64_t e : all)
+        if (kept.count(e)) out.push_back(e);
+    return out;
 }
 
 /* Why engine e cannot run graph g (the plan does not finalize), or null. */
@@ -614,16 +635,6 @@ int64_t workspace_of(const engine_kind &e, const desc *g) {
 /* ---------------------------------------------------------------------------
  * Execution
  * ------------------------------------------------------------------------- */
-
-float tf32(float v) {
-    /* tensor cores read float as TF32: 10 mantissa bits, rounded to nearest (ties away from zero) */
-    uint32_t u;
-    memcpy(&u, &v, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return v;
-    u = (u + 0x1000u) & 0xffffe000u;
-    memcpy(&v, &u, 4);
-    return v;
-}
 
 int64_t elements(const tensor_info &t) {
     int64_t n = 1;
@@ -656,7 +667,7 @@ std::vector<double> load(const tensor_info &t, const void *p, bool tensor_cores)
             f = unet_emu_bf16_float(((const uint16_t *)p)[off]);
         } else {
             f = ((const float *)p)[off];
-            if (tensor_cores) f = tf32(f);
+            if (tensor_cores) f = unet_emu::tf32(f);
         }
         v[i] = f;
     }
@@ -880,14 +891,15 @@ void execute(const execution &ex) {
 cudnnStatus_t finalize_plan(desc *d) {
     desc *cfg = get_desc(d, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG);
     if (!cfg) return bad(CUDNN_STATUS_BAD_PARAM, "execution plan: CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG is required");
-    if (get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE)) memcpy(&d->handle, get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE)->bytes.data(), sizeof d->handle);
+    /* cuDNN before 9.8 requires the plan's own handle (the graph's does not stand in for it); the strictest
+     * release the backend may meet is the one the emulator plays */
+    if (!get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE))
+        return bad(CUDNN_STATUS_BAD_PARAM, "execution plan: CUDNN_ATTR_EXECUTION_PLAN_HANDLE is required (as cuDNN "
+                                           "before 9.8 requires it)");
+    memcpy(&d->handle, get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE)->bytes.data(), sizeof d->handle);
+    if (!d->handle) return bad(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "execution plan: the handle is NULL");
     d->engine = cfg->engine;
     d->graph = cfg->graph;
-    /* the handle names the device; without one on the plan, the graph's (the emulator's leniency: see README) */
-    if (!d->handle) d->handle = d->graph->handle;
-    if (!d->handle)
-        return bad(CUDNN_STATUS_BAD_PARAM, "execution plan: no handle (CUDNN_ATTR_EXECUTION_PLAN_HANDLE, or one on the "
-                                           "operation graph)");
     const engine_kind *e = engine_by_index(d->engine);
     if (const char *why = engine_refuses(*e, d->graph))
         return bad(CUDNN_STATUS_NOT_SUPPORTED, "engine %lld (%s): %s", (long long)e->index, e->name, why);
@@ -969,7 +981,12 @@ struct unet_emu_cudnn {
 
 extern "C" {
 
-size_t cudnnGetVersion(void) { return CUDNN_VERSION; }
+/* The headers' version, or UNET_CUDA_EMU_CUDNN_VERSION (as cudnnGetVersion counts: 90100 is 9.1.0, 8907 is
+ * 8.9.7), so that a test can play an older runtime. */
+size_t cudnnGetVersion(void) {
+    const char *v = getenv("UNET_CUDA_EMU_CUDNN_VERSION");
+    return v && *v ? (size_t)strtoull(v, nullptr, 10) : (size_t)CUDNN_VERSION;
+}
 
 const char *cudnnGetErrorString(cudnnStatus_t s) {
     switch (s) {

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet_testlib import cuda_emulated, rng, run_op, requires_gpu
+from unet_testlib import rng, run_op, requires_gpu
 
 TOL = 1e-2        # ops: a few bf16 roundings (2^-9 each) of float32-accumulated results
 MODEL_TOL = 5e-2  # whole steps, losses, parameters and running statistics: the roundings compound
@@ -152,31 +152,41 @@ def test_batchnorm(training, relu):
           states=[rm, rv], training=training)
 
 
-# (3, 1, 1) fails under the CPU emulation, and would on a GPU: the CPU twin convolves with the float32 weights
-# and bias, the backend with their bf16 copies, and one pre-activation of this case is +0.0021 with the former
-# and -0.0008 with the latter, so the fused ReLU's mask differs there and din0 by 5% of its largest value.
-# The twin wants the bf16-rounded weights and bias (the backend's cast of them is then exact).
-MASK_FLIP = pytest.mark.xfail(cuda_emulated(), strict=True, reason="the CPU twin's float32 weights flip one ReLU "
-                              "mask element against the backend's bf16 copies (a test bug, not the backend's)")
-
-
-@pytest.mark.parametrize("k,pad,relu", [pytest.param(3, 1, 1, marks=MASK_FLIP), (3, 0, 0), (1, 0, 0)])
+# The convolutions convolve with bf16 copies of the float32 weights and bias (conv.cu), so the twins get them
+# rounded to bf16, which makes the backend's cast exact: with the float32 ones, a pre-activation of the (3, 1, 1)
+# case is +0.0021 on the CPU and -0.0008 on the backend, the fused ReLU's mask differs there, and din0 by 5% of
+# its largest value.
+@pytest.mark.parametrize("k,pad,relu", [(3, 1, 1), (3, 0, 0), (1, 0, 0)])
 def test_conv(k, pad, relu):
     g = rng(50 + k + pad)
     n, c, h, w, o = 2, 5, 9, 11, 12
     x = g.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = (g.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
-    b = g.standard_normal(o).astype(np.float32)
+    wt = bf16(g.standard_normal((o, c, k, k)) / np.sqrt(c * k * k))
+    b = bf16(g.standard_normal(o))
     oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
     check("conv", [x], (n, o, oh, ow), {"k": k, "pad": pad, "relu": relu}, params=[wt, b], accumulate=True)
+
+
+@pytest.mark.parametrize("path", ["cublaslt", "cudnn"])
+def test_conv_1x1_by_either_path(monkeypatch, path):
+    """A 1x1 convolution as a cuBLASLt matmul over NHWC bf16 (the bias and
+    ReLU in its epilogue) or through cuDNN (src/kernels/cuda/gemm.h)."""
+    monkeypatch.setenv("UNET_CONV1X1", path)
+    monkeypatch.setenv("UNET_CUDNN_LOG", "1")
+    g = rng(55)
+    n, c, h, w, o = 2, 11, 6, 7, 13
+    x = g.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = bf16(g.standard_normal((o, c, 1, 1)) / np.sqrt(c))
+    b = bf16(g.standard_normal(o))
+    check("conv", [x], (n, o, h, w), {"k": 1, "pad": 0, "relu": 1}, params=[wt, b], accumulate=True)
 
 
 def test_conv_t2():
     g = rng(60)
     n, c, h, w, o = 2, 9, 5, 7, 4
     x = g.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = (g.standard_normal((c, o, 2, 2)) / np.sqrt(c)).astype(np.float32)
-    b = g.standard_normal(o).astype(np.float32)
+    wt = bf16(g.standard_normal((c, o, 2, 2)) / np.sqrt(c))
+    b = bf16(g.standard_normal(o))
     check("conv_t2", [x], (n, o, 2 * h, 2 * w), params=[wt, b], accumulate=True)
 
 

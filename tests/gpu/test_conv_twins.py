@@ -24,7 +24,7 @@ import pytest
 import torch.nn.functional as F
 
 from op_references import t64
-from unet_testlib import assert_close, rng, run_op, requires_gpu
+from unet_testlib import assert_close, cuda_emulated, rng, run_op, requires_gpu
 
 FP32_TOL = 1e-5
 TF32_TOL = 2e-3
@@ -115,6 +115,21 @@ def test_conv_accumulates_into_din(layout):
     din_init = g.standard_normal(x.shape).astype(np.float32)
     r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init], layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, 1, 1), FP32_TOL, "conv accumulate", din_init)
+
+
+def test_conv_checks_its_weights_against_the_alignment_its_plans_declare():
+    """Parameters start on 64-byte boundaries (graph.c), so the plans declare
+    weights and biases 16-byte aligned, as tensor-core engines want; the
+    backend checks every pointer against what its plan declared, before
+    cuDNN sees it. A weight 64 bytes into its block is fine, 4 bytes is not."""
+    g = rng(350)
+    x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
+    attrs = {"k": 3, "pad": 1, "relu": 1, "out_c": oshape[1]}
+    ok = run_op("conv", [x], oshape, dict(attrs, param_offset=16), params=[wt, b], backend="cuda", training=0)
+    assert_close(ok["out"], conv_reference(x, wt, b, dout, 1, 1)[0], FP32_TOL, "conv, weights 64 bytes in")
+    with pytest.raises(RuntimeError) as e:
+        run_op("conv", [x], oshape, dict(attrs, param_offset=1), params=[wt, b], backend="cuda", training=0)
+    assert "tensor at" in str(e.value) and "is not 16-byte aligned as the plan assumes" in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -238,3 +253,61 @@ def test_bias_gradient_over_channel_vectors(layout):
     assert_close(r["out"], y.detach().numpy(), FP32_TOL, "bias out")
     assert_close(r["din"][0], X.grad.numpy(), FP32_TOL, "bias din")
     assert_close(r["dparam"][0], B.grad.numpy(), FP32_TOL, "bias dbias")
+
+
+def test_bias_gradient_over_more_channels_than_a_grid_dimension_holds():
+    """The per-channel gradient sums launch a block per channel on grid.y,
+    which holds 65535 at most: past that, each block takes several channels
+    (conv.cu, channel_grid). 65540 channels of 2 values each (cheap, even
+    emulated), against the CPU twin: a channel left out reads as NaN."""
+    g = rng(950)
+    shape = (2, 65540, 1, 1)
+    x = g.standard_normal(shape).astype(np.float32)
+    b = g.standard_normal(shape[1]).astype(np.float32)
+    dout = g.standard_normal(shape).astype(np.float32)
+    r = run_op("bias", [x], shape, params=[b], dout=dout, backward=True, backend="cuda")
+    cpu = run_op("bias", [x], shape, params=[b], dout=dout, backward=True, backend="cpu")
+    assert_close(r["dparam"][0], cpu["dparam"][0], FP32_TOL, "bias dbias over 65540 channels")
+    assert_close(r["out"], cpu["out"], FP32_TOL, "bias out over 65540 channels")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("path", ["cublaslt", "cudnn"])
+@pytest.mark.parametrize("precision,relu", [("fp32", 0), ("fp32", 1), ("tf32", 1)])
+def test_1x1_conv_by_either_path_matches_torch_and_the_cpu_twin(monkeypatch, path, precision, relu, layout):
+    """A 1x1 convolution's forward runs as a cuBLASLt matmul with the bias
+    (and ReLU) in its epilogue, or through cuDNN, whichever ran its shape
+    faster when the plans were built (src/kernels/cuda/gemm.h); the choice
+    is forced here (UNET_CONV1X1), and the log must say it was taken."""
+    monkeypatch.setenv("UNET_CONV1X1", path)
+    tol = FP32_TOL if precision == "fp32" else TF32_TOL
+    g = rng(960 + relu)
+    x, wt, b, dout, oshape = conv_case(g, 1, 0, relu, 3)
+    r = run_conv(x, wt, b, dout, oshape, 1, 0, relu, precision=precision, layout=layout)
+    check_conv(r, conv_reference(x, wt, b, dout, 0, relu), tol, f"1x1 conv by {path} {precision} relu{relu}")
+    cpu = run_conv(x, wt, b, dout, oshape, 1, 0, relu, backend="cpu")
+    assert_close(r["out"], cpu["out"], tol, f"1x1 conv by {path} vs the CPU twin")
+    said = "cuBLASLt (UNET_CONV1X1" if path == "cublaslt" else "cuDNN (UNET_CONV1X1"
+    assert said in r["stderr"], r["stderr"]
+
+
+def test_1x1_conv_falls_back_to_cudnn_when_cublaslt_offers_nothing(monkeypatch):
+    if not cuda_emulated():
+        pytest.skip("a cuBLASLt without an algorithm is played by the CPU emulation")
+    monkeypatch.setenv("UNET_CONV1X1", "cublaslt")
+    monkeypatch.setenv("UNET_CUDA_EMU_CUBLASLT_ALGOS", "0")
+    g = rng(970)
+    x, wt, b, dout, oshape = conv_case(g, 1, 0, 1, 2)
+    r = run_conv(x, wt, b, dout, oshape, 1, 0, 1)
+    check_conv(r, conv_reference(x, wt, b, dout, 0, 1), FP32_TOL, "1x1 conv without a matmul")
+    assert "no algorithm" in r["stderr"] and "cuDNN runs it" in r["stderr"], r["stderr"]
+
+
+def test_1x1_conv_by_cublaslt_is_deterministic(monkeypatch):
+    """cuBLASLt's matmul gives the same bits on every run of one algorithm on
+    one GPU (no atomics in its reductions): two runs of the same problem."""
+    monkeypatch.setenv("UNET_CONV1X1", "cublaslt")
+    g = rng(980)
+    x, wt, b, dout, oshape = conv_case(g, 1, 0, 1, 3)
+    r1, r2 = (run_conv(x, wt, b, dout, oshape, 1, 0, 1) for _ in range(2))
+    assert np.array_equal(r1["out"].view(np.uint32), r2["out"].view(np.uint32)), "1x1 conv by cuBLASLt differs"

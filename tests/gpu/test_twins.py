@@ -491,12 +491,15 @@ def run_model(backend, args, seed, layout=None):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("conv1x1", ["cudnn", "cublaslt"])
 @pytest.mark.parametrize("case", list(MODEL_CASES))
-def test_model_steps_match_cpu(case, layout):
+def test_model_steps_match_cpu(monkeypatch, case, conv1x1, layout):
     """Forward, backward and optimizer steps of a whole model through a
-    compiled plan (the convolutions through cuDNN) against the CPU backend.
+    compiled plan (the convolutions through cuDNN; the heads, 1x1, also as
+    cuBLASLt matmuls: UNET_CONV1X1) against the CPU backend.
     1e-4: fp32 convolutions sum in other orders than the CPU's; the error
     compounds through the layers and the steps, staying near 1e-6."""
+    monkeypatch.setenv("UNET_CONV1X1", conv1x1)
     cu, cpu = run_model("cuda", MODEL_CASES[case], 7, layout), run_model("cpu", MODEL_CASES[case], 7)
     for key in ("loss", "grads", "params", "state"):
         assert_close(cu[key], cpu[key], 1e-4, f"{case} {key} vs CPU")

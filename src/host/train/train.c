@@ -302,9 +302,12 @@ static void announce(const train_run *t) {
     if (t->rank == 0) {
         unet_config_print(stdout, cfg, "train");
         unet_plan_stats st = unet_plan_get_stats(t->plan);
-        printf("device: %s; %zu parameters; training images %d x %dx%d; tile %d -> output %d; "
+        const unet_backend *b = t->s.backend;
+        const char *nondeterminism = b->nondeterminism ? b->nondeterminism(b) : NULL;
+        printf("device: %s%s%s; %zu parameters; training images %d x %dx%d; tile %d -> output %d; "
                "activations %.1f MiB (%.1f MiB without reuse)\n",
-               t->s.device, unet_graph_trainable_params(t->s.model.graph), t->train_view.images, t->train_view.rows,
+               t->s.device, nondeterminism ? ", " : "", nondeterminism ? nondeterminism : "",
+               unet_graph_trainable_params(t->s.model.graph), t->train_view.images, t->train_view.rows,
                t->info.w, cfg->tile, t->out.h, st.arena_bytes / 1048576.0, st.unplanned_bytes / 1048576.0);
         if (t->start) printf("resuming %s at step %ld\n", cfg->resume, t->start);
     }

@@ -37,6 +37,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/staging.h"
 #include "unet/augment.h"
 
 /* One sample as the kernels see it: the resolved warp with device pointers. */
@@ -168,13 +169,6 @@ void unet_cuda_warper_free(const unet_backend *b, unet_warper *w) {
 
 unet_warper *unet_cuda_warper_create(const unet_backend *b, int batch, int channels, int tile, int context, int grid,
                                      int cubic, char *err, size_t errlen) {
-    /* decided by the format, not by sizes: NHWC float32 padded to 4 channels takes the bytes of NCHW at 4 */
-    if (((const unet_cuda_ctx *)b->ctx)->act_format != UNET_FMT_NCHW_F32) {
-        snprintf(err, errlen, "--augment-device cuda writes its tiles as NCHW float32, but this run holds its images "
-                              "channels last (--layout nhwc, or --precision bf16): use --augment-device cpu, or "
-                              "--layout nchw with --precision fp32 or tf32");
-        return NULL;
-    }
     const long long S = (long long)tile + 2LL * context;
     if (batch < 1 || channels < 1 || tile < 1 || context < 0 || (grid != 0 && (grid < 2 || grid > UNET_WARP_MAX_GRID)) ||
         (cubic && S < 2) || (long long)tile * tile > (1LL << 30) || S * S * channels > (1LL << 40)) {
@@ -315,17 +309,16 @@ int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const
     const int C = w->channels, S = w->window, T = w->tile;
     const size_t windows = (size_t)count * C * S * S, planes = (size_t)count * S * S;
     const cudaStream_t stream = w->ctx->stream;
-    const cudaMemcpyKind up = cudaMemcpyHostToDevice;
     work_words d = describe(w, count);
     const unet_cuda_site at = unet_at_work(w->b, d.text, 0);
     UNET_CUDA_CHECK(cudaSetDevice(w->ctx->device), at);
-    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_raw, src_raw, windows * sizeof(float), up, stream), at);
-    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_label, src_label, planes * sizeof(int32_t), up, stream), at);
-    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_weight, src_weight, planes * sizeof(float), up, stream), at);
-    if (any_field)
-        UNET_CUDA_CHECK(cudaMemcpyAsync(w->grids, w->host_grids, count * grid_stride(w) * sizeof(double), up, stream),
-                        at);
-    UNET_CUDA_CHECK(cudaMemcpyAsync(w->jobs, w->host_jobs, count * sizeof(sample_job), up, stream), at);
+    /* through page-locked staging (staging.h): the host arrays may be reused at once, and the host need not wait
+     * for the step that still reads the previous batch */
+    unet_cuda_upload_staged(w->ctx, w->src_raw, src_raw, windows * sizeof(float), at);
+    unet_cuda_upload_staged(w->ctx, w->src_label, src_label, planes * sizeof(int32_t), at);
+    unet_cuda_upload_staged(w->ctx, w->src_weight, src_weight, planes * sizeof(float), at);
+    if (any_field) unet_cuda_upload_staged(w->ctx, w->grids, w->host_grids, count * grid_stride(w) * sizeof(double), at);
+    unet_cuda_upload_staged(w->ctx, w->jobs, w->host_jobs, count * sizeof(sample_job), at);
     if (any_field) {
         field_kernel<<<count, UNET_THREADS, 0, stream>>>(w->jobs, w->grids, grid_stride(w), w->tables,
                                                          table_stride(w));

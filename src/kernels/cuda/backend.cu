@@ -1,7 +1,7 @@
-/* The CUDA backend: device selection, the context (stream, cuDNN and cuBLAS
- * handles bound to it), memory and transfers, the fused optimizer passes,
+/* The CUDA backend: device selection, the context (stream, cuDNN and
+ * cuBLASLt handles), memory and transfers, the fused optimizer passes,
  * the capture and replay of a whole step as a CUDA graph, and the one error
- * reporter every CUDA, cuDNN and cuBLAS check goes through.
+ * reporter every CUDA, cuDNN and cuBLASLt check goes through.
  *
  * Layout (layout.h): fp32 and tf32 keep NCHW float32 (labels int32),
  * exactly the CPU's, so transfers are plain copies and a tensor means the
@@ -12,7 +12,8 @@
  * and loss values stay as on the CPU. Parameters, their gradients and the
  * optimizer state are float32 in every precision. Everything runs on the
  * context's stream and returns at once; only the downloads and sync wait for
- * the stream.
+ * the stream, and an upload for the copy before last into its destination
+ * (staging.h: what a step uploads goes through page-locked buffers).
  *
  * Precision: fp32 (pure float math), tf32 (tensor cores in the
  * convolutions) and bf16 (bf16 storage and tensor cores, float32 master
@@ -29,6 +30,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/layout.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/staging.h"
 
 /* One backend per (device, precision), alive for the process: plans, the
  * arena and parameter blocks hold pointers into it, and there is no teardown
@@ -39,8 +41,8 @@ typedef struct {
     unet_backend backend;
     char device_name[256];
     int cc_major, cc_minor;
-    void *staging;        /* host buffer of the NHWC conversions (staging()), kept between calls */
-    size_t staging_bytes;
+    void *unpacking;      /* host buffer of the NHWC downloads (unpacking_buffer()), kept between calls */
+    size_t unpacking_bytes;
 } cuda_instance;
 
 #define MAX_INSTANCES 32
@@ -172,6 +174,14 @@ static unet_cuda_layout layout_of(const unet_backend *b, unet_shape s, unet_dtyp
     return unet_cuda_layout_of(instance_of(b)->ctx.act_format, s, t);
 }
 
+static unet_layout cuda_layout(const unet_backend *b, unet_dtype t) {
+    unet_shape one = {1, 1, 1, 1};
+    unet_cuda_format f = layout_of(b, one, t).format;
+    return f == UNET_FMT_NHWC_BF16  ? UNET_LAYOUT_NHWC_BF16
+           : f == UNET_FMT_NHWC_F32 ? UNET_LAYOUT_NHWC_F32
+                                    : UNET_LAYOUT_NCHW;
+}
+
 static size_t cuda_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
     return unet_cuda_layout_bytes(layout_of(b, s, t));
 }
@@ -201,8 +211,10 @@ static void cuda_memset0(const unet_backend *b, void *p, size_t bytes) {
     UNET_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, inst->ctx.stream), on(inst));
 }
 
-/* Host to device. The host buffer may be reused as soon as this returns: a
- * copy from pageable memory is staged before cudaMemcpyAsync returns. */
+/* Host to device, once in a run (the parameters, the optimizer state): from
+ * pageable memory, which the driver stages before cudaMemcpyAsync returns,
+ * so the host buffer may be reused at once. What a step uploads anew goes
+ * through staging.h's page-locked buffers instead. */
 static void copy_in(const cuda_instance *inst, void *dst, const void *host, size_t bytes) {
     if (bytes) UNET_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, inst->ctx.stream), on(inst));
 }
@@ -214,37 +226,37 @@ static void copy_out(const cuda_instance *inst, void *host, const void *src, siz
     UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
 }
 
-/* The host buffer for a conversion, grown when a larger one is asked for and
- * kept, so that a step's uploads allocate nothing once the first step has
- * run. Reusing it at once is safe: copy_in returns once a pageable copy is
- * staged, and copy_out waits. Out of host memory ends the run (as a failed
- * call would). */
-static void *staging(const unet_backend *b, size_t bytes) {
+/* The host buffer an NHWC download unpacks from, grown when a larger one is
+ * asked for and kept. Reusing it at once is safe: copy_out waits. Out of
+ * host memory ends the run (as a failed call would). */
+static void *unpacking_buffer(const unet_backend *b, size_t bytes) {
     cuda_instance *inst = (cuda_instance *)b->ctx;
-    if (bytes > inst->staging_bytes) {
-        void *p = realloc(inst->staging, bytes);
+    if (bytes > inst->unpacking_bytes) {
+        void *p = realloc(inst->unpacking, bytes);
         if (!p) {
             char msg[96];
-            snprintf(msg, sizeof msg, "out of host memory for %zu bytes of staging", bytes);
+            snprintf(msg, sizeof msg, "out of host memory for %zu bytes of a download", bytes);
             unet_cuda_fail_at(__FILE__, __LINE__, "realloc", msg, on(inst));
         }
-        inst->staging = p;
-        inst->staging_bytes = bytes;
+        inst->unpacking = p;
+        inst->unpacking_bytes = bytes;
     }
-    return inst->staging;
+    return inst->unpacking;
 }
 
-/* NHWC activations are converted on the host, through the staging buffer. */
+/* A step's inputs (and any tensor): staged in page-locked memory (staging.h),
+ * NHWC activations converted on the host straight into it. */
 static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t) {
-    const cuda_instance *inst = instance_of(b);
+    cuda_instance *inst = (cuda_instance *)b->ctx;
     unet_cuda_layout l = layout_of(b, s, t);
-    if (l.format == UNET_FMT_NCHW_F32) {
-        copy_in(inst, dst, host, unet_shape_count(s) * unet_dtype_size(t));
-        return;
-    }
-    void *packed = staging(b, unet_cuda_layout_bytes(l));
-    unet_cuda_pack(l, packed, (const float *)host);
-    copy_in(inst, dst, packed, unet_cuda_layout_bytes(l));
+    size_t bytes = unet_cuda_layout_bytes(l);
+    if (!bytes) return;
+    void *pinned = unet_cuda_stage(&inst->ctx, dst, bytes, on(inst));
+    if (l.format != UNET_FMT_NCHW_F32)
+        unet_cuda_pack(l, pinned, (const float *)host);
+    else
+        memcpy(pinned, host, bytes);
+    unet_cuda_stage_copy(&inst->ctx, dst, bytes, on(inst));
 }
 
 static void cuda_download(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t) {
@@ -254,7 +266,7 @@ static void cuda_download(const unet_backend *b, void *host, const void *src, un
         copy_out(inst, host, src, unet_shape_count(s) * unet_dtype_size(t));
         return;
     }
-    void *packed = staging(b, unet_cuda_layout_bytes(l));
+    void *packed = unpacking_buffer(b, unet_cuda_layout_bytes(l));
     copy_out(inst, packed, src, unet_cuda_layout_bytes(l));
     unet_cuda_unpack(l, (float *)host, packed);
 }
@@ -267,8 +279,10 @@ static void cuda_download_f32(const unet_backend *b, float *host, const float *s
     copy_out(instance_of(b), host, src, n * sizeof(float));
 }
 
+/* The per-step values (seed, optimizer scalars): staged like the inputs. */
 static void cuda_upload_bytes(const unet_backend *b, void *dst, const void *host, size_t bytes) {
-    copy_in(instance_of(b), dst, host, bytes);
+    cuda_instance *inst = (cuda_instance *)b->ctx;
+    unet_cuda_upload_staged(&inst->ctx, dst, host, bytes, on(inst));
 }
 
 /* cudaMemGetInfo of the instance's device: an answer for planning, not a fault, so a failure is returned. */
@@ -283,6 +297,10 @@ static int cuda_memory_info(const unet_backend *b, size_t *free_bytes, size_t *t
         return -1;
     }
     return 0;
+}
+
+static const char *cuda_nondeterminism(const unet_backend *b) {
+    return unet_cudnn_nondeterminism(&((cuda_instance *)b->ctx)->ctx);
 }
 
 static void cuda_sync(const unet_backend *b) {
@@ -591,12 +609,8 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
         cudaGetLastError();
         return -1;
     }
-    size_t cudnn_version = cudnnGetVersion();
-    if (cudnn_version / 10000 != CUDNN_MAJOR) {
-        snprintf(err, errlen, "cuDNN %zu is loaded but unet was built against cuDNN %d.%d: install cuDNN %d",
-                 cudnn_version, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_MAJOR);
-        return -1;
-    }
+    /* before any plan is built: an old cuDNN would otherwise surface as "no engine" at the first convolution */
+    if (unet_cudnn_check_version(err, errlen)) return -1;
 
     unet_cuda_ctx *ctx = &inst->ctx;
     ctx->device = device;
@@ -614,16 +628,11 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
         cudaGetLastError();
         return -1;
     }
-    cublasStatus_t bs = cublasCreate(&ctx->cublas);
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(ctx->cublas, ctx->stream);
-    /* TF32 tensor cores only when asked; reductions without atomics (the default mode) */
-    if (bs == CUBLAS_STATUS_SUCCESS)
-        bs = cublasSetMathMode(ctx->cublas, precision == UNET_PREC_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                                          : CUBLAS_PEDANTIC_MATH);
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetAtomicsMode(ctx->cublas, CUBLAS_ATOMICS_NOT_ALLOWED);
+    /* the 1x1 convolutions' matmuls (gemm.c); the stream and the precision go with each call */
+    cublasStatus_t bs = cublasLtCreate(&ctx->cublaslt);
     if (bs != CUBLAS_STATUS_SUCCESS) {
-        snprintf(err, errlen, "cannot use CUDA device %d: cuBLAS initialisation failed: %s", device,
-                 cublasGetStatusString(bs));
+        snprintf(err, errlen, "cannot use CUDA device %d: cuBLASLt initialisation failed: %s", device,
+                 cublasLtGetStatusString(bs));
         cudaGetLastError();
         return -1;
     }
@@ -661,6 +670,8 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->replay = cuda_replay;
     b->release = cuda_release;
     b->memory_info = cuda_memory_info;
+    b->layout = cuda_layout;
+    b->nondeterminism = cuda_nondeterminism;
     b->warper_create = unet_cuda_warper_create;
     b->warp_batch = unet_cuda_warp_batch;
     b->warper_free = unet_cuda_warper_free;

@@ -5,7 +5,9 @@
  * The small kernels here do what cuDNN is not asked to: the bias (+ ReLU)
  * when no engine runs the fused graph, the ReLU mask of the backward pass
  * fused with the bias gradient, and accumulation when no engine adds into
- * its output.
+ * its output. A 1x1 convolution's forward may instead run as a cuBLASLt
+ * matmul (gemm.h), when that measured faster for its shape as the plans
+ * were built.
  *
  * Workspace of a backward pass, used in stream order (each phase may reuse
  * all of it because the previous phase has finished on the same stream):
@@ -26,10 +28,12 @@
  * prefix is empty: cuDNN reads the parameters where they are. */
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/cudnn_graph.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/nhwc.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/tensor_view.cuh"
@@ -137,21 +141,26 @@ static __global__ void channel_partial_kernel(typename F::T *dz, const typename 
                                               long long hw, long long per_channel, long long chunk, int slices,
                                               double *partial) {
     __shared__ double sh[THREADS];
-    int c = blockIdx.y, s = blockIdx.x;
+    int s = blockIdx.x;
     long long begin = s * chunk, end = begin + chunk < per_channel ? begin + chunk : per_channel;
-    double acc = 0.0;
-    for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
-        long long n = j / hw;
-        long long idx = F::plane_at(n, c, cp, hw, j - n * hw);
-        float v = unet_ld(dz, idx);
-        if (mask) {
-            v = unet_ld(mask, idx) > 0.0f ? v : 0.0f;
-            unet_st(dz, idx, v); /* v or 0: exact in bf16 too */
+    /* grid.y is capped at 65535 (channel_grid): a block takes every gridDim.y-th channel, the whole block
+     * together, so that block_sum's barriers are reached by all its threads */
+    for (int c = blockIdx.y; c < channels; c += gridDim.y) {
+        double acc = 0.0;
+        for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
+            long long n = j / hw;
+            long long idx = F::plane_at(n, c, cp, hw, j - n * hw);
+            float v = unet_ld(dz, idx);
+            if (mask) {
+                v = unet_ld(mask, idx) > 0.0f ? v : 0.0f;
+                unet_st(dz, idx, v); /* v or 0: exact in bf16 too */
+            }
+            acc += v;
         }
-        acc += v;
+        block_sum(sh, acc);
+        if (threadIdx.x == 0) partial[(long long)c * slices + s] = sh[0];
+        __syncthreads(); /* sh is refilled by the next channel */
     }
-    block_sum(sh, acc);
-    if (threadIdx.x == 0) partial[(long long)c * slices + s] = sh[0];
 }
 
 /* NHWC: the same sums through unet_nhwc_sums (nhwc.cuh): the partials of a
@@ -204,6 +213,14 @@ static channel_split split_channel(long long per_channel) {
     return sp;
 }
 
+/* The launch of channel_partial_kernel: one block per (slice, channel), the
+ * channels on grid.y up to the hardware's 65535, beyond which each block
+ * loops over channels (a layer may have more, a 1x1 convolution's for one). */
+#define MAX_GRID_Y 65535
+static dim3 channel_grid(int slices, int channels) {
+    return dim3((unsigned)slices, (unsigned)(channels < MAX_GRID_Y ? channels : MAX_GRID_Y));
+}
+
 /* Slices per channel: NCHW's split_channel, NHWC's unet_nhwc_sums. */
 static int channel_slices(const unet_op_args *a, long long per_channel) {
     return unet_cuda_ctx_of(a)->act_format != UNET_FMT_NCHW_F32 ? unet_nhwc_slices(per_channel)
@@ -232,7 +249,7 @@ static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, un
         UNET_CUDA_LAUNCHED(a);
     } else {
         channel_split sp = split_channel(per_channel);
-        channel_partial_kernel<F><<<dim3((unsigned)sp.slices, (unsigned)s.c), THREADS, 0, ctx->stream>>>(
+        channel_partial_kernel<F><<<channel_grid(sp.slices, s.c), THREADS, 0, ctx->stream>>>(
             (T *)dz, (const T *)mask, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk,
             sp.slices, partial);
         UNET_CUDA_LAUNCHED(a);
@@ -443,6 +460,133 @@ static unet_conv_problem conv_forward_problem(const unet_op_args *a, int fused) 
     return p;
 }
 
+/* The forward by cuDNN: the fused plan, or the plain convolution and the bias (+ ReLU) kernel. */
+static void conv_forward_cudnn(const unet_op_args *a) {
+    unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
+    unet_conv_problem p = conv_forward_problem(a, 1);
+    char *ws = (char *)a->workspace + weight_prefix(a, p);
+    const unet_cudnn_plan *fused = unet_cudnn_plan_find(ctx, &p, a);
+    const void *w = weights_for(a, p, a->param[0], fused ? a->param[1] : NULL);
+    if (fused) {
+        unet_conv_tensors t = {a->in[0], w, a->out, is_nhwc(a) ? (const void *)bias_copy(a, p) : a->param[1]};
+        unet_cudnn_execute(ctx, fused, &t, ws, a);
+        return;
+    }
+    unet_conv_tensors t = {a->in[0], w, a->out, NULL};
+    p = conv_forward_problem(a, 0);
+    unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws, a);
+    bias_act(a, a->out, a->out, a->param[1], a->out_shape, a->node->relu);
+}
+
+/* The forward of a 1x1 convolution by a cuBLASLt matmul, bias and ReLU in its epilogue (gemm.h). */
+static void conv_forward_gemm(const unet_op_args *a, const unet_gemm_plan *g) {
+    unet_conv_problem p = conv_forward_problem(a, 1);
+    const void *w = weights_for(a, p, a->param[0], a->param[1]);
+    const void *b = is_nhwc(a) ? (const void *)bias_copy(a, p) : a->param[1];
+    unet_gemm_execute(unet_cuda_ctx_of(a), g, a->in[0], w, b, a->out, (char *)a->workspace + weight_prefix(a, p), a);
+}
+
+static void conv_forward_by(const unet_op_args *a, unet_1x1_path path) {
+    unet_conv_problem p = conv_forward_problem(a, 1);
+    const unet_gemm_plan *g = path == UNET_1X1_GEMM ? unet_gemm_plan_find(unet_cuda_ctx_of(a), &p) : NULL;
+    if (g)
+        conv_forward_gemm(a, g);
+    else
+        conv_forward_cudnn(a);
+}
+
+/* ---------------------------------------------------------------------------
+ * 1x1 convolutions: a cuBLASLt matmul or cuDNN, whichever ran the shape
+ * faster when the plans were built
+ * ------------------------------------------------------------------------- */
+
+/* UNET_CONV1X1=cublaslt or cudnn: that path, unmeasured (gemm.h). */
+static unet_1x1_path forced_1x1(void) {
+    const char *v = getenv("UNET_CONV1X1");
+    if (v && !strcmp(v, "cublaslt")) return UNET_1X1_GEMM;
+    if (v && !strcmp(v, "cudnn")) return UNET_1X1_CUDNN;
+    return UNET_1X1_UNDECIDED;
+}
+
+/* Milliseconds of one forward by a path on t's buffers: the least of three after one to warm up, timed by events
+ * on the stream (compile time: nothing is being captured, and the wait is allowed). */
+static float time_forward(const unet_op_args *t, unet_1x1_path path, cudaEvent_t start, cudaEvent_t stop) {
+    cudaStream_t stream = unet_cuda_ctx_of(t)->stream;
+    float best = -1.0f;
+    for (int run = 0; run < 4; run++) {
+        UNET_CUDA_CHECK(cudaEventRecord(start, stream), unet_at_op(t));
+        conv_forward_by(t, path);
+        UNET_CUDA_CHECK(cudaEventRecord(stop, stream), unet_at_op(t));
+        UNET_CUDA_CHECK(cudaEventSynchronize(stop), unet_at_op(t));
+        float ms = 0.0f;
+        UNET_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop), unet_at_op(t));
+        if (run > 0 && (best < 0.0f || ms < best)) best = ms;
+    }
+    return best;
+}
+
+/* Both paths timed on scratch buffers of the op's shapes: the matmul when strictly faster (a tie, as when the
+ * device does not measure time, keeps cuDNN). Without the memory for the buffers, cuDNN, unmeasured. */
+static unet_1x1_path measure_1x1(const unet_op_args *a, size_t workspace, float *ms_gemm, float *ms_cudnn) {
+    unet_op_args t = *a;
+    size_t bytes[5] = {act_bytes(a, a->in_shape[0]), act_bytes(a, a->out_shape),
+                       (size_t)a->out_shape.c * a->in_shape[0].c * sizeof(float), (size_t)a->out_shape.c * sizeof(float),
+                       workspace};
+    void *buf[5] = {NULL, NULL, NULL, NULL, NULL};
+    int ok = 1;
+    for (int i = 0; i < 5 && ok; i++) {
+        ok = cudaMalloc(&buf[i], bytes[i] ? bytes[i] : 256) == cudaSuccess;
+        if (ok) UNET_CUDA_CHECK(cudaMemsetAsync(buf[i], 0, bytes[i], unet_cuda_ctx_of(a)->stream), unet_at_op(a));
+    }
+    unet_1x1_path path = UNET_1X1_CUDNN;
+    *ms_gemm = *ms_cudnn = -1.0f;
+    if (ok) {
+        t.in[0] = buf[0], t.out = buf[1], t.param[0] = (const float *)buf[2], t.param[1] = (const float *)buf[3];
+        t.workspace = buf[4];
+        cudaEvent_t start, stop;
+        UNET_CUDA_CHECK(cudaEventCreate(&start), unet_at_op(a));
+        UNET_CUDA_CHECK(cudaEventCreate(&stop), unet_at_op(a));
+        *ms_gemm = time_forward(&t, UNET_1X1_GEMM, start, stop);
+        *ms_cudnn = time_forward(&t, UNET_1X1_CUDNN, start, stop);
+        cudaEventDestroy(start);
+        cudaEventDestroy(stop);
+        if (*ms_gemm < *ms_cudnn) path = UNET_1X1_GEMM;
+    } else {
+        cudaGetLastError(); /* out of memory is an answer here, not a fault */
+    }
+    for (int i = 0; i < 5; i++)
+        if (buf[i]) UNET_CUDA_CHECK(cudaFree(buf[i]), unet_at_op(a));
+    return path;
+}
+
+/* Compile time, a 1x1 convolution with a bias whose plans are built: the
+ * matmul's plan, and the path this shape takes from now on. workspace: what
+ * the op needs so far. Returns the workspace the matmul needs more. */
+static size_t choose_1x1(const unet_op_args *a, size_t workspace) {
+    unet_conv_problem p = conv_forward_problem(a, 1);
+    if (!unet_gemm_runs(&p)) return 0;
+    unet_gemm_plan *g = unet_gemm_plan_build(unet_cuda_ctx_of(a), &p, a);
+    if (!g) return 0;
+    size_t need = weight_prefix(a, p) + unet_gemm_plan_workspace(g);
+    if (unet_gemm_path(g) != UNET_1X1_UNDECIDED) return need; /* the shape was measured at another node */
+    float ms_gemm = -1.0f, ms_cudnn = -1.0f;
+    unet_1x1_path path = forced_1x1();
+    const char *why = "UNET_CONV1X1";
+    if (path == UNET_1X1_UNDECIDED) {
+        path = measure_1x1(a, max_size(workspace, need), &ms_gemm, &ms_cudnn);
+        why = ms_gemm < 0.0f ? "not measured: no device memory for the scratch buffers" : "measured";
+    }
+    unet_gemm_set_path(g, path);
+    const char *log = getenv("UNET_CUDNN_LOG");
+    if (log && *log && strcmp(log, "0") != 0) {
+        char times[96] = "";
+        if (ms_gemm >= 0.0f) snprintf(times, sizeof times, ": cuBLASLt %.4f ms, cuDNN %.4f ms", ms_gemm, ms_cudnn);
+        fprintf(stderr, "unet conv1x1: x (%d,%d,%d,%d) -> %d channels: %s (%s%s)\n", p.n, p.c, p.h, p.w, p.k,
+                path == UNET_1X1_GEMM ? "cuBLASLt" : "cuDNN", why, times);
+    }
+    return need;
+}
+
 static size_t conv_workspace_bytes(const unet_op_args *a) {
     check_conv_shapes(a);
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
@@ -460,27 +604,15 @@ static size_t conv_workspace_bytes(const unet_op_args *a) {
         ws = max_size(ws, unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &wgrad, 1, a)));
         ws = max_size(ws, build_output_plans(ctx, conv_problem(a, UNET_CONV_DGRAD), act_bytes(a, a->in_shape[0]), a));
     }
-    return prefix + ws;
+    return max_size(prefix + ws, choose_1x1(a, prefix + ws));
 }
 
 static void conv_forward(const unet_op_args *a) {
     check_conv_shapes(a);
     require(a, a->param[0], "conv weight (param[0])");
     require(a, a->param[1], "conv bias (param[1])");
-    unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     unet_conv_problem p = conv_forward_problem(a, 1);
-    char *ws = (char *)a->workspace + weight_prefix(a, p);
-    const unet_cudnn_plan *fused = unet_cudnn_plan_find(ctx, &p, a);
-    const void *w = weights_for(a, p, a->param[0], fused ? a->param[1] : NULL);
-    if (fused) {
-        unet_conv_tensors t = {a->in[0], w, a->out, is_nhwc(a) ? (const void *)bias_copy(a, p) : a->param[1]};
-        unet_cudnn_execute(ctx, fused, &t, ws, a);
-        return;
-    }
-    unet_conv_tensors t = {a->in[0], w, a->out, NULL};
-    p = conv_forward_problem(a, 0);
-    unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws, a);
-    bias_act(a, a->out, a->out, a->param[1], a->out_shape, a->node->relu);
+    conv_forward_by(a, unet_gemm_path(unet_gemm_plan_find(unet_cuda_ctx_of(a), &p)));
 }
 
 /* dz = dout * (out > 0) with ReLU (in place: dout has no other reader);

@@ -50,10 +50,12 @@ static inline int unet_conv_out_size(int size, int r, int stride, int pad) { ret
 typedef struct unet_cudnn_plan unet_cudnn_plan;
 
 /* Compile time: the plan for a problem, built on first request and cached.
- * required = 1: a problem without any engine aborts with the problem, the
- * device and cuDNN's own reason. required = 0 (fused graphs, beta = 1):
- * returns NULL when no engine runs it, and remembers that, so the caller
- * takes its fallback path. `a` only names the op in messages. */
+ * required = 1: when no engine passes the rules of the run's precision and
+ * determinism, the rules bend (cudnn_graph.c: rule_tier) before a problem
+ * without any engine aborts with the problem, the device and cuDNN's own
+ * reasons. required = 0 (fused graphs, beta = 1): returns NULL when no
+ * engine runs it as asked, and remembers that, so the caller takes its
+ * fallback path. `a` only names the op in messages. */
 const unet_cudnn_plan *unet_cudnn_plan_build(unet_cuda_ctx *ctx, const unet_conv_problem *p, int required,
                                              const unet_op_args *a);
 
@@ -79,6 +81,29 @@ void unet_cudnn_execute(unet_cuda_ctx *ctx, const unet_cudnn_plan *plan, const u
  * this module makes (tests/tools/unet_cudnn_graphcheck.c). */
 int unet_cudnn_graph_check(unet_precision precision, unet_cuda_format format, const unet_conv_problem *p, char *why,
                            size_t why_len);
+
+/* The cuDNN this build runs on. cuDNN promises that a runtime runs
+ * programs built against its own or an earlier minor version; a build
+ * against newer headers (9.19 here) on an older runtime (the one a GPU
+ * machine's PyTorch brings, 9.1 to 9.10 in its recent releases) is not
+ * promised. This module takes that step knowingly: every entry point and
+ * every enum value it names is in cuDNN 9.0.0 with the value it has in
+ * 9.19 (cudnnGetLastErrorString and the 9.x status codes came with 9.0;
+ * STRICT_NAN_PROP, from 9.1, is only a name in messages), and the one
+ * change of behaviour in between (9.8 deprecated the plan's and the
+ * graph's handle, which earlier releases require) is met by setting both.
+ * A different major version has other entry points and is refused. */
+#define UNET_CUDNN_MIN_VERSION 90000 /* 9.0.0, as cudnnGetVersion() counts */
+
+/* 0 when the loaded cuDNN can run this build (the headers' major version,
+ * at least UNET_CUDNN_MIN_VERSION), else -1 with one line in err naming the
+ * version found and the one needed. Asked once, when the backend starts. */
+int unet_cudnn_check_version(char *err, size_t errlen);
+
+/* NULL, or one line saying that this deterministic run is not: some
+ * convolution had only nondeterministic engines (each said so on stderr
+ * when its plan was built). Asked once the plans are built. */
+const char *unet_cudnn_nondeterminism(unet_cuda_ctx *ctx);
 
 /* Frees every plan (backend teardown). */
 void unet_cudnn_cache_free(struct unet_cudnn_cache *cache);
