@@ -306,3 +306,19 @@ def write_safetensors(path, tensors):
     text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + data)
+
+
+def test_inference_bench_smoke_run(tmp_path):
+    """bench/inference_cpu.py end to end on a tiny tile: its report has a row per model and batch."""
+    r = subprocess.run([sys.executable, os.path.join(SOURCE, "bench", "inference_cpu.py"), "--build", BUILD,
+                        "--tile", "32", "--batches", "1,2", "--steps", "1", "--warmup", "0", "--rounds", "1",
+                        "--models", "unetpp_l2", "--out", str(tmp_path)], capture_output=True, text=True,
+                       timeout=300, env=single_process_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    (name,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    report = json.load(open(os.path.join(tmp_path, name)))
+    assert [(x["model"], x["batch"]) for x in report["rows"]] == [("unetpp_l2", 1), ("unetpp_l2", 2)]
+    for x in report["rows"]:
+        assert x["engine_ips"] > 0 and x["ort_ips"] > 0 and x["ratio"] == pytest.approx(x["ort_ms"] / x["engine_ms"])
+        assert x["loads"]
+    assert "| model | batch | engine images/s |" in open(os.path.join(tmp_path, name[:-5] + ".md")).read()
