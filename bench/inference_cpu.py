@@ -12,8 +12,18 @@ background load hits them alike; a row reports each side's fastest round (its me
 ratio engine / ONNX Runtime (> 1: the engine is faster). The load average is recorded with every measurement: on a
 shared machine only rows measured under low load mean much.
 
+Waiting threads: by default both sides spin a while at each synchronisation (OpenMP's default; ONNX Runtime's
+allow_spinning), which on a machine whose cores other processes want too costs a spinning side dearly. --wait both
+(the default) measures each row twice: as the defaults have it (spin), and with waiting threads asleep (passive:
+OMP_WAIT_POLICY=passive for the engine, session.intra_op.allow_spinning=0 for ONNX Runtime).
+
+A second table holds the figure other load disturbs least: one thread on each side, batch 1, the process CPU time
+of one inference (the median; ONNX Runtime: time.process_time() around a run; the engine: unet bench's
+cpu_ms_median, the same clock around each step).
+
     bench/inference_cpu.py [--build build] [--threads 2] [--tile 256] [--batches 1,8] [--steps 5] [--warmup 2]
-                           [--rounds 3] [--models unet,unetpp_l4,unetpp_l2] [--out bench/results]
+                           [--rounds 3] [--models unet,unetpp_l4,unetpp_l2] [--wait both|spin|passive]
+                           [--no-cpu-time] [--out bench/results]
 
 Writes bench/results/inference_cpu-<date>.md and .json (machine, date, settings, every timing)."""
 import argparse
@@ -72,25 +82,47 @@ def exported(args, key, d):
     return model
 
 
-def engine_ms(args, key, batch):
+def engine_bench(args, key, batch, threads, steps, wait="spin"):
     m = MODELS[key]
     cmd = [os.path.join(args.build, "unet"), "bench", "--json", "--device", "cpu", *model_flags(m), *m["mode"],
-           "--tile", args.tile, "--batch", batch, "--steps", args.steps, "--bench-warmup", args.warmup,
-           "--threads", args.threads, "--seed", 1]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    return json.loads(run(cmd, env).strip().splitlines()[-1])["ms_median"]
+           "--tile", args.tile, "--batch", batch, "--steps", steps, "--bench-warmup", args.warmup,
+           "--threads", threads, "--seed", 1]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env["OMP_NUM_THREADS"] = str(threads)
+    if wait == "passive":
+        env["OMP_WAIT_POLICY"] = "passive"
+    return json.loads(run(cmd, env).strip().splitlines()[-1])
 
 
-def ort_ms(args, session, batch):
+def engine_ms(args, key, batch, wait):
+    return engine_bench(args, key, batch, args.threads, args.steps, wait)["ms_median"]
+
+
+def engine_cpu_ms(args, key):
+    """Process CPU time of one inference at batch 1 on one thread (unet bench's cpu_ms_median)."""
+    return engine_bench(args, key, 1, 1, args.steps)["cpu_ms_median"]
+
+
+def ort_ms(args, session, batch, clock=time.perf_counter):
     x = np.random.default_rng(batch).random((batch, 1, args.tile, args.tile)).astype(np.float32)
     names = [o.name for o in session.get_outputs()]
     times = []
     for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         session.run(names, {"image": x})
         if i >= args.warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append((clock() - t0) * 1e3)
     return sorted(times)[len(times) // 2]
+
+
+def ort_session(path, threads, wait="spin"):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0" if wait == "passive" else "1")
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
 def markdown(report):
@@ -99,13 +131,36 @@ def markdown(report):
              f"threads on both sides; tile {report['tile']}x{report['tile']}, same padding, one class; onnxruntime "
              f"{report['onnxruntime']}; engine {report['git']}. Each side's fastest of {report['rounds']} rounds "
              f"(median of {report['steps']} runs after {report['warmup']} warm-up); load: the 1-minute load "
-             "average around the measurements (2 cores: above ~2.5 the figures are disturbed).", "",
-             "| model | batch | engine images/s | ONNX Runtime images/s | engine / ORT | load |",
-             "|---|---|---|---|---|---|"]
+             "average around the measurements (2 cores: above ~2.5 the figures are disturbed). Waiting threads: spin is "
+             "both sides' default (OpenMP's, ONNX Runtime's allow_spinning); passive puts them to sleep "
+             "(OMP_WAIT_POLICY=passive; allow_spinning=0).", "",
+             "| model | batch | waiting threads | engine images/s | ONNX Runtime images/s | engine / ORT | load |",
+             "|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        lines.append(f"| {r['name']} | {r['batch']} | {r['engine_ips']:.3f} | {r['ort_ips']:.3f} | "
+        lines.append(f"| {r['name']} | {r['batch']} | {r['wait']} | {r['engine_ips']:.3f} | {r['ort_ips']:.3f} | "
                      f"{r['ratio']:.2f} | {min(r['loads']):.1f} to {max(r['loads']):.1f} |")
+    if report["cpu_rows"]:
+        lines += ["", "One thread each, batch 1: process CPU time of one inference (what other load on the machine "
+                  "disturbs least).", "",
+                  "| model | engine CPU ms | ONNX Runtime CPU ms | engine / ORT | load |", "|---|---|---|---|---|"]
+        for r in report["cpu_rows"]:
+            lines.append(f"| {r['name']} | {r['engine_cpu_ms']:.1f} | {r['ort_cpu_ms']:.1f} | {r['ratio']:.2f} | "
+                         f"{min(r['loads']):.1f} to {max(r['loads']):.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def cpu_time_row(args, key, path):
+    """The single-thread CPU-time comparison of one model, rounds taking turns as above."""
+    session = ort_session(path, 1)
+    eng, onx, loads = [], [], [load()]
+    for _ in range(args.rounds):
+        eng.append(engine_cpu_ms(args, key))
+        loads.append(load())
+        onx.append(ort_ms(args, session, 1, time.process_time))
+        loads.append(load())
+    e, o = min(eng), min(onx)
+    return dict(model=key, name=MODELS[key]["name"], engine_cpu_ms=e, ort_cpu_ms=o, engine_rounds_ms=eng,
+                ort_rounds_ms=onx, ratio=o / e, loads=loads)
 
 
 def main():
@@ -118,6 +173,9 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--wait", default="both", choices=["both", "spin", "passive"],
+                   help="waiting threads: spin (both sides' defaults), passive (asleep), or both, row by row")
+    p.add_argument("--no-cpu-time", action="store_true", help="leave out the single-thread CPU-time table")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args()
     import onnxruntime as ort
@@ -125,28 +183,34 @@ def main():
     date = datetime.date.today().isoformat()
     report = dict(date=date, machine=machine(), git=git_describe(), onnxruntime=ort.__version__,
                   threads=args.threads, tile=args.tile, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                  rows=[])
+                  rows=[], cpu_rows=[])
     with tempfile.TemporaryDirectory() as d:
         for key in args.models.split(","):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            session = ort.InferenceSession(exported(args, key, d), opts, providers=["CPUExecutionProvider"])
+            path = exported(args, key, d)
+            waits = ["spin", "passive"] if args.wait == "both" else [args.wait]
+            sessions = {w: ort_session(path, args.threads, w) for w in waits}
             for batch in map(int, args.batches.split(",")):
-                eng, onx, loads = [], [], [load()]
-                for _ in range(args.rounds):
-                    eng.append(engine_ms(args, key, batch))
-                    loads.append(load())
-                    onx.append(ort_ms(args, session, batch))
-                    loads.append(load())
-                e, o = min(eng), min(onx)
-                row = dict(model=key, name=MODELS[key]["name"], batch=batch, engine_ms=e, ort_ms=o,
-                           engine_rounds_ms=eng, ort_rounds_ms=onx, engine_ips=batch / e * 1e3,
-                           ort_ips=batch / o * 1e3, ratio=o / e, loads=loads)
-                report["rows"].append(row)
-                print(f"{row['name']}, batch {batch}: engine {row['engine_ips']:.3f} images/s, ONNX Runtime "
-                      f"{row['ort_ips']:.3f}, ratio {row['ratio']:.2f} (load {min(loads)}..{max(loads)})",
-                      flush=True)
+                for wait in waits:
+                    eng, onx, loads = [], [], [load()]
+                    for _ in range(args.rounds):
+                        eng.append(engine_ms(args, key, batch, wait))
+                        loads.append(load())
+                        onx.append(ort_ms(args, sessions[wait], batch))
+                        loads.append(load())
+                    e, o = min(eng), min(onx)
+                    row = dict(model=key, name=MODELS[key]["name"], batch=batch, wait=wait, engine_ms=e, ort_ms=o,
+                               engine_rounds_ms=eng, ort_rounds_ms=onx, engine_ips=batch / e * 1e3,
+                               ort_ips=batch / o * 1e3, ratio=o / e, loads=loads)
+                    report["rows"].append(row)
+                    print(f"{row['name']}, batch {batch}, {wait}: engine {row['engine_ips']:.3f} images/s, ONNX "
+                          f"Runtime {row['ort_ips']:.3f}, ratio {row['ratio']:.2f} (load {min(loads)}..{max(loads)})",
+                          flush=True)
+            if not args.no_cpu_time:
+                row = cpu_time_row(args, key, path)
+                report["cpu_rows"].append(row)
+                print(f"{row['name']}, one thread, batch 1: engine {row['engine_cpu_ms']:.1f} CPU ms, ONNX Runtime "
+                      f"{row['ort_cpu_ms']:.1f}, ratio {row['ratio']:.2f} (load {min(row['loads'])}.."
+                      f"{max(row['loads'])})", flush=True)
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"inference_cpu-{date}")
     with open(base + ".json", "w") as f:

@@ -317,8 +317,12 @@ def test_inference_bench_smoke_run(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     (name,) = [f for f in os.listdir(tmp_path) if f.endswith(".json")]
     report = json.load(open(os.path.join(tmp_path, name)))
-    assert [(x["model"], x["batch"]) for x in report["rows"]] == [("unetpp_l2", 1), ("unetpp_l2", 2)]
+    assert [(x["model"], x["batch"], x["wait"]) for x in report["rows"]] == [
+        ("unetpp_l2", b, w) for b in (1, 2) for w in ("spin", "passive")]
     for x in report["rows"]:
         assert x["engine_ips"] > 0 and x["ort_ips"] > 0 and x["ratio"] == pytest.approx(x["ort_ms"] / x["engine_ms"])
         assert x["loads"]
-    assert "| model | batch | engine images/s |" in open(os.path.join(tmp_path, name[:-5] + ".md")).read()
+    (cpu,) = report["cpu_rows"]
+    assert cpu["engine_cpu_ms"] > 0 and cpu["ort_cpu_ms"] > 0
+    md = open(os.path.join(tmp_path, name[:-5] + ".md")).read()
+    assert "| model | batch | waiting threads | engine images/s |" in md and "| model | engine CPU ms |" in md

@@ -24,6 +24,12 @@ double unet_now_s(void) {
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
+double unet_cpu_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
 static void *alloc(size_t count, size_t size, int zero, const char *what, char *err, size_t errlen) {
     if (size && count > SIZE_MAX / size) {
         unet_errorf(err, errlen, "out of host memory for %s (%zu x %zu bytes)", what, count, size);

@@ -14,6 +14,9 @@ void unet_errorf(char *err, size_t errlen, const char *fmt, ...) __attribute__((
 /* Seconds on a monotonic clock: differences are elapsed time, unaffected by
  * changes of the wall clock. */
 double unet_now_s(void);
+/* Seconds of CPU time this process has used, all its threads together: on a
+ * machine shared with other load, the steadier measure of a one-thread run. */
+double unet_cpu_s(void);
 
 /* count * size bytes of host memory (unet_alloc_zeroed: set to zero). On
  * failure, or when the size overflows, NULL with "out of host memory for
