@@ -118,6 +118,7 @@ MODELS = [
     dict(model="unet", filters=[4, 6, 8], padding="valid", classes=2),
     dict(model="unet", filters=[4, 6, 8, 8], padding="same", classes=1, norm=True, bilinear=True, fusion="add"),
     dict(model="unet_e", filters=[4, 6, 8, 8], padding="valid", classes=3, ds=True, norm=True, bilinear=True),
+    dict(model="unet_e", filters=[4, 6, 8], padding="same", classes=2, ds=True, fusion="add"),
     dict(model="unet_plus", filters=[4, 6, 8, 8], padding="same", classes=1, ds=True, fusion="add"),
     dict(model="unet_plus", filters=[4, 6, 8], padding="valid", classes=2, ds=True, fusion="add", bilinear=True),
     dict(model="unetpp", filters=[4, 6, 8, 8], padding="valid", classes=1, ds=True, norm=True),
@@ -238,11 +239,12 @@ def test_export_equals_predict(i, tmp_path):
             assert prob.shape == (2, cfg["classes"], 3 * a, 5 * a)
 
 
-def test_opset_13_and_batch_norm_model_run_in_onnx_runtime(tmp_path):
-    """The oldest operator set --opset takes (13) checks and runs alike."""
-    cfg = MODELS[5]
+def test_opset_13_runs_alike(tmp_path):
+    """The oldest operator set --opset takes (13) checks and computes what 17 does (BatchNormalization, say, has
+    other versions in between)."""
+    cfg = next(c for c in MODELS if c.get("bilinear") and c.get("norm") and c["padding"] == "same")
     d = str(tmp_path)
-    tile = valid_tile(cfg, 100)
+    tile = 32
     ckpt = train(d, cfg, tile)
     for opset in (13, 17):
         path = os.path.join(d, f"m{opset}.onnx")
