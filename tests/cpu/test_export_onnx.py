@@ -5,7 +5,8 @@
 - Every family member in both paddings, transposed and bilinear upsampling, concat and add fusion, batch norm,
   dropout, several classes and channels, deep supervision in all three modes, pruned depths 1..L: the model passes
   onnx.checker (full_check), holds exactly the tensors of the network the mode runs, and on random tiles its prob
-  equals unet predict's within 1e-5; scripts/onnx_predict.py over whole images of odd sizes equals unet predict.
+  equals unet predict's within 1e-5; scripts/onnx_predict.py over whole images of odd sizes equals unet predict
+  (for each model's first mode, its mode of several heads and depth 1).
 - Bad input: one line, exit code 2.
 
 Needs onnx and onnxruntime (tests/requirements.txt, in the .venv scripts/setup.sh makes)."""
@@ -192,7 +193,10 @@ def test_export_equals_predict(i, tmp_path):
     C, L = cfg.get("in_channels", 1), len(cfg["filters"]) - 1
     tile = valid_tile(cfg, 100 if L == 3 else 60) if cfg["padding"] == "valid" else 8 * 2 ** (L - 1)
     ckpt = train(d, cfg, tile)
-    for flags, net, heads in modes_of(cfg):
+    for m, (flags, net, heads) in enumerate(modes_of(cfg)):
+        # whole images for the first mode, the modes of several heads (blended head by head) and depth 1 (the
+        # shallowest pruned network: its own margin and pooling grid)
+        whole = m == 0 or len(heads) > 1 or flags[-1:] == [1]
         path = os.path.join(d, "m.onnx")
         out = ok(UNET, "export", "--checkpoint", ckpt, "--output", path, *flags)
         assert out.startswith(f"wrote {path}: {cfg['model']}"), out
@@ -221,6 +225,8 @@ def test_export_equals_predict(i, tmp_path):
         assert ref.std() > 1e-3, "a constant output would say nothing"
         assert np.abs(prob - ref).max() <= TOL, what
 
+        if not whole:
+            continue
         # whole images of odd sizes, through scripts/onnx_predict.py
         images = rng.random((2, C, 45, 37)).astype(np.float32)
         ref = predict(ckpt, images, d, "whole", *flags)
