@@ -33,6 +33,7 @@ typedef enum {
     UNET_CMD_DATA_IMPORT = 1u << 8,
     UNET_CMD_DATA_SPLIT = 1u << 9,
     UNET_CMD_DATA_INFO = 1u << 10,
+    UNET_CMD_EXPORT = 1u << 11,
 } unet_command;
 
 /* Option groups: sections of --help and of the printed configuration. */
@@ -85,6 +86,7 @@ typedef struct {
     int json;
     unet_predict_mode mode;
     float overlap;                  /* same-padding tiles: overlap share for blending */
+    int opset;                      /* export: the ONNX operator set */
 
     /* device */
     const char *device;             /* cpu | cuda | cuda:N | auto; see unet_config_device() */

@@ -68,6 +68,7 @@ static const command commands[] = {
     {"bench", UNET_CMD_BENCH, "time training steps (or inference, with --mode) of a model on random data"},
     {"prune", UNET_CMD_PRUNE, "write the network of a checkpoint pruned to --depth as a checkpoint of its own"},
     {"compare", UNET_CMD_COMPARE, "train several models under identical settings and report them side by side"},
+    {"export", UNET_CMD_EXPORT, "write a checkpoint's inference network (as --mode runs it) as an ONNX model"},
     {"data weights", UNET_CMD_DATA_WEIGHTS, "add the U-Net paper's border weight map (weight) to an HDF5 dataset"},
     {"data import", UNET_CMD_DATA_IMPORT, "make an HDF5 dataset from folders of TIFF or PNG images and masks"},
     {"data split", UNET_CMD_DATA_SPLIT, "split an HDF5 dataset's images at random into a training and a validation file"},
@@ -99,6 +100,7 @@ static const char *positional_of(unsigned bit) {
 #define EVAL UNET_CMD_EVAL
 #define INFO UNET_CMD_INFO
 #define BENCH UNET_CMD_BENCH
+#define EXPORT UNET_CMD_EXPORT
 #define MODEL_USERS (TRAIN | PREDICT | EVAL | INFO | BENCH) /* every command that builds a network */
 #define RUNNERS (TRAIN | PREDICT | EVAL | BENCH)            /* every command that computes on a device */
 #define STEPPERS (TRAIN | BENCH)                            /* every command that takes optimizer steps */
@@ -174,7 +176,7 @@ static const option options[] = {
     {"loss", OPT_ENUM, F(model.loss), .choices = losses, .commands = MODEL_USERS, .group = G_MODEL,
      .help = "softmax cross-entropy, or sigmoid BCE + soft Dice (default: ce for --classes >= 2, bce_dice for 1)"},
     {"depth", OPT_INT, F(model.prune_depth), .min = 0, .max = UNET_MAX_LEVELS, .def = "0", .meta = "D",
-     .commands = MODEL_USERS | PRUNE, .group = G_MODEL,
+     .commands = MODEL_USERS | PRUNE | EXPORT, .group = G_MODEL,
      .help = "prune to depth D: nodes with i + j <= D and head D (0: the full model; with --base and no "
              "--levels: the number of levels)"},
     {"preset", OPT_ENUM, F(preset), .choices = preset_names, .def = "none", .commands = TRAIN | INFO | BENCH,
@@ -191,7 +193,7 @@ static const option options[] = {
      .help = "models to compare: unet, unet_e, unet_plus, unetpp, wide_unet (the U-Net of --match-params)"},
 
     /* training */
-    {"tile", OPT_INT, F(tile), .min = 1, .max = 1 << 20, .def = "572", .meta = "S", .commands = MODEL_USERS,
+    {"tile", OPT_INT, F(tile), .min = 1, .max = 1 << 20, .def = "572", .meta = "S", .commands = MODEL_USERS | EXPORT,
      .group = G_TRAINING, .help = "input tile size, pixels per side"},
     {"batch", OPT_INT, F(batch), .min = 1, .max = 1 << 20, .def = "1", .meta = "B", .commands = MODEL_USERS,
      .group = G_TRAINING, .help = "tiles per step, per process"},
@@ -258,7 +260,7 @@ static const option options[] = {
      .group = G_DATA, .help = "dataset name of the labels"},
     {"weight-key", OPT_STRING, F(weight_key), .def = "weight", .meta = "NAME", .commands = TRAIN | EVAL | DATA_WEIGHTS,
      .group = G_DATA, .help = "dataset name of the optional per-pixel loss weights"},
-    {"checkpoint", OPT_STRING, F(checkpoint), .meta = "C.safetensors", .commands = PREDICT | EVAL | INFO | PRUNE,
+    {"checkpoint", OPT_STRING, F(checkpoint), .meta = "C.safetensors", .commands = PREDICT | EVAL | INFO | PRUNE | EXPORT,
      .group = G_DATA, .help = "checkpoint to run (the model comes from its metadata; explicit flags override)"},
     {"init", OPT_STRING, F(init), .meta = "W.safetensors", .commands = TRAIN_ONLY, .group = G_DATA,
      .help = "start from these weights (fine-tuning; PyTorch names and layouts)"},
@@ -268,10 +270,10 @@ static const option options[] = {
     /* output */
     {"save", OPT_STRING, F(save), .meta = "C.safetensors", .commands = TRAIN_ONLY, .group = G_OUTPUT,
      .help = "write the checkpoint here (atomically)"},
-    {"output", OPT_STRING, F(output), .meta = "FILE", .commands = PREDICT | PRUNE | UNET_CMD_DATA_IMPORT,
+    {"output", OPT_STRING, F(output), .meta = "FILE", .commands = PREDICT | PRUNE | EXPORT | UNET_CMD_DATA_IMPORT,
      .group = G_OUTPUT,
      .help = "(or -o FILE) predict: write prob (N,K,H,W) float32 and pred (N,H,W) uint8 to this .h5; prune: the pruned "
-             "checkpoint; data import: the dataset"},
+             "checkpoint; export: the .onnx model; data import: the dataset"},
     {"out", OPT_STRING, F(out_dir), .meta = "DIR", .commands = COMPARE, .group = G_OUTPUT,
      .help = "write report.md, report.json, the runs' logs and the plots here"},
     {"log", OPT_STRING, F(log), .meta = "M.jsonl", .commands = TRAIN_ONLY | EVAL, .group = G_OUTPUT,
@@ -288,11 +290,15 @@ static const option options[] = {
      .commands = DATA_WEIGHTS, .group = G_OUTPUT, .help = "width of the border term, pixels (the paper's sigma)"},
     {"no-balance", OPT_FLAG, F(no_balance), .commands = DATA_WEIGHTS, .group = G_OUTPUT,
      .help = "no class balancing: w_c = 1 instead of n / (2 n_class)"},
-    {"mode", OPT_ENUM, F(mode), .choices = modes, .def = "deepest", .commands = PREDICT | EVAL | BENCH, .group = G_OUTPUT,
+    {"mode", OPT_ENUM, F(mode), .choices = modes, .def = "deepest", .commands = PREDICT | EVAL | BENCH | EXPORT,
+     .group = G_OUTPUT,
      .help = "the deepest head, the network pruned to --depth, or the mean of all heads"},
     {"overlap", OPT_FLOAT, F(overlap), .min = 0, .max = 1, .max_open = 1, .def = "0.5", .meta = "F",
-     .commands = PREDICT | EVAL | COMPARE, .group = G_OUTPUT,
-     .help = "overlap of same-padding tiles, blended"},
+     .commands = PREDICT | EVAL | COMPARE | EXPORT, .group = G_OUTPUT,
+     .help = "overlap of same-padding tiles, blended (export: the tile stride it records)"},
+    {"opset", OPT_INT, F(opset), .min = 13, .max = 17, .def = "17", .meta = "N", .commands = EXPORT,
+     .group = G_OUTPUT, .flags = OPTF_NO_JSON,
+     .help = "ONNX operator set of the exported model (13..17: the range of the ONNX IR version 8 it is written in)"},
 
     /* device */
     {"device", OPT_STRING, F(device), .def = "auto", .meta = "cpu|cuda[:N]|auto", .commands = MODEL_USERS,

@@ -5,6 +5,7 @@
 #define UNET_COMMON_UTIL_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 /* Writes the message into err (errlen bytes, truncated to fit): the way every
  * function of the library says what went wrong. */
@@ -13,11 +14,21 @@ void unet_errorf(char *err, size_t errlen, const char *fmt, ...) __attribute__((
 /* Seconds on a monotonic clock: differences are elapsed time, unaffected by
  * changes of the wall clock. */
 double unet_now_s(void);
+/* Seconds of CPU time this process has used, all its threads together: on a
+ * machine shared with other load, the steadier measure of a one-thread run. */
+double unet_cpu_s(void);
 
 /* count * size bytes of host memory (unet_alloc_zeroed: set to zero). On
  * failure, or when the size overflows, NULL with "out of host memory for
  * <what> (<size>)" in err, so that the caller fails cleanly with that line. */
 void *unet_alloc(size_t count, size_t size, const char *what, char *err, size_t errlen);
 void *unet_alloc_zeroed(size_t count, size_t size, const char *what, char *err, size_t errlen);
+
+/* Writes path atomically: write(f, ctx) fills a temporary file beside it
+ * (path.tmp.<pid>), which is flushed, synced and renamed over path, so a
+ * reader sees the old file or the whole new one, never a part. write returns
+ * 0, or -1 when it failed (errno then says why). 0, or -1 with "cannot write
+ * <path>: ..." in err and no temporary file left behind. */
+int unet_write_atomic(const char *path, int (*write)(FILE *f, void *ctx), void *ctx, char *err, size_t errlen);
 
 #endif

@@ -579,6 +579,7 @@ double unet_plan_loss(unet_plan *p, double *per_head) {
 
 int unet_plan_num_outputs(const unet_plan *p) { return p->g->n_outputs; }
 unet_shape unet_plan_output_shape(const unet_plan *p, int index) { return p->shapes[p->g->outputs[index]]; }
+unet_shape unet_plan_value_shape(const unet_plan *p, int value) { return p->shapes[value]; }
 unet_shape unet_plan_input_shape(const unet_plan *p, int input_index) {
     return p->shapes[p->g->inputs[input_index].value];
 }
