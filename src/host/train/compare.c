@@ -487,6 +487,7 @@ static int run_one(comparison *c, model_result *m, uint64_t seed, int number, ch
     run_path(ckpt, sizeof ckpt, cfg->out_dir, m->name, seed, "safetensors");
     run.log = log;
     run.save = ckpt;
+    run.save_every_min = 0; /* the run's checkpoint is evaluated and removed: no periodic ones beside it */
     printf("== %s, seed %llu (run %d of %d)\n", m->name, (unsigned long long)seed, number, cfg->seeds * c->n_models);
     fflush(stdout);
     if (unet_run_train(&run)) {

@@ -12,11 +12,13 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
 
 #include "host/common/util.h"
+#include "host/train/test_hooks.h"
 #include "unet/safetensors.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -98,6 +100,29 @@ static char *build_header(const unet_st_tensor *tensors, int n, const unet_st_me
 
 static int write_all(FILE *f, const void *p, size_t n) { return n == 0 || fwrite(p, 1, n, f) == n ? 0 : -1; }
 
+static void dir_of(const char *path, char *dir, size_t n) {
+    char copy[4200];
+    snprintf(copy, sizeof copy, "%s", path);
+    snprintf(dir, n, "%s", dirname(copy));
+}
+
+/* A failed write's message: on a full disk (or quota) with the room there
+ * is and the room the file takes, so that the cause is plain. */
+static void write_failed(const char *path, const char *tmp, const char *step, int e, size_t bytes, char *err,
+                         size_t errlen) {
+    if (!strcmp(step, "rename")) {
+        unet_errorf(err, errlen, "cannot write %s: cannot rename %s to it: %s", path, tmp, strerror(e));
+        return;
+    }
+    char dir[4200], room[160] = "";
+    struct statvfs vfs;
+    dir_of(path, dir, sizeof dir);
+    if ((e == ENOSPC || e == EDQUOT) && statvfs(dir, &vfs) == 0)
+        snprintf(room, sizeof room, " (%.1f MiB free in %.60s; the file takes %.1f MiB)",
+                 (double)vfs.f_bavail * (double)vfs.f_frsize / 1048576.0, dir, (double)bytes / 1048576.0);
+    unet_errorf(err, errlen, "cannot write %s: %s of %s failed: %s%s", path, step, tmp, strerror(e ? e : EIO), room);
+}
+
 int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors, const unet_st_meta *meta,
                   int n_meta, char *err, size_t errlen) {
     size_t header_len;
@@ -121,28 +146,31 @@ int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors
     }
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)header_len >> (8 * i));
+    size_t bytes = 8 + header_len;
+    for (int i = 0; i < n_tensors; i++) bytes += unet_st_numel(&tensors[i]) * dtypes[tensors[i].dtype].size;
     int bad = write_all(f, len8, 8) || write_all(f, header, header_len);
-    for (int i = 0; i < n_tensors && !bad; i++)
+    for (int i = 0; i < n_tensors && !bad; i++) {
         bad = write_all(f, tensors[i].data, unet_st_numel(&tensors[i]) * dtypes[tensors[i].dtype].size);
+        /* the crash tests kill a write half done: the bytes so far in the file */
+        if (i == n_tensors / 2 && !bad && !fflush(f)) unet_test_kill_point("checkpoint-write", -1);
+    }
     step = "write";
     if (!bad && fflush(f)) bad = 1;
     if (!bad && fsync(fileno(f))) bad = 1, step = "fsync";
     int e = errno;
     if (fclose(f) && !bad) bad = 1, e = errno, step = "close";
+    if (!bad) unet_test_kill_point("checkpoint-rename", -1);
     if (!bad && rename(tmp, path)) bad = 1, e = errno, step = "rename";
     free(header);
     if (bad) {
         unlink(tmp);
-        if (!strcmp(step, "rename"))
-            unet_errorf(err, errlen, "cannot write %s: cannot rename %s to it: %s", path, tmp, strerror(e));
-        else
-            unet_errorf(err, errlen, "cannot write %s: %s of %s failed: %s", path, step, tmp, strerror(e ? e : EIO));
+        write_failed(path, tmp, step, e, bytes, err, errlen);
         return -1;
     }
     /* the rename itself survives a power cut once the directory is synced; best effort */
     char dir[4200];
-    snprintf(dir, sizeof dir, "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    dir_of(path, dir, sizeof dir);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         (void)fsync(dfd);
         close(dfd);
