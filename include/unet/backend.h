@@ -162,5 +162,8 @@ const unet_backend *unet_cpu_backend(void);
  * (--fast-nondeterministic). */
 const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
                                       size_t errlen);
+/* What a CUDA build was built against and loads (unet --version): the
+ * toolkit, cuDNN and NCCL, one line into buf. Only in builds with CUDA. */
+void unet_cuda_versions(char *buf, size_t n);
 
 #endif

@@ -164,6 +164,9 @@ void unet_config_merge(unet_config *dst, const unet_config *src, unsigned groups
 void unet_config_help(FILE *f, const char *subcommand);
 /* Top-level usage: the subcommands and their summaries. */
 void unet_config_usage(FILE *f);
+/* unet --version: the version (git describe at build time), the build's
+ * options and the libraries' versions (src/host/cli/version.c). */
+void unet_print_version(FILE *f);
 /* The configuration printed at the start of a run: the subcommand's options
  * as name=value, a line per group (unset paths and off flags left out). */
 void unet_config_print(FILE *f, const unet_config *cfg, const char *subcommand);

@@ -1074,7 +1074,8 @@ int unet_config_from_json(unet_config *cfg, const char *json, char *err, size_t 
 void unet_config_usage(FILE *f) {
     fprintf(f, "usage: unet <command> [options]\n\ncommands:\n");
     for (int c = 0; c < N_COMMANDS; c++) fprintf(f, "  %-13s %s\n", commands[c].name, commands[c].summary);
-    fprintf(f, "\n'unet <command> --help' lists the options of a command.\n");
+    fprintf(f, "\n'unet <command> --help' lists the options of a command; 'unet --version' says what this unet "
+               "was built from.\n");
 }
 
 /* Words of text from column `indent` (where the cursor is) to `width`. */

@@ -20,4 +20,5 @@ int unet_cuda_memory(const unet_backend *b, size_t *free_bytes, size_t *total_by
     snprintf(err, errlen, "this unet was built without CUDA");
     return -1;
 }
+void unet_cuda_versions(char *buf, size_t n) { snprintf(buf, n, "not built"); }
 #endif
