@@ -34,7 +34,8 @@ static void print_cuda(FILE *f) {
     char versions[256];
     unet_cuda_versions(versions, sizeof versions);
 #ifdef UNET_CUDA_EMULATED
-    fprintf(f, "cuda      built against the CPU emulation of tests/emu (a correctness tool, not a GPU): %s\n", versions);
+    fprintf(f, "cuda      built against the CPU emulation of tests/emu (a correctness tool, not a GPU): %s\n",
+            versions);
 #else
     fprintf(f, "cuda      built: %s; machine code for %s\n", versions, UNET_BUILD_CUDA_ARCHITECTURES);
 #endif

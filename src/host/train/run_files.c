@@ -3,6 +3,7 @@
  * complete checkpoint that --resume takes. */
 #include <ctype.h>
 #include <dirent.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -174,17 +175,21 @@ static int newer(struct timespec t, long step, const search *s) {
 /* 1: a complete checkpoint with optimizer state, the newest so far kept;
  * 0: a complete one with weights alone; -1: not a complete checkpoint (the
  * reason kept). */
-static int consider(search *s, const char *path, unet_run_progress *progress) {
+static int consider(search *s, const char *path) {
     unet_checkpoint_meta meta;
     char why[1024];
     struct stat st;
-    if (unet_checkpoint_read_meta(path, &meta, why, sizeof why) || stat(path, &st)) {
+    int whole = stat(path, &st) == 0;
+    if (!whole)
+        snprintf(why, sizeof why, "cannot read %s: %s", path, strerror(errno));
+    else
+        whole = unet_checkpoint_read_meta(path, &meta, why, sizeof why) == 0;
+    if (!whole) {
         if (s->passed_over < MAX_NOTED) snprintf(s->problems[s->passed_over], sizeof s->problems[0], "%s", why);
         s->passed_over++;
         return -1;
     }
     int usable = strcmp(meta.optimizer_state, "none") != 0;
-    if (progress) *progress = meta.progress;
     if (usable && (!s->found || newer(st.st_mtim, meta.progress.step, s))) {
         s->found = 1;
         snprintf(s->path, sizeof s->path, "%s", path);
@@ -208,7 +213,7 @@ static void search_dir(search *s, const char *dir) {
             (len >= lb && !strcmp(e->d_name + len - lb, ".best" SUFFIX)))
             continue;
         join(path, sizeof path, dir, e->d_name);
-        consider(s, path, NULL);
+        consider(s, path);
     }
     closedir(d);
 }
@@ -225,29 +230,26 @@ static void search_prefix(search *s, const char *spec) {
         run_file_kind k = classify(e->d_name, p.base, &step);
         if (k != RUN_FILE_FINAL && k != RUN_FILE_PERIODIC) continue;
         join(path, sizeof path, p.dir, e->d_name);
-        if (strcmp(path, spec)) consider(s, path, NULL);
+        if (strcmp(path, spec)) consider(s, path);
     }
     closedir(d);
 }
 
-int unet_run_newest_checkpoint(const char *spec, char *path, size_t n, unet_run_progress *progress, FILE *notes,
-                               char *err, size_t errlen) {
+int unet_run_newest_checkpoint(const char *spec, char *path, size_t n, FILE *notes, char *err, size_t errlen) {
     search s = {0};
     struct stat st;
     const int exists = stat(spec, &st) == 0, is_dir = exists && S_ISDIR(st.st_mode);
     int named = -1; /* the file named: -1 none or no checkpoint, 0 weights alone, 1 a run's */
-    unet_run_progress named_progress;
     if (is_dir) {
         search_dir(&s, spec);
     } else {
         /* the file named first: it wins a tie */
-        if (exists) named = consider(&s, spec, &named_progress);
+        if (exists) named = consider(&s, spec);
         search_prefix(&s, spec);
     }
     if (s.found || named == 0) {
         /* weights alone and nothing better: the loader says what to do instead */
         snprintf(path, n, "%s", s.found ? s.path : spec);
-        *progress = s.found ? s.progress : named_progress;
         for (int i = 0; notes && i < s.passed_over && i < MAX_NOTED; i++)
             fprintf(notes, "unet: --resume passes over %s\n", s.problems[i]);
         return 0;

@@ -41,9 +41,8 @@ int unet_run_remove_partial(const char *save, FILE *notes);
  * candidate is opened and checked whole (a file cut short is not complete);
  * one that is not is passed over, with a line on notes (NULL: quiet) once a
  * checkpoint is found. A named file with weights alone is taken when there
- * is nothing better (its loader says what to do instead). 0 with the path
- * and its progress, or -1 with one line when there is none. */
-int unet_run_newest_checkpoint(const char *spec, char *path, size_t n, unet_run_progress *progress, FILE *notes,
-                               char *err, size_t errlen);
+ * is nothing better (its loader says what to do instead). 0 with the path,
+ * or -1 with one line when there is none. */
+int unet_run_newest_checkpoint(const char *spec, char *path, size_t n, FILE *notes, char *err, size_t errlen);
 
 #endif

@@ -367,9 +367,8 @@ static int open_loader(train_run *t, char *err, size_t errlen) {
 static int load_resume(train_run *t, char *err, size_t errlen) {
     const unet_config *cfg = t->cfg;
     unet_session *s = &t->s;
-    unet_run_progress found;
-    if (unet_run_newest_checkpoint(cfg->resume, t->resumed, sizeof t->resumed, &found, t->rank == 0 ? stderr : NULL,
-                                   err, errlen))
+    if (unet_run_newest_checkpoint(cfg->resume, t->resumed, sizeof t->resumed, t->rank == 0 ? stderr : NULL, err,
+                                   errlen))
         return -1;
     float *opt_a, *opt_b;
     if (alloc_opt_state(s, &opt_a, &opt_b, err, errlen)) return -1;
@@ -385,7 +384,7 @@ static int load_resume(train_run *t, char *err, size_t errlen) {
     t->start = t->progress.step;
     if (t->start > cfg->steps) {
         unet_errorf(err, errlen, "%s is at step %ld, past --steps %ld: ask for more steps to continue", t->resumed,
-                 t->start, cfg->steps);
+                    t->start, cfg->steps);
         return -1;
     }
     snprintf(t->last_good, sizeof t->last_good, "%s", t->resumed);
@@ -442,8 +441,8 @@ static int check_no_unfinished_run(const unet_config *cfg, char *err, size_t err
     if (cfg->resume[0] || unet_run_periodic_steps(cfg->save, newest, 1) == 0) return 0;
     char path[UNET_RUN_PATH_MAX];
     unet_run_periodic_path(cfg->save, newest[0], path, sizeof path);
-    unet_errorf(err, errlen, "--save %s: %s is there, from a run that did not finish: continue it with --resume %s, or "
-             "remove its periodic checkpoints to start afresh", cfg->save, path, cfg->save);
+    unet_errorf(err, errlen, "--save %s: %s is there, from a run that did not finish: continue it with --resume %s, "
+                "or remove its periodic checkpoints to start afresh", cfg->save, path, cfg->save);
     return -1;
 }
 
@@ -651,7 +650,7 @@ static int check_finite(train_run *t, const step_result *r, char *err, size_t er
         if (isfinite(r->loss)) return 0;
         /* a loss that is no number over finite gradients: the update went through, the run ends */
         unet_errorf(err, errlen, "the loss became %g at step %ld: the run diverged (lower --lr, now %g)", r->loss,
-                 r->done, (double)cfg->optim.lr);
+                    r->done, (double)cfg->optim.lr);
         t->all_ranks_failed = t->world > 1;
         return -1;
     }
@@ -665,8 +664,8 @@ static int check_finite(train_run *t, const step_result *r, char *err, size_t er
         char good[UNET_RUN_PATH_MAX + 64];
         last_good_text(t, good, sizeof good);
         unet_errorf(err, errlen, "%ld step(s) dropped for NaN or infinity, more than --max-skips %d (the last, step "
-                 "%ld: %s): the run diverged or the data is bad (lower --lr, now %g); %s", (long)g->bad_steps,
-                 cfg->max_skips, (long)g->last_bad, what, (double)cfg->optim.lr, good);
+                    "%ld: %s): the run diverged or the data is bad (lower --lr, now %g); %s", (long)g->bad_steps,
+                    cfg->max_skips, (long)g->last_bad, what, (double)cfg->optim.lr, good);
         t->all_ranks_failed = t->world > 1;
         return -1;
     }
@@ -784,8 +783,8 @@ static int save_checkpoint(train_run *t, const char *path, long done, char *err,
     if (bad) {
         char good[UNET_RUN_PATH_MAX + 64];
         last_good_text(t, good, sizeof good);
-        unet_errorf(err, errlen, "not writing %s: %s (or its optimizer state) is NaN or infinite after step %ld: the "
-                 "run diverged (lower --lr, now %g); %s", path, bad, done, (double)t->cfg->optim.lr, good);
+        unet_errorf(err, errlen, "not writing %s: %s (or its optimizer state) is NaN or infinite after step %ld: "
+                    "the run diverged (lower --lr, now %g); %s", path, bad, done, (double)t->cfg->optim.lr, good);
     } else {
         t->progress.step = done;
         t->progress.skipped_steps = (long)t->guard.bad_steps;
