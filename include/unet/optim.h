@@ -4,6 +4,10 @@
 
 #include "unet/plan.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { UNET_OPT_SGD, UNET_OPT_ADAM, UNET_OPT_ADAMW } unet_optimizer_kind;
 typedef enum { UNET_SCHED_CONSTANT, UNET_SCHED_COSINE, UNET_SCHED_POLY } unet_schedule_kind;
 
@@ -38,5 +42,9 @@ void unet_optim_step(const unet_optim_cfg *o, unet_param_blocks *pb, long step);
  * enqueued so far) when the host reads the loss or saves. */
 void unet_optim_guard_set(unet_param_blocks *pb, int skip_policy, long bad_steps);
 void unet_optim_guard_read(const unet_param_blocks *pb, unet_update_guard *g);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
