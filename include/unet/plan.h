@@ -22,7 +22,9 @@ typedef struct {
     float *opt_a;   /* optimizer state: SGD momentum buffer, Adam first moment */
     float *opt_b;   /* Adam second moment (NULL for SGD) */
     float *state;   /* batch norm running statistics */
+    float *state_good; /* the statistics after the last finite step, which a dropped step goes back to */
     unet_optim_scalars *scalars; /* this step's learning rate and bias corrections, on the backend */
+    unet_update_guard *guard;    /* what the update pass found non-finite (unet_backend.guard) */
 } unet_param_blocks;
 
 int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const unet_graph *g, int with_adam,

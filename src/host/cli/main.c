@@ -1,5 +1,8 @@
 /* The unet command: routes a subcommand to its run. Flags are parsed by the
  * one option table (src/host/cli/options.c); the work is in the library. */
+#include <stdio.h>
+#include <unistd.h>
+
 #include "unet/commands.h"
 #include "unet/config.h"
 #include "unet/datacmd.h"
@@ -13,5 +16,7 @@ static const unet_cli_command_impl commands[] = {
 };
 
 int main(int argc, char **argv) {
+    /* a job's log (stdout to a file under Slurm) shows each line as it is written, not a block minutes later */
+    if (!isatty(STDOUT_FILENO)) setvbuf(stdout, NULL, _IOLBF, 0);
     return unet_cli_dispatch(argc, argv, commands, (int)(sizeof commands / sizeof commands[0]));
 }

@@ -1,6 +1,7 @@
 /* Small helpers every part of the host code shares: the one-line error
- * message, a monotonic clock, and an allocation that fails with a message
- * instead of an abort. Library-internal. */
+ * message, a monotonic clock, an allocation that fails with a message
+ * instead of an abort, and the check that an output can be written.
+ * Library-internal. */
 #ifndef UNET_COMMON_UTIL_H
 #define UNET_COMMON_UTIL_H
 
@@ -30,5 +31,14 @@ void *unet_alloc_zeroed(size_t count, size_t size, const char *what, char *err, 
  * 0, or -1 when it failed (errno then says why). 0, or -1 with "cannot write
  * <path>: ..." in err and no temporary file left behind. */
 int unet_write_atomic(const char *path, int (*write)(FILE *f, void *ctx), void *ctx, char *err, size_t errlen);
+/* Fail fast on outputs: before any work, whether a file can be written at
+ * `path` later. Its folder must be there and take a new file (a probe,
+ * created beside the path and removed at once); an existing file at the
+ * path is left alone. `what` names the flag in the one-line message ("--save
+ * runs/x/c.safetensors: the folder runs/x does not exist"). 0 or -1. */
+int unet_check_output_file(const char *path, const char *what, char *err, size_t errlen);
+/* The same for a folder the command writes into, made first (mkdir -p) when
+ * create is set. */
+int unet_check_output_dir(const char *dir, const char *what, int create, char *err, size_t errlen);
 
 #endif

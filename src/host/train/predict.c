@@ -75,6 +75,10 @@ static int run(unet_config *cfg, int evaluate) {
         snprintf(err, sizeof err, "needs --output FILE.h5 for the probabilities and labels");
         goto fail;
     }
+    /* fail fast on outputs: before the model and the data are read */
+    if ((!evaluate && unet_check_output_file(cfg->output, "--output", err, sizeof err)) ||
+        (evaluate && cfg->log[0] && unet_check_output_file(cfg->log, "--log", err, sizeof err)))
+        goto fail;
     unet_tiling t;
     if (open_model(cfg, &s, &plan, &t, err, sizeof err)) goto fail;
     unet_dataset_opts dopts = {.raw_key = cfg->raw_key[0] ? cfg->raw_key : NULL,

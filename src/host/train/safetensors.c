@@ -16,6 +16,7 @@
 #include <json-c/json.h>
 
 #include "host/common/util.h"
+#include "host/common/test_hooks.h"
 #include "unet/safetensors.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -110,8 +111,11 @@ static int write_contents(FILE *f, void *ctx) {
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)c->header_len >> (8 * i));
     int bad = write_all(f, len8, 8) || write_all(f, c->header, c->header_len);
-    for (int i = 0; i < c->n_tensors && !bad; i++)
+    for (int i = 0; i < c->n_tensors && !bad; i++) {
         bad = write_all(f, c->tensors[i].data, unet_st_numel(&c->tensors[i]) * dtypes[c->tensors[i].dtype].size);
+        /* the crash tests kill a write half done: the bytes so far in the file */
+        if (i == c->n_tensors / 2 && !bad && !fflush(f)) unet_test_kill_point("checkpoint-write", -1);
+    }
     return bad ? -1 : 0;
 }
 
