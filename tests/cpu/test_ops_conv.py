@@ -156,6 +156,14 @@ def test_conv1x1_blocked():
 
 # ---- the encoders' convolutions (ResNet, MobileNetV2): strided, 7x7, odd padding, bias-free, depthwise ----
 
+@pytest.mark.parametrize("k,pad", [(3, 1), (3, 0), (1, 0)])
+@pytest.mark.parametrize("act", ["relu6", "none"])
+def test_conv_direct_bias_free(k, pad, act):
+    """The 3x3 / 1x1 stride-1 kernels without a bias (a batch norm follows: ResNet's blocks, smp's decoder)
+    and with ReLU6 (MobileNetV2's expansion 1x1)."""
+    g = rng(1950 + 2 * k + pad + (act == "relu6"))
+    check_conv(random_x_shape(g), int(g.integers(1, 10)), k, pad, act, g, bias=False, accumulate=act == "none")
+
 IM2COL_GEOMETRIES = [(7, 2, 3), (3, 2, 1), (1, 2, 0), (3, 2, 0), (5, 1, 2), (3, 1, 2), (2, 2, 0), (3, 3, 1)]
 
 
