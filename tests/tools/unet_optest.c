@@ -119,6 +119,7 @@ int main(int argc, char **argv) {
         float *h = read_file(dir, name, &bytes);
         if (!h) continue;
         param_n[j] = bytes / 4;
+        node.param[j] = j; /* present, as a plan's node names its parameters (a backend may ask the node) */
         float *d = b->alloc(b, bytes ? bytes : 4);
         b->upload_f32(b, d, h, param_n[j]);
         a.param[j] = d;
