@@ -55,7 +55,7 @@ def run_op(op, inputs, out_shape, attrs=None, params=(), states=(), dout=None, b
                 return None
             return np.fromfile(path, dtype=np.float32).reshape(shape)
 
-        res = {"out": load("out.bin", tuple(out_shape))}
+        res = {"out": load("out.bin", tuple(out_shape)), "stderr": r.stderr}
         res["din"] = [load(f"din{i}.bin", x.shape) for i, x in enumerate(inputs)]
         res["dparam"] = [load(f"dparam{j}.bin", np.shape(p)) for j, p in enumerate(params)]
         res["state"] = [load(f"state{j}.out.bin", np.shape(s)) for j, s in enumerate(states)]
