@@ -73,6 +73,17 @@ def op_cases():
                            [np.zeros((4, 3, 3, 3), np.float32), np.zeros(4, np.float32)], [], 0)))
     cases.append(("batchnorm", ([x], x.shape, {"relu": 1}, [np.zeros(3, np.float32)] * 2,
                                 [np.zeros(3, np.float32), np.ones(3, np.float32)], 0)))
+    # the encoders' variants: strided, bias-free, depthwise, ReLU6, a residual sum with its ReLU, nearest x2
+    w = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    cases.append(("conv", ([x], (2, 4, 5, 5), {"k": 7, "stride": 2, "pad": 3, "out_c": 4}, [w(4, 3, 7, 7)], [], 0)))
+    cases.append(("conv", ([x], (2, 3, 5, 5), {"k": 3, "stride": 2, "pad": 1, "groups": 3, "out_c": 3, "act": "relu6"},
+                           [w(3, 1, 3, 3)], [], 0)))
+    cases.append(("conv", ([x], (2, 4, 9, 10), {"k": 1, "pad": 0, "out_c": 4, "act": "relu6"}, [w(4, 3, 1, 1), w(4)],
+                           [], 0)))
+    cases.append(("relu", ([x], x.shape, {"act": "relu6"}, [], [], 0)))
+    cases.append(("batchnorm", ([x], x.shape, {"act": "relu6"}, [w(3)] * 2, [w(3), np.ones(3, np.float32)], 0)))
+    cases.append(("crop_add", ([x, x], x.shape, {"act": "relu"}, [], [], 0)))
+    cases.append(("upsample2", ([x], (2, 3, 18, 20), {"upsample": "nearest"}, [], [], 0)))
     return [(op, c) for op, c in cases if op not in ("softmax_ce", "bce_dice")]
 
 

@@ -38,24 +38,41 @@ static void one_input(emit_ctx *c, const char *op, const char *name, const char 
     onnx_add_node(c->b, op, name, 1, &in, out);
 }
 
-/* A ReLU fused into n: the op's own output under `<name>.pre_relu`, then a
- * Relu node writing out. */
-static const char *before_relu(emit_ctx *c, const unet_node *n, const char *out) {
-    return n->relu ? onnx_str(c->b, "%s.pre_relu", n->name) : out;
+/* An activation fused into n (its `act`): the op's own output under
+ * `<name>.pre_act`, then Relu, or Clip(0, 6) for ReLU6, writing out. */
+static const char *before_act(emit_ctx *c, const unet_node *n, const char *out) {
+    return n->act != UNET_ACT_NONE ? onnx_str(c->b, "%s.pre_act", n->name) : out;
 }
 
-static void after_relu(emit_ctx *c, const unet_node *n, const char *y, const char *out) {
-    if (n->relu) one_input(c, "Relu", onnx_str(c->b, "%s.relu", n->name), y, out);
+/* y -> out through activation act (none: nothing to write; y is out). */
+static void emit_act(emit_ctx *c, const char *name, unet_act act, const char *y, const char *out) {
+    if (act == UNET_ACT_RELU) one_input(c, "Relu", name, y, out);
+    if (act != UNET_ACT_RELU6) return;
+    const char *lo = onnx_str(c->b, "%s.min", name), *hi = onnx_str(c->b, "%s.max", name);
+    static const float zero = 0.0f, six = 6.0f; /* the builder keeps the pointers until it writes */
+    onnx_add_f32(c->b, lo, 0, NULL, &zero);
+    onnx_add_f32(c->b, hi, 0, NULL, &six);
+    const char *args[3] = {y, lo, hi};
+    onnx_add_node(c->b, "Clip", name, 3, args, out);
 }
 
+static void after_act(emit_ctx *c, const unet_node *n, const char *y, const char *out) {
+    emit_act(c, onnx_str(c->b, "%s.act", n->name), n->act, y, out);
+}
+
+/* Any kernel, stride, padding and group count (depthwise: one group per
+ * channel); without a bias (param[1] == -1) Conv takes two inputs. */
 static void emit_conv(emit_ctx *c, const unet_node *n, const char *const *in, const char *out) {
-    const char *y = before_relu(c, n, out);
-    const char *args[3] = {in[0], param(c, n->param[0]), param(c, n->param[1])};
-    onnx_node *node = onnx_add_node(c->b, "Conv", n->name, 3, args, y);
-    int64_t kernel[2] = {n->k, n->k}, pads[4] = {n->pad, n->pad, n->pad, n->pad};
+    const char *y = before_act(c, n, out);
+    const int with_bias = n->param[1] >= 0;
+    const char *args[3] = {in[0], param(c, n->param[0]), with_bias ? param(c, n->param[1]) : NULL};
+    onnx_node *node = onnx_add_node(c->b, "Conv", n->name, with_bias ? 3 : 2, args, y);
+    int64_t kernel[2] = {n->k, n->k}, strides[2] = {n->stride, n->stride}, pads[4] = {n->pad, n->pad, n->pad, n->pad};
     onnx_attr_ints(c->b, node, "kernel_shape", 2, kernel);
+    onnx_attr_ints(c->b, node, "strides", 2, strides);
     onnx_attr_ints(c->b, node, "pads", 4, pads);
-    after_relu(c, n, y, out);
+    if (n->groups > 1) onnx_attr_int(c->b, node, "group", n->groups);
+    after_act(c, n, y, out);
 }
 
 static void emit_conv_t2(emit_ctx *c, const unet_node *n, const char *const *in, const char *out) {
@@ -75,8 +92,9 @@ static void emit_bias(emit_ctx *c, const unet_node *n, const char *const *in, co
     onnx_add_node(c->b, "Add", n->name, 2, args, out);
 }
 
+/* The relu op: ReLU, or ReLU6 when its act says so (none means ReLU, graph.h). */
 static void emit_relu(emit_ctx *c, const unet_node *n, const char *const *in, const char *out) {
-    one_input(c, "Relu", n->name, in[0], out);
+    emit_act(c, n->name, n->act == UNET_ACT_RELU6 ? UNET_ACT_RELU6 : UNET_ACT_RELU, in[0], out);
 }
 
 static void emit_maxpool2(emit_ctx *c, const unet_node *n, const char *const *in, const char *out) {
@@ -84,6 +102,16 @@ static void emit_maxpool2(emit_ctx *c, const unet_node *n, const char *const *in
     int64_t two[2] = {2, 2};
     onnx_attr_ints(c->b, node, "kernel_shape", 2, two);
     onnx_attr_ints(c->b, node, "strides", 2, two);
+}
+
+/* k x k, stride, padding: ONNX's MaxPool ignores padded positions, as the
+ * engine's -inf padding does. */
+static void emit_maxpool(emit_ctx *c, const unet_node *n, const char *const *in, const char *out) {
+    onnx_node *node = onnx_add_node(c->b, "MaxPool", n->name, 1, in, out);
+    int64_t kernel[2] = {n->k, n->k}, strides[2] = {n->stride, n->stride}, pads[4] = {n->pad, n->pad, n->pad, n->pad};
+    onnx_attr_ints(c->b, node, "kernel_shape", 2, kernel);
+    onnx_attr_ints(c->b, node, "strides", 2, strides);
+    onnx_attr_ints(c->b, node, "pads", 4, pads);
 }
 
 /* A centre crop from shape s to u (the engine's crop: offset floor((s - u) / 2)
@@ -116,26 +144,37 @@ static void emit_crop_concat(emit_ctx *c, const unet_node *n, const char *const 
     onnx_attr_int(c->b, node, "axis", 1);
 }
 
-/* Summed in input order, as the engine sums them: ((x0 + x1) + x2) + ... */
+/* Summed in input order, as the engine sums them: ((x0 + x1) + x2) + ...,
+ * then the fused activation (a residual block's ReLU). */
 static void emit_crop_add(emit_ctx *c, const unet_node *n, const char *const *in, const char *out) {
+    const char *y = before_act(c, n, out);
     const char *sum = crop(c, n, 0, in[0]);
-    if (n->n_in == 1) one_input(c, "Identity", n->name, sum, out);
+    if (n->n_in == 1) one_input(c, "Identity", n->name, sum, y);
     for (int i = 1; i < n->n_in; i++) {
-        const char *to = i == n->n_in - 1 ? out : onnx_str(c->b, "%s.sum%d", n->name, i);
+        const char *to = i == n->n_in - 1 ? y : onnx_str(c->b, "%s.sum%d", n->name, i);
         const char *args[2] = {sum, crop(c, n, i, in[i])};
         onnx_add_node(c->b, "Add", i == n->n_in - 1 ? n->name : to, 2, args, to);
         sum = to;
     }
+    after_act(c, n, y, out);
 }
 
 /* Bilinear x2 with align_corners = False: ONNX's half_pixel source
- * coordinates (o + 0.5) / 2 - 0.5, clamped at the border as the engine's are. */
+ * coordinates (o + 0.5) / 2 - 0.5, clamped at the border as the engine's are.
+ * Nearest x2 (PyTorch's mode="nearest"): source floor(o / 2), ONNX's
+ * asymmetric coordinates rounded down. */
 static void emit_upsample2(emit_ctx *c, const unet_node *n, const char *const *in, const char *out) {
     const char *scales = onnx_str(c->b, "%s.scales", n->name);
     const float s[4] = {1, 1, 2, 2};
     onnx_add_f32_list(c->b, scales, 4, s);
     const char *args[3] = {in[0], "", scales};
     onnx_node *node = onnx_add_node(c->b, "Resize", n->name, 3, args, out);
+    if (n->upsample == UNET_UPSAMPLE_NEAREST) {
+        onnx_attr_string(c->b, node, "mode", "nearest");
+        onnx_attr_string(c->b, node, "coordinate_transformation_mode", "asymmetric");
+        onnx_attr_string(c->b, node, "nearest_mode", "floor");
+        return;
+    }
     onnx_attr_string(c->b, node, "mode", "linear");
     onnx_attr_string(c->b, node, "coordinate_transformation_mode", "half_pixel");
 }
@@ -144,12 +183,12 @@ static void emit_upsample2(emit_ctx *c, const unet_node *n, const char *const *i
  * node is kept (not folded into the convolution before it), so the model
  * carries the checkpoint's tensors as they are. */
 static void emit_batchnorm(emit_ctx *c, const unet_node *n, const char *const *in, const char *out) {
-    const char *y = before_relu(c, n, out);
+    const char *y = before_act(c, n, out);
     const char *args[5] = {in[0], param(c, n->param[0]), param(c, n->param[1]), param(c, n->state[0]),
                            param(c, n->state[1])};
     onnx_node *node = onnx_add_node(c->b, "BatchNormalization", n->name, 5, args, y);
     onnx_attr_float(c->b, node, "epsilon", n->eps);
-    after_relu(c, n, y, out);
+    after_act(c, n, y, out);
 }
 
 typedef enum {
@@ -168,6 +207,7 @@ static const struct {
     [UNET_OP_BIAS]        = {EMIT_NODES, emit_bias},
     [UNET_OP_RELU]        = {EMIT_NODES, emit_relu},
     [UNET_OP_MAXPOOL2]    = {EMIT_NODES, emit_maxpool2},
+    [UNET_OP_MAXPOOL]     = {EMIT_NODES, emit_maxpool},
     [UNET_OP_CROP_CONCAT] = {EMIT_NODES, emit_crop_concat},
     [UNET_OP_CROP_ADD]    = {EMIT_NODES, emit_crop_add},
     [UNET_OP_UPSAMPLE2]   = {EMIT_NODES, emit_upsample2},
