@@ -49,6 +49,7 @@ typedef struct {
     int node_index;            /* position in the graph: with the step seed, keys random streams */
     const unet_backend *backend;
     int training;              /* batch norm: batch statistics; dropout: active */
+    int sizing_only;           /* the plan only sizes memory (unet info): never runs, so nothing is timed */
     int n_in;
     unet_shape in_shape[UNET_MAX_IN];
     unet_shape out_shape;
@@ -94,7 +95,25 @@ typedef struct {
     float step_size; /* Adam: lr / (1 - beta1^t) */
     float bc2_sqrt;  /* Adam: sqrt(1 - beta2^t) */
     int first;       /* SGD: 1 on step 0, where the momentum buffer starts as the gradient */
+    /* 0 from the host; the guard pass (unet_backend.guard) sets it to 1 when this step's update is to be dropped,
+     * and the update passes then change nothing */
+    int skip;
+    int64_t step;    /* 0-based: where the guard records a non-finite step */
 } unet_optim_scalars;
+
+/* The guard of the update pass against non-finite values, in backend memory
+ * (unet_param_blocks.guard). The host sets the policy and the count once (a
+ * fresh or resumed run) and reads it back when it reads the loss and before
+ * it writes a checkpoint: a replayed step needs no host check of its own. */
+typedef struct {
+    int32_t skip_policy; /* 1: drop a non-finite step's update and go on; 0: the first one latches (below) */
+    int32_t found;       /* the check's scratch: nonzero once a value is not finite; 0 between steps */
+    int32_t latched;     /* policy 0: a non-finite step was seen, and every update since has been dropped */
+    int32_t unused;
+    int64_t bad_steps;   /* steps whose update was dropped because a value was not finite */
+    int64_t first_bad;   /* step + 1 of the first of them (0: none) */
+    int64_t last_bad;    /* step + 1 of the latest */
+} unet_update_guard;
 
 /* A step recorded by a backend that can replay work (a CUDA graph). */
 typedef struct unet_capture unet_capture;
@@ -156,12 +175,20 @@ struct unet_backend {
     /* Optimizers: one pass over the contiguous block, PyTorch semantics.
      * SGD: buf = first ? g + wd*p : mom*buf + g + wd*p;  p -= lr*buf.
      * Adam: decoupled (AdamW) when adamw, else L2 added to the gradient.
-     * s points into backend memory and is read when the pass runs; the
-     * arguments passed by value are the same on every step. */
+     * s points into backend memory and is read when the pass runs (nothing
+     * changes when s->skip is set); the arguments passed by value are the
+     * same on every step. */
     void (*sgd)(const unet_backend *b, float *p, const float *g, float *buf, size_t n, const unet_optim_scalars *s,
                 float momentum, float wd);
     void (*adam)(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n,
                  const unet_optim_scalars *s, float beta1, float beta2, float eps, float wd, int adamw);
+    /* Before the update: one reduction over the gradient block g (n) and the batch norm statistics (state,
+     * n_state, which the step's forward moved) finds any NaN or infinity. Such a step is dropped: s->skip = 1
+     * (sgd and adam then change nothing), the statistics go back to state_good, and the guard counts it; a
+     * finite step leaves state_good a copy of the statistics. Under policy 0 the first dropped step latches
+     * every later one. Runs on the stream like the update, reading and writing backend memory only. */
+    void (*guard)(const unet_backend *b, const float *g, size_t n, float *state, float *state_good, size_t n_state,
+                  unet_optim_scalars *s, unet_update_guard *guard);
 
     /* Recording and replaying a whole step (CUDA graphs); NULL on backends
      * that cannot (the CPU). Between begin_capture and end_capture the work
@@ -247,6 +274,10 @@ const unet_backend *unet_cuda_backend(int device, const char *precision, const c
 /* CUDA devices this process sees, without making a backend (a rank picks
  * its device by them); 0 without CUDA. */
 int unet_cuda_devices(void);
+/* What a CUDA build was built against and loads (unet --version): the
+ * toolkit, cuDNN and NCCL, one line into buf; in a build without CUDA,
+ * that it has none. */
+void unet_cuda_versions(char *buf, size_t n);
 /* In a build without the CUDA backend, why, in words every refusal of CUDA
  * work quotes ("this unet was built without CUDA (configure with ...)");
  * NULL in a build with it. */

@@ -1,6 +1,7 @@
 """The CUDA conv, conv_t2 and bias ops (cuDNN graph API + src/kernels/cuda/conv.cu),
 forward and backward, against PyTorch in float64 and against their CPU twins,
-on random shapes (odd sizes, batch > 1), through tests/tools/unet_optest.c.
+on random shapes (odd sizes, batch > 1), through tests/tools/unet_optest.c;
+and the encoders' convolutions (strided, 7x7, depthwise, bias-free, ReLU6).
 
 Tolerances are norm-wise relative errors (unet_testlib.rel_err):
   fp32 1e-5: pure float math (no TF32, FFT or Winograd engines); the largest
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
-from op_references import t64
+from op_references import activation, t64
 from unet_testlib import assert_close, cuda_emulated, rng, run_op, requires_gpu
 
 FP32_TOL = 1e-5
@@ -311,3 +312,91 @@ def test_1x1_conv_by_cublaslt_is_deterministic(monkeypatch):
     x, wt, b, dout, oshape = conv_case(g, 1, 0, 1, 3)
     r1, r2 = (run_conv(x, wt, b, dout, oshape, 1, 0, 1) for _ in range(2))
     assert np.array_equal(r1["out"].view(np.uint32), r2["out"].view(np.uint32)), "1x1 conv by cuBLASLt differs"
+
+
+# ---- the encoders' convolutions: (k, stride, pad, depthwise, act, bias) ----
+
+ENCODER_CONVS = [
+    (7, 2, 3, False, "relu", False),   # ResNet's stem (its batch norm omitted)
+    (3, 2, 1, False, "none", False),   # ResNet's stride-2 3x3
+    (1, 2, 0, False, "none", False),   # ResNet's downsample
+    (3, 1, 1, True, "relu6", False),   # MobileNetV2's depthwise 3x3
+    (3, 2, 1, True, "none", False),    # ... at stride 2
+    (3, 1, 1, False, "relu6", True),   # a fused bias + ReLU6 graph (tf32, bf16), the bias kernel's ReLU6 (fp32)
+    (3, 2, 1, True, "relu", True),     # depthwise with a bias
+    (5, 3, 2, False, "relu6", False),  # another window
+]
+
+
+def encoder_case(g, k, stride, pad, depthwise, act, bias):
+    n, c = int(g.integers(1, 4)), int(g.integers(2, 12))
+    o = c if depthwise else int(g.integers(1, 10))
+    h, w = int(g.integers(k, 20)), int(g.integers(k, 20))
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    cg = 1 if depthwise else c
+    x = g.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (g.standard_normal((o, cg, k, k)) * (4 if act == "relu6" else 1) / np.sqrt(cg * k * k)).astype(np.float32)
+    b = (g.standard_normal(o) + (3 if act == "relu6" else 0)).astype(np.float32) if bias else None
+    dout = g.standard_normal((n, o, ho, wo)).astype(np.float32)
+    attrs = {"k": k, "stride": stride, "pad": pad, "groups": c if depthwise else 1, "act": act, "out_c": o}
+    return x, wt, b, dout, (n, o, ho, wo), attrs
+
+
+def encoder_reference(x, wt, b, dout, attrs, out=None):
+    """Forward and backward in float64; with out (the op's own output), the backward masked where the op's
+    activation masks it: under TF32 a pre-activation within rounding of a bound may fall on the other side."""
+    X, W = t64(x, True), t64(wt, True)
+    B = t64(b, True) if b is not None else None
+    z = F.conv2d(X, W, B, stride=attrs["stride"], padding=attrs["pad"], groups=attrs["groups"])
+    y = activation(z, attrs["act"])
+    if out is None or attrs["act"] == "none":
+        y.backward(t64(dout))
+    else:
+        passes = (out > 0) & ((out < 6) if attrs["act"] == "relu6" else True)
+        z.backward(t64(dout) * t64(passes))
+    return y.detach().numpy(), X.grad.numpy(), W.grad.numpy(), None if B is None else B.grad.numpy()
+
+
+def run_encoder(x, wt, b, dout, out_shape, attrs, backend="cuda", din_init=None, precision=None, layout=None):
+    attrs = device_attrs(dict(attrs), backend, precision, layout)
+    return run_op("conv", [x], out_shape, attrs, params=[wt] if b is None else [wt, b], dout=dout, backward=True,
+                  backend=backend, din_init=din_init)
+
+
+def check_encoder(r, ref, tol, what, din_init=None):
+    y, dx, dw, db = ref
+    assert_close(r["out"], y, tol, f"{what} out")
+    assert_close(r["din"][0], dx if din_init is None else dx + din_init, tol, f"{what} din")
+    assert_close(r["dparam"][0], dw, tol, f"{what} dweight")
+    if db is not None:
+        assert_close(r["dparam"][1], db, tol, f"{what} dbias")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", range(len(ENCODER_CONVS)))
+def test_encoder_conv_matches_torch_and_cpu_twin(case, layout):
+    g = rng(1000 + case)
+    x, wt, b, dout, oshape, attrs = encoder_case(g, *ENCODER_CONVS[case])
+    what = f"conv {attrs} {x.shape}"
+    ref = encoder_reference(x, wt, b, dout, attrs)
+    check_encoder(run_encoder(x, wt, b, dout, oshape, attrs, layout=layout), ref, FP32_TOL, what)
+    cpu = run_encoder(x, wt, b, dout, oshape, attrs, backend="cpu")
+    twin = (cpu["out"], cpu["din"][0], cpu["dparam"][0], cpu["dparam"][1] if b is not None else None)
+    check_encoder(run_encoder(x, wt, b, dout, oshape, attrs, layout=layout), twin, FP32_TOL, what + " vs CPU twin")
+    din_init = g.standard_normal(x.shape).astype(np.float32)
+    check_encoder(run_encoder(x, wt, b, dout, oshape, attrs, din_init=[din_init], layout=layout), ref, FP32_TOL,
+                  what + " accumulated", din_init)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [0, 3, 5])
+def test_encoder_conv_unfused_and_tf32(case, layout, monkeypatch):
+    g = rng(1100 + case)
+    x, wt, b, dout, oshape, attrs = encoder_case(g, *ENCODER_CONVS[case])
+    r = run_encoder(x, wt, b, dout, oshape, attrs, precision="tf32", layout=layout)
+    check_encoder(r, encoder_reference(x, wt, b, dout, attrs, r["out"]), TF32_TOL, f"conv tf32 {attrs}")
+    monkeypatch.setenv("UNET_CUDNN_NOFUSE", "1")
+    din_init = g.standard_normal(x.shape).astype(np.float32)
+    r = run_encoder(x, wt, b, dout, oshape, attrs, din_init=[din_init], precision="tf32", layout=layout)
+    check_encoder(r, encoder_reference(x, wt, b, dout, attrs, r["out"]), TF32_TOL, f"conv tf32 unfused {attrs}",
+                  din_init)

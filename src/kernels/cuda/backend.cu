@@ -336,6 +336,7 @@ static __device__ __forceinline__ void sgd_one(float &p, float g, float *buf, co
 /* vec: every pointer 16-byte aligned, so the first n/4*4 values go as float4. */
 static __global__ void sgd_kernel(float *p, const float *g, float *buf, long long n, const unet_optim_scalars *step,
                                   sgd_args s, int vec) {
+    if (step->skip) return;
     s.lr = step->lr;
     s.first = step->first;
     long long n4 = vec ? n / 4 : 0;
@@ -380,6 +381,7 @@ static __device__ __forceinline__ void adam_one(float &p, float g, float &m, flo
 
 static __global__ void adam_kernel(float *p, const float *g, float *m, float *v, long long n,
                                    const unet_optim_scalars *step, adam_args s, int vec) {
+    if (step->skip) return;
     s.decay = step->decay;
     s.step_size = step->step_size;
     s.bc2_sqrt = step->bc2_sqrt;
@@ -441,6 +443,61 @@ static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m,
     adam_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
         p, g, m, v, (long long)n, step, s, vec);
     check_pass(inst, "adam", n, __FILE__, __LINE__);
+}
+
+/* The guard before the update (the CPU twin's cpu_guard): the check finds any
+ * non-finite gradient or statistic, each finder raising guard->found (a
+ * maximum, so the order of the finders does not matter); one thread then
+ * decides for the step, counts it and clears found; the statistics go back to
+ * the last finite step's, or are kept as those. Three launches in stream
+ * order, recorded in a CUDA graph like the update they guard. */
+static __global__ void guard_check_kernel(const float *g, long long n, const float *state, long long n_state,
+                                          unet_update_guard *guard) {
+    for (long long i = unet_global_thread(); i < n + n_state; i += unet_grid_threads())
+        if (!isfinite(i < n ? g[i] : state[i - n])) {
+            atomicMax(&guard->found, 1);
+            return;
+        }
+}
+
+static __global__ void guard_decide_kernel(unet_optim_scalars *s, unet_update_guard *guard) {
+    if (guard->found) {
+        guard->found = 0;
+        guard->bad_steps++;
+        guard->last_bad = s->step + 1;
+        if (!guard->first_bad) guard->first_bad = s->step + 1;
+        if (!guard->skip_policy) guard->latched = 1;
+        s->skip = 1;
+    }
+    if (guard->latched) s->skip = 1;
+}
+
+static __global__ void guard_state_kernel(float *state, float *state_good, long long n, const unet_optim_scalars *s) {
+    const int skip = s->skip;
+    for (long long i = unet_global_thread(); i < n; i += unet_grid_threads()) {
+        if (skip)
+            state[i] = state_good[i];
+        else
+            state_good[i] = state[i];
+    }
+}
+
+static void cuda_guard(const unet_backend *b, const float *g, size_t n, float *state, float *state_good,
+                       size_t n_state, unet_optim_scalars *s, unet_update_guard *guard) {
+    const cuda_instance *inst = instance_of(b);
+    cudaStream_t stream = inst->ctx.stream;
+    if (n + n_state) {
+        guard_check_kernel<<<unet_blocks_for((long long)(n + n_state)), UNET_THREADS, 0, stream>>>(
+            g, (long long)n, state, (long long)n_state, guard);
+        check_pass(inst, "guard check", n + n_state, __FILE__, __LINE__);
+    }
+    guard_decide_kernel<<<1, 1, 0, stream>>>(s, guard);
+    check_pass(inst, "guard decision", n, __FILE__, __LINE__);
+    if (n_state) {
+        guard_state_kernel<<<unet_blocks_for((long long)n_state), UNET_THREADS, 0, stream>>>(
+            state, state_good, (long long)n_state, s);
+        check_pass(inst, "guard statistics", n_state, __FILE__, __LINE__);
+    }
 }
 
 /* ---------------------------------------------------------------------------
@@ -645,6 +702,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->ops[UNET_OP_BIAS] = &unet_cuda_bias;
     b->ops[UNET_OP_RELU] = &unet_cuda_relu;
     b->ops[UNET_OP_MAXPOOL2] = &unet_cuda_maxpool2;
+    b->ops[UNET_OP_MAXPOOL] = &unet_cuda_maxpool;
     b->ops[UNET_OP_CROP_CONCAT] = &unet_cuda_crop_concat;
     b->ops[UNET_OP_CROP_ADD] = &unet_cuda_crop_add;
     b->ops[UNET_OP_UPSAMPLE2] = &unet_cuda_upsample2;
@@ -665,6 +723,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->sync = cuda_sync;
     b->sgd = cuda_sgd;
     b->adam = cuda_adam;
+    b->guard = cuda_guard;
     b->begin_capture = cuda_begin_capture;
     b->end_capture = cuda_end_capture;
     b->replay = cuda_replay;

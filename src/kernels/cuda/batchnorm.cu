@@ -1,4 +1,5 @@
-/* Batch normalisation on the GPU with an optional fused ReLU: twin of
+/* Batch normalisation on the GPU with an optional fused activation (ReLU,
+ * ReLU6) and the frozen mode of --freeze-encoder-bn: twin of
  * src/kernels/cpu/batchnorm.c (same aux: the C means and C inverse standard
  * deviations the forward normalised with).
  *
@@ -12,8 +13,8 @@
  * (x - K)^2 in double, K the channel's first value: a shift that keeps the
  * variance's digits when the mean is large), a per-channel finish (mean,
  * invstd, running statistics with the unbiased variance), then one read of x
- * and one write of y, normalising and applying the ReLU in the same pass.
- * Backward: one read of dout (masked by out > 0 in place with the fused ReLU)
+ * and one write of y, normalising and applying the activation in the same
+ * pass. Backward: one read of dout (masked in place by the fused activation)
  * and x for the two per-channel sums, a finish that writes dgamma and dbeta,
  * then one pass for dx.
  *
@@ -30,6 +31,7 @@
 #include <math.h>
 #include <stdio.h>
 
+#include "kernels/cuda/act.cuh"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/nhwc.cuh"
@@ -39,8 +41,11 @@
 /* Values of one plane a reduction block covers (UNET_THREADS x 16). */
 #define BN_TILE 4096
 
-/* Statistics from the batch when training, and when no running statistics exist (the CPU twin's rule). */
-static int uses_batch_stats(const unet_op_args *a) { return a->training || !a->state[0] || !a->state[1]; }
+/* Statistics from the batch when training unless frozen, and when no running
+ * statistics exist (the CPU twin's rule). */
+static int uses_batch_stats(const unet_op_args *a) {
+    return (a->training && !a->node->frozen) || !a->state[0] || !a->state[1];
+}
 
 static int is_nhwc(const unet_op_args *a) { return unet_cuda_ctx_of(a)->act_format != UNET_FMT_NCHW_F32; }
 
@@ -76,11 +81,11 @@ static size_t bn_workspace_bytes(const unet_op_args *a) {
 
 static size_t bn_aux_bytes(const unet_op_args *a) { return 2 * (size_t)a->in_shape[0].c * sizeof(float); }
 
-/* y = (x - mean) * (gamma * invstd) + beta, then ReLU: each operation
- * rounded on its own, as the CPU twin computes it. */
-static __device__ __forceinline__ float bn_apply(float x, float mu, float scale, float shift, int relu) {
+/* y = (x - mean) * (gamma * invstd) + beta, then the activation: each
+ * operation rounded on its own, as the CPU twin computes it. */
+static __device__ __forceinline__ float bn_apply(float x, float mu, float scale, float shift, int act) {
     float v = __fadd_rn(__fmul_rn(__fsub_rn(x, mu), scale), shift);
-    return relu && v < 0.0f ? 0.0f : v;
+    return act == UNET_ACT_RELU6 ? unet_relu6(v) : act == UNET_ACT_RELU && v < 0.0f ? 0.0f : v;
 }
 
 /* dx of one value, in double as on the CPU: gamma * invstd * (dy - mean(dy)
@@ -160,7 +165,7 @@ static __global__ void bn_stats_kernel(const float *x, int channels, long long h
 
 /* grid.x: planes (n, c), grid.y along the plane. vec: float4. */
 static __global__ void bn_normalize_kernel(const float *x, float *y, int channels, int hw, const float *mean,
-                                           const float *invstd, const float *gamma, const float *beta, int relu,
+                                           const float *invstd, const float *gamma, const float *beta, int act,
                                            int vec) {
     int c = (int)(blockIdx.x % (unsigned)channels);
     int stride = gridDim.y * blockDim.x, first = blockIdx.y * blockDim.x + threadIdx.x;
@@ -171,18 +176,19 @@ static __global__ void bn_normalize_kernel(const float *x, float *y, int channel
         float4 *ys = reinterpret_cast<float4 *>(y + base);
         for (int q = first; q < hw / 4; q += stride) {
             float4 v = xs[q];
-            ys[q] = make_float4(bn_apply(v.x, mu, scale, shift, relu), bn_apply(v.y, mu, scale, shift, relu),
-                                bn_apply(v.z, mu, scale, shift, relu), bn_apply(v.w, mu, scale, shift, relu));
+            ys[q] = make_float4(bn_apply(v.x, mu, scale, shift, act), bn_apply(v.y, mu, scale, shift, act),
+                                bn_apply(v.z, mu, scale, shift, act), bn_apply(v.w, mu, scale, shift, act));
         }
         return;
     }
-    for (int i = first; i < hw; i += stride) y[base + i] = bn_apply(x[base + i], mu, scale, shift, relu);
+    for (int i = first; i < hw; i += stride) y[base + i] = bn_apply(x[base + i], mu, scale, shift, act);
 }
 
-/* Block (slice, channel): sums of dy and dy * (x - mean); with the fused
- * ReLU, dy = dout * (out > 0), written back for the dx pass. */
+/* Block (slice, channel): sums of dy and dy * (x - mean); with a fused
+ * activation, dy = dout where it passes the gradient of out, else 0,
+ * written back for the dx pass. */
 static __global__ void bn_grad_sums_kernel(float *dy, const float *x, const float *y, const float *mean,
-                                           int channels, long long hw, int tiles, int relu, double *partial) {
+                                           int channels, long long hw, int tiles, int act, double *partial) {
     int c = blockIdx.y;
     bn_slice sl = slice_of(c, channels, hw, tiles);
     double mu = mean[c];
@@ -190,8 +196,8 @@ static __global__ void bn_grad_sums_kernel(float *dy, const float *x, const floa
     for (int i = sl.begin + (int)threadIdx.x; i < sl.end; i += UNET_THREADS) {
         long long idx = sl.base + i;
         float g = dy[idx];
-        if (relu) {
-            g = y[idx] > 0.0f ? g : 0.0f;
+        if (act != UNET_ACT_NONE) {
+            g = unet_act_passes(act, y[idx]) ? g : 0.0f;
             dy[idx] = g;
         }
         v[0] += g;
@@ -232,13 +238,14 @@ struct bn_stats_op {
     }
 };
 
-/* Gradient sums: of dy and dy * (x - mean), dy masked by out > 0 (and written back) with the fused ReLU. */
+/* Gradient sums: of dy and dy * (x - mean), dy masked (and written back) where a fused activation stops the
+ * gradient of out. */
 template <class F>
 struct bn_grad_sums_op {
     typename F::T *dy;
     const typename F::T *x, *y;
     const float *mean;
-    int channels, cp, relu;
+    int channels, cp, act;
     struct state {
         double mu[F::V];
     };
@@ -250,9 +257,9 @@ struct bn_grad_sums_op {
     __device__ void add(const state &st, long long p, int vec, double (&acc)[2 * F::V]) const {
         long long i = p * cp + (long long)vec * F::V;
         unet_vec<F> g = unet_ldv<F>(dy, i), xv = unet_ldv<F>(x, i);
-        if (relu) {
+        if (act != UNET_ACT_NONE) {
             unet_vec<F> yv = unet_ldv<F>(y, i);
-            for (int j = 0; j < F::V; j++) g.v[j] = yv.v[j] > 0.0f ? g.v[j] : 0.0f;
+            for (int j = 0; j < F::V; j++) g.v[j] = unet_act_passes(act, yv.v[j]) ? g.v[j] : 0.0f;
             unet_stv<F>(dy, i, g); /* g or 0: exact in bf16 too */
         }
 #pragma unroll
@@ -267,14 +274,14 @@ struct bn_grad_sums_op {
 template <class F>
 static __global__ void bn_normalize_nhwc_kernel(const typename F::T *x, typename F::T *y, int channels, int vectors,
                                                 unsigned items, const float *mean, const float *invstd,
-                                                const float *gamma, const float *beta, int relu) {
+                                                const float *gamma, const float *beta, int act) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
         int c0 = (int)(i % (unsigned)vectors) * F::V;
         unet_vec<F> v = unet_ldv<F>(x, (long long)i * F::V);
 #pragma unroll
         for (int j = 0; j < F::V; j++) {
             int c = c0 + j;
-            v.v[j] = c < channels ? bn_apply(v.v[j], mean[c], __fmul_rn(gamma[c], invstd[c]), beta[c], relu) : 0.0f;
+            v.v[j] = c < channels ? bn_apply(v.v[j], mean[c], __fmul_rn(gamma[c], invstd[c]), beta[c], act) : 0.0f;
         }
         unet_stv<F>(y, (long long)i * F::V, v);
     }
@@ -371,8 +378,10 @@ static void require(const unet_op_args *a, int ok, const char *what) {
     if (!ok) unet_cuda_fail(__FILE__, __LINE__, "argument check", what, a);
 }
 
-/* NCHW reductions put channels on grid.y (at most 65535); a plane's indices are int. */
+/* NCHW reductions put channels on grid.y (at most 65535); a plane's indices are int. NHWC
+ * launches over channel vectors (nhwc.cuh) have neither limit. */
 static void require_launchable(const unet_op_args *a, const bn_split &sp) {
+    if (is_nhwc(a)) return;
     if (sp.c > 65535 || sp.hw > (1LL << 30))
         unet_cuda_fail(__FILE__, __LINE__, "launch shape",
                        "batchnorm supports at most 65535 channels and 2^30 values per plane", a);
@@ -409,18 +418,18 @@ template <class F>
 static void bn_normalize_t(const unet_op_args *a, const bn_split &sp, const float *mean, const float *invstd) {
     unet_shape s = a->in_shape[0];
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
-    int relu = a->node->relu;
+    int act = a->node->act;
     if constexpr (F::nhwc) {
         unsigned items = unet_vec_items<F>(a, s);
         bn_normalize_nhwc_kernel<F><<<unet_blocks_for(items), UNET_THREADS, 0, stream>>>(
             (const typename F::T *)a->in[0], (typename F::T *)a->out, s.c, F::channels(s.c) / F::V, items, mean,
-            invstd, a->param[0], a->param[1], relu);
+            invstd, a->param[0], a->param[1], act);
     } else {
         int vec = sp.hw % 4 == 0 && unet_aligned16(a->in[0]) && unet_aligned16(a->out);
         unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * s.c, vec ? sp.hw / 4 : sp.hw);
         bn_normalize_kernel<<<l.grid, l.block, 0, stream>>>((const float *)a->in[0], (float *)a->out, s.c,
                                                             (int)sp.hw, mean, invstd, a->param[0], a->param[1],
-                                                            relu, vec);
+                                                            act, vec);
     }
     UNET_CUDA_LAUNCHED(a);
 }
@@ -436,7 +445,7 @@ static void bn_forward_t(const unet_op_args *a) {
         require(a, a->workspace != NULL, "batchnorm needs its workspace");
         double *partial = (double *)a->workspace;
         bn_stats_t<F>(a, sp, partial);
-        int update = a->training && a->state[0] && a->state[1];
+        int update = a->training && !a->node->frozen && a->state[0] && a->state[1];
         bn_finish_stats_kernel<F><<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(
             (const typename F::T *)a->in[0], F::channels(s.c), sp.hw, partial, sp.slices, sp.m, eps, momentum, mean,
             invstd, update ? a->state[0] : NULL, update ? a->state[1] : NULL);
@@ -460,20 +469,20 @@ static void bn_forward(const unet_op_args *a) {
     unet_dispatch(a, [&](auto f) { bn_forward_t<decltype(f)>(a); });
 }
 
-/* The gradient sums' partials into the workspace (dout masked in place with the fused ReLU). */
+/* The gradient sums' partials into the workspace (dout masked in place by the fused activation). */
 template <class F>
 static void bn_grad_sums_t(const unet_op_args *a, const bn_split &sp, const float *mean, double *partial) {
     unet_shape s = a->in_shape[0];
     typedef typename F::T T;
     if constexpr (F::nhwc) {
         bn_grad_sums_op<F> op = {(T *)a->dout, (const T *)a->in[0], (const T *)a->out, mean, s.c, F::channels(s.c),
-                                 a->node->relu};
+                                 a->node->act};
         bn_nhwc_sums<F>(a, op, partial);
     } else {
         bn_grad_sums_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0,
                               unet_cuda_ctx_of(a)->stream>>>((float *)a->dout, (const float *)a->in[0],
                                                              (const float *)a->out, mean, s.c, sp.hw, sp.tiles,
-                                                             a->node->relu, partial);
+                                                             a->node->act, partial);
         UNET_CUDA_LAUNCHED(a);
     }
 }
@@ -520,7 +529,8 @@ static void bn_backward(const unet_op_args *a) {
     if (sp.m == 0 || s.c == 0) return;
     require(a, a->in[0] && a->dout && a->aux && a->param[0] && a->workspace,
             "batchnorm backward needs x, dout, aux, gamma and its workspace");
-    require(a, !a->node->relu || a->out, "batchnorm backward with a fused ReLU needs the forward output (out is NULL)");
+    require(a, a->node->act == UNET_ACT_NONE || a->out,
+            "batchnorm backward with a fused activation needs the forward output (out is NULL)");
     unet_dispatch(a, [&](auto f) { bn_backward_t<decltype(f)>(a); });
 }
 

@@ -1,6 +1,8 @@
 /* Skip fusion on the GPU, twins of src/kernels/cpu/concat.c: every input
  * centre-cropped to input 0's H,W, then concatenated along channels
- * (crop_concat) or summed in input order (crop_add).
+ * (crop_concat) or summed in input order (crop_add; with equal shapes also
+ * the encoders' residual sum, then an optional activation whose mask the
+ * backward applies to dout first).
  *
  * The hottest copy of UNet++: one launch per node whatever the number of
  * inputs. Blocks own one plane (grid.x = output or input plane, grid.y along
@@ -21,6 +23,7 @@
  * written as zeros. Per value the same loads, sums and order as NCHW. */
 #include <stdio.h>
 
+#include "kernels/cuda/act.cuh"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/nhwc.cuh"
@@ -120,11 +123,16 @@ static __global__ void crop_concat_kernel(crop_parts<F> parts, typename F::T *ou
     }
 }
 
+/* The activation crop_add fuses after its sum (the CPU twin's act_of). */
+static __device__ __forceinline__ float act_of(int act, float v) {
+    return act == UNET_ACT_RELU ? (v < 0.0f ? 0.0f : v) : act == UNET_ACT_RELU6 ? unet_relu6(v) : v;
+}
+
 /* grid.x: output planes (n, c), padding planes included; every input has
- * the output's channels. */
+ * the output's channels; the sum, then the activation. */
 template <class F>
 static __global__ void crop_add_kernel(crop_parts<F> parts, typename F::T *out, int out_c, int out_cp, int out_h,
-                                       int out_w, int vec) {
+                                       int out_w, int vec, int act) {
     typedef typename F::T T;
     int n = (int)(blockIdx.x / (unsigned)out_cp), c = (int)(blockIdx.x % (unsigned)out_cp);
     if (c >= out_c) {
@@ -152,7 +160,8 @@ static __global__ void crop_add_kernel(crop_parts<F> parts, typename F::T *out, 
                     sum.w += v.w;
                 }
             }
-            st4(dst + (long long)y * out_w + x, sum);
+            st4(dst + (long long)y * out_w + x,
+                make_float4(act_of(act, sum.x), act_of(act, sum.y), act_of(act, sum.z), act_of(act, sum.w)));
         }
         return;
     }
@@ -167,11 +176,19 @@ static __global__ void crop_add_kernel(crop_parts<F> parts, typename F::T *out, 
             float v = unet_ld(p.src, F::at(n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
             sum = i == 0 ? v : sum + v;
         }
-        unet_st(out, F::at(n, c, out_cp, out_h, out_w, y, x), sum);
+        unet_st(out, F::at(n, c, out_cp, out_h, out_w, y, x), act_of(act, sum));
     }
 }
 
 /* ---- backward ---- */
+
+/* crop_add with an activation: dout = 0 where it stops the gradient of out,
+ * in place (dout has no other reader), over memory (padding: out is 0). */
+template <class T>
+static __global__ void act_mask_kernel(T *dout, const T *out, long long n, int act) {
+    for (long long i = unet_global_thread(); i < n; i += unet_grid_threads())
+        if (!unet_act_passes(act, unet_ld(out, i))) unet_st(dout, i, 0.0f);
+}
 
 /* The gradient of one input element (y, x) of channel ch: dout's inside the
  * crop window, else 0. */
@@ -253,10 +270,11 @@ static __device__ __forceinline__ unet_vec<F> concat_vector(const crop_parts<F> 
 }
 
 /* crop_add: every input has the output's channels: the vectors at the same
- * channel offset, summed in input order; channels past out_c are zeros. */
+ * channel offset, summed in input order, then the activation; channels past
+ * out_c are zeros. */
 template <class F>
 static __device__ __forceinline__ unet_vec<F> add_vector(const crop_parts<F> &parts, int out_c, int c0, int n, int y,
-                                                        int x) {
+                                                        int x, int act) {
     unet_vec<F> sum;
 #pragma unroll
     for (int k = 0; k < UNET_MAX_IN; k++) {
@@ -267,20 +285,19 @@ static __device__ __forceinline__ unet_vec<F> add_vector(const crop_parts<F> &pa
         for (int j = 0; j < F::V; j++) sum.v[j] = k == 0 ? v.v[j] : sum.v[j] + v.v[j];
     }
 #pragma unroll
-    for (int j = 0; j < F::V; j++)
-        if (c0 + j >= out_c) sum.v[j] = 0.0f;
+    for (int j = 0; j < F::V; j++) sum.v[j] = c0 + j < out_c ? act_of(act, sum.v[j]) : 0.0f;
     return sum;
 }
 
 /* Item i: (output pixel, channel vector), the vector fastest. */
 template <class F>
 static __global__ void crop_nhwc_kernel(crop_parts<F> parts, typename F::T *out, int out_c, int out_vectors, int out_h,
-                                        int out_w, unsigned items, int concat) {
+                                        int out_w, unsigned items, int concat, int act) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
         int n, y, x, c0 = (int)(i % (unsigned)out_vectors) * F::V;
         unet_pixel_of(i, out_vectors, out_h, out_w, n, y, x);
         unet_stv<F>(out, (long long)i * F::V,
-                    concat ? concat_vector(parts, out_c, c0, n, y, x) : add_vector(parts, out_c, c0, n, y, x));
+                    concat ? concat_vector(parts, out_c, c0, n, y, x) : add_vector(parts, out_c, c0, n, y, x, act));
     }
 }
 
@@ -367,7 +384,7 @@ static void crop_forward_nhwc(const unet_op_args *a, int concat, const crop_part
     unet_shape so = a->out_shape;
     unsigned items = unet_vec_items<F>(a, so);
     crop_nhwc_kernel<F><<<unet_blocks_for(items), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        ps, (typename F::T *)a->out, so.c, F::channels(so.c) / F::V, so.h, so.w, items, concat);
+        ps, (typename F::T *)a->out, so.c, F::channels(so.c) / F::V, so.h, so.w, items, concat, a->node->act);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -391,7 +408,20 @@ static void crop_forward_t(const unet_op_args *a, int concat) {
     if (concat)
         crop_concat_kernel<<<l.grid, l.block, 0, stream>>>(ps, (T *)a->out, so.c, out_cp, so.h, so.w, vec);
     else
-        crop_add_kernel<<<l.grid, l.block, 0, stream>>>(ps, (T *)a->out, so.c, out_cp, so.h, so.w, vec);
+        crop_add_kernel<<<l.grid, l.block, 0, stream>>>(ps, (T *)a->out, so.c, out_cp, so.h, so.w, vec, a->node->act);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+/* crop_add with an activation: dout masked in place before the inputs' gradients read it. */
+template <class F>
+static void mask_dout(const unet_op_args *a, int concat) {
+    typedef typename F::T T;
+    if (concat || a->node->act == UNET_ACT_NONE) return;
+    if (!a->out) bad_shapes(a, "crop_add backward with an activation needs the forward output (NULL)");
+    long long n = unet_cuda_act_elements(a, a->out_shape);
+    act_mask_kernel<<<unet_blocks_for(n), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>((T *)a->dout,
+                                                                                        (const T *)a->out, n,
+                                                                                        a->node->act);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -404,6 +434,7 @@ static void crop_backward_t(const unet_op_args *a, int concat) {
         if (ps.end == 0) return;
         if (!a->dout) bad_shapes(a, "crop backward needs dout (NULL)");
         if (ps.end > 0x7fffffffLL) bad_shapes(a, "crop backward: more than 2^31 - 1 channel vectors");
+        mask_dout<F>(a, concat);
         crop_grad_nhwc_kernel<F><<<unet_blocks_for(ps.end), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
             ps, (const T *)a->dout, unet_cuda_planes_c(a, so), so.h, so.w, (unsigned)ps.end);
         UNET_CUDA_LAUNCHED(a);
@@ -418,6 +449,7 @@ static void crop_backward_t(const unet_op_args *a, int concat) {
     }
     if (planes == 0 || max_items == 0) return;
     if (!a->dout) bad_shapes(a, "crop backward needs dout (NULL)");
+    mask_dout<F>(a, concat);
     unet_plane_launch l = unet_plane_launch_for(a, planes, max_items);
     crop_grad_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(ps, (const T *)a->dout,
                                                                           unet_cuda_planes_c(a, so), so.h, so.w);

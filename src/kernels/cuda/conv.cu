@@ -2,12 +2,14 @@
  * src/kernels/cpu/conv.c. The convolutions run through cuDNN's graph API
  * (cudnn_graph.c), whose plans are built when the compiler asks each op for
  * its workspace; forward and backward only look plans up and execute them.
- * The small kernels here do what cuDNN is not asked to: the bias (+ ReLU)
- * when no engine runs the fused graph, the ReLU mask of the backward pass
- * fused with the bias gradient, and accumulation when no engine adds into
- * its output. A 1x1 convolution's forward may instead run as a cuBLASLt
- * matmul (gemm.h), when that measured faster for its shape as the plans
- * were built.
+ * The small kernels here do what cuDNN is not asked to: the bias and the
+ * activation (ReLU, ReLU6) when no engine runs the fused graph or there is
+ * no bias, the activation's mask of the backward pass fused with the bias
+ * gradient, and accumulation when no engine adds into its output. Strided
+ * and depthwise convolutions are cuDNN's too (groups inferred from the
+ * filter's channels, cudnn_graph.h).
+ * A 1x1 convolution's forward may instead run as a cuBLASLt matmul (gemm.h),
+ * when that measured faster for its shape as the plans were built.
  *
  * Workspace of a backward pass, used in stream order (each phase may reuse
  * all of it because the previous phase has finished on the same stream):
@@ -31,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/act.cuh"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/cudnn_graph.h"
 #include "kernels/cuda/gemm.h"
@@ -55,30 +58,30 @@ static unsigned blocks_for(long long n) {
  * Kernels
  * ------------------------------------------------------------------------- */
 
-/* out = in + b[c], then ReLU when asked; in may be out. */
-static __device__ __forceinline__ float bias_act_of(float x, float b, int relu) {
-    float v = x + b;
-    return relu ? (v > 0.0f ? v : 0.0f) : v;
+/* x + b[c] (b NULL: no bias), then the activation act. */
+static __device__ __forceinline__ float bias_act_of(float x, const float *b, int c, int act) {
+    float v = b ? x + b[c] : x;
+    return act == UNET_ACT_RELU ? (v > 0.0f ? v : 0.0f) : act == UNET_ACT_RELU6 ? unet_relu6(v) : v;
 }
 
-/* NCHW: grid.x planes (n, c), so that a block's channel is one number, grid.y along the plane. */
+/* NCHW: grid.x planes (n, c), so that a block's channel is one number, grid.y along the plane; in may be out. */
 static __global__ void bias_act_nchw_kernel(const float *in, float *out, const float *b, int channels, int hw,
-                                            int relu) {
-    float bc = b[blockIdx.x % (unsigned)channels];
+                                            int act) {
+    int c = (int)(blockIdx.x % (unsigned)channels);
     long long base = (long long)blockIdx.x * hw;
     for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < hw; i += gridDim.y * blockDim.x)
-        out[base + i] = bias_act_of(in[base + i], bc, relu);
+        out[base + i] = bias_act_of(in[base + i], b, c, act);
 }
 
 /* NHWC: one thread per (pixel, channel vector) (nhwc.cuh), the padding channels written as zeros. */
 template <class F>
 static __global__ void bias_act_nhwc_kernel(const typename F::T *in, typename F::T *out, const float *b, int channels,
-                                            int vectors, unsigned items, int relu) {
+                                            int vectors, unsigned items, int act) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
         int c0 = (int)(i % (unsigned)vectors) * F::V;
         unet_vec<F> v = unet_ldv<F>(in, (long long)i * F::V);
 #pragma unroll
-        for (int j = 0; j < F::V; j++) v.v[j] = c0 + j < channels ? bias_act_of(v.v[j], b[c0 + j], relu) : 0.0f;
+        for (int j = 0; j < F::V; j++) v.v[j] = c0 + j < channels ? bias_act_of(v.v[j], b, c0 + j, act) : 0.0f;
         unet_stv<F>(out, (long long)i * F::V, v);
     }
 }
@@ -132,13 +135,14 @@ static __device__ void block_sum(double *sh, double v) {
 
 /* Block (s, c) sums slice s of channel c's n*hw values (the channel's values
  * in (n, y, x) order, cut into equal slices) into partial[c * slices + s].
- * With a mask (the forward output of a fused ReLU), each value first becomes
- * dz = dout * (out > 0) and is written back, so that the weight and data
- * gradients read dz. The partition depends on the shape alone and every sum
- * has a fixed order: the result is the same bits on every run, no atomics. */
+ * With a mask (the forward output of a fused activation act), each value
+ * first becomes dz = dout where the activation passes it, else 0, and is
+ * written back, so that the weight and data gradients read dz. The
+ * partition depends on the shape alone and every sum has a fixed order: the
+ * result is the same bits on every run, no atomics. */
 template <class F>
-static __global__ void channel_partial_kernel(typename F::T *dz, const typename F::T *mask, int channels, int cp,
-                                              long long hw, long long per_channel, long long chunk, int slices,
+static __global__ void channel_partial_kernel(typename F::T *dz, const typename F::T *mask, int act, int channels,
+                                              int cp, long long hw, long long per_channel, long long chunk, int slices,
                                               double *partial) {
     __shared__ double sh[THREADS];
     int s = blockIdx.x;
@@ -152,7 +156,7 @@ static __global__ void channel_partial_kernel(typename F::T *dz, const typename 
             long long idx = F::plane_at(n, c, cp, hw, j - n * hw);
             float v = unet_ld(dz, idx);
             if (mask) {
-                v = unet_ld(mask, idx) > 0.0f ? v : 0.0f;
+                v = unet_act_passes(act, unet_ld(mask, idx)) ? v : 0.0f;
                 unet_st(dz, idx, v); /* v or 0: exact in bf16 too */
             }
             acc += v;
@@ -169,6 +173,7 @@ template <class F>
 struct bias_sums_op {
     typename F::T *dz;
     const typename F::T *mask;
+    int act;
     int cp;
     struct state {};
     __device__ state begin(int) const { return state(); }
@@ -177,7 +182,7 @@ struct bias_sums_op {
         unet_vec<F> v = unet_ldv<F>(dz, i);
         if (mask) {
             unet_vec<F> m = unet_ldv<F>(mask, i);
-            for (int j = 0; j < F::V; j++) v.v[j] = m.v[j] > 0.0f ? v.v[j] : 0.0f;
+            for (int j = 0; j < F::V; j++) v.v[j] = unet_act_passes(act, m.v[j]) ? v.v[j] : 0.0f;
             unet_stv<F>(dz, i, v); /* v or 0: exact in bf16 too */
         }
 #pragma unroll
@@ -233,16 +238,16 @@ static size_t channel_sum_workspace(const unet_op_args *a, unet_shape s) {
 }
 
 /* sum[c] = sum of dz over n, y, x (NULL: no sum wanted); with mask, dz is first
- * replaced by dz * (mask > 0) in place. */
+ * masked in place where the activation act stops the gradient of mask. */
 template <class F>
-static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, unet_shape s, float *sum,
+static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, int act, unet_shape s, float *sum,
                            void *workspace) {
     typedef typename F::T T;
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     long long per_channel = (long long)s.n * s.h * s.w;
     double *partial = (double *)workspace;
     if constexpr (F::nhwc) {
-        bias_sums_op<F> op = {(T *)dz, (const T *)mask, F::channels(s.c)};
+        bias_sums_op<F> op = {(T *)dz, (const T *)mask, act, F::channels(s.c)};
         unet_nhwc_split ns = unet_nhwc_split_of<F>(s);
         unet_nhwc_sums_kernel<F, 1><<<ns.grid, ns.block, 0, ctx->stream>>>(op, s.c, ns.vectors, ns.pixels,
                                                                            ns.per_slice, partial);
@@ -250,7 +255,7 @@ static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, un
     } else {
         channel_split sp = split_channel(per_channel);
         channel_partial_kernel<F><<<channel_grid(sp.slices, s.c), THREADS, 0, ctx->stream>>>(
-            (T *)dz, (const T *)mask, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk,
+            (T *)dz, (const T *)mask, act, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk,
             sp.slices, partial);
         UNET_CUDA_LAUNCHED(a);
     }
@@ -261,30 +266,30 @@ static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, un
     }
 }
 
-static void channel_sums(const unet_op_args *a, void *dz, const void *mask, unet_shape s, float *sum,
+static void channel_sums(const unet_op_args *a, void *dz, const void *mask, int act, unet_shape s, float *sum,
                          void *workspace) {
     if (!sum && !mask) return;
-    unet_dispatch(a, [&](auto f) { channel_sums_t<decltype(f)>(a, dz, mask, s, sum, workspace); });
+    unet_dispatch(a, [&](auto f) { channel_sums_t<decltype(f)>(a, dz, mask, act, s, sum, workspace); });
 }
 
+/* out = in + b[c] (b NULL: none), then the activation act; in may be out. */
 template <class F>
-static void bias_act_t(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int relu) {
+static void bias_act_t(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int act) {
     typedef typename F::T T;
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     if constexpr (F::nhwc) {
         unsigned items = unet_vec_items<F>(a, s);
         bias_act_nhwc_kernel<F><<<unet_blocks_for(items), UNET_THREADS, 0, stream>>>(
-            (const T *)in, (T *)out, b, s.c, F::channels(s.c) / F::V, items, relu);
+            (const T *)in, (T *)out, b, s.c, F::channels(s.c) / F::V, items, act);
     } else {
         unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * s.c, (long long)s.h * s.w);
-        bias_act_nchw_kernel<<<l.grid, l.block, 0, stream>>>((const float *)in, (float *)out, b, s.c, s.h * s.w,
-                                                             relu);
+        bias_act_nchw_kernel<<<l.grid, l.block, 0, stream>>>((const float *)in, (float *)out, b, s.c, s.h * s.w, act);
     }
     UNET_CUDA_LAUNCHED(a);
 }
 
-static void bias_act(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int relu) {
-    unet_dispatch(a, [&](auto f) { bias_act_t<decltype(f)>(a, in, out, b, s, relu); });
+static void bias_act(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int act) {
+    unet_dispatch(a, [&](auto f) { bias_act_t<decltype(f)>(a, in, out, b, s, act); });
 }
 
 /* dst += src over an activation tensor of shape s (memory elements, padding included). */
@@ -316,9 +321,16 @@ static int padded(const unet_op_args *a, int c) {
     return unet_cuda_channels_in_memory(unet_cuda_ctx_of(a)->act_format, c);
 }
 
-/* Bytes of the (Kp, R, S, Cp) weight copy of a problem's filter (K, C, R, R). */
-static size_t weight_copy_bytes(const unet_op_args *a, const unet_conv_problem &p) {
-    return align_up((size_t)padded(a, p.k) * p.r * p.r * padded(a, p.c) *
+/* A filter's input channels (C / groups) and, in its NHWC copy, their count
+ * with padding: Cp, or 1 for a depthwise filter (cudnn_graph.h). */
+static int filter_c(const unet_conv_problem &p) { return p.c / p.groups; }
+static int filter_cp(const unet_op_args *a, const unet_conv_problem &p) {
+    return p.groups > 1 ? filter_c(p) : padded(a, p.c);
+}
+
+/* Bytes of the (Kp, R, S, filter_cp) copy of a problem's filter (K, C / groups, R, R). */
+static size_t filter_copy_bytes(const unet_op_args *a, const unet_conv_problem &p) {
+    return align_up((size_t)padded(a, p.k) * p.r * p.r * filter_cp(a, p) *
                     unet_cuda_element_bytes(unet_cuda_ctx_of(a)->act_format));
 }
 
@@ -326,20 +338,21 @@ static size_t weight_copy_bytes(const unet_op_args *a, const unet_conv_problem &
  * copy; 0 in NCHW. */
 static size_t weight_prefix(const unet_op_args *a, const unet_conv_problem &p) {
     if (!is_nhwc(a)) return 0;
-    return weight_copy_bytes(a, p) +
+    return filter_copy_bytes(a, p) +
            align_up((size_t)padded(a, p.k) * unet_cuda_element_bytes(unet_cuda_ctx_of(a)->act_format));
 }
 
 static void *bias_copy(const unet_op_args *a, const unet_conv_problem &p) {
-    return (char *)a->workspace + weight_copy_bytes(a, p);
+    return (char *)a->workspace + filter_copy_bytes(a, p);
 }
 
 template <class F>
 static void weights_to_krsc_t(const unet_op_args *a, const unet_conv_problem &p, const float *w, const float *b) {
     typedef typename F::T T;
-    long long total = (long long)padded(a, p.k) * p.r * p.r * padded(a, p.c);
+    long long total = (long long)padded(a, p.k) * p.r * p.r * filter_cp(a, p);
     weights_to_krsc_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        w, (T *)a->workspace, b, b ? (T *)bias_copy(a, p) : (T *)NULL, p.k, padded(a, p.k), p.c, padded(a, p.c), p.r);
+        w, (T *)a->workspace, b, b ? (T *)bias_copy(a, p) : (T *)NULL, p.k, padded(a, p.k), filter_c(p),
+        filter_cp(a, p), p.r);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -356,9 +369,9 @@ static void *dweights_slot(const unet_op_args *a, float *dw) { return is_nhwc(a)
 
 template <class F>
 static void dweights_from_krsc_t(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
-    long long total = (long long)p.k * p.c * p.r * p.r;
+    long long total = (long long)p.k * filter_c(p) * p.r * p.r;
     dweights_from_krsc_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        (const typename F::T *)a->workspace, dw, p.k, p.c, padded(a, p.c), p.r);
+        (const typename F::T *)a->workspace, dw, p.k, filter_c(p), filter_cp(a, p), p.r);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -423,20 +436,26 @@ static void run_output(const unet_op_args *a, unet_conv_problem p, unet_conv_ten
 }
 
 /* ---------------------------------------------------------------------------
- * conv: y = conv(x, w) + b [ReLU]
+ * conv: y = act(conv(x, w) [+ b]); stride, pad, groups 1 or depthwise
  * ------------------------------------------------------------------------- */
 
 static void check_conv_shapes(const unet_op_args *a) {
     unet_shape x = a->in_shape[0], y = a->out_shape;
-    int k = a->node->k, pad = a->node->pad;
-    if (k >= 1 && pad >= 0 && y.n == x.n && y.c >= 1 && y.h == unet_conv_out_size(x.h, k, 1, pad) &&
-        y.w == unet_conv_out_size(x.w, k, 1, pad) && y.h >= 1 && y.w >= 1)
+    const unet_node *nd = a->node;
+    int k = nd->k, pad = nd->pad, stride = nd->stride, groups = nd->groups;
+    if (k >= 1 && pad >= 0 && stride >= 1 && (groups == 1 || (groups == x.c && y.c == x.c)) && y.n == x.n &&
+        y.c >= 1 && y.h == unet_conv_out_size(x.h, k, stride, pad) && y.w == unet_conv_out_size(x.w, k, stride, pad) &&
+        y.h >= 1 && y.w >= 1)
         return;
     char msg[256];
-    snprintf(msg, sizeof msg, "conv k %d pad %d cannot map x (%d,%d,%d,%d) to y (%d,%d,%d,%d)", k, pad, x.n, x.c, x.h,
-             x.w, y.n, y.c, y.h, y.w);
+    snprintf(msg, sizeof msg, "conv k %d stride %d pad %d groups %d cannot map x (%d,%d,%d,%d) to y (%d,%d,%d,%d)", k,
+             stride, pad, groups, x.n, x.c, x.h, x.w, y.n, y.c, y.h, y.w);
     unet_cuda_fail(__FILE__, __LINE__, "shape check", msg, a);
 }
+
+/* Whether the node has a bias: the graph's fact, known when plans are built
+ * (workspace_bytes sees no pointers). */
+static int has_bias(const unet_op_args *a) { return a->node->param[1] >= 0; }
 
 static unet_conv_problem conv_problem(const unet_op_args *a, unet_conv_dir dir) {
     unet_conv_problem p;
@@ -448,24 +467,28 @@ static unet_conv_problem conv_problem(const unet_op_args *a, unet_conv_dir dir) 
     p.w = a->in_shape[0].w;
     p.k = a->out_shape.c;
     p.r = a->node->k;
-    p.stride = 1;
+    p.stride = a->node->stride;
     p.pad = a->node->pad;
+    p.groups = a->node->groups;
     return p;
 }
 
+/* fused: with the bias and the activation as pointwise nodes of the graph. */
 static unet_conv_problem conv_forward_problem(const unet_op_args *a, int fused) {
     unet_conv_problem p = conv_problem(a, UNET_CONV_FWD);
     p.bias = fused;
-    p.relu = fused && a->node->relu;
+    p.act = fused ? a->node->act : UNET_ACT_NONE;
     return p;
 }
 
-/* The forward by cuDNN: the fused plan, or the plain convolution and the bias (+ ReLU) kernel. */
+/* The forward by cuDNN: the fused graph when the node has a bias and an
+ * engine runs it; else the convolution alone, then the bias and the
+ * activation by bias_act. */
 static void conv_forward_cudnn(const unet_op_args *a) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    unet_conv_problem p = conv_forward_problem(a, 1);
+    unet_conv_problem p = conv_forward_problem(a, has_bias(a));
     char *ws = (char *)a->workspace + weight_prefix(a, p);
-    const unet_cudnn_plan *fused = unet_cudnn_plan_find(ctx, &p, a);
+    const unet_cudnn_plan *fused = has_bias(a) ? unet_cudnn_plan_find(ctx, &p, a) : NULL;
     const void *w = weights_for(a, p, a->param[0], fused ? a->param[1] : NULL);
     if (fused) {
         unet_conv_tensors t = {a->in[0], w, a->out, is_nhwc(a) ? (const void *)bias_copy(a, p) : a->param[1]};
@@ -475,10 +498,11 @@ static void conv_forward_cudnn(const unet_op_args *a) {
     unet_conv_tensors t = {a->in[0], w, a->out, NULL};
     p = conv_forward_problem(a, 0);
     unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws, a);
-    bias_act(a, a->out, a->out, a->param[1], a->out_shape, a->node->relu);
+    if (has_bias(a) || a->node->act != UNET_ACT_NONE)
+        bias_act(a, a->out, a->out, has_bias(a) ? a->param[1] : NULL, a->out_shape, a->node->act);
 }
 
-/* The forward of a 1x1 convolution by a cuBLASLt matmul, bias and ReLU in its epilogue (gemm.h). */
+/* The forward of a 1x1 convolution with a bias by a cuBLASLt matmul, the bias and a ReLU in its epilogue (gemm.h). */
 static void conv_forward_gemm(const unet_op_args *a, const unet_gemm_plan *g) {
     unet_conv_problem p = conv_forward_problem(a, 1);
     const void *w = weights_for(a, p, a->param[0], a->param[1]);
@@ -487,7 +511,7 @@ static void conv_forward_gemm(const unet_op_args *a, const unet_gemm_plan *g) {
 }
 
 static void conv_forward_by(const unet_op_args *a, unet_1x1_path path) {
-    unet_conv_problem p = conv_forward_problem(a, 1);
+    unet_conv_problem p = conv_forward_problem(a, has_bias(a));
     const unet_gemm_plan *g = path == UNET_1X1_GEMM ? unet_gemm_plan_find(unet_cuda_ctx_of(a), &p) : NULL;
     if (g)
         conv_forward_gemm(a, g);
@@ -563,12 +587,13 @@ static unet_1x1_path measure_1x1(const unet_op_args *a, size_t workspace, float 
  * matmul's plan, and the path this shape takes from now on. workspace: what
  * the op needs so far. Returns the workspace the matmul needs more. */
 static size_t choose_1x1(const unet_op_args *a, size_t workspace) {
-    unet_conv_problem p = conv_forward_problem(a, 1);
+    unet_conv_problem p = conv_forward_problem(a, has_bias(a));
     if (!unet_gemm_runs(&p)) return 0;
     unet_gemm_plan *g = unet_gemm_plan_build(unet_cuda_ctx_of(a), &p, a);
     if (!g) return 0;
     size_t need = weight_prefix(a, p) + unet_gemm_plan_workspace(g);
     if (unet_gemm_path(g) != UNET_1X1_UNDECIDED) return need; /* the shape was measured at another node */
+    if (a->sizing_only) return need; /* unet info asks dozens of batches: a plan that runs measures its own */
     float ms_gemm = -1.0f, ms_cudnn = -1.0f;
     unet_1x1_path path = forced_1x1();
     const char *why = "UNET_CONV1X1";
@@ -590,14 +615,14 @@ static size_t choose_1x1(const unet_op_args *a, size_t workspace) {
 static size_t conv_workspace_bytes(const unet_op_args *a) {
     check_conv_shapes(a);
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    unet_conv_problem fwd = conv_forward_problem(a, 1);
+    unet_conv_problem fwd = conv_forward_problem(a, has_bias(a));
     size_t prefix = weight_prefix(a, fwd);
-    const unet_cudnn_plan *fused = unet_cudnn_plan_build(ctx, &fwd, 0, a);
-    if (!fused) {
+    const unet_cudnn_plan *plan = has_bias(a) ? unet_cudnn_plan_build(ctx, &fwd, 0, a) : NULL;
+    if (!plan) {
         fwd = conv_forward_problem(a, 0);
-        fused = unet_cudnn_plan_build(ctx, &fwd, 1, a);
+        plan = unet_cudnn_plan_build(ctx, &fwd, 1, a);
     }
-    size_t ws = unet_cudnn_plan_workspace(fused);
+    size_t ws = unet_cudnn_plan_workspace(plan);
     if (a->training) {
         unet_conv_problem wgrad = conv_problem(a, UNET_CONV_WGRAD);
         ws = max_size(ws, channel_sum_workspace(a, a->out_shape));
@@ -607,24 +632,27 @@ static size_t conv_workspace_bytes(const unet_op_args *a) {
     return max_size(prefix + ws, choose_1x1(a, prefix + ws));
 }
 
+/* By the path chosen for a 1x1 convolution's shape when the plans were built
+ * (choose_1x1), else by cuDNN. */
 static void conv_forward(const unet_op_args *a) {
     check_conv_shapes(a);
     require(a, a->param[0], "conv weight (param[0])");
-    require(a, a->param[1], "conv bias (param[1])");
-    unet_conv_problem p = conv_forward_problem(a, 1);
+    if (has_bias(a)) require(a, a->param[1], "conv bias (param[1])");
+    unet_conv_problem p = conv_forward_problem(a, has_bias(a));
     conv_forward_by(a, unet_gemm_path(unet_gemm_plan_find(unet_cuda_ctx_of(a), &p)));
 }
 
-/* dz = dout * (out > 0) with ReLU (in place: dout has no other reader);
+/* dz = dout masked by the activation (in place: dout has no other reader);
  * db = sum of dz; dw = correlate(x, dz); dx = conv_transpose(dz, w). */
 static void conv_backward(const unet_op_args *a) {
     check_conv_shapes(a);
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     void *dz = a->dout;
+    int act = a->node->act;
     require(a, dz, "conv dout");
-    if (a->node->relu) require(a, a->out, "conv out (the ReLU mask)");
+    if (act != UNET_ACT_NONE) require(a, a->out, "conv out (the activation's mask)");
     char *ws = (char *)a->workspace + weight_prefix(a, conv_problem(a, UNET_CONV_WGRAD));
-    channel_sums(a, dz, a->node->relu ? a->out : NULL, a->out_shape, a->dparam[1], ws);
+    channel_sums(a, dz, act != UNET_ACT_NONE ? a->out : NULL, act, a->out_shape, a->dparam[1], ws);
     if (a->dparam[0]) {
         require(a, a->in[0], "conv x (in[0])");
         unet_conv_problem p = conv_problem(a, UNET_CONV_WGRAD);
@@ -686,6 +714,7 @@ static unet_conv_problem conv_t2_problem(const unet_op_args *a, unet_conv_dir di
     p.r = 2;
     p.stride = 2;
     p.pad = 0;
+    p.groups = 1;
     return p;
 }
 
@@ -712,7 +741,7 @@ static void conv_t2_forward(const unet_op_args *a) {
     unet_conv_problem p = conv_t2_problem(a, UNET_CONV_DGRAD);
     unet_conv_tensors t = {a->out, weights_for(a, p, a->param[0], NULL), a->in[0], NULL};
     unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, (char *)a->workspace + weight_prefix(a, p), a);
-    bias_act(a, a->out, a->out, a->param[1], a->out_shape, 0);
+    bias_act(a, a->out, a->out, a->param[1], a->out_shape, UNET_ACT_NONE);
 }
 
 static void conv_t2_backward(const unet_op_args *a) {
@@ -720,7 +749,7 @@ static void conv_t2_backward(const unet_op_args *a) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     require(a, a->dout, "conv_t2 dout");
     char *ws = (char *)a->workspace + weight_prefix(a, conv_t2_problem(a, UNET_CONV_WGRAD));
-    channel_sums(a, a->dout, NULL, a->out_shape, a->dparam[1], ws);
+    channel_sums(a, a->dout, NULL, UNET_ACT_NONE, a->out_shape, a->dparam[1], ws);
     if (a->dparam[0]) {
         require(a, a->in[0], "conv_t2 x (in[0])");
         unet_conv_problem p = conv_t2_problem(a, UNET_CONV_WGRAD);
@@ -757,7 +786,7 @@ static size_t bias_workspace_bytes(const unet_op_args *a) {
 static void bias_forward(const unet_op_args *a) {
     check_bias_shapes(a);
     require(a, a->param[0], "bias (param[0])");
-    bias_act(a, a->in[0], a->out, a->param[0], a->out_shape, 0);
+    bias_act(a, a->in[0], a->out, a->param[0], a->out_shape, UNET_ACT_NONE);
 }
 
 static void bias_backward(const unet_op_args *a) {
@@ -771,7 +800,7 @@ static void bias_backward(const unet_op_args *a) {
                                             unet_cuda_ctx_of(a)->stream),
                             unet_at_op(a));
     }
-    channel_sums(a, a->dout, NULL, a->out_shape, a->dparam[0], a->workspace);
+    channel_sums(a, a->dout, NULL, UNET_ACT_NONE, a->out_shape, a->dparam[0], a->workspace);
 }
 
 /* Positional: the fields of unet_op_impl are forward, backward, workspace_bytes, aux_bytes. */

@@ -65,7 +65,7 @@
  * against it (unet_cudnn_execute). */
 enum { ACTIVATION_ALIGNMENT = 16, PARAM_ALIGNMENT = 16 };
 
-typedef enum { ROLE_ACTIVATION, ROLE_FILTER, ROLE_BIAS, ROLE_INTERMEDIATE } tensor_role;
+typedef enum { ROLE_ACTIVATION, ROLE_FILTER, ROLE_DEPTHWISE_FILTER, ROLE_BIAS, ROLE_INTERMEDIATE } tensor_role;
 
 typedef struct {
     cudnnDataType_t type;
@@ -88,16 +88,18 @@ static int64_t alignment_of(const unet_cuda_ctx *ctx, tensor_role role) {
     return (role == ROLE_FILTER || role == ROLE_BIAS) && !is_nhwc(ctx) ? PARAM_ALIGNMENT : ACTIVATION_ALIGNMENT;
 }
 
-/* Logical dims (n, c, h, w); filters (k, c, r, s); biases (1, k, 1, 1). */
+/* Logical dims (n, c, h, w); filters (k, c / groups, r, s); biases (1, k, 1, 1). */
 static tensor_layout layout_for(const unet_cuda_ctx *ctx, tensor_role role, int64_t n, int64_t c, int64_t h,
                                 int64_t w) {
     tensor_layout l;
-    l.alignment = alignment_of(ctx, role);
+    l.alignment = alignment_of(ctx, role == ROLE_DEPTHWISE_FILTER ? ROLE_FILTER : role);
     if (is_nhwc(ctx)) {
-        /* padded channels; a filter's (and the bias's) k is padded too */
-        if (role == ROLE_FILTER) n = unet_cuda_channels_in_memory(ctx->act_format, (int)n);
+        /* padded channels; a filter's (and the bias's) k is padded too, a depthwise filter's one
+         * channel is not (each padding channel is a group of its own) */
+        if (role == ROLE_FILTER || role == ROLE_DEPTHWISE_FILTER)
+            n = unet_cuda_channels_in_memory(ctx->act_format, (int)n);
         if (role == ROLE_BIAS) n = 1;
-        c = unet_cuda_channels_in_memory(ctx->act_format, (int)c);
+        if (role != ROLE_DEPTHWISE_FILTER) c = unet_cuda_channels_in_memory(ctx->act_format, (int)c);
     }
     /* bf16 tensors in memory; float for the rest, and for every virtual intermediate */
     l.type = is_bf16(ctx) && role != ROLE_INTERMEDIATE ? CUDNN_DATA_BFLOAT16 : compute_type(ctx);
@@ -120,7 +122,7 @@ static tensor_layout layout_for(const unet_cuda_ctx *ctx, tensor_role role, int6
 
 /* All ints, zeroed before filling, so memcmp compares keys exactly. */
 typedef struct {
-    int dir, n, c, h, w, k, r, stride, pad, bias, relu, accumulate;
+    int dir, n, c, h, w, k, r, stride, pad, groups, bias, act, accumulate;
     int precision, act_format, deterministic;
 } plan_key;
 
@@ -164,8 +166,9 @@ static plan_key key_of(const unet_cuda_ctx *ctx, const unet_conv_problem *p) {
     k.r = p->r;
     k.stride = p->stride;
     k.pad = p->pad;
+    k.groups = p->groups;
     k.bias = p->dir == UNET_CONV_FWD ? p->bias : 0;
-    k.relu = p->dir == UNET_CONV_FWD && p->bias ? p->relu : 0;
+    k.act = p->dir == UNET_CONV_FWD && p->bias ? p->act : 0;
     k.accumulate = p->accumulate;
     k.precision = (int)ctx->precision;
     k.act_format = (int)ctx->act_format;
@@ -184,12 +187,13 @@ static const char *precision_name(int precision) {
 static void describe(const plan_key *k, int device, char *buf, size_t len) {
     int p = unet_conv_out_size(k->h, k->r, k->stride, k->pad), q = unet_conv_out_size(k->w, k->r, k->stride, k->pad);
     snprintf(buf, len,
-             "convolution %s%s%s%s: x (%d,%d,%d,%d), w (%d,%d,%d,%d), y (%d,%d,%d,%d), stride %d, pad %d, %s %s, %s, "
-             "device %d",
-             dir_name(k->dir), k->bias ? " + bias" : "", k->relu ? " + ReLU" : "",
-             k->accumulate ? " accumulating (beta = 1)" : "", k->n, k->c, k->h, k->w, k->k, k->c, k->r, k->r, k->n,
-             k->k, p, q, k->stride, k->pad, precision_name(k->precision),
-             k->act_format == UNET_FMT_NCHW_F32 ? "NCHW" : "NHWC",
+             "convolution %s%s%s%s: x (%d,%d,%d,%d), w (%d,%d,%d,%d), y (%d,%d,%d,%d), stride %d, pad %d, groups %d, "
+             "%s %s, %s, device %d",
+             dir_name(k->dir), k->bias ? " + bias" : "",
+             k->act == UNET_ACT_RELU ? " + ReLU" : k->act == UNET_ACT_RELU6 ? " + ReLU6" : "",
+             k->accumulate ? " accumulating (beta = 1)" : "", k->n, k->c, k->h, k->w, k->k,
+             k->groups > 0 ? k->c / k->groups : 0, k->r, k->r, k->n, k->k, p, q, k->stride, k->pad, k->groups,
+             precision_name(k->precision), k->act_format == UNET_FMT_NCHW_F32 ? "NCHW" : "NHWC",
              k->deterministic ? "deterministic" : "nondeterministic allowed", device);
 }
 
@@ -318,17 +322,17 @@ static cudnnBackendDescriptor_t make_conv_op(graph_builder *g, const plan_key *k
     return op;
 }
 
-/* A pointwise node y = mode(x [, b]). */
+/* A pointwise node y = mode(x [, b]); upper: RELU_FWD's upper clip (ReLU6: 6). */
 static cudnnBackendDescriptor_t make_pointwise_op(graph_builder *g, const unet_cuda_ctx *ctx, cudnnPointwiseMode_t mode,
-                                                  cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
-                                                  cudnnBackendDescriptor_t y) {
+                                                  double upper, cudnnBackendDescriptor_t x,
+                                                  cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t y) {
     cudnnBackendDescriptor_t pw = CREATE(g, CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
     cudnnDataType_t prec = compute_type(ctx);
     SET(g, pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
     SET(g, pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec);
     if (mode == CUDNN_POINTWISE_RELU_FWD) {
-        /* plain ReLU: clip below at 0 with slope 0, no upper clip (float's largest value) */
-        double lower = 0.0, upper = FLT_MAX, slope = 0.0;
+        /* clip below at 0 with slope 0, above at upper */
+        double lower = 0.0, slope = 0.0;
         SET(g, pw, CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP, CUDNN_TYPE_DOUBLE, 1, &lower);
         SET(g, pw, CUDNN_ATTR_POINTWISE_RELU_UPPER_CLIP, CUDNN_TYPE_DOUBLE, 1, &upper);
         SET(g, pw, CUDNN_ATTR_POINTWISE_RELU_LOWER_CLIP_SLOPE, CUDNN_TYPE_DOUBLE, 1, &slope);
@@ -361,7 +365,8 @@ static cudnnBackendDescriptor_t make_graph(graph_builder *g, const unet_cuda_ctx
                                            unet_cudnn_plan *plan, char *why, size_t why_len) {
     int p = unet_conv_out_size(k->h, k->r, k->stride, k->pad), q = unet_conv_out_size(k->w, k->r, k->stride, k->pad);
     tensor_layout xl = layout_for(ctx, ROLE_ACTIVATION, k->n, k->c, k->h, k->w);
-    tensor_layout wl = layout_for(ctx, ROLE_FILTER, k->k, k->c, k->r, k->r);
+    tensor_layout wl =
+        layout_for(ctx, k->groups > 1 ? ROLE_DEPTHWISE_FILTER : ROLE_FILTER, k->k, k->c / k->groups, k->r, k->r);
     tensor_layout yl = layout_for(ctx, ROLE_ACTIVATION, k->n, k->k, p, q);
     cudnnBackendDescriptor_t x = make_tensor(g, &xl, UID_X, false);
     cudnnBackendDescriptor_t w = make_tensor(g, &wl, UID_W, false);
@@ -374,20 +379,22 @@ static cudnnBackendDescriptor_t make_graph(graph_builder *g, const unet_cuda_ctx
     add_slot(plan, UID_W, &wl);
     add_slot(plan, UID_Y, &yl);
     if (k->bias) {
-        /* conv -> (virtual) + b -> [(virtual) ReLU ->] y. Intermediates are
-         * virtual: they never reach memory, which is the point of fusing. */
+        /* conv -> (virtual) + b -> [(virtual) ReLU / ReLU6 ->] y. Intermediates
+         * are virtual: they never reach memory, which is the point of fusing. */
         tensor_layout il = layout_for(ctx, ROLE_INTERMEDIATE, k->n, k->k, p, q);
         tensor_layout bl = layout_for(ctx, ROLE_BIAS, 1, k->k, 1, 1);
         cudnnBackendDescriptor_t conv_out = make_tensor(g, &il, UID_CONV_OUT, true);
         cudnnBackendDescriptor_t b = make_tensor(g, &bl, UID_B, false);
         add_slot(plan, UID_B, &bl);
         ops[n_ops++] = make_conv_op(g, k, conv, x, w, conv_out);
-        if (k->relu) {
+        if (k->act != UNET_ACT_NONE) {
+            /* no upper clip for ReLU: float's largest value */
+            double upper = k->act == UNET_ACT_RELU6 ? 6.0 : FLT_MAX;
             cudnnBackendDescriptor_t bias_out = make_tensor(g, &il, UID_BIAS_OUT, true);
-            ops[n_ops++] = make_pointwise_op(g, ctx, CUDNN_POINTWISE_ADD, conv_out, b, bias_out);
-            ops[n_ops++] = make_pointwise_op(g, ctx, CUDNN_POINTWISE_RELU_FWD, bias_out, NULL, y);
+            ops[n_ops++] = make_pointwise_op(g, ctx, CUDNN_POINTWISE_ADD, 0.0, conv_out, b, bias_out);
+            ops[n_ops++] = make_pointwise_op(g, ctx, CUDNN_POINTWISE_RELU_FWD, upper, bias_out, NULL, y);
         } else {
-            ops[n_ops++] = make_pointwise_op(g, ctx, CUDNN_POINTWISE_ADD, conv_out, b, y);
+            ops[n_ops++] = make_pointwise_op(g, ctx, CUDNN_POINTWISE_ADD, 0.0, conv_out, b, y);
         }
     } else {
         ops[n_ops++] = make_conv_op(g, k, conv, x, w, y);
@@ -874,6 +881,8 @@ static void check_problem(const plan_key *k, const char *problem, const unet_op_
     const char *bad = NULL;
     if (k->n < 1 || k->c < 1 || k->h < 1 || k->w < 1 || k->k < 1 || k->r < 1 || k->stride < 1 || k->pad < 0)
         bad = "sizes must be positive";
+    else if (k->groups != 1 && (k->groups != k->c || k->k != k->c))
+        bad = "groups must be 1, or the input channels with as many output channels (depthwise)";
     else if (unet_conv_out_size(k->h, k->r, k->stride, k->pad) < 1 ||
              unet_conv_out_size(k->w, k->r, k->stride, k->pad) < 1)
         bad = "the filter is larger than the padded input";

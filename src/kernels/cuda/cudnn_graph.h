@@ -4,9 +4,10 @@
  * time (from an op's workspace_bytes), and a training step only executes.
  *
  * Every convolution of the engine is one of three directions of the same
- * cross-correlation  y = x (*) w,  x (n, c, h, w), w (k, c, r, r),
- * y (n, k, p, q), p = (h + 2 pad - r) / stride + 1:
- *   FWD    y  = conv(x, w)          [+ b, ReLU fused when asked]
+ * cross-correlation  y = x (*) w,  x (n, c, h, w), w (k, c / groups, r, r),
+ * y (n, k, p, q), p = (h + 2 pad - r) / stride + 1 (groups: 1, or c = k for
+ * a depthwise convolution; cuDNN infers them from w's channels):
+ *   FWD    y  = conv(x, w)          [+ b, then ReLU or ReLU6, fused when asked]
  *   DGRAD  dx = conv_transpose(dy, w)     (x slot: dx, y slot: dy)
  *   WGRAD  dw = correlate(x, dy)          (w slot: dw, y slot: dy)
  * The problem is always stated in terms of the forward convolution's shapes;
@@ -18,8 +19,9 @@
  * (bf16, or fp32/tf32 with --layout nhwc) every tensor passed is in the
  * activations' element type with channels last and padded to 16 bytes: x, y
  * as the activations are stored; w (and dw) a (Kp, R, S, Cp) copy of the
- * weights, and b a Kp copy of the bias, that the caller keeps in its
- * workspace. */
+ * weights ((Kp, R, S, 1) depthwise: the padding channels are groups of
+ * their own, with zero weights), and b a Kp copy of the bias, that the
+ * caller keeps in its workspace. */
 #ifndef UNET_CUDA_CUDNN_GRAPH_H
 #define UNET_CUDA_CUDNN_GRAPH_H
 
@@ -39,8 +41,9 @@ typedef struct {
     int k;           /* its output channels (rows of w) */
     int r;           /* square filter size */
     int stride, pad; /* same in both spatial dimensions, padding on both sides */
+    int groups;      /* 1, or c (depthwise, k == c) */
     int bias;        /* FWD only: y = conv + b[k], fused as a pointwise node */
-    int relu;        /* FWD only, with bias: y = max(conv + b, 0) */
+    int act;         /* FWD only, with bias: a unet_act after it (ReLU: max(v, 0), ReLU6: min(max(v, 0), 6)) */
     int accumulate;  /* the output slot gets conv + output (beta = 1) instead of conv */
 } unet_conv_problem;
 

@@ -37,13 +37,15 @@ struct unet_gemm_cache {
 };
 
 int unet_gemm_runs(const unet_conv_problem *p) {
-    return p->dir == UNET_CONV_FWD && p->r == 1 && p->stride == 1 && p->pad == 0 && p->bias && !p->accumulate;
+    /* cuBLASLt's epilogues add a bias and a ReLU, not a ReLU6; grouped (depthwise) convolutions are no single matmul */
+    return p->dir == UNET_CONV_FWD && p->r == 1 && p->stride == 1 && p->pad == 0 && p->groups == 1 && p->bias &&
+           p->act != UNET_ACT_RELU6 && !p->accumulate;
 }
 
 static gemm_key key_of(const unet_cuda_ctx *ctx, const unet_conv_problem *p) {
     gemm_key k;
     memset(&k, 0, sizeof k);
-    k.n = p->n, k.c = p->c, k.h = p->h, k.w = p->w, k.k = p->k, k.relu = p->relu, k.precision = (int)ctx->precision;
+    k.n = p->n, k.c = p->c, k.h = p->h, k.w = p->w, k.k = p->k, k.relu = p->act == UNET_ACT_RELU, k.precision = (int)ctx->precision;
     k.act_format = (int)ctx->act_format;
     return k;
 }

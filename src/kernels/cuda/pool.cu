@@ -1,4 +1,7 @@
-/* 2x2 stride-2 max pooling on the GPU, twin of src/kernels/cpu/pool.c.
+/* Max pooling on the GPU, twins of src/kernels/cpu/pool.c: maxpool2 (2x2
+ * stride 2) and, at the end, maxpool (k x k, stride, -inf padding).
+ *
+ * maxpool2:
  * One thread per window (H and W are even: the shape inference rejects odd
  * sizes). In float32 NCHW, blocks per plane (n, c): the two values of a
  * window row are adjacent and at an even index, read and written as one
@@ -234,3 +237,224 @@ static void maxpool2_backward(const unet_op_args *a) {
 }
 
 extern "C" const unet_op_impl unet_cuda_maxpool2 = {maxpool2_forward, maxpool2_backward, NULL, NULL};
+
+/* ---- maxpool: k x k, stride, pad (-inf) ----
+ * Forward: one thread per output, the window scanned as the CPU scans it.
+ * Backward as a gather, without atomics: one thread per input element walks
+ * the windows that contain it in row-major order, recomputes each one's
+ * maximum, and adds the gradient of those whose maximum it is, starting from
+ * the gradient already there when accumulating: the CPU's scatter adds in
+ * that order, so the two agree bit for bit. NCHW walks planes (n, c); NHWC
+ * gives a thread one 16-byte vector of channels of a pixel, as maxpool2. */
+
+struct pool_geom {
+    int k, stride, pad;
+};
+
+/* The (row, column) of window (oy, ox)'s maximum in x's plane (n, c): the
+ * first in row-major order, a NaN winning; padding never wins. */
+template <class VX>
+static __device__ __forceinline__ int2 window_max_at(const VX &x, int n, int c, pool_geom g, int oy, int ox) {
+    int y0 = oy * g.stride - g.pad, x0 = ox * g.stride - g.pad;
+    int ya = max(y0, 0), yb = min(y0 + g.k, x.h), xa = max(x0, 0), xb = min(x0 + g.k, x.w);
+    int2 best = make_int2(ya, xa);
+    float m = unet_ld(x.p, x.at(n, c, ya, xa));
+    for (int y = ya; y < yb; y++)
+        for (int xx = xa; xx < xb; xx++) {
+            float v = unet_ld(x.p, x.at(n, c, y, xx));
+            if (takes_max(v, m)) m = v, best = make_int2(y, xx);
+        }
+    return best;
+}
+
+/* grid.x: planes (n, c) of the output, padding planes included (zeros). */
+template <class VX, class VY>
+static __global__ void maxpool_forward_kernel(VX x, VY y, pool_geom g, int out_items) {
+    int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
+        int oy = e / y.w, ox = e - oy * y.w;
+        float v = 0.0f;
+        if (c < x.c) {
+            int2 at = window_max_at(x, n, c, g, oy, ox);
+            v = unet_ld(x.p, x.at(n, c, at.x, at.y));
+        }
+        unet_st(y.p, y.at(n, c, oy, ox), v);
+    }
+}
+
+/* The first window index whose window reaches input index i, and the last (inclusive). */
+static __device__ __forceinline__ int2 windows_over(int i, pool_geom g, int out_size) {
+    int lo = i + g.pad - g.k + 1, hi = i + g.pad;
+    lo = lo <= 0 ? 0 : (lo + g.stride - 1) / g.stride;
+    return make_int2(lo, min(hi / g.stride, out_size - 1));
+}
+
+/* grid.x: planes (n, c) of the input gradient, padding planes included (zeros). */
+template <class VX, class VG, class VD>
+static __global__ void maxpool_backward_kernel(VX x, VG dy, VD dx, pool_geom g, int in_items, int accumulate) {
+    int n = (int)(blockIdx.x / (unsigned)dx.cp), c = (int)(blockIdx.x % (unsigned)dx.cp);
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < in_items; e += gridDim.y * blockDim.x) {
+        int iy = e / dx.w, ix = e - iy * dx.w;
+        long long at = dx.at(n, c, iy, ix);
+        if (c >= dx.c) {
+            unet_st(dx.p, at, 0.0f);
+            continue;
+        }
+        float sum = accumulate ? unet_ld(dx.p, at) : 0.0f;
+        int2 ry = windows_over(iy, g, dy.h), rx = windows_over(ix, g, dy.w);
+        for (int oy = ry.x; oy <= ry.y; oy++)
+            for (int ox = rx.x; ox <= rx.y; ox++) {
+                int2 m = window_max_at(x, n, c, g, oy, ox);
+                if (m.x == iy && m.y == ix) sum += unet_ld(dy.p, dy.at(n, c, oy, ox));
+            }
+        unet_st(dx.p, at, sum);
+    }
+}
+
+/* NHWC: item i is (pixel, channel vector), the vector fastest, of the tensor
+ * a thread writes (the output forward, the input gradient backward); per
+ * lane the same scan, comparisons and sums, in the same order, as above. */
+typedef struct {
+    pool_geom g;
+    int channels, vectors;
+    int in_h, in_w, out_h, out_w;
+    unsigned items;
+} maxpool_nhwc;
+
+/* Per lane, the maximum of window (oy, ox) of image n and its input pixel
+ * (y * in_w + x): the first in row-major order, a NaN winning. */
+template <class F>
+static __device__ __forceinline__ void window_max_nhwc(const typename F::T *x, const maxpool_nhwc &s, int n, int c0,
+                                                       int oy, int ox, float (&m)[F::V], int (&best)[F::V]) {
+    long long cp = (long long)s.vectors * F::V;
+    int y0 = oy * s.g.stride - s.g.pad, x0 = ox * s.g.stride - s.g.pad;
+    int ya = max(y0, 0), yb = min(y0 + s.g.k, s.in_h), xa = max(x0, 0), xb = min(x0 + s.g.k, s.in_w);
+    for (int y = ya; y < yb; y++)
+        for (int xx = xa; xx < xb; xx++) {
+            unet_vec<F> v = unet_ldv<F>(x, (((long long)n * s.in_h + y) * s.in_w + xx) * cp + c0);
+#pragma unroll
+            for (int j = 0; j < F::V; j++)
+                if ((y == ya && xx == xa) || takes_max(v.v[j], m[j])) m[j] = v.v[j], best[j] = y * s.in_w + xx;
+        }
+}
+
+template <class F>
+static __global__ void maxpool_nhwc_forward_kernel(const typename F::T *x, typename F::T *y, maxpool_nhwc s) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
+        int n, oy, ox, c0 = (int)(i % (unsigned)s.vectors) * F::V;
+        unet_pixel_of(i, s.vectors, s.out_h, s.out_w, n, oy, ox);
+        float m[F::V];
+        int best[F::V];
+        window_max_nhwc<F>(x, s, n, c0, oy, ox, m, best);
+        unet_vec<F> r;
+#pragma unroll
+        for (int j = 0; j < F::V; j++) r.v[j] = c0 + j < s.channels ? m[j] : 0.0f;
+        unet_stv<F>(y, (long long)i * F::V, r);
+    }
+}
+
+template <class F>
+static __global__ void maxpool_nhwc_backward_kernel(const typename F::T *x, const typename F::T *dy,
+                                                    typename F::T *dx, maxpool_nhwc s, int accumulate) {
+    long long cp = (long long)s.vectors * F::V;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
+        int n, iy, ix, c0 = (int)(i % (unsigned)s.vectors) * F::V;
+        unet_pixel_of(i, s.vectors, s.in_h, s.in_w, n, iy, ix);
+        float sum[F::V];
+        unet_vec<F> old;
+        if (accumulate) old = unet_ldv<F>(dx, (long long)i * F::V);
+#pragma unroll
+        for (int j = 0; j < F::V; j++) sum[j] = accumulate ? old.v[j] : 0.0f;
+        int2 ry = windows_over(iy, s.g, s.out_h), rx = windows_over(ix, s.g, s.out_w);
+        for (int oy = ry.x; oy <= ry.y; oy++)
+            for (int ox = rx.x; ox <= rx.y; ox++) {
+                float m[F::V];
+                int best[F::V];
+                window_max_nhwc<F>(x, s, n, c0, oy, ox, m, best);
+                unet_vec<F> g = unet_ldv<F>(dy, (((long long)n * s.out_h + oy) * s.out_w + ox) * cp + c0);
+#pragma unroll
+                for (int j = 0; j < F::V; j++)
+                    if (best[j] == iy * s.in_w + ix) sum[j] += g.v[j];
+            }
+        unet_vec<F> d;
+#pragma unroll
+        for (int j = 0; j < F::V; j++) d.v[j] = c0 + j < s.channels ? sum[j] : 0.0f;
+        unet_stv<F>(dx, (long long)i * F::V, d);
+    }
+}
+
+static pool_geom pool_geom_of(const unet_op_args *a) {
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    const unet_node *nd = a->node;
+    pool_geom g = {nd->k, nd->stride, nd->pad};
+    if (g.k < 1 || g.stride < 1 || g.pad < 0 || 2 * g.pad > g.k || so.n != si.n || so.c != si.c ||
+        so.h != (si.h + 2 * g.pad - g.k) / g.stride + 1 || so.w != (si.w + 2 * g.pad - g.k) / g.stride + 1) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "maxpool k %d stride %d pad %d cannot map (%d,%d,%d,%d) to (%d,%d,%d,%d)", g.k,
+                 g.stride, g.pad, si.n, si.c, si.h, si.w, so.n, so.c, so.h, so.w);
+        unet_cuda_fail(__FILE__, __LINE__, "shape check", msg, a);
+    }
+    return g;
+}
+
+template <class F>
+static maxpool_nhwc maxpool_nhwc_of(const unet_op_args *a, pool_geom g, unet_shape written) {
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    maxpool_nhwc s = {g, si.c, F::channels(si.c) / F::V, si.h, si.w, so.h, so.w, unet_vec_items<F>(a, written)};
+    return s;
+}
+
+template <class F>
+static void maxpool_forward_t(const unet_op_args *a, pool_geom g) {
+    typedef typename F::T T;
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    if constexpr (F::nhwc) {
+        maxpool_nhwc s = maxpool_nhwc_of<F>(a, g, so);
+        maxpool_nhwc_forward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>((const T *)a->in[0],
+                                                                                            (T *)a->out, s);
+    } else {
+        unet_plane_launch l = unet_plane_launch_for(a, (long long)so.n * so.c, (long long)so.h * so.w);
+        maxpool_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->in[0], si),
+                                                               unet_view_out<F>(a->out, so), g, so.h * so.w);
+    }
+    UNET_CUDA_LAUNCHED(a);
+}
+
+template <class F>
+static void maxpool_backward_t(const unet_op_args *a, pool_geom g) {
+    typedef typename F::T T;
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    int acc = a->din_accumulate[0];
+    if constexpr (F::nhwc) {
+        maxpool_nhwc s = maxpool_nhwc_of<F>(a, g, si);
+        maxpool_nhwc_backward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+            (const T *)a->in[0], (const T *)a->dout, (T *)a->din[0], s, acc);
+    } else {
+        unet_plane_launch l = unet_plane_launch_for(a, (long long)si.n * si.c, (long long)si.h * si.w);
+        maxpool_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->in[0], si),
+                                                                unet_view_in<F>(a->dout, so),
+                                                                unet_view_out<F>(a->din[0], si), g, si.h * si.w, acc);
+    }
+    UNET_CUDA_LAUNCHED(a);
+}
+
+static void maxpool_forward(const unet_op_args *a) {
+    pool_geom g = pool_geom_of(a);
+    unet_shape so = a->out_shape;
+    if ((long long)so.n * so.c * so.h * so.w == 0) return;
+    unet_dispatch(a, [&](auto f) { maxpool_forward_t<decltype(f)>(a, g); });
+}
+
+static void maxpool_backward(const unet_op_args *a) {
+    if (!a->din[0]) return;
+    pool_geom g = pool_geom_of(a);
+    if (!a->in[0] || !a->dout)
+        unet_cuda_fail(__FILE__, __LINE__, "argument check", "maxpool backward needs the forward input and dout", a);
+    unet_shape si = a->in_shape[0];
+    if ((long long)si.n * si.c * si.h * si.w == 0) return;
+    unet_dispatch(a, [&](auto f) { maxpool_backward_t<decltype(f)>(a, g); });
+}
+
+extern "C" const unet_op_impl unet_cuda_maxpool = {maxpool_forward, maxpool_backward, NULL, NULL};

@@ -1,6 +1,7 @@
-/* Bilinear x2 upsampling, align_corners = False, on the GPU: twin of
- * src/kernels/cpu/upsample.c.
+/* x2 upsampling on the GPU, twin of src/kernels/cpu/upsample.c: bilinear
+ * with align_corners = False, or nearest (at the end).
  *
+ * Bilinear:
  * Forward: one thread per output element, with the CPU's taps and its
  * operation order, each operation rounded on its own (no FMA contraction),
  * so both backends give the same bits.
@@ -176,6 +177,72 @@ static void check_shapes(const unet_op_args *a) {
         unet_cuda_fail(__FILE__, __LINE__, "shape check", "upsample2 needs out = (N, C, 2H, 2W) of in", a);
 }
 
+/* ---- nearest: output (oy, ox) is input (oy / 2, ox / 2); an input's
+ * gradient is the sum of its four outputs' in row-major order, as on the
+ * CPU: the same bits. ---- */
+
+/* NCHW: grid.x planes (n, c), grid.y along the plane. */
+template <class VX, class VY>
+static __global__ void nearest_forward_kernel(VX x, VY y, int out_items) {
+    int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
+        int oy = e / y.w, ox = e - oy * y.w;
+        unet_st(y.p, y.at(n, c, oy, ox), c < x.c ? unet_ld(x.p, x.at(n, c, oy / 2, ox / 2)) : 0.0f);
+    }
+}
+
+template <class VG, class VD>
+static __global__ void nearest_backward_kernel(VG dy, VD dx, int accumulate) {
+    int n = (int)(blockIdx.x / (unsigned)dx.cp), c = (int)(blockIdx.x % (unsigned)dx.cp), in_items = dx.h * dx.w;
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < in_items; e += gridDim.y * blockDim.x) {
+        int iy = e / dx.w, ix = e - iy * dx.w;
+        if (c >= dx.c) {
+            unet_st(dx.p, dx.at(n, c, iy, ix), 0.0f);
+            continue;
+        }
+        float g = unet_ld(dy.p, dy.at(n, c, 2 * iy, 2 * ix)) + unet_ld(dy.p, dy.at(n, c, 2 * iy, 2 * ix + 1)) +
+                  unet_ld(dy.p, dy.at(n, c, 2 * iy + 1, 2 * ix)) + unet_ld(dy.p, dy.at(n, c, 2 * iy + 1, 2 * ix + 1));
+        unet_store_grad_t(dx.p, dx.at(n, c, iy, ix), g, accumulate);
+    }
+}
+
+/* NHWC: items as the bilinear kernels'; the input pixel's whole vector is the output's. */
+template <class F>
+static __global__ void nearest_nhwc_forward_kernel(const typename F::T *x, typename F::T *y, upsample_nhwc s) {
+    long long cp = (long long)s.vectors * F::V;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
+        int n, oy, ox, c0 = (int)(i % (unsigned)s.vectors) * F::V;
+        unet_pixel_of(i, s.vectors, s.out_h, s.out_w, n, oy, ox);
+        unet_vec<F> v = unet_ldv<F>(x, (((long long)n * s.in_h + oy / 2) * s.in_w + ox / 2) * cp + c0);
+#pragma unroll
+        for (int j = 0; j < F::V; j++)
+            if (c0 + j >= s.channels) v.v[j] = 0.0f;
+        unet_stv<F>(y, (long long)i * F::V, v);
+    }
+}
+
+template <class F>
+static __global__ void nearest_nhwc_backward_kernel(const typename F::T *dy, typename F::T *dx, upsample_nhwc s,
+                                                    int accumulate) {
+    long long cp = (long long)s.vectors * F::V;
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
+        int n, iy, ix, c0 = (int)(i % (unsigned)s.vectors) * F::V;
+        unet_pixel_of(i, s.vectors, s.in_h, s.in_w, n, iy, ix);
+        long long row0 = ((long long)n * s.out_h + 2 * iy) * s.out_w + 2 * ix, row1 = row0 + s.out_w;
+        unet_vec<F> a0 = unet_ldv<F>(dy, row0 * cp + c0), a1 = unet_ldv<F>(dy, (row0 + 1) * cp + c0);
+        unet_vec<F> b0 = unet_ldv<F>(dy, row1 * cp + c0), b1 = unet_ldv<F>(dy, (row1 + 1) * cp + c0), old, d;
+        if (accumulate) old = unet_ldv<F>(dx, (long long)i * F::V);
+#pragma unroll
+        for (int j = 0; j < F::V; j++) {
+            float g = a0.v[j] + a1.v[j] + b0.v[j] + b1.v[j];
+            d.v[j] = c0 + j >= s.channels ? 0.0f : accumulate ? old.v[j] + g : g;
+        }
+        unet_stv<F>(dx, (long long)i * F::V, d);
+    }
+}
+
+static int nearest(const unet_op_args *a) { return a->node->upsample == UNET_UPSAMPLE_NEAREST; }
+
 template <class F>
 static upsample_nhwc upsample_nhwc_of(const unet_op_args *a, unet_shape written) {
     unet_shape si = a->in_shape[0], so = a->out_shape;
@@ -190,12 +257,20 @@ static void upsample2_forward_t(const unet_op_args *a) {
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     if constexpr (F::nhwc) {
         upsample_nhwc s = upsample_nhwc_of<F>(a, so);
-        upsample2_nhwc_forward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
-            (const T *)a->in[0], (T *)a->out, s);
+        if (nearest(a))
+            nearest_nhwc_forward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+                (const T *)a->in[0], (T *)a->out, s);
+        else
+            upsample2_nhwc_forward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+                (const T *)a->in[0], (T *)a->out, s);
     } else {
         unet_plane_launch l = unet_plane_launch_for(a, (long long)so.n * so.c, (long long)so.h * so.w);
-        upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->in[0], a->in_shape[0]),
-                                                                 unet_view_out<F>(a->out, so), so.h * so.w);
+        if (nearest(a))
+            nearest_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->in[0], a->in_shape[0]),
+                                                                   unet_view_out<F>(a->out, so), so.h * so.w);
+        else
+            upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->in[0], a->in_shape[0]),
+                                                                     unet_view_out<F>(a->out, so), so.h * so.w);
     }
     UNET_CUDA_LAUNCHED(a);
 }
@@ -208,12 +283,20 @@ static void upsample2_backward_t(const unet_op_args *a) {
     int acc = a->din_accumulate[0];
     if constexpr (F::nhwc) {
         upsample_nhwc s = upsample_nhwc_of<F>(a, si);
-        upsample2_nhwc_backward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
-            (const T *)a->dout, (T *)a->din[0], s, acc);
+        if (nearest(a))
+            nearest_nhwc_backward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+                (const T *)a->dout, (T *)a->din[0], s, acc);
+        else
+            upsample2_nhwc_backward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+                (const T *)a->dout, (T *)a->din[0], s, acc);
     } else {
         unet_plane_launch l = unet_plane_launch_for(a, (long long)si.n * si.c, (long long)si.h * si.w);
-        upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->dout, a->out_shape),
-                                                                  unet_view_out<F>(a->din[0], si), acc);
+        if (nearest(a))
+            nearest_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->dout, a->out_shape),
+                                                                    unet_view_out<F>(a->din[0], si), acc);
+        else
+            upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->dout, a->out_shape),
+                                                                      unet_view_out<F>(a->din[0], si), acc);
     }
     UNET_CUDA_LAUNCHED(a);
 }
