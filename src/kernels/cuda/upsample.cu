@@ -115,68 +115,6 @@ static __global__ void upsample2_backward_kernel(VG dy, VD dx, int accumulate) {
     }
 }
 
-/* NHWC: item i is (pixel, channel vector), the vector fastest, of the tensor
- * a thread writes (the output forward, the input gradient backward). */
-typedef struct {
-    int channels, vectors;
-    int in_h, in_w, out_h, out_w;
-    unsigned items;
-} upsample_nhwc;
-
-template <class F>
-static __global__ void upsample2_nhwc_forward_kernel(const typename F::T *x, typename F::T *y, upsample_nhwc s) {
-    long long cp = (long long)s.vectors * F::V;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
-        int n, oy, ox, c0 = (int)(i % (unsigned)s.vectors) * F::V;
-        unet_pixel_of(i, s.vectors, s.out_h, s.out_w, n, oy, ox);
-        lerp_taps ty = taps_of(oy, s.in_h), tx = taps_of(ox, s.in_w);
-        long long row0 = ((long long)n * s.in_h + ty.i0) * s.in_w, row1 = ((long long)n * s.in_h + ty.i1) * s.in_w;
-        unet_vec<F> a0 = unet_ldv<F>(x, (row0 + tx.i0) * cp + c0), a1 = unet_ldv<F>(x, (row0 + tx.i1) * cp + c0);
-        unet_vec<F> b0 = unet_ldv<F>(x, (row1 + tx.i0) * cp + c0), b1 = unet_ldv<F>(x, (row1 + tx.i1) * cp + c0), r;
-#pragma unroll
-        for (int j = 0; j < F::V; j++)
-            r.v[j] = c0 + j < s.channels ? bilinear(ty, tx, a0.v[j], a1.v[j], b0.v[j], b1.v[j]) : 0.0f;
-        unet_stv<F>(y, (long long)i * F::V, r);
-    }
-}
-
-template <class F>
-static __global__ void upsample2_nhwc_backward_kernel(const typename F::T *dy, typename F::T *dx, upsample_nhwc s,
-                                                      int accumulate) {
-    long long cp = (long long)s.vectors * F::V;
-    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
-        int n, iy, ix, c0 = (int)(i % (unsigned)s.vectors) * F::V;
-        unet_pixel_of(i, s.vectors, s.in_h, s.in_w, n, iy, ix);
-        gather_taps gy = gather_of(iy, s.in_h, s.out_h), gx = gather_of(ix, s.in_w, s.out_w);
-        float sum[F::V];
-        for (int j = 0; j < F::V; j++) sum[j] = 0.0f;
-        for (int oy = gy.lo; oy <= gy.hi; oy++) {
-            float wy = gy.w[oy - gy.lo];
-            if (wy == 0.0f) continue;
-            float rs[F::V];
-            for (int j = 0; j < F::V; j++) rs[j] = 0.0f;
-            for (int ox = gx.lo; ox <= gx.hi; ox++) {
-                unet_vec<F> g = unet_ldv<F>(dy, (((long long)n * s.out_h + oy) * s.out_w + ox) * cp + c0);
-#pragma unroll
-                for (int j = 0; j < F::V; j++) rs[j] += gx.w[ox - gx.lo] * g.v[j];
-            }
-#pragma unroll
-            for (int j = 0; j < F::V; j++) sum[j] += wy * rs[j];
-        }
-        unet_vec<F> old, d;
-        if (accumulate) old = unet_ldv<F>(dx, (long long)i * F::V);
-#pragma unroll
-        for (int j = 0; j < F::V; j++) d.v[j] = c0 + j >= s.channels ? 0.0f : accumulate ? old.v[j] + sum[j] : sum[j];
-        unet_stv<F>(dx, (long long)i * F::V, d);
-    }
-}
-
-static void check_shapes(const unet_op_args *a) {
-    unet_shape si = a->in_shape[0], so = a->out_shape;
-    if (so.n != si.n || so.c != si.c || so.h != 2 * si.h || so.w != 2 * si.w)
-        unet_cuda_fail(__FILE__, __LINE__, "shape check", "upsample2 needs out = (N, C, 2H, 2W) of in", a);
-}
-
 /* ---- nearest: output (oy, ox) is input (oy / 2, ox / 2); an input's
  * gradient is the sum of its four outputs' in row-major order, as on the
  * CPU: the same bits. ---- */
@@ -206,39 +144,96 @@ static __global__ void nearest_backward_kernel(VG dy, VD dx, int accumulate) {
     }
 }
 
-/* NHWC: items as the bilinear kernels'; the input pixel's whole vector is the output's. */
-template <class F>
-static __global__ void nearest_nhwc_forward_kernel(const typename F::T *x, typename F::T *y, upsample_nhwc s) {
+/* NHWC: item i is (pixel, channel vector), the vector fastest, of the tensor
+ * a thread writes (the output forward, the input gradient backward); per
+ * channel the operations of the NCHW kernels above, in their order. */
+typedef struct {
+    int channels, vectors;
+    int in_h, in_w, out_h, out_w;
+    unsigned items;
+} upsample_nhwc;
+
+template <class F, bool Nearest>
+static __global__ void upsample2_nhwc_forward_kernel(const typename F::T *x, typename F::T *y, upsample_nhwc s) {
     long long cp = (long long)s.vectors * F::V;
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
         int n, oy, ox, c0 = (int)(i % (unsigned)s.vectors) * F::V;
         unet_pixel_of(i, s.vectors, s.out_h, s.out_w, n, oy, ox);
-        unet_vec<F> v = unet_ldv<F>(x, (((long long)n * s.in_h + oy / 2) * s.in_w + ox / 2) * cp + c0);
+        unet_vec<F> r;
+        if constexpr (Nearest) {
+            r = unet_ldv<F>(x, (((long long)n * s.in_h + oy / 2) * s.in_w + ox / 2) * cp + c0);
+        } else {
+            lerp_taps ty = taps_of(oy, s.in_h), tx = taps_of(ox, s.in_w);
+            long long row0 = ((long long)n * s.in_h + ty.i0) * s.in_w, row1 = ((long long)n * s.in_h + ty.i1) * s.in_w;
+            unet_vec<F> a0 = unet_ldv<F>(x, (row0 + tx.i0) * cp + c0), a1 = unet_ldv<F>(x, (row0 + tx.i1) * cp + c0);
+            unet_vec<F> b0 = unet_ldv<F>(x, (row1 + tx.i0) * cp + c0), b1 = unet_ldv<F>(x, (row1 + tx.i1) * cp + c0);
+#pragma unroll
+            for (int j = 0; j < F::V; j++) r.v[j] = bilinear(ty, tx, a0.v[j], a1.v[j], b0.v[j], b1.v[j]);
+        }
 #pragma unroll
         for (int j = 0; j < F::V; j++)
-            if (c0 + j >= s.channels) v.v[j] = 0.0f;
-        unet_stv<F>(y, (long long)i * F::V, v);
+            if (c0 + j >= s.channels) r.v[j] = 0.0f;
+        unet_stv<F>(y, (long long)i * F::V, r);
     }
 }
 
+/* The gradient of input pixel (n, iy, ix), channels c0.., into sum: bilinear's gather. */
 template <class F>
-static __global__ void nearest_nhwc_backward_kernel(const typename F::T *dy, typename F::T *dx, upsample_nhwc s,
-                                                    int accumulate) {
+static __device__ __forceinline__ void bilinear_grad(const typename F::T *dy, const upsample_nhwc &s, int n, int iy,
+                                                     int ix, int c0, float (&sum)[F::V]) {
     long long cp = (long long)s.vectors * F::V;
+    gather_taps gy = gather_of(iy, s.in_h, s.out_h), gx = gather_of(ix, s.in_w, s.out_w);
+    for (int j = 0; j < F::V; j++) sum[j] = 0.0f;
+    for (int oy = gy.lo; oy <= gy.hi; oy++) {
+        float wy = gy.w[oy - gy.lo];
+        if (wy == 0.0f) continue;
+        float rs[F::V];
+        for (int j = 0; j < F::V; j++) rs[j] = 0.0f;
+        for (int ox = gx.lo; ox <= gx.hi; ox++) {
+            unet_vec<F> g = unet_ldv<F>(dy, (((long long)n * s.out_h + oy) * s.out_w + ox) * cp + c0);
+#pragma unroll
+            for (int j = 0; j < F::V; j++) rs[j] += gx.w[ox - gx.lo] * g.v[j];
+        }
+#pragma unroll
+        for (int j = 0; j < F::V; j++) sum[j] += wy * rs[j];
+    }
+}
+
+/* The same for nearest: its four outputs in row-major order. */
+template <class F>
+static __device__ __forceinline__ void nearest_grad(const typename F::T *dy, const upsample_nhwc &s, int n, int iy,
+                                                    int ix, int c0, float (&sum)[F::V]) {
+    long long cp = (long long)s.vectors * F::V;
+    long long row0 = ((long long)n * s.out_h + 2 * iy) * s.out_w + 2 * ix, row1 = row0 + s.out_w;
+    unet_vec<F> a0 = unet_ldv<F>(dy, row0 * cp + c0), a1 = unet_ldv<F>(dy, (row0 + 1) * cp + c0);
+    unet_vec<F> b0 = unet_ldv<F>(dy, row1 * cp + c0), b1 = unet_ldv<F>(dy, (row1 + 1) * cp + c0);
+#pragma unroll
+    for (int j = 0; j < F::V; j++) sum[j] = a0.v[j] + a1.v[j] + b0.v[j] + b1.v[j];
+}
+
+template <class F, bool Nearest>
+static __global__ void upsample2_nhwc_backward_kernel(const typename F::T *dy, typename F::T *dx, upsample_nhwc s,
+                                                      int accumulate) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
         int n, iy, ix, c0 = (int)(i % (unsigned)s.vectors) * F::V;
         unet_pixel_of(i, s.vectors, s.in_h, s.in_w, n, iy, ix);
-        long long row0 = ((long long)n * s.out_h + 2 * iy) * s.out_w + 2 * ix, row1 = row0 + s.out_w;
-        unet_vec<F> a0 = unet_ldv<F>(dy, row0 * cp + c0), a1 = unet_ldv<F>(dy, (row0 + 1) * cp + c0);
-        unet_vec<F> b0 = unet_ldv<F>(dy, row1 * cp + c0), b1 = unet_ldv<F>(dy, (row1 + 1) * cp + c0), old, d;
+        float sum[F::V];
+        if constexpr (Nearest)
+            nearest_grad<F>(dy, s, n, iy, ix, c0, sum);
+        else
+            bilinear_grad<F>(dy, s, n, iy, ix, c0, sum);
+        unet_vec<F> old, d;
         if (accumulate) old = unet_ldv<F>(dx, (long long)i * F::V);
 #pragma unroll
-        for (int j = 0; j < F::V; j++) {
-            float g = a0.v[j] + a1.v[j] + b0.v[j] + b1.v[j];
-            d.v[j] = c0 + j >= s.channels ? 0.0f : accumulate ? old.v[j] + g : g;
-        }
+        for (int j = 0; j < F::V; j++) d.v[j] = c0 + j >= s.channels ? 0.0f : accumulate ? old.v[j] + sum[j] : sum[j];
         unet_stv<F>(dx, (long long)i * F::V, d);
     }
+}
+
+static void check_shapes(const unet_op_args *a) {
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    if (so.n != si.n || so.c != si.c || so.h != 2 * si.h || so.w != 2 * si.w)
+        unet_cuda_fail(__FILE__, __LINE__, "shape check", "upsample2 needs out = (N, C, 2H, 2W) of in", a);
 }
 
 static int nearest(const unet_op_args *a) { return a->node->upsample == UNET_UPSAMPLE_NEAREST; }
@@ -258,10 +253,10 @@ static void upsample2_forward_t(const unet_op_args *a) {
     if constexpr (F::nhwc) {
         upsample_nhwc s = upsample_nhwc_of<F>(a, so);
         if (nearest(a))
-            nearest_nhwc_forward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+            upsample2_nhwc_forward_kernel<F, true><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
                 (const T *)a->in[0], (T *)a->out, s);
         else
-            upsample2_nhwc_forward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+            upsample2_nhwc_forward_kernel<F, false><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
                 (const T *)a->in[0], (T *)a->out, s);
     } else {
         unet_plane_launch l = unet_plane_launch_for(a, (long long)so.n * so.c, (long long)so.h * so.w);
@@ -284,10 +279,10 @@ static void upsample2_backward_t(const unet_op_args *a) {
     if constexpr (F::nhwc) {
         upsample_nhwc s = upsample_nhwc_of<F>(a, si);
         if (nearest(a))
-            nearest_nhwc_backward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+            upsample2_nhwc_backward_kernel<F, true><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
                 (const T *)a->dout, (T *)a->din[0], s, acc);
         else
-            upsample2_nhwc_backward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
+            upsample2_nhwc_backward_kernel<F, false><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
                 (const T *)a->dout, (T *)a->din[0], s, acc);
     } else {
         unet_plane_launch l = unet_plane_launch_for(a, (long long)si.n * si.c, (long long)si.h * si.w);
