@@ -6,7 +6,8 @@
  *   unet_modeltest --model unetpp --filters 4,8,16 --padding same --classes 2 [--norm batch]
  *       [--upsample bilinear] [--fusion add] [--deep-supervision] [--dropout P] [--depth d]
  *       [--in-channels C] [--loss ce|bce_dice] [--weight-map] --tile S --batch B --dir D
- *       [--list] [--eval] [--backend cpu|cuda] [--precision fp32|tf32|bf16 (cuda)] [--seed S]
+ *       [--list] [--eval] [--backend cpu|cuda] [--precision fp32|tf32|bf16 (cuda)]
+ *       [--layout nchw|nhwc (cuda)] [--seed S]
  *       [--steps K --lr X --optimizer sgd|adam --adam-eps E]
  *
  * --list prints "name kind offset count dims..." per parameter and the plan's
@@ -31,7 +32,7 @@ int main(int argc, char **argv) {
     float adam_eps = 1e-8f;
     unsigned long long seed = 1;
     float lr = 0.01f;
-    const char *dir = ".", *backend_name = "cpu", *precision = "fp32";
+    const char *dir = ".", *backend_name = "cpu", *precision = "fp32", *layout = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--list")) { list = 1; continue; }
@@ -61,6 +62,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--dir")) dir = v;
         else if (!strcmp(a, "--backend")) backend_name = v;
         else if (!strcmp(a, "--precision")) precision = v;
+        else if (!strcmp(a, "--layout")) layout = v;
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--lr")) lr = strtof(v, NULL);
@@ -75,7 +77,7 @@ int main(int argc, char **argv) {
     const unet_graph *g = model.graph;
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu")) {
-        b = unet_cuda_backend(0, precision, 1, err, sizeof err);
+        b = unet_cuda_backend(0, precision, layout, 1, err, sizeof err);
         if (!b) die(err, NULL);
     }
     unet_param_blocks pb;
