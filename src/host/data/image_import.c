@@ -18,12 +18,8 @@
 #include <tiffio.h>
 
 #include "host/data/hdf5_lock.h"
+#include "host/data/image_read.h"
 #include "unet/datacmd.h"
-
-typedef struct {
-    int h, w, c, bits;     /* bits 8 or 16 */
-    void *pixels;          /* (H, W, C) interleaved, uint8 or uint16 */
-} image;
 
 static void say(char *err, size_t errlen, const char *fmt, ...) {
     va_list ap;
@@ -34,7 +30,7 @@ static void say(char *err, size_t errlen, const char *fmt, ...) {
 
 /* ---- PNG --------------------------------------------------------------------- */
 
-static int read_png(const char *path, int is_mask, image *im, char *err, size_t errlen) {
+static int read_png(const char *path, int is_mask, unet_image *im, char *err, size_t errlen) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
         say(err, errlen, "cannot read %s", path);
@@ -83,7 +79,7 @@ static void tiff_error(const char *module, const char *fmt, va_list ap) {
     vsnprintf(tiff_message, sizeof tiff_message, fmt, ap);
 }
 
-static int read_tiff(const char *path, image *im, char *err, size_t errlen) {
+static int read_tiff(const char *path, unet_image *im, char *err, size_t errlen) {
     TIFFSetWarningHandler(NULL);
     TIFFSetErrorHandler(tiff_error);
     tiff_message[0] = 0;
@@ -214,14 +210,18 @@ static void free_names(char **names, int n) {
 
 static size_t stem_length(const char *name) { return strlen(name) - strlen(extension(name)) - 1; }
 
-static int read_image(const char *dir, const char *name, int is_mask, image *im, char *err, size_t errlen) {
-    char path[8192];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+int unet_image_read(const char *path, int is_mask, unet_image *im, char *err, size_t errlen) {
     memset(im, 0, sizeof *im);
-    return is_png(name) ? read_png(path, is_mask, im, err, errlen) : read_tiff(path, im, err, errlen);
+    return is_png(path) ? read_png(path, is_mask, im, err, errlen) : read_tiff(path, im, err, errlen);
 }
 
-static uint32_t pixel(const image *im, size_t i) {
+static int read_image(const char *dir, const char *name, int is_mask, unet_image *im, char *err, size_t errlen) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return unet_image_read(path, is_mask, im, err, errlen);
+}
+
+static uint32_t pixel(const unet_image *im, size_t i) {
     return im->bits == 16 ? ((const uint16_t *)im->pixels)[i] : ((const uint8_t *)im->pixels)[i];
 }
 
@@ -272,7 +272,7 @@ int unet_run_data_import(unet_config *cfg) {
         }
     }
     /* all masks first: whether they are binary or instance ids decides the layout */
-    image first;
+    unet_image first;
     if (read_image(cfg->images, names[0], 0, &first, err, sizeof err)) goto fail_match;
     const int H = first.h, W = first.w, C = first.c, bits = first.bits;
     free(first.pixels);
@@ -280,7 +280,7 @@ int unet_run_data_import(unet_config *cfg) {
     int32_t *ids = malloc(sizeof *ids * plane * n);
     int instances = 0;
     for (int i = 0; ids && i < n; i++) {
-        image m;
+        unet_image m;
         if (read_image(cfg->masks, masks[match[i]], 1, &m, err, sizeof err)) goto fail_ids;
         if (m.h != H || m.w != W || m.c != 1) {
             say(err, sizeof err, "%s/%s is %dx%d with %d channel(s); masks must be single-channel and the size of the "
@@ -320,7 +320,7 @@ int unet_run_data_import(unet_config *cfg) {
     uint8_t *lab = malloc(plane);
     unsigned char *planar = malloc(plane * C * (bits / 8));
     for (int i = 0; i < n && !rc; i++) {
-        image im;
+        unet_image im;
         rc = read_image(cfg->images, names[i], 0, &im, err, sizeof err);
         if (rc) break;
         if (im.h != H || im.w != W || im.c != C || im.bits != bits) {
