@@ -1,0 +1,68 @@
+"""Every input with which a fuzz target of tests/fuzz found a bug, kept in
+tests/fuzz/regressions/<target>/, fed to the real `unet` command that reads
+such a file: each is refused with one line on stderr that names the file and
+says what is wrong, exit code 2, never a crash or a silent run. (scripts/fuzz.sh
+replays the same inputs through the fuzz targets under ASan and UBSan.)"""
+import os
+import shutil
+import subprocess
+
+import pytest
+from safetensors.numpy import save_file
+import numpy as np
+
+from unet_testlib import SOURCE, UNET
+
+REGRESSIONS = os.path.join(SOURCE, "tests", "fuzz", "regressions")
+
+# target/file -> words the one-line error must hold (besides the file's name)
+EXPECTED = {
+    "safetensors/field-name-with-newline.safetensors": ["corrupt safetensors header", "unknown field"],
+}
+
+
+def inputs():
+    for target in sorted(os.listdir(REGRESSIONS)):
+        for name in sorted(os.listdir(os.path.join(REGRESSIONS, target))):
+            yield f"{target}/{name}"
+
+
+def command(target, path, tmp):
+    """The unet command that reads a file of this target's kind, and the name its message gives the file."""
+    if target in ("safetensors", "checkpoint"):
+        # prune reads the configuration, then every weight into the model it describes
+        return ["prune", "--checkpoint", path, "--depth", "1", "--output", tmp / "pruned.safetensors"], path
+    if target == "config_json":
+        # the configuration a checkpoint carries
+        ckpt = tmp / "config.safetensors"
+        with open(path, "rb") as f:
+            config = f.read().decode("utf-8", "replace")
+        save_file({"x": np.zeros(1, np.float32)}, str(ckpt), metadata={"format": "pt", "unet.config": config})
+        return ["info", "--checkpoint", ckpt], ckpt
+    if target == "h5dataset":
+        return ["data", "info", path], path
+    if target in ("png", "tiff"):
+        images, masks = tmp / "images", tmp / "masks"
+        images.mkdir(), masks.mkdir()
+        name = "a.png" if target == "png" else "a.tif"
+        shutil.copy(path, images / name), shutil.copy(path, masks / name)
+        return ["data", "import", "--images", images, "--masks", masks, "--output", tmp / "out.h5"], images / name
+    raise AssertionError(f"no command reads the inputs of fuzz target {target}")
+
+
+def test_every_regression_input_has_an_expected_error():
+    assert sorted(inputs()) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_regression_input_is_one_clean_line(tmp_path, case):
+    target = case.split("/")[0]
+    argv, named = command(target, os.path.join(REGRESSIONS, case), tmp_path)
+    r = subprocess.run([UNET] + [str(a) for a in argv], capture_output=True, text=True, errors="replace",
+                       timeout=120)
+    assert r.returncode == 2, (case, r.returncode, r.stderr[-2000:])  # never a signal, never a run
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unet"), (case, r.stderr[-2000:])
+    assert str(named) in lines[0], (case, lines[0])
+    for words in EXPECTED[case]:
+        assert words in lines[0], (case, words, lines[0])
