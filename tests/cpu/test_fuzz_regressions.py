@@ -18,6 +18,7 @@ REGRESSIONS = os.path.join(SOURCE, "tests", "fuzz", "regressions")
 # target/file -> words the one-line error must hold (besides the file's name)
 EXPECTED = {
     "safetensors/field-name-with-newline.safetensors": ["corrupt safetensors header", "unknown field"],
+    "config_json/key-with-newline.json": ["configuration has an unknown key \"in_channe?s\""],
 }
 
 
