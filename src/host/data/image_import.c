@@ -30,21 +30,32 @@ static void say(char *err, size_t errlen, const char *fmt, ...) {
 
 /* ---- PNG --------------------------------------------------------------------- */
 
+enum { PNG_MESSAGE_MAX = 256 };
+
+/* libpng's error text goes into our one line (its default prints it on stderr); its warnings are dropped */
+static void png_error_text(png_structp png, png_const_charp msg) {
+    snprintf(png_get_error_ptr(png), PNG_MESSAGE_MAX, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+static void png_no_warning(png_structp png, png_const_charp msg) { (void)png, (void)msg; }
+
 static int read_png(const char *path, int is_mask, unet_image *im, char *err, size_t errlen) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
         say(err, errlen, "cannot read %s", path);
         return -1;
     }
-    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    char why[PNG_MESSAGE_MAX] = "";
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, why, png_error_text, png_no_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
-    png_bytep *rows = NULL;
+    png_bytep *volatile rows = NULL; /* volatile: set after setjmp, freed after the longjmp */
     if (!png || !info || setjmp(png_jmpbuf(png))) {
         png_destroy_read_struct(&png, &info, NULL);
         fclose(fp);
         free(rows), free(im->pixels);
         im->pixels = NULL;
-        say(err, errlen, "%s is not a readable PNG file", path);
+        say(err, errlen, "%s is not a readable PNG file%s%s", path, why[0] ? ": " : "", why);
         return -1;
     }
     png_init_io(png, fp);
