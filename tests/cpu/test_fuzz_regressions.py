@@ -20,6 +20,10 @@ EXPECTED = {
     "safetensors/field-name-with-newline.safetensors": ["corrupt safetensors header", "unknown field"],
     "config_json/key-with-newline.json": ["configuration has an unknown key \"in_channe?s\""],
     "png/libpng-error-leaks-rows.png": ["is not a readable PNG file: PNG unsigned integer out of range"],
+    "png/huge-claimed-size.png": ["claims an image of 30000 x 30000 pixels, more than its 196 bytes can hold"],
+    "tiff/huge-claimed-size.tif": ["claims an image of 268435455 x 8 pixels, more than its 3991 bytes can hold"],
+    "tiff/ycbcr-subsampled-tiles-read-past-buffer.tif": ["its tiles hold other than one value a sample"],
+    "tiff/ycbcr-subsampled-rows-scrambled.tif": ["its rows hold other than one value a sample"],
 }
 
 
