@@ -19,6 +19,12 @@ REGRESSIONS = os.path.join(SOURCE, "tests", "fuzz", "regressions")
 EXPECTED = {
     "safetensors/field-name-with-newline.safetensors": ["corrupt safetensors header", "unknown field"],
     "config_json/key-with-newline.json": ["configuration has an unknown key \"in_channe?s\""],
+    "h5dataset/chunk-larger-than-dataset-libhdf5-overread.h5": ['dataset "label" is damaged: chunks of (3276801,8,8)'
+                                                                " do not fit its shape (3,8,8)"],
+    "h5dataset/libhdf5-leak-corrupt-object-header.h5": ['has no dataset "raw"'],
+    "h5dataset/libhdf5-local-heap-claims-553-mb.h5": ['has no dataset "raw"'],
+    "h5dataset/never-written-claims-400-mb.h5": ['dataset "raw" of shape (1,20000,20000) needs 400000000 bytes but '
+                                                 "the file stores 0 for it"],
     "png/libpng-error-leaks-rows.png": ["is not a readable PNG file: PNG unsigned integer out of range"],
     "png/huge-claimed-size.png": ["claims an image of 30000 x 30000 pixels, more than its 196 bytes can hold"],
     "tiff/huge-claimed-size.tif": ["claims an image of 268435455 x 8 pixels, more than its 3991 bytes can hold"],
