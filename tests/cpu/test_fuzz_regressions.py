@@ -1,21 +1,23 @@
-"""Every input with which a fuzz target of tests/fuzz found a bug, kept in
-tests/fuzz/regressions/<target>/, fed to the real `unet` command that reads
-such a file: each is refused with one line on stderr that names the file and
-says what is wrong, exit code 2, never a crash or a silent run. (scripts/fuzz.sh
-replays the same inputs through the fuzz targets under ASan and UBSan.)"""
+"""Every input that showed a bug in a file reader, kept in
+tests/fuzz/regressions/<target>/ (found by that fuzz target of tests/fuzz, or
+made by hand where reading the reader showed a bug the fuzzer had not reached),
+fed to the real `unet` command that reads such a file: each is refused with
+one line on stderr that names the file and says what is wrong, exit code 2,
+never a crash or a silent run. (scripts/fuzz.sh replays the same inputs
+through the fuzz targets under ASan and UBSan.)"""
 import os
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from safetensors.numpy import save_file
-import numpy as np
 
 from unet_testlib import SOURCE, UNET
 
 REGRESSIONS = os.path.join(SOURCE, "tests", "fuzz", "regressions")
 
-# target/file -> words the one-line error must hold (besides the file's name)
+# target/file -> words the one-line error must hold (besides the file's name); "by hand": not a fuzzer's find
 EXPECTED = {
     "safetensors/field-name-with-newline.safetensors": ["corrupt safetensors header", "unknown field"],
     "config_json/key-with-newline.json": ["configuration has an unknown key \"in_channe?s\""],
@@ -23,12 +25,16 @@ EXPECTED = {
                                                                 " do not fit its shape (3,8,8)"],
     "h5dataset/libhdf5-leak-corrupt-object-header.h5": ['has no dataset "raw"'],
     "h5dataset/libhdf5-local-heap-claims-553-mb.h5": ['has no dataset "raw"'],
+    # by hand
     "h5dataset/never-written-claims-400-mb.h5": ['dataset "raw" of shape (1,20000,20000) needs 400000000 bytes but '
                                                  "the file stores 0 for it"],
     "png/libpng-error-leaks-rows.png": ["is not a readable PNG file: PNG unsigned integer out of range"],
+    # by hand
     "png/huge-claimed-size.png": ["claims an image of 30000 x 30000 pixels, more than its 196 bytes can hold"],
     "tiff/huge-claimed-size.tif": ["claims an image of 268435455 x 8 pixels, more than its 3991 bytes can hold"],
+    # by hand
     "tiff/ycbcr-subsampled-tiles-read-past-buffer.tif": ["its tiles hold other than one value a sample"],
+    # by hand
     "tiff/ycbcr-subsampled-rows-scrambled.tif": ["its rows hold other than one value a sample"],
 }
 
