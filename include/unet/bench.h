@@ -7,6 +7,10 @@
 #include "unet/model.h"
 #include "unet/optim.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     int tile, batch, warmup, steps;
     int inference; /* time forward passes of an inference plan instead of training steps */
@@ -18,6 +22,7 @@ typedef struct {
 
 typedef struct {
     double ms_median, ms_p90, ms_min;
+    double cpu_ms_median;  /* process CPU time of a step, every thread's (with one thread: what load disturbs least) */
     double images_per_s;   /* batch / median step time */
     double tflops;         /* achieved: images/s x (3 x forward FLOPs) for training, 1x for inference */
     double flops_per_image;
@@ -29,5 +34,9 @@ typedef struct {
 
 int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_backend *b, const unet_bench_cfg *c,
                    unet_bench_result *r, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,10 @@
 
 #include "unet/graph.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define UNET_MAX_LEVELS 8
 
 struct unet_backend;
@@ -79,6 +83,7 @@ typedef struct {
     int n_outputs;
     unet_shape outputs[UNET_MAX_LEVELS];
     int tile, valid_below, valid_above; /* the nearest valid tile sizes around `tile` (0: none) */
+    int tile_asked;                    /* a tile the network does not take, `tile` the nearest valid one; 0: none */
     double flops_per_image;            /* forward; a training step is about 3x */
     size_t train_activation_bytes;     /* planned arena of a training step at `batch` */
     size_t infer_activation_bytes;     /* planned arena of inference at `batch` */
@@ -125,5 +130,9 @@ typedef struct {
 /* Human-readable (with per-node parameter counts) or one JSON object; run may be NULL. */
 void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_info *info, const unet_run_memory *run,
                            int json);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,6 +11,8 @@ unet_node unet_node_make(unet_op op, const char *name) {
     snprintf(n.name, sizeof n.name, "%s", name ? name : "");
     for (int i = 0; i < UNET_MAX_PARAM; i++) n.param[i] = -1;
     n.state[0] = n.state[1] = -1;
+    n.stride = 1;
+    n.groups = 1;
     n.eps = 1e-5f;
     n.momentum = 0.1f;
     n.scale = 1.0f;
@@ -111,6 +113,7 @@ size_t unet_graph_trainable_params(const unet_graph *g) { return g->trainable_pa
 int unet_graph_num_nodes(const unet_graph *g) { return g->n_nodes; }
 const unet_node *unet_graph_nodes(const unet_graph *g) { return g->nodes; }
 int unet_graph_num_inputs(const unet_graph *g) { return g->n_inputs; }
+int unet_graph_input_value(const unet_graph *g, int index) { return g->inputs[index].value; }
 int unet_graph_num_outputs(const unet_graph *g) { return g->n_outputs; }
 int unet_graph_output_value(const unet_graph *g, int index) { return g->outputs[index]; }
 int unet_graph_num_values(const unet_graph *g) { return g->n_values; }

@@ -126,13 +126,13 @@ static int conv_layer(grid *G, const char *prefix, const char *norm_prefix, int 
     n.param[0] = param(G, prefix, "weight", 4, wdims, UNET_INIT_HE, cin * k * k, UNET_PARAM_TRAINABLE);
     n.param[1] = param(G, prefix, "bias", 1, bdims, UNET_INIT_ZERO, 0, UNET_PARAM_TRAINABLE);
     int use_norm = m->batch_norm && norm_prefix;
-    n.relu = relu && !use_norm;
+    n.act = relu && !use_norm ? UNET_ACT_RELU : UNET_ACT_NONE;
     int y = unet_graph_add(G->g, &n);
     if (!use_norm) return y;
     unet_node bn = unet_node_make(UNET_OP_BATCHNORM, norm_prefix);
     bn.n_in = 1;
     bn.in[0] = y;
-    bn.relu = relu;
+    bn.act = relu ? UNET_ACT_RELU : UNET_ACT_NONE;
     bn.param[0] = param(G, norm_prefix, "weight", 1, bdims, UNET_INIT_ONE, 0, UNET_PARAM_TRAINABLE);
     bn.param[1] = param(G, norm_prefix, "bias", 1, bdims, UNET_INIT_ZERO, 0, UNET_PARAM_TRAINABLE);
     bn.state[0] = param(G, norm_prefix, "running_mean", 1, bdims, UNET_INIT_ZERO, 0, UNET_PARAM_STATE);

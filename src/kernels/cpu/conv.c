@@ -1,6 +1,8 @@
-/* CPU convolutions: conv (k = 1 or 3, valid or same, bias, fused ReLU),
- * conv_t2 (2x2 stride-2 transposed) and bias, forward and backward, as the
- * matrix products of conv_gemm.h.
+/* CPU convolutions: conv, conv_t2 (2x2 stride-2 transposed) and bias,
+ * forward and backward, as the matrix products of conv_gemm.h. conv's
+ * kernels here take k = 1 or 3, valid or same, stride 1, groups 1 (U-Net's),
+ * with an optional bias and fused activation; other attributes go to
+ * conv_im2col.c (groups 1) and conv_depthwise.c (conv_common.h).
  *
  * 3x3 convolution, forward: the "wide" output trick. Over a source of width
  * w (the image, or for same padding a zero-padded copy of a band of rows),
@@ -8,7 +10,7 @@
  *   sum over taps (dy,dx) of W_tap . src[q + dy*w + dx],
  * one matrix product whose B rows are the source shifted by each tap; the
  * last two columns of each wide row are garbage, dropped when the epilogue
- * compacts the block into the output (adding bias, ReLU).
+ * compacts the block into the output (adding bias, the activation).
  *
  * Backward data is the same product with the flipped, transposed weight over
  * dz in a zero-margined buffer ("Z band"): for valid padding dz row y' sits at
@@ -28,62 +30,23 @@
 #include <omp.h>
 #include <string.h>
 
+#include "kernels/cpu/act.h"
+#include "kernels/cpu/conv_common.h"
 #include "kernels/cpu/conv_gemm.h"
 #include "kernels/cpu/grad.h"
 #include "kernels/cpu/ops.h"
-
-/* Band buffers are sized to about this many floats (8 MB): well inside L3,
- * large enough that each product over a band has plenty of columns. */
-#define BAND_FLOATS ((size_t)2 << 20)
-
-static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
-
-/* Contiguous share [lo, hi) of n items for thread tid. */
-static void share(long n, int tid, int nthreads, long *lo, long *hi) {
-    long per = (n + nthreads - 1) / nthreads;
-    *lo = per * tid < n ? per * tid : n;
-    *hi = *lo + per < n ? *lo + per : n;
-}
-
-/* Rows per band: as many as fit BAND_FLOATS at row_floats each, at least one. */
-static int band_rows(int rows, size_t row_floats) {
-    size_t r = BAND_FLOATS / (row_floats ? row_floats : 1);
-    if (r < 1) r = 1;
-    return r < (size_t)rows ? (int)r : rows;
-}
-
-/* A bump allocator over the workspace, in floats, 64-byte aligned pieces; with
- * base NULL it only measures (workspace_bytes). */
-typedef struct {
-    float *base;
-    size_t top;
-} carver;
-
-static float *carve(carver *cv, size_t floats) {
-    float *p = cv->base ? cv->base + cv->top : NULL;
-    cv->top += round16(floats);
-    return p;
-}
-
-/* Sum in double with four interleaved partial sums added in a fixed order. */
-static double sum_f64(const float *p, size_t n) {
-    double s[4] = {0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int l = 0; l < 4; l++) s[l] += p[i + l];
-    for (; i < n; i++) s[0] += p[i];
-    return (s[0] + s[1]) + (s[2] + s[3]);
-}
 
 /* ---------------------------------------------------------------- bands -- */
 
 /* Band row r holds source row y_first + r at columns [left, left + sw) of a
  * row bw wide, zeros elsewhere; rows outside the source are zero; `tail` zero
- * floats follow the rows. mask (optional): keep a value only where mask > 0
- * (ReLU's backward). sums (optional): add each channel's band rows
- * [own0, own1) to sums[ch], so that a pixel shared by two bands counts once. */
+ * floats follow the rows. mask (optional): keep a value only where the
+ * activation act passes the gradient of mask (the forward output). sums
+ * (optional): add each channel's band rows [own0, own1) to sums[ch], so that
+ * a pixel shared by two bands counts once. */
 typedef struct {
     const float *src, *mask;
+    unet_act act;
     int sh, sw;
     float *band;
     size_t bplane;
@@ -110,7 +73,7 @@ static void fill_band(const band_fill *f, long ch0, long ch1) {
             float *dst = row + f->left;
             if (m) {
                 const float *mr = m + (size_t)y * f->sw;
-                for (int x = 0; x < f->sw; x++) dst[x] = mr[x] > 0.0f ? sr[x] : 0.0f;
+                for (int x = 0; x < f->sw; x++) dst[x] = unet_act_passes(f->act, mr[x]) ? sr[x] : 0.0f;
             } else {
                 memcpy(dst, sr, (size_t)f->sw * sizeof(float));
             }
@@ -125,22 +88,21 @@ static void fill_band(const band_fill *f, long ch0, long ch1) {
 /* ------------------------------------------------------------ epilogues -- */
 
 /* Wide product columns -> output rows: column q is (row0 + q / ww, q % ww),
- * kept when q % ww < ow; plus bias, ReLU, or added to the output. */
+ * kept when q % ww < ow; plus bias, the activation, or added to the output. */
 typedef struct {
     float *y;
     size_t plane;
     int m, ww, ow, row0;
     const float *bias;
-    int relu, accumulate;
+    unet_act act;
+    int accumulate;
 } compact_ctx;
 
-static void store_run(float *restrict dst, const float *restrict src, int n, float b, int relu, int accumulate) {
+static void store_run(float *restrict dst, const float *restrict src, int n, float b, unet_act act, int accumulate) {
     if (accumulate)
         for (int i = 0; i < n; i++) dst[i] += src[i];
-    else if (relu)
-        for (int i = 0; i < n; i++) dst[i] = src[i] + b > 0.0f ? src[i] + b : 0.0f;
     else
-        for (int i = 0; i < n; i++) dst[i] = src[i] + b;
+        bias_act_run(dst, src, n, b, act);
 }
 
 static void compact_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
@@ -156,29 +118,9 @@ static void compact_epilogue(const void *vctx, float *cb, size_t ldc, long q0, i
             int n = (int)(row_end - q);
             if (x + n > e->ow) n = e->ow - x;
             if (n > 0)
-                store_run(yp + (size_t)(e->row0 + row) * e->ow + x, crow + (q - q0), n, b, e->relu, e->accumulate);
+                store_run(yp + (size_t)(e->row0 + row) * e->ow + x, crow + (q - q0), n, b, e->act, e->accumulate);
             q = row_end;
         }
-    }
-}
-
-/* 1x1 conv: the product wrote straight into the output; add bias, ReLU there. */
-typedef struct {
-    int m;
-    const float *bias;
-    int relu;
-} bias_relu_ctx;
-
-static void bias_relu_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
-    const bias_relu_ctx *e = vctx;
-    (void)q0;
-    for (int i = 0; i < e->m; i++) {
-        float *row = cb + (size_t)i * ldc; /* the output itself: the job's c */
-        float b = e->bias ? e->bias[i] : 0.0f;
-        if (e->relu)
-            for (int q = 0; q < nq; q++) row[q] = row[q] + b > 0.0f ? row[q] + b : 0.0f;
-        else
-            for (int q = 0; q < nq; q++) row[q] += b;
     }
 }
 
@@ -245,8 +187,6 @@ typedef struct {
     double *dbias;
 } conv_ws;
 
-static long *carve_longs(carver *cv, size_t n) { return (long *)carve(cv, n * sizeof(long) / sizeof(float)); }
-
 static conv_ws conv_forward_layout(const conv_dims *d, carver *cv) {
     conv_ws L = {0};
     L.thread_floats = round16(conv_gemm_thread_floats(d->o, d->k == 3));
@@ -276,7 +216,7 @@ static conv_ws conv_backward_layout(const conv_dims *d, carver *cv) {
     return L;
 }
 
-static size_t conv_workspace_bytes(const unet_op_args *a) {
+static size_t direct_workspace_bytes(const unet_op_args *a) {
     conv_dims d = conv_dims_of(a);
     carver f = {NULL, 0}, b = {NULL, 0};
     conv_forward_layout(&d, &f);
@@ -284,14 +224,15 @@ static size_t conv_workspace_bytes(const unet_op_args *a) {
     return (f.top > b.top ? f.top : b.top) * sizeof(float);
 }
 
-static void conv_forward(const unet_op_args *a) {
+static void direct_forward(const unet_op_args *a) {
     conv_dims d = conv_dims_of(a);
     carver cv = {a->workspace, 0};
     conv_ws L = conv_forward_layout(&d, &cv);
     const float *x = a->in[0], *w = a->param[0], *bias = a->param[1];
     float *y = a->out;
     size_t hw = (size_t)d.h * d.w, ohw = (size_t)d.ho * d.wo;
-    int relu = a->node->relu, band = conv_fwd_band_rows(&d), same = d.k == 3 && d.pad == 1;
+    unet_act act = a->node->act;
+    int band = conv_fwd_band_rows(&d), same = d.k == 3 && d.pad == 1;
     size_t xplane = conv_pad_plane(&d, band);
     /* B rows (c, tap) over the image, or over the padded band (same) */
     long taps[CONV_MAX_TAPS] = {0};
@@ -312,16 +253,16 @@ static void conv_forward(const unet_op_args *a) {
             float *yn = y + (size_t)n * d.o * ohw;
             conv_gemm_job j = job;
             if (d.k == 1) {
-                bias_relu_ctx e = {d.o, bias, relu};
+                bias_act_ctx e = {d.o, bias, act};
                 j.n = (int)hw;
                 j.src = xn;
                 j.c = yn;
                 j.ldc = ohw;
-                j.epilogue = bias_relu_epilogue;
+                j.epilogue = bias_act_epilogue;
                 j.ctx = &e;
                 conv_gemm_run(&j, scratch, tid, nth);
             } else if (d.pad == 0) {
-                compact_ctx e = {yn, ohw, d.o, d.w, d.wo, 0, bias, relu, 0};
+                compact_ctx e = {yn, ohw, d.o, d.w, d.wo, 0, bias, act, 0};
                 /* the last two wide columns are garbage and would read past the image */
                 j.n = d.ho * d.w - 2;
                 j.src = xn;
@@ -335,7 +276,7 @@ static void conv_forward(const unet_op_args *a) {
                                    .bw = d.w + 2, .rows = rows + 2, .y_first = y0 - 1, .left = 1};
                     fill_band(&f, ch0, ch1);
 #pragma omp barrier
-                    compact_ctx e = {yn, ohw, d.o, d.w + 2, d.wo, y0, bias, relu, 0};
+                    compact_ctx e = {yn, ohw, d.o, d.w + 2, d.wo, y0, bias, act, 0};
                     j.n = rows * (d.w + 2) - 2;
                     j.src = L.band_x;
                     j.epilogue = compact_epilogue;
@@ -359,24 +300,22 @@ static void flip_transpose(const float *w, int o_count, int c_count, int taps, f
         }
 }
 
-/* dz of image n in place (1x1 conv: masked where out <= 0 when ReLU), its
- * per-channel sums added to sums; channels [ch0, ch1). */
-static void mask_and_sum(float *dz, const float *out, size_t hw, long ch0, long ch1, double *sums) {
+/* dz of image n in place (1x1 conv: masked by the activation of out when
+ * given), its per-channel sums added to sums; channels [ch0, ch1). */
+static void mask_and_sum(float *dz, unet_act act, const float *out, size_t hw, long ch0, long ch1, double *sums) {
     for (long ch = ch0; ch < ch1; ch++) {
         float *g = dz + ch * hw;
-        if (out) {
-            const float *o = out + ch * hw;
-            for (size_t i = 0; i < hw; i++) g[i] = o[i] > 0.0f ? g[i] : 0.0f;
-        }
+        if (out) unet_act_mask(act, g, out + ch * hw, hw);
         sums[ch] += sum_f64(g, hw);
     }
 }
 
-static void conv_backward(const unet_op_args *a) {
+static void direct_backward(const unet_op_args *a) {
     conv_dims d = conv_dims_of(a);
     carver cv = {a->workspace, 0};
     conv_ws L = conv_backward_layout(&d, &cv);
-    const float *x = a->in[0], *w = a->param[0], *out = a->node->relu ? a->out : NULL;
+    unet_act act = a->node->act;
+    const float *x = a->in[0], *w = a->param[0], *out = act != UNET_ACT_NONE ? a->out : NULL;
     float *dout = a->dout, *dx = a->din[0], *dw = a->dparam[0], *db = a->dparam[1];
     int band = conv_bwd_band_rows(&d), same = d.k == 3 && d.pad == 1;
     size_t hw = (size_t)d.h * d.w, ohw = (size_t)d.ho * d.wo, nw = (size_t)d.o * d.c * d.taps;
@@ -421,7 +360,7 @@ static void conv_backward(const unet_op_args *a) {
             float *gn = dout + (size_t)n * d.o * ohw, *dxn = dx ? dx + (size_t)n * d.c * hw : NULL;
             const float *on = out ? out + (size_t)n * d.o * ohw : NULL;
             if (d.k == 1) {
-                mask_and_sum(gn, on, ohw, o0, o1, L.dbias);
+                mask_and_sum(gn, act, on, ohw, o0, o1, L.dbias);
 #pragma omp barrier
                 if (dxn) {
                     conv_gemm_job j = gx;
@@ -445,12 +384,12 @@ static void conv_backward(const unet_op_args *a) {
                 int rows = d.h - y0 < band ? d.h - y0 : band;
                 if (!same) {
                     /* dz row y' at row y' + 2 of the band's frame, columns 2 .. w-1 */
-                    band_fill fz = {.src = gn, .mask = on, .sh = d.ho, .sw = d.wo, .band = L.band_z,
+                    band_fill fz = {.src = gn, .mask = on, .act = act, .sh = d.ho, .sw = d.wo, .band = L.band_z,
                                     .bplane = zplane, .bw = d.w, .rows = rows + 2, .y_first = y0 - 2, .left = 2,
                                     .tail = 2, .sums = L.dbias, .own0 = 0, .own1 = rows};
                     fill_band(&fz, o0, o1);
                 } else {
-                    band_fill fz = {.src = gn, .mask = on, .sh = d.h, .sw = d.w, .band = L.band_z,
+                    band_fill fz = {.src = gn, .mask = on, .act = act, .sh = d.h, .sw = d.w, .band = L.band_z,
                                     .bplane = zplane, .bw = d.w + 2, .rows = rows + 2, .y_first = y0 - 1,
                                     .left = 1, .sums = L.dbias, .own0 = 1, .own1 = rows + 1};
                     fill_band(&fz, o0, o1);
@@ -498,6 +437,31 @@ static void conv_backward(const unet_op_args *a) {
         if (db)
             for (long o = o0; o < o1; o++) db[o] = (float)L.dbias[o];
     }
+}
+
+/* The node's attributes pick the kernels: this file's for 3x3 and 1x1 at
+ * stride 1, depthwise's for groups > 1, im2col's for the rest. */
+static void conv_forward(const unet_op_args *a) {
+    if (conv_is_direct(a->node))
+        direct_forward(a);
+    else if (a->node->groups > 1)
+        conv_depthwise_forward(a);
+    else
+        conv_im2col_forward(a);
+}
+
+static void conv_backward(const unet_op_args *a) {
+    if (conv_is_direct(a->node))
+        direct_backward(a);
+    else if (a->node->groups > 1)
+        conv_depthwise_backward(a);
+    else
+        conv_im2col_backward(a);
+}
+
+static size_t conv_workspace_bytes(const unet_op_args *a) {
+    if (conv_is_direct(a->node)) return direct_workspace_bytes(a);
+    return a->node->groups > 1 ? conv_depthwise_workspace_bytes(a) : conv_im2col_workspace_bytes(a);
 }
 
 const unet_op_impl unet_cpu_conv = {

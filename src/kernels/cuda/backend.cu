@@ -1,7 +1,7 @@
-/* The CUDA backend: device selection, the context (stream, cuDNN and cuBLAS
- * handles bound to it), memory and transfers, the fused optimizer passes,
+/* The CUDA backend: device selection, the context (stream, cuDNN and
+ * cuBLASLt handles), memory and transfers, the fused optimizer passes,
  * the capture and replay of a whole step as a CUDA graph, and the one error
- * reporter every CUDA, cuDNN and cuBLAS check goes through.
+ * reporter every CUDA, cuDNN and cuBLASLt check goes through.
  *
  * Layout (layout.h): fp32 and tf32 keep NCHW float32 (labels int32),
  * exactly the CPU's, so transfers are plain copies and a tensor means the
@@ -11,7 +11,8 @@
  * values stay as on the CPU. Parameters, their gradients and the optimizer
  * state are float32 in every precision. Everything runs on the context's
  * stream and returns at once; only the downloads and sync wait for the
- * stream.
+ * stream, and an upload for the copy before last into its destination
+ * (staging.h: what a step uploads goes through page-locked buffers).
  *
  * Precision: fp32 (pure float math), tf32 (tensor cores in the
  * convolutions) and bf16 (bf16 storage and tensor cores, float32 master
@@ -28,6 +29,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/layout.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/staging.h"
 
 /* One backend per (device, precision), alive for the process: plans, the
  * arena and parameter blocks hold pointers into it, and there is no teardown
@@ -38,14 +40,14 @@ typedef struct {
     unet_backend backend;
     char device_name[256];
     int cc_major, cc_minor;
-    void *staging;        /* host buffer of the bf16 conversions (staging()), kept between calls */
-    size_t staging_bytes;
+    void *unpacking;      /* host buffer of the bf16 downloads (unpacking_buffer()), kept between calls */
+    size_t unpacking_bytes;
 } cuda_instance;
 
 #define MAX_INSTANCES 32
 static cuda_instance *instances[MAX_INSTANCES];
 static int n_instances;
-/* UNET_CUDA_SYNC=1: wait after every launch (see unet_cuda_launched). */
+/* UNET_CUDA_SYNC=1: wait after every launch (see unet_cuda_launched_at). */
 static int sync_each_launch = -1;
 
 static const char *precision_names[] = {"fp32", "tf32", "bf16"};
@@ -92,74 +94,74 @@ static void describe_device(const cuda_instance *inst, char *buf, size_t size) {
         snprintf(buf, size, "cuda:%d (device not identified)", dev);
 }
 
-static void fail_on(const cuda_instance *inst, const char *file, int line, const char *call, const char *msg,
-                    const unet_op_args *a) {
-    char op[1024] = "";
-    if (a && a->node) {
-        if (unet_op_name)
-            append(op, sizeof op, " in op %s (%s)", a->node->name, unet_op_name(a->node->op));
-        else
-            append(op, sizeof op, " in op %s (op %d)", a->node->name, (int)a->node->op);
-        for (int i = 0; i < a->n_in && i < UNET_MAX_IN; i++) {
-            char name[8];
-            snprintf(name, sizeof name, "in%d", i);
-            append_shape(op, sizeof op, name, a->in_shape[i]);
-        }
-        append_shape(op, sizeof op, "out", a->out_shape);
-        if (a->training) append(op, sizeof op, " training");
-    }
-    if (!inst && a) inst = instance_of(a->backend);
-    if (!inst && n_instances == 1) inst = instances[0];
-    if (inst && inst->ctx.capturing) {
-        /* the one state a report changes in an instance its callers hold as const */
-        unet_cuda_ctx *ctx = (unet_cuda_ctx *)&inst->ctx;
-        if (!ctx->capture_failure[0])
-            snprintf(ctx->capture_failure, sizeof ctx->capture_failure, "%s: %s%s [%s:%d]", call, msg, op, file, line);
-        return;
-    }
-    char dev[512];
-    describe_device(inst, dev, sizeof dev);
-    fprintf(stderr, "unet: CUDA failure: %s: %s%s on %s [%s:%d]\n", call, msg, op, dev, file, line);
-    fflush(stderr);
-    exit(1);
-}
-
-extern "C" void unet_cuda_fail(const char *file, int line, const char *call, const char *msg, const unet_op_args *a) {
-    fail_on(NULL, file, line, call, msg, a);
-}
-
 /* Errors of a kernel surface at the next synchronising call; the message says
  * where to look instead of blaming the call that noticed. */
 #define ASYNC_HINT                                                                                               \
     " (this may be an earlier kernel's fault surfacing here: rerun with UNET_CUDA_SYNC=1, which also runs the "   \
     "step without a CUDA graph, to stop at the op that failed)"
 
-static void check_on(const cuda_instance *inst, cudaError_t e, const char *file, int line, const char *call,
-                     int waits) {
-    if (e == cudaSuccess) return;
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s%s", cudaGetErrorString(e), waits ? ASYNC_HINT : "");
-    fail_on(inst, file, line, call, msg, NULL);
+extern "C" void unet_cuda_fail_at(const char *file, int line, const char *call, const char *msg, unet_cuda_site at) {
+    char where[1024] = "";
+    const unet_op_args *a = at.op;
+    if (a && a->node) {
+        if (unet_op_name)
+            append(where, sizeof where, " in op %s (%s)", a->node->name, unet_op_name(a->node->op));
+        else
+            append(where, sizeof where, " in op %s (op %d)", a->node->name, (int)a->node->op);
+        for (int i = 0; i < a->n_in && i < UNET_MAX_IN; i++) {
+            char name[8];
+            snprintf(name, sizeof name, "in%d", i);
+            append_shape(where, sizeof where, name, a->in_shape[i]);
+        }
+        append_shape(where, sizeof where, "out", a->out_shape);
+        if (a->training) append(where, sizeof where, " training");
+    }
+    if (at.work) append(where, sizeof where, " (%s)", at.work);
+    if (at.waits) append(where, sizeof where, "%s", ASYNC_HINT);
+    const cuda_instance *inst = instance_of(at.backend);
+    if (!inst && n_instances == 1) inst = instances[0];
+    if (inst && inst->ctx.capturing) {
+        /* the one state a report changes in an instance its callers hold as const */
+        unet_cuda_ctx *ctx = (unet_cuda_ctx *)&inst->ctx;
+        if (!ctx->capture_failure[0])
+            snprintf(ctx->capture_failure, sizeof ctx->capture_failure, "%s: %s%s [%s:%d]", call, msg, where, file,
+                     line);
+        return;
+    }
+    char dev[512];
+    describe_device(inst, dev, sizeof dev);
+    fprintf(stderr, "unet: CUDA failure: %s: %s%s on %s [%s:%d]\n", call, msg, where, dev, file, line);
+    fflush(stderr);
+    exit(1);
 }
-#define CHECK_ON(inst, call, waits) check_on((inst), (call), __FILE__, __LINE__, #call, (waits))
+
+extern "C" void unet_cuda_fail(const char *file, int line, const char *call, const char *msg, const unet_op_args *a) {
+    unet_cuda_fail_at(file, line, call, msg, unet_at_op(a));
+}
+
+/* The backend's own calls, outside any op: on inst's device; a call that
+ * waits for the stream may see an earlier kernel's fault. */
+static unet_cuda_site on(const cuda_instance *inst) { return unet_at_work(&inst->backend, NULL, 0); }
+static unet_cuda_site waiting_on(const cuda_instance *inst) { return unet_at_work(&inst->backend, NULL, 1); }
 
 static int env_flag(const char *name) {
     const char *v = getenv(name);
     return v && *v && strcmp(v, "0") != 0;
 }
 
-extern "C" void unet_cuda_launched(const char *file, int line, const unet_op_args *a) {
+extern "C" void unet_cuda_launched_at(const char *file, int line, const char *kernel, unet_cuda_site at) {
     cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) fail_on(NULL, file, line, "kernel launch", cudaGetErrorString(e), a);
+    if (e != cudaSuccess) unet_cuda_fail_at(file, line, kernel, cudaGetErrorString(e), at);
     if (sync_each_launch < 0) sync_each_launch = env_flag("UNET_CUDA_SYNC");
     if (!sync_each_launch) return;
-    const cuda_instance *inst = a ? instance_of(a->backend) : NULL;
+    const cuda_instance *inst = instance_of(at.backend);
     cudaStream_t stream = inst ? inst->ctx.stream : 0;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (stream && cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture != cudaStreamCaptureStatusNone)
         return; /* waiting is illegal while a CUDA graph is being captured */
     e = stream ? cudaStreamSynchronize(stream) : cudaDeviceSynchronize();
-    if (e != cudaSuccess) fail_on(inst, file, line, "kernel execution (UNET_CUDA_SYNC=1)", cudaGetErrorString(e), a);
+    if (e != cudaSuccess)
+        unet_cuda_fail_at(file, line, "kernel execution (UNET_CUDA_SYNC=1)", cudaGetErrorString(e), at);
 }
 
 /* ---------------------------------------------------------------------------
@@ -168,6 +170,11 @@ extern "C" void unet_cuda_launched(const char *file, int line, const unet_op_arg
 
 static unet_cuda_layout layout_of(const unet_backend *b, unet_shape s, unet_dtype t) {
     return unet_cuda_layout_of(instance_of(b)->ctx.precision == UNET_PREC_BF16, s, t);
+}
+
+static unet_layout cuda_layout(const unet_backend *b, unet_dtype t) {
+    unet_shape one = {1, 1, 1, 1};
+    return layout_of(b, one, t).nhwc_bf16 ? UNET_LAYOUT_NHWC_BF16 : UNET_LAYOUT_NCHW;
 }
 
 static size_t cuda_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
@@ -185,62 +192,66 @@ static void *cuda_alloc(const unet_backend *b, size_t bytes) {
         cudaGetLastError();
         return NULL;
     }
-    CHECK_ON(inst, e, 1); /* any other error is most likely an earlier kernel's */
+    /* any other error is most likely an earlier kernel's */
+    if (e != cudaSuccess) unet_cuda_fail_at(__FILE__, __LINE__, "cudaMalloc", cudaGetErrorString(e), waiting_on(inst));
     return p;
 }
 
 static void cuda_free(const unet_backend *b, void *p) {
-    if (p) CHECK_ON(instance_of(b), cudaFree(p), 1);
+    if (p) UNET_CUDA_CHECK(cudaFree(p), waiting_on(instance_of(b)));
 }
 
 static void cuda_memset0(const unet_backend *b, void *p, size_t bytes) {
     const cuda_instance *inst = instance_of(b);
-    CHECK_ON(inst, cudaMemsetAsync(p, 0, bytes, inst->ctx.stream), 0);
+    UNET_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, inst->ctx.stream), on(inst));
 }
 
-/* Host to device. The host buffer may be reused as soon as this returns: a
- * copy from pageable memory is staged before cudaMemcpyAsync returns. */
+/* Host to device, once in a run (the parameters, the optimizer state): from
+ * pageable memory, which the driver stages before cudaMemcpyAsync returns,
+ * so the host buffer may be reused at once. What a step uploads anew goes
+ * through staging.h's page-locked buffers instead. */
 static void copy_in(const cuda_instance *inst, void *dst, const void *host, size_t bytes) {
-    if (bytes) CHECK_ON(inst, cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, inst->ctx.stream), 0);
+    if (bytes) UNET_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, inst->ctx.stream), on(inst));
 }
 
 /* Device to host, waiting for the copy (and so for everything before it). */
 static void copy_out(const cuda_instance *inst, void *host, const void *src, size_t bytes) {
-    if (bytes) CHECK_ON(inst, cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, inst->ctx.stream), 1);
-    CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
+    if (bytes)
+        UNET_CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, inst->ctx.stream), waiting_on(inst));
+    UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
 }
 
-/* The host buffer for a conversion, grown when a larger one is asked for and
- * kept, so that a step's uploads allocate nothing once the first step has
- * run. Reusing it at once is safe: copy_in returns once a pageable copy is
- * staged, and copy_out waits. Out of host memory ends the run (as a failed
- * call would). */
-static void *staging(const unet_backend *b, size_t bytes) {
+/* The host buffer a bf16 download unpacks from, grown when a larger one is
+ * asked for and kept. Reusing it at once is safe: copy_out waits. Out of
+ * host memory ends the run (as a failed call would). */
+static void *unpacking_buffer(const unet_backend *b, size_t bytes) {
     cuda_instance *inst = (cuda_instance *)b->ctx;
-    if (bytes > inst->staging_bytes) {
-        void *p = realloc(inst->staging, bytes);
+    if (bytes > inst->unpacking_bytes) {
+        void *p = realloc(inst->unpacking, bytes);
         if (!p) {
             char msg[96];
-            snprintf(msg, sizeof msg, "out of host memory for %zu bytes of staging", bytes);
-            fail_on(inst, __FILE__, __LINE__, "realloc", msg, NULL);
+            snprintf(msg, sizeof msg, "out of host memory for %zu bytes of a download", bytes);
+            unet_cuda_fail_at(__FILE__, __LINE__, "realloc", msg, on(inst));
         }
-        inst->staging = p;
-        inst->staging_bytes = bytes;
+        inst->unpacking = p;
+        inst->unpacking_bytes = bytes;
     }
-    return inst->staging;
+    return inst->unpacking;
 }
 
-/* bf16 activations are converted on the host, through the staging buffer. */
+/* A step's inputs (and any tensor): staged in page-locked memory (staging.h),
+ * bf16 activations converted on the host straight into it. */
 static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t) {
-    const cuda_instance *inst = instance_of(b);
+    cuda_instance *inst = (cuda_instance *)b->ctx;
     unet_cuda_layout l = layout_of(b, s, t);
-    if (!l.nhwc_bf16) {
-        copy_in(inst, dst, host, unet_shape_count(s) * unet_dtype_size(t));
-        return;
-    }
-    uint16_t *packed = (uint16_t *)staging(b, unet_cuda_layout_bytes(l));
-    unet_cuda_pack_bf16(l, packed, (const float *)host);
-    copy_in(inst, dst, packed, unet_cuda_layout_bytes(l));
+    size_t bytes = unet_cuda_layout_bytes(l);
+    if (!bytes) return;
+    void *pinned = unet_cuda_stage(&inst->ctx, dst, bytes, on(inst));
+    if (l.nhwc_bf16)
+        unet_cuda_pack_bf16(l, (uint16_t *)pinned, (const float *)host);
+    else
+        memcpy(pinned, host, bytes);
+    unet_cuda_stage_copy(&inst->ctx, dst, bytes, on(inst));
 }
 
 static void cuda_download(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t) {
@@ -250,7 +261,7 @@ static void cuda_download(const unet_backend *b, void *host, const void *src, un
         copy_out(inst, host, src, unet_shape_count(s) * unet_dtype_size(t));
         return;
     }
-    uint16_t *packed = (uint16_t *)staging(b, unet_cuda_layout_bytes(l));
+    uint16_t *packed = (uint16_t *)unpacking_buffer(b, unet_cuda_layout_bytes(l));
     copy_out(inst, packed, src, unet_cuda_layout_bytes(l));
     unet_cuda_unpack_bf16(l, (float *)host, packed);
 }
@@ -263,13 +274,33 @@ static void cuda_download_f32(const unet_backend *b, float *host, const float *s
     copy_out(instance_of(b), host, src, n * sizeof(float));
 }
 
+/* The per-step values (seed, optimizer scalars): staged like the inputs. */
 static void cuda_upload_bytes(const unet_backend *b, void *dst, const void *host, size_t bytes) {
-    copy_in(instance_of(b), dst, host, bytes);
+    cuda_instance *inst = (cuda_instance *)b->ctx;
+    unet_cuda_upload_staged(&inst->ctx, dst, host, bytes, on(inst));
+}
+
+/* cudaMemGetInfo of the instance's device: an answer for planning, not a fault, so a failure is returned. */
+static int cuda_memory_info(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err,
+                            size_t errlen) {
+    const cuda_instance *inst = instance_of(b);
+    cudaError_t e = cudaSetDevice(inst->ctx.device);
+    if (e == cudaSuccess) e = cudaMemGetInfo(free_bytes, total_bytes);
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "cudaMemGetInfo on cuda:%d: %s", inst->ctx.device, cudaGetErrorString(e));
+        cudaGetLastError(); /* leave no error for the next check */
+        return -1;
+    }
+    return 0;
+}
+
+static const char *cuda_nondeterminism(const unet_backend *b) {
+    return unet_cudnn_nondeterminism(&((cuda_instance *)b->ctx)->ctx);
 }
 
 static void cuda_sync(const unet_backend *b) {
     const cuda_instance *inst = instance_of(b);
-    CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
+    UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
 }
 
 /* ---------------------------------------------------------------------------
@@ -300,6 +331,7 @@ static __device__ __forceinline__ void sgd_one(float &p, float g, float *buf, co
 /* vec: every pointer 16-byte aligned, so the first n/4*4 values go as float4. */
 static __global__ void sgd_kernel(float *p, const float *g, float *buf, long long n, const unet_optim_scalars *step,
                                   sgd_args s, int vec) {
+    if (step->skip) return;
     s.lr = step->lr;
     s.first = step->first;
     long long n4 = vec ? n / 4 : 0;
@@ -344,6 +376,7 @@ static __device__ __forceinline__ void adam_one(float &p, float g, float &m, flo
 
 static __global__ void adam_kernel(float *p, const float *g, float *m, float *v, long long n,
                                    const unet_optim_scalars *step, adam_args s, int vec) {
+    if (step->skip) return;
     s.decay = step->decay;
     s.step_size = step->step_size;
     s.bc2_sqrt = step->bc2_sqrt;
@@ -370,14 +403,11 @@ static __global__ void adam_kernel(float *p, const float *g, float *m, float *v,
     }
 }
 
-/* Launch failures of the optimizers name the pass and its size (no op node). */
-static void check_launch(const cuda_instance *inst, const char *what, size_t n, const char *file, int line) {
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && sync_each_launch == 1) e = cudaStreamSynchronize(inst->ctx.stream);
-    if (e == cudaSuccess) return;
-    char call[128];
-    snprintf(call, sizeof call, "%s over %zu parameters", what, n);
-    fail_on(inst, file, line, call, cudaGetErrorString(e), NULL);
+/* A launch of an optimizer pass, checked: a failure names the pass and its size (there is no op node). */
+static void check_pass(const cuda_instance *inst, const char *pass, size_t n, const char *file, int line) {
+    char work[96];
+    snprintf(work, sizeof work, "%s over %zu parameters", pass, n);
+    unet_cuda_launched_at(file, line, "kernel launch", unet_at_work(&inst->backend, work, 0));
 }
 
 static void cuda_sgd(const unet_backend *b, float *p, const float *g, float *buf, size_t n,
@@ -388,7 +418,7 @@ static void cuda_sgd(const unet_backend *b, float *p, const float *g, float *buf
     int vec = unet_aligned16(p) && unet_aligned16(g) && (momentum == 0.0f || unet_aligned16(buf));
     sgd_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
         p, g, buf, (long long)n, step, s, vec);
-    check_launch(inst, "sgd kernel", n, __FILE__, __LINE__);
+    check_pass(inst, "sgd", n, __FILE__, __LINE__);
 }
 
 static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n,
@@ -407,7 +437,62 @@ static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m,
     int vec = unet_aligned16(p) && unet_aligned16(g) && unet_aligned16(m) && unet_aligned16(v);
     adam_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
         p, g, m, v, (long long)n, step, s, vec);
-    check_launch(inst, "adam kernel", n, __FILE__, __LINE__);
+    check_pass(inst, "adam", n, __FILE__, __LINE__);
+}
+
+/* The guard before the update (the CPU twin's cpu_guard): the check finds any
+ * non-finite gradient or statistic, each finder raising guard->found (a
+ * maximum, so the order of the finders does not matter); one thread then
+ * decides for the step, counts it and clears found; the statistics go back to
+ * the last finite step's, or are kept as those. Three launches in stream
+ * order, recorded in a CUDA graph like the update they guard. */
+static __global__ void guard_check_kernel(const float *g, long long n, const float *state, long long n_state,
+                                          unet_update_guard *guard) {
+    for (long long i = unet_global_thread(); i < n + n_state; i += unet_grid_threads())
+        if (!isfinite(i < n ? g[i] : state[i - n])) {
+            atomicMax(&guard->found, 1);
+            return;
+        }
+}
+
+static __global__ void guard_decide_kernel(unet_optim_scalars *s, unet_update_guard *guard) {
+    if (guard->found) {
+        guard->found = 0;
+        guard->bad_steps++;
+        guard->last_bad = s->step + 1;
+        if (!guard->first_bad) guard->first_bad = s->step + 1;
+        if (!guard->skip_policy) guard->latched = 1;
+        s->skip = 1;
+    }
+    if (guard->latched) s->skip = 1;
+}
+
+static __global__ void guard_state_kernel(float *state, float *state_good, long long n, const unet_optim_scalars *s) {
+    const int skip = s->skip;
+    for (long long i = unet_global_thread(); i < n; i += unet_grid_threads()) {
+        if (skip)
+            state[i] = state_good[i];
+        else
+            state_good[i] = state[i];
+    }
+}
+
+static void cuda_guard(const unet_backend *b, const float *g, size_t n, float *state, float *state_good,
+                       size_t n_state, unet_optim_scalars *s, unet_update_guard *guard) {
+    const cuda_instance *inst = instance_of(b);
+    cudaStream_t stream = inst->ctx.stream;
+    if (n + n_state) {
+        guard_check_kernel<<<unet_blocks_for((long long)(n + n_state)), UNET_THREADS, 0, stream>>>(
+            g, (long long)n, state, (long long)n_state, guard);
+        check_pass(inst, "guard check", n + n_state, __FILE__, __LINE__);
+    }
+    guard_decide_kernel<<<1, 1, 0, stream>>>(s, guard);
+    check_pass(inst, "guard decision", n, __FILE__, __LINE__);
+    if (n_state) {
+        guard_state_kernel<<<unet_blocks_for((long long)n_state), UNET_THREADS, 0, stream>>>(
+            state, state_good, (long long)n_state, s);
+        check_pass(inst, "guard statistics", n_state, __FILE__, __LINE__);
+    }
 }
 
 /* ---------------------------------------------------------------------------
@@ -428,7 +513,7 @@ static int cuda_begin_capture(const unet_backend *b, char *why, size_t whylen) {
         return -1;
     }
     /* a fault of the eager steps before shows here as what it is, not as a failed capture */
-    CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
+    UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
     /* thread-local: the loader's threads may call what they like meanwhile */
     cudaError_t e = cudaStreamBeginCapture(inst->ctx.stream, cudaStreamCaptureModeThreadLocal);
     if (e != cudaSuccess) {
@@ -475,12 +560,12 @@ static unet_capture *cuda_end_capture(const unet_backend *b, size_t *nodes, char
 
 static void cuda_replay(const unet_backend *b, unet_capture *c) {
     const cuda_instance *inst = instance_of(b);
-    CHECK_ON(inst, cudaGraphLaunch(c->exec, inst->ctx.stream), 0);
+    UNET_CUDA_CHECK(cudaGraphLaunch(c->exec, inst->ctx.stream), on(inst));
 }
 
 static void cuda_release(const unet_backend *b, unet_capture *c) {
     if (!c) return;
-    CHECK_ON(instance_of(b), cudaGraphExecDestroy(c->exec), 0);
+    UNET_CUDA_CHECK(cudaGraphExecDestroy(c->exec), on(instance_of(b)));
     free(c);
 }
 
@@ -555,12 +640,8 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
         cudaGetLastError();
         return -1;
     }
-    size_t cudnn_version = cudnnGetVersion();
-    if (cudnn_version / 10000 != CUDNN_MAJOR) {
-        snprintf(err, errlen, "cuDNN %zu is loaded but unet was built against cuDNN %d.%d: install cuDNN %d",
-                 cudnn_version, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_MAJOR);
-        return -1;
-    }
+    /* before any plan is built: an old cuDNN would otherwise surface as "no engine" at the first convolution */
+    if (unet_cudnn_check_version(err, errlen)) return -1;
 
     unet_cuda_ctx *ctx = &inst->ctx;
     ctx->device = device;
@@ -577,16 +658,11 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
         cudaGetLastError();
         return -1;
     }
-    cublasStatus_t bs = cublasCreate(&ctx->cublas);
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(ctx->cublas, ctx->stream);
-    /* TF32 tensor cores only when asked; reductions without atomics (the default mode) */
-    if (bs == CUBLAS_STATUS_SUCCESS)
-        bs = cublasSetMathMode(ctx->cublas, precision == UNET_PREC_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                                          : CUBLAS_PEDANTIC_MATH);
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetAtomicsMode(ctx->cublas, CUBLAS_ATOMICS_NOT_ALLOWED);
+    /* the 1x1 convolutions' matmuls (gemm.c); the stream and the precision go with each call */
+    cublasStatus_t bs = cublasLtCreate(&ctx->cublaslt);
     if (bs != CUBLAS_STATUS_SUCCESS) {
-        snprintf(err, errlen, "cannot use CUDA device %d: cuBLAS initialisation failed: %s", device,
-                 cublasGetStatusString(bs));
+        snprintf(err, errlen, "cannot use CUDA device %d: cuBLASLt initialisation failed: %s", device,
+                 cublasLtGetStatusString(bs));
         cudaGetLastError();
         return -1;
     }
@@ -599,6 +675,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->ops[UNET_OP_BIAS] = &unet_cuda_bias;
     b->ops[UNET_OP_RELU] = &unet_cuda_relu;
     b->ops[UNET_OP_MAXPOOL2] = &unet_cuda_maxpool2;
+    b->ops[UNET_OP_MAXPOOL] = &unet_cuda_maxpool;
     b->ops[UNET_OP_CROP_CONCAT] = &unet_cuda_crop_concat;
     b->ops[UNET_OP_CROP_ADD] = &unet_cuda_crop_add;
     b->ops[UNET_OP_UPSAMPLE2] = &unet_cuda_upsample2;
@@ -619,12 +696,32 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->sync = cuda_sync;
     b->sgd = cuda_sgd;
     b->adam = cuda_adam;
+    b->guard = cuda_guard;
     b->begin_capture = cuda_begin_capture;
     b->end_capture = cuda_end_capture;
     b->replay = cuda_replay;
     b->release = cuda_release;
+    b->memory_info = cuda_memory_info;
+    b->layout = cuda_layout;
+    b->nondeterminism = cuda_nondeterminism;
+    b->warper_create = unet_cuda_warper_create;
+    b->warp_batch = unet_cuda_warp_batch;
+    b->warper_free = unet_cuda_warper_free;
+    b->dist_id = unet_cuda_dist_id;
+    b->dist_open = unet_cuda_dist_open;
     return 0;
 }
+
+extern "C" int unet_cuda_devices(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* no driver, no device: an answer, not a fault */
+        return 0;
+    }
+    return n;
+}
+
+extern "C" const char *unet_cuda_absent(void) { return NULL; }
 
 extern "C" const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
                                                  size_t errlen) {
