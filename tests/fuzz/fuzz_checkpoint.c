@@ -34,14 +34,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[1024] = "";
     unet_config saved;
     long step = 0;
+    unet_run_progress progress;
     if (unet_checkpoint_config(path, &saved, &step, err, sizeof err) < 0) fuzz_check_message(err);
     err[0] = 0;
     if (unet_checkpoint_load_weights(path, model.graph, params, state, err, sizeof err)) fuzz_check_message(err);
     err[0] = 0;
-    if (unet_checkpoint_load_resume(path, model.graph, params, state, opt_a, NULL, &step, err, sizeof err))
+    if (unet_checkpoint_load_resume(path, model.graph, params, state, opt_a, NULL, &progress, err, sizeof err))
         fuzz_check_message(err);
     err[0] = 0;
-    if (unet_checkpoint_load_resume(path, model.graph, params, state, opt_a, opt_b, &step, err, sizeof err))
+    if (unet_checkpoint_load_resume(path, model.graph, params, state, opt_a, opt_b, &progress, err, sizeof err))
         fuzz_check_message(err);
     return 0;
 }
