@@ -15,6 +15,7 @@ if [ ${#targets[@]} -eq 0 ]; then
   for src in tests/fuzz/fuzz_*.c; do t=${src#tests/fuzz/fuzz_}; targets+=("${t%.c}"); done
 fi
 
+command -v clang > /dev/null || { echo "fuzz: clang not found: scripts/setup.sh installs it (clang, libclang-rt-14-dev)"; exit 1; }
 mkdir -p build-fuzz
 log=build-fuzz/build.log
 CC=clang cmake -S . -B build-fuzz -DUNET_FUZZ=ON -DUNET_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo > "$log" 2>&1 \
