@@ -11,8 +11,9 @@ PACKAGES=(build-essential cmake pkg-config libhdf5-dev libjson-c-dev libpng-dev 
           python3 python3-pip python3-numpy python3-scipy python3-h5py python3-matplotlib python3-pytest
           python3-torch python3-torchvision python3-pil libopenmpi-dev openmpi-bin
           libonnx-dev protobuf-c-compiler libprotobuf-c-dev)
-# For the tests alone, not the image: a real single-node Slurm (tests/cpu/test_slurm.py).
-TEST_PACKAGES=(slurm-wlm munge python3-venv)
+# For the tests alone, not the image: a real single-node Slurm (tests/cpu/test_slurm.py); clang with libFuzzer and
+# its OpenMP for the fuzz targets of the file readers (scripts/fuzz.sh).
+TEST_PACKAGES=(slurm-wlm munge python3-venv clang libclang-rt-14-dev libomp-dev)
 
 missing=()
 for p in "${PACKAGES[@]}" "${TEST_PACKAGES[@]}"; do
