@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from unet_testlib import SOURCE, UNET
+from unet_testlib import BUILD, SOURCE, UNET
 
 REGRESSIONS = os.path.join(SOURCE, "tests", "fuzz", "regressions")
 
@@ -94,3 +94,18 @@ def test_regression_input_is_one_clean_line(tmp_path, case):
     assert str(named) in lines[0], (case, lines[0])
     for words in EXPECTED[case]:
         assert words in lines[0], (case, words, lines[0])
+
+
+@pytest.mark.parametrize("target", sorted(os.listdir(os.path.join(SOURCE, "tests", "fuzz", "corpus"))))
+def test_fuzz_target_replays_its_seeds_and_regressions(target):
+    """Every build has the fuzz targets as plain programs (tests/fuzz/replay_main.c): the seed corpus and the saved
+    inputs of a target, run through the target's own checks (one line on each refusal; ASan and UBSan in the
+    sanitizer build), so that a reader changed under a target is caught here and not in CI's fuzz stage alone."""
+    program = os.path.join(BUILD, "tests", "fuzz", f"fuzz_{target}")
+    files = [os.path.join(d, name) for d in (os.path.join(SOURCE, "tests", "fuzz", "corpus", target),
+                                             os.path.join(REGRESSIONS, target)) if os.path.isdir(d)
+             for name in sorted(os.listdir(d))]
+    for path in files:  # one at a time: the libhdf5-* inputs need their own leak suppression
+        r = subprocess.run([program, path], capture_output=True, text=True, errors="replace", timeout=120,
+                           env=environment(path))
+        assert r.returncode == 0, (path, r.returncode, r.stderr[-2000:])
