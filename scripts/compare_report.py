@@ -33,15 +33,16 @@ BENCH_STEPS_BEFORE_RECORDED = 10  # reports that do not say how many steps `unet
 # ---- plots -------------------------------------------------------------------
 
 def validation_curve(path):
-    """(steps, IoUs) of the validations in one run's log."""
-    steps, ious = [], []
+    """(steps, IoUs) of the validations in one run's log. A run continued from a checkpoint appends to its log
+    from the checkpoint's step: a step validated twice counts once, as the continued run saw it."""
+    by_step = {}
     with open(path) as f:
         for line in f:
             o = json.loads(line)
             if "val_iou" in o:
-                steps.append(o["step"])
-                ious.append(o["val_iou"])
-    return steps, ious
+                by_step[o["step"]] = o["val_iou"]
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
 
 
 def plot_curves(plt, report, out_dir):

@@ -288,10 +288,10 @@ static const option options[] = {
     {"save", OPT_STRING, F(save), .meta = "C.safetensors", .commands = TRAIN_ONLY, .group = G_OUTPUT,
      .help = "write the checkpoint here (atomically); periodic and best ones go beside it as C.step<N>.safetensors "
              "and C.best.safetensors"},
-    {"save-every", OPT_LONG, F(save_every), .min = 0, .max = 1e15, .def = "0", .meta = "N", .commands = TRAIN_ONLY,
+    {"save-every", OPT_LONG, F(save_every), .min = 0, .max = 1e15, .def = "0", .meta = "N", .commands = TRAIN,
      .group = G_OUTPUT, .help = "a checkpoint beside --save every N steps (0: by time alone)"},
     {"save-every-min", OPT_FLOAT, F(save_every_min), .min = 0, .max = 1e6, .def = "15", .meta = "M",
-     .commands = TRAIN_ONLY, .group = G_OUTPUT,
+     .commands = TRAIN, .group = G_OUTPUT,
      .help = "a checkpoint beside --save every M minutes of wall time, so that a run killed without warning loses "
              "at most that (0: off)"},
     {"keep", OPT_INT, F(keep), .min = 1, .max = 1 << 20, .def = "2", .meta = "K", .commands = TRAIN_ONLY,
