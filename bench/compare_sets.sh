@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# U-Net against UNet++ on one data set, as issue 14 asks: U-Net, the wide
+# U-Net matched to UNet++'s parameter count, UNet+ and UNet++ (both deep-
+# supervised, every depth evaluated pruned), same padding, filters
+# 16..256, tiles of 256 with the paper's augmentation (elastic, flips, turns),
+# the same steps, Adam with a cosine schedule and seeds 1..3 for all:
+#
+#   bench/compare_sets.sh isbi2012    -> bench/results/compare-isbi2012/
+#   bench/compare_sets.sh nuclei      -> bench/results/compare-nuclei/
+#
+# isbi2012: slices 0..23 train, 24..29 validation (datasets/isbi2012.py, from
+# ../shared/data/isbi2012); nuclei: the stardist image, rows 0..383 train,
+# 384..511 validation (datasets/nuclei.py; its wheel comes from PyPI, or put
+# stardist-0.9.1-*.whl in data/cache). The data goes to data/ (ignored by git).
+#
+# The budget, 300 steps of batch 2, is for about two hours per set on an idle
+# 2-core CPU. Measured with `unet bench --device cpu --tile 256 --batch 2
+# --optimizer adam` on this project's 2-core machine while three other
+# builds ran on it (load average about 7): a step of U-Net 16..256 took
+# 3.2 s of wall time and 1.5 s of process CPU time, the wide U-Net 3.1 s /
+# 1.5 s, UNet+ (deep supervision) 6.4 s / 3.2 s, UNet++ (deep supervision)
+# about 7 s / 3.5 s: about 9.7 s of CPU for one step of all four models. On an
+# idle machine the two threads share that CPU time, so at 80% parallel
+# efficiency a step of the four takes about 9.7 / 2 / 0.8 = 6 s, and with 3
+# seeds one step of the comparison about 18 s: 300 steps 5400 s, and with
+# the validations (every 75 steps, whole images), the pruned depths'
+# evaluation and the costs measured first about 20% more, 6500 s, close to
+# 1.8 hours. Under the load above it takes about twice that. Each run saves
+# a checkpoint every 25 steps, and `unet compare` prints the runs done and
+# the time left; an interrupted comparison continues where it stopped when
+# this script is run again.
+#
+# Overrides, for a quick check that the whole thing runs (never commit their
+# results): COMPARE_STEPS (300), COMPARE_SEEDS (3), COMPARE_OUT (the folder
+# under bench/results), UNET (build/unet). Extra arguments go to unet compare.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+set_name=${1:-}
+case "$set_name" in
+  isbi2012|nuclei) shift ;;
+  *) echo "usage: bench/compare_sets.sh isbi2012|nuclei [extra unet compare options]" >&2; exit 2 ;;
+esac
+
+unet=${UNET:-build/unet}
+steps=${COMPARE_STEPS:-300}
+seeds=${COMPARE_SEEDS:-3}
+out=${COMPARE_OUT:-bench/results/compare-$set_name}
+if [ ! -x "$unet" ]; then
+  echo "compare_sets: $unet is not built: run scripts/setup.sh first (or set UNET)" >&2
+  exit 2
+fi
+case "$steps$seeds" in
+  *[!0-9]*) echo "compare_sets: COMPARE_STEPS and COMPARE_SEEDS take whole numbers" >&2; exit 2 ;;
+esac
+# validations: 4 over the run, checkpoints: 12 (never 0, for a tiny budget)
+val_every=$(( steps / 4 > 0 ? steps / 4 : 1 ))
+save_every=$(( steps / 12 > 0 ? steps / 12 : 1 ))
+
+mkdir -p data "$out"
+if [ "$set_name" = isbi2012 ]; then
+  [ -f data/isbi2012_val.h5 ] || /usr/bin/python3 datasets/isbi2012.py --out data
+  train=data/isbi2012_train.h5 val=data/isbi2012_val.h5
+else
+  [ -f data/nuclei_val.h5 ] || /usr/bin/python3 datasets/nuclei.py --out data --cache data/cache
+  train=data/nuclei_train.h5 val=data/nuclei_val.h5
+fi
+
+cmd=("$unet" compare --models unet,wide_unet,unet_plus,unetpp --match-params --deep-supervision
+     --data "$train" --val "$val" --padding same --filters 16,32,64,128,256 --classes 1
+     --tile 256 --batch 2 --augment paper --optimizer adam --lr 1e-3 --schedule cosine
+     --steps "$steps" --seeds "$seeds" --seed 1 --val-every "$val_every" --save-every "$save_every"
+     --device cpu --out "$out" "$@")
+# the exact command, beside the report it writes; a folder of another command is not mixed with this one's runs
+command=$(printf '%q ' "${cmd[@]}" | sed 's/ $//')
+if [ -f "$out/report.json" ] && [ "$(cat "$out/command.txt" 2>/dev/null)" != "$command" ]; then
+  echo "compare_sets: $out holds the report of another command: remove the folder (git rm -r $out) to start" \
+       "afresh, or set COMPARE_OUT" >&2
+  exit 2
+fi
+echo "$command" > "$out/command.txt"
+echo "compare_sets: $(cat "$out/command.txt")"
+"${cmd[@]}"
