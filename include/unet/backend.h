@@ -48,6 +48,7 @@ typedef struct {
     int node_index;            /* position in the graph: with the step seed, keys random streams */
     const unet_backend *backend;
     int training;              /* batch norm: batch statistics; dropout: active */
+    int sizing_only;           /* the plan only sizes memory (unet info): never runs, so nothing is timed */
     int n_in;
     unet_shape in_shape[UNET_MAX_IN];
     unet_shape out_shape;

@@ -60,7 +60,8 @@ typedef enum {
     UNET_BEST_DICE,
     UNET_BEST_PIXEL_ACCURACY,
     UNET_BEST_PIXEL_ERROR,
-    UNET_BEST_RAND_ERROR
+    UNET_BEST_RAND_ERROR,
+    UNET_BEST_LOSS /* the loss the model trains on, of whole validation images */
 } unet_best_metric;
 /* --on-nonfinite: what a step with a NaN or infinite loss, gradient or statistic does (its update is dropped
  * either way): stop the run, or go on (at most --max-skips times) */

@@ -129,7 +129,7 @@ static const char *const cuda_graph_modes[] = {"auto", "off", NULL}; /* unet_cud
 static const char *const augment_devices[] = {"cpu", "cuda", NULL}; /* unet_augment_device's order */
 /* unet_best_metric's order; the names are the training log's keys */
 static const char *const best_metrics[] = {"none", "val_iou", "val_dice", "val_pixel_accuracy", "val_pixel_error",
-                                           "val_rand_error", NULL};
+                                           "val_rand_error", "val_loss", NULL};
 static const char *const nonfinite_policies[] = {"stop", "skip", NULL}; /* unet_nonfinite_policy's order */
 
 /* What each preset sets, as typed on the command line (index as in

@@ -313,6 +313,7 @@ static int describe_nodes(unet_plan *p, const schedule *s, char *err, size_t err
         a->node_index = k;
         a->backend = b;
         a->training = p->cfg.training;
+        a->sizing_only = p->cfg.plan_only;
         a->n_in = n->n_in;
         a->replica_sum = p->cfg.replica_sum;
         for (int i = 0; i < n->n_in; i++) a->in_shape[i] = p->shapes[n->in[i]];

@@ -519,6 +519,7 @@ static size_t choose_1x1(const unet_op_args *a, size_t workspace) {
     if (!g) return 0;
     size_t need = weight_prefix(a, p) + unet_gemm_plan_workspace(g);
     if (unet_gemm_path(g) != UNET_1X1_UNDECIDED) return need; /* the shape was measured at another node */
+    if (a->sizing_only) return need; /* unet info asks dozens of batches: a plan that runs measures its own */
     float ms_gemm = -1.0f, ms_cudnn = -1.0f;
     unet_1x1_path path = forced_1x1();
     const char *why = "UNET_CONV1X1";
