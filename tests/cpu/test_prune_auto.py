@@ -94,6 +94,8 @@ def test_auto_refuses_bad_input(trained):
     assert "add --val V.h5" in refused("--checkpoint", ckpt, "--auto", "--output", out)
     for t in ("1.5", "-0.1"):
         assert "tolerance" in refused("--checkpoint", ckpt, "--auto", "--val", data, "--tolerance", t, "--output", out)
+    missing = os.path.join(d, "no_such.h5")
+    assert "no_such.h5" in refused("--checkpoint", ckpt, "--auto", "--val", missing, "--output", out)
     assert "not both" in refused("--checkpoint", ckpt, "--auto", "--depth", 2, "--val", data, "--output", out)
     assert "for --auto" in refused("--checkpoint", ckpt, "--depth", 2, "--val", data, "--output", out)
     pruned = os.path.join(d, "l2.safetensors")

@@ -62,33 +62,29 @@ static void print_table(const unet_config *run, const depth_row *rows, int level
            (double)tol, best, rows[best].m.iou);
 }
 
-/* --auto: depths 1..levels of the checkpoint's network (run: its
- * configuration) pruned, scored on --val and measured; *depth the shallowest
- * within --tolerance of the best. */
-static int choose_depth(const unet_config *cfg, const unet_config *run, int levels, int *depth, char *err,
-                        size_t errlen) {
-    unet_config ev = *run;
-    ev.val = cfg->val;
+/* --auto: depths 1..levels of the checkpoint's network (ev: its
+ * configuration, --val the images v) pruned, scored and measured; *depth the
+ * shallowest within --tolerance of the best. */
+static int choose_depth(const unet_config *cfg, const unet_config *ev, const unet_val_data *v, int levels, int *depth,
+                        char *err, size_t errlen) {
     char device[128];
-    const unet_backend *b = unet_select_backend(&ev, device, sizeof device, err, errlen);
-    unet_val_data v;
-    if (!b || unet_val_data_open(&ev, &v, err, errlen)) return -1;
+    const unet_backend *b = unet_select_backend(ev, device, sizeof device, err, errlen);
+    if (!b) return -1;
     depth_row rows[UNET_MAX_LEVELS + 1];
     int best = 0, rc = 0;
     for (int d = 1; d <= levels && !rc; d++) {
-        unet_model_cfg pruned = run->model;
+        unet_model_cfg pruned = ev->model;
         pruned.prune_depth = d;
         pruned.deep_supervision = 0;
-        rc = unet_evaluate_pruned(&ev, &run->model, d, cfg->checkpoint, &v, &rows[d].m, err, errlen) ||
-             unet_measure_costs(&ev, b, &pruned, 0, &rows[d].cost, err, errlen);
+        rc = unet_evaluate_pruned(ev, &ev->model, d, cfg->checkpoint, v, &rows[d].m, err, errlen) ||
+             unet_measure_costs(ev, b, &pruned, 0, &rows[d].cost, err, errlen);
         if (!rc && (!best || rows[d].m.iou > rows[best].m.iou)) best = d;
     }
-    unet_val_data_close(&v);
     if (rc) return -1;
     *depth = best;
     for (int d = best; d >= 1; d--)
         if (rows[d].m.iou >= rows[best].m.iou - cfg->tolerance) *depth = d;
-    print_table(&ev, rows, levels, best, *depth, cfg->tolerance);
+    print_table(ev, rows, levels, best, *depth, cfg->tolerance);
     return 0;
 }
 
@@ -99,6 +95,8 @@ int unet_run_prune(unet_config *cfg) {
     float *params = NULL, *state = NULL;
     char *json = NULL;
     unet_run_progress progress = {0};
+    unet_config ev;           /* --auto: the configuration the depths are scored and timed under */
+    unet_val_data val = {0}; /* --auto: the images they are scored on */
     int depth = cfg->model.prune_depth;
 
     if (check_flags(cfg, err, sizeof err)) goto fail;
@@ -124,8 +122,11 @@ int unet_run_prune(unet_config *cfg) {
                      file_depth ? " (it is pruned already)" : "");
             goto fail;
         }
+        ev = out; /* the checkpoint's tile, batch and overlap, scored on --val */
+        ev.val = cfg->val;
+        if (unet_val_data_open(&ev, &val, err, sizeof err)) goto fail;
         code = 1; /* from here on a failure is the evaluation's */
-        if (choose_depth(cfg, &out, levels_deep, &depth, err, sizeof err)) goto fail;
+        if (choose_depth(cfg, &ev, &val, levels_deep, &depth, err, sizeof err)) goto fail;
     }
     if (depth > levels_deep) {
         snprintf(err, sizeof err, "--depth %d is deeper than the network of %s (depth %d): use 1..%d", depth,
@@ -159,6 +160,7 @@ fail:
 done:
     unet_model_free(&pruned);
     unet_model_free(&full);
+    unet_val_data_close(&val);
     free(params);
     free(state);
     free(json);
