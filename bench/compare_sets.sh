@@ -72,7 +72,10 @@ cmd=("$unet" compare --models unet,wide_unet,unet_plus,unetpp --match-params --d
      --steps "$steps" --seeds "$seeds" --seed 1 --val-every "$val_every" --save-every "$save_every"
      --device cpu --out "$out" "$@")
 # the exact command, beside the report it writes; a folder of another command is not mixed with this one's runs
-command=$(printf '%q ' "${cmd[@]}" | sed 's/ $//')
+quote() { # an argument as the shell takes it back, quoted only where it needs to be
+  case "$1" in *[!A-Za-z0-9_./,=:+-]*|"") printf '%q' "$1" ;; *) printf '%s' "$1" ;; esac
+}
+command=$(for a in "${cmd[@]}"; do quote "$a"; printf ' '; done | sed 's/ $//')
 if [ -f "$out/report.json" ] && [ "$(cat "$out/command.txt" 2>/dev/null)" != "$command" ]; then
   echo "compare_sets: $out holds the report of another command: remove the folder (git rm -r $out) to start" \
        "afresh, or set COMPARE_OUT" >&2
