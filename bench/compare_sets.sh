@@ -15,18 +15,21 @@
 #
 # The budget, 300 steps of batch 2, is for about two hours per set on an idle
 # 2-core CPU. Measured with `unet bench --device cpu --tile 256 --batch 2
-# --optimizer adam` on this project's 2-core machine while three other
-# builds ran on it (load average about 7): a step of U-Net 16..256 took
-# 3.2 s of wall time and 1.5 s of process CPU time, the wide U-Net 3.1 s /
-# 1.5 s, UNet+ (deep supervision) 6.4 s / 3.2 s, UNet++ (deep supervision)
-# about 7 s / 3.5 s: about 9.7 s of CPU for one step of all four models. On an
-# idle machine the two threads share that CPU time, so at 80% parallel
-# efficiency a step of the four takes about 9.7 / 2 / 0.8 = 6 s, and with 3
+# --optimizer adam --steps 6 --json` on this project's 2-core machine while
+# other builds and tests ran on it (load average 5 to 7), the median step of
+# U-Net 16..256 took 3.0-3.2 s of wall time and 1.5 s of process CPU time
+# (cpu_ms_median), the wide U-Net 3.1-3.3 s / 1.5-1.7 s, UNet+ (deep
+# supervision) 5.2-6.4 s / 2.6-3.2 s, UNet++ (deep supervision) 4.6-15 s /
+# 3.5-3.7 s: the wall times follow the load, the CPU times far less, so the
+# estimate starts from the CPU time, about 9.6 s for one step of all four
+# models. On an idle machine the two threads share it, so at 80% parallel
+# efficiency a step of the four takes about 9.6 / 2 / 0.8 = 6 s, and with 3
 # seeds one step of the comparison about 18 s: 300 steps 5400 s, and with
 # the validations (every 75 steps, whole images), the pruned depths'
 # evaluation and the costs measured first about 20% more, 6500 s, close to
-# 1.8 hours. Under the load above it takes about twice that. Each run saves
-# a checkpoint every 25 steps, and `unet compare` prints the runs done and
+# 1.8 hours (the 80% is assumed, not measured: no idle machine was at hand).
+# A loaded machine takes longer: the wall times above were 2 to 6 times
+# this idle estimate. Each run saves a checkpoint every 25 steps, and `unet compare` prints the runs done and
 # the time left; an interrupted comparison continues where it stopped when
 # this script is run again.
 #

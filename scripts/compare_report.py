@@ -237,7 +237,7 @@ def paired(a, b, key):
 
 def paired_table(report):
     models = {m["name"]: m for m in report["models"]}
-    pairs = [(a, b) for a, b in PAIRS if a in models and b in models]
+    pairs = [(a, b) for a, b in PAIRS if a in models and b in models and paired(models[a], models[b], "val_iou")]
     if not pairs:
         return ""
     text = ("\nPaired by seed (a seed gives both models the same initialisation seed, data order and augmentation): "
@@ -255,8 +255,10 @@ def paired_table(report):
 def difference_text(d):
     """'+0.0123 IoU (sd 0.0040, ahead in 3 of 3 seeds)', with a note when the mean is within two standard errors."""
     mean = sum(d) / len(d)
-    sd = (sum((v - mean) ** 2 for v in d) / (len(d) - 1)) ** 0.5 if len(d) > 1 else 0.0
-    clear = len(d) > 1 and abs(mean) > 2 * sd / len(d) ** 0.5
+    if len(d) == 1:
+        return "%+.4f IoU (one seed: no spread to judge it by)" % mean
+    sd = (sum((v - mean) ** 2 for v in d) / (len(d) - 1)) ** 0.5
+    clear = abs(mean) > 2 * sd / len(d) ** 0.5
     return "%+.4f IoU (sd %.4f, ahead in %d of %d seeds%s)" % (
         mean, sd, sum(v > 0 for v in d), len(d), "" if clear else ", within the seeds' spread")
 
