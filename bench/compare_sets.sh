@@ -13,28 +13,29 @@
 # 384..511 validation (datasets/nuclei.py; its wheel comes from PyPI, or put
 # stardist-0.9.1-*.whl in data/cache). The data goes to data/ (ignored by git).
 #
-# The budget, 300 steps of batch 2, is for about two hours per set on an idle
-# 2-core CPU. Measured with `unet bench --device cpu --tile 256 --batch 2
-# --optimizer adam --steps 6 --json` on this project's 2-core machine while
-# other builds and tests ran on it (load average 5 to 7), the median step of
-# U-Net 16..256 took 3.0-3.2 s of wall time and 1.5 s of process CPU time
-# (cpu_ms_median), the wide U-Net 3.1-3.3 s / 1.5-1.7 s, UNet+ (deep
-# supervision) 5.2-6.4 s / 2.6-3.2 s, UNet++ (deep supervision) 4.6-15 s /
-# 3.5-3.7 s: the wall times follow the load, the CPU times far less, so the
-# estimate starts from the CPU time, about 9.6 s for one step of all four
-# models. On an idle machine the two threads share it, so at 80% parallel
-# efficiency a step of the four takes about 9.6 / 2 / 0.8 = 6 s, and with 3
-# seeds one step of the comparison about 18 s: 300 steps 5400 s, and with
-# the validations (every 75 steps, whole images), the pruned depths'
-# evaluation and the costs measured first about 20% more, 6500 s, close to
-# 1.8 hours (the 80% is assumed, not measured: no idle machine was at hand).
-# A loaded machine takes longer: the wall times above were 2 to 6 times
-# this idle estimate. Each run saves a checkpoint every 25 steps, and `unet compare` prints the runs done and
+# The budget, 1500 steps of batch 2, is for about two hours per set on an
+# idle 2-core CPU, estimated from step times measured with `unet bench
+# --device cpu --tile 256 --batch 2 --optimizer adam --steps 10 --json` on
+# this project's machine while nothing else ran on it (top: 100% idle; two
+# repetitions agreed within 4%): the median step of U-Net 16..256 took
+# 194-198 ms, the wide U-Net 237-246 ms, UNet+ (deep supervision) 419-431 ms,
+# UNet++ (deep supervision) 514-516 ms: 1.39 s for one step of all four, 4.2 s
+# with 3 seeds, so 1500 steps train in about 6250 s. The rest, measured on
+# ISBI 2012 with this script at 40 steps and one seed: a U-Net run's 4
+# validations and its end took about 11 s beyond its steps; at 10
+# validations, UNet++'s larger network and its 4 pruned depths evaluated at
+# the end, about 220 s per seed for the four models, 660 s for three, and
+# the costs measured first about 60 s: about 6950 s, 1.9 hours (nuclei's
+# one validation image makes it a little shorter). Under load the steps are
+# far slower: while other builds and tests shared the two cores (load
+# average 5 to 7) the same benchmark took 3.0-3.2 s per U-Net step and
+# 4.6-15 s per UNet++ step, 10 to 30 times as long. Each run saves a
+# checkpoint every 125 steps, and `unet compare` prints the runs done and
 # the time left; an interrupted comparison continues where it stopped when
 # this script is run again.
 #
 # Overrides, for a quick check that the whole thing runs (never commit their
-# results): COMPARE_STEPS (300), COMPARE_SEEDS (3), COMPARE_OUT (the folder
+# results): COMPARE_STEPS (1500), COMPARE_SEEDS (3), COMPARE_OUT (the folder
 # under bench/results), UNET (build/unet). Extra arguments go to unet compare.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,7 @@ case "$set_name" in
 esac
 
 unet=${UNET:-build/unet}
-steps=${COMPARE_STEPS:-300}
+steps=${COMPARE_STEPS:-1500}
 seeds=${COMPARE_SEEDS:-3}
 out=${COMPARE_OUT:-bench/results/compare-$set_name}
 if [ ! -x "$unet" ]; then
@@ -56,8 +57,8 @@ fi
 case "$steps$seeds" in
   *[!0-9]*) echo "compare_sets: COMPARE_STEPS and COMPARE_SEEDS take whole numbers" >&2; exit 2 ;;
 esac
-# validations: 4 over the run, checkpoints: 12 (never 0, for a tiny budget)
-val_every=$(( steps / 4 > 0 ? steps / 4 : 1 ))
+# validations: 10 over the run, checkpoints: 12 (never 0, for a tiny budget)
+val_every=$(( steps / 10 > 0 ? steps / 10 : 1 ))
 save_every=$(( steps / 12 > 0 ? steps / 12 : 1 ))
 
 mkdir -p data "$out"
