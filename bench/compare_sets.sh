@@ -20,13 +20,14 @@
 # repetitions agreed within 4%): the median step of U-Net 16..256 took
 # 194-198 ms, the wide U-Net 237-246 ms, UNet+ (deep supervision) 419-431 ms,
 # UNet++ (deep supervision) 514-516 ms: 1.39 s for one step of all four, 4.2 s
-# with 3 seeds, so 1500 steps train in about 6250 s. The rest, measured on
-# ISBI 2012 with this script at 40 steps and one seed: a U-Net run's 4
-# validations and its end took about 11 s beyond its steps; at 10
-# validations, UNet++'s larger network and its 4 pruned depths evaluated at
-# the end, about 220 s per seed for the four models, 660 s for three, and
-# the costs measured first about 60 s: about 6950 s, 1.9 hours (nuclei's
-# one validation image makes it a little shorter). Under load the steps are
+# with 3 seeds, so 1500 steps train in about 6250 s. The rest: a U-Net run
+# of this script on ISBI 2012 at 40 steps (4 validations), on the idle
+# machine, took 19 s, about 11 s beyond its steps; scaled by the models'
+# step times to 10 validations and UNet++'s and UNet+'s 4 pruned depths
+# evaluated at the end, that is about 220 s per seed for the four models
+# (an estimate: the larger models' runs were not timed idle), 660 s for
+# three, and the costs measured first about 60 s: about 6950 s, 1.9 hours
+# (nuclei's one validation image makes it a little shorter). Under load the steps are
 # far slower: while other builds and tests shared the two cores (load
 # average 5 to 7) the same benchmark took 3.0-3.2 s per U-Net step and
 # 4.6-15 s per UNet++ step, 10 to 30 times as long. Each run saves a
