@@ -62,15 +62,7 @@ esac
 val_every=$(( steps / 10 > 0 ? steps / 10 : 1 ))
 save_every=$(( steps / 12 > 0 ? steps / 12 : 1 ))
 
-mkdir -p data "$out"
-if [ "$set_name" = isbi2012 ]; then
-  [ -f data/isbi2012_val.h5 ] || /usr/bin/python3 datasets/isbi2012.py --out data
-  train=data/isbi2012_train.h5 val=data/isbi2012_val.h5
-else
-  [ -f data/nuclei_val.h5 ] || /usr/bin/python3 datasets/nuclei.py --out data --cache data/cache
-  train=data/nuclei_train.h5 val=data/nuclei_val.h5
-fi
-
+train=data/${set_name}_train.h5 val=data/${set_name}_val.h5
 cmd=("$unet" compare --models unet,wide_unet,unet_plus,unetpp --match-params --deep-supervision
      --data "$train" --val "$val" --padding same --filters 16,32,64,128,256 --classes 1
      --tile 256 --batch 2 --augment paper --optimizer adam --lr 1e-3 --schedule cosine
@@ -86,6 +78,15 @@ if [ -f "$out/report.json" ] && [ "$(cat "$out/command.txt" 2>/dev/null)" != "$c
        "afresh, or set COMPARE_OUT" >&2
   exit 2
 fi
+
+mkdir -p data "$out"
+if [ ! -f "$val" ]; then
+  if [ "$set_name" = isbi2012 ]; then
+    /usr/bin/python3 datasets/isbi2012.py --out data
+  else
+    /usr/bin/python3 datasets/nuclei.py --out data --cache data/cache
+  fi
+fi
 echo "$command" > "$out/command.txt"
-echo "compare_sets: $(cat "$out/command.txt")"
+echo "compare_sets: $command"
 "${cmd[@]}"
