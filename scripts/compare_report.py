@@ -274,12 +274,14 @@ def ordering_text(models):
     holds = sum(d1) > 0 and sum(d2) > 0
     order = sorted((("UNet++", pp), ("wide U-Net", wide), ("U-Net", unet)),
                    key=lambda x: -sum(x[1]["val_iou"]["runs"]) / len(x[1]["val_iou"]["runs"]))
+    first, second = difference_text(d1), difference_text(d2)
+    note = (" (Within the seeds' spread: the mean difference is less than two standard errors.)"
+            if "within the seeds' spread" in first + second else "")
     return ("\n**The papers' ordering (UNet++ > wide U-Net > U-Net on IoU) %s here**: UNet++ − wide U-Net %s; "
-            "wide U-Net − U-Net %s. Mean IoU, highest first: %s. (Within the seeds' spread: the mean difference is "
-            "less than two standard errors.)\n"
-            % ("holds" if holds else "does not hold", difference_text(d1), difference_text(d2),
+            "wide U-Net − U-Net %s. Mean IoU, highest first: %s.%s\n"
+            % ("holds" if holds else "does not hold", first, second,
                ", ".join("%s %.4f" % (name, sum(m["val_iou"]["runs"]) / len(m["val_iou"]["runs"]))
-                         for name, m in order)))
+                         for name, m in order), note))
 
 
 def flatness_text(report, out_dir):
