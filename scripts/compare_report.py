@@ -33,15 +33,16 @@ BENCH_STEPS_BEFORE_RECORDED = 10  # reports that do not say how many steps `unet
 # ---- plots -------------------------------------------------------------------
 
 def validation_curve(path):
-    """(steps, IoUs) of the validations in one run's log."""
-    steps, ious = [], []
+    """(steps, IoUs) of the validations in one run's log. A run continued from a checkpoint appends to its log
+    from the checkpoint's step: a step validated twice counts once, as the continued run saw it."""
+    by_step = {}
     with open(path) as f:
         for line in f:
             o = json.loads(line)
             if "val_iou" in o:
-                steps.append(o["step"])
-                ious.append(o["val_iou"])
-    return steps, ious
+                by_step[o["step"]] = o["val_iou"]
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
 
 
 def plot_curves(plt, report, out_dir):
@@ -123,13 +124,23 @@ def as_float32(x):
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
+def spread(values, signed=False):
+    """Mean ± sample standard deviation (min..max) over the seeds; the value alone for one seed, a dash for none."""
+    form = "%+.4f" if signed else "%.4f"
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return form % mean
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return (form + " ± %.4f (" + form + ".." + form + ")") % (mean, sd, min(values), max(values))
+
+
 def mean_sd(r):
-    """Mean ± sample standard deviation over the seeds (the mean alone for one seed); a dash when absent."""
+    """A metric of report.json over the seeds, as spread() writes it; a dash when absent."""
     if r is None:
         return "–"
-    if len(r["runs"]) > 1:
-        return "%.4f ± %.4f" % (r["mean"], r["sd"])
-    return "%.4f" % r["mean"]
+    return spread(r["runs"])
 
 
 def metrics(o):
@@ -145,14 +156,20 @@ def settings_text(report):
     s = report["settings"]
     c = s["config"]
     classes, seeds = c["classes"], c["seeds"]
-    return ("Every model trained under the same settings: data `%s`, validation `%s`, %d steps, batch %d, tile %d, "
+    done = ""
+    if s.get("runs_done", s.get("runs_total")) != s.get("runs_total"):
+        done = ("**Partial report: %d of %d runs done** (the comparison is still running, or was interrupted: the "
+                "same command continues it).\n\n" % (s["runs_done"], s["runs_total"]))
+    return done + ("Every model trained under the same settings: data `%s`, validation `%s`, %d steps, batch %d, tile %d, "
             "%s padding, %d class%s (%s loss), %s lr %g (%s schedule), augmentation `%s`, seeds %d..%d "
             "(%d run%s per model)%s.\n\n"
             % (c["data"], c["val"] or "held-out share of the training data", c["steps"], c["batch"], c["tile"],
                c["padding"], classes, "" if classes == 1 else "es", c["loss"], c["optimizer"], as_float32(c["lr"]),
                c["schedule"], c["augment"], c["seed"], c["seed"] + seeds - 1, seeds, "" if seeds == 1 else "s",
                ", deep supervision for every model but U-Net" if c["deep_supervision"] else "")
-            + "Device: %s (%s). Date: %s. Wall time %.0f s.\n\n" % (s["device"], s["machine"], s["date"], s["wall_s"]))
+            + "Device: %s (%s). Date: %s. Wall time %.0f s%s.\n\n"
+            % (s["device"], s["machine"], s["date"], s["wall_s"],
+               " (this invocation; the runs' own: %.0f s)" % s["runs_wall_s"] if "runs_wall_s" in s else ""))
 
 
 def match_text(report):
@@ -204,6 +221,111 @@ def pruning_table(report):
     return text
 
 
+METRICS = (("val_iou", "IoU"), ("val_dice", "Dice"), ("val_pixel_error", "pixel error"),
+           ("val_rand_error", "Rand error"))
+PAIRS = (("unetpp", "unet"), ("unetpp", "wide_unet"), ("wide_unet", "unet"))
+
+
+def paired(a, b, key):
+    """a's value minus b's, seed by seed (the seeds both have run); none when a report.json of an older unet
+    lacks the metric."""
+    if key not in a or key not in b:
+        return []
+    n = min(len(a[key]["runs"]), len(b[key]["runs"]))
+    return [x - y for x, y in zip(a[key]["runs"][:n], b[key]["runs"][:n])]
+
+
+def paired_table(report):
+    models = {m["name"]: m for m in report["models"]}
+    pairs = [(a, b) for a, b in PAIRS if a in models and b in models and paired(models[a], models[b], "val_iou")]
+    if not pairs:
+        return ""
+    text = ("\nPaired by seed (a seed gives both models the same initialisation seed, data order and augmentation): "
+            "the first model's value minus the second's, mean ± sample standard deviation (min..max) over the seeds; "
+            "for IoU and Dice higher is better, for the errors lower.\n\n| Difference | Seeds | %s |\n|---|---:|%s\n"
+            % (" | ".join(name for _, name in METRICS), "---:|" * len(METRICS)))
+    for a, b in pairs:
+        ma, mb = models[a], models[b]
+        diffs = [paired(ma, mb, key) for key, _ in METRICS]
+        text += "| %s − %s | %d | %s |\n" % (ma["label"], mb["label"], len(diffs[0]),
+                                             " | ".join(spread(d, signed=True) for d in diffs))
+    return text + ordering_text(models)
+
+
+def difference_text(d):
+    """'+0.0123 IoU (sd 0.0040, ahead in 3 of 3 seeds)', with a note when the mean is within two standard errors."""
+    mean = sum(d) / len(d)
+    if len(d) == 1:
+        return "%+.4f IoU (one seed: no spread to judge it by)" % mean
+    sd = (sum((v - mean) ** 2 for v in d) / (len(d) - 1)) ** 0.5
+    clear = abs(mean) > 2 * sd / len(d) ** 0.5
+    return "%+.4f IoU (sd %.4f, ahead in %d of %d seeds%s)" % (
+        mean, sd, sum(v > 0 for v in d), len(d), "" if clear else ", within the seeds' spread")
+
+
+def ordering_text(models):
+    """One sentence: does the papers' ordering on IoU (UNet++ > wide U-Net > U-Net) hold here, and by how much."""
+    if not all(k in models for k in ("unetpp", "wide_unet", "unet")):
+        return ""
+    pp, wide, unet = models["unetpp"], models["wide_unet"], models["unet"]
+    d1, d2 = paired(pp, wide, "val_iou"), paired(wide, unet, "val_iou")
+    if not d1 or not d2:
+        return ""
+    holds = sum(d1) > 0 and sum(d2) > 0
+    order = sorted((("UNet++", pp), ("wide U-Net", wide), ("U-Net", unet)),
+                   key=lambda x: -sum(x[1]["val_iou"]["runs"]) / len(x[1]["val_iou"]["runs"]))
+    first, second = difference_text(d1), difference_text(d2)
+    note = (" (Within the seeds' spread: the mean difference is less than two standard errors.)"
+            if "within the seeds' spread" in first + second else "")
+    return ("\n**The papers' ordering (UNet++ > wide U-Net > U-Net on IoU) %s here**: UNet++ − wide U-Net %s; "
+            "wide U-Net − U-Net %s. Mean IoU, highest first: %s.%s\n"
+            % ("holds" if holds else "does not hold", first, second,
+               ", ".join("%s %.4f" % (name, sum(m["val_iou"]["runs"]) / len(m["val_iou"]["runs"]))
+                         for name, m in order), note))
+
+
+def flatness_text(report, out_dir):
+    """How far from flat the validation curves still were: the IoU gained over the last quarter of the steps."""
+    lines = []
+    for m in report["models"]:
+        gains = []
+        for log in m["logs"]:
+            path = os.path.join(out_dir, log)
+            if not os.path.exists(path):
+                continue
+            steps, ious = validation_curve(path)
+            if len(steps) < 2:
+                continue
+            cut = steps[-1] - (steps[-1] - steps[0]) / 4.0
+            before = [i for s, i in zip(steps, ious) if s <= cut]
+            if before:
+                gains.append(ious[-1] - before[-1])
+        if gains:
+            lines.append("%s %s" % (m["label"], spread(gains, signed=True)))
+    if not lines:
+        return ""
+    return ("\nHow far from flat: the validation IoU of the last step minus that of the last validation before the "
+            "last quarter of the steps, over the seeds: %s.\n" % "; ".join(lines))
+
+
+def auto_depth_text(report, tolerance=0.01):
+    """The depth `unet prune --auto --tolerance T` would choose for each seed's run, from the pruning table's IoUs."""
+    text = ""
+    for m in report["models"]:
+        if not m["pruning"]:
+            continue
+        per_seed = []
+        for seed in range(len(m["pruning"][0]["val_iou"]["runs"])):
+            ious = [p["val_iou"]["runs"][seed] for p in m["pruning"]]
+            per_seed.append(next(p["depth"] for p, v in zip(m["pruning"], ious) if v >= max(ious) - tolerance))
+        if per_seed:
+            text += "%s: %s. " % (m["label"], ", ".join("L%d" % d for d in per_seed))
+    if not text:
+        return ""
+    return ("\nThe depth `unet prune --auto --tolerance %g` chooses (the shallowest within %g IoU of the best head), "
+            "seed by seed: %s\n" % (tolerance, tolerance, text.strip()))
+
+
 def class_table(report):
     classes = report["settings"]["config"]["classes"]
     if classes < 3:
@@ -224,16 +346,17 @@ def notes_text(report):
     s = report["settings"]
     return ("\nIoU and Dice: foreground (class 1, or the mean over classes 1..K-1), over whole validation images "
             "(overlap-tile prediction), after the last step; pixel error over every pixel; Rand error: the ISBI 2012 "
-            "foreground-restricted V_rand, 1 - its mean over images; mean ± sample standard deviation over the seeds. "
+            "foreground-restricted V_rand, 1 - its mean over images; mean ± sample standard deviation (min..max) over the seeds. "
             "Train images/s and inference times: `unet bench` code path on random data, the fastest of %d timed steps "
             "after %d warm-up. Train activations: the planned memory arena of a training step at batch %d. Per-run "
             "logs: `runs/*.jsonl`; every number above is in `report.json`.\n"
             % (s.get("bench_steps", BENCH_STEPS_BEFORE_RECORDED), s["config"]["bench_warmup"], s["config"]["batch"]))
 
 
-def markdown(report, have_plots):
+def markdown(report, have_plots, out_dir):
     text = "# U-Net family compared (`unet compare`)\n\n"
-    text += settings_text(report) + match_text(report) + models_table(report) + pruning_table(report)
+    text += settings_text(report) + match_text(report) + models_table(report) + paired_table(report)
+    text += flatness_text(report, out_dir) + pruning_table(report) + auto_depth_text(report)
     text += class_table(report) + notes_text(report)
     if have_plots:
         text += "\n![validation IoU over steps](val_iou.png)\n\n![IoU against inference time](pruning.png)\n"
@@ -254,7 +377,7 @@ def main():
     with open(os.path.join(out_dir, "report.json")) as f:
         report = json.load(f)
     have_plots = draw_plots(report, out_dir)
-    write_atomically(os.path.join(out_dir, "report.md"), markdown(report, have_plots))
+    write_atomically(os.path.join(out_dir, "report.md"), markdown(report, have_plots, out_dir))
     print("wrote %s/report.md%s" % (out_dir, ", val_iou.png and pruning.png" if have_plots else ""))
 
 

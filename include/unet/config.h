@@ -143,6 +143,8 @@ typedef struct {
     const char *models;             /* compare: comma-separated model names */
     const char *out_dir;            /* compare: report directory */
     int seeds;                      /* compare: runs per model, seeds --seed, --seed + 1, ... */
+    int auto_depth;                 /* prune --auto: the shallowest depth within --tolerance of the best head */
+    float tolerance;                /* prune --auto: IoU the chosen head may give up against the best */
 
     /* which options the command line (not a default, a checkpoint or a
      * preset) set, by index in the option table */

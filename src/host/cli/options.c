@@ -199,6 +199,12 @@ static const option options[] = {
      .group = G_MODEL, .flags = OPTF_NO_JSON, .check = check_match_params,
      .help = "the U-Net width whose parameter count comes closest to the model of the other flags as --model MODEL "
              "(alone: unetpp), or to N parameters"},
+    {"auto", OPT_FLAG, F(auto_depth), .commands = PRUNE, .group = G_MODEL, .flags = OPTF_NO_JSON,
+     .help = "choose the depth: every head of a deep-supervised checkpoint scored on --val, the shallowest whose IoU "
+             "is within --tolerance of the best head's"},
+    {"tolerance", OPT_FLOAT, F(tolerance), .min = 0, .max = 1, .def = "0.01", .meta = "T", .commands = PRUNE,
+     .group = G_MODEL, .flags = OPTF_NO_JSON,
+     .help = "prune --auto: the IoU (0..1) the chosen depth may give up against the best head"},
     {"models", OPT_STRING, F(models), .def = "unet,unet_e,unet_plus,unetpp", .meta = "M1,M2,...",
      .commands = COMPARE, .group = G_MODEL, .flags = OPTF_NO_JSON,
      .help = "models to compare: unet, unet_e, unet_plus, unetpp, wide_unet (the U-Net of --match-params)"},
@@ -267,8 +273,9 @@ static const option options[] = {
     {"masks", OPT_STRING, F(masks), .meta = "DIR", .commands = UNET_CMD_DATA_IMPORT, .group = G_DATA,
      .help = "folder of masks named like the images: two values (a binary mask) give label = mask > 0; more give "
              "instances = mask and label = mask > 0"},
-    {"val", OPT_STRING, F(val), .meta = "V.h5", .commands = TRAIN | UNET_CMD_DATA_SPLIT, .group = G_DATA,
-     .help = "train: the validation dataset; data split: the share of images to hold out (as --val-fraction)"},
+    {"val", OPT_STRING, F(val), .meta = "V.h5", .commands = TRAIN | PRUNE | UNET_CMD_DATA_SPLIT, .group = G_DATA,
+     .help = "train: the validation dataset; prune --auto: the images its heads are scored on; data split: the "
+             "share of images held out, as --val-fraction"},
     {"input", OPT_STRING, F(input), .meta = "D.h5", .commands = PREDICT, .group = G_DATA,
      .help = "HDF5 dataset to predict (raw)"},
     {"raw-key", OPT_STRING, F(raw_key), .def = "raw", .meta = "NAME", .commands = TRAIN | PREDICT | EVAL | DATA_WEIGHTS,
@@ -290,10 +297,10 @@ static const option options[] = {
     {"save", OPT_STRING, F(save), .meta = "C.safetensors", .commands = TRAIN_ONLY, .group = G_OUTPUT,
      .help = "write the checkpoint here (atomically); periodic and best ones go beside it as C.step<N>.safetensors "
              "and C.best.safetensors"},
-    {"save-every", OPT_LONG, F(save_every), .min = 0, .max = 1e15, .def = "0", .meta = "N", .commands = TRAIN_ONLY,
+    {"save-every", OPT_LONG, F(save_every), .min = 0, .max = 1e15, .def = "0", .meta = "N", .commands = TRAIN,
      .group = G_OUTPUT, .help = "a checkpoint beside --save every N steps (0: by time alone)"},
     {"save-every-min", OPT_FLOAT, F(save_every_min), .min = 0, .max = 1e6, .def = "15", .meta = "M",
-     .commands = TRAIN_ONLY, .group = G_OUTPUT,
+     .commands = TRAIN, .group = G_OUTPUT,
      .help = "a checkpoint beside --save every M minutes of wall time, so that a run killed without warning loses "
              "at most that (0: off)"},
     {"keep", OPT_INT, F(keep), .min = 1, .max = 1 << 20, .def = "2", .meta = "K", .commands = TRAIN_ONLY,

@@ -7,7 +7,13 @@
  * steps); deep-supervised models are also evaluated pruned to every depth,
  * through the same whole-image evaluation validation uses. The numbers go
  * to DIR/report.json, the runs' logs to DIR/runs/; scripts/compare_report.py
- * writes the report (DIR/report.md and its plots) from those files.
+ * writes the report (DIR/report.md and its plots) from those files, again
+ * as each run finishes.
+ *
+ * A comparison can be left alone: each finished run leaves
+ * DIR/runs/<model>_seed<S>.result.json, and the same command run again
+ * keeps those runs, continues the unfinished one from its newest periodic
+ * checkpoint (--save-every, --save-every-min) and trains the rest.
  *
  * In-process rather than one subprocess per run: the runs share the
  * backend, report.json gets numbers rather than parsed text, and nothing
@@ -28,9 +34,10 @@
 
 #include "host/common/util.h"
 #include "host/model/match.h"
-#include "host/train/evaluate.h"
+#include "host/train/checkpoint_config.h"
+#include "host/train/depths.h"
+#include "host/train/run_files.h"
 #include "host/train/session.h"
-#include "unet/bench.h"
 #include "unet/checkpoint.h"
 #include "unet/commands.h"
 
@@ -38,7 +45,6 @@ extern char **environ;
 
 #define MAX_MODELS 8
 #define PATH_LEN (UNET_CONFIG_STRING_MAX + 128)
-#define BENCH_STEPS 10 /* timed steps per measurement, after --bench-warmup */
 
 typedef struct {
     double *v; /* one value per seed */
@@ -209,13 +215,37 @@ static void free_result(model_result *m) {
     for (int d = 0; d <= UNET_MAX_LEVELS; d++) free_val_runs(&m->depth[d].val);
 }
 
-static double member(json_object *o, const char *key) {
+static double member(json_object *o, const char *prefix, const char *key) {
+    char name[96];
     json_object *v;
-    return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : NAN;
+    snprintf(name, sizeof name, "%s%s", prefix, key);
+    return json_object_object_get_ex(o, name, &v) ? json_object_get_double(v) : NAN;
 }
 
-/* The last validation of a run's log (the members unet_seg_metrics_json
- * wrote), and the step it was taken at. */
+/* The metrics unet_seg_metrics_json wrote into o with this prefix; 0 when o
+ * has none. */
+static int metrics_from_json(json_object *o, const char *prefix, int classes, unet_seg_metrics *m) {
+    memset(m, 0, sizeof *m);
+    m->classes = classes;
+    m->iou = member(o, prefix, "iou");
+    if (isnan(m->iou)) return 0;
+    m->dice = member(o, prefix, "dice");
+    m->pixel_accuracy = member(o, prefix, "pixel_accuracy");
+    m->pixel_error = member(o, prefix, "pixel_error");
+    m->rand_error = member(o, prefix, "rand_error");
+    for (int c = 1; c <= unet_seg_metrics_foreground(m); c++) {
+        char key[64];
+        snprintf(key, sizeof key, "iou_class%d", c);
+        m->iou_class[c] = member(o, prefix, key);
+        snprintf(key, sizeof key, "dice_class%d", c);
+        m->dice_class[c] = member(o, prefix, key);
+        snprintf(key, sizeof key, "rand_error_class%d", c);
+        m->rand_error_class[c] = member(o, prefix, key);
+    }
+    return 1;
+}
+
+/* The last validation of a run's log, and the step it was taken at. */
 static int last_validation(const char *log, int classes, unet_seg_metrics *m, long *step, char *err, size_t errlen) {
     FILE *f = fopen(log, "r");
     if (!f) {
@@ -225,23 +255,11 @@ static int last_validation(const char *log, int classes, unet_seg_metrics *m, lo
     char *line = NULL;
     size_t cap = 0;
     int found = 0;
-    memset(m, 0, sizeof *m);
-    m->classes = classes;
     while (getline(&line, &cap, f) > 0) {
         json_object *o = json_tokener_parse(line), *v;
-        if (o && json_object_object_get_ex(o, "val_iou", &v)) {
-            m->iou = json_object_get_double(v);
-            m->dice = member(o, "val_dice");
-            m->pixel_accuracy = member(o, "val_pixel_accuracy");
-            m->pixel_error = member(o, "val_pixel_error");
-            m->rand_error = member(o, "val_rand_error");
-            for (int c = 1; c <= unet_seg_metrics_foreground(m); c++) {
-                char key[64];
-                snprintf(key, sizeof key, "val_iou_class%d", c);
-                m->iou_class[c] = member(o, key);
-                snprintf(key, sizeof key, "val_dice_class%d", c);
-                m->dice_class[c] = member(o, key);
-            }
+        unet_seg_metrics here;
+        if (o && metrics_from_json(o, "val_", classes, &here)) {
+            *m = here;
             if (json_object_object_get_ex(o, "step", &v)) *step = json_object_get_int64(v);
             found = 1;
         }
@@ -251,86 +269,6 @@ static int last_validation(const char *log, int classes, unet_seg_metrics *m, lo
     fclose(f);
     if (!found) snprintf(err, errlen, "the run's log %.900s has no validation", log);
     return found ? 0 : -1;
-}
-
-/* The validation images of the runs: --val, or the --val-fraction split of --data. */
-typedef struct {
-    unet_dataset *train_ds, *val_ds;
-    unet_data_view view;
-} val_data;
-
-static int open_validation(const unet_config *cfg, val_data *v, char *err, size_t errlen) {
-    memset(v, 0, sizeof *v);
-    unet_dataset_opts o = {.raw_key = cfg->raw_key[0] ? cfg->raw_key : NULL,
-                           .label_key = cfg->label_key[0] ? cfg->label_key : NULL,
-                           .classes = cfg->model.classes};
-    if (cfg->val[0]) {
-        if (unet_dataset_open(cfg->val, &o, &v->val_ds, err, errlen)) return -1;
-        v->view = unet_data_view_all(v->val_ds);
-        return 0;
-    }
-    unet_data_view train;
-    if (unet_dataset_open(cfg->data, &o, &v->train_ds, err, errlen)) return -1;
-    return unet_data_split(v->train_ds, cfg->val_fraction, &train, &v->view, err, errlen);
-}
-
-static void close_validation(val_data *v) {
-    if (v->train_ds) unet_dataset_close(v->train_ds);
-    if (v->val_ds) unet_dataset_close(v->val_ds);
-}
-
-/* The metrics of a checkpoint's network pruned to `depth` (head d alone),
- * over whole validation images as `unet eval --mode fast --depth d` sees them. */
-static int evaluate_pruned(const unet_config *cfg, const unet_model_cfg *full, int depth, const char *checkpoint,
-                           const val_data *v, unet_seg_metrics *m, char *err, size_t errlen) {
-    unet_config run = *cfg;
-    run.model = *full;
-    run.model.prune_depth = depth;
-    run.model.deep_supervision = 0;
-    unet_session s;
-    unet_plan *plan = NULL;
-    int rc = -1;
-    if (unet_session_build(&s, &run, 0, 0, err, errlen)) goto out;
-    unet_param_init_host(s.model.graph, 0, s.host_params, s.host_state);
-    if (unet_checkpoint_load_weights(checkpoint, s.model.graph, s.host_params, s.host_state, err, errlen)) goto out;
-    unet_session_upload(&s);
-    unet_plan_cfg pc = {.batch = run.batch, .height = run.tile, .width = run.tile, .training = 0};
-    plan = unet_plan_compile(s.model.graph, &s.pb, pc, err, errlen);
-    unet_tiling t;
-    if (!plan || unet_tiling_init(&t, plan, unet_pool_levels(&run.model), run.overlap, err, errlen)) goto out;
-    unet_seg_stats stats;
-    if (unet_evaluate_view(plan, &t, &v->view, &run.model, &stats, 1, err, errlen)) goto out;
-    *m = unet_seg_stats_finish(&stats);
-    rc = 0;
-out:
-    unet_plan_free(plan);
-    unet_session_free(&s);
-    return rc;
-}
-
-/* Parameters, FLOPs and planned training memory (unet info), and the
- * training throughput and inference time (unet bench) of one model. Times
- * are the fastest of the timed steps: on a shared machine (two cores and
- * other jobs, OpenMP threads waiting on each other) the median can jump
- * tenfold, the fastest step is the one least disturbed. */
-static int measure(const unet_config *cfg, const unet_backend *b, const unet_model_cfg *m, size_t *params,
-                   double *flops, size_t *train_bytes, double *train_ips, double *infer_ms, char *err, size_t errlen) {
-    unet_model_info info;
-    if (unet_model_info_get(m, b, cfg->tile, cfg->batch, &info, err, errlen)) return -1;
-    *params = info.params;
-    *flops = info.flops_per_image;
-    if (train_bytes) *train_bytes = info.train_activation_bytes;
-    unet_bench_cfg bc = {.tile = cfg->tile, .batch = cfg->batch, .warmup = cfg->bench_warmup, .steps = BENCH_STEPS,
-                         .seed = cfg->seed, .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO};
-    unet_bench_result r;
-    if (train_ips) {
-        if (unet_bench_run(m, &cfg->optim, b, &bc, &r, err, errlen)) return -1;
-        *train_ips = cfg->batch / (r.ms_min / 1e3);
-    }
-    bc.inference = 1;
-    if (unet_bench_run(m, &cfg->optim, b, &bc, &r, err, errlen)) return -1;
-    *infer_ms = r.ms_min / cfg->batch;
-    return 0;
 }
 
 static json_object *runs_json(const runs *r) {
@@ -401,8 +339,11 @@ typedef struct {
     unet_model_cfg match_ref; /* the model of that count (levels 0: a number was given) */
     const unet_backend *backend;
     char device[128];         /* the backend in words */
-    val_data val;
+    unet_val_data val;
     double t0;
+    double run_s[MAX_MODELS]; /* the summed wall time of each model's finished runs, for the time left */
+    int runs_timed[MAX_MODELS];
+    int runs_done;
 } comparison;
 
 /* The flags, the models and the count wide_unet matches, the backend,
@@ -442,13 +383,13 @@ static int compare_open(comparison *c, unet_config *cfg, char *err, size_t errle
     /* fail fast on outputs: the report goes to DIR, the runs' logs and checkpoints to DIR/runs */
     return unet_check_output_dir(cfg->out_dir, "--out", 1, err, errlen) ||
                    unet_check_output_dir(runs_dir, "--out", 1, err, errlen) ||
-                   open_validation(cfg, &c->val, err, errlen)
+                   unet_val_data_open(cfg, &c->val, err, errlen)
                ? -1
                : 0;
 }
 
 static void compare_close(comparison *c) {
-    close_validation(&c->val);
+    unet_val_data_close(&c->val);
     for (int i = 0; i < MAX_MODELS; i++) free_result(&c->models[i]);
 }
 
@@ -458,70 +399,19 @@ static int measure_models(comparison *c, char *err, size_t errlen) {
         model_result *m = &c->models[i];
         printf("== %s: parameters, FLOPs, memory and timing\n", m->name);
         fflush(stdout);
-        if (measure(c->cfg, c->backend, &m->model, &m->params, &m->flops, &m->train_activation_bytes,
-                    &m->train_images_per_s, &m->infer_ms, err, errlen))
-            return -1;
+        unet_model_costs k;
+        if (unet_measure_costs(c->cfg, c->backend, &m->model, 1, &k, err, errlen)) return -1;
+        m->params = k.params, m->flops = k.flops, m->train_activation_bytes = k.train_bytes;
+        m->train_images_per_s = k.train_images_per_s, m->infer_ms = k.infer_ms;
         for (int d = 1; d <= m->pruned_depths; d++) {
             unet_model_cfg p = m->model;
             p.prune_depth = d;
             p.deep_supervision = 0;
             depth_result *r = &m->depth[d];
-            if (measure(c->cfg, c->backend, &p, &r->params, &r->flops, NULL, NULL, &r->infer_ms, err, errlen))
-                return -1;
+            if (unet_measure_costs(c->cfg, c->backend, &p, 0, &k, err, errlen)) return -1;
+            r->params = k.params, r->flops = k.flops, r->infer_ms = k.infer_ms;
         }
     }
-    return 0;
-}
-
-/* One run of one model: trained by unet train's own run into
- * DIR/runs/<model>_seed<S>.jsonl, its metrics those of the log's last
- * validation, then every pruned depth evaluated from its checkpoint, which
- * goes once they are (a full comparison would leave gigabytes behind). */
-static int run_one(comparison *c, model_result *m, uint64_t seed, int number, char *err, size_t errlen) {
-    const unet_config *cfg = c->cfg;
-    unet_config run = *cfg;
-    char log[PATH_LEN], ckpt[PATH_LEN];
-    run.model = m->model;
-    run.seed = seed;
-    run_path(log, sizeof log, cfg->out_dir, m->name, seed, "jsonl");
-    run_path(ckpt, sizeof ckpt, cfg->out_dir, m->name, seed, "safetensors");
-    run.log = log;
-    run.save = ckpt;
-    run.save_every_min = 0; /* the run's checkpoint is evaluated and removed: no periodic ones beside it */
-    printf("== %s, seed %llu (run %d of %d)\n", m->name, (unsigned long long)seed, number, cfg->seeds * c->n_models);
-    fflush(stdout);
-    if (unet_run_train(&run)) {
-        snprintf(err, errlen, "training %.15s with seed %llu failed (its message is above)", m->name,
-                 (unsigned long long)seed);
-        return -1;
-    }
-    long step = 0;
-    unet_seg_metrics val_m;
-    if (last_validation(log, cfg->model.classes, &val_m, &step, err, errlen)) return -1;
-    if (step != cfg->steps) {
-        snprintf(err, errlen, "the %.15s run stopped at step %ld of %ld: the comparison is incomplete", m->name, step,
-                 cfg->steps);
-        return -1;
-    }
-    add_run(&m->val, &val_m);
-    for (int d = 1; d <= m->pruned_depths; d++) {
-        unet_seg_metrics pm;
-        if (evaluate_pruned(cfg, &m->model, d, ckpt, &c->val, &pm, err, errlen)) return -1;
-        add_run(&m->depth[d].val, &pm);
-        printf("   pruned to L%d: IoU %.4f  Dice %.4f  pixel error %.4f  Rand error %.4f\n", d, pm.iou, pm.dice,
-               pm.pixel_error, pm.rand_error);
-        unet_seg_metrics_print_classes(stdout, &pm, "     ");
-    }
-    unlink(ckpt);
-    return 0;
-}
-
-/* Seed by seed, every model once per seed. */
-static int run_models(comparison *c, char *err, size_t errlen) {
-    for (int s = 0; s < c->cfg->seeds; s++)
-        for (int i = 0; i < c->n_models; i++)
-            if (run_one(c, &c->models[i], c->cfg->seed + (uint64_t)s, s * c->n_models + i + 1, err, errlen))
-                return -1;
     return 0;
 }
 
@@ -542,7 +432,12 @@ static json_object *settings_json(const comparison *c) {
     json_object_object_add(settings, "machine", json_object_new_string(machine));
     json_object_object_add(settings, "date", json_object_new_string(date));
     json_object_object_add(settings, "wall_s", json_object_new_double(unet_now_s() - c->t0));
-    json_object_object_add(settings, "bench_steps", json_object_new_int(BENCH_STEPS));
+    json_object_object_add(settings, "runs_done", json_object_new_int(c->runs_done));
+    json_object_object_add(settings, "runs_total", json_object_new_int(cfg->seeds * c->n_models));
+    double runs_s = 0;
+    for (int i = 0; i < c->n_models; i++) runs_s += c->run_s[i];
+    json_object_object_add(settings, "runs_wall_s", json_object_new_double(runs_s));
+    json_object_object_add(settings, "bench_steps", json_object_new_int(UNET_COST_BENCH_STEPS));
     return settings;
 }
 
@@ -654,16 +549,226 @@ static void write_report(const char *dir) {
         printf("report: %s %s %s failed; every number is in %s/report.json\n", python, script, dir, dir);
 }
 
+/* One run's files under DIR/runs: its log, its checkpoint (the periodic
+ * ones beside it while it trains) and, once trained and evaluated, its result. */
+typedef struct {
+    char log[PATH_LEN], ckpt[PATH_LEN], result[PATH_LEN];
+} run_files;
+
+static void run_files_of(const char *dir, const char *model, uint64_t seed, run_files *f) {
+    run_path(f->log, sizeof f->log, dir, model, seed, "jsonl");
+    run_path(f->ckpt, sizeof f->ckpt, dir, model, seed, "safetensors");
+    run_path(f->result, sizeof f->result, dir, model, seed, "result.json");
+}
+
+/* What a finished run leaves: its metrics, as trained and pruned to each depth. */
+typedef struct {
+    unet_seg_metrics val, depth[UNET_MAX_LEVELS + 1]; /* depth[d], d = 1..pruned_depths */
+    long steps;
+    double wall_s;
+} run_result;
+
+typedef struct {
+    const run_result *r;
+    int depths;
+} result_text;
+
+/* {"steps": N, "wall_s": t, "val_iou": ..., "L1_val_iou": ..., ...}: the
+ * validation keys of the logs, "L<d>_" before those of depth d. */
+static int print_result(FILE *f, void *ctx) {
+    const result_text *t = ctx;
+    char buf[16384];
+    fprintf(f, "{\"steps\": %ld, \"wall_s\": %.3f", t->r->steps, t->r->wall_s);
+    unet_seg_metrics_json(buf, sizeof buf, &t->r->val, "val_");
+    fputs(buf, f);
+    for (int d = 1; d <= t->depths; d++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "L%d_val_", d);
+        unet_seg_metrics_json(buf, sizeof buf, &t->r->depth[d], prefix);
+        fputs(buf, f);
+    }
+    return fprintf(f, "}\n") < 0 ? -1 : 0;
+}
+
+/* A finished run's result file: 1 when it is there (a rerun keeps the run),
+ * 0 when not, -1 when it is not of this comparison. */
+static int load_result(const run_files *f, const comparison *c, const model_result *m, run_result *r, char *err,
+                       size_t errlen) {
+    if (access(f->result, F_OK)) return 0;
+    json_object *o = json_object_from_file(f->result), *v;
+    int ok = o && metrics_from_json(o, "val_", c->cfg->model.classes, &r->val);
+    for (int d = 1; ok && d <= m->pruned_depths; d++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "L%d_val_", d);
+        ok = metrics_from_json(o, prefix, c->cfg->model.classes, &r->depth[d]);
+    }
+    r->steps = ok && json_object_object_get_ex(o, "steps", &v) ? json_object_get_int64(v) : -1;
+    r->wall_s = ok && json_object_object_get_ex(o, "wall_s", &v) ? json_object_get_double(v) : NAN;
+    json_object_put(o);
+    if (!ok || r->steps != c->cfg->steps) {
+        snprintf(err, errlen, "%.900s is not the result of a %ld-step run of this comparison: give another --out, or "
+                 "remove the file to train that run again", f->result, c->cfg->steps);
+        return -1;
+    }
+    return 1;
+}
+
+/* Trains one run by unet train's own run, or continues it from the newest
+ * checkpoint an interrupted comparison left (a periodic one, or the one a
+ * signal wrote to --save); not at all when its final checkpoint is there
+ * (the interruption came while its depths were evaluated). */
+static int train_or_continue(unet_config *run, const run_files *f, const char *name, char *err, size_t errlen) {
+    char newest[PATH_LEN], ignored[256];
+    unet_config saved;
+    long step = 0;
+    if (!unet_run_newest_checkpoint(f->ckpt, newest, sizeof newest, NULL, ignored, sizeof ignored)) {
+        if (unet_checkpoint_config(newest, &saved, &step, err, errlen) < 0) return -1;
+        if (step == run->steps) return 0;
+        printf("   continuing from %s (step %ld of %ld)\n", newest, step, run->steps);
+        fflush(stdout);
+        run->resume = newest;
+    }
+    if (unet_run_train(run)) {
+        snprintf(err, errlen, "training %.15s with seed %llu failed (its message is above); run the same command "
+                 "again to continue the comparison", name, (unsigned long long)run->seed);
+        return -1;
+    }
+    return 0;
+}
+
+/* One run of one model: trained into DIR/runs/<model>_seed<S>.jsonl, its
+ * metrics those of the log's last validation, then every pruned depth
+ * evaluated from its checkpoint. */
+static int train_and_evaluate(const comparison *c, const model_result *m, uint64_t seed, const run_files *f,
+                              run_result *r, char *err, size_t errlen) {
+    const unet_config *cfg = c->cfg;
+    unet_config run = *cfg;
+    run.model = m->model;
+    run.seed = seed;
+    run.log = f->log;
+    run.save = f->ckpt;
+    if (train_or_continue(&run, f, m->name, err, errlen)) return -1;
+    long step = 0;
+    if (last_validation(f->log, cfg->model.classes, &r->val, &step, err, errlen)) return -1;
+    if (step != cfg->steps) {
+        snprintf(err, errlen, "the %.15s run stopped at step %ld of %ld: the comparison is incomplete", m->name, step,
+                 cfg->steps);
+        return -1;
+    }
+    r->steps = step;
+    for (int d = 1; d <= m->pruned_depths; d++) {
+        unet_seg_metrics *pm = &r->depth[d];
+        if (unet_evaluate_pruned(cfg, &m->model, d, f->ckpt, &c->val, pm, err, errlen)) return -1;
+        printf("   pruned to L%d: IoU %.4f  Dice %.4f  pixel error %.4f  Rand error %.4f\n", d, pm->iou, pm->dice,
+               pm->pixel_error, pm->rand_error);
+        unet_seg_metrics_print_classes(stdout, pm, "     ");
+    }
+    return 0;
+}
+
+/* One run: kept from an earlier invocation when its result file is there,
+ * else trained and evaluated, its result written and its checkpoints removed
+ * (a full comparison would leave gigabytes behind). */
+static int run_one(comparison *c, int i, uint64_t seed, int number, char *err, size_t errlen) {
+    model_result *m = &c->models[i];
+    run_files f;
+    run_files_of(c->cfg->out_dir, m->name, seed, &f);
+    run_result r = {0};
+    int kept = load_result(&f, c, m, &r, err, errlen);
+    if (kept < 0) return -1;
+    printf("== %s, seed %llu (run %d of %d)%s\n", m->name, (unsigned long long)seed, number,
+           c->cfg->seeds * c->n_models, kept ? ": finished earlier, kept" : "");
+    fflush(stdout);
+    if (!kept) {
+        double t0 = unet_now_s();
+        if (train_and_evaluate(c, m, seed, &f, &r, err, errlen)) return -1;
+        r.wall_s = unet_now_s() - t0;
+        result_text t = {&r, m->pruned_depths};
+        /* the numbers as the file holds them (the logs' precision), so that a run kept by a rerun reports the
+         * same as one trained in this process */
+        if (unet_write_atomic(f.result, print_result, &t, err, errlen) || load_result(&f, c, m, &r, err, errlen) < 0)
+            return -1;
+        unlink(f.ckpt);
+        unet_run_prune_periodic(f.ckpt, c->cfg->steps, 0);
+    }
+    add_run(&m->val, &r.val);
+    for (int d = 1; d <= m->pruned_depths; d++) add_run(&m->depth[d].val, &r.depth[d]);
+    if (isfinite(r.wall_s)) c->run_s[i] += r.wall_s, c->runs_timed[i]++;
+    c->runs_done++;
+    return 0;
+}
+
+/* The result files an earlier invocation left: a mistake of the input (an
+ * --out of another comparison) before any work. */
+static int check_kept_runs(const comparison *c, char *err, size_t errlen) {
+    for (int s = 0; s < c->cfg->seeds; s++)
+        for (int i = 0; i < c->n_models; i++) {
+            run_files f;
+            run_result r;
+            run_files_of(c->cfg->out_dir, c->models[i].name, c->cfg->seed + (uint64_t)s, &f);
+            if (load_result(&f, c, &c->models[i], &r, err, errlen) < 0) return -1;
+        }
+    return 0;
+}
+
+/* "1 h 05 min", "12 min", "40 s" */
+static void duration_text(char *buf, size_t n, double s) {
+    if (s >= 3600)
+        snprintf(buf, n, "%d h %02d min", (int)(s / 3600), (int)(s / 60) % 60);
+    else if (s >= 60)
+        snprintf(buf, n, "%d min", (int)(s / 60 + 0.5));
+    else
+        snprintf(buf, n, "%.0f s", s);
+}
+
+/* "progress: k of n runs done, about T left": each model's runs still to go
+ * at the mean wall time of its finished ones (of every model's, while it
+ * has none). A run continued from a checkpoint counts the time since. */
+static void print_progress(const comparison *c) {
+    const int total = c->cfg->seeds * c->n_models;
+    double all_s = 0, left = 0;
+    int timed = 0;
+    for (int i = 0; i < c->n_models; i++) all_s += c->run_s[i], timed += c->runs_timed[i];
+    for (int i = 0; i < c->n_models; i++) {
+        int to_go = c->cfg->seeds - c->models[i].val.iou.n;
+        double per_run = c->runs_timed[i] ? c->run_s[i] / c->runs_timed[i] : timed ? all_s / timed : NAN;
+        if (to_go > 0) left += to_go * per_run;
+    }
+    char text[64];
+    duration_text(text, sizeof text, left);
+    if (c->runs_done == total)
+        printf("progress: %d of %d runs done\n", total, total);
+    else if (isnan(left))
+        printf("progress: %d of %d runs done\n", c->runs_done, total);
+    else
+        printf("progress: %d of %d runs done, about %s left\n", c->runs_done, total, text);
+    fflush(stdout);
+}
+
+/* Seed by seed, every model once per seed, the report rewritten as each run
+ * finishes: an interrupted comparison leaves the report of the runs it
+ * finished, and the same command continues it. */
+static int run_models(comparison *c, char *err, size_t errlen) {
+    for (int s = 0; s < c->cfg->seeds; s++)
+        for (int i = 0; i < c->n_models; i++) {
+            print_progress(c);
+            if (run_one(c, i, c->cfg->seed + (uint64_t)s, s * c->n_models + i + 1, err, errlen) ||
+                write_json(c, err, errlen))
+                return -1;
+            write_report(c->cfg->out_dir);
+        }
+    print_progress(c);
+    return 0;
+}
+
 int unet_run_compare(unet_config *cfg) {
     char err[1024] = "";
     comparison c;
     int code = 2; /* until the runs start, failures are the input's */
-    if (!compare_open(&c, cfg, err, sizeof err)) {
+    if (!compare_open(&c, cfg, err, sizeof err) && !check_kept_runs(&c, err, sizeof err)) {
         code = 1;
-        if (!measure_models(&c, err, sizeof err) && !run_models(&c, err, sizeof err) &&
-            !write_json(&c, err, sizeof err)) {
+        if (!measure_models(&c, err, sizeof err) && !run_models(&c, err, sizeof err)) {
             printf("wrote %s/report.json and runs/ (%.0f s)\n", cfg->out_dir, unet_now_s() - c.t0);
-            write_report(cfg->out_dir);
             code = 0;
         }
     }
