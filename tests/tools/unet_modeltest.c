@@ -6,6 +6,7 @@
  *   unet_modeltest --model unetpp --filters 4,8,16 --padding same --classes 2 [--norm batch]
  *       [--upsample bilinear] [--fusion add] [--deep-supervision] [--dropout P] [--depth d]
  *       [--in-channels C] [--loss ce|bce_dice] [--weight-map] --tile S --batch B --dir D
+ *       [--encoder resnet18|resnet34|resnet50|mobilenet_v2 [--decoder-channels D1,..,D5] [--freeze-encoder-bn]]
  *       [--list] [--eval] [--backend cpu|cuda] [--precision fp32|tf32|bf16 (cuda)] [--seed S]
  *       [--steps K --lr X --optimizer sgd|adam --adam-eps E]
  *
@@ -26,7 +27,8 @@
 #include "tool_common.h"
 
 int main(int argc, char **argv) {
-    unet_model_cfg m = {.kind = UNET_MODEL_UNET, .levels = 3, .filters = {4, 8, 16}, .in_channels = 1, .classes = 2};
+    unet_model_cfg m = {.kind = UNET_MODEL_UNET, .levels = 3, .filters = {4, 8, 16}, .in_channels = 1, .classes = 2,
+                        .decoder_levels = 5, .decoder_channels = {256, 128, 64, 32, 16}};
     int tile = 0, batch = 1, list = 0, eval = 0, weight_map = 0, steps = 0, adam = 0, loss_set = 0;
     float adam_eps = 1e-8f;
     unsigned long long seed = 1;
@@ -37,6 +39,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--list")) { list = 1; continue; }
         if (!strcmp(a, "--eval")) { eval = 1; continue; }
         if (!strcmp(a, "--deep-supervision")) { m.deep_supervision = 1; continue; }
+        if (!strcmp(a, "--freeze-encoder-bn")) { m.freeze_encoder_bn = 1; continue; }
         if (!strcmp(a, "--weight-map")) { weight_map = 1; continue; }
         if (i + 1 >= argc) die("missing value", NULL);
         const char *v = argv[++i];
@@ -49,11 +52,22 @@ int main(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--padding")) m.same_padding = !strcmp(v, "same");
         else if (!strcmp(a, "--norm")) m.batch_norm = !strcmp(v, "batch");
-        else if (!strcmp(a, "--upsample")) m.bilinear = !strcmp(v, "bilinear");
+        else if (!strcmp(a, "--upsample")) m.upsample = !strcmp(v, "bilinear") ? UNET_UPSAMPLE_BILINEAR : !strcmp(v, "nearest") ? UNET_UPSAMPLE_NEAREST : UNET_UPSAMPLE_TRANSPOSED;
         else if (!strcmp(a, "--fusion")) m.fusion_add = !strcmp(v, "add");
         else if (!strcmp(a, "--dropout")) m.dropout = strtof(v, NULL);
         else if (!strcmp(a, "--depth")) m.prune_depth = atoi(v);
         else if (!strcmp(a, "--in-channels")) m.in_channels = atoi(v);
+        else if (!strcmp(a, "--encoder")) {
+            /* as unet's --encoder: smp's decoder, same padding, batch norm (--norm none after it turns it off) */
+            if (unet_encoder_parse(v, &m.encoder)) die("bad --encoder", v);
+            m.same_padding = 1, m.batch_norm = 1, m.upsample = UNET_UPSAMPLE_NEAREST;
+        } else if (!strcmp(a, "--decoder-channels")) {
+            m.decoder_levels = 0;
+            for (char *s = (char *)v; *s && m.decoder_levels < UNET_MAX_LEVELS;) {
+                m.decoder_channels[m.decoder_levels++] = (int)strtol(s, &s, 10);
+                if (*s == ',') s++;
+            }
+        }
         else if (!strcmp(a, "--classes")) m.classes = atoi(v);
         else if (!strcmp(a, "--loss")) { m.loss = !strcmp(v, "bce_dice") ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE; loss_set = 1; }
         else if (!strcmp(a, "--tile")) tile = atoi(v);
