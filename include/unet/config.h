@@ -136,10 +136,10 @@ void unet_config_defaults(unet_config *cfg);
  * classes when not given, optim.total_steps = steps. */
 int unet_config_parse(unet_config *cfg, const char *subcommand, int argc, char **argv, char *err, size_t errlen);
 
-/* An --encoder model's defaults where the command line did not set them: --padding same, --norm batch, --upsample
- * nearest (smp's decoder); --filters, --base or --levels given with it are an error (-1, one line). parse calls it
- * for an --encoder; compare for the encoder models of its --models. */
-int unet_config_encoder_defaults(unet_config *cfg, char *err, size_t errlen);
+/* An encoder model's defaults where the command line did not set them: --padding same, --norm batch, --upsample
+ * nearest (smp's decoder). parse applies them with --encoder (where --filters, --base or --levels are an error);
+ * compare to the encoder models of its --models. */
+void unet_config_encoder_defaults(unet_config *cfg);
 
 /* Whether the command line set this option (long name without dashes). */
 int unet_config_is_set(const unet_config *cfg, const char *name);

@@ -15,7 +15,7 @@ typedef enum { UNET_MODEL_UNET, UNET_MODEL_UNET_E, UNET_MODEL_UNET_PLUS, UNET_MO
 typedef enum { UNET_LOSS_CE, UNET_LOSS_BCE_DICE } unet_loss_kind;
 /* up(X^{i+1,j-1}): a 2x2 transposed convolution f_{i+1} -> f_i, bilinear x2 then a 1x1 convolution f_{i+1} -> f_i,
  * or nearest x2 alone (smp's decoder, which keeps the channels: encoder models only) */
-typedef enum { UNET_UPSAMPLE_TRANSPOSED, UNET_UPSAMPLE_BILINEAR, UNET_UPSAMPLE_NEAREST } unet_upsample_kind;
+typedef enum { UNET_UP_TRANSPOSED, UNET_UP_BILINEAR, UNET_UP_NEAREST } unet_up_kind;
 /* The column X^{i,0}: the paper's blocks and max-pooling (plain), or a backbone of torchvision's whose five stages
  * give X^{1,0} .. X^{5,0} at strides 2 .. 32 (segmentation_models_pytorch's encoders, under its names). */
 typedef enum {
@@ -38,7 +38,7 @@ typedef struct {
     int in_channels;
     int classes;                     /* 1: sigmoid head (BCE + Dice); >= 2: softmax (CE) */
     int batch_norm;
-    unet_upsample_kind upsample;
+    unet_up_kind upsample;
     int fusion_add;                  /* fuse skips by sum instead of concat */
     int deep_supervision;            /* a head on every X^{0,j}, j = 1..L */
     float dropout;                   /* at the end of the contracting path (on X^{L,0}) */
@@ -102,6 +102,7 @@ int unet_match_params(const unet_model_cfg *like, size_t target, unet_params_mat
 /* What a model costs at a tile size: `unet info`. Plans memory without allocating it. */
 typedef struct {
     size_t params, state;              /* trainable floats, batch norm statistics */
+    size_t encoder_params;             /* trainable floats of the backbone (0 for the plain encoder) */
     int n_outputs;
     unet_shape outputs[UNET_MAX_LEVELS];
     int tile, valid_below, valid_above; /* the nearest valid tile sizes around `tile` (0: none) */

@@ -17,7 +17,7 @@
 /* Enum options are stored through an int pointer. */
 _Static_assert(sizeof(unet_model_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_loss_kind) == sizeof(int), "enum storage");
-_Static_assert(sizeof(unet_upsample_kind) == sizeof(int), "enum storage");
+_Static_assert(sizeof(unet_up_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_encoder_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_optimizer_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_schedule_kind) == sizeof(int), "enum storage");
@@ -112,7 +112,7 @@ static const char *positional_of(unsigned bit) {
 static const char *const model_kinds[] = {"unet", "unet_e", "unet_plus", "unetpp", NULL};
 static const char *const paddings[] = {"valid", "same", NULL};
 static const char *const norms[] = {"none", "batch", NULL};
-static const char *const upsamples[] = {"transposed", "bilinear", "nearest", NULL}; /* unet_upsample_kind's order */
+static const char *const upsamples[] = {"transposed", "bilinear", "nearest", NULL}; /* unet_up_kind's order */
 static const char *const encoders[] = {"plain", "resnet18", "resnet34", "resnet50", "mobilenet_v2", NULL};
 static const char *const fusions[] = {"concat", "add", NULL};
 static const char *const losses[] = {"ce", "bce_dice", NULL};
@@ -779,7 +779,14 @@ static void mark(unet_config *cfg, const char *name, int on) { cfg->explicit_set
 
 static unet_loss_kind default_loss(int classes) { return classes == 1 ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE; }
 
-int unet_config_encoder_defaults(unet_config *cfg, char *err, size_t errlen) {
+void unet_config_encoder_defaults(unet_config *cfg) {
+    if (!unet_config_is_set(cfg, "padding")) cfg->model.same_padding = 1;
+    if (!unet_config_is_set(cfg, "norm")) cfg->model.batch_norm = 1;
+    if (!unet_config_is_set(cfg, "upsample")) cfg->model.upsample = UNET_UP_NEAREST;
+}
+
+/* --encoder: the plain encoder's widths mean nothing, smp's decoder defaults apply. */
+static int resolve_encoder(unet_config *cfg, char *err, size_t errlen) {
     static const char *const plain_only[] = {"filters", "base", "levels"};
     for (size_t k = 0; k < sizeof plain_only / sizeof plain_only[0]; k++)
         if (unet_config_is_set(cfg, plain_only[k])) {
@@ -788,9 +795,7 @@ int unet_config_encoder_defaults(unet_config *cfg, char *err, size_t errlen) {
                         plain_only[k], unet_config_choice_name("encoder", cfg->model.encoder));
             return -1;
         }
-    if (!unet_config_is_set(cfg, "padding")) cfg->model.same_padding = 1;
-    if (!unet_config_is_set(cfg, "norm")) cfg->model.batch_norm = 1;
-    if (!unet_config_is_set(cfg, "upsample")) cfg->model.upsample = UNET_UPSAMPLE_NEAREST;
+    unet_config_encoder_defaults(cfg);
     return 0;
 }
 
@@ -843,7 +848,12 @@ static int resolve(unet_config *cfg, char *err, size_t errlen) {
         if (cfg->explicit_set[k]) continue;
         if (set_value(cfg, &options[k], strchr(item, '=') + 1, err, errlen)) return -1;
     }
-    if (cfg->model.encoder != UNET_ENCODER_PLAIN && unet_config_encoder_defaults(cfg, err, errlen)) return -1;
+    if (cfg->model.encoder != UNET_ENCODER_PLAIN && resolve_encoder(cfg, err, errlen)) return -1;
+    if (unet_config_is_set(cfg, "init-encoder") && unet_config_is_set(cfg, "resume")) {
+        unet_errorf(err, errlen, "--init-encoder starts a run from torchvision's weights and --resume continues one "
+                                 "from its checkpoint: give one of them");
+        return -1;
+    }
     if (!unet_config_is_set(cfg, "loss")) cfg->model.loss = default_loss(cfg->model.classes);
     cfg->optim.total_steps = cfg->steps;
     return 0;

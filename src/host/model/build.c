@@ -54,7 +54,7 @@ static int validate_encoder(const unet_model_cfg *m, char *err, size_t errlen) {
                  "size", enc);
         return -1;
     }
-    if (m->upsample != UNET_UPSAMPLE_NEAREST || m->fusion_add) {
+    if (m->upsample != UNET_UP_NEAREST || m->fusion_add) {
         snprintf(err, errlen, "--encoder %s has smp's decoder, which upsamples by nearest x2 and concatenates: use "
                  "--upsample nearest --fusion concat (the defaults with an encoder)", enc);
         return -1;
@@ -97,7 +97,7 @@ static int validate_plain(const unet_model_cfg *m, char *err, size_t errlen) {
             snprintf(err, errlen, "filter count %d of level %d must be positive", m->filters[i], i);
             return -1;
         }
-    if (m->upsample == UNET_UPSAMPLE_NEAREST) {
+    if (m->upsample == UNET_UP_NEAREST) {
         snprintf(err, errlen, "--upsample nearest (no convolution, channels kept) is smp's decoder, for --encoder "
                  "models; the plain grid upsamples f_{i+1} -> f_i channels: use transposed or bilinear");
         return -1;
@@ -251,14 +251,14 @@ static int block(grid *G, int i, int j, int x, int cin) {
 static int upsample(grid *G, int i, int j, int x) {
     const unet_model_cfg *m = G->m;
     char prefix[NODE_NAME_LEN], name[UNET_NAME_LEN];
-    if (m->upsample == UNET_UPSAMPLE_NEAREST) {
+    if (m->upsample == UNET_UP_NEAREST) {
         node_name(G, i, j, prefix, sizeof prefix);
         snprintf(name, sizeof name, "%s.upsample", prefix);
         return unet_layer_upsample_nearest(G->g, name, x);
     }
     snprintf(prefix, sizeof prefix, "x%d_%d.up", i, j);
     int fin = m->filters[i + 1], fout = m->filters[i];
-    if (m->upsample == UNET_UPSAMPLE_BILINEAR) {
+    if (m->upsample == UNET_UP_BILINEAR) {
         snprintf(name, sizeof name, "%s.bilinear", prefix);
         x = unet_layer_simple(G->g, UNET_OP_UPSAMPLE2, name, x);
         unet_conv_spec c = {.k = 1, .stride = 1, .groups = 1, .bias = 1};
@@ -277,7 +277,7 @@ static int upsample(grid *G, int i, int j, int x) {
 
 /* Channels of up(X^{i+1,j-1}) as X^{i,j} receives them. */
 static int up_width(const grid *G, int i, int j) {
-    return G->m->upsample == UNET_UPSAMPLE_NEAREST ? width(G, i + 1, j - 1) : width(G, i, j);
+    return G->m->upsample == UNET_UP_NEAREST ? width(G, i + 1, j - 1) : width(G, i, j);
 }
 
 /* The dropout at the end of the contracting path, as in the paper. */

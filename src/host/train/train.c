@@ -66,7 +66,18 @@ static int save(const unet_config *cfg, unet_session *s, const char *path, long 
     return rc;
 }
 
-/* Parameters to start from: a resumed checkpoint, --init weights, or He initialisation. */
+/* --init-encoder: torchvision's weights over the backbone of a model started from --init or He initialisation. */
+static int init_encoder(const unet_config *cfg, unet_session *s, char *err, size_t errlen) {
+    if (cfg->model.encoder == UNET_ENCODER_PLAIN) {
+        snprintf(err, errlen, "--init-encoder loads the weights of a backbone: it needs --encoder resnet18, resnet34, "
+                              "resnet50 or mobilenet_v2");
+        return -1;
+    }
+    return unet_checkpoint_load_encoder(cfg->init_encoder, unet_encoder_name(cfg->model.encoder), s->model.graph,
+                                        s->host_params, s->host_state, err, errlen);
+}
+
+/* Parameters to start from: a resumed checkpoint, --init weights (and --init-encoder's), or He initialisation. */
 static int load_start(const unet_config *cfg, unet_session *s, long *start, char *err, size_t errlen) {
     *start = 0;
     if (cfg->resume[0]) {
@@ -93,6 +104,7 @@ static int load_start(const unet_config *cfg, unet_session *s, long *start, char
     } else {
         unet_param_init_host(s->model.graph, cfg->seed, s->host_params, s->host_state);
     }
+    if (cfg->init_encoder[0] && init_encoder(cfg, s, err, errlen)) return -1;
     unet_session_upload(s);
     return 0;
 }
