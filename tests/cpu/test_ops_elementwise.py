@@ -1,4 +1,4 @@
-"""CPU relu, dropout, maxpool2 and upsample2, forward and backward, against
+"""CPU relu, dropout, maxpool2, maxpool and upsample2, forward and backward, against
 PyTorch in float64 on random shapes (odd sizes, batch 1..3, non-square),
 through tests/tools/unet_optest.c (the production op table).
 
@@ -58,6 +58,41 @@ def test_maxpool2(seed):
     n, c, h, w = random_shape(g, even=True, min_hw=2)
     x = g.standard_normal((n, c, h, w)).astype(np.float32)
     check_op("maxpool2", lambda X: F.max_pool2d(X, 2), x, (n, c, h // 2, w // 2), g)
+
+
+MAXPOOL_GEOMETRIES = [(3, 2, 1), (3, 2, 0), (3, 1, 1), (2, 2, 1), (2, 1, 0), (5, 3, 2), (1, 2, 0)]
+
+
+@pytest.mark.parametrize("k,stride,pad", MAXPOOL_GEOMETRIES)
+@pytest.mark.parametrize("seed", range(2))
+def test_maxpool(k, stride, pad, seed):
+    """k x k windows at a stride, -inf padding, odd and even sizes; seed 1 draws small integers, so
+    that windows tie and the gradient must go to PyTorch's first maximum in row-major order; every
+    value negative, so that padding taken for 0 would show."""
+    g = rng(250 + 10 * seed + MAXPOOL_GEOMETRIES.index((k, stride, pad)))
+    n, c, h, w = random_shape(g, min_hw=k)
+    if seed == 1:
+        x = -g.integers(1, 4, (n, c, h, w)).astype(np.float32)
+    else:
+        x = -np.abs(g.standard_normal((n, c, h, w))).astype(np.float32)
+    out = (n, c, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+    check_op("maxpool", lambda X: F.max_pool2d(X, k, stride, pad), x, out, g,
+             attrs={"k": k, "stride": stride, "pad": pad})
+
+
+def test_maxpool_nan_wins():
+    """A NaN is a window's maximum, as in PyTorch (and the gradient goes to it)."""
+    x = np.zeros((1, 1, 6, 6), np.float32)
+    x[0, 0, 1, 1] = 3.0
+    x[0, 0, 2, 2] = np.nan  # after the 3 in window (1, 1), the one window both share
+    dout = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
+    r = run_op("maxpool", [x], (1, 1, 3, 3), {"k": 3, "stride": 2, "pad": 1}, dout=dout, backward=True)
+    X = t64(x, True)
+    y = F.max_pool2d(X, 3, 2, 1)
+    y.backward(t64(dout))
+    assert np.array_equal(r["out"], y.detach().numpy(), equal_nan=True)
+    assert np.array_equal(r["din"][0], X.grad.numpy())
+    assert np.isnan(r["out"][0, 0, 1, 1]) and r["din"][0][0, 0, 2, 2] == 5 and r["din"][0][0, 0, 1, 1] == 1 + 2 + 4
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -150,6 +185,7 @@ def test_deterministic_across_thread_counts(monkeypatch):
     n, c, h, w = 2, 5, 18, 26
     x = g.standard_normal((n, c, h, w)).astype(np.float32)
     cases = [("relu", (n, c, h, w), {}), ("maxpool2", (n, c, h // 2, w // 2), {}),
+             ("maxpool", (n, c, h // 2, w // 2), {"k": 3, "stride": 2, "pad": 1}),
              ("upsample2", (n, c, 2 * h, 2 * w), {}), ("dropout", (n, c, h, w), {"p": 0.4})]
     for op, out_shape, attrs in cases:
         dout = g.standard_normal(out_shape).astype(np.float32)

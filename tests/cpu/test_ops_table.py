@@ -48,6 +48,7 @@ CASES = {
     "bias": ([x], x.shape, {}, [np.ones(3, F)], [], 0),
     "relu": ([x], x.shape, {}, [], [], 0),
     "maxpool2": ([x], (2, 3, 2, 3), {}, [], [], 0),
+    "maxpool": ([x], (2, 3, 2, 3), {"k": 3, "stride": 2, "pad": 1}, [], [], 0),
     "crop_concat": ([x, x], (2, 6, 4, 6), {}, [], [], 0),
     "crop_add": ([x, x], x.shape, {}, [], [], 0),
     "upsample2": ([x], (2, 3, 8, 12), {}, [], [], 0),

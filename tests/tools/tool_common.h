@@ -1,6 +1,6 @@
 /* What the test and benchmark drivers in tests/tools share: the house's
  * one-line error with exit code 2, raw files in and out of a test's folder,
- * N,C,H,W shapes and a clock in milliseconds.
+ * N,C,H,W shapes, a node's attributes from flags and a clock in milliseconds.
  *
  * Every .c file in tests/tools is a program of its own (CMakeLists.txt builds each),
  * so this is a header of static inline functions: a driver carries only the
@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "unet/graph.h"
 #include "unet/tensor.h"
 
 #ifndef TOOL_NAME
@@ -97,6 +98,35 @@ static inline unet_shape parse_shape(const char *s, unet_dtype *t) {
         die(t ? "shape must be N,C,H,W[:i32]" : "shape must be N,C,H,W", s);
     if (t) *t = suffix[0] ? UNET_I32 : UNET_F32;
     return sh;
+}
+
+/* Index of name in names[0..n), or die naming flag. */
+static inline int name_index(const char *flag, const char *name, const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(name, names[i])) return i;
+    die(flag, name);
+}
+
+/* A node attribute given as a flag (--k 3, --stride 2, --act relu6, ...; --relu 1 is --act relu) into
+ * *n: 1 when flag is one of them, else 0. The names are unet_node's fields. */
+static inline int node_attr(unet_node *n, const char *flag, const char *v) {
+    static const char *const acts[] = {"none", "relu", "relu6"}, *const modes[] = {"bilinear", "nearest"};
+    if (!strcmp(flag, "--k")) n->k = atoi(v);
+    else if (!strcmp(flag, "--stride")) n->stride = atoi(v);
+    else if (!strcmp(flag, "--pad")) n->pad = atoi(v);
+    else if (!strcmp(flag, "--groups")) n->groups = atoi(v);
+    else if (!strcmp(flag, "--out-c")) n->out_c = atoi(v);
+    else if (!strcmp(flag, "--act")) n->act = (unet_act)name_index("--act is none, relu or relu6", v, acts, 3);
+    else if (!strcmp(flag, "--relu")) n->act = atoi(v) ? UNET_ACT_RELU : UNET_ACT_NONE;
+    else if (!strcmp(flag, "--upsample"))
+        n->upsample = (unet_upsample_mode)name_index("--upsample is bilinear or nearest", v, modes, 2);
+    else if (!strcmp(flag, "--frozen")) n->frozen = atoi(v);
+    else if (!strcmp(flag, "--p")) n->p = strtof(v, NULL);
+    else if (!strcmp(flag, "--eps")) n->eps = strtof(v, NULL);
+    else if (!strcmp(flag, "--momentum")) n->momentum = strtof(v, NULL);
+    else if (!strcmp(flag, "--scale")) n->scale = strtof(v, NULL);
+    else return 0;
+    return 1;
 }
 
 /* Milliseconds on clock id: CLOCK_MONOTONIC for wall time, CLOCK_PROCESS_CPUTIME_ID for the process's CPU time. */

@@ -2,8 +2,8 @@
  * exactly as a compiled plan calls them (the production op table), on random
  * data. bench/conv_cpu.py runs it side by side with PyTorch.
  *
- *   unet_convbench --op conv|conv_t2 --in N,C,H,W --out-c O [--k 3 --pad 0 --relu 1]
- *                  [--din 0|1] [--reps 5]
+ *   unet_convbench --op conv|conv_t2 --in N,C,H,W --out-c O [--k 3 --stride 1 --pad 0 --groups 1
+ *                  --act relu (or --relu 1) ...: unet_optest's node attributes] [--din 0|1] [--reps 5]
  *
  * Prints one JSON line: the best and median forward and backward times in
  * milliseconds, wall clock and process CPU time (on a machine shared with
@@ -45,10 +45,7 @@ int main(int argc, char **argv) {
         const char *a = argv[i], *v = argv[i + 1];
         if (!strcmp(a, "--op")) op_name = v;
         else if (!strcmp(a, "--in")) in = parse_shape(v, NULL);
-        else if (!strcmp(a, "--out-c")) node.out_c = atoi(v);
-        else if (!strcmp(a, "--k")) node.k = atoi(v);
-        else if (!strcmp(a, "--pad")) node.pad = atoi(v);
-        else if (!strcmp(a, "--relu")) node.relu = atoi(v);
+        else if (node_attr(&node, a, v)) continue;
         else if (!strcmp(a, "--din")) want_din = atoi(v);
         else if (!strcmp(a, "--reps")) reps = atoi(v);
         else die("unknown option", a);
@@ -58,8 +55,10 @@ int main(int argc, char **argv) {
     size_t wcount;
     if (!strcmp(op_name, "conv")) {
         node.op = UNET_OP_CONV;
-        out = (unet_shape){in.n, node.out_c, in.h - node.k + 1 + 2 * node.pad, in.w - node.k + 1 + 2 * node.pad};
-        wcount = (size_t)node.out_c * in.c * node.k * node.k;
+        out = (unet_shape){in.n, node.out_c, (in.h + 2 * node.pad - node.k) / node.stride + 1,
+                           (in.w + 2 * node.pad - node.k) / node.stride + 1};
+        if (node.groups != 1 && (node.groups != in.c || node.out_c != in.c)) die("--groups is 1 or C = O", NULL);
+        wcount = (size_t)node.out_c * (in.c / node.groups) * node.k * node.k;
     } else if (!strcmp(op_name, "conv_t2")) {
         node.op = UNET_OP_CONV_T2;
         out = (unet_shape){in.n, node.out_c, 2 * in.h, 2 * in.w};

@@ -52,7 +52,7 @@ int main(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--padding")) m.same_padding = !strcmp(v, "same");
         else if (!strcmp(a, "--norm")) m.batch_norm = !strcmp(v, "batch");
-        else if (!strcmp(a, "--upsample")) m.upsample = !strcmp(v, "bilinear") ? UNET_UPSAMPLE_BILINEAR : !strcmp(v, "nearest") ? UNET_UPSAMPLE_NEAREST : UNET_UPSAMPLE_TRANSPOSED;
+        else if (!strcmp(a, "--upsample")) m.upsample = !strcmp(v, "bilinear") ? UNET_UP_BILINEAR : !strcmp(v, "nearest") ? UNET_UP_NEAREST : UNET_UP_TRANSPOSED;
         else if (!strcmp(a, "--fusion")) m.fusion_add = !strcmp(v, "add");
         else if (!strcmp(a, "--dropout")) m.dropout = strtof(v, NULL);
         else if (!strcmp(a, "--depth")) m.prune_depth = atoi(v);
@@ -60,7 +60,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--encoder")) {
             /* as unet's --encoder: smp's decoder, same padding, batch norm (--norm none after it turns it off) */
             if (unet_encoder_parse(v, &m.encoder)) die("bad --encoder", v);
-            m.same_padding = 1, m.batch_norm = 1, m.upsample = UNET_UPSAMPLE_NEAREST;
+            m.same_padding = 1, m.batch_norm = 1, m.upsample = UNET_UP_NEAREST;
         } else if (!strcmp(a, "--decoder-channels")) {
             m.decoder_levels = 0;
             for (char *s = (char *)v; *s && m.decoder_levels < UNET_MAX_LEVELS;) {

@@ -4,7 +4,8 @@
  *       one line per unet_op, in enum order: its index and name, whether its
  *       row is complete, and whether the backend has its forward and backward
  *   unet_opinfo --op conv --in 2,3,4,6 [--in 2,1,4,6:i32] [--param 2,3,3,3 --param 2] [--state 3]
- *               [--k 3 --pad 1 --relu 1 --out-c 2 --p 0.5] [--backend cpu|cuda]
+ *               [--k 3 --stride 1 --pad 1 --groups 1 --act relu --out-c 2 --p 0.5 ...: unet_optest's
+ *               node attributes] [--backend cpu|cuda]
  *       a graph of that one node (float inputs take a gradient, :i32 ones are
  *       labels), compiled for training with its memory planned and nothing
  *       allocated, as a model's graph is: the output shape the op's shape rule
@@ -68,11 +69,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--in") && n_in < UNET_MAX_IN) in_arg[n_in++] = v;
         else if (!strcmp(a, "--param") && n_param < UNET_MAX_PARAM) param_arg[n_param++] = v;
         else if (!strcmp(a, "--state") && n_state < 2) state_arg[n_state++] = v;
-        else if (!strcmp(a, "--k")) node.k = atoi(v);
-        else if (!strcmp(a, "--pad")) node.pad = atoi(v);
-        else if (!strcmp(a, "--relu")) node.relu = atoi(v);
-        else if (!strcmp(a, "--out-c")) node.out_c = atoi(v);
-        else if (!strcmp(a, "--p")) node.p = strtof(v, NULL);
+        else if (node_attr(&node, a, v)) continue;
         else die("unknown option, or one given too often", a);
     }
     const unet_backend *b = backend_named(backend_name);

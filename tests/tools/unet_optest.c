@@ -4,8 +4,9 @@
  * called exactly as a compiled plan calls them.
  *
  *   unet_optest --backend cpu|cuda --op conv --dir D --in 2,3,10,12 [--in 2,1,8,8:i32]
- *               --out 2,4,8,10 [--k 3 --pad 0 --relu 1 --out-c 4 --p 0.5 --eps 1e-5
- *               --momentum 0.1 --scale 1 --training 1 --seed 7 --node-index 0]
+ *               --out 2,4,8,10 [--k 3 --stride 1 --pad 0 --groups 1 --act none|relu|relu6
+ *               (--relu 1: --act relu) --out-c 4 --upsample bilinear|nearest --frozen 0 --p 0.5
+ *               --eps 1e-5 --momentum 0.1 --scale 1 --training 1 --seed 7 --node-index 0]
  *               [--backward] [--accumulate] [--precision fp32|tf32|bf16 (cuda)]
  *
  * Reads D/in<i>.bin, D/param<j>.bin, D/state<j>.bin, D/dout.bin (backward,
@@ -65,14 +66,7 @@ int main(int argc, char **argv) {
             in_shape[n_in] = parse_shape(v, &in_type[n_in]);
             n_in++;
         } else if (!strcmp(a, "--out")) out_shape = parse_shape(v, NULL);
-        else if (!strcmp(a, "--k")) node.k = atoi(v);
-        else if (!strcmp(a, "--pad")) node.pad = atoi(v);
-        else if (!strcmp(a, "--relu")) node.relu = atoi(v);
-        else if (!strcmp(a, "--out-c")) node.out_c = atoi(v);
-        else if (!strcmp(a, "--p")) node.p = strtof(v, NULL);
-        else if (!strcmp(a, "--eps")) node.eps = strtof(v, NULL);
-        else if (!strcmp(a, "--momentum")) node.momentum = strtof(v, NULL);
-        else if (!strcmp(a, "--scale")) node.scale = strtof(v, NULL);
+        else if (node_attr(&node, a, v)) continue;
         else if (!strcmp(a, "--training")) training = atoi(v);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--node-index")) node_index = atoi(v);

@@ -11,6 +11,8 @@ unet_node unet_node_make(unet_op op, const char *name) {
     snprintf(n.name, sizeof n.name, "%s", name ? name : "");
     for (int i = 0; i < UNET_MAX_PARAM; i++) n.param[i] = -1;
     n.state[0] = n.state[1] = -1;
+    n.stride = 1;
+    n.groups = 1;
     n.eps = 1e-5f;
     n.momentum = 0.1f;
     n.scale = 1.0f;

@@ -18,16 +18,39 @@ static int keeps_shape(const unet_graph *g, const unet_node *n, const unet_shape
     return 0;
 }
 
+/* Output size of a k-window at stride over size + 2 pad (PyTorch: rounded
+ * down), or 0 when the window does not fit. */
+static int window_out(int size, int k, int stride, int pad) {
+    return size + 2 * pad < k ? 0 : (size + 2 * pad - k) / stride + 1;
+}
+
+static int bad_attrs(char *err, size_t errlen, const unet_node *n, const char *what) {
+    snprintf(err, errlen, "%s (%s): %s", n->name, unet_op_name(n->op), what);
+    return -1;
+}
+
 static int infer_conv(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape *out, char *err,
                       size_t errlen) {
+    if (n->k < 1 || n->stride < 1 || n->pad < 0 || n->out_c < 1)
+        return bad_attrs(err, errlen, n, "needs k >= 1, stride >= 1, pad >= 0 and out_c >= 1");
+    if (n->groups != 1 && !(n->groups == in[0].c && n->out_c == in[0].c))
+        return bad_attrs(err, errlen, n,
+                         "groups is 1, or the input channels with as many output channels (depthwise)");
     const unet_param *w = &g->params[n->param[0]];
-    if (w->dims[1] != in[0].c) {
-        snprintf(err, errlen, "%s: weight expects %d input channels, got %d", n->name, w->dims[1], in[0].c);
+    int wc = in[0].c / n->groups;
+    if (w->ndim != 4 || w->dims[0] != n->out_c || w->dims[1] != wc || w->dims[2] != n->k || w->dims[3] != n->k) {
+        snprintf(err, errlen, "%s: weight is %dx%dx%dx%d, the convolution needs %dx%dx%dx%d", n->name, w->dims[0],
+                 w->dims[1], w->dims[2], w->dims[3], n->out_c, wc, n->k, n->k);
+        return -1;
+    }
+    if (n->param[1] >= 0 && g->params[n->param[1]].count != (size_t)n->out_c) {
+        snprintf(err, errlen, "%s: bias has %zu values for %d output channels", n->name, g->params[n->param[1]].count,
+                 n->out_c);
         return -1;
     }
     out->c = n->out_c;
-    out->h = in[0].h - n->k + 1 + 2 * n->pad;
-    out->w = in[0].w - n->k + 1 + 2 * n->pad;
+    out->h = window_out(in[0].h, n->k, n->stride, n->pad);
+    out->w = window_out(in[0].w, n->k, n->stride, n->pad);
     if (out->h < 1 || out->w < 1) return fail(err, errlen, n, "the tile is too small for this convolution", in[0]);
     return 0;
 }
@@ -55,6 +78,19 @@ static int infer_maxpool2(const unet_graph *g, const unet_node *n, const unet_sh
     if (in[0].h % 2 || in[0].w % 2) return fail(err, errlen, n, "2x2 max-pooling needs an even size", in[0]);
     out->h = in[0].h / 2;
     out->w = in[0].w / 2;
+    return 0;
+}
+
+/* PyTorch's rule: padding at most half the window, so that no window lies
+ * wholly in the padding (its -inf would reach the output). */
+static int infer_maxpool(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape *out, char *err,
+                         size_t errlen) {
+    (void)g;
+    if (n->k < 1 || n->stride < 1 || n->pad < 0 || 2 * n->pad > n->k)
+        return bad_attrs(err, errlen, n, "needs k >= 1, stride >= 1 and 0 <= pad <= k / 2");
+    out->h = window_out(in[0].h, n->k, n->stride, n->pad);
+    out->w = window_out(in[0].w, n->k, n->stride, n->pad);
+    if (out->h < 1 || out->w < 1) return fail(err, errlen, n, "the tile is too small for this pooling", in[0]);
     return 0;
 }
 
@@ -123,8 +159,9 @@ static int infer_bce_dice(const unet_graph *g, const unet_node *n, const unet_sh
     return 0;
 }
 
+/* each output sums k * k taps of in / groups channels */
 static double conv_flops(const unet_node *n, const unet_shape *in, unet_shape out) {
-    return 2.0 * unet_shape_count(out) * in[0].c * n->k * n->k;
+    return 2.0 * unet_shape_count(out) * (in[0].c / n->groups) * n->k * n->k;
 }
 
 /* one tap of the 2x2 kernel per output pixel */
@@ -136,18 +173,19 @@ static double conv_t2_flops(const unet_node *n, const unet_shape *in, unet_shape
 /* short names, to keep each row on one line */
 #define NEVER UNET_READS_NEVER
 #define ALWAYS UNET_READS_ALWAYS
-#define IF_RELU UNET_READS_IF_RELU
+#define IF_ACT UNET_READS_IF_ACT
 
 /* Columns: name, loss, what the backward reads of the inputs and of the
  * output, shape rule, FLOPs. */
 static const unet_op_row op_table[] = {
-    [UNET_OP_CONV]        = {"conv",        0, ALWAYS, IF_RELU, infer_conv,        conv_flops},
+    [UNET_OP_CONV]        = {"conv",        0, ALWAYS, IF_ACT,  infer_conv,        conv_flops},
     [UNET_OP_CONV_T2]     = {"conv_t2",     0, ALWAYS, NEVER,   infer_conv_t2,     conv_t2_flops},
     [UNET_OP_BIAS]        = {"bias",        0, NEVER,  NEVER,   keeps_shape,       NULL},
     [UNET_OP_RELU]        = {"relu",        0, NEVER,  ALWAYS,  keeps_shape,       NULL},
     [UNET_OP_MAXPOOL2]    = {"maxpool2",    0, ALWAYS, ALWAYS,  infer_maxpool2,    NULL},
+    [UNET_OP_MAXPOOL]     = {"maxpool",     0, ALWAYS, NEVER,   infer_maxpool,     NULL},
     [UNET_OP_CROP_CONCAT] = {"crop_concat", 0, NEVER,  NEVER,   infer_crop_concat, NULL},
-    [UNET_OP_CROP_ADD]    = {"crop_add",    0, NEVER,  NEVER,   infer_crop_add,    NULL},
+    [UNET_OP_CROP_ADD]    = {"crop_add",    0, NEVER,  IF_ACT,  infer_crop_add,    NULL},
     [UNET_OP_UPSAMPLE2]   = {"upsample2",   0, NEVER,  NEVER,   infer_upsample2,   NULL},
     [UNET_OP_BATCHNORM]   = {"batchnorm",   0, ALWAYS, ALWAYS,  keeps_shape,       NULL},
     [UNET_OP_DROPOUT]     = {"dropout",     0, NEVER,  NEVER,   keeps_shape,       NULL},
@@ -160,7 +198,7 @@ _Static_assert(sizeof op_table / sizeof op_table[0] == UNET_OP_COUNT, "one row p
 
 #undef NEVER
 #undef ALWAYS
-#undef IF_RELU
+#undef IF_ACT
 
 int unet_op_check(unet_op op, char *err, size_t errlen) {
     if (op < 0 || op >= UNET_OP_COUNT) {
@@ -195,7 +233,7 @@ const char *unet_op_name(unet_op op) {
 int unet_op_is_loss(unet_op op) { return unet_op_row_of(op)->is_loss; }
 
 static int reads(unet_reads r, const unet_node *n) {
-    return r == UNET_READS_ALWAYS || (r == UNET_READS_IF_RELU && n->relu);
+    return r == UNET_READS_ALWAYS || (r == UNET_READS_IF_ACT && n->act != UNET_ACT_NONE);
 }
 
 int unet_backward_reads_inputs(const unet_node *n) { return reads(unet_op_row_of(n->op)->reads_inputs, n); }

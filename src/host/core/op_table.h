@@ -15,7 +15,7 @@ typedef enum {
     UNET_READS_UNSET,
     UNET_READS_NEVER,
     UNET_READS_ALWAYS,
-    UNET_READS_IF_RELU, /* only when the node fuses a ReLU (it masks by the output) */
+    UNET_READS_IF_ACT, /* only when the node fuses an activation (it masks by the output) */
 } unet_reads;
 
 typedef struct {

@@ -22,7 +22,7 @@ typedef struct {
 
 /* conv (no bias) then batch norm with an activation: torchvision's conv-bn(-act) pattern. */
 static int conv_bn(backbone *B, const char *conv, const char *bn, int x, int cin, int cout, int k, int stride,
-                   int groups, unet_layer_act act) {
+                   int groups, unet_act act) {
     unet_conv_spec c = {.k = k, .stride = stride, .groups = groups, .same = 1};
     x = unet_layer_conv(B->g, conv, x, cin, cout, c);
     return unet_layer_batchnorm(B->g, bn, x, cout, act, B->frozen);

@@ -12,32 +12,31 @@ int unet_layer_param(unet_graph *g, const char *prefix, const char *what, int nd
     return unet_graph_param(g, name, kind, ndim, dims, init, fan_in);
 }
 
-/* TODO(enc-ops): the activation, stride, groups and frozen attributes of the ops' interface */
-static void set_act(unet_node *n, unet_layer_act act) { n->relu = act != UNET_ACT_NONE; }
-
 int unet_layer_conv(unet_graph *g, const char *name, int x, int cin, int cout, unet_conv_spec c) {
     unet_node n = unet_node_make(UNET_OP_CONV, name);
     n.n_in = 1;
     n.in[0] = x;
-    n.k = c.k;
-    n.pad = c.same ? c.k / 2 : 0;
-    n.out_c = cout;
     int groups = c.groups > 1 ? c.groups : 1;
+    n.k = c.k;
+    n.stride = c.stride > 1 ? c.stride : 1;
+    n.pad = c.same ? c.k / 2 : 0;
+    n.groups = groups;
+    n.out_c = cout;
+    n.act = c.act;
     int wdims[4] = {cout, cin / groups, c.k, c.k}, bdims[1] = {cout};
     int fan_in = cin / groups * c.k * c.k;
     n.param[0] = unet_layer_param(g, name, "weight", 4, wdims, UNET_INIT_HE, fan_in, UNET_PARAM_TRAINABLE);
     if (c.bias) n.param[1] = unet_layer_param(g, name, "bias", 1, bdims, UNET_INIT_ZERO, 0, UNET_PARAM_TRAINABLE);
-    set_act(&n, c.act);
     return unet_graph_add(g, &n);
 }
 
-int unet_layer_batchnorm(unet_graph *g, const char *name, int x, int c, unet_layer_act act, int frozen) {
-    (void)frozen;
+int unet_layer_batchnorm(unet_graph *g, const char *name, int x, int c, unet_act act, int frozen) {
     int dims[1] = {c};
     unet_node n = unet_node_make(UNET_OP_BATCHNORM, name);
     n.n_in = 1;
     n.in[0] = x;
-    set_act(&n, act);
+    n.act = act;
+    n.frozen = frozen;
     n.param[0] = unet_layer_param(g, name, "weight", 1, dims, UNET_INIT_ONE, 0, UNET_PARAM_TRAINABLE);
     n.param[1] = unet_layer_param(g, name, "bias", 1, dims, UNET_INIT_ZERO, 0, UNET_PARAM_TRAINABLE);
     n.state[0] = unet_layer_param(g, name, "running_mean", 1, dims, UNET_INIT_ZERO, 0, UNET_PARAM_STATE);
@@ -53,21 +52,28 @@ int unet_layer_simple(unet_graph *g, unet_op op, const char *name, int x) {
 }
 
 int unet_layer_maxpool3s2(unet_graph *g, const char *name, int x) {
-    return unet_layer_simple(g, UNET_OP_MAXPOOL2, name, x);
+    unet_node n = unet_node_make(UNET_OP_MAXPOOL, name);
+    n.n_in = 1;
+    n.in[0] = x;
+    n.k = 3;
+    n.stride = 2;
+    n.pad = 1;
+    return unet_graph_add(g, &n);
 }
 
 int unet_layer_upsample_nearest(unet_graph *g, const char *name, int x) {
-    return unet_layer_simple(g, UNET_OP_UPSAMPLE2, name, x);
+    unet_node n = unet_node_make(UNET_OP_UPSAMPLE2, name);
+    n.n_in = 1;
+    n.in[0] = x;
+    n.upsample = UNET_UPSAMPLE_NEAREST;
+    return unet_graph_add(g, &n);
 }
 
-int unet_layer_residual(unet_graph *g, const char *name, int a, int b, unet_layer_act act) {
+int unet_layer_residual(unet_graph *g, const char *name, int a, int b, unet_act act) {
     unet_node n = unet_node_make(UNET_OP_CROP_ADD, name);
     n.n_in = 2;
     n.in[0] = a;
     n.in[1] = b;
-    int y = unet_graph_add(g, &n);
-    if (act == UNET_ACT_NONE) return y;
-    char relu[UNET_NAME_LEN];
-    snprintf(relu, sizeof relu, "%.58s.relu", name);
-    return unet_layer_simple(g, UNET_OP_RELU, relu, y);
+    n.act = act;
+    return unet_graph_add(g, &n);
 }

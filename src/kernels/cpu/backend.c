@@ -93,6 +93,7 @@ static const unet_backend cpu_backend = {
             [UNET_OP_BIAS] = &unet_cpu_bias,
             [UNET_OP_RELU] = &unet_cpu_relu,
             [UNET_OP_MAXPOOL2] = &unet_cpu_maxpool2,
+            [UNET_OP_MAXPOOL] = &unet_cpu_maxpool,
             [UNET_OP_CROP_CONCAT] = &unet_cpu_crop_concat,
             [UNET_OP_CROP_ADD] = &unet_cpu_crop_add,
             [UNET_OP_UPSAMPLE2] = &unet_cpu_upsample2,

@@ -1,4 +1,5 @@
-/* Batch normalisation over N,H,W per channel, with an optional fused ReLU.
+/* Batch normalisation over N,H,W per channel, with an optional fused
+ * activation (ReLU or ReLU6).
  *
  * Reductions run one channel per thread, each a sequential sum in double:
  * the same bits for any thread count. The element-wise passes run over N*C
@@ -7,12 +8,16 @@
  * forward normalised with, C floats each. */
 #include <math.h>
 
+#include "kernels/cpu/act.h"
 #include "kernels/cpu/grad.h"
 #include "kernels/cpu/ops.h"
 
-/* Batch statistics when training, as PyTorch also does when a model has no
- * running statistics to use. */
-static int uses_batch_stats(const unet_op_args *a) { return a->training || !a->state[0] || !a->state[1]; }
+/* Batch statistics when training, unless frozen (--freeze-encoder-bn: a
+ * BatchNorm2d in eval() inside a model in train()), as PyTorch also does when
+ * a model has no running statistics to use. */
+static int uses_batch_stats(const unet_op_args *a) {
+    return (a->training && !a->node->frozen) || !a->state[0] || !a->state[1];
+}
 
 static size_t bn_aux_bytes(const unet_op_args *a) { return 2 * (size_t)a->in_shape[0].c * sizeof(float); }
 
@@ -91,7 +96,7 @@ static void bn_forward(const unet_op_args *a) {
             double mu = sums[c], ss = squares[c], var = ss / total;
             mean[c] = (float)mu;
             invstd[c] = (float)(1.0 / sqrt(var + eps));
-            if (a->training && a->state[0] && a->state[1]) {
+            if (a->training && !a->node->frozen && a->state[0] && a->state[1]) {
                 /* one value per channel has no unbiased variance (PyTorch refuses to train
                  * on it); the biased one, 0, keeps the running variance finite */
                 double unbiased = total > 1 ? ss / (total - 1) : var;
@@ -106,24 +111,27 @@ static void bn_forward(const unet_op_args *a) {
         }
     }
     long planes = (long)s.n * s.c;
-    int relu = a->node->relu;
+    unet_act act = a->node->act;
 #pragma omp parallel for schedule(static)
     for (long pl = 0; pl < planes; pl++) {
         int c = (int)(pl % s.c);
         float mu = mean[c], scale = gamma[c] * invstd[c], shift = beta[c];
         const float *xp = x + (size_t)pl * hw;
         float *yp = y + (size_t)pl * hw;
-        for (size_t i = 0; i < hw; i++) {
-            float v = (xp[i] - mu) * scale + shift;
-            yp[i] = relu && v < 0.0f ? 0.0f : v;
-        }
+        if (act == UNET_ACT_RELU6)
+            for (size_t i = 0; i < hw; i++) yp[i] = unet_relu6((xp[i] - mu) * scale + shift);
+        else
+            for (size_t i = 0; i < hw; i++) {
+                float v = (xp[i] - mu) * scale + shift;
+                yp[i] = act == UNET_ACT_RELU && v < 0.0f ? 0.0f : v;
+            }
     }
 }
 
 /* Training: dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)),
- * the batch statistics being functions of x. Eval: dx = gamma * invstd * dy.
- * With the fused ReLU, dy = dout * (out > 0), masked in place (dout has no
- * other reader). */
+ * the batch statistics being functions of x. Eval and frozen: dx = gamma *
+ * invstd * dy. With a fused activation, dy = dout masked by it (out > 0 for
+ * ReLU, 0 < out < 6 for ReLU6), in place (dout has no other reader). */
 static void bn_backward(const unet_op_args *a) {
     unet_shape s = a->in_shape[0];
     size_t hw = (size_t)s.h * s.w, m = (size_t)s.n * hw;
@@ -131,18 +139,14 @@ static void bn_backward(const unet_op_args *a) {
     const float *mean = a->aux, *invstd = mean + s.c;
     float *dy = a->dout;
     double *sum_dy = a->workspace, *sum_dy_xhat = sum_dy + s.c, *count = sum_dy_xhat + s.c;
-    int relu = a->node->relu;
+    unet_act act = a->node->act;
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < s.c; c++) {
         double sd = 0.0, sdx = 0.0;
         for (int n = 0; n < s.n; n++) {
             size_t base = ((size_t)n * s.c + c) * hw;
             float *g = dy + base;
-            if (relu)
-                for (size_t i = 0; i < hw; i++) {
-                    float v = g[i];
-                    g[i] = y[base + i] > 0.0f ? v : 0.0f;
-                }
+            unet_act_mask(act, g, y + base, hw);
             sd += plane_sum(g, hw);
             sdx += plane_centred_dot(g, x + base, hw, mean[c]);
         }

@@ -26,8 +26,11 @@
  * for any thread count (conv_gemm.h). Bias gradients are sums in double,
  * channel by channel. */
 #include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/act.h"
 #include "kernels/cpu/conv_gemm.h"
 #include "kernels/cpu/grad.h"
 #include "kernels/cpu/ops.h"
@@ -79,11 +82,13 @@ static double sum_f64(const float *p, size_t n) {
 
 /* Band row r holds source row y_first + r at columns [left, left + sw) of a
  * row bw wide, zeros elsewhere; rows outside the source are zero; `tail` zero
- * floats follow the rows. mask (optional): keep a value only where mask > 0
- * (ReLU's backward). sums (optional): add each channel's band rows
- * [own0, own1) to sums[ch], so that a pixel shared by two bands counts once. */
+ * floats follow the rows. mask (optional): keep a value only where the
+ * activation act passes the gradient of mask (the forward output). sums
+ * (optional): add each channel's band rows [own0, own1) to sums[ch], so that
+ * a pixel shared by two bands counts once. */
 typedef struct {
     const float *src, *mask;
+    unet_act act;
     int sh, sw;
     float *band;
     size_t bplane;
@@ -110,7 +115,7 @@ static void fill_band(const band_fill *f, long ch0, long ch1) {
             float *dst = row + f->left;
             if (m) {
                 const float *mr = m + (size_t)y * f->sw;
-                for (int x = 0; x < f->sw; x++) dst[x] = mr[x] > 0.0f ? sr[x] : 0.0f;
+                for (int x = 0; x < f->sw; x++) dst[x] = unet_act_passes(f->act, mr[x]) ? sr[x] : 0.0f;
             } else {
                 memcpy(dst, sr, (size_t)f->sw * sizeof(float));
             }
@@ -125,22 +130,31 @@ static void fill_band(const band_fill *f, long ch0, long ch1) {
 /* ------------------------------------------------------------ epilogues -- */
 
 /* Wide product columns -> output rows: column q is (row0 + q / ww, q % ww),
- * kept when q % ww < ow; plus bias, ReLU, or added to the output. */
+ * kept when q % ww < ow; plus bias, the activation, or added to the output. */
 typedef struct {
     float *y;
     size_t plane;
     int m, ww, ow, row0;
     const float *bias;
-    int relu, accumulate;
+    unet_act act;
+    int accumulate;
 } compact_ctx;
 
-static void store_run(float *restrict dst, const float *restrict src, int n, float b, int relu, int accumulate) {
-    if (accumulate)
-        for (int i = 0; i < n; i++) dst[i] += src[i];
-    else if (relu)
+/* dst = act(src + b), each activation its own loop; dst may be src */
+static void bias_act_run(float *dst, const float *src, int n, float b, unet_act act) {
+    if (act == UNET_ACT_RELU)
         for (int i = 0; i < n; i++) dst[i] = src[i] + b > 0.0f ? src[i] + b : 0.0f;
+    else if (act == UNET_ACT_RELU6)
+        for (int i = 0; i < n; i++) dst[i] = unet_relu6(src[i] + b);
     else
         for (int i = 0; i < n; i++) dst[i] = src[i] + b;
+}
+
+static void store_run(float *restrict dst, const float *restrict src, int n, float b, unet_act act, int accumulate) {
+    if (accumulate)
+        for (int i = 0; i < n; i++) dst[i] += src[i];
+    else
+        bias_act_run(dst, src, n, b, act);
 }
 
 static void compact_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
@@ -156,29 +170,25 @@ static void compact_epilogue(const void *vctx, float *cb, size_t ldc, long q0, i
             int n = (int)(row_end - q);
             if (x + n > e->ow) n = e->ow - x;
             if (n > 0)
-                store_run(yp + (size_t)(e->row0 + row) * e->ow + x, crow + (q - q0), n, b, e->relu, e->accumulate);
+                store_run(yp + (size_t)(e->row0 + row) * e->ow + x, crow + (q - q0), n, b, e->act, e->accumulate);
             q = row_end;
         }
     }
 }
 
-/* 1x1 conv: the product wrote straight into the output; add bias, ReLU there. */
+/* 1x1 conv: the product wrote straight into the output; add bias, the activation there. */
 typedef struct {
     int m;
     const float *bias;
-    int relu;
-} bias_relu_ctx;
+    unet_act act;
+} bias_act_ctx;
 
-static void bias_relu_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
-    const bias_relu_ctx *e = vctx;
+static void bias_act_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
+    const bias_act_ctx *e = vctx;
     (void)q0;
     for (int i = 0; i < e->m; i++) {
         float *row = cb + (size_t)i * ldc; /* the output itself: the job's c */
-        float b = e->bias ? e->bias[i] : 0.0f;
-        if (e->relu)
-            for (int q = 0; q < nq; q++) row[q] = row[q] + b > 0.0f ? row[q] + b : 0.0f;
-        else
-            for (int q = 0; q < nq; q++) row[q] += b;
+        bias_act_run(row, row, nq, e->bias ? e->bias[i] : 0.0f, e->act);
     }
 }
 
@@ -218,6 +228,13 @@ typedef struct {
 
 static conv_dims conv_dims_of(const unet_op_args *a) {
     unet_shape si = a->in_shape[0], so = a->out_shape;
+    const unet_node *nd = a->node;
+    if (nd->stride != 1 || nd->groups != 1 || !((nd->k == 3 && (nd->pad == 0 || nd->pad == 1)) ||
+                                                (nd->k == 1 && nd->pad == 0))) {
+        fprintf(stderr, "unet: %s: the CPU convolution of k %d stride %d pad %d groups %d comes in the next commit\n",
+                nd->name, nd->k, nd->stride, nd->pad, nd->groups);
+        abort();
+    }
     conv_dims d = {si.n, si.c, si.h, si.w, so.c, so.h, so.w, a->node->k, a->node->pad, a->node->k * a->node->k};
     return d;
 }
@@ -291,7 +308,8 @@ static void conv_forward(const unet_op_args *a) {
     const float *x = a->in[0], *w = a->param[0], *bias = a->param[1];
     float *y = a->out;
     size_t hw = (size_t)d.h * d.w, ohw = (size_t)d.ho * d.wo;
-    int relu = a->node->relu, band = conv_fwd_band_rows(&d), same = d.k == 3 && d.pad == 1;
+    unet_act act = a->node->act;
+    int band = conv_fwd_band_rows(&d), same = d.k == 3 && d.pad == 1;
     size_t xplane = conv_pad_plane(&d, band);
     /* B rows (c, tap) over the image, or over the padded band (same) */
     long taps[CONV_MAX_TAPS] = {0};
@@ -312,16 +330,16 @@ static void conv_forward(const unet_op_args *a) {
             float *yn = y + (size_t)n * d.o * ohw;
             conv_gemm_job j = job;
             if (d.k == 1) {
-                bias_relu_ctx e = {d.o, bias, relu};
+                bias_act_ctx e = {d.o, bias, act};
                 j.n = (int)hw;
                 j.src = xn;
                 j.c = yn;
                 j.ldc = ohw;
-                j.epilogue = bias_relu_epilogue;
+                j.epilogue = bias_act_epilogue;
                 j.ctx = &e;
                 conv_gemm_run(&j, scratch, tid, nth);
             } else if (d.pad == 0) {
-                compact_ctx e = {yn, ohw, d.o, d.w, d.wo, 0, bias, relu, 0};
+                compact_ctx e = {yn, ohw, d.o, d.w, d.wo, 0, bias, act, 0};
                 /* the last two wide columns are garbage and would read past the image */
                 j.n = d.ho * d.w - 2;
                 j.src = xn;
@@ -335,7 +353,7 @@ static void conv_forward(const unet_op_args *a) {
                                    .bw = d.w + 2, .rows = rows + 2, .y_first = y0 - 1, .left = 1};
                     fill_band(&f, ch0, ch1);
 #pragma omp barrier
-                    compact_ctx e = {yn, ohw, d.o, d.w + 2, d.wo, y0, bias, relu, 0};
+                    compact_ctx e = {yn, ohw, d.o, d.w + 2, d.wo, y0, bias, act, 0};
                     j.n = rows * (d.w + 2) - 2;
                     j.src = L.band_x;
                     j.epilogue = compact_epilogue;
@@ -359,15 +377,12 @@ static void flip_transpose(const float *w, int o_count, int c_count, int taps, f
         }
 }
 
-/* dz of image n in place (1x1 conv: masked where out <= 0 when ReLU), its
- * per-channel sums added to sums; channels [ch0, ch1). */
-static void mask_and_sum(float *dz, const float *out, size_t hw, long ch0, long ch1, double *sums) {
+/* dz of image n in place (1x1 conv: masked by the activation of out when
+ * given), its per-channel sums added to sums; channels [ch0, ch1). */
+static void mask_and_sum(float *dz, unet_act act, const float *out, size_t hw, long ch0, long ch1, double *sums) {
     for (long ch = ch0; ch < ch1; ch++) {
         float *g = dz + ch * hw;
-        if (out) {
-            const float *o = out + ch * hw;
-            for (size_t i = 0; i < hw; i++) g[i] = o[i] > 0.0f ? g[i] : 0.0f;
-        }
+        if (out) unet_act_mask(act, g, out + ch * hw, hw);
         sums[ch] += sum_f64(g, hw);
     }
 }
@@ -376,7 +391,8 @@ static void conv_backward(const unet_op_args *a) {
     conv_dims d = conv_dims_of(a);
     carver cv = {a->workspace, 0};
     conv_ws L = conv_backward_layout(&d, &cv);
-    const float *x = a->in[0], *w = a->param[0], *out = a->node->relu ? a->out : NULL;
+    unet_act act = a->node->act;
+    const float *x = a->in[0], *w = a->param[0], *out = act != UNET_ACT_NONE ? a->out : NULL;
     float *dout = a->dout, *dx = a->din[0], *dw = a->dparam[0], *db = a->dparam[1];
     int band = conv_bwd_band_rows(&d), same = d.k == 3 && d.pad == 1;
     size_t hw = (size_t)d.h * d.w, ohw = (size_t)d.ho * d.wo, nw = (size_t)d.o * d.c * d.taps;
@@ -421,7 +437,7 @@ static void conv_backward(const unet_op_args *a) {
             float *gn = dout + (size_t)n * d.o * ohw, *dxn = dx ? dx + (size_t)n * d.c * hw : NULL;
             const float *on = out ? out + (size_t)n * d.o * ohw : NULL;
             if (d.k == 1) {
-                mask_and_sum(gn, on, ohw, o0, o1, L.dbias);
+                mask_and_sum(gn, act, on, ohw, o0, o1, L.dbias);
 #pragma omp barrier
                 if (dxn) {
                     conv_gemm_job j = gx;
@@ -445,12 +461,12 @@ static void conv_backward(const unet_op_args *a) {
                 int rows = d.h - y0 < band ? d.h - y0 : band;
                 if (!same) {
                     /* dz row y' at row y' + 2 of the band's frame, columns 2 .. w-1 */
-                    band_fill fz = {.src = gn, .mask = on, .sh = d.ho, .sw = d.wo, .band = L.band_z,
+                    band_fill fz = {.src = gn, .mask = on, .act = act, .sh = d.ho, .sw = d.wo, .band = L.band_z,
                                     .bplane = zplane, .bw = d.w, .rows = rows + 2, .y_first = y0 - 2, .left = 2,
                                     .tail = 2, .sums = L.dbias, .own0 = 0, .own1 = rows};
                     fill_band(&fz, o0, o1);
                 } else {
-                    band_fill fz = {.src = gn, .mask = on, .sh = d.h, .sw = d.w, .band = L.band_z,
+                    band_fill fz = {.src = gn, .mask = on, .act = act, .sh = d.h, .sw = d.w, .band = L.band_z,
                                     .bplane = zplane, .bw = d.w + 2, .rows = rows + 2, .y_first = y0 - 1,
                                     .left = 1, .sums = L.dbias, .own0 = 1, .own1 = rows + 1};
                     fill_band(&fz, o0, o1);

@@ -1,14 +1,25 @@
-/* Element-wise ops: ReLU and inverted dropout. */
+/* Element-wise ops: ReLU (or ReLU6) and inverted dropout. */
 #include <stdint.h>
 
+#include "kernels/cpu/act.h"
 #include "kernels/cpu/grad.h"
 #include "kernels/cpu/ops.h"
 #include "unet/rng.h"
+
+/* The relu node's activation: ReLU6 when asked, else ReLU (a node's default, none, reads as ReLU). */
+static unet_act relu_act(const unet_op_args *a) {
+    return a->node->act == UNET_ACT_RELU6 ? UNET_ACT_RELU6 : UNET_ACT_RELU;
+}
 
 static void relu_forward(const unet_op_args *a) {
     const float *x = a->in[0];
     float *y = a->out;
     size_t n = unet_shape_count(a->out_shape);
+    if (relu_act(a) == UNET_ACT_RELU6) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) y[i] = unet_relu6(x[i]);
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN passes, as in PyTorch */
 }
@@ -20,6 +31,14 @@ static void relu_backward(const unet_op_args *a) {
     const float *y = a->out, *dy = a->dout;
     int acc = a->din_accumulate[0];
     size_t n = unet_shape_count(a->out_shape);
+    if (relu_act(a) == UNET_ACT_RELU6) {
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            float g = dy[i];
+            unet_grad_store(dx, i, y[i] > 0.0f && y[i] < 6.0f ? g : 0.0f, acc);
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = dy[i]; /* loaded unconditionally: a conditional load keeps GCC from vectorising */

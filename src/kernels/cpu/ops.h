@@ -10,6 +10,7 @@ extern const unet_op_impl unet_cpu_conv_t2;     /* conv.c */
 extern const unet_op_impl unet_cpu_bias;        /* conv.c */
 extern const unet_op_impl unet_cpu_relu;        /* elementwise.c */
 extern const unet_op_impl unet_cpu_maxpool2;    /* pool.c */
+extern const unet_op_impl unet_cpu_maxpool;     /* pool.c */
 extern const unet_op_impl unet_cpu_crop_concat; /* concat.c */
 extern const unet_op_impl unet_cpu_crop_add;    /* concat.c */
 extern const unet_op_impl unet_cpu_upsample2;   /* upsample.c */

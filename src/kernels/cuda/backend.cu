@@ -599,6 +599,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->ops[UNET_OP_BIAS] = &unet_cuda_bias;
     b->ops[UNET_OP_RELU] = &unet_cuda_relu;
     b->ops[UNET_OP_MAXPOOL2] = &unet_cuda_maxpool2;
+    b->ops[UNET_OP_MAXPOOL] = &unet_cuda_maxpool;
     b->ops[UNET_OP_CROP_CONCAT] = &unet_cuda_crop_concat;
     b->ops[UNET_OP_CROP_ADD] = &unet_cuda_crop_add;
     b->ops[UNET_OP_UPSAMPLE2] = &unet_cuda_upsample2;

@@ -309,7 +309,7 @@ static void bn_forward_t(const unet_op_args *a) {
     int vec = sizeof(T) == 4 && sp.hw % 4 == 0 && unet_aligned16(x) && unet_aligned16(a->out);
     unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * cp, vec ? sp.hw / 4 : sp.hw);
     bn_normalize_kernel<<<l.grid, l.block, 0, stream>>>(x, (T *)a->out, s.c, cp, (int)sp.hw, mean, invstd,
-                                                        a->param[0], a->param[1], a->node->relu, vec);
+                                                        a->param[0], a->param[1], (a->node->act == UNET_ACT_RELU), vec);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -338,7 +338,7 @@ static void bn_backward_t(const unet_op_args *a) {
     double *partial = (double *)a->workspace;
     double *sums = (double *)((char *)a->workspace + partial_bytes(sp));
     bn_grad_sums_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(
-        (T *)a->dout, x, (const T *)a->out, mean, cp, sp.hw, sp.tiles, a->node->relu, partial);
+        (T *)a->dout, x, (const T *)a->out, mean, cp, sp.hw, sp.tiles, (a->node->act == UNET_ACT_RELU), partial);
     UNET_CUDA_LAUNCHED(a);
     bn_finish_grads_kernel<<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(partial, sp.slices, invstd, sums, a->dparam[0],
                                                                        a->dparam[1]);
@@ -358,7 +358,7 @@ static void bn_backward(const unet_op_args *a) {
     if (sp.m == 0 || s.c == 0) return;
     require(a, a->in[0] && a->dout && a->aux && a->param[0] && a->workspace,
             "batchnorm backward needs x, dout, aux, gamma and its workspace");
-    require(a, !a->node->relu || a->out, "batchnorm backward with a fused ReLU needs the forward output (out is NULL)");
+    require(a, !(a->node->act == UNET_ACT_RELU) || a->out, "batchnorm backward with a fused ReLU needs the forward output (out is NULL)");
     if (unet_cuda_is_bf16(a))
         bn_backward_t<unet_bf16>(a);
     else

@@ -366,7 +366,7 @@ static unet_conv_problem conv_problem(const unet_op_args *a, unet_conv_dir dir) 
 static unet_conv_problem conv_forward_problem(const unet_op_args *a, int fused) {
     unet_conv_problem p = conv_problem(a, UNET_CONV_FWD);
     p.bias = fused;
-    p.relu = fused && a->node->relu;
+    p.relu = fused && (a->node->act == UNET_ACT_RELU);
     return p;
 }
 
@@ -407,7 +407,7 @@ static void conv_forward(const unet_op_args *a) {
     unet_conv_tensors t = {a->in[0], w, a->out, NULL};
     p = conv_forward_problem(a, 0);
     unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws, a);
-    bias_act(a, a->out, a->out, a->param[1], a->out_shape, a->node->relu);
+    bias_act(a, a->out, a->out, a->param[1], a->out_shape, (a->node->act == UNET_ACT_RELU));
 }
 
 /* dz = dout * (out > 0) with ReLU (in place: dout has no other reader);
@@ -417,9 +417,9 @@ static void conv_backward(const unet_op_args *a) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     void *dz = a->dout;
     require(a, dz, "conv dout");
-    if (a->node->relu) require(a, a->out, "conv out (the ReLU mask)");
+    if ((a->node->act == UNET_ACT_RELU)) require(a, a->out, "conv out (the ReLU mask)");
     char *ws = (char *)a->workspace + weight_prefix(a, conv_problem(a, UNET_CONV_WGRAD));
-    channel_sums(a, dz, a->node->relu ? a->out : NULL, a->out_shape, a->dparam[1], ws);
+    channel_sums(a, dz, (a->node->act == UNET_ACT_RELU) ? a->out : NULL, a->out_shape, a->dparam[1], ws);
     if (a->dparam[0]) {
         require(a, a->in[0], "conv x (in[0])");
         unet_conv_problem p = conv_problem(a, UNET_CONV_WGRAD);

@@ -14,6 +14,7 @@ extern const unet_op_impl unet_cuda_conv_t2;     /* conv.cu */
 extern const unet_op_impl unet_cuda_bias;        /* conv.cu */
 extern const unet_op_impl unet_cuda_relu;        /* elementwise.cu */
 extern const unet_op_impl unet_cuda_maxpool2;    /* pool.cu */
+extern const unet_op_impl unet_cuda_maxpool;     /* pool.cu */
 extern const unet_op_impl unet_cuda_crop_concat; /* concat.cu */
 extern const unet_op_impl unet_cuda_crop_add;    /* concat.cu */
 extern const unet_op_impl unet_cuda_upsample2;   /* upsample.cu */

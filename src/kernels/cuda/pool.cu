@@ -1,4 +1,7 @@
-/* 2x2 stride-2 max pooling on the GPU, twin of src/kernels/cpu/pool.c.
+/* Max pooling on the GPU, twins of src/kernels/cpu/pool.c: maxpool2 (2x2
+ * stride 2) and, at the end, maxpool (k x k, stride, -inf padding).
+ *
+ * maxpool2:
  * One thread per window (H and W are even: the shape inference rejects odd
  * sizes), blocks per plane (n, c). In float32 NCHW the two values of a
  * window row are adjacent and at an even index, read and written as one
@@ -145,3 +148,129 @@ static void maxpool2_backward(const unet_op_args *a) {
 }
 
 extern "C" const unet_op_impl unet_cuda_maxpool2 = {maxpool2_forward, maxpool2_backward, NULL, NULL};
+
+/* ---- maxpool: k x k, stride, pad (-inf) ----
+ * Forward: one thread per output, the window scanned as the CPU scans it.
+ * Backward as a gather, without atomics: one thread per input element walks
+ * the windows that contain it in row-major order, recomputes each one's
+ * maximum, and adds the gradient of those whose maximum it is, starting from
+ * the gradient already there when accumulating: the CPU's scatter adds in
+ * that order, so the two agree bit for bit. */
+
+struct pool_geom {
+    int k, stride, pad;
+};
+
+/* The (row, column) of window (oy, ox)'s maximum in x's plane (n, c): the
+ * first in row-major order, a NaN winning; padding never wins. */
+template <class VX>
+static __device__ __forceinline__ int2 window_max_at(const VX &x, int n, int c, pool_geom g, int oy, int ox) {
+    int y0 = oy * g.stride - g.pad, x0 = ox * g.stride - g.pad;
+    int ya = max(y0, 0), yb = min(y0 + g.k, x.h), xa = max(x0, 0), xb = min(x0 + g.k, x.w);
+    int2 best = make_int2(ya, xa);
+    float m = unet_ld(x.p, x.at(n, c, ya, xa));
+    for (int y = ya; y < yb; y++)
+        for (int xx = xa; xx < xb; xx++) {
+            float v = unet_ld(x.p, x.at(n, c, y, xx));
+            if (takes_max(v, m)) m = v, best = make_int2(y, xx);
+        }
+    return best;
+}
+
+/* grid.x: planes (n, c) of the output, padding planes included (zeros). */
+template <class VX, class VY>
+static __global__ void maxpool_forward_kernel(VX x, VY y, pool_geom g, int out_items) {
+    int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
+        int oy = e / y.w, ox = e - oy * y.w;
+        float v = 0.0f;
+        if (c < x.c) {
+            int2 at = window_max_at(x, n, c, g, oy, ox);
+            v = unet_ld(x.p, x.at(n, c, at.x, at.y));
+        }
+        unet_st(y.p, y.at(n, c, oy, ox), v);
+    }
+}
+
+/* The first window index whose window reaches input index i, and the last (inclusive). */
+static __device__ __forceinline__ int2 windows_over(int i, pool_geom g, int out_size) {
+    int lo = i + g.pad - g.k + 1, hi = i + g.pad;
+    lo = lo <= 0 ? 0 : (lo + g.stride - 1) / g.stride;
+    return make_int2(lo, min(hi / g.stride, out_size - 1));
+}
+
+/* grid.x: planes (n, c) of the input gradient, padding planes included (zeros). */
+template <class VX, class VG, class VD>
+static __global__ void maxpool_backward_kernel(VX x, VG dy, VD dx, pool_geom g, int in_items, int accumulate) {
+    int n = (int)(blockIdx.x / (unsigned)dx.cp), c = (int)(blockIdx.x % (unsigned)dx.cp);
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < in_items; e += gridDim.y * blockDim.x) {
+        int iy = e / dx.w, ix = e - iy * dx.w;
+        long long at = dx.at(n, c, iy, ix);
+        if (c >= dx.c) {
+            unet_st(dx.p, at, 0.0f);
+            continue;
+        }
+        float sum = accumulate ? unet_ld(dx.p, at) : 0.0f;
+        int2 ry = windows_over(iy, g, dy.h), rx = windows_over(ix, g, dy.w);
+        for (int oy = ry.x; oy <= ry.y; oy++)
+            for (int ox = rx.x; ox <= rx.y; ox++) {
+                int2 m = window_max_at(x, n, c, g, oy, ox);
+                if (m.x == iy && m.y == ix) sum += unet_ld(dy.p, dy.at(n, c, oy, ox));
+            }
+        unet_st(dx.p, at, sum);
+    }
+}
+
+static pool_geom pool_geom_of(const unet_op_args *a) {
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    const unet_node *nd = a->node;
+    pool_geom g = {nd->k, nd->stride, nd->pad};
+    if (g.k < 1 || g.stride < 1 || g.pad < 0 || 2 * g.pad > g.k || so.n != si.n || so.c != si.c ||
+        so.h != (si.h + 2 * g.pad - g.k) / g.stride + 1 || so.w != (si.w + 2 * g.pad - g.k) / g.stride + 1) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "maxpool k %d stride %d pad %d cannot map (%d,%d,%d,%d) to (%d,%d,%d,%d)", g.k,
+                 g.stride, g.pad, si.n, si.c, si.h, si.w, so.n, so.c, so.h, so.w);
+        unet_cuda_fail(__FILE__, __LINE__, "shape check", msg, a);
+    }
+    return g;
+}
+
+static void maxpool_forward(const unet_op_args *a) {
+    pool_geom g = pool_geom_of(a);
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    long long planes = (long long)so.n * unet_cuda_planes_c(a, so), items = (long long)so.h * so.w;
+    if (planes == 0 || items == 0) return;
+    unet_plane_launch l = unet_plane_launch_for(a, planes, items);
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    if (unet_cuda_is_bf16(a))
+        maxpool_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->in[0], si),
+                                                               unet_view((unet_bf16 *)a->out, so), g, (int)items);
+    else
+        maxpool_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->in[0], si),
+                                                               unet_view((float *)a->out, so), g, (int)items);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+static void maxpool_backward(const unet_op_args *a) {
+    if (!a->din[0]) return;
+    pool_geom g = pool_geom_of(a);
+    if (!a->in[0] || !a->dout)
+        unet_cuda_fail(__FILE__, __LINE__, "argument check", "maxpool backward needs the forward input and dout", a);
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    long long planes = (long long)si.n * unet_cuda_planes_c(a, si), items = (long long)si.h * si.w;
+    if (planes == 0 || items == 0) return;
+    unet_plane_launch l = unet_plane_launch_for(a, planes, items);
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    int acc = a->din_accumulate[0];
+    if (unet_cuda_is_bf16(a))
+        maxpool_backward_kernel<<<l.grid, l.block, 0, stream>>>(
+            unet_view((const unet_bf16 *)a->in[0], si), unet_view((const unet_bf16 *)a->dout, so),
+            unet_view((unet_bf16 *)a->din[0], si), g, (int)items, acc);
+    else
+        maxpool_backward_kernel<<<l.grid, l.block, 0, stream>>>(
+            unet_view((const float *)a->in[0], si), unet_view((const float *)a->dout, so),
+            unet_view((float *)a->din[0], si), g, (int)items, acc);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+extern "C" const unet_op_impl unet_cuda_maxpool = {maxpool_forward, maxpool_backward, NULL, NULL};
