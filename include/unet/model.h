@@ -69,6 +69,7 @@ typedef struct {
     unet_graph *graph;
     int n_heads;
     int head_column[UNET_MAX_LEVELS]; /* column j of each output, in output order (increasing j) */
+    int feature[UNET_MAX_LEVELS];     /* the graph value of X^{i,0}, the encoder's feature of level i (-1: none) */
 } unet_model;
 
 /* Builds the graph. with_loss: add loss nodes (label input, optional weight

@@ -7,6 +7,8 @@
  *       [--upsample bilinear] [--fusion add] [--deep-supervision] [--dropout P] [--depth d]
  *       [--in-channels C] [--loss ce|bce_dice] [--weight-map] --tile S --batch B --dir D
  *       [--encoder resnet18|resnet34|resnet50|mobilenet_v2 [--decoder-channels D1,..,D5] [--freeze-encoder-bn]]
+ *       [--features: the encoder's features X^{i,0}, i >= 1, as outputs after the heads']
+ *       [--init-encoder W.safetensors: torchvision's weights over the backbone, as unet train loads them]
  *       [--list] [--eval] [--backend cpu|cuda] [--precision fp32|tf32|bf16 (cuda)] [--seed S]
  *       [--steps K --lr X --optimizer sgd|adam --adam-eps E]
  *
@@ -19,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "unet/checkpoint.h"
 #include "unet/model.h"
 #include "unet/optim.h"
 #include "unet/plan.h"
@@ -29,17 +32,18 @@
 int main(int argc, char **argv) {
     unet_model_cfg m = {.kind = UNET_MODEL_UNET, .levels = 3, .filters = {4, 8, 16}, .in_channels = 1, .classes = 2,
                         .decoder_levels = 5, .decoder_channels = {256, 128, 64, 32, 16}};
-    int tile = 0, batch = 1, list = 0, eval = 0, weight_map = 0, steps = 0, adam = 0, loss_set = 0;
+    int tile = 0, batch = 1, list = 0, eval = 0, weight_map = 0, steps = 0, adam = 0, loss_set = 0, features = 0;
     float adam_eps = 1e-8f;
     unsigned long long seed = 1;
     float lr = 0.01f;
-    const char *dir = ".", *backend_name = "cpu", *precision = "fp32";
+    const char *dir = ".", *backend_name = "cpu", *precision = "fp32", *init_encoder = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--list")) { list = 1; continue; }
         if (!strcmp(a, "--eval")) { eval = 1; continue; }
         if (!strcmp(a, "--deep-supervision")) { m.deep_supervision = 1; continue; }
         if (!strcmp(a, "--freeze-encoder-bn")) { m.freeze_encoder_bn = 1; continue; }
+        if (!strcmp(a, "--features")) { features = 1; continue; }
         if (!strcmp(a, "--weight-map")) { weight_map = 1; continue; }
         if (i + 1 >= argc) die("missing value", NULL);
         const char *v = argv[++i];
@@ -73,6 +77,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--tile")) tile = atoi(v);
         else if (!strcmp(a, "--batch")) batch = atoi(v);
         else if (!strcmp(a, "--dir")) dir = v;
+        else if (!strcmp(a, "--init-encoder")) init_encoder = v;
         else if (!strcmp(a, "--backend")) backend_name = v;
         else if (!strcmp(a, "--precision")) precision = v;
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
@@ -86,6 +91,8 @@ int main(int argc, char **argv) {
     char err[1024];
     unet_model model;
     if (unet_model_build(&m, !eval, weight_map, &model, err, sizeof err)) die(err, NULL);
+    for (int i = 1; features && i < UNET_MAX_LEVELS; i++)
+        if (model.feature[i] >= 0) unet_graph_mark_output(model.graph, model.feature[i]);
     const unet_graph *g = model.graph;
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu")) {
@@ -133,6 +140,9 @@ int main(int argc, char **argv) {
         if (!params) params = tp; else free(tp);
         if (!state) state = ts; else free(ts);
     }
+    if (init_encoder && unet_checkpoint_load_encoder(init_encoder, unet_encoder_name(m.encoder), g, params, state, err,
+                                                     sizeof err))
+        die(err, NULL);
     b->upload_f32(b, pb.params, params, nt);
     if (ns) b->upload_f32(b, pb.state, state, ns);
 

@@ -393,6 +393,8 @@ int unet_model_build(const unet_model_cfg *m, int with_loss, int with_weight, un
             unet_graph_add(G.g, &l);
         }
     }
+    /* value 0 is the image: no feature (a backbone's X^{0,0}, a column cut short) */
+    for (int i = 0; i < UNET_MAX_LEVELS; i++) out->feature[i] = i <= L && G.value[i][0] > 0 ? G.value[i][0] : -1;
     out->graph = G.g;
     out->n_heads = n_heads;
     return 0;
