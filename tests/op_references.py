@@ -53,12 +53,18 @@ def bn_case(g, shape, mean_scale=3.0):
     return x, gamma, beta, rm, rv, dout
 
 
+def activation(y, act):
+    """act after y: 0 / None / "none", 1 / "relu", "relu6" (the ops' act attribute)."""
+    act = {0: "none", 1: "relu", None: "none"}.get(act, act)
+    return {"none": y, "relu": F.relu(y), "relu6": F.relu6(y)}[act]
+
+
 def bn_reference(x, gamma, beta, rm, rv, dout, training, relu, momentum, eps):
-    """y, dx, dgamma, dbeta and the updated running mean and variance of F.batch_norm (+ ReLU)."""
+    """y, dx, dgamma, dbeta and the updated running mean and variance of F.batch_norm (+ the
+    activation relu: 0, 1 (ReLU) or "relu6"). training False is eval mode, and a frozen batch norm."""
     X, G, B = t64(x, True), t64(gamma, True), t64(beta, True)
     RM, RV = t64(rm), t64(rv)
     y = F.batch_norm(X, RM, RV, G, B, training=bool(training), momentum=momentum, eps=eps)
-    if relu:
-        y = F.relu(y)
+    y = activation(y, relu)
     y.backward(t64(dout))
     return y.detach().numpy(), X.grad.numpy(), G.grad.numpy(), B.grad.numpy(), RM.numpy(), RV.numpy()

@@ -32,6 +32,10 @@
 
 #include "unet/data.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { UNET_INTERP_CUBIC, UNET_INTERP_LINEAR } unet_interp;
 
 typedef struct {
@@ -64,8 +68,11 @@ int unet_augment_apply(void *ctx, const unet_augment_args *a, char *err, size_t 
  * A = rotation by angle (radians) divided by scale, and d the cubic B-spline
  * through the grid x grid displacements dy, dx (row-major, point (i, j) at
  * pixel (i, j) * (tile - 1) / (grid - 1); NULL: none). Same conventions as
- * elasticdeform.deform_grid(..., order=3, mode='mirror'). */
-typedef struct {
+ * elasticdeform.deform_grid(..., order=3, mode='mirror'). Its twin on a
+ * device is the backend's warp (warper_create, warp_batch in unet/backend.h),
+ * with the same arithmetic (src/common/warp_math.h), so a seed gives the same
+ * tiles on either. */
+typedef struct unet_warp {
     int grid;
     const double *dy, *dx;
     double angle, scale;
@@ -93,45 +100,8 @@ void unet_augment_record_warp(const void *record, unet_warp *w);
  * part of unet_augment_apply that no warp does. */
 int unet_augment_has_intensity(const unet_augment_cfg *cfg);
 
-/* ---- the CUDA twin of unet_augment_warp (src/kernels/cuda/augment.cu) ----
- *
- * A batch of warps on the GPU, with the arithmetic of the CPU version (both
- * run src/host/data/warp_math.h): the random draws, the tile positions and
- * the reading of the source windows stay on the host, so a seed gives the
- * same tiles on either; the source windows go up and the tiles are written
- * in device memory, where the training step reads them.
- *
- * The seam: these are functions of the data layer, not ops of the backend
- * table. The warp is no node of the graph and has no backward, so the core
- * (graph, planner, executor) never sees it and stays backend-agnostic; the
- * backend is passed only for its device and stream (the warp is queued on
- * the stream of the training step and so is ordered with it without a
- * synchronisation). Every build declares them: without CUDA they are
- * src/host/data/augment_cuda_absent.c, which answers with an error as
- * unet_cuda_backend does, so callers need no #ifdef. */
-typedef struct unet_backend unet_backend;
-typedef struct unet_cuda_warper unet_cuda_warper;
-
-/* Device buffers for batches of up to `batch` samples of `channels` x tile x
- * tile, from source windows of S = tile + 2 context pixels a side, elastic
- * grids of up to `grid` points a side (0: no elastic deformation), raw
- * interpolated as `interp` (cubic also takes S x S x 12 bytes a channel and
- * sample for the prefilter). b must be a CUDA backend. NULL with a message
- * in err when it cannot (not built with CUDA, out of device memory). */
-unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int batch, int channels, int tile, int context,
-                                          int grid, unet_interp interp, char *err, size_t errlen);
-/* Warps samples 0 .. count - 1: warps[n] applied to source window n of the
- * host arrays src_raw (count, C, S, S), src_label and src_weight (count, S,
- * S), written to the device arrays raw (count, C, T, T), label and weight
- * (count, T, T), as unet_augment_warp would write them. Queued on the
- * backend's stream. Host arrays in pageable memory (malloc) may be reused
- * when it returns (CUDA stages them before cudaMemcpyAsync returns); page-
- * locked ones must stay untouched until the stream has passed the warp. -1
- * with a message for a warp the warper was not made for (count, grid,
- * interp). */
-int unet_cuda_warp_batch(unet_cuda_warper *w, int count, const unet_warp *warps, const float *src_raw,
-                         const int32_t *src_label, const float *src_weight, float *raw, int32_t *label,
-                         float *weight, char *err, size_t errlen);
-void unet_cuda_warper_free(unet_cuda_warper *w);
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -1,5 +1,9 @@
 /* The backend interface: one op table per backend (CPU, CUDA), plus memory,
- * transfers and the optimizer passes over the contiguous parameter block.
+ * transfers and the optimizer passes over the contiguous parameter block,
+ * and the optional work a backend may offer beyond the ops (the free memory
+ * of its device, the augmentation warp on it, collective communication
+ * between devices). Everything a backend offers is reached through this
+ * table, never by a backend's function name: the callers need no #ifdef.
  *
  * The core resolves every pointer of a step once, at compile time, into a
  * unet_op_args; a training step is then a flat walk calling forward and
@@ -17,6 +21,10 @@
 
 #include "unet/graph.h"
 #include "unet/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct unet_backend unet_backend;
 
@@ -82,6 +90,32 @@ typedef struct {
 /* A step recorded by a backend that can replay work (a CUDA graph). */
 typedef struct unet_capture unet_capture;
 
+/* One sample's augmentation draw (unet/augment.h), and a backend's buffers
+ * for warping batches of them on its device. */
+typedef struct unet_warp unet_warp;
+typedef struct unet_warper unet_warper;
+
+/* One face of a data-parallel run's communicator (unet/dist.h): it moves
+ * bytes, and the bucketing, the watchdog and the choice of face are
+ * src/host/dist's. MPI's face sums host memory (src/host/dist/mpi.c); a
+ * backend may open one between its devices (NCCL on CUDA: dist_open). */
+typedef struct unet_dist_face unet_dist_face;
+struct unet_dist_face {
+    const char *name;
+    int host_memory; /* data lives on the host: ops can sum inside a kernel (synchronised batch norm) */
+    /* Starts summing n floats of backend memory in place over the ranks
+     * (average: then divided by the world size); wait finishes every start. */
+    void (*start_sum)(unet_dist_face *f, float *data, size_t n, int average);
+    void (*progress)(unet_dist_face *f); /* NULL: the face progresses by itself */
+    void (*wait)(unet_dist_face *f);
+    void (*sum_f64)(unet_dist_face *f, double *values, int n); /* host memory, blocking */
+    void (*barrier)(unet_dist_face *f);
+    void (*abort)(unet_dist_face *f, int code);
+    void (*close)(unet_dist_face *f);
+};
+/* The bytes rank 0 hands every rank so that their faces find each other. */
+#define UNET_DIST_ID_BYTES 128
+
 struct unet_backend {
     const char *name; /* "cpu", "cuda" */
     const unet_op_impl *ops[UNET_OP_COUNT]; /* indexed by unet_op */
@@ -124,6 +158,53 @@ struct unet_backend {
     unet_capture *(*end_capture)(const unet_backend *b, size_t *nodes, char *why, size_t whylen);
     void (*replay)(const unet_backend *b, unet_capture *c);
     void (*release)(const unet_backend *b, unet_capture *c);
+
+    /* The rest is optional: NULL on a backend that does not offer it (the
+     * CPU backend offers none of it). */
+
+    /* The free and total memory of the backend's device, for planning a run
+     * before it allocates anything (unet info: the largest batch that fits).
+     * free counts what this process and every other holds already, the
+     * backend's own context and handles included. 0, or -1 with one line in
+     * err. */
+    int (*memory_info)(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err, size_t errlen);
+
+    /* The augmentation warp on the device, twin of unet_augment_warp
+     * (unet/augment.h) with the same arithmetic (src/common/warp_math.h): the
+     * host draws and reads the source windows, the device warps them
+     * straight into the tensors a step reads. No op of the table: the warp
+     * has no backward and is no node of the graph, so the core never sees it.
+     *
+     * warper_create: buffers for batches of up to `batch` samples of
+     * `channels` x tile x tile, from source windows of S = tile + 2 context
+     * pixels a side, elastic grids of up to `grid` points a side (0: no
+     * elastic deformation), raw sampled by a cubic B-spline (cubic: 1, which
+     * also takes S x S x 12 bytes a channel and sample for the prefilter) or
+     * bilinearly. NULL with one line in err (out of device memory, sizes it
+     * cannot take).
+     * warp_batch: warps samples 0 .. count - 1, warps[n] applied to source
+     * window n of the host arrays src_raw (count, C, S, S), src_label and
+     * src_weight (count, S, S), into the device arrays raw (count, C, T, T),
+     * label and weight (count, T, T), as unet_augment_warp would write them;
+     * queued in order with the backend's other work (no synchronisation with
+     * the step that reads them). Host arrays in pageable memory (malloc) may
+     * be reused when it returns. -1 with one line in err for a warp the
+     * warper was not made for (count, grid, interpolation). */
+    unet_warper *(*warper_create)(const unet_backend *b, int batch, int channels, int tile, int context, int grid,
+                                  int cubic, char *err, size_t errlen);
+    int (*warp_batch)(const unet_backend *b, unet_warper *w, int count, const unet_warp *warps, const float *src_raw,
+                      const int32_t *src_label, const float *src_weight, float *raw, int32_t *label, float *weight,
+                      char *err, size_t errlen);
+    void (*warper_free)(const unet_backend *b, unet_warper *w);
+
+    /* Collective communication between the devices of a data-parallel run
+     * (NCCL on CUDA): rank 0 makes the id, the ranks exchange it (src/host/
+     * dist), and every rank opens its face with it on this backend's device,
+     * summing gradients on its own stream after the backend's work. -1 / NULL
+     * with one line in err. */
+    int (*dist_id)(const unet_backend *b, unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen);
+    unet_dist_face *(*dist_open)(const unet_backend *b, int rank, int world, const unsigned char id[UNET_DIST_ID_BYTES],
+                                 char *err, size_t errlen);
 };
 
 /* The CPU backend: the reference, always built. */
@@ -136,5 +217,16 @@ const unet_backend *unet_cpu_backend(void);
  * (--fast-nondeterministic). */
 const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
                                       size_t errlen);
+/* CUDA devices this process sees, without making a backend (a rank picks
+ * its device by them); 0 without CUDA. */
+int unet_cuda_devices(void);
+/* In a build without the CUDA backend, why, in words every refusal of CUDA
+ * work quotes ("this unet was built without CUDA (configure with ...)");
+ * NULL in a build with it. */
+const char *unet_cuda_absent(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

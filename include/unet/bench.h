@@ -7,6 +7,10 @@
 #include "unet/model.h"
 #include "unet/optim.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     int tile, batch, warmup, steps;
     int inference; /* time forward passes of an inference plan instead of training steps */
@@ -29,5 +33,9 @@ typedef struct {
 
 int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_backend *b, const unet_bench_cfg *c,
                    unet_bench_result *r, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

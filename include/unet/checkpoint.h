@@ -19,6 +19,10 @@
 
 #include "unet/graph.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define UNET_CHECKPOINT_FORMAT_VERSION 1
 
 /* Writes atomically. params and state are the host blocks in the graph's
@@ -62,5 +66,9 @@ typedef struct {
 
 int unet_checkpoint_read_meta(const char *path, unet_checkpoint_meta *meta, char *err, size_t errlen);
 void unet_checkpoint_meta_free(unet_checkpoint_meta *meta);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -6,6 +6,10 @@
 
 #include "unet/config.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 int unet_run_train(unet_config *cfg);
 int unet_run_predict(unet_config *cfg);
 int unet_run_eval(unet_config *cfg);
@@ -13,5 +17,9 @@ int unet_run_info(unet_config *cfg);
 int unet_run_bench(unet_config *cfg);
 int unet_run_prune(unet_config *cfg);
 int unet_run_compare(unet_config *cfg);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -12,6 +12,10 @@
 #include "unet/model.h"
 #include "unet/optim.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define UNET_CONFIG_MAX_OPTIONS 128
 #define UNET_CONFIG_STRING_MAX 4095 /* longest path or key a string option takes */
 
@@ -46,7 +50,7 @@ typedef enum { UNET_MODE_DEEPEST, UNET_MODE_FAST, UNET_MODE_ACCURATE } unet_pred
 /* --cuda-graph: record the training step once and replay it where the backend can (auto), or never (off) */
 typedef enum { UNET_CUDA_GRAPH_AUTO, UNET_CUDA_GRAPH_OFF } unet_cuda_graph_mode;
 /* --augment-device: where the augmentation's warp runs: on the loader's threads (cpu), or on the GPU of a CUDA
- * run, written straight into the training step's inputs (cuda; unet_cuda_warp_batch in unet/augment.h) */
+ * run, written straight into the training step's inputs (cuda; the backend's warp_batch in unet/backend.h) */
 typedef enum { UNET_AUGMENT_DEVICE_CPU, UNET_AUGMENT_DEVICE_CUDA } unet_augment_device;
 
 typedef struct {
@@ -183,5 +187,9 @@ typedef struct {
     unet_cli_handler run;
 } unet_cli_command_impl;
 int unet_cli_dispatch(int argc, char **argv, const unet_cli_command_impl *impls, int n_impls);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -17,6 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define UNET_DATA_CACHE_DEFAULT ((size_t)2 << 30) /* read whole files into memory below 2 GiB */
 
 typedef struct unet_dataset unet_dataset;
@@ -202,5 +206,9 @@ int unet_prediction_file_write(unet_prediction_file *f, int index, const float *
                                size_t errlen);
 /* commit = 0 discards the file (an error happened). */
 int unet_prediction_file_close(unet_prediction_file *f, int commit, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

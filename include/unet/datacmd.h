@@ -7,6 +7,10 @@
 
 #include "unet/config.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* unet data weights D.h5 [--w0 10] [--sigma 5] [--no-balance]: the border
  * weight map of every image into `weight` (N,H,W) float32, by writing a new
  * file (every other object and the root attributes copied) and renaming it
@@ -18,5 +22,9 @@ int unet_run_data_import(unet_config *cfg);
 int unet_run_data_split(unet_config *cfg);
 /* unet data info D.h5 [--json] */
 int unet_run_data_info(unet_config *cfg);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -20,6 +20,10 @@
 
 #include "unet/backend.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { UNET_DIST_NONE, UNET_DIST_MPI, UNET_DIST_NCCL, UNET_DIST_AUTO } unet_dist_kind;
 
 /* Where this process sits in the job. */
@@ -121,5 +125,9 @@ int unet_rendezvous_begin(const char *addr, int port, const char *file, int rank
                           size_t bytes, double timeout_s, unet_rendezvous **out, char *err, size_t errlen);
 /* Rank 0: stops serving and removes the file; others: frees. NULL is fine. */
 void unet_rendezvous_end(unet_rendezvous *r);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

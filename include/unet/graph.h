@@ -8,6 +8,10 @@
 
 #include "unet/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define UNET_MAX_IN 8    /* UNet++ X^{0,4}: the upsampled tensor and 4 skips */
 #define UNET_MAX_PARAM 2 /* weight and bias (conv), gamma and beta (batch norm) */
 #define UNET_NAME_LEN 64
@@ -169,5 +173,9 @@ int unet_graph_num_inputs(const unet_graph *g);
 int unet_graph_num_outputs(const unet_graph *g);
 int unet_graph_output_value(const unet_graph *g, int index);
 int unet_graph_num_values(const unet_graph *g);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -9,6 +9,10 @@
 
 #include "unet/tensor.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define UNET_MAX_CLASSES 64
 
 typedef struct {
@@ -74,5 +78,9 @@ int unet_seg_metrics_json(char *buf, size_t len, const unet_seg_metrics *m, cons
 /* For K >= 3 classes, one line per foreground class:
  * "<indent>class c: IoU x  Dice y  Rand error z"; nothing for fewer. */
 void unet_seg_metrics_print_classes(FILE *f, const unet_seg_metrics *m, const char *indent);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,10 @@
 
 #include "unet/graph.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define UNET_MAX_LEVELS 8
 
 struct unet_backend;
@@ -153,5 +157,9 @@ typedef struct {
 /* Human-readable (with per-node parameter counts) or one JSON object; run may be NULL. */
 void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_info *info, const unet_run_memory *run,
                            int json);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -4,6 +4,10 @@
 
 #include "unet/plan.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { UNET_OPT_SGD, UNET_OPT_ADAM, UNET_OPT_ADAMW } unet_optimizer_kind;
 typedef enum { UNET_SCHED_CONSTANT, UNET_SCHED_COSINE, UNET_SCHED_POLY } unet_schedule_kind;
 
@@ -30,5 +34,9 @@ void unet_optim_prepare(const unet_optim_cfg *o, unet_param_blocks *pb, long ste
 void unet_optim_apply(const unet_optim_cfg *o, unet_param_blocks *pb);
 /* Both: one update, step 0-based. */
 void unet_optim_step(const unet_optim_cfg *o, unet_param_blocks *pb, long step);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

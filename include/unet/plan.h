@@ -8,6 +8,10 @@
 #include "unet/backend.h"
 #include "unet/graph.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Parameters live in blocks on the backend, shared by every plan of a model
  * (a training plan and an evaluation plan, say). */
 typedef struct {
@@ -120,5 +124,9 @@ typedef struct {
     double forward_flops;    /* multiply-adds counted as 2 */
 } unet_plan_stats;
 unet_plan_stats unet_plan_get_stats(const unet_plan *p);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

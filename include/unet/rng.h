@@ -6,6 +6,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #if defined(__CUDACC__)
 #define UNET_HD __host__ __device__ __forceinline__
 #else
@@ -29,5 +33,9 @@ UNET_HD uint64_t unet_rng_key(uint64_t seed, uint64_t a, uint64_t b) {
 UNET_HD float unet_uniform(uint64_t key, uint64_t index) {
     return (float)(unet_mix64(key ^ unet_mix64(index)) >> 40) * (1.0f / 16777216.0f);
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

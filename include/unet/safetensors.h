@@ -19,6 +19,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define UNET_ST_MAX_DIMS 8
 
 typedef enum {
@@ -86,5 +90,9 @@ int unet_st_read_i64(const unet_st_file *f, const unet_st_tensor *t, int64_t *ds
 const char *unet_st_meta_get(const unet_st_file *f, const char *key);
 int unet_st_meta_count(const unet_st_file *f);
 const unet_st_meta *unet_st_meta_at(const unet_st_file *f, int index);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

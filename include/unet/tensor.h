@@ -5,6 +5,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
     UNET_F32 = 0,       /* activations and their gradients: float32 to the host, in the backend's own layout
                          * and type on the device (CUDA under bf16: NHWC bfloat16) */
@@ -28,5 +32,9 @@ static inline size_t unet_dtype_size(unet_dtype t) {
     (void)t;
     return 4;
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

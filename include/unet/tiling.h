@@ -8,6 +8,10 @@
 
 #include "unet/plan.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     int tile;       /* input tile */
     int out;        /* output size of one tile */
@@ -39,5 +43,9 @@ static inline int unet_reflect(int i, int n) {
  * of host memory. */
 int unet_predict_tiled(unet_plan *plan, const unet_tiling *t, const float *image, int channels, int height, int width,
                        float **logits, void (*progress)(int done, int total, void *ctx), void *ctx);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -16,6 +16,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     double w0;     /* border weight (10 in the paper) */
     double sigma;  /* pixels (5 in the paper) */
@@ -35,5 +39,9 @@ int unet_weight_map(const int32_t *label, const int32_t *cells, int h, int w, co
  * smallest w_c (0.5). Each cell's transform covers its bounding box grown by
  * this much. */
 double unet_weight_map_cutoff(const unet_weightmap_cfg *cfg);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

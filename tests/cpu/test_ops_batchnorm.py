@@ -1,8 +1,8 @@
-"""CPU batch norm, training and eval, with and without the fused ReLU,
-forward, backward and the running-statistics update, against PyTorch's
-F.batch_norm in float64 on random shapes (odd sizes, batch 1..3, non-square,
-several channels, activations with a non-zero mean), through
-tests/tools/unet_optest.c.
+"""CPU batch norm, training, eval and frozen, with and without the fused
+ReLU (and ReLU6), forward, backward and the running-statistics update
+(momentum, the unbiased variance), against PyTorch's F.batch_norm in float64
+on random shapes (odd sizes, batch 1..3, non-square, several channels,
+activations with a non-zero mean), through tests/tools/unet_optest.c.
 
 Tolerance: norm-wise relative error 1e-5 (unet_testlib.rel_err). Sums run
 in double; the remaining error comes from the float32 mean and inverse
@@ -54,6 +54,48 @@ def test_batchnorm(training, relu, seed):
                backward=True, training=training, din_init=[init])
     assert_close(r["din"][0], init + dx_ref, TOL, what + " din accumulated")
     assert_close(r["dparam"][0], dg_ref, TOL, what + " dgamma (never accumulated)")
+
+
+@pytest.mark.parametrize("act", ["relu6", "none"])
+@pytest.mark.parametrize("seed", range(2))
+def test_batchnorm_frozen(act, seed):
+    """frozen (--freeze-encoder-bn) in a training step: normalised by the running statistics, which stay
+    as they were, gamma and beta trained: F.batch_norm in eval mode, as a BatchNorm2d in eval() inside
+    a model in train(). With ReLU6, the outputs span both of its bounds."""
+    g = rng(1200 + 2 * seed + (act == "relu6"))
+    x, gamma, beta, rm, rv, dout = case(g)
+    if act == "relu6":
+        gamma, beta = gamma * np.float32(4), beta + np.float32(3)
+    y_ref, dx_ref, dg_ref, db_ref, _, _ = bn_reference(x, gamma, beta, rm, rv, dout, False, act, 0.1, 1e-5)
+    what = f"batchnorm frozen act={act} {x.shape}"
+    r = run_op("batchnorm", [x], x.shape, {"frozen": 1, "act": act}, params=[gamma, beta], states=[rm, rv],
+               dout=dout, backward=True, training=1)
+    assert_close(r["out"], y_ref, TOL, what + " out")
+    assert_close(r["din"][0], dx_ref, TOL, what + " din")
+    assert_close(r["dparam"][0], dg_ref, TOL, what + " dgamma")
+    assert_close(r["dparam"][1], db_ref, TOL, what + " dbeta")
+    assert np.array_equal(r["state"][0], rm) and np.array_equal(r["state"][1], rv), \
+        what + ": a frozen batch norm changed the running statistics"
+
+
+@pytest.mark.parametrize("training", [1, 0])
+def test_batchnorm_relu6(training):
+    g = rng(1300 + training)
+    x, gamma, beta, rm, rv, dout = case(g)
+    gamma, beta = gamma * np.float32(4), beta + np.float32(3)
+    y_ref, dx_ref, dg_ref, db_ref, rm_ref, rv_ref = bn_reference(x, gamma, beta, rm, rv, dout, training, "relu6",
+                                                              0.1, 1e-5)
+    assert np.any(y_ref == 6) and np.any(y_ref == 0), "the case reaches both bounds of ReLU6"
+    what = f"batchnorm relu6 training={training} {x.shape}"
+    r = run_op("batchnorm", [x], x.shape, {"act": "relu6"}, params=[gamma, beta], states=[rm, rv], dout=dout,
+               backward=True, training=training)
+    assert_close(r["out"], y_ref, TOL, what + " out")
+    assert_close(r["din"][0], dx_ref, TOL, what + " din")
+    assert_close(r["dparam"][0], dg_ref, TOL, what + " dgamma")
+    assert_close(r["dparam"][1], db_ref, TOL, what + " dbeta")
+    if training:
+        assert_close(r["state"][0], rm_ref, TOL, what + " running mean")
+        assert_close(r["state"][1], rv_ref, TOL, what + " running var")
 
 
 def test_deterministic_across_thread_counts(monkeypatch):

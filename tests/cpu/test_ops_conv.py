@@ -1,6 +1,7 @@
-"""CPU conv (3x3 valid and same, 1x1, fused ReLU), conv_t2 and bias, forward
-and backward (din, dweight, dbias), against PyTorch in float64 on random
-shapes (odd and non-square sizes, C = 1, batch 1..3), through
+"""CPU conv (3x3 valid and same, 1x1, fused ReLU; and the encoders': strided,
+7x7 and other windows, bias-free, depthwise, ReLU6), conv_t2 and bias,
+forward and backward (din, dweight, dbias), against PyTorch in float64 on
+random shapes (odd and non-square sizes, C = 1, batch 1..3), through
 tests/tools/unet_optest.c (the production op table).
 
 Tolerance: norm-wise relative error 1e-5 (unet_testlib.rel_err). The
@@ -28,46 +29,69 @@ from unet_testlib import assert_close, rng, run_op
 TOL = 1e-5
 
 
-def conv_reference(x, w, b, pad, relu, dout, out=None):
-    """Forward, and backward through ReLU with the mask of `out` (the op's own float32
-    output, whose sign can differ from float64's for outputs within rounding of zero:
-    on a few million outputs some are) or of the float64 output when None."""
-    X, Wt, B = t64(x, True), t64(w, True), t64(b, True)
-    z = F.conv2d(X, Wt, B, padding=pad)
-    y = F.relu(z) if relu else z
-    if relu:
-        mask = (y > 0) if out is None else torch.from_numpy(np.asarray(out) > 0)
-        z.backward(t64(dout) * mask)
+ACTS = {0: None, 1: "relu", "relu": "relu", "relu6": "relu6", "none": None}
+
+
+def act_mask(act, out):
+    """Where the activation passes the gradient, by the output (ReLU: > 0; ReLU6: 0 < y < 6)."""
+    out = np.asarray(out)
+    return out > 0 if act == "relu" else (out > 0) & (out < 6)
+
+
+def conv_reference(x, w, b, pad, relu, dout, out=None, stride=1, groups=1):
+    """Forward, and backward through the activation (relu: 0/1 or "relu", "relu6") with the mask of
+    `out` (the op's own float32 output, whose mask can differ from float64's for outputs within
+    rounding of a bound: on a few million outputs some are) or of the float64 output when None. b None:
+    no bias (the bias gradient comes back None)."""
+    act = ACTS[relu]
+    X, Wt = t64(x, True), t64(w, True)
+    B = t64(b, True) if b is not None else None
+    z = F.conv2d(X, Wt, B, stride=stride, padding=pad, groups=groups)
+    y = {None: z, "relu": F.relu(z), "relu6": F.relu6(z)}[act]
+    if act:
+        mask = act_mask(act, y.detach().numpy() if out is None else out)
+        z.backward(t64(dout) * torch.from_numpy(mask))
     else:
         z.backward(t64(dout))
-    return y.detach().numpy(), X.grad.numpy(), Wt.grad.numpy(), B.grad.numpy()
+    return y.detach().numpy(), X.grad.numpy(), Wt.grad.numpy(), None if B is None else B.grad.numpy()
 
 
-def conv_case(x_shape, o, k, pad, relu, g, accumulate=False):
+def conv_out_shape(x_shape, o, k, pad, stride=1):
     n, c, h, w = x_shape
+    return (n, o, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+
+
+def conv_case(x_shape, o, k, pad, relu, g, accumulate=False, stride=1, groups=1, bias=True):
+    c = x_shape[1]
     x = g.standard_normal(x_shape).astype(np.float32)
-    wt = (g.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
-    b = g.standard_normal(o).astype(np.float32)
-    out_shape = (n, o, h - k + 1 + 2 * pad, w - k + 1 + 2 * pad)
+    wt = (g.standard_normal((o, c // groups, k, k)) / np.sqrt(c // groups * k * k)).astype(np.float32)
+    if ACTS[relu] == "relu6":  # outputs over [-6, 12]: both bounds of ReLU6 in play
+        wt *= np.float32(4)
+    b = g.standard_normal(o).astype(np.float32) + (np.float32(3) if ACTS[relu] == "relu6" else 0) if bias else None
+    out_shape = conv_out_shape(x_shape, o, k, pad, stride)
     dout = g.standard_normal(out_shape).astype(np.float32)
     return x, wt, b, out_shape, dout
 
 
-def check_conv(x_shape, o, k, pad, relu, g, accumulate=False):
-    x, wt, b, out_shape, dout = conv_case(x_shape, o, k, pad, relu, g)
-    attrs = {"k": k, "pad": pad, "relu": int(relu), "out_c": o}
+def check_conv(x_shape, o, k, pad, relu, g, accumulate=False, stride=1, groups=1, bias=True):
+    x, wt, b, out_shape, dout = conv_case(x_shape, o, k, pad, relu, g, stride=stride, groups=groups, bias=bias)
+    act = ACTS[relu]
+    attrs = {"k": k, "pad": pad, "act": act or "none", "out_c": o, "stride": stride, "groups": groups}
     init = g.standard_normal(x.shape).astype(np.float32) if accumulate else None
-    r = run_op("conv", [x], out_shape, attrs, params=[wt, b], dout=dout, backward=True,
+    params = [wt, b] if bias else [wt]
+    r = run_op("conv", [x], out_shape, attrs, params=params, dout=dout, backward=True,
                din_init=None if init is None else [init])
-    what = f"conv k={k} pad={pad} relu={relu} x={x_shape} o={o}"
-    y_ref, dx_ref, dw_ref, db_ref = conv_reference(x, wt, b, pad, relu, dout, out=r["out"])
+    what = f"conv k={k} stride={stride} pad={pad} groups={groups} act={act} bias={bias} x={x_shape} o={o}"
+    y_ref, dx_ref, dw_ref, db_ref = conv_reference(x, wt, b, pad, relu, dout, out=r["out"], stride=stride,
+                                                   groups=groups)
     assert_close(r["out"], y_ref, TOL, what + " out")
-    if relu:  # the op's mask is the float64 one but for outputs within rounding of zero
-        differ = (r["out"] > 0) != (y_ref > 0)
-        assert np.all(np.abs(y_ref[differ]) < 1e-5), what + " ReLU mask"
+    if act:  # the op's mask is the float64 one but for outputs within rounding of a bound
+        differ = act_mask(act, r["out"]) != act_mask(act, y_ref)
+        assert np.all(np.minimum(np.abs(y_ref[differ]), np.abs(y_ref[differ] - 6)) < 1e-5), what + " mask"
     assert_close(r["din"][0], dx_ref if init is None else init + dx_ref, TOL, what + " din")
     assert_close(r["dparam"][0], dw_ref, TOL, what + " dweight")
-    assert_close(r["dparam"][1], db_ref, TOL, what + " dbias")
+    if bias:
+        assert_close(r["dparam"][1], db_ref, TOL, what + " dbias")
 
 
 def random_x_shape(g, min_hw=3, max_hw=20, max_c=7):
@@ -128,6 +152,81 @@ def test_conv1x1(relu, seed):
 def test_conv1x1_blocked():
     g = rng(1550)
     check_conv((2, 300, 25, 29), 19, 1, 0, 0, g)
+
+
+# ---- the encoders' convolutions (ResNet, MobileNetV2): strided, 7x7, odd padding, bias-free, depthwise ----
+
+@pytest.mark.parametrize("k,pad", [(3, 1), (3, 0), (1, 0)])
+@pytest.mark.parametrize("act", ["relu6", "none"])
+def test_conv_direct_bias_free(k, pad, act):
+    """The 3x3 / 1x1 stride-1 kernels without a bias (a batch norm follows: ResNet's blocks, smp's decoder)
+    and with ReLU6 (MobileNetV2's expansion 1x1)."""
+    g = rng(1950 + 2 * k + pad + (act == "relu6"))
+    check_conv(random_x_shape(g), int(g.integers(1, 10)), k, pad, act, g, bias=False, accumulate=act == "none")
+
+IM2COL_GEOMETRIES = [(7, 2, 3), (3, 2, 1), (1, 2, 0), (3, 2, 0), (5, 1, 2), (3, 1, 2), (2, 2, 0), (3, 3, 1)]
+
+
+@pytest.mark.parametrize("k,stride,pad", IM2COL_GEOMETRIES)
+@pytest.mark.parametrize("seed", range(2))
+def test_conv_strided_and_odd(k, stride, pad, seed):
+    """groups 1 outside the 3x3 / 1x1 stride-1 kernels: ResNet's stem (7, 2, 3), its 3x3 and 1x1
+    stride-2 convolutions, and other windows, with and without bias, every activation."""
+    g = rng(2000 + 10 * IM2COL_GEOMETRIES.index((k, stride, pad)) + seed)
+    shape = random_x_shape(g, min_hw=max(k - 2 * pad, 1), max_hw=24)
+    act = ["none", "relu", "relu6"][(seed + k) % 3]
+    check_conv(shape, int(g.integers(1, 12)), k, pad, act, g, stride=stride, bias=seed == 0, accumulate=seed == 1)
+
+
+def test_conv_strided_blocked_and_bands():
+    """Several K slices (C k k > 256), partial tiles, and (second case) more than one band of output rows."""
+    g = rng(2100)
+    check_conv((2, 37, 29, 33), 45, 3, 1, "relu", g, stride=2, bias=False)
+    check_conv((1, 16, 80, 400), 9, 7, 3, "none", g, stride=2, accumulate=True)
+
+
+DEPTHWISE_GEOMETRIES = [(3, 1, 1), (3, 2, 1), (3, 1, 0), (5, 2, 2), (3, 3, 1), (1, 1, 0)]
+
+
+@pytest.mark.parametrize("k,stride,pad", DEPTHWISE_GEOMETRIES)
+@pytest.mark.parametrize("seed", range(2))
+def test_conv_depthwise(k, stride, pad, seed):
+    """groups = channels: MobileNetV2's 3x3 at stride 1 and 2 (bias-free, ReLU6), and other windows."""
+    g = rng(2200 + 10 * DEPTHWISE_GEOMETRIES.index((k, stride, pad)) + seed)
+    shape = random_x_shape(g, min_hw=max(k - 2 * pad, 1), max_hw=24, max_c=12)
+    act = ["relu6", "none", "relu"][(seed + k) % 3]
+    check_conv(shape, shape[1], k, pad, act, g, stride=stride, groups=shape[1], bias=seed == 1,
+               accumulate=seed == 0)
+
+
+def run_bits(op_args, env):
+    """Every output of one op forward + backward (run_op's arguments), as raw bytes, under extra environment."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        r = run_op(*op_args[0], **op_args[1])
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return [r["out"].tobytes()] + [v.tobytes() for v in r["din"] + r["dparam"]]
+
+
+@pytest.mark.parametrize("groups", ["1", "depthwise"])
+def test_conv_strided_deterministic(groups):
+    """Same bits run to run, and for one thread as for two and three."""
+    g = rng(2300)
+    c = 24
+    grp = 1 if groups == "1" else c
+    x, wt, b, out_shape, dout = conv_case((2, c, 37, 45), c, 3, 1, "relu6", g, stride=2, groups=grp)
+    args = (("conv", [x], out_shape, {"k": 3, "stride": 2, "pad": 1, "groups": grp, "act": "relu6", "out_c": c}),
+            dict(params=[wt, b], dout=dout, backward=True))
+    first = run_bits(args, {})
+    assert run_bits(args, {}) == first
+    assert run_bits(args, {"OMP_NUM_THREADS": "1"}) == first
+    assert run_bits(args, {"OMP_NUM_THREADS": "3"}) == first
 
 
 def check_conv_t2(x_shape, o, g, accumulate=False):
@@ -228,3 +327,4 @@ def test_narrower_kernels(isa, monkeypatch):
     check_conv((1, 9, 17, 14), 7, 3, 1, 1, g)
     check_conv((2, 13, 9, 11), 5, 1, 0, 0, g)
     check_conv_t2((2, 7, 9, 6), 5, g)
+    check_conv((2, 9, 15, 13), 11, 7, 3, "relu", g, stride=2, bias=False, accumulate=True)

@@ -1,4 +1,5 @@
-"""CPU crop_concat and crop_add (skip fusion), forward and backward, against
+"""CPU crop_concat and crop_add (skip fusion; and crop_add of equal shapes with
+a fused activation, the encoders' residual sum), forward and backward, against
 PyTorch in float64: 2..5 inputs of different sizes, each centre-cropped to
 input 0's H,W at offset ((H_i - H) // 2, (W_i - W) // 2), odd differences
 included, batch 1..3, several channels. Through tests/tools/unet_optest.c.
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from op_references import centre_crop, t64
+from op_references import activation, centre_crop, t64
 from unet_testlib import assert_close, rng, run_op
 
 TOL = 1e-5
@@ -29,26 +30,27 @@ def random_inputs(g, n_in, same_c):
     return xs
 
 
-def fuse(op, Xs):
+def fuse(op, Xs, act="none"):
     h, w = Xs[0].shape[2], Xs[0].shape[3]
     parts = [centre_crop(X, h, w) for X in Xs]
     if op == "crop_concat":
         return torch.cat(parts, 1)
-    return sum(parts[1:], parts[0])
+    return activation(sum(parts[1:], parts[0]), act)
 
 
-def check(op, xs, g):
+def check(op, xs, g, act="none"):
     Xs = [t64(x, True) for x in xs]
-    y = fuse(op, Xs)
+    y = fuse(op, Xs, act)
     dout = g.standard_normal(tuple(y.shape)).astype(np.float32)
     y.backward(t64(dout))
     shapes = [x.shape for x in xs]
-    r = run_op(op, xs, y.shape, dout=dout, backward=True)
-    assert_close(r["out"], y.detach().numpy(), TOL, f"{op} out {shapes}")
+    attrs = {"act": act} if op == "crop_add" else {}
+    r = run_op(op, xs, y.shape, attrs, dout=dout, backward=True)
+    assert_close(r["out"], y.detach().numpy(), TOL, f"{op} act={act} out {shapes}")
     for i, X in enumerate(Xs):
-        assert_close(r["din"][i], X.grad.numpy(), TOL, f"{op} din{i} {shapes}")
+        assert_close(r["din"][i], X.grad.numpy(), TOL, f"{op} act={act} din{i} {shapes}")
     inits = [g.standard_normal(x.shape).astype(np.float32) for x in xs]
-    r = run_op(op, xs, y.shape, dout=dout, backward=True, din_init=inits)
+    r = run_op(op, xs, y.shape, attrs, dout=dout, backward=True, din_init=inits)
     for i, X in enumerate(Xs):
         assert_close(r["din"][i], inits[i] + X.grad.numpy(), TOL, f"{op} din{i} accumulated {shapes}")
 
@@ -65,6 +67,17 @@ def test_crop_add(n_in):
     g = rng(800 + n_in)
     for _ in range(2):
         check("crop_add", random_inputs(g, n_in, same_c=True), g)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6", "none"])
+@pytest.mark.parametrize("seed", range(2))
+def test_residual_add(act, seed):
+    """crop_add of equal shapes is a residual sum (ResNet's, followed by ReLU; MobileNetV2's inverted
+    residual, by nothing); ReLU6 on values over its two bounds."""
+    g = rng(850 + 2 * seed + ["relu", "relu6", "none"].index(act))
+    n, c, h, w = int(g.integers(1, 4)), int(g.integers(1, 9)), int(g.integers(1, 15)), int(g.integers(1, 15))
+    xs = [(3 * g.standard_normal((n, c, h, w)) + (2 if act == "relu6" else 0)).astype(np.float32) for _ in range(2)]
+    check("crop_add", xs, g, act)
 
 
 def test_crop_offsets_odd_difference():

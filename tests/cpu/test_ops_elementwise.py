@@ -1,6 +1,7 @@
-"""CPU relu, dropout, maxpool2, maxpool and upsample2, forward and backward, against
-PyTorch in float64 on random shapes (odd sizes, batch 1..3, non-square),
-through tests/tools/unet_optest.c (the production op table).
+"""CPU relu (and relu6), dropout, maxpool2, maxpool and upsample2 (bilinear
+and nearest), forward and backward, against PyTorch in float64 on random
+shapes (odd sizes, batch 1..3, non-square), through tests/tools/unet_optest.c
+(the production op table).
 
 Tolerance: norm-wise relative error 1e-5 (unet_testlib.rel_err). These ops
 do one or a few float32 operations per element, so their error is a few
@@ -50,6 +51,22 @@ def test_relu(seed):
     shape = random_shape(g)
     x = g.standard_normal(shape).astype(np.float32)
     check_op("relu", F.relu, x, shape, g)
+
+
+def relu6_input(g, shape):
+    """Values over [-3, 9], a few exactly 0 and 6: ReLU6 passes no gradient at either bound (PyTorch's
+    hardtanh_backward), which the mask by the output must reproduce."""
+    x = (3 + 4 * g.standard_normal(shape)).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[g.choice(flat.size, size=min(flat.size, 6), replace=False)] = g.choice([0.0, 6.0], size=min(flat.size, 6))
+    return x
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_relu6(seed):
+    g = rng(150 + seed)
+    shape = random_shape(g, min_hw=2)
+    check_op("relu", F.relu6, relu6_input(g, shape), shape, g, attrs={"act": "relu6"})
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -105,6 +122,16 @@ def test_upsample2(seed):
     x = g.standard_normal(shape).astype(np.float32)
     fn = lambda X: F.interpolate(X, scale_factor=2, mode="bilinear", align_corners=False)
     check_op("upsample2", fn, x, (n, c, 2 * h, 2 * w), g)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_upsample2_nearest(seed):
+    g = rng(350 + seed)
+    shape = random_shape(g)
+    n, c, h, w = shape
+    x = g.standard_normal(shape).astype(np.float32)
+    check_op("upsample2", lambda X: F.interpolate(X, scale_factor=2, mode="nearest"), x, (n, c, 2 * h, 2 * w), g,
+             attrs={"upsample": "nearest"})
 
 
 # ---- dropout: the mask re-implemented from include/unet/rng.h in numpy uint64 ----
@@ -184,9 +211,11 @@ def test_deterministic_across_thread_counts(monkeypatch):
     g = rng(600)
     n, c, h, w = 2, 5, 18, 26
     x = g.standard_normal((n, c, h, w)).astype(np.float32)
-    cases = [("relu", (n, c, h, w), {}), ("maxpool2", (n, c, h // 2, w // 2), {}),
+    cases = [("relu", (n, c, h, w), {}), ("relu", (n, c, h, w), {"act": "relu6"}),
+             ("maxpool2", (n, c, h // 2, w // 2), {}),
              ("maxpool", (n, c, h // 2, w // 2), {"k": 3, "stride": 2, "pad": 1}),
-             ("upsample2", (n, c, 2 * h, 2 * w), {}), ("dropout", (n, c, h, w), {"p": 0.4})]
+             ("upsample2", (n, c, 2 * h, 2 * w), {}), ("dropout", (n, c, h, w), {"p": 0.4}),
+             ("upsample2", (n, c, 2 * h, 2 * w), {"upsample": "nearest"})]
     for op, out_shape, attrs in cases:
         dout = g.standard_normal(out_shape).astype(np.float32)
         runs = []

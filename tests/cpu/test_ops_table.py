@@ -100,6 +100,59 @@ def test_op_shape_rule_and_flops(op):
     assert got["steps"] == "2", f"{op}: a training plan of one node runs its forward and its backward"
 
 
+# conv's and maxpool's attributes: (op, input, params, attrs, out shape, FLOPs)
+ATTRIBUTE_CASES = [
+    ("conv", (2, 3, 224, 224), [(64, 3, 7, 7)], {"k": 7, "stride": 2, "pad": 3, "out_c": 64},
+     (2, 64, 112, 112), 2 * (2 * 64 * 112 * 112) * 3 * 49),  # ResNet's stem, bias-free
+    ("conv", (1, 64, 15, 15), [(128, 64, 1, 1)], {"k": 1, "stride": 2, "out_c": 128}, (1, 128, 8, 8),
+     2 * (128 * 8 * 8) * 64),  # a downsample: an odd size rounds up
+    ("conv", (1, 32, 16, 17), [(32, 1, 3, 3)], {"k": 3, "stride": 2, "pad": 1, "groups": 32, "out_c": 32},
+     (1, 32, 8, 9), 2 * (32 * 8 * 9) * 9),  # depthwise: 9 taps of one channel per output
+    ("conv", (1, 4, 6, 6), [(5, 4, 3, 3), (5,)], {"k": 3, "pad": 2, "out_c": 5, "act": "relu6"}, (1, 5, 8, 8),
+     2 * (5 * 8 * 8) * 36),
+    ("maxpool", (2, 64, 112, 112), [], {"k": 3, "stride": 2, "pad": 1}, (2, 64, 56, 56), 0),
+    ("maxpool", (1, 2, 7, 5), [], {"k": 2, "stride": 1}, (1, 2, 6, 4), 0),
+]
+
+
+@pytest.mark.parametrize("case", range(len(ATTRIBUTE_CASES)))
+def test_attributes_shape_rule_and_flops(case):
+    op, shape, params, attrs, out_shape, flops = ATTRIBUTE_CASES[case]
+    args = ["--op", op, "--in", ",".join(map(str, shape))]
+    for p in params:
+        args += ["--param", ",".join(map(str, p))]
+    for k, v in attrs.items():
+        args += ["--" + k.replace("_", "-"), v]
+    got = dict(field.split("=") for field in opinfo(*args).split())
+    assert tuple(int(d) for d in got["out"].split(",")) == out_shape
+    assert float(got["flops"]) == flops
+    assert got["reads_output"] == ("1" if attrs.get("act", "none") != "none" else "0")
+
+
+# attributes a shape rule refuses, and the words its message must have
+BAD_ATTRIBUTES = [
+    ("conv", (1, 8, 9, 9), [(8, 2, 3, 3)], {"k": 3, "pad": 1, "groups": 4, "out_c": 8}, "depthwise"),
+    ("conv", (1, 8, 9, 9), [(4, 1, 3, 3)], {"k": 3, "pad": 1, "groups": 8, "out_c": 4}, "depthwise"),
+    ("conv", (1, 8, 9, 9), [(4, 8, 3, 3)], {"k": 3, "stride": 0, "out_c": 4}, "stride >= 1"),
+    ("conv", (1, 8, 9, 9), [(4, 8, 1, 1)], {"k": 3, "out_c": 4}, "weight is 4x8x1x1"),
+    ("conv", (1, 8, 9, 9), [(4, 8, 3, 3), (5,)], {"k": 3, "out_c": 4}, "bias has 5 values"),
+    ("conv", (1, 8, 5, 5), [(4, 8, 7, 7)], {"k": 7, "stride": 2, "pad": 0, "out_c": 4}, "too small"),
+    ("maxpool", (1, 8, 9, 9), [], {"k": 3, "stride": 2, "pad": 2}, "pad <= k / 2"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_ATTRIBUTES)))
+def test_bad_attributes_refused(case):
+    op, shape, params, attrs, words = BAD_ATTRIBUTES[case]
+    args = ["--op", op, "--in", ",".join(map(str, shape))]
+    for p in params:
+        args += ["--param", ",".join(map(str, p))]
+    for k, v in attrs.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    r = subprocess.run([OPINFO, *args], capture_output=True, text=True)
+    assert r.returncode == 2 and words in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
 def test_cuda_op_table_names_every_op():
     with open(os.path.join(SOURCE, "src", "kernels", "cuda", "backend.cu")) as f:
         named = {m.lower() for m in re.findall(r"\[UNET_OP_(\w+)\]", f.read())}

@@ -1,10 +1,10 @@
 """Training with the augmentation warp on the GPU (--augment-device cuda,
-src/host/train/train.c): the loader reads the source windows and records the
-draws (unet_loader_sources), and unet_cuda_warp_batch writes the tiles
+src/host/train/augment_device.c): the loader reads the source windows and records the
+draws (unet_loader_sources), and the CUDA backend's warp_batch writes the tiles
 straight into the training step's inputs on the backend's stream, before
 the step and outside its CUDA graph capture. The same seed must train what
 --augment-device cpu trains (the loader's threads warping with the same
-arithmetic, src/host/data/warp_math.h): every logged loss within 1e-5 and
+arithmetic, src/common/warp_math.h): every logged loss within 1e-5 and
 the checkpoint's tensors within 1e-4 relative. Both warps are expected to
 give the same bits (tests/gpu/test_augment_twin.py): each case prints
 whether they did, for the record.

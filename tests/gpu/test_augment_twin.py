@@ -7,7 +7,7 @@ batch warped on the GPU at once and sample by sample on the CPU.
 What must hold: raw within 1e-5 relative, labels and weights exactly equal
 (nearest-pixel samples), and every output element written (the tool fills
 the device outputs with NaN and INT32_MIN before the warp). Both twins run
-the arithmetic of src/host/data/warp_math.h and augment.cu is compiled
+the arithmetic of src/common/warp_math.h and augment.cu is compiled
 without FMA contraction, so the same bits are expected: each case prints
 how many raw values differ at all, for the record.
 

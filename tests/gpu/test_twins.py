@@ -1,12 +1,11 @@
 """The CUDA backend's custom kernels (src/kernels/cuda/{elementwise,pool,concat,
-upsample,batchnorm,loss,metrics,backend}.cu), forward and backward, against
+upsample,batchnorm,loss,backend}.cu), forward and backward, against
 their CPU twins and against PyTorch in float64, on random shapes (odd sizes,
 batch > 1, sizes whose rows are and are not multiples of 4, so that both the
 float4 and the scalar paths run), through tests/tools/unet_optest.c; the
 fused optimizers through tests/tools/unet_optimtest.c against torch.optim;
-the confusion counts (tests/tools/unet_metricstest.c) against the CPU's and
-numpy's; and whole training steps of small models (tests/tools/
-unet_modeltest.c) against the CPU backend.
+and whole training steps of small models (tests/tools/unet_modeltest.c)
+against the CPU backend.
 
 Tolerances (norm-wise relative, unet_testlib.rel_err):
   TOL 1e-5 against float64 PyTorch: these ops do a few float32 roundings per
@@ -397,40 +396,6 @@ def test_optimizer(optimizer, hp, offset):
     ref = torch_optim(optimizer, p0, grads, **hp)
     assert_close(cu["param"], ref, 1e-5, f"{what} param vs torch.optim")
     assert_close(cu["param"] - p0, ref - p0, 1e-4, f"{what} update vs torch.optim")
-
-
-# ---- metrics ----
-
-METRICSTEST = os.path.join(BUILD, "unet_metricstest")
-
-
-def run_metrics(backend, z, label):
-    with tempfile.TemporaryDirectory() as d:
-        z.astype(np.float32).tofile(os.path.join(d, "logits.bin"))
-        label.astype(np.int32).tofile(os.path.join(d, "label.bin"))
-        cmd = [METRICSTEST, "--backend", backend, "--dir", d, "--logits", ",".join(map(str, z.shape)),
-               "--label", ",".join(map(str, label.shape))]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
-        return np.fromfile(os.path.join(d, "stats.bin"), np.float64)
-
-
-@pytest.mark.parametrize("k,n,h,w", [(1, 2, 9, 7), (4, 3, 40, 70), (3, 1, 5, 5)])
-def test_metrics_counts(k, n, h, w):
-    g = rng(1800 + k)
-    z = g.standard_normal((n, k, h, w)).astype(np.float32)
-    label = g.integers(0, max(k, 2), size=(n, 1, h + 4, w + 3)).astype(np.int32)
-    label.ravel()[::11] = 255  # an ignore label: counted in total and as a false positive, never as fn
-    cu, cpu = run_metrics("cuda", z, label), run_metrics("cpu", z, label)
-    assert np.array_equal(cu, cpu), "GPU confusion counts differ from the CPU's"
-    pred = (z[:, 0] > 0).astype(np.int64) if k == 1 else np.argmax(z, axis=1)
-    t = centre_crop(label, h, w)[:, 0]
-    for c in range(max(k, 2)):
-        assert cu[c] == np.sum((pred == c) & (t == c)), f"tp[{c}]"
-        assert cu[64 + c] == np.sum((pred == c) & (t != c)), f"fp[{c}]"
-        assert cu[128 + c] == np.sum((pred != c) & (t == c)), f"fn[{c}]"
-    assert cu[192] == np.sum(pred == t) and cu[193] == pred.size
 
 
 # ---- whole models ----

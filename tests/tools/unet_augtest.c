@@ -17,7 +17,7 @@
  *       the CPU warp and its CUDA twin side by side: reads D/src_raw.bin (N,C,S,S) float32, D/src_label.bin
  *       and D/src_weight.bin (N,S,S); sample n takes the n % count-th spec and key K + n, draws as the hook
  *       does (unet_augment_draw: the transform, not the intensity changes) and is warped by unet_augment_warp
- *       (cpu) or, the whole batch at once, by unet_cuda_warp_batch (cuda); writes D/raw.bin, label.bin,
+ *       (cpu) or, the whole batch at once, by the CUDA backend's warp_batch (cuda); writes D/raw.bin, label.bin,
  *       weight.bin (N, ...). The outputs are poisoned first (NaN in raw and weight, INT32_MIN in label, on the
  *       device for cuda), so an element left unwritten shows. Prints "context X ms T" (cuda: the warp with
  *       its uploads, to the end of the stream, best of R)
@@ -96,7 +96,8 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
         float *d_raw = b->alloc(b, batch * C * plane * sizeof(float)), *d_weight = b->alloc(b, batch * plane * 4);
         int32_t *d_label = b->alloc(b, batch * plane * 4);
         if (!d_raw || !d_weight || !d_label) die("device allocation failed", NULL);
-        unet_cuda_warper *wp = unet_cuda_warper_create(b, batch, C, tile, context, grid, interp, err, sizeof err);
+        int cubic = interp == UNET_INTERP_CUBIC;
+        unet_warper *wp = b->warper_create(b, batch, C, tile, context, grid, cubic, err, sizeof err);
         if (!wp) die(err, NULL);
         for (int r = 0; r < repeat; r++) {
             poison(raw, batch * C * plane, label, weight, batch * plane);
@@ -105,8 +106,8 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
             b->upload(b, d_weight, weight, ps, UNET_F32);
             b->sync(b);
             double t0 = now_ms();
-            if (unet_cuda_warp_batch(wp, batch, warps, src_raw, src_label, src_weight, d_raw, d_label, d_weight, err,
-                                     sizeof err))
+            if (b->warp_batch(b, wp, batch, warps, src_raw, src_label, src_weight, d_raw, d_label, d_weight, err,
+                              sizeof err))
                 die(err, NULL);
             b->sync(b);
             double t = now_ms() - t0;
@@ -115,7 +116,7 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
         b->download(b, raw, d_raw, rs, UNET_F32);
         b->download(b, label, d_label, ps, UNET_I32);
         b->download(b, weight, d_weight, ps, UNET_F32);
-        unet_cuda_warper_free(wp);
+        b->warper_free(b, wp);
         b->free(b, d_raw), b->free(b, d_label), b->free(b, d_weight);
     } else {
         die("batch: --device must be cpu or cuda", NULL);

@@ -21,7 +21,7 @@
  * intensity changes): the loader reads the source windows and records the
  * draws (unet_augment_record, unet_loader_sources), and the batch is warped
  * here, sample by sample by unet_augment_warp (cpu) or at once by
- * unet_cuda_warp_batch (cuda); the files are the same as without it.
+ * the CUDA backend's warp_batch (cuda); the files are the same as without it.
  * Errors: the library's one line on stderr, exit code 2. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +63,7 @@ typedef struct {
     unsigned char *records;
     unet_warp *warps;
     const unet_backend *b;
-    unet_cuda_warper *warper;
+    unet_warper *warper;
     float *d_raw, *d_weight;
     int32_t *d_label;
 } deferred;
@@ -84,7 +84,8 @@ static void deferred_open(deferred *d, const char *device, const unet_loader_opt
     if (!d->cuda) return;
     if (!(d->b = unet_cuda_backend(0, "fp32", 1, err, sizeof err))) fail();
     int grid = cfg->elastic && cfg->elastic_sigma > 0 ? cfg->elastic_grid : 0;
-    d->warper = unet_cuda_warper_create(d->b, d->B, C, d->T, o->augment_context, grid, cfg->interp, err, sizeof err);
+    d->warper = d->b->warper_create(d->b, d->B, C, d->T, o->augment_context, grid, cfg->interp == UNET_INTERP_CUBIC,
+                                    err, sizeof err);
     if (!d->warper) fail();
     size_t tiles = (size_t)d->B * d->T * d->T;
     d->d_raw = d->b->alloc(d->b, tiles * C * sizeof(float)), d->d_weight = d->b->alloc(d->b, tiles * sizeof(float));
@@ -104,8 +105,8 @@ static void deferred_batch(deferred *d, unet_loader *l, int step, float *raw, in
         }
         return;
     }
-    if (unet_cuda_warp_batch(d->warper, d->B, d->warps, d->src_raw, d->src_label, d->src_weight, d->d_raw, d->d_label,
-                             d->d_weight, err, sizeof err))
+    if (d->b->warp_batch(d->b, d->warper, d->B, d->warps, d->src_raw, d->src_label, d->src_weight, d->d_raw, d->d_label,
+                         d->d_weight, err, sizeof err))
         fail();
     unet_shape rs = {d->B, d->C, d->T, d->T}, ps = {d->B, 1, d->T, d->T};
     d->b->download(d->b, raw, d->d_raw, rs, UNET_F32);
@@ -115,7 +116,7 @@ static void deferred_batch(deferred *d, unet_loader *l, int step, float *raw, in
 
 static void deferred_close(deferred *d) {
     if (d->cuda) {
-        unet_cuda_warper_free(d->warper);
+        d->b->warper_free(d->b, d->warper);
         d->b->free(d->b, d->d_raw), d->b->free(d->b, d->d_label), d->b->free(d->b, d->d_weight);
     }
     free(d->src_raw), free(d->src_weight), free(d->src_label), free(d->records), free(d->warps);

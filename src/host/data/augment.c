@@ -6,8 +6,8 @@
  * recursive filter, mirror boundary as scipy's spline_filter1d), and each
  * output pixel is 4 x 4 taps of the coefficients. The same interpolation
  * turns the coarse displacement grid into a per-pixel field. That arithmetic
- * lives in warp_math.h, shared with the CUDA twin (src/kernels/cuda/
- * augment.cu); this file keeps the loops, the memory and the draws. */
+ * lives in src/common/warp_math.h, shared with the CUDA twin (src/kernels/
+ * cuda/augment.cu); this file keeps the loops, the memory and the draws. */
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -16,7 +16,7 @@
 
 #include "unet/augment.h"
 #include "unet/rng.h"
-#include "host/data/warp_math.h"
+#include "common/warp_math.h"
 
 #ifndef M_PI
 #define M_PI 3.14159265358979323846
@@ -217,7 +217,7 @@ void unet_augment_describe(const unet_augment_cfg *c, char *buf, size_t len) {
 
 /* ---- the warp ---------------------------------------------------------------- */
 
-/* Every tile pixel: the per-pixel arithmetic is src/host/data/warp_math.h,
+/* Every tile pixel: the per-pixel arithmetic is src/common/warp_math.h,
  * shared with the CUDA twin. */
 static void warp_pixels(const unet_warp_map *m) {
     for (int y = 0; y < m->tile; y++)

@@ -90,10 +90,11 @@ static const char *kind_name(unet_dist_kind k) {
 
 static void replica_sum_fn(void *ctx, double *values, int n) { unet_dist_sum_f64(ctx, values, n); }
 
-/* The NCCL id from rank 0: over MPI when mpirun started us, else TCP and the shared file. */
+/* The backend's face between devices (NCCL), with the id from rank 0: over
+ * MPI when mpirun started us, else TCP and the shared file. */
 static int open_nccl(unet_dist *d, const unet_backend *b, char *err, size_t errlen) {
-    unsigned char id[UNET_NCCL_ID_BYTES] = {0};
-    if (d->place.rank == 0 && unet_dist_nccl_unique_id(id, err, errlen)) return -1;
+    unsigned char id[UNET_DIST_ID_BYTES] = {0};
+    if (d->place.rank == 0 && b->dist_id(b, id, err, errlen)) return -1;
     if (d->place.world > 1) {
         if (getenv("OMPI_COMM_WORLD_SIZE") && unet_dist_mpi_built()) {
             int rank, world;
@@ -112,14 +113,14 @@ static int open_nccl(unet_dist *d, const unet_backend *b, char *err, size_t errl
                                       &r, err, errlen))
                 return -1;
             watch(d, "NCCL's initialisation");
-            d->face = unet_dist_nccl_open(b, d->place.rank, d->place.world, id, err, errlen);
+            d->face = b->dist_open(b, d->place.rank, d->place.world, id, err, errlen);
             unwatch(d);
             unet_rendezvous_end(r);
             return d->face ? 0 : -1;
         }
     }
     watch(d, "NCCL's initialisation");
-    d->face = unet_dist_nccl_open(b, d->place.rank, d->place.world, id, err, errlen);
+    d->face = b->dist_open(b, d->place.rank, d->place.world, id, err, errlen);
     unwatch(d);
     return d->face ? 0 : -1;
 }
@@ -149,7 +150,7 @@ int unet_dist_open(const unet_dist_opts *o, const unet_backend *b, unet_dist **o
                  "(or auto) on GPUs, or --device cpu", b->name);
         goto fail;
     }
-    if (k == UNET_DIST_NCCL && !gpu) {
+    if (k == UNET_DIST_NCCL && !b->dist_open) {
         snprintf(err, errlen, "--dist nccl needs the CUDA backend (--device cuda); on the CPU use --dist mpi");
         goto fail;
     }

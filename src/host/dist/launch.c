@@ -84,7 +84,7 @@ const char *unet_dist_device(const char *device, int local_rank, char *buf, size
         snprintf(buf, n, "%s", device); /* cpu, or an explicit cuda:N */
         return buf;
     }
-    int count = unet_dist_cuda_devices();
+    int count = unet_cuda_devices();
     if (count > 0)
         snprintf(buf, n, "cuda:%d", local_rank % count);
     else

@@ -10,7 +10,6 @@
 #include "host/train/session.h"
 #include "unet/backend.h"
 #include "unet/checkpoint.h"
-#include "unet/device_memory.h"
 #include "unet/model.h"
 #include "unet/plan.h"
 #include "unet/commands.h"
@@ -451,9 +450,9 @@ int unet_run_info(unet_config *cfg) {
     if (cfg->memory_budget > 0) {
         run.budget = (size_t)((double)cfg->memory_budget * 1073741824.0);
         run.budget_source = "--memory-budget";
-    } else if (!strcmp(b->name, "cuda")) {
+    } else if (b->memory_info) {
         size_t free_bytes, total_bytes;
-        if (unet_cuda_memory(b, &free_bytes, &total_bytes, err, sizeof err)) {
+        if (b->memory_info(b, &free_bytes, &total_bytes, err, sizeof err)) {
             fprintf(stderr, "unet info: %s (give --memory-budget GiB instead)\n", err);
             return 1;
         }

@@ -114,6 +114,9 @@ static const unet_backend cpu_backend = {
     .sync = cpu_sync,
     .sgd = cpu_sgd,
     .adam = cpu_adam,
+    /* The optional slots stay NULL: no recorded steps, no device memory to
+     * measure, no warp of its own (the loader's threads warp), no
+     * communicator between devices (its ranks sum over MPI). */
 };
 
 const unet_backend *unet_cpu_backend(void) { return &cpu_backend; }

@@ -1,6 +1,8 @@
-/* CPU convolutions: conv (k = 1 or 3, valid or same, bias, fused ReLU),
- * conv_t2 (2x2 stride-2 transposed) and bias, forward and backward, as the
- * matrix products of conv_gemm.h.
+/* CPU convolutions: conv, conv_t2 (2x2 stride-2 transposed) and bias,
+ * forward and backward, as the matrix products of conv_gemm.h. conv's
+ * kernels here take k = 1 or 3, valid or same, stride 1, groups 1 (U-Net's),
+ * with an optional bias and fused activation; other attributes go to
+ * conv_im2col.c (groups 1) and conv_depthwise.c (conv_common.h).
  *
  * 3x3 convolution, forward: the "wide" output trick. Over a source of width
  * w (the image, or for same padding a zero-padded copy of a band of rows),
@@ -8,7 +10,7 @@
  *   sum over taps (dy,dx) of W_tap . src[q + dy*w + dx],
  * one matrix product whose B rows are the source shifted by each tap; the
  * last two columns of each wide row are garbage, dropped when the epilogue
- * compacts the block into the output (adding bias, ReLU).
+ * compacts the block into the output (adding bias, the activation).
  *
  * Backward data is the same product with the flipped, transposed weight over
  * dz in a zero-margined buffer ("Z band"): for valid padding dz row y' sits at
@@ -26,57 +28,13 @@
  * for any thread count (conv_gemm.h). Bias gradients are sums in double,
  * channel by channel. */
 #include <omp.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/cpu/act.h"
+#include "kernels/cpu/conv_common.h"
 #include "kernels/cpu/conv_gemm.h"
 #include "kernels/cpu/grad.h"
 #include "kernels/cpu/ops.h"
-
-/* Band buffers are sized to about this many floats (8 MB): well inside L3,
- * large enough that each product over a band has plenty of columns. */
-#define BAND_FLOATS ((size_t)2 << 20)
-
-static size_t round16(size_t n) { return (n + 15) / 16 * 16; }
-
-/* Contiguous share [lo, hi) of n items for thread tid. */
-static void share(long n, int tid, int nthreads, long *lo, long *hi) {
-    long per = (n + nthreads - 1) / nthreads;
-    *lo = per * tid < n ? per * tid : n;
-    *hi = *lo + per < n ? *lo + per : n;
-}
-
-/* Rows per band: as many as fit BAND_FLOATS at row_floats each, at least one. */
-static int band_rows(int rows, size_t row_floats) {
-    size_t r = BAND_FLOATS / (row_floats ? row_floats : 1);
-    if (r < 1) r = 1;
-    return r < (size_t)rows ? (int)r : rows;
-}
-
-/* A bump allocator over the workspace, in floats, 64-byte aligned pieces; with
- * base NULL it only measures (workspace_bytes). */
-typedef struct {
-    float *base;
-    size_t top;
-} carver;
-
-static float *carve(carver *cv, size_t floats) {
-    float *p = cv->base ? cv->base + cv->top : NULL;
-    cv->top += round16(floats);
-    return p;
-}
-
-/* Sum in double with four interleaved partial sums added in a fixed order. */
-static double sum_f64(const float *p, size_t n) {
-    double s[4] = {0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int l = 0; l < 4; l++) s[l] += p[i + l];
-    for (; i < n; i++) s[0] += p[i];
-    return (s[0] + s[1]) + (s[2] + s[3]);
-}
 
 /* ---------------------------------------------------------------- bands -- */
 
@@ -140,16 +98,6 @@ typedef struct {
     int accumulate;
 } compact_ctx;
 
-/* dst = act(src + b), each activation its own loop; dst may be src */
-static void bias_act_run(float *dst, const float *src, int n, float b, unet_act act) {
-    if (act == UNET_ACT_RELU)
-        for (int i = 0; i < n; i++) dst[i] = src[i] + b > 0.0f ? src[i] + b : 0.0f;
-    else if (act == UNET_ACT_RELU6)
-        for (int i = 0; i < n; i++) dst[i] = unet_relu6(src[i] + b);
-    else
-        for (int i = 0; i < n; i++) dst[i] = src[i] + b;
-}
-
 static void store_run(float *restrict dst, const float *restrict src, int n, float b, unet_act act, int accumulate) {
     if (accumulate)
         for (int i = 0; i < n; i++) dst[i] += src[i];
@@ -173,22 +121,6 @@ static void compact_epilogue(const void *vctx, float *cb, size_t ldc, long q0, i
                 store_run(yp + (size_t)(e->row0 + row) * e->ow + x, crow + (q - q0), n, b, e->act, e->accumulate);
             q = row_end;
         }
-    }
-}
-
-/* 1x1 conv: the product wrote straight into the output; add bias, the activation there. */
-typedef struct {
-    int m;
-    const float *bias;
-    unet_act act;
-} bias_act_ctx;
-
-static void bias_act_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
-    const bias_act_ctx *e = vctx;
-    (void)q0;
-    for (int i = 0; i < e->m; i++) {
-        float *row = cb + (size_t)i * ldc; /* the output itself: the job's c */
-        bias_act_run(row, row, nq, e->bias ? e->bias[i] : 0.0f, e->act);
     }
 }
 
@@ -228,13 +160,6 @@ typedef struct {
 
 static conv_dims conv_dims_of(const unet_op_args *a) {
     unet_shape si = a->in_shape[0], so = a->out_shape;
-    const unet_node *nd = a->node;
-    if (nd->stride != 1 || nd->groups != 1 || !((nd->k == 3 && (nd->pad == 0 || nd->pad == 1)) ||
-                                                (nd->k == 1 && nd->pad == 0))) {
-        fprintf(stderr, "unet: %s: the CPU convolution of k %d stride %d pad %d groups %d comes in the next commit\n",
-                nd->name, nd->k, nd->stride, nd->pad, nd->groups);
-        abort();
-    }
     conv_dims d = {si.n, si.c, si.h, si.w, so.c, so.h, so.w, a->node->k, a->node->pad, a->node->k * a->node->k};
     return d;
 }
@@ -261,8 +186,6 @@ typedef struct {
     long *rows_gemm, *rows_dot; /* row offset tables of the two products */
     double *dbias;
 } conv_ws;
-
-static long *carve_longs(carver *cv, size_t n) { return (long *)carve(cv, n * sizeof(long) / sizeof(float)); }
 
 static conv_ws conv_forward_layout(const conv_dims *d, carver *cv) {
     conv_ws L = {0};
@@ -293,7 +216,7 @@ static conv_ws conv_backward_layout(const conv_dims *d, carver *cv) {
     return L;
 }
 
-static size_t conv_workspace_bytes(const unet_op_args *a) {
+static size_t direct_workspace_bytes(const unet_op_args *a) {
     conv_dims d = conv_dims_of(a);
     carver f = {NULL, 0}, b = {NULL, 0};
     conv_forward_layout(&d, &f);
@@ -301,7 +224,7 @@ static size_t conv_workspace_bytes(const unet_op_args *a) {
     return (f.top > b.top ? f.top : b.top) * sizeof(float);
 }
 
-static void conv_forward(const unet_op_args *a) {
+static void direct_forward(const unet_op_args *a) {
     conv_dims d = conv_dims_of(a);
     carver cv = {a->workspace, 0};
     conv_ws L = conv_forward_layout(&d, &cv);
@@ -387,7 +310,7 @@ static void mask_and_sum(float *dz, unet_act act, const float *out, size_t hw, l
     }
 }
 
-static void conv_backward(const unet_op_args *a) {
+static void direct_backward(const unet_op_args *a) {
     conv_dims d = conv_dims_of(a);
     carver cv = {a->workspace, 0};
     conv_ws L = conv_backward_layout(&d, &cv);
@@ -514,6 +437,31 @@ static void conv_backward(const unet_op_args *a) {
         if (db)
             for (long o = o0; o < o1; o++) db[o] = (float)L.dbias[o];
     }
+}
+
+/* The node's attributes pick the kernels: this file's for 3x3 and 1x1 at
+ * stride 1, depthwise's for groups > 1, im2col's for the rest. */
+static void conv_forward(const unet_op_args *a) {
+    if (conv_is_direct(a->node))
+        direct_forward(a);
+    else if (a->node->groups > 1)
+        conv_depthwise_forward(a);
+    else
+        conv_im2col_forward(a);
+}
+
+static void conv_backward(const unet_op_args *a) {
+    if (conv_is_direct(a->node))
+        direct_backward(a);
+    else if (a->node->groups > 1)
+        conv_depthwise_backward(a);
+    else
+        conv_im2col_backward(a);
+}
+
+static size_t conv_workspace_bytes(const unet_op_args *a) {
+    if (conv_is_direct(a->node)) return direct_workspace_bytes(a);
+    return a->node->groups > 1 ? conv_depthwise_workspace_bytes(a) : conv_im2col_workspace_bytes(a);
 }
 
 const unet_op_impl unet_cpu_conv = {

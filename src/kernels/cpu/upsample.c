@@ -1,6 +1,9 @@
-/* Bilinear x2 upsampling, align_corners = False (PyTorch's default). */
+/* x2 upsampling: bilinear with align_corners = False (PyTorch's default),
+ * or nearest (input pixel (i, j) fills output (2i .. 2i+1, 2j .. 2j+1), as
+ * F.interpolate(scale_factor = 2, mode = "nearest") takes floor(o / 2)). */
 #include <string.h>
 
+#include "kernels/cpu/grad.h"
 #include "kernels/cpu/ops.h"
 
 /* The two source taps of output index o along an axis of in_size inputs:
@@ -23,7 +26,7 @@ static inline lerp_taps taps_of(int o, int in_size) {
     return t;
 }
 
-static void upsample2_forward(const unet_op_args *a) {
+static void bilinear_forward(const unet_op_args *a) {
     unet_shape si = a->in_shape[0], so = a->out_shape;
     const float *x = a->in[0];
     float *y = a->out;
@@ -47,7 +50,7 @@ static void upsample2_forward(const unet_op_args *a) {
 
 /* The adjoint of the forward, scattered with the forward's own taps. One
  * thread owns a whole plane and walks it in a fixed order: deterministic. */
-static void upsample2_backward(const unet_op_args *a) {
+static void bilinear_backward(const unet_op_args *a) {
     float *dx = a->din[0];
     if (!dx) return;
     unet_shape si = a->in_shape[0], so = a->out_shape;
@@ -73,6 +76,59 @@ static void upsample2_backward(const unet_op_args *a) {
             }
         }
     }
+}
+
+static void nearest_forward(const unet_op_args *a) {
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    const float *x = a->in[0];
+    float *y = a->out;
+    long planes = (long)so.n * so.c;
+#pragma omp parallel for schedule(static)
+    for (long pl = 0; pl < planes; pl++) {
+        const float *xp = x + (size_t)pl * si.h * si.w;
+        float *yp = y + (size_t)pl * so.h * so.w;
+        for (int oy = 0; oy < so.h; oy++) {
+            const float *xrow = xp + (size_t)(oy / 2) * si.w;
+            float *yrow = yp + (size_t)oy * so.w;
+            for (int ox = 0; ox < so.w; ox++) yrow[ox] = xrow[ox / 2];
+        }
+    }
+}
+
+/* Each input's gradient is the sum of its four outputs', in row-major
+ * order, then stored (added to what is there when accumulating). */
+static void nearest_backward(const unet_op_args *a) {
+    float *dx = a->din[0];
+    if (!dx) return;
+    unet_shape si = a->in_shape[0], so = a->out_shape;
+    const float *dy = a->dout;
+    int acc = a->din_accumulate[0];
+    long planes = (long)si.n * si.c;
+#pragma omp parallel for schedule(static)
+    for (long pl = 0; pl < planes; pl++) {
+        float *dxp = dx + (size_t)pl * si.h * si.w;
+        const float *dyp = dy + (size_t)pl * so.h * so.w;
+        for (int iy = 0; iy < si.h; iy++) {
+            const float *g0 = dyp + (size_t)(2 * iy) * so.w, *g1 = g0 + so.w;
+            for (int ix = 0; ix < si.w; ix++)
+                unet_grad_store(dxp, (size_t)iy * si.w + ix, g0[2 * ix] + g0[2 * ix + 1] + g1[2 * ix] + g1[2 * ix + 1],
+                                acc);
+        }
+    }
+}
+
+static void upsample2_forward(const unet_op_args *a) {
+    if (a->node->upsample == UNET_UPSAMPLE_NEAREST)
+        nearest_forward(a);
+    else
+        bilinear_forward(a);
+}
+
+static void upsample2_backward(const unet_op_args *a) {
+    if (a->node->upsample == UNET_UPSAMPLE_NEAREST)
+        nearest_backward(a);
+    else
+        bilinear_backward(a);
 }
 
 const unet_op_impl unet_cpu_upsample2 = {.forward = upsample2_forward, .backward = upsample2_backward};

@@ -1,12 +1,13 @@
 /* The augmentation warp on the GPU, twin of unet_augment_warp
  * (src/host/data/augment.c): the elastic deformation of the U-Net paper with
  * the flips, quarter turns, rotation and scaling composed into one map, for
- * a batch of source windows at once (the API is in include/unet/augment.h).
+ * a batch of source windows at once: the CUDA backend's warp slots
+ * (warper_create, warp_batch, warper_free in include/unet/backend.h).
  *
  * What is shared and what is not. The host draws (unet_augment_draw, the
  * same counter-based draws as the CPU path) and hands over each sample's
  * unet_warp; every number that decides a pixel is then computed by the
- * functions of src/host/data/warp_math.h, the CPU's own code, here compiled
+ * functions of src/common/warp_math.h, the CPU's own code, here compiled
  * for the device. This file compiles with -fmad=false (CMakeLists.txt): with
  * FMA contraction the device would round a * b + c once where the CPU rounds
  * twice, the source positions would differ in the last bit, and a label
@@ -32,14 +33,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/warp_math.h"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
-
-/* The project's C headers have no linkage guards (see common.h). */
-extern "C" {
+#include "kernels/cuda/ops.h"
 #include "unet/augment.h"
-}
-#include "host/data/warp_math.h"
 
 /* One sample as the kernels see it: the resolved warp with device pointers. */
 typedef struct {
@@ -48,12 +46,11 @@ typedef struct {
     double zn1_grid; /* pow(UNET_SPLINE_POLE, grid - 1), from the host */
 } sample_job;
 
-struct unet_cuda_warper {
+struct unet_warper {
     const unet_backend *b;
     unet_cuda_ctx *ctx;
     int batch, channels, tile, context, grid, window; /* window: S = tile + 2 context */
     int cubic;
-    int sync_each; /* UNET_CUDA_SYNC=1: wait after every launch, as the ops do */
     /* device */
     float *src_raw, *src_weight; /* (batch, C, S, S), (batch, S, S) */
     int32_t *src_label;          /* (batch, S, S) */
@@ -67,8 +64,8 @@ struct unet_cuda_warper {
     double *host_grids;
 };
 
-static size_t grid_stride(const unet_cuda_warper *w) { return (size_t)2 * w->grid * w->grid; }
-static size_t table_stride(const unet_cuda_warper *w) { return (size_t)3 * w->tile * w->grid; }
+static size_t grid_stride(const unet_warper *w) { return (size_t)2 * w->grid * w->grid; }
+static size_t table_stride(const unet_warper *w) { return (size_t)3 * w->tile * w->grid; }
 
 /* ---------------------------------------------------------------------------
  * Kernels
@@ -133,66 +130,45 @@ static __global__ void warp_kernel(const sample_job *jobs, int items) {
 
 /* ---------------------------------------------------------------------------
  * Errors: a failed CUDA call is not the user's mistake; like every check of
- * the backend it reports the call, the shapes and the device, and ends the
- * run (unet_cuda_fail). It returns only while a CUDA graph is being captured
- * (common.h), where the warp is never called; the callers still stop there.
+ * the backend (common.h) it is reported with the call, the warp's shapes and
+ * the device, and ends the run.
  * ------------------------------------------------------------------------- */
 
-static int failed(const unet_cuda_warper *w, int count, cudaError_t e, const char *call, const char *file, int line) {
-    if (e == cudaSuccess) return 0;
-    char what[640];
-    snprintf(what, sizeof what,
-             "%s (augmentation warp of %d sample(s): source windows %d x %d x %d x %d -> tiles %d x %d x %d x %d, "
-             "elastic grid up to %d, %s, cuda:%d)",
-             call, count, count, w->channels, w->window, w->window, count, w->channels, w->tile, w->tile, w->grid,
-             w->cubic ? "cubic" : "linear", w->ctx->device);
-    unet_cuda_fail(file, line, what, cudaGetErrorString(e), NULL);
-    return 1;
-}
-#define FAILED(w, count, call) failed((w), (count), (call), #call, __FILE__, __LINE__)
+typedef struct {
+    char text[320];
+} work_words;
 
-/* After a launch: its error now, and with UNET_CUDA_SYNC=1 a fault inside it
- * here rather than at a later, unrelated call. */
-static int launch_failed(const unet_cuda_warper *w, int count, const char *kernel, const char *file, int line) {
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && w->sync_each) e = cudaStreamSynchronize(w->ctx->stream);
-    return failed(w, count, e, kernel, file, line);
+/* The warp of `count` samples in words, for the reports of its calls. */
+static work_words describe(const unet_warper *w, int count) {
+    work_words d;
+    snprintf(d.text, sizeof d.text,
+             "augmentation warp of %d sample(s): source windows %d x %d x %d x %d -> tiles %d x %d x %d x %d, "
+             "elastic grid up to %d, %s",
+             count, count, w->channels, w->window, w->window, count, w->channels, w->tile, w->tile, w->grid,
+             w->cubic ? "cubic" : "linear");
+    return d;
 }
-#define LAUNCH_FAILED(w, count, kernel) launch_failed((w), (count), kernel, __FILE__, __LINE__)
-
-static int upload(const unet_cuda_warper *w, int count, void *dst, const void *host, size_t bytes, const char *what,
-                  const char *file, int line) {
-    if (!bytes) return 0;
-    cudaError_t e = cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, w->ctx->stream);
-    char call[160];
-    snprintf(call, sizeof call, "cudaMemcpyAsync(%s, %zu bytes, host to device)", what, bytes);
-    return failed(w, count, e, call, file, line);
-}
-#define UPLOAD(w, count, dst, host, bytes) upload((w), (count), (dst), (host), (bytes), #dst, __FILE__, __LINE__)
 
 /* ---------------------------------------------------------------------------
- * Host entry points
+ * The backend's slots
  * ------------------------------------------------------------------------- */
 
-extern "C" void unet_cuda_warper_free(unet_cuda_warper *w) {
+void unet_cuda_warper_free(const unet_backend *b, unet_warper *w) {
+    (void)b;
     if (!w) return;
+    work_words d = describe(w, w->batch);
+    const unet_cuda_site at = unet_at_work(w->b, d.text, 1);
     void *device[] = {w->src_raw, w->src_weight, w->src_label, w->coef, w->lines, w->grids, w->tables, w->jobs};
     for (size_t i = 0; i < sizeof device / sizeof device[0]; i++)
-        if (device[i]) FAILED(w, w->batch, cudaFree(device[i]));
+        if (device[i]) UNET_CUDA_CHECK(cudaFree(device[i]), at);
     free(w->host_jobs);
     free(w->host_grids);
     free(w);
 }
 
-extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int batch, int channels, int tile,
-                                                     int context, int grid, unet_interp interp, char *err,
-                                                     size_t errlen) {
-    if (!b || strcmp(b->name, "cuda") != 0) {
-        snprintf(err, errlen, "the GPU augmentation warp needs the CUDA backend, got %s", b ? b->name : "none");
-        return NULL;
-    }
+unet_warper *unet_cuda_warper_create(const unet_backend *b, int batch, int channels, int tile, int context, int grid,
+                                     int cubic, char *err, size_t errlen) {
     const long long S = (long long)tile + 2LL * context;
-    const int cubic = interp == UNET_INTERP_CUBIC;
     if (batch < 1 || channels < 1 || tile < 1 || context < 0 || (grid != 0 && (grid < 2 || grid > UNET_WARP_MAX_GRID)) ||
         (cubic && S < 2) || (long long)tile * tile > (1LL << 30) || S * S * channels > (1LL << 40)) {
         snprintf(err, errlen,
@@ -202,7 +178,7 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
                  batch, channels, tile, context, grid, UNET_WARP_MAX_GRID);
         return NULL;
     }
-    unet_cuda_warper *w = (unet_cuda_warper *)calloc(1, sizeof *w);
+    unet_warper *w = (unet_warper *)calloc(1, sizeof *w);
     if (!w) {
         snprintf(err, errlen, "the GPU augmentation warp: out of host memory");
         return NULL;
@@ -210,15 +186,10 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
     w->b = b;
     w->ctx = (unet_cuda_ctx *)b->ctx;
     w->batch = batch, w->channels = channels, w->tile = tile, w->context = context, w->grid = grid;
-    w->window = (int)S, w->cubic = cubic;
+    w->window = (int)S, w->cubic = cubic != 0;
     /* the calling thread may not be the one that made the backend: allocate on the backend's device */
-    if (FAILED(w, batch, cudaSetDevice(w->ctx->device))) {
-        snprintf(err, errlen, "the GPU augmentation warp: cannot select cuda:%d", w->ctx->device);
-        free(w);
-        return NULL;
-    }
-    const char *sync = getenv("UNET_CUDA_SYNC");
-    w->sync_each = sync && *sync && strcmp(sync, "0") != 0;
+    work_words d = describe(w, batch);
+    UNET_CUDA_CHECK(cudaSetDevice(w->ctx->device), unet_at_work(b, d.text, 0));
 
     const size_t windows = (size_t)batch * channels * S * S, planes = (size_t)batch * S * S;
     struct {
@@ -228,8 +199,8 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
         {(void **)&w->src_raw, windows * sizeof(float)},
         {(void **)&w->src_weight, planes * sizeof(float)},
         {(void **)&w->src_label, planes * sizeof(int32_t)},
-        {(void **)&w->coef, cubic ? windows * sizeof(float) : 0},
-        {(void **)&w->lines, cubic ? windows * sizeof(double) : 0},
+        {(void **)&w->coef, w->cubic ? windows * sizeof(float) : 0},
+        {(void **)&w->lines, w->cubic ? windows * sizeof(double) : 0},
         {(void **)&w->grids, (size_t)batch * grid_stride(w) * sizeof(double)},
         {(void **)&w->tables, (size_t)batch * table_stride(w) * sizeof(double)},
         {(void **)&w->jobs, (size_t)batch * sizeof(sample_job)},
@@ -248,7 +219,7 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
                      "on the CPU",
                      want[i].bytes / 1048576.0, total / 1048576.0, batch, channels, tile, tile, S, w->ctx->device,
                      cudaGetErrorString(e));
-            unet_cuda_warper_free(w);
+            unet_cuda_warper_free(b, w);
             return NULL;
         }
     }
@@ -256,14 +227,14 @@ extern "C" unet_cuda_warper *unet_cuda_warper_create(const unet_backend *b, int 
     w->host_grids = grid ? (double *)calloc((size_t)batch * grid_stride(w), sizeof(double)) : NULL;
     if (!w->host_jobs || (grid && !w->host_grids)) {
         snprintf(err, errlen, "the GPU augmentation warp: out of host memory");
-        unet_cuda_warper_free(w);
+        unet_cuda_warper_free(b, w);
         return NULL;
     }
     return w;
 }
 
 /* Sample n's job: the CPU's decisions (unet_augment_warp), device pointers. */
-static int make_job(const unet_cuda_warper *w, int n, const unet_warp *wp, float *raw, int32_t *label, float *weight,
+static int make_job(const unet_warper *w, int n, const unet_warp *wp, float *raw, int32_t *label, float *weight,
                     sample_job *j, double *grid_values, char *err, size_t errlen) {
     const int T = w->tile, C = w->channels, S = w->window, g = wp->grid;
     const size_t splane = (size_t)S * S, plane = (size_t)T * T;
@@ -316,9 +287,10 @@ static int make_job(const unet_cuda_warper *w, int n, const unet_warp *wp, float
     return 0;
 }
 
-extern "C" int unet_cuda_warp_batch(unet_cuda_warper *w, int count, const unet_warp *warps, const float *src_raw,
-                                    const int32_t *src_label, const float *src_weight, float *raw, int32_t *label,
-                                    float *weight, char *err, size_t errlen) {
+int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const unet_warp *warps,
+                         const float *src_raw, const int32_t *src_label, const float *src_weight, float *raw,
+                         int32_t *label, float *weight, char *err, size_t errlen) {
+    (void)b;
     if (count < 1 || count > w->batch || !warps || !src_raw || !src_label || !src_weight || !raw || !label ||
         !weight) {
         snprintf(err, errlen, "the GPU augmentation warp: %d sample(s) for a warper of %d, every array given: need "
@@ -335,36 +307,35 @@ extern "C" int unet_cuda_warp_batch(unet_cuda_warper *w, int count, const unet_w
     }
     const int C = w->channels, S = w->window, T = w->tile;
     const size_t windows = (size_t)count * C * S * S, planes = (size_t)count * S * S;
-    cudaStream_t stream = w->ctx->stream;
-    if (FAILED(w, count, cudaSetDevice(w->ctx->device)) ||
-        UPLOAD(w, count, w->src_raw, src_raw, windows * sizeof(float)) ||
-        UPLOAD(w, count, w->src_label, src_label, planes * sizeof(int32_t)) ||
-        UPLOAD(w, count, w->src_weight, src_weight, planes * sizeof(float)) ||
-        (any_field && UPLOAD(w, count, w->grids, w->host_grids, (size_t)count * grid_stride(w) * sizeof(double))) ||
-        UPLOAD(w, count, w->jobs, w->host_jobs, (size_t)count * sizeof(sample_job)))
-        goto fail;
+    const cudaStream_t stream = w->ctx->stream;
+    const cudaMemcpyKind up = cudaMemcpyHostToDevice;
+    work_words d = describe(w, count);
+    const unet_cuda_site at = unet_at_work(w->b, d.text, 0);
+    UNET_CUDA_CHECK(cudaSetDevice(w->ctx->device), at);
+    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_raw, src_raw, windows * sizeof(float), up, stream), at);
+    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_label, src_label, planes * sizeof(int32_t), up, stream), at);
+    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_weight, src_weight, planes * sizeof(float), up, stream), at);
+    if (any_field)
+        UNET_CUDA_CHECK(cudaMemcpyAsync(w->grids, w->host_grids, count * grid_stride(w) * sizeof(double), up, stream),
+                        at);
+    UNET_CUDA_CHECK(cudaMemcpyAsync(w->jobs, w->host_jobs, count * sizeof(sample_job), up, stream), at);
     if (any_field) {
         field_kernel<<<count, UNET_THREADS, 0, stream>>>(w->jobs, w->grids, grid_stride(w), w->tables,
                                                          table_stride(w));
-        if (LAUNCH_FAILED(w, count, "field_kernel")) goto fail;
+        UNET_CUDA_LAUNCHED_AT("field_kernel", at);
     }
     if (any_prefilter) {
         const long long lines = (long long)count * C * S;
         const double zn1 = pow(UNET_SPLINE_POLE, S - 1);
         spline_rows_kernel<<<unet_blocks_for(lines), UNET_THREADS, 0, stream>>>(w->jobs, w->src_raw, w->coef,
                                                                                 w->lines, C, S, lines, zn1);
-        if (LAUNCH_FAILED(w, count, "spline_rows_kernel")) goto fail;
+        UNET_CUDA_LAUNCHED_AT("spline_rows_kernel", at);
         spline_columns_kernel<<<unet_blocks_for(lines), UNET_THREADS, 0, stream>>>(w->jobs, w->coef, C, S, lines,
                                                                                    zn1);
-        if (LAUNCH_FAILED(w, count, "spline_columns_kernel")) goto fail;
+        UNET_CUDA_LAUNCHED_AT("spline_columns_kernel", at);
     }
-    {
-        unet_plane_launch l = unet_plane_launch_for(NULL, count, (long long)T * T);
-        warp_kernel<<<l.grid, l.block, 0, stream>>>(w->jobs, T * T);
-        if (LAUNCH_FAILED(w, count, "warp_kernel")) goto fail;
-    }
+    unet_plane_launch l = unet_plane_launch_for(NULL, count, (long long)T * T);
+    warp_kernel<<<l.grid, l.block, 0, stream>>>(w->jobs, T * T);
+    UNET_CUDA_LAUNCHED_AT("warp_kernel", at);
     return 0;
-fail:
-    snprintf(err, errlen, "the GPU augmentation warp failed (the CUDA failure is reported above)");
-    return -1;
 }

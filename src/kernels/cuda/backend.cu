@@ -45,7 +45,7 @@ typedef struct {
 #define MAX_INSTANCES 32
 static cuda_instance *instances[MAX_INSTANCES];
 static int n_instances;
-/* UNET_CUDA_SYNC=1: wait after every launch (see unet_cuda_launched). */
+/* UNET_CUDA_SYNC=1: wait after every launch (see unet_cuda_launched_at). */
 static int sync_each_launch = -1;
 
 static const char *precision_names[] = {"fp32", "tf32", "bf16"};
@@ -92,74 +92,74 @@ static void describe_device(const cuda_instance *inst, char *buf, size_t size) {
         snprintf(buf, size, "cuda:%d (device not identified)", dev);
 }
 
-static void fail_on(const cuda_instance *inst, const char *file, int line, const char *call, const char *msg,
-                    const unet_op_args *a) {
-    char op[1024] = "";
-    if (a && a->node) {
-        if (unet_op_name)
-            append(op, sizeof op, " in op %s (%s)", a->node->name, unet_op_name(a->node->op));
-        else
-            append(op, sizeof op, " in op %s (op %d)", a->node->name, (int)a->node->op);
-        for (int i = 0; i < a->n_in && i < UNET_MAX_IN; i++) {
-            char name[8];
-            snprintf(name, sizeof name, "in%d", i);
-            append_shape(op, sizeof op, name, a->in_shape[i]);
-        }
-        append_shape(op, sizeof op, "out", a->out_shape);
-        if (a->training) append(op, sizeof op, " training");
-    }
-    if (!inst && a) inst = instance_of(a->backend);
-    if (!inst && n_instances == 1) inst = instances[0];
-    if (inst && inst->ctx.capturing) {
-        /* the one state a report changes in an instance its callers hold as const */
-        unet_cuda_ctx *ctx = (unet_cuda_ctx *)&inst->ctx;
-        if (!ctx->capture_failure[0])
-            snprintf(ctx->capture_failure, sizeof ctx->capture_failure, "%s: %s%s [%s:%d]", call, msg, op, file, line);
-        return;
-    }
-    char dev[512];
-    describe_device(inst, dev, sizeof dev);
-    fprintf(stderr, "unet: CUDA failure: %s: %s%s on %s [%s:%d]\n", call, msg, op, dev, file, line);
-    fflush(stderr);
-    exit(1);
-}
-
-extern "C" void unet_cuda_fail(const char *file, int line, const char *call, const char *msg, const unet_op_args *a) {
-    fail_on(NULL, file, line, call, msg, a);
-}
-
 /* Errors of a kernel surface at the next synchronising call; the message says
  * where to look instead of blaming the call that noticed. */
 #define ASYNC_HINT                                                                                               \
     " (this may be an earlier kernel's fault surfacing here: rerun with UNET_CUDA_SYNC=1, which also runs the "   \
     "step without a CUDA graph, to stop at the op that failed)"
 
-static void check_on(const cuda_instance *inst, cudaError_t e, const char *file, int line, const char *call,
-                     int waits) {
-    if (e == cudaSuccess) return;
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s%s", cudaGetErrorString(e), waits ? ASYNC_HINT : "");
-    fail_on(inst, file, line, call, msg, NULL);
+extern "C" void unet_cuda_fail_at(const char *file, int line, const char *call, const char *msg, unet_cuda_site at) {
+    char where[1024] = "";
+    const unet_op_args *a = at.op;
+    if (a && a->node) {
+        if (unet_op_name)
+            append(where, sizeof where, " in op %s (%s)", a->node->name, unet_op_name(a->node->op));
+        else
+            append(where, sizeof where, " in op %s (op %d)", a->node->name, (int)a->node->op);
+        for (int i = 0; i < a->n_in && i < UNET_MAX_IN; i++) {
+            char name[8];
+            snprintf(name, sizeof name, "in%d", i);
+            append_shape(where, sizeof where, name, a->in_shape[i]);
+        }
+        append_shape(where, sizeof where, "out", a->out_shape);
+        if (a->training) append(where, sizeof where, " training");
+    }
+    if (at.work) append(where, sizeof where, " (%s)", at.work);
+    if (at.waits) append(where, sizeof where, "%s", ASYNC_HINT);
+    const cuda_instance *inst = instance_of(at.backend);
+    if (!inst && n_instances == 1) inst = instances[0];
+    if (inst && inst->ctx.capturing) {
+        /* the one state a report changes in an instance its callers hold as const */
+        unet_cuda_ctx *ctx = (unet_cuda_ctx *)&inst->ctx;
+        if (!ctx->capture_failure[0])
+            snprintf(ctx->capture_failure, sizeof ctx->capture_failure, "%s: %s%s [%s:%d]", call, msg, where, file,
+                     line);
+        return;
+    }
+    char dev[512];
+    describe_device(inst, dev, sizeof dev);
+    fprintf(stderr, "unet: CUDA failure: %s: %s%s on %s [%s:%d]\n", call, msg, where, dev, file, line);
+    fflush(stderr);
+    exit(1);
 }
-#define CHECK_ON(inst, call, waits) check_on((inst), (call), __FILE__, __LINE__, #call, (waits))
+
+extern "C" void unet_cuda_fail(const char *file, int line, const char *call, const char *msg, const unet_op_args *a) {
+    unet_cuda_fail_at(file, line, call, msg, unet_at_op(a));
+}
+
+/* The backend's own calls, outside any op: on inst's device; a call that
+ * waits for the stream may see an earlier kernel's fault. */
+static unet_cuda_site on(const cuda_instance *inst) { return unet_at_work(&inst->backend, NULL, 0); }
+static unet_cuda_site waiting_on(const cuda_instance *inst) { return unet_at_work(&inst->backend, NULL, 1); }
 
 static int env_flag(const char *name) {
     const char *v = getenv(name);
     return v && *v && strcmp(v, "0") != 0;
 }
 
-extern "C" void unet_cuda_launched(const char *file, int line, const unet_op_args *a) {
+extern "C" void unet_cuda_launched_at(const char *file, int line, const char *kernel, unet_cuda_site at) {
     cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) fail_on(NULL, file, line, "kernel launch", cudaGetErrorString(e), a);
+    if (e != cudaSuccess) unet_cuda_fail_at(file, line, kernel, cudaGetErrorString(e), at);
     if (sync_each_launch < 0) sync_each_launch = env_flag("UNET_CUDA_SYNC");
     if (!sync_each_launch) return;
-    const cuda_instance *inst = a ? instance_of(a->backend) : NULL;
+    const cuda_instance *inst = instance_of(at.backend);
     cudaStream_t stream = inst ? inst->ctx.stream : 0;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (stream && cudaStreamIsCapturing(stream, &capture) == cudaSuccess && capture != cudaStreamCaptureStatusNone)
         return; /* waiting is illegal while a CUDA graph is being captured */
     e = stream ? cudaStreamSynchronize(stream) : cudaDeviceSynchronize();
-    if (e != cudaSuccess) fail_on(inst, file, line, "kernel execution (UNET_CUDA_SYNC=1)", cudaGetErrorString(e), a);
+    if (e != cudaSuccess)
+        unet_cuda_fail_at(file, line, "kernel execution (UNET_CUDA_SYNC=1)", cudaGetErrorString(e), at);
 }
 
 /* ---------------------------------------------------------------------------
@@ -185,29 +185,31 @@ static void *cuda_alloc(const unet_backend *b, size_t bytes) {
         cudaGetLastError();
         return NULL;
     }
-    CHECK_ON(inst, e, 1); /* any other error is most likely an earlier kernel's */
+    /* any other error is most likely an earlier kernel's */
+    if (e != cudaSuccess) unet_cuda_fail_at(__FILE__, __LINE__, "cudaMalloc", cudaGetErrorString(e), waiting_on(inst));
     return p;
 }
 
 static void cuda_free(const unet_backend *b, void *p) {
-    if (p) CHECK_ON(instance_of(b), cudaFree(p), 1);
+    if (p) UNET_CUDA_CHECK(cudaFree(p), waiting_on(instance_of(b)));
 }
 
 static void cuda_memset0(const unet_backend *b, void *p, size_t bytes) {
     const cuda_instance *inst = instance_of(b);
-    CHECK_ON(inst, cudaMemsetAsync(p, 0, bytes, inst->ctx.stream), 0);
+    UNET_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, inst->ctx.stream), on(inst));
 }
 
 /* Host to device. The host buffer may be reused as soon as this returns: a
  * copy from pageable memory is staged before cudaMemcpyAsync returns. */
 static void copy_in(const cuda_instance *inst, void *dst, const void *host, size_t bytes) {
-    if (bytes) CHECK_ON(inst, cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, inst->ctx.stream), 0);
+    if (bytes) UNET_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, inst->ctx.stream), on(inst));
 }
 
 /* Device to host, waiting for the copy (and so for everything before it). */
 static void copy_out(const cuda_instance *inst, void *host, const void *src, size_t bytes) {
-    if (bytes) CHECK_ON(inst, cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, inst->ctx.stream), 1);
-    CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
+    if (bytes)
+        UNET_CUDA_CHECK(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, inst->ctx.stream), waiting_on(inst));
+    UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
 }
 
 /* The host buffer for a conversion, grown when a larger one is asked for and
@@ -222,7 +224,7 @@ static void *staging(const unet_backend *b, size_t bytes) {
         if (!p) {
             char msg[96];
             snprintf(msg, sizeof msg, "out of host memory for %zu bytes of staging", bytes);
-            fail_on(inst, __FILE__, __LINE__, "realloc", msg, NULL);
+            unet_cuda_fail_at(__FILE__, __LINE__, "realloc", msg, on(inst));
         }
         inst->staging = p;
         inst->staging_bytes = bytes;
@@ -267,9 +269,23 @@ static void cuda_upload_bytes(const unet_backend *b, void *dst, const void *host
     copy_in(instance_of(b), dst, host, bytes);
 }
 
+/* cudaMemGetInfo of the instance's device: an answer for planning, not a fault, so a failure is returned. */
+static int cuda_memory_info(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err,
+                            size_t errlen) {
+    const cuda_instance *inst = instance_of(b);
+    cudaError_t e = cudaSetDevice(inst->ctx.device);
+    if (e == cudaSuccess) e = cudaMemGetInfo(free_bytes, total_bytes);
+    if (e != cudaSuccess) {
+        snprintf(err, errlen, "cudaMemGetInfo on cuda:%d: %s", inst->ctx.device, cudaGetErrorString(e));
+        cudaGetLastError(); /* leave no error for the next check */
+        return -1;
+    }
+    return 0;
+}
+
 static void cuda_sync(const unet_backend *b) {
     const cuda_instance *inst = instance_of(b);
-    CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
+    UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
 }
 
 /* ---------------------------------------------------------------------------
@@ -370,14 +386,11 @@ static __global__ void adam_kernel(float *p, const float *g, float *m, float *v,
     }
 }
 
-/* Launch failures of the optimizers name the pass and its size (no op node). */
-static void check_launch(const cuda_instance *inst, const char *what, size_t n, const char *file, int line) {
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess && sync_each_launch == 1) e = cudaStreamSynchronize(inst->ctx.stream);
-    if (e == cudaSuccess) return;
-    char call[128];
-    snprintf(call, sizeof call, "%s over %zu parameters", what, n);
-    fail_on(inst, file, line, call, cudaGetErrorString(e), NULL);
+/* A launch of an optimizer pass, checked: a failure names the pass and its size (there is no op node). */
+static void check_pass(const cuda_instance *inst, const char *pass, size_t n, const char *file, int line) {
+    char work[96];
+    snprintf(work, sizeof work, "%s over %zu parameters", pass, n);
+    unet_cuda_launched_at(file, line, "kernel launch", unet_at_work(&inst->backend, work, 0));
 }
 
 static void cuda_sgd(const unet_backend *b, float *p, const float *g, float *buf, size_t n,
@@ -388,7 +401,7 @@ static void cuda_sgd(const unet_backend *b, float *p, const float *g, float *buf
     int vec = unet_aligned16(p) && unet_aligned16(g) && (momentum == 0.0f || unet_aligned16(buf));
     sgd_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
         p, g, buf, (long long)n, step, s, vec);
-    check_launch(inst, "sgd kernel", n, __FILE__, __LINE__);
+    check_pass(inst, "sgd", n, __FILE__, __LINE__);
 }
 
 static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n,
@@ -407,7 +420,7 @@ static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m,
     int vec = unet_aligned16(p) && unet_aligned16(g) && unet_aligned16(m) && unet_aligned16(v);
     adam_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
         p, g, m, v, (long long)n, step, s, vec);
-    check_launch(inst, "adam kernel", n, __FILE__, __LINE__);
+    check_pass(inst, "adam", n, __FILE__, __LINE__);
 }
 
 /* ---------------------------------------------------------------------------
@@ -428,7 +441,7 @@ static int cuda_begin_capture(const unet_backend *b, char *why, size_t whylen) {
         return -1;
     }
     /* a fault of the eager steps before shows here as what it is, not as a failed capture */
-    CHECK_ON(inst, cudaStreamSynchronize(inst->ctx.stream), 1);
+    UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
     /* thread-local: the loader's threads may call what they like meanwhile */
     cudaError_t e = cudaStreamBeginCapture(inst->ctx.stream, cudaStreamCaptureModeThreadLocal);
     if (e != cudaSuccess) {
@@ -475,12 +488,12 @@ static unet_capture *cuda_end_capture(const unet_backend *b, size_t *nodes, char
 
 static void cuda_replay(const unet_backend *b, unet_capture *c) {
     const cuda_instance *inst = instance_of(b);
-    CHECK_ON(inst, cudaGraphLaunch(c->exec, inst->ctx.stream), 0);
+    UNET_CUDA_CHECK(cudaGraphLaunch(c->exec, inst->ctx.stream), on(inst));
 }
 
 static void cuda_release(const unet_backend *b, unet_capture *c) {
     if (!c) return;
-    CHECK_ON(instance_of(b), cudaGraphExecDestroy(c->exec), 0);
+    UNET_CUDA_CHECK(cudaGraphExecDestroy(c->exec), on(instance_of(b)));
     free(c);
 }
 
@@ -624,8 +637,25 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->end_capture = cuda_end_capture;
     b->replay = cuda_replay;
     b->release = cuda_release;
+    b->memory_info = cuda_memory_info;
+    b->warper_create = unet_cuda_warper_create;
+    b->warp_batch = unet_cuda_warp_batch;
+    b->warper_free = unet_cuda_warper_free;
+    b->dist_id = unet_cuda_dist_id;
+    b->dist_open = unet_cuda_dist_open;
     return 0;
 }
+
+extern "C" int unet_cuda_devices(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError(); /* no driver, no device: an answer, not a fault */
+        return 0;
+    }
+    return n;
+}
+
+extern "C" const char *unet_cuda_absent(void) { return NULL; }
 
 extern "C" const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
                                                  size_t errlen) {

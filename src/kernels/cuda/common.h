@@ -1,6 +1,9 @@
 /* State and error checking shared by the CUDA backend's files. Every CUDA,
- * cuDNN and cuBLAS call goes through a check that names the call, the op and
- * the device, and aborts the run: a failed kernel is not a user error. */
+ * cuDNN, cuBLAS and NCCL call goes through one family of checks
+ * (UNET_CUDA_CHECK and its siblings, below) and one reporter: a failure
+ * names the call, where it was made (the op with its node and shapes, or
+ * the work in words with its shapes) and the device, and ends the run: a
+ * failed call is not a user error. */
 #ifndef UNET_CUDA_COMMON_H
 #define UNET_CUDA_COMMON_H
 
@@ -8,13 +11,12 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
-/* The project's headers are C without linkage guards: the .cu files must
- * see their functions (unet_op_name, unet_cuda_backend) with C linkage. */
+#include "unet/backend.h"
+
+/* C linkage: the backend's C files (cudnn_graph.c, dist_nccl.c) call the reporter defined in backend.cu. */
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#include "unet/backend.h"
 
 typedef enum { UNET_PREC_FP32, UNET_PREC_TF32, UNET_PREC_BF16 } unet_precision;
 
@@ -36,31 +38,54 @@ typedef struct {
 
 static inline unet_cuda_ctx *unet_cuda_ctx_of(const unet_op_args *a) { return (unet_cuda_ctx *)a->backend->ctx; }
 
-/* Report and abort (during a capture: record, see unet_cuda_ctx). `what` names the call, `op` the node (or
- * NULL), with the shapes when known. */
+/* Where a failed call was made, for its report. */
+typedef struct {
+    const unet_op_args *op;      /* in an op: its node and shapes (and through them the backend) */
+    const unet_backend *backend; /* outside an op: the backend the work runs on (NULL: the process's only one) */
+    const char *work;            /* outside an op: the work in words, with its shapes (NULL: nothing to add) */
+    /* the call waits for queued work, so a fault of an earlier kernel may surface here: the report says how to
+     * find the kernel that made it */
+    int waits;
+} unet_cuda_site;
+
+static inline unet_cuda_site unet_at_op(const unet_op_args *a) {
+    unet_cuda_site s = {a, a ? a->backend : NULL, NULL, 0};
+    return s;
+}
+
+static inline unet_cuda_site unet_at_work(const unet_backend *b, const char *work, int waits) {
+    unet_cuda_site s = {NULL, b, work, waits};
+    return s;
+}
+
+/* The reporter: `call` as written, `msg` the library's own words. It ends
+ * the run, except while a step is being captured as a CUDA graph, where it
+ * keeps the first failure and returns (see unet_cuda_ctx). */
+void unet_cuda_fail_at(const char *file, int line, const char *call, const char *msg, unet_cuda_site at);
+/* The same in an op (a: NULL outside one), for the ops' checks of their own arguments and shapes. */
 void unet_cuda_fail(const char *file, int line, const char *call, const char *msg, const unet_op_args *a);
 
-#define UNET_CUDA_CHECK(call, a)                                                               \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess) unet_cuda_fail(__FILE__, __LINE__, #call, cudaGetErrorString(e_), (a)); \
+/* The checks, one per library, alike: `at` is a unet_cuda_site. */
+#define UNET_CHECK_STATUS_(status_t, ok, words, call, at)                                  \
+    do {                                                                                   \
+        status_t s_ = (call);                                                              \
+        if (s_ != (ok)) unet_cuda_fail_at(__FILE__, __LINE__, #call, words(s_), (at));     \
     } while (0)
-#define UNET_CUDNN_CHECK(call, a)                                                              \
-    do {                                                                                       \
-        cudnnStatus_t s_ = (call);                                                             \
-        if (s_ != CUDNN_STATUS_SUCCESS) unet_cuda_fail(__FILE__, __LINE__, #call, cudnnGetErrorString(s_), (a)); \
-    } while (0)
-#define UNET_CUBLAS_CHECK(call, a)                                                             \
-    do {                                                                                       \
-        cublasStatus_t s_ = (call);                                                            \
-        if (s_ != CUBLAS_STATUS_SUCCESS) unet_cuda_fail(__FILE__, __LINE__, #call, cublasGetStatusString(s_), (a)); \
-    } while (0)
-/* After every kernel launch: a launch error aborts naming the op. With
- * UNET_CUDA_SYNC=1 in the environment it also waits for the kernel, so that a
- * fault inside it (an illegal address, say) is reported at this op rather
- * than at a later, unrelated call (slow: for debugging only). */
-void unet_cuda_launched(const char *file, int line, const unet_op_args *a);
-#define UNET_CUDA_LAUNCHED(a) unet_cuda_launched(__FILE__, __LINE__, (a))
+#define UNET_CUDA_CHECK(call, at) UNET_CHECK_STATUS_(cudaError_t, cudaSuccess, cudaGetErrorString, call, at)
+#define UNET_CUDNN_CHECK(call, at) \
+    UNET_CHECK_STATUS_(cudnnStatus_t, CUDNN_STATUS_SUCCESS, cudnnGetErrorString, call, at)
+#define UNET_CUBLAS_CHECK(call, at) \
+    UNET_CHECK_STATUS_(cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasGetStatusString, call, at)
+/* for the file that includes nccl.h (dist_nccl.c) */
+#define UNET_NCCL_CHECK(call, at) UNET_CHECK_STATUS_(ncclResult_t, ncclSuccess, ncclGetErrorString, call, at)
+
+/* After every kernel launch: a launch error is reported as a failure of
+ * `kernel`. With UNET_CUDA_SYNC=1 in the environment it also waits for the
+ * kernel, so that a fault inside it (an illegal address, say) is reported
+ * here rather than at a later, unrelated call (slow: for debugging only). */
+void unet_cuda_launched_at(const char *file, int line, const char *kernel, unet_cuda_site at);
+#define UNET_CUDA_LAUNCHED_AT(kernel, at) unet_cuda_launched_at(__FILE__, __LINE__, (kernel), (at))
+#define UNET_CUDA_LAUNCHED(a) UNET_CUDA_LAUNCHED_AT("kernel launch", unet_at_op(a))
 
 #ifdef __cplusplus
 }

@@ -564,7 +564,7 @@ static void bias_backward(const unet_op_args *a) {
         else
             UNET_CUDA_CHECK(cudaMemcpyAsync(a->din[0], a->dout, act_bytes(a, a->in_shape[0]), cudaMemcpyDeviceToDevice,
                                             unet_cuda_ctx_of(a)->stream),
-                            a);
+                            unet_at_op(a));
     }
     channel_sums(a, a->dout, NULL, a->out_shape, a->dparam[0], a->workspace);
 }

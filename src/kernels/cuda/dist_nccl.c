@@ -1,4 +1,5 @@
-/* The NCCL face of the communicator (src/host/dist/dist.c): gradient buckets
+/* The NCCL face of the communicator (src/host/dist/dist.c), opened through
+ * the CUDA backend's dist_id and dist_open slots: gradient buckets
  * are averaged (ncclAvg) on NCCL's own stream, each after an event that marks
  * where the backward finished it on the compute stream, so the allreduce of
  * the last layers runs while the backward computes the first. wait() makes
@@ -8,42 +9,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cuda_runtime.h>
-
-#include "host/dist/dist_internal.h"
 #include "kernels/cuda/common.h"
-
-int unet_dist_cuda_devices(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
-    return n;
-}
+#include "kernels/cuda/ops.h"
 
 #ifdef UNET_HAVE_NCCL
 #include <nccl.h>
 
-_Static_assert(sizeof(ncclUniqueId) == UNET_NCCL_ID_BYTES, "NCCL unique id size");
+_Static_assert(sizeof(ncclUniqueId) == UNET_DIST_ID_BYTES, "NCCL unique id size");
 
-/* A failed CUDA or NCCL call inside a step is not a user error: name it and stop. */
-#define CUDA_OK(call)                                                                                    \
-    do {                                                                                                 \
-        cudaError_t e_ = (call);                                                                         \
-        if (e_ != cudaSuccess) {                                                                         \
-            fprintf(stderr, "unet: %s failed: %s (%s:%d)\n", #call, cudaGetErrorString(e_), __FILE__, __LINE__); \
-            abort();                                                                                     \
-        }                                                                                                \
-    } while (0)
-#define NCCL_OK(call)                                                                                    \
-    do {                                                                                                 \
-        ncclResult_t r_ = (call);                                                                        \
-        if (r_ != ncclSuccess) {                                                                         \
-            fprintf(stderr, "unet: %s failed: %s (%s:%d)\n", #call, ncclGetErrorString(r_), __FILE__, __LINE__); \
-            abort();                                                                                     \
-        }                                                                                                \
-    } while (0)
-
+/* A failed CUDA or NCCL call inside a step is not a user error: the backend's
+ * checks (common.h) report it, with the communicator in words, and stop. */
 typedef struct {
     unet_dist_face face;
+    const unet_backend *b;
+    char what[96]; /* "NCCL communicator, rank r of w", for the reports */
     ncclComm_t comm;
     int device;
     cudaStream_t compute, stream;
@@ -54,12 +33,17 @@ typedef struct {
     int scratch_n;
 } nccl_face;
 
+static unet_cuda_site at(const nccl_face *f) { return unet_at_work(f->b, f->what, 0); }
+/* a call that waits for the streams, where an earlier kernel's fault may surface */
+static unet_cuda_site waiting(const nccl_face *f) { return unet_at_work(f->b, f->what, 1); }
+
 static cudaEvent_t next_event(nccl_face *f) {
     if (f->n_ready == f->cap_ready) {
         int ncap = f->cap_ready ? 2 * f->cap_ready : 64;
         cudaEvent_t *grown = realloc(f->ready, (size_t)ncap * sizeof *grown);
-        if (!grown) abort();
-        for (int i = f->cap_ready; i < ncap; i++) CUDA_OK(cudaEventCreateWithFlags(&grown[i], cudaEventDisableTiming));
+        if (!grown) unet_cuda_fail_at(__FILE__, __LINE__, "realloc", "out of host memory for the bucket events", at(f));
+        for (int i = f->cap_ready; i < ncap; i++)
+            UNET_CUDA_CHECK(cudaEventCreateWithFlags(&grown[i], cudaEventDisableTiming), at(f));
         f->ready = grown;
         f->cap_ready = ncap;
     }
@@ -69,30 +53,31 @@ static cudaEvent_t next_event(nccl_face *f) {
 static void nccl_start_sum(unet_dist_face *face, float *data, size_t n, int average) {
     nccl_face *f = (nccl_face *)face;
     cudaEvent_t ev = next_event(f);
-    CUDA_OK(cudaEventRecord(ev, f->compute));
-    CUDA_OK(cudaStreamWaitEvent(f->stream, ev, 0));
-    NCCL_OK(ncclAllReduce(data, data, n, ncclFloat, average ? ncclAvg : ncclSum, f->comm, f->stream));
+    UNET_CUDA_CHECK(cudaEventRecord(ev, f->compute), at(f));
+    UNET_CUDA_CHECK(cudaStreamWaitEvent(f->stream, ev, 0), at(f));
+    UNET_NCCL_CHECK(ncclAllReduce(data, data, n, ncclFloat, average ? ncclAvg : ncclSum, f->comm, f->stream), at(f));
 }
 
 static void nccl_wait(unet_dist_face *face) {
     nccl_face *f = (nccl_face *)face;
-    CUDA_OK(cudaEventRecord(f->done, f->stream));
-    CUDA_OK(cudaStreamWaitEvent(f->compute, f->done, 0));
-    CUDA_OK(cudaEventSynchronize(f->done));
+    UNET_CUDA_CHECK(cudaEventRecord(f->done, f->stream), at(f));
+    UNET_CUDA_CHECK(cudaStreamWaitEvent(f->compute, f->done, 0), at(f));
+    UNET_CUDA_CHECK(cudaEventSynchronize(f->done), waiting(f));
     f->n_ready = 0;
 }
 
 static void nccl_sum_f64(unet_dist_face *face, double *values, int n) {
     nccl_face *f = (nccl_face *)face;
     if (n > f->scratch_n) {
-        if (f->scratch) CUDA_OK(cudaFree(f->scratch));
-        CUDA_OK(cudaMalloc((void **)&f->scratch, (size_t)n * sizeof(double)));
+        if (f->scratch) UNET_CUDA_CHECK(cudaFree(f->scratch), waiting(f));
+        UNET_CUDA_CHECK(cudaMalloc((void **)&f->scratch, (size_t)n * sizeof(double)), waiting(f));
         f->scratch_n = n;
     }
-    CUDA_OK(cudaMemcpyAsync(f->scratch, values, (size_t)n * sizeof(double), cudaMemcpyHostToDevice, f->stream));
-    NCCL_OK(ncclAllReduce(f->scratch, f->scratch, (size_t)n, ncclDouble, ncclSum, f->comm, f->stream));
-    CUDA_OK(cudaMemcpyAsync(values, f->scratch, (size_t)n * sizeof(double), cudaMemcpyDeviceToHost, f->stream));
-    CUDA_OK(cudaStreamSynchronize(f->stream));
+    size_t bytes = (size_t)n * sizeof(double);
+    UNET_CUDA_CHECK(cudaMemcpyAsync(f->scratch, values, bytes, cudaMemcpyHostToDevice, f->stream), at(f));
+    UNET_NCCL_CHECK(ncclAllReduce(f->scratch, f->scratch, (size_t)n, ncclDouble, ncclSum, f->comm, f->stream), at(f));
+    UNET_CUDA_CHECK(cudaMemcpyAsync(values, f->scratch, bytes, cudaMemcpyDeviceToHost, f->stream), waiting(f));
+    UNET_CUDA_CHECK(cudaStreamSynchronize(f->stream), waiting(f));
 }
 
 static void nccl_barrier(unet_dist_face *face) {
@@ -117,25 +102,28 @@ static void nccl_close(unet_dist_face *face) {
     free(f);
 }
 
-int unet_dist_nccl_unique_id(unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+int unet_cuda_dist_id(const unet_backend *b, unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen) {
+    (void)b;
     ncclUniqueId u;
     ncclResult_t r = ncclGetUniqueId(&u);
     if (r != ncclSuccess) {
         snprintf(err, errlen, "ncclGetUniqueId failed: %s (NCCL_DEBUG=INFO tells more)", ncclGetErrorString(r));
         return -1;
     }
-    memcpy(id, u.internal, UNET_NCCL_ID_BYTES);
+    memcpy(id, u.internal, UNET_DIST_ID_BYTES);
     return 0;
 }
 
-unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
-                                    const unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+unet_dist_face *unet_cuda_dist_open(const unet_backend *b, int rank, int world,
+                                    const unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen) {
     const unet_cuda_ctx *ctx = (const unet_cuda_ctx *)b->ctx;
     nccl_face *f = calloc(1, sizeof *f);
     if (!f) {
         snprintf(err, errlen, "out of memory for the NCCL communicator");
         return NULL;
     }
+    f->b = b;
+    snprintf(f->what, sizeof f->what, "NCCL communicator, rank %d of %d", rank, world);
     f->device = ctx->device;
     f->compute = ctx->stream;
     cudaError_t e = cudaSetDevice(f->device);
@@ -147,7 +135,7 @@ unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
         return NULL;
     }
     ncclUniqueId u;
-    memcpy(u.internal, id, UNET_NCCL_ID_BYTES);
+    memcpy(u.internal, id, UNET_DIST_ID_BYTES);
     ncclResult_t r = ncclCommInitRank(&f->comm, world, u, rank);
     if (r != ncclSuccess) {
         f->comm = NULL;
@@ -162,24 +150,20 @@ unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
     return &f->face;
 }
 
-int unet_dist_nccl_built(void) { return 1; }
-
 #else
 
-int unet_dist_nccl_unique_id(unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
-    (void)id;
+int unet_cuda_dist_id(const unet_backend *b, unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen) {
+    (void)b, (void)id;
     snprintf(err, errlen, "--dist nccl: this unet was built with CUDA but without NCCL (install NCCL's headers "
              "and library, then reconfigure)");
     return -1;
 }
 
-unet_dist_face *unet_dist_nccl_open(const unet_backend *b, int rank, int world,
-                                    const unsigned char id[UNET_NCCL_ID_BYTES], char *err, size_t errlen) {
+unet_dist_face *unet_cuda_dist_open(const unet_backend *b, int rank, int world,
+                                    const unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen) {
     (void)b, (void)rank, (void)world, (void)id;
     snprintf(err, errlen, "--dist nccl: this unet was built with CUDA but without NCCL");
     return NULL;
 }
-
-int unet_dist_nccl_built(void) { return 0; }
 
 #endif

@@ -1,6 +1,6 @@
 /* Launch shapes and device helpers shared by the custom kernels of the CUDA
  * backend (elementwise.cu, pool.cu, concat.cu, upsample.cu, batchnorm.cu,
- * loss.cu, metrics.cu, backend.cu).
+ * loss.cu, backend.cu, augment.cu).
  *
  * Determinism: every reduction here runs in an order fixed by the shape
  * alone (never by the device, the number of SMs or timing): a block sums its

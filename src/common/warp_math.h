@@ -1,7 +1,9 @@
 /* The arithmetic of the augmentation warp (include/unet/augment.h), written
  * once for its two twins: the CPU version (src/host/data/augment.c, compiled
  * by gcc) and the CUDA version (src/kernels/cuda/augment.cu, compiled by
- * nvcc, where these functions run on the device).
+ * nvcc, where these functions run on the device). It belongs to neither
+ * side, so it lives here, in src/common, which both include: a kernel never
+ * includes host code.
  *
  * Both sides execute the same double-precision operations in the same order,
  * so that a tile pixel gets the same source position on the CPU and on the
