@@ -12,6 +12,7 @@ RUN apt-get update \
       build-essential cmake pkg-config libhdf5-dev libjson-c-dev libpng-dev libtiff-dev \
       python3 python3-pip python3-numpy python3-scipy python3-h5py python3-matplotlib python3-pytest \
       python3-torch python3-torchvision python3-pil libopenmpi-dev openmpi-bin \
+      libonnx-dev protobuf-c-compiler libprotobuf-c-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/unet

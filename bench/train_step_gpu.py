@@ -38,22 +38,25 @@ max_memory_reserved).
 
     bench/train_step_gpu.py --build DIR [--models unet32,unet-paper,unetpp] [--batches 1,8,max]
         [--warmup 50] [--steps 200] [--repeats 3] [--max-batch 256] [--budget 480] [--skip-torch]
-        [--skip-compile] [--gpu 0] [--out bench/results] [--quick] [--device cpu]
+        [--skip-compile] [--gpu 0] [--out bench/results] [--quick] [--short] [--device cpu]
 
 The whole protocol (some 80 rows of 3 x 250 steps, the searches, a max-autotune
-compilation per shape) does not fit scripts/gpu_check.sh's default 600 s per
-benchmark: --budget S (default 480, 0: none) starts a row only while its
-estimate ends within S seconds (a row without an estimate may run past it)
-and marks the others as not run; for all of it:
-scripts/gpu_check.sh --bench-timeout 14400 --bench-args "--budget 0".
-Results are rewritten after every row, so a run cut short keeps what it measured.
+compilation per shape) takes hours: --budget S (default 480, 0: none) starts
+a row only while its estimate ends within S seconds (a row without an
+estimate may run past it) and marks the others as not run; for all of it:
+bench/train_step_gpu.py --build build --budget 0. Results are rewritten
+after every row, so a run cut short keeps what it measured.
+--short is the protocol cut to what scripts/gpu_check.sh has left at its end:
+the three models at batch 8, 10 + 30 steps, one repeat, no inference rows,
+the engine's fp32, tf32 and bf16 against PyTorch's eager fp32, eager bf16 and
+torch.compile in its default mode (no max-autotune); the report says it is
+below the protocol.
 
 Writes bench/results/train_step_gpu-<date>-<gpu>.md and .json and prints the
 tables. Without a GPU it says so in one line and exits 0. --device cpu --quick
 runs the whole pipeline on the CPU on tiny shapes (a smoke run of this script,
 no GPU figure), written only to an --out given explicitly. Options meant for
-another bench/*_gpu.py (gpu_check passes the same --bench-args to all) are
-ignored with a note."""
+another bench/*_gpu.py are ignored with a note."""
 import argparse
 import datetime
 import gc
@@ -346,11 +349,11 @@ class TorchRun:
             # one compilation per row: without a reset, the same function compiled for a 9th network or
             # shape passes dynamo's cache_size_limit (8) and would run eagerly, silently
             torch._dynamo.reset()
-            if ctx.gpu and not ctx.args.quick:
+            if ctx.gpu and not (ctx.args.quick or ctx.args.short):
                 fn = torch.compile(fn, mode="max-autotune")
-            elif ctx.gpu:  # a quick run: minutes of autotuning per shape are not what it is for
+            elif ctx.gpu:  # a quick or short run: minutes of autotuning per shape are not what it is for
                 fn = torch.compile(fn)
-                self.notes.append("--quick: torch.compile default mode")
+                self.notes.append(f"--{'quick' if ctx.args.quick else 'short'}: torch.compile default mode")
             else:  # the smoke run: the plumbing, not Inductor's code generation on 2 cores
                 fn = torch.compile(fn, backend="eager")
                 self.notes.append("CPU smoke: torch.compile(backend='eager')")
@@ -435,7 +438,8 @@ def torch_row(ctx, m, batch, label, variant, inference):
     row = dict(model=m.key, side="torch", variant=variant, mode="inference" if inference else "train",
                batch=batch, batch_label=label, status="ok", note="")
     key = ("torch", variant, m.key, row["mode"])
-    min_s = 300.0 if variant == "compile" and ctx.gpu and a.budget else 0.0  # max-autotune compiles for minutes
+    # max-autotune compiles for minutes, the default mode for about one
+    min_s = (60.0 if a.quick or a.short else 300.0) if variant == "compile" and ctx.gpu and a.budget else 0.0
     why = ctx.budget.refuse(max(min_s, ctx.estimate_s(key, batch, a.repeats, a.warmup, a.steps, 0.5)))
     if why:
         return dict(row, status="skipped", note=why)
@@ -651,6 +655,10 @@ def markdown(report):
         L.append(f"# train_step_gpu.py --quick run ({report['date']}, {dev['name']}): not the protocol\n")
         L.append("Tiny shapes and a handful of steps, to exercise the script on the GPU; not figures of the "
                  "models or the protocol.\n")
+    elif a.get("short"):
+        L.append(f"# Training step on the GPU, engine vs PyTorch: SHORT protocol ({report['date']}, {dev['name']})\n")
+        L.append("scripts/gpu_check.sh's cut of the protocol (batch 8, few steps, one repeat, torch.compile in its "
+                 "default mode): ratios to read, not the benchmark's figures.\n")
     else:
         L.append(f"# Training step on the GPU, engine vs PyTorch ({report['date']}, {dev['name']})\n")
     L.append(f"- Device: {dev['name']}" + (f", driver {dev['driver']}" if dev.get("driver") else "") +
@@ -755,7 +763,8 @@ def parse_args(argv):
     ap.add_argument("--max-batch", type=int, default=None, help="bound of the largest-batch search (default 256; "
                     "--quick: 4)")
     ap.add_argument("--precisions", default="fp32,tf32,bf16", help="the engine's")
-    ap.add_argument("--torch-variants", default=",".join(TORCH_VARIANTS))
+    ap.add_argument("--torch-variants", default=None, help=f"default {','.join(TORCH_VARIANTS)} "
+                    "(--short: fp32,bf16,compile)")
     ap.add_argument("--no-inference", dest="inference", action="store_false", help="no batch-1 inference rows")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-compile", action="store_true")
@@ -766,15 +775,22 @@ def parse_args(argv):
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                     help="cpu: with --quick, a smoke run of the script on the CPU")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, few steps: a smoke run")
+    ap.add_argument("--short", action="store_true", help="the protocol cut to a few minutes (scripts/gpu_check.sh): "
+                    "batch 8, 10 + 30 steps, 1 repeat, no inference, compile in its default mode")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of both sides in the CPU smoke run (default 1: "
                     "a busy machine's other work then costs each side alike)")
     ap.add_argument("--out", default=None, help="results folder (default bench/results; smoke runs: only if given)")
     a = split_known(ap, argv, "train_step_gpu")
-    q = a.quick
-    a.batches = a.batches or ("1,2,max" if q else "1,8,max")
-    a.warmup = a.warmup if a.warmup is not None else (1 if q else 50)
-    a.steps = a.steps if a.steps is not None else (2 if q else 200)
-    a.repeats = a.repeats if a.repeats is not None else (2 if q else 3)
+    q, short = a.quick, a.short
+    if q and short:
+        ap.error("--quick (tiny shapes) and --short (the models, few steps) are two different cuts: give one")
+    a.batches = a.batches or ("1,2,max" if q else "8" if short else "1,8,max")
+    a.warmup = a.warmup if a.warmup is not None else (1 if q else 10 if short else 50)
+    a.steps = a.steps if a.steps is not None else (2 if q else 30 if short else 200)
+    a.repeats = a.repeats if a.repeats is not None else (2 if q else 1 if short else 3)
+    a.torch_variants = a.torch_variants or ("fp32,bf16,compile" if short else ",".join(TORCH_VARIANTS))
+    if short:
+        a.inference = False
     a.max_batch = a.max_batch if a.max_batch is not None else (4 if q else 256)
     if a.device == "cpu" and not q:
         ap.error("--device cpu is the smoke run: give --quick too (the protocol is a GPU measurement)")
@@ -827,7 +843,7 @@ def main(argv=None):
                   settings=dict(warmup=a.warmup, steps=a.steps, repeats=a.repeats, max_batch=a.max_batch,
                                 batches=a.batches, budget_s=a.budget, peak_tflops=a.peak_tflops,
                                 threads=None if ctx.gpu else a.threads, engine_args=a.engine_args,
-                                precisions=a.precision_list, torch_variants=a.torch_variant_list),
+                                precisions=a.precision_list, torch_variants=a.torch_variant_list, short=a.short),
                   meets_protocol_minimum=(a.warmup >= 50 and a.steps >= 200 and a.repeats >= 3),
                   models={}, rows=[], largest_batch=[], ratios=[], partial="in progress")
     if ctx.torch is not None and ctx.gpu:
@@ -839,7 +855,7 @@ def main(argv=None):
         report["models"][m.key] = dict(m.as_dict(), params=info["params"], flops_per_image=float(info["flops"]),
                                        output_size=info["output_size"])
 
-    base = report_base(a.out, smoke, f"train_step_gpu-{date}-{dslug}")
+    base = report_base(a.out, smoke, f"train_step_gpu-{date}-{dslug}" + ("-short" if a.short else ""))
 
     def write():
         report["ratios"] = ratio_rows(report)

@@ -17,7 +17,8 @@ def run_op(op, inputs, out_shape, attrs=None, params=(), states=(), dout=None, b
            backend="cpu", din_init=None, training=1, seed=0, node_index=0):
     """Runs one op of a backend. inputs: numpy arrays (float32 or int32, 4-D);
     params, states: 1-D or N-D float arrays. Returns a dict with out, din
-    (list, None where not computed), dparam (list), state (list)."""
+    (list, None where not computed), dparam (list), state (list), and the
+    driver's stderr."""
     attrs = dict(attrs or {})
     with tempfile.TemporaryDirectory() as d:
         cmd = [OPTEST, "--backend", backend, "--op", op, "--dir", d, "--training", str(training),
@@ -55,7 +56,7 @@ def run_op(op, inputs, out_shape, attrs=None, params=(), states=(), dout=None, b
                 return None
             return np.fromfile(path, dtype=np.float32).reshape(shape)
 
-        res = {"out": load("out.bin", tuple(out_shape))}
+        res = {"out": load("out.bin", tuple(out_shape)), "stderr": r.stderr}
         res["din"] = [load(f"din{i}.bin", x.shape) for i, x in enumerate(inputs)]
         res["dparam"] = [load(f"dparam{j}.bin", np.shape(p)) for j, p in enumerate(params)]
         res["state"] = [load(f"state{j}.out.bin", np.shape(s)) for j, s in enumerate(states)]

@@ -28,6 +28,14 @@ extern "C" {
 
 typedef struct unet_backend unet_backend;
 
+/* How a backend holds the tensors of one element type in its memory (its
+ * layout slot): what writes into them from outside the op table (the
+ * augmentation warp) must write that. */
+typedef enum {
+    UNET_LAYOUT_NCHW,      /* NCHW, 4-byte elements (float32, int32): the host's own bytes */
+    UNET_LAYOUT_NHWC_BF16, /* NHWC bfloat16, channels padded: the CUDA backend's bf16 activations */
+} unet_layout;
+
 /* Sums n doubles over the replicas of a data-parallel run, in place, on the
  * host (synchronised batch norm). Every replica calls it at the same point. */
 typedef struct {
@@ -40,6 +48,7 @@ typedef struct {
     int node_index;            /* position in the graph: with the step seed, keys random streams */
     const unet_backend *backend;
     int training;              /* batch norm: batch statistics; dropout: active */
+    int sizing_only;           /* the plan only sizes memory (unet info): never runs, so nothing is timed */
     int n_in;
     unet_shape in_shape[UNET_MAX_IN];
     unet_shape out_shape;
@@ -85,7 +94,25 @@ typedef struct {
     float step_size; /* Adam: lr / (1 - beta1^t) */
     float bc2_sqrt;  /* Adam: sqrt(1 - beta2^t) */
     int first;       /* SGD: 1 on step 0, where the momentum buffer starts as the gradient */
+    /* 0 from the host; the guard pass (unet_backend.guard) sets it to 1 when this step's update is to be dropped,
+     * and the update passes then change nothing */
+    int skip;
+    int64_t step;    /* 0-based: where the guard records a non-finite step */
 } unet_optim_scalars;
+
+/* The guard of the update pass against non-finite values, in backend memory
+ * (unet_param_blocks.guard). The host sets the policy and the count once (a
+ * fresh or resumed run) and reads it back when it reads the loss and before
+ * it writes a checkpoint: a replayed step needs no host check of its own. */
+typedef struct {
+    int32_t skip_policy; /* 1: drop a non-finite step's update and go on; 0: the first one latches (below) */
+    int32_t found;       /* the check's scratch: nonzero once a value is not finite; 0 between steps */
+    int32_t latched;     /* policy 0: a non-finite step was seen, and every update since has been dropped */
+    int32_t unused;
+    int64_t bad_steps;   /* steps whose update was dropped because a value was not finite */
+    int64_t first_bad;   /* step + 1 of the first of them (0: none) */
+    int64_t last_bad;    /* step + 1 of the latest */
+} unet_update_guard;
 
 /* A step recorded by a backend that can replay work (a CUDA graph). */
 typedef struct unet_capture unet_capture;
@@ -103,13 +130,21 @@ typedef struct unet_dist_face unet_dist_face;
 struct unet_dist_face {
     const char *name;
     int host_memory; /* data lives on the host: ops can sum inside a kernel (synchronised batch norm) */
+    /* 1: wait, sum_f64 and barrier watch for a dead peer themselves: each
+     * gives up after timeout_s, or sooner when the communicator reports a
+     * failure, with its communicator aborted (so that the peers' waits end
+     * too) and one line in err. 0: they block, and the communicator's
+     * watchdog (src/host/dist) ends a wait that lasts too long. */
+    int gives_up;
     /* Starts summing n floats of backend memory in place over the ranks
-     * (average: then divided by the world size); wait finishes every start. */
+     * (average: then divided by the world size); wait finishes every start.
+     * wait, sum_f64 and barrier return 0, or -1 when they gave up. */
     void (*start_sum)(unet_dist_face *f, float *data, size_t n, int average);
     void (*progress)(unet_dist_face *f); /* NULL: the face progresses by itself */
-    void (*wait)(unet_dist_face *f);
-    void (*sum_f64)(unet_dist_face *f, double *values, int n); /* host memory, blocking */
-    void (*barrier)(unet_dist_face *f);
+    int (*wait)(unet_dist_face *f, double timeout_s, char *err, size_t errlen);
+    /* host memory, blocking */
+    int (*sum_f64)(unet_dist_face *f, double *values, int n, double timeout_s, char *err, size_t errlen);
+    int (*barrier)(unet_dist_face *f, double timeout_s, char *err, size_t errlen);
     void (*abort)(unet_dist_face *f, int code);
     void (*close)(unet_dist_face *f);
 };
@@ -139,12 +174,20 @@ struct unet_backend {
     /* Optimizers: one pass over the contiguous block, PyTorch semantics.
      * SGD: buf = first ? g + wd*p : mom*buf + g + wd*p;  p -= lr*buf.
      * Adam: decoupled (AdamW) when adamw, else L2 added to the gradient.
-     * s points into backend memory and is read when the pass runs; the
-     * arguments passed by value are the same on every step. */
+     * s points into backend memory and is read when the pass runs (nothing
+     * changes when s->skip is set); the arguments passed by value are the
+     * same on every step. */
     void (*sgd)(const unet_backend *b, float *p, const float *g, float *buf, size_t n, const unet_optim_scalars *s,
                 float momentum, float wd);
     void (*adam)(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n,
                  const unet_optim_scalars *s, float beta1, float beta2, float eps, float wd, int adamw);
+    /* Before the update: one reduction over the gradient block g (n) and the batch norm statistics (state,
+     * n_state, which the step's forward moved) finds any NaN or infinity. Such a step is dropped: s->skip = 1
+     * (sgd and adam then change nothing), the statistics go back to state_good, and the guard counts it; a
+     * finite step leaves state_good a copy of the statistics. Under policy 0 the first dropped step latches
+     * every later one. Runs on the stream like the update, reading and writing backend memory only. */
+    void (*guard)(const unet_backend *b, const float *g, size_t n, float *state, float *state_good, size_t n_state,
+                  unet_optim_scalars *s, unet_update_guard *guard);
 
     /* Recording and replaying a whole step (CUDA graphs); NULL on backends
      * that cannot (the CPU). Between begin_capture and end_capture the work
@@ -161,6 +204,15 @@ struct unet_backend {
 
     /* The rest is optional: NULL on a backend that does not offer it (the
      * CPU backend offers none of it). */
+
+    /* The layout of tensors of element type t. NULL: NCHW for every type. */
+    unet_layout (*layout)(const unet_backend *b, unet_dtype t);
+
+    /* After the plans are compiled: NULL, or one line saying that this run
+     * is not deterministic although it asked to be (a convolution that only
+     * a nondeterministic library routine runs), for the line that names the
+     * run's device. */
+    const char *(*nondeterminism)(const unet_backend *b);
 
     /* The free and total memory of the backend's device, for planning a run
      * before it allocates anything (unet info: the largest batch that fits).
@@ -220,6 +272,10 @@ const unet_backend *unet_cuda_backend(int device, const char *precision, int det
 /* CUDA devices this process sees, without making a backend (a rank picks
  * its device by them); 0 without CUDA. */
 int unet_cuda_devices(void);
+/* What a CUDA build was built against and loads (unet --version): the
+ * toolkit, cuDNN and NCCL, one line into buf; in a build without CUDA,
+ * that it has none. */
+void unet_cuda_versions(char *buf, size_t n);
 /* In a build without the CUDA backend, why, in words every refusal of CUDA
  * work quotes ("this unet was built without CUDA (configure with ...)");
  * NULL in a build with it. */

@@ -11,7 +11,10 @@
  * Metadata (strings): "format" = "pt", "unet.format_version" = "1",
  * "unet.step", "unet.optimizer_state" = none | sgd | adam, and "unet.config",
  * the run's configuration as JSON (unet_config_to_json), from which predict
- * rebuilds the model. */
+ * rebuilds the model; where a run has them, "unet.skipped_steps" (updates
+ * --on-nonfinite skip dropped) and "unet.best_metric", "unet.best_value",
+ * "unet.best_step" (--save-best's record), so that --resume goes on as the
+ * unbroken run would. */
 #ifndef UNET_CHECKPOINT_H
 #define UNET_CHECKPOINT_H
 
@@ -25,13 +28,24 @@ extern "C" {
 
 #define UNET_CHECKPOINT_FORMAT_VERSION 1
 
+/* Where a run stands besides its tensors. The batches, the dropout masks and
+ * the learning rate are functions of (seed, step), so with these a resumed
+ * run continues with the bits of an unbroken one. */
+typedef struct {
+    long step;             /* steps done */
+    long skipped_steps;    /* updates dropped for a non-finite value (--on-nonfinite skip) */
+    char best_metric[32];  /* --save-best's metric ("" none) */
+    double best_value;     /* its best value so far */
+    long best_step;        /* the step of that value (0: none yet) */
+} unet_run_progress;
+
 /* Writes atomically. params and state are the host blocks in the graph's
  * layout (unet_graph_params() offsets). Optimizer state: opt_a and opt_b NULL
  * for weights only; opt_a alone for SGD's momentum buffer; both for Adam's
  * first and second moments. config_json may be NULL. */
 int unet_checkpoint_save(const char *path, const unet_graph *g, const float *params, const float *state,
-                         const float *opt_a, const float *opt_b, long step, const char *config_json, char *err,
-                         size_t errlen);
+                         const float *opt_a, const float *opt_b, const unet_run_progress *progress,
+                         const char *config_json, char *err, size_t errlen);
 
 /* --init: weights only. Every trainable and state tensor of the graph must be
  * there with its shape (F32, or F64/F16/BF16 converted), else one line naming
@@ -51,15 +65,15 @@ int unet_checkpoint_load_encoder(const char *path, const char *encoder, const un
 
 /* --resume: weights, the optimizer state the run uses (opt_b NULL: SGD's
  * momentum buffer into opt_a; else Adam's moments into opt_a and opt_b) and
- * the step. A checkpoint without optimizer state, or with another
+ * the progress. A checkpoint without optimizer state, or with another
  * optimizer's, is an error that says what to do instead. */
 int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *params, float *state, float *opt_a,
-                                float *opt_b, long *step, char *err, size_t errlen);
+                                float *opt_b, unet_run_progress *progress, char *err, size_t errlen);
 
 /* The metadata alone (no model needed): predict takes the model from it. */
 typedef struct {
     char *config_json;    /* malloc'd; NULL when the file has none (weights written by PyTorch, say) */
-    long step;            /* 0 when absent */
+    unet_run_progress progress; /* step 0 and nothing recorded when absent */
     int format_version;   /* 0 when absent */
     char optimizer_state[16]; /* "none", "sgd", "adam" ("none" when absent) */
 } unet_checkpoint_meta;

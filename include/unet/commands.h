@@ -17,6 +17,7 @@ int unet_run_info(unet_config *cfg);
 int unet_run_bench(unet_config *cfg);
 int unet_run_prune(unet_config *cfg);
 int unet_run_compare(unet_config *cfg);
+int unet_run_export(unet_config *cfg);
 
 #ifdef __cplusplus
 }

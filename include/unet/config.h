@@ -33,6 +33,7 @@ typedef enum {
     UNET_CMD_DATA_IMPORT = 1u << 8,
     UNET_CMD_DATA_SPLIT = 1u << 9,
     UNET_CMD_DATA_INFO = 1u << 10,
+    UNET_CMD_EXPORT = 1u << 11,
 } unet_command;
 
 /* Option groups: sections of --help and of the printed configuration. */
@@ -52,6 +53,18 @@ typedef enum { UNET_CUDA_GRAPH_AUTO, UNET_CUDA_GRAPH_OFF } unet_cuda_graph_mode;
 /* --augment-device: where the augmentation's warp runs: on the loader's threads (cpu), or on the GPU of a CUDA
  * run, written straight into the training step's inputs (cuda; the backend's warp_batch in unet/backend.h) */
 typedef enum { UNET_AUGMENT_DEVICE_CPU, UNET_AUGMENT_DEVICE_CUDA } unet_augment_device;
+/* --save-best: the validation metric whose best value keeps a checkpoint (the deepest head's, as logged) */
+typedef enum {
+    UNET_BEST_NONE,
+    UNET_BEST_IOU,
+    UNET_BEST_DICE,
+    UNET_BEST_PIXEL_ACCURACY,
+    UNET_BEST_PIXEL_ERROR,
+    UNET_BEST_RAND_ERROR
+} unet_best_metric;
+/* --on-nonfinite: what a step with a NaN or infinite loss, gradient or statistic does (its update is dropped
+ * either way): stop the run, or go on (at most --max-skips times) */
+typedef enum { UNET_NONFINITE_STOP, UNET_NONFINITE_SKIP } unet_nonfinite_policy;
 
 typedef struct {
     /* model: the builder's own config, so nothing is translated twice */
@@ -72,6 +85,8 @@ typedef struct {
     const char *augment;            /* none | paper | a list, checked by the augmentation */
     unet_augment_device augment_device; /* where --augment's warp runs */
     float val_fraction;             /* held-out share of --data when there is no --val (0: none) */
+    unet_nonfinite_policy on_nonfinite;
+    int max_skips;                  /* --on-nonfinite skip: the most steps dropped before the run stops */
 
     /* data: files read. Strings are never NULL ("" when unset) and live as
      * long as the process (argv, literals, or interned copies from JSON), so
@@ -84,9 +99,14 @@ typedef struct {
     /* output: files written, logging */
     const char *save, *output, *log;
     int log_every, val_every;
+    long save_every;                /* a periodic checkpoint beside --save every N steps (0: off) */
+    float save_every_min;           /* ... and every M minutes of wall time (0: off) */
+    int keep;                       /* periodic checkpoints kept */
+    unet_best_metric save_best;     /* the best validation's checkpoint beside --save */
     int json;
     unet_predict_mode mode;
     float overlap;                  /* same-padding tiles: overlap share for blending */
+    int opset;                      /* export: the ONNX operator set */
 
     /* device */
     const char *device;             /* cpu | cuda | cuda:N | auto; see unet_config_device() */
@@ -157,6 +177,9 @@ void unet_config_merge(unet_config *dst, const unet_config *src, unsigned groups
 void unet_config_help(FILE *f, const char *subcommand);
 /* Top-level usage: the subcommands and their summaries. */
 void unet_config_usage(FILE *f);
+/* unet --version: the version (git describe at build time), the build's
+ * options and the libraries' versions (src/host/cli/version.c). */
+void unet_print_version(FILE *f);
 /* The configuration printed at the start of a run: the subcommand's options
  * as name=value, a line per group (unset paths and off flags left out). */
 void unet_config_print(FILE *f, const unet_config *cfg, const char *subcommand);

@@ -170,6 +170,7 @@ size_t unet_graph_trainable_params(const unet_graph *g);
 int unet_graph_num_nodes(const unet_graph *g);
 const unet_node *unet_graph_nodes(const unet_graph *g);
 int unet_graph_num_inputs(const unet_graph *g);
+int unet_graph_input_value(const unet_graph *g, int index); /* the value id of input `index` */
 int unet_graph_num_outputs(const unet_graph *g);
 int unet_graph_output_value(const unet_graph *g, int index);
 int unet_graph_num_values(const unet_graph *g);

@@ -111,6 +111,7 @@ typedef struct {
     int n_outputs;
     unet_shape outputs[UNET_MAX_LEVELS];
     int tile, valid_below, valid_above; /* the nearest valid tile sizes around `tile` (0: none) */
+    int tile_asked;                    /* a tile the network does not take, `tile` the nearest valid one; 0: none */
     double flops_per_image;            /* forward; a training step is about 3x */
     size_t train_activation_bytes;     /* planned arena of a training step at `batch` */
     size_t infer_activation_bytes;     /* planned arena of inference at `batch` */

@@ -35,6 +35,14 @@ void unet_optim_apply(const unet_optim_cfg *o, unet_param_blocks *pb);
 /* Both: one update, step 0-based. */
 void unet_optim_step(const unet_optim_cfg *o, unet_param_blocks *pb, long step);
 
+/* The guard of the update pass (unet_update_guard in unet/backend.h): set
+ * before the first step, with the policy (1: drop a non-finite step and go
+ * on; 0: stop, every update from the first non-finite step on dropped) and
+ * the steps a resumed run had dropped; read back (waiting for the work
+ * enqueued so far) when the host reads the loss or saves. */
+void unet_optim_guard_set(unet_param_blocks *pb, int skip_policy, long bad_steps);
+void unet_optim_guard_read(const unet_param_blocks *pb, unet_update_guard *g);
+
 #ifdef __cplusplus
 }
 #endif

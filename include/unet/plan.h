@@ -22,7 +22,9 @@ typedef struct {
     float *opt_a;   /* optimizer state: SGD momentum buffer, Adam first moment */
     float *opt_b;   /* Adam second moment (NULL for SGD) */
     float *state;   /* batch norm running statistics */
+    float *state_good; /* the statistics after the last finite step, which a dropped step goes back to */
     unet_optim_scalars *scalars; /* this step's learning rate and bias corrections, on the backend */
+    unet_update_guard *guard;    /* what the update pass found non-finite (unet_backend.guard) */
 } unet_param_blocks;
 
 int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const unet_graph *g, int with_adam,
@@ -106,6 +108,9 @@ void unet_plan_read_output(unet_plan *p, int index, float *host);
 /* Tests: the gradient of an input created with requires_grad. */
 void unet_plan_read_input_grad(unet_plan *p, int input_index, float *host);
 unet_shape unet_plan_input_shape(const unet_plan *p, int input_index);
+/* The shape of any value of the graph (an input or a node's output) in this
+ * plan: what an exporter writing the graph in another format needs. */
+unet_shape unet_plan_value_shape(const unet_plan *p, int value);
 /* Where the plan keeps its first input of this kind in backend memory: the
  * image (B,C,H,W) float32, the labels (B,1,H,W) int32 or the weights
  * (B,1,H,W) float32, in the NCHW layout unet_plan_set_inputs uploads; NULL

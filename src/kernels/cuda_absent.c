@@ -20,3 +20,5 @@ const unet_backend *unet_cuda_backend(int device, const char *precision, int det
 }
 
 int unet_cuda_devices(void) { return 0; }
+
+void unet_cuda_versions(char *buf, size_t n) { snprintf(buf, n, "not built"); }

@@ -26,6 +26,22 @@ def case(g):
     return bn_case(g, (n, c, h, w))
 
 
+def assert_bn(r, ref, rm, rv, updates, what):
+    """out, din, dgamma and dbeta against bn_reference's; the running statistics updated as it updated them, or
+    (eval mode, frozen) left as they were, bit for bit."""
+    y_ref, dx_ref, dg_ref, db_ref, rm_ref, rv_ref = ref
+    assert_close(r["out"], y_ref, TOL, what + " out")
+    assert_close(r["din"][0], dx_ref, TOL, what + " din")
+    assert_close(r["dparam"][0], dg_ref, TOL, what + " dgamma")
+    assert_close(r["dparam"][1], db_ref, TOL, what + " dbeta")
+    if updates:
+        assert_close(r["state"][0], rm_ref, TOL, what + " running mean")
+        assert_close(r["state"][1], rv_ref, TOL, what + " running var")
+    else:
+        assert np.array_equal(r["state"][0], rm) and np.array_equal(r["state"][1], rv), \
+            what + ": the running statistics changed"
+
+
 @pytest.mark.parametrize("training", [1, 0])
 @pytest.mark.parametrize("relu", [0, 1])
 @pytest.mark.parametrize("seed", range(3))
@@ -33,22 +49,13 @@ def test_batchnorm(training, relu, seed):
     g = rng(1000 + 10 * seed + 2 * training + relu)
     x, gamma, beta, rm, rv, dout = case(g)
     momentum, eps = [(0.1, 1e-5), (0.3, 1e-3), (0.1, 1e-5)][seed]
-    y_ref, dx_ref, dg_ref, db_ref, rm_ref, rv_ref = bn_reference(x, gamma, beta, rm, rv, dout, training, relu,
-                                                              momentum, eps)
+    ref = bn_reference(x, gamma, beta, rm, rv, dout, training, relu, momentum, eps)
+    y_ref, dx_ref, dg_ref, db_ref, rm_ref, rv_ref = ref
     attrs = {"relu": relu, "momentum": momentum, "eps": eps}
     what = f"batchnorm training={training} relu={relu} {x.shape}"
     r = run_op("batchnorm", [x], x.shape, attrs, params=[gamma, beta], states=[rm, rv], dout=dout,
                backward=True, training=training)
-    assert_close(r["out"], y_ref, TOL, what + " out")
-    assert_close(r["din"][0], dx_ref, TOL, what + " din")
-    assert_close(r["dparam"][0], dg_ref, TOL, what + " dgamma")
-    assert_close(r["dparam"][1], db_ref, TOL, what + " dbeta")
-    if training:
-        assert_close(r["state"][0], rm_ref, TOL, what + " running mean")
-        assert_close(r["state"][1], rv_ref, TOL, what + " running var")
-    else:
-        assert np.array_equal(r["state"][0], rm) and np.array_equal(r["state"][1], rv), \
-            what + ": eval mode changed the running statistics"
+    assert_bn(r, ref, rm, rv, training, what)
     init = g.standard_normal(x.shape).astype(np.float32)
     r = run_op("batchnorm", [x], x.shape, attrs, params=[gamma, beta], states=[rm, rv], dout=dout,
                backward=True, training=training, din_init=[init])
@@ -66,16 +73,10 @@ def test_batchnorm_frozen(act, seed):
     x, gamma, beta, rm, rv, dout = case(g)
     if act == "relu6":
         gamma, beta = gamma * np.float32(4), beta + np.float32(3)
-    y_ref, dx_ref, dg_ref, db_ref, _, _ = bn_reference(x, gamma, beta, rm, rv, dout, False, act, 0.1, 1e-5)
-    what = f"batchnorm frozen act={act} {x.shape}"
+    ref = bn_reference(x, gamma, beta, rm, rv, dout, False, act, 0.1, 1e-5)
     r = run_op("batchnorm", [x], x.shape, {"frozen": 1, "act": act}, params=[gamma, beta], states=[rm, rv],
                dout=dout, backward=True, training=1)
-    assert_close(r["out"], y_ref, TOL, what + " out")
-    assert_close(r["din"][0], dx_ref, TOL, what + " din")
-    assert_close(r["dparam"][0], dg_ref, TOL, what + " dgamma")
-    assert_close(r["dparam"][1], db_ref, TOL, what + " dbeta")
-    assert np.array_equal(r["state"][0], rm) and np.array_equal(r["state"][1], rv), \
-        what + ": a frozen batch norm changed the running statistics"
+    assert_bn(r, ref, rm, rv, False, f"batchnorm frozen act={act} {x.shape}")
 
 
 @pytest.mark.parametrize("training", [1, 0])
@@ -83,19 +84,11 @@ def test_batchnorm_relu6(training):
     g = rng(1300 + training)
     x, gamma, beta, rm, rv, dout = case(g)
     gamma, beta = gamma * np.float32(4), beta + np.float32(3)
-    y_ref, dx_ref, dg_ref, db_ref, rm_ref, rv_ref = bn_reference(x, gamma, beta, rm, rv, dout, training, "relu6",
-                                                              0.1, 1e-5)
-    assert np.any(y_ref == 6) and np.any(y_ref == 0), "the case reaches both bounds of ReLU6"
-    what = f"batchnorm relu6 training={training} {x.shape}"
+    ref = bn_reference(x, gamma, beta, rm, rv, dout, training, "relu6", 0.1, 1e-5)
+    assert np.any(ref[0] == 6) and np.any(ref[0] == 0), "the case reaches both bounds of ReLU6"
     r = run_op("batchnorm", [x], x.shape, {"act": "relu6"}, params=[gamma, beta], states=[rm, rv], dout=dout,
                backward=True, training=training)
-    assert_close(r["out"], y_ref, TOL, what + " out")
-    assert_close(r["din"][0], dx_ref, TOL, what + " din")
-    assert_close(r["dparam"][0], dg_ref, TOL, what + " dgamma")
-    assert_close(r["dparam"][1], db_ref, TOL, what + " dbeta")
-    if training:
-        assert_close(r["state"][0], rm_ref, TOL, what + " running mean")
-        assert_close(r["state"][1], rv_ref, TOL, what + " running var")
+    assert_bn(r, ref, rm, rv, training, f"batchnorm relu6 training={training} {x.shape}")
 
 
 def test_deterministic_across_thread_counts(monkeypatch):

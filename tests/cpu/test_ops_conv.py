@@ -281,18 +281,8 @@ def test_bias(seed):
 
 def run_conv_bits(x, wt, b, out_shape, dout, pad, env):
     """Every output of one conv forward + backward, as raw bytes, under extra environment."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        r = run_op("conv", [x], out_shape, {"k": 3, "pad": pad, "relu": 1, "out_c": wt.shape[0]},
-                   params=[wt, b], dout=dout, backward=True)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return [r["out"].tobytes(), r["din"][0].tobytes(), r["dparam"][0].tobytes(), r["dparam"][1].tobytes()]
+    return run_bits((("conv", [x], out_shape, {"k": 3, "pad": pad, "relu": 1, "out_c": wt.shape[0]}),
+                     dict(params=[wt, b], dout=dout, backward=True)), env)
 
 
 @pytest.mark.parametrize("pad", [0, 1])

@@ -11,6 +11,9 @@ every table that has to know it:
   --backward, which fails with "has no forward/backward" when the table lacks
   one, and hands the backward NULL for every forward tensor the op table says
   it does not read (so a row that under-declares them crashes here);
+- the ONNX exporter's emitter table (src/host/export/onnx.c): a row for every
+  op, saying how it is written (tests/cpu/test_export_onnx.py runs each one
+  through ONNX Runtime);
 - the CUDA backend's: its table names every op (src/kernels/cuda/backend.cu;
   the backend cannot be created without a GPU) and, where a GPU is listed,
   each case runs there too.
@@ -77,9 +80,11 @@ def test_every_op_has_a_case():
 def test_op_table_has_a_complete_row_for_every_op():
     rows = [line.split("\t") for line in opinfo().splitlines()]
     assert [r[1] for r in rows] == ops_in_header(), "op table names, in enum order, differ from the unet_op enum"
-    for index, name, forward, backward, check in rows:
+    for index, name, forward, backward, check, onnx in rows:
         assert check == "check=ok", f"{name}: {check}"
         assert forward == "forward=1" and backward == "backward=1", f"cpu backend's {name}: {forward} {backward}"
+        assert onnx in ("onnx=nodes", "onnx=identity", "onnx=training only"), (
+            f"{name}: no row in the ONNX emitter table (src/host/export/onnx.c): {onnx}")
 
 
 @pytest.mark.parametrize("op", ops_in_header())

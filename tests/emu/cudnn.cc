@@ -6,7 +6,7 @@
  * tensor strides consistent with their dims (no two elements at one
  * address), byte alignment a power of two and at least an element,
  * convolution shapes (x, w and y agree with the paddings, strides and
- * dilations), pointwise shapes (b broadcasts to x, y is x's shape),
+ * dilations; a filter of C / G channels makes G groups, as in cuDNN), pointwise shapes (b broadcasts to x, y is x's shape),
  * distinct unique ids, virtual tensors produced and consumed inside the
  * graph and never handed to the variant pack. Executing checks every
  * pointer against its tensor's alignment and the device allocation that
@@ -29,6 +29,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <algorithm>
@@ -424,7 +425,10 @@ cudnnStatus_t finalize_conv_op(desc *d, op_kind kind) {
     if (x.dims.size() != 4 || w.dims.size() != 4 || y.dims.size() != 4)
         return bad(CUDNN_STATUS_NOT_SUPPORTED, "convolution operation: the emulator has 4-d tensors only");
     int64_t p = out_size(o.conv, x.dims[2], w.dims[2], 0), q = out_size(o.conv, x.dims[3], w.dims[3], 1);
-    if (x.dims[0] != y.dims[0] || x.dims[1] != w.dims[1] || w.dims[0] != y.dims[1] || y.dims[2] != p || y.dims[3] != q)
+    /* grouped: w holds C / G input channels of each of G groups, and its K rows are split among them */
+    int64_t groups = w.dims[1] > 0 && x.dims[1] % w.dims[1] == 0 ? x.dims[1] / w.dims[1] : 0;
+    if (x.dims[0] != y.dims[0] || groups < 1 || w.dims[0] % groups || w.dims[0] != y.dims[1] || y.dims[2] != p ||
+        y.dims[3] != q)
         return bad(CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH,
                    "convolution operation: x %s, w %s and y %s disagree (y should be (%lld,%lld,%lld,%lld))",
                    dims_text(x).c_str(), dims_text(w).c_str(), dims_text(y).c_str(), (long long)x.dims[0],
@@ -572,7 +576,7 @@ const desc *conv_op(const desc *graph) {
     return nullptr;
 }
 
-std::vector<int64_t> heuristic_list(const desc *graph, cudnnBackendHeurMode_t mode) {
+std::vector<int64_t> all_heuristics(const desc *graph, cudnnBackendHeurMode_t mode) {
     const desc *c = conv_op(graph);
     if (!c) return {};
     if (is_fused(graph)) {
@@ -585,6 +589,26 @@ std::vector<int64_t> heuristic_list(const desc *graph, cudnnBackendHeurMode_t mo
     case CUDNN_HEUR_MODE_B: return {1, 2, 0};
     default: return fwd ? std::vector<int64_t>{5, 0, 3, 1, 2} : std::vector<int64_t>{5, 0, 1, 2};
     }
+}
+
+/* The engines a mode lists for a graph; UNET_CUDA_EMU_CUDNN_ENGINES (indices, "3,1") keeps only those, in the
+ * same order: a test plays a machine whose cuDNN has, say, only nondeterministic engines for a graph. */
+std::vector<int64_t> heuristic_list(const desc *graph, cudnnBackendHeurMode_t mode) {
+    std::vector<int64_t> all = all_heuristics(graph, mode);
+    const char *keep = getenv("UNET_CUDA_EMU_CUDNN_ENGINES");
+    if (!keep || !*keep) return all;
+    std::set<int64_t> kept;
+    for (const char *p = keep; *p;) {
+        char *end;
+        long long v = strtoll(p, &end, 10);
+        if (end == p) break;
+        kept.insert(v);
+        p = *end == ',' ? end + 1 : end;
+    }
+    std::vector<int64_t> out;
+    for (int64_t e : all)
+        if (kept.count(e)) out.push_back(e);
+    return out;
 }
 
 /* Why engine e cannot run graph g (the plan does not finalize), or null. */
@@ -614,16 +638,6 @@ int64_t workspace_of(const engine_kind &e, const desc *g) {
 /* ---------------------------------------------------------------------------
  * Execution
  * ------------------------------------------------------------------------- */
-
-float tf32(float v) {
-    /* tensor cores read float as TF32: 10 mantissa bits, rounded to nearest (ties away from zero) */
-    uint32_t u;
-    memcpy(&u, &v, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return v;
-    u = (u + 0x1000u) & 0xffffe000u;
-    memcpy(&v, &u, 4);
-    return v;
-}
 
 int64_t elements(const tensor_info &t) {
     int64_t n = 1;
@@ -656,7 +670,7 @@ std::vector<double> load(const tensor_info &t, const void *p, bool tensor_cores)
             f = unet_emu_bf16_float(((const uint16_t *)p)[off]);
         } else {
             f = ((const float *)p)[off];
-            if (tensor_cores) f = tf32(f);
+            if (tensor_cores) f = unet_emu::tf32(f);
         }
         v[i] = f;
     }
@@ -682,6 +696,7 @@ void store(const tensor_info &t, void *p, const std::vector<double> &v, double a
 
 struct geometry {
     int64_t n, c, h, w, k, r, s, p, q;
+    int64_t cg, kg; /* per group: the filter's input channels, its output channels */
     int64_t pad[2], stride[2], dil[2];
     bool flip;
 };
@@ -691,6 +706,7 @@ geometry geometry_of(const op_info &o) {
     const tensor_info &x = o.x->tensor, &w = o.w->tensor, &y = o.y->tensor;
     g.n = x.dims[0], g.c = x.dims[1], g.h = x.dims[2], g.w = x.dims[3];
     g.k = w.dims[0], g.r = w.dims[2], g.s = w.dims[3], g.p = y.dims[2], g.q = y.dims[3];
+    g.cg = w.dims[1], g.kg = g.k / (g.c / g.cg);
     for (int i = 0; i < 2; i++) {
         g.pad[i] = conv_param(o.conv, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, i);
         g.stride[i] = conv_param(o.conv, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, i);
@@ -702,16 +718,18 @@ geometry geometry_of(const op_info &o) {
 
 /* The three directions over logical NCHW / KCRS arrays, summing in Acc, a filter tap at a time over whole
  * output rows; `reverse` walks the outermost reduction the other way round (what an engine with atomics may
- * do from one run to the next). */
+ * do from one run to the next). Grouped: output channel k reads the input channels of its group,
+ * (k / kg) cg + ci for the filter's ci < cg. */
 template <class Acc>
 std::vector<double> convolve(const geometry &g, op_kind kind, const std::vector<double> &a,
                              const std::vector<double> &b, bool reverse) {
     auto rev = [&](int64_t i, int64_t len) { return reverse ? len - 1 - i : i; };
     /* the filter tap (r, s) of the weights as stored (flipped for a true convolution) */
-    auto tap = [&](int64_t k, int64_t c, int64_t r, int64_t s) {
+    auto tap = [&](int64_t k, int64_t ci, int64_t r, int64_t s) {
         if (g.flip) r = g.r - 1 - r, s = g.s - 1 - s;
-        return ((k * g.c + c) * g.r + r) * g.s + s;
+        return ((k * g.cg + ci) * g.r + r) * g.s + s;
     };
+    auto channel = [&](int64_t k, int64_t ci) { return k / g.kg * g.cg + ci; }; /* the input channel of (k, ci) */
     /* input row and column of output (p, q) under tap (r, s); out of range: padding */
     auto in_y = [&](int64_t p, int64_t r) { return p * g.stride[0] - g.pad[0] + r * g.dil[0]; };
     auto in_x = [&](int64_t q, int64_t s) { return q * g.stride[1] - g.pad[1] + s * g.dil[1]; };
@@ -722,12 +740,12 @@ std::vector<double> convolve(const geometry &g, op_kind kind, const std::vector<
         for (int64_t n = 0; n < g.n; n++)
             for (int64_t k = 0; k < g.k; k++) {
                 std::fill(acc.begin(), acc.end(), (Acc)0);
-                for (int64_t ci = 0; ci < g.c; ci++) {
-                    int64_t c = rev(ci, g.c);
+                for (int64_t i = 0; i < g.cg; i++) {
+                    int64_t ci = rev(i, g.cg), c = channel(k, ci);
                     const double *xp = &a[(n * g.c + c) * g.h * g.w];
                     for (int64_t r = 0; r < g.r; r++)
                         for (int64_t s = 0; s < g.s; s++) {
-                            double wv = b[tap(k, c, r, s)];
+                            double wv = b[tap(k, ci, r, s)];
                             for (int64_t p = 0; p < g.p; p++) {
                                 int64_t y = in_y(p, r);
                                 if (y < 0 || y >= g.h) continue;
@@ -747,12 +765,12 @@ std::vector<double> convolve(const geometry &g, op_kind kind, const std::vector<
         for (int64_t n = 0; n < g.n; n++)
             for (int64_t c = 0; c < g.c; c++) {
                 std::fill(acc.begin(), acc.end(), (Acc)0);
-                for (int64_t ki = 0; ki < g.k; ki++) {
-                    int64_t k = rev(ki, g.k);
+                for (int64_t ki = 0; ki < g.kg; ki++) {
+                    int64_t k = c / g.cg * g.kg + rev(ki, g.kg); /* the output channels of c's group */
                     const double *dy = &a[(n * g.k + k) * g.p * g.q];
                     for (int64_t r = 0; r < g.r; r++)
                         for (int64_t s = 0; s < g.s; s++) {
-                            double wv = b[tap(k, c, r, s)];
+                            double wv = b[tap(k, c % g.cg, r, s)];
                             for (int64_t p = 0; p < g.p; p++) {
                                 int64_t y = in_y(p, r);
                                 if (y < 0 || y >= g.h) continue;
@@ -766,12 +784,13 @@ std::vector<double> convolve(const geometry &g, op_kind kind, const std::vector<
                 std::copy(acc.begin(), acc.end(), out.begin() + (n * g.c + c) * g.h * g.w);
             }
     } else { /* WGRAD: a = x, b = dy: dw[k,c,r,s] = sum over n, p, q */
-        out.assign(g.k * g.c * g.r * g.s, 0.0);
+        out.assign(g.k * g.cg * g.r * g.s, 0.0);
         for (int64_t k = 0; k < g.k; k++)
-            for (int64_t c = 0; c < g.c; c++)
+            for (int64_t ci = 0; ci < g.cg; ci++)
                 for (int64_t r = 0; r < g.r; r++)
                     for (int64_t s = 0; s < g.s; s++) {
                         Acc acc = 0;
+                        int64_t c = channel(k, ci);
                         for (int64_t ni = 0; ni < g.n; ni++) {
                             int64_t n = rev(ni, g.n);
                             const double *xp = &a[(n * g.c + c) * g.h * g.w], *dy = &b[(n * g.k + k) * g.p * g.q];
@@ -784,7 +803,7 @@ std::vector<double> convolve(const geometry &g, op_kind kind, const std::vector<
                                 }
                             }
                         }
-                        out[tap(k, c, r, s)] = acc;
+                        out[tap(k, ci, r, s)] = acc;
                     }
     }
     return out;
@@ -880,14 +899,15 @@ void execute(const execution &ex) {
 cudnnStatus_t finalize_plan(desc *d) {
     desc *cfg = get_desc(d, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG);
     if (!cfg) return bad(CUDNN_STATUS_BAD_PARAM, "execution plan: CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG is required");
-    if (get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE)) memcpy(&d->handle, get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE)->bytes.data(), sizeof d->handle);
+    /* cuDNN before 9.8 requires the plan's own handle (the graph's does not stand in for it); the strictest
+     * release the backend may meet is the one the emulator plays */
+    if (!get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE))
+        return bad(CUDNN_STATUS_BAD_PARAM, "execution plan: CUDNN_ATTR_EXECUTION_PLAN_HANDLE is required (as cuDNN "
+                                           "before 9.8 requires it)");
+    memcpy(&d->handle, get(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE)->bytes.data(), sizeof d->handle);
+    if (!d->handle) return bad(CUDNN_STATUS_BAD_PARAM_NULL_POINTER, "execution plan: the handle is NULL");
     d->engine = cfg->engine;
     d->graph = cfg->graph;
-    /* the handle names the device; without one on the plan, the graph's (the emulator's leniency: see README) */
-    if (!d->handle) d->handle = d->graph->handle;
-    if (!d->handle)
-        return bad(CUDNN_STATUS_BAD_PARAM, "execution plan: no handle (CUDNN_ATTR_EXECUTION_PLAN_HANDLE, or one on the "
-                                           "operation graph)");
     const engine_kind *e = engine_by_index(d->engine);
     if (const char *why = engine_refuses(*e, d->graph))
         return bad(CUDNN_STATUS_NOT_SUPPORTED, "engine %lld (%s): %s", (long long)e->index, e->name, why);
@@ -969,7 +989,12 @@ struct unet_emu_cudnn {
 
 extern "C" {
 
-size_t cudnnGetVersion(void) { return CUDNN_VERSION; }
+/* The headers' version, or UNET_CUDA_EMU_CUDNN_VERSION (as cudnnGetVersion counts: 90100 is 9.1.0, 8907 is
+ * 8.9.7), so that a test can play an older runtime. */
+size_t cudnnGetVersion(void) {
+    const char *v = getenv("UNET_CUDA_EMU_CUDNN_VERSION");
+    return v && *v ? (size_t)strtoull(v, nullptr, 10) : (size_t)CUDNN_VERSION;
+}
 
 const char *cudnnGetErrorString(cudnnStatus_t s) {
     switch (s) {

@@ -26,6 +26,7 @@
 
 #include <deque>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <thread>
@@ -56,8 +57,7 @@ static cudaError_t fail(cudaError_t e) {
     return e;
 }
 
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...) {
+void say(const char *fmt, ...) {
     char buf[2048];
     va_list ap;
     va_start(ap, fmt);
@@ -156,9 +156,15 @@ void check_redzones(const char *what) {
  * Streams, capture and graphs
  * ------------------------------------------------------------------------- */
 
+/* A piece of stream work. Two kinds do no work of their own: a hang (work that never finishes, as a collective
+ * waiting for a dead peer: the stream stops there until release_hang) and a wait for another stream's event
+ * (cudaStreamWaitEvent: the stream stops there until that stream has reached the event). */
 struct node {
     std::string what;
     std::function<void()> work;
+    bool hang = false;
+    unet_emu_stream *wait_stream = nullptr;
+    unsigned long long wait_seq = 0;
 };
 
 } // namespace unet_emu
@@ -186,18 +192,41 @@ struct capture {
 struct unet_emu_stream {
     unsigned flags;
     unet_emu::capture *capture; /* while this stream is being captured (the origin or a joined stream) */
+    /* work enqueued and not run yet (deferred, or behind a hang or a wait); counts of work enqueued and run */
+    std::deque<unet_emu::node> pending;
+    unsigned long long enqueued = 0, done = 0;
 };
 struct unet_emu_event {
     unsigned flags;
     unet_emu::capture *captured_in; /* recorded during this capture: no host may wait for it */
+    unet_emu_stream *stream = nullptr; /* recorded on it (outside a capture) when it had `seq` pieces of work */
+    unsigned long long seq = 0;
 };
 
 namespace unet_emu {
 
-static unet_emu_stream legacy_stream = {0, nullptr};
+static unet_emu_stream legacy_stream = {0, nullptr, {}, 0, 0};
 static thread_local capture *thread_capture; /* this thread's capture in global or thread-local mode */
 
 static unet_emu_stream *stream_of(cudaStream_t s) { return s ? s : &legacy_stream; }
+
+/* Every live stream, the legacy one included: what a device-wide wait waits for. */
+static std::set<unet_emu_stream *> &all_streams() {
+    static std::set<unet_emu_stream *> s{&legacy_stream};
+    return s;
+}
+
+/* UNET_CUDA_EMU_DEFER=1: streams run their work only when the host waits for it (a stream, event or device
+ * synchronisation, an event query, a copy to pageable memory, a free), as a GPU far behind the host would, so
+ * that host memory an asynchronous copy still has to read, rewritten too early, shows as a wrong result. */
+static bool deferring() {
+    static int d = -1;
+    if (d < 0) {
+        const char *v = getenv("UNET_CUDA_EMU_DEFER");
+        d = v && *v && strcmp(v, "0") != 0;
+    }
+    return d;
+}
 
 /* A call a capture forbids (it would wait, or allocate) made by the capturing thread: the capture is void. */
 static bool forbidden_in_capture(const char *call) {
@@ -210,9 +239,41 @@ static bool forbidden_in_capture(const char *call) {
     return true;
 }
 
-static void run_now(const char *what, const std::function<void()> &work) {
-    (void)what;
-    work();
+/* Runs a stream's pending work in order until `upto` pieces of it have run (all by default); stops at a hang and
+ * at a wait for a stream that has not reached its event. After a fault the work is dropped, as a lost context
+ * runs nothing. */
+static void run_pending(unet_emu_stream *st, unsigned long long upto = ~0ull) {
+    while (!st->pending.empty() && st->done < upto) {
+        node &n = st->pending.front();
+        if (n.hang) return;
+        if (n.wait_stream) {
+            run_pending(n.wait_stream, n.wait_seq);
+            if (n.wait_stream->done < n.wait_seq) return;
+        } else if (!sticky) {
+            node taken = std::move(n);
+            st->pending.pop_front();
+            taken.work();
+            st->done++;
+            continue;
+        }
+        st->pending.pop_front();
+        st->done++;
+    }
+}
+
+static bool reached(const unet_emu_stream *st, unsigned long long seq) { return st->done >= seq; }
+
+/* The host waits for work that cannot finish (behind a hang): it would wait forever on a GPU, and does here. */
+[[noreturn]] static void wait_forever(const char *call) {
+    say("%s waits for stream work that never finishes (a hung collective): the host waits forever, as on a GPU", call);
+    for (;;) sleep(1);
+}
+
+static cudaError_t enqueue_node(unet_emu_stream *st, node n) {
+    st->enqueued++;
+    st->pending.push_back(std::move(n));
+    if (!deferring()) run_pending(st);
+    return sticky ? fail(sticky) : cudaSuccess;
 }
 
 cudaError_t enqueue(cudaStream_t s, const char *what, std::function<void()> work) {
@@ -224,8 +285,38 @@ cudaError_t enqueue(cudaStream_t s, const char *what, std::function<void()> work
         st->capture->graph->nodes.push_back(node{what, std::move(work)});
         return cudaSuccess;
     }
-    run_now(what, work);
-    return sticky ? fail(sticky) : cudaSuccess;
+    node n;
+    n.what = what;
+    n.work = std::move(work);
+    return enqueue_node(st, std::move(n));
+}
+
+void enqueue_hang(cudaStream_t s, const char *what) {
+    LOCKED;
+    node n;
+    n.what = what;
+    n.hang = true;
+    enqueue_node(stream_of(s), std::move(n));
+}
+
+void release_hang(cudaStream_t s) {
+    LOCKED;
+    unet_emu_stream *st = stream_of(s);
+    for (auto it = st->pending.begin(); it != st->pending.end(); ++it)
+        if (it->hang) {
+            it->hang = false;
+            it->work = []() {};
+            break;
+        }
+    if (!deferring()) run_pending(st);
+}
+
+/* Everything enqueued on every stream, as a device-wide wait sees it. */
+static void run_all(const char *call) {
+    for (unet_emu_stream *st : all_streams()) {
+        run_pending(st);
+        if (!st->pending.empty()) wait_forever(call);
+    }
 }
 
 /* ---------------------------------------------------------------------------
@@ -723,6 +814,7 @@ cudaError_t unet_emu_func_attributes(cudaFuncAttributes *attr, const void *entry
 cudaError_t cudaDeviceSynchronize(void) {
     LOCKED;
     if (forbidden_in_capture("cudaDeviceSynchronize")) return fail(cudaErrorStreamCaptureUnsupported);
+    run_all("cudaDeviceSynchronize");
     return sticky ? fail(sticky) : cudaSuccess;
 }
 
@@ -764,6 +856,7 @@ cudaError_t cudaFree(void *ptr) {
         say("cudaFree(%p): %s", ptr, it == allocations.end() ? "not the start of a device block" : "freed twice");
         return fail(cudaErrorInvalidValue);
     }
+    run_all("cudaFree"); /* it waits for the device, as CUDA's does */
     allocation &a = it->second;
     if (!redzones_intact(it->first, a)) {
         char what[96];
@@ -783,6 +876,45 @@ cudaError_t cudaFree(void *ptr) {
         free(old->second.raw);
         allocations.erase(old);
     }
+    return sticky ? fail(sticky) : cudaSuccess;
+}
+
+/* Page-locked host memory (cudaHostAlloc): a copy from it is read when the stream runs it, a copy from pageable
+ * memory when it is made (the driver stages it), which UNET_CUDA_EMU_DEFER tells apart. */
+static std::map<uintptr_t, size_t> pinned_blocks;
+
+static bool pinned(const void *p) {
+    auto it = pinned_blocks.upper_bound((uintptr_t)p);
+    if (it == pinned_blocks.begin()) return false;
+    --it;
+    return (uintptr_t)p < it->first + it->second;
+}
+
+cudaError_t cudaHostAlloc(void **ptr, size_t bytes, unsigned int flags) {
+    LOCKED;
+    (void)flags;
+    if (!ptr) return fail(cudaErrorInvalidValue);
+    if (forbidden_in_capture("cudaHostAlloc")) return fail(cudaErrorStreamCaptureUnsupported);
+    *ptr = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096 + 4096);
+    if (!*ptr) return fail(cudaErrorMemoryAllocation);
+    pinned_blocks[(uintptr_t)*ptr] = bytes ? bytes : 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void **ptr, size_t bytes) { return cudaHostAlloc(ptr, bytes, cudaHostAllocDefault); }
+
+cudaError_t cudaFreeHost(void *ptr) {
+    LOCKED;
+    if (!ptr) return cudaSuccess;
+    if (forbidden_in_capture("cudaFreeHost")) return fail(cudaErrorStreamCaptureUnsupported);
+    auto it = pinned_blocks.find((uintptr_t)ptr);
+    if (it == pinned_blocks.end()) {
+        say("cudaFreeHost(%p): not the start of a block of cudaHostAlloc", ptr);
+        return fail(cudaErrorInvalidValue);
+    }
+    run_all("cudaFreeHost"); /* it waits for the device, as CUDA's does */
+    pinned_blocks.erase(it);
+    free(ptr);
     return sticky ? fail(sticky) : cudaSuccess;
 }
 
@@ -821,17 +953,37 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
     if (bytes == 0) return cudaSuccess;
     cudaError_t e = check_copy(dst, src, bytes, kind);
     if (e != cudaSuccess) return e;
-    e = enqueue(stream, "cudaMemcpyAsync", [dst, src, bytes]() {
-        memmove(dst, src, bytes);
-        check_redzones("cudaMemcpyAsync");
-    });
+    uintptr_t base;
+    bool from_pageable = !allocation_of(src, &base) && !pinned(src), to_pageable = !allocation_of(dst, &base) &&
+                                                                                   !pinned(dst);
+    unet_emu_stream *st = stream_of(stream);
+    if (from_pageable && !st->capture) {
+        /* the driver stages pageable memory before the call returns: the copy reads it now */
+        auto staged = std::make_shared<std::vector<char>>((const char *)src, (const char *)src + bytes);
+        e = enqueue(stream, "cudaMemcpyAsync", [dst, staged, bytes]() {
+            memmove(dst, staged->data(), bytes);
+            check_redzones("cudaMemcpyAsync");
+        });
+    } else {
+        e = enqueue(stream, "cudaMemcpyAsync", [dst, src, bytes]() {
+            memmove(dst, src, bytes);
+            check_redzones("cudaMemcpyAsync");
+        });
+    }
+    /* into pageable memory the call returns with the data there, as CUDA's does */
+    if (e == cudaSuccess && to_pageable && !st->capture) {
+        run_pending(st);
+        if (!st->pending.empty()) wait_forever("cudaMemcpyAsync to pageable memory");
+    }
     return e == cudaSuccess ? e : fail(e);
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
     LOCKED;
     if (forbidden_in_capture("cudaMemcpy")) return fail(cudaErrorStreamCaptureUnsupported);
-    return cudaMemcpyAsync(dst, src, bytes, kind, 0);
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, 0);
+    run_pending(&legacy_stream);
+    return e;
 }
 
 cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t stream) {
@@ -850,13 +1002,16 @@ cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t str
 cudaError_t cudaMemset(void *dst, int value, size_t bytes) {
     LOCKED;
     if (forbidden_in_capture("cudaMemset")) return fail(cudaErrorStreamCaptureUnsupported);
-    return cudaMemsetAsync(dst, value, bytes, 0);
+    cudaError_t e = cudaMemsetAsync(dst, value, bytes, 0);
+    run_pending(&legacy_stream);
+    return e;
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
     LOCKED;
     if (!stream) return fail(cudaErrorInvalidValue);
-    *stream = new unet_emu_stream{flags, nullptr};
+    *stream = new unet_emu_stream{flags, nullptr, {}, 0, 0};
+    all_streams().insert(*stream);
     return sticky ? fail(sticky) : cudaSuccess;
 }
 
@@ -866,6 +1021,10 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     LOCKED;
     if (!stream) return fail(cudaErrorInvalidResourceHandle);
     if (stream->capture) return fail(cudaErrorIllegalState);
+    /* CUDA lets the work finish after the call; here it runs first (or, behind a hang, the stream stays) */
+    run_pending(stream);
+    if (!stream->pending.empty()) return cudaSuccess;
+    all_streams().erase(stream);
     delete stream;
     return cudaSuccess;
 }
@@ -880,6 +1039,8 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
         return fail(cudaErrorStreamCaptureUnsupported);
     }
     if (forbidden_in_capture("cudaStreamSynchronize")) return fail(cudaErrorStreamCaptureUnsupported);
+    run_pending(st);
+    if (!st->pending.empty()) wait_forever("cudaStreamSynchronize");
     return sticky ? fail(sticky) : cudaSuccess;
 }
 
@@ -948,6 +1109,8 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     unet_emu_stream *st = stream_of(stream);
     event->captured_in = st->capture;
     if (st->capture) return enqueue(stream, "cudaEventRecord", []() {});
+    event->stream = st;
+    event->seq = st->enqueued;
     return cudaSuccess;
 }
 
@@ -959,7 +1122,12 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
     unet_emu_stream *st = stream_of(stream);
     /* waiting for an event of a capture joins the capture, as on a GPU */
     if (event->captured_in && !st->capture) st->capture = event->captured_in;
-    return cudaSuccess;
+    if (st->capture || !event->stream || event->stream == st) return cudaSuccess;
+    node n;
+    n.what = "cudaStreamWaitEvent";
+    n.wait_stream = event->stream;
+    n.wait_seq = event->seq;
+    return enqueue_node(st, std::move(n));
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
@@ -967,6 +1135,10 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     if (!event) return fail(cudaErrorInvalidResourceHandle);
     if (event->captured_in || forbidden_in_capture("cudaEventSynchronize"))
         return fail(cudaErrorStreamCaptureUnsupported);
+    if (event->stream) {
+        run_pending(event->stream, event->seq);
+        if (!reached(event->stream, event->seq)) wait_forever("cudaEventSynchronize");
+    }
     return sticky ? fail(sticky) : cudaSuccess;
 }
 
@@ -974,7 +1146,11 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
     LOCKED;
     if (!event) return fail(cudaErrorInvalidResourceHandle);
     if (event->captured_in || forbidden_in_capture("cudaEventQuery")) return fail(cudaErrorStreamCaptureUnsupported);
-    return sticky ? fail(sticky) : cudaSuccess;
+    if (sticky) return fail(sticky);
+    if (!event->stream) return cudaSuccess;
+    /* asked, the emulated device gets on with the work before the event (a GPU does it meanwhile) */
+    run_pending(event->stream, event->seq);
+    return reached(event->stream, event->seq) ? cudaSuccess : cudaErrorNotReady; /* not an error: not recorded */
 }
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {

@@ -13,8 +13,11 @@ The cases: the paper's U-Net shape with a weight map (the weight input
 warped), cubic raw, SGD with dropout; UNet++ without a weight map (the warp's
 weights go to a scratch plane), bilinear raw with rotation and scaling,
 Adam; each with --cuda-graph auto (the warp feeds the replays, whose inputs
-have fixed addresses) and off, and with several loader workers. A resumed
-GPU-warp run continues like an unbroken one.
+have fixed addresses) and off, and with several loader workers; four input
+channels. A resumed GPU-warp run continues like an unbroken one. Under
+--precision bf16 the warp is refused at any channel count: the backend keeps
+images NHWC bf16, not the NCHW float32 the warp writes (at 4 channels both
+take the same bytes, so only the layout tells).
 
 Skips where no GPU is listed by nvidia-smi and where the build has no CUDA
 backend."""
@@ -48,6 +51,13 @@ def data(tmp_path_factory):
     rng = np.random.default_rng(11)
     for name, with_weight in (("weighted.h5", True), ("plain.h5", False)):
         write_discs(d / name, rng, 5, 110, 9, (4, 13), 8, weight=with_weight)
+    # four channels: the plain discs and three transforms of them
+    import h5py
+    with h5py.File(d / "plain.h5") as f:
+        raw, label = f["raw"][...], f["label"][...]
+    with h5py.File(d / "four.h5", "w") as f:
+        f["raw"] = np.stack([raw, 255 - raw, raw // 2, np.flip(raw, 2)], axis=1)
+        f["label"] = label
     return d
 
 
@@ -60,6 +70,10 @@ CASES = {
                      ["--model", "unetpp", "--filters", "8,16,32", "--padding", "same", "--tile", "64",
                       "--classes", "1", "--deep-supervision", "--optimizer", "adam", "--lr", "3e-3",
                       "--augment", "elastic:sigma=8:interp=linear,flip,rot90,rotate:deg=30,scale:range=0.2"]),
+    # four input channels, each warped alike: under fp32 the NCHW float32 tiles the warp writes
+    "unet_four": ("four.h5",
+                  ["--model", "unet", "--in-channels", "4", "--filters", "8,16", "--padding", "same", "--tile", "48",
+                   "--classes", "2", "--optimizer", "adam", "--lr", "3e-3", "--augment", "paper"]),
 }
 
 
@@ -97,7 +111,7 @@ def assert_same_training(a, b, what):
 
 
 @pytest.mark.parametrize("graph", ["auto", "off"])
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", ["unet_weighted", "unetpp_plain"])
 def test_gpu_warp_trains_like_the_cpu_warp(data, tmp_path, case, graph):
     cpu = train(data, tmp_path / "cpu", case, "cpu", "--cuda-graph", graph)
     gpu = train(data, tmp_path / "cuda", case, "cuda", "--cuda-graph", graph, "--workers", "3")
@@ -107,6 +121,12 @@ def test_gpu_warp_trains_like_the_cpu_warp(data, tmp_path, case, graph):
     assert_same_training(gpu[1:], cpu[1:], f"{case}, --cuda-graph {graph}")
 
 
+def test_gpu_warp_of_four_channels_trains_like_the_cpu_warp(data, tmp_path):
+    cpu = train(data, tmp_path / "cpu", "unet_four", "cpu")
+    gpu = train(data, tmp_path / "cuda", "unet_four", "cuda", "--workers", "2")
+    assert_same_training(gpu[1:], cpu[1:], "four channels")
+
+
 def test_resumed_gpu_warp_run_continues_exactly(data, tmp_path):
     whole = train(data, tmp_path / "whole", "unet_weighted", "cuda")
     train(data, tmp_path / "part", "unet_weighted", "cuda", "--stop-after", "3")
@@ -114,3 +134,28 @@ def test_resumed_gpu_warp_run_continues_exactly(data, tmp_path):
                     str(tmp_path / "part" / "c.safetensors"))
     # the resumed run logs steps 4..8 only
     assert_same_training((resumed[1], resumed[2]), (whole[1][3:], whole[2]), "resumed")
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_the_warp_refuses_the_bf16_layout_whatever_the_channels(data, tmp_path, channels):
+    """Under --precision bf16 the backend keeps images NHWC bfloat16 with the
+    channels padded to 8, which the warp's NCHW float32 tiles are not; at 4
+    channels both take the same bytes, so only the layout can tell (the
+    backend's layout slot): one line and exit code 2, before any step."""
+    import h5py
+
+    rng = np.random.default_rng(12)
+    path = tmp_path / f"c{channels}.h5"
+    with h5py.File(path, "w") as f:
+        f["raw"] = rng.integers(0, 255, (3, channels, 72, 72)).astype(np.uint8)
+        f["label"] = rng.integers(0, 2, (3, 72, 72)).astype(np.uint8)
+    args = [UNET, "train", "--data", str(path), "--in-channels", str(channels), "--filters", "4,8", "--tile", "44",
+            "--classes", "2", "--batch", "1", "--steps", "1", "--device", "cuda", "--precision", "bf16",
+            "--augment", "flip,rot90", "--augment-device", "cuda", "--save", str(tmp_path / "c.safetensors")]
+    r = subprocess.run(args, capture_output=True, text=True, env=env(), timeout=600)
+    if "precision bf16 needs a GPU" in r.stderr:
+        pytest.skip(r.stderr.strip().splitlines()[-1])
+    assert r.returncode == 2, r.stdout + r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "--augment-device cuda writes its tiles as NCHW float32, but --precision bf16 keeps the images NHWC " \
+           "bfloat16" in line and "use --augment-device cpu" in line, r.stderr

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from unet_testlib import cuda_emulated, rng, run_op, requires_gpu
+from unet_testlib import rng, run_op, requires_gpu
 
 TOL = 1e-2        # ops: a few bf16 roundings (2^-9 each) of float32-accumulated results
 MODEL_TOL = 5e-2  # whole steps, losses, parameters and running statistics: the roundings compound
@@ -62,14 +62,25 @@ def assert_bf16_close(got, ref, what, tol=TOL):
     assert err <= tol, f"{what}: max |bf16 - CPU| / max |CPU| = {err:.3g} > {tol:g}"
 
 
+def below_six(out):
+    """Where a float32 ReLU6 output lies in [5.97, 6): bf16 stores it as 6.0 (its spacing there is 1/32),
+    and the backward, masking by the stored output, gives it no gradient while the float32 CPU twin
+    does. A bound of bf16 itself, not an error: the cases give dout 0 there."""
+    return (out >= 5.96875) & (out < 6)
+
+
 def check(op, inputs, out_shape, attrs=None, params=(), states=(), accumulate=False, seed=0, **kw):
     """The op under bf16 and its CPU twin on bf16-rounded float inputs,
     forward and backward; the gradients overwritten, or added into a
-    (bf16-rounded) initial gradient."""
+    (bf16-rounded) initial gradient. A ReLU6 (attrs act) gets dout 0 where
+    below_six says the two must differ."""
     g = rng(seed)
     inputs = [bf16(x) if x.dtype == np.float32 else x for x in inputs]
     is_loss = op in ("softmax_ce", "bce_dice")
     dout = None if is_loss else bf16(g.standard_normal(out_shape).astype(np.float32))
+    if (attrs or {}).get("act") == "relu6":
+        cpu_out = run_op(op, inputs, out_shape, attrs, params=params, states=states, backend="cpu", **kw)["out"]
+        dout[below_six(cpu_out)] = 0
     din_init = None
     if accumulate:  # a loss has a gradient for its logits only
         din_init = [bf16(g.standard_normal(x.shape).astype(np.float32))
@@ -136,32 +147,93 @@ def test_batchnorm(training, relu):
           states=[rm, rv], training=training)
 
 
-# (3, 1, 1) fails under the CPU emulation, and would on a GPU: the CPU twin convolves with the float32 weights
-# and bias, the backend with their bf16 copies, and one pre-activation of this case is +0.0021 with the former
-# and -0.0008 with the latter, so the fused ReLU's mask differs there and din0 by 5% of its largest value.
-# The twin wants the bf16-rounded weights and bias (the backend's cast of them is then exact).
-MASK_FLIP = pytest.mark.xfail(cuda_emulated(), strict=True, reason="the CPU twin's float32 weights flip one ReLU "
-                              "mask element against the backend's bf16 copies (a test bug, not the backend's)")
-
-
-@pytest.mark.parametrize("k,pad,relu", [pytest.param(3, 1, 1, marks=MASK_FLIP), (3, 0, 0), (1, 0, 0)])
+# The convolutions convolve with bf16 copies of the float32 weights and bias (conv.cu), so the twins get them
+# rounded to bf16, which makes the backend's cast exact: with the float32 ones, a pre-activation of the (3, 1, 1)
+# case is +0.0021 on the CPU and -0.0008 on the backend, the fused ReLU's mask differs there, and din0 by 5% of
+# its largest value.
+@pytest.mark.parametrize("k,pad,relu", [(3, 1, 1), (3, 0, 0), (1, 0, 0)])
 def test_conv(k, pad, relu):
     g = rng(50 + k + pad)
     n, c, h, w, o = 2, 5, 9, 11, 12
     x = g.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = (g.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
-    b = g.standard_normal(o).astype(np.float32)
+    wt = bf16(g.standard_normal((o, c, k, k)) / np.sqrt(c * k * k))
+    b = bf16(g.standard_normal(o))
     oh, ow = h + 2 * pad - k + 1, w + 2 * pad - k + 1
     check("conv", [x], (n, o, oh, ow), {"k": k, "pad": pad, "relu": relu}, params=[wt, b], accumulate=True)
+
+
+@pytest.mark.parametrize("path", ["cublaslt", "cudnn"])
+def test_conv_1x1_by_either_path(monkeypatch, path):
+    """A 1x1 convolution as a cuBLASLt matmul over NHWC bf16 (the bias and
+    ReLU in its epilogue) or through cuDNN (src/kernels/cuda/gemm.h)."""
+    monkeypatch.setenv("UNET_CONV1X1", path)
+    monkeypatch.setenv("UNET_CUDNN_LOG", "1")
+    g = rng(55)
+    n, c, h, w, o = 2, 11, 6, 7, 13
+    x = g.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = bf16(g.standard_normal((o, c, 1, 1)) / np.sqrt(c))
+    b = bf16(g.standard_normal(o))
+    check("conv", [x], (n, o, h, w), {"k": 1, "pad": 0, "relu": 1}, params=[wt, b], accumulate=True)
 
 
 def test_conv_t2():
     g = rng(60)
     n, c, h, w, o = 2, 9, 5, 7, 4
     x = g.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = (g.standard_normal((c, o, 2, 2)) / np.sqrt(c)).astype(np.float32)
-    b = g.standard_normal(o).astype(np.float32)
+    wt = bf16(g.standard_normal((c, o, 2, 2)) / np.sqrt(c))
+    b = bf16(g.standard_normal(o))
     check("conv_t2", [x], (n, o, 2 * h, 2 * w), params=[wt, b], accumulate=True)
+
+
+# ---- the encoders' ops ----
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 12), (1, 13, 6, 5)])
+def test_relu6_maxpool_nearest(shape):
+    g = rng(80 + shape[1])
+    x = g.standard_normal(shape).astype(np.float32)
+    n, c, h, w = shape
+    check("relu", [(3 + 4 * x).astype(np.float32)], shape, {"act": "relu6"}, accumulate=True)
+    check("maxpool", [x], (n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1), {"k": 3, "stride": 2, "pad": 1},
+          accumulate=True)
+    check("upsample2", [x], (n, c, 2 * h, 2 * w), {"upsample": "nearest"}, accumulate=True)
+
+
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+def test_residual_add(act):
+    g = rng(90)
+    xs = [(3 * g.standard_normal((2, 11, 6, 7)) + 2).astype(np.float32) for _ in range(2)]
+    check("crop_add", xs, (2, 11, 6, 7), {"act": act}, accumulate=True)
+
+
+@pytest.mark.parametrize("training,frozen", [(1, 0), (1, 1)])
+def test_batchnorm_relu6_frozen(training, frozen):
+    g = rng(100 + frozen)
+    shape = (3, 11, 6, 5)
+    x = (g.uniform(-3, 3, size=(1, 11, 1, 1)) + g.standard_normal(shape)).astype(np.float32)
+    gamma = 4 * g.uniform(0.5, 1.5, 11).astype(np.float32)
+    beta = (3 + g.standard_normal(11)).astype(np.float32)
+    rm, rv = g.standard_normal(11).astype(np.float32), g.uniform(0.5, 2.0, 11).astype(np.float32)
+    check("batchnorm", [x], shape, {"act": "relu6", "frozen": frozen, "momentum": 0.1, "eps": 1e-5},
+          params=[gamma, beta], states=[rm, rv], training=training)
+
+
+# (k, stride, pad, depthwise, act, bias): weights and bias rounded to bf16 first, so that the twin convolves
+# with the values the backend's bf16 copies hold (see MASK_FLIP)
+@pytest.mark.parametrize("k,stride,pad,depthwise,act,bias", [
+    (7, 2, 3, False, "none", False), (1, 2, 0, False, "none", False), (3, 2, 1, False, "relu", True),
+    (3, 1, 1, True, "relu6", False), (3, 2, 1, True, "none", False), (3, 1, 1, False, "relu6", True)])
+def test_encoder_conv(k, stride, pad, depthwise, act, bias):
+    g = rng(110 + k + stride + 2 * depthwise)
+    n, c, h, w = 2, 13, 11, 10
+    o = c if depthwise else 12
+    cg = 1 if depthwise else c
+    x = g.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = bf16((g.standard_normal((o, cg, k, k)) * (4 if act == "relu6" else 1) / np.sqrt(cg * k * k))
+              .astype(np.float32))
+    params = [wt] + ([bf16((g.standard_normal(o) + 2).astype(np.float32))] if bias else [])
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    check("conv", [x], (n, o, oh, ow), {"k": k, "stride": stride, "pad": pad, "groups": c if depthwise else 1,
+                                        "act": act, "out_c": o}, params=params, accumulate=True)
 
 
 @pytest.mark.parametrize("op,k", [("softmax_ce", 3), ("softmax_ce", 10), ("bce_dice", 1)])

@@ -3,14 +3,17 @@
 NCCL refuses two ranks on one GPU, so the multi-rank path is exercised by the
 same code the MPI tests cover (tests/cpu/test_dist.py: bucketing, the
 backward hook, reductions, rank-0 writes); here: NCCL with one rank trains
-exactly like no communicator, and the cost of the gradient allreduce per step
-is measured and printed (run with -s to see it):
+exactly like no communicator, a dead peer (played by the CPU emulation's
+NCCL) ends the rank with a message, at once when NCCL reports it and after
+--dist-timeout when it hangs, and the cost of the gradient allreduce per
+step is measured and printed (run with -s to see it):
 
     UNET_BUILD=build python3 -m pytest -s tests/gpu/test_dist_nccl.py
 """
 import json
 import os
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -79,3 +82,43 @@ def test_allreduce_cost_per_step(data, tmp_path):
           f"{' (emulated: not a GPU time)' if cuda_emulated() else ''}:", json.dumps(report, indent=1))
     for r in report.values():
         assert 0 <= r["share"] < 1
+
+
+def failing_run(data, out, fault, *extra):
+    """A --dist nccl run whose emulated NCCL plays a dead peer (tests/emu: UNET_CUDA_EMU_NCCL_FAULT)."""
+    args = [UNET, "train", "--data", str(data), "--filters", "4,8", "--tile", "44", "--batch", "2", "--steps", "50",
+            "--device", "cuda", "--precision", "fp32", "--val-every", "0", "--dist", "nccl",
+            "--save", str(out / "c.safetensors"), *extra]
+    t = time.time()
+    r = subprocess.run(args, capture_output=True, text=True, env=single_process_env(UNET_CUDA_EMU_NCCL_FAULT=fault),
+                       timeout=300)
+    return r, time.time() - t
+
+
+emulated_only = pytest.mark.skipif(not cuda_emulated(), reason="a dead peer is played by the CPU emulation's NCCL")
+
+
+@emulated_only
+def test_a_peer_reported_dead_ends_the_rank_at_once_with_a_message(data, tmp_path):
+    """NCCL reports a peer's failure as the communicator's asynchronous error
+    while the collective waits for it: the rank's wait sees it, aborts the
+    communicator (which ends the peers' waits too) and ends the run, long
+    before --dist-timeout."""
+    r, took = failing_run(data, tmp_path, "error:3", "--dist-timeout", "600")
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "rank 0 of 1" in line and "in the gradient allreduce" in line, r.stderr
+    assert "NCCL reports \"remote process exited or there was a network error\"" in line, line
+    assert "the NCCL communicator is aborted" in line and took < 300
+
+
+@emulated_only
+def test_a_hung_collective_ends_the_rank_after_dist_timeout(data, tmp_path):
+    """A peer that hangs reports nothing: the wait gives up after
+    --dist-timeout, aborts the communicator and says so, where a blocking
+    wait would wait for ever (the watchdog runs only with several ranks)."""
+    r, _ = failing_run(data, tmp_path, "hang:3", "--dist-timeout", "2")
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert "in the gradient allreduce: waited 2 s for the other ranks: one of them died or hangs" in line, r.stderr
+    assert "the NCCL communicator is aborted" in line

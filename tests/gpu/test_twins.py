@@ -14,8 +14,11 @@ Tolerances (norm-wise relative, unet_testlib.rel_err):
       (batch norm, the losses, the upsample backward): both are far closer
       to float64 than that, so 1e-6 still catches any wrong element.
   Exact (bit for bit) against the CPU twin where both do the same float
-      operations in the same order: relu, dropout (same counter-based mask),
-      maxpool2, crop_concat, crop_add, the upsample forward, the optimizers.
+      operations in the same order: relu and relu6, dropout (same
+      counter-based mask), maxpool2, maxpool (the backward's gather adds in
+      the CPU scatter's order), crop_concat, crop_add (and with a fused
+      activation), the bilinear upsample forward, nearest upsampling both
+      ways, the optimizers.
 unet_optest poisons every output with NaN first (the gradients too, unless
 accumulating), so an element a kernel fails to write fails the comparison.
 
@@ -32,7 +35,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from op_references import LOSS_REFS, bn_case, bn_reference, centre_crop, t64
+from op_references import LOSS_REFS, activation, bn_case, bn_reference, centre_crop, t64
 from unet_testlib import BUILD, assert_close, rng, run_op, requires_gpu
 
 TOL = 1e-5
@@ -114,6 +117,39 @@ def test_upsample2(shape):
     n, c, h, w = shape
     fn = lambda X: F.interpolate(X, scale_factor=2, mode="bilinear", align_corners=False)
     check_unary("upsample2", fn, x, (n, c, 2 * h, 2 * w), g, exact_backward=False)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 2, 8, 12)])
+def test_relu6(shape):
+    """Values over both bounds, a few exactly 0 and 6 (no gradient there, as PyTorch's hardtanh_backward)."""
+    g = rng(150 + shape[3])
+    x = (3 + 4 * g.standard_normal(shape)).astype(np.float32)
+    x.reshape(-1)[:4] = [0.0, 6.0, 0.0, 6.0]
+    check_unary("relu", F.relu6, x, shape, g, attrs={"act": "relu6"})
+
+
+# (k, stride, pad): ResNet's stem pooling; overlapping windows at stride 1; -inf padding wider than a
+# stride; windows that tile exactly
+@pytest.mark.parametrize("k,stride,pad,shape", [(3, 2, 1, (2, 3, 9, 12)), (3, 2, 1, (1, 4, 16, 16)),
+                                                (3, 1, 1, (2, 2, 5, 7)), (5, 3, 2, (1, 3, 11, 8)),
+                                                (2, 2, 0, (2, 2, 6, 10))])
+def test_maxpool(k, stride, pad, shape):
+    g = rng(250 + k + stride + shape[3])
+    # negative, so that padding taken for 0 would show; multiples of 0.5, so that windows tie
+    x = (-np.round(2 * np.abs(g.standard_normal(shape))) / 2 - 0.5).astype(np.float32)
+    n, c, h, w = shape
+    out = (n, c, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+    check_unary("maxpool", lambda X: F.max_pool2d(X, k, stride, pad), x, out, g,
+                attrs={"k": k, "stride": stride, "pad": pad})
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 9, 1), (3, 2, 8, 12)])
+def test_upsample2_nearest(shape):
+    g = rng(320 + shape[2] + shape[3])
+    x = g.standard_normal(shape).astype(np.float32)
+    n, c, h, w = shape
+    check_unary("upsample2", lambda X: F.interpolate(X, scale_factor=2, mode="nearest"), x, (n, c, 2 * h, 2 * w),
+                g, attrs={"upsample": "nearest"})
 
 
 # ---- dropout ----
@@ -200,29 +236,62 @@ def test_crop(op, case):
     check_crop(op, crop_inputs(g, n_in, op == "crop_add", h, w, list(grow_h), list(grow_w)), g)
 
 
+@pytest.mark.parametrize("act", ["relu", "relu6", "none"])
+def test_residual_add(act):
+    """crop_add of equal shapes with a fused activation (ResNet's residual + ReLU), float4 and scalar rows."""
+    g = rng(560 + len(act))
+    for shape in [(2, 3, 8, 12), (3, 5, 5, 7)]:
+        xs = [(3 * g.standard_normal(shape) + 2).astype(np.float32) for _ in range(2)]
+        dout = g.standard_normal(shape).astype(np.float32)
+        y_ref, dx_ref = reference(lambda A, B: activation(A + B, act), xs, dout)
+        inits = [g.standard_normal(shape).astype(np.float32) for _ in xs]
+        what = f"crop_add act={act} {shape}"
+        for din_init in (None, inits):
+            cu, cpu = run_both("crop_add", xs, shape, {"act": act}, dout=dout, backward=True, din_init=din_init)
+            assert_close(cu["out"], y_ref, TOL, what + " out")
+            assert_same_bits(cu["out"], cpu["out"], what + " out")
+            for i in range(2):
+                want = dx_ref[i] if din_init is None else inits[i] + dx_ref[i]
+                assert_close(cu["din"][i], want, TOL, f"{what} din{i}")
+                assert_same_bits(cu["din"][i], cpu["din"][i], f"{what} din{i}")
+
+
 # ---- batch norm ----
 
-def check_bn(shape, training, relu, seed, accumulate=False, tol=TOL):
+def check_bn(shape, training, relu, seed, accumulate=False, tol=TOL, frozen=0):
+    """relu: the act (0, 1 or "relu6"); frozen: running statistics in a training step (the reference:
+    eval mode)."""
     g = rng(seed)
     x, gamma, beta, rm, rv, dout = bn_case(g, shape)
+    if relu == "relu6":  # outputs over both bounds
+        gamma, beta = gamma * np.float32(4), beta + np.float32(3)
     momentum, eps = 0.1, 1e-5
-    y, dx, dg, db, rm_ref, rv_ref = bn_reference(x, gamma, beta, rm, rv, dout, training, relu, momentum, eps)
+    y, dx, dg, db, rm_ref, rv_ref = bn_reference(x, gamma, beta, rm, rv, dout, training and not frozen, relu,
+                                                 momentum, eps)
     init = g.standard_normal(shape).astype(np.float32) if accumulate else None
-    attrs = {"relu": relu, "momentum": momentum, "eps": eps}
-    what = f"batchnorm training={training} relu={relu} {shape}" + (" accumulated" if accumulate else "")
+    attrs = {"act": {0: "none", 1: "relu"}.get(relu, relu), "momentum": momentum, "eps": eps, "frozen": frozen}
+    what = f"batchnorm training={training} frozen={frozen} act={relu} {shape}" + (" accumulated" if accumulate else "")
     cu, cpu = run_both("batchnorm", [x], shape, attrs, params=[gamma, beta], states=[rm, rv], dout=dout,
                        backward=True, training=training, din_init=[init] if accumulate else None)
     want_dx = dx if init is None else init + dx
+    updates = training and not frozen
     for name, got, ref, twin in [("out", cu["out"], y, cpu["out"]), ("din", cu["din"][0], want_dx, cpu["din"][0]),
                                  ("dgamma", cu["dparam"][0], dg, cpu["dparam"][0]),
                                  ("dbeta", cu["dparam"][1], db, cpu["dparam"][1]),
-                                 ("running mean", cu["state"][0], rm_ref if training else rm, cpu["state"][0]),
-                                 ("running var", cu["state"][1], rv_ref if training else rv, cpu["state"][1])]:
+                                 ("running mean", cu["state"][0], rm_ref if updates else rm, cpu["state"][0]),
+                                 ("running var", cu["state"][1], rv_ref if updates else rv, cpu["state"][1])]:
         assert_close(got, ref, tol, f"{what} {name}")
         assert_close(got, twin, TWIN_TOL, f"{what} {name} vs CPU")
-    if not training:
+    if not updates:
         assert np.array_equal(cu["state"][0], rm) and np.array_equal(cu["state"][1], rv), \
-            what + ": eval mode changed the running statistics"
+            what + ": eval mode (or a frozen batch norm) changed the running statistics"
+
+
+@pytest.mark.parametrize("training,frozen,act", [(1, 0, "relu6"), (0, 0, "relu6"), (1, 1, "relu6"), (1, 1, 0),
+                                                 (1, 1, 1)])
+def test_batchnorm_relu6_and_frozen(training, frozen, act):
+    check_bn((3, 4, 7, 9), training, act, 1040 + 2 * training + frozen, frozen=frozen)
+    check_bn((2, 3, 8, 12), training, act, 1050 + 2 * training + frozen, accumulate=True, frozen=frozen)
 
 
 # shapes: rows not a multiple of 4 (scalar path), a multiple (float4 path),
@@ -442,12 +511,15 @@ def run_model(backend, args, seed):
                 "state": np.fromfile(os.path.join(d, "state.out.bin"), np.float32)}
 
 
+@pytest.mark.parametrize("conv1x1", ["cudnn", "cublaslt"])
 @pytest.mark.parametrize("case", list(MODEL_CASES))
-def test_model_steps_match_cpu(case):
+def test_model_steps_match_cpu(monkeypatch, case, conv1x1):
     """Forward, backward and optimizer steps of a whole model through a
-    compiled plan (the convolutions through cuDNN) against the CPU backend.
+    compiled plan (the convolutions through cuDNN; the heads, 1x1, also as
+    cuBLASLt matmuls: UNET_CONV1X1) against the CPU backend.
     1e-4: fp32 convolutions sum in other orders than the CPU's; the error
     compounds through the layers and the steps, staying near 1e-6."""
+    monkeypatch.setenv("UNET_CONV1X1", conv1x1)
     cu, cpu = run_model("cuda", MODEL_CASES[case], 7), run_model("cpu", MODEL_CASES[case], 7)
     for key in ("loss", "grads", "params", "state"):
         assert_close(cu[key], cpu[key], 1e-4, f"{case} {key} vs CPU")

@@ -226,7 +226,7 @@ int main(int argc, char **argv) {
         if (unet_checkpoint_read_meta(argv[2], &m, err, sizeof err)) die(err, NULL);
         json_object *o = json_object_new_object();
         json_object_object_add(o, "config", m.config_json ? json_object_new_string(m.config_json) : NULL);
-        json_object_object_add(o, "step", json_object_new_int64(m.step));
+        json_object_object_add(o, "step", json_object_new_int64(m.progress.step));
         json_object_object_add(o, "format_version", json_object_new_int(m.format_version));
         json_object_object_add(o, "optimizer_state", json_object_new_string(m.optimizer_state));
         printf("%s\n", json_object_to_json_string(o));
@@ -248,18 +248,19 @@ int main(int argc, char **argv) {
         if (b.opt_b) fill(g, UNET_PARAM_TRAINABLE, b.opt_b, unet_rng_key(cfg->seed, 3, 0));
         char *json = unet_config_to_json(cfg, 0);
         const int weights_only = !strcmp(what, "ckpt-save-weights");
+        unet_run_progress progress = {.step = cfg->steps};
         if (unet_checkpoint_save(path, g, b.params, b.state, weights_only ? NULL : b.opt_a,
-                                 weights_only ? NULL : b.opt_b, cfg->steps, json, err, sizeof err))
+                                 weights_only ? NULL : b.opt_b, &progress, json, err, sizeof err))
             die(err, NULL);
         free(json);
     } else if (!strcmp(what, "ckpt-init")) {
         if (unet_checkpoint_load_weights(path, g, b.params, b.state, err, sizeof err)) die(err, NULL);
     } else if (!strcmp(what, "ckpt-resume")) {
-        long step = -1;
-        if (unet_checkpoint_load_resume(path, g, b.params, b.state, b.opt_a, b.opt_b, &step, err, sizeof err))
+        unet_run_progress progress;
+        if (unet_checkpoint_load_resume(path, g, b.params, b.state, b.opt_a, b.opt_b, &progress, err, sizeof err))
             die(err, NULL);
         char text[32];
-        snprintf(text, sizeof text, "%ld\n", step);
+        snprintf(text, sizeof text, "%ld\n", progress.step);
         write_file(dir, "step.txt", text, strlen(text));
     } else {
         die("unknown subcommand", NULL);

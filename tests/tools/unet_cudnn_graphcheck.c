@@ -17,31 +17,40 @@
 static int check(unet_precision precision, unet_conv_problem p, const char *what) {
     char why[1024];
     int ok = unet_cudnn_graph_check(precision, &p, why, sizeof why);
-    printf("%s %s %s: x (%d,%d,%d,%d) k %d r %d stride %d pad %d%s%s%s%s%s\n", ok ? "accepted" : "REFUSED",
-           precision == UNET_PREC_FP32 ? "fp32" : precision == UNET_PREC_TF32 ? "tf32" : "bf16", what, p.n, p.c, p.h, p.w, p.k, p.r, p.stride, p.pad,
-           p.bias ? " +bias" : "", p.relu ? " +relu" : "", p.accumulate ? " beta=1" : "", ok ? "" : ": ", ok ? "" : why);
+    printf("%s %s %s: x (%d,%d,%d,%d) k %d r %d stride %d pad %d groups %d%s%s%s%s%s\n", ok ? "accepted" : "REFUSED",
+           precision == UNET_PREC_FP32 ? "fp32" : precision == UNET_PREC_TF32 ? "tf32" : "bf16", what, p.n, p.c, p.h,
+           p.w, p.k, p.r, p.stride, p.pad, p.groups, p.bias ? " +bias" : "",
+           p.act == UNET_ACT_RELU ? " +relu" : p.act == UNET_ACT_RELU6 ? " +relu6" : "", p.accumulate ? " beta=1" : "",
+           ok ? "" : ": ", ok ? "" : why);
     return ok;
 }
 
 int main(void) {
     /* bf16: the NHWC bf16 descriptors, channels padded to 8 (3 and 5 here become 8) */
     static const unet_precision precisions[] = {UNET_PREC_FP32, UNET_PREC_TF32, UNET_PREC_BF16};
-    static const int kernels[][2] = {{3, 0}, {3, 1}, {1, 0}}; /* (k, pad): valid, same, 1x1 head */
+    /* (k, pad, stride, depthwise): U-Net's valid, same and 1x1 head; the encoders' 7x7 stride-2 stem,
+     * 3x3 and 1x1 stride-2, depthwise 3x3 at stride 1 and 2 */
+    static const int kernels[][4] = {{3, 0, 1, 0}, {3, 1, 1, 0}, {1, 0, 1, 0}, {7, 3, 2, 0},
+                                     {3, 1, 2, 0}, {1, 0, 2, 0}, {3, 1, 1, 1}, {3, 1, 2, 1}};
     int all = 1;
     for (int q = 0; q < 3; q++) {
-        for (int i = 0; i < 3; i++) {
-            /* conv: forward alone and fused, its data gradient (overwriting and
-             * accumulating) and its weight gradient */
+        for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++) {
+            /* conv: forward alone and fused (ReLU, ReLU6), its data gradient
+             * (overwriting and accumulating) and its weight gradient */
             unet_conv_problem p;
             memset(&p, 0, sizeof p);
-            p.n = 2, p.c = 3, p.h = 9, p.w = 11, p.k = 5, p.r = kernels[i][0], p.stride = 1, p.pad = kernels[i][1];
+            p.n = 2, p.c = 3, p.h = 9, p.w = 11, p.k = 5, p.r = kernels[i][0], p.stride = kernels[i][2],
+            p.pad = kernels[i][1], p.groups = 1;
+            if (kernels[i][3]) p.c = p.groups = 5; /* depthwise: 5 channels, 5 groups */
             p.dir = UNET_CONV_FWD;
             all &= check(precisions[q], p, "conv forward");
             p.bias = 1;
             all &= check(precisions[q], p, "conv forward");
-            p.relu = 1;
+            p.act = UNET_ACT_RELU;
             all &= check(precisions[q], p, "conv forward");
-            p.bias = p.relu = 0;
+            p.act = UNET_ACT_RELU6;
+            all &= check(precisions[q], p, "conv forward");
+            p.bias = p.act = 0;
             p.dir = UNET_CONV_DGRAD;
             all &= check(precisions[q], p, "conv backward-data");
             p.accumulate = 1;
@@ -54,7 +63,7 @@ int main(void) {
          * from (2,4,10,14) to (2,6,5,7) in its three uses */
         unet_conv_problem g;
         memset(&g, 0, sizeof g);
-        g.n = 2, g.c = 4, g.h = 10, g.w = 14, g.k = 6, g.r = 2, g.stride = 2, g.pad = 0;
+        g.n = 2, g.c = 4, g.h = 10, g.w = 14, g.k = 6, g.r = 2, g.stride = 2, g.pad = 0, g.groups = 1;
         g.dir = UNET_CONV_DGRAD;
         all &= check(precisions[q], g, "conv_t2 forward (G backward-data)");
         g.dir = UNET_CONV_FWD;

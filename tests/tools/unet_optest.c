@@ -8,12 +8,15 @@
  *               (--relu 1: --act relu) --out-c 4 --upsample bilinear|nearest --frozen 0 --p 0.5
  *               --eps 1e-5 --momentum 0.1 --scale 1 --training 1 --seed 7 --node-index 0]
  *               [--backward] [--accumulate] [--precision fp32|tf32|bf16 (cuda)]
+ *               [--param-offset F]
  *
  * Reads D/in<i>.bin, D/param<j>.bin, D/state<j>.bin, D/dout.bin (backward,
  * non-loss ops), D/din<i>.init.bin (--accumulate); writes D/out.bin,
  * D/din<i>.bin, D/dparam<j>.bin, D/state<j>.out.bin. Raw little-endian
  * float32 (int32 for inputs marked :i32). Outputs are poisoned with NaN first,
- * so an element an op fails to write shows up in the comparison. */
+ * so an element an op fails to write shows up in the comparison.
+ * --param-offset F places each parameter F floats into its allocation, off
+ * the alignment a plan's parameter blocks give (the ops' checks must see it). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,7 +51,7 @@ int main(int argc, char **argv) {
     const char *backend_name = "cpu", *dir = NULL, *op_name = NULL, *precision = "fp32";
     unet_shape in_shape[UNET_MAX_IN], out_shape = {0, 0, 0, 0};
     unet_dtype in_type[UNET_MAX_IN];
-    int n_in = 0, backward = 0, accumulate = 0, training = 1, node_index = 0;
+    int n_in = 0, backward = 0, accumulate = 0, training = 1, node_index = 0, param_offset = 0;
     unsigned long long seed = 0;
     unet_node node = unet_node_make(UNET_OP_CONV, "optest");
     for (int i = 1; i < argc; i++) {
@@ -70,6 +73,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--training")) training = atoi(v);
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--node-index")) node_index = atoi(v);
+        else if (!strcmp(a, "--param-offset")) param_offset = atoi(v);
         else die("unknown option", a);
     }
     if (!dir || !op_name || n_in == 0 || out_shape.n == 0) die("need --dir, --op, --in and --out", NULL);
@@ -119,7 +123,8 @@ int main(int argc, char **argv) {
         float *h = read_file(dir, name, &bytes);
         if (!h) continue;
         param_n[j] = bytes / 4;
-        float *d = b->alloc(b, bytes ? bytes : 4);
+        node.param[j] = j; /* present, as a plan's node names its parameters (a backend may ask the node) */
+        float *d = (float *)b->alloc(b, bytes + (size_t)param_offset * 4 + 4) + param_offset;
         b->upload_f32(b, d, h, param_n[j]);
         a.param[j] = d;
         float *nan = nan_array(param_n[j]);
@@ -213,7 +218,7 @@ int main(int argc, char **argv) {
     }
     for (int j = 0; j < UNET_MAX_PARAM; j++)
         if (a.param[j]) {
-            b->free(b, (void *)a.param[j]);
+            b->free(b, (void *)(a.param[j] - param_offset));
             b->free(b, a.dparam[j]);
         }
     for (int j = 0; j < 2; j++)

@@ -11,7 +11,12 @@
  * (0-based) is SGD's first when s = 0 and Adam's step s + 1, as
  * src/host/train/optim.c calls them. --offset K places the block K floats
  * into its allocations, so that K not a multiple of 4 exercises the kernels'
- * unaligned (scalar) path. */
+ * unaligned (scalar) path.
+ *
+ * --guard skip|stop runs the guard before each update (unet_backend.guard),
+ * with --state M statistics: D/states.bin (S x M floats) holds what each
+ * step's forward leaves in them. Writes D/state.out.bin (M floats) and
+ * D/guard.bin (the unet_update_guard as it is in memory). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +37,8 @@ static float *device_block(const unet_backend *b, size_t n, size_t offset, const
 }
 
 int main(int argc, char **argv) {
-    const char *backend_name = "cpu", *optimizer = "sgd", *dir = NULL;
-    long n = 0, steps = 1, offset = 0;
+    const char *backend_name = "cpu", *optimizer = "sgd", *dir = NULL, *guard_policy = NULL;
+    long n = 0, steps = 1, offset = 0, n_state = 0;
     float lr = 0.01f, momentum = 0.9f, wd = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
@@ -43,6 +48,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--n")) n = atol(v);
         else if (!strcmp(a, "--steps")) steps = atol(v);
         else if (!strcmp(a, "--offset")) offset = atol(v);
+        else if (!strcmp(a, "--guard")) guard_policy = v;
+        else if (!strcmp(a, "--state")) n_state = atol(v);
         else if (!strcmp(a, "--lr")) lr = strtof(v, NULL);
         else if (!strcmp(a, "--momentum")) momentum = strtof(v, NULL);
         else if (!strcmp(a, "--wd")) wd = strtof(v, NULL);
@@ -75,10 +82,24 @@ int main(int argc, char **argv) {
                         .schedule = UNET_SCHED_CONSTANT, .total_steps = steps};
     unet_optim_scalars *scalars = b->alloc(b, sizeof *scalars);
     if (!scalars) die("device allocation failed", NULL);
+    /* the guard, its statistics and their good copy (which starts as the statistics before the first step) */
+    if (guard_policy && strcmp(guard_policy, "skip") && strcmp(guard_policy, "stop"))
+        die("--guard must be skip or stop", guard_policy);
+    size_t ns = (size_t)n_state;
+    float *host_states = guard_policy && ns ? read_exact(dir, "states.bin", ns * (size_t)steps * sizeof(float)) : NULL;
+    float *state = ns ? device_block(b, ns, 0, NULL) : NULL, *state_good = ns ? device_block(b, ns, 0, NULL) : NULL;
+    unet_update_guard host_guard = {.skip_policy = guard_policy && !strcmp(guard_policy, "skip")};
+    unet_update_guard *guard = b->alloc(b, sizeof *guard);
+    if (!guard) die("device allocation failed", NULL);
+    b->upload_bytes(b, guard, &host_guard, sizeof host_guard);
     for (long s = 0; s < steps; s++) {
         b->upload_f32(b, g, host_g + (size_t)s * count, count);
         unet_optim_scalars host_scalars = unet_optim_scalars_at(&o, s);
         b->upload_bytes(b, scalars, &host_scalars, sizeof host_scalars);
+        if (guard_policy) {
+            if (ns) b->upload_f32(b, state, host_states + (size_t)s * ns, ns);
+            b->guard(b, g, count, state, state_good, ns, scalars, guard);
+        }
         if (sgd)
             b->sgd(b, p, g, state_a, count, scalars, momentum, wd);
         else
@@ -93,7 +114,17 @@ int main(int argc, char **argv) {
         b->download_f32(b, host_p, state_b, count);
         write_file(dir, "state_b.bin", host_p, count * sizeof(float));
     }
+    if (guard_policy) {
+        b->download_f32(b, (float *)&host_guard, (const float *)guard, sizeof host_guard / sizeof(float));
+        write_file(dir, "guard.bin", &host_guard, sizeof host_guard);
+        if (ns) {
+            b->download_f32(b, host_states, state, ns);
+            write_file(dir, "state.out.bin", host_states, ns * sizeof(float));
+        }
+    }
     b->free(b, scalars);
+    b->free(b, guard);
+    free(host_states);
     free(host_p);
     free(host_g);
     return 0;

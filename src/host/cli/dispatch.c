@@ -13,6 +13,10 @@ int unet_cli_dispatch(int argc, char **argv, const unet_cli_command_impl *impls,
         return 2;
     }
     const char *name = argv[1];
+    if (!strcmp(name, "--version") || !strcmp(name, "version")) {
+        unet_print_version(stdout);
+        return 0;
+    }
     char two_words[64];
     /* `unet data weights ...`: the table knows it as "data weights" */
     int is_help = !strcmp(name, "-h") || !strcmp(name, "--help") || !strcmp(name, "help");

@@ -25,6 +25,8 @@ _Static_assert(sizeof(unet_precision) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_predict_mode) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_cuda_graph_mode) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_augment_device) == sizeof(int), "enum storage");
+_Static_assert(sizeof(unet_best_metric) == sizeof(int), "enum storage");
+_Static_assert(sizeof(unet_nonfinite_policy) == sizeof(int), "enum storage");
 
 typedef enum { OPT_INT, OPT_LONG, OPT_U64, OPT_FLOAT, OPT_STRING, OPT_FLAG, OPT_ENUM, OPT_INT_LIST } opt_type;
 
@@ -70,6 +72,7 @@ static const command commands[] = {
     {"bench", UNET_CMD_BENCH, "time training steps (or inference, with --mode) of a model on random data"},
     {"prune", UNET_CMD_PRUNE, "write the network of a checkpoint pruned to --depth as a checkpoint of its own"},
     {"compare", UNET_CMD_COMPARE, "train several models under identical settings and report them side by side"},
+    {"export", UNET_CMD_EXPORT, "write a checkpoint's inference network (as --mode runs it) as an ONNX model"},
     {"data weights", UNET_CMD_DATA_WEIGHTS, "add the U-Net paper's border weight map (weight) to an HDF5 dataset"},
     {"data import", UNET_CMD_DATA_IMPORT, "make an HDF5 dataset from folders of TIFF or PNG images and masks"},
     {"data split", UNET_CMD_DATA_SPLIT, "split an HDF5 dataset's images at random into a training and a validation file"},
@@ -101,7 +104,10 @@ static const char *positional_of(unsigned bit) {
 #define EVAL UNET_CMD_EVAL
 #define INFO UNET_CMD_INFO
 #define BENCH UNET_CMD_BENCH
+#define EXPORT UNET_CMD_EXPORT
 #define MODEL_USERS (TRAIN | PREDICT | EVAL | INFO | BENCH) /* every command that builds a network */
+#define MODEL_FLAGS (MODEL_USERS | PRUNE) /* the model's own options: prune, like predict, takes them for a
+                                             checkpoint without the engine's metadata */
 #define RUNNERS (TRAIN | PREDICT | EVAL | BENCH)            /* every command that computes on a device */
 #define STEPPERS (TRAIN | BENCH)                            /* every command that takes optimizer steps */
 
@@ -125,6 +131,10 @@ static const char *const preset_names[] = {"none", "unet-paper", "unetpp-paper",
                                            "unet-mobilenet", NULL};
 static const char *const cuda_graph_modes[] = {"auto", "off", NULL}; /* unet_cuda_graph_mode's order */
 static const char *const augment_devices[] = {"cpu", "cuda", NULL}; /* unet_augment_device's order */
+/* unet_best_metric's order; the names are the training log's keys */
+static const char *const best_metrics[] = {"none", "val_iou", "val_dice", "val_pixel_accuracy", "val_pixel_error",
+                                           "val_rand_error", NULL};
+static const char *const nonfinite_policies[] = {"stop", "skip", NULL}; /* unet_nonfinite_policy's order */
 
 /* What each preset sets, as typed on the command line (index as in
  * preset_names); explicit flags win. The loss follows the classes. */
@@ -155,30 +165,30 @@ static int check_device(const char *value, char *err, size_t errlen);
 
 static const option options[] = {
     /* model: the fields of unet_model_cfg */
-    {"model", OPT_ENUM, F(model.kind), .choices = model_kinds, .def = "unet", .commands = MODEL_USERS,
+    {"model", OPT_ENUM, F(model.kind), .choices = model_kinds, .def = "unet", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "family member: which skips feed a decoder node"},
     {"filters", OPT_INT_LIST, F(model.filters), .count_offset = offsetof(unet_config, model.levels), .min_count = 2,
-     .min = 1, .max = 65536, .def = "64,128,256,512,1024", .meta = "F0,F1,...", .commands = MODEL_USERS,
+     .min = 1, .max = 65536, .def = "64,128,256,512,1024", .meta = "F0,F1,...", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "filters per level, f_0 .. f_L"},
-    {"base", OPT_INT, F(base), .min = 1, .max = 65536, .meta = "B", .commands = MODEL_USERS, .group = G_MODEL,
+    {"base", OPT_INT, F(base), .min = 1, .max = 65536, .meta = "B", .commands = MODEL_FLAGS, .group = G_MODEL,
      .flags = OPTF_NO_JSON, .help = "filters B * 2^i instead of --filters (with --levels N, or --depth N)"},
     {"levels", OPT_INT, F(levels), .min = 2, .max = UNET_MAX_LEVELS, .def = "5", .meta = "N",
-     .commands = MODEL_USERS, .group = G_MODEL, .flags = OPTF_NO_JSON, .help = "filter levels with --base"},
-    {"padding", OPT_ENUM, F(model.same_padding), .choices = paddings, .def = "valid", .commands = MODEL_USERS,
+     .commands = MODEL_FLAGS, .group = G_MODEL, .flags = OPTF_NO_JSON, .help = "filter levels with --base"},
+    {"padding", OPT_ENUM, F(model.same_padding), .choices = paddings, .def = "valid", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "3x3 convolutions without (valid, the paper) or with zero padding"},
     {"in-channels", OPT_INT, F(model.in_channels), .min = 1, .max = 4096, .def = "1", .meta = "C",
-     .commands = MODEL_USERS, .group = G_MODEL, .help = "image channels"},
-    {"classes", OPT_INT, F(model.classes), .min = 1, .max = 64, .def = "2", .meta = "K", .commands = MODEL_USERS,
+     .commands = MODEL_FLAGS, .group = G_MODEL, .help = "image channels"},
+    {"classes", OPT_INT, F(model.classes), .min = 1, .max = 64, .def = "2", .meta = "K", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "output channels: 1 (sigmoid) or K >= 2 (softmax)"},
-    {"norm", OPT_ENUM, F(model.batch_norm), .choices = norms, .def = "none", .commands = MODEL_USERS,
+    {"norm", OPT_ENUM, F(model.batch_norm), .choices = norms, .def = "none", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "normalisation after each convolution"},
-    {"upsample", OPT_ENUM, F(model.upsample), .choices = upsamples, .def = "transposed", .commands = MODEL_USERS,
+    {"upsample", OPT_ENUM, F(model.upsample), .choices = upsamples, .def = "transposed", .commands = MODEL_FLAGS,
      .group = G_MODEL,
      .help = "2x2 transposed convolution, or bilinear x2 and a 1x1 convolution; nearest x2 alone is smp's decoder "
              "(the default, and the only choice, with --encoder)"},
-    {"fusion", OPT_ENUM, F(model.fusion_add), .choices = fusions, .def = "concat", .commands = MODEL_USERS,
+    {"fusion", OPT_ENUM, F(model.fusion_add), .choices = fusions, .def = "concat", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "how a decoder node fuses its skips"},
-    {"encoder", OPT_ENUM, F(model.encoder), .choices = encoders, .def = "plain", .commands = MODEL_USERS,
+    {"encoder", OPT_ENUM, F(model.encoder), .choices = encoders, .def = "plain", .commands = MODEL_FLAGS,
      .group = G_MODEL,
      .help = "the contracting path: the paper's blocks of --filters, or a torchvision backbone under "
              "segmentation_models_pytorch's names, with smp's Unet (--model unet) or UnetPlusPlus (unetpp) "
@@ -186,22 +196,23 @@ static const option options[] = {
              "With an encoder --padding defaults to same, --norm to batch, --upsample to nearest"},
     {"decoder-channels", OPT_INT_LIST, F(model.decoder_channels), .count_offset = offsetof(unet_config,
      model.decoder_levels), .min_count = UNET_ENCODER_STAGES, .min = 1, .max = 65536, .def = "256,128,64,32,16",
-     .meta = "D1,...,D5", .commands = MODEL_USERS, .group = G_MODEL,
+     .meta = "D1,...,D5", .commands = MODEL_FLAGS, .group = G_MODEL,
      .help = "with --encoder: widths of the decoder nodes from the deepest to the head (smp's decoder_channels)"},
-    {"freeze-encoder-bn", OPT_FLAG, F(model.freeze_encoder_bn), .commands = MODEL_USERS, .group = G_MODEL,
+    {"freeze-encoder-bn", OPT_FLAG, F(model.freeze_encoder_bn), .commands = MODEL_FLAGS, .group = G_MODEL,
      .help = "with --encoder: the backbone's batch norms normalise with their running statistics in training too "
              "and keep them (PyTorch's BatchNorm2d in eval mode), for fine-tuning with small batches; their scale "
              "and shift still train"},
-    {"deep-supervision", OPT_FLAG, F(model.deep_supervision), .commands = MODEL_USERS, .group = G_MODEL,
+    {"deep-supervision", OPT_FLAG, F(model.deep_supervision), .commands = MODEL_FLAGS, .group = G_MODEL,
      .help = "a head on every X^{0,j} (not for --model unet)"},
     {"dropout", OPT_FLOAT, F(model.dropout), .min = 0, .max = 1, .max_open = 1, .def = "0", .meta = "P",
-     .commands = MODEL_USERS, .group = G_MODEL, .help = "dropout probability at the end of the contracting path"},
-    {"loss", OPT_ENUM, F(model.loss), .choices = losses, .commands = MODEL_USERS, .group = G_MODEL,
+     .commands = MODEL_FLAGS, .group = G_MODEL, .help = "dropout probability at the end of the contracting path"},
+    {"loss", OPT_ENUM, F(model.loss), .choices = losses, .commands = MODEL_FLAGS, .group = G_MODEL,
      .help = "softmax cross-entropy, or sigmoid BCE + soft Dice (default: ce for --classes >= 2, bce_dice for 1)"},
     {"depth", OPT_INT, F(model.prune_depth), .min = 0, .max = UNET_MAX_LEVELS, .def = "0", .meta = "D",
-     .commands = MODEL_USERS | PRUNE, .group = G_MODEL,
-     .help = "prune to depth D: nodes with i + j <= D and head D (0: the full model; with --base and no "
-             "--levels: the number of levels)"},
+     .commands = MODEL_FLAGS | EXPORT, .group = G_MODEL,
+     .help = "prune to depth D: the nodes with i + j <= D and head D; with --deep-supervision heads 1..D and the "
+             "nodes they need (what a deep-supervised run trains; prune and predict --mode fast keep head D alone). "
+             "0: the full model; with --base and no --levels: the number of levels"},
     {"preset", OPT_ENUM, F(preset), .choices = preset_names, .def = "none", .commands = TRAIN | INFO | BENCH,
      .group = G_MODEL, .flags = OPTF_NO_JSON,
      .help = "a paper's setup: unet-paper (filters 64..1024, valid, 2 classes, CE, SGD momentum 0.99) or "
@@ -218,7 +229,7 @@ static const option options[] = {
      .help = "models to compare: unet, unet_e, unet_plus, unetpp, wide_unet (the U-Net of --match-params)"},
 
     /* training */
-    {"tile", OPT_INT, F(tile), .min = 1, .max = 1 << 20, .def = "572", .meta = "S", .commands = MODEL_USERS,
+    {"tile", OPT_INT, F(tile), .min = 1, .max = 1 << 20, .def = "572", .meta = "S", .commands = MODEL_USERS | EXPORT,
      .group = G_TRAINING, .help = "input tile size, pixels per side"},
     {"batch", OPT_INT, F(batch), .min = 1, .max = 1 << 20, .def = "1", .meta = "B", .commands = MODEL_USERS,
      .group = G_TRAINING, .help = "tiles per step, per process"},
@@ -261,6 +272,13 @@ static const option options[] = {
              "90-degree rotations. A LIST names any of elastic[:sigma=10:grid=3:interp=cubic|linear], flip, rot90, "
              "rotate[:deg=15], scale[:range=0.1], gamma[:range=0.3], brightness[:range=0.1], contrast[:range=0.2], "
              "noise[:std=0.03], e.g. paper,noise (see include/unet/augment.h)"},
+    {"on-nonfinite", OPT_ENUM, F(on_nonfinite), .choices = nonfinite_policies, .def = "stop", .commands = TRAIN,
+     .group = G_TRAINING,
+     .help = "a step whose loss, gradients or batch norm statistics hold a NaN or infinity has its update dropped, "
+             "and then the run stops (naming the step and the last good checkpoint), or goes on (skip: counted in "
+             "the log, at most --max-skips times)"},
+    {"max-skips", OPT_INT, F(max_skips), .min = 0, .max = INT_MAX, .def = "10", .meta = "N", .commands = TRAIN,
+     .group = G_TRAINING, .help = "--on-nonfinite skip: the run stops at the (N+1)-th dropped step"},
     {"val-fraction", OPT_FLOAT, F(val_fraction), .min = 0, .max = 1, .max_open = 1, .def = "0", .meta = "F",
      .commands = TRAIN | UNET_CMD_DATA_SPLIT, .group = G_TRAINING,
      .help = "share F of --data for validation: train holds out the last images (rows of a single image) when "
@@ -285,7 +303,7 @@ static const option options[] = {
      .group = G_DATA, .help = "dataset name of the labels"},
     {"weight-key", OPT_STRING, F(weight_key), .def = "weight", .meta = "NAME", .commands = TRAIN | EVAL | DATA_WEIGHTS,
      .group = G_DATA, .help = "dataset name of the optional per-pixel loss weights"},
-    {"checkpoint", OPT_STRING, F(checkpoint), .meta = "C.safetensors", .commands = PREDICT | EVAL | INFO | PRUNE,
+    {"checkpoint", OPT_STRING, F(checkpoint), .meta = "C.safetensors", .commands = PREDICT | EVAL | INFO | PRUNE | EXPORT,
      .group = G_DATA, .help = "checkpoint to run (the model comes from its metadata; explicit flags override)"},
     {"init", OPT_STRING, F(init), .meta = "W.safetensors", .commands = TRAIN_ONLY, .group = G_DATA,
      .help = "start from these weights (fine-tuning; PyTorch names and layouts)"},
@@ -293,16 +311,29 @@ static const option options[] = {
      .help = "start the --encoder backbone from torchvision's weights under torchvision's names (conv1.weight, "
              "layer1.0.bn1.running_mean, features.0.0.weight; a .pth converted by scripts/torchvision_weights.py); "
              "for --in-channels other than 3 the first convolution is adapted as smp does"},
-    {"resume", OPT_STRING, F(resume), .meta = "C.safetensors", .commands = TRAIN_ONLY, .group = G_DATA,
-     .help = "continue the run saved in this checkpoint: weights, optimizer state and step"},
+    {"resume", OPT_STRING, F(resume), .meta = "C.safetensors|C|DIR", .commands = TRAIN_ONLY, .group = G_DATA,
+     .help = "continue a run from its newest complete checkpoint: this file, the periodic ones beside it "
+             "(C.step<N>.safetensors), or those in a folder; weights, optimizer state, step and counters"},
 
     /* output */
     {"save", OPT_STRING, F(save), .meta = "C.safetensors", .commands = TRAIN_ONLY, .group = G_OUTPUT,
-     .help = "write the checkpoint here (atomically)"},
-    {"output", OPT_STRING, F(output), .meta = "FILE", .commands = PREDICT | PRUNE | UNET_CMD_DATA_IMPORT,
+     .help = "write the checkpoint here (atomically); periodic and best ones go beside it as C.step<N>.safetensors "
+             "and C.best.safetensors"},
+    {"save-every", OPT_LONG, F(save_every), .min = 0, .max = 1e15, .def = "0", .meta = "N", .commands = TRAIN_ONLY,
+     .group = G_OUTPUT, .help = "a checkpoint beside --save every N steps (0: by time alone)"},
+    {"save-every-min", OPT_FLOAT, F(save_every_min), .min = 0, .max = 1e6, .def = "15", .meta = "M",
+     .commands = TRAIN_ONLY, .group = G_OUTPUT,
+     .help = "a checkpoint beside --save every M minutes of wall time, so that a run killed without warning loses "
+             "at most that (0: off)"},
+    {"keep", OPT_INT, F(keep), .min = 1, .max = 1 << 20, .def = "2", .meta = "K", .commands = TRAIN_ONLY,
+     .group = G_OUTPUT, .help = "periodic checkpoints kept (the oldest goes once a new one is written)"},
+    {"save-best", OPT_ENUM, F(save_best), .choices = best_metrics, .def = "none", .commands = TRAIN_ONLY,
+     .group = G_OUTPUT,
+     .help = "keep the checkpoint of the best validation by this metric (the deepest head's) beside --save"},
+    {"output", OPT_STRING, F(output), .meta = "FILE", .commands = PREDICT | PRUNE | EXPORT | UNET_CMD_DATA_IMPORT,
      .group = G_OUTPUT,
      .help = "(or -o FILE) predict: write prob (N,K,H,W) float32 and pred (N,H,W) uint8 to this .h5; prune: the pruned "
-             "checkpoint; data import: the dataset"},
+             "checkpoint; export: the .onnx model; data import: the dataset"},
     {"out", OPT_STRING, F(out_dir), .meta = "DIR", .commands = COMPARE, .group = G_OUTPUT,
      .help = "write report.md, report.json, the runs' logs and the plots here"},
     {"log", OPT_STRING, F(log), .meta = "M.jsonl", .commands = TRAIN_ONLY | EVAL, .group = G_OUTPUT,
@@ -319,11 +350,15 @@ static const option options[] = {
      .commands = DATA_WEIGHTS, .group = G_OUTPUT, .help = "width of the border term, pixels (the paper's sigma)"},
     {"no-balance", OPT_FLAG, F(no_balance), .commands = DATA_WEIGHTS, .group = G_OUTPUT,
      .help = "no class balancing: w_c = 1 instead of n / (2 n_class)"},
-    {"mode", OPT_ENUM, F(mode), .choices = modes, .def = "deepest", .commands = PREDICT | EVAL | BENCH, .group = G_OUTPUT,
+    {"mode", OPT_ENUM, F(mode), .choices = modes, .def = "deepest", .commands = PREDICT | EVAL | BENCH | EXPORT,
+     .group = G_OUTPUT,
      .help = "the deepest head, the network pruned to --depth, or the mean of all heads"},
     {"overlap", OPT_FLOAT, F(overlap), .min = 0, .max = 1, .max_open = 1, .def = "0.5", .meta = "F",
-     .commands = PREDICT | EVAL | COMPARE, .group = G_OUTPUT,
-     .help = "overlap of same-padding tiles, blended"},
+     .commands = PREDICT | EVAL | COMPARE | EXPORT, .group = G_OUTPUT,
+     .help = "overlap of same-padding tiles, blended (export: the tile stride it records)"},
+    {"opset", OPT_INT, F(opset), .min = 13, .max = 17, .def = "17", .meta = "N", .commands = EXPORT,
+     .group = G_OUTPUT, .flags = OPTF_NO_JSON,
+     .help = "ONNX operator set of the exported model (13..17: the range of the ONNX IR version 8 it is written in)"},
 
     /* device */
     {"device", OPT_STRING, F(device), .def = "auto", .meta = "cpu|cuda[:N]|auto", .commands = MODEL_USERS,
@@ -425,8 +460,9 @@ static int edit_distance(const char *a, const char *b) {
     return d[la][lb];
 }
 
-/* The closest of names[0..n) to s when it is close enough to be a typo, or
- * the one name s abbreviates; NULL otherwise. */
+/* The one name s abbreviates, or else the closest of names[0..n) to s when
+ * it is close enough to be a typo; NULL otherwise. An abbreviation comes
+ * first: --deep means --deep-supervision, not --keep one letter away. */
 static const char *suggest(const char *s, const char *const *names, int n) {
     const char *best = NULL, *prefix_of = NULL;
     int best_d = INT_MAX, n_prefix = 0;
@@ -437,8 +473,8 @@ static const char *suggest(const char *s, const char *const *names, int n) {
         if (ls >= 3 && !strncmp(names[k], s, ls)) n_prefix++, prefix_of = names[k];
     }
     int limit = ls < 6 ? 1 : ls < 12 ? 2 : 3;
-    if (best && best_d <= limit) return best;
-    return n_prefix == 1 ? prefix_of : NULL;
+    if (n_prefix == 1) return prefix_of;
+    return best && best_d <= limit ? best : NULL;
 }
 
 static const char *suggest_option(const char *s) {
@@ -1101,7 +1137,8 @@ int unet_config_from_json(unet_config *cfg, const char *json, char *err, size_t 
 void unet_config_usage(FILE *f) {
     fprintf(f, "usage: unet <command> [options]\n\ncommands:\n");
     for (int c = 0; c < N_COMMANDS; c++) fprintf(f, "  %-13s %s\n", commands[c].name, commands[c].summary);
-    fprintf(f, "\n'unet <command> --help' lists the options of a command.\n");
+    fprintf(f, "\n'unet <command> --help' lists the options of a command; 'unet --version' says what this unet "
+               "was built from.\n");
 }
 
 /* Words of text from column `indent` (where the cursor is) to `width`. */

@@ -113,6 +113,7 @@ size_t unet_graph_trainable_params(const unet_graph *g) { return g->trainable_pa
 int unet_graph_num_nodes(const unet_graph *g) { return g->n_nodes; }
 const unet_node *unet_graph_nodes(const unet_graph *g) { return g->nodes; }
 int unet_graph_num_inputs(const unet_graph *g) { return g->n_inputs; }
+int unet_graph_input_value(const unet_graph *g, int index) { return g->inputs[index].value; }
 int unet_graph_num_outputs(const unet_graph *g) { return g->n_outputs; }
 int unet_graph_output_value(const unet_graph *g, int index) { return g->outputs[index]; }
 int unet_graph_num_values(const unet_graph *g) { return g->n_values; }

@@ -21,8 +21,11 @@ int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const 
     pb->opt_a = b->alloc(b, nt * sizeof(float));
     pb->opt_b = with_adam ? b->alloc(b, nt * sizeof(float)) : NULL;
     pb->state = b->alloc(b, ns * sizeof(float));
+    pb->state_good = b->alloc(b, ns * sizeof(float));
     pb->scalars = b->alloc(b, sizeof *pb->scalars);
-    if (!pb->params || !pb->grads || !pb->opt_a || (with_adam && !pb->opt_b) || !pb->state || !pb->scalars) {
+    pb->guard = b->alloc(b, sizeof *pb->guard);
+    if (!pb->params || !pb->grads || !pb->opt_a || (with_adam && !pb->opt_b) || !pb->state || !pb->state_good ||
+        !pb->scalars || !pb->guard) {
         snprintf(err, errlen, "out of %s memory for %zu parameters and their optimizer state", b->name,
                  pb->n_trainable);
         unet_param_blocks_free(pb);
@@ -30,17 +33,19 @@ int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const 
     }
     b->memset0(b, pb->params, nt * sizeof(float)); /* the alignment gaps */
     b->memset0(b, pb->state, ns * sizeof(float));
+    b->memset0(b, pb->state_good, ns * sizeof(float));
     b->memset0(b, pb->grads, nt * sizeof(float));
     b->memset0(b, pb->opt_a, nt * sizeof(float));
     if (pb->opt_b) b->memset0(b, pb->opt_b, nt * sizeof(float));
     b->memset0(b, pb->scalars, sizeof *pb->scalars);
+    b->memset0(b, pb->guard, sizeof *pb->guard);
     return 0;
 }
 
 void unet_param_blocks_free(unet_param_blocks *pb) {
     const unet_backend *b = pb->backend;
     if (!b) return;
-    void *blocks[] = {pb->params, pb->grads, pb->opt_a, pb->opt_b, pb->state, pb->scalars};
+    void *blocks[] = {pb->params, pb->grads, pb->opt_a, pb->opt_b, pb->state, pb->state_good, pb->scalars, pb->guard};
     for (size_t i = 0; i < sizeof blocks / sizeof blocks[0]; i++)
         if (blocks[i]) b->free(b, blocks[i]);
     memset(pb, 0, sizeof *pb);

@@ -313,6 +313,7 @@ static int describe_nodes(unet_plan *p, const schedule *s, char *err, size_t err
         a->node_index = k;
         a->backend = b;
         a->training = p->cfg.training;
+        a->sizing_only = p->cfg.plan_only;
         a->n_in = n->n_in;
         a->replica_sum = p->cfg.replica_sum;
         for (int i = 0; i < n->n_in; i++) a->in_shape[i] = p->shapes[n->in[i]];
@@ -579,6 +580,7 @@ double unet_plan_loss(unet_plan *p, double *per_head) {
 
 int unet_plan_num_outputs(const unet_plan *p) { return p->g->n_outputs; }
 unet_shape unet_plan_output_shape(const unet_plan *p, int index) { return p->shapes[p->g->outputs[index]]; }
+unet_shape unet_plan_value_shape(const unet_plan *p, int value) { return p->shapes[value]; }
 unet_shape unet_plan_input_shape(const unet_plan *p, int input_index) {
     return p->shapes[p->g->inputs[input_index].value];
 }

@@ -17,6 +17,7 @@
 #include <png.h>
 #include <tiffio.h>
 
+#include "host/common/util.h"
 #include "host/data/hdf5_lock.h"
 #include "unet/datacmd.h"
 
@@ -254,7 +255,9 @@ int unet_run_data_import(unet_config *cfg) {
         return 2;
     }
     int n = 0, nm = 0, code = 2;
-    char **names = list_images(cfg->images, &n, err, sizeof err), **masks = NULL;
+    char **names = NULL, **masks = NULL;
+    if (unet_check_output_file(cfg->output, "--output", err, sizeof err)) goto fail; /* before reading any image */
+    names = list_images(cfg->images, &n, err, sizeof err);
     if (names) masks = list_images(cfg->masks, &nm, err, sizeof err);
     if (!names || !masks) goto fail;
     /* pair by stem */

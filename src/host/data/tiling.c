@@ -44,14 +44,18 @@ static float window(int i, int n) {
     return (float)fmax(exp(-(i - c) * (i - c) / (2 * s * s)), 1e-3);
 }
 
-/* Adds (same padding) or copies (valid) one tile's output into an image map. */
-static void stitch(const unet_tiling *t, const float *src, int K, int O, int ty, int tx, float *dst, float *wsum,
-                   int height, int width) {
+/* Adds (same padding) or copies (valid) one tile's output into an image map:
+ * its O x O centre, which starts `off` pixels into the S x S output (a head
+ * of a deep-supervised valid network is larger than the deepest, whose size
+ * O is; the rest of it belongs to the neighbouring tiles, so that every
+ * pixel of every head comes from one tile, the one whose centre it is in). */
+static void stitch(const unet_tiling *t, const float *src, int K, int S, int off, int O, int ty, int tx, float *dst,
+                   float *wsum, int height, int width) {
     for (int k = 0; k < K; k++)
         for (int y = 0; y < O; y++) {
             int iy = ty + y;
             if (iy < 0 || iy >= height) continue;
-            const float *s = src + ((size_t)k * O + y) * O;
+            const float *s = src + ((size_t)k * S + off + y) * S + off;
             float *d = dst + ((size_t)k * height + iy) * width;
             for (int x = 0; x < O; x++) {
                 int ix = tx + x;
@@ -110,13 +114,12 @@ int unet_predict_tiled(unet_plan *plan, const unet_tiling *t, const float *image
             if (!logits[o]) continue;
             unet_shape os = unet_plan_output_shape(plan, o);
             unet_plan_read_output(plan, o, outs);
-            /* a head's output pixel (0, 0) sits at the tile's output origin,
-             * shifted when this head's output is larger than the deepest's */
-            int shift = (t->out - os.h) / 2;
+            /* the centre of a head larger than the deepest (valid padding) sits at the tile's output origin */
+            int off = (os.h - t->out) / 2;
             for (int b = 0; b < count; b++) {
-                int ty = (first + b) / nx * t->stride + shift, tx = (first + b) % nx * t->stride + shift;
-                stitch(t, outs + (size_t)b * os.c * os.h * os.w, os.c, os.h, ty, tx, logits[o], o == weighed ? wsum : NULL,
-                       height, width);
+                int ty = (first + b) / nx * t->stride, tx = (first + b) % nx * t->stride;
+                stitch(t, outs + (size_t)b * os.c * os.h * os.w, os.c, os.h, off, t->out, ty, tx, logits[o],
+                       o == weighed ? wsum : NULL, height, width);
             }
         }
         if (progress) progress(first + count, total, ctx);

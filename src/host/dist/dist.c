@@ -81,6 +81,32 @@ static void unwatch(unet_dist *d) {
     pthread_mutex_unlock(&d->lock);
 }
 
+/* A face that gives up by itself (gives_up) is watched a little longer, so
+ * that its own message, after it aborted its communicator, comes first;
+ * the watchdog stays the backstop of a wait that cannot poll. */
+#define FACE_GRACE_S 10.0
+
+static void watch_face(unet_dist *d, const char *what) {
+    watch_for(d, what, d->face->gives_up ? d->timeout_s + FACE_GRACE_S : d->timeout_s);
+}
+
+/* The face gave up (a dead or hung peer, its communicator aborted): one line, and the rank ends, as the
+ * watchdog ends it; the launcher (mpirun, srun, torchrun) then ends the job. */
+static void give_up(const unet_dist *d, const char *what, const char *why) {
+    fprintf(stderr, "unet: rank %d of %d on %s, in %s: %s; giving up (--dist-timeout sets the limit)\n",
+            d->place.rank, d->place.world, d->host, what, why);
+    fflush(stderr);
+    _exit(1);
+}
+
+/* The face's blocking calls, watched; a face that gives up ends the rank with its reason. */
+static void face_wait(unet_dist *d, const char *what) {
+    char why[512] = "";
+    watch_face(d, what);
+    if (d->face->wait(d->face, d->timeout_s, why, sizeof why)) give_up(d, what, why);
+    unwatch(d);
+}
+
 /* ---- opening ----------------------------------------------------------- */
 
 static const char *kind_name(unet_dist_kind k) {
@@ -255,9 +281,7 @@ void unet_dist_grads_finish(unet_dist *d) {
     }
     if (d->pending_end > 0) start_bucket(d, 0, d->pending_end);
     double t0 = unet_now_s();
-    watch(d, "the gradient allreduce");
-    d->face->wait(d->face);
-    unwatch(d);
+    face_wait(d, "the gradient allreduce");
     d->stats.wait_s += unet_now_s() - t0;
     d->stats.steps++;
 }
@@ -274,17 +298,17 @@ unet_dist_stats unet_dist_take_stats(unet_dist *d) {
 
 void unet_dist_sum_f64(unet_dist *d, double *values, int n) {
     if (!d || !d->face || n <= 0) return;
-    watch(d, "a sum over the ranks");
-    d->face->sum_f64(d->face, values, n);
+    const char *what = "a sum over the ranks";
+    char why[512] = "";
+    watch_face(d, what);
+    if (d->face->sum_f64(d->face, values, n, d->timeout_s, why, sizeof why)) give_up(d, what, why);
     unwatch(d);
 }
 
 void unet_dist_mean_f32(unet_dist *d, float *values, size_t n) {
     if (!d || !d->face || n == 0) return;
-    watch(d, "an average over the ranks");
     d->face->start_sum(d->face, values, n, 1);
-    d->face->wait(d->face);
-    unwatch(d);
+    face_wait(d, "an average over the ranks");
 }
 
 const unet_replica_sum *unet_dist_replica_sum(unet_dist *d) {
@@ -293,7 +317,9 @@ const unet_replica_sum *unet_dist_replica_sum(unet_dist *d) {
 
 void unet_dist_barrier(unet_dist *d) {
     if (!d || !d->face) return;
-    watch(d, "a barrier");
-    d->face->barrier(d->face);
+    const char *what = "a barrier";
+    char why[512] = "";
+    watch_face(d, what);
+    if (d->face->barrier(d->face, d->timeout_s, why, sizeof why)) give_up(d, what, why);
     unwatch(d);
 }

@@ -60,7 +60,9 @@ static void mpi_progress(unet_dist_face *f) {
     if (m->n_requests) MPI_Testall(m->n_requests, m->requests, &done, MPI_STATUSES_IGNORE);
 }
 
-static void mpi_wait(unet_dist_face *f) {
+/* MPI's calls block: the communicator's watchdog ends one that lasts too long (gives_up = 0). */
+static int mpi_wait(unet_dist_face *f, double timeout_s, char *err, size_t errlen) {
+    (void)timeout_s, (void)err, (void)errlen;
     mpi_face *m = (mpi_face *)f;
     if (m->n_requests) MPI_Waitall(m->n_requests, m->requests, MPI_STATUSES_IGNORE);
     m->n_requests = 0;
@@ -70,16 +72,19 @@ static void mpi_wait(unet_dist_face *f) {
         for (size_t i = 0; i < m->averages[a].n; i++) p[i] *= inv;
     }
     m->n_averages = 0;
+    return 0;
 }
 
-static void mpi_sum_f64(unet_dist_face *f, double *values, int n) {
-    (void)f;
+static int mpi_sum_f64(unet_dist_face *f, double *values, int n, double timeout_s, char *err, size_t errlen) {
+    (void)f, (void)timeout_s, (void)err, (void)errlen;
     MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    return 0;
 }
 
-static void mpi_barrier(unet_dist_face *f) {
-    (void)f;
+static int mpi_barrier(unet_dist_face *f, double timeout_s, char *err, size_t errlen) {
+    (void)f, (void)timeout_s, (void)err, (void)errlen;
     MPI_Barrier(MPI_COMM_WORLD);
+    return 0;
 }
 
 static void mpi_abort(unet_dist_face *f, int code) {

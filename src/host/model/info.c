@@ -90,7 +90,7 @@ static int train_memory(const unet_graph *g, const unet_backend *b, int tile, in
     size_t nt = unet_graph_trainable_count(g), ns = unet_graph_state_count(g);
     memset(out, 0, sizeof *out);
     out->batch = batch;
-    out->params = (nt + ns) * sizeof(float);
+    out->params = (nt + 2 * ns) * sizeof(float); /* the statistics twice: the guard keeps a good copy */
     out->grads = nt * sizeof(float);
     out->optimizer = (with_adam ? 2 : 1) * nt * sizeof(float);
     out->arena = st.arena_bytes;
@@ -235,6 +235,7 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
             json_object_object_add(o, "encoder_params", json_object_new_int64((int64_t)in->encoder_params));
         }
         json_object_object_add(o, "tile", json_object_new_int(in->tile));
+        if (in->tile_asked) json_object_object_add(o, "tile_asked", json_object_new_int(in->tile_asked));
         json_object_object_add(o, "batch", json_object_new_int(in->batch));
         json_object *outs = json_object_new_array();
         for (int i = 0; i < in->n_outputs; i++) {
@@ -292,6 +293,9 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
     fprintf(f, "tile         %d -> output", in->tile);
     for (int i = 0; i < in->n_outputs; i++) fprintf(f, " %dx%d", in->outputs[i].h, in->outputs[i].w);
     fprintf(f, "\nvalid tiles  nearest below %d, above %d\n", in->valid_below, in->valid_above);
+    if (in->tile_asked)
+        fprintf(f, "             tile %d does not fit this network: the sizes are for %d, the nearest valid tile "
+                   "(the parameters do not depend on it)\n", in->tile_asked, in->tile);
     fprintf(f, "FLOPs        %.3g per image forward (%.3g per trained image)\n", in->flops_per_image,
             3 * in->flops_per_image);
     fprintf(f, "memory       batch %d: training activations %.1f MiB (%.1f MiB without reuse), inference %.1f MiB, "
@@ -401,6 +405,28 @@ static int model_from_checkpoint(unet_config *cfg, char *err, size_t errlen) {
     return 0;
 }
 
+/* The size figures need a tile the network takes; the parameter counts do
+ * not. A tile it does not take (the default 572 of a same-padding network,
+ * say) gives way to the nearest valid one, the closer below or else the one
+ * above; -1 when none fits. */
+static int fit_tile(const unet_model_cfg *m, int *tile, char *err, size_t errlen) {
+    unet_model model;
+    if (unet_model_build(m, 1, 0, &model, err, errlen)) return -1;
+    unet_plan_cfg pc = {.batch = 1, .height = *tile, .width = *tile, .training = 1};
+    unet_shape outs[UNET_MAX_LEVELS];
+    int rc = 0;
+    if (unet_graph_infer(model.graph, pc, outs, UNET_MAX_LEVELS, err, errlen)) {
+        int below, above;
+        unet_graph_nearest_valid(model.graph, *tile, &below, &above);
+        if (below || above)
+            *tile = !above || (below && *tile - below < above - *tile) ? below : above;
+        else
+            rc = -1; /* err says why */
+    }
+    unet_model_free(&model);
+    return rc;
+}
+
 int unet_run_info(unet_config *cfg) {
     char err[1024], desc[128];
     if (cfg->checkpoint[0] && model_from_checkpoint(cfg, err, sizeof err)) {
@@ -408,6 +434,11 @@ int unet_run_info(unet_config *cfg) {
         return 2;
     }
     if (cfg->match_params[0]) return run_match(cfg);
+    const int tile_asked = cfg->tile;
+    if (fit_tile(&cfg->model, &cfg->tile, err, sizeof err)) {
+        fprintf(stderr, "unet info: %s\n", err);
+        return 2;
+    }
     /* info plans memory; it needs a backend only for its tensor sizes (and a
      * CUDA device for its free memory). --device cuda without a device plans
      * with the CPU backend's sizes when there is a budget to plan for. */
@@ -439,6 +470,7 @@ int unet_run_info(unet_config *cfg) {
         fprintf(stderr, "unet: %s\n", err);
         return 2;
     }
+    if (cfg->tile != tile_asked) info.tile_asked = tile_asked;
     run.note = note;
     run.layout = b->name;
     const int with_adam = cfg->optim.kind != UNET_OPT_SGD;

@@ -10,13 +10,7 @@ int gpu_augment_open(gpu_augment *g, const unet_augment_cfg *a, const unet_backe
                      int channels, int tile, int context, char *err, size_t errlen) {
     memset(g, 0, sizeof *g);
     g->b = b, g->batch = batch, g->record_bytes = unet_augment_record_bytes(a);
-    /* the warp writes NCHW float32 and int32 labels: the inputs must be held so, as the CUDA backend does now */
-    size_t plane = (size_t)tile * tile, pixels = (size_t)batch * plane;
-    if (b->tensor_bytes(b, (unet_shape){batch, channels, tile, tile}, UNET_F32) != pixels * channels * sizeof(float)) {
-        snprintf(err, errlen, "--augment-device cuda: the %s backend does not keep its inputs as NCHW float32, which "
-                 "the GPU warp writes; use --augment-device cpu", b->name);
-        return -1;
-    }
+    size_t pixels = (size_t)batch * tile * tile;
     g->raw = unet_plan_input_data(plan, UNET_INPUT_IMAGE);
     g->label = unet_plan_input_data(plan, UNET_INPUT_LABEL);
     g->weight = unet_plan_input_data(plan, UNET_INPUT_WEIGHT);
@@ -79,6 +73,14 @@ int check_augment_device(const unet_config *cfg, const unet_augment_cfg *a, cons
         snprintf(err, errlen, "--augment-device cuda applies the deformation only (elastic, flip, rot90, rotate, "
                  "scale), and --augment %s also asks for %s, which the GPU warp does not do: drop %s from --augment, "
                  "or use --augment-device cpu", cfg->augment, which, strchr(which, ',') ? "them" : "it");
+        return -1;
+    }
+    if (b->warp_batch && b->layout && b->layout(b, UNET_F32) != UNET_LAYOUT_NCHW) {
+        /* the layout, not the sizes: NHWC bf16 with channels padded to 8 takes as many bytes as NCHW float32 at 4
+         * channels, and the warp would write float32 planes into it */
+        snprintf(err, errlen, "--augment-device cuda writes its tiles as NCHW float32, but --precision %s keeps the "
+                 "images NHWC bfloat16 on the device: use --augment-device cpu, or --precision tf32 or fp32",
+                 unet_config_choice_name("precision", cfg->precision));
         return -1;
     }
     if (!b->warp_batch) {

@@ -33,7 +33,7 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     memset(&stepper, 0, sizeof stepper);
     float *image = NULL, *tp = NULL, *ts = NULL;
     int32_t *label = NULL;
-    double *times = NULL;
+    double *times = NULL, *cpu = NULL;
     if (unet_param_blocks_alloc(&pb, b, g, o->kind != UNET_OPT_SGD, err, errlen)) goto out_model;
     if (!(tp = unet_alloc_zeroed(pb.n_trainable, sizeof(float), "the parameters", err, errlen)) ||
         !(ts = unet_alloc_zeroed(pb.n_state, sizeof(float), "the batch norm statistics", err, errlen)))
@@ -47,7 +47,8 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     size_t npix = (size_t)c->batch * c->tile * c->tile;
     if (!(image = unet_alloc(npix * m->in_channels, sizeof(float), "a batch", err, errlen)) ||
         !(label = unet_alloc(npix, sizeof(int32_t), "a batch's labels", err, errlen)) ||
-        !(times = unet_alloc_zeroed((size_t)c->steps + 1, sizeof(double), "the step times", err, errlen)))
+        !(times = unet_alloc_zeroed((size_t)c->steps + 1, sizeof(double), "the step times", err, errlen)) ||
+        !(cpu = unet_alloc_zeroed((size_t)c->steps + 1, sizeof(double), "the step CPU times", err, errlen)))
         goto out;
     uint64_t key = unet_rng_key(c->seed, 0xbe7c, 0);
     for (size_t i = 0; i < npix * m->in_channels; i++) image[i] = unet_uniform(key, i);
@@ -60,17 +61,22 @@ int unet_bench_run(const unet_model_cfg *m, const unet_optim_cfg *o, const unet_
     if (stepper.mode == UNET_STEP_WARMING && warmup <= UNET_GRAPH_WARMUP) warmup = UNET_GRAPH_WARMUP + 1;
     int total = warmup + c->steps;
     for (int s = 0; s < total; s++) {
-        double t0 = unet_now_s();
+        double t0 = unet_now_s(), c0 = unet_cpu_s();
         unet_stepper_run(&stepper, s, unet_rng_key(c->seed, 0xd0, (uint64_t)s));
         /* a loss read waits for the step: only the first and the last */
         if (!c->inference && s == 0) r->first_loss = unet_plan_loss(plan, NULL);
         if (!c->inference && s == total - 1) r->last_loss = unet_plan_loss(plan, NULL);
         b->sync(b);
-        if (s >= warmup) times[s - warmup] = (unet_now_s() - t0) * 1e3;
+        if (s >= warmup) {
+            times[s - warmup] = (unet_now_s() - t0) * 1e3;
+            cpu[s - warmup] = (unet_cpu_s() - c0) * 1e3;
+        }
     }
     r->cuda_graph = unet_stepper_replaying(&stepper);
     snprintf(r->cuda_graph_note, sizeof r->cuda_graph_note, "%s", stepper.why);
     qsort(times, (size_t)c->steps, sizeof(double), cmp_double);
+    qsort(cpu, (size_t)c->steps, sizeof(double), cmp_double);
+    r->cpu_ms_median = cpu[c->steps / 2];
     unet_plan_stats st = unet_plan_get_stats(plan);
     r->ms_median = times[c->steps / 2];
     r->ms_p90 = times[(int)(0.9 * (c->steps - 1))];
@@ -91,6 +97,7 @@ out:
     free(tp);
     free(ts);
     free(times);
+    free(cpu);
 out_model:
     unet_model_free(&model);
     return rc;
@@ -110,13 +117,13 @@ int unet_run_bench(unet_config *cfg) {
     if (cfg->json) {
         json_object *note = json_object_new_string(r.cuda_graph_note);
         printf("{\"device\": \"%s\", \"model\": \"%s\", \"tile\": %d, \"batch\": %d, \"steps\": %d, "
-               "\"inference\": %d, \"ms_median\": %.4f, \"ms_p90\": %.4f, \"images_per_s\": %.4f, "
-               "\"tflops\": %.4f, \"flops_per_image\": %.6g, \"activation_bytes\": %zu, \"workspace_bytes\": %zu, "
-               "\"param_bytes\": %zu, \"first_loss\": %.6g, \"last_loss\": %.6g, \"cuda_graph\": %s, "
-               "\"cuda_graph_note\": %s}\n",
+               "\"inference\": %d, \"ms_median\": %.4f, \"ms_p90\": %.4f, \"cpu_ms_median\": %.4f, "
+               "\"images_per_s\": %.4f, \"tflops\": %.4f, \"flops_per_image\": %.6g, \"activation_bytes\": %zu, "
+               "\"workspace_bytes\": %zu, \"param_bytes\": %zu, \"first_loss\": %.6g, \"last_loss\": %.6g, "
+               "\"cuda_graph\": %s, \"cuda_graph_note\": %s}\n",
                desc, unet_model_kind_name(cfg->model.kind), c.tile, c.batch, c.steps, c.inference, r.ms_median,
-               r.ms_p90, r.images_per_s, r.tflops, r.flops_per_image, r.activation_bytes, r.workspace_bytes,
-               r.param_bytes, r.first_loss, r.last_loss, r.cuda_graph ? "true" : "false",
+               r.ms_p90, r.cpu_ms_median, r.images_per_s, r.tflops, r.flops_per_image, r.activation_bytes,
+               r.workspace_bytes, r.param_bytes, r.first_loss, r.last_loss, r.cuda_graph ? "true" : "false",
                json_object_to_json_string_ext(note, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
         json_object_put(note);
     } else {

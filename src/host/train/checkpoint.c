@@ -36,8 +36,9 @@ static void param_shape(const unet_param *p, int64_t *dims) {
 }
 
 int unet_checkpoint_save(const char *path, const unet_graph *g, const float *params, const float *state,
-                         const float *opt_a, const float *opt_b, long step, const char *config_json, char *err,
-                         size_t errlen) {
+                         const float *opt_a, const float *opt_b, const unet_run_progress *progress,
+                         const char *config_json, char *err, size_t errlen) {
+    const long step = progress->step;
     const int np = unet_graph_num_params(g);
     const unet_param *p = unet_graph_params(g);
     int n_bn = 0, n_train = 0;
@@ -78,15 +79,27 @@ int unet_checkpoint_save(const char *path, const unet_graph *g, const float *par
             param_shape(&p[k], t[nt].shape);
             nt++;
         }
-    char step_text[32], version[16];
+    char step_text[32], version[16], skipped[32], best_value[40], best_step[32];
     snprintf(step_text, sizeof step_text, "%ld", step);
     snprintf(version, sizeof version, "%d", UNET_CHECKPOINT_FORMAT_VERSION);
-    unet_st_meta meta[6] = {{"format", "pt"},
-                            {"unet.format_version", version},
-                            {"unet.step", step_text},
-                            {"unet.optimizer_state", !opt_a ? "none" : opt_b ? "adam" : "sgd"}};
+    unet_st_meta meta[10] = {{"format", "pt"},
+                             {"unet.format_version", version},
+                             {"unet.step", step_text},
+                             {"unet.optimizer_state", !opt_a ? "none" : opt_b ? "adam" : "sgd"}};
     int n_meta = 4;
     if (config_json) meta[n_meta++] = (unet_st_meta){"unet.config", config_json};
+    if (progress->skipped_steps) {
+        snprintf(skipped, sizeof skipped, "%ld", progress->skipped_steps);
+        meta[n_meta++] = (unet_st_meta){"unet.skipped_steps", skipped};
+    }
+    if (progress->best_metric[0] && progress->best_step) {
+        /* %.17g reads back to the same double: a resumed run compares against the very value */
+        snprintf(best_value, sizeof best_value, "%.17g", progress->best_value);
+        snprintf(best_step, sizeof best_step, "%ld", progress->best_step);
+        meta[n_meta++] = (unet_st_meta){"unet.best_metric", progress->best_metric};
+        meta[n_meta++] = (unet_st_meta){"unet.best_value", best_value};
+        meta[n_meta++] = (unet_st_meta){"unet.best_step", best_step};
+    }
     int rc = unet_st_write(path, t, nt, meta, n_meta, err, errlen);
     free(t);
     free(names);
@@ -267,8 +280,27 @@ static int parse_step(const char *s, long *out) {
     return 0;
 }
 
+/* The run's progress from the metadata: -1 when the step is missing or
+ * malformed; the rest is optional (absent: nothing recorded). */
+static int read_progress(const unet_st_file *f, unet_run_progress *p) {
+    memset(p, 0, sizeof *p);
+    int rc = parse_step(unet_st_meta_get(f, "unet.step"), &p->step);
+    if (parse_step(unet_st_meta_get(f, "unet.skipped_steps"), &p->skipped_steps)) p->skipped_steps = 0;
+    const char *metric = unet_st_meta_get(f, "unet.best_metric"), *value = unet_st_meta_get(f, "unet.best_value");
+    char *end = NULL;
+    double v = value ? strtod(value, &end) : 0.0;
+    if (metric && strlen(metric) < sizeof p->best_metric && value && *value && !*end &&
+        !parse_step(unet_st_meta_get(f, "unet.best_step"), &p->best_step)) {
+        snprintf(p->best_metric, sizeof p->best_metric, "%s", metric);
+        p->best_value = v;
+    } else {
+        p->best_step = 0;
+    }
+    return rc;
+}
+
 int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *params, float *state, float *opt_a,
-                                float *opt_b, long *step, char *err, size_t errlen) {
+                                float *opt_b, unet_run_progress *progress, char *err, size_t errlen) {
     unet_st_file *f;
     if (unet_st_open(path, &f, err, errlen)) return -1;
     int rc = -1;
@@ -297,7 +329,7 @@ int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *pa
             snprintf(name, sizeof name, "optimizer.%s.%s", names[b], p[k].name);
             if (load_tensor(f, name, &p[k], blocks[b] + p[k].offset, err, errlen)) goto out;
         }
-    if (parse_step(unet_st_meta_get(f, "unet.step"), step)) {
+    if (read_progress(f, progress)) {
         unet_errorf(err, errlen, "%s has optimizer state but no valid \"unet.step\" in its metadata, so the step to "
                                  "continue from is unknown",
                     path);
@@ -320,7 +352,7 @@ int unet_checkpoint_read_meta(const char *path, unet_checkpoint_meta *meta, char
         const char *opt = unet_st_meta_get(f, "unet.optimizer_state");
         if (config) meta->config_json = strdup(config);
         if (v) meta->format_version = atoi(v);
-        if (parse_step(unet_st_meta_get(f, "unet.step"), &meta->step)) meta->step = 0;
+        if (read_progress(f, &meta->progress)) meta->progress.step = 0;
         if (opt) snprintf(meta->optimizer_state, sizeof meta->optimizer_state, "%s", opt);
     }
     unet_st_close(f);

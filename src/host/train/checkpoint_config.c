@@ -6,7 +6,7 @@
 int unet_checkpoint_config(const char *path, unet_config *saved, long *step, char *err, size_t errlen) {
     unet_checkpoint_meta meta;
     if (unet_checkpoint_read_meta(path, &meta, err, errlen)) return -1;
-    if (step) *step = meta.step;
+    if (step) *step = meta.progress.step;
     if (!meta.config_json) return 0;
     unet_config_defaults(saved);
     int rc = unet_config_from_json(saved, meta.config_json, err, errlen);

@@ -88,24 +88,6 @@ typedef struct {
 static const char *const model_names[] = {"unet", "unet_e", "unet_plus", "unetpp", "wide_unet"};
 #define WIDE_UNET 4
 
-/* mkdir -p */
-static int make_dirs(const char *path, char *err, size_t errlen) {
-    char p[PATH_LEN];
-    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p) abort(); /* PATH_LEN holds any --out */
-    for (char *s = p + 1;; s++) {
-        char c = *s;
-        if (c == '/' || c == 0) {
-            *s = 0;
-            if (mkdir(p, 0777) && errno != EEXIST) {
-                snprintf(err, errlen, "cannot create the directory %.900s: %s", p, strerror(errno));
-                return -1;
-            }
-            *s = c;
-        }
-        if (!c) return 0;
-    }
-}
-
 /* A file under --out (at most UNET_CONFIG_STRING_MAX characters, so PATH_LEN holds it). */
 static void out_path(char *buf, size_t n, const char *dir, const char *name) {
     if (snprintf(buf, n, "%s/%s", dir, name) >= (int)n) abort();
@@ -489,7 +471,12 @@ static int compare_open(comparison *c, unet_config *cfg, char *err, size_t errle
     if (!c->backend) return -1;
     char runs_dir[PATH_LEN];
     out_path(runs_dir, sizeof runs_dir, cfg->out_dir, "runs");
-    return make_dirs(runs_dir, err, errlen) || open_validation(cfg, &c->val, err, errlen) ? -1 : 0;
+    /* fail fast on outputs: the report goes to DIR, the runs' logs and checkpoints to DIR/runs */
+    return unet_check_output_dir(cfg->out_dir, "--out", 1, err, errlen) ||
+                   unet_check_output_dir(runs_dir, "--out", 1, err, errlen) ||
+                   open_validation(cfg, &c->val, err, errlen)
+               ? -1
+               : 0;
 }
 
 static void compare_close(comparison *c) {
@@ -533,6 +520,7 @@ static int run_one(comparison *c, model_result *m, uint64_t seed, int number, ch
     run_path(ckpt, sizeof ckpt, cfg->out_dir, m->name, seed, "safetensors");
     run.log = log;
     run.save = ckpt;
+    run.save_every_min = 0; /* the run's checkpoint is evaluated and removed: no periodic ones beside it */
     printf("== %s, seed %llu (run %d of %d)\n", m->name, (unsigned long long)seed, number, cfg->seeds * c->n_models);
     fflush(stdout);
     if (unet_run_train(&run)) {

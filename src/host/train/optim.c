@@ -21,7 +21,7 @@ float unet_lr_at(const unet_optim_cfg *o, long step) {
  * for bit because neither derives these on its own. */
 unet_optim_scalars unet_optim_scalars_at(const unet_optim_cfg *o, long step) {
     unet_optim_scalars s = {.lr = unet_lr_at(o, step), .decay = 1.0f, .step_size = 0.0f, .bc2_sqrt = 1.0f,
-                            .first = step == 0};
+                            .first = step == 0, .step = step};
     if (o->kind != UNET_OPT_SGD) {
         /* PyTorch: bias corrections in double, step size lr / bc1, denominator sqrt(v) / sqrt(bc2) + eps */
         double t = (double)(step + 1);
@@ -40,6 +40,7 @@ void unet_optim_prepare(const unet_optim_cfg *o, unet_param_blocks *pb, long ste
 
 void unet_optim_apply(const unet_optim_cfg *o, unet_param_blocks *pb) {
     const unet_backend *b = pb->backend;
+    b->guard(b, pb->grads, pb->n_trainable, pb->state, pb->state_good, pb->n_state, pb->scalars, pb->guard);
     if (o->kind == UNET_OPT_SGD)
         b->sgd(b, pb->params, pb->grads, pb->opt_a, pb->n_trainable, pb->scalars, o->momentum, o->weight_decay);
     else
@@ -50,4 +51,16 @@ void unet_optim_apply(const unet_optim_cfg *o, unet_param_blocks *pb) {
 void unet_optim_step(const unet_optim_cfg *o, unet_param_blocks *pb, long step) {
     unet_optim_prepare(o, pb, step);
     unet_optim_apply(o, pb);
+}
+
+/* The guard is a few integers; the float copies move its bytes as they are. */
+_Static_assert(sizeof(unet_update_guard) % sizeof(float) == 0, "the guard moves as whole floats");
+
+void unet_optim_guard_set(unet_param_blocks *pb, int skip_policy, long bad_steps) {
+    unet_update_guard g = {.skip_policy = skip_policy, .bad_steps = bad_steps};
+    pb->backend->upload_f32(pb->backend, (float *)pb->guard, (const float *)&g, sizeof g / sizeof(float));
+}
+
+void unet_optim_guard_read(const unet_param_blocks *pb, unet_update_guard *g) {
+    pb->backend->download_f32(pb->backend, (float *)g, (const float *)pb->guard, sizeof *g / sizeof(float));
 }

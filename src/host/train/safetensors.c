@@ -5,7 +5,6 @@
  * short by a crash or a full disk is refused at open, naming the file. */
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +16,7 @@
 #include <json-c/json.h>
 
 #include "host/common/util.h"
+#include "host/common/test_hooks.h"
 #include "unet/safetensors.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -98,56 +98,36 @@ static char *build_header(const unet_st_tensor *tensors, int n, const unet_st_me
 
 static int write_all(FILE *f, const void *p, size_t n) { return n == 0 || fwrite(p, 1, n, f) == n ? 0 : -1; }
 
+/* What unet_write_atomic hands the file to: the header's length, the header, the tensors' data. */
+typedef struct {
+    const char *header;
+    size_t header_len;
+    const unet_st_tensor *tensors;
+    int n_tensors;
+} st_contents;
+
+static int write_contents(FILE *f, void *ctx) {
+    const st_contents *c = ctx;
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)c->header_len >> (8 * i));
+    int bad = write_all(f, len8, 8) || write_all(f, c->header, c->header_len);
+    for (int i = 0; i < c->n_tensors && !bad; i++) {
+        bad = write_all(f, c->tensors[i].data, unet_st_numel(&c->tensors[i]) * dtypes[c->tensors[i].dtype].size);
+        /* the crash tests kill a write half done: the bytes so far in the file */
+        if (i == c->n_tensors / 2 && !bad && !fflush(f)) unet_test_kill_point("checkpoint-write", -1);
+    }
+    return bad ? -1 : 0;
+}
+
 int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors, const unet_st_meta *meta,
                   int n_meta, char *err, size_t errlen) {
     size_t header_len;
     char *header = build_header(tensors, n_tensors, meta, n_meta, &header_len, path, err, errlen);
     if (!header) return -1;
-    char tmp[4200];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
-        unet_errorf(err, errlen, "cannot write %s: the path is too long", path);
-        free(header);
-        return -1;
-    }
-    const char *step = "create";
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
-    if (!f) {
-        int e = errno;
-        if (fd >= 0) close(fd), unlink(tmp);
-        unet_errorf(err, errlen, "cannot write %s: cannot create %s: %s", path, tmp, strerror(e));
-        free(header);
-        return -1;
-    }
-    unsigned char len8[8];
-    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)header_len >> (8 * i));
-    int bad = write_all(f, len8, 8) || write_all(f, header, header_len);
-    for (int i = 0; i < n_tensors && !bad; i++)
-        bad = write_all(f, tensors[i].data, unet_st_numel(&tensors[i]) * dtypes[tensors[i].dtype].size);
-    step = "write";
-    if (!bad && fflush(f)) bad = 1;
-    if (!bad && fsync(fileno(f))) bad = 1, step = "fsync";
-    int e = errno;
-    if (fclose(f) && !bad) bad = 1, e = errno, step = "close";
-    if (!bad && rename(tmp, path)) bad = 1, e = errno, step = "rename";
+    st_contents c = {header, header_len, tensors, n_tensors};
+    int rc = unet_write_atomic(path, write_contents, &c, err, errlen);
     free(header);
-    if (bad) {
-        unlink(tmp);
-        if (!strcmp(step, "rename"))
-            unet_errorf(err, errlen, "cannot write %s: cannot rename %s to it: %s", path, tmp, strerror(e));
-        else
-            unet_errorf(err, errlen, "cannot write %s: %s of %s failed: %s", path, step, tmp, strerror(e ? e : EIO));
-        return -1;
-    }
-    /* the rename itself survives a power cut once the directory is synced; best effort */
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
-    return 0;
+    return rc;
 }
 
 /* ---- reading ---------------------------------------------------------- */

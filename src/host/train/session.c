@@ -58,7 +58,11 @@ int unet_session_build(unet_session *s, const unet_config *cfg, int training, in
 void unet_session_upload(unet_session *s) {
     const unet_backend *b = s->backend;
     b->upload_f32(b, s->pb.params, s->host_params, s->pb.n_trainable);
-    if (s->pb.n_state) b->upload_f32(b, s->pb.state, s->host_state, s->pb.n_state);
+    if (s->pb.n_state) {
+        b->upload_f32(b, s->pb.state, s->host_state, s->pb.n_state);
+        /* what a step the guard drops goes back to (unet_backend.guard) */
+        b->upload_f32(b, s->pb.state_good, s->host_state, s->pb.n_state);
+    }
 }
 
 void unet_session_download(unet_session *s) {

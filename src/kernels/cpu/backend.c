@@ -53,6 +53,7 @@ static void cpu_sync(const unet_backend *b) { (void)b; }
 static void cpu_sgd(const unet_backend *b, float *p, const float *g, float *buf, size_t n, const unet_optim_scalars *s,
                     float momentum, float wd) {
     (void)b;
+    if (s->skip) return;
     const float lr = s->lr;
     const int first = s->first;
 #pragma omp parallel for schedule(static)
@@ -69,6 +70,7 @@ static void cpu_sgd(const unet_backend *b, float *p, const float *g, float *buf,
 static void cpu_adam(const unet_backend *b, float *p, const float *g, float *m, float *v, size_t n,
                      const unet_optim_scalars *s, float beta1, float beta2, float eps, float wd, int adamw) {
     (void)b;
+    if (s->skip) return;
     const float decay = s->decay, step_size = s->step_size, bc2_sqrt = s->bc2_sqrt;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
@@ -82,6 +84,30 @@ static void cpu_adam(const unet_backend *b, float *p, const float *g, float *m, 
         float denom = sqrtf(v[i]) / bc2_sqrt + eps;
         p[i] -= step_size * m[i] / denom;
     }
+}
+
+static int any_nonfinite(const float *x, size_t n) {
+    int found = 0;
+#pragma omp parallel for reduction(| : found) schedule(static)
+    for (size_t i = 0; i < n; i++) found |= !isfinite(x[i]);
+    return found;
+}
+
+static void cpu_guard(const unet_backend *b, const float *g, size_t n, float *state, float *state_good, size_t n_state,
+                      unet_optim_scalars *s, unet_update_guard *guard) {
+    (void)b;
+    if (any_nonfinite(g, n) || any_nonfinite(state, n_state)) {
+        guard->bad_steps++;
+        guard->last_bad = s->step + 1;
+        if (!guard->first_bad) guard->first_bad = s->step + 1;
+        if (!guard->skip_policy) guard->latched = 1;
+        s->skip = 1;
+    }
+    if (guard->latched) s->skip = 1;
+    if (s->skip)
+        memcpy(state, state_good, n_state * sizeof(float));
+    else
+        memcpy(state_good, state, n_state * sizeof(float));
 }
 
 static const unet_backend cpu_backend = {
@@ -114,6 +140,7 @@ static const unet_backend cpu_backend = {
     .sync = cpu_sync,
     .sgd = cpu_sgd,
     .adam = cpu_adam,
+    .guard = cpu_guard,
     /* The optional slots stay NULL: no recorded steps, no device memory to
      * measure, no warp of its own (the loader's threads warp), no
      * communicator between devices (its ranks sum over MPI). */

@@ -1,6 +1,8 @@
 /* Skip fusion: every input centre-cropped to input 0's H,W, then either
  * concatenated along channels (crop_concat) or summed (crop_add, also the
  * residual sum of equal shapes, with an optional fused activation). */
+#include <string.h>
+
 #include "kernels/cpu/act.h"
 #include "kernels/cpu/grad.h"
 #include "kernels/cpu/ops.h"
@@ -19,8 +21,15 @@ static void put_crop(float *out, unet_shape so, int c0, const float *in, unet_sh
         int n = (int)(pl / si.c), c = (int)(pl % si.c);
         const float *src = in + (size_t)pl * si.h * si.w + (size_t)oy * si.w + ox;
         float *dst = out + ((size_t)n * so.c + c0 + c) * so.h * so.w;
+        if (!add && act == UNET_ACT_NONE && si.w == so.w) { /* the crop keeps whole rows: one contiguous run */
+            memcpy(dst, src, (size_t)so.h * so.w * sizeof(float));
+            continue;
+        }
         for (int y = 0; y < so.h; y++, src += si.w, dst += so.w)
-            for (int x = 0; x < so.w; x++) dst[x] = act_of(act, add ? dst[x] + src[x] : src[x]);
+            if (add || act != UNET_ACT_NONE)
+                for (int x = 0; x < so.w; x++) dst[x] = act_of(act, add ? dst[x] + src[x] : src[x]);
+            else
+                memcpy(dst, src, (size_t)so.w * sizeof(float));
     }
 }
 

@@ -340,15 +340,18 @@ void conv_gemm_run(const conv_gemm_job *job, float *thread_scratch, int tid, int
                 int rows = m - ir < mr ? m - ir : mr;
                 const float *a = job->a + (size_t)ir * job->a_row + (size_t)pc * job->a_col;
                 size_t a_row = job->a_row, a_col = job->a_col;
-                if (rows < mr) {
-                    /* the last rows, fewer than MR, copied and zero-padded: the
-                     * kernel reads MR rows */
-                    for (int i = 0; i < mr; i++)
-                        for (int kk = 0; kk < kcur; kk++)
-                            s.a_rows[(size_t)i * kcur + kk] = i < rows ? a[(size_t)i * a_row + (size_t)kk * a_col] : 0.0f;
+                if (rows < mr || a_col != 1) {
+                    /* copied k-major ([KC][MR], zero-padded past the last row): the
+                     * last rows, fewer than MR, because the kernel reads MR rows; a
+                     * column-major A because its columns lie a_col floats apart, a
+                     * power of two for conv_t2's weight, and would all fall in the
+                     * same few sets of L1 */
+                    for (int kk = 0; kk < kcur; kk++)
+                        for (int i = 0; i < mr; i++)
+                            s.a_rows[(size_t)kk * mr + i] = i < rows ? a[(size_t)i * a_row + (size_t)kk * a_col] : 0.0f;
                     a = s.a_rows;
-                    a_row = (size_t)kcur;
-                    a_col = 1;
+                    a_row = 1;
+                    a_col = (size_t)mr;
                 }
                 float *crow = cb + (size_t)ir * ldc;
                 for (int jr = 0; jr < full; jr += nr) {

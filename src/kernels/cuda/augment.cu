@@ -37,6 +37,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/staging.h"
 #include "unet/augment.h"
 
 /* One sample as the kernels see it: the resolved warp with device pointers. */
@@ -308,17 +309,16 @@ int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const
     const int C = w->channels, S = w->window, T = w->tile;
     const size_t windows = (size_t)count * C * S * S, planes = (size_t)count * S * S;
     const cudaStream_t stream = w->ctx->stream;
-    const cudaMemcpyKind up = cudaMemcpyHostToDevice;
     work_words d = describe(w, count);
     const unet_cuda_site at = unet_at_work(w->b, d.text, 0);
     UNET_CUDA_CHECK(cudaSetDevice(w->ctx->device), at);
-    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_raw, src_raw, windows * sizeof(float), up, stream), at);
-    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_label, src_label, planes * sizeof(int32_t), up, stream), at);
-    UNET_CUDA_CHECK(cudaMemcpyAsync(w->src_weight, src_weight, planes * sizeof(float), up, stream), at);
-    if (any_field)
-        UNET_CUDA_CHECK(cudaMemcpyAsync(w->grids, w->host_grids, count * grid_stride(w) * sizeof(double), up, stream),
-                        at);
-    UNET_CUDA_CHECK(cudaMemcpyAsync(w->jobs, w->host_jobs, count * sizeof(sample_job), up, stream), at);
+    /* through page-locked staging (staging.h): the host arrays may be reused at once, and the host need not wait
+     * for the step that still reads the previous batch */
+    unet_cuda_upload_staged(w->ctx, w->src_raw, src_raw, windows * sizeof(float), at);
+    unet_cuda_upload_staged(w->ctx, w->src_label, src_label, planes * sizeof(int32_t), at);
+    unet_cuda_upload_staged(w->ctx, w->src_weight, src_weight, planes * sizeof(float), at);
+    if (any_field) unet_cuda_upload_staged(w->ctx, w->grids, w->host_grids, count * grid_stride(w) * sizeof(double), at);
+    unet_cuda_upload_staged(w->ctx, w->jobs, w->host_jobs, count * sizeof(sample_job), at);
     if (any_field) {
         field_kernel<<<count, UNET_THREADS, 0, stream>>>(w->jobs, w->grids, grid_stride(w), w->tables,
                                                          table_stride(w));

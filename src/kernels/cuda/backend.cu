@@ -1,7 +1,7 @@
-/* The CUDA backend: device selection, the context (stream, cuDNN and cuBLAS
- * handles bound to it), memory and transfers, the fused optimizer passes,
+/* The CUDA backend: device selection, the context (stream, cuDNN and
+ * cuBLASLt handles), memory and transfers, the fused optimizer passes,
  * the capture and replay of a whole step as a CUDA graph, and the one error
- * reporter every CUDA, cuDNN and cuBLAS check goes through.
+ * reporter every CUDA, cuDNN and cuBLASLt check goes through.
  *
  * Layout (layout.h): fp32 and tf32 keep NCHW float32 (labels int32),
  * exactly the CPU's, so transfers are plain copies and a tensor means the
@@ -11,7 +11,8 @@
  * values stay as on the CPU. Parameters, their gradients and the optimizer
  * state are float32 in every precision. Everything runs on the context's
  * stream and returns at once; only the downloads and sync wait for the
- * stream.
+ * stream, and an upload for the copy before last into its destination
+ * (staging.h: what a step uploads goes through page-locked buffers).
  *
  * Precision: fp32 (pure float math), tf32 (tensor cores in the
  * convolutions) and bf16 (bf16 storage and tensor cores, float32 master
@@ -28,6 +29,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/layout.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/staging.h"
 
 /* One backend per (device, precision), alive for the process: plans, the
  * arena and parameter blocks hold pointers into it, and there is no teardown
@@ -38,8 +40,8 @@ typedef struct {
     unet_backend backend;
     char device_name[256];
     int cc_major, cc_minor;
-    void *staging;        /* host buffer of the bf16 conversions (staging()), kept between calls */
-    size_t staging_bytes;
+    void *unpacking;      /* host buffer of the bf16 downloads (unpacking_buffer()), kept between calls */
+    size_t unpacking_bytes;
 } cuda_instance;
 
 #define MAX_INSTANCES 32
@@ -170,6 +172,11 @@ static unet_cuda_layout layout_of(const unet_backend *b, unet_shape s, unet_dtyp
     return unet_cuda_layout_of(instance_of(b)->ctx.precision == UNET_PREC_BF16, s, t);
 }
 
+static unet_layout cuda_layout(const unet_backend *b, unet_dtype t) {
+    unet_shape one = {1, 1, 1, 1};
+    return layout_of(b, one, t).nhwc_bf16 ? UNET_LAYOUT_NHWC_BF16 : UNET_LAYOUT_NCHW;
+}
+
 static size_t cuda_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
     return unet_cuda_layout_bytes(layout_of(b, s, t));
 }
@@ -199,8 +206,10 @@ static void cuda_memset0(const unet_backend *b, void *p, size_t bytes) {
     UNET_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, inst->ctx.stream), on(inst));
 }
 
-/* Host to device. The host buffer may be reused as soon as this returns: a
- * copy from pageable memory is staged before cudaMemcpyAsync returns. */
+/* Host to device, once in a run (the parameters, the optimizer state): from
+ * pageable memory, which the driver stages before cudaMemcpyAsync returns,
+ * so the host buffer may be reused at once. What a step uploads anew goes
+ * through staging.h's page-locked buffers instead. */
 static void copy_in(const cuda_instance *inst, void *dst, const void *host, size_t bytes) {
     if (bytes) UNET_CUDA_CHECK(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, inst->ctx.stream), on(inst));
 }
@@ -212,37 +221,37 @@ static void copy_out(const cuda_instance *inst, void *host, const void *src, siz
     UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
 }
 
-/* The host buffer for a conversion, grown when a larger one is asked for and
- * kept, so that a step's uploads allocate nothing once the first step has
- * run. Reusing it at once is safe: copy_in returns once a pageable copy is
- * staged, and copy_out waits. Out of host memory ends the run (as a failed
- * call would). */
-static void *staging(const unet_backend *b, size_t bytes) {
+/* The host buffer a bf16 download unpacks from, grown when a larger one is
+ * asked for and kept. Reusing it at once is safe: copy_out waits. Out of
+ * host memory ends the run (as a failed call would). */
+static void *unpacking_buffer(const unet_backend *b, size_t bytes) {
     cuda_instance *inst = (cuda_instance *)b->ctx;
-    if (bytes > inst->staging_bytes) {
-        void *p = realloc(inst->staging, bytes);
+    if (bytes > inst->unpacking_bytes) {
+        void *p = realloc(inst->unpacking, bytes);
         if (!p) {
             char msg[96];
-            snprintf(msg, sizeof msg, "out of host memory for %zu bytes of staging", bytes);
+            snprintf(msg, sizeof msg, "out of host memory for %zu bytes of a download", bytes);
             unet_cuda_fail_at(__FILE__, __LINE__, "realloc", msg, on(inst));
         }
-        inst->staging = p;
-        inst->staging_bytes = bytes;
+        inst->unpacking = p;
+        inst->unpacking_bytes = bytes;
     }
-    return inst->staging;
+    return inst->unpacking;
 }
 
-/* bf16 activations are converted on the host, through the staging buffer. */
+/* A step's inputs (and any tensor): staged in page-locked memory (staging.h),
+ * bf16 activations converted on the host straight into it. */
 static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t) {
-    const cuda_instance *inst = instance_of(b);
+    cuda_instance *inst = (cuda_instance *)b->ctx;
     unet_cuda_layout l = layout_of(b, s, t);
-    if (!l.nhwc_bf16) {
-        copy_in(inst, dst, host, unet_shape_count(s) * unet_dtype_size(t));
-        return;
-    }
-    uint16_t *packed = (uint16_t *)staging(b, unet_cuda_layout_bytes(l));
-    unet_cuda_pack_bf16(l, packed, (const float *)host);
-    copy_in(inst, dst, packed, unet_cuda_layout_bytes(l));
+    size_t bytes = unet_cuda_layout_bytes(l);
+    if (!bytes) return;
+    void *pinned = unet_cuda_stage(&inst->ctx, dst, bytes, on(inst));
+    if (l.nhwc_bf16)
+        unet_cuda_pack_bf16(l, (uint16_t *)pinned, (const float *)host);
+    else
+        memcpy(pinned, host, bytes);
+    unet_cuda_stage_copy(&inst->ctx, dst, bytes, on(inst));
 }
 
 static void cuda_download(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t) {
@@ -252,7 +261,7 @@ static void cuda_download(const unet_backend *b, void *host, const void *src, un
         copy_out(inst, host, src, unet_shape_count(s) * unet_dtype_size(t));
         return;
     }
-    uint16_t *packed = (uint16_t *)staging(b, unet_cuda_layout_bytes(l));
+    uint16_t *packed = (uint16_t *)unpacking_buffer(b, unet_cuda_layout_bytes(l));
     copy_out(inst, packed, src, unet_cuda_layout_bytes(l));
     unet_cuda_unpack_bf16(l, (float *)host, packed);
 }
@@ -265,8 +274,10 @@ static void cuda_download_f32(const unet_backend *b, float *host, const float *s
     copy_out(instance_of(b), host, src, n * sizeof(float));
 }
 
+/* The per-step values (seed, optimizer scalars): staged like the inputs. */
 static void cuda_upload_bytes(const unet_backend *b, void *dst, const void *host, size_t bytes) {
-    copy_in(instance_of(b), dst, host, bytes);
+    cuda_instance *inst = (cuda_instance *)b->ctx;
+    unet_cuda_upload_staged(&inst->ctx, dst, host, bytes, on(inst));
 }
 
 /* cudaMemGetInfo of the instance's device: an answer for planning, not a fault, so a failure is returned. */
@@ -281,6 +292,10 @@ static int cuda_memory_info(const unet_backend *b, size_t *free_bytes, size_t *t
         return -1;
     }
     return 0;
+}
+
+static const char *cuda_nondeterminism(const unet_backend *b) {
+    return unet_cudnn_nondeterminism(&((cuda_instance *)b->ctx)->ctx);
 }
 
 static void cuda_sync(const unet_backend *b) {
@@ -316,6 +331,7 @@ static __device__ __forceinline__ void sgd_one(float &p, float g, float *buf, co
 /* vec: every pointer 16-byte aligned, so the first n/4*4 values go as float4. */
 static __global__ void sgd_kernel(float *p, const float *g, float *buf, long long n, const unet_optim_scalars *step,
                                   sgd_args s, int vec) {
+    if (step->skip) return;
     s.lr = step->lr;
     s.first = step->first;
     long long n4 = vec ? n / 4 : 0;
@@ -360,6 +376,7 @@ static __device__ __forceinline__ void adam_one(float &p, float g, float &m, flo
 
 static __global__ void adam_kernel(float *p, const float *g, float *m, float *v, long long n,
                                    const unet_optim_scalars *step, adam_args s, int vec) {
+    if (step->skip) return;
     s.decay = step->decay;
     s.step_size = step->step_size;
     s.bc2_sqrt = step->bc2_sqrt;
@@ -421,6 +438,61 @@ static void cuda_adam(const unet_backend *b, float *p, const float *g, float *m,
     adam_kernel<<<unet_blocks_for((long long)(vec ? n / 4 : n)), UNET_THREADS, 0, inst->ctx.stream>>>(
         p, g, m, v, (long long)n, step, s, vec);
     check_pass(inst, "adam", n, __FILE__, __LINE__);
+}
+
+/* The guard before the update (the CPU twin's cpu_guard): the check finds any
+ * non-finite gradient or statistic, each finder raising guard->found (a
+ * maximum, so the order of the finders does not matter); one thread then
+ * decides for the step, counts it and clears found; the statistics go back to
+ * the last finite step's, or are kept as those. Three launches in stream
+ * order, recorded in a CUDA graph like the update they guard. */
+static __global__ void guard_check_kernel(const float *g, long long n, const float *state, long long n_state,
+                                          unet_update_guard *guard) {
+    for (long long i = unet_global_thread(); i < n + n_state; i += unet_grid_threads())
+        if (!isfinite(i < n ? g[i] : state[i - n])) {
+            atomicMax(&guard->found, 1);
+            return;
+        }
+}
+
+static __global__ void guard_decide_kernel(unet_optim_scalars *s, unet_update_guard *guard) {
+    if (guard->found) {
+        guard->found = 0;
+        guard->bad_steps++;
+        guard->last_bad = s->step + 1;
+        if (!guard->first_bad) guard->first_bad = s->step + 1;
+        if (!guard->skip_policy) guard->latched = 1;
+        s->skip = 1;
+    }
+    if (guard->latched) s->skip = 1;
+}
+
+static __global__ void guard_state_kernel(float *state, float *state_good, long long n, const unet_optim_scalars *s) {
+    const int skip = s->skip;
+    for (long long i = unet_global_thread(); i < n; i += unet_grid_threads()) {
+        if (skip)
+            state[i] = state_good[i];
+        else
+            state_good[i] = state[i];
+    }
+}
+
+static void cuda_guard(const unet_backend *b, const float *g, size_t n, float *state, float *state_good,
+                       size_t n_state, unet_optim_scalars *s, unet_update_guard *guard) {
+    const cuda_instance *inst = instance_of(b);
+    cudaStream_t stream = inst->ctx.stream;
+    if (n + n_state) {
+        guard_check_kernel<<<unet_blocks_for((long long)(n + n_state)), UNET_THREADS, 0, stream>>>(
+            g, (long long)n, state, (long long)n_state, guard);
+        check_pass(inst, "guard check", n + n_state, __FILE__, __LINE__);
+    }
+    guard_decide_kernel<<<1, 1, 0, stream>>>(s, guard);
+    check_pass(inst, "guard decision", n, __FILE__, __LINE__);
+    if (n_state) {
+        guard_state_kernel<<<unet_blocks_for((long long)n_state), UNET_THREADS, 0, stream>>>(
+            state, state_good, (long long)n_state, s);
+        check_pass(inst, "guard statistics", n_state, __FILE__, __LINE__);
+    }
 }
 
 /* ---------------------------------------------------------------------------
@@ -568,12 +640,8 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
         cudaGetLastError();
         return -1;
     }
-    size_t cudnn_version = cudnnGetVersion();
-    if (cudnn_version / 10000 != CUDNN_MAJOR) {
-        snprintf(err, errlen, "cuDNN %zu is loaded but unet was built against cuDNN %d.%d: install cuDNN %d",
-                 cudnn_version, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_MAJOR);
-        return -1;
-    }
+    /* before any plan is built: an old cuDNN would otherwise surface as "no engine" at the first convolution */
+    if (unet_cudnn_check_version(err, errlen)) return -1;
 
     unet_cuda_ctx *ctx = &inst->ctx;
     ctx->device = device;
@@ -590,16 +658,11 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
         cudaGetLastError();
         return -1;
     }
-    cublasStatus_t bs = cublasCreate(&ctx->cublas);
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(ctx->cublas, ctx->stream);
-    /* TF32 tensor cores only when asked; reductions without atomics (the default mode) */
-    if (bs == CUBLAS_STATUS_SUCCESS)
-        bs = cublasSetMathMode(ctx->cublas, precision == UNET_PREC_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                                          : CUBLAS_PEDANTIC_MATH);
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetAtomicsMode(ctx->cublas, CUBLAS_ATOMICS_NOT_ALLOWED);
+    /* the 1x1 convolutions' matmuls (gemm.c); the stream and the precision go with each call */
+    cublasStatus_t bs = cublasLtCreate(&ctx->cublaslt);
     if (bs != CUBLAS_STATUS_SUCCESS) {
-        snprintf(err, errlen, "cannot use CUDA device %d: cuBLAS initialisation failed: %s", device,
-                 cublasGetStatusString(bs));
+        snprintf(err, errlen, "cannot use CUDA device %d: cuBLASLt initialisation failed: %s", device,
+                 cublasLtGetStatusString(bs));
         cudaGetLastError();
         return -1;
     }
@@ -633,11 +696,14 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     b->sync = cuda_sync;
     b->sgd = cuda_sgd;
     b->adam = cuda_adam;
+    b->guard = cuda_guard;
     b->begin_capture = cuda_begin_capture;
     b->end_capture = cuda_end_capture;
     b->replay = cuda_replay;
     b->release = cuda_release;
     b->memory_info = cuda_memory_info;
+    b->layout = cuda_layout;
+    b->nondeterminism = cuda_nondeterminism;
     b->warper_create = unet_cuda_warper_create;
     b->warp_batch = unet_cuda_warp_batch;
     b->warper_free = unet_cuda_warper_free;

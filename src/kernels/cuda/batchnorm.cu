@@ -1,4 +1,5 @@
-/* Batch normalisation on the GPU with an optional fused ReLU: twin of
+/* Batch normalisation on the GPU with an optional fused activation (ReLU,
+ * ReLU6) and the frozen mode of --freeze-encoder-bn: twin of
  * src/kernels/cpu/batchnorm.c (same aux: the C means and C inverse standard
  * deviations the forward normalised with).
  *
@@ -13,8 +14,8 @@
  * (x - K)^2 in double, K the channel's first value: a shift that keeps the
  * variance's digits when the mean is large), a per-channel finish (mean,
  * invstd, running statistics with the unbiased variance), then one read of x
- * and one write of y, normalising and applying the ReLU in the same pass.
- * Backward: one read of dout (masked by out > 0 in place with the fused ReLU)
+ * and one write of y, normalising and applying the activation in the same
+ * pass. Backward: one read of dout (masked in place by the fused activation)
  * and x for the two per-channel sums, a finish that writes dgamma and dbeta,
  * then one pass for dx.
  *
@@ -24,6 +25,7 @@
 #include <math.h>
 #include <stdio.h>
 
+#include "kernels/cuda/act.cuh"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
@@ -32,8 +34,11 @@
 /* Values of one plane a reduction block covers (UNET_THREADS x 16). */
 #define BN_TILE 4096
 
-/* Statistics from the batch when training, and when no running statistics exist (the CPU twin's rule). */
-static int uses_batch_stats(const unet_op_args *a) { return a->training || !a->state[0] || !a->state[1]; }
+/* Statistics from the batch when training unless frozen, and when no running
+ * statistics exist (the CPU twin's rule). */
+static int uses_batch_stats(const unet_op_args *a) {
+    return (a->training && !a->node->frozen) || !a->state[0] || !a->state[1];
+}
 
 typedef struct {
     int n, c;
@@ -164,17 +169,17 @@ static __global__ void bn_running_aux_kernel(const float *running_mean, const fl
     }
 }
 
-/* y = (x - mean) * (gamma * invstd) + beta, then ReLU: each operation
- * rounded on its own, as the CPU twin computes it. */
-static __device__ __forceinline__ float bn_apply(float x, float mu, float scale, float shift, int relu) {
+/* y = (x - mean) * (gamma * invstd) + beta, then the activation: each
+ * operation rounded on its own, as the CPU twin computes it. */
+static __device__ __forceinline__ float bn_apply(float x, float mu, float scale, float shift, int act) {
     float v = __fadd_rn(__fmul_rn(__fsub_rn(x, mu), scale), shift);
-    return relu && v < 0.0f ? 0.0f : v;
+    return act == UNET_ACT_RELU6 ? unet_relu6(v) : act == UNET_ACT_RELU && v < 0.0f ? 0.0f : v;
 }
 
 /* grid.x: planes (n, c), padding planes included (zeros), grid.y along the plane. */
 template <class T>
 static __global__ void bn_normalize_kernel(const T *x, T *y, int channels, int cp, int hw, const float *mean,
-                                           const float *invstd, const float *gamma, const float *beta, int relu,
+                                           const float *invstd, const float *gamma, const float *beta, int act,
                                            int vec) {
     int n = (int)(blockIdx.x / (unsigned)cp), c = (int)(blockIdx.x % (unsigned)cp);
     int stride = gridDim.y * blockDim.x, first = blockIdx.y * blockDim.x + threadIdx.x;
@@ -189,24 +194,25 @@ static __global__ void bn_normalize_kernel(const T *x, T *y, int channels, int c
         float4 *ys = reinterpret_cast<float4 *>((float *)y + base);
         for (int q = first; q < hw / 4; q += stride) {
             float4 v = xs[q];
-            ys[q] = make_float4(bn_apply(v.x, mu, scale, shift, relu), bn_apply(v.y, mu, scale, shift, relu),
-                                bn_apply(v.z, mu, scale, shift, relu), bn_apply(v.w, mu, scale, shift, relu));
+            ys[q] = make_float4(bn_apply(v.x, mu, scale, shift, act), bn_apply(v.y, mu, scale, shift, act),
+                                bn_apply(v.z, mu, scale, shift, act), bn_apply(v.w, mu, scale, shift, act));
         }
         return;
     }
     for (int i = first; i < hw; i += stride) {
         long long idx = unet_plane_at(x, n, c, cp, hw, i);
-        unet_st(y, idx, bn_apply(unet_ld(x, idx), mu, scale, shift, relu));
+        unet_st(y, idx, bn_apply(unet_ld(x, idx), mu, scale, shift, act));
     }
 }
 
 /* ---- backward ---- */
 
-/* Block (slice, channel): sums of dy and dy * (x - mean); with the fused
- * ReLU, dy = dout * (out > 0), written back for the dx pass. */
+/* Block (slice, channel): sums of dy and dy * (x - mean); with a fused
+ * activation, dy = dout where it passes the gradient of out, else 0,
+ * written back for the dx pass. */
 template <class T>
 static __global__ void bn_grad_sums_kernel(T *dy, const T *x, const T *y, const float *mean, int cp, long long hw,
-                                           int tiles, int relu, double *partial) {
+                                           int tiles, int act, double *partial) {
     int c = blockIdx.y;
     bn_slice sl = slice_of(c, cp, hw, tiles);
     double mu = mean[c];
@@ -214,8 +220,8 @@ static __global__ void bn_grad_sums_kernel(T *dy, const T *x, const T *y, const 
     for (int i = sl.begin + (int)threadIdx.x; i < sl.end; i += UNET_THREADS) {
         long long idx = unet_plane_at(x, sl.n, c, cp, hw, i);
         float g = unet_ld(dy, idx);
-        if (relu) {
-            g = unet_ld(y, idx) > 0.0f ? g : 0.0f;
+        if (act != UNET_ACT_NONE) {
+            g = unet_act_passes(act, unet_ld(y, idx)) ? g : 0.0f;
             unet_st(dy, idx, g); /* g or 0: exact in bf16 too */
         }
         v[0] += g;
@@ -296,7 +302,7 @@ static void bn_forward_t(const unet_op_args *a) {
         bn_stats_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(x, s.c, cp, sp.hw,
                                                                                               sp.tiles, vec, partial);
         UNET_CUDA_LAUNCHED(a);
-        int update = a->training && a->state[0] && a->state[1];
+        int update = a->training && !a->node->frozen && a->state[0] && a->state[1];
         bn_finish_stats_kernel<<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(
             x, cp, sp.hw, partial, sp.slices, sp.m, eps, momentum, mean, invstd, update ? a->state[0] : NULL,
             update ? a->state[1] : NULL);
@@ -309,7 +315,7 @@ static void bn_forward_t(const unet_op_args *a) {
     int vec = sizeof(T) == 4 && sp.hw % 4 == 0 && unet_aligned16(x) && unet_aligned16(a->out);
     unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * cp, vec ? sp.hw / 4 : sp.hw);
     bn_normalize_kernel<<<l.grid, l.block, 0, stream>>>(x, (T *)a->out, s.c, cp, (int)sp.hw, mean, invstd,
-                                                        a->param[0], a->param[1], (a->node->act == UNET_ACT_RELU), vec);
+                                                        a->param[0], a->param[1], a->node->act, vec);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -338,7 +344,7 @@ static void bn_backward_t(const unet_op_args *a) {
     double *partial = (double *)a->workspace;
     double *sums = (double *)((char *)a->workspace + partial_bytes(sp));
     bn_grad_sums_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, stream>>>(
-        (T *)a->dout, x, (const T *)a->out, mean, cp, sp.hw, sp.tiles, (a->node->act == UNET_ACT_RELU), partial);
+        (T *)a->dout, x, (const T *)a->out, mean, cp, sp.hw, sp.tiles, a->node->act, partial);
     UNET_CUDA_LAUNCHED(a);
     bn_finish_grads_kernel<<<(unsigned)s.c, UNET_THREADS, 0, stream>>>(partial, sp.slices, invstd, sums, a->dparam[0],
                                                                        a->dparam[1]);
@@ -358,7 +364,8 @@ static void bn_backward(const unet_op_args *a) {
     if (sp.m == 0 || s.c == 0) return;
     require(a, a->in[0] && a->dout && a->aux && a->param[0] && a->workspace,
             "batchnorm backward needs x, dout, aux, gamma and its workspace");
-    require(a, !(a->node->act == UNET_ACT_RELU) || a->out, "batchnorm backward with a fused ReLU needs the forward output (out is NULL)");
+    require(a, a->node->act == UNET_ACT_NONE || a->out,
+            "batchnorm backward with a fused activation needs the forward output (out is NULL)");
     if (unet_cuda_is_bf16(a))
         bn_backward_t<unet_bf16>(a);
     else

@@ -1,5 +1,5 @@
 /* State and error checking shared by the CUDA backend's files. Every CUDA,
- * cuDNN, cuBLAS and NCCL call goes through one family of checks
+ * cuDNN, cuBLASLt and NCCL call goes through one family of checks
  * (UNET_CUDA_CHECK and its siblings, below) and one reporter: a failure
  * names the call, where it was made (the op with its node and shapes, or
  * the work in words with its shapes) and the device, and ends the run: a
@@ -7,7 +7,7 @@
 #ifndef UNET_CUDA_COMMON_H
 #define UNET_CUDA_COMMON_H
 
-#include <cublas_v2.h>
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
@@ -26,10 +26,12 @@ typedef struct {
     int deterministic; /* 1 unless --fast-nondeterministic */
     cudaStream_t stream;
     cudnnHandle_t cudnn;
-    cublasHandle_t cublas;
+    cublasLtHandle_t cublaslt;
     struct unet_cudnn_cache *plans; /* cudnn_graph.c: execution plans keyed by op and shapes */
+    struct unet_gemm_cache *gemms;  /* gemm.c: cuBLASLt matmul plans of 1x1 convolutions */
+    struct unet_cuda_staging *staging; /* staging.c: page-locked buffers of the uploads, per destination */
     /* While a step is being captured as a CUDA graph (backend.cu), a failing
-     * CUDA, cuDNN or cuBLAS call does not end the process: the first failure
+     * CUDA, cuDNN or cuBLASLt call does not end the process: the first failure
      * is kept here, the capture ends without a graph, and the run goes on
      * eagerly. Nothing runs during a capture, so no data is lost. */
     int capturing;
@@ -75,7 +77,7 @@ void unet_cuda_fail(const char *file, int line, const char *call, const char *ms
 #define UNET_CUDNN_CHECK(call, at) \
     UNET_CHECK_STATUS_(cudnnStatus_t, CUDNN_STATUS_SUCCESS, cudnnGetErrorString, call, at)
 #define UNET_CUBLAS_CHECK(call, at) \
-    UNET_CHECK_STATUS_(cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasGetStatusString, call, at)
+    UNET_CHECK_STATUS_(cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasLtGetStatusString, call, at)
 /* for the file that includes nccl.h (dist_nccl.c) */
 #define UNET_NCCL_CHECK(call, at) UNET_CHECK_STATUS_(ncclResult_t, ncclSuccess, ncclGetErrorString, call, at)
 

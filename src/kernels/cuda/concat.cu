@@ -1,6 +1,8 @@
 /* Skip fusion on the GPU, twins of src/kernels/cpu/concat.c: every input
  * centre-cropped to input 0's H,W, then concatenated along channels
- * (crop_concat) or summed in input order (crop_add).
+ * (crop_concat) or summed in input order (crop_add; with equal shapes also
+ * the encoders' residual sum, then an optional activation whose mask the
+ * backward applies to dout first).
  *
  * The hottest copy of UNet++: one launch per node whatever the number of
  * inputs. Blocks own one plane (grid.x = output or input plane, grid.y along
@@ -19,6 +21,7 @@
  * memory) and writes zeros into the padding planes. */
 #include <stdio.h>
 
+#include "kernels/cuda/act.cuh"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
@@ -115,11 +118,16 @@ static __global__ void crop_concat_kernel(crop_parts<T> parts, T *out, int out_c
     }
 }
 
+/* The activation crop_add fuses after its sum (the CPU twin's act_of). */
+static __device__ __forceinline__ float act_of(int act, float v) {
+    return act == UNET_ACT_RELU ? (v < 0.0f ? 0.0f : v) : act == UNET_ACT_RELU6 ? unet_relu6(v) : v;
+}
+
 /* grid.x: output planes (n, c), padding planes included; every input has
- * the output's channels. */
+ * the output's channels; the sum, then the activation. */
 template <class T>
 static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, int out_cp, int out_h, int out_w,
-                                       int vec) {
+                                       int vec, int act) {
     int n = (int)(blockIdx.x / (unsigned)out_cp), c = (int)(blockIdx.x % (unsigned)out_cp);
     if (c >= out_c) {
         zero_plane(out, n, c, out_cp, out_h, out_w);
@@ -146,7 +154,8 @@ static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, i
                     sum.w += v.w;
                 }
             }
-            st4(dst + (long long)y * out_w + x, sum);
+            st4(dst + (long long)y * out_w + x,
+                make_float4(act_of(act, sum.x), act_of(act, sum.y), act_of(act, sum.z), act_of(act, sum.w)));
         }
         return;
     }
@@ -161,11 +170,19 @@ static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, i
             float v = unet_ld(p.src, unet_act_at(p.src, n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
             sum = i == 0 ? v : sum + v;
         }
-        unet_st(out, unet_act_at(out, n, c, out_cp, out_h, out_w, y, x), sum);
+        unet_st(out, unet_act_at(out, n, c, out_cp, out_h, out_w, y, x), act_of(act, sum));
     }
 }
 
 /* ---- backward ---- */
+
+/* crop_add with an activation: dout = 0 where it stops the gradient of out,
+ * in place (dout has no other reader), over memory (padding: out is 0). */
+template <class T>
+static __global__ void act_mask_kernel(T *dout, const T *out, long long n, int act) {
+    for (long long i = unet_global_thread(); i < n; i += unet_grid_threads())
+        if (!unet_act_passes(act, unet_ld(out, i))) unet_st(dout, i, 0.0f);
+}
 
 /* The gradient of one input element (y, x) of channel ch: dout's inside the
  * crop window, else 0. */
@@ -282,7 +299,7 @@ static void crop_forward_t(const unet_op_args *a, int concat) {
     if (concat)
         crop_concat_kernel<<<l.grid, l.block, 0, stream>>>(ps, (T *)a->out, so.c, out_cp, so.h, so.w, vec);
     else
-        crop_add_kernel<<<l.grid, l.block, 0, stream>>>(ps, (T *)a->out, so.c, out_cp, so.h, so.w, vec);
+        crop_add_kernel<<<l.grid, l.block, 0, stream>>>(ps, (T *)a->out, so.c, out_cp, so.h, so.w, vec, a->node->act);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -299,6 +316,14 @@ static void crop_backward_t(const unet_op_args *a, int concat) {
     }
     if (planes == 0 || max_items == 0) return;
     if (!a->dout) bad_shapes(a, "crop backward needs dout (NULL)");
+    if (!concat && a->node->act != UNET_ACT_NONE) {
+        if (!a->out) bad_shapes(a, "crop_add backward with an activation needs the forward output (NULL)");
+        long long n = unet_cuda_act_elements(a, so);
+        act_mask_kernel<<<unet_blocks_for(n), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>((T *)a->dout,
+                                                                                            (const T *)a->out, n,
+                                                                                            a->node->act);
+        UNET_CUDA_LAUNCHED(a);
+    }
     unet_plane_launch l = unet_plane_launch_for(a, planes, max_items);
     crop_grad_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(ps, (const T *)a->dout,
                                                                           unet_cuda_planes_c(a, so), so.h, so.w);

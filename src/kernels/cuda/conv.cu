@@ -2,10 +2,14 @@
  * src/kernels/cpu/conv.c. The convolutions run through cuDNN's graph API
  * (cudnn_graph.c), whose plans are built when the compiler asks each op for
  * its workspace; forward and backward only look plans up and execute them.
- * The small kernels here do what cuDNN is not asked to: the bias (+ ReLU)
- * when no engine runs the fused graph, the ReLU mask of the backward pass
- * fused with the bias gradient, and accumulation when no engine adds into
- * its output.
+ * The small kernels here do what cuDNN is not asked to: the bias and the
+ * activation (ReLU, ReLU6) when no engine runs the fused graph or there is
+ * no bias, the activation's mask of the backward pass fused with the bias
+ * gradient, and accumulation when no engine adds into its output. Strided
+ * and depthwise convolutions are cuDNN's too (groups inferred from the
+ * filter's channels, cudnn_graph.h).
+ * A 1x1 convolution's forward may instead run as a cuBLASLt matmul (gemm.h),
+ * when that measured faster for its shape as the plans were built.
  *
  * Workspace of a backward pass, used in stream order (each phase may reuse
  * all of it because the previous phase has finished on the same stream):
@@ -24,10 +28,13 @@
  * float32 the prefix is empty and nothing else changes. */
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/act.cuh"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/cudnn_graph.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/tensor_view.cuh"
 
@@ -57,11 +64,11 @@ static __device__ __forceinline__ int channel_at(const unet_bf16 *, long long i,
     return (int)(i % cp);
 }
 
-/* out = in + b[c], then ReLU when asked; in may be out. Over memory, the
- * padding channels (bf16) written as zeros. */
+/* out = in + b[c] (b NULL: none), then the activation; in may be out. Over
+ * memory, the padding channels (bf16) written as zeros. */
 template <class T>
 static __global__ void bias_act_kernel(const T *in, T *out, const float *b, int channels, int cp, long long hw,
-                                       long long total, int relu) {
+                                       long long total, int act) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         int c = channel_at(in, i, hw, channels, cp);
@@ -69,8 +76,8 @@ static __global__ void bias_act_kernel(const T *in, T *out, const float *b, int 
             unet_st(out, i, 0.0f);
             continue;
         }
-        float v = unet_ld(in, i) + b[c];
-        unet_st(out, i, relu ? (v > 0.0f ? v : 0.0f) : v);
+        float v = b ? unet_ld(in, i) + b[c] : unet_ld(in, i);
+        unet_st(out, i, act == UNET_ACT_RELU ? (v > 0.0f ? v : 0.0f) : act == UNET_ACT_RELU6 ? unet_relu6(v) : v);
     }
 }
 
@@ -120,29 +127,34 @@ static __device__ void block_sum(double *sh, double v) {
 
 /* Block (s, c) sums slice s of channel c's n*hw values (the channel's values
  * in (n, y, x) order, cut into equal slices) into partial[c * slices + s].
- * With a mask (the forward output of a fused ReLU), each value first becomes
- * dz = dout * (out > 0) and is written back, so that the weight and data
- * gradients read dz. The partition depends on the shape alone and every sum
+ * With a mask (the forward output of a fused activation act), each value
+ * first becomes dz = dout where the activation passes it, else 0, and is
+ * written back, so that the weight and data gradients read dz. The partition depends on the shape alone and every sum
  * has a fixed order: the result is the same bits on every run, no atomics. */
 template <class T>
-static __global__ void channel_partial_kernel(T *dz, const T *mask, int channels, int cp, long long hw,
+static __global__ void channel_partial_kernel(T *dz, const T *mask, int act, int channels, int cp, long long hw,
                                               long long per_channel, long long chunk, int slices, double *partial) {
     __shared__ double sh[THREADS];
-    int c = blockIdx.y, s = blockIdx.x;
+    int s = blockIdx.x;
     long long begin = s * chunk, end = begin + chunk < per_channel ? begin + chunk : per_channel;
-    double acc = 0.0;
-    for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
-        long long n = j / hw;
-        long long idx = unet_plane_at(dz, n, c, cp, hw, j - n * hw);
-        float v = unet_ld(dz, idx);
-        if (mask) {
-            v = unet_ld(mask, idx) > 0.0f ? v : 0.0f;
-            unet_st(dz, idx, v); /* v or 0: exact in bf16 too */
+    /* grid.y is capped at 65535 (channel_grid): a block takes every gridDim.y-th channel, the whole block
+     * together, so that block_sum's barriers are reached by all its threads */
+    for (int c = blockIdx.y; c < channels; c += gridDim.y) {
+        double acc = 0.0;
+        for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
+            long long n = j / hw;
+            long long idx = unet_plane_at(dz, n, c, cp, hw, j - n * hw);
+            float v = unet_ld(dz, idx);
+            if (mask) {
+                v = unet_act_passes(act, unet_ld(mask, idx)) ? v : 0.0f;
+                unet_st(dz, idx, v); /* v or 0: exact in bf16 too */
+            }
+            acc += v;
         }
-        acc += v;
+        block_sum(sh, acc);
+        if (threadIdx.x == 0) partial[(long long)c * slices + s] = sh[0];
+        __syncthreads(); /* sh is refilled by the next channel */
     }
-    block_sum(sh, acc);
-    if (threadIdx.x == 0) partial[(long long)c * slices + s] = sh[0];
 }
 
 static __global__ void channel_finish_kernel(const double *partial, int slices, float *sum) {
@@ -173,21 +185,30 @@ static channel_split split_channel(long long per_channel) {
     return sp;
 }
 
+/* The launch of channel_partial_kernel: one block per (slice, channel), the
+ * channels on grid.y up to the hardware's 65535, beyond which each block
+ * loops over channels (a layer may have more, a 1x1 convolution's for one). */
+#define MAX_GRID_Y 65535
+static dim3 channel_grid(int slices, int channels) {
+    return dim3((unsigned)slices, (unsigned)(channels < MAX_GRID_Y ? channels : MAX_GRID_Y));
+}
+
 static size_t channel_sum_workspace(unet_shape s) {
     long long per_channel = (long long)s.n * s.h * s.w;
     return align_up((size_t)s.c * (size_t)split_channel(per_channel).slices * sizeof(double));
 }
 
 /* sum[c] = sum of dz over n, y, x (NULL: no sum wanted); with mask, dz is first
- * replaced by dz * (mask > 0) in place. */
+ * masked in place where the activation act stops the gradient of mask. */
 template <class T>
-static void channel_sums_t(const unet_op_args *a, T *dz, const T *mask, unet_shape s, float *sum, void *workspace) {
+static void channel_sums_t(const unet_op_args *a, T *dz, const T *mask, int act, unet_shape s, float *sum,
+                           void *workspace) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     long long per_channel = (long long)s.n * s.h * s.w;
     channel_split sp = split_channel(per_channel);
     double *partial = (double *)workspace;
-    channel_partial_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), THREADS, 0, ctx->stream>>>(
-        dz, mask, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk, sp.slices, partial);
+    channel_partial_kernel<<<channel_grid(sp.slices, s.c), THREADS, 0, ctx->stream>>>(
+        dz, mask, act, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk, sp.slices, partial);
     UNET_CUDA_LAUNCHED(a);
     if (sum) {
         channel_finish_kernel<<<(unsigned)s.c, THREADS, 0, ctx->stream>>>(partial, sp.slices, sum);
@@ -195,25 +216,25 @@ static void channel_sums_t(const unet_op_args *a, T *dz, const T *mask, unet_sha
     }
 }
 
-static void channel_sums(const unet_op_args *a, void *dz, const void *mask, unet_shape s, float *sum,
+static void channel_sums(const unet_op_args *a, void *dz, const void *mask, int act, unet_shape s, float *sum,
                          void *workspace) {
     if (!sum && !mask) return;
     if (unet_cuda_is_bf16(a))
-        channel_sums_t(a, (unet_bf16 *)dz, (const unet_bf16 *)mask, s, sum, workspace);
+        channel_sums_t(a, (unet_bf16 *)dz, (const unet_bf16 *)mask, act, s, sum, workspace);
     else
-        channel_sums_t(a, (float *)dz, (const float *)mask, s, sum, workspace);
+        channel_sums_t(a, (float *)dz, (const float *)mask, act, s, sum, workspace);
 }
 
-static void bias_act(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int relu) {
+static void bias_act(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int act) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     long long total = unet_cuda_act_elements(a, s), hw = (long long)s.h * s.w;
     int cp = unet_cuda_planes_c(a, s);
     if (unet_cuda_is_bf16(a))
         bias_act_kernel<<<blocks_for(total), THREADS, 0, ctx->stream>>>((const unet_bf16 *)in, (unet_bf16 *)out, b, s.c,
-                                                                        cp, hw, total, relu);
+                                                                        cp, hw, total, act);
     else
         bias_act_kernel<<<blocks_for(total), THREADS, 0, ctx->stream>>>((const float *)in, (float *)out, b, s.c, cp,
-                                                                        hw, total, relu);
+                                                                        hw, total, act);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -239,17 +260,25 @@ static size_t act_bytes(const unet_op_args *a, unet_shape s) {
 
 static int pad8(int c) { return (c + UNET_BF16_CHANNELS - 1) / UNET_BF16_CHANNELS * UNET_BF16_CHANNELS; }
 
-/* Bytes of the prefix for a problem's filter (K, C, R, R): the bf16 weight
- * (or weight gradient) copy and the bias copy; 0 in float32. */
+/* A filter's input channels (C / groups) and, in its bf16 copy, their count
+ * with padding: C8, or 1 for a depthwise filter (cudnn_graph.h). */
+static int filter_c(const unet_conv_problem &p) { return p.c / p.groups; }
+static int filter_cp(const unet_conv_problem &p) { return p.groups > 1 ? filter_c(p) : pad8(p.c); }
+
+/* Bytes of the bf16 copy of a problem's filter (K8, R, S, filter_cp). */
+static size_t filter_copy_bytes(const unet_conv_problem &p) {
+    return align_up((size_t)pad8(p.k) * p.r * p.r * filter_cp(p) * sizeof(unet_bf16));
+}
+
+/* Bytes of the prefix for a problem's filter (K, C / groups, R, R): the bf16
+ * weight (or weight gradient) copy and the bias copy; 0 in float32. */
 static size_t weight_prefix(const unet_op_args *a, const unet_conv_problem &p) {
     if (!unet_cuda_is_bf16(a)) return 0;
-    return align_up((size_t)pad8(p.k) * p.r * p.r * pad8(p.c) * sizeof(unet_bf16)) +
-           align_up((size_t)pad8(p.k) * sizeof(unet_bf16));
+    return filter_copy_bytes(p) + align_up((size_t)pad8(p.k) * sizeof(unet_bf16));
 }
 
 static unet_bf16 *bias_copy(const unet_op_args *a, const unet_conv_problem &p) {
-    return (unet_bf16 *)((char *)a->workspace +
-                         align_up((size_t)pad8(p.k) * p.r * p.r * pad8(p.c) * sizeof(unet_bf16)));
+    return (unet_bf16 *)((char *)a->workspace + filter_copy_bytes(p));
 }
 
 /* The weights cuDNN reads for problem p: the float32 parameters, or (bf16)
@@ -257,9 +286,9 @@ static unet_bf16 *bias_copy(const unet_op_args *a, const unet_conv_problem &p) {
 static const void *weights_for(const unet_op_args *a, const unet_conv_problem &p, const float *w, const float *b) {
     if (!unet_cuda_is_bf16(a)) return w;
     unet_bf16 *wk = (unet_bf16 *)a->workspace;
-    long long total = (long long)pad8(p.k) * p.r * p.r * pad8(p.c);
+    long long total = (long long)pad8(p.k) * p.r * p.r * filter_cp(p);
     weights_to_bf16_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        w, wk, b, b ? bias_copy(a, p) : NULL, p.k, pad8(p.k), p.c, pad8(p.c), p.r);
+        w, wk, b, b ? bias_copy(a, p) : NULL, p.k, pad8(p.k), filter_c(p), filter_cp(p), p.r);
     UNET_CUDA_LAUNCHED(a);
     return wk;
 }
@@ -272,9 +301,9 @@ static void *dweights_slot(const unet_op_args *a, float *dw) {
 /* bf16: widens the prefix's weight gradient into dw (float32). */
 static void dweights_finish(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
     if (!unet_cuda_is_bf16(a)) return;
-    long long total = (long long)p.k * p.c * p.r * p.r;
+    long long total = (long long)p.k * filter_c(p) * p.r * p.r;
     dweights_from_bf16_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        (const unet_bf16 *)a->workspace, dw, p.k, p.c, pad8(p.c), p.r);
+        (const unet_bf16 *)a->workspace, dw, p.k, filter_c(p), filter_cp(p), p.r);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -333,20 +362,26 @@ static void run_output(const unet_op_args *a, unet_conv_problem p, unet_conv_ten
 }
 
 /* ---------------------------------------------------------------------------
- * conv: y = conv(x, w) + b [ReLU]
+ * conv: y = act(conv(x, w) [+ b]); stride, pad, groups 1 or depthwise
  * ------------------------------------------------------------------------- */
 
 static void check_conv_shapes(const unet_op_args *a) {
     unet_shape x = a->in_shape[0], y = a->out_shape;
-    int k = a->node->k, pad = a->node->pad;
-    if (k >= 1 && pad >= 0 && y.n == x.n && y.c >= 1 && y.h == unet_conv_out_size(x.h, k, 1, pad) &&
-        y.w == unet_conv_out_size(x.w, k, 1, pad) && y.h >= 1 && y.w >= 1)
+    const unet_node *nd = a->node;
+    int k = nd->k, pad = nd->pad, stride = nd->stride, groups = nd->groups;
+    if (k >= 1 && pad >= 0 && stride >= 1 && (groups == 1 || (groups == x.c && y.c == x.c)) && y.n == x.n &&
+        y.c >= 1 && y.h == unet_conv_out_size(x.h, k, stride, pad) && y.w == unet_conv_out_size(x.w, k, stride, pad) &&
+        y.h >= 1 && y.w >= 1)
         return;
     char msg[256];
-    snprintf(msg, sizeof msg, "conv k %d pad %d cannot map x (%d,%d,%d,%d) to y (%d,%d,%d,%d)", k, pad, x.n, x.c, x.h,
-             x.w, y.n, y.c, y.h, y.w);
+    snprintf(msg, sizeof msg, "conv k %d stride %d pad %d groups %d cannot map x (%d,%d,%d,%d) to y (%d,%d,%d,%d)", k,
+             stride, pad, groups, x.n, x.c, x.h, x.w, y.n, y.c, y.h, y.w);
     unet_cuda_fail(__FILE__, __LINE__, "shape check", msg, a);
 }
+
+/* Whether the node has a bias: the graph's fact, known when plans are built
+ * (workspace_bytes sees no pointers). */
+static int has_bias(const unet_op_args *a) { return a->node->param[1] >= 0; }
 
 static unet_conv_problem conv_problem(const unet_op_args *a, unet_conv_dir dir) {
     unet_conv_problem p;
@@ -358,46 +393,28 @@ static unet_conv_problem conv_problem(const unet_op_args *a, unet_conv_dir dir) 
     p.w = a->in_shape[0].w;
     p.k = a->out_shape.c;
     p.r = a->node->k;
-    p.stride = 1;
+    p.stride = a->node->stride;
     p.pad = a->node->pad;
+    p.groups = a->node->groups;
     return p;
 }
 
+/* fused: with the bias and the activation as pointwise nodes of the graph. */
 static unet_conv_problem conv_forward_problem(const unet_op_args *a, int fused) {
     unet_conv_problem p = conv_problem(a, UNET_CONV_FWD);
     p.bias = fused;
-    p.relu = fused && (a->node->act == UNET_ACT_RELU);
+    p.act = fused ? a->node->act : UNET_ACT_NONE;
     return p;
 }
 
-static size_t conv_workspace_bytes(const unet_op_args *a) {
-    check_conv_shapes(a);
+/* The forward by cuDNN: the fused graph when the node has a bias and an
+ * engine runs it; else the convolution alone, then the bias and the
+ * activation by bias_act. */
+static void conv_forward_cudnn(const unet_op_args *a) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    unet_conv_problem fwd = conv_forward_problem(a, 1);
-    size_t prefix = weight_prefix(a, fwd);
-    const unet_cudnn_plan *fused = unet_cudnn_plan_build(ctx, &fwd, 0, a);
-    if (!fused) {
-        fwd = conv_forward_problem(a, 0);
-        fused = unet_cudnn_plan_build(ctx, &fwd, 1, a);
-    }
-    size_t ws = unet_cudnn_plan_workspace(fused);
-    if (a->training) {
-        unet_conv_problem wgrad = conv_problem(a, UNET_CONV_WGRAD);
-        ws = max_size(ws, channel_sum_workspace(a->out_shape));
-        ws = max_size(ws, unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &wgrad, 1, a)));
-        ws = max_size(ws, build_output_plans(ctx, conv_problem(a, UNET_CONV_DGRAD), act_bytes(a, a->in_shape[0]), a));
-    }
-    return prefix + ws;
-}
-
-static void conv_forward(const unet_op_args *a) {
-    check_conv_shapes(a);
-    require(a, a->param[0], "conv weight (param[0])");
-    require(a, a->param[1], "conv bias (param[1])");
-    unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    unet_conv_problem p = conv_forward_problem(a, 1);
+    unet_conv_problem p = conv_forward_problem(a, has_bias(a));
     char *ws = (char *)a->workspace + weight_prefix(a, p);
-    const unet_cudnn_plan *fused = unet_cudnn_plan_find(ctx, &p, a);
+    const unet_cudnn_plan *fused = has_bias(a) ? unet_cudnn_plan_find(ctx, &p, a) : NULL;
     const void *w = weights_for(a, p, a->param[0], fused ? a->param[1] : NULL);
     if (fused) {
         unet_conv_tensors t = {a->in[0], w, a->out, unet_cuda_is_bf16(a) ? (const void *)bias_copy(a, p) : a->param[1]};
@@ -407,19 +424,161 @@ static void conv_forward(const unet_op_args *a) {
     unet_conv_tensors t = {a->in[0], w, a->out, NULL};
     p = conv_forward_problem(a, 0);
     unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, ws, a);
-    bias_act(a, a->out, a->out, a->param[1], a->out_shape, (a->node->act == UNET_ACT_RELU));
+    if (has_bias(a) || a->node->act != UNET_ACT_NONE)
+        bias_act(a, a->out, a->out, has_bias(a) ? a->param[1] : NULL, a->out_shape, a->node->act);
 }
 
-/* dz = dout * (out > 0) with ReLU (in place: dout has no other reader);
+/* The forward of a 1x1 convolution with a bias by a cuBLASLt matmul, the bias and a ReLU in its epilogue (gemm.h). */
+static void conv_forward_gemm(const unet_op_args *a, const unet_gemm_plan *g) {
+    unet_conv_problem p = conv_forward_problem(a, 1);
+    const void *w = weights_for(a, p, a->param[0], a->param[1]);
+    const void *b = unet_cuda_is_bf16(a) ? (const void *)bias_copy(a, p) : a->param[1];
+    unet_gemm_execute(unet_cuda_ctx_of(a), g, a->in[0], w, b, a->out, (char *)a->workspace + weight_prefix(a, p), a);
+}
+
+static void conv_forward_by(const unet_op_args *a, unet_1x1_path path) {
+    unet_conv_problem p = conv_forward_problem(a, has_bias(a));
+    const unet_gemm_plan *g = path == UNET_1X1_GEMM ? unet_gemm_plan_find(unet_cuda_ctx_of(a), &p) : NULL;
+    if (g)
+        conv_forward_gemm(a, g);
+    else
+        conv_forward_cudnn(a);
+}
+
+/* ---------------------------------------------------------------------------
+ * 1x1 convolutions: a cuBLASLt matmul or cuDNN, whichever ran the shape
+ * faster when the plans were built
+ * ------------------------------------------------------------------------- */
+
+/* UNET_CONV1X1=cublaslt or cudnn: that path, unmeasured (gemm.h). */
+static unet_1x1_path forced_1x1(void) {
+    const char *v = getenv("UNET_CONV1X1");
+    if (v && !strcmp(v, "cublaslt")) return UNET_1X1_GEMM;
+    if (v && !strcmp(v, "cudnn")) return UNET_1X1_CUDNN;
+    return UNET_1X1_UNDECIDED;
+}
+
+/* Milliseconds of one forward by a path on t's buffers: the least of three after one to warm up, timed by events
+ * on the stream (compile time: nothing is being captured, and the wait is allowed). */
+static float time_forward(const unet_op_args *t, unet_1x1_path path, cudaEvent_t start, cudaEvent_t stop) {
+    cudaStream_t stream = unet_cuda_ctx_of(t)->stream;
+    float best = -1.0f;
+    for (int run = 0; run < 4; run++) {
+        UNET_CUDA_CHECK(cudaEventRecord(start, stream), unet_at_op(t));
+        conv_forward_by(t, path);
+        UNET_CUDA_CHECK(cudaEventRecord(stop, stream), unet_at_op(t));
+        UNET_CUDA_CHECK(cudaEventSynchronize(stop), unet_at_op(t));
+        float ms = 0.0f;
+        UNET_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop), unet_at_op(t));
+        if (run > 0 && (best < 0.0f || ms < best)) best = ms;
+    }
+    return best;
+}
+
+/* Both paths timed on scratch buffers of the op's shapes: the matmul when strictly faster (a tie, as when the
+ * device does not measure time, keeps cuDNN). Without the memory for the buffers, cuDNN, unmeasured. */
+static unet_1x1_path measure_1x1(const unet_op_args *a, size_t workspace, float *ms_gemm, float *ms_cudnn) {
+    unet_op_args t = *a;
+    size_t bytes[5] = {act_bytes(a, a->in_shape[0]), act_bytes(a, a->out_shape),
+                       (size_t)a->out_shape.c * a->in_shape[0].c * sizeof(float), (size_t)a->out_shape.c * sizeof(float),
+                       workspace};
+    void *buf[5] = {NULL, NULL, NULL, NULL, NULL};
+    int ok = 1;
+    for (int i = 0; i < 5 && ok; i++) {
+        ok = cudaMalloc(&buf[i], bytes[i] ? bytes[i] : 256) == cudaSuccess;
+        if (ok) UNET_CUDA_CHECK(cudaMemsetAsync(buf[i], 0, bytes[i], unet_cuda_ctx_of(a)->stream), unet_at_op(a));
+    }
+    unet_1x1_path path = UNET_1X1_CUDNN;
+    *ms_gemm = *ms_cudnn = -1.0f;
+    if (ok) {
+        t.in[0] = buf[0], t.out = buf[1], t.param[0] = (const float *)buf[2], t.param[1] = (const float *)buf[3];
+        t.workspace = buf[4];
+        cudaEvent_t start, stop;
+        UNET_CUDA_CHECK(cudaEventCreate(&start), unet_at_op(a));
+        UNET_CUDA_CHECK(cudaEventCreate(&stop), unet_at_op(a));
+        *ms_gemm = time_forward(&t, UNET_1X1_GEMM, start, stop);
+        *ms_cudnn = time_forward(&t, UNET_1X1_CUDNN, start, stop);
+        cudaEventDestroy(start);
+        cudaEventDestroy(stop);
+        if (*ms_gemm < *ms_cudnn) path = UNET_1X1_GEMM;
+    } else {
+        cudaGetLastError(); /* out of memory is an answer here, not a fault */
+    }
+    for (int i = 0; i < 5; i++)
+        if (buf[i]) UNET_CUDA_CHECK(cudaFree(buf[i]), unet_at_op(a));
+    return path;
+}
+
+/* Compile time, a 1x1 convolution with a bias whose plans are built: the
+ * matmul's plan, and the path this shape takes from now on. workspace: what
+ * the op needs so far. Returns the workspace the matmul needs more. */
+static size_t choose_1x1(const unet_op_args *a, size_t workspace) {
+    unet_conv_problem p = conv_forward_problem(a, has_bias(a));
+    if (!unet_gemm_runs(&p)) return 0;
+    unet_gemm_plan *g = unet_gemm_plan_build(unet_cuda_ctx_of(a), &p, a);
+    if (!g) return 0;
+    size_t need = weight_prefix(a, p) + unet_gemm_plan_workspace(g);
+    if (unet_gemm_path(g) != UNET_1X1_UNDECIDED) return need; /* the shape was measured at another node */
+    if (a->sizing_only) return need; /* unet info asks dozens of batches: a plan that runs measures its own */
+    float ms_gemm = -1.0f, ms_cudnn = -1.0f;
+    unet_1x1_path path = forced_1x1();
+    const char *why = "UNET_CONV1X1";
+    if (path == UNET_1X1_UNDECIDED) {
+        path = measure_1x1(a, max_size(workspace, need), &ms_gemm, &ms_cudnn);
+        why = ms_gemm < 0.0f ? "not measured: no device memory for the scratch buffers" : "measured";
+    }
+    unet_gemm_set_path(g, path);
+    const char *log = getenv("UNET_CUDNN_LOG");
+    if (log && *log && strcmp(log, "0") != 0) {
+        char times[96] = "";
+        if (ms_gemm >= 0.0f) snprintf(times, sizeof times, ": cuBLASLt %.4f ms, cuDNN %.4f ms", ms_gemm, ms_cudnn);
+        fprintf(stderr, "unet conv1x1: x (%d,%d,%d,%d) -> %d channels: %s (%s%s)\n", p.n, p.c, p.h, p.w, p.k,
+                path == UNET_1X1_GEMM ? "cuBLASLt" : "cuDNN", why, times);
+    }
+    return need;
+}
+
+static size_t conv_workspace_bytes(const unet_op_args *a) {
+    check_conv_shapes(a);
+    unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
+    unet_conv_problem fwd = conv_forward_problem(a, has_bias(a));
+    size_t prefix = weight_prefix(a, fwd);
+    const unet_cudnn_plan *plan = has_bias(a) ? unet_cudnn_plan_build(ctx, &fwd, 0, a) : NULL;
+    if (!plan) {
+        fwd = conv_forward_problem(a, 0);
+        plan = unet_cudnn_plan_build(ctx, &fwd, 1, a);
+    }
+    size_t ws = unet_cudnn_plan_workspace(plan);
+    if (a->training) {
+        unet_conv_problem wgrad = conv_problem(a, UNET_CONV_WGRAD);
+        ws = max_size(ws, channel_sum_workspace(a->out_shape));
+        ws = max_size(ws, unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &wgrad, 1, a)));
+        ws = max_size(ws, build_output_plans(ctx, conv_problem(a, UNET_CONV_DGRAD), act_bytes(a, a->in_shape[0]), a));
+    }
+    return max_size(prefix + ws, choose_1x1(a, prefix + ws));
+}
+
+/* By the path chosen for a 1x1 convolution's shape when the plans were built
+ * (choose_1x1), else by cuDNN. */
+static void conv_forward(const unet_op_args *a) {
+    check_conv_shapes(a);
+    require(a, a->param[0], "conv weight (param[0])");
+    if (has_bias(a)) require(a, a->param[1], "conv bias (param[1])");
+    unet_conv_problem p = conv_forward_problem(a, has_bias(a));
+    conv_forward_by(a, unet_gemm_path(unet_gemm_plan_find(unet_cuda_ctx_of(a), &p)));
+}
+
+/* dz = dout masked by the activation (in place: dout has no other reader);
  * db = sum of dz; dw = correlate(x, dz); dx = conv_transpose(dz, w). */
 static void conv_backward(const unet_op_args *a) {
     check_conv_shapes(a);
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     void *dz = a->dout;
+    int act = a->node->act;
     require(a, dz, "conv dout");
-    if ((a->node->act == UNET_ACT_RELU)) require(a, a->out, "conv out (the ReLU mask)");
+    if (act != UNET_ACT_NONE) require(a, a->out, "conv out (the activation's mask)");
     char *ws = (char *)a->workspace + weight_prefix(a, conv_problem(a, UNET_CONV_WGRAD));
-    channel_sums(a, dz, (a->node->act == UNET_ACT_RELU) ? a->out : NULL, a->out_shape, a->dparam[1], ws);
+    channel_sums(a, dz, act != UNET_ACT_NONE ? a->out : NULL, act, a->out_shape, a->dparam[1], ws);
     if (a->dparam[0]) {
         require(a, a->in[0], "conv x (in[0])");
         unet_conv_problem p = conv_problem(a, UNET_CONV_WGRAD);
@@ -481,6 +640,7 @@ static unet_conv_problem conv_t2_problem(const unet_op_args *a, unet_conv_dir di
     p.r = 2;
     p.stride = 2;
     p.pad = 0;
+    p.groups = 1;
     return p;
 }
 
@@ -515,7 +675,7 @@ static void conv_t2_backward(const unet_op_args *a) {
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     require(a, a->dout, "conv_t2 dout");
     char *ws = (char *)a->workspace + weight_prefix(a, conv_t2_problem(a, UNET_CONV_WGRAD));
-    channel_sums(a, a->dout, NULL, a->out_shape, a->dparam[1], ws);
+    channel_sums(a, a->dout, NULL, UNET_ACT_NONE, a->out_shape, a->dparam[1], ws);
     if (a->dparam[0]) {
         require(a, a->in[0], "conv_t2 x (in[0])");
         unet_conv_problem p = conv_t2_problem(a, UNET_CONV_WGRAD);
@@ -566,7 +726,7 @@ static void bias_backward(const unet_op_args *a) {
                                             unet_cuda_ctx_of(a)->stream),
                             unet_at_op(a));
     }
-    channel_sums(a, a->dout, NULL, a->out_shape, a->dparam[0], a->workspace);
+    channel_sums(a, a->dout, NULL, UNET_ACT_NONE, a->out_shape, a->dparam[0], a->workspace);
 }
 
 /* Positional: the fields of unet_op_impl are forward, backward, workspace_bytes, aux_bytes. */

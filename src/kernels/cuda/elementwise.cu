@@ -1,4 +1,4 @@
-/* Element-wise ops on the GPU: ReLU and inverted dropout, twins of
+/* Element-wise ops on the GPU: ReLU (or ReLU6) and inverted dropout, twins of
  * src/kernels/cpu/elementwise.c. Memory-bound: one grid-stride pass, float4
  * where every pointer is 16-byte aligned, scalars for the tail.
  *
@@ -11,6 +11,7 @@
  * 1/(1-p): the two backends agree bit for bit. */
 #include <stdint.h>
 
+#include "kernels/cuda/act.cuh"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
@@ -34,6 +35,9 @@ static void launch_map(const unet_op_args *a, const Op &op, long long n, int vec
 
 static __device__ __forceinline__ float relu_of(float v) { return v < 0.0f ? 0.0f : v; } /* NaN passes */
 
+/* The relu node's activation: ReLU6 when asked, else ReLU (the CPU twin's rule). */
+static int relu6_of(const unet_op_args *a) { return a->node->act == UNET_ACT_RELU6; }
+
 /* A gradient store of four values at once (see unet_store_grad). */
 template <class T>
 static __device__ __forceinline__ void store_grad4(T *d, long long q, float4 v, int accumulate) {
@@ -55,20 +59,23 @@ template <class T>
 struct relu_fwd {
     const T *x;
     T *y;
-    __device__ void one(long long i) const { unet_st(y, i, relu_of(unet_ld(x, i))); }
+    int six;
+    __device__ float f(float v) const { return six ? unet_relu6(v) : relu_of(v); }
+    __device__ void one(long long i) const { unet_st(y, i, f(unet_ld(x, i))); }
     __device__ void quad(long long q) const {
         float4 v = unet_ld4(x, q);
-        unet_st4(y, q, make_float4(relu_of(v.x), relu_of(v.y), relu_of(v.z), relu_of(v.w)));
+        unet_st4(y, q, make_float4(f(v.x), f(v.y), f(v.z), f(v.w)));
     }
 };
 
-/* dx = dout * (out > 0): the plan keeps out, not in, for this backward. */
+/* dx = dout where out > 0 (and, ReLU6, out < 6): the plan keeps out, not in,
+ * for this backward. */
 template <class T>
 struct relu_bwd {
     const T *y, *dy;
     T *dx;
-    int acc;
-    static __device__ __forceinline__ float pass(float y, float g) { return y > 0.0f ? g : 0.0f; }
+    int acc, six;
+    __device__ float pass(float y, float g) const { return y > 0.0f && (!six || y < 6.0f) ? g : 0.0f; }
     __device__ void one(long long i) const { unet_store_grad_t(dx, i, pass(unet_ld(y, i), unet_ld(dy, i)), acc); }
     __device__ void quad(long long q) const {
         float4 yv = unet_ld4(y, q), g = unet_ld4(dy, q);
@@ -88,13 +95,13 @@ static int vec_ok(const T *p, const T *q, const T *r = NULL) {
 
 template <class T>
 static void relu_forward_t(const unet_op_args *a) {
-    relu_fwd<T> op = {(const T *)a->in[0], (T *)a->out};
+    relu_fwd<T> op = {(const T *)a->in[0], (T *)a->out, relu6_of(a)};
     launch_map(a, op, unet_cuda_act_elements(a, a->out_shape), vec_ok(op.x, op.y));
 }
 
 template <class T>
 static void relu_backward_t(const unet_op_args *a) {
-    relu_bwd<T> op = {(const T *)a->out, (const T *)a->dout, (T *)a->din[0], a->din_accumulate[0]};
+    relu_bwd<T> op = {(const T *)a->out, (const T *)a->dout, (T *)a->din[0], a->din_accumulate[0], relu6_of(a)};
     launch_map(a, op, unet_cuda_act_elements(a, a->out_shape), vec_ok(op.y, op.dy, op.dx));
 }
 

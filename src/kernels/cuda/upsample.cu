@@ -1,6 +1,7 @@
-/* Bilinear x2 upsampling, align_corners = False, on the GPU: twin of
- * src/kernels/cpu/upsample.c.
+/* x2 upsampling on the GPU, twin of src/kernels/cpu/upsample.c: bilinear
+ * with align_corners = False, or nearest (at the end).
  *
+ * Bilinear:
  * Forward: one thread per output element, with the CPU's taps and its
  * operation order, each operation rounded on its own (no FMA contraction),
  * so both backends give the same bits.
@@ -99,6 +100,36 @@ static void check_shapes(const unet_op_args *a) {
         unet_cuda_fail(__FILE__, __LINE__, "shape check", "upsample2 needs out = (N, C, 2H, 2W) of in", a);
 }
 
+/* ---- nearest: output (oy, ox) is input (oy / 2, ox / 2); an input's
+ * gradient is the sum of its four outputs' in row-major order, as on the
+ * CPU: the same bits. ---- */
+
+template <class VX, class VY>
+static __global__ void nearest_forward_kernel(VX x, VY y, int out_items) {
+    int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
+        int oy = e / y.w, ox = e - oy * y.w;
+        unet_st(y.p, y.at(n, c, oy, ox), c < x.c ? unet_ld(x.p, x.at(n, c, oy / 2, ox / 2)) : 0.0f);
+    }
+}
+
+template <class VG, class VD>
+static __global__ void nearest_backward_kernel(VG dy, VD dx, int accumulate) {
+    int n = (int)(blockIdx.x / (unsigned)dx.cp), c = (int)(blockIdx.x % (unsigned)dx.cp), in_items = dx.h * dx.w;
+    for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < in_items; e += gridDim.y * blockDim.x) {
+        int iy = e / dx.w, ix = e - iy * dx.w;
+        if (c >= dx.c) {
+            unet_st(dx.p, dx.at(n, c, iy, ix), 0.0f);
+            continue;
+        }
+        float g = unet_ld(dy.p, dy.at(n, c, 2 * iy, 2 * ix)) + unet_ld(dy.p, dy.at(n, c, 2 * iy, 2 * ix + 1)) +
+                  unet_ld(dy.p, dy.at(n, c, 2 * iy + 1, 2 * ix)) + unet_ld(dy.p, dy.at(n, c, 2 * iy + 1, 2 * ix + 1));
+        unet_store_grad_t(dx.p, dx.at(n, c, iy, ix), g, accumulate);
+    }
+}
+
+static int nearest(const unet_op_args *a) { return a->node->upsample == UNET_UPSAMPLE_NEAREST; }
+
 static void upsample2_forward(const unet_op_args *a) {
     check_shapes(a);
     unet_shape si = a->in_shape[0], so = a->out_shape;
@@ -106,7 +137,13 @@ static void upsample2_forward(const unet_op_args *a) {
     if (planes == 0 || items == 0) return;
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
-    if (unet_cuda_is_bf16(a))
+    if (unet_cuda_is_bf16(a) && nearest(a))
+        nearest_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->in[0], si),
+                                                               unet_view((unet_bf16 *)a->out, so), (int)items);
+    else if (nearest(a))
+        nearest_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->in[0], si),
+                                                               unet_view((float *)a->out, so), (int)items);
+    else if (unet_cuda_is_bf16(a))
         upsample2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->in[0], si),
                                                                  unet_view((unet_bf16 *)a->out, so), (int)items);
     else
@@ -124,7 +161,13 @@ static void upsample2_backward(const unet_op_args *a) {
     unet_plane_launch l = unet_plane_launch_for(a, planes, items);
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     int acc = a->din_accumulate[0];
-    if (unet_cuda_is_bf16(a))
+    if (unet_cuda_is_bf16(a) && nearest(a))
+        nearest_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->dout, so),
+                                                                unet_view((unet_bf16 *)a->din[0], si), acc);
+    else if (nearest(a))
+        nearest_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const float *)a->dout, so),
+                                                                unet_view((float *)a->din[0], si), acc);
+    else if (unet_cuda_is_bf16(a))
         upsample2_backward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view((const unet_bf16 *)a->dout, so),
                                                                   unet_view((unet_bf16 *)a->din[0], si), acc);
     else
