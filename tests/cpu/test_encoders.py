@@ -380,3 +380,82 @@ def test_compare_lists_encoder_models_beside_plain_ones(tmp_path):
     r = subprocess.run([UNET, "compare", "--models", "unet:resnet19", "--data", data, "--val", val, "--out", out],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown encoder" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+# ---- ONNX export ----------------------------------------------------------------------------------------------
+
+# ONNX Runtime's float32 against the engine's: test_export_onnx.py holds models of 4..8 channels to 1e-5; reductions
+# over 512..2304 channels through 20..50 layers round differently in the two (seen: up to 3e-5 in prob), and the
+# whole models are held to smp's float64 at 1e-4 (test_encoders_smp.py)
+ONNX_TOL = 1e-4
+
+
+@pytest.mark.parametrize("kind, encoder, in_channels, classes", [("unet", "resnet18", 3, 1),
+                                                                 ("unetpp", "mobilenet_v2", 1, 3)])
+def test_export_equals_predict(tmp_path, kind, encoder, in_channels, classes):
+    """unet export of an encoder model (the stem's 7x7/2 convolution and padded max-pool, bias-free and depthwise
+    convolutions, ReLU6, residual sums, nearest x2) with randomised smp weights (running statistics that keep the
+    logits moderate, unlike a few training steps'): onnx's checker passes, the file holds exactly the checkpoint's
+    inference tensors under smp's names, and ONNX Runtime's prob equals unet predict's within ONNX_TOL on tiles, on
+    an input twice as large (non-square shapes run too) and, through scripts/onnx_predict.py, on an odd-sized image
+    (tests/cpu/test_export_onnx.py's checks, for the plain models)."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    sys.path.insert(0, os.path.join(SOURCE, "scripts"))
+    import onnx_predict
+
+    from safetensors.torch import save_file
+    net = randomise(smp_model(kind, encoder, in_channels, classes), seed=40).eval()
+    weights, data = str(tmp_path / "smp.safetensors"), str(tmp_path / "d.h5")
+    ckpt, path = str(tmp_path / "c.safetensors"), str(tmp_path / "m.onnx")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, weights)
+    rng = np.random.default_rng(40)
+    write_h5(data, rng.random((2, in_channels, TILE, TILE)).astype(np.float32), np.zeros((2, TILE, TILE), np.uint8))
+    run_ok(UNET, "train", *model_flags(kind, encoder, in_channels, classes), "--init", weights, "--data", data,
+           "--tile", TILE, "--steps", 0, "--save", ckpt, "--device", "cpu")
+    out = run_ok(UNET, "export", "--checkpoint", ckpt, "--output", path).stdout
+    assert out.startswith(f"wrote {path}: {kind}"), out
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    table, _ = engine_table(model_flags(kind, encoder, in_channels, classes))
+    assert {t.name for t in model.graph.initializer if t.name in table} == set(table)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"Conv", "BatchNormalization", "Resize", "Concat"} <= ops and ("MaxPool" in ops) == encoder.startswith(
+        "resnet") and ("Clip" in ops) == (encoder == "mobilenet_v2"), ops
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert int(meta["unet.margin"]) == 0 and int(meta["unet.tile"]) == int(meta["unet.out"]) == TILE, meta
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+    def predict(images, name, *flags):
+        src, dst = str(tmp_path / f"{name}.h5"), str(tmp_path / f"{name}.out.h5")
+        write_h5(src, images, np.zeros((images.shape[0],) + images.shape[2:], np.uint8))
+        run_ok(UNET, "predict", "--checkpoint", ckpt, "--input", src, "--output", dst, "--device", "cpu", *flags)
+        with h5py.File(dst) as f:
+            return f["prob"][...]
+
+    tiles = rng.random((2, in_channels, TILE, TILE)).astype(np.float32)
+    ref = predict(tiles, "tiles")
+    (prob,) = sess.run(["prob"], {"image": tiles})
+    assert np.mean((ref > 0.01) & (ref < 0.99)) > 0.1, "saturated probabilities would say little"
+    record(f"onnx {kind} {encoder} tile", max_abs=np.abs(prob - ref).max(),
+           unsaturated=np.mean((ref > 0.01) & (ref < 0.99)))
+    assert prob.shape == ref.shape and np.abs(prob - ref).max() <= ONNX_TOL
+    # a larger input than the export tile (predict's tile as large: no mirrored context), and a non-square one
+    big = rng.random((1, in_channels, 2 * TILE, 2 * TILE)).astype(np.float32)
+    ref = predict(big, "big", "--tile", 2 * TILE)
+    (prob,) = sess.run(["prob"], {"image": big})
+    assert prob.shape == ref.shape and np.abs(prob - ref).max() <= ONNX_TOL
+    (prob,) = sess.run(["prob"], {"image": rng.random((2, in_channels, 32, 96)).astype(np.float32)})
+    assert prob.shape == (2, classes, 32, 96)
+    odd = rng.random((1, in_channels, 45, 37)).astype(np.float32)
+    ref = predict(odd, "odd")
+    got = onnx_predict.predict(sess, odd[0], batch=3)
+    assert got.shape == ref[0].shape and np.abs(got - ref[0]).max() <= ONNX_TOL
+
+
+def write_h5(path, raw, label):
+    with h5py.File(path, "w") as f:
+        f["raw"] = raw if raw.shape[1] > 1 else raw[:, 0]
+        f["label"] = label
