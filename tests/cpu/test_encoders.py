@@ -315,7 +315,8 @@ def test_fine_tuning_from_torchvision_weights(tmp_path):
     for name, (t, raw) in tensors.items():
         assert saved["encoder." + name][1] == raw, name
     r = subprocess.run([UNET, "train", "--init-encoder", weights, "--data", data, "--tile", "64", "--padding", "same",
-                        "--in-channels", "3", "--filters", "4,8", "--steps", "1", "--device", "cpu"], capture_output=True, text=True)
+                        "--in-channels", "3", "--filters", "4,8", "--steps", "1", "--device", "cpu"],
+                       capture_output=True, text=True)
     assert r.returncode == 2 and "needs --encoder" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
     r = subprocess.run([UNET, "train", "--init-encoder", weights, "--resume", ckpt, "--encoder", "resnet18"],
                        capture_output=True, text=True)
