@@ -6,13 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the build, the tests and the dataset scripts need; the
-# Dockerfile installs the same list (keep them in step: tests/cpu/test_dockerfile.py checks).
+# Dockerfile installs the same list (keep them in step: tests/cpu/test_packaging.py checks).
 PACKAGES=(build-essential cmake pkg-config libhdf5-dev libjson-c-dev libpng-dev libtiff-dev
           python3 python3-pip python3-numpy python3-scipy python3-h5py python3-matplotlib python3-pytest
           python3-torch python3-torchvision python3-pil libopenmpi-dev openmpi-bin
           libonnx-dev protobuf-c-compiler libprotobuf-c-dev)
-# For the tests alone, not the image: a real single-node Slurm (tests/cpu/test_slurm.py).
-TEST_PACKAGES=(slurm-wlm munge python3-venv)
+# For the tests alone, not the image: a real single-node Slurm (tests/cpu/test_slurm.py); clang with libFuzzer and
+# its OpenMP for the fuzz targets of the file readers (scripts/fuzz.sh).
+TEST_PACKAGES=(slurm-wlm munge python3-venv clang libclang-rt-14-dev libomp-dev)
 
 missing=()
 for p in "${PACKAGES[@]}" "${TEST_PACKAGES[@]}"; do

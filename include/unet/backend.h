@@ -34,6 +34,7 @@ typedef struct unet_backend unet_backend;
 typedef enum {
     UNET_LAYOUT_NCHW,      /* NCHW, 4-byte elements (float32, int32): the host's own bytes */
     UNET_LAYOUT_NHWC_BF16, /* NHWC bfloat16, channels padded: the CUDA backend's bf16 activations */
+    UNET_LAYOUT_NHWC_F32,  /* NHWC float32, channels padded: its fp32/tf32 activations with --layout nhwc */
 } unet_layout;
 
 /* Sums n doubles over the replicas of a data-parallel run, in place, on the
@@ -263,12 +264,13 @@ struct unet_backend {
 const unet_backend *unet_cpu_backend(void);
 
 /* The CUDA backend when built with UNET_CUDA; NULL with a message in err when
- * unavailable (not built, no device). device: index, precision as the flag;
- * deterministic: 1 keeps cuDNN to engines without atomics in their reductions
- * (the same bits run to run), 0 lets it pick nondeterministic ones too
- * (--fast-nondeterministic). */
-const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
-                                      size_t errlen);
+ * unavailable (not built, no device). device: index, precision and layout
+ * as the flags (layout NULL: auto; nchw or nhwc for fp32 and tf32, bf16 is
+ * always nhwc); deterministic: 1 keeps cuDNN to engines without atomics in
+ * their reductions (the same bits run to run), 0 lets it pick
+ * nondeterministic ones too (--fast-nondeterministic). */
+const unet_backend *unet_cuda_backend(int device, const char *precision, const char *layout, int deterministic,
+                                      char *err, size_t errlen);
 /* CUDA devices this process sees, without making a backend (a rank picks
  * its device by them); 0 without CUDA. */
 int unet_cuda_devices(void);

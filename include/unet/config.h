@@ -46,6 +46,9 @@ typedef enum {
 } unet_option_group;
 
 typedef enum { UNET_PRECISION_AUTO, UNET_PRECISION_FP32, UNET_PRECISION_TF32, UNET_PRECISION_BF16 } unet_precision;
+/* --layout: how a CUDA run holds activations in fp32 and tf32 (auto: nchw until a GPU has measured both; bf16 is
+ * always nhwc, the CPU always nchw) */
+typedef enum { UNET_LAYOUT_CHOICE_AUTO, UNET_LAYOUT_CHOICE_NCHW, UNET_LAYOUT_CHOICE_NHWC } unet_layout_choice;
 /* predict --mode: the deepest head, the network pruned to --depth, or the mean of all heads */
 typedef enum { UNET_MODE_DEEPEST, UNET_MODE_FAST, UNET_MODE_ACCURATE } unet_predict_mode;
 /* --cuda-graph: record the training step once and replay it where the backend can (auto), or never (off) */
@@ -60,7 +63,8 @@ typedef enum {
     UNET_BEST_DICE,
     UNET_BEST_PIXEL_ACCURACY,
     UNET_BEST_PIXEL_ERROR,
-    UNET_BEST_RAND_ERROR
+    UNET_BEST_RAND_ERROR,
+    UNET_BEST_LOSS /* the loss the model trains on, of whole validation images */
 } unet_best_metric;
 /* --on-nonfinite: what a step with a NaN or infinite loss, gradient or statistic does (its update is dropped
  * either way): stop the run, or go on (at most --max-skips times) */
@@ -111,6 +115,7 @@ typedef struct {
     /* device */
     const char *device;             /* cpu | cuda | cuda:N | auto; see unet_config_device() */
     unet_precision precision;
+    unet_layout_choice layout;      /* CUDA fp32/tf32: NCHW or NHWC activations */
     int fast_nondeterministic;      /* CUDA: let cuDNN pick engines with atomics (not the same bits run to run) */
     int workers, threads;
     float memory_budget;            /* info: GiB of device memory to plan a run for (0: the CUDA device's free memory) */

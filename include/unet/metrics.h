@@ -22,6 +22,8 @@ typedef struct {
     /* Rand scores summed over images (unet_seg_stats_add_rand), per class */
     double vrand_sum[UNET_MAX_CLASSES];
     double rand_images;
+    /* the training loss of whole images (unet_seg_stats_add_loss), summed over images */
+    double loss_sum, loss_images;
 } unet_seg_stats;
 
 void unet_seg_stats_init(unet_seg_stats *s, int classes);
@@ -40,6 +42,8 @@ void unet_seg_stats_add_labels(unet_seg_stats *s, const uint8_t *pred, const int
  *   V_rand = sum p_ij^2 / (0.5 sum s_i^2 + 0.5 sum t_j^2),
  * 1 when the class is absent from the truth. Scores are averaged over images. */
 void unet_seg_stats_add_rand(unet_seg_stats *s, const uint8_t *pred, const int32_t *label, int h, int w);
+/* Adds one whole image's loss (the loss the model trains on); the mean over images is the validation loss. */
+void unet_seg_stats_add_loss(unet_seg_stats *s, double loss);
 /* V_rand of one image and class, for tests. */
 double unet_vrand(const uint8_t *pred, const int32_t *label, int h, int w, int cls);
 /* Hard prediction of one pixel set: argmax (K >= 2) or p > 0.5 (K = 1); pred is (N,h,w). */
@@ -63,6 +67,7 @@ typedef struct {
     double pixel_error;                  /* 1 - pixel accuracy */
     /* 1 - mean V_rand over images (foreground classes as for iou); -1 when no image was scored */
     double rand_error, rand_error_class[UNET_MAX_CLASSES];
+    double loss;                         /* mean loss over images; NAN when none was added */
 } unet_seg_metrics;
 unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s);
 
@@ -70,7 +75,8 @@ unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s);
 int unet_seg_metrics_foreground(const unet_seg_metrics *m);
 /* The metrics as members of a JSON object, appended in snprintf's manner
  * (returns the length written, or that would have been): `, "<prefix>iou": x`
- * for iou, dice, pixel_accuracy, pixel_error and rand_error, then for each
+ * for iou, dice, pixel_accuracy, pixel_error and rand_error (and loss where
+ * images added one), then for each
  * foreground class c <prefix>iou_class<c>, <prefix>dice_class<c> and
  * <prefix>rand_error_class<c>. The same keys in `unet eval --json` (prefix
  * "") and in the validation lines of the training log ("val_"). */

@@ -12,9 +12,9 @@ const char *unet_cuda_absent(void) {
     return "this unet was built without CUDA (configure with -DUNET_CUDA=ON where nvcc is installed)";
 }
 
-const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
-                                      size_t errlen) {
-    (void)device, (void)precision, (void)deterministic;
+const unet_backend *unet_cuda_backend(int device, const char *precision, const char *layout, int deterministic,
+                                      char *err, size_t errlen) {
+    (void)device, (void)precision, (void)layout, (void)deterministic;
     snprintf(err, errlen, "%s", unet_cuda_absent());
     return NULL;
 }

@@ -1,9 +1,10 @@
-"""Without a GPU: the CUDA backend's bf16 layout conversions
+"""Without a GPU: the CUDA backend's NHWC layout conversions
 (src/kernels/cuda/layout.h, through tests/tools/unet_layouttest.c) against
 PyTorch. Rounding float32 -> bfloat16 must be PyTorch's round to nearest even
 bit for bit (NaN: the device's canonical 0x7fff); packing must be NCHW ->
-NHWC with the channels padded by zeros to a multiple of 8; unpacking must
-give back the rounded values in NCHW."""
+NHWC with the channels padded by zeros to a multiple of 8 (bf16) or 4
+(float32, --layout nhwc); unpacking must give back the (rounded) values in
+NCHW."""
 import os
 import subprocess
 import tempfile
@@ -71,9 +72,32 @@ def test_pack_and_unpack(shape):
     assert np.array_equal(back, rounded)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 4, 4), (3, 9, 2, 3), (1, 1, 1, 1), (2, 17, 3, 1)])
+def test_pack_and_unpack_float_nhwc(shape):
+    n, c, h, w = shape
+    cp = (c + 3) // 4 * 4
+    rng = np.random.default_rng(c * 100 + h + 1)
+    x = (rng.standard_normal(shape) * 10).astype(np.float32)
+    with tempfile.TemporaryDirectory() as d:
+        x.tofile(os.path.join(d, "x.bin"))
+        tool("pack", n, c, h, w, os.path.join(d, "x.bin"), os.path.join(d, "p.bin"), "nhwc")
+        packed = np.fromfile(os.path.join(d, "p.bin"), dtype=np.float32)
+        assert packed.size == n * h * w * cp
+        tool("unpack", n, c, h, w, os.path.join(d, "p.bin"), os.path.join(d, "u.bin"), "nhwc")
+        back = np.fromfile(os.path.join(d, "u.bin"), dtype=np.float32).reshape(shape)
+    packed = packed.reshape(n, h, w, cp)
+    assert np.array_equal(packed[..., :c], x.transpose(0, 2, 3, 1))
+    assert np.all(packed[..., c:].view(np.uint32) == 0)  # +0.0, bit for bit
+    assert np.array_equal(back, x)
+
+
 def test_bytes():
     assert tool("bytes", 2, 3, 5, 7, "fp32", "f32").strip() == str(2 * 3 * 5 * 7 * 4)
     assert tool("bytes", 2, 3, 5, 7, "bf16", "f32").strip() == str(2 * 8 * 5 * 7 * 2)
     assert tool("bytes", 2, 16, 5, 7, "bf16", "f32").strip() == str(2 * 16 * 5 * 7 * 2)
     # labels stay int32 NCHW under bf16
     assert tool("bytes", 2, 1, 5, 7, "bf16", "i32").strip() == str(2 * 5 * 7 * 4)
+    # float32 NHWC: channels padded to 4; labels stay int32 NCHW
+    assert tool("bytes", 2, 3, 5, 7, "nhwc", "f32").strip() == str(2 * 4 * 5 * 7 * 4)
+    assert tool("bytes", 2, 16, 5, 7, "nhwc", "f32").strip() == str(2 * 16 * 5 * 7 * 4)
+    assert tool("bytes", 2, 1, 5, 7, "nhwc", "i32").strip() == str(2 * 5 * 7 * 4)

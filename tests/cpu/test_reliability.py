@@ -88,6 +88,38 @@ def test_outputs_are_checked_before_any_work(data, tmp_path):
 
 # ---- periodic and best checkpoints, --resume ------------------------------------------------------------------
 
+def whole_image_loss(prob, label, weight, classes):
+    """The training loss of one whole image from the probabilities predict writes, in float64: the mean of the
+    weighted cross-entropy, or the weighted BCE's mean plus 1 - the soft Dice (smoothed by 1, as training's)."""
+    prob, label, weight = (np.asarray(x, np.float64) for x in (prob, label, weight))
+    eps = 1e-12
+    if classes > 1:
+        picked = np.take_along_axis(prob, label.astype(np.int64)[None], axis=0)[0]
+        return float(np.mean(weight * -np.log(np.maximum(picked, eps))))
+    p = prob[0]
+    bce = -(label * np.log(np.maximum(p, eps)) + (1 - label) * np.log(np.maximum(1 - p, eps)))
+    return float(np.mean(weight * bce) + 1 - (2 * np.sum(p * label) + 1) / (np.sum(p) + np.sum(label) + 1))
+
+
+@pytest.mark.parametrize("classes", [2, 1])
+def test_validation_loss_is_the_training_loss_of_whole_images(data, tmp_path, classes):
+    """--save-best val_loss: the validation's loss is the loss the model trains on (weighted by the weight map),
+    of each whole validation image, averaged over images: held against the probabilities predict writes."""
+    ck, log = tmp_path / "c.safetensors", tmp_path / "m.jsonl"
+    r = run("train", "--data", data / "train.h5", "--val", data / "val.h5", *SMALL, "--classes", classes,
+            "--steps", 2, "--val-every", 1, "--save-best", "val_loss", "--save", ck, "--log", log)
+    vals = [json.loads(x) for x in open(log) if "val_loss" in x]
+    assert [v["step"] for v in vals] == [1, 2] and "loss" in r.stdout.split("validation at step 2:")[1].split("\n")[0]
+    best = min(vals, key=lambda v: v["val_loss"])
+    _, meta = tensors(tmp_path / "c.best.safetensors")
+    assert meta["unet.best_metric"] == "val_loss" and int(meta["unet.best_step"]) == best["step"]
+    run("predict", "--checkpoint", ck, "--input", data / "val.h5", "--output", tmp_path / "p.h5")
+    with h5py.File(tmp_path / "p.h5") as p, h5py.File(data / "val.h5") as v:
+        weight = v["weight"][:] if "weight" in v else np.ones(v["label"].shape, np.float32)
+        losses = [whole_image_loss(p["prob"][k], v["label"][k], weight[k], classes) for k in range(len(p["prob"]))]
+    assert vals[-1]["val_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+
+
 def test_periodic_and_best_checkpoints_beside_save(data, tmp_path):
     """--save-every N keeps the last --keep periodic checkpoints beside --save, --save-best the best validation
     (its value and step recorded), --save-every-min writes by time; a finished run removes the periodic ones."""

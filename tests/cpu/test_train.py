@@ -98,8 +98,9 @@ def test_same_seed_same_bits_and_exact_resume(data, tmp_path, optimizer):
 
 
 def test_cuda_flags_are_accepted_and_ignored_on_the_cpu(data, tmp_path):
-    """--cuda-graph and --fast-nondeterministic are the CUDA backend's: on the
-    CPU every value trains the same bits and nothing speaks of graphs
+    """--cuda-graph, --fast-nondeterministic and --layout are the CUDA
+    backend's: on the CPU every value trains the same bits and nothing speaks
+    of graphs
     (tests/gpu/test_cuda_graph.py holds the GPU's replays against its eager
     steps)."""
     args = ["train", "--data", data / "train.h5", *SMALL, "--dropout", "0.2", "--optimizer", "adam", "--steps", 5,
@@ -115,6 +116,10 @@ def test_cuda_flags_are_accepted_and_ignored_on_the_cpu(data, tmp_path):
     r = run(*args, "--fast-nondeterministic", "--save", tmp_path / "fast.safetensors")
     assert "nondeterministic" not in r.stdout.split("device:")[-1].splitlines()[0]
     assert tensors(tmp_path / "fast.safetensors")[0] == runs["off"]
+    # so is the activation layout: the CPU's is NCHW whatever --layout says
+    run(*args, "--layout", "nhwc", "--save", tmp_path / "nhwc.safetensors")
+    assert tensors(tmp_path / "nhwc.safetensors")[0] == runs["off"]
+    user_error(run(*args, "--layout", "nwhc", check=False), "--layout")
     bench = run("bench", "--device", "cpu", "--filters", "4,8,16", "--tile", 60, "--steps", 2, "--bench-warmup", 1,
                 "--threads", 1, "--json")
     b = json.loads(bench.stdout.strip().splitlines()[-1])

@@ -110,6 +110,22 @@ def assert_same_training(a, b, what):
     print(f"{what}: {'the same bits' if same else 'within tolerance, not the same bits'}")
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_channels_last_images_are_refused(data, tmp_path, channels):
+    """The warp writes NCHW float32: a run holding its images NHWC
+    (--layout nhwc) is refused in one line, exit 2, also at 4 channels,
+    where the padded NHWC tensor takes the bytes of the NCHW one."""
+    path = data / ("four.h5" if channels == 4 else "plain.h5")
+    _, model = CASES["unetpp_plain"]
+    r = subprocess.run([UNET, "train", "--data", str(path), *model, "--in-channels", str(channels), "--batch", "2",
+                        "--steps", "1", "--device", "cuda", "--precision", "fp32", "--layout", "nhwc",
+                        "--augment-device", "cuda"], capture_output=True, text=True, env=env(), timeout=600)
+    # the CPU emulation of CUDA announces itself on stderr; a GPU does not
+    lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith("unet CUDA emulator:")]
+    assert r.returncode == 2 and len(lines) == 1 and "--augment-device" in lines[0] and "--layout nhwc" in lines[0], \
+        (r.returncode, r.stderr)
+
+
 @pytest.mark.parametrize("graph", ["auto", "off"])
 @pytest.mark.parametrize("case", ["unet_weighted", "unetpp_plain"])
 def test_gpu_warp_trains_like_the_cpu_warp(data, tmp_path, case, graph):

@@ -135,6 +135,22 @@ def test_crop(op):
     check(op, xs, (2, out_c, 5, 7), accumulate=True)
 
 
+# Channel vectors of 8 bf16 (src/kernels/cuda/nhwc.cuh): 3 a pixel (the sums' row tree over 85 rows, not a power
+# of two) over three slices of pixels, and 38 (two chunks of 32 vectors).
+@pytest.mark.parametrize("shape", [(2, 20, 24, 48), (1, 300, 4, 6)])
+def test_channel_vectors(shape):
+    g = rng(60 + shape[1])
+    n, c, h, w = shape
+    x = g.standard_normal(shape).astype(np.float32)
+    check("bias", [x], shape, params=[g.standard_normal(c).astype(np.float32)], accumulate=True)
+    check("maxpool2", [x], (n, c, h // 2, w // 2), accumulate=True)
+    check("upsample2", [x], (n, c, 2 * h, 2 * w))
+    gamma, beta = g.uniform(0.5, 1.5, c).astype(np.float32), g.standard_normal(c).astype(np.float32)
+    rm, rv = g.standard_normal(c).astype(np.float32), g.uniform(0.5, 2.0, c).astype(np.float32)
+    check("batchnorm", [x], shape, {"relu": 1, "momentum": 0.1, "eps": 1e-5}, params=[gamma, beta],
+          states=[rm, rv], training=1)
+
+
 @pytest.mark.parametrize("training,relu", [(1, 0), (1, 1), (0, 1)])
 def test_batchnorm(training, relu):
     g = rng(40 + 2 * training + relu)

@@ -12,7 +12,12 @@ Tolerances are norm-wise relative errors (unet_testlib.rel_err):
        products; norm-wise that lands near 5e-4..1e-3 on random data.
 Every output starts as NaN (unet_optest poisons it), so an unwritten element
 fails. UNET_CUDNN_LOG=1 is set so that a failing unet_optest run shows, in the
-error, the cuDNN engine chosen (or the fallback taken) for each plan."""
+error, the cuDNN engine chosen (or the fallback taken) for each plan.
+
+Each case runs in both layouts of fp32/tf32 activations (--layout nchw and
+nhwc) with the same tolerances: in NHWC cuDNN is shown channels-last tensors
+padded to 4 channels and a (K4, R, S, C4) copy of the weights, which changes
+which engines run and their summation order, not the accuracy asked of them."""
 import os
 
 import numpy as np
@@ -24,6 +29,7 @@ from unet_testlib import assert_close, cuda_emulated, rng, run_op, requires_gpu
 
 FP32_TOL = 1e-5
 TF32_TOL = 2e-3
+LAYOUTS = ["nchw", "nhwc"]
 
 
 pytestmark = requires_gpu("the CUDA conv twins run on a GPU machine")
@@ -55,10 +61,17 @@ def conv_reference(x, wt, b, dout, pad, relu):
     return y.detach().numpy(), X.grad.numpy(), W.grad.numpy(), B.grad.numpy()
 
 
-def run_conv(x, wt, b, dout, out_shape, k, pad, relu, backend="cuda", din_init=None, precision=None):
-    attrs = {"k": k, "pad": pad, "relu": relu, "out_c": out_shape[1]}
+def device_attrs(attrs, backend, precision, layout):
+    """attrs with the CUDA backend's precision and layout, where given."""
     if precision:
         attrs["precision"] = precision
+    if layout and backend == "cuda":
+        attrs["layout"] = layout
+    return attrs
+
+
+def run_conv(x, wt, b, dout, out_shape, k, pad, relu, backend="cuda", din_init=None, precision=None, layout=None):
+    attrs = device_attrs({"k": k, "pad": pad, "relu": relu, "out_c": out_shape[1]}, backend, precision, layout)
     return run_op("conv", [x], out_shape, attrs, params=[wt, b], dout=dout, backward=True, backend=backend,
                   din_init=din_init)
 
@@ -75,30 +88,33 @@ CONV_CONFIGS = [  # (k, pad, relu, batch): valid and same 3x3, 1x1 heads, with a
     (3, 1, 1, None), (3, 0, 0, None), (1, 0, 1, None), (3, 1, 0, 3), (3, 0, 1, 2)]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", range(len(CONV_CONFIGS)))
-def test_conv_matches_torch(case):
+def test_conv_matches_torch(case, layout):
     k, pad, relu, n = CONV_CONFIGS[case]
     g = rng(100 + case)
     x, wt, b, dout, oshape = conv_case(g, k, pad, relu, n)
-    r = run_conv(x, wt, b, dout, oshape, k, pad, relu)
+    r = run_conv(x, wt, b, dout, oshape, k, pad, relu, layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, pad, relu), FP32_TOL, f"conv k{k} pad{pad} relu{relu} {x.shape}")
 
 
-def test_conv_matches_cpu_twin():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_matches_cpu_twin(layout):
     for case, (k, pad, relu, n) in enumerate(CONV_CONFIGS[:3]):
         g = rng(200 + case)
         x, wt, b, dout, oshape = conv_case(g, k, pad, relu, n)
         cpu = run_conv(x, wt, b, dout, oshape, k, pad, relu, backend="cpu")
         ref = (cpu["out"], cpu["din"][0], cpu["dparam"][0], cpu["dparam"][1])
-        check_conv(run_conv(x, wt, b, dout, oshape, k, pad, relu), ref, FP32_TOL,
+        check_conv(run_conv(x, wt, b, dout, oshape, k, pad, relu, layout=layout), ref, FP32_TOL,
                    f"conv vs CPU twin k{k} pad{pad} relu{relu} {x.shape}")
 
 
-def test_conv_accumulates_into_din():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_accumulates_into_din(layout):
     g = rng(300)
     x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init])
+    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init], layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, 1, 1), FP32_TOL, "conv accumulate", din_init)
 
 
@@ -117,11 +133,12 @@ def test_conv_checks_its_weights_against_the_alignment_its_plans_declare():
     assert "tensor at" in str(e.value) and "is not 16-byte aligned as the plan assumes" in str(e.value), str(e.value)
 
 
-def test_conv_is_deterministic():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_is_deterministic(layout):
     g = rng(400)
     x, wt, b, dout, oshape = conv_case(g, 3, 0, 1, 3)
-    r1 = run_conv(x, wt, b, dout, oshape, 3, 0, 1)
-    r2 = run_conv(x, wt, b, dout, oshape, 3, 0, 1)
+    r1 = run_conv(x, wt, b, dout, oshape, 3, 0, 1, layout=layout)
+    r2 = run_conv(x, wt, b, dout, oshape, 3, 0, 1, layout=layout)
     for name, a1, a2 in [("out", r1["out"], r2["out"]), ("din", r1["din"][0], r2["din"][0]),
                          ("dweight", r1["dparam"][0], r2["dparam"][0]), ("dbias", r1["dparam"][1], r2["dparam"][1])]:
         assert np.array_equal(a1.view(np.uint32), a2.view(np.uint32)), f"conv {name} differs between two runs"
@@ -145,27 +162,27 @@ def conv_t2_reference(x, wt, b, dout):
     return y.detach().numpy(), X.grad.numpy(), W.grad.numpy(), B.grad.numpy()
 
 
-def run_conv_t2(x, wt, b, dout, out_shape, backend="cuda", din_init=None, precision=None):
-    attrs = {"out_c": out_shape[1]}
-    if precision:
-        attrs["precision"] = precision
+def run_conv_t2(x, wt, b, dout, out_shape, backend="cuda", din_init=None, precision=None, layout=None):
+    attrs = device_attrs({"out_c": out_shape[1]}, backend, precision, layout)
     return run_op("conv_t2", [x], out_shape, attrs, params=[wt, b], dout=dout, backward=True, backend=backend,
                   din_init=din_init)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("seed", [500, 501])
-def test_conv_t2_matches_torch(seed):
+def test_conv_t2_matches_torch(seed, layout):
     g = rng(seed)
     x, wt, b, dout, oshape = conv_t2_case(g, 2 if seed == 500 else None)
-    r = run_conv_t2(x, wt, b, dout, oshape)
+    r = run_conv_t2(x, wt, b, dout, oshape, layout=layout)
     check_conv(r, conv_t2_reference(x, wt, b, dout), FP32_TOL, f"conv_t2 {x.shape}")
 
 
-def test_conv_t2_accumulates_and_matches_cpu_twin():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_t2_accumulates_and_matches_cpu_twin(layout):
     g = rng(600)
     x, wt, b, dout, oshape = conv_t2_case(g, 3)
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init])
+    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init], layout=layout)
     check_conv(r, conv_t2_reference(x, wt, b, dout), FP32_TOL, "conv_t2 accumulate", din_init)
     cpu = run_conv_t2(x, wt, b, dout, oshape, backend="cpu", din_init=[din_init])
     for name, got, want in [("out", r["out"], cpu["out"]), ("din", r["din"][0], cpu["din"][0]),
@@ -173,7 +190,8 @@ def test_conv_t2_accumulates_and_matches_cpu_twin():
         assert_close(got, want, FP32_TOL, f"conv_t2 vs CPU twin {name}")
 
 
-def test_unfused_paths(monkeypatch):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_unfused_paths(monkeypatch, layout):
     """UNET_CUDNN_NOFUSE=1: conv alone + the bias/ReLU kernel, and accumulation
     through workspace scratch, as on a GPU where no engine runs the fused or
     beta = 1 graphs."""
@@ -181,33 +199,35 @@ def test_unfused_paths(monkeypatch):
     g = rng(700)
     x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init])
+    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, din_init=[din_init], layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, 1, 1), FP32_TOL, "unfused conv", din_init)
     x, wt, b, dout, oshape = conv_t2_case(g, 2)
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init])
+    r = run_conv_t2(x, wt, b, dout, oshape, din_init=[din_init], layout=layout)
     check_conv(r, conv_t2_reference(x, wt, b, dout), FP32_TOL, "unfused conv_t2", din_init)
 
 
-def test_tf32_within_its_tolerance():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_tf32_within_its_tolerance(layout):
     g = rng(800)
     x, wt, b, dout, oshape = conv_case(g, 3, 1, 1, 2)
-    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, precision="tf32")
+    r = run_conv(x, wt, b, dout, oshape, 3, 1, 1, precision="tf32", layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, 1, 1), TF32_TOL, "conv tf32")
     x, wt, b, dout, oshape = conv_t2_case(g, 2)
-    r = run_conv_t2(x, wt, b, dout, oshape, precision="tf32")
+    r = run_conv_t2(x, wt, b, dout, oshape, precision="tf32", layout=layout)
     check_conv(r, conv_t2_reference(x, wt, b, dout), TF32_TOL, "conv_t2 tf32")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_bias_matches_torch(accumulate):
+def test_bias_matches_torch(accumulate, layout):
     g = rng(900 + accumulate)
     n, c, h, w = 3, int(g.integers(1, 9)), int(g.integers(3, 15)), int(g.integers(3, 15))
     x = g.standard_normal((n, c, h, w)).astype(np.float32)
     b = g.standard_normal(c).astype(np.float32)
     dout = g.standard_normal(x.shape).astype(np.float32)
     din_init = g.standard_normal(x.shape).astype(np.float32) if accumulate else None
-    r = run_op("bias", [x], x.shape, params=[b], dout=dout, backward=True, backend="cuda",
+    r = run_op("bias", [x], x.shape, {"layout": layout}, params=[b], dout=dout, backward=True, backend="cuda",
                din_init=[din_init] if accumulate else None)
     X, B = t64(x, True), t64(b, True)
     y = X + B.view(1, -1, 1, 1)
@@ -215,6 +235,24 @@ def test_bias_matches_torch(accumulate):
     assert_close(r["out"], y.detach().numpy(), FP32_TOL, "bias out")
     dx = X.grad.numpy() + (din_init if accumulate else 0)
     assert_close(r["din"][0], dx, FP32_TOL, "bias din")
+    assert_close(r["dparam"][0], B.grad.numpy(), FP32_TOL, "bias dbias")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bias_gradient_over_channel_vectors(layout):
+    """The bias gradient's per-channel sums over many channels and pixels: in
+    NHWC 38 vectors of 4 channels (two chunks of 32) over three slices of
+    pixels (src/kernels/cuda/nhwc.cuh)."""
+    g = rng(950)
+    x = g.standard_normal((2, 150, 30, 41)).astype(np.float32)
+    b = g.standard_normal(150).astype(np.float32)
+    dout = g.standard_normal(x.shape).astype(np.float32)
+    r = run_op("bias", [x], x.shape, {"layout": layout}, params=[b], dout=dout, backward=True, backend="cuda")
+    X, B = t64(x, True), t64(b, True)
+    y = X + B.view(1, -1, 1, 1)
+    y.backward(t64(dout))
+    assert_close(r["out"], y.detach().numpy(), FP32_TOL, "bias out")
+    assert_close(r["din"][0], X.grad.numpy(), FP32_TOL, "bias din")
     assert_close(r["dparam"][0], B.grad.numpy(), FP32_TOL, "bias dbias")
 
 
@@ -234,9 +272,10 @@ def test_bias_gradient_over_more_channels_than_a_grid_dimension_holds():
     assert_close(r["out"], cpu["out"], FP32_TOL, "bias out over 65540 channels")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("path", ["cublaslt", "cudnn"])
 @pytest.mark.parametrize("precision,relu", [("fp32", 0), ("fp32", 1), ("tf32", 1)])
-def test_1x1_conv_by_either_path_matches_torch_and_the_cpu_twin(monkeypatch, path, precision, relu):
+def test_1x1_conv_by_either_path_matches_torch_and_the_cpu_twin(monkeypatch, path, precision, relu, layout):
     """A 1x1 convolution's forward runs as a cuBLASLt matmul with the bias
     (and ReLU) in its epilogue, or through cuDNN, whichever ran its shape
     faster when the plans were built (src/kernels/cuda/gemm.h); the choice
@@ -245,7 +284,7 @@ def test_1x1_conv_by_either_path_matches_torch_and_the_cpu_twin(monkeypatch, pat
     tol = FP32_TOL if precision == "fp32" else TF32_TOL
     g = rng(960 + relu)
     x, wt, b, dout, oshape = conv_case(g, 1, 0, relu, 3)
-    r = run_conv(x, wt, b, dout, oshape, 1, 0, relu, precision=precision)
+    r = run_conv(x, wt, b, dout, oshape, 1, 0, relu, precision=precision, layout=layout)
     check_conv(r, conv_reference(x, wt, b, dout, 0, relu), tol, f"1x1 conv by {path} {precision} relu{relu}")
     cpu = run_conv(x, wt, b, dout, oshape, 1, 0, relu, backend="cpu")
     assert_close(r["out"], cpu["out"], tol, f"1x1 conv by {path} vs the CPU twin")
@@ -318,8 +357,8 @@ def encoder_reference(x, wt, b, dout, attrs, out=None):
     return y.detach().numpy(), X.grad.numpy(), W.grad.numpy(), None if B is None else B.grad.numpy()
 
 
-def run_encoder(x, wt, b, dout, out_shape, attrs, backend="cuda", din_init=None, precision=None):
-    attrs = dict(attrs, **({"precision": precision} if precision else {}))
+def run_encoder(x, wt, b, dout, out_shape, attrs, backend="cuda", din_init=None, precision=None, layout=None):
+    attrs = device_attrs(dict(attrs), backend, precision, layout)
     return run_op("conv", [x], out_shape, attrs, params=[wt] if b is None else [wt, b], dout=dout, backward=True,
                   backend=backend, din_init=din_init)
 
@@ -333,29 +372,31 @@ def check_encoder(r, ref, tol, what, din_init=None):
         assert_close(r["dparam"][1], db, tol, f"{what} dbias")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", range(len(ENCODER_CONVS)))
-def test_encoder_conv_matches_torch_and_cpu_twin(case):
+def test_encoder_conv_matches_torch_and_cpu_twin(case, layout):
     g = rng(1000 + case)
     x, wt, b, dout, oshape, attrs = encoder_case(g, *ENCODER_CONVS[case])
     what = f"conv {attrs} {x.shape}"
     ref = encoder_reference(x, wt, b, dout, attrs)
-    check_encoder(run_encoder(x, wt, b, dout, oshape, attrs), ref, FP32_TOL, what)
+    check_encoder(run_encoder(x, wt, b, dout, oshape, attrs, layout=layout), ref, FP32_TOL, what)
     cpu = run_encoder(x, wt, b, dout, oshape, attrs, backend="cpu")
     twin = (cpu["out"], cpu["din"][0], cpu["dparam"][0], cpu["dparam"][1] if b is not None else None)
-    check_encoder(run_encoder(x, wt, b, dout, oshape, attrs), twin, FP32_TOL, what + " vs CPU twin")
+    check_encoder(run_encoder(x, wt, b, dout, oshape, attrs, layout=layout), twin, FP32_TOL, what + " vs CPU twin")
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    check_encoder(run_encoder(x, wt, b, dout, oshape, attrs, din_init=[din_init]), ref, FP32_TOL,
+    check_encoder(run_encoder(x, wt, b, dout, oshape, attrs, din_init=[din_init], layout=layout), ref, FP32_TOL,
                   what + " accumulated", din_init)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", [0, 3, 5])
-def test_encoder_conv_unfused_and_tf32(case, monkeypatch):
+def test_encoder_conv_unfused_and_tf32(case, layout, monkeypatch):
     g = rng(1100 + case)
     x, wt, b, dout, oshape, attrs = encoder_case(g, *ENCODER_CONVS[case])
-    r = run_encoder(x, wt, b, dout, oshape, attrs, precision="tf32")
+    r = run_encoder(x, wt, b, dout, oshape, attrs, precision="tf32", layout=layout)
     check_encoder(r, encoder_reference(x, wt, b, dout, attrs, r["out"]), TF32_TOL, f"conv tf32 {attrs}")
     monkeypatch.setenv("UNET_CUDNN_NOFUSE", "1")
     din_init = g.standard_normal(x.shape).astype(np.float32)
-    r = run_encoder(x, wt, b, dout, oshape, attrs, din_init=[din_init], precision="tf32")
+    r = run_encoder(x, wt, b, dout, oshape, attrs, din_init=[din_init], precision="tf32", layout=layout)
     check_encoder(r, encoder_reference(x, wt, b, dout, attrs, r["out"]), TF32_TOL, f"conv tf32 unfused {attrs}",
                   din_init)

@@ -159,6 +159,28 @@ def test_fast_nondeterministic_trains_and_says_so(data, tmp_path):
     assert np.allclose(a, b, rtol=1e-3, atol=1e-5), (a, b)
 
 
+def test_nhwc_layout_trains_as_nchw_and_replays_its_bits(data, tmp_path):
+    """--layout nhwc (fp32 activations channels last, padded to 4 channels):
+    its replayed steps give its eager bits, its device line says so, and it
+    trains as the NCHW run does, to the sums' rounding (cuDNN and the
+    reductions add in other orders); bf16 is NHWC only, and --layout nchw with
+    it is refused in one line."""
+    nchw = train(data, tmp_path / "nchw", "unet_sgd", "off")
+    eager = train(data, tmp_path / "off", "unet_sgd", "off", "--layout", "nhwc")
+    graphed = train(data, tmp_path / "auto", "unet_sgd", "auto", "--layout", "nhwc")
+    assert "nhwc" in eager[0].stdout.split("device:")[-1].splitlines()[0], eager[0].stdout
+    assert "cuda graph: step 4 captured" in graphed[0].stdout, graphed[0].stdout + graphed[0].stderr
+    assert_same_run(eager, graphed, "nhwc")
+    a, b = ([x["loss"] for x in r[2] if "loss" in x] for r in (nchw, eager))
+    assert len(b) == STEPS and np.allclose(a, b, rtol=1e-4, atol=1e-6), (a, b)
+    r = subprocess.run([UNET, "train", "--data", str(data / "train.h5"), *MODELS["unet_sgd"], "--steps", "1",
+                        "--device", "cuda", "--precision", "bf16", "--layout", "nchw"],
+                       capture_output=True, text=True, env=env(), timeout=600)
+    # the CPU emulation of CUDA announces itself on stderr; a GPU does not
+    lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith("unet CUDA emulator:")]
+    assert r.returncode == 2 and len(lines) == 1 and "--layout nchw" in lines[0], (r.returncode, r.stderr)
+
+
 def test_bench_times_the_graph(data):
     """unet bench replays the graph and says so; its losses are the eager
     ones (a warm-up of 4 covers the capture, so both runs take 10 steps)."""

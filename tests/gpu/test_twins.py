@@ -22,6 +22,14 @@ Tolerances (norm-wise relative, unet_testlib.rel_err):
 unet_optest poisons every output with NaN first (the gradients too, unless
 accumulating), so an element a kernel fails to write fails the comparison.
 
+Every op and the model steps run in both layouts of fp32 activations
+(--layout nchw and nhwc: layout.h, NHWC with channels padded to 4), with the
+same assertions: the NHWC kernels do per element the float operations of the
+NCHW ones in the same order, so what is bit for bit in NCHW is in NHWC too;
+the reductions keep TWIN_TOL (their partial sums are cut differently: channel
+vectors over pixel slices instead of planes). The optimizers work on
+parameter blocks, which have no layout.
+
 Skips where no GPU is listed by nvidia-smi (set UNET_FORCE_GPU_TESTS=1 to run
 anyway, against a backend that needs none), and where the build has no CUDA
 backend. UNET_CUDA_SYNC=1 is set so that a kernel fault is reported at the op
@@ -40,6 +48,7 @@ from unet_testlib import BUILD, assert_close, rng, run_op, requires_gpu
 
 TOL = 1e-5
 TWIN_TOL = 1e-6
+LAYOUTS = ["nchw", "nhwc"]
 
 
 pytestmark = requires_gpu("the CUDA kernel twins run on a GPU machine")
@@ -57,9 +66,14 @@ def assert_same_bits(a, b, what):
         f"{what}: differs from the CPU twin (max |diff| {np.max(np.abs(a.astype(np.float64) - b)):.3g})"
 
 
-def run_both(op, inputs, out_shape, attrs=None, **kw):
+def run_cuda(op, inputs, out_shape, attrs=None, layout="nchw", **kw):
+    """The op on the CUDA backend, its activations in `layout`."""
+    return run_op(op, inputs, out_shape, dict(attrs or {}, layout=layout), backend="cuda", **kw)
+
+
+def run_both(op, inputs, out_shape, attrs=None, layout="nchw", **kw):
     """The op on the CUDA backend and on its CPU twin."""
-    return (run_op(op, inputs, out_shape, attrs, backend="cuda", **kw),
+    return (run_cuda(op, inputs, out_shape, attrs, layout, **kw),
             run_op(op, inputs, out_shape, attrs, backend="cpu", **kw))
 
 
@@ -70,7 +84,7 @@ def reference(fn, xs, dout):
     return y.detach().numpy(), [X.grad.numpy() for X in Xs]
 
 
-def check_unary(op, fn, x, out_shape, g, attrs=None, exact_backward=True, **kw):
+def check_unary(op, fn, x, out_shape, g, attrs=None, exact_backward=True, layout="nchw", **kw):
     """Forward and backward (overwrite, then accumulate) against float64
     PyTorch and the CPU twin: the forward bit for bit, the backward too when
     exact_backward."""
@@ -79,7 +93,7 @@ def check_unary(op, fn, x, out_shape, g, attrs=None, exact_backward=True, **kw):
     init = g.standard_normal(x.shape).astype(np.float32)
     what = f"{op} {x.shape}"
     for din_init in (None, [init]):
-        cu, cpu = run_both(op, [x], out_shape, attrs, dout=dout, backward=True, din_init=din_init, **kw)
+        cu, cpu = run_both(op, [x], out_shape, attrs, layout, dout=dout, backward=True, din_init=din_init, **kw)
         want = dx_ref if din_init is None else init + dx_ref
         tag = " accumulated" if din_init else ""
         assert_close(cu["out"], y_ref, TOL, what + " out")
@@ -93,69 +107,76 @@ def check_unary(op, fn, x, out_shape, g, attrs=None, exact_backward=True, **kw):
 
 # ---- relu, maxpool2, upsample2 ----
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 2, 8, 12), (1, 1, 1, 3)])
-def test_relu(shape):
+def test_relu(shape, layout):
     g = rng(100 + shape[3])
     x = g.standard_normal(shape).astype(np.float32)
-    check_unary("relu", F.relu, x, shape, g)
+    check_unary("relu", F.relu, x, shape, g, layout=layout)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 6, 10), (3, 5, 2, 14), (1, 2, 16, 8)])
-def test_maxpool2(shape):
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 3, 6, 10), (3, 5, 2, 14), (1, 2, 16, 8), (2, 9, 4, 6)])
+def test_maxpool2(shape, layout):
     g = rng(200 + shape[2])
     x = g.standard_normal(shape).astype(np.float32)
     n, c, h, w = shape
-    check_unary("maxpool2", lambda X: F.max_pool2d(X, 2), x, (n, c, h // 2, w // 2), g)
+    check_unary("maxpool2", lambda X: F.max_pool2d(X, 2), x, (n, c, h // 2, w // 2), g, layout=layout)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (2, 1, 1, 5), (1, 4, 9, 1), (3, 2, 8, 12)])
-def test_upsample2(shape):
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (2, 1, 1, 5), (1, 4, 9, 1), (3, 2, 8, 12), (1, 9, 3, 4)])
+def test_upsample2(shape, layout):
     """The forward takes the CPU's taps in its order (bit for bit); the
     backward gathers where the CPU scatters (rounding-level differences)."""
     g = rng(300 + shape[2] + shape[3])
     x = g.standard_normal(shape).astype(np.float32)
     n, c, h, w = shape
     fn = lambda X: F.interpolate(X, scale_factor=2, mode="bilinear", align_corners=False)
-    check_unary("upsample2", fn, x, (n, c, 2 * h, 2 * w), g, exact_backward=False)
+    check_unary("upsample2", fn, x, (n, c, 2 * h, 2 * w), g, exact_backward=False, layout=layout)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 2, 8, 12)])
-def test_relu6(shape):
+def test_relu6(shape, layout):
     """Values over both bounds, a few exactly 0 and 6 (no gradient there, as PyTorch's hardtanh_backward)."""
     g = rng(150 + shape[3])
     x = (3 + 4 * g.standard_normal(shape)).astype(np.float32)
     x.reshape(-1)[:4] = [0.0, 6.0, 0.0, 6.0]
-    check_unary("relu", F.relu6, x, shape, g, attrs={"act": "relu6"})
+    check_unary("relu", F.relu6, x, shape, g, attrs={"act": "relu6"}, layout=layout)
 
 
 # (k, stride, pad): ResNet's stem pooling; overlapping windows at stride 1; -inf padding wider than a
 # stride; windows that tile exactly
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("k,stride,pad,shape", [(3, 2, 1, (2, 3, 9, 12)), (3, 2, 1, (1, 4, 16, 16)),
                                                 (3, 1, 1, (2, 2, 5, 7)), (5, 3, 2, (1, 3, 11, 8)),
                                                 (2, 2, 0, (2, 2, 6, 10))])
-def test_maxpool(k, stride, pad, shape):
+def test_maxpool(k, stride, pad, shape, layout):
     g = rng(250 + k + stride + shape[3])
     # negative, so that padding taken for 0 would show; multiples of 0.5, so that windows tie
     x = (-np.round(2 * np.abs(g.standard_normal(shape))) / 2 - 0.5).astype(np.float32)
     n, c, h, w = shape
     out = (n, c, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
     check_unary("maxpool", lambda X: F.max_pool2d(X, k, stride, pad), x, out, g,
-                attrs={"k": k, "stride": stride, "pad": pad})
+                attrs={"k": k, "stride": stride, "pad": pad}, layout=layout)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 4, 9, 1), (3, 2, 8, 12)])
-def test_upsample2_nearest(shape):
+def test_upsample2_nearest(shape, layout):
     g = rng(320 + shape[2] + shape[3])
     x = g.standard_normal(shape).astype(np.float32)
     n, c, h, w = shape
     check_unary("upsample2", lambda X: F.interpolate(X, scale_factor=2, mode="nearest"), x, (n, c, 2 * h, 2 * w),
-                g, attrs={"upsample": "nearest"})
+                g, attrs={"upsample": "nearest"}, layout=layout)
 
 
 # ---- dropout ----
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("p,shape", [(0.5, (2, 3, 5, 7)), (0.2, (3, 4, 8, 16)), (0.9, (1, 2, 3, 3))])
-def test_dropout_matches_cpu_mask(p, shape):
+def test_dropout_matches_cpu_mask(p, shape, layout):
     g = rng(400 + int(10 * p))
     x = g.standard_normal(shape).astype(np.float32)
     dout = g.standard_normal(shape).astype(np.float32)
@@ -163,7 +184,7 @@ def test_dropout_matches_cpu_mask(p, shape):
     kw = dict(seed=seed, node_index=node, dout=dout, backward=True)
     init = g.standard_normal(shape).astype(np.float32)
     for din_init in (None, [init]):
-        cu, cpu = run_both("dropout", [x], shape, {"p": p}, din_init=din_init, **kw)
+        cu, cpu = run_both("dropout", [x], shape, {"p": p}, layout, din_init=din_init, **kw)
         assert_same_bits(cu["out"], cpu["out"], f"dropout p={p} {shape} out")
         assert_same_bits(cu["din"][0], cpu["din"][0], f"dropout p={p} {shape} din")
     keep = cpu["out"] != 0
@@ -172,14 +193,15 @@ def test_dropout_matches_cpu_mask(p, shape):
     assert keep.size < 30 or abs(keep.mean() - (1 - p)) < 5 * np.sqrt(p * (1 - p) / keep.size) + 0.05
 
 
-def test_dropout_eval_is_identity():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dropout_eval_is_identity(layout):
     g = rng(450)
     shape = (2, 3, 5, 6)
     x = g.standard_normal(shape).astype(np.float32)
     dout = g.standard_normal(shape).astype(np.float32)
     init = g.standard_normal(shape).astype(np.float32)
-    r = run_op("dropout", [x], shape, {"p": 0.5}, dout=dout, backward=True, training=0, seed=3, backend="cuda",
-               din_init=[init])
+    r = run_cuda("dropout", [x], shape, {"p": 0.5}, layout, dout=dout, backward=True, training=0, seed=3,
+                 din_init=[init])
     assert np.array_equal(r["out"], x)
     assert np.array_equal(r["din"][0], init + dout)
 
@@ -198,7 +220,7 @@ def crop_inputs(g, n_in, same_c, h, w, grow_h, grow_w):
     return xs
 
 
-def check_crop(op, xs, g):
+def check_crop(op, xs, g, layout):
     h, w = xs[0].shape[2], xs[0].shape[3]
     fn = lambda *Xs: (torch.cat([centre_crop(X, h, w) for X in Xs], 1) if op == "crop_concat"
                       else sum([centre_crop(X, h, w) for X in Xs[1:]], centre_crop(Xs[0], h, w)))
@@ -209,7 +231,7 @@ def check_crop(op, xs, g):
     inits = [g.standard_normal(x.shape).astype(np.float32) for x in xs]
     what = f"{op} {[x.shape for x in xs]}"
     for din_init in (None, inits):
-        cu, cpu = run_both(op, xs, out_shape, dout=dout, backward=True, din_init=din_init)
+        cu, cpu = run_both(op, xs, out_shape, None, layout, dout=dout, backward=True, din_init=din_init)
         assert_close(cu["out"], y_ref, TOL, what + " out")
         assert_same_bits(cu["out"], cpu["out"], what + " out")
         for i in range(len(xs)):
@@ -227,17 +249,33 @@ CROP_CASES = {"same": (8, 16, [0], [0]), "odd": (5, 7, range(8), range(8)),
               "aligned": (4, 12, range(5), [0, 8, 16]), "tiny": (1, 1, range(6), range(6))}
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", list(CROP_CASES))
 @pytest.mark.parametrize("op", ["crop_concat", "crop_add"])
-def test_crop(op, case):
+def test_crop(op, case, layout):
     h, w, grow_h, grow_w = CROP_CASES[case]
     g = rng(500 + h + w + (op == "crop_add"))
     n_in = 5 if case == "same" else int(g.integers(2, 5))
-    check_crop(op, crop_inputs(g, n_in, op == "crop_add", h, w, list(grow_h), list(grow_w)), g)
+    check_crop(op, crop_inputs(g, n_in, op == "crop_add", h, w, list(grow_h), list(grow_w)), g, layout)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op", ["crop_concat", "crop_add"])
+def test_crop_wide_channels(op, layout):
+    """Channel counts around the NHWC vector widths (4 floats, 8 bf16): a
+    concatenation whose inputs start at channels that are and are not a
+    multiple of 4 and 8, so that a channel vector of the output straddles
+    two inputs."""
+    g = rng(560 + (op == "crop_add"))
+    n, h, w = 2, 5, 6
+    cs = [8, 5, 12, 3] if op == "crop_concat" else [11, 11, 11]
+    xs = [g.standard_normal((n, c, h + 2 * i, w + i)).astype(np.float32) for i, c in enumerate(cs)]
+    check_crop(op, xs, g, layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("act", ["relu", "relu6", "none"])
-def test_residual_add(act):
+def test_residual_add(act, layout):
     """crop_add of equal shapes with a fused activation (ResNet's residual + ReLU), float4 and scalar rows."""
     g = rng(560 + len(act))
     for shape in [(2, 3, 8, 12), (3, 5, 5, 7)]:
@@ -247,7 +285,8 @@ def test_residual_add(act):
         inits = [g.standard_normal(shape).astype(np.float32) for _ in xs]
         what = f"crop_add act={act} {shape}"
         for din_init in (None, inits):
-            cu, cpu = run_both("crop_add", xs, shape, {"act": act}, dout=dout, backward=True, din_init=din_init)
+            cu, cpu = run_both("crop_add", xs, shape, {"act": act}, layout, dout=dout, backward=True,
+                               din_init=din_init)
             assert_close(cu["out"], y_ref, TOL, what + " out")
             assert_same_bits(cu["out"], cpu["out"], what + " out")
             for i in range(2):
@@ -258,7 +297,7 @@ def test_residual_add(act):
 
 # ---- batch norm ----
 
-def check_bn(shape, training, relu, seed, accumulate=False, tol=TOL, frozen=0):
+def check_bn(shape, training, relu, seed, accumulate=False, tol=TOL, frozen=0, layout="nchw"):
     """relu: the act (0, 1 or "relu6"); frozen: running statistics in a training step (the reference:
     eval mode)."""
     g = rng(seed)
@@ -271,7 +310,7 @@ def check_bn(shape, training, relu, seed, accumulate=False, tol=TOL, frozen=0):
     init = g.standard_normal(shape).astype(np.float32) if accumulate else None
     attrs = {"act": {0: "none", 1: "relu"}.get(relu, relu), "momentum": momentum, "eps": eps, "frozen": frozen}
     what = f"batchnorm training={training} frozen={frozen} act={relu} {shape}" + (" accumulated" if accumulate else "")
-    cu, cpu = run_both("batchnorm", [x], shape, attrs, params=[gamma, beta], states=[rm, rv], dout=dout,
+    cu, cpu = run_both("batchnorm", [x], shape, attrs, layout, params=[gamma, beta], states=[rm, rv], dout=dout,
                        backward=True, training=training, din_init=[init] if accumulate else None)
     want_dx = dx if init is None else init + dx
     updates = training and not frozen
@@ -287,28 +326,44 @@ def check_bn(shape, training, relu, seed, accumulate=False, tol=TOL, frozen=0):
             what + ": eval mode (or a frozen batch norm) changed the running statistics"
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("training,frozen,act", [(1, 0, "relu6"), (0, 0, "relu6"), (1, 1, "relu6"), (1, 1, 0),
                                                  (1, 1, 1)])
-def test_batchnorm_relu6_and_frozen(training, frozen, act):
-    check_bn((3, 4, 7, 9), training, act, 1040 + 2 * training + frozen, frozen=frozen)
-    check_bn((2, 3, 8, 12), training, act, 1050 + 2 * training + frozen, accumulate=True, frozen=frozen)
+def test_batchnorm_relu6_and_frozen(training, frozen, act, layout):
+    check_bn((3, 4, 7, 9), training, act, 1040 + 2 * training + frozen, frozen=frozen, layout=layout)
+    check_bn((2, 3, 8, 12), training, act, 1050 + 2 * training + frozen, accumulate=True, frozen=frozen,
+             layout=layout)
 
 
 # shapes: rows not a multiple of 4 (scalar path), a multiple (float4 path),
-# planes of more than 4096 values (several reduction slices per plane)
+# planes of more than 4096 values (several reduction slices per plane);
+# channels past a vector width (NHWC: 4 floats, 8 bf16)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("training", [1, 0])
 @pytest.mark.parametrize("relu", [0, 1])
-def test_batchnorm(training, relu):
-    check_bn((3, 4, 7, 9), training, relu, 1000 + 2 * training + relu)
-    check_bn((2, 3, 8, 12), training, relu, 1010 + 2 * training + relu, accumulate=True)
+def test_batchnorm(training, relu, layout):
+    check_bn((3, 4, 7, 9), training, relu, 1000 + 2 * training + relu, layout=layout)
+    check_bn((2, 3, 8, 12), training, relu, 1010 + 2 * training + relu, accumulate=True, layout=layout)
+    check_bn((2, 13, 5, 6), training, relu, 1040 + 2 * training + relu, layout=layout)
 
 
-def test_batchnorm_several_slices_per_plane():
-    check_bn((2, 3, 70, 66), 1, 1, 1020)
-    check_bn((1, 2, 65, 67), 1, 0, 1021, accumulate=True)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_batchnorm_several_slices_per_plane(layout):
+    check_bn((2, 3, 70, 66), 1, 1, 1020, layout=layout)
+    check_bn((1, 2, 65, 67), 1, 0, 1021, accumulate=True, layout=layout)
 
 
-def test_batchnorm_large_mean():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_batchnorm_channel_vectors(layout):
+    """NHWC sums a vector of 4 channels a thread (src/kernels/cuda/nhwc.cuh):
+    3 vectors a pixel (a row tree over 85 rows, not a power of two) over three
+    slices of pixels, and 38 vectors (two chunks of 32)."""
+    check_bn((2, 10, 33, 40), 1, 1, 1050, layout=layout)
+    check_bn((1, 150, 3, 5), 1, 0, 1051, accumulate=True, layout=layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_batchnorm_large_mean(layout):
     """A mean 1000x the spread: the shifted sums keep the variance's digits.
     The float32 mean saved for the backward limits any implementation to
     about |mean| / std * 6e-8 relative (see tests/cpu/test_ops_batchnorm.py)."""
@@ -317,8 +372,8 @@ def test_batchnorm_large_mean():
     x, gamma, beta, rm, rv, dout = bn_case(g, shape, mean_scale=0.0)
     x = (x + np.float32(1000.0)).astype(np.float32)
     y, dx, dg, db, rm_ref, rv_ref = bn_reference(x, gamma, beta, rm, rv, dout, 1, 0, 0.1, 1e-5)
-    cu = run_op("batchnorm", [x], shape, {"relu": 0, "momentum": 0.1, "eps": 1e-5}, params=[gamma, beta],
-                states=[rm, rv], dout=dout, backward=True, backend="cuda")
+    cu = run_cuda("batchnorm", [x], shape, {"relu": 0, "momentum": 0.1, "eps": 1e-5}, layout, params=[gamma, beta],
+                  states=[rm, rv], dout=dout, backward=True)
     assert_close(cu["out"], y, 2e-4, "batchnorm large mean out")
     assert_close(cu["state"][1], rv_ref, 1e-5, "batchnorm large mean running var")
     assert_close(cu["dparam"][1], db, 1e-5, "batchnorm large mean dbeta")
@@ -337,13 +392,13 @@ def loss_case(g, k, weighted, n, h, w, grow=7):
     return inputs
 
 
-def check_loss(op, inputs, scale, g, accumulate=False):
+def check_loss(op, inputs, scale, g, accumulate=False, layout="nchw"):
     Z = t64(inputs[0], True)
     loss = LOSS_REFS[op](Z, inputs[1], inputs[2] if len(inputs) > 2 else None)
     (scale * loss).backward()
     init = g.standard_normal(inputs[0].shape).astype(np.float32) if accumulate else None
     what = f"{op} {[x.shape for x in inputs]} scale={scale}" + (" accumulated" if accumulate else "")
-    cu, cpu = run_both(op, inputs, (1, 1, 1, 1), {"scale": scale}, backward=True,
+    cu, cpu = run_both(op, inputs, (1, 1, 1, 1), {"scale": scale}, layout, backward=True,
                        din_init=[init, None, None] if accumulate else None)
     want = Z.grad.numpy() if init is None else init + Z.grad.numpy()
     assert_close(cu["out"].reshape(()), loss.item(), TOL, what + " loss")
@@ -354,42 +409,47 @@ def check_loss(op, inputs, scale, g, accumulate=False):
 
 
 # (n, h, w): small and odd; more than one 2048-pixel reduction chunk
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("k,weighted,size", [(2, False, (2, 5, 7)), (3, True, (3, 9, 4)), (5, True, (2, 37, 41)),
                                               (4, False, (1, 50, 45))])
-def test_softmax_ce(k, weighted, size):
+def test_softmax_ce(k, weighted, size, layout):
     g = rng(1200 + 10 * k + weighted)
     check_loss("softmax_ce", loss_case(g, k, weighted, *size), 0.25 if weighted else 1.0, g,
-               accumulate=size[0] == 2)
+               accumulate=size[0] == 2, layout=layout)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("weighted,size", [(False, (2, 5, 7)), (True, (3, 9, 4)), (True, (2, 50, 47))])
-def test_bce_dice(weighted, size):
+def test_bce_dice(weighted, size, layout):
     g = rng(1300 + size[1] + weighted)
-    check_loss("bce_dice", loss_case(g, 1, weighted, *size), 1.0 / 3, g, accumulate=weighted)
+    check_loss("bce_dice", loss_case(g, 1, weighted, *size), 1.0 / 3, g, accumulate=weighted, layout=layout)
 
 
-def test_losses_extreme_logits():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_losses_extreme_logits(layout):
     g = rng(1400)
     z, label = loss_case(g, 3, False, 2, 6, 5)
-    check_loss("softmax_ce", [(z * 40).astype(np.float32), label], 0.5, g)
+    check_loss("softmax_ce", [(z * 40).astype(np.float32), label], 0.5, g, layout=layout)
     z, label, weight = loss_case(g, 1, True, 2, 6, 5)
-    check_loss("bce_dice", [(z * 40).astype(np.float32), label, weight], 1.0, g)
+    check_loss("bce_dice", [(z * 40).astype(np.float32), label, weight], 1.0, g, layout=layout)
 
 
-def test_softmax_ce_label_out_of_range_matches_cpu():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_softmax_ce_label_out_of_range_matches_cpu(layout):
     g = rng(1500)
     z, label = loss_case(g, 3, False, 2, 7, 6)
     label = label.copy()
     label.ravel()[::3] = -1
     label.ravel()[1::7] = 3
-    cu, cpu = run_both("softmax_ce", [z, label], (1, 1, 1, 1), backward=True)
+    cu, cpu = run_both("softmax_ce", [z, label], (1, 1, 1, 1), None, layout, backward=True)
     assert_close(cu["out"], cpu["out"], TWIN_TOL, "loss with bad labels vs CPU")
     assert_close(cu["din"][0], cpu["din"][0], TWIN_TOL, "dlogits with bad labels vs CPU")
 
 
 # ---- determinism ----
 
-def test_same_bits_every_run():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_same_bits_every_run(layout):
     """The reductions (batch norm, losses) and the gathers run in an order
     fixed by the shape: two runs give the same bits."""
     g = rng(1600)
@@ -399,8 +459,8 @@ def test_same_bits_every_run():
              ("bce_dice", loss_case(g, 1, True, 3, 45, 50), (1, 1, 1, 1), {"scale": 0.5}, {}),
              ("upsample2", [x], (3, 5, 66, 140), {}, dict(dout=g.standard_normal((3, 5, 66, 140)).astype(np.float32)))]
     for op, inputs, out_shape, attrs, kw in cases:
-        r1 = run_op(op, inputs, out_shape, attrs, backward=True, backend="cuda", **kw)
-        r2 = run_op(op, inputs, out_shape, attrs, backward=True, backend="cuda", **kw)
+        r1 = run_cuda(op, inputs, out_shape, attrs, layout, backward=True, **kw)
+        r2 = run_cuda(op, inputs, out_shape, attrs, layout, backward=True, **kw)
         results = [("out", r1["out"], r2["out"])]
         for key in ("din", "dparam", "state"):
             results += [(f"{key}{i}", a, b) for i, (a, b) in enumerate(zip(r1[key], r2[key])) if a is not None]
@@ -495,7 +555,7 @@ MODEL_CASES = {
 }
 
 
-def run_model(backend, args, seed):
+def run_model(backend, args, seed, layout=None):
     tile, batch = int(args[args.index("--tile") + 1]), int(args[args.index("--batch") + 1])
     classes = int(args[args.index("--classes") + 1])
     g = rng(seed)
@@ -504,6 +564,8 @@ def run_model(backend, args, seed):
         g.integers(0, max(classes, 2), size=(batch, 1, tile, tile)).astype(np.int32).tofile(os.path.join(d, "label.bin"))
         g.uniform(0.5, 2.0, size=(batch, 1, tile, tile)).astype(np.float32).tofile(os.path.join(d, "weight.bin"))
         cmd = [MODELTEST, *args, "--dir", d, "--backend", backend, "--seed", str(seed)]
+        if layout:
+            cmd += ["--layout", layout]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
@@ -513,15 +575,16 @@ def run_model(backend, args, seed):
                 "state": np.fromfile(os.path.join(d, "state.out.bin"), np.float32)}
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("conv1x1", ["cudnn", "cublaslt"])
 @pytest.mark.parametrize("case", list(MODEL_CASES))
-def test_model_steps_match_cpu(monkeypatch, case, conv1x1):
+def test_model_steps_match_cpu(monkeypatch, case, conv1x1, layout):
     """Forward, backward and optimizer steps of a whole model through a
     compiled plan (the convolutions through cuDNN; the heads, 1x1, also as
     cuBLASLt matmuls: UNET_CONV1X1) against the CPU backend.
     1e-4: fp32 convolutions sum in other orders than the CPU's; the error
     compounds through the layers and the steps, staying near 1e-6."""
     monkeypatch.setenv("UNET_CONV1X1", conv1x1)
-    cu, cpu = run_model("cuda", MODEL_CASES[case], 7), run_model("cpu", MODEL_CASES[case], 7)
+    cu, cpu = run_model("cuda", MODEL_CASES[case], 7, layout), run_model("cpu", MODEL_CASES[case], 7)
     for key in ("loss", "grads", "params", "state"):
         assert_close(cu[key], cpu[key], 1e-4, f"{case} {key} vs CPU")

@@ -90,7 +90,7 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
             if (t < best) best = t;
         }
     } else if (!strcmp(device, "cuda")) {
-        const unet_backend *b = unet_cuda_backend(0, "fp32", 1, err, sizeof err);
+        const unet_backend *b = unet_cuda_backend(0, "fp32", NULL, 1, err, sizeof err);
         if (!b) die(err, NULL);
         unet_shape rs = {batch, C, tile, tile}, ps = {batch, 1, tile, tile};
         float *d_raw = b->alloc(b, batch * C * plane * sizeof(float)), *d_weight = b->alloc(b, batch * plane * 4);

@@ -82,7 +82,7 @@ static void deferred_open(deferred *d, const char *device, const unet_loader_opt
     d->warps = malloc(d->B * sizeof *d->warps);
     if (!d->src_raw || !d->src_weight || !d->src_label || !d->records || !d->warps) die("out of memory", NULL);
     if (!d->cuda) return;
-    if (!(d->b = unet_cuda_backend(0, "fp32", 1, err, sizeof err))) fail();
+    if (!(d->b = unet_cuda_backend(0, "fp32", NULL, 1, err, sizeof err))) fail();
     int grid = cfg->elastic && cfg->elastic_sigma > 0 ? cfg->elastic_grid : 0;
     d->warper = d->b->warper_create(d->b, d->B, C, d->T, o->augment_context, grid, cfg->interp == UNET_INTERP_CUBIC,
                                     err, sizeof err);

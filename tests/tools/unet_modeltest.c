@@ -9,7 +9,8 @@
  *       [--encoder resnet18|resnet34|resnet50|mobilenet_v2 [--decoder-channels D1,..,D5] [--freeze-encoder-bn]]
  *       [--features: the encoder's features X^{i,0}, i >= 1, as outputs after the heads']
  *       [--init-encoder W.safetensors: torchvision's weights over the backbone, as unet train loads them]
- *       [--list] [--eval] [--backend cpu|cuda] [--precision fp32|tf32|bf16 (cuda)] [--seed S]
+ *       [--list] [--eval] [--backend cpu|cuda] [--precision fp32|tf32|bf16 (cuda)]
+ *       [--layout nchw|nhwc (cuda)] [--seed S]
  *       [--steps K --lr X --optimizer sgd|adam --adam-eps E]
  *
  * --list prints "name kind offset count dims..." per parameter and the plan's
@@ -36,7 +37,7 @@ int main(int argc, char **argv) {
     float adam_eps = 1e-8f;
     unsigned long long seed = 1;
     float lr = 0.01f;
-    const char *dir = ".", *backend_name = "cpu", *precision = "fp32", *init_encoder = NULL;
+    const char *dir = ".", *backend_name = "cpu", *precision = "fp32", *layout = NULL, *init_encoder = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--list")) { list = 1; continue; }
@@ -80,6 +81,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--init-encoder")) init_encoder = v;
         else if (!strcmp(a, "--backend")) backend_name = v;
         else if (!strcmp(a, "--precision")) precision = v;
+        else if (!strcmp(a, "--layout")) layout = v;
         else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--lr")) lr = strtof(v, NULL);
@@ -96,7 +98,7 @@ int main(int argc, char **argv) {
     const unet_graph *g = model.graph;
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu")) {
-        b = unet_cuda_backend(0, precision, 1, err, sizeof err);
+        b = unet_cuda_backend(0, precision, layout, 1, err, sizeof err);
         if (!b) die(err, NULL);
     }
     unet_param_blocks pb;

@@ -33,7 +33,7 @@
 static const unet_backend *backend_named(const char *name) {
     if (!strcmp(name, "cpu")) return unet_cpu_backend();
     char err[512];
-    const unet_backend *b = unet_cuda_backend(0, "fp32", 1, err, sizeof err);
+    const unet_backend *b = unet_cuda_backend(0, "fp32", NULL, 1, err, sizeof err);
     if (!b) die(err, NULL);
     return b;
 }

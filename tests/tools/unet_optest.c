@@ -7,7 +7,7 @@
  *               --out 2,4,8,10 [--k 3 --stride 1 --pad 0 --groups 1 --act none|relu|relu6
  *               (--relu 1: --act relu) --out-c 4 --upsample bilinear|nearest --frozen 0 --p 0.5
  *               --eps 1e-5 --momentum 0.1 --scale 1 --training 1 --seed 7 --node-index 0]
- *               [--backward] [--accumulate] [--precision fp32|tf32|bf16 (cuda)]
+ *               [--backward] [--accumulate] [--precision fp32|tf32|bf16 (cuda)] [--layout nchw|nhwc (cuda)]
  *               [--param-offset F]
  *
  * Reads D/in<i>.bin, D/param<j>.bin, D/state<j>.bin, D/dout.bin (backward,
@@ -48,7 +48,7 @@ static float *nan_array(size_t n) {
 }
 
 int main(int argc, char **argv) {
-    const char *backend_name = "cpu", *dir = NULL, *op_name = NULL, *precision = "fp32";
+    const char *backend_name = "cpu", *dir = NULL, *op_name = NULL, *precision = "fp32", *layout = NULL;
     unet_shape in_shape[UNET_MAX_IN], out_shape = {0, 0, 0, 0};
     unet_dtype in_type[UNET_MAX_IN];
     int n_in = 0, backward = 0, accumulate = 0, training = 1, node_index = 0, param_offset = 0;
@@ -64,6 +64,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--dir")) dir = v;
         else if (!strcmp(a, "--op")) op_name = v;
         else if (!strcmp(a, "--precision")) precision = v;
+        else if (!strcmp(a, "--layout")) layout = v;
         else if (!strcmp(a, "--in")) {
             if (n_in == UNET_MAX_IN) die("too many inputs", NULL);
             in_shape[n_in] = parse_shape(v, &in_type[n_in]);
@@ -83,7 +84,7 @@ int main(int argc, char **argv) {
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu") != 0) {
         char err[512];
-        b = unet_cuda_backend(0, precision, 1, err, sizeof err);
+        b = unet_cuda_backend(0, precision, layout, 1, err, sizeof err);
         if (!b) die(err, NULL);
     }
     const unet_op_impl *impl = b->ops[node.op];

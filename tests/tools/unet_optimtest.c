@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu") != 0) {
         char err[512];
-        b = unet_cuda_backend(0, "fp32", 1, err, sizeof err);
+        b = unet_cuda_backend(0, "fp32", NULL, 1, err, sizeof err);
         if (!b) die(err, NULL);
     }
     size_t count = (size_t)n;

@@ -43,17 +43,13 @@ int unet_cli_dispatch(int argc, char **argv, const unet_cli_command_impl *impls,
             unet_config_usage(stdout);
         return 0;
     }
-    unet_config *cfg = malloc(sizeof *cfg); /* tens of kilobytes of paths: not on the stack */
-    if (!cfg) {
-        fprintf(stderr, "unet: out of memory\n");
-        return 2;
-    }
+    unet_config config; /* a few hundred bytes: the paths it names point into argv */
+    unet_config *cfg = &config;
     unet_config_defaults(cfg);
     char err[1024];
     int rc = unet_config_parse(cfg, name, argc - 2, argv + 2, err, sizeof err);
     if (rc == 1) {
         unet_config_help(stdout, name);
-        free(cfg);
         return 0;
     }
     if (rc < 0) {
@@ -61,7 +57,6 @@ int unet_cli_dispatch(int argc, char **argv, const unet_cli_command_impl *impls,
             fprintf(stderr, "unet %s: %s\n", name, err);
         else
             fprintf(stderr, "unet: %s\n", err);
-        free(cfg);
         return 2;
     }
     const unet_cli_command_impl *impl = NULL;
@@ -69,10 +64,7 @@ int unet_cli_dispatch(int argc, char **argv, const unet_cli_command_impl *impls,
         if (!strcmp(impls[i].name, name)) impl = &impls[i];
     if (!impl || !impl->run) {
         fprintf(stderr, "unet: the command '%s' is not available in this build\n", name);
-        free(cfg);
         return 2;
     }
-    rc = impl->run(cfg);
-    free(cfg);
-    return rc;
+    return impl->run(cfg);
 }

@@ -22,6 +22,7 @@ _Static_assert(sizeof(unet_encoder_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_optimizer_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_schedule_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_precision) == sizeof(int), "enum storage");
+_Static_assert(sizeof(unet_layout_choice) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_predict_mode) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_cuda_graph_mode) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_augment_device) == sizeof(int), "enum storage");
@@ -125,6 +126,7 @@ static const char *const losses[] = {"ce", "bce_dice", NULL};
 static const char *const optimizers[] = {"sgd", "adam", "adamw", NULL};
 static const char *const schedules[] = {"constant", "cosine", "poly", NULL};
 static const char *const precisions[] = {"auto", "fp32", "tf32", "bf16", NULL};
+static const char *const layouts[] = {"auto", "nchw", "nhwc", NULL}; /* unet_layout_choice's order */
 static const char *const dist_kinds[] = {"none", "mpi", "nccl", "auto", NULL}; /* unet_dist_kind's order */
 static const char *const modes[] = {"deepest", "fast", "accurate", NULL};
 static const char *const preset_names[] = {"none", "unet-paper", "unetpp-paper", "unet-resnet34", "unetpp-resnet34",
@@ -133,7 +135,7 @@ static const char *const cuda_graph_modes[] = {"auto", "off", NULL}; /* unet_cud
 static const char *const augment_devices[] = {"cpu", "cuda", NULL}; /* unet_augment_device's order */
 /* unet_best_metric's order; the names are the training log's keys */
 static const char *const best_metrics[] = {"none", "val_iou", "val_dice", "val_pixel_accuracy", "val_pixel_error",
-                                           "val_rand_error", NULL};
+                                           "val_rand_error", "val_loss", NULL};
 static const char *const nonfinite_policies[] = {"stop", "skip", NULL}; /* unet_nonfinite_policy's order */
 
 /* What each preset sets, as typed on the command line (index as in
@@ -365,6 +367,9 @@ static const option options[] = {
      .group = G_DEVICE, .check = check_device, .help = "where to run (auto: cuda when a GPU is present)"},
     {"precision", OPT_ENUM, F(precision), .choices = precisions, .def = "auto", .commands = MODEL_USERS,
      .group = G_DEVICE, .help = "GPU arithmetic (auto: tf32, bf16 once verified on a GPU; the CPU is always fp32)"},
+    {"layout", OPT_ENUM, F(layout), .choices = layouts, .def = "auto", .commands = MODEL_USERS, .group = G_DEVICE,
+     .help = "GPU activations in fp32 and tf32: nchw, or nhwc (channels last, as tensor cores read them) (auto: nchw "
+             "until measured on a GPU; bf16 is always nhwc, the CPU always nchw)"},
     {"fast-nondeterministic", OPT_FLAG, F(fast_nondeterministic), .commands = MODEL_USERS, .group = G_DEVICE,
      .help = "let cuDNN use engines with atomic reductions: maybe faster, not the same bits run to run (CUDA)"},
     {"workers", OPT_INT, F(workers), .min = 0, .max = 1024, .def = "1", .meta = "N", .commands = TRAIN,

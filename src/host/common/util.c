@@ -20,6 +20,9 @@ void unet_errorf(char *err, size_t errlen, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    /* a name a message quotes from a file (a tensor, a JSON key) may hold any byte: the message stays one line */
+    for (char *c = err; errlen && *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
 }
 
 double unet_now_s(void) {

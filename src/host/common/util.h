@@ -9,7 +9,8 @@
 #include <stdio.h>
 
 /* Writes the message into err (errlen bytes, truncated to fit): the way every
- * function of the library says what went wrong. */
+ * function of the library says what went wrong. Control characters become
+ * '?', so that a message stays one line whatever it quotes. */
 void unet_errorf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Seconds on a monotonic clock: differences are elapsed time, unaffected by

@@ -7,6 +7,7 @@
  * libhdf5 is not thread-safe, so every HDF5 call in the process that goes
  * through here holds one lock. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 
 #include <hdf5.h>
 
+#include "host/common/util.h"
 #include "unet/data.h"
 #include "unet/tiling.h"
 #include "host/data/hdf5_lock.h"
@@ -50,12 +52,12 @@ struct unet_dataset {
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static void format_dims(const h5_array *a, char *buf, size_t len) {
+static void format_dims(int rank, const hsize_t *dims, char *buf, size_t len) {
     size_t used = 0;
     buf[0] = 0;
     used += (size_t)snprintf(buf + used, len - used, "(");
-    for (int i = 0; i < a->rank && used < len; i++)
-        used += (size_t)snprintf(buf + used, len - used, "%s%llu", i ? "," : "", (unsigned long long)a->dims[i]);
+    for (int i = 0; i < rank && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%llu", i ? "," : "", (unsigned long long)dims[i]);
     if (used < len) snprintf(buf + used, len - used, ")");
 }
 
@@ -101,6 +103,83 @@ static int link_exists(hid_t file, const char *key) {
     return 1;
 }
 
+/* A chunk larger than the array's fixed size, which libhdf5 never writes, makes libhdf5 1.10 read past its own
+ * buffers. */
+static int check_chunks(const unet_dataset *ds, const h5_array *a, hid_t dcpl, const hsize_t *maxdims, char *err,
+                        size_t errlen) {
+    if (H5Pget_layout(dcpl) != H5D_CHUNKED) return 0;
+    hsize_t chunk[4] = {0};
+    int bad = H5Pget_chunk(dcpl, 4, chunk) != a->rank;
+    for (int i = 0; i < a->rank && !bad; i++)
+        bad = chunk[i] == 0 || (maxdims[i] != H5S_UNLIMITED && chunk[i] > maxdims[i]);
+    if (!bad) return 0;
+    char shape[96], chunks[96];
+    format_dims(a->rank, a->dims, shape, sizeof shape);
+    format_dims(a->rank, chunk, chunks, sizeof chunks);
+    unet_errorf(err, errlen, "%s: dataset \"%s\" is damaged: chunks of %s do not fit its shape %s", ds->path, a->key,
+                chunks, shape);
+    return -1;
+}
+
+/* A filter this libhdf5 lacks (blosc, lz4, ...) would be an opaque failure later. *ratio: the most bytes the
+ * filters make of one stored byte, 1 without any, gzip's 1032 with gzip, shuffle and checksums; 0 when unbounded
+ * (scale-offset, szip). */
+static int check_filters(const unet_dataset *ds, const h5_array *a, hid_t dcpl, double *ratio, char *err,
+                         size_t errlen) {
+    *ratio = 1;
+    int nf = H5Pget_nfilters(dcpl);
+    for (int i = 0; i < nf; i++) {
+        unsigned flags = 0, conf = 0;
+        size_t nelem = 0;
+        char fname[64] = "";
+        H5Z_filter_t f = H5Pget_filter2(dcpl, (unsigned)i, &flags, &nelem, NULL, sizeof fname, fname, &conf);
+        if (f >= 0 && H5Zfilter_avail(f) <= 0) {
+            unet_errorf(err, errlen,
+                        "%s: dataset \"%s\" is compressed with filter %d (%s), which this libhdf5 cannot read: rewrite "
+                        "it with gzip, e.g. h5repack -f %s:GZIP=4 %s out.h5",
+                        ds->path, a->key, (int)f, fname[0] ? fname : "unknown", a->key, ds->path);
+            return -1;
+        }
+        if (f == H5Z_FILTER_DEFLATE)
+            *ratio = *ratio ? 1032 : 0;
+        else if (f != H5Z_FILTER_SHUFFLE && f != H5Z_FILTER_FLETCHER32)
+            *ratio = 0;
+    }
+    return 0;
+}
+
+/* The bytes the array claims against those the file stores for it, before the loader allocates what it claims:
+ * a damaged header, or a file cut short or never finished, is one line here instead. */
+static int check_stored_bytes(const unet_dataset *ds, const h5_array *a, hid_t dcpl, double ratio, char *err,
+                              size_t errlen) {
+    if (H5Pget_layout(dcpl) == H5D_VIRTUAL || H5Pget_external_count(dcpl) > 0) return 0; /* data in other files */
+    double claimed = 1;
+    for (int i = 0; i < a->rank; i++) claimed *= (double)a->dims[i];
+    hid_t t = H5Dget_type(a->id);
+    claimed *= (double)H5Tget_size(t);
+    H5Tclose(t);
+    hsize_t stored = H5Dget_storage_size(a->id), file = 0;
+    H5Fget_filesize(ds->file, &file);
+    if (claimed == 0 || (stored <= file && (ratio == 0 || claimed <= ratio * (double)stored))) return 0;
+    char shape[96];
+    format_dims(a->rank, a->dims, shape, sizeof shape);
+    unet_errorf(err, errlen, "%s: dataset \"%s\" of shape %s needs %.0f bytes but the file stores %llu for it: the "
+                "file is damaged or was not written to the end", ds->path, a->key, shape, claimed,
+                (unsigned long long)stored);
+    return -1;
+}
+
+/* How the array is stored, checked before anything is read. */
+static int check_storage(const unet_dataset *ds, const h5_array *a, const hsize_t *maxdims, char *err,
+                         size_t errlen) {
+    hid_t dcpl = H5Dget_create_plist(a->id);
+    double ratio;
+    int rc = check_chunks(ds, a, dcpl, maxdims, err, errlen) || check_filters(ds, a, dcpl, &ratio, err, errlen) ||
+             check_stored_bytes(ds, a, dcpl, ratio, err, errlen) ? -1 : 0;
+    H5Pclose(dcpl);
+    return rc;
+}
+
 static int open_array(unet_dataset *ds, h5_array *a, const char *key, int required, char *err, size_t errlen) {
     a->id = -1;
     a->key = key;
@@ -108,8 +187,9 @@ static int open_array(unet_dataset *ds, h5_array *a, const char *key, int requir
         if (!required) return 0;
         char names[400];
         list_datasets(ds->file, names, sizeof names);
-        snprintf(err, errlen, "%s has no dataset \"%s\" (it has: %s): name the right one with --%s-key", ds->path, key,
-                 names, a == &ds->raw ? "raw" : a == &ds->label ? "label" : a == &ds->weight ? "weight" : "instances");
+        unet_errorf(err, errlen, "%s has no dataset \"%s\" (it has: %s): name the right one with --%s-key", ds->path,
+                    key, names,
+                    a == &ds->raw ? "raw" : a == &ds->label ? "label" : a == &ds->weight ? "weight" : "instances");
         return -1;
     }
     /* Chunk cache for random windows of per-image or per-tile chunks. */
@@ -131,28 +211,18 @@ static int open_array(unet_dataset *ds, h5_array *a, const char *key, int requir
         return -1;
     }
     a->rank = rank;
-    H5Sget_simple_extent_dims(space, a->dims, NULL);
+    hsize_t maxdims[4];
+    H5Sget_simple_extent_dims(space, a->dims, maxdims);
     H5Sclose(space);
-
-    /* A file written with a filter this libhdf5 lacks (blosc, lz4, ...) reads as an opaque failure later. */
-    hid_t dcpl = H5Dget_create_plist(a->id);
-    int nf = H5Pget_nfilters(dcpl);
-    for (int i = 0; i < nf; i++) {
-        unsigned flags = 0, conf = 0;
-        size_t nelem = 0;
-        char fname[64] = "";
-        H5Z_filter_t f = H5Pget_filter2(dcpl, (unsigned)i, &flags, &nelem, NULL, sizeof fname, fname, &conf);
-        if (f >= 0 && H5Zfilter_avail(f) <= 0) {
-            H5Pclose(dcpl);
-            snprintf(err, errlen,
-                     "%s: dataset \"%s\" is compressed with filter %d (%s), which this libhdf5 cannot read: rewrite it "
-                     "with gzip, e.g. h5repack -f %s:GZIP=4 %s out.h5",
-                     ds->path, key, (int)f, fname[0] ? fname : "unknown", key, ds->path);
+    for (int i = 0; i < rank; i++)
+        if (a->dims[i] > INT_MAX) { /* sizes are ints from here on */
+            char shape[96];
+            format_dims(rank, a->dims, shape, sizeof shape);
+            unet_errorf(err, errlen, "%s: dataset \"%s\" has shape %s, over 2^31 - 1 along an axis", ds->path, key,
+                        shape);
             return -1;
         }
-    }
-    H5Pclose(dcpl);
-    return 0;
+    return check_storage(ds, a, maxdims, err, errlen);
 }
 
 static void close_array(h5_array *a) {
@@ -165,8 +235,8 @@ static void close_array(h5_array *a) {
 static int check_pixel_shape(const unet_dataset *ds, const h5_array *a, char *err, size_t errlen) {
     hsize_t n, h, w;
     char got[96], want[96];
-    format_dims(a, got, sizeof got);
-    format_dims(&ds->raw, want, sizeof want);
+    format_dims(a->rank, a->dims, got, sizeof got);
+    format_dims(ds->raw.rank, ds->raw.dims, want, sizeof want);
     if (a->rank == 2) {
         n = 1, h = a->dims[0], w = a->dims[1];
     } else if (a->rank == 3) {
@@ -383,7 +453,7 @@ static int check_dtypes(unet_dataset *ds, char *err, size_t errlen) {
 static int scan_all(unet_dataset *ds, int classes, char *err, size_t errlen) {
     int cached = ds->raw_cache != NULL;
     size_t plane = (size_t)ds->h * ds->w;
-    int block = cached ? ds->h : (int)((size_t)(16 << 20) / ((size_t)ds->w * (ds->c + 2)));
+    int block = cached ? ds->h : (int)((size_t)(16 << 20) / ((size_t)ds->w * ((size_t)ds->c + 2)));
     if (block < 1) block = 1;
     if (block > ds->h) block = ds->h;
     float *raw = NULL, *wt = NULL;
@@ -475,14 +545,14 @@ int unet_dataset_open(const char *path, const unet_dataset_opts *opts, unet_data
             ds->n = (int)r->dims[0], ds->c = (int)r->dims[1], ds->h = (int)r->dims[2], ds->w = (int)r->dims[3];
         } else {
             char got[96];
-            format_dims(r, got, sizeof got);
+            format_dims(r->rank, r->dims, got, sizeof got);
             snprintf(err, errlen, "%s: dataset \"%s\" has shape %s; raw must be (N,H,W), (N,C,H,W) or (H,W)", path,
                      r->key, got);
             rc = -1;
         }
         if (!rc && (ds->n < 1 || ds->c < 1 || ds->h < 1 || ds->w < 1)) {
             char got[96];
-            format_dims(r, got, sizeof got);
+            format_dims(r->rank, r->dims, got, sizeof got);
             snprintf(err, errlen, "%s: dataset \"%s\" is empty, shape %s: it needs at least one image", path, r->key,
                      got);
             rc = -1;
@@ -682,7 +752,7 @@ int unet_data_window(const unet_data_view *v, int k, int y0, int x0, int size, f
         }
         float *r = scratch;
         int32_t *l = (int32_t *)((char *)scratch + src_plane * C * 4);
-        float *w = (float *)((char *)scratch + src_plane * (C + 1) * 4);
+        float *w = (float *)((char *)scratch + src_plane * ((size_t)C + 1) * 4);
         int row = v->row0 + rlo;
         int rc = read_raw_rect(ds, image, row, rect_rows, clo, stride_w, r, err, errlen);
         if (!rc && label)

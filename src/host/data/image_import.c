@@ -5,12 +5,14 @@
  * loader scales by the type's maximum). */
 #include <ctype.h>
 #include <dirent.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <hdf5.h>
@@ -19,12 +21,8 @@
 
 #include "host/common/util.h"
 #include "host/data/hdf5_lock.h"
+#include "host/data/image_read.h"
 #include "unet/datacmd.h"
-
-typedef struct {
-    int h, w, c, bits;     /* bits 8 or 16 */
-    void *pixels;          /* (H, W, C) interleaved, uint8 or uint16 */
-} image;
 
 static void say(char *err, size_t errlen, const char *fmt, ...) {
     va_list ap;
@@ -33,27 +31,60 @@ static void say(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* A header claiming more pixel bytes than its file can hold, even compressed
+ * at `ratio` (the best a codec reaches) to one, is damage, a cut file or a
+ * corrupt header: said in `why` before that many bytes are allocated. */
+static int claim_too_large(const char *path, const char *what, unsigned w, unsigned h, double bytes, double ratio,
+                           char *why, size_t n) {
+    struct stat st;
+    if (stat(path, &st) != 0 || bytes <= ratio * ((double)st.st_size + 1)) return 0;
+    snprintf(why, n, "its header claims %s of %u x %u pixels, more than its %lld bytes can hold (truncated?)", what, w,
+             h, (long long)st.st_size);
+    return 1;
+}
+
 /* ---- PNG --------------------------------------------------------------------- */
 
-static int read_png(const char *path, int is_mask, image *im, char *err, size_t errlen) {
+enum { PNG_MESSAGE_MAX = 256 };
+
+/* libpng's error text goes into our one line (its default prints it on stderr); its warnings are dropped */
+static void png_error_text(png_structp png, png_const_charp msg) {
+    snprintf(png_get_error_ptr(png), PNG_MESSAGE_MAX, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+static void png_no_warning(png_structp png, png_const_charp msg) { (void)png, (void)msg; }
+
+/* The rows as stored (a filter byte each), before the image they claim is allocated: deflate packs at most 1032
+ * bytes into one (zlib's limit). */
+static void png_check_claim(png_structp png, png_infop info, const char *path) {
+    unsigned w = png_get_image_width(png, info), h = png_get_image_height(png, info);
+    char why[PNG_MESSAGE_MAX];
+    if (claim_too_large(path, "an image", w, h, ((double)png_get_rowbytes(png, info) + 1) * h, 1032, why, sizeof why))
+        png_error(png, why);
+}
+
+static int read_png(const char *path, int is_mask, unet_image *im, char *err, size_t errlen) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
         say(err, errlen, "cannot read %s", path);
         return -1;
     }
-    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    char why[PNG_MESSAGE_MAX] = "";
+    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, why, png_error_text, png_no_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
-    png_bytep *rows = NULL;
+    png_bytep *volatile rows = NULL; /* volatile: set after setjmp, freed after the longjmp */
     if (!png || !info || setjmp(png_jmpbuf(png))) {
         png_destroy_read_struct(&png, &info, NULL);
         fclose(fp);
         free(rows), free(im->pixels);
         im->pixels = NULL;
-        say(err, errlen, "%s is not a readable PNG file", path);
+        say(err, errlen, "%s is not a readable PNG file%s%s", path, why[0] ? ": " : "", why);
         return -1;
     }
     png_init_io(png, fp);
     png_read_info(png, info);
+    png_check_claim(png, info, path);
     int depth = png_get_bit_depth(png, info), type = png_get_color_type(png, info);
     if (depth < 8) png_set_packing(png); /* 1, 2, 4 bits: one byte a pixel, values kept */
     if (depth == 16) png_set_swap(png);  /* to the host's little-endian uint16 */
@@ -84,7 +115,89 @@ static void tiff_error(const char *module, const char *fmt, va_list ap) {
     vsnprintf(tiff_message, sizeof tiff_message, fmt, ap);
 }
 
-static int read_tiff(const char *path, image *im, char *err, size_t errlen) {
+/* Decoded bytes per stored byte at most, by codec: a bound, not an estimate (PackBits 128 from 2, LZW about 1400
+ * at 12-bit codes, deflate 1032; others, ZSTD and LZMA among them, under 2^16). */
+static double tiff_max_ratio(uint16_t compression) {
+    switch (compression) {
+    case COMPRESSION_NONE: return 1;
+    case COMPRESSION_PACKBITS: return 64;
+    case COMPRESSION_LZW: return 2048;
+    case COMPRESSION_DEFLATE:
+    case COMPRESSION_ADOBE_DEFLATE: return 1032;
+    default: return 65536;
+    }
+}
+
+/* A TIFF's pixel layout as read_tiff reads it. */
+typedef struct {
+    uint32_t w, h, tw, th; /* tw, th: tile size, 0 for strips */
+    size_t spp, bpp, per;  /* samples a pixel, bytes a sample, samples a pixel in a row or a tile (1: planes apart) */
+} tiff_layout;
+
+/* Why the rows or tiles are not what the readers below index, plain samples of the sizes they claim (YCbCr
+ * subsampling, say), or hold more than the file can: said in `why` (left empty when they can be read) before
+ * anything is allocated, so that a damaged header is one line, not a read past a buffer or an allocation of what it
+ * claims. */
+static void tiff_check_layout(TIFF *t, const char *path, const tiff_layout *l, char *why, size_t n) {
+    uint16_t compression = COMPRESSION_NONE;
+    TIFFGetFieldDefaulted(t, TIFFTAG_COMPRESSION, &compression);
+    const double ratio = tiff_max_ratio(compression), row = (double)l->w * l->spp * l->bpp;
+    if (l->w > INT_MAX || l->h > INT_MAX)
+        snprintf(why, n, "its header claims %u x %u pixels", l->w, l->h);
+    else if (TIFFIsTiled(t) ? !l->tw || !l->th || TIFFTileSize64(t) != (uint64_t)l->tw * l->th * l->per * l->bpp
+                            : TIFFScanlineSize64(t) != (uint64_t)l->w * l->per * l->bpp)
+        snprintf(why, n, "its %s hold other than one value a sample (YCbCr subsampling?): save it as gray or RGB",
+                 TIFFIsTiled(t) ? "tiles" : "rows");
+    else if (!claim_too_large(path, "an image", l->w, l->h, row * l->h, ratio, why, n) && l->tw)
+        claim_too_large(path, "tiles", l->tw, l->th, (double)l->tw * l->th * l->per * l->bpp, ratio, why, n);
+}
+
+static int read_tiles(TIFF *t, const tiff_layout *l, unsigned char *pixels) {
+    unsigned char *tile = malloc((size_t)l->tw * l->th * l->per * l->bpp);
+    int rc = tile ? 0 : -1;
+    const int planes = l->per == 1 ? (int)l->spp : 1;
+    for (int s = 0; s < planes && !rc; s++)
+        for (uint32_t y0 = 0; y0 < l->h && !rc; y0 += l->th)
+            for (uint32_t x0 = 0; x0 < l->w && !rc; x0 += l->tw) {
+                if (TIFFReadTile(t, tile, x0, y0, 0, (uint16_t)s) < 0) {
+                    rc = -1;
+                    break;
+                }
+                for (uint32_t y = y0; y < y0 + l->th && y < l->h; y++)
+                    for (uint32_t x = x0; x < x0 + l->tw && x < l->w; x++)
+                        for (size_t k = 0; k < l->per; k++) {
+                            size_t src = (((size_t)(y - y0) * l->tw + (x - x0)) * l->per + k) * l->bpp;
+                            size_t dst = ((size_t)y * l->w + x) * l->spp + (l->per == 1 ? (size_t)s : k);
+                            memcpy(pixels + dst * l->bpp, tile + src, l->bpp);
+                        }
+            }
+    free(tile);
+    return rc;
+}
+
+static int read_strips(TIFF *t, const tiff_layout *l, unsigned char *pixels) {
+    const size_t row = (size_t)l->w * l->spp * l->bpp;
+    unsigned char *line = malloc(row);
+    int rc = line ? 0 : -1;
+    const int planes = l->per == 1 ? (int)l->spp : 1;
+    for (int s = 0; s < planes && !rc; s++)
+        for (uint32_t y = 0; y < l->h && !rc; y++) {
+            if (TIFFReadScanline(t, line, y, (uint16_t)s) < 0) {
+                rc = -1;
+                break;
+            }
+            unsigned char *dst = pixels + (size_t)y * row;
+            if (planes == 1)
+                memcpy(dst, line, row);
+            else
+                for (uint32_t x = 0; x < l->w; x++)
+                    memcpy(dst + ((size_t)x * l->spp + s) * l->bpp, line + (size_t)x * l->bpp, l->bpp);
+        }
+    free(line);
+    return rc;
+}
+
+static int read_tiff(const char *path, unet_image *im, char *err, size_t errlen) {
     TIFFSetWarningHandler(NULL);
     TIFFSetErrorHandler(tiff_error);
     tiff_message[0] = 0;
@@ -111,52 +224,18 @@ static int read_tiff(const char *path, image *im, char *err, size_t errlen) {
         TIFFClose(t);
         return -1;
     }
-    im->w = (int)w, im->h = (int)h, im->c = spp, im->bits = bps;
-    const size_t bpp = bps / 8, row = (size_t)w * spp * bpp;
-    im->pixels = malloc(row * h);
-    int rc = im->pixels ? 0 : -1;
-    if (!rc && TIFFIsTiled(t)) {
-        uint32_t tw = 0, th = 0;
-        TIFFGetField(t, TIFFTAG_TILEWIDTH, &tw);
-        TIFFGetField(t, TIFFTAG_TILELENGTH, &th);
-        unsigned char *tile = malloc(TIFFTileSize(t));
-        int samples = planar == PLANARCONFIG_SEPARATE ? spp : 1;
-        size_t per = planar == PLANARCONFIG_SEPARATE ? 1 : spp; /* samples per pixel in a tile */
-        for (int s = 0; s < samples && tile && !rc; s++)
-            for (uint32_t y0 = 0; y0 < h && !rc; y0 += th)
-                for (uint32_t x0 = 0; x0 < w && !rc; x0 += tw) {
-                    if (TIFFReadTile(t, tile, x0, y0, 0, (uint16_t)s) < 0) {
-                        rc = -1;
-                        break;
-                    }
-                    for (uint32_t y = y0; y < y0 + th && y < h; y++)
-                        for (uint32_t x = x0; x < x0 + tw && x < w; x++)
-                            for (size_t k = 0; k < per; k++) {
-                                size_t src = (((size_t)(y - y0) * tw + (x - x0)) * per + k) * bpp;
-                                size_t dst = ((size_t)y * w + x) * spp + (per == 1 ? (size_t)s : k);
-                                memcpy((unsigned char *)im->pixels + dst * bpp, tile + src, bpp);
-                            }
-                }
-        if (!tile) rc = -1;
-        free(tile);
-    } else if (!rc) {
-        unsigned char *line = malloc(TIFFScanlineSize(t) > (tmsize_t)row ? (size_t)TIFFScanlineSize(t) : row);
-        int samples = planar == PLANARCONFIG_SEPARATE ? spp : 1;
-        for (int s = 0; s < samples && line && !rc; s++)
-            for (uint32_t y = 0; y < h && !rc; y++) {
-                if (TIFFReadScanline(t, line, y, (uint16_t)s) < 0) {
-                    rc = -1;
-                    break;
-                }
-                unsigned char *dst = (unsigned char *)im->pixels + (size_t)y * row;
-                if (samples == 1)
-                    memcpy(dst, line, row);
-                else
-                    for (uint32_t x = 0; x < w; x++) memcpy(dst + ((size_t)x * spp + s) * bpp, line + (size_t)x * bpp, bpp);
-            }
-        if (!line) rc = -1;
-        free(line);
+    tiff_layout l = {w, h, 0, 0, spp, bps / 8, planar == PLANARCONFIG_SEPARATE ? 1 : spp};
+    if (TIFFIsTiled(t)) TIFFGetField(t, TIFFTAG_TILEWIDTH, &l.tw), TIFFGetField(t, TIFFTAG_TILELENGTH, &l.th);
+    char why[256] = "";
+    tiff_check_layout(t, path, &l, why, sizeof why);
+    if (why[0]) {
+        say(err, errlen, "%s is not a readable TIFF file: %s", path, why);
+        TIFFClose(t);
+        return -1;
     }
+    im->w = (int)w, im->h = (int)h, im->c = spp, im->bits = bps;
+    im->pixels = malloc((size_t)w * h * l.spp * l.bpp);
+    int rc = !im->pixels ? -1 : TIFFIsTiled(t) ? read_tiles(t, &l, im->pixels) : read_strips(t, &l, im->pixels);
     TIFFClose(t);
     if (rc) {
         free(im->pixels);
@@ -215,14 +294,18 @@ static void free_names(char **names, int n) {
 
 static size_t stem_length(const char *name) { return strlen(name) - strlen(extension(name)) - 1; }
 
-static int read_image(const char *dir, const char *name, int is_mask, image *im, char *err, size_t errlen) {
-    char path[8192];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+int unet_image_read(const char *path, int is_mask, unet_image *im, char *err, size_t errlen) {
     memset(im, 0, sizeof *im);
-    return is_png(name) ? read_png(path, is_mask, im, err, errlen) : read_tiff(path, im, err, errlen);
+    return is_png(path) ? read_png(path, is_mask, im, err, errlen) : read_tiff(path, im, err, errlen);
 }
 
-static uint32_t pixel(const image *im, size_t i) {
+static int read_image(const char *dir, const char *name, int is_mask, unet_image *im, char *err, size_t errlen) {
+    char path[8192];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return unet_image_read(path, is_mask, im, err, errlen);
+}
+
+static uint32_t pixel(const unet_image *im, size_t i) {
     return im->bits == 16 ? ((const uint16_t *)im->pixels)[i] : ((const uint8_t *)im->pixels)[i];
 }
 
@@ -275,7 +358,7 @@ int unet_run_data_import(unet_config *cfg) {
         }
     }
     /* all masks first: whether they are binary or instance ids decides the layout */
-    image first;
+    unet_image first;
     if (read_image(cfg->images, names[0], 0, &first, err, sizeof err)) goto fail_match;
     const int H = first.h, W = first.w, C = first.c, bits = first.bits;
     free(first.pixels);
@@ -283,7 +366,7 @@ int unet_run_data_import(unet_config *cfg) {
     int32_t *ids = malloc(sizeof *ids * plane * n);
     int instances = 0;
     for (int i = 0; ids && i < n; i++) {
-        image m;
+        unet_image m;
         if (read_image(cfg->masks, masks[match[i]], 1, &m, err, sizeof err)) goto fail_ids;
         if (m.h != H || m.w != W || m.c != 1) {
             say(err, sizeof err, "%s/%s is %dx%d with %d channel(s); masks must be single-channel and the size of the "
@@ -323,7 +406,7 @@ int unet_run_data_import(unet_config *cfg) {
     uint8_t *lab = malloc(plane);
     unsigned char *planar = malloc(plane * C * (bits / 8));
     for (int i = 0; i < n && !rc; i++) {
-        image im;
+        unet_image im;
         rc = read_image(cfg->images, names[i], 0, &im, err, sizeof err);
         if (rc) break;
         if (im.h != H || im.w != W || im.c != C || im.bits != bits) {

@@ -63,7 +63,7 @@ static void *own(onnx_builder *b, size_t bytes) {
 
 static void *own_copy(onnx_builder *b, const void *src, size_t bytes) {
     void *p = own(b, bytes);
-    if (p) memcpy(p, src, bytes);
+    if (p && bytes) memcpy(p, src, bytes); /* a scalar's dims are NULL, which memcpy may not take */
     return p;
 }
 

@@ -75,12 +75,17 @@ int check_augment_device(const unet_config *cfg, const unet_augment_cfg *a, cons
                  "or use --augment-device cpu", cfg->augment, which, strchr(which, ',') ? "them" : "it");
         return -1;
     }
-    if (b->warp_batch && b->layout && b->layout(b, UNET_F32) != UNET_LAYOUT_NCHW) {
-        /* the layout, not the sizes: NHWC bf16 with channels padded to 8 takes as many bytes as NCHW float32 at 4
-         * channels, and the warp would write float32 planes into it */
-        snprintf(err, errlen, "--augment-device cuda writes its tiles as NCHW float32, but --precision %s keeps the "
-                 "images NHWC bfloat16 on the device: use --augment-device cpu, or --precision tf32 or fp32",
-                 unet_config_choice_name("precision", cfg->precision));
+    unet_layout held = b->warp_batch && b->layout ? b->layout(b, UNET_F32) : UNET_LAYOUT_NCHW;
+    if (held != UNET_LAYOUT_NCHW) {
+        /* the layout, not the sizes: NHWC with channels padded to 8 bf16 or 4 floats takes as many bytes as NCHW
+         * float32 at 4 channels, and the warp would write float32 planes into it */
+        if (held == UNET_LAYOUT_NHWC_BF16)
+            snprintf(err, errlen, "--augment-device cuda writes its tiles as NCHW float32, but --precision %s keeps "
+                     "the images NHWC bfloat16 on the device: use --augment-device cpu, or --precision tf32 or fp32",
+                     unet_config_choice_name("precision", cfg->precision));
+        else
+            snprintf(err, errlen, "--augment-device cuda writes its tiles as NCHW float32, but --layout nhwc keeps the "
+                     "images NHWC float32 on the device: use --augment-device cpu, or --layout nchw");
         return -1;
     }
     if (!b->warp_batch) {

@@ -1,5 +1,6 @@
 /* The configuration a checkpoint carries: predict, eval, info and prune
  * rebuild the model a checkpoint was trained with from it. */
+#include "host/common/util.h"
 #include "host/train/checkpoint_config.h"
 #include "unet/checkpoint.h"
 
@@ -9,8 +10,10 @@ int unet_checkpoint_config(const char *path, unet_config *saved, long *step, cha
     if (step) *step = meta.progress.step;
     if (!meta.config_json) return 0;
     unet_config_defaults(saved);
-    int rc = unet_config_from_json(saved, meta.config_json, err, errlen);
+    char why[1024];
+    int rc = unet_config_from_json(saved, meta.config_json, why, sizeof why);
     unet_checkpoint_meta_free(&meta);
+    if (rc) unet_errorf(err, errlen, "%s: %s", path, why); /* which file holds the bad configuration */
     return rc ? -1 : 1;
 }
 

@@ -337,7 +337,7 @@ static int evaluate_pruned(const unet_config *cfg, const unet_model_cfg *full, i
     unet_tiling t;
     if (!plan || unet_tiling_init(&t, plan, unet_pool_levels(&run.model), run.overlap, err, errlen)) goto out;
     unet_seg_stats stats;
-    if (unet_evaluate_view(plan, &t, &v->view, run.model.classes, &stats, 1, err, errlen)) goto out;
+    if (unet_evaluate_view(plan, &t, &v->view, &run.model, &stats, 1, err, errlen)) goto out;
     *m = unet_seg_stats_finish(&stats);
     rc = 0;
 out:

@@ -12,8 +12,9 @@
 #include "unet/tiling.h"
 
 /* Predicts every image of a view whole (overlap-tile, exact for valid
- * padding) and adds each head's confusion counts to per_head[h]. */
-int unet_evaluate_view(unet_plan *plan, const unet_tiling *t, const unet_data_view *v, int classes,
+ * padding) and adds each head's confusion counts, Rand score and loss (the
+ * model's, with the view's weight map where it has one) to per_head[h]. */
+int unet_evaluate_view(unet_plan *plan, const unet_tiling *t, const unet_data_view *v, const unet_model_cfg *m,
                        unet_seg_stats *per_head, int n_heads, char *err, size_t errlen);
 
 #endif

@@ -79,6 +79,11 @@ void unet_seg_stats_add_labels(unet_seg_stats *s, const uint8_t *pred, const int
     for (size_t i = 0; i < n; i++) count(s, pred[i], label[i]);
 }
 
+void unet_seg_stats_add_loss(unet_seg_stats *s, double loss) {
+    s->loss_sum += loss;
+    s->loss_images += 1;
+}
+
 unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s) {
     unet_seg_metrics m;
     memset(&m, 0, sizeof m);
@@ -109,6 +114,7 @@ unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s) {
         }
         m.rand_error = sum / (ncls - 1);
     }
+    m.loss = s->loss_images > 0 ? s->loss_sum / s->loss_images : NAN;
     return m;
 }
 
@@ -132,6 +138,7 @@ int unet_seg_metrics_json(char *buf, size_t len, const unet_seg_metrics *m, cons
     append(buf, len, &used, ", \"%siou\": %.6f, \"%sdice\": %.6f, \"%spixel_accuracy\": %.6f, \"%spixel_error\": %.6f, "
                             "\"%srand_error\": %.6f",
            prefix, m->iou, prefix, m->dice, prefix, m->pixel_accuracy, prefix, m->pixel_error, prefix, m->rand_error);
+    if (isfinite(m->loss)) append(buf, len, &used, ", \"%sloss\": %.6f", prefix, m->loss);
     for (int c = 1; c <= unet_seg_metrics_foreground(m); c++)
         append(buf, len, &used, ", \"%siou_class%d\": %.6f, \"%sdice_class%d\": %.6f, \"%srand_error_class%d\": %.6f",
                prefix, c, m->iou_class[c], prefix, c, m->dice_class[c], prefix, c, m->rand_error_class[c]);

@@ -13,7 +13,8 @@ const unet_backend *unet_config_cuda_backend(const unet_config *cfg, int index, 
                                              size_t whylen) {
     /* bf16 is in the CUDA backend but has not yet run on a GPU: auto means tf32 until it has */
     *precision = cfg->precision == UNET_PRECISION_AUTO ? "tf32" : unet_config_choice_name("precision", cfg->precision);
-    return unet_cuda_backend(index < 0 ? 0 : index, *precision, !cfg->fast_nondeterministic, why, whylen);
+    return unet_cuda_backend(index < 0 ? 0 : index, *precision, unet_config_choice_name("layout", cfg->layout),
+                             !cfg->fast_nondeterministic, why, whylen);
 }
 
 const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size_t desclen, char *err, size_t errlen) {
@@ -28,7 +29,9 @@ const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size
         char why[512];
         const unet_backend *b = unet_config_cuda_backend(cfg, index, &prec, why, sizeof why);
         if (b) {
-            snprintf(desc, desclen, "cuda:%d (%s%s)", index < 0 ? 0 : index, prec,
+            snprintf(desc, desclen, "cuda:%d (%s%s%s%s)", index < 0 ? 0 : index, prec,
+                     cfg->layout != UNET_LAYOUT_CHOICE_AUTO ? ", " : "",
+                     cfg->layout != UNET_LAYOUT_CHOICE_AUTO ? unet_config_choice_name("layout", cfg->layout) : "",
                      cfg->fast_nondeterministic ? ", nondeterministic engines allowed" : "");
             return b;
         }

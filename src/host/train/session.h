@@ -13,7 +13,8 @@
  * with a message in err when it cannot be had. Also applies --threads. */
 const unet_backend *unet_select_backend(const unet_config *cfg, char *desc, size_t desclen, char *err, size_t errlen);
 /* The CUDA backend the flags ask for on device `index` (-1: 0): --precision
- * (auto: tf32 until bf16 has run on a GPU) and --fast-nondeterministic. NULL
+ * (auto: tf32 until bf16 has run on a GPU), --layout and
+ * --fast-nondeterministic. NULL
  * with the reason in why. *precision: the precision's name. */
 const unet_backend *unet_config_cuda_backend(const unet_config *cfg, int index, const char **precision, char *why,
                                              size_t whylen);

@@ -69,7 +69,7 @@ static int init_encoder(const unet_config *cfg, unet_session *s, char *err, size
 /* Validation counts of every rank's share of the images, summed: ratios are
  * taken from the totals, so the metrics are those of one process. */
 static void sum_seg_stats(unet_dist *dist, unet_seg_stats *stats, int n_heads) {
-    enum { PER_HEAD = 4 * UNET_MAX_CLASSES + 3 };
+    enum { PER_HEAD = 4 * UNET_MAX_CLASSES + 5 };
     double buf[UNET_MAX_LEVELS * PER_HEAD];
     for (int h = 0; h < n_heads; h++) {
         double *b = buf + h * PER_HEAD;
@@ -79,6 +79,7 @@ static void sum_seg_stats(unet_dist *dist, unet_seg_stats *stats, int n_heads) {
         b[3 * UNET_MAX_CLASSES] = stats[h].correct, b[3 * UNET_MAX_CLASSES + 1] = stats[h].total;
         memcpy(b + 3 * UNET_MAX_CLASSES + 2, stats[h].vrand_sum, sizeof stats[h].vrand_sum);
         b[4 * UNET_MAX_CLASSES + 2] = stats[h].rand_images;
+        b[4 * UNET_MAX_CLASSES + 3] = stats[h].loss_sum, b[4 * UNET_MAX_CLASSES + 4] = stats[h].loss_images;
     }
     unet_dist_sum_f64(dist, buf, n_heads * PER_HEAD);
     for (int h = 0; h < n_heads; h++) {
@@ -89,6 +90,7 @@ static void sum_seg_stats(unet_dist *dist, unet_seg_stats *stats, int n_heads) {
         stats[h].correct = b[3 * UNET_MAX_CLASSES], stats[h].total = b[3 * UNET_MAX_CLASSES + 1];
         memcpy(stats[h].vrand_sum, b + 3 * UNET_MAX_CLASSES + 2, sizeof stats[h].vrand_sum);
         stats[h].rand_images = b[4 * UNET_MAX_CLASSES + 2];
+        stats[h].loss_sum = b[4 * UNET_MAX_CLASSES + 3], stats[h].loss_images = b[4 * UNET_MAX_CLASSES + 4];
     }
 }
 
@@ -636,7 +638,7 @@ static int validation_due(const train_run *t, long done, int last) {
 static int validate(train_run *t, long done, unet_seg_metrics *deepest, char *err, size_t errlen) {
     const int n_heads = t->s.model.n_heads;
     unet_seg_stats stats[UNET_MAX_LEVELS];
-    if (unet_evaluate_view(t->eval_plan, &t->tiling, &t->my_val, t->cfg->model.classes, stats, n_heads, err, errlen))
+    if (unet_evaluate_view(t->eval_plan, &t->tiling, &t->my_val, &t->cfg->model, stats, n_heads, err, errlen))
         return -1;
     if (t->world > 1) sum_seg_stats(t->dist, stats, n_heads);
     char line[16384]; /* per-class metrics of up to 64 classes, per-head of up to 8 heads */
@@ -650,8 +652,8 @@ static int validate(train_run *t, long done, unet_seg_metrics *deepest, char *er
                           t->s.model.head_column[h], m.iou, t->s.model.head_column[h], m.dice);
         if (h == n_heads - 1 && t->rank == 0) {
             if (isatty(2)) fputc('\n', stderr);
-            printf("validation at step %ld: IoU %.4f  Dice %.4f  pixel accuracy %.4f  Rand error %.4f\n", done,
-                   m.iou, m.dice, m.pixel_accuracy, m.rand_error);
+            printf("validation at step %ld: IoU %.4f  Dice %.4f  pixel accuracy %.4f  Rand error %.4f  loss %.4f\n",
+                   done, m.iou, m.dice, m.pixel_accuracy, m.rand_error, m.loss);
             unet_seg_metrics_print_classes(stdout, &m, "  ");
         }
     }
@@ -709,13 +711,14 @@ static int save_checkpoint(train_run *t, const char *path, long done, char *err,
 /* --save-best: the validation's value of the metric, and whether higher is
  * better; NAN when the validation has none (no image scored for Rand). */
 static double best_metric_value(unet_best_metric which, const unet_seg_metrics *m, int *higher) {
-    *higher = which != UNET_BEST_PIXEL_ERROR && which != UNET_BEST_RAND_ERROR;
+    *higher = which != UNET_BEST_PIXEL_ERROR && which != UNET_BEST_RAND_ERROR && which != UNET_BEST_LOSS;
     switch (which) {
     case UNET_BEST_IOU: return m->iou;
     case UNET_BEST_DICE: return m->dice;
     case UNET_BEST_PIXEL_ACCURACY: return m->pixel_accuracy;
     case UNET_BEST_PIXEL_ERROR: return m->pixel_error;
     case UNET_BEST_RAND_ERROR: return m->rand_error < 0 ? NAN : m->rand_error;
+    case UNET_BEST_LOSS: return m->loss;
     default: return NAN;
     }
 }

@@ -5,13 +5,14 @@
  *
  * Layout (layout.h): fp32 and tf32 keep NCHW float32 (labels int32),
  * exactly the CPU's, so transfers are plain copies and a tensor means the
- * same bytes on both. bf16 keeps activations and their gradients NHWC
- * bfloat16 with channels padded to 8; the transfers convert on the host
- * (round to nearest even on the way in), and labels, weight maps and loss
- * values stay as on the CPU. Parameters, their gradients and the optimizer
- * state are float32 in every precision. Everything runs on the context's
- * stream and returns at once; only the downloads and sync wait for the
- * stream, and an upload for the copy before last into its destination
+ * same bytes on both; with --layout nhwc they keep activations and their
+ * gradients NHWC float32 with channels padded to 4. bf16 keeps them NHWC
+ * bfloat16 with channels padded to 8. The NHWC transfers convert on the
+ * host (bf16: round to nearest even on the way in), and labels, weight maps
+ * and loss values stay as on the CPU. Parameters, their gradients and the
+ * optimizer state are float32 in every precision. Everything runs on the
+ * context's stream and returns at once; only the downloads and sync wait for
+ * the stream, and an upload for the copy before last into its destination
  * (staging.h: what a step uploads goes through page-locked buffers).
  *
  * Precision: fp32 (pure float math), tf32 (tensor cores in the
@@ -40,7 +41,7 @@ typedef struct {
     unet_backend backend;
     char device_name[256];
     int cc_major, cc_minor;
-    void *unpacking;      /* host buffer of the bf16 downloads (unpacking_buffer()), kept between calls */
+    void *unpacking;      /* host buffer of the NHWC downloads (unpacking_buffer()), kept between calls */
     size_t unpacking_bytes;
 } cuda_instance;
 
@@ -51,6 +52,7 @@ static int n_instances;
 static int sync_each_launch = -1;
 
 static const char *precision_names[] = {"fp32", "tf32", "bf16"};
+static const char *format_names[] = {"nchw", "nhwc", "nhwc"}; /* unet_cuda_format's order */
 
 /* Op names live in the core (graph.c). A tool that links the backend but no
  * graph (the cuDNN graph check, the optimizer test) has no nodes to name, so
@@ -82,8 +84,8 @@ static void append_shape(char *buf, size_t size, const char *name, unet_shape s)
  * current device's (which may itself fail to answer after a fault). */
 static void describe_device(const cuda_instance *inst, char *buf, size_t size) {
     if (inst) {
-        snprintf(buf, size, "cuda:%d (%s, sm_%d%d, %s)", inst->ctx.device, inst->device_name, inst->cc_major,
-                 inst->cc_minor, precision_names[inst->ctx.precision]);
+        snprintf(buf, size, "cuda:%d (%s, sm_%d%d, %s %s)", inst->ctx.device, inst->device_name, inst->cc_major,
+                 inst->cc_minor, precision_names[inst->ctx.precision], format_names[inst->ctx.act_format]);
         return;
     }
     int dev = -1;
@@ -169,12 +171,15 @@ extern "C" void unet_cuda_launched_at(const char *file, int line, const char *ke
  * ------------------------------------------------------------------------- */
 
 static unet_cuda_layout layout_of(const unet_backend *b, unet_shape s, unet_dtype t) {
-    return unet_cuda_layout_of(instance_of(b)->ctx.precision == UNET_PREC_BF16, s, t);
+    return unet_cuda_layout_of(instance_of(b)->ctx.act_format, s, t);
 }
 
 static unet_layout cuda_layout(const unet_backend *b, unet_dtype t) {
     unet_shape one = {1, 1, 1, 1};
-    return layout_of(b, one, t).nhwc_bf16 ? UNET_LAYOUT_NHWC_BF16 : UNET_LAYOUT_NCHW;
+    unet_cuda_format f = layout_of(b, one, t).format;
+    return f == UNET_FMT_NHWC_BF16  ? UNET_LAYOUT_NHWC_BF16
+           : f == UNET_FMT_NHWC_F32 ? UNET_LAYOUT_NHWC_F32
+                                    : UNET_LAYOUT_NCHW;
 }
 
 static size_t cuda_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
@@ -221,7 +226,7 @@ static void copy_out(const cuda_instance *inst, void *host, const void *src, siz
     UNET_CUDA_CHECK(cudaStreamSynchronize(inst->ctx.stream), waiting_on(inst));
 }
 
-/* The host buffer a bf16 download unpacks from, grown when a larger one is
+/* The host buffer an NHWC download unpacks from, grown when a larger one is
  * asked for and kept. Reusing it at once is safe: copy_out waits. Out of
  * host memory ends the run (as a failed call would). */
 static void *unpacking_buffer(const unet_backend *b, size_t bytes) {
@@ -240,15 +245,15 @@ static void *unpacking_buffer(const unet_backend *b, size_t bytes) {
 }
 
 /* A step's inputs (and any tensor): staged in page-locked memory (staging.h),
- * bf16 activations converted on the host straight into it. */
+ * NHWC activations converted on the host straight into it. */
 static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet_shape s, unet_dtype t) {
     cuda_instance *inst = (cuda_instance *)b->ctx;
     unet_cuda_layout l = layout_of(b, s, t);
     size_t bytes = unet_cuda_layout_bytes(l);
     if (!bytes) return;
     void *pinned = unet_cuda_stage(&inst->ctx, dst, bytes, on(inst));
-    if (l.nhwc_bf16)
-        unet_cuda_pack_bf16(l, (uint16_t *)pinned, (const float *)host);
+    if (l.format != UNET_FMT_NCHW_F32)
+        unet_cuda_pack(l, pinned, (const float *)host);
     else
         memcpy(pinned, host, bytes);
     unet_cuda_stage_copy(&inst->ctx, dst, bytes, on(inst));
@@ -257,13 +262,13 @@ static void cuda_upload(const unet_backend *b, void *dst, const void *host, unet
 static void cuda_download(const unet_backend *b, void *host, const void *src, unet_shape s, unet_dtype t) {
     const cuda_instance *inst = instance_of(b);
     unet_cuda_layout l = layout_of(b, s, t);
-    if (!l.nhwc_bf16) {
+    if (l.format == UNET_FMT_NCHW_F32) {
         copy_out(inst, host, src, unet_shape_count(s) * unet_dtype_size(t));
         return;
     }
-    uint16_t *packed = (uint16_t *)unpacking_buffer(b, unet_cuda_layout_bytes(l));
+    void *packed = unpacking_buffer(b, unet_cuda_layout_bytes(l));
     copy_out(inst, packed, src, unet_cuda_layout_bytes(l));
-    unet_cuda_unpack_bf16(l, (float *)host, packed);
+    unet_cuda_unpack(l, (float *)host, packed);
 }
 
 static void cuda_upload_f32(const unet_backend *b, float *dst, const float *host, size_t n) {
@@ -590,6 +595,27 @@ static int parse_precision(const char *s, unet_precision *out, char *err, size_t
     return -1;
 }
 
+/* The format of activations for a precision and a layout (NULL or "auto":
+ * NCHW for fp32 and tf32 until a GPU has measured which is faster). */
+static int parse_layout(const char *s, unet_precision precision, unet_cuda_format *out, char *err, size_t errlen) {
+    int nhwc = s && !strcmp(s, "nhwc"), nchw = s && !strcmp(s, "nchw");
+    if (s && strcmp(s, "auto") && !nhwc && !nchw) {
+        snprintf(err, errlen, "unknown layout '%s': use auto, nchw or nhwc", s);
+        return -1;
+    }
+    if (precision == UNET_PREC_BF16) {
+        if (nchw) {
+            snprintf(err, errlen, "--layout nchw is for fp32 and tf32: bf16 keeps activations NHWC (channels last, "
+                                  "the layout of bf16 tensor cores); use --layout auto or nhwc with bf16");
+            return -1;
+        }
+        *out = UNET_FMT_NHWC_BF16;
+        return 0;
+    }
+    *out = nhwc ? UNET_FMT_NHWC_F32 : UNET_FMT_NCHW_F32;
+    return 0;
+}
+
 /* Fills err and returns -1 when a setup call fails; the CUDA error is
  * cleared so that it does not resurface in a later, unrelated check. */
 static int setup_failed(cudaError_t e, const char *what, int device, char *err, size_t errlen) {
@@ -598,8 +624,8 @@ static int setup_failed(cudaError_t e, const char *what, int device, char *err, 
     return -1;
 }
 
-static int create_instance(cuda_instance *inst, int device, unet_precision precision, int deterministic, char *err,
-                           size_t errlen) {
+static int create_instance(cuda_instance *inst, int device, unet_precision precision, unet_cuda_format format,
+                           int deterministic, char *err, size_t errlen) {
     cudaError_t e;
     int count = 0;
     e = cudaGetDeviceCount(&count);
@@ -646,6 +672,7 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     unet_cuda_ctx *ctx = &inst->ctx;
     ctx->device = device;
     ctx->precision = precision;
+    ctx->act_format = format;
     ctx->deterministic = deterministic;
     ctx->plans = NULL; /* cudnn_graph.c creates the cache on first use */
     if ((e = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)) != cudaSuccess)
@@ -723,15 +750,16 @@ extern "C" int unet_cuda_devices(void) {
 
 extern "C" const char *unet_cuda_absent(void) { return NULL; }
 
-extern "C" const unet_backend *unet_cuda_backend(int device, const char *precision, int deterministic, char *err,
-                                                 size_t errlen) {
+extern "C" const unet_backend *unet_cuda_backend(int device, const char *precision, const char *layout,
+                                                 int deterministic, char *err, size_t errlen) {
     unet_precision prec;
-    if (parse_precision(precision, &prec, err, errlen)) return NULL;
+    unet_cuda_format format;
+    if (parse_precision(precision, &prec, err, errlen) || parse_layout(layout, prec, &format, err, errlen)) return NULL;
     deterministic = deterministic != 0;
     if (sync_each_launch < 0) sync_each_launch = env_flag("UNET_CUDA_SYNC");
     for (int i = 0; i < n_instances; i++)
         if (instances[i]->ctx.device == device && instances[i]->ctx.precision == prec &&
-            instances[i]->ctx.deterministic == deterministic) {
+            instances[i]->ctx.act_format == format && instances[i]->ctx.deterministic == deterministic) {
             /* the calling thread works on this device from now on */
             cudaError_t e = cudaSetDevice(device);
             if (e != cudaSuccess) {
@@ -741,7 +769,8 @@ extern "C" const unet_backend *unet_cuda_backend(int device, const char *precisi
             return &instances[i]->backend;
         }
     if (n_instances == MAX_INSTANCES) {
-        snprintf(err, errlen, "too many CUDA backends in one process (%d choices of device, precision, determinism)",
+        snprintf(err, errlen,
+                 "too many CUDA backends in one process (%d choices of device, precision, layout, determinism)",
                  MAX_INSTANCES);
         return NULL;
     }
@@ -750,7 +779,7 @@ extern "C" const unet_backend *unet_cuda_backend(int device, const char *precisi
         snprintf(err, errlen, "out of host memory creating the CUDA backend");
         return NULL;
     }
-    if (create_instance(inst, device, prec, deterministic, err, errlen)) {
+    if (create_instance(inst, device, prec, format, deterministic, err, errlen)) {
         /* handles made before the failure stay: the process is about to report and stop */
         free(inst);
         return NULL;

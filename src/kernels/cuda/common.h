@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include "kernels/cuda/layout.h"
 #include "unet/backend.h"
 
 /* C linkage: the backend's C files (cudnn_graph.c, dist_nccl.c) call the reporter defined in backend.cu. */
@@ -23,6 +24,7 @@ typedef enum { UNET_PREC_FP32, UNET_PREC_TF32, UNET_PREC_BF16 } unet_precision;
 typedef struct {
     int device;
     unet_precision precision;
+    unet_cuda_format act_format; /* how activations are held (layout.h): from the precision and the layout asked */
     int deterministic; /* 1 unless --fast-nondeterministic */
     cudaStream_t stream;
     cudnnHandle_t cudnn;

@@ -16,35 +16,39 @@
  * inside the crop window, zero outside. No reductions; crop_add sums its
  * inputs in input order, as the CPU does, so the bits agree.
  *
- * Both layouts of tensor_view.cuh: the float4 paths are float32 NCHW's;
- * bf16 NHWC goes element by element (a plane of one channel is strided in
- * memory) and writes zeros into the padding planes. */
+ * NHWC (tensor_view.cuh, nhwc.cuh) has kernels of its own: a thread takes
+ * one 16-byte vector of channels of a pixel (consecutive threads consecutive
+ * vectors), read from its input as one vector where that input's channels
+ * start on a whole vector, else channel by channel; the padding channels are
+ * written as zeros. Per value the same loads, sums and order as NCHW. */
 #include <stdio.h>
 
 #include "kernels/cuda/act.cuh"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/nhwc.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/tensor_view.cuh"
 
 /* One input (forward) or input gradient (backward) as the kernels see it. */
-template <class T>
+template <class F>
 struct crop_part {
-    const T *src;     /* forward: the input */
-    T *din;           /* backward: its gradient */
+    const typename F::T *src; /* forward: the input */
+    typename F::T *din;       /* backward: its gradient */
     int c, c0;        /* channels, first channel in the output */
-    int cp;           /* channels in memory (bf16: padded) */
+    int cp;           /* channels in memory (NHWC: padded) */
     int h, w, oy, ox; /* size and crop offset into it */
     int acc;          /* backward: add into din */
     int vec_src;      /* forward: src rows load as float4 at the crop's column (w, ox multiples of 4, aligned) */
     int vec_din;      /* backward: din rows store as float4 (w a multiple of 4, aligned) */
-    long long plane_begin; /* backward: first global plane of this input */
+    long long begin;  /* backward: first global plane (NCHW) or (pixel, vector) item (NHWC) of this input */
 };
 
-template <class T>
+template <class F>
 struct crop_parts {
-    crop_part<T> part[UNET_MAX_IN];
+    crop_part<F> part[UNET_MAX_IN];
     int n;
+    long long end; /* backward: the planes (NCHW) or items (NHWC) of all the parts */
 };
 
 /* Four consecutive values at p: float4 (aligned, checked by the host), or
@@ -62,25 +66,25 @@ static __device__ __forceinline__ void st4(unet_bf16 *p, float4 v) {
 }
 
 /* The part a block works on: the last whose first channel is <= channel
- * (forward) or whose first plane is <= plane (backward). The loop has
+ * (forward) or whose first plane or item is <= plane (backward). The loop has
  * constant indices, so the part is read from the kernel parameters into
  * registers, never copied to local memory by a dynamic index. */
-template <class T>
-static __device__ __forceinline__ crop_part<T> the_part(const crop_parts<T> &parts, int channel, long long plane) {
-    crop_part<T> p = parts.part[0];
+template <class F>
+static __device__ __forceinline__ crop_part<F> the_part(const crop_parts<F> &parts, int channel, long long plane) {
+    crop_part<F> p = parts.part[0];
 #pragma unroll
     for (int j = 1; j < UNET_MAX_IN; j++)
-        if (j < parts.n && (plane < 0 ? channel >= parts.part[j].c0 : plane >= parts.part[j].plane_begin))
+        if (j < parts.n && (plane < 0 ? channel >= parts.part[j].c0 : plane >= parts.part[j].begin))
             p = parts.part[j];
     return p;
 }
 
-/* Zeros over the padding plane (n, c) of a bf16 tensor. */
-template <class T>
-static __device__ void zero_plane(T *t, int n, int c, int cp, int h, int w) {
+/* Zeros over the padding plane (n, c) of an NHWC tensor. */
+template <class F>
+static __device__ void zero_plane(typename F::T *t, int n, int c, int cp, int h, int w) {
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < h * w; e += gridDim.y * blockDim.x) {
         int y = e / w, x = e - y * w;
-        unet_st(t, unet_act_at(t, n, c, cp, h, w, y, x), 0.0f);
+        unet_st(t, F::at(n, c, cp, h, w, y, x), 0.0f);
     }
 }
 
@@ -88,18 +92,19 @@ static __device__ void zero_plane(T *t, int n, int c, int cp, int h, int w) {
 
 /* grid.x: output planes (n, c), padding planes included. vec_out: output
  * rows are stored as float4. */
-template <class T>
-static __global__ void crop_concat_kernel(crop_parts<T> parts, T *out, int out_c, int out_cp, int out_h, int out_w,
-                                          int vec_out) {
+template <class F>
+static __global__ void crop_concat_kernel(crop_parts<F> parts, typename F::T *out, int out_c, int out_cp, int out_h,
+                                          int out_w, int vec_out) {
+    typedef typename F::T T;
     int n = (int)(blockIdx.x / (unsigned)out_cp), c = (int)(blockIdx.x % (unsigned)out_cp);
     if (c >= out_c) {
-        zero_plane(out, n, c, out_cp, out_h, out_w);
+        zero_plane<F>(out, n, c, out_cp, out_h, out_w);
         return;
     }
-    crop_part<T> p = the_part(parts, c, -1);
+    crop_part<F> p = the_part(parts, c, -1);
     int stride = gridDim.y * blockDim.x;
     if (vec_out) {
-        const T *src = p.src + unet_act_at(p.src, n, c - p.c0, p.cp, p.h, p.w, p.oy, p.ox);
+        const T *src = p.src + F::at(n, c - p.c0, p.cp, p.h, p.w, p.oy, p.ox);
         T *dst = out + (long long)blockIdx.x * out_h * out_w;
         int wq = out_w / 4, items = out_h * wq;
         for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
@@ -113,8 +118,8 @@ static __global__ void crop_concat_kernel(crop_parts<T> parts, T *out, int out_c
     int items = out_h * out_w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
         int y = e / out_w, x = e - y * out_w;
-        float v = unet_ld(p.src, unet_act_at(p.src, n, c - p.c0, p.cp, p.h, p.w, p.oy + y, p.ox + x));
-        unet_st(out, unet_act_at(out, n, c, out_cp, out_h, out_w, y, x), v);
+        float v = unet_ld(p.src, F::at(n, c - p.c0, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+        unet_st(out, F::at(n, c, out_cp, out_h, out_w, y, x), v);
     }
 }
 
@@ -125,12 +130,13 @@ static __device__ __forceinline__ float act_of(int act, float v) {
 
 /* grid.x: output planes (n, c), padding planes included; every input has
  * the output's channels; the sum, then the activation. */
-template <class T>
-static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, int out_cp, int out_h, int out_w,
-                                       int vec, int act) {
+template <class F>
+static __global__ void crop_add_kernel(crop_parts<F> parts, typename F::T *out, int out_c, int out_cp, int out_h,
+                                       int out_w, int vec, int act) {
+    typedef typename F::T T;
     int n = (int)(blockIdx.x / (unsigned)out_cp), c = (int)(blockIdx.x % (unsigned)out_cp);
     if (c >= out_c) {
-        zero_plane(out, n, c, out_cp, out_h, out_w);
+        zero_plane<F>(out, n, c, out_cp, out_h, out_w);
         return;
     }
     int stride = gridDim.y * blockDim.x;
@@ -143,8 +149,8 @@ static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, i
 #pragma unroll
             for (int i = 0; i < UNET_MAX_IN; i++) {
                 if (i >= parts.n) break;
-                const crop_part<T> &p = parts.part[i];
-                float4 v = ld4(p.src + unet_act_at(p.src, n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+                const crop_part<F> &p = parts.part[i];
+                float4 v = ld4(p.src + F::at(n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
                 if (i == 0) {
                     sum = v;
                 } else {
@@ -166,11 +172,11 @@ static __global__ void crop_add_kernel(crop_parts<T> parts, T *out, int out_c, i
 #pragma unroll
         for (int i = 0; i < UNET_MAX_IN; i++) {
             if (i >= parts.n) break;
-            const crop_part<T> &p = parts.part[i];
-            float v = unet_ld(p.src, unet_act_at(p.src, n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+            const crop_part<F> &p = parts.part[i];
+            float v = unet_ld(p.src, F::at(n, c, p.cp, p.h, p.w, p.oy + y, p.ox + x));
             sum = i == 0 ? v : sum + v;
         }
-        unet_st(out, unet_act_at(out, n, c, out_cp, out_h, out_w, y, x), act_of(act, sum));
+        unet_st(out, F::at(n, c, out_cp, out_h, out_w, y, x), act_of(act, sum));
     }
 }
 
@@ -186,25 +192,27 @@ static __global__ void act_mask_kernel(T *dout, const T *out, long long n, int a
 
 /* The gradient of one input element (y, x) of channel ch: dout's inside the
  * crop window, else 0. */
-template <class T>
-static __device__ __forceinline__ float window_grad(const T *dout, const crop_part<T> &p, int n, int ch, int y, int x,
-                                                    int out_cp, int out_h, int out_w) {
+template <class F>
+static __device__ __forceinline__ float window_grad(const typename F::T *dout, const crop_part<F> &p, int n, int ch,
+                                                    int y, int x, int out_cp, int out_h, int out_w) {
     int wy = y - p.oy, wx = x - p.ox;
     return wy >= 0 && wy < out_h && wx >= 0 && wx < out_w
-               ? unet_ld(dout, unet_act_at(dout, n, p.c0 + ch, out_cp, out_h, out_w, wy, wx))
+               ? unet_ld(dout, F::at(n, p.c0 + ch, out_cp, out_h, out_w, wy, wx))
                : 0.0f;
 }
 
 /* grid.x: the planes of every input gradient, input after input, padding
- * planes included (bf16: zeros). */
-template <class T>
-static __global__ void crop_grad_kernel(crop_parts<T> parts, const T *dout, int out_cp, int out_h, int out_w) {
+ * planes included (NHWC: zeros). */
+template <class F>
+static __global__ void crop_grad_kernel(crop_parts<F> parts, const typename F::T *dout, int out_cp, int out_h,
+                                        int out_w) {
+    typedef typename F::T T;
     long long plane = blockIdx.x;
-    crop_part<T> p = the_part(parts, -1, plane);
-    int local = (int)(plane - p.plane_begin);
+    crop_part<F> p = the_part(parts, -1, plane);
+    int local = (int)(plane - p.begin);
     int n = local / p.cp, ch = local - n * p.cp;
     if (ch >= p.c) {
-        zero_plane(p.din, n, ch, p.cp, p.h, p.w);
+        zero_plane<F>(p.din, n, ch, p.cp, p.h, p.w);
         return;
     }
     int stride = gridDim.y * blockDim.x;
@@ -232,8 +240,93 @@ static __global__ void crop_grad_kernel(crop_parts<T> parts, const T *dout, int 
     int items = p.h * p.w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < items; e += stride) {
         int y = e / p.w, x = e - y * p.w;
-        unet_store_grad_t(p.din, unet_act_at(p.din, n, ch, p.cp, p.h, p.w, y, x),
+        unet_store_grad_t(p.din, F::at(n, ch, p.cp, p.h, p.w, y, x),
                           window_grad(dout, p, n, ch, y, x, out_cp, out_h, out_w), p.acc);
+    }
+}
+
+/* ---- NHWC: channel vectors ---- */
+
+/* Output channels c0 .. c0 + V - 1 at output pixel (n, y, x): one vector load
+ * where they all come from one input and start on one of its vectors, else
+ * one load a channel. Channels past out_c are zeros. */
+template <class F>
+static __device__ __forceinline__ unet_vec<F> concat_vector(const crop_parts<F> &parts, int out_c, int c0, int n,
+                                                           int y, int x) {
+    crop_part<F> p = the_part(parts, c0, -1);
+    int last = min(c0 + F::V, out_c) - 1;
+    unet_vec<F> r;
+    if (last < p.c0 + p.c && (c0 - p.c0) % F::V == 0) {
+        r = unet_ldv<F>(p.src, F::at(n, c0 - p.c0, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+        for (int j = last - c0 + 1; j < F::V; j++) r.v[j] = 0.0f;
+        return r;
+    }
+    for (int j = 0; j < F::V; j++) {
+        int c = c0 + j;
+        crop_part<F> q = the_part(parts, c, -1);
+        r.v[j] = c < out_c ? unet_ld(q.src, F::at(n, c - q.c0, q.cp, q.h, q.w, q.oy + y, q.ox + x)) : 0.0f;
+    }
+    return r;
+}
+
+/* crop_add: every input has the output's channels: the vectors at the same
+ * channel offset, summed in input order, then the activation; channels past
+ * out_c are zeros. */
+template <class F>
+static __device__ __forceinline__ unet_vec<F> add_vector(const crop_parts<F> &parts, int out_c, int c0, int n, int y,
+                                                        int x, int act) {
+    unet_vec<F> sum;
+#pragma unroll
+    for (int k = 0; k < UNET_MAX_IN; k++) {
+        if (k >= parts.n) break;
+        const crop_part<F> &p = parts.part[k];
+        unet_vec<F> v = unet_ldv<F>(p.src, F::at(n, c0, p.cp, p.h, p.w, p.oy + y, p.ox + x));
+#pragma unroll
+        for (int j = 0; j < F::V; j++) sum.v[j] = k == 0 ? v.v[j] : sum.v[j] + v.v[j];
+    }
+#pragma unroll
+    for (int j = 0; j < F::V; j++) sum.v[j] = c0 + j < out_c ? act_of(act, sum.v[j]) : 0.0f;
+    return sum;
+}
+
+/* Item i: (output pixel, channel vector), the vector fastest. */
+template <class F>
+static __global__ void crop_nhwc_kernel(crop_parts<F> parts, typename F::T *out, int out_c, int out_vectors, int out_h,
+                                        int out_w, unsigned items, int concat, int act) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
+        int n, y, x, c0 = (int)(i % (unsigned)out_vectors) * F::V;
+        unet_pixel_of(i, out_vectors, out_h, out_w, n, y, x);
+        unet_stv<F>(out, (long long)i * F::V,
+                    concat ? concat_vector(parts, out_c, c0, n, y, x) : add_vector(parts, out_c, c0, n, y, x, act));
+    }
+}
+
+/* Items of every input gradient, input after input (their begin): dout's
+ * channels p.c0 + ch inside the crop window, 0 outside and past p.c. */
+template <class F>
+static __global__ void crop_grad_nhwc_kernel(crop_parts<F> parts, const typename F::T *dout, int out_cp, int out_h,
+                                             int out_w, unsigned items) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
+        crop_part<F> p = the_part(parts, -1, i);
+        unsigned local = i - (unsigned)p.begin;
+        int vectors = p.cp / F::V, n, y, x;
+        unet_pixel_of(local, vectors, p.h, p.w, n, y, x);
+        int ch0 = (int)(local % (unsigned)vectors) * F::V, wy = y - p.oy, wx = x - p.ox;
+        unet_vec<F> g;
+        if (wy < 0 || wy >= out_h || wx < 0 || wx >= out_w) {
+            for (int j = 0; j < F::V; j++) g.v[j] = 0.0f;
+        } else if (p.c0 % F::V == 0) {
+            g = unet_ldv<F>(dout, F::at(n, p.c0 + ch0, out_cp, out_h, out_w, wy, wx));
+        } else {
+            for (int j = 0; j < F::V; j++)
+                g.v[j] = ch0 + j < p.c ? unet_ld(dout, F::at(n, p.c0 + ch0 + j, out_cp, out_h, out_w, wy, wx)) : 0.0f;
+        }
+        long long at = (long long)local * F::V;
+        unet_vec<F> old;
+        if (p.acc) old = unet_ldv<F>(p.din, at);
+#pragma unroll
+        for (int j = 0; j < F::V; j++) g.v[j] = ch0 + j >= p.c ? 0.0f : p.acc ? old.v[j] + g.v[j] : g.v[j];
+        unet_stv<F>(p.din, at, g);
     }
 }
 
@@ -244,10 +337,11 @@ static void bad_shapes(const unet_op_args *a, const char *what) {
 }
 
 /* The parts of a node; for the backward, only the inputs whose gradient is asked. */
-template <class T>
-static crop_parts<T> parts_of(const unet_op_args *a, int concat, int backward) {
+template <class F>
+static crop_parts<F> parts_of(const unet_op_args *a, int concat, int backward) {
+    typedef typename F::T T;
     unet_shape so = a->out_shape;
-    crop_parts<T> ps;
+    crop_parts<F> ps;
     ps.n = 0;
     int c0 = 0;
     long long planes = 0;
@@ -262,8 +356,8 @@ static crop_parts<T> parts_of(const unet_op_args *a, int concat, int backward) {
             continue;
         }
         /* float4 only for float32 NCHW rows */
-        int f32 = sizeof(T) == 4;
-        crop_part<T> p;
+        int f32 = !F::nhwc;
+        crop_part<F> p;
         p.src = backward ? NULL : (const T *)a->in[i];
         p.din = backward ? (T *)a->din[i] : NULL;
         p.c = si.c;
@@ -276,22 +370,37 @@ static crop_parts<T> parts_of(const unet_op_args *a, int concat, int backward) {
         p.acc = backward ? a->din_accumulate[i] : 0;
         p.vec_src = f32 && !backward && si.w % 4 == 0 && p.ox % 4 == 0 && unet_aligned16(p.src);
         p.vec_din = f32 && backward && si.w % 4 == 0 && unet_aligned16(p.din);
-        p.plane_begin = planes;
-        planes += (long long)si.n * p.cp;
+        p.begin = planes;
+        planes += F::nhwc ? (long long)si.n * si.h * si.w * (p.cp / F::V) : (long long)si.n * p.cp;
         ps.part[ps.n++] = p;
     }
     if (concat && !backward && c0 != so.c) bad_shapes(a, "crop_concat output channels must be the sum of the inputs'");
+    ps.end = planes;
     return ps;
 }
 
-template <class T>
-static void crop_forward_t(const unet_op_args *a, int concat) {
+template <class F>
+static void crop_forward_nhwc(const unet_op_args *a, int concat, const crop_parts<F> &ps) {
     unet_shape so = a->out_shape;
-    crop_parts<T> ps = parts_of<T>(a, concat, 0);
+    unsigned items = unet_vec_items<F>(a, so);
+    crop_nhwc_kernel<F><<<unet_blocks_for(items), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        ps, (typename F::T *)a->out, so.c, F::channels(so.c) / F::V, so.h, so.w, items, concat, a->node->act);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+template <class F>
+static void crop_forward_t(const unet_op_args *a, int concat) {
+    typedef typename F::T T;
+    unet_shape so = a->out_shape;
+    crop_parts<F> ps = parts_of<F>(a, concat, 0);
     int out_cp = unet_cuda_planes_c(a, so);
     long long planes = (long long)so.n * out_cp, plane_items = (long long)so.h * so.w;
     if (planes == 0 || plane_items == 0) return;
-    int vec = sizeof(T) == 4 && so.w % 4 == 0 && unet_aligned16(a->out);
+    if constexpr (F::nhwc) {
+        crop_forward_nhwc<F>(a, concat, ps);
+        return;
+    }
+    int vec = !F::nhwc && so.w % 4 == 0 && unet_aligned16(a->out);
     if (!concat)
         for (int i = 0; i < ps.n; i++) vec = vec && ps.part[i].vec_src;
     unet_plane_launch l = unet_plane_launch_for(a, planes, vec ? plane_items / 4 : plane_items);
@@ -303,27 +412,44 @@ static void crop_forward_t(const unet_op_args *a, int concat) {
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class T>
+/* crop_add with an activation: dout masked in place before the inputs' gradients read it. */
+template <class F>
+static void mask_dout(const unet_op_args *a, int concat) {
+    typedef typename F::T T;
+    if (concat || a->node->act == UNET_ACT_NONE) return;
+    if (!a->out) bad_shapes(a, "crop_add backward with an activation needs the forward output (NULL)");
+    long long n = unet_cuda_act_elements(a, a->out_shape);
+    act_mask_kernel<<<unet_blocks_for(n), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>((T *)a->dout,
+                                                                                        (const T *)a->out, n,
+                                                                                        a->node->act);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+template <class F>
 static void crop_backward_t(const unet_op_args *a, int concat) {
+    typedef typename F::T T;
     unet_shape so = a->out_shape;
-    crop_parts<T> ps = parts_of<T>(a, concat, 1);
+    crop_parts<F> ps = parts_of<F>(a, concat, 1);
+    if constexpr (F::nhwc) {
+        if (ps.end == 0) return;
+        if (!a->dout) bad_shapes(a, "crop backward needs dout (NULL)");
+        if (ps.end > 0x7fffffffLL) bad_shapes(a, "crop backward: more than 2^31 - 1 channel vectors");
+        mask_dout<F>(a, concat);
+        crop_grad_nhwc_kernel<F><<<unet_blocks_for(ps.end), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+            ps, (const T *)a->dout, unet_cuda_planes_c(a, so), so.h, so.w, (unsigned)ps.end);
+        UNET_CUDA_LAUNCHED(a);
+        return;
+    }
     long long planes = 0, max_items = 0;
     for (int i = 0; i < ps.n; i++) {
-        const crop_part<T> &p = ps.part[i];
+        const crop_part<F> &p = ps.part[i];
         long long items = (long long)p.h * p.w / (p.vec_din ? 4 : 1);
         planes += (long long)so.n * p.cp;
         if (items > max_items) max_items = items;
     }
     if (planes == 0 || max_items == 0) return;
     if (!a->dout) bad_shapes(a, "crop backward needs dout (NULL)");
-    if (!concat && a->node->act != UNET_ACT_NONE) {
-        if (!a->out) bad_shapes(a, "crop_add backward with an activation needs the forward output (NULL)");
-        long long n = unet_cuda_act_elements(a, so);
-        act_mask_kernel<<<unet_blocks_for(n), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>((T *)a->dout,
-                                                                                            (const T *)a->out, n,
-                                                                                            a->node->act);
-        UNET_CUDA_LAUNCHED(a);
-    }
+    mask_dout<F>(a, concat);
     unet_plane_launch l = unet_plane_launch_for(a, planes, max_items);
     crop_grad_kernel<<<l.grid, l.block, 0, unet_cuda_ctx_of(a)->stream>>>(ps, (const T *)a->dout,
                                                                           unet_cuda_planes_c(a, so), so.h, so.w);
@@ -331,17 +457,11 @@ static void crop_backward_t(const unet_op_args *a, int concat) {
 }
 
 static void crop_forward(const unet_op_args *a, int concat) {
-    if (unet_cuda_is_bf16(a))
-        crop_forward_t<unet_bf16>(a, concat);
-    else
-        crop_forward_t<float>(a, concat);
+    unet_dispatch(a, [&](auto f) { crop_forward_t<decltype(f)>(a, concat); });
 }
 
 static void crop_backward(const unet_op_args *a, int concat) {
-    if (unet_cuda_is_bf16(a))
-        crop_backward_t<unet_bf16>(a, concat);
-    else
-        crop_backward_t<float>(a, concat);
+    unet_dispatch(a, [&](auto f) { crop_backward_t<decltype(f)>(a, concat); });
 }
 
 static void crop_concat_forward(const unet_op_args *a) { crop_forward(a, 1); }

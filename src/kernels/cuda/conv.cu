@@ -19,13 +19,15 @@
  *      added into an existing gradient and no beta = 1 engine exists, a
  *      scratch tensor at offset 0 and the plan's workspace after it.
  *
- * bf16 (cudnn_graph.c, layout.h): activations are NHWC bf16 with padded
- * channels, and cuDNN reads bf16 weights. Every workspace then starts with
- * a prefix holding the bf16 copy of the weights (K8, R, S, C8) and of the
- * bias (K8), cast from the float32 master copies before each use; the
- * weight gradient comes out there as bf16 too and is widened into the float32
- * gradient block. The offsets above count from the end of the prefix. In
- * float32 the prefix is empty and nothing else changes. */
+ * NHWC (bf16, and fp32/tf32 with --layout nhwc; cudnn_graph.c, layout.h):
+ * activations are channels last with padded channels, and cuDNN reads the
+ * weights channels last too, in the activations' element type. Every
+ * workspace then starts with a prefix holding that copy of the weights (Kp,
+ * R, S, Cp) and of the bias (Kp), Kp and Cp padded as channels are, made
+ * from the float32 master copies before each use; the weight gradient comes
+ * out there in that form too and is converted into the float32 gradient
+ * block. The offsets above count from the end of the prefix. In NCHW the
+ * prefix is empty: cuDNN reads the parameters where they are. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +37,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/cudnn_graph.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/nhwc.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/tensor_view.cuh"
 
@@ -55,29 +58,31 @@ static unsigned blocks_for(long long n) {
  * Kernels
  * ------------------------------------------------------------------------- */
 
-/* The channel of memory element i: NCHW float32 (planes of hw), or NHWC
- * bf16 (cp channels to a pixel). */
-static __device__ __forceinline__ int channel_at(const float *, long long i, long long hw, int channels, int) {
-    return (int)((i / hw) % channels);
-}
-static __device__ __forceinline__ int channel_at(const unet_bf16 *, long long i, long long, int, int cp) {
-    return (int)(i % cp);
+/* x + b[c] (b NULL: no bias), then the activation act. */
+static __device__ __forceinline__ float bias_act_of(float x, const float *b, int c, int act) {
+    float v = b ? x + b[c] : x;
+    return act == UNET_ACT_RELU ? (v > 0.0f ? v : 0.0f) : act == UNET_ACT_RELU6 ? unet_relu6(v) : v;
 }
 
-/* out = in + b[c] (b NULL: none), then the activation; in may be out. Over
- * memory, the padding channels (bf16) written as zeros. */
-template <class T>
-static __global__ void bias_act_kernel(const T *in, T *out, const float *b, int channels, int cp, long long hw,
-                                       long long total, int act) {
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-         i += (long long)gridDim.x * blockDim.x) {
-        int c = channel_at(in, i, hw, channels, cp);
-        if (c >= channels) {
-            unet_st(out, i, 0.0f);
-            continue;
-        }
-        float v = b ? unet_ld(in, i) + b[c] : unet_ld(in, i);
-        unet_st(out, i, act == UNET_ACT_RELU ? (v > 0.0f ? v : 0.0f) : act == UNET_ACT_RELU6 ? unet_relu6(v) : v);
+/* NCHW: grid.x planes (n, c), so that a block's channel is one number, grid.y along the plane; in may be out. */
+static __global__ void bias_act_nchw_kernel(const float *in, float *out, const float *b, int channels, int hw,
+                                            int act) {
+    int c = (int)(blockIdx.x % (unsigned)channels);
+    long long base = (long long)blockIdx.x * hw;
+    for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < hw; i += gridDim.y * blockDim.x)
+        out[base + i] = bias_act_of(in[base + i], b, c, act);
+}
+
+/* NHWC: one thread per (pixel, channel vector) (nhwc.cuh), the padding channels written as zeros. */
+template <class F>
+static __global__ void bias_act_nhwc_kernel(const typename F::T *in, typename F::T *out, const float *b, int channels,
+                                            int vectors, unsigned items, int act) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < items; i += gridDim.x * blockDim.x) {
+        int c0 = (int)(i % (unsigned)vectors) * F::V;
+        unet_vec<F> v = unet_ldv<F>(in, (long long)i * F::V);
+#pragma unroll
+        for (int j = 0; j < F::V; j++) v.v[j] = c0 + j < channels ? bias_act_of(v.v[j], b, c0 + j, act) : 0.0f;
+        unet_stv<F>(out, (long long)i * F::V, v);
     }
 }
 
@@ -87,10 +92,12 @@ static __global__ void add_kernel(T *dst, const T *src, long long n) {
         unet_st(dst, i, unet_ld(dst, i) + unet_ld(src, i));
 }
 
-/* bf16: the (K8, R, S, C8) bf16 copy of float32 weights w (K, C, R, S), and
- * of the bias (K) into bk (K8) when given; zeros in the padding. */
-static __global__ void weights_to_bf16_kernel(const float *w, unet_bf16 *wk, const float *b, unet_bf16 *bk, int k,
-                                              int kp, int c, int cp, int r) {
+/* NHWC: the (Kp, R, S, Cp) copy of float32 weights w (K, C, R, S) in
+ * element type T, and of the bias (K) into bk (Kp) when given; zeros in the
+ * padding. */
+template <class T>
+static __global__ void weights_to_krsc_kernel(const float *w, T *wk, const float *b, T *bk, int k, int kp, int c,
+                                              int cp, int r) {
     long long total = (long long)kp * r * r * cp;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
@@ -98,20 +105,21 @@ static __global__ void weights_to_bf16_kernel(const float *w, unet_bf16 *wk, con
         long long t = i / cp;
         int sx = (int)(t % r), ry = (int)(t / r % r), ko = (int)(t / ((long long)r * r));
         float v = ko < k && ci < c ? w[(((long long)ko * c + ci) * r + ry) * r + sx] : 0.0f;
-        wk[i] = __float2bfloat16_rn(v);
-        if (bk && i < kp) bk[i] = __float2bfloat16_rn(i < k ? b[i] : 0.0f);
+        unet_st(wk, i, v);
+        if (bk && i < kp) unet_st(bk, i, i < k ? b[i] : 0.0f);
     }
 }
 
-/* bf16: the float32 weight gradient dw (K, C, R, S) from cuDNN's (K8, R, S, C8) bf16 one. */
-static __global__ void dweights_from_bf16_kernel(const unet_bf16 *dwk, float *dw, int k, int c, int cp, int r) {
+/* NHWC: the float32 weight gradient dw (K, C, R, S) from cuDNN's (Kp, R, S, Cp) one. */
+template <class T>
+static __global__ void dweights_from_krsc_kernel(const T *dwk, float *dw, int k, int c, int cp, int r) {
     long long total = (long long)k * c * r * r;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         int sx = (int)(i % r), ry = (int)(i / r % r);
         long long t = i / ((long long)r * r);
         int ci = (int)(t % c), ko = (int)(t / c);
-        dw[i] = __bfloat162float(dwk[(((long long)ko * r + ry) * r + sx) * cp + ci]);
+        dw[i] = unet_ld(dwk, (((long long)ko * r + ry) * r + sx) * cp + ci);
     }
 }
 
@@ -129,11 +137,13 @@ static __device__ void block_sum(double *sh, double v) {
  * in (n, y, x) order, cut into equal slices) into partial[c * slices + s].
  * With a mask (the forward output of a fused activation act), each value
  * first becomes dz = dout where the activation passes it, else 0, and is
- * written back, so that the weight and data gradients read dz. The partition depends on the shape alone and every sum
- * has a fixed order: the result is the same bits on every run, no atomics. */
-template <class T>
-static __global__ void channel_partial_kernel(T *dz, const T *mask, int act, int channels, int cp, long long hw,
-                                              long long per_channel, long long chunk, int slices, double *partial) {
+ * written back, so that the weight and data gradients read dz. The
+ * partition depends on the shape alone and every sum has a fixed order: the
+ * result is the same bits on every run, no atomics. */
+template <class F>
+static __global__ void channel_partial_kernel(typename F::T *dz, const typename F::T *mask, int act, int channels,
+                                              int cp, long long hw, long long per_channel, long long chunk, int slices,
+                                              double *partial) {
     __shared__ double sh[THREADS];
     int s = blockIdx.x;
     long long begin = s * chunk, end = begin + chunk < per_channel ? begin + chunk : per_channel;
@@ -143,7 +153,7 @@ static __global__ void channel_partial_kernel(T *dz, const T *mask, int act, int
         double acc = 0.0;
         for (long long j = begin + threadIdx.x; j < end; j += THREADS) {
             long long n = j / hw;
-            long long idx = unet_plane_at(dz, n, c, cp, hw, j - n * hw);
+            long long idx = F::plane_at(n, c, cp, hw, j - n * hw);
             float v = unet_ld(dz, idx);
             if (mask) {
                 v = unet_act_passes(act, unet_ld(mask, idx)) ? v : 0.0f;
@@ -156,6 +166,29 @@ static __global__ void channel_partial_kernel(T *dz, const T *mask, int act, int
         __syncthreads(); /* sh is refilled by the next channel */
     }
 }
+
+/* NHWC: the same sums through unet_nhwc_sums (nhwc.cuh): the partials of a
+ * channel vector's channels over a slice of pixels. */
+template <class F>
+struct bias_sums_op {
+    typename F::T *dz;
+    const typename F::T *mask;
+    int act;
+    int cp;
+    struct state {};
+    __device__ state begin(int) const { return state(); }
+    __device__ void add(const state &, long long p, int vec, double (&acc)[F::V]) const {
+        long long i = p * cp + (long long)vec * F::V;
+        unet_vec<F> v = unet_ldv<F>(dz, i);
+        if (mask) {
+            unet_vec<F> m = unet_ldv<F>(mask, i);
+            for (int j = 0; j < F::V; j++) v.v[j] = unet_act_passes(act, m.v[j]) ? v.v[j] : 0.0f;
+            unet_stv<F>(dz, i, v); /* v or 0: exact in bf16 too */
+        }
+#pragma unroll
+        for (int j = 0; j < F::V; j++) acc[j] += v.v[j];
+    }
+};
 
 static __global__ void channel_finish_kernel(const double *partial, int slices, float *sum) {
     __shared__ double sh[THREADS];
@@ -193,25 +226,42 @@ static dim3 channel_grid(int slices, int channels) {
     return dim3((unsigned)slices, (unsigned)(channels < MAX_GRID_Y ? channels : MAX_GRID_Y));
 }
 
-static size_t channel_sum_workspace(unet_shape s) {
+/* Slices per channel: NCHW's split_channel, NHWC's unet_nhwc_sums. */
+static int channel_slices(const unet_op_args *a, long long per_channel) {
+    return unet_cuda_ctx_of(a)->act_format != UNET_FMT_NCHW_F32 ? unet_nhwc_slices(per_channel)
+                                                                : split_channel(per_channel).slices;
+}
+
+static size_t channel_sum_workspace(const unet_op_args *a, unet_shape s) {
     long long per_channel = (long long)s.n * s.h * s.w;
-    return align_up((size_t)s.c * (size_t)split_channel(per_channel).slices * sizeof(double));
+    return align_up((size_t)s.c * (size_t)channel_slices(a, per_channel) * sizeof(double));
 }
 
 /* sum[c] = sum of dz over n, y, x (NULL: no sum wanted); with mask, dz is first
  * masked in place where the activation act stops the gradient of mask. */
-template <class T>
-static void channel_sums_t(const unet_op_args *a, T *dz, const T *mask, int act, unet_shape s, float *sum,
+template <class F>
+static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, int act, unet_shape s, float *sum,
                            void *workspace) {
+    typedef typename F::T T;
     unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
     long long per_channel = (long long)s.n * s.h * s.w;
-    channel_split sp = split_channel(per_channel);
     double *partial = (double *)workspace;
-    channel_partial_kernel<<<channel_grid(sp.slices, s.c), THREADS, 0, ctx->stream>>>(
-        dz, mask, act, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk, sp.slices, partial);
-    UNET_CUDA_LAUNCHED(a);
+    if constexpr (F::nhwc) {
+        bias_sums_op<F> op = {(T *)dz, (const T *)mask, act, F::channels(s.c)};
+        unet_nhwc_split ns = unet_nhwc_split_of<F>(s);
+        unet_nhwc_sums_kernel<F, 1><<<ns.grid, ns.block, 0, ctx->stream>>>(op, s.c, ns.vectors, ns.pixels,
+                                                                           ns.per_slice, partial);
+        UNET_CUDA_LAUNCHED(a);
+    } else {
+        channel_split sp = split_channel(per_channel);
+        channel_partial_kernel<F><<<channel_grid(sp.slices, s.c), THREADS, 0, ctx->stream>>>(
+            (T *)dz, (const T *)mask, act, s.c, unet_cuda_planes_c(a, s), (long long)s.h * s.w, per_channel, sp.chunk,
+            sp.slices, partial);
+        UNET_CUDA_LAUNCHED(a);
+    }
     if (sum) {
-        channel_finish_kernel<<<(unsigned)s.c, THREADS, 0, ctx->stream>>>(partial, sp.slices, sum);
+        channel_finish_kernel<<<(unsigned)s.c, THREADS, 0, ctx->stream>>>(partial, channel_slices(a, per_channel),
+                                                                          sum);
         UNET_CUDA_LAUNCHED(a);
     }
 }
@@ -219,92 +269,116 @@ static void channel_sums_t(const unet_op_args *a, T *dz, const T *mask, int act,
 static void channel_sums(const unet_op_args *a, void *dz, const void *mask, int act, unet_shape s, float *sum,
                          void *workspace) {
     if (!sum && !mask) return;
-    if (unet_cuda_is_bf16(a))
-        channel_sums_t(a, (unet_bf16 *)dz, (const unet_bf16 *)mask, act, s, sum, workspace);
-    else
-        channel_sums_t(a, (float *)dz, (const float *)mask, act, s, sum, workspace);
+    unet_dispatch(a, [&](auto f) { channel_sums_t<decltype(f)>(a, dz, mask, act, s, sum, workspace); });
+}
+
+/* out = in + b[c] (b NULL: none), then the activation act; in may be out. */
+template <class F>
+static void bias_act_t(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int act) {
+    typedef typename F::T T;
+    cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
+    if constexpr (F::nhwc) {
+        unsigned items = unet_vec_items<F>(a, s);
+        bias_act_nhwc_kernel<F><<<unet_blocks_for(items), UNET_THREADS, 0, stream>>>(
+            (const T *)in, (T *)out, b, s.c, F::channels(s.c) / F::V, items, act);
+    } else {
+        unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * s.c, (long long)s.h * s.w);
+        bias_act_nchw_kernel<<<l.grid, l.block, 0, stream>>>((const float *)in, (float *)out, b, s.c, s.h * s.w, act);
+    }
+    UNET_CUDA_LAUNCHED(a);
 }
 
 static void bias_act(const unet_op_args *a, const void *in, void *out, const float *b, unet_shape s, int act) {
-    unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
-    long long total = unet_cuda_act_elements(a, s), hw = (long long)s.h * s.w;
-    int cp = unet_cuda_planes_c(a, s);
-    if (unet_cuda_is_bf16(a))
-        bias_act_kernel<<<blocks_for(total), THREADS, 0, ctx->stream>>>((const unet_bf16 *)in, (unet_bf16 *)out, b, s.c,
-                                                                        cp, hw, total, act);
-    else
-        bias_act_kernel<<<blocks_for(total), THREADS, 0, ctx->stream>>>((const float *)in, (float *)out, b, s.c, cp,
-                                                                        hw, total, act);
-    UNET_CUDA_LAUNCHED(a);
+    unet_dispatch(a, [&](auto f) { bias_act_t<decltype(f)>(a, in, out, b, s, act); });
 }
 
 /* dst += src over an activation tensor of shape s (memory elements, padding included). */
-static void add_into(const unet_op_args *a, void *dst, const void *src, unet_shape s) {
-    unet_cuda_ctx *ctx = unet_cuda_ctx_of(a);
+template <class F>
+static void add_into_t(const unet_op_args *a, void *dst, const void *src, unet_shape s) {
+    typedef typename F::T T;
     long long count = unet_cuda_act_elements(a, s);
-    if (unet_cuda_is_bf16(a))
-        add_kernel<<<blocks_for(count), THREADS, 0, ctx->stream>>>((unet_bf16 *)dst, (const unet_bf16 *)src, count);
-    else
-        add_kernel<<<blocks_for(count), THREADS, 0, ctx->stream>>>((float *)dst, (const float *)src, count);
+    add_kernel<<<blocks_for(count), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>((T *)dst, (const T *)src, count);
     UNET_CUDA_LAUNCHED(a);
+}
+
+static void add_into(const unet_op_args *a, void *dst, const void *src, unet_shape s) {
+    unet_dispatch(a, [&](auto f) { add_into_t<decltype(f)>(a, dst, src, s); });
 }
 
 /* Bytes of an activation tensor of shape s in this backend's layout. */
 static size_t act_bytes(const unet_op_args *a, unet_shape s) {
-    return unet_cuda_layout_bytes(unet_cuda_layout_of(unet_cuda_is_bf16(a), s, UNET_F32));
+    return unet_cuda_layout_bytes(unet_cuda_act_layout(a, s));
 }
 
 /* ---------------------------------------------------------------------------
- * bf16 weights: the workspace prefix (see the top of the file)
+ * NHWC weights: the workspace prefix (see the top of the file)
  * ------------------------------------------------------------------------- */
 
-static int pad8(int c) { return (c + UNET_BF16_CHANNELS - 1) / UNET_BF16_CHANNELS * UNET_BF16_CHANNELS; }
+static int is_nhwc(const unet_op_args *a) { return unet_cuda_ctx_of(a)->act_format != UNET_FMT_NCHW_F32; }
 
-/* A filter's input channels (C / groups) and, in its bf16 copy, their count
- * with padding: C8, or 1 for a depthwise filter (cudnn_graph.h). */
+/* Channels c as the activations hold them (padded in NHWC). */
+static int padded(const unet_op_args *a, int c) {
+    return unet_cuda_channels_in_memory(unet_cuda_ctx_of(a)->act_format, c);
+}
+
+/* A filter's input channels (C / groups) and, in its NHWC copy, their count
+ * with padding: Cp, or 1 for a depthwise filter (cudnn_graph.h). */
 static int filter_c(const unet_conv_problem &p) { return p.c / p.groups; }
-static int filter_cp(const unet_conv_problem &p) { return p.groups > 1 ? filter_c(p) : pad8(p.c); }
-
-/* Bytes of the bf16 copy of a problem's filter (K8, R, S, filter_cp). */
-static size_t filter_copy_bytes(const unet_conv_problem &p) {
-    return align_up((size_t)pad8(p.k) * p.r * p.r * filter_cp(p) * sizeof(unet_bf16));
+static int filter_cp(const unet_op_args *a, const unet_conv_problem &p) {
+    return p.groups > 1 ? filter_c(p) : padded(a, p.c);
 }
 
-/* Bytes of the prefix for a problem's filter (K, C / groups, R, R): the bf16
- * weight (or weight gradient) copy and the bias copy; 0 in float32. */
+/* Bytes of the (Kp, R, S, filter_cp) copy of a problem's filter (K, C / groups, R, R). */
+static size_t filter_copy_bytes(const unet_op_args *a, const unet_conv_problem &p) {
+    return align_up((size_t)padded(a, p.k) * p.r * p.r * filter_cp(a, p) *
+                    unet_cuda_element_bytes(unet_cuda_ctx_of(a)->act_format));
+}
+
+/* Bytes of the prefix: the weight (or weight gradient) copy and the bias
+ * copy; 0 in NCHW. */
 static size_t weight_prefix(const unet_op_args *a, const unet_conv_problem &p) {
-    if (!unet_cuda_is_bf16(a)) return 0;
-    return filter_copy_bytes(p) + align_up((size_t)pad8(p.k) * sizeof(unet_bf16));
+    if (!is_nhwc(a)) return 0;
+    return filter_copy_bytes(a, p) +
+           align_up((size_t)padded(a, p.k) * unet_cuda_element_bytes(unet_cuda_ctx_of(a)->act_format));
 }
 
-static unet_bf16 *bias_copy(const unet_op_args *a, const unet_conv_problem &p) {
-    return (unet_bf16 *)((char *)a->workspace + filter_copy_bytes(p));
+static void *bias_copy(const unet_op_args *a, const unet_conv_problem &p) {
+    return (char *)a->workspace + filter_copy_bytes(a, p);
 }
 
-/* The weights cuDNN reads for problem p: the float32 parameters, or (bf16)
- * their copy cast into the prefix now, with the bias's when b is given. */
+template <class F>
+static void weights_to_krsc_t(const unet_op_args *a, const unet_conv_problem &p, const float *w, const float *b) {
+    typedef typename F::T T;
+    long long total = (long long)padded(a, p.k) * p.r * p.r * filter_cp(a, p);
+    weights_to_krsc_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        w, (T *)a->workspace, b, b ? (T *)bias_copy(a, p) : (T *)NULL, p.k, padded(a, p.k), filter_c(p),
+        filter_cp(a, p), p.r);
+    UNET_CUDA_LAUNCHED(a);
+}
+
+/* The weights cuDNN reads for problem p: the float32 parameters (NCHW), or
+ * their NHWC copy made in the prefix now, with the bias's when b is given. */
 static const void *weights_for(const unet_op_args *a, const unet_conv_problem &p, const float *w, const float *b) {
-    if (!unet_cuda_is_bf16(a)) return w;
-    unet_bf16 *wk = (unet_bf16 *)a->workspace;
-    long long total = (long long)pad8(p.k) * p.r * p.r * filter_cp(p);
-    weights_to_bf16_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        w, wk, b, b ? bias_copy(a, p) : NULL, p.k, pad8(p.k), filter_c(p), filter_cp(p), p.r);
-    UNET_CUDA_LAUNCHED(a);
-    return wk;
+    if (!is_nhwc(a)) return w;
+    unet_dispatch(a, [&](auto f) { weights_to_krsc_t<decltype(f)>(a, p, w, b); });
+    return a->workspace;
 }
 
-/* The weight gradient's slot for cuDNN: dw itself, or (bf16) the prefix. */
-static void *dweights_slot(const unet_op_args *a, float *dw) {
-    return unet_cuda_is_bf16(a) ? a->workspace : (void *)dw;
-}
+/* The weight gradient's slot for cuDNN: dw itself (NCHW), or the prefix. */
+static void *dweights_slot(const unet_op_args *a, float *dw) { return is_nhwc(a) ? a->workspace : (void *)dw; }
 
-/* bf16: widens the prefix's weight gradient into dw (float32). */
-static void dweights_finish(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
-    if (!unet_cuda_is_bf16(a)) return;
+template <class F>
+static void dweights_from_krsc_t(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
     long long total = (long long)p.k * filter_c(p) * p.r * p.r;
-    dweights_from_bf16_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        (const unet_bf16 *)a->workspace, dw, p.k, filter_c(p), filter_cp(p), p.r);
+    dweights_from_krsc_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        (const typename F::T *)a->workspace, dw, p.k, filter_c(p), filter_cp(a, p), p.r);
     UNET_CUDA_LAUNCHED(a);
+}
+
+/* NHWC: converts the prefix's weight gradient into dw (float32, KCRS). */
+static void dweights_finish(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
+    if (!is_nhwc(a)) return;
+    unet_dispatch(a, [&](auto f) { dweights_from_krsc_t<decltype(f)>(a, p, dw); });
 }
 
 /* Aborts when an op is handed a pointer it cannot do without. */
@@ -417,7 +491,7 @@ static void conv_forward_cudnn(const unet_op_args *a) {
     const unet_cudnn_plan *fused = has_bias(a) ? unet_cudnn_plan_find(ctx, &p, a) : NULL;
     const void *w = weights_for(a, p, a->param[0], fused ? a->param[1] : NULL);
     if (fused) {
-        unet_conv_tensors t = {a->in[0], w, a->out, unet_cuda_is_bf16(a) ? (const void *)bias_copy(a, p) : a->param[1]};
+        unet_conv_tensors t = {a->in[0], w, a->out, is_nhwc(a) ? (const void *)bias_copy(a, p) : a->param[1]};
         unet_cudnn_execute(ctx, fused, &t, ws, a);
         return;
     }
@@ -432,7 +506,7 @@ static void conv_forward_cudnn(const unet_op_args *a) {
 static void conv_forward_gemm(const unet_op_args *a, const unet_gemm_plan *g) {
     unet_conv_problem p = conv_forward_problem(a, 1);
     const void *w = weights_for(a, p, a->param[0], a->param[1]);
-    const void *b = unet_cuda_is_bf16(a) ? (const void *)bias_copy(a, p) : a->param[1];
+    const void *b = is_nhwc(a) ? (const void *)bias_copy(a, p) : a->param[1];
     unet_gemm_execute(unet_cuda_ctx_of(a), g, a->in[0], w, b, a->out, (char *)a->workspace + weight_prefix(a, p), a);
 }
 
@@ -551,7 +625,7 @@ static size_t conv_workspace_bytes(const unet_op_args *a) {
     size_t ws = unet_cudnn_plan_workspace(plan);
     if (a->training) {
         unet_conv_problem wgrad = conv_problem(a, UNET_CONV_WGRAD);
-        ws = max_size(ws, channel_sum_workspace(a->out_shape));
+        ws = max_size(ws, channel_sum_workspace(a, a->out_shape));
         ws = max_size(ws, unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &wgrad, 1, a)));
         ws = max_size(ws, build_output_plans(ctx, conv_problem(a, UNET_CONV_DGRAD), act_bytes(a, a->in_shape[0]), a));
     }
@@ -652,7 +726,7 @@ static size_t conv_t2_workspace_bytes(const unet_op_args *a) {
     size_t ws = unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &fwd, 1, a));
     if (a->training) {
         unet_conv_problem wgrad = conv_t2_problem(a, UNET_CONV_WGRAD);
-        ws = max_size(ws, channel_sum_workspace(a->out_shape));
+        ws = max_size(ws, channel_sum_workspace(a, a->out_shape));
         ws = max_size(ws, unet_cudnn_plan_workspace(unet_cudnn_plan_build(ctx, &wgrad, 1, a)));
         ws = max_size(ws, build_output_plans(ctx, conv_t2_problem(a, UNET_CONV_FWD), act_bytes(a, a->in_shape[0]), a));
     }
@@ -667,7 +741,7 @@ static void conv_t2_forward(const unet_op_args *a) {
     unet_conv_problem p = conv_t2_problem(a, UNET_CONV_DGRAD);
     unet_conv_tensors t = {a->out, weights_for(a, p, a->param[0], NULL), a->in[0], NULL};
     unet_cudnn_execute(ctx, unet_cudnn_plan_find(ctx, &p, a), &t, (char *)a->workspace + weight_prefix(a, p), a);
-    bias_act(a, a->out, a->out, a->param[1], a->out_shape, 0);
+    bias_act(a, a->out, a->out, a->param[1], a->out_shape, UNET_ACT_NONE);
 }
 
 static void conv_t2_backward(const unet_op_args *a) {
@@ -706,13 +780,13 @@ static void check_bias_shapes(const unet_op_args *a) {
 
 static size_t bias_workspace_bytes(const unet_op_args *a) {
     check_bias_shapes(a);
-    return a->training ? channel_sum_workspace(a->out_shape) : 0;
+    return a->training ? channel_sum_workspace(a, a->out_shape) : 0;
 }
 
 static void bias_forward(const unet_op_args *a) {
     check_bias_shapes(a);
     require(a, a->param[0], "bias (param[0])");
-    bias_act(a, a->in[0], a->out, a->param[0], a->out_shape, 0);
+    bias_act(a, a->in[0], a->out, a->param[0], a->out_shape, UNET_ACT_NONE);
 }
 
 static void bias_backward(const unet_op_args *a) {

@@ -33,22 +33,25 @@
  * Layout: the one place that decides element types, memory order and
  * alignment of what cuDNN reads and writes.
  *
- * fp32 and tf32: NCHW float32, the CPU layout, which keeps every CUDA op a
- * direct twin of its CPU op.
+ * fp32 and tf32, --layout nchw (the default): NCHW float32, the CPU layout,
+ * which keeps every CUDA op a direct twin of its CPU op; cuDNN reads the
+ * weights and the bias where they are, in the parameter block.
  *
- * bf16 (src/kernels/cuda/layout.h): activations and their gradients NHWC
- * bfloat16 with the channels padded by zeros to a multiple of 8, and cuDNN
- * is shown the padded channel count: the tensors are then packed NHWC, the
- * form the tensor-core engines take, and the padding adds nothing (zero
+ * NHWC (src/kernels/cuda/layout.h): bf16, and fp32/tf32 with --layout nhwc.
+ * Activations and their gradients are channels last, in bfloat16 or float32,
+ * with the channels padded by zeros to whole 16 bytes (8 bf16, 4 floats), and
+ * cuDNN is shown the padded channel count: the tensors are then packed NHWC,
+ * the form the tensor-core engines take, and the padding adds nothing (zero
  * inputs, zero weights) and comes out zero (zero weights, zero bias). The
  * weights stay float32 master copies in the parameter block; a convolution
- * reads a bf16 copy, padded the same way and laid out KRSC (channels last),
- * that the op casts into its workspace each step; the weight gradient comes
- * out in that form too, bf16, and is widened and added into the float32
- * gradient block by the op (what PyTorch's autocast does: bf16 weight
- * gradients, float32 accumulation). The fused bias is a bf16 copy as well.
- * Every reduction and fused pointwise step computes in float (the compute
- * type and the virtual intermediates), rounding once, to bf16, on the store.
+ * reads a copy in the activations' element type, padded the same way and laid
+ * out KRSC (channels last), that the op makes in its workspace each step; the
+ * weight gradient comes out in that form too and is converted into the
+ * float32 gradient block by the op (in bf16, what PyTorch's autocast does:
+ * bf16 weight gradients, float32 accumulation). The fused bias is such a copy
+ * as well. Every reduction and fused pointwise step computes in float (the
+ * compute type and the virtual intermediates), rounding once, to bf16 in
+ * bf16, on the store.
  * ------------------------------------------------------------------------- */
 
 /* The byte alignment each tensor is declared with: what is true of every
@@ -56,7 +59,7 @@
  * bf16 or 4 floats). Activations come from the plan's arena (offsets aligned
  * to 256 bytes) or from cudaMalloc (256). Parameters and their gradients
  * start on 64-byte boundaries inside their blocks (graph.c pads each tensor
- * to 16 floats; the blocks come from cudaMalloc); the bf16 copies of weights
+ * to 16 floats; the blocks come from cudaMalloc); the NHWC copies of weights
  * and biases live in the workspace, aligned like activations. The plan keeps
  * what it declared per slot, and every execution checks the pointers
  * against it (unet_cudnn_execute). */
@@ -78,10 +81,11 @@ static cudnnDataType_t compute_type(const unet_cuda_ctx *ctx) {
 }
 
 static int is_bf16(const unet_cuda_ctx *ctx) { return ctx->precision == UNET_PREC_BF16; }
+static int is_nhwc(const unet_cuda_ctx *ctx) { return ctx->act_format != UNET_FMT_NCHW_F32; }
 
 /* The alignment cuDNN may assume for a tensor of this role. */
 static int64_t alignment_of(const unet_cuda_ctx *ctx, tensor_role role) {
-    return (role == ROLE_FILTER || role == ROLE_BIAS) && !is_bf16(ctx) ? PARAM_ALIGNMENT : ACTIVATION_ALIGNMENT;
+    return (role == ROLE_FILTER || role == ROLE_BIAS) && !is_nhwc(ctx) ? PARAM_ALIGNMENT : ACTIVATION_ALIGNMENT;
 }
 
 /* Logical dims (n, c, h, w); filters (k, c / groups, r, s); biases (1, k, 1, 1). */
@@ -89,23 +93,22 @@ static tensor_layout layout_for(const unet_cuda_ctx *ctx, tensor_role role, int6
                                 int64_t w) {
     tensor_layout l;
     l.alignment = alignment_of(ctx, role == ROLE_DEPTHWISE_FILTER ? ROLE_FILTER : role);
-    if (is_bf16(ctx)) {
-        /* NHWC with padded channels; a filter's (and the bias's) k is padded too, a depthwise
-         * filter's one channel is not (each padding channel is a group of its own) */
-        int64_t pad = UNET_BF16_CHANNELS;
-        int filter = role == ROLE_FILTER || role == ROLE_DEPTHWISE_FILTER;
-        if (filter || role == ROLE_BIAS) n = role == ROLE_BIAS ? 1 : (n + pad - 1) / pad * pad;
-        if (role != ROLE_DEPTHWISE_FILTER) c = (c + pad - 1) / pad * pad;
-        l.type = role == ROLE_INTERMEDIATE ? compute_type(ctx) : CUDNN_DATA_BFLOAT16;
-    } else {
-        l.type = compute_type(ctx); /* fp32 and tf32: float tensors throughout */
+    if (is_nhwc(ctx)) {
+        /* padded channels; a filter's (and the bias's) k is padded too, a depthwise filter's one
+         * channel is not (each padding channel is a group of its own) */
+        if (role == ROLE_FILTER || role == ROLE_DEPTHWISE_FILTER)
+            n = unet_cuda_channels_in_memory(ctx->act_format, (int)n);
+        if (role == ROLE_BIAS) n = 1;
+        if (role != ROLE_DEPTHWISE_FILTER) c = unet_cuda_channels_in_memory(ctx->act_format, (int)c);
     }
+    /* bf16 tensors in memory; float for the rest, and for every virtual intermediate */
+    l.type = is_bf16(ctx) && role != ROLE_INTERMEDIATE ? CUDNN_DATA_BFLOAT16 : compute_type(ctx);
     l.dims[0] = n;
     l.dims[1] = c;
     l.dims[2] = h;
     l.dims[3] = w;
     /* NHWC: c fastest, then w, then h; NCHW: w fastest, then h, then c */
-    int64_t sc = is_bf16(ctx) ? 1 : h * w, sw = is_bf16(ctx) ? c : 1;
+    int64_t sc = is_nhwc(ctx) ? 1 : h * w, sw = is_nhwc(ctx) ? c : 1;
     l.strides[0] = c * h * w;
     l.strides[1] = sc;
     l.strides[2] = w * sw;
@@ -120,7 +123,7 @@ static tensor_layout layout_for(const unet_cuda_ctx *ctx, tensor_role role, int6
 /* All ints, zeroed before filling, so memcmp compares keys exactly. */
 typedef struct {
     int dir, n, c, h, w, k, r, stride, pad, groups, bias, act, accumulate;
-    int precision, deterministic;
+    int precision, act_format, deterministic;
 } plan_key;
 
 struct unet_cudnn_plan {
@@ -168,6 +171,7 @@ static plan_key key_of(const unet_cuda_ctx *ctx, const unet_conv_problem *p) {
     k.act = p->dir == UNET_CONV_FWD && p->bias ? p->act : 0;
     k.accumulate = p->accumulate;
     k.precision = (int)ctx->precision;
+    k.act_format = (int)ctx->act_format;
     k.deterministic = ctx->deterministic;
     return k;
 }
@@ -184,12 +188,13 @@ static void describe(const plan_key *k, int device, char *buf, size_t len) {
     int p = unet_conv_out_size(k->h, k->r, k->stride, k->pad), q = unet_conv_out_size(k->w, k->r, k->stride, k->pad);
     snprintf(buf, len,
              "convolution %s%s%s%s: x (%d,%d,%d,%d), w (%d,%d,%d,%d), y (%d,%d,%d,%d), stride %d, pad %d, groups %d, "
-             "%s, %s, device %d",
+             "%s %s, %s, device %d",
              dir_name(k->dir), k->bias ? " + bias" : "",
              k->act == UNET_ACT_RELU ? " + ReLU" : k->act == UNET_ACT_RELU6 ? " + ReLU6" : "",
              k->accumulate ? " accumulating (beta = 1)" : "", k->n, k->c, k->h, k->w, k->k,
              k->groups > 0 ? k->c / k->groups : 0, k->r, k->r, k->n, k->k, p, q, k->stride, k->pad, k->groups,
-             precision_name(k->precision), k->deterministic ? "deterministic" : "nondeterministic allowed", device);
+             precision_name(k->precision), k->act_format == UNET_FMT_NCHW_F32 ? "NCHW" : "NHWC",
+             k->deterministic ? "deterministic" : "nondeterministic allowed", device);
 }
 
 /* Aborts through the backend's reporter with cuDNN's own last words. */
@@ -1081,10 +1086,12 @@ void unet_cudnn_execute(unet_cuda_ctx *ctx, const unet_cudnn_plan *plan, const u
     }
 }
 
-int unet_cudnn_graph_check(unet_precision precision, const unet_conv_problem *p, char *why, size_t why_len) {
+int unet_cudnn_graph_check(unet_precision precision, unet_cuda_format format, const unet_conv_problem *p, char *why,
+                           size_t why_len) {
     unet_cuda_ctx ctx;
     memset(&ctx, 0, sizeof ctx); /* no handle: the graph is not tied to a device */
     ctx.precision = precision;
+    ctx.act_format = format;
     ctx.deterministic = 1;
     plan_key k = key_of(&ctx, p);
     char problem[512];

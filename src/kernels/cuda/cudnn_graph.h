@@ -13,13 +13,15 @@
  * The problem is always stated in terms of the forward convolution's shapes;
  * the tensors passed at run time fill the x, w, y, b slots by role.
  *
- * Layout and element type are decided in cudnn_graph.c alone: NCHW
- * float32 for fp32 and tf32. For bf16 every tensor passed is bf16 with
- * channels last and padded to 8 (layout.h): x, y as the activations are
- * stored; w (and dw) a (K8, R, S, C8) copy of the weights ((K8, R, S, 1)
- * depthwise: the padding channels are groups of their own, with zero
- * weights), and b a K8 copy of the bias, that the caller keeps in its
- * workspace. */
+ * Layout and element type are decided in cudnn_graph.c alone, from the
+ * context's precision and activation format (layout.h): NCHW float32 for
+ * fp32 and tf32 by default, the parameters read where they are. In NHWC
+ * (bf16, or fp32/tf32 with --layout nhwc) every tensor passed is in the
+ * activations' element type with channels last and padded to 16 bytes: x, y
+ * as the activations are stored; w (and dw) a (Kp, R, S, Cp) copy of the
+ * weights ((Kp, R, S, 1) depthwise: the padding channels are groups of
+ * their own, with zero weights), and b a Kp copy of the bias, that the
+ * caller keeps in its workspace. */
 #ifndef UNET_CUDA_CUDNN_GRAPH_H
 #define UNET_CUDA_CUDNN_GRAPH_H
 
@@ -80,7 +82,8 @@ void unet_cudnn_execute(unet_cuda_ctx *ctx, const unet_cudnn_plan *plan, const u
  * destroys it: 1 when cuDNN accepts the graph, else 0 with its reason in why.
  * No engine is asked. Lets a machine without a GPU check every descriptor
  * this module makes (tests/tools/unet_cudnn_graphcheck.c). */
-int unet_cudnn_graph_check(unet_precision precision, const unet_conv_problem *p, char *why, size_t why_len);
+int unet_cudnn_graph_check(unet_precision precision, unet_cuda_format format, const unet_conv_problem *p, char *why,
+                           size_t why_len);
 
 /* The cuDNN this build runs on. cuDNN promises that a runtime runs
  * programs built against its own or an earlier minor version; a build

@@ -1,9 +1,10 @@
-/* Element-wise ops on the GPU: ReLU (or ReLU6) and inverted dropout, twins of
- * src/kernels/cpu/elementwise.c. Memory-bound: one grid-stride pass, float4
- * where every pointer is 16-byte aligned, scalars for the tail.
+/* Element-wise ops on the GPU: ReLU (or ReLU6) and inverted dropout, twins
+ * of src/kernels/cpu/elementwise.c. Memory-bound: one grid-stride pass, four
+ * elements an access where every pointer is aligned to them (a float4, or 8
+ * bytes of bf16), scalars for the tail.
  *
- * Both layouts of tensor_view.cuh: float32 NCHW, and bf16 NHWC (padded),
- * element by element over memory in either case.
+ * Every format of tensor_view.cuh, element by element over memory (padding
+ * included) in each.
  *
  * Dropout draws the CPU's mask: element i (flat NCHW index) is kept iff
  * unet_uniform(key, i) >= p, the same integer hash on both sides
@@ -87,38 +88,34 @@ static void require_ptr(const unet_op_args *a, const void *p, const char *what) 
     if (!p) unet_cuda_fail(__FILE__, __LINE__, "argument check", what, a);
 }
 
-/* float4 where every pointer is 16-byte aligned (float only: bf16 goes by scalars). */
+/* Four elements an access (unet_ld4) where every pointer is aligned to four elements. */
 template <class T>
 static int vec_ok(const T *p, const T *q, const T *r = NULL) {
-    return sizeof(T) == 4 && unet_aligned16(p) && unet_aligned16(q) && (!r || unet_aligned16(r));
+    return (((uintptr_t)p | (uintptr_t)q | (uintptr_t)r) & (4 * sizeof(T) - 1)) == 0;
 }
 
-template <class T>
+template <class F>
 static void relu_forward_t(const unet_op_args *a) {
+    typedef typename F::T T;
     relu_fwd<T> op = {(const T *)a->in[0], (T *)a->out, relu6_of(a)};
     launch_map(a, op, unet_cuda_act_elements(a, a->out_shape), vec_ok(op.x, op.y));
 }
 
-template <class T>
+template <class F>
 static void relu_backward_t(const unet_op_args *a) {
+    typedef typename F::T T;
     relu_bwd<T> op = {(const T *)a->out, (const T *)a->dout, (T *)a->din[0], a->din_accumulate[0], relu6_of(a)};
     launch_map(a, op, unet_cuda_act_elements(a, a->out_shape), vec_ok(op.y, op.dy, op.dx));
 }
 
 static void relu_forward(const unet_op_args *a) {
-    if (unet_cuda_is_bf16(a))
-        relu_forward_t<unet_bf16>(a);
-    else
-        relu_forward_t<float>(a);
+    unet_dispatch(a, [&](auto f) { relu_forward_t<decltype(f)>(a); });
 }
 
 static void relu_backward(const unet_op_args *a) {
     if (!a->din[0]) return;
     require_ptr(a, a->out, "relu backward needs the forward output (out is NULL)");
-    if (unet_cuda_is_bf16(a))
-        relu_backward_t<unet_bf16>(a);
-    else
-        relu_backward_t<float>(a);
+    unet_dispatch(a, [&](auto f) { relu_backward_t<decltype(f)>(a); });
 }
 
 extern "C" const unet_op_impl unet_cuda_relu = {relu_forward, relu_backward, NULL, NULL};
@@ -133,8 +130,8 @@ typedef struct {
     uint64_t node;
     uint64_t base; /* the global flat index of this batch's first element */
     float p, scale;
-    /* bf16 (NHWC, padded): the shape that turns a memory index into the
-     * logical NCHW index the mask is keyed by; c == 0 for NCHW */
+    /* NHWC (padded): the shape that turns a memory index into the logical
+     * NCHW index the mask is keyed by; c == 0 for NCHW */
     int c, cp, h, w;
 } dropout_mask;
 
@@ -146,8 +143,8 @@ static dropout_mask dropout_mask_of(const unet_op_args *a) {
     m.base = a->first_sample * (uint64_t)a->out_shape.c * (uint64_t)a->out_shape.h * (uint64_t)a->out_shape.w;
     m.p = a->node->p;
     m.scale = m.p < 1.0f ? 1.0f / (1.0f - m.p) : 0.0f;
-    unet_cuda_layout l = unet_cuda_layout_of(unet_cuda_is_bf16(a), a->out_shape, UNET_F32);
-    m.c = l.nhwc_bf16 ? l.c : 0;
+    unet_cuda_layout l = unet_cuda_act_layout(a, a->out_shape);
+    m.c = l.format != UNET_FMT_NCHW_F32 ? l.c : 0;
     m.cp = l.cp;
     m.h = l.h;
     m.w = l.w;
@@ -204,8 +201,9 @@ struct copy_map {
     __device__ void quad(long long q) const { store_grad4(dst, q, unet_ld4(src, q), acc); }
 };
 
-template <class T>
+template <class F>
 static void dropout_pass_t(const unet_op_args *a, const void *src_v, void *dst_v, int acc) {
+    typedef typename F::T T;
     const T *src = (const T *)src_v;
     T *dst = (T *)dst_v;
     long long n = unet_cuda_act_elements(a, a->out_shape);
@@ -221,10 +219,7 @@ static void dropout_pass_t(const unet_op_args *a, const void *src_v, void *dst_v
 }
 
 static void dropout_pass(const unet_op_args *a, const void *src, void *dst, int acc) {
-    if (unet_cuda_is_bf16(a))
-        dropout_pass_t<unet_bf16>(a, src, dst, acc);
-    else
-        dropout_pass_t<float>(a, src, dst, acc);
+    unet_dispatch(a, [&](auto f) { dropout_pass_t<decltype(f)>(a, src, dst, acc); });
 }
 
 static void dropout_forward(const unet_op_args *a) { dropout_pass(a, a->in[0], a->out, 0); }

@@ -18,7 +18,7 @@
 #define POINTER_ALIGNMENT 16u
 
 typedef struct {
-    int n, c, h, w, k, relu, precision;
+    int n, c, h, w, k, relu, precision, act_format;
 } gemm_key; /* all ints, zeroed before filling, so memcmp compares keys exactly */
 
 struct unet_gemm_plan {
@@ -46,6 +46,7 @@ static gemm_key key_of(const unet_cuda_ctx *ctx, const unet_conv_problem *p) {
     gemm_key k;
     memset(&k, 0, sizeof k);
     k.n = p->n, k.c = p->c, k.h = p->h, k.w = p->w, k.k = p->k, k.relu = p->act == UNET_ACT_RELU, k.precision = (int)ctx->precision;
+    k.act_format = (int)ctx->act_format;
     return k;
 }
 
@@ -75,18 +76,16 @@ static void insert(unet_cuda_ctx *ctx, unet_gemm_plan *p) {
 typedef struct {
     int nhwc;
     cudaDataType_t type;
-    int pad;
+    unet_cuda_format format;
 } act_form;
 
 static act_form form_of(const unet_cuda_ctx *ctx) {
-    unet_shape one = {1, 1, 1, 1};
-    act_form f = {0, CUDA_R_32F, 1};
-    if (unet_cuda_layout_of(ctx->precision == UNET_PREC_BF16, one, UNET_F32).nhwc_bf16)
-        f.nhwc = 1, f.type = CUDA_R_16BF, f.pad = UNET_BF16_CHANNELS;
-    return f;
+    unet_cuda_format f = ctx->act_format;
+    act_form form = {f != UNET_FMT_NCHW_F32, f == UNET_FMT_NHWC_BF16 ? CUDA_R_16BF : CUDA_R_32F, f};
+    return form;
 }
 
-static int64_t padded(int c, int pad) { return (c + pad - 1) / pad * pad; }
+static int64_t padded(int c, const act_form *f) { return unet_cuda_channels_in_memory(f->format, c); }
 
 /* A matrix layout: rows x cols, row- or column-major, a strided batch when batch > 1. */
 static cublasStatus_t make_layout(cublasLtMatrixLayout_t *l, cudaDataType_t type, int64_t rows, int64_t cols,
@@ -116,7 +115,7 @@ static cublasStatus_t describe_product(const unet_cuda_ctx *ctx, unet_gemm_plan 
     act_form f = form_of(ctx);
     if (f.nhwc) {
         int32_t transpose = CUBLAS_OP_T;
-        int64_t kp = padded(k->k, f.pad), cp = padded(k->c, f.pad), pixels = (int64_t)k->n * hw;
+        int64_t kp = padded(k->k, &f), cp = padded(k->c, &f), pixels = (int64_t)k->n * hw;
         s = cublasLtMatmulDescSetAttribute(g->op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose, sizeof transpose);
         if (s == CUBLAS_STATUS_SUCCESS) s = make_layout(&g->a, f.type, cp, kp, cp, CUBLASLT_ORDER_COL, 1, 0);
         if (s == CUBLAS_STATUS_SUCCESS) s = make_layout(&g->b, f.type, cp, pixels, cp, CUBLASLT_ORDER_COL, 1, 0);
@@ -173,8 +172,9 @@ static void destroy_descriptors(unet_gemm_plan *g) {
 
 static void describe(const gemm_key *k, char *buf, size_t len) {
     static const char *const precisions[] = {"fp32", "tf32", "bf16"};
-    snprintf(buf, len, "1x1 convolution + bias%s: x (%d,%d,%d,%d), w (%d,%d,1,1), %s", k->relu ? " + ReLU" : "", k->n,
-             k->c, k->h, k->w, k->k, k->c, precisions[k->precision]);
+    snprintf(buf, len, "1x1 convolution + bias%s: x (%d,%d,%d,%d), w (%d,%d,1,1), %s %s", k->relu ? " + ReLU" : "",
+             k->n, k->c, k->h, k->w, k->k, k->c, precisions[k->precision],
+             k->act_format == UNET_FMT_NCHW_F32 ? "NCHW" : "NHWC");
 }
 
 unet_gemm_plan *unet_gemm_plan_build(unet_cuda_ctx *ctx, const unet_conv_problem *p, const unet_op_args *a) {

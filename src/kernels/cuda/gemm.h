@@ -10,11 +10,12 @@
  *     over n (W repeated); the bias per row of Y_n is the epilogue's bias
  *     (one value per row of D). tf32 lets cuBLASLt round inputs to TF32
  *     (CUBLAS_COMPUTE_32F_FAST_TF32), fp32 keeps float (CUBLAS_COMPUTE_32F).
- *   NHWC (bf16, channels padded to 8): one product over every pixel of the
- *     batch, column-major as it lies in memory: Y (K8 x P) = W X (C8 x P), W
- *     the (K8, C8) copy conv.cu makes for cuDNN, read transposed, P = N H W,
- *     the bias copy (K8) per row; float accumulation. The padding channels
- *     come out +0: zero weights, zero bias.
+ *   NHWC (bf16, channels padded to 8; fp32 and tf32 with --layout nhwc,
+ *     padded to 4): one product over every pixel of the batch, column-major
+ *     as it lies in memory: Y (Kp x P) = W X (Cp x P), W the (Kp, Cp) copy
+ *     conv.cu makes for cuDNN, read transposed, P = N H W, the bias copy (Kp)
+ *     per row; float accumulation. The padding channels come out +0: zero
+ *     weights, zero bias.
  *
  * Backward (not routed here): the data gradient is a product too (dX_n =
  * W^T dY_n, no epilogue), and so is the weight gradient, summed over the
@@ -60,7 +61,7 @@ unet_1x1_path unet_gemm_path(const unet_gemm_plan *plan);
 void unet_gemm_set_path(unet_gemm_plan *plan, unet_1x1_path path);
 
 /* y = w x + b [ReLU] on ctx->stream: x, y activations, w and b what cuDNN is
- * handed (the float32 parameters; in bf16 their copies in the workspace).
+ * handed (the float32 parameters; in NHWC their copies in the workspace).
  * workspace: unet_gemm_plan_workspace(plan) bytes. */
 void unet_gemm_execute(unet_cuda_ctx *ctx, const unet_gemm_plan *plan, const void *x, const void *w, const void *b,
                        void *y, void *workspace, const unet_op_args *a);

@@ -11,9 +11,9 @@
  * backward (a root: no dout) writes node->scale times the gradient; BCE +
  * Dice first recomputes its per-image sums the same way.
  *
- * Under bf16 the logits and their gradient are NHWC bf16 (tensor_view.cuh),
- * read into double as before; the weight map and the loss value stay
- * float32 (UNET_F32_EXACT), the labels int32. */
+ * The logits and their gradient are activations, in the backend's format
+ * (tensor_view.cuh; bf16 read into double as float is); the weight map and
+ * the loss value stay float32 NCHW (UNET_F32_EXACT), the labels int32. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,12 +27,12 @@
 #define LOSS_CHUNK 2048
 
 /* Logits and the cropped views of label and weight, as the kernels see them.
- * The logits (and their gradient) are activations, in either layout of
- * tensor_view.cuh (T: float NCHW or bf16 NHWC with kp channels in memory);
- * labels are int32 and weight maps float32, NCHW, in every precision. */
-template <class T>
+ * The logits (and their gradient) are activations, in any format F of
+ * tensor_view.cuh (kp channels in memory); labels are int32 and weight maps
+ * float32, NCHW, in every format. */
+template <class F>
 struct loss_view {
-    const T *z;
+    const typename F::T *z;
     const int32_t *label;
     const float *weight;  /* NULL: every pixel weighs 1 */
     int n, k, h, w;       /* logits */
@@ -41,15 +41,15 @@ struct loss_view {
     int wh, ww, woy, wox; /* weight size and crop offset */
     /* the logit of channel j at pixel r (= y * w + x) of image n */
     __device__ __forceinline__ long long at(long long n_, int j, long long r) const {
-        return unet_plane_at(z, n_, j, kp, (long long)h * w, r);
+        return F::plane_at(n_, j, kp, (long long)h * w, r);
     }
 };
 
-template <class T>
-static loss_view<T> view_of(const unet_op_args *a) {
+template <class F>
+static loss_view<F> view_of(const unet_op_args *a) {
     unet_shape s = a->in_shape[0], l = a->in_shape[1];
-    loss_view<T> v;
-    v.z = (const T *)a->in[0];
+    loss_view<F> v;
+    v.z = (const typename F::T *)a->in[0];
     v.kp = unet_cuda_planes_c(a, s);
     v.label = (const int32_t *)a->in[1];
     v.weight = a->n_in > 2 ? (const float *)a->in[2] : NULL;
@@ -72,13 +72,13 @@ static loss_view<T> view_of(const unet_op_args *a) {
     return v;
 }
 
-template <class T>
-static __device__ __forceinline__ int32_t label_at(const loss_view<T> &v, int n, int y, int x) {
+template <class F>
+static __device__ __forceinline__ int32_t label_at(const loss_view<F> &v, int n, int y, int x) {
     return v.label[((long long)n * v.lh + v.loy + y) * v.lw + v.lox + x];
 }
 
-template <class T>
-static __device__ __forceinline__ double weight_at(const loss_view<T> &v, int n, int y, int x) {
+template <class F>
+static __device__ __forceinline__ double weight_at(const loss_view<F> &v, int n, int y, int x) {
     return v.weight ? (double)v.weight[((long long)n * v.wh + v.woy + y) * v.ww + v.wox + x] : 1.0;
 }
 
@@ -93,8 +93,8 @@ static long long ce_chunks(const unet_op_args *a) {
 static size_t ce_workspace_bytes(const unet_op_args *a) { return (size_t)ce_chunks(a) * sizeof(double); }
 
 /* sum_j exp(z_j - max) over the K logits of pixel r of image n; *max gets the max. */
-template <class T>
-static __device__ double softmax_denominator(const loss_view<T> &v, int n, long long r, double *max) {
+template <class F>
+static __device__ double softmax_denominator(const loss_view<F> &v, int n, long long r, double *max) {
     double m = unet_ld(v.z, v.at(n, 0, r));
     for (int j = 1; j < v.k; j++) {
         float zj = unet_ld(v.z, v.at(n, j, r));
@@ -107,8 +107,8 @@ static __device__ double softmax_denominator(const loss_view<T> &v, int n, long 
 }
 
 /* Block b sums the weighted NLL of pixels b*LOSS_CHUNK .. (pixels in (n, y, x) order). */
-template <class T>
-static __global__ void ce_partial_kernel(loss_view<T> v, double *partial) {
+template <class F>
+static __global__ void ce_partial_kernel(loss_view<F> v, double *partial) {
     long long hw = (long long)v.h * v.w, pixels = (long long)v.n * hw;
     long long begin = (long long)blockIdx.x * LOSS_CHUNK;
     long long end = begin + LOSS_CHUNK < pixels ? begin + LOSS_CHUNK : pixels;
@@ -136,8 +136,8 @@ static __global__ void ce_finish_kernel(const double *partial, long long chunks,
 
 /* dz = coef * w * (softmax - onehot), one thread per pixel writing its K
  * gradients (and zeros into its padding channels). */
-template <class T>
-static __global__ void ce_backward_kernel(loss_view<T> v, double coef, T *dz, int accumulate) {
+template <class F>
+static __global__ void ce_backward_kernel(loss_view<F> v, double coef, typename F::T *dz, int accumulate) {
     long long hw = (long long)v.h * v.w, pixels = (long long)v.n * hw;
     for (long long p = unet_global_thread(); p < pixels; p += unet_grid_threads()) {
         int n = (int)(p / hw);
@@ -183,8 +183,8 @@ static __device__ __forceinline__ double sigmoid(double z) {
 }
 
 /* Block (chunk, image). */
-template <class T>
-static __global__ void bd_partial_kernel(loss_view<T> v, double *partial) {
+template <class F>
+static __global__ void bd_partial_kernel(loss_view<F> v, double *partial) {
     int n = blockIdx.y;
     long long hw = (long long)v.h * v.w;
     long long begin = (long long)blockIdx.x * LOSS_CHUNK, end = begin + LOSS_CHUNK < hw ? begin + LOSS_CHUNK : hw;
@@ -229,9 +229,9 @@ static __global__ void bd_finish_kernel(const double *partial, int chunks, int i
 
 /* d/dz = bce_coef * w * (p - y) - dice_coef * (2 y denom - numer) / denom^2 * p (1 - p);
  * zeros into the padding channels. */
-template <class T>
-static __global__ void bd_backward_kernel(loss_view<T> v, const double *dice, double bce_coef, double dice_coef,
-                                          T *dz, int accumulate) {
+template <class F>
+static __global__ void bd_backward_kernel(loss_view<F> v, const double *dice, double bce_coef, double dice_coef,
+                                          typename F::T *dz, int accumulate) {
     long long hw = (long long)v.h * v.w, pixels = (long long)v.n * hw;
     for (long long i = unet_global_thread(); i < pixels; i += unet_grid_threads()) {
         int n = (int)(i / hw);
@@ -274,32 +274,33 @@ static long long pixels_of(const unet_op_args *a) {
     return (long long)s.n * s.h * s.w;
 }
 
-/* The launches below, for the logits' element type T. */
-template <class T>
+/* The launches below, for the logits' storage format F. */
+template <class F>
 static void ce_forward_t(const unet_op_args *a, long long chunks, double *partial) {
-    ce_partial_kernel<<<(unsigned)chunks, UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(view_of<T>(a), partial);
+    ce_partial_kernel<<<(unsigned)chunks, UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(view_of<F>(a), partial);
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class T>
+template <class F>
 static void ce_backward_t(const unet_op_args *a, long long pixels, double coef) {
     ce_backward_kernel<<<unet_blocks_for(pixels), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        view_of<T>(a), coef, (T *)a->din[0], a->din_accumulate[0]);
+        view_of<F>(a), coef, (typename F::T *)a->din[0], a->din_accumulate[0]);
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class T>
+template <class F>
 static void bd_partial_t(const unet_op_args *a, int chunks, double *partial) {
     dim3 grid((unsigned)chunks, (unsigned)a->in_shape[0].n);
-    bd_partial_kernel<<<grid, UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(view_of<T>(a), partial);
+    bd_partial_kernel<<<grid, UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(view_of<F>(a), partial);
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class T>
+template <class F>
 static void bd_backward_t(const unet_op_args *a, long long pixels, const double *dice) {
     double scale = a->node->scale;
     bd_backward_kernel<<<unet_blocks_for(pixels), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
-        view_of<T>(a), dice, scale / (double)pixels, scale / a->in_shape[0].n, (T *)a->din[0], a->din_accumulate[0]);
+        view_of<F>(a), dice, scale / (double)pixels, scale / a->in_shape[0].n, (typename F::T *)a->din[0],
+        a->din_accumulate[0]);
     UNET_CUDA_LAUNCHED(a);
 }
 
@@ -309,10 +310,7 @@ static void ce_forward(const unet_op_args *a) {
     long long chunks = ce_chunks(a), pixels = pixels_of(a);
     double *partial = (double *)a->workspace;
     if (chunks > 0) {
-        if (unet_cuda_is_bf16(a))
-            ce_forward_t<unet_bf16>(a, chunks, partial);
-        else
-            ce_forward_t<float>(a, chunks, partial);
+        unet_dispatch(a, [&](auto f) { ce_forward_t<decltype(f)>(a, chunks, partial); });
     }
     /* an empty batch has no mean: NaN, as the CPU's 0/0 */
     ce_finish_kernel<<<1, UNET_THREADS, 0, stream>>>(partial, chunks, (double)pixels, (float *)a->out);
@@ -325,10 +323,7 @@ static void ce_backward(const unet_op_args *a) {
     long long pixels = pixels_of(a);
     if (pixels == 0) return;
     double coef = (double)a->node->scale / (double)pixels;
-    if (unet_cuda_is_bf16(a))
-        ce_backward_t<unet_bf16>(a, pixels, coef);
-    else
-        ce_backward_t<float>(a, pixels, coef);
+    unet_dispatch(a, [&](auto f) { ce_backward_t<decltype(f)>(a, pixels, coef); });
 }
 
 /* Partials and per-image Dice terms into the workspace; the loss into out when given. */
@@ -340,10 +335,7 @@ static double *bd_sums(const unet_op_args *a, float *out) {
     double *partial = (double *)a->workspace;
     double *dice = (double *)((char *)a->workspace + bd_partial_bytes(a));
     if (chunks > 0 && s.n > 0) {
-        if (unet_cuda_is_bf16(a))
-            bd_partial_t<unet_bf16>(a, chunks, partial);
-        else
-            bd_partial_t<float>(a, chunks, partial);
+        unet_dispatch(a, [&](auto f) { bd_partial_t<decltype(f)>(a, chunks, partial); });
     }
     bd_finish_kernel<<<1, UNET_THREADS, 0, stream>>>(partial, chunks, s.n, (double)pixels_of(a), dice, out);
     UNET_CUDA_LAUNCHED(a);
@@ -361,10 +353,7 @@ static void bd_backward(const unet_op_args *a) {
     double *dice = bd_sums(a, NULL);
     long long pixels = pixels_of(a);
     if (pixels == 0) return;
-    if (unet_cuda_is_bf16(a))
-        bd_backward_t<unet_bf16>(a, pixels, dice);
-    else
-        bd_backward_t<float>(a, pixels, dice);
+    unet_dispatch(a, [&](auto f) { bd_backward_t<decltype(f)>(a, pixels, dice); });
 }
 
 extern "C" const unet_op_impl unet_cuda_softmax_ce = {ce_forward, ce_backward, ce_workspace_bytes, NULL};
