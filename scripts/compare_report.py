@@ -152,6 +152,27 @@ def filters_text(filters):
     return ",".join(str(f) for f in filters)
 
 
+def widths_text(m):
+    """A model's widths: the plain grid's filters, or its backbone and decoder channels."""
+    if m.get("encoder", "plain") != "plain":
+        return "%s, decoder %s" % (m["encoder"], filters_text(m["decoder_channels"]))
+    return filters_text(m["filters"])
+
+
+def encoders_text(report):
+    """The models on a backbone: their parameter counts, which no plain width matches."""
+    rows = [m for m in report["models"] if m.get("encoder", "plain") != "plain"]
+    if not rows:
+        return ""
+    text = ("Models on a backbone (smp's Unet and UnetPlusPlus decoders on torchvision's network, %s padding, "
+            "batch norm): their parameter counts are the backbone's and the decoder's, no matched width; " %
+            rows[0]["padding"])
+    text += "; ".join("%s %d parameters (%.2fM), %.2fM of them in the encoder and %.2fM in the decoder and head" % (
+        m["label"], m["params"], m["params"] / 1e6, m["encoder_params"] / 1e6,
+        (m["params"] - m["encoder_params"]) / 1e6) for m in rows)
+    return text + ".\n\n"
+
+
 def settings_text(report):
     s = report["settings"]
     c = s["config"]
@@ -192,12 +213,12 @@ def match_text(report):
 
 
 def models_table(report):
-    text = ("| Model | Filters | Params | GFLOPs / image | Train images/s | Train activations (MiB) | "
+    text = ("| Model | Filters (encoder) | Params | GFLOPs / image | Train images/s | Train activations (MiB) | "
             "Inference ms / tile | Val IoU | Val Dice | Val pixel error | Val Rand error |\n"
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
     for m in report["models"]:
         text += "| %s%s | %s | %.2fM | %.3f | %.2f | %.1f | %.2f | %s | %s | %s | %s |\n" % (
-            m["label"], " (DS)" if m["deep_supervision"] else "", filters_text(m["filters"]), m["params"] / 1e6,
+            m["label"], " (DS)" if m["deep_supervision"] else "", widths_text(m), m["params"] / 1e6,
             m["flops_per_image"] / 1e9, m["train_images_per_s"], m["train_activation_bytes"] / 1048576.0,
             m["inference_ms_per_tile"], *metrics(m))
     return text
@@ -355,7 +376,8 @@ def notes_text(report):
 
 def markdown(report, have_plots, out_dir):
     text = "# U-Net family compared (`unet compare`)\n\n"
-    text += settings_text(report) + match_text(report) + models_table(report) + paired_table(report)
+    text += settings_text(report) + match_text(report) + encoders_text(report) + models_table(report)
+    text += paired_table(report)
     text += flatness_text(report, out_dir) + pruning_table(report) + auto_depth_text(report)
     text += class_table(report) + notes_text(report)
     if have_plots:

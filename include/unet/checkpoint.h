@@ -54,6 +54,15 @@ int unet_checkpoint_save(const char *path, const unet_graph *g, const float *par
 int unet_checkpoint_load_weights(const char *path, const unet_graph *g, float *params, float *state, char *err,
                                  size_t errlen);
 
+/* --init-encoder: the backbone's tensors (the graph's "encoder.*") from torchvision's state dict of that network
+ * under torchvision's names (conv1.weight, layer1.0.bn1.running_mean, features.0.0.weight; its classifier and
+ * num_batches_tracked ignored), as scripts/torchvision_weights.py writes it. A first convolution of 3 input
+ * channels is adapted to the model's as smp's patch_first_conv does (1: their sum; C: the three in turn, times
+ * 3 / C). A missing tensor, a shape that differs, a tensor the backbone lacks (another network's weights) or a
+ * "unet.encoder" metadata naming another encoder is one line. The rest of the model is left as it is. */
+int unet_checkpoint_load_encoder(const char *path, const char *encoder, const unet_graph *g, float *params,
+                                 float *state, char *err, size_t errlen);
+
 /* --resume: weights, the optimizer state the run uses (opt_b NULL: SGD's
  * momentum buffer into opt_a; else Adam's moments into opt_a and opt_b) and
  * the progress. A checkpoint without optimizer state, or with another

@@ -73,7 +73,8 @@ typedef enum { UNET_NONFINITE_STOP, UNET_NONFINITE_SKIP } unet_nonfinite_policy;
 typedef struct {
     /* model: the builder's own config, so nothing is translated twice */
     unet_model_cfg model;           /* --model --filters --padding --in-channels --classes --norm --upsample
-                                       --fusion --deep-supervision --dropout --loss --depth (prune_depth) */
+                                       --fusion --deep-supervision --dropout --loss --depth (prune_depth)
+                                       --encoder --decoder-channels --freeze-encoder-bn */
     int base, levels;               /* --base B [--levels N]: filters B * 2^i, i < N; resolved into model.filters */
 
     /* training */
@@ -97,6 +98,7 @@ typedef struct {
     const char *data, *val, *input;
     const char *raw_key, *label_key, *weight_key;
     const char *init, *resume, *checkpoint;
+    const char *init_encoder;       /* --init-encoder: torchvision weights for the backbone */
 
     /* output: files written, logging */
     const char *save, *output, *log;
@@ -164,6 +166,11 @@ void unet_config_defaults(unet_config *cfg);
  * Afterwards: filters resolved from --base/--levels, loss defaulted from the
  * classes when not given, optim.total_steps = steps. */
 int unet_config_parse(unet_config *cfg, const char *subcommand, int argc, char **argv, char *err, size_t errlen);
+
+/* An encoder model's defaults where the command line did not set them: --padding same, --norm batch, --upsample
+ * nearest (smp's decoder). parse applies them with --encoder (where --filters, --base or --levels are an error);
+ * compare to the encoder models of its --models. */
+void unet_config_encoder_defaults(unet_config *cfg);
 
 /* Whether the command line set this option (long name without dashes). */
 int unet_config_is_set(const unet_config *cfg, const char *name);

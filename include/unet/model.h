@@ -17,6 +17,22 @@ struct unet_backend;
 
 typedef enum { UNET_MODEL_UNET, UNET_MODEL_UNET_E, UNET_MODEL_UNET_PLUS, UNET_MODEL_UNETPP } unet_model_kind;
 typedef enum { UNET_LOSS_CE, UNET_LOSS_BCE_DICE } unet_loss_kind;
+/* up(X^{i+1,j-1}): a 2x2 transposed convolution f_{i+1} -> f_i, bilinear x2 then a 1x1 convolution f_{i+1} -> f_i,
+ * or nearest x2 alone (smp's decoder, which keeps the channels: encoder models only) */
+typedef enum { UNET_UP_TRANSPOSED, UNET_UP_BILINEAR, UNET_UP_NEAREST } unet_up_kind;
+/* The column X^{i,0}: the paper's blocks and max-pooling (plain), or a backbone of torchvision's whose five stages
+ * give X^{1,0} .. X^{5,0} at strides 2 .. 32 (segmentation_models_pytorch's encoders, under its names). */
+typedef enum {
+    UNET_ENCODER_PLAIN,
+    UNET_ENCODER_RESNET18,
+    UNET_ENCODER_RESNET34,
+    UNET_ENCODER_RESNET50,
+    UNET_ENCODER_MOBILENET_V2,
+    UNET_ENCODER_COUNT
+} unet_encoder_kind;
+
+/* The stages of a backbone, and so the levels of its decoder: L = 5. */
+#define UNET_ENCODER_STAGES 5
 
 typedef struct {
     unet_model_kind kind;
@@ -26,16 +42,26 @@ typedef struct {
     int in_channels;
     int classes;                     /* 1: sigmoid head (BCE + Dice); >= 2: softmax (CE) */
     int batch_norm;
-    int bilinear;                    /* up = bilinear x2 + 1x1 conv f_{i+1} -> f_i, else 2x2 transposed conv */
+    unet_up_kind upsample;
     int fusion_add;                  /* fuse skips by sum instead of concat */
     int deep_supervision;            /* a head on every X^{0,j}, j = 1..L */
     float dropout;                   /* at the end of the contracting path (on X^{L,0}) */
     unet_loss_kind loss;
     int prune_depth;                 /* 0: the full model; d: nodes with i + j <= d and head d */
+    /* A backbone in place of the plain column (then filters and levels are unused): smp's Unet (kind unet) or
+     * UnetPlusPlus (unetpp) decoder on it, with the widths of the decoder nodes X^{i,5-i} and 3x3 head. */
+    unet_encoder_kind encoder;
+    int decoder_levels;              /* entries of decoder_channels: UNET_ENCODER_STAGES */
+    int decoder_channels[UNET_MAX_LEVELS]; /* X^{4,1} .. X^{0,5}: smp's decoder_channels, 256,128,64,32,16 */
+    int freeze_encoder_bn;           /* the backbone's batch norms use their running statistics when training too */
 } unet_model_cfg;
 
 const char *unet_model_kind_name(unet_model_kind k);
 int unet_model_kind_parse(const char *s, unet_model_kind *out);
+const char *unet_encoder_name(unet_encoder_kind e);
+int unet_encoder_parse(const char *s, unet_encoder_kind *out);
+/* Channels of the backbone's features X^{1,0} .. X^{5,0} ([0] unused; 0 for the plain encoder). */
+int unet_encoder_channels(unet_encoder_kind e, int level);
 
 /* Checks the configuration; -1 with a one-line message when it cannot be built. */
 int unet_model_validate(const unet_model_cfg *m, char *err, size_t errlen);
@@ -47,6 +73,7 @@ typedef struct {
     unet_graph *graph;
     int n_heads;
     int head_column[UNET_MAX_LEVELS]; /* column j of each output, in output order (increasing j) */
+    int feature[UNET_MAX_LEVELS];     /* the graph value of X^{i,0}, the encoder's feature of level i (-1: none) */
 } unet_model;
 
 /* Builds the graph. with_loss: add loss nodes (label input, optional weight
@@ -80,6 +107,7 @@ int unet_match_params(const unet_model_cfg *like, size_t target, unet_params_mat
 /* What a model costs at a tile size: `unet info`. Plans memory without allocating it. */
 typedef struct {
     size_t params, state;              /* trainable floats, batch norm statistics */
+    size_t encoder_params;             /* trainable floats of the backbone (0 for the plain encoder) */
     int n_outputs;
     unet_shape outputs[UNET_MAX_LEVELS];
     int tile, valid_below, valid_above; /* the nearest valid tile sizes around `tile` (0: none) */

@@ -32,7 +32,8 @@ def f32(x):
 
 PAPER_MODEL = {"model": "unet", "filters": [64, 128, 256, 512, 1024], "padding": "valid", "in_channels": 1,
                "classes": 2, "norm": "none", "upsample": "transposed", "fusion": "concat",
-               "deep_supervision": False, "dropout": 0, "loss": "ce", "depth": 0}
+               "deep_supervision": False, "dropout": 0, "loss": "ce", "depth": 0, "encoder": "plain",
+               "decoder_channels": [256, 128, 64, 32, 16], "freeze_encoder_bn": False}
 
 
 def test_defaults_are_the_paper_unet():
@@ -64,7 +65,8 @@ def test_every_value_type():
     assert c["no_shuffle"] is True and c["augment"] == "paper" and c["augment_device"] == "cuda"
     assert m == {"model": "unetpp", "filters": [3, 5, 7], "padding": "same", "in_channels": 3, "classes": 1,
                  "norm": "batch", "upsample": "bilinear", "fusion": "add", "deep_supervision": True, "dropout": 0.5,
-                 "loss": "bce_dice", "depth": 0}
+                 "loss": "bce_dice", "depth": 0, "encoder": "plain", "decoder_channels": [256, 128, 64, 32, 16],
+                 "freeze_encoder_bn": False}
     assert c["optimizer"] == "adamw" and c["schedule"] == "poly" and c["warmup"] == 17
     assert c["precision"] == "bf16" and c["device"] == "cuda:2"
     assert "loss" not in out["explicit"] and {"tile", "batch", "seed", "filters", "deep-supervision"} <= set(
@@ -263,7 +265,8 @@ def test_from_json_model_only_and_errors(tmp_path):
     path.write_text(json.dumps({"classes": 1}))
     assert json.loads(run("fromjson", "predict", path).stdout)["model"]["loss"] == "bce_dice"
     for doc, message in [
-        ({"model": "unet", "encoder": "resnet"}, 'unknown key "encoder"'),
+        ({"model": "unet", "attention": "scse"}, 'unknown key "attention"'),
+        ({"model": "unet", "encoder": "resnet"}, "--encoder must be one of"),
         ({"filters": "64,128"}, '"filters" must be an array of integers'),
         ({"filters": [64, 1.5]}, '"filters" must be an array of integers'),
         ({"classes": "2"}, '"classes" must be an integer'),

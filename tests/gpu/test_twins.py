@@ -543,6 +543,15 @@ MODEL_CASES = {
                "--steps", "2", "--optimizer", "adam", "--adam-eps", "1e-4", "--lr", "0.01"],
     "unet_valid": ["--model", "unet", "--filters", "4,8", "--padding", "valid", "--classes", "1", "--norm", "batch",
                    "--upsample", "bilinear", "--tile", "44", "--batch", "2", "--steps", "2", "--lr", "0.05"],
+    # backbones (issue 13): ResNet's 7x7/2 stem, 3x3/2 pooling and residual ReLU; MobileNetV2's depthwise
+    # convolutions, ReLU6 and linear residuals with frozen batch norms; smp's nearest upsampling and 3x3 head.
+    # ResNet's batch norms train: at tile 32 its last stage is 1x1, two values per channel in a batch of two, whose
+    # normalisation's gradient amplifies rounding (13% between the backends' gradients); tile 64 gives 8 (2e-6)
+    "unet_resnet18": ["--model", "unet", "--encoder", "resnet18", "--decoder-channels", "16,8,8,4,4", "--classes", "2",
+                      "--tile", "64", "--batch", "2", "--steps", "2", "--lr", "0.05"],
+    "unetpp_mobilenet": ["--model", "unetpp", "--encoder", "mobilenet_v2", "--decoder-channels", "16,8,8,4,4",
+                         "--freeze-encoder-bn", "--classes", "1", "--tile", "32", "--batch", "2", "--steps", "2",
+                         "--lr", "0.05"],
 }
 
 

@@ -6,6 +6,9 @@
  *   unet_modeltest --model unetpp --filters 4,8,16 --padding same --classes 2 [--norm batch]
  *       [--upsample bilinear] [--fusion add] [--deep-supervision] [--dropout P] [--depth d]
  *       [--in-channels C] [--loss ce|bce_dice] [--weight-map] --tile S --batch B --dir D
+ *       [--encoder resnet18|resnet34|resnet50|mobilenet_v2 [--decoder-channels D1,..,D5] [--freeze-encoder-bn]]
+ *       [--features: the encoder's features X^{i,0}, i >= 1, as outputs after the heads']
+ *       [--init-encoder W.safetensors: torchvision's weights over the backbone, as unet train loads them]
  *       [--list] [--eval] [--backend cpu|cuda] [--precision fp32|tf32|bf16 (cuda)]
  *       [--layout nchw|nhwc (cuda)] [--seed S]
  *       [--steps K --lr X --optimizer sgd|adam --adam-eps E]
@@ -19,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "unet/checkpoint.h"
 #include "unet/model.h"
 #include "unet/optim.h"
 #include "unet/plan.h"
@@ -27,17 +31,20 @@
 #include "tool_common.h"
 
 int main(int argc, char **argv) {
-    unet_model_cfg m = {.kind = UNET_MODEL_UNET, .levels = 3, .filters = {4, 8, 16}, .in_channels = 1, .classes = 2};
-    int tile = 0, batch = 1, list = 0, eval = 0, weight_map = 0, steps = 0, adam = 0, loss_set = 0;
+    unet_model_cfg m = {.kind = UNET_MODEL_UNET, .levels = 3, .filters = {4, 8, 16}, .in_channels = 1, .classes = 2,
+                        .decoder_levels = 5, .decoder_channels = {256, 128, 64, 32, 16}};
+    int tile = 0, batch = 1, list = 0, eval = 0, weight_map = 0, steps = 0, adam = 0, loss_set = 0, features = 0;
     float adam_eps = 1e-8f;
     unsigned long long seed = 1;
     float lr = 0.01f;
-    const char *dir = ".", *backend_name = "cpu", *precision = "fp32", *layout = NULL;
+    const char *dir = ".", *backend_name = "cpu", *precision = "fp32", *layout = NULL, *init_encoder = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--list")) { list = 1; continue; }
         if (!strcmp(a, "--eval")) { eval = 1; continue; }
         if (!strcmp(a, "--deep-supervision")) { m.deep_supervision = 1; continue; }
+        if (!strcmp(a, "--freeze-encoder-bn")) { m.freeze_encoder_bn = 1; continue; }
+        if (!strcmp(a, "--features")) { features = 1; continue; }
         if (!strcmp(a, "--weight-map")) { weight_map = 1; continue; }
         if (i + 1 >= argc) die("missing value", NULL);
         const char *v = argv[++i];
@@ -50,16 +57,28 @@ int main(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--padding")) m.same_padding = !strcmp(v, "same");
         else if (!strcmp(a, "--norm")) m.batch_norm = !strcmp(v, "batch");
-        else if (!strcmp(a, "--upsample")) m.bilinear = !strcmp(v, "bilinear");
+        else if (!strcmp(a, "--upsample")) m.upsample = !strcmp(v, "bilinear") ? UNET_UP_BILINEAR : !strcmp(v, "nearest") ? UNET_UP_NEAREST : UNET_UP_TRANSPOSED;
         else if (!strcmp(a, "--fusion")) m.fusion_add = !strcmp(v, "add");
         else if (!strcmp(a, "--dropout")) m.dropout = strtof(v, NULL);
         else if (!strcmp(a, "--depth")) m.prune_depth = atoi(v);
         else if (!strcmp(a, "--in-channels")) m.in_channels = atoi(v);
+        else if (!strcmp(a, "--encoder")) {
+            /* as unet's --encoder: smp's decoder, same padding, batch norm (--norm none after it turns it off) */
+            if (unet_encoder_parse(v, &m.encoder)) die("bad --encoder", v);
+            m.same_padding = 1, m.batch_norm = 1, m.upsample = UNET_UP_NEAREST;
+        } else if (!strcmp(a, "--decoder-channels")) {
+            m.decoder_levels = 0;
+            for (char *s = (char *)v; *s && m.decoder_levels < UNET_MAX_LEVELS;) {
+                m.decoder_channels[m.decoder_levels++] = (int)strtol(s, &s, 10);
+                if (*s == ',') s++;
+            }
+        }
         else if (!strcmp(a, "--classes")) m.classes = atoi(v);
         else if (!strcmp(a, "--loss")) { m.loss = !strcmp(v, "bce_dice") ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE; loss_set = 1; }
         else if (!strcmp(a, "--tile")) tile = atoi(v);
         else if (!strcmp(a, "--batch")) batch = atoi(v);
         else if (!strcmp(a, "--dir")) dir = v;
+        else if (!strcmp(a, "--init-encoder")) init_encoder = v;
         else if (!strcmp(a, "--backend")) backend_name = v;
         else if (!strcmp(a, "--precision")) precision = v;
         else if (!strcmp(a, "--layout")) layout = v;
@@ -74,6 +93,8 @@ int main(int argc, char **argv) {
     char err[1024];
     unet_model model;
     if (unet_model_build(&m, !eval, weight_map, &model, err, sizeof err)) die(err, NULL);
+    for (int i = 1; features && i < UNET_MAX_LEVELS; i++)
+        if (model.feature[i] >= 0) unet_graph_mark_output(model.graph, model.feature[i]);
     const unet_graph *g = model.graph;
     const unet_backend *b = unet_cpu_backend();
     if (strcmp(backend_name, "cpu")) {
@@ -121,6 +142,9 @@ int main(int argc, char **argv) {
         if (!params) params = tp; else free(tp);
         if (!state) state = ts; else free(ts);
     }
+    if (init_encoder && unet_checkpoint_load_encoder(init_encoder, unet_encoder_name(m.encoder), g, params, state, err,
+                                                     sizeof err))
+        die(err, NULL);
     b->upload_f32(b, pb.params, params, nt);
     if (ns) b->upload_f32(b, pb.state, state, ns);
 

@@ -17,6 +17,8 @@
 /* Enum options are stored through an int pointer. */
 _Static_assert(sizeof(unet_model_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_loss_kind) == sizeof(int), "enum storage");
+_Static_assert(sizeof(unet_up_kind) == sizeof(int), "enum storage");
+_Static_assert(sizeof(unet_encoder_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_optimizer_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_schedule_kind) == sizeof(int), "enum storage");
 _Static_assert(sizeof(unet_precision) == sizeof(int), "enum storage");
@@ -117,7 +119,8 @@ static const char *positional_of(unsigned bit) {
 static const char *const model_kinds[] = {"unet", "unet_e", "unet_plus", "unetpp", NULL};
 static const char *const paddings[] = {"valid", "same", NULL};
 static const char *const norms[] = {"none", "batch", NULL};
-static const char *const upsamples[] = {"transposed", "bilinear", NULL};
+static const char *const upsamples[] = {"transposed", "bilinear", "nearest", NULL}; /* unet_up_kind's order */
+static const char *const encoders[] = {"plain", "resnet18", "resnet34", "resnet50", "mobilenet_v2", NULL};
 static const char *const fusions[] = {"concat", "add", NULL};
 static const char *const losses[] = {"ce", "bce_dice", NULL};
 static const char *const optimizers[] = {"sgd", "adam", "adamw", NULL};
@@ -126,7 +129,8 @@ static const char *const precisions[] = {"auto", "fp32", "tf32", "bf16", NULL};
 static const char *const layouts[] = {"auto", "nchw", "nhwc", NULL}; /* unet_layout_choice's order */
 static const char *const dist_kinds[] = {"none", "mpi", "nccl", "auto", NULL}; /* unet_dist_kind's order */
 static const char *const modes[] = {"deepest", "fast", "accurate", NULL};
-static const char *const preset_names[] = {"none", "unet-paper", "unetpp-paper", NULL};
+static const char *const preset_names[] = {"none", "unet-paper", "unetpp-paper", "unet-resnet34", "unetpp-resnet34",
+                                           "unet-mobilenet", NULL};
 static const char *const cuda_graph_modes[] = {"auto", "off", NULL}; /* unet_cuda_graph_mode's order */
 static const char *const augment_devices[] = {"cpu", "cuda", NULL}; /* unet_augment_device's order */
 /* unet_best_metric's order; the names are the training log's keys */
@@ -144,6 +148,11 @@ static const char *const preset_values[][10] = {
     /* Zhou et al. 2018: BCE + Dice on every head, Adam 3e-4, 96 x 96 inputs */
     {"model=unetpp", "filters=32,64,128,256,512", "padding=same", "classes=1", "deep-supervision=true",
      "optimizer=adam", "lr=0.0003", "tile=96", NULL},
+    /* what segmentation_models_pytorch's users reach for: its Unet / UnetPlusPlus on ResNet-34 or MobileNetV2 (same
+     * padding, batch norm and nearest upsampling follow from the encoder), one sigmoid class, Adam 1e-4 */
+    {"model=unet", "encoder=resnet34", "classes=1", "optimizer=adam", "lr=0.0001", "tile=256", NULL},
+    {"model=unetpp", "encoder=resnet34", "classes=1", "optimizer=adam", "lr=0.0001", "tile=256", NULL},
+    {"model=unet", "encoder=mobilenet_v2", "classes=1", "optimizer=adam", "lr=0.0001", "tile=256", NULL},
 };
 
 static int check_match_params(const char *value, char *err, size_t errlen);
@@ -175,10 +184,26 @@ static const option options[] = {
      .group = G_MODEL, .help = "output channels: 1 (sigmoid) or K >= 2 (softmax)"},
     {"norm", OPT_ENUM, F(model.batch_norm), .choices = norms, .def = "none", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "normalisation after each convolution"},
-    {"upsample", OPT_ENUM, F(model.bilinear), .choices = upsamples, .def = "transposed", .commands = MODEL_FLAGS,
-     .group = G_MODEL, .help = "2x2 transposed convolution, or bilinear x2 and a 1x1 convolution"},
+    {"upsample", OPT_ENUM, F(model.upsample), .choices = upsamples, .def = "transposed", .commands = MODEL_FLAGS,
+     .group = G_MODEL,
+     .help = "2x2 transposed convolution, or bilinear x2 and a 1x1 convolution; nearest x2 alone is smp's decoder "
+             "(the default, and the only choice, with --encoder)"},
     {"fusion", OPT_ENUM, F(model.fusion_add), .choices = fusions, .def = "concat", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "how a decoder node fuses its skips"},
+    {"encoder", OPT_ENUM, F(model.encoder), .choices = encoders, .def = "plain", .commands = MODEL_FLAGS,
+     .group = G_MODEL,
+     .help = "the contracting path: the paper's blocks of --filters, or a torchvision backbone under "
+             "segmentation_models_pytorch's names, with smp's Unet (--model unet) or UnetPlusPlus (unetpp) "
+             "decoder: nearest x2 upsampling, conv + batch norm + ReLU blocks, a 3x3 head; tiles a multiple of 32. "
+             "With an encoder --padding defaults to same, --norm to batch, --upsample to nearest"},
+    {"decoder-channels", OPT_INT_LIST, F(model.decoder_channels), .count_offset = offsetof(unet_config,
+     model.decoder_levels), .min_count = UNET_ENCODER_STAGES, .min = 1, .max = 65536, .def = "256,128,64,32,16",
+     .meta = "D1,...,D5", .commands = MODEL_FLAGS, .group = G_MODEL,
+     .help = "with --encoder: widths of the decoder nodes from the deepest to the head (smp's decoder_channels)"},
+    {"freeze-encoder-bn", OPT_FLAG, F(model.freeze_encoder_bn), .commands = MODEL_FLAGS, .group = G_MODEL,
+     .help = "with --encoder: the backbone's batch norms normalise with their running statistics in training too "
+             "and keep them (PyTorch's BatchNorm2d in eval mode), for fine-tuning with small batches; their scale "
+             "and shift still train"},
     {"deep-supervision", OPT_FLAG, F(model.deep_supervision), .commands = MODEL_FLAGS, .group = G_MODEL,
      .help = "a head on every X^{0,j} (not for --model unet)"},
     {"dropout", OPT_FLOAT, F(model.dropout), .min = 0, .max = 1, .max_open = 1, .def = "0", .meta = "P",
@@ -194,7 +219,9 @@ static const option options[] = {
      .group = G_MODEL, .flags = OPTF_NO_JSON,
      .help = "a paper's setup: unet-paper (filters 64..1024, valid, 2 classes, CE, SGD momentum 0.99) or "
              "unetpp-paper (filters 32..512, same, 1 class BCE + Dice, deep supervision, Adam 3e-4, tile 96); "
-             "explicit flags win"},
+             "unet-resnet34, unetpp-resnet34, unet-mobilenet (smp's Unet or UnetPlusPlus on a ResNet-34 or "
+             "MobileNetV2 encoder, 1 class BCE + Dice, Adam 1e-4, tile 256; add --init-encoder W to fine-tune "
+             "ImageNet weights); explicit flags win"},
     {"match-params", OPT_STRING, F(match_params), .meta = "[MODEL|N]", .bare = "unetpp", .commands = INFO | COMPARE,
      .group = G_MODEL, .flags = OPTF_NO_JSON, .check = check_match_params,
      .help = "the U-Net width whose parameter count comes closest to the model of the other flags as --model MODEL "
@@ -289,6 +316,10 @@ static const option options[] = {
      .group = G_DATA, .help = "checkpoint to run (the model comes from its metadata; explicit flags override)"},
     {"init", OPT_STRING, F(init), .meta = "W.safetensors", .commands = TRAIN_ONLY, .group = G_DATA,
      .help = "start from these weights (fine-tuning; PyTorch names and layouts)"},
+    {"init-encoder", OPT_STRING, F(init_encoder), .meta = "W.safetensors", .commands = TRAIN, .group = G_DATA,
+     .help = "start the --encoder backbone from torchvision's weights under torchvision's names (conv1.weight, "
+             "layer1.0.bn1.running_mean, features.0.0.weight; a .pth converted by scripts/torchvision_weights.py); "
+             "for --in-channels other than 3 the first convolution is adapted as smp does"},
     {"resume", OPT_STRING, F(resume), .meta = "C.safetensors|C|DIR", .commands = TRAIN_ONLY, .group = G_DATA,
      .help = "continue a run from its newest complete checkpoint: this file, the periodic ones beside it "
              "(C.step<N>.safetensors), or those in a folder; weights, optimizer state, step and counters"},
@@ -796,6 +827,26 @@ static void mark(unet_config *cfg, const char *name, int on) { cfg->explicit_set
 
 static unet_loss_kind default_loss(int classes) { return classes == 1 ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE; }
 
+void unet_config_encoder_defaults(unet_config *cfg) {
+    if (!unet_config_is_set(cfg, "padding")) cfg->model.same_padding = 1;
+    if (!unet_config_is_set(cfg, "norm")) cfg->model.batch_norm = 1;
+    if (!unet_config_is_set(cfg, "upsample")) cfg->model.upsample = UNET_UP_NEAREST;
+}
+
+/* --encoder: the plain encoder's widths mean nothing, smp's decoder defaults apply. */
+static int resolve_encoder(unet_config *cfg, char *err, size_t errlen) {
+    static const char *const plain_only[] = {"filters", "base", "levels"};
+    for (size_t k = 0; k < sizeof plain_only / sizeof plain_only[0]; k++)
+        if (unet_config_is_set(cfg, plain_only[k])) {
+            unet_errorf(err, errlen, "--%s sets the widths of the plain encoder; with --encoder %s the backbone has "
+                                     "its own, and --decoder-channels sets the decoder's",
+                        plain_only[k], unet_config_choice_name("encoder", cfg->model.encoder));
+            return -1;
+        }
+    unet_config_encoder_defaults(cfg);
+    return 0;
+}
+
 /* What the options mean together: the filters of --base, the loss that
  * matches the classes, the schedule's horizon. */
 static int resolve(unet_config *cfg, char *err, size_t errlen) {
@@ -844,6 +895,12 @@ static int resolve(unet_config *cfg, char *err, size_t errlen) {
         int k = option_index(name);
         if (cfg->explicit_set[k]) continue;
         if (set_value(cfg, &options[k], strchr(item, '=') + 1, err, errlen)) return -1;
+    }
+    if (cfg->model.encoder != UNET_ENCODER_PLAIN && resolve_encoder(cfg, err, errlen)) return -1;
+    if (unet_config_is_set(cfg, "init-encoder") && unet_config_is_set(cfg, "resume")) {
+        unet_errorf(err, errlen, "--init-encoder starts a run from torchvision's weights and --resume continues one "
+                                 "from its checkpoint: give one of them");
+        return -1;
     }
     if (!unet_config_is_set(cfg, "loss")) cfg->model.loss = default_loss(cfg->model.classes);
     cfg->optim.total_steps = cfg->steps;

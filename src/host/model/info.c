@@ -14,12 +14,36 @@
 #include "unet/plan.h"
 #include "unet/commands.h"
 
+/* Trainable values of a backbone: the parameters under smp's "encoder." (none in a plain model). */
+static size_t backbone_params(const unet_graph *g) {
+    const unet_param *p = unet_graph_params(g);
+    size_t n = 0;
+    for (int k = 0; k < unet_graph_num_params(g); k++)
+        if (p[k].kind == UNET_PARAM_TRAINABLE && !strncmp(p[k].name, "encoder.", 8)) n += p[k].count;
+    return n;
+}
+
+/* The characters of a parameter's name that name its group in `unet info`: a grid node (x1_2), a backbone's
+ * layer (encoder.conv1, encoder.layer1, encoder.features.3) or smp's decoder block (decoder.blocks.0). */
+static size_t group_length(const char *name) {
+    int parts = !strncmp(name, "decoder.", 8) || !strncmp(name, "encoder.features.", 17) ? 3
+                : !strncmp(name, "encoder.", 8)                                          ? 2
+                                                                                          : 1;
+    size_t len = 0;
+    for (int k = 0; k < parts && name[len]; k++) {
+        if (k) len++;
+        len += strcspn(name + len, ".");
+    }
+    return len;
+}
+
 int unet_model_info_get(const unet_model_cfg *m, const unet_backend *b, int tile, int batch, unet_model_info *out,
                         char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
     unet_model model;
     if (unet_model_build(m, 1, 0, &model, err, errlen)) return -1;
     out->params = unet_graph_trainable_params(model.graph);
+    out->encoder_params = backbone_params(model.graph);
     out->state = unet_graph_state_count(model.graph);
     out->tile = tile;
     out->batch = batch;
@@ -203,6 +227,13 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
         json_object *o = json_object_new_object();
         json_object_object_add(o, "model", json_object_new_string(unet_model_kind_name(m->kind)));
         json_object_object_add(o, "params", json_object_new_int64((int64_t)in->params));
+        json_object_object_add(o, "encoder", json_object_new_string(unet_encoder_name(m->encoder)));
+        if (m->encoder) {
+            json_object *dc = json_object_new_array();
+            for (int j = 0; j < m->decoder_levels; j++) json_object_array_add(dc, json_object_new_int(m->decoder_channels[j]));
+            json_object_object_add(o, "decoder_channels", dc);
+            json_object_object_add(o, "encoder_params", json_object_new_int64((int64_t)in->encoder_params));
+        }
         json_object_object_add(o, "tile", json_object_new_int(in->tile));
         if (in->tile_asked) json_object_object_add(o, "tile_asked", json_object_new_int(in->tile_asked));
         json_object_object_add(o, "batch", json_object_new_int(in->batch));
@@ -231,10 +262,18 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
         json_object_put(o);
         return;
     }
-    fprintf(f, "model        %s, filters", unet_model_kind_name(m->kind));
-    for (int i = 0; i < m->levels; i++) fprintf(f, "%s%d", i ? "," : " ", m->filters[i]);
+    fprintf(f, "model        %s, ", unet_model_kind_name(m->kind));
+    if (m->encoder) {
+        fprintf(f, "encoder %s, decoder channels", unet_encoder_name(m->encoder));
+        for (int j = 0; j < m->decoder_levels; j++) fprintf(f, "%s%d", j ? "," : " ", m->decoder_channels[j]);
+    } else {
+        fprintf(f, "filters");
+        for (int i = 0; i < m->levels; i++) fprintf(f, "%s%d", i ? "," : " ", m->filters[i]);
+    }
     fprintf(f, ", %s padding\n", m->same_padding ? "same" : "valid");
-    fprintf(f, "parameters   %zu (%.2fM)\n", in->params, in->params / 1e6);
+    fprintf(f, "parameters   %zu (%.2fM)", in->params, in->params / 1e6);
+    if (m->encoder) fprintf(f, ", %zu (%.2fM) in the encoder", in->encoder_params, in->encoder_params / 1e6);
+    fprintf(f, "\n");
     /* per grid node: parameters grouped by the name before the first dot */
     unet_model model;
     char err[256];
@@ -242,11 +281,11 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
         const unet_param *p = unet_graph_params(model.graph);
         int n = unet_graph_num_params(model.graph);
         for (int k = 0; k < n;) {
-            size_t len = strcspn(p[k].name, "."), total = 0;
+            size_t len = group_length(p[k].name), total = 0;
             int j = k;
             for (; j < n && strncmp(p[j].name, p[k].name, len) == 0 && p[j].name[len] == '.'; j++)
                 if (p[j].kind == UNET_PARAM_TRAINABLE) total += p[j].count;
-            fprintf(f, "  %-10.*s %12zu\n", (int)len, p[k].name, total);
+            fprintf(f, "  %-*.*s %12zu\n", m->encoder ? 22 : 10, (int)len, p[k].name, total);
             k = j;
         }
         unet_model_free(&model);

@@ -162,6 +162,103 @@ int unet_checkpoint_load_weights(const char *path, const unet_graph *g, float *p
     return rc;
 }
 
+/* ---- --init-encoder: torchvision's weights into a backbone ------------------------------------------------- */
+
+#define ENCODER_PREFIX "encoder."
+
+/* Tensors of a torchvision state dict that no backbone holds: the classifier smp deletes, BatchNorm2d's counters. */
+static int outside_backbone(const char *name) {
+    return !strncmp(name, "fc.", 3) || !strncmp(name, "classifier.", 11) || ends_with(name, ".num_batches_tracked");
+}
+
+static int graph_has(const unet_graph *g, const char *name) {
+    const unet_param *p = unet_graph_params(g);
+    for (int k = 0; k < unet_graph_num_params(g); k++)
+        if (!strcmp(p[k].name, name)) return 1;
+    return 0;
+}
+
+/* A 3-channel first convolution t for p's `in` input channels, as smp's patch_first_conv adapts pretrained weights:
+ * one channel takes the sum of the three, more take them in turn scaled by 3 / in. */
+static int load_first_conv(const unet_st_file *f, const unet_st_tensor *t, const unet_param *p, float *dst,
+                           char *err, size_t errlen) {
+    const int out = p->dims[0], in = p->dims[1];
+    const size_t kk = (size_t)p->dims[2] * p->dims[3];
+    float *w3 = unet_alloc(unet_st_numel(t), sizeof(float), "the first convolution", err, errlen);
+    if (!w3 || unet_st_read_f32(f, t, w3, err, errlen)) {
+        free(w3);
+        return -1;
+    }
+    for (int o = 0; o < out; o++)
+        for (int i = 0; i < in; i++)
+            for (size_t e = 0; e < kk; e++) {
+                const float *src = w3 + (size_t)o * 3 * kk + e;
+                dst[((size_t)o * in + i) * kk + e] =
+                    in == 1 ? (src[0] + src[kk]) + src[2 * kk] : src[(size_t)(i % 3) * kk] * (3.0f / (float)in);
+            }
+    free(w3);
+    return 0;
+}
+
+/* The file's tensor for p, or -1 with a message saying what the file should be. */
+static const unet_st_tensor *backbone_tensor(const unet_st_file *f, const char *encoder, const unet_param *p,
+                                             char *err, size_t errlen) {
+    const char *name = p->name + strlen(ENCODER_PREFIX);
+    const unet_st_tensor *t = unet_st_find(f, name);
+    if (!t)
+        unet_errorf(err, errlen, "%s has no tensor %s, which the %s backbone needs: --init-encoder takes torchvision's "
+                                 "%s state dict under its own names (scripts/torchvision_weights.py converts a .pth)",
+                    unet_st_path(f), name, encoder, encoder);
+    return t;
+}
+
+static int load_backbone(const unet_st_file *f, const char *encoder, const unet_graph *g, float *params,
+                         float *state, char *err, size_t errlen) {
+    const char *converted = unet_st_meta_get(f, "unet.encoder");
+    if (converted && strcmp(converted, encoder)) {
+        unet_errorf(err, errlen, "%s holds the weights of %s, but the model's encoder is %s (--encoder %s)",
+                    unet_st_path(f), converted, encoder, converted);
+        return -1;
+    }
+    const unet_param *p = unet_graph_params(g);
+    int first_conv = 1;
+    for (int k = 0; k < unet_graph_num_params(g); k++) {
+        if (strncmp(p[k].name, ENCODER_PREFIX, strlen(ENCODER_PREFIX))) continue;
+        float *dst = (p[k].kind == UNET_PARAM_TRAINABLE ? params : state) + p[k].offset;
+        const unet_st_tensor *t = backbone_tensor(f, encoder, &p[k], err, errlen);
+        if (!t) return -1;
+        /* ImageNet's three colours for a model of --in-channels other than 3 */
+        int adapt = first_conv && p[k].ndim == 4 && t->ndim == 4 && t->shape[0] == p[k].dims[0] && t->shape[1] == 3 &&
+                    p[k].dims[1] != 3 && t->shape[2] == p[k].dims[2] && t->shape[3] == p[k].dims[3];
+        if (p[k].ndim == 4) first_conv = 0;
+        if (adapt ? load_first_conv(f, t, &p[k], dst, err, errlen)
+                  : load_tensor(f, p[k].name + strlen(ENCODER_PREFIX), &p[k], dst, err, errlen))
+            return -1;
+    }
+    /* a deeper network's file holds every tensor of a shallower one (resnet34's, resnet18's): refuse what is left */
+    for (int i = 0; i < unet_st_count(f); i++) {
+        const char *name = unet_st_at(f, i)->name;
+        char full[TENSOR_NAME_LEN];
+        snprintf(full, sizeof full, "%s%s", ENCODER_PREFIX, name);
+        if (!outside_backbone(name) && !graph_has(g, full)) {
+            unet_errorf(err, errlen, "%s has a tensor %s that the %s backbone lacks: the weights of another network "
+                                     "(give the --encoder they were trained as)",
+                        unet_st_path(f), name, encoder);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int unet_checkpoint_load_encoder(const char *path, const char *encoder, const unet_graph *g, float *params,
+                                 float *state, char *err, size_t errlen) {
+    unet_st_file *f;
+    if (unet_st_open(path, &f, err, errlen)) return -1;
+    int rc = load_backbone(f, encoder, g, params, state, err, errlen);
+    unet_st_close(f);
+    return rc;
+}
+
 /* Which optimizer's state the file holds, by the names of its tensors:
  * "sgd", "adam" or NULL. */
 static const char *saved_optimizer(const unet_st_file *f) {

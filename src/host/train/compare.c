@@ -80,10 +80,11 @@ typedef struct {
 } depth_result;
 
 typedef struct {
-    char name[16]; /* as in --models */
+    char name[32];  /* as in --models: a kind, wide_unet, or kind:encoder */
+    char label[48]; /* in the report: U-Net, UNet++ (resnet34), ... */
     unet_model_cfg model;
     int pruned_depths;                      /* deep supervision: depths 1..L evaluated pruned; else 0 */
-    size_t params;
+    size_t params, encoder_params;          /* encoder_params: of the backbone, 0 for the plain encoder */
     double flops, train_images_per_s, infer_ms;
     size_t train_activation_bytes;
     val_runs val;
@@ -98,10 +99,13 @@ static void out_path(char *buf, size_t n, const char *dir, const char *name) {
     if (snprintf(buf, n, "%s/%s", dir, name) >= (int)n) abort();
 }
 
-/* One run's file: DIR/runs/<model>_seed<S>.<ext> (dir "runs" gives the name relative to --out). */
+/* One run's file: DIR/runs/<model>_seed<S>.<ext>, the ':' of an encoder model's name a '-' (unet-resnet34_seed1);
+ * dir "runs" gives the name relative to --out. */
 static void run_path(char *buf, size_t n, const char *dir, const char *model, uint64_t seed, const char *ext) {
     char name[128];
-    snprintf(name, sizeof name, "%.15s_seed%llu.%.15s", model, (unsigned long long)seed, ext);
+    snprintf(name, sizeof name, "%.31s_seed%llu.%.15s", model, (unsigned long long)seed, ext);
+    for (char *c = name; *c; c++)
+        if (*c == ':') *c = '-';
     if (strcmp(dir, "runs")) {
         char runs[PATH_LEN];
         out_path(runs, sizeof runs, dir, "runs");
@@ -111,46 +115,80 @@ static void run_path(char *buf, size_t n, const char *dir, const char *model, ui
     }
 }
 
+static const char *kind_label(unet_model_kind k, int wide) {
+    if (wide) return "wide U-Net";
+    static const char *const labels[] = {"U-Net", "U-Net^e", "UNet+", "UNet++"};
+    return labels[k];
+}
+
+/* One name of --models: a kind, wide_unet, or kind:encoder (unet:resnet34, smp's decoder on a backbone), with the
+ * encoder's defaults where the flags did not set them. */
+static int parse_model(const unet_config *cfg, const char *s, size_t len, model_result *m, char *err, size_t errlen) {
+    char name[32], *colon;
+    if (len >= sizeof name) len = sizeof name - 1;
+    snprintf(name, sizeof name, "%.*s", (int)len, s);
+    snprintf(m->name, sizeof m->name, "%s", name);
+    unet_encoder_kind encoder = UNET_ENCODER_PLAIN;
+    if ((colon = strchr(name, ':'))) {
+        *colon = 0;
+        if (unet_encoder_parse(colon + 1, &encoder) || encoder == UNET_ENCODER_PLAIN) {
+            snprintf(err, errlen, "--models: unknown encoder in '%s'; after the ':' come resnet18, resnet34, resnet50 "
+                                  "and mobilenet_v2 (unet:resnet34)", m->name);
+            return -1;
+        }
+    }
+    int k = -1;
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(name, model_names[i])) k = i;
+    if (k < 0 || (encoder && k == WIDE_UNET)) {
+        snprintf(err, errlen, "--models: unknown model '%s'; the models are unet, unet_e, unet_plus, unetpp and "
+                              "wide_unet, and unet or unetpp on a backbone (unet:resnet34, unetpp:mobilenet_v2)",
+                 m->name);
+        return -1;
+    }
+    unet_config probe = *cfg;
+    probe.model.encoder = encoder;
+    if (encoder) unet_config_encoder_defaults(&probe);
+    m->model = probe.model;
+    if (k == WIDE_UNET) {
+        if (!cfg->match_params[0]) {
+            snprintf(err, errlen, "wide_unet is the U-Net matched to another model's parameter count: add "
+                                  "--match-params (unetpp), --match-params MODEL or --match-params N");
+            return -1;
+        }
+        m->model.kind = UNET_MODEL_UNET;
+    } else {
+        unet_model_kind_parse(model_names[k], &m->model.kind);
+    }
+    /* U-Net has one head, and so has smp's decoder on a backbone: deep supervision and pruning are for the rest */
+    if (m->model.kind == UNET_MODEL_UNET || encoder) m->model.deep_supervision = 0;
+    m->pruned_depths = m->model.deep_supervision ? m->model.levels - 1 : 0;
+    if (encoder)
+        snprintf(m->label, sizeof m->label, "%s (%s)", kind_label(m->model.kind, 0), unet_encoder_name(encoder));
+    else
+        snprintf(m->label, sizeof m->label, "%s", kind_label(m->model.kind, k == WIDE_UNET));
+    return 0;
+}
+
 /* --models: known names, no repeats; wide_unet needs something to match. */
 static int parse_models(const unet_config *cfg, model_result *out, int *n, char *err, size_t errlen) {
     *n = 0;
     const char *s = cfg->models;
     while (*s) {
         size_t len = strcspn(s, ",");
-        int k = -1;
-        for (int i = 0; i < 5; i++)
-            if (strlen(model_names[i]) == len && !strncmp(s, model_names[i], len)) k = i;
-        if (k < 0) {
-            snprintf(err, errlen, "--models: unknown model '%.*s'; the models are unet, unet_e, unet_plus, unetpp and "
-                                  "wide_unet", (int)len, s);
-            return -1;
-        }
-        for (int i = 0; i < *n; i++)
-            if (!strcmp(out[i].name, model_names[k])) {
-                snprintf(err, errlen, "--models names %s twice", model_names[k]);
-                return -1;
-            }
         if (*n == MAX_MODELS) {
             snprintf(err, errlen, "--models takes at most %d models", MAX_MODELS);
             return -1;
         }
-        model_result *m = &out[(*n)++];
+        model_result *m = &out[*n];
         memset(m, 0, sizeof *m);
-        snprintf(m->name, sizeof m->name, "%s", model_names[k]);
-        m->model = cfg->model;
-        if (k == WIDE_UNET) {
-            if (!cfg->match_params[0]) {
-                snprintf(err, errlen, "wide_unet is the U-Net matched to another model's parameter count: add "
-                                      "--match-params (unetpp), --match-params MODEL or --match-params N");
+        if (parse_model(cfg, s, len, m, err, errlen)) return -1;
+        for (int i = 0; i < *n; i++)
+            if (!strcmp(out[i].name, m->name)) {
+                snprintf(err, errlen, "--models names %s twice", m->name);
                 return -1;
             }
-            m->model.kind = UNET_MODEL_UNET;
-        } else {
-            unet_model_kind_parse(model_names[k], &m->model.kind);
-        }
-        /* U-Net has one head: deep supervision and pruning are for its relatives */
-        if (m->model.kind == UNET_MODEL_UNET) m->model.deep_supervision = 0;
-        m->pruned_depths = m->model.deep_supervision ? m->model.levels - 1 : 0;
+        (*n)++;
         s += len;
         if (*s == ',') s++;
     }
@@ -322,14 +360,6 @@ static void machine_text(char *buf, size_t n) {
     snprintf(buf, n, "%s%s%ld cores, %s", cpu, cpu[0] ? ", " : "", cores, u.machine);
 }
 
-static const char *model_label(const model_result *m) {
-    if (!strcmp(m->name, "unet")) return "U-Net";
-    if (!strcmp(m->name, "wide_unet")) return "wide U-Net";
-    if (!strcmp(m->name, "unet_e")) return "U-Net^e";
-    if (!strcmp(m->name, "unet_plus")) return "UNet+";
-    return "UNet++";
-}
-
 /* One comparison: the models with their results, and what their runs share. */
 typedef struct {
     unet_config *cfg;
@@ -357,9 +387,9 @@ static int compare_open(comparison *c, unet_config *cfg, char *err, size_t errle
         snprintf(err, errlen, "needs --data D.h5, validation data (--val V.h5 or --val-fraction F) and --out DIR");
         return -1;
     }
-    if (unet_config_is_set(cfg, "model") || unet_config_is_set(cfg, "depth")) {
-        snprintf(err, errlen, "--models says which models to train, and every pruning depth of a deep-supervised "
-                              "model is evaluated: drop --model and --depth");
+    if (unet_config_is_set(cfg, "model") || unet_config_is_set(cfg, "depth") || unet_config_is_set(cfg, "encoder")) {
+        snprintf(err, errlen, "--models says which models to train (an encoder after a ':', unet:resnet34), and every "
+                              "pruning depth of a deep-supervised model is evaluated: drop --model, --encoder and --depth");
         return -1;
     }
     if (parse_models(cfg, c->models, &c->n_models, err, errlen)) return -1;
@@ -401,7 +431,8 @@ static int measure_models(comparison *c, char *err, size_t errlen) {
         fflush(stdout);
         unet_model_costs k;
         if (unet_measure_costs(c->cfg, c->backend, &m->model, 1, &k, err, errlen)) return -1;
-        m->params = k.params, m->flops = k.flops, m->train_activation_bytes = k.train_bytes;
+        m->params = k.params, m->encoder_params = k.encoder_params, m->flops = k.flops;
+        m->train_activation_bytes = k.train_bytes;
         m->train_images_per_s = k.train_images_per_s, m->infer_ms = k.infer_ms;
         for (int d = 1; d <= m->pruned_depths; d++) {
             unet_model_cfg p = m->model;
@@ -458,9 +489,19 @@ static json_object *model_json(const comparison *c, const model_result *m) {
     const unet_config *cfg = c->cfg;
     json_object *o = json_object_new_object();
     json_object_object_add(o, "name", json_object_new_string(m->name));
-    json_object_object_add(o, "label", json_object_new_string(model_label(m)));
+    json_object_object_add(o, "label", json_object_new_string(m->label));
     json_object_object_add(o, "model", json_object_new_string(unet_model_kind_name(m->model.kind)));
-    json_object_object_add(o, "filters", filters_json(&m->model));
+    json_object_object_add(o, "encoder", json_object_new_string(unet_encoder_name(m->model.encoder)));
+    if (m->model.encoder) {
+        json_object *dc = json_object_new_array();
+        for (int j = 0; j < m->model.decoder_levels; j++)
+            json_object_array_add(dc, json_object_new_int(m->model.decoder_channels[j]));
+        json_object_object_add(o, "decoder_channels", dc);
+        json_object_object_add(o, "encoder_params", json_object_new_int64((int64_t)m->encoder_params));
+        json_object_object_add(o, "padding", json_object_new_string(m->model.same_padding ? "same" : "valid"));
+    } else {
+        json_object_object_add(o, "filters", filters_json(&m->model));
+    }
     json_object_object_add(o, "deep_supervision", json_object_new_boolean(m->model.deep_supervision));
     json_object_object_add(o, "params", json_object_new_int64((int64_t)m->params));
     json_object_object_add(o, "flops_per_image", json_object_new_double(m->flops));
@@ -629,7 +670,7 @@ static int train_or_continue(unet_config *run, const run_files *f, const char *n
         run->resume = newest;
     }
     if (unet_run_train(run)) {
-        snprintf(err, errlen, "training %.15s with seed %llu failed (its message is above); run the same command "
+        snprintf(err, errlen, "training %.31s with seed %llu failed (its message is above); run the same command "
                  "again to continue the comparison", name, (unsigned long long)run->seed);
         return -1;
     }
@@ -645,13 +686,14 @@ static int train_and_evaluate(const comparison *c, const model_result *m, uint64
     unet_config run = *cfg;
     run.model = m->model;
     run.seed = seed;
+    if (!m->model.encoder) run.init_encoder = ""; /* torchvision's weights are for the backbones */
     run.log = f->log;
     run.save = f->ckpt;
     if (train_or_continue(&run, f, m->name, err, errlen)) return -1;
     long step = 0;
     if (last_validation(f->log, cfg->model.classes, &r->val, &step, err, errlen)) return -1;
     if (step != cfg->steps) {
-        snprintf(err, errlen, "the %.15s run stopped at step %ld of %ld: the comparison is incomplete", m->name, step,
+        snprintf(err, errlen, "the %.31s run stopped at step %ld of %ld: the comparison is incomplete", m->name, step,
                  cfg->steps);
         return -1;
     }

@@ -66,6 +66,7 @@ int unet_measure_costs(const unet_config *cfg, const unet_backend *b, const unet
     unet_model_info info;
     if (unet_model_info_get(m, b, cfg->tile, cfg->batch, &info, err, errlen)) return -1;
     out->params = info.params;
+    out->encoder_params = info.encoder_params;
     out->flops = info.flops_per_image;
     out->train_bytes = info.train_activation_bytes;
     unet_bench_cfg bc = {.tile = cfg->tile, .batch = cfg->batch, .warmup = cfg->bench_warmup,

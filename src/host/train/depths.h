@@ -31,6 +31,7 @@ int unet_evaluate_pruned(const unet_config *cfg, const unet_model_cfg *full, int
  * FLOPs and planned training memory, `unet bench`'s timed steps. */
 typedef struct {
     size_t params;
+    size_t encoder_params;    /* of the backbone; 0 for the plain encoder */
     double flops;             /* forward FLOPs per image */
     size_t train_bytes;       /* the training step's planned activation arena */
     double train_images_per_s;

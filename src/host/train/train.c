@@ -55,6 +55,17 @@ static int alloc_opt_state(const unet_session *s, float **opt_a, float **opt_b, 
     return *opt_a ? 0 : -1;
 }
 
+/* --init-encoder: torchvision's weights over the backbone of a model started from --init or He initialisation. */
+static int init_encoder(const unet_config *cfg, unet_session *s, char *err, size_t errlen) {
+    if (cfg->model.encoder == UNET_ENCODER_PLAIN) {
+        snprintf(err, errlen, "--init-encoder loads the weights of a backbone: it needs --encoder resnet18, resnet34, "
+                              "resnet50 or mobilenet_v2");
+        return -1;
+    }
+    return unet_checkpoint_load_encoder(cfg->init_encoder, unet_encoder_name(cfg->model.encoder), s->model.graph,
+                                        s->host_params, s->host_state, err, errlen);
+}
+
 /* Validation counts of every rank's share of the images, summed: ratios are
  * taken from the totals, so the metrics are those of one process. */
 static void sum_seg_stats(unet_dist *dist, unet_seg_stats *stats, int n_heads) {
@@ -300,6 +311,7 @@ static int load_start(train_run *t, char *err, size_t errlen) {
     } else {
         unet_param_init_host(s->model.graph, cfg->seed, s->host_params, s->host_state);
     }
+    if (cfg->init_encoder[0] && init_encoder(cfg, s, err, errlen)) return -1;
     unet_session_upload(s);
     unet_optim_guard_set(&s->pb, cfg->on_nonfinite == UNET_NONFINITE_SKIP, t->progress.skipped_steps);
     t->bad_reported = t->progress.skipped_steps;
