@@ -12,8 +12,8 @@ PACKAGES=(build-essential cmake pkg-config libhdf5-dev libjson-c-dev libpng-dev 
           python3-torch python3-torchvision python3-pil libopenmpi-dev openmpi-bin
           libonnx-dev protobuf-c-compiler libprotobuf-c-dev)
 # For the tests alone, not the image: a real single-node Slurm (tests/cpu/test_slurm.py); clang with libFuzzer and
-# its OpenMP for the fuzz targets of the file readers (scripts/fuzz.sh).
-TEST_PACKAGES=(slurm-wlm munge python3-venv clang libclang-rt-14-dev libomp-dev)
+# its OpenMP for the fuzz targets of the file readers (scripts/fuzz.sh); clang-format (tests/cpu/test_format.py).
+TEST_PACKAGES=(slurm-wlm munge python3-venv clang libclang-rt-14-dev libomp-dev clang-format)
 
 missing=()
 for p in "${PACKAGES[@]}" "${TEST_PACKAGES[@]}"; do

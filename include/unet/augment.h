@@ -40,9 +40,9 @@ typedef enum { UNET_INTERP_CUBIC, UNET_INTERP_LINEAR } unet_interp;
 
 typedef struct {
     int elastic, flip, rot90, rotate, scale, gamma, brightness, contrast, noise; /* which are on */
-    double elastic_sigma;  /* pixels */
-    int elastic_grid;      /* control points per side, >= 2 */
-    unet_interp interp;    /* raw sampling */
+    double elastic_sigma;                                                        /* pixels */
+    int elastic_grid;                                                            /* control points per side, >= 2 */
+    unet_interp interp;                                                          /* raw sampling */
     double rotate_degrees, scale_range, gamma_range, brightness_range, contrast_range, noise_std;
 } unet_augment_cfg;
 

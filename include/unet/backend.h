@@ -46,10 +46,10 @@ typedef struct {
 
 typedef struct {
     const unet_node *node;
-    int node_index;            /* position in the graph: with the step seed, keys random streams */
+    int node_index; /* position in the graph: with the step seed, keys random streams */
     const unet_backend *backend;
-    int training;              /* batch norm: batch statistics; dropout: active */
-    int sizing_only;           /* the plan only sizes memory (unet info): never runs, so nothing is timed */
+    int training;    /* batch norm: batch statistics; dropout: active */
+    int sizing_only; /* the plan only sizes memory (unet info): never runs, so nothing is timed */
     int n_in;
     unet_shape in_shape[UNET_MAX_IN];
     unet_shape out_shape;
@@ -98,7 +98,7 @@ typedef struct {
     /* 0 from the host; the guard pass (unet_backend.guard) sets it to 1 when this step's update is to be dropped,
      * and the update passes then change nothing */
     int skip;
-    int64_t step;    /* 0-based: where the guard records a non-finite step */
+    int64_t step; /* 0-based: where the guard records a non-finite step */
 } unet_optim_scalars;
 
 /* The guard of the update pass against non-finite values, in backend memory
@@ -110,9 +110,9 @@ typedef struct {
     int32_t found;       /* the check's scratch: nonzero once a value is not finite; 0 between steps */
     int32_t latched;     /* policy 0: a non-finite step was seen, and every update since has been dropped */
     int32_t unused;
-    int64_t bad_steps;   /* steps whose update was dropped because a value was not finite */
-    int64_t first_bad;   /* step + 1 of the first of them (0: none) */
-    int64_t last_bad;    /* step + 1 of the latest */
+    int64_t bad_steps; /* steps whose update was dropped because a value was not finite */
+    int64_t first_bad; /* step + 1 of the first of them (0: none) */
+    int64_t last_bad;  /* step + 1 of the latest */
 } unet_update_guard;
 
 /* A step recorded by a backend that can replay work (a CUDA graph). */
@@ -153,12 +153,12 @@ struct unet_dist_face {
 #define UNET_DIST_ID_BYTES 128
 
 struct unet_backend {
-    const char *name; /* "cpu", "cuda" */
+    const char *name;                       /* "cpu", "cuda" */
     const unet_op_impl *ops[UNET_OP_COUNT]; /* indexed by unet_op */
-    void *ctx;               /* backend state (CUDA: device, stream, handles) */
+    void *ctx;                              /* backend state (CUDA: device, stream, handles) */
 
     size_t (*tensor_bytes)(const unet_backend *b, unet_shape s, unet_dtype t);
-    void *(*alloc)(const unet_backend *b, size_t bytes);   /* NULL on failure */
+    void *(*alloc)(const unet_backend *b, size_t bytes); /* NULL on failure */
     void (*free)(const unet_backend *b, void *p);
     void (*memset0)(const unet_backend *b, void *p, size_t bytes);
     /* Host NCHW data <-> a tensor in this backend's layout. */

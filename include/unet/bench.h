@@ -22,9 +22,9 @@ typedef struct {
 
 typedef struct {
     double ms_median, ms_p90, ms_min;
-    double cpu_ms_median;  /* process CPU time of a step, every thread's (with one thread: what load disturbs least) */
-    double images_per_s;   /* batch / median step time */
-    double tflops;         /* achieved: images/s x (3 x forward FLOPs) for training, 1x for inference */
+    double cpu_ms_median; /* process CPU time of a step, every thread's (with one thread: what load disturbs least) */
+    double images_per_s;  /* batch / median step time */
+    double tflops;        /* achieved: images/s x (3 x forward FLOPs) for training, 1x for inference */
     double flops_per_image;
     size_t activation_bytes, workspace_bytes, param_bytes;
     double first_loss, last_loss;

@@ -32,11 +32,11 @@ extern "C" {
  * the learning rate are functions of (seed, step), so with these a resumed
  * run continues with the bits of an unbroken one. */
 typedef struct {
-    long step;             /* steps done */
-    long skipped_steps;    /* updates dropped for a non-finite value (--on-nonfinite skip) */
-    char best_metric[32];  /* --save-best's metric ("" none) */
-    double best_value;     /* its best value so far */
-    long best_step;        /* the step of that value (0: none yet) */
+    long step;            /* steps done */
+    long skipped_steps;   /* updates dropped for a non-finite value (--on-nonfinite skip) */
+    char best_metric[32]; /* --save-best's metric ("" none) */
+    double best_value;    /* its best value so far */
+    long best_step;       /* the step of that value (0: none yet) */
 } unet_run_progress;
 
 /* Writes atomically. params and state are the host blocks in the graph's
@@ -72,10 +72,10 @@ int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *pa
 
 /* The metadata alone (no model needed): predict takes the model from it. */
 typedef struct {
-    char *config_json;    /* malloc'd; NULL when the file has none (weights written by PyTorch, say) */
+    char *config_json;          /* malloc'd; NULL when the file has none (weights written by PyTorch, say) */
     unet_run_progress progress; /* step 0 and nothing recorded when absent */
-    int format_version;   /* 0 when absent */
-    char optimizer_state[16]; /* "none", "sgd", "adam" ("none" when absent) */
+    int format_version;         /* 0 when absent */
+    char optimizer_state[16];   /* "none", "sgd", "adam" ("none" when absent) */
 } unet_checkpoint_meta;
 
 int unet_checkpoint_read_meta(const char *path, unet_checkpoint_meta *meta, char *err, size_t errlen);

@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 #define UNET_CONFIG_MAX_OPTIONS 128
-#define UNET_CONFIG_STRING_MAX 4095 /* longest path or key a string option takes */
+#define UNET_CONFIG_STRING_MAX  4095 /* longest path or key a string option takes */
 
 /* Subcommands, as bits: an option lists the subcommands that take it. */
 typedef enum {
@@ -72,25 +72,25 @@ typedef enum { UNET_NONFINITE_STOP, UNET_NONFINITE_SKIP } unet_nonfinite_policy;
 
 typedef struct {
     /* model: the builder's own config, so nothing is translated twice */
-    unet_model_cfg model;           /* --model --filters --padding --in-channels --classes --norm --upsample
-                                       --fusion --deep-supervision --dropout --loss --depth (prune_depth)
-                                       --encoder --decoder-channels --freeze-encoder-bn */
-    int base, levels;               /* --base B [--levels N]: filters B * 2^i, i < N; resolved into model.filters */
+    unet_model_cfg model; /* --model --filters --padding --in-channels --classes --norm --upsample
+                             --fusion --deep-supervision --dropout --loss --depth (prune_depth)
+                             --encoder --decoder-channels --freeze-encoder-bn */
+    int base, levels;     /* --base B [--levels N]: filters B * 2^i, i < N; resolved into model.filters */
 
     /* training */
-    int tile;                       /* input tile, pixels per side */
-    int batch;                      /* per process */
+    int tile;  /* input tile, pixels per side */
+    int batch; /* per process */
     long steps;
-    long stop_after;                /* stop (and save) after this step; 0: run all --steps */
-    unet_optim_cfg optim;           /* --optimizer --lr --momentum --weight-decay --schedule --warmup --beta1
-                                       --beta2 --adam-eps; total_steps = steps */
+    long stop_after;      /* stop (and save) after this step; 0: run all --steps */
+    unet_optim_cfg optim; /* --optimizer --lr --momentum --weight-decay --schedule --warmup --beta1
+                             --beta2 --adam-eps; total_steps = steps */
     uint64_t seed;
     int no_shuffle;
-    const char *augment;            /* none | paper | a list, checked by the augmentation */
+    const char *augment;                /* none | paper | a list, checked by the augmentation */
     unet_augment_device augment_device; /* where --augment's warp runs */
-    float val_fraction;             /* held-out share of --data when there is no --val (0: none) */
+    float val_fraction;                 /* held-out share of --data when there is no --val (0: none) */
     unet_nonfinite_policy on_nonfinite;
-    int max_skips;                  /* --on-nonfinite skip: the most steps dropped before the run stops */
+    int max_skips; /* --on-nonfinite skip: the most steps dropped before the run stops */
 
     /* data: files read. Strings are never NULL ("" when unset) and live as
      * long as the process (argv, literals, or interned copies from JSON), so
@@ -98,55 +98,55 @@ typedef struct {
     const char *data, *val, *input;
     const char *raw_key, *label_key, *weight_key;
     const char *init, *resume, *checkpoint;
-    const char *init_encoder;       /* --init-encoder: torchvision weights for the backbone */
+    const char *init_encoder; /* --init-encoder: torchvision weights for the backbone */
 
     /* output: files written, logging */
     const char *save, *output, *log;
     int log_every, val_every;
-    long save_every;                /* a periodic checkpoint beside --save every N steps (0: off) */
-    float save_every_min;           /* ... and every M minutes of wall time (0: off) */
-    int keep;                       /* periodic checkpoints kept */
-    unet_best_metric save_best;     /* the best validation's checkpoint beside --save */
+    long save_every;            /* a periodic checkpoint beside --save every N steps (0: off) */
+    float save_every_min;       /* ... and every M minutes of wall time (0: off) */
+    int keep;                   /* periodic checkpoints kept */
+    unet_best_metric save_best; /* the best validation's checkpoint beside --save */
     int json;
     unet_predict_mode mode;
-    float overlap;                  /* same-padding tiles: overlap share for blending */
-    int opset;                      /* export: the ONNX operator set */
+    float overlap; /* same-padding tiles: overlap share for blending */
+    int opset;     /* export: the ONNX operator set */
 
     /* device */
-    const char *device;             /* cpu | cuda | cuda:N | auto; see unet_config_device() */
+    const char *device; /* cpu | cuda | cuda:N | auto; see unet_config_device() */
     unet_precision precision;
-    unet_layout_choice layout;      /* CUDA fp32/tf32: NCHW or NHWC activations */
-    int fast_nondeterministic;      /* CUDA: let cuDNN pick engines with atomics (not the same bits run to run) */
+    unet_layout_choice layout; /* CUDA fp32/tf32: NCHW or NHWC activations */
+    int fast_nondeterministic; /* CUDA: let cuDNN pick engines with atomics (not the same bits run to run) */
     int workers, threads;
-    float memory_budget;            /* info: GiB of device memory to plan a run for (0: the CUDA device's free memory) */
+    float memory_budget; /* info: GiB of device memory to plan a run for (0: the CUDA device's free memory) */
 
     /* data parallel (include/unet/dist.h) */
-    int dist;                       /* unet_dist_kind: none | mpi | nccl | auto */
+    int dist;                         /* unet_dist_kind: none | mpi | nccl | auto */
     int rank, world_size, local_rank; /* -1: from the launcher's environment */
-    int sync_bn;                    /* batch statistics over every rank's batch */
-    float dist_timeout;             /* seconds a rank waits for the others before giving up */
-    float bucket_mb;                /* gradient allreduce bucket size, MiB */
+    int sync_bn;                      /* batch statistics over every rank's batch */
+    float dist_timeout;               /* seconds a rank waits for the others before giving up */
+    float bucket_mb;                  /* gradient allreduce bucket size, MiB */
 
     /* the step as one CUDA graph (src/host/train/step.h) */
     unet_cuda_graph_mode cuda_graph;
 
     /* bench */
-    int bench_warmup;               /* untimed steps before timing */
+    int bench_warmup; /* untimed steps before timing */
 
     /* data commands (include/unet/datacmd.h) */
-    float w0, sigma;                /* data weights: border weight and its width, pixels */
-    int no_balance;                 /* data weights: w_c = 1 */
-    const char *images, *masks;     /* data import: folders of TIFF/PNG files */
+    float w0, sigma;            /* data weights: border weight and its width, pixels */
+    int no_balance;             /* data weights: w_c = 1 */
+    const char *images, *masks; /* data import: folders of TIFF/PNG files */
 
     /* presets, matched parameter counts, compare */
-    int preset;                     /* --preset: 0 none, else the preset whose options are filled in */
-    const char *match_params;       /* "": off; a model kind (the reference is the configured model of that kind)
-                                       or a parameter count: the U-Net width that comes closest */
-    const char *models;             /* compare: comma-separated model names */
-    const char *out_dir;            /* compare: report directory */
-    int seeds;                      /* compare: runs per model, seeds --seed, --seed + 1, ... */
-    int auto_depth;                 /* prune --auto: the shallowest depth within --tolerance of the best head */
-    float tolerance;                /* prune --auto: IoU the chosen head may give up against the best */
+    int preset;               /* --preset: 0 none, else the preset whose options are filled in */
+    const char *match_params; /* "": off; a model kind (the reference is the configured model of that kind)
+                                 or a parameter count: the U-Net width that comes closest */
+    const char *models;       /* compare: comma-separated model names */
+    const char *out_dir;      /* compare: report directory */
+    int seeds;                /* compare: runs per model, seeds --seed, --seed + 1, ... */
+    int auto_depth;           /* prune --auto: the shallowest depth within --tolerance of the best head */
+    float tolerance;          /* prune --auto: IoU the chosen head may give up against the best */
 
     /* which options the command line (not a default, a checkpoint or a
      * preset) set, by index in the option table */

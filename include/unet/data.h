@@ -31,20 +31,19 @@ typedef struct {
     /* Labels must lie in [0, max(classes, 2)) (one sigmoid class takes {0,1});
      * 0 skips the check. */
     int classes;
-    int label_optional;  /* prediction inputs: `label` may be absent */
-    size_t cache_bytes;  /* 0: UNET_DATA_CACHE_DEFAULT; files larger than this are read per tile */
+    int label_optional; /* prediction inputs: `label` may be absent */
+    size_t cache_bytes; /* 0: UNET_DATA_CACHE_DEFAULT; files larger than this are read per tile */
 } unet_dataset_opts;
 
 typedef struct {
-    int n, c, h, w;            /* images, channels, rows, columns */
+    int n, c, h, w; /* images, channels, rows, columns */
     int has_label, has_weight, has_instances;
-    int cached;                /* raw, label and weight held in memory */
-    const char *raw_type;      /* "uint8", "uint16" or "float32" */
+    int cached;           /* raw, label and weight held in memory */
+    const char *raw_type; /* "uint8", "uint16" or "float32" */
 } unet_dataset_info;
 
 /* Opens and validates a file; 0, or -1 with a one-line message in err. */
-int unet_dataset_open(const char *path, const unet_dataset_opts *opts, unet_dataset **out, char *err,
-                      size_t errlen);
+int unet_dataset_open(const char *path, const unet_dataset_opts *opts, unet_dataset **out, char *err, size_t errlen);
 void unet_dataset_close(unet_dataset *ds);
 void unet_dataset_get_info(const unet_dataset *ds, unet_dataset_info *info);
 const char *unet_dataset_path(const unet_dataset *ds);
@@ -100,12 +99,12 @@ size_t unet_data_window_scratch(const unet_data_view *v, int size);
  * The augmentations of the U-Net paper are unet_augment_apply (unet/augment.h). */
 typedef struct {
     int channels, tile, context;
-    const float *src_raw;      /* (C, S, S), S = tile + 2 * context */
-    const int32_t *src_label;  /* (S, S) */
-    const float *src_weight;   /* (S, S) */
-    float *raw;                /* (C, tile, tile) */
-    int32_t *label;            /* (tile, tile) */
-    float *weight;             /* (tile, tile) */
+    const float *src_raw;     /* (C, S, S), S = tile + 2 * context */
+    const int32_t *src_label; /* (S, S) */
+    const float *src_weight;  /* (S, S) */
+    float *raw;               /* (C, tile, tile) */
+    int32_t *label;           /* (tile, tile) */
+    float *weight;            /* (tile, tile) */
     uint64_t key;
 } unet_augment_args;
 typedef int (*unet_augment_fn)(void *ctx, const unet_augment_args *a, char *err, size_t errlen);
@@ -115,20 +114,20 @@ typedef int (*unet_augment_fn)(void *ctx, const unet_augment_args *a, char *err,
  * margin), so a few large annotated images make a training set with no
  * --patch option. */
 typedef struct {
-    int batch, tile;     /* B, T: batches are (B,C,T,T) raw, (B,1,T,T) label and weight */
+    int batch, tile; /* B, T: batches are (B,C,T,T) raw, (B,1,T,T) label and weight */
     /* Context a valid-padding network loses per side, (tile - output) / 2:
      * tile positions range over the image mirrored by this much, so that
      * outputs cover the border pixels too. 0 for same padding. */
     int margin;
     uint64_t seed;
-    int no_shuffle;      /* images in order instead of one permutation per epoch */
-    int no_prefetch;     /* prepare batches on the caller's thread only */
+    int no_shuffle;  /* images in order instead of one permutation per epoch */
+    int no_prefetch; /* prepare batches on the caller's thread only */
     /* Threads preparing samples ahead (0 or 1: one). The samples of a batch
      * and of the next batches are shared out among them; every sample is a
      * pure function of (seed, step, slot), so batches are the same bits
      * whatever the number of workers. */
     int workers;
-    unet_augment_fn augment;  /* NULL: no augmentation */
+    unet_augment_fn augment; /* NULL: no augmentation */
     void *augment_ctx;
     int augment_context;
     /* Deferred augmentation, for a warp done elsewhere (the GPU warp of
@@ -148,8 +147,7 @@ typedef struct {
 
 typedef struct unet_loader unet_loader;
 
-int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_loader **out, char *err,
-                       size_t errlen);
+int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_loader **out, char *err, size_t errlen);
 void unet_loader_free(unet_loader *l);
 
 /* The batch of training step `step` into caller buffers: raw (B,C,T,T),
@@ -181,7 +179,7 @@ void unet_loader_sample(const unet_loader *l, int64_t step, int slot, int *image
 typedef struct {
     unet_data_view view;
     int tile, margin, batch;
-    int image, ty, tx;  /* next window */
+    int image, ty, tx; /* next window */
     void *scratch;
 } unet_eval_tiles;
 
@@ -200,8 +198,8 @@ void unet_eval_tiles_free(unet_eval_tiles *it);
  * temporary file beside the target and renamed by close(commit = 1), so a
  * failed or interrupted run never leaves a half-written file under the name. */
 typedef struct unet_prediction_file unet_prediction_file;
-int unet_prediction_file_create(const char *path, int n, int classes, int height, int width,
-                                unet_prediction_file **out, char *err, size_t errlen);
+int unet_prediction_file_create(const char *path, int n, int classes, int height, int width, unet_prediction_file **out,
+                                char *err, size_t errlen);
 int unet_prediction_file_write(unet_prediction_file *f, int index, const float *prob, const uint8_t *pred, char *err,
                                size_t errlen);
 /* commit = 0 discards the file (an error happened). */

@@ -47,9 +47,9 @@ const char *unet_dist_device(const char *device, int local_rank, char *buf, size
 
 typedef struct {
     unet_dist_kind kind;
-    int rank, world, local_rank;   /* -1: from the environment */
-    double timeout_s;              /* watchdog; <= 0: 600 */
-    size_t bucket_bytes;           /* gradient buckets; 0: 25 MiB */
+    int rank, world, local_rank; /* -1: from the environment */
+    double timeout_s;            /* watchdog; <= 0: 600 */
+    size_t bucket_bytes;         /* gradient buckets; 0: 25 MiB */
 } unet_dist_opts;
 
 typedef struct unet_dist unet_dist;
@@ -121,8 +121,8 @@ void unet_rendezvous_file_path(char *buf, size_t n);
  * until unet_rendezvous_end, so late ranks still find it; the others return
  * once they have it. All wait at most timeout_s. 0, or -1 with one line. */
 typedef struct unet_rendezvous unet_rendezvous;
-int unet_rendezvous_begin(const char *addr, int port, const char *file, int rank, int world, void *blob,
-                          size_t bytes, double timeout_s, unet_rendezvous **out, char *err, size_t errlen);
+int unet_rendezvous_begin(const char *addr, int port, const char *file, int rank, int world, void *blob, size_t bytes,
+                          double timeout_s, unet_rendezvous **out, char *err, size_t errlen);
 /* Rank 0: stops serving and removes the file; others: frees. NULL is fine. */
 void unet_rendezvous_end(unet_rendezvous *r);
 

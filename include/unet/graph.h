@@ -12,9 +12,9 @@
 extern "C" {
 #endif
 
-#define UNET_MAX_IN 8    /* UNet++ X^{0,4}: the upsampled tensor and 4 skips */
+#define UNET_MAX_IN    8 /* UNet++ X^{0,4}: the upsampled tensor and 4 skips */
 #define UNET_MAX_PARAM 2 /* weight and bias (conv), gamma and beta (batch norm) */
-#define UNET_NAME_LEN 64
+#define UNET_NAME_LEN  64
 
 /* The ops and their attributes (the fields of unet_node below), as PyTorch,
  * ONNX and cuDNN name them:
@@ -92,19 +92,19 @@ typedef struct {
     int param[UNET_MAX_PARAM]; /* -1 when absent */
     int state[2];              /* batch norm running mean, running var (param-table ids), else -1 */
     /* attributes (see the table of ops above) */
-    int k;          /* conv, maxpool: kernel size */
-    int stride;     /* conv, maxpool: 1 (unet_node_make's default) or more */
-    int pad;        /* conv (zeros), maxpool (-inf): padding on every side */
-    int groups;     /* conv: 1 (the default), or the input channels (depthwise) */
-    unet_act act;   /* conv / batch norm / crop_add: fused after; relu: which */
-    int out_c;      /* conv / transposed conv: output channels */
+    int k;                       /* conv, maxpool: kernel size */
+    int stride;                  /* conv, maxpool: 1 (unet_node_make's default) or more */
+    int pad;                     /* conv (zeros), maxpool (-inf): padding on every side */
+    int groups;                  /* conv: 1 (the default), or the input channels (depthwise) */
+    unet_act act;                /* conv / batch norm / crop_add: fused after; relu: which */
+    int out_c;                   /* conv / transposed conv: output channels */
     unet_upsample_mode upsample; /* upsample2: bilinear (the default) or nearest */
-    int frozen;     /* batch norm: running statistics even when training, never updated */
-    float p;        /* dropout probability */
-    float eps;      /* batch norm epsilon (1e-5) */
-    float momentum; /* batch norm running-stat momentum (0.1, PyTorch's convention) */
-    float scale;    /* loss: weight of this loss in the total (1 / number of heads) */
-    int out_value;  /* set by unet_graph_add */
+    int frozen;                  /* batch norm: running statistics even when training, never updated */
+    float p;                     /* dropout probability */
+    float eps;                   /* batch norm epsilon (1e-5) */
+    float momentum;              /* batch norm running-stat momentum (0.1, PyTorch's convention) */
+    float scale;                 /* loss: weight of this loss in the total (1 / number of heads) */
+    int out_value;               /* set by unet_graph_add */
 } unet_node;
 
 /* Which forward tensors the backward of a node reads (its inputs, its
@@ -113,9 +113,9 @@ int unet_backward_reads_inputs(const unet_node *n);
 int unet_backward_reads_output(const unet_node *n);
 
 typedef enum {
-    UNET_INIT_HE,    /* normal, std sqrt(2 / fan_in) */
-    UNET_INIT_ZERO,  /* biases, batch norm beta, running mean */
-    UNET_INIT_ONE,   /* batch norm gamma, running var */
+    UNET_INIT_HE,   /* normal, std sqrt(2 / fan_in) */
+    UNET_INIT_ZERO, /* biases, batch norm beta, running mean */
+    UNET_INIT_ONE,  /* batch norm gamma, running var */
 } unet_init;
 
 typedef enum {
@@ -126,9 +126,9 @@ typedef enum {
 typedef struct {
     char name[UNET_NAME_LEN]; /* checkpoint name, e.g. "x0_0.conv1.weight" */
     int ndim;
-    int dims[4];              /* PyTorch layout */
+    int dims[4]; /* PyTorch layout */
     size_t count;
-    size_t offset;            /* in floats, within its block (trainable or state), a multiple of 16 */
+    size_t offset; /* in floats, within its block (trainable or state), a multiple of 16 */
     unet_param_kind kind;
     unet_init init;
     int fan_in;
@@ -149,8 +149,8 @@ void unet_graph_free(unet_graph *g);
  * requires_grad: a gradient is computed for it (op tests use this). */
 int unet_graph_input(unet_graph *g, const char *name, unet_input_kind kind, int channels, int requires_grad);
 /* A parameter (trainable or batch norm state); dims in PyTorch layout. Returns its id. */
-int unet_graph_param(unet_graph *g, const char *name, unet_param_kind kind, int ndim, const int *dims,
-                     unet_init init, int fan_in);
+int unet_graph_param(unet_graph *g, const char *name, unet_param_kind kind, int ndim, const int *dims, unet_init init,
+                     int fan_in);
 /* Adds a node; returns the id of its output value. */
 int unet_graph_add(unet_graph *g, const unet_node *node);
 /* Marks a value as an output (a head's logits); returns the output index. */

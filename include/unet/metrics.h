@@ -16,9 +16,9 @@ extern "C" {
 #define UNET_MAX_CLASSES 64
 
 typedef struct {
-    int classes;                         /* output channels: 1 (sigmoid) or K >= 2 (softmax) */
+    int classes; /* output channels: 1 (sigmoid) or K >= 2 (softmax) */
     double tp[UNET_MAX_CLASSES], fp[UNET_MAX_CLASSES], fn[UNET_MAX_CLASSES];
-    double correct, total;               /* pixel accuracy */
+    double correct, total; /* pixel accuracy */
     /* Rand scores summed over images (unet_seg_stats_add_rand), per class */
     double vrand_sum[UNET_MAX_CLASSES];
     double rand_images;
@@ -61,13 +61,13 @@ void unet_probabilities(float *logits, unet_shape shape);
  * class absent from both prediction and truth scores IoU and Dice 1. Pixel
  * accuracy and error count every pixel of every class. */
 typedef struct {
-    int classes;                         /* as in unet_seg_stats: 1 (sigmoid) or K >= 2 */
-    double iou, dice, pixel_accuracy;    /* foreground, as above */
+    int classes;                      /* as in unet_seg_stats: 1 (sigmoid) or K >= 2 */
+    double iou, dice, pixel_accuracy; /* foreground, as above */
     double iou_class[UNET_MAX_CLASSES], dice_class[UNET_MAX_CLASSES];
-    double pixel_error;                  /* 1 - pixel accuracy */
+    double pixel_error; /* 1 - pixel accuracy */
     /* 1 - mean V_rand over images (foreground classes as for iou); -1 when no image was scored */
     double rand_error, rand_error_class[UNET_MAX_CLASSES];
-    double loss;                         /* mean loss over images; NAN when none was added */
+    double loss; /* mean loss over images; NAN when none was added */
 } unet_seg_metrics;
 unet_seg_metrics unet_seg_stats_finish(const unet_seg_stats *s);
 

@@ -36,24 +36,24 @@ typedef enum {
 
 typedef struct {
     unet_model_kind kind;
-    int levels;                      /* number of filter levels = L + 1 (grid rows 0..L) */
-    int filters[UNET_MAX_LEVELS];    /* f_0 .. f_L */
-    int same_padding;                /* 0: valid (the U-Net paper), 1: same */
+    int levels;                   /* number of filter levels = L + 1 (grid rows 0..L) */
+    int filters[UNET_MAX_LEVELS]; /* f_0 .. f_L */
+    int same_padding;             /* 0: valid (the U-Net paper), 1: same */
     int in_channels;
-    int classes;                     /* 1: sigmoid head (BCE + Dice); >= 2: softmax (CE) */
+    int classes; /* 1: sigmoid head (BCE + Dice); >= 2: softmax (CE) */
     int batch_norm;
     unet_up_kind upsample;
-    int fusion_add;                  /* fuse skips by sum instead of concat */
-    int deep_supervision;            /* a head on every X^{0,j}, j = 1..L */
-    float dropout;                   /* at the end of the contracting path (on X^{L,0}) */
+    int fusion_add;       /* fuse skips by sum instead of concat */
+    int deep_supervision; /* a head on every X^{0,j}, j = 1..L */
+    float dropout;        /* at the end of the contracting path (on X^{L,0}) */
     unet_loss_kind loss;
-    int prune_depth;                 /* 0: the full model; d: nodes with i + j <= d and head d */
+    int prune_depth; /* 0: the full model; d: nodes with i + j <= d and head d */
     /* A backbone in place of the plain column (then filters and levels are unused): smp's Unet (kind unet) or
      * UnetPlusPlus (unetpp) decoder on it, with the widths of the decoder nodes X^{i,5-i} and 3x3 head. */
     unet_encoder_kind encoder;
-    int decoder_levels;              /* entries of decoder_channels: UNET_ENCODER_STAGES */
+    int decoder_levels;                    /* entries of decoder_channels: UNET_ENCODER_STAGES */
     int decoder_channels[UNET_MAX_LEVELS]; /* X^{4,1} .. X^{0,5}: smp's decoder_channels, 256,128,64,32,16 */
-    int freeze_encoder_bn;           /* the backbone's batch norms use their running statistics when training too */
+    int freeze_encoder_bn; /* the backbone's batch norms use their running statistics when training too */
 } unet_model_cfg;
 
 const char *unet_model_kind_name(unet_model_kind k);
@@ -93,29 +93,29 @@ size_t unet_model_param_count(const unet_model_cfg *m, char *err, size_t errlen)
  * no integer w does (UNet++ 32..512 lies between w = 34 and w = 35). */
 typedef struct {
     size_t target;
-    unet_model_cfg by_width;     /* filters w, 2w, 4w, ... */
+    unet_model_cfg by_width; /* filters w, 2w, 4w, ... */
     size_t by_width_params;
     int width;
-    unet_model_cfg by_scale;     /* filters round(scale * like.filters[i]) */
+    unet_model_cfg by_scale; /* filters round(scale * like.filters[i]) */
     size_t by_scale_params;
     double scale;
-    const unet_model_cfg *best;  /* the closer of the two (points into this struct) */
+    const unet_model_cfg *best; /* the closer of the two (points into this struct) */
     size_t best_params;
 } unet_params_match;
 int unet_match_params(const unet_model_cfg *like, size_t target, unet_params_match *out, char *err, size_t errlen);
 
 /* What a model costs at a tile size: `unet info`. Plans memory without allocating it. */
 typedef struct {
-    size_t params, state;              /* trainable floats, batch norm statistics */
-    size_t encoder_params;             /* trainable floats of the backbone (0 for the plain encoder) */
+    size_t params, state;  /* trainable floats, batch norm statistics */
+    size_t encoder_params; /* trainable floats of the backbone (0 for the plain encoder) */
     int n_outputs;
     unet_shape outputs[UNET_MAX_LEVELS];
     int tile, valid_below, valid_above; /* the nearest valid tile sizes around `tile` (0: none) */
-    int tile_asked;                    /* a tile the network does not take, `tile` the nearest valid one; 0: none */
-    double flops_per_image;            /* forward; a training step is about 3x */
-    size_t train_activation_bytes;     /* planned arena of a training step at `batch` */
-    size_t infer_activation_bytes;     /* planned arena of inference at `batch` */
-    size_t unplanned_bytes;            /* every training tensor with no reuse, for comparison */
+    int tile_asked;                     /* a tile the network does not take, `tile` the nearest valid one; 0: none */
+    double flops_per_image;             /* forward; a training step is about 3x */
+    size_t train_activation_bytes;      /* planned arena of a training step at `batch` */
+    size_t infer_activation_bytes;      /* planned arena of inference at `batch` */
+    size_t unplanned_bytes;             /* every training tensor with no reuse, for comparison */
     size_t workspace_bytes, param_bytes;
     int batch;
 } unet_model_info;
@@ -145,9 +145,9 @@ int unet_largest_batch(const unet_model_cfg *m, const struct unet_backend *b, in
 /* unet info's plan of a training run: its memory at --batch, and the largest
  * batch within a budget. */
 typedef struct {
-    const char *optimizer;     /* its name */
-    const char *layout;        /* the backend whose sizes were planned: "cpu" or "cuda" */
-    const char *note;          /* "", or why the layout is not that of the device asked for */
+    const char *optimizer; /* its name */
+    const char *layout;    /* the backend whose sizes were planned: "cpu" or "cuda" */
+    const char *note;      /* "", or why the layout is not that of the device asked for */
     unet_train_memory at_batch;
     size_t budget;             /* 0: none given and no device to ask */
     const char *budget_source; /* "--memory-budget", "cuda:N free memory" */

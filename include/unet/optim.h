@@ -14,10 +14,10 @@ typedef enum { UNET_SCHED_CONSTANT, UNET_SCHED_COSINE, UNET_SCHED_POLY } unet_sc
 typedef struct {
     unet_optimizer_kind kind;
     float lr, momentum, weight_decay;
-    float beta1, beta2, eps;       /* Adam */
+    float beta1, beta2, eps; /* Adam */
     unet_schedule_kind schedule;
-    long total_steps;              /* schedule horizon */
-    long warmup_steps;             /* linear warm-up from 0, then the schedule */
+    long total_steps;  /* schedule horizon */
+    long warmup_steps; /* linear warm-up from 0, then the schedule */
 } unet_optim_cfg;
 
 /* Learning rate of step `step` (0-based). */

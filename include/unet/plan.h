@@ -17,18 +17,18 @@ extern "C" {
 typedef struct {
     const unet_backend *backend;
     size_t n_trainable, n_state;
-    float *params;  /* n_trainable, on the backend */
-    float *grads;   /* n_trainable, same order */
-    float *opt_a;   /* optimizer state: SGD momentum buffer, Adam first moment */
-    float *opt_b;   /* Adam second moment (NULL for SGD) */
-    float *state;   /* batch norm running statistics */
-    float *state_good; /* the statistics after the last finite step, which a dropped step goes back to */
+    float *params;               /* n_trainable, on the backend */
+    float *grads;                /* n_trainable, same order */
+    float *opt_a;                /* optimizer state: SGD momentum buffer, Adam first moment */
+    float *opt_b;                /* Adam second moment (NULL for SGD) */
+    float *state;                /* batch norm running statistics */
+    float *state_good;           /* the statistics after the last finite step, which a dropped step goes back to */
     unet_optim_scalars *scalars; /* this step's learning rate and bias corrections, on the backend */
     unet_update_guard *guard;    /* what the update pass found non-finite (unet_backend.guard) */
 } unet_param_blocks;
 
-int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const unet_graph *g, int with_adam,
-                            char *err, size_t errlen);
+int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const unet_graph *g, int with_adam, char *err,
+                            size_t errlen);
 void unet_param_blocks_free(unet_param_blocks *pb);
 /* He initialisation (std sqrt(2/fan_in)), zero biases, ones for gamma and
  * running var: a pure function of the seed. */
@@ -53,8 +53,7 @@ typedef struct unet_plan unet_plan;
 
 /* Compiles; on a user error (an impossible tile size, say) returns NULL with
  * one line in err that says what is wrong and what would be right. */
-unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_plan_cfg cfg, char *err,
-                             size_t errlen);
+unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_plan_cfg cfg, char *err, size_t errlen);
 void unet_plan_free(unet_plan *p);
 
 /* Shape inference alone (no backend, no memory): the output shape of every
@@ -120,13 +119,13 @@ unet_shape unet_plan_value_shape(const unet_plan *p, int value);
 void *unet_plan_input_data(unet_plan *p, unet_input_kind kind);
 
 typedef struct {
-    size_t arena_bytes;      /* planned: activations + gradients + saved data */
-    size_t unplanned_bytes;  /* what every tensor would take with no reuse */
-    size_t peak_live_bytes;  /* the most bytes alive at one step: a lower bound for the arena */
+    size_t arena_bytes;     /* planned: activations + gradients + saved data */
+    size_t unplanned_bytes; /* what every tensor would take with no reuse */
+    size_t peak_live_bytes; /* the most bytes alive at one step: a lower bound for the arena */
     size_t workspace_bytes;
-    size_t param_bytes;      /* parameters + gradients + optimizer state + running stats */
+    size_t param_bytes; /* parameters + gradients + optimizer state + running stats */
     int n_tensors, n_steps;
-    double forward_flops;    /* multiply-adds counted as 2 */
+    double forward_flops; /* multiply-adds counted as 2 */
 } unet_plan_stats;
 unet_plan_stats unet_plan_get_stats(const unet_plan *p);
 

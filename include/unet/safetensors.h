@@ -52,7 +52,7 @@ size_t unet_st_dtype_size(unet_st_dtype t);      /* bytes per element */
 typedef struct {
     const char *name;
     unet_st_dtype dtype;
-    int ndim;                         /* 0: a scalar */
+    int ndim; /* 0: a scalar */
     int64_t shape[UNET_ST_MAX_DIMS];
     const void *data;
 } unet_st_tensor;
@@ -65,8 +65,8 @@ typedef struct {
 
 /* Writes the tensors in the given order, with string metadata. 0, or -1
  * with one line naming the file. */
-int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors, const unet_st_meta *meta,
-                  int n_meta, char *err, size_t errlen);
+int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors, const unet_st_meta *meta, int n_meta,
+                  char *err, size_t errlen);
 
 typedef struct unet_st_file unet_st_file;
 

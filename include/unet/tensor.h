@@ -24,9 +24,7 @@ typedef struct {
     int n, c, h, w;
 } unet_shape;
 
-static inline size_t unet_shape_count(unet_shape s) {
-    return (size_t)s.n * (size_t)s.c * (size_t)s.h * (size_t)s.w;
-}
+static inline size_t unet_shape_count(unet_shape s) { return (size_t)s.n * (size_t)s.c * (size_t)s.h * (size_t)s.w; }
 
 static inline size_t unet_dtype_size(unet_dtype t) {
     (void)t;

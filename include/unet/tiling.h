@@ -13,12 +13,12 @@ extern "C" {
 #endif
 
 typedef struct {
-    int tile;       /* input tile */
-    int out;        /* output size of one tile */
-    int margin;     /* context lost per side: (tile - out) / 2 */
-    int stride;     /* distance between tiles: a multiple of `align` no larger than `out` (valid padding) */
-    int align;      /* 2^(pooling levels): tiles start on this grid so that stitching is exact */
-    int same;       /* same padding: overlapping tiles blended with a Gaussian window */
+    int tile;   /* input tile */
+    int out;    /* output size of one tile */
+    int margin; /* context lost per side: (tile - out) / 2 */
+    int stride; /* distance between tiles: a multiple of `align` no larger than `out` (valid padding) */
+    int align;  /* 2^(pooling levels): tiles start on this grid so that stitching is exact */
+    int same;   /* same padding: overlapping tiles blended with a Gaussian window */
 } unet_tiling;
 
 /* Geometry for an inference plan compiled at tile x tile; overlap in [0,1)

@@ -21,12 +21,13 @@ extern "C" {
 #endif
 
 typedef struct {
-    double w0;     /* border weight (10 in the paper) */
-    double sigma;  /* pixels (5 in the paper) */
-    int balance;   /* class-balancing w_c; 0: w_c = 1 */
+    double w0;    /* border weight (10 in the paper) */
+    double sigma; /* pixels (5 in the paper) */
+    int balance;  /* class-balancing w_c; 0: w_c = 1 */
 } unet_weightmap_cfg;
 
-#define UNET_WEIGHTMAP_DEFAULTS {10.0, 5.0, 1}
+#define UNET_WEIGHTMAP_DEFAULTS                                                                                        \
+    { 10.0, 5.0, 1 }
 
 /* One image: label (H,W), cells (H,W) instance ids with 0 = none, or NULL
  * for the 4-connected components of label > 0; out (H,W). Returns the number

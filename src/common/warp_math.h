@@ -37,7 +37,7 @@
 #endif
 #endif
 
-#define UNET_SPLINE_POLE (-0.267949192431122706) /* sqrt(3) - 2 */
+#define UNET_SPLINE_POLE   (-0.267949192431122706) /* sqrt(3) - 2 */
 #define UNET_WARP_MAX_GRID 64
 
 /* What a tile pixel is made of. */
@@ -97,7 +97,7 @@ UNET_HD int unet_cubic_taps(double c, double *wt) {
  * (scipy.ndimage.spline_filter1d(order=3, mode='mirror')). n >= 2;
  * zn1 = pow(UNET_SPLINE_POLE, n - 1), from the host. */
 UNET_HD void unet_spline_line(double *c, int n, long stride, double zn1) {
-#define C(i) c[(size_t)(i) * stride]
+#define C(i) c[(size_t)(i)*stride]
     const double z = UNET_SPLINE_POLE;
     for (int i = 0; i < n; i++) C(i) *= 6.0; /* (1 - z)(1 - 1/z) */
     double zi = z, c0 = C(0) + zn1 * C(n - 1);
@@ -128,7 +128,7 @@ UNET_HD void unet_spline_row(const float *in, float *out, int n, double *line, l
  * doubles; zn1 = pow(UNET_SPLINE_POLE, h - 1). */
 UNET_HD void unet_spline_columns(float *img, int h, int w, int x0, int x1, double *line, double zn1) {
     const double z = UNET_SPLINE_POLE;
-#define ROW(y) (img + (size_t)(y) * w)
+#define ROW(y) (img + (size_t)(y)*w)
     for (int x = x0; x < x1; x++) line[x - x0] = 6.0 * ROW(0)[x] + zn1 * 6.0 * ROW(h - 1)[x];
     double zi = z;
     for (int y = 1; y < h - 1; y++) {

@@ -11,13 +11,13 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#define CHECK(call)                                                                                 \
-    do {                                                                                            \
-        cudaError_t e_ = (call);                                                                    \
-        if (e_ != cudaSuccess) {                                                                    \
-            printf("%s: %s\n", #call, cudaGetErrorString(e_));                                      \
-            return 1;                                                                               \
-        }                                                                                           \
+#define CHECK(call)                                                                                                    \
+    do {                                                                                                               \
+        cudaError_t e_ = (call);                                                                                       \
+        if (e_ != cudaSuccess) {                                                                                       \
+            printf("%s: %s\n", #call, cudaGetErrorString(e_));                                                         \
+            return 1;                                                                                                  \
+        }                                                                                                              \
     } while (0)
 
 /* A block sums its threads' values through a shuffle tree and shared memory. */
@@ -134,8 +134,10 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(mode, "host-pointer")) {
         int host[4] = {0}, other[4];
-        printf("host to 'device' %s\n", cudaGetErrorString(cudaMemcpy(other, host, sizeof host, cudaMemcpyHostToDevice)));
-        printf("past the end %s\n", cudaGetErrorString(cudaMemcpy(x + 250, host, 8 * sizeof(int), cudaMemcpyHostToDevice)));
+        printf("host to 'device' %s\n",
+               cudaGetErrorString(cudaMemcpy(other, host, sizeof host, cudaMemcpyHostToDevice)));
+        printf("past the end %s\n",
+               cudaGetErrorString(cudaMemcpy(x + 250, host, 8 * sizeof(int), cudaMemcpyHostToDevice)));
         return 0;
     }
     if (!strcmp(mode, "capture")) {

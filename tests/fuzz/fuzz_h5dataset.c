@@ -15,8 +15,8 @@ static void read_some(unet_dataset *ds) {
     float *raw = malloc((size_t)info.c * plane * sizeof *raw), *weight = malloc(plane * sizeof *weight);
     int32_t *label = malloc(plane * sizeof *label), *ids = malloc(plane * sizeof *ids);
     char err[1024] = "";
-    if (unet_dataset_read(ds, 0, 0, info.h, raw, info.has_label ? label : NULL, weight,
-                          info.has_instances ? ids : NULL, err, sizeof err))
+    if (unet_dataset_read(ds, 0, 0, info.h, raw, info.has_label ? label : NULL, weight, info.has_instances ? ids : NULL,
+                          err, sizeof err))
         fuzz_check_message(err);
     unet_data_view v = unet_data_view_all(ds);
     float *wraw = malloc((size_t)info.c * WINDOW * WINDOW * sizeof *wraw), wweight[WINDOW * WINDOW];

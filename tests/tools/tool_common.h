@@ -111,21 +111,34 @@ static inline int name_index(const char *flag, const char *name, const char *con
  * *n: 1 when flag is one of them, else 0. The names are unet_node's fields. */
 static inline int node_attr(unet_node *n, const char *flag, const char *v) {
     static const char *const acts[] = {"none", "relu", "relu6"}, *const modes[] = {"bilinear", "nearest"};
-    if (!strcmp(flag, "--k")) n->k = atoi(v);
-    else if (!strcmp(flag, "--stride")) n->stride = atoi(v);
-    else if (!strcmp(flag, "--pad")) n->pad = atoi(v);
-    else if (!strcmp(flag, "--groups")) n->groups = atoi(v);
-    else if (!strcmp(flag, "--out-c")) n->out_c = atoi(v);
-    else if (!strcmp(flag, "--act")) n->act = (unet_act)name_index("--act is none, relu or relu6", v, acts, 3);
-    else if (!strcmp(flag, "--relu")) n->act = atoi(v) ? UNET_ACT_RELU : UNET_ACT_NONE;
+    if (!strcmp(flag, "--k"))
+        n->k = atoi(v);
+    else if (!strcmp(flag, "--stride"))
+        n->stride = atoi(v);
+    else if (!strcmp(flag, "--pad"))
+        n->pad = atoi(v);
+    else if (!strcmp(flag, "--groups"))
+        n->groups = atoi(v);
+    else if (!strcmp(flag, "--out-c"))
+        n->out_c = atoi(v);
+    else if (!strcmp(flag, "--act"))
+        n->act = (unet_act)name_index("--act is none, relu or relu6", v, acts, 3);
+    else if (!strcmp(flag, "--relu"))
+        n->act = atoi(v) ? UNET_ACT_RELU : UNET_ACT_NONE;
     else if (!strcmp(flag, "--upsample"))
         n->upsample = (unet_upsample_mode)name_index("--upsample is bilinear or nearest", v, modes, 2);
-    else if (!strcmp(flag, "--frozen")) n->frozen = atoi(v);
-    else if (!strcmp(flag, "--p")) n->p = strtof(v, NULL);
-    else if (!strcmp(flag, "--eps")) n->eps = strtof(v, NULL);
-    else if (!strcmp(flag, "--momentum")) n->momentum = strtof(v, NULL);
-    else if (!strcmp(flag, "--scale")) n->scale = strtof(v, NULL);
-    else return 0;
+    else if (!strcmp(flag, "--frozen"))
+        n->frozen = atoi(v);
+    else if (!strcmp(flag, "--p"))
+        n->p = strtof(v, NULL);
+    else if (!strcmp(flag, "--eps"))
+        n->eps = strtof(v, NULL);
+    else if (!strcmp(flag, "--momentum"))
+        n->momentum = strtof(v, NULL);
+    else if (!strcmp(flag, "--scale"))
+        n->scale = strtof(v, NULL);
+    else
+        return 0;
     return 1;
 }
 

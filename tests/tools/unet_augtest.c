@@ -81,9 +81,16 @@ static int run_batch(const char *dir, const char *device, const char *specs, uns
             poison(raw, batch * C * plane, label, weight, batch * plane);
             double t0 = now_ms();
             for (int n = 0; n < batch; n++) {
-                unet_augment_args a = {C, tile, context, src_raw + n * C * splane, src_label + n * splane,
-                                       src_weight + n * splane, raw + n * C * plane, label + n * plane,
-                                       weight + n * plane, key + n};
+                unet_augment_args a = {C,
+                                       tile,
+                                       context,
+                                       src_raw + n * C * splane,
+                                       src_label + n * splane,
+                                       src_weight + n * splane,
+                                       raw + n * C * plane,
+                                       label + n * plane,
+                                       weight + n * plane,
+                                       key + n};
                 if (unet_augment_warp(&warps[n], &a, err, sizeof err)) die(err, NULL);
             }
             double t = now_ms() - t0;
@@ -141,28 +148,50 @@ int main(int argc, char **argv) {
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define ARG(name) (!strcmp(a, name) && v && ++i)
-        if (ARG("--h")) h = atoi(v);
-        else if (ARG("--w")) w = atoi(v);
-        else if (ARG("--dir")) dir = v;
-        else if (!strcmp(a, "--cells")) cells = 1;
-        else if (ARG("--w0")) wcfg.w0 = atof(v);
-        else if (ARG("--sigma")) wcfg.sigma = atof(v);
-        else if (!strcmp(a, "--no-balance")) wcfg.balance = 0;
-        else if (ARG("--repeat")) repeat = atoi(v);
-        else if (ARG("--tile")) tile = atoi(v);
-        else if (ARG("--context")) context_text = v;
-        else if (ARG("--channels")) channels = atoi(v);
-        else if (ARG("--grid")) grid = atoi(v);
-        else if (ARG("--angle")) angle = atof(v);
-        else if (ARG("--scale")) scale = atof(v);
-        else if (ARG("--flip-x")) flip_x = atoi(v);
-        else if (ARG("--rot90")) rot90 = atoi(v);
-        else if (!strcmp(a, "--linear")) linear = 1;
-        else if (ARG("--spec")) spec = v;
-        else if (ARG("--key")) key = strtoull(v, NULL, 10);
-        else if (ARG("--class")) cls = atoi(v);
-        else if (ARG("--device")) device = v;
-        else if (ARG("--batch")) batch = atoi(v);
+        if (ARG("--h"))
+            h = atoi(v);
+        else if (ARG("--w"))
+            w = atoi(v);
+        else if (ARG("--dir"))
+            dir = v;
+        else if (!strcmp(a, "--cells"))
+            cells = 1;
+        else if (ARG("--w0"))
+            wcfg.w0 = atof(v);
+        else if (ARG("--sigma"))
+            wcfg.sigma = atof(v);
+        else if (!strcmp(a, "--no-balance"))
+            wcfg.balance = 0;
+        else if (ARG("--repeat"))
+            repeat = atoi(v);
+        else if (ARG("--tile"))
+            tile = atoi(v);
+        else if (ARG("--context"))
+            context_text = v;
+        else if (ARG("--channels"))
+            channels = atoi(v);
+        else if (ARG("--grid"))
+            grid = atoi(v);
+        else if (ARG("--angle"))
+            angle = atof(v);
+        else if (ARG("--scale"))
+            scale = atof(v);
+        else if (ARG("--flip-x"))
+            flip_x = atoi(v);
+        else if (ARG("--rot90"))
+            rot90 = atoi(v);
+        else if (!strcmp(a, "--linear"))
+            linear = 1;
+        else if (ARG("--spec"))
+            spec = v;
+        else if (ARG("--key"))
+            key = strtoull(v, NULL, 10);
+        else if (ARG("--class"))
+            cls = atoi(v);
+        else if (ARG("--device"))
+            device = v;
+        else if (ARG("--batch"))
+            batch = atoi(v);
         else
             die("unknown or incomplete argument", a);
 #undef ARG
@@ -212,9 +241,16 @@ int main(int argc, char **argv) {
     int context = !strcmp(context_text, "auto") ? unet_augment_context(&cfg, tile) : atoi(context_text);
     const int S = tile + 2 * context, C = channels;
     const size_t splane = (size_t)S * S, plane = (size_t)tile * tile;
-    unet_augment_args a = {C, tile, context, read_exact(dir, "src_raw.bin", splane * C * 4),
-                           read_exact(dir, "src_label.bin", splane * 4), read_exact(dir, "src_weight.bin", splane * 4),
-                           malloc(plane * C * 4), malloc(plane * 4), malloc(plane * 4), key};
+    unet_augment_args a = {C,
+                           tile,
+                           context,
+                           read_exact(dir, "src_raw.bin", splane * C * 4),
+                           read_exact(dir, "src_label.bin", splane * 4),
+                           read_exact(dir, "src_weight.bin", splane * 4),
+                           malloc(plane * C * 4),
+                           malloc(plane * 4),
+                           malloc(plane * 4),
+                           key};
     double best = 1e30;
     for (int r = 0; r < repeat; r++) {
         double t0 = now_ms();

@@ -51,13 +51,58 @@ static unet_config *parse_or_die(unet_config *cfg, const char *cmd, int argc, ch
 }
 
 static void print_parsed(const unet_config *cfg) {
-    static const char *const names[] = {
-        "model", "filters", "base", "levels", "padding", "in-channels", "classes", "norm", "upsample", "fusion",
-        "deep-supervision", "dropout", "loss", "depth", "tile", "batch", "steps", "optimizer", "lr", "momentum",
-        "weight-decay", "beta1", "beta2", "adam-eps", "schedule", "warmup", "seed", "no-shuffle", "augment",
-        "val-fraction", "data", "val", "input", "raw-key", "label-key", "weight-key", "checkpoint", "init", "resume",
-        "save", "output", "log", "log-every", "val-every", "json", "mode", "overlap", "device", "precision",
-        "workers", "threads", "bench-warmup"};
+    static const char *const names[] = {"model",
+                                        "filters",
+                                        "base",
+                                        "levels",
+                                        "padding",
+                                        "in-channels",
+                                        "classes",
+                                        "norm",
+                                        "upsample",
+                                        "fusion",
+                                        "deep-supervision",
+                                        "dropout",
+                                        "loss",
+                                        "depth",
+                                        "tile",
+                                        "batch",
+                                        "steps",
+                                        "optimizer",
+                                        "lr",
+                                        "momentum",
+                                        "weight-decay",
+                                        "beta1",
+                                        "beta2",
+                                        "adam-eps",
+                                        "schedule",
+                                        "warmup",
+                                        "seed",
+                                        "no-shuffle",
+                                        "augment",
+                                        "val-fraction",
+                                        "data",
+                                        "val",
+                                        "input",
+                                        "raw-key",
+                                        "label-key",
+                                        "weight-key",
+                                        "checkpoint",
+                                        "init",
+                                        "resume",
+                                        "save",
+                                        "output",
+                                        "log",
+                                        "log-every",
+                                        "val-every",
+                                        "json",
+                                        "mode",
+                                        "overlap",
+                                        "device",
+                                        "precision",
+                                        "workers",
+                                        "threads",
+                                        "bench-warmup"};
     char *full = unet_config_to_json(cfg, 0), *model = unet_config_to_json(cfg, 1);
     printf("{\"config\": %s, \"model\": %s, \"total_steps\": %ld, \"explicit\": [", full, model,
            cfg->optim.total_steps);
@@ -129,8 +174,7 @@ static int st_dump(const char *dir, const char *path) {
         size_t n = unet_st_numel(t);
         char name[32];
         snprintf(name, sizeof name, "%d.bin", i);
-        if (t->dtype == UNET_ST_F32 || t->dtype == UNET_ST_F64 || t->dtype == UNET_ST_F16 ||
-            t->dtype == UNET_ST_BF16) {
+        if (t->dtype == UNET_ST_F32 || t->dtype == UNET_ST_F64 || t->dtype == UNET_ST_F16 || t->dtype == UNET_ST_BF16) {
             float *x = malloc((n + 1) * sizeof(float));
             if (unet_st_read_f32(f, t, x, err, sizeof err)) die(err, NULL);
             write_file(dir, name, x, n * sizeof(float));

@@ -43,12 +43,18 @@ int main(int argc, char **argv) {
     node.k = 3;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
-        if (!strcmp(a, "--op")) op_name = v;
-        else if (!strcmp(a, "--in")) in = parse_shape(v, NULL);
-        else if (node_attr(&node, a, v)) continue;
-        else if (!strcmp(a, "--din")) want_din = atoi(v);
-        else if (!strcmp(a, "--reps")) reps = atoi(v);
-        else die("unknown option", a);
+        if (!strcmp(a, "--op"))
+            op_name = v;
+        else if (!strcmp(a, "--in"))
+            in = parse_shape(v, NULL);
+        else if (node_attr(&node, a, v))
+            continue;
+        else if (!strcmp(a, "--din"))
+            want_din = atoi(v);
+        else if (!strcmp(a, "--reps"))
+            reps = atoi(v);
+        else
+            die("unknown option", a);
     }
     if (in.n <= 0 || node.out_c <= 0 || reps <= 0) die("need --in N,C,H,W and --out-c O (and --reps > 0)", NULL);
     unet_shape out;

@@ -26,8 +26,10 @@ static int check(variant v, unet_conv_problem p, const char *what) {
     int ok = unet_cudnn_graph_check(v.precision, v.format, &p, why, sizeof why);
     printf("%s %s %s: x (%d,%d,%d,%d) k %d r %d stride %d pad %d groups %d%s%s%s%s%s\n", ok ? "accepted" : "REFUSED",
            v.name, what, p.n, p.c, p.h, p.w, p.k, p.r, p.stride, p.pad, p.groups, p.bias ? " +bias" : "",
-           p.act == UNET_ACT_RELU ? " +relu" : p.act == UNET_ACT_RELU6 ? " +relu6" : "", p.accumulate ? " beta=1" : "",
-           ok ? "" : ": ", ok ? "" : why);
+           p.act == UNET_ACT_RELU    ? " +relu"
+           : p.act == UNET_ACT_RELU6 ? " +relu6"
+                                     : "",
+           p.accumulate ? " beta=1" : "", ok ? "" : ": ", ok ? "" : why);
     return ok;
 }
 

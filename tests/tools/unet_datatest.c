@@ -99,8 +99,16 @@ static void deferred_batch(deferred *d, unet_loader *l, int step, float *raw, in
     const size_t sp = (size_t)d->S * d->S, tp = (size_t)d->T * d->T;
     if (!d->cuda) {
         for (int n = 0; n < d->B; n++) {
-            unet_augment_args a = {d->C, d->T, (d->S - d->T) / 2, d->src_raw + n * d->C * sp, d->src_label + n * sp,
-                                   d->src_weight + n * sp, raw + n * d->C * tp, label + n * tp, weight + n * tp, 0};
+            unet_augment_args a = {d->C,
+                                   d->T,
+                                   (d->S - d->T) / 2,
+                                   d->src_raw + n * d->C * sp,
+                                   d->src_label + n * sp,
+                                   d->src_weight + n * sp,
+                                   raw + n * d->C * tp,
+                                   label + n * tp,
+                                   weight + n * tp,
+                                   0};
             if (unet_augment_warp(&d->warps[n], &a, err, sizeof err)) fail();
         }
         return;
@@ -133,41 +141,63 @@ int main(int argc, char **argv) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define ARG(name) (!strcmp(a, name) && v && ++i)
-        if (ARG("--data")) data = v;
-        else if (ARG("--raw-key")) dopts.raw_key = v;
-        else if (ARG("--label-key")) dopts.label_key = v;
-        else if (ARG("--weight-key")) dopts.weight_key = v;
-        else if (ARG("--instances-key")) dopts.instances_key = v;
-        else if (ARG("--classes")) dopts.classes = atoi(v);
-        else if (!strcmp(a, "--label-optional")) dopts.label_optional = 1;
-        else if (ARG("--cache-bytes")) dopts.cache_bytes = strtoull(v, NULL, 10);
-        else if (ARG("--val")) val = v;
-        else if (ARG("--val-fraction")) val_fraction = atof(v);
-        else if (!strcmp(a, "--use-val")) use_val = 1;
-        else if (ARG("--dir")) dir = v;
-        else if (!strcmp(a, "--info") || !strcmp(a, "--batches") || !strcmp(a, "--eval-tiles")) mode = a + 2;
-        else if (ARG("--read")) mode = "read", index = atoi(v);
+        if (ARG("--data"))
+            data = v;
+        else if (ARG("--raw-key"))
+            dopts.raw_key = v;
+        else if (ARG("--label-key"))
+            dopts.label_key = v;
+        else if (ARG("--weight-key"))
+            dopts.weight_key = v;
+        else if (ARG("--instances-key"))
+            dopts.instances_key = v;
+        else if (ARG("--classes"))
+            dopts.classes = atoi(v);
+        else if (!strcmp(a, "--label-optional"))
+            dopts.label_optional = 1;
+        else if (ARG("--cache-bytes"))
+            dopts.cache_bytes = strtoull(v, NULL, 10);
+        else if (ARG("--val"))
+            val = v;
+        else if (ARG("--val-fraction"))
+            val_fraction = atof(v);
+        else if (!strcmp(a, "--use-val"))
+            use_val = 1;
+        else if (ARG("--dir"))
+            dir = v;
+        else if (!strcmp(a, "--info") || !strcmp(a, "--batches") || !strcmp(a, "--eval-tiles"))
+            mode = a + 2;
+        else if (ARG("--read"))
+            mode = "read", index = atoi(v);
         else if (ARG("--window")) {
             mode = "window";
-            if (sscanf(v, "%d,%d,%d,%d", &win[0], &win[1], &win[2], &win[3]) != 4)
-                die("--window K,Y0,X0,SIZE", NULL);
-        }
-        else if (ARG("--step")) step = atoi(v);
-        else if (ARG("--count")) count = atoi(v);
-        else if (ARG("--batch")) lopts.batch = atoi(v);
-        else if (ARG("--tile")) lopts.tile = atoi(v);
-        else if (ARG("--margin")) lopts.margin = atoi(v);
-        else if (ARG("--seed")) lopts.seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--no-shuffle")) lopts.no_shuffle = 1;
-        else if (!strcmp(a, "--no-prefetch")) lopts.no_prefetch = 1;
-        else if (ARG("--augment-test")) lopts.augment = centre_crop, lopts.augment_context = atoi(v);
+            if (sscanf(v, "%d,%d,%d,%d", &win[0], &win[1], &win[2], &win[3]) != 4) die("--window K,Y0,X0,SIZE", NULL);
+        } else if (ARG("--step"))
+            step = atoi(v);
+        else if (ARG("--count"))
+            count = atoi(v);
+        else if (ARG("--batch"))
+            lopts.batch = atoi(v);
+        else if (ARG("--tile"))
+            lopts.tile = atoi(v);
+        else if (ARG("--margin"))
+            lopts.margin = atoi(v);
+        else if (ARG("--seed"))
+            lopts.seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--no-shuffle"))
+            lopts.no_shuffle = 1;
+        else if (!strcmp(a, "--no-prefetch"))
+            lopts.no_prefetch = 1;
+        else if (ARG("--augment-test"))
+            lopts.augment = centre_crop, lopts.augment_context = atoi(v);
         else if (ARG("--augment")) {
             if (unet_augment_parse(v, &augment, err, sizeof err)) fail();
             lopts.augment = unet_augment_apply, lopts.augment_ctx = &augment;
             lopts.augment_context = -1; /* from the tile, below */
-        }
-        else if (ARG("--workers")) lopts.workers = atoi(v);
-        else if (ARG("--defer")) defer = v;
+        } else if (ARG("--workers"))
+            lopts.workers = atoi(v);
+        else if (ARG("--defer"))
+            defer = v;
         else
             die("unknown or incomplete argument", a);
 #undef ARG
@@ -211,8 +241,8 @@ int main(int argc, char **argv) {
         write_file(dir, "weight.bin", wt, plane * sizeof(float));
         if (info.has_instances) {
             int32_t *inst = malloc(plane * sizeof(int32_t));
-            if (unet_dataset_read(view->ds, view->image0 + index, view->row0, view->rows, NULL, NULL, NULL, inst,
-                                  err, sizeof err))
+            if (unet_dataset_read(view->ds, view->image0 + index, view->row0, view->rows, NULL, NULL, NULL, inst, err,
+                                  sizeof err))
                 fail();
             write_file(dir, "instances.bin", inst, plane * sizeof(int32_t));
             free(inst);

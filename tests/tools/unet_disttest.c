@@ -42,10 +42,11 @@ int main(int argc, char **argv) {
         unsigned char blob[128] = {0};
         if (rank == 0)
             for (int i = 0; i < 128; i++) blob[i] = (unsigned char)(unet_uniform(unet_rng_key(seed, 7, 0), i) * 256);
-        int tcp = !strcmp(mode, "tcp") || !strcmp(mode, "both"), by_file = !strcmp(mode, "file") || !strcmp(mode, "both");
+        int tcp = !strcmp(mode, "tcp") || !strcmp(mode, "both"),
+            by_file = !strcmp(mode, "file") || !strcmp(mode, "both");
         unet_rendezvous *r;
-        if (unet_rendezvous_begin(tcp ? "127.0.0.1" : NULL, port, by_file ? file : NULL, rank, world, blob,
-                                  sizeof blob, timeout, &r, err, sizeof err)) {
+        if (unet_rendezvous_begin(tcp ? "127.0.0.1" : NULL, port, by_file ? file : NULL, rank, world, blob, sizeof blob,
+                                  timeout, &r, err, sizeof err)) {
             fprintf(stderr, "%s\n", err);
             return 1;
         }
@@ -56,6 +57,6 @@ int main(int argc, char **argv) {
         return 0;
     }
     fprintf(stderr, "usage: unet_disttest place [R W L] | master | rendezvous tcp|file|both RANK WORLD PORT FILE "
-            "TIMEOUT SEED\n");
+                    "TIMEOUT SEED\n");
     return 2;
 }

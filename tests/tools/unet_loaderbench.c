@@ -20,14 +20,22 @@ int main(int argc, char **argv) {
     int steps = 20;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
-        if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--tile")) o.tile = atoi(v);
-        else if (!strcmp(a, "--batch")) o.batch = atoi(v);
-        else if (!strcmp(a, "--steps")) steps = atoi(v);
-        else if (!strcmp(a, "--workers")) o.workers = atoi(v);
-        else if (!strcmp(a, "--augment")) spec = v;
-        else if (!strcmp(a, "--margin")) o.margin = atoi(v);
-        else die("unknown argument", a);
+        if (!strcmp(a, "--data"))
+            data = v;
+        else if (!strcmp(a, "--tile"))
+            o.tile = atoi(v);
+        else if (!strcmp(a, "--batch"))
+            o.batch = atoi(v);
+        else if (!strcmp(a, "--steps"))
+            steps = atoi(v);
+        else if (!strcmp(a, "--workers"))
+            o.workers = atoi(v);
+        else if (!strcmp(a, "--augment"))
+            spec = v;
+        else if (!strcmp(a, "--margin"))
+            o.margin = atoi(v);
+        else
+            die("unknown argument", a);
     }
     char err[1024];
     unet_augment_cfg cfg;

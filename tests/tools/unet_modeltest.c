@@ -31,8 +31,13 @@
 #include "tool_common.h"
 
 int main(int argc, char **argv) {
-    unet_model_cfg m = {.kind = UNET_MODEL_UNET, .levels = 3, .filters = {4, 8, 16}, .in_channels = 1, .classes = 2,
-                        .decoder_levels = 5, .decoder_channels = {256, 128, 64, 32, 16}};
+    unet_model_cfg m = {.kind = UNET_MODEL_UNET,
+                        .levels = 3,
+                        .filters = {4, 8, 16},
+                        .in_channels = 1,
+                        .classes = 2,
+                        .decoder_levels = 5,
+                        .decoder_channels = {256, 128, 64, 32, 16}};
     int tile = 0, batch = 1, list = 0, eval = 0, weight_map = 0, steps = 0, adam = 0, loss_set = 0, features = 0;
     float adam_eps = 1e-8f;
     unsigned long long seed = 1;
@@ -40,28 +45,56 @@ int main(int argc, char **argv) {
     const char *dir = ".", *backend_name = "cpu", *precision = "fp32", *layout = NULL, *init_encoder = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--list")) { list = 1; continue; }
-        if (!strcmp(a, "--eval")) { eval = 1; continue; }
-        if (!strcmp(a, "--deep-supervision")) { m.deep_supervision = 1; continue; }
-        if (!strcmp(a, "--freeze-encoder-bn")) { m.freeze_encoder_bn = 1; continue; }
-        if (!strcmp(a, "--features")) { features = 1; continue; }
-        if (!strcmp(a, "--weight-map")) { weight_map = 1; continue; }
+        if (!strcmp(a, "--list")) {
+            list = 1;
+            continue;
+        }
+        if (!strcmp(a, "--eval")) {
+            eval = 1;
+            continue;
+        }
+        if (!strcmp(a, "--deep-supervision")) {
+            m.deep_supervision = 1;
+            continue;
+        }
+        if (!strcmp(a, "--freeze-encoder-bn")) {
+            m.freeze_encoder_bn = 1;
+            continue;
+        }
+        if (!strcmp(a, "--features")) {
+            features = 1;
+            continue;
+        }
+        if (!strcmp(a, "--weight-map")) {
+            weight_map = 1;
+            continue;
+        }
         if (i + 1 >= argc) die("missing value", NULL);
         const char *v = argv[++i];
-        if (!strcmp(a, "--model")) { if (unet_model_kind_parse(v, &m.kind)) die("bad --model", NULL); }
-        else if (!strcmp(a, "--filters")) {
+        if (!strcmp(a, "--model")) {
+            if (unet_model_kind_parse(v, &m.kind)) die("bad --model", NULL);
+        } else if (!strcmp(a, "--filters")) {
             m.levels = 0;
             for (char *s = (char *)v; *s && m.levels < UNET_MAX_LEVELS;) {
                 m.filters[m.levels++] = (int)strtol(s, &s, 10);
                 if (*s == ',') s++;
             }
-        } else if (!strcmp(a, "--padding")) m.same_padding = !strcmp(v, "same");
-        else if (!strcmp(a, "--norm")) m.batch_norm = !strcmp(v, "batch");
-        else if (!strcmp(a, "--upsample")) m.upsample = !strcmp(v, "bilinear") ? UNET_UP_BILINEAR : !strcmp(v, "nearest") ? UNET_UP_NEAREST : UNET_UP_TRANSPOSED;
-        else if (!strcmp(a, "--fusion")) m.fusion_add = !strcmp(v, "add");
-        else if (!strcmp(a, "--dropout")) m.dropout = strtof(v, NULL);
-        else if (!strcmp(a, "--depth")) m.prune_depth = atoi(v);
-        else if (!strcmp(a, "--in-channels")) m.in_channels = atoi(v);
+        } else if (!strcmp(a, "--padding"))
+            m.same_padding = !strcmp(v, "same");
+        else if (!strcmp(a, "--norm"))
+            m.batch_norm = !strcmp(v, "batch");
+        else if (!strcmp(a, "--upsample"))
+            m.upsample = !strcmp(v, "bilinear")  ? UNET_UP_BILINEAR
+                         : !strcmp(v, "nearest") ? UNET_UP_NEAREST
+                                                 : UNET_UP_TRANSPOSED;
+        else if (!strcmp(a, "--fusion"))
+            m.fusion_add = !strcmp(v, "add");
+        else if (!strcmp(a, "--dropout"))
+            m.dropout = strtof(v, NULL);
+        else if (!strcmp(a, "--depth"))
+            m.prune_depth = atoi(v);
+        else if (!strcmp(a, "--in-channels"))
+            m.in_channels = atoi(v);
         else if (!strcmp(a, "--encoder")) {
             /* as unet's --encoder: smp's decoder, same padding, batch norm (--norm none after it turns it off) */
             if (unet_encoder_parse(v, &m.encoder)) die("bad --encoder", v);
@@ -72,22 +105,37 @@ int main(int argc, char **argv) {
                 m.decoder_channels[m.decoder_levels++] = (int)strtol(s, &s, 10);
                 if (*s == ',') s++;
             }
-        }
-        else if (!strcmp(a, "--classes")) m.classes = atoi(v);
-        else if (!strcmp(a, "--loss")) { m.loss = !strcmp(v, "bce_dice") ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE; loss_set = 1; }
-        else if (!strcmp(a, "--tile")) tile = atoi(v);
-        else if (!strcmp(a, "--batch")) batch = atoi(v);
-        else if (!strcmp(a, "--dir")) dir = v;
-        else if (!strcmp(a, "--init-encoder")) init_encoder = v;
-        else if (!strcmp(a, "--backend")) backend_name = v;
-        else if (!strcmp(a, "--precision")) precision = v;
-        else if (!strcmp(a, "--layout")) layout = v;
-        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--steps")) steps = atoi(v);
-        else if (!strcmp(a, "--lr")) lr = strtof(v, NULL);
-        else if (!strcmp(a, "--optimizer")) adam = !strcmp(v, "adam");
-        else if (!strcmp(a, "--adam-eps")) adam_eps = strtof(v, NULL);
-        else die("unknown option", a);
+        } else if (!strcmp(a, "--classes"))
+            m.classes = atoi(v);
+        else if (!strcmp(a, "--loss")) {
+            m.loss = !strcmp(v, "bce_dice") ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE;
+            loss_set = 1;
+        } else if (!strcmp(a, "--tile"))
+            tile = atoi(v);
+        else if (!strcmp(a, "--batch"))
+            batch = atoi(v);
+        else if (!strcmp(a, "--dir"))
+            dir = v;
+        else if (!strcmp(a, "--init-encoder"))
+            init_encoder = v;
+        else if (!strcmp(a, "--backend"))
+            backend_name = v;
+        else if (!strcmp(a, "--precision"))
+            precision = v;
+        else if (!strcmp(a, "--layout"))
+            layout = v;
+        else if (!strcmp(a, "--seed"))
+            seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--steps"))
+            steps = atoi(v);
+        else if (!strcmp(a, "--lr"))
+            lr = strtof(v, NULL);
+        else if (!strcmp(a, "--optimizer"))
+            adam = !strcmp(v, "adam");
+        else if (!strcmp(a, "--adam-eps"))
+            adam_eps = strtof(v, NULL);
+        else
+            die("unknown option", a);
     }
     if (!loss_set) m.loss = m.classes == 1 ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE;
     char err[1024];
@@ -104,8 +152,14 @@ int main(int argc, char **argv) {
     unet_param_blocks pb;
     if (unet_param_blocks_alloc(&pb, b, g, adam, err, sizeof err)) die(err, NULL);
     /* the training run's updates: SGD momentum 0.9, Adam's defaults, no decay, a constant rate */
-    unet_optim_cfg optim = {.kind = adam ? UNET_OPT_ADAM : UNET_OPT_SGD, .lr = lr, .momentum = 0.9f, .beta1 = 0.9f,
-                            .beta2 = 0.999f, .eps = adam_eps, .schedule = UNET_SCHED_CONSTANT, .total_steps = steps};
+    unet_optim_cfg optim = {.kind = adam ? UNET_OPT_ADAM : UNET_OPT_SGD,
+                            .lr = lr,
+                            .momentum = 0.9f,
+                            .beta1 = 0.9f,
+                            .beta2 = 0.999f,
+                            .eps = adam_eps,
+                            .schedule = UNET_SCHED_CONSTANT,
+                            .total_steps = steps};
     size_t nt = pb.n_trainable, ns = pb.n_state;
     if (list) {
         const unet_param *p = unet_graph_params(g);
@@ -115,14 +169,15 @@ int main(int argc, char **argv) {
             for (int d = 0; d < p[k].ndim; d++) printf(" %d", p[k].dims[d]);
             printf("\n");
         }
-        printf("# trainable %zu state %zu heads %d params %zu\n", nt, ns, model.n_heads, unet_graph_trainable_params(g));
+        printf("# trainable %zu state %zu heads %d params %zu\n", nt, ns, model.n_heads,
+               unet_graph_trainable_params(g));
         if (tile) {
             unet_plan_cfg cfg = {.batch = batch, .height = tile, .width = tile, .training = !eval};
             unet_plan *plan = unet_plan_compile(g, &pb, cfg, err, sizeof err);
             if (!plan) die(err, NULL);
             unet_plan_stats st = unet_plan_get_stats(plan);
-            printf("# arena %zu unplanned %zu peak %zu workspace %zu flops %.0f", st.arena_bytes, st.unplanned_bytes, st.peak_live_bytes,
-                   st.workspace_bytes, st.forward_flops);
+            printf("# arena %zu unplanned %zu peak %zu workspace %zu flops %.0f", st.arena_bytes, st.unplanned_bytes,
+                   st.peak_live_bytes, st.workspace_bytes, st.forward_flops);
             for (int o = 0; o < unet_plan_num_outputs(plan); o++) {
                 unet_shape s = unet_plan_output_shape(plan, o);
                 printf(" out%d %dx%dx%dx%d", o, s.n, s.c, s.h, s.w);
@@ -139,11 +194,17 @@ int main(int argc, char **argv) {
     if (!params || !state) {
         float *tp = calloc(nt + 1, 4), *ts = calloc(ns + 1, 4);
         unet_param_init_host(g, seed, tp, ts);
-        if (!params) params = tp; else free(tp);
-        if (!state) state = ts; else free(ts);
+        if (!params)
+            params = tp;
+        else
+            free(tp);
+        if (!state)
+            state = ts;
+        else
+            free(ts);
     }
-    if (init_encoder && unet_checkpoint_load_encoder(init_encoder, unet_encoder_name(m.encoder), g, params, state, err,
-                                                     sizeof err))
+    if (init_encoder &&
+        unet_checkpoint_load_encoder(init_encoder, unet_encoder_name(m.encoder), g, params, state, err, sizeof err))
         die(err, NULL);
     b->upload_f32(b, pb.params, params, nt);
     if (ns) b->upload_f32(b, pb.state, state, ns);

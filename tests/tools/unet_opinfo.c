@@ -65,8 +65,7 @@ static int parse_dims(const char *s, int *dims, int max) {
 }
 
 /* --onnx: the one-node graph's inference forward on the CPU and its export. */
-static void forward_and_export(const unet_graph *g, const unet_shape *in_shape, int n_in, const char *dir,
-                               int opset) {
+static void forward_and_export(const unet_graph *g, const unet_shape *in_shape, int n_in, const char *dir, int opset) {
     const unet_backend *b = unet_cpu_backend();
     char err[1024], name[UNET_NAME_LEN + 8];
     unet_param_blocks pb;
@@ -82,7 +81,10 @@ static void forward_and_export(const unet_graph *g, const unet_shape *in_shape, 
     }
     b->upload_f32(b, pb.params, params, pb.n_trainable);
     if (pb.n_state) b->upload_f32(b, pb.state, state, pb.n_state);
-    unet_plan_cfg cfg = {.batch = in_shape[0].n, .height = in_shape[0].h, .width = in_shape[0].w, .training = 0,
+    unet_plan_cfg cfg = {.batch = in_shape[0].n,
+                         .height = in_shape[0].h,
+                         .width = in_shape[0].w,
+                         .training = 0,
                          .input_shapes = in_shape};
     unet_plan *p = unet_plan_compile(g, &pb, cfg, err, sizeof err);
     if (!p) die(err, NULL);
@@ -98,8 +100,16 @@ static void forward_and_export(const unet_graph *g, const unet_shape *in_shape, 
     if (!y) die("out of memory", NULL);
     unet_plan_read_output(p, 0, y);
     write_file(dir, "out.bin", y, unet_shape_count(out) * sizeof(float));
-    unet_onnx_export x = {.graph = g, .plan = p, .params = params, .state = state, .n_heads = 1, .heads = {0},
-                          .head_column = {0}, .opset = opset, .graph_name = "op", .doc = "one op of unet_opinfo"};
+    unet_onnx_export x = {.graph = g,
+                          .plan = p,
+                          .params = params,
+                          .state = state,
+                          .n_heads = 1,
+                          .heads = {0},
+                          .head_column = {0},
+                          .opset = opset,
+                          .graph_name = "op",
+                          .doc = "one op of unet_opinfo"};
     char path[TOOL_PATH_MAX];
     tool_path(path, dir, "op.onnx");
     if (unet_onnx_write(path, &x, err, sizeof err)) die(err, NULL);
@@ -120,15 +130,24 @@ int main(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) die("missing value for", a);
         i++;
-        if (!strcmp(a, "--backend")) backend_name = v;
-        else if (!strcmp(a, "--op")) op_name = v;
-        else if (!strcmp(a, "--in") && n_in < UNET_MAX_IN) in_arg[n_in++] = v;
-        else if (!strcmp(a, "--param") && n_param < UNET_MAX_PARAM) param_arg[n_param++] = v;
-        else if (!strcmp(a, "--state") && n_state < 2) state_arg[n_state++] = v;
-        else if (node_attr(&node, a, v)) continue;
-        else if (!strcmp(a, "--onnx")) onnx_dir = v;
-        else if (!strcmp(a, "--opset")) opset = atoi(v);
-        else die("unknown option, or one given too often", a);
+        if (!strcmp(a, "--backend"))
+            backend_name = v;
+        else if (!strcmp(a, "--op"))
+            op_name = v;
+        else if (!strcmp(a, "--in") && n_in < UNET_MAX_IN)
+            in_arg[n_in++] = v;
+        else if (!strcmp(a, "--param") && n_param < UNET_MAX_PARAM)
+            param_arg[n_param++] = v;
+        else if (!strcmp(a, "--state") && n_state < 2)
+            state_arg[n_state++] = v;
+        else if (node_attr(&node, a, v))
+            continue;
+        else if (!strcmp(a, "--onnx"))
+            onnx_dir = v;
+        else if (!strcmp(a, "--opset"))
+            opset = atoi(v);
+        else
+            die("unknown option, or one given too often", a);
     }
     const unet_backend *b = backend_named(backend_name);
     if (!op_name) {
@@ -157,10 +176,11 @@ int main(int argc, char **argv) {
         int d[4], state = j >= n_param;
         int ndim = parse_dims(state ? state_arg[j - n_param] : param_arg[j], d, 4);
         snprintf(name, sizeof name, "%s%d", state ? "state" : "param", state ? j - n_param : j);
-        int id = unet_graph_param(g, name, state ? UNET_PARAM_STATE : UNET_PARAM_TRAINABLE, ndim, d, UNET_INIT_ZERO,
-                                  0);
-        if (state) node.state[j - n_param] = id;
-        else node.param[j] = id;
+        int id = unet_graph_param(g, name, state ? UNET_PARAM_STATE : UNET_PARAM_TRAINABLE, ndim, d, UNET_INIT_ZERO, 0);
+        if (state)
+            node.state[j - n_param] = id;
+        else
+            node.param[j] = id;
     }
     unet_graph_mark_output(g, unet_graph_add(g, &node));
     if (onnx_dir) {
@@ -170,16 +190,19 @@ int main(int argc, char **argv) {
     }
 
     unet_param_blocks pb = {.backend = b};
-    unet_plan_cfg cfg = {.batch = in_shape[0].n, .height = in_shape[0].h, .width = in_shape[0].w, .training = 1,
-                         .input_shapes = in_shape, .plan_only = 1};
+    unet_plan_cfg cfg = {.batch = in_shape[0].n,
+                         .height = in_shape[0].h,
+                         .width = in_shape[0].w,
+                         .training = 1,
+                         .input_shapes = in_shape,
+                         .plan_only = 1};
     char err[512];
     unet_plan *p = unet_plan_compile(g, &pb, cfg, err, sizeof err);
     if (!p) die(err, NULL);
     unet_shape out = unet_plan_output_shape(p, 0);
     unet_plan_stats st = unet_plan_get_stats(p);
-    printf("out=%d,%d,%d,%d\tflops=%.17g\tsteps=%d\treads_inputs=%d\treads_output=%d\n", out.n, out.c, out.h,
-           out.w, st.forward_flops, st.n_steps, unet_backward_reads_inputs(&node),
-           unet_backward_reads_output(&node));
+    printf("out=%d,%d,%d,%d\tflops=%.17g\tsteps=%d\treads_inputs=%d\treads_output=%d\n", out.n, out.c, out.h, out.w,
+           st.forward_flops, st.n_steps, unet_backward_reads_inputs(&node), unet_backward_reads_output(&node));
     unet_plan_free(p);
     unet_graph_free(g);
     return 0;

@@ -56,26 +56,44 @@ int main(int argc, char **argv) {
     unet_node node = unet_node_make(UNET_OP_CONV, "optest");
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--backward")) { backward = 1; continue; }
-        if (!strcmp(a, "--accumulate")) { accumulate = 1; continue; }
+        if (!strcmp(a, "--backward")) {
+            backward = 1;
+            continue;
+        }
+        if (!strcmp(a, "--accumulate")) {
+            accumulate = 1;
+            continue;
+        }
         if (!v) die("missing value for", a);
         i++;
-        if (!strcmp(a, "--backend")) backend_name = v;
-        else if (!strcmp(a, "--dir")) dir = v;
-        else if (!strcmp(a, "--op")) op_name = v;
-        else if (!strcmp(a, "--precision")) precision = v;
-        else if (!strcmp(a, "--layout")) layout = v;
+        if (!strcmp(a, "--backend"))
+            backend_name = v;
+        else if (!strcmp(a, "--dir"))
+            dir = v;
+        else if (!strcmp(a, "--op"))
+            op_name = v;
+        else if (!strcmp(a, "--precision"))
+            precision = v;
+        else if (!strcmp(a, "--layout"))
+            layout = v;
         else if (!strcmp(a, "--in")) {
             if (n_in == UNET_MAX_IN) die("too many inputs", NULL);
             in_shape[n_in] = parse_shape(v, &in_type[n_in]);
             n_in++;
-        } else if (!strcmp(a, "--out")) out_shape = parse_shape(v, NULL);
-        else if (node_attr(&node, a, v)) continue;
-        else if (!strcmp(a, "--training")) training = atoi(v);
-        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--node-index")) node_index = atoi(v);
-        else if (!strcmp(a, "--param-offset")) param_offset = atoi(v);
-        else die("unknown option", a);
+        } else if (!strcmp(a, "--out"))
+            out_shape = parse_shape(v, NULL);
+        else if (node_attr(&node, a, v))
+            continue;
+        else if (!strcmp(a, "--training"))
+            training = atoi(v);
+        else if (!strcmp(a, "--seed"))
+            seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--node-index"))
+            node_index = atoi(v);
+        else if (!strcmp(a, "--param-offset"))
+            param_offset = atoi(v);
+        else
+            die("unknown option", a);
     }
     if (!dir || !op_name || n_in == 0 || out_shape.n == 0) die("need --dir, --op, --in and --out", NULL);
     node.op = parse_op(op_name);

@@ -42,21 +42,36 @@ int main(int argc, char **argv) {
     float lr = 0.01f, momentum = 0.9f, wd = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *a = argv[i], *v = argv[i + 1];
-        if (!strcmp(a, "--backend")) backend_name = v;
-        else if (!strcmp(a, "--optimizer")) optimizer = v;
-        else if (!strcmp(a, "--dir")) dir = v;
-        else if (!strcmp(a, "--n")) n = atol(v);
-        else if (!strcmp(a, "--steps")) steps = atol(v);
-        else if (!strcmp(a, "--offset")) offset = atol(v);
-        else if (!strcmp(a, "--guard")) guard_policy = v;
-        else if (!strcmp(a, "--state")) n_state = atol(v);
-        else if (!strcmp(a, "--lr")) lr = strtof(v, NULL);
-        else if (!strcmp(a, "--momentum")) momentum = strtof(v, NULL);
-        else if (!strcmp(a, "--wd")) wd = strtof(v, NULL);
-        else if (!strcmp(a, "--beta1")) beta1 = strtof(v, NULL);
-        else if (!strcmp(a, "--beta2")) beta2 = strtof(v, NULL);
-        else if (!strcmp(a, "--eps")) eps = strtof(v, NULL);
-        else die("unknown option", a);
+        if (!strcmp(a, "--backend"))
+            backend_name = v;
+        else if (!strcmp(a, "--optimizer"))
+            optimizer = v;
+        else if (!strcmp(a, "--dir"))
+            dir = v;
+        else if (!strcmp(a, "--n"))
+            n = atol(v);
+        else if (!strcmp(a, "--steps"))
+            steps = atol(v);
+        else if (!strcmp(a, "--offset"))
+            offset = atol(v);
+        else if (!strcmp(a, "--guard"))
+            guard_policy = v;
+        else if (!strcmp(a, "--state"))
+            n_state = atol(v);
+        else if (!strcmp(a, "--lr"))
+            lr = strtof(v, NULL);
+        else if (!strcmp(a, "--momentum"))
+            momentum = strtof(v, NULL);
+        else if (!strcmp(a, "--wd"))
+            wd = strtof(v, NULL);
+        else if (!strcmp(a, "--beta1"))
+            beta1 = strtof(v, NULL);
+        else if (!strcmp(a, "--beta2"))
+            beta2 = strtof(v, NULL);
+        else if (!strcmp(a, "--eps"))
+            eps = strtof(v, NULL);
+        else
+            die("unknown option", a);
     }
     if (argc % 2 == 0) die("every option takes a value", argv[argc - 1]);
     int sgd = !strcmp(optimizer, "sgd"), adamw = !strcmp(optimizer, "adamw");
@@ -77,9 +92,17 @@ int main(int argc, char **argv) {
     float *state_a = device_block(b, count, (size_t)offset, NULL);
     float *state_b = sgd ? NULL : device_block(b, count, (size_t)offset, NULL);
     /* the per-step values as training derives them, in backend memory */
-    unet_optim_cfg o = {.kind = sgd ? UNET_OPT_SGD : adamw ? UNET_OPT_ADAMW : UNET_OPT_ADAM, .lr = lr,
-                        .momentum = momentum, .weight_decay = wd, .beta1 = beta1, .beta2 = beta2, .eps = eps,
-                        .schedule = UNET_SCHED_CONSTANT, .total_steps = steps};
+    unet_optim_cfg o = {.kind = sgd     ? UNET_OPT_SGD
+                                : adamw ? UNET_OPT_ADAMW
+                                        : UNET_OPT_ADAM,
+                        .lr = lr,
+                        .momentum = momentum,
+                        .weight_decay = wd,
+                        .beta1 = beta1,
+                        .beta2 = beta2,
+                        .eps = eps,
+                        .schedule = UNET_SCHED_CONSTANT,
+                        .total_steps = steps};
     unet_optim_scalars *scalars = b->alloc(b, sizeof *scalars);
     if (!scalars) die("device allocation failed", NULL);
     /* the guard, its statistics and their good copy (which starts as the statistics before the first step) */

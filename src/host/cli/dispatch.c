@@ -23,7 +23,8 @@ int unet_cli_dispatch(int argc, char **argv, const unet_cli_command_impl *impls,
     int first = is_help ? 2 : 1;
     if (argc > first && !strcmp(argv[first], "data")) {
         if (argc <= first + 1 || argv[first + 1][0] == '-') {
-            if (is_help || (argc > first + 1 && (!strcmp(argv[first + 1], "-h") || !strcmp(argv[first + 1], "--help")))) {
+            if (is_help ||
+                (argc > first + 1 && (!strcmp(argv[first + 1], "-h") || !strcmp(argv[first + 1], "--help")))) {
                 unet_config_usage(stdout);
                 return 0;
             }

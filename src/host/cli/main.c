@@ -8,11 +8,18 @@
 #include "unet/datacmd.h"
 
 static const unet_cli_command_impl commands[] = {
-    {"train", unet_run_train}, {"predict", unet_run_predict}, {"eval", unet_run_eval},
-    {"info", unet_run_info},   {"bench", unet_run_bench}, {"prune", unet_run_prune},
-    {"compare", unet_run_compare},      {"export", unet_run_export},
-    {"data weights", unet_run_data_weights}, {"data import", unet_run_data_import},
-    {"data split", unet_run_data_split},     {"data info", unet_run_data_info},
+    {"train", unet_run_train},
+    {"predict", unet_run_predict},
+    {"eval", unet_run_eval},
+    {"info", unet_run_info},
+    {"bench", unet_run_bench},
+    {"prune", unet_run_prune},
+    {"compare", unet_run_compare},
+    {"export", unet_run_export},
+    {"data weights", unet_run_data_weights},
+    {"data import", unet_run_data_import},
+    {"data split", unet_run_data_split},
+    {"data info", unet_run_data_info},
 };
 
 int main(int argc, char **argv) {

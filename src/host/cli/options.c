@@ -38,21 +38,21 @@ typedef enum { OPT_INT, OPT_LONG, OPT_U64, OPT_FLOAT, OPT_STRING, OPT_FLAG, OPT_
 typedef struct {
     const char *name; /* long name without dashes */
     opt_type type;
-    size_t offset;    /* into unet_config */
-    size_t size;      /* bytes of the field: string capacity, list capacity * sizeof(int) */
-    size_t count_offset; /* int lists: the int that holds the length */
-    int min_count;       /* int lists: fewest elements */
+    size_t offset;              /* into unet_config */
+    size_t size;                /* bytes of the field: string capacity, list capacity * sizeof(int) */
+    size_t count_offset;        /* int lists: the int that holds the length */
+    int min_count;              /* int lists: fewest elements */
     const char *const *choices; /* enums: NULL-terminated, stored as the index */
-    double min, max;     /* numbers (list elements): allowed range */
-    int min_open, max_open; /* exclusive bounds */
-    const char *def;     /* default as typed on the command line; NULL: zero, or derived */
-    const char *meta;    /* the value's placeholder in --help */
+    double min, max;            /* numbers (list elements): allowed range */
+    int min_open, max_open;     /* exclusive bounds */
+    const char *def;            /* default as typed on the command line; NULL: zero, or derived */
+    const char *meta;           /* the value's placeholder in --help */
     const char *help;
-    unsigned commands;   /* unet_command bits */
+    unsigned commands; /* unet_command bits */
     unet_option_group group;
     unsigned flags;
     int (*check)(const char *value, char *err, size_t errlen);
-    const char *bare;    /* value when the option is given without one (--match-params alone); NULL: required */
+    const char *bare; /* value when the option is given without one (--match-params alone); NULL: required */
 } option;
 
 typedef struct {
@@ -66,17 +66,20 @@ typedef struct {
 static const command commands[] = {
     {"train", UNET_CMD_TRAIN, "train a model on an HDF5 dataset and save a checkpoint"},
     {"predict", UNET_CMD_PREDICT, "predict probabilities and labels of an HDF5 dataset with a checkpoint"},
-    {"eval", UNET_CMD_EVAL, "IoU, Dice, pixel and Rand error of a checkpoint on labelled data (per class, and their "
-                            "mean)"},
-    {"info", UNET_CMD_INFO, "parameters, output size, FLOPs and memory of a model at a tile size; the largest batch "
-                            "that fits"},
+    {"eval", UNET_CMD_EVAL,
+     "IoU, Dice, pixel and Rand error of a checkpoint on labelled data (per class, and their "
+     "mean)"},
+    {"info", UNET_CMD_INFO,
+     "parameters, output size, FLOPs and memory of a model at a tile size; the largest batch "
+     "that fits"},
     {"bench", UNET_CMD_BENCH, "time training steps (or inference, with --mode) of a model on random data"},
     {"prune", UNET_CMD_PRUNE, "write the network of a checkpoint pruned to --depth as a checkpoint of its own"},
     {"compare", UNET_CMD_COMPARE, "train several models under identical settings and report them side by side"},
     {"export", UNET_CMD_EXPORT, "write a checkpoint's inference network (as --mode runs it) as an ONNX model"},
     {"data weights", UNET_CMD_DATA_WEIGHTS, "add the U-Net paper's border weight map (weight) to an HDF5 dataset"},
     {"data import", UNET_CMD_DATA_IMPORT, "make an HDF5 dataset from folders of TIFF or PNG images and masks"},
-    {"data split", UNET_CMD_DATA_SPLIT, "split an HDF5 dataset's images at random into a training and a validation file"},
+    {"data split", UNET_CMD_DATA_SPLIT,
+     "split an HDF5 dataset's images at random into a training and a validation file"},
     {"data info", UNET_CMD_DATA_INFO, "shapes, types, labels, weights and storage of an HDF5 dataset"},
 };
 #define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
@@ -95,24 +98,25 @@ static const char *positional_of(unsigned bit) {
 
 /* compare trains every model as train would, so it takes every training
  * option; the few that name one run's files say UNET_CMD_TRAIN alone */
-#define TRAIN (UNET_CMD_TRAIN | UNET_CMD_COMPARE)
-#define TRAIN_ONLY UNET_CMD_TRAIN
-#define PRUNE UNET_CMD_PRUNE
-#define COMPARE UNET_CMD_COMPARE
+#define TRAIN        (UNET_CMD_TRAIN | UNET_CMD_COMPARE)
+#define TRAIN_ONLY   UNET_CMD_TRAIN
+#define PRUNE        UNET_CMD_PRUNE
+#define COMPARE      UNET_CMD_COMPARE
 #define DATA_WEIGHTS UNET_CMD_DATA_WEIGHTS
-#define DATA_FILES (UNET_CMD_DATA_WEIGHTS | UNET_CMD_DATA_SPLIT | UNET_CMD_DATA_INFO) /* take D.h5 and its keys */
-#define PREDICT UNET_CMD_PREDICT
-#define EVAL UNET_CMD_EVAL
-#define INFO UNET_CMD_INFO
-#define BENCH UNET_CMD_BENCH
-#define EXPORT UNET_CMD_EXPORT
-#define MODEL_USERS (TRAIN | PREDICT | EVAL | INFO | BENCH) /* every command that builds a network */
-#define MODEL_FLAGS (MODEL_USERS | PRUNE) /* the model's own options: prune, like predict, takes them for a
-                                             checkpoint without the engine's metadata */
-#define RUNNERS (TRAIN | PREDICT | EVAL | BENCH)            /* every command that computes on a device */
-#define STEPPERS (TRAIN | BENCH)                            /* every command that takes optimizer steps */
+#define DATA_FILES   (UNET_CMD_DATA_WEIGHTS | UNET_CMD_DATA_SPLIT | UNET_CMD_DATA_INFO) /* take D.h5 and its keys */
+#define PREDICT      UNET_CMD_PREDICT
+#define EVAL         UNET_CMD_EVAL
+#define INFO         UNET_CMD_INFO
+#define BENCH        UNET_CMD_BENCH
+#define EXPORT       UNET_CMD_EXPORT
+#define MODEL_USERS  (TRAIN | PREDICT | EVAL | INFO | BENCH) /* every command that builds a network */
+#define MODEL_FLAGS                                                                                                    \
+    (MODEL_USERS | PRUNE)                         /* the model's own options: prune, like predict, takes them for a    \
+                                                     checkpoint without the engine's metadata */
+#define RUNNERS  (TRAIN | PREDICT | EVAL | BENCH) /* every command that computes on a device */
+#define STEPPERS (TRAIN | BENCH)                  /* every command that takes optimizer steps */
 
-#define NOMAX HUGE_VAL
+#define NOMAX    HUGE_VAL
 #define TEXT_MAX (UNET_CONFIG_STRING_MAX + 64) /* any value as text */
 #define F(field) .offset = offsetof(unet_config, field), .size = sizeof(((unet_config *)0)->field)
 
@@ -126,16 +130,16 @@ static const char *const losses[] = {"ce", "bce_dice", NULL};
 static const char *const optimizers[] = {"sgd", "adam", "adamw", NULL};
 static const char *const schedules[] = {"constant", "cosine", "poly", NULL};
 static const char *const precisions[] = {"auto", "fp32", "tf32", "bf16", NULL};
-static const char *const layouts[] = {"auto", "nchw", "nhwc", NULL}; /* unet_layout_choice's order */
+static const char *const layouts[] = {"auto", "nchw", "nhwc", NULL};           /* unet_layout_choice's order */
 static const char *const dist_kinds[] = {"none", "mpi", "nccl", "auto", NULL}; /* unet_dist_kind's order */
 static const char *const modes[] = {"deepest", "fast", "accurate", NULL};
-static const char *const preset_names[] = {"none", "unet-paper", "unetpp-paper", "unet-resnet34", "unetpp-resnet34",
-                                           "unet-mobilenet", NULL};
+static const char *const preset_names[] = {
+    "none", "unet-paper", "unetpp-paper", "unet-resnet34", "unetpp-resnet34", "unet-mobilenet", NULL};
 static const char *const cuda_graph_modes[] = {"auto", "off", NULL}; /* unet_cuda_graph_mode's order */
-static const char *const augment_devices[] = {"cpu", "cuda", NULL}; /* unet_augment_device's order */
+static const char *const augment_devices[] = {"cpu", "cuda", NULL};  /* unet_augment_device's order */
 /* unet_best_metric's order; the names are the training log's keys */
-static const char *const best_metrics[] = {"none", "val_iou", "val_dice", "val_pixel_accuracy", "val_pixel_error",
-                                           "val_rand_error", "val_loss", NULL};
+static const char *const best_metrics[] = {
+    "none", "val_iou", "val_dice", "val_pixel_accuracy", "val_pixel_error", "val_rand_error", "val_loss", NULL};
 static const char *const nonfinite_policies[] = {"stop", "skip", NULL}; /* unet_nonfinite_policy's order */
 
 /* What each preset sets, as typed on the command line (index as in
@@ -159,31 +163,31 @@ static int check_match_params(const char *value, char *err, size_t errlen);
 
 static int check_device(const char *value, char *err, size_t errlen);
 
-#define G_MODEL UNET_GROUP_MODEL
+#define G_MODEL    UNET_GROUP_MODEL
 #define G_TRAINING UNET_GROUP_TRAINING
-#define G_DATA UNET_GROUP_DATA
-#define G_OUTPUT UNET_GROUP_OUTPUT
-#define G_DEVICE UNET_GROUP_DEVICE
+#define G_DATA     UNET_GROUP_DATA
+#define G_OUTPUT   UNET_GROUP_OUTPUT
+#define G_DEVICE   UNET_GROUP_DEVICE
 
 static const option options[] = {
     /* model: the fields of unet_model_cfg */
-    {"model", OPT_ENUM, F(model.kind), .choices = model_kinds, .def = "unet", .commands = MODEL_FLAGS,
-     .group = G_MODEL, .help = "family member: which skips feed a decoder node"},
+    {"model", OPT_ENUM, F(model.kind), .choices = model_kinds, .def = "unet", .commands = MODEL_FLAGS, .group = G_MODEL,
+     .help = "family member: which skips feed a decoder node"},
     {"filters", OPT_INT_LIST, F(model.filters), .count_offset = offsetof(unet_config, model.levels), .min_count = 2,
      .min = 1, .max = 65536, .def = "64,128,256,512,1024", .meta = "F0,F1,...", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "filters per level, f_0 .. f_L"},
     {"base", OPT_INT, F(base), .min = 1, .max = 65536, .meta = "B", .commands = MODEL_FLAGS, .group = G_MODEL,
      .flags = OPTF_NO_JSON, .help = "filters B * 2^i instead of --filters (with --levels N, or --depth N)"},
-    {"levels", OPT_INT, F(levels), .min = 2, .max = UNET_MAX_LEVELS, .def = "5", .meta = "N",
-     .commands = MODEL_FLAGS, .group = G_MODEL, .flags = OPTF_NO_JSON, .help = "filter levels with --base"},
+    {"levels", OPT_INT, F(levels), .min = 2, .max = UNET_MAX_LEVELS, .def = "5", .meta = "N", .commands = MODEL_FLAGS,
+     .group = G_MODEL, .flags = OPTF_NO_JSON, .help = "filter levels with --base"},
     {"padding", OPT_ENUM, F(model.same_padding), .choices = paddings, .def = "valid", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "3x3 convolutions without (valid, the paper) or with zero padding"},
     {"in-channels", OPT_INT, F(model.in_channels), .min = 1, .max = 4096, .def = "1", .meta = "C",
      .commands = MODEL_FLAGS, .group = G_MODEL, .help = "image channels"},
     {"classes", OPT_INT, F(model.classes), .min = 1, .max = 64, .def = "2", .meta = "K", .commands = MODEL_FLAGS,
      .group = G_MODEL, .help = "output channels: 1 (sigmoid) or K >= 2 (softmax)"},
-    {"norm", OPT_ENUM, F(model.batch_norm), .choices = norms, .def = "none", .commands = MODEL_FLAGS,
-     .group = G_MODEL, .help = "normalisation after each convolution"},
+    {"norm", OPT_ENUM, F(model.batch_norm), .choices = norms, .def = "none", .commands = MODEL_FLAGS, .group = G_MODEL,
+     .help = "normalisation after each convolution"},
     {"upsample", OPT_ENUM, F(model.upsample), .choices = upsamples, .def = "transposed", .commands = MODEL_FLAGS,
      .group = G_MODEL,
      .help = "2x2 transposed convolution, or bilinear x2 and a 1x1 convolution; nearest x2 alone is smp's decoder "
@@ -196,9 +200,9 @@ static const option options[] = {
              "segmentation_models_pytorch's names, with smp's Unet (--model unet) or UnetPlusPlus (unetpp) "
              "decoder: nearest x2 upsampling, conv + batch norm + ReLU blocks, a 3x3 head; tiles a multiple of 32. "
              "With an encoder --padding defaults to same, --norm to batch, --upsample to nearest"},
-    {"decoder-channels", OPT_INT_LIST, F(model.decoder_channels), .count_offset = offsetof(unet_config,
-     model.decoder_levels), .min_count = UNET_ENCODER_STAGES, .min = 1, .max = 65536, .def = "256,128,64,32,16",
-     .meta = "D1,...,D5", .commands = MODEL_FLAGS, .group = G_MODEL,
+    {"decoder-channels", OPT_INT_LIST, F(model.decoder_channels),
+     .count_offset = offsetof(unet_config, model.decoder_levels), .min_count = UNET_ENCODER_STAGES, .min = 1,
+     .max = 65536, .def = "256,128,64,32,16", .meta = "D1,...,D5", .commands = MODEL_FLAGS, .group = G_MODEL,
      .help = "with --encoder: widths of the decoder nodes from the deepest to the head (smp's decoder_channels)"},
     {"freeze-encoder-bn", OPT_FLAG, F(model.freeze_encoder_bn), .commands = MODEL_FLAGS, .group = G_MODEL,
      .help = "with --encoder: the backbone's batch norms normalise with their running statistics in training too "
@@ -232,8 +236,8 @@ static const option options[] = {
     {"tolerance", OPT_FLOAT, F(tolerance), .min = 0, .max = 1, .def = "0.01", .meta = "T", .commands = PRUNE,
      .group = G_MODEL, .flags = OPTF_NO_JSON,
      .help = "prune --auto: the IoU (0..1) the chosen depth may give up against the best head"},
-    {"models", OPT_STRING, F(models), .def = "unet,unet_e,unet_plus,unetpp", .meta = "M1,M2,...",
-     .commands = COMPARE, .group = G_MODEL, .flags = OPTF_NO_JSON,
+    {"models", OPT_STRING, F(models), .def = "unet,unet_e,unet_plus,unetpp", .meta = "M1,M2,...", .commands = COMPARE,
+     .group = G_MODEL, .flags = OPTF_NO_JSON,
      .help = "models to compare: unet, unet_e, unet_plus, unetpp, wide_unet (the U-Net of --match-params)"},
 
     /* training */
@@ -268,7 +272,8 @@ static const option options[] = {
     {"warmup", OPT_LONG, F(optim.warmup_steps), .min = 0, .max = 1e15, .def = "0", .meta = "N", .commands = STEPPERS,
      .group = G_TRAINING, .help = "linear learning-rate warm-up steps before the schedule"},
     {"seed", OPT_U64, F(seed), .def = "1", .meta = "S", .commands = TRAIN | INFO | BENCH | UNET_CMD_DATA_SPLIT,
-     .group = G_TRAINING, .help = "seed of initialisation, sampling, augmentation and dropout (data split: of the pick)"},
+     .group = G_TRAINING,
+     .help = "seed of initialisation, sampling, augmentation and dropout (data split: of the pick)"},
     {"seeds", OPT_INT, F(seeds), .min = 1, .max = 1000, .def = "3", .meta = "N", .commands = COMPARE,
      .group = G_TRAINING, .help = "runs per model, with seeds --seed, --seed + 1, ..."},
     {"no-shuffle", OPT_FLAG, F(no_shuffle), .commands = TRAIN, .group = G_TRAINING,
@@ -306,14 +311,14 @@ static const option options[] = {
     {"input", OPT_STRING, F(input), .meta = "D.h5", .commands = PREDICT, .group = G_DATA,
      .help = "HDF5 dataset to predict (raw)"},
     {"raw-key", OPT_STRING, F(raw_key), .def = "raw", .meta = "NAME", .commands = TRAIN | PREDICT | EVAL | DATA_WEIGHTS,
-     .group = G_DATA,
-     .help = "dataset name of the images inside the file"},
+     .group = G_DATA, .help = "dataset name of the images inside the file"},
     {"label-key", OPT_STRING, F(label_key), .def = "label", .meta = "NAME", .commands = TRAIN | EVAL | DATA_WEIGHTS,
      .group = G_DATA, .help = "dataset name of the labels"},
     {"weight-key", OPT_STRING, F(weight_key), .def = "weight", .meta = "NAME", .commands = TRAIN | EVAL | DATA_WEIGHTS,
      .group = G_DATA, .help = "dataset name of the optional per-pixel loss weights"},
-    {"checkpoint", OPT_STRING, F(checkpoint), .meta = "C.safetensors", .commands = PREDICT | EVAL | INFO | PRUNE | EXPORT,
-     .group = G_DATA, .help = "checkpoint to run (the model comes from its metadata; explicit flags override)"},
+    {"checkpoint", OPT_STRING, F(checkpoint), .meta = "C.safetensors",
+     .commands = PREDICT | EVAL | INFO | PRUNE | EXPORT, .group = G_DATA,
+     .help = "checkpoint to run (the model comes from its metadata; explicit flags override)"},
     {"init", OPT_STRING, F(init), .meta = "W.safetensors", .commands = TRAIN_ONLY, .group = G_DATA,
      .help = "start from these weights (fine-tuning; PyTorch names and layouts)"},
     {"init-encoder", OPT_STRING, F(init_encoder), .meta = "W.safetensors", .commands = TRAIN, .group = G_DATA,
@@ -330,8 +335,8 @@ static const option options[] = {
              "and C.best.safetensors"},
     {"save-every", OPT_LONG, F(save_every), .min = 0, .max = 1e15, .def = "0", .meta = "N", .commands = TRAIN,
      .group = G_OUTPUT, .help = "a checkpoint beside --save every N steps (0: by time alone)"},
-    {"save-every-min", OPT_FLOAT, F(save_every_min), .min = 0, .max = 1e6, .def = "15", .meta = "M",
-     .commands = TRAIN, .group = G_OUTPUT,
+    {"save-every-min", OPT_FLOAT, F(save_every_min), .min = 0, .max = 1e6, .def = "15", .meta = "M", .commands = TRAIN,
+     .group = G_OUTPUT,
      .help = "a checkpoint beside --save every M minutes of wall time, so that a run killed without warning loses "
              "at most that (0: off)"},
     {"keep", OPT_INT, F(keep), .min = 1, .max = 1 << 20, .def = "2", .meta = "K", .commands = TRAIN_ONLY,
@@ -360,13 +365,12 @@ static const option options[] = {
     {"no-balance", OPT_FLAG, F(no_balance), .commands = DATA_WEIGHTS, .group = G_OUTPUT,
      .help = "no class balancing: w_c = 1 instead of n / (2 n_class)"},
     {"mode", OPT_ENUM, F(mode), .choices = modes, .def = "deepest", .commands = PREDICT | EVAL | BENCH | EXPORT,
-     .group = G_OUTPUT,
-     .help = "the deepest head, the network pruned to --depth, or the mean of all heads"},
+     .group = G_OUTPUT, .help = "the deepest head, the network pruned to --depth, or the mean of all heads"},
     {"overlap", OPT_FLOAT, F(overlap), .min = 0, .max = 1, .max_open = 1, .def = "0.5", .meta = "F",
      .commands = PREDICT | EVAL | COMPARE | EXPORT, .group = G_OUTPUT,
      .help = "overlap of same-padding tiles, blended (export: the tile stride it records)"},
-    {"opset", OPT_INT, F(opset), .min = 13, .max = 17, .def = "17", .meta = "N", .commands = EXPORT,
-     .group = G_OUTPUT, .flags = OPTF_NO_JSON,
+    {"opset", OPT_INT, F(opset), .min = 13, .max = 17, .def = "17", .meta = "N", .commands = EXPORT, .group = G_OUTPUT,
+     .flags = OPTF_NO_JSON,
      .help = "ONNX operator set of the exported model (13..17: the range of the ONNX IR version 8 it is written in)"},
 
     /* device */
@@ -417,8 +421,8 @@ static const option options[] = {
      .help = "auto: on the CUDA backend, capture the training step as one CUDA graph after 3 eager steps and replay "
              "it (the same bits, less launch overhead; one process per job only); off: launch every op from the "
              "host. The CPU ignores it"},
-    {"bench-warmup", OPT_INT, F(bench_warmup), .min = 0, .max = INT_MAX, .def = "5", .meta = "N", .commands = BENCH | COMPARE,
-     .group = G_TRAINING, .help = "untimed steps before timing"},
+    {"bench-warmup", OPT_INT, F(bench_warmup), .min = 0, .max = INT_MAX, .def = "5", .meta = "N",
+     .commands = BENCH | COMPARE, .group = G_TRAINING, .help = "untimed steps before timing"},
 };
 #define N_OPTIONS ((int)(sizeof options / sizeof options[0]))
 _Static_assert(sizeof options / sizeof options[0] <= UNET_CONFIG_MAX_OPTIONS, "raise UNET_CONFIG_MAX_OPTIONS");
@@ -426,8 +430,8 @@ _Static_assert(sizeof options / sizeof options[0] <= UNET_CONFIG_MAX_OPTIONS, "r
 static const struct {
     unet_option_group bit;
     const char *name;
-} groups[] = {{G_MODEL, "model"}, {G_TRAINING, "training"}, {G_DATA, "data"}, {G_OUTPUT, "output"},
-              {G_DEVICE, "device"}};
+} groups[] = {
+    {G_MODEL, "model"}, {G_TRAINING, "training"}, {G_DATA, "data"}, {G_OUTPUT, "output"}, {G_DEVICE, "device"}};
 #define N_GROUPS ((int)(sizeof groups / sizeof groups[0]))
 
 static void *field(unet_config *cfg, const option *o) { return (char *)cfg + o->offset; }
@@ -551,11 +555,16 @@ static const char *type_meta(const option *o) {
     switch (o->type) {
     case OPT_INT:
     case OPT_LONG:
-    case OPT_U64: return "an integer";
-    case OPT_FLOAT: return "a number";
-    case OPT_INT_LIST: return "comma-separated integers";
-    case OPT_ENUM: return "one of its choices";
-    default: return "a value";
+    case OPT_U64:
+        return "an integer";
+    case OPT_FLOAT:
+        return "a number";
+    case OPT_INT_LIST:
+        return "comma-separated integers";
+    case OPT_ENUM:
+        return "one of its choices";
+    default:
+        return "a value";
     }
 }
 
@@ -721,12 +730,24 @@ static void float_text(float v, char *buf, size_t n) {
 static void value_text(const unet_config *cfg, const option *o, char *buf, size_t n) {
     const void *src = cfield(cfg, o);
     switch (o->type) {
-    case OPT_INT: snprintf(buf, n, "%d", *(const int *)src); break;
-    case OPT_LONG: snprintf(buf, n, "%ld", *(const long *)src); break;
-    case OPT_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)src); break;
-    case OPT_FLOAT: float_text(*(const float *)src, buf, n); break;
-    case OPT_STRING: snprintf(buf, n, "%s", *(const char *const *)src); break;
-    case OPT_FLAG: snprintf(buf, n, "%s", *(const int *)src ? "true" : "false"); break;
+    case OPT_INT:
+        snprintf(buf, n, "%d", *(const int *)src);
+        break;
+    case OPT_LONG:
+        snprintf(buf, n, "%ld", *(const long *)src);
+        break;
+    case OPT_U64:
+        snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)src);
+        break;
+    case OPT_FLOAT:
+        float_text(*(const float *)src, buf, n);
+        break;
+    case OPT_STRING:
+        snprintf(buf, n, "%s", *(const char *const *)src);
+        break;
+    case OPT_FLAG:
+        snprintf(buf, n, "%s", *(const int *)src ? "true" : "false");
+        break;
     case OPT_ENUM: {
         int v = *(const int *)src, nc = 0;
         while (o->choices[nc]) nc++;
@@ -759,8 +780,10 @@ static int check_match_params(const char *value, char *err, size_t errlen) {
     if (!parse_integer(value, &n) && n > 0) return 0;
     for (int k = 0; model_kinds[k]; k++)
         if (!strcmp(value, model_kinds[k])) return 0;
-    unet_errorf(err, errlen, "--match-params takes a model (unet, unet_e, unet_plus, unetpp) or a parameter count "
-                             "such as 9041601, got '%s'", value);
+    unet_errorf(err, errlen,
+                "--match-params takes a model (unet, unet_e, unet_plus, unetpp) or a parameter count "
+                "such as 9041601, got '%s'",
+                value);
     return -1;
 }
 
@@ -793,12 +816,18 @@ static size_t expected_size(const option *o) {
     switch (o->type) {
     case OPT_INT:
     case OPT_FLAG:
-    case OPT_ENUM: return sizeof(int);
-    case OPT_LONG: return sizeof(long);
-    case OPT_U64: return sizeof(uint64_t);
-    case OPT_FLOAT: return sizeof(float);
-    case OPT_STRING: return sizeof(const char *);
-    default: return o->size;
+    case OPT_ENUM:
+        return sizeof(int);
+    case OPT_LONG:
+        return sizeof(long);
+    case OPT_U64:
+        return sizeof(uint64_t);
+    case OPT_FLOAT:
+        return sizeof(float);
+    case OPT_STRING:
+        return sizeof(const char *);
+    default:
+        return o->size;
     }
 }
 
@@ -823,7 +852,9 @@ int unet_config_is_set(const unet_config *cfg, const char *name) {
     return k >= 0 && cfg->explicit_set[k];
 }
 
-static void mark(unet_config *cfg, const char *name, int on) { cfg->explicit_set[option_index(name)] = (unsigned char)on; }
+static void mark(unet_config *cfg, const char *name, int on) {
+    cfg->explicit_set[option_index(name)] = (unsigned char)on;
+}
 
 static unet_loss_kind default_loss(int classes) { return classes == 1 ? UNET_LOSS_BCE_DICE : UNET_LOSS_CE; }
 
@@ -838,8 +869,9 @@ static int resolve_encoder(unet_config *cfg, char *err, size_t errlen) {
     static const char *const plain_only[] = {"filters", "base", "levels"};
     for (size_t k = 0; k < sizeof plain_only / sizeof plain_only[0]; k++)
         if (unet_config_is_set(cfg, plain_only[k])) {
-            unet_errorf(err, errlen, "--%s sets the widths of the plain encoder; with --encoder %s the backbone has "
-                                     "its own, and --decoder-channels sets the decoder's",
+            unet_errorf(err, errlen,
+                        "--%s sets the widths of the plain encoder; with --encoder %s the backbone has "
+                        "its own, and --decoder-channels sets the decoder's",
                         plain_only[k], unet_config_choice_name("encoder", cfg->model.encoder));
             return -1;
         }
@@ -857,8 +889,9 @@ static int resolve(unet_config *cfg, char *err, size_t errlen) {
         return -1;
     }
     if (levels && !base) {
-        unet_errorf(err, errlen, "--levels goes with --base B (filters B * 2^i); with --filters the list's length is "
-                                 "the number of levels");
+        unet_errorf(err, errlen,
+                    "--levels goes with --base B (filters B * 2^i); with --filters the list's length is "
+                    "the number of levels");
         return -1;
     }
     if (base) {
@@ -877,8 +910,9 @@ static int resolve(unet_config *cfg, char *err, size_t errlen) {
             return -1;
         }
         if ((long long)cfg->base << (cfg->levels - 1) > 65536) {
-            unet_errorf(err, errlen, "--base %d with %d levels gives %lld filters at the deepest level, more "
-                                     "than 65536",
+            unet_errorf(err, errlen,
+                        "--base %d with %d levels gives %lld filters at the deepest level, more "
+                        "than 65536",
                         cfg->base, cfg->levels, (long long)cfg->base << (cfg->levels - 1));
             return -1;
         }
@@ -898,8 +932,9 @@ static int resolve(unet_config *cfg, char *err, size_t errlen) {
     }
     if (cfg->model.encoder != UNET_ENCODER_PLAIN && resolve_encoder(cfg, err, errlen)) return -1;
     if (unet_config_is_set(cfg, "init-encoder") && unet_config_is_set(cfg, "resume")) {
-        unet_errorf(err, errlen, "--init-encoder starts a run from torchvision's weights and --resume continues one "
-                                 "from its checkpoint: give one of them");
+        unet_errorf(err, errlen,
+                    "--init-encoder starts a run from torchvision's weights and --resume continues one "
+                    "from its checkpoint: give one of them");
         return -1;
     }
     if (!unet_config_is_set(cfg, "loss")) cfg->model.loss = default_loss(cfg->model.classes);
@@ -1024,14 +1059,22 @@ char *unet_config_to_json(const unet_config *cfg, int model_only) {
         json_key(o, key, sizeof key);
         json_object *v = NULL;
         switch (o->type) {
-        case OPT_INT: v = json_object_new_int(*(const int *)src); break;
-        case OPT_LONG: v = json_object_new_int64(*(const long *)src); break;
-        case OPT_U64: v = json_object_new_uint64(*(const uint64_t *)src); break;
+        case OPT_INT:
+            v = json_object_new_int(*(const int *)src);
+            break;
+        case OPT_LONG:
+            v = json_object_new_int64(*(const long *)src);
+            break;
+        case OPT_U64:
+            v = json_object_new_uint64(*(const uint64_t *)src);
+            break;
         case OPT_FLOAT:
             value_text(cfg, o, text, sizeof text);
             v = json_object_new_double_s(*(const float *)src, text);
             break;
-        case OPT_FLAG: v = json_object_new_boolean(*(const int *)src); break;
+        case OPT_FLAG:
+            v = json_object_new_boolean(*(const int *)src);
+            break;
         case OPT_STRING:
         case OPT_ENUM:
             value_text(cfg, o, text, sizeof text);
@@ -1175,8 +1218,7 @@ void unet_config_help(FILE *f, const char *subcommand) {
         unet_config_usage(f);
         return;
     }
-    fprintf(f, "usage: unet %s%s [options]\n%s.\n", cmd->name, positional_of(cmd->bit) ? " D.h5" : "",
-            cmd->summary);
+    fprintf(f, "usage: unet %s%s [options]\n%s.\n", cmd->name, positional_of(cmd->bit) ? " D.h5" : "", cmd->summary);
     for (int g = 0; g < N_GROUPS; g++) {
         int header = 0;
         for (int k = 0; k < N_OPTIONS; k++) {

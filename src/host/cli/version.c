@@ -75,8 +75,7 @@ void unet_print_version(FILE *f) {
     const char *tiff_text = strstr(TIFFGetVersion(), "Version ");
     char tiff[64];
     first_line(tiff_text ? tiff_text + 8 : "?", tiff, sizeof tiff);
-    fprintf(f, "libraries HDF5 %u.%u.%u (built against %d.%d.%d), json-c %s, libpng %s, libtiff %s, OpenMP %d\n",
-            major, minor,
-            release, H5_VERS_MAJOR, H5_VERS_MINOR, H5_VERS_RELEASE, json_c_version(), png_get_libpng_ver(NULL), tiff,
-            _OPENMP);
+    fprintf(f, "libraries HDF5 %u.%u.%u (built against %d.%d.%d), json-c %s, libpng %s, libtiff %s, OpenMP %d\n", major,
+            minor, release, H5_VERS_MAJOR, H5_VERS_MINOR, H5_VERS_RELEASE, json_c_version(), png_get_libpng_ver(NULL),
+            tiff, _OPENMP);
 }

@@ -20,14 +20,14 @@ unet_node unet_node_make(unet_op op, const char *name) {
 }
 
 /* Growable arrays: graphs are built once, so doubling is plenty. */
-#define GROW(arr, n, cap)                                                                          \
-    do {                                                                                           \
-        if ((n) == (cap)) {                                                                        \
-            (cap) = (cap) ? 2 * (cap) : 16;                                                        \
-            void *grown_ = realloc((arr), (size_t)(cap) * sizeof *(arr));                          \
-            if (!grown_) abort();                                                                  \
-            (arr) = grown_;                                                                        \
-        }                                                                                          \
+#define GROW(arr, n, cap)                                                                                              \
+    do {                                                                                                               \
+        if ((n) == (cap)) {                                                                                            \
+            (cap) = (cap) ? 2 * (cap) : 16;                                                                            \
+            void *grown_ = realloc((arr), (size_t)(cap) * sizeof *(arr));                                              \
+            if (!grown_) abort();                                                                                      \
+            (arr) = grown_;                                                                                            \
+        }                                                                                                              \
     } while (0)
 
 unet_graph *unet_graph_new(void) {
@@ -65,8 +65,8 @@ int unet_graph_input(unet_graph *g, const char *name, unet_input_kind kind, int 
     return in->value;
 }
 
-int unet_graph_param(unet_graph *g, const char *name, unet_param_kind kind, int ndim, const int *dims,
-                     unet_init init, int fan_in) {
+int unet_graph_param(unet_graph *g, const char *name, unet_param_kind kind, int ndim, const int *dims, unet_init init,
+                     int fan_in) {
     GROW(g->params, g->n_params, g->cap_params);
     unet_param *p = &g->params[g->n_params];
     memset(p, 0, sizeof *p);

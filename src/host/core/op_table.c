@@ -34,8 +34,7 @@ static int infer_conv(const unet_graph *g, const unet_node *n, const unet_shape 
     if (n->k < 1 || n->stride < 1 || n->pad < 0 || n->out_c < 1)
         return bad_attrs(err, errlen, n, "needs k >= 1, stride >= 1, pad >= 0 and out_c >= 1");
     if (n->groups != 1 && !(n->groups == in[0].c && n->out_c == in[0].c))
-        return bad_attrs(err, errlen, n,
-                         "groups is 1, or the input channels with as many output channels (depthwise)");
+        return bad_attrs(err, errlen, n, "groups is 1, or the input channels with as many output channels (depthwise)");
     const unet_param *w = &g->params[n->param[0]];
     int wc = in[0].c / n->groups;
     if (w->ndim != 4 || w->dims[0] != n->out_c || w->dims[1] != wc || w->dims[2] != n->k || w->dims[3] != n->k) {
@@ -122,8 +121,8 @@ static int infer_crop(const unet_node *n, const unet_shape *in, unet_shape *out,
     return 0;
 }
 
-static int infer_crop_concat(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape *out,
-                             char *err, size_t errlen) {
+static int infer_crop_concat(const unet_graph *g, const unet_node *n, const unet_shape *in, unet_shape *out, char *err,
+                             size_t errlen) {
     (void)g;
     return infer_crop(n, in, out, 0, err, errlen);
 }
@@ -171,26 +170,26 @@ static double conv_t2_flops(const unet_node *n, const unet_shape *in, unet_shape
 }
 
 /* short names, to keep each row on one line */
-#define NEVER UNET_READS_NEVER
+#define NEVER  UNET_READS_NEVER
 #define ALWAYS UNET_READS_ALWAYS
 #define IF_ACT UNET_READS_IF_ACT
 
 /* Columns: name, loss, what the backward reads of the inputs and of the
  * output, shape rule, FLOPs. */
 static const unet_op_row op_table[] = {
-    [UNET_OP_CONV]        = {"conv",        0, ALWAYS, IF_ACT,  infer_conv,        conv_flops},
-    [UNET_OP_CONV_T2]     = {"conv_t2",     0, ALWAYS, NEVER,   infer_conv_t2,     conv_t2_flops},
-    [UNET_OP_BIAS]        = {"bias",        0, NEVER,  NEVER,   keeps_shape,       NULL},
-    [UNET_OP_RELU]        = {"relu",        0, NEVER,  ALWAYS,  keeps_shape,       NULL},
-    [UNET_OP_MAXPOOL2]    = {"maxpool2",    0, ALWAYS, ALWAYS,  infer_maxpool2,    NULL},
-    [UNET_OP_MAXPOOL]     = {"maxpool",     0, ALWAYS, NEVER,   infer_maxpool,     NULL},
-    [UNET_OP_CROP_CONCAT] = {"crop_concat", 0, NEVER,  NEVER,   infer_crop_concat, NULL},
-    [UNET_OP_CROP_ADD]    = {"crop_add",    0, NEVER,  IF_ACT,  infer_crop_add,    NULL},
-    [UNET_OP_UPSAMPLE2]   = {"upsample2",   0, NEVER,  NEVER,   infer_upsample2,   NULL},
-    [UNET_OP_BATCHNORM]   = {"batchnorm",   0, ALWAYS, ALWAYS,  keeps_shape,       NULL},
-    [UNET_OP_DROPOUT]     = {"dropout",     0, NEVER,  NEVER,   keeps_shape,       NULL},
-    [UNET_OP_SOFTMAX_CE]  = {"softmax_ce",  1, ALWAYS, NEVER,   infer_loss,        NULL},
-    [UNET_OP_BCE_DICE]    = {"bce_dice",    1, ALWAYS, NEVER,   infer_bce_dice,    NULL},
+    [UNET_OP_CONV] = {"conv", 0, ALWAYS, IF_ACT, infer_conv, conv_flops},
+    [UNET_OP_CONV_T2] = {"conv_t2", 0, ALWAYS, NEVER, infer_conv_t2, conv_t2_flops},
+    [UNET_OP_BIAS] = {"bias", 0, NEVER, NEVER, keeps_shape, NULL},
+    [UNET_OP_RELU] = {"relu", 0, NEVER, ALWAYS, keeps_shape, NULL},
+    [UNET_OP_MAXPOOL2] = {"maxpool2", 0, ALWAYS, ALWAYS, infer_maxpool2, NULL},
+    [UNET_OP_MAXPOOL] = {"maxpool", 0, ALWAYS, NEVER, infer_maxpool, NULL},
+    [UNET_OP_CROP_CONCAT] = {"crop_concat", 0, NEVER, NEVER, infer_crop_concat, NULL},
+    [UNET_OP_CROP_ADD] = {"crop_add", 0, NEVER, IF_ACT, infer_crop_add, NULL},
+    [UNET_OP_UPSAMPLE2] = {"upsample2", 0, NEVER, NEVER, infer_upsample2, NULL},
+    [UNET_OP_BATCHNORM] = {"batchnorm", 0, ALWAYS, ALWAYS, keeps_shape, NULL},
+    [UNET_OP_DROPOUT] = {"dropout", 0, NEVER, NEVER, keeps_shape, NULL},
+    [UNET_OP_SOFTMAX_CE] = {"softmax_ce", 1, ALWAYS, NEVER, infer_loss, NULL},
+    [UNET_OP_BCE_DICE] = {"bce_dice", 1, ALWAYS, NEVER, infer_bce_dice, NULL},
 };
 /* A missing last row shortens the table; a missing row elsewhere is left
  * zero, which unet_op_check refuses. */
@@ -206,8 +205,8 @@ int unet_op_check(unet_op op, char *err, size_t errlen) {
         return -1;
     }
     const unet_op_row *r = &op_table[op];
-    const char *lacks = !r->name                             ? "a name"
-                        : !r->infer                          ? "a shape rule"
+    const char *lacks = !r->name                              ? "a name"
+                        : !r->infer                           ? "a shape rule"
                         : r->reads_inputs == UNET_READS_UNSET ? "whether its backward reads its inputs"
                         : r->reads_output == UNET_READS_UNSET ? "whether its backward reads its output"
                                                               : NULL;

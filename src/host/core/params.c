@@ -9,8 +9,8 @@
 #include "unet/plan.h"
 #include "unet/rng.h"
 
-int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const unet_graph *g, int with_adam,
-                            char *err, size_t errlen) {
+int unet_param_blocks_alloc(unet_param_blocks *pb, const unet_backend *b, const unet_graph *g, int with_adam, char *err,
+                            size_t errlen) {
     memset(pb, 0, sizeof *pb);
     pb->backend = b;
     pb->n_trainable = g->trainable_count;
@@ -67,9 +67,15 @@ void unet_param_init_host(const unet_graph *g, uint64_t seed, float *trainable, 
         double std = p->fan_in > 0 ? sqrt(2.0 / p->fan_in) : 0.0;
         for (size_t i = 0; i < p->count; i++) {
             switch (p->init) {
-            case UNET_INIT_HE: dst[i] = (float)(std * normal(key, i)); break;
-            case UNET_INIT_ZERO: dst[i] = 0.0f; break;
-            case UNET_INIT_ONE: dst[i] = 1.0f; break;
+            case UNET_INIT_HE:
+                dst[i] = (float)(std * normal(key, i));
+                break;
+            case UNET_INIT_ZERO:
+                dst[i] = 0.0f;
+                break;
+            case UNET_INIT_ONE:
+                dst[i] = 1.0f;
+                break;
             }
         }
     }

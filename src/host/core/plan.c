@@ -21,9 +21,9 @@ struct unet_plan {
     unet_param_blocks *pb;
     const unet_backend *b;
     unet_plan_cfg cfg;
-    unet_shape *shapes;  /* per value */
-    int *act, *grad;     /* per value: tensor index or -1 */
-    int *aux;            /* per node */
+    unet_shape *shapes; /* per value */
+    int *act, *grad;    /* per value: tensor index or -1 */
+    int *aux;           /* per node */
     plan_tensor *tensors;
     int n_tensors;
     char *arena;
@@ -58,7 +58,8 @@ static unet_dtype input_dtype(unet_input_kind kind) {
 static int new_tensor(unet_plan *p, size_t bytes, int first) {
     p->tensors = realloc(p->tensors, (size_t)(p->n_tensors + 1) * sizeof *p->tensors);
     if (!p->tensors) abort();
-    p->tensors[p->n_tensors] = (plan_tensor){.bytes = (bytes + ALIGN - 1) / ALIGN * ALIGN, .first = first, .last = first};
+    p->tensors[p->n_tensors] =
+        (plan_tensor){.bytes = (bytes + ALIGN - 1) / ALIGN * ALIGN, .first = first, .last = first};
     return p->n_tensors++;
 }
 
@@ -352,9 +353,10 @@ static int allocate(unet_plan *p, char *err, size_t errlen) {
     p->workspace = b->alloc(b, p->workspace_bytes ? p->workspace_bytes : ALIGN);
     p->seed = b->alloc(b, sizeof *p->seed);
     if (!p->arena || !p->workspace || !p->seed) {
-        snprintf(err, errlen, "out of %s memory: the plan needs %.1f MiB of activations and %.1f MiB of workspace "
-                 "(try a smaller --batch or --tile)", b->name, p->arena_bytes / 1048576.0,
-                 p->workspace_bytes / 1048576.0);
+        snprintf(err, errlen,
+                 "out of %s memory: the plan needs %.1f MiB of activations and %.1f MiB of workspace "
+                 "(try a smaller --batch or --tile)",
+                 b->name, p->arena_bytes / 1048576.0, p->workspace_bytes / 1048576.0);
         return -1;
     }
     b->memset0(b, p->seed, sizeof *p->seed); /* seed 0 until the caller sets one */
@@ -458,8 +460,7 @@ static int build(unet_plan *p, schedule *s, char *err, size_t errlen) {
     return 0;
 }
 
-unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_plan_cfg cfg, char *err,
-                             size_t errlen) {
+unet_plan *unet_plan_compile(const unet_graph *g, unet_param_blocks *pb, unet_plan_cfg cfg, char *err, size_t errlen) {
     if (cfg.batch < 1) {
         snprintf(err, errlen, "batch size must be at least 1, got %d", cfg.batch);
         return NULL;

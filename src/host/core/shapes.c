@@ -80,8 +80,8 @@ int unet_infer_tile(const unet_graph *g, unet_plan_cfg cfg, unet_shape *shapes, 
     int below, above;
     unet_graph_nearest_valid(g, cfg.height, &below, &above);
     if (below && above)
-        snprintf(err, errlen, "tile size %d does not fit this network (%s); nearest valid sizes: %d and %d",
-                 cfg.height, why, below, above);
+        snprintf(err, errlen, "tile size %d does not fit this network (%s); nearest valid sizes: %d and %d", cfg.height,
+                 why, below, above);
     else if (above)
         snprintf(err, errlen, "tile size %d does not fit this network (%s); smallest valid size: %d", cfg.height, why,
                  above);

@@ -117,8 +117,10 @@ static int parse_item(char *item, unet_augment_cfg *c, char *err, size_t errlen)
             }
             c->elastic_grid = (int)v;
         } else if (!strcmp(name, "elastic") && !strcmp(key, "interp")) {
-            if (!strcmp(val, "cubic")) c->interp = UNET_INTERP_CUBIC;
-            else if (!strcmp(val, "linear")) c->interp = UNET_INTERP_LINEAR;
+            if (!strcmp(val, "cubic"))
+                c->interp = UNET_INTERP_CUBIC;
+            else if (!strcmp(val, "linear"))
+                c->interp = UNET_INTERP_LINEAR;
             else {
                 snprintf(err, errlen, "--augment elastic: interp must be cubic or linear, got '%s'", val);
                 rc = -1;
@@ -136,12 +138,12 @@ static int parse_item(char *item, unet_augment_cfg *c, char *err, size_t errlen)
         } else if (!strcmp(name, "noise") && !strcmp(key, "std")) {
             rc = parse_number(name, key, val, 0, 1e6, &c->noise_std, err, errlen);
         } else {
-            const char *known = !strcmp(name, "elastic")      ? "sigma, grid, interp"
-                                : !strcmp(name, "rotate")     ? "deg"
-                                : !strcmp(name, "noise")      ? "std"
-                                : !strcmp(name, "flip")       ? NULL
-                                : !strcmp(name, "rot90")      ? NULL
-                                                              : "range";
+            const char *known = !strcmp(name, "elastic")  ? "sigma, grid, interp"
+                                : !strcmp(name, "rotate") ? "deg"
+                                : !strcmp(name, "noise")  ? "std"
+                                : !strcmp(name, "flip")   ? NULL
+                                : !strcmp(name, "rot90")  ? NULL
+                                                          : "range";
             if (known)
                 snprintf(err, errlen, "--augment %s: unknown setting '%s' (it takes %s)", name, key, known);
             else
@@ -201,8 +203,8 @@ void unet_augment_describe(const unet_augment_cfg *c, char *buf, size_t len) {
     buf[0] = 0;
 #define ADD(...) n += (size_t)snprintf(buf + n, n < len ? len - n : 0, __VA_ARGS__)
     if (c->elastic)
-        ADD("%selastic(sigma %g px, %dx%d grid, %s)", n ? ", " : "", c->elastic_sigma, c->elastic_grid,
-            c->elastic_grid, c->interp == UNET_INTERP_CUBIC ? "cubic" : "linear");
+        ADD("%selastic(sigma %g px, %dx%d grid, %s)", n ? ", " : "", c->elastic_sigma, c->elastic_grid, c->elastic_grid,
+            c->interp == UNET_INTERP_CUBIC ? "cubic" : "linear");
     if (c->flip) ADD("%sflip", n ? ", " : "");
     if (c->rot90) ADD("%srot90", n ? ", " : "");
     if (c->rotate) ADD("%srotate(+-%g deg)", n ? ", " : "", c->rotate_degrees);
@@ -240,9 +242,17 @@ int unet_augment_warp(const unet_warp *w, const unet_augment_args *a, char *err,
         snprintf(err, errlen, "augmentation: an elastic grid of %d points per side; it takes 2 to %d", g, MAX_GRID);
         return -1;
     }
-    unet_warp_map m = {.tile = T, .context = ctx, .channels = C, .flip_x = w->flip_x, .rot90 = w->rot90 & 3,
-                       .src = a->src_raw, .src_label = a->src_label, .src_weight = a->src_weight,
-                       .raw = a->raw, .label = a->label, .weight = a->weight};
+    unet_warp_map m = {.tile = T,
+                       .context = ctx,
+                       .channels = C,
+                       .flip_x = w->flip_x,
+                       .rot90 = w->rot90 & 3,
+                       .src = a->src_raw,
+                       .src_label = a->src_label,
+                       .src_weight = a->src_weight,
+                       .raw = a->raw,
+                       .label = a->label,
+                       .weight = a->weight};
     if (!elastic && w->angle == 0 && w->scale == 1) {
         m.mode = UNET_WARP_COPY;
         warp_pixels(&m);
@@ -254,7 +264,8 @@ int unet_augment_warp(const unet_warp *w, const unet_augment_args *a, char *err,
     float *coef = cubic ? malloc(splane * C * sizeof *coef) : NULL;
     double *line = malloc((size_t)S * sizeof *line);
     double *W = elastic ? malloc((size_t)T * g * sizeof *W) : NULL;
-    double *Ry = elastic ? malloc((size_t)T * g * sizeof *Ry) : NULL, *Rx = elastic ? malloc((size_t)T * g * sizeof *Rx) : NULL;
+    double *Ry = elastic ? malloc((size_t)T * g * sizeof *Ry) : NULL,
+           *Rx = elastic ? malloc((size_t)T * g * sizeof *Rx) : NULL;
     if ((cubic && !coef) || !line || (elastic && (!W || !Ry || !Rx))) {
         free(coef), free(line), free(W), free(Ry), free(Rx);
         snprintf(err, errlen, "augmentation: out of memory for a %d x %d window", S, S);
@@ -271,7 +282,8 @@ int unet_augment_warp(const unet_warp *w, const unet_augment_args *a, char *err,
         unet_warp_grid_coefficients(cy, g, zg);
         unet_warp_grid_coefficients(cx, g, zg);
         for (int t = 0; t < T; t++) unet_warp_weights_at(t, T, g, W + (size_t)t * g);
-        for (int u = 0; u < T; u++) unet_warp_field_row(W + (size_t)u * g, cy, cx, g, Ry + (size_t)u * g, Rx + (size_t)u * g);
+        for (int u = 0; u < T; u++)
+            unet_warp_field_row(W + (size_t)u * g, cy, cx, g, Ry + (size_t)u * g, Rx + (size_t)u * g);
         m.grid = g, m.W = W, m.Ry = Ry, m.Rx = Rx;
     }
     m.mode = cubic ? UNET_WARP_CUBIC : UNET_WARP_LINEAR;
@@ -353,7 +365,9 @@ void unet_augment_record_warp(const void *record, unet_warp *w) {
     if (h->elastic) w->dy = values, w->dx = values + w->grid * w->grid;
 }
 
-int unet_augment_has_intensity(const unet_augment_cfg *c) { return c->gamma || c->brightness || c->contrast || c->noise; }
+int unet_augment_has_intensity(const unet_augment_cfg *c) {
+    return c->gamma || c->brightness || c->contrast || c->noise;
+}
 
 int unet_augment_apply(void *ctx, const unet_augment_args *a, char *err, size_t errlen) {
     const unet_augment_cfg *c = ctx;

@@ -51,8 +51,8 @@ static herr_t copy_attribute(hid_t src, const char *name, const H5A_info_t *info
     size_t bytes = H5Tget_size(type) * (size_t)(count > 0 ? count : 1);
     void *buf = calloc(1, bytes);
     hid_t b = -1;
-    if (!buf || H5Aread(a, type, buf) < 0 || (b = H5Acreate2(c->dst, name, type, space, H5P_DEFAULT, H5P_DEFAULT)) < 0 ||
-        H5Awrite(b, type, buf) < 0)
+    if (!buf || H5Aread(a, type, buf) < 0 ||
+        (b = H5Acreate2(c->dst, name, type, space, H5P_DEFAULT, H5P_DEFAULT)) < 0 || H5Awrite(b, type, buf) < 0)
         c->rc = -1;
     /* variable-length strings were allocated by the read */
     if (buf && (H5Tdetect_class(type, H5T_VLEN) > 0 || H5Tis_variable_str(type) > 0))
@@ -100,7 +100,8 @@ static int commit(const char *tmp, const char *path, char *err, size_t errlen) {
 int unet_run_data_weights(unet_config *cfg) {
     char err[1024];
     if (!cfg->data[0])
-        return fail("unet data weights needs a dataset: unet data weights D.h5 [--w0 10] [--sigma 5] [--no-balance]", 2);
+        return fail("unet data weights needs a dataset: unet data weights D.h5 [--w0 10] [--sigma 5] [--no-balance]",
+                    2);
     unet_dataset_opts o = dataset_opts(cfg);
     unet_dataset *ds;
     if (unet_dataset_open(cfg->data, &o, &ds, err, sizeof err)) return fail(err, 2);
@@ -120,13 +121,16 @@ int unet_run_data_weights(unet_config *cfg) {
     err[0] = 0;
 #pragma omp parallel reduction(+ : cells)
     {
-        int32_t *label = malloc(plane * sizeof *label), *inst = info.has_instances ? malloc(plane * sizeof *inst) : NULL;
+        int32_t *label = malloc(plane * sizeof *label),
+                *inst = info.has_instances ? malloc(plane * sizeof *inst) : NULL;
         char why[1024];
 #pragma omp for schedule(dynamic)
         for (int i = 0; i < n; i++) {
             int bad = !label || (info.has_instances && !inst);
-            if (!bad) bad = unet_dataset_read(ds, i, 0, h, NULL, label, NULL, inst, why, sizeof why) != 0;
-            else snprintf(why, sizeof why, "out of memory for a %dx%d image", h, w);
+            if (!bad)
+                bad = unet_dataset_read(ds, i, 0, h, NULL, label, NULL, inst, why, sizeof why) != 0;
+            else
+                snprintf(why, sizeof why, "out of memory for a %dx%d image", h, w);
             int k = bad ? -1 : unet_weight_map(label, inst, h, w, &wc, weights + (size_t)i * plane);
             if (!bad && k < 0) bad = 1, snprintf(why, sizeof why, "out of memory for the weight map of image %d", i);
             if (bad) {
@@ -151,7 +155,8 @@ int unet_run_data_weights(unet_config *cfg) {
     top[strcspn(top, "/")] = 0;
     sprintf(tmp, "%s.tmp.%d", cfg->data, (int)getpid());
     unet_hdf5_lock();
-    hid_t src = H5Fopen(cfg->data, H5F_ACC_RDONLY, H5P_DEFAULT), dst = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t src = H5Fopen(cfg->data, H5F_ACC_RDONLY, H5P_DEFAULT),
+          dst = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     copy_ctx c = {dst, strchr(key[0] == '/' ? key + 1 : key, '/') ? NULL : top, src < 0 || dst < 0 ? -1 : 0};
     if (!c.rc) H5Literate(src, H5_INDEX_NAME, H5_ITER_INC, NULL, copy_link, &c);
     if (!c.rc) H5Aiterate2(src, H5_INDEX_NAME, H5_ITER_INC, NULL, copy_attribute, &c);
@@ -207,10 +212,12 @@ static herr_t split_object(hid_t root, const char *name, const H5O_info_t *info,
         hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
         H5Pset_create_intermediate_group(lcpl, 1);
         hid_t g = H5Lexists(c->dst, name, H5P_DEFAULT) > 0 ? H5Gopen2(c->dst, name, H5P_DEFAULT)
-                                                            : H5Gcreate2(c->dst, name, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+                                                           : H5Gcreate2(c->dst, name, lcpl, H5P_DEFAULT, H5P_DEFAULT);
         H5Pclose(lcpl);
-        if (g < 0) c->rc = -1;
-        else H5Gclose(g);
+        if (g < 0)
+            c->rc = -1;
+        else
+            H5Gclose(g);
         return c->rc;
     }
     if (info->type != H5O_TYPE_DATASET) return 0;
@@ -238,7 +245,8 @@ static herr_t split_object(hid_t root, const char *name, const H5O_info_t *info,
         H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, one, NULL);
         start[0] = (hsize_t)j;
         H5Sselect_hyperslab(ospace, H5S_SELECT_SET, start, NULL, one, NULL);
-        if (H5Dread(d, mem, mspace, space, H5P_DEFAULT, buf) < 0 || H5Dwrite(out, mem, mspace, ospace, H5P_DEFAULT, buf) < 0)
+        if (H5Dread(d, mem, mspace, space, H5P_DEFAULT, buf) < 0 ||
+            H5Dwrite(out, mem, mspace, ospace, H5P_DEFAULT, buf) < 0)
             c->rc = -1;
     }
     free(buf);
@@ -254,7 +262,8 @@ static int write_split(const char *path, const char *out, hsize_t n, const int *
     char *tmp = malloc(strlen(out) + 32);
     sprintf(tmp, "%s.tmp.%d", out, (int)getpid());
     unet_hdf5_lock();
-    hid_t src = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), dst = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t src = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT),
+          dst = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     split_ctx c = {src, dst, n, pick, count, src < 0 || dst < 0 ? -1 : 0};
     if (!c.rc) H5Ovisit(src, H5_INDEX_NAME, H5_ITER_INC, split_object, &c);
     copy_ctx a = {dst, NULL, c.rc};
@@ -297,8 +306,10 @@ int unet_run_data_split(unet_config *cfg) {
     unet_dataset_close(ds);
     const int n = info.n;
     if (n < 2) {
-        snprintf(err, sizeof err, "%s has a single image: data split keeps whole images; train --val-fraction %g "
-                 "holds out its bottom rows instead", cfg->data, (double)cfg->val_fraction);
+        snprintf(err, sizeof err,
+                 "%s has a single image: data split keeps whole images; train --val-fraction %g "
+                 "holds out its bottom rows instead",
+                 cfg->data, (double)cfg->val_fraction);
         return fail(err, 2);
     }
     int nval = (int)lround(cfg->val_fraction * n);
@@ -316,8 +327,10 @@ int unet_run_data_split(unet_config *cfg) {
     for (int i = 0; i < nval; i++) is_val[order[i]] = 1;
     int nv = 0, nt = 0;
     for (int i = 0; i < n; i++) {
-        if (is_val[i]) val[nv++] = i;
-        else train[nt++] = i;
+        if (is_val[i])
+            val[nv++] = i;
+        else
+            train[nt++] = i;
     }
     /* D.h5 -> D-train.h5, D-val.h5 */
     size_t len = strlen(cfg->data);
@@ -371,7 +384,8 @@ static herr_t describe_dataset(hid_t root, const char *name, const H5O_info_t *i
     type_name(type, tname, sizeof tname);
     const char *open = c->json ? "[" : "(", *close = c->json ? "]" : ")";
     size_t n = (size_t)snprintf(shape, sizeof shape, "%s", open);
-    for (int i = 0; i < rank; i++) n += (size_t)snprintf(shape + n, sizeof shape - n, "%s%llu", i ? ", " : "", (unsigned long long)dims[i]);
+    for (int i = 0; i < rank; i++)
+        n += (size_t)snprintf(shape + n, sizeof shape - n, "%s%llu", i ? ", " : "", (unsigned long long)dims[i]);
     snprintf(shape + n, sizeof shape - n, "%s", close);
     if (chunked) {
         n = (size_t)snprintf(chunks, sizeof chunks, "%s", open);
@@ -386,9 +400,13 @@ static herr_t describe_dataset(hid_t root, const char *name, const H5O_info_t *i
         size_t nv = 8;
         char fname[64] = "";
         H5Z_filter_t f = H5Pget_filter2(dcpl, (unsigned)i, &flags, &nv, values, sizeof fname, fname, &conf);
-        const char *shown = f == H5Z_FILTER_DEFLATE ? "gzip" : f == H5Z_FILTER_SHUFFLE ? "shuffle" : fname[0] ? fname : "filter";
+        const char *shown = f == H5Z_FILTER_DEFLATE   ? "gzip"
+                            : f == H5Z_FILTER_SHUFFLE ? "shuffle"
+                            : fname[0]                ? fname
+                                                      : "filter";
         if (f == H5Z_FILTER_DEFLATE && nv > 0)
-            n += (size_t)snprintf(filters + n, sizeof filters - n, c->json ? "%s\"gzip:%u\"" : "%sgzip:%u", i ? ", " : "", values[0]);
+            n += (size_t)snprintf(filters + n, sizeof filters - n, c->json ? "%s\"gzip:%u\"" : "%sgzip:%u",
+                                  i ? ", " : "", values[0]);
         else
             n += (size_t)snprintf(filters + n, sizeof filters - n, c->json ? "%s\"%s\"" : "%s%s", i ? ", " : "", shown);
     }
@@ -396,8 +414,8 @@ static herr_t describe_dataset(hid_t root, const char *name, const H5O_info_t *i
         fprintf(c->f, "%s\"%s\": {\"shape\": %s, \"dtype\": \"%s\", \"chunks\": %s, \"filters\": [%s]}",
                 c->count ? ", " : "", name, shape, tname, chunked ? chunks : "null", filters);
     else
-        fprintf(c->f, "  %-24s %-20s %-8s chunks %-18s %s\n", name, shape, tname, chunked ? chunks : "none (contiguous)",
-                nf ? filters : "uncompressed");
+        fprintf(c->f, "  %-24s %-20s %-8s chunks %-18s %s\n", name, shape, tname,
+                chunked ? chunks : "none (contiguous)", nf ? filters : "uncompressed");
     c->count++;
     H5Pclose(dcpl), H5Tclose(type), H5Sclose(space), H5Dclose(d);
     return 0;
@@ -439,8 +457,10 @@ int unet_run_data_info(unet_config *cfg) {
         for (size_t p = 0; info.has_label && p < plane; p++) {
             int32_t v = lab[p];
             lmin = v < lmin ? v : lmin, lmax = v > lmax ? v : lmax;
-            if (v >= 0 && v < MAX_HISTOGRAM) hist[v]++;
-            else other++;
+            if (v >= 0 && v < MAX_HISTOGRAM)
+                hist[v]++;
+            else
+                other++;
         }
         for (size_t p = 0; info.has_weight && p < plane; p++) {
             wmin = wt[p] < wmin ? wt[p] : wmin, wmax = wt[p] > wmax ? wt[p] : wmax;
@@ -462,9 +482,10 @@ int unet_run_data_info(unet_config *cfg) {
     info_ctx c = {stdout, cfg->json, 0};
     const double pixels = (double)info.n * plane;
     if (cfg->json) {
-        printf("{\"file\": \"%s\", \"images\": %d, \"channels\": %d, \"height\": %d, \"width\": %d, \"raw_type\": \"%s\", "
-               "\"raw_min\": %.6g, \"raw_max\": %.6g, \"raw_mean\": %.6g, \"datasets\": {",
-               cfg->data, info.n, info.c, info.h, info.w, info.raw_type, rmin, rmax, rsum / (pixels * info.c));
+        printf(
+            "{\"file\": \"%s\", \"images\": %d, \"channels\": %d, \"height\": %d, \"width\": %d, \"raw_type\": \"%s\", "
+            "\"raw_min\": %.6g, \"raw_max\": %.6g, \"raw_mean\": %.6g, \"datasets\": {",
+            cfg->data, info.n, info.c, info.h, info.w, info.raw_type, rmin, rmax, rsum / (pixels * info.c));
     } else {
         printf("%s: %d image(s) of %d channel(s), %dx%d; raw %s, values in [%.4g, %.4g] after scaling, mean %.4g\n"
                "datasets:\n",
@@ -486,11 +507,15 @@ int unet_run_data_info(unet_config *cfg) {
             printf("null");
         }
         printf(", \"weight\": ");
-        if (info.has_weight) printf("{\"min\": %.6g, \"max\": %.6g, \"mean\": %.6g}", wmin, wmax, wsum / pixels);
-        else printf("null");
+        if (info.has_weight)
+            printf("{\"min\": %.6g, \"max\": %.6g, \"mean\": %.6g}", wmin, wmax, wsum / pixels);
+        else
+            printf("null");
         printf(", \"instances\": ");
-        if (info.has_instances) printf("{\"cells\": %ld}", cells);
-        else printf("null");
+        if (info.has_instances)
+            printf("{\"cells\": %ld}", cells);
+        else
+            printf("null");
         printf("}\n");
         return 0;
     }
@@ -503,9 +528,13 @@ int unet_run_data_info(unet_config *cfg) {
     } else {
         printf("label: none (a file to predict)\n");
     }
-    if (info.has_weight) printf("weight: min %.4g, max %.4g, mean %.4g\n", wmin, wmax, wsum / pixels);
-    else printf("weight: none (unet data weights adds the U-Net border weight map)\n");
-    if (info.has_instances) printf("instances: %ld cells over %d image(s)\n", cells, info.n);
-    else printf("instances: none (weight maps take the 4-connected components of label > 0)\n");
+    if (info.has_weight)
+        printf("weight: min %.4g, max %.4g, mean %.4g\n", wmin, wmax, wsum / pixels);
+    else
+        printf("weight: none (unet data weights adds the U-Net border weight map)\n");
+    if (info.has_instances)
+        printf("instances: %ld cells over %d image(s)\n", cells, info.n);
+    else
+        printf("instances: none (weight maps take the 4-connected components of label > 0)\n");
     return 0;
 }

@@ -32,7 +32,7 @@ static const char *const raw_type_names[] = {"uint8", "uint16", "float32"};
 
 /* One of raw/label/weight/instances as stored: its id, rank and dims. */
 typedef struct {
-    hid_t id;  /* -1 when absent */
+    hid_t id; /* -1 when absent */
     int rank;
     hsize_t dims[4];
     const char *key;
@@ -163,19 +163,21 @@ static int check_stored_bytes(const unet_dataset *ds, const h5_array *a, hid_t d
     if (claimed == 0 || (stored <= file && (ratio == 0 || claimed <= ratio * (double)stored))) return 0;
     char shape[96];
     format_dims(a->rank, a->dims, shape, sizeof shape);
-    unet_errorf(err, errlen, "%s: dataset \"%s\" of shape %s needs %.0f bytes but the file stores %llu for it: the "
-                "file is damaged or was not written to the end", ds->path, a->key, shape, claimed,
-                (unsigned long long)stored);
+    unet_errorf(err, errlen,
+                "%s: dataset \"%s\" of shape %s needs %.0f bytes but the file stores %llu for it: the "
+                "file is damaged or was not written to the end",
+                ds->path, a->key, shape, claimed, (unsigned long long)stored);
     return -1;
 }
 
 /* How the array is stored, checked before anything is read. */
-static int check_storage(const unet_dataset *ds, const h5_array *a, const hsize_t *maxdims, char *err,
-                         size_t errlen) {
+static int check_storage(const unet_dataset *ds, const h5_array *a, const hsize_t *maxdims, char *err, size_t errlen) {
     hid_t dcpl = H5Dget_create_plist(a->id);
     double ratio;
     int rc = check_chunks(ds, a, dcpl, maxdims, err, errlen) || check_filters(ds, a, dcpl, &ratio, err, errlen) ||
-             check_stored_bytes(ds, a, dcpl, ratio, err, errlen) ? -1 : 0;
+                     check_stored_bytes(ds, a, dcpl, ratio, err, errlen)
+                 ? -1
+                 : 0;
     H5Pclose(dcpl);
     return rc;
 }
@@ -189,7 +191,10 @@ static int open_array(unet_dataset *ds, h5_array *a, const char *key, int requir
         list_datasets(ds->file, names, sizeof names);
         unet_errorf(err, errlen, "%s has no dataset \"%s\" (it has: %s): name the right one with --%s-key", ds->path,
                     key, names,
-                    a == &ds->raw ? "raw" : a == &ds->label ? "label" : a == &ds->weight ? "weight" : "instances");
+                    a == &ds->raw      ? "raw"
+                    : a == &ds->label  ? "label"
+                    : a == &ds->weight ? "weight"
+                                       : "instances");
         return -1;
     }
     /* Chunk cache for random windows of per-image or per-tile chunks. */
@@ -270,9 +275,9 @@ static int check_pixel_shape(const unet_dataset *ds, const h5_array *a, char *er
     static const char *const dim_names[3] = {"N", "H", "W"};
     for (int i = 0; i < 3; i++)
         if (a3[i] != b3[i])
-            used_len += (size_t)snprintf(which + used_len, sizeof which - used_len, "%s%s %llu vs %llu",
-                                         used_len ? ", " : "", dim_names[i], (unsigned long long)a3[i],
-                                         (unsigned long long)b3[i]);
+            used_len +=
+                (size_t)snprintf(which + used_len, sizeof which - used_len, "%s%s %llu vs %llu", used_len ? ", " : "",
+                                 dim_names[i], (unsigned long long)a3[i], (unsigned long long)b3[i]);
     snprintf(err, errlen, "%s: dataset \"%s\" has shape %s but \"%s\" has %s (%s): they must have the same N, H, W",
              ds->path, a->key, got, ds->raw.key, want, which);
     return -1;
@@ -311,8 +316,8 @@ static int read_rect(const unet_dataset *ds, const h5_array *a, hid_t mem_type, 
 }
 
 /* raw (C, rows, cols) as float32 in [0,1] for integer types. */
-static int read_raw_rect(const unet_dataset *ds, int index, int row0, int rows, int x0, int cols, float *buf,
-                         char *err, size_t errlen) {
+static int read_raw_rect(const unet_dataset *ds, int index, int row0, int rows, int x0, int cols, float *buf, char *err,
+                         size_t errlen) {
     if (read_rect(ds, &ds->raw, H5T_NATIVE_FLOAT, index, row0, rows, x0, cols, buf, err, errlen)) return -1;
     if (ds->raw_kind != RAW_F32) {
         size_t count = (size_t)ds->c * rows * cols;
@@ -417,7 +422,10 @@ static int check_dtypes(unet_dataset *ds, char *err, size_t errlen) {
                  "%s: dataset \"%s\" is %s%zu-bit %s; raw must be uint8, uint16 or float32: convert it "
                  "(numpy .astype)",
                  ds->path, ds->raw.key, cls == H5T_INTEGER ? (sign == H5T_SGN_NONE ? "unsigned " : "signed ") : "",
-                 size * 8, cls == H5T_INTEGER ? "integer" : cls == H5T_FLOAT ? "float" : "non-numeric data");
+                 size * 8,
+                 cls == H5T_INTEGER ? "integer"
+                 : cls == H5T_FLOAT ? "float"
+                                    : "non-numeric data");
         return -1;
     }
     const h5_array *ints[2] = {&ds->label, &ds->instances};
@@ -427,7 +435,8 @@ static int check_dtypes(unet_dataset *ds, char *err, size_t errlen) {
         cls = H5Tget_class(t);
         H5Tclose(t);
         if (cls != H5T_INTEGER) {
-            snprintf(err, errlen, "%s: dataset \"%s\" is not an integer type; %s must be integers: convert it (numpy "
+            snprintf(err, errlen,
+                     "%s: dataset \"%s\" is not an integer type; %s must be integers: convert it (numpy "
                      ".astype(numpy.uint8) or int32)",
                      ds->path, ints[i]->key, i == 0 ? "labels" : "instance ids");
             return -1;
@@ -439,7 +448,8 @@ static int check_dtypes(unet_dataset *ds, char *err, size_t errlen) {
         size = H5Tget_size(t);
         H5Tclose(t);
         if (cls != H5T_FLOAT || size != 4) {
-            snprintf(err, errlen, "%s: dataset \"%s\" is not float32; weights must be float32: convert it (numpy "
+            snprintf(err, errlen,
+                     "%s: dataset \"%s\" is not float32; weights must be float32: convert it (numpy "
                      ".astype(numpy.float32))",
                      ds->path, ds->weight.key);
             return -1;
@@ -493,14 +503,15 @@ static int scan_all(unet_dataset *ds, int classes, char *err, size_t errlen) {
 
 /* ---- public ------------------------------------------------------------------ */
 
-int unet_dataset_open(const char *path, const unet_dataset_opts *opts, unet_dataset **out, char *err,
-                      size_t errlen) {
+int unet_dataset_open(const char *path, const unet_dataset_opts *opts, unet_dataset **out, char *err, size_t errlen) {
     static const unet_dataset_opts defaults = {0};
     if (!opts) opts = &defaults;
     *out = NULL;
     if (access(path, R_OK) != 0) {
-        snprintf(err, errlen, "cannot open dataset %s: %s: give an existing HDF5 file (datasets/ has scripts that make "
-                 "them)", path, strerror(errno));
+        snprintf(err, errlen,
+                 "cannot open dataset %s: %s: give an existing HDF5 file (datasets/ has scripts that make "
+                 "them)",
+                 path, strerror(errno));
         return -1;
     }
     unet_dataset *ds = calloc(1, sizeof *ds);
@@ -517,8 +528,10 @@ int unet_dataset_open(const char *path, const unet_dataset_opts *opts, unet_data
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     int rc = 0;
     if (H5Fis_hdf5(path) <= 0) {
-        snprintf(err, errlen, "%s is not an HDF5 file: give an .h5 file with datasets raw and label (datasets/ has "
-                 "scripts that convert images)", path);
+        snprintf(err, errlen,
+                 "%s is not an HDF5 file: give an .h5 file with datasets raw and label (datasets/ has "
+                 "scripts that convert images)",
+                 path);
         rc = -1;
     }
     if (!rc && (ds->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT)) < 0) {
@@ -527,8 +540,8 @@ int unet_dataset_open(const char *path, const unet_dataset_opts *opts, unet_data
     }
     if (!rc) rc = open_array(ds, &ds->raw, opts->raw_key ? opts->raw_key : "raw", 1, err, errlen);
     if (!rc)
-        rc = open_array(ds, &ds->label, opts->label_key ? opts->label_key : "label", !opts->label_optional, err,
-                        errlen);
+        rc =
+            open_array(ds, &ds->label, opts->label_key ? opts->label_key : "label", !opts->label_optional, err, errlen);
     if (!rc) rc = open_array(ds, &ds->weight, opts->weight_key ? opts->weight_key : "weight", 0, err, errlen);
     if (!rc)
         rc = open_array(ds, &ds->instances, opts->instances_key ? opts->instances_key : "instances", 0, err, errlen);
@@ -564,8 +577,8 @@ int unet_dataset_open(const char *path, const unet_dataset_opts *opts, unet_data
 
     if (!rc) {
         size_t plane = (size_t)ds->h * ds->w;
-        size_t bytes = (size_t)ds->n * plane * sizeof(float) *
-                       ((size_t)ds->c + (ds->label.id >= 0) + (ds->weight.id >= 0));
+        size_t bytes =
+            (size_t)ds->n * plane * sizeof(float) * ((size_t)ds->c + (ds->label.id >= 0) + (ds->weight.id >= 0));
         size_t cap = opts->cache_bytes ? opts->cache_bytes : UNET_DATA_CACHE_DEFAULT;
         if (bytes <= cap) {
             ds->raw_cache = malloc((size_t)ds->n * ds->c * plane * sizeof(float));
@@ -611,16 +624,16 @@ void unet_dataset_get_info(const unet_dataset *ds, unet_dataset_info *info) {
 const char *unet_dataset_path(const unet_dataset *ds) { return ds->path; }
 
 static int missing_array(const unet_dataset *ds, const h5_array *a, const char *what, char *err, size_t errlen) {
-    snprintf(err, errlen, "%s has no dataset \"%s\", needed for %s: add it, or name it with --%s-key", ds->path,
-             a->key, what, a == &ds->label ? "label" : "instances");
+    snprintf(err, errlen, "%s has no dataset \"%s\", needed for %s: add it, or name it with --%s-key", ds->path, a->key,
+             what, a == &ds->label ? "label" : "instances");
     return -1;
 }
 
 int unet_dataset_read(unet_dataset *ds, int index, int row0, int rows, float *raw, int32_t *label, float *weight,
                       int32_t *instances, char *err, size_t errlen) {
     if (index < 0 || index >= ds->n || row0 < 0 || rows < 1 || row0 + rows > ds->h) {
-        snprintf(err, errlen, "%s: image %d rows %d..%d is outside the dataset (%d images of %d rows)", ds->path,
-                 index, row0, row0 + rows - 1, ds->n, ds->h);
+        snprintf(err, errlen, "%s: image %d rows %d..%d is outside the dataset (%d images of %d rows)", ds->path, index,
+                 row0, row0 + rows - 1, ds->n, ds->h);
         return -1;
     }
     if (label && ds->label.id < 0) return missing_array(ds, &ds->label, "training or evaluation", err, errlen);
@@ -680,7 +693,8 @@ int unet_data_split(unet_dataset *ds, double fraction, unet_data_view *train, un
     }
     int rows = (int)ceil(fraction * ds->h - 1e-9);
     if (rows < 1 || rows > ds->h - 1) {
-        snprintf(err, errlen, "%s: --val-fraction %g of a single image of %d rows leaves no rows for %s: choose a "
+        snprintf(err, errlen,
+                 "%s: --val-fraction %g of a single image of %d rows leaves no rows for %s: choose a "
                  "fraction between %g and %g",
                  ds->path, fraction, ds->h, rows < 1 ? "validation" : "training", 1.0 / ds->h,
                  (double)(ds->h - 1) / ds->h);

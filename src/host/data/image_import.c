@@ -119,12 +119,17 @@ static void tiff_error(const char *module, const char *fmt, va_list ap) {
  * at 12-bit codes, deflate 1032; others, ZSTD and LZMA among them, under 2^16). */
 static double tiff_max_ratio(uint16_t compression) {
     switch (compression) {
-    case COMPRESSION_NONE: return 1;
-    case COMPRESSION_PACKBITS: return 64;
-    case COMPRESSION_LZW: return 2048;
+    case COMPRESSION_NONE:
+        return 1;
+    case COMPRESSION_PACKBITS:
+        return 64;
+    case COMPRESSION_LZW:
+        return 2048;
     case COMPRESSION_DEFLATE:
-    case COMPRESSION_ADOBE_DEFLATE: return 1032;
-    default: return 65536;
+    case COMPRESSION_ADOBE_DEFLATE:
+        return 1032;
+    default:
+        return 65536;
     }
 }
 
@@ -217,10 +222,17 @@ static int read_tiff(const char *path, unet_image *im, char *err, size_t errlen)
     int pages = TIFFNumberOfDirectories(t);
     if (pages > 1 || (bps != 8 && bps != 16) || format != SAMPLEFORMAT_UINT || spp < 1 || spp > 4 || !w || !h) {
         if (pages > 1)
-            say(err, errlen, "%s has %d pages: import takes one 2D image per file (split the stack first)", path, pages);
+            say(err, errlen, "%s has %d pages: import takes one 2D image per file (split the stack first)", path,
+                pages);
         else
-            say(err, errlen, "%s is %u-bit %s with %u samples a pixel: import takes 8- or 16-bit unsigned images with 1 "
-                "to 4 channels", path, bps, format == SAMPLEFORMAT_INT ? "signed" : format == SAMPLEFORMAT_IEEEFP ? "float" : "unsigned", spp);
+            say(err, errlen,
+                "%s is %u-bit %s with %u samples a pixel: import takes 8- or 16-bit unsigned images with 1 "
+                "to 4 channels",
+                path, bps,
+                format == SAMPLEFORMAT_INT      ? "signed"
+                : format == SAMPLEFORMAT_IEEEFP ? "float"
+                                                : "unsigned",
+                spp);
         TIFFClose(t);
         return -1;
     }
@@ -252,7 +264,9 @@ static const char *extension(const char *name) {
     return dot ? dot + 1 : "";
 }
 
-static int is_tiff(const char *name) { return !strcasecmp(extension(name), "tif") || !strcasecmp(extension(name), "tiff"); }
+static int is_tiff(const char *name) {
+    return !strcasecmp(extension(name), "tif") || !strcasecmp(extension(name), "tiff");
+}
 static int is_png(const char *name) { return !strcasecmp(extension(name), "png"); }
 
 static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -369,8 +383,10 @@ int unet_run_data_import(unet_config *cfg) {
         unet_image m;
         if (read_image(cfg->masks, masks[match[i]], 1, &m, err, sizeof err)) goto fail_ids;
         if (m.h != H || m.w != W || m.c != 1) {
-            say(err, sizeof err, "%s/%s is %dx%d with %d channel(s); masks must be single-channel and the size of the "
-                "images (%dx%d)", cfg->masks, masks[match[i]], m.h, m.w, m.c, H, W);
+            say(err, sizeof err,
+                "%s/%s is %dx%d with %d channel(s); masks must be single-channel and the size of the "
+                "images (%dx%d)",
+                cfg->masks, masks[match[i]], m.h, m.w, m.c, H, W);
             free(m.pixels);
             goto fail_ids;
         }
@@ -393,7 +409,8 @@ int unet_run_data_import(unet_config *cfg) {
     code = 1;
     unet_hdf5_lock();
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    hsize_t rdims[4] = {(hsize_t)n, (hsize_t)C, (hsize_t)H, (hsize_t)W}, ldims[3] = {(hsize_t)n, (hsize_t)H, (hsize_t)W};
+    hsize_t rdims[4] = {(hsize_t)n, (hsize_t)C, (hsize_t)H, (hsize_t)W},
+            ldims[3] = {(hsize_t)n, (hsize_t)H, (hsize_t)W};
     if (C == 1) rdims[1] = (hsize_t)H, rdims[2] = (hsize_t)W;
     int rrank = C == 1 ? 3 : 4;
     hid_t rtype = bits == 16 ? H5T_STD_U16LE : H5T_STD_U8LE, rmem = bits == 16 ? H5T_NATIVE_UINT16 : H5T_NATIVE_UINT8;
@@ -410,9 +427,10 @@ int unet_run_data_import(unet_config *cfg) {
         rc = read_image(cfg->images, names[i], 0, &im, err, sizeof err);
         if (rc) break;
         if (im.h != H || im.w != W || im.c != C || im.bits != bits) {
-            say(err, sizeof err, "%s/%s is %dx%d, %d channel(s), %d-bit; %s/%s is %dx%d, %d channel(s), %d-bit: all "
-                "images must match", cfg->images, names[i], im.h, im.w, im.c, im.bits, cfg->images, names[0], H, W, C,
-                bits);
+            say(err, sizeof err,
+                "%s/%s is %dx%d, %d channel(s), %d-bit; %s/%s is %dx%d, %d channel(s), %d-bit: all "
+                "images must match",
+                cfg->images, names[i], im.h, im.w, im.c, im.bits, cfg->images, names[0], H, W, C, bits);
             free(im.pixels);
             rc = -1;
             break;
@@ -425,7 +443,8 @@ int unet_run_data_import(unet_config *cfg) {
         free(im.pixels);
         for (size_t p = 0; p < plane; p++) lab[p] = ids[(size_t)i * plane + p] > 0;
         unet_hdf5_lock();
-        rc = write_image(draw, rrank, rdims, i, rmem, planar) || write_image(dlab, 3, ldims, i, H5T_NATIVE_UINT8, lab) ||
+        rc = write_image(draw, rrank, rdims, i, rmem, planar) ||
+             write_image(dlab, 3, ldims, i, H5T_NATIVE_UINT8, lab) ||
              (instances && write_image(dins, 3, ldims, i, H5T_NATIVE_INT32, ids + (size_t)i * plane));
         unet_hdf5_unlock();
         if (rc) say(err, sizeof err, "writing image %d to %s failed (disk full?)", i, tmp);
@@ -444,10 +463,12 @@ int unet_run_data_import(unet_config *cfg) {
         long fg = 0;
         for (size_t p = 0; p < plane * n; p++) fg += ids[p] > 0;
         char shape[96];
-        if (C == 1) snprintf(shape, sizeof shape, "(%d, %d, %d)", n, H, W);
-        else snprintf(shape, sizeof shape, "(%d, %d, %d, %d)", n, C, H, W);
-        printf("%s: raw %s uint%d, label uint8 {0,1} (%.1f%% foreground)%s, from %d image/mask pairs\n",
-               cfg->output, shape, bits, 100.0 * fg / ((double)plane * n),
+        if (C == 1)
+            snprintf(shape, sizeof shape, "(%d, %d, %d)", n, H, W);
+        else
+            snprintf(shape, sizeof shape, "(%d, %d, %d, %d)", n, C, H, W);
+        printf("%s: raw %s uint%d, label uint8 {0,1} (%.1f%% foreground)%s, from %d image/mask pairs\n", cfg->output,
+               shape, bits, 100.0 * fg / ((double)plane * n),
                instances ? ", instances int32 (masks with several ids)" : " (binary masks: no instances)", n);
         code = 0;
     }

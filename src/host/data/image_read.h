@@ -6,8 +6,8 @@
 #include <stddef.h>
 
 typedef struct {
-    int h, w, c, bits;     /* bits 8 or 16 */
-    void *pixels;          /* (H, W, C) interleaved, uint8 or uint16; free() it */
+    int h, w, c, bits; /* bits 8 or 16 */
+    void *pixels;      /* (H, W, C) interleaved, uint8 or uint16; free() it */
 } unet_image;
 
 /* PNG or TIFF by the file's extension (.png, else TIFF). is_mask: a palette

@@ -134,8 +134,7 @@ static int fill_sample(const unet_loader *l, sample_worker *ws, int64_t step, in
     const uint64_t key = unet_rng_key(sample_key(l, step, l->o.rank * l->o.batch + b), DRAW_AUGMENT, 0);
     if (l->o.draw) {
         /* deferred: the source window itself is the slot's content, the draws go beside it */
-        if (unet_data_window(&l->view, k, y0 - ctx, x0 - ctx, l->size, r, lab, w, ws->scratch, err, errlen))
-            return -1;
+        if (unet_data_window(&l->view, k, y0 - ctx, x0 - ctx, l->size, r, lab, w, ws->scratch, err, errlen)) return -1;
         return l->o.draw(l->o.augment_ctx, key, buf->records + (size_t)b * l->o.record_bytes, err, errlen);
     }
     if (!l->o.augment) return unet_data_window(&l->view, k, y0, x0, T, r, lab, w, ws->scratch, err, errlen);
@@ -230,13 +229,16 @@ int unet_loader_create(const unet_data_view *v, const unet_loader_opts *o, unet_
         return -1;
     }
     if (o->draw && (o->augment || o->record_bytes == 0 || o->record_bytes % 8)) {
-        snprintf(err, errlen, "loader: a deferred augmentation (draw) takes no augment hook and a record of a "
-                 "positive multiple of 8 bytes, got %zu", o->record_bytes);
+        snprintf(err, errlen,
+                 "loader: a deferred augmentation (draw) takes no augment hook and a record of a "
+                 "positive multiple of 8 bytes, got %zu",
+                 o->record_bytes);
         return -1;
     }
     if (o->batch < 1 || o->tile < 1 || o->margin < 0 || 2 * o->margin >= o->tile || o->augment_context < 0 ||
         o->workers < 0 || v->images < 1 || v->rows < 1) {
-        snprintf(err, errlen, "loader: batch %d, tile %d, margin %d, augment context %d, %d workers on %d images of "
+        snprintf(err, errlen,
+                 "loader: batch %d, tile %d, margin %d, augment context %d, %d workers on %d images of "
                  "%d rows: need batch >= 1, 0 <= 2 margin < tile, context >= 0, workers >= 0 and a non-empty view",
                  o->batch, o->tile, o->margin, o->augment_context, o->workers, v->images, v->rows);
         return -1;
@@ -330,8 +332,8 @@ static void copy_out(const unet_loader *l, const batch_buffer *b, float *raw, in
     if (records) memcpy(records, b->records, (size_t)l->o.batch * l->o.record_bytes);
 }
 
-static int take_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, void *records,
-                      char *err, size_t errlen) {
+static int take_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, void *records, char *err,
+                      size_t errlen) {
     if (!l->n_threads) {
         batch_buffer *b = &l->ring[0];
         for (int s = 0; s < l->o.batch; s++)
@@ -377,7 +379,8 @@ int unet_loader_batch(unet_loader *l, int64_t step, float *raw, int32_t *label, 
 int unet_loader_sources(unet_loader *l, int64_t step, float *raw, int32_t *label, float *weight, void *records,
                         char *err, size_t errlen) {
     if (!l->o.draw || !records) {
-        snprintf(err, errlen, "loader: unet_loader_sources needs a loader with a deferred augmentation (draw) and a "
+        snprintf(err, errlen,
+                 "loader: unet_loader_sources needs a loader with a deferred augmentation (draw) and a "
                  "records buffer");
         return -1;
     }
@@ -399,8 +402,9 @@ int unet_eval_tiles_init(unet_eval_tiles *it, const unet_data_view *v, int tile,
                          size_t errlen) {
     memset(it, 0, sizeof *it);
     if (batch < 1 || tile < 1 || margin < 0 || 2 * margin >= tile) {
-        snprintf(err, errlen, "evaluation tiles: batch %d, tile %d, margin %d: need batch >= 1 and 0 <= 2 margin < tile",
-                 batch, tile, margin);
+        snprintf(err, errlen,
+                 "evaluation tiles: batch %d, tile %d, margin %d: need batch >= 1 and 0 <= 2 margin < tile", batch,
+                 tile, margin);
         return -1;
     }
     it->view = *v;

@@ -27,8 +27,8 @@ static hid_t create_dataset(hid_t file, const char *name, hid_t type, int rank, 
     return d;
 }
 
-int unet_prediction_file_create(const char *path, int n, int classes, int height, int width,
-                                unet_prediction_file **out, char *err, size_t errlen) {
+int unet_prediction_file_create(const char *path, int n, int classes, int height, int width, unet_prediction_file **out,
+                                char *err, size_t errlen) {
     unet_prediction_file *f = calloc(1, sizeof *f);
     f->path = strdup(path);
     f->tmp = malloc(strlen(path) + 32);

@@ -29,14 +29,17 @@ int unet_tiling_init(unet_tiling *t, unet_plan *plan, int pool_levels, float ove
     int reach = t->same ? (int)((1.0f - overlap) * (float)t->tile) : t->out;
     t->stride = reach / t->align * t->align;
     if (t->stride < 1) {
-        snprintf(err, errlen, "tile %d gives outputs of %d pixels, less than one pooling cell (%d): use a larger --tile",
-                 t->tile, t->out, t->align);
+        snprintf(err, errlen,
+                 "tile %d gives outputs of %d pixels, less than one pooling cell (%d): use a larger --tile", t->tile,
+                 t->out, t->align);
         return -1;
     }
     return 0;
 }
 
-static int tiles_along(int size, int out, int stride) { return size <= out ? 1 : (size - out + stride - 1) / stride + 1; }
+static int tiles_along(int size, int out, int stride) {
+    return size <= out ? 1 : (size - out + stride - 1) / stride + 1;
+}
 
 /* A separable Gaussian, sigma = tile / 8, never exactly zero at the border. */
 static float window(int i, int n) {

@@ -80,8 +80,10 @@ static int renumber(const int32_t *cells, size_t n, int32_t *ids) {
         size_t lo = 0, hi = k; /* unique[lo] <= cells[p] < unique[hi] */
         while (hi - lo > 1) {
             size_t mid = (lo + hi) / 2;
-            if (unique[mid] <= cells[p]) lo = mid;
-            else hi = mid;
+            if (unique[mid] <= cells[p])
+                lo = mid;
+            else
+                hi = mid;
         }
         ids[p] = (int32_t)lo + 1;
     }
@@ -147,7 +149,8 @@ int unet_weight_map(const int32_t *label, const int32_t *cells, int h, int w, co
     box *boxes = malloc((size_t)k_cells * sizeof *boxes);
     double *best1 = malloc(n * sizeof *best1), *best2 = malloc(n * sizeof *best2); /* squared distances */
     int longest = h > w ? h : w;
-    double *g = malloc(n * sizeof *g), *f = malloc((size_t)longest * sizeof *f), *d = malloc((size_t)longest * sizeof *d);
+    double *g = malloc(n * sizeof *g), *f = malloc((size_t)longest * sizeof *f),
+           *d = malloc((size_t)longest * sizeof *d);
     double *z = malloc(((size_t)longest + 1) * sizeof *z);
     int *v = malloc((size_t)longest * sizeof *v);
     if (!boxes || !best1 || !best2 || !g || !f || !d || !z || !v) {
@@ -175,8 +178,7 @@ int unet_weight_map(const int32_t *label, const int32_t *cells, int h, int w, co
         int rh = y1 - y0 + 1, rw = x1 - x0 + 1;
         /* columns: squared distance to the cell's nearest pixel in the same column (g is rh x rw) */
         for (int x = 0; x < rw; x++) {
-            for (int y = 0; y < rh; y++)
-                f[y] = ids[(size_t)(y0 + y) * w + x0 + x] == c ? 0.0 : INFINITY;
+            for (int y = 0; y < rh; y++) f[y] = ids[(size_t)(y0 + y) * w + x0 + x] == c ? 0.0 : INFINITY;
             squared_edt_1d(f, rh, d, v, z);
             for (int y = 0; y < rh; y++) g[(size_t)y * rw + x] = d[y];
         }
@@ -187,8 +189,10 @@ int unet_weight_map(const int32_t *label, const int32_t *cells, int h, int w, co
                 size_t p = (size_t)(y0 + y) * w + x0 + x;
                 if (label[p] > 0) continue;
                 double s = d[x];
-                if (s < best1[p]) best2[p] = best1[p], best1[p] = s;
-                else if (s < best2[p]) best2[p] = s;
+                if (s < best1[p])
+                    best2[p] = best1[p], best1[p] = s;
+                else if (s < best2[p])
+                    best2[p] = s;
             }
         }
     }

@@ -13,7 +13,7 @@
 #include "host/dist/dist_internal.h"
 #include "unet/dist.h"
 
-#define DEFAULT_TIMEOUT_S 600.0
+#define DEFAULT_TIMEOUT_S    600.0
 #define DEFAULT_BUCKET_BYTES ((size_t)25 << 20)
 
 struct unet_dist {
@@ -47,7 +47,8 @@ static void *watchdog_main(void *arg) {
     pthread_mutex_lock(&d->lock);
     while (!d->stop) {
         if (d->waiting_for && unet_now_s() > d->deadline) {
-            fprintf(stderr, "unet: rank %d of %d on %s waited %.0f s for the other ranks in %s: one of them died "
+            fprintf(stderr,
+                    "unet: rank %d of %d on %s waited %.0f s for the other ranks in %s: one of them died "
                     "or hangs (see its output); giving up (--dist-timeout sets the limit)\n",
                     d->place.rank, d->place.world, d->host, d->deadline - d->started, d->waiting_for);
             fflush(stderr);
@@ -93,8 +94,8 @@ static void watch_face(unet_dist *d, const char *what) {
 /* The face gave up (a dead or hung peer, its communicator aborted): one line, and the rank ends, as the
  * watchdog ends it; the launcher (mpirun, srun, torchrun) then ends the job. */
 static void give_up(const unet_dist *d, const char *what, const char *why) {
-    fprintf(stderr, "unet: rank %d of %d on %s, in %s: %s; giving up (--dist-timeout sets the limit)\n",
-            d->place.rank, d->place.world, d->host, what, why);
+    fprintf(stderr, "unet: rank %d of %d on %s, in %s: %s; giving up (--dist-timeout sets the limit)\n", d->place.rank,
+            d->place.world, d->host, what, why);
     fflush(stderr);
     _exit(1);
 }
@@ -135,8 +136,8 @@ static int open_nccl(unet_dist *d, const unet_backend *b, char *err, size_t errl
             unet_rendezvous_master(addr, sizeof addr, &port);
             unet_rendezvous_file_path(file, sizeof file);
             unet_rendezvous *r;
-            if (unet_rendezvous_begin(addr, port, file, d->place.rank, d->place.world, id, sizeof id, d->timeout_s,
-                                      &r, err, errlen))
+            if (unet_rendezvous_begin(addr, port, file, d->place.rank, d->place.world, id, sizeof id, d->timeout_s, &r,
+                                      err, errlen))
                 return -1;
             watch(d, "NCCL's initialisation");
             d->face = b->dist_open(b, d->place.rank, d->place.world, id, err, errlen);
@@ -167,13 +168,17 @@ int unet_dist_open(const unet_dist_opts *o, const unet_backend *b, unet_dist **o
     if (k == UNET_DIST_AUTO) k = d->place.world == 1 ? UNET_DIST_NONE : gpu ? UNET_DIST_NCCL : UNET_DIST_MPI;
     d->kind = k;
     if (k == UNET_DIST_NONE && d->place.world > 1) {
-        snprintf(err, errlen, "--dist none, but this process is rank %d of %d (from %s): every rank would train "
-                 "alone; use --dist auto", d->place.rank, d->place.world, d->place.source);
+        snprintf(err, errlen,
+                 "--dist none, but this process is rank %d of %d (from %s): every rank would train "
+                 "alone; use --dist auto",
+                 d->place.rank, d->place.world, d->place.source);
         goto fail;
     }
     if (k == UNET_DIST_MPI && gpu) {
-        snprintf(err, errlen, "--dist mpi averages gradients in host memory, and this run is on %s: use --dist nccl "
-                 "(or auto) on GPUs, or --device cpu", b->name);
+        snprintf(err, errlen,
+                 "--dist mpi averages gradients in host memory, and this run is on %s: use --dist nccl "
+                 "(or auto) on GPUs, or --device cpu",
+                 b->name);
         goto fail;
     }
     if (k == UNET_DIST_NCCL && !b->dist_open) {
@@ -190,9 +195,10 @@ int unet_dist_open(const unet_dist_opts *o, const unet_backend *b, unet_dist **o
         if (!strcmp(d->place.source, "single")) {
             d->place.rank = rank, d->place.world = world, d->place.local_rank = rank, d->place.source = "mpi";
         } else if (rank != d->place.rank || world != d->place.world) {
-            snprintf(err, errlen, "MPI says rank %d of %d, but %s says rank %d of %d: launch with mpirun, or srun "
-                     "--mpi=pmix, and no --rank/--world-size flags", rank, world, d->place.source, d->place.rank,
-                     d->place.world);
+            snprintf(err, errlen,
+                     "MPI says rank %d of %d, but %s says rank %d of %d: launch with mpirun, or srun "
+                     "--mpi=pmix, and no --rank/--world-size flags",
+                     rank, world, d->place.source, d->place.rank, d->place.world);
             goto fail;
         }
     } else if (k == UNET_DIST_NCCL) {
@@ -262,8 +268,10 @@ void unet_dist_grads_ready(void *ctx, size_t begin, size_t end) {
     unet_dist *d = ctx;
     if (!d || !d->face) return;
     if (end != d->final_from) {
-        fprintf(stderr, "unet: internal error: gradient range [%zu, %zu) reported out of order (expected one ending "
-                "at %zu)\n", begin, end, d->final_from);
+        fprintf(stderr,
+                "unet: internal error: gradient range [%zu, %zu) reported out of order (expected one ending "
+                "at %zu)\n",
+                begin, end, d->final_from);
         abort();
     }
     d->final_from = begin;

@@ -17,8 +17,10 @@ static int env_int(const char *name, int *v, char *err, size_t errlen) {
     errno = 0;
     long x = strtol(s, &end, 10);
     if (*end || errno || x < 0 || x > 1 << 24) {
-        snprintf(err, errlen, "%s is '%s': it must be a non-negative integer (it tells this process its place "
-                 "in the job)", name, s);
+        snprintf(err, errlen,
+                 "%s is '%s': it must be a non-negative integer (it tells this process its place "
+                 "in the job)",
+                 name, s);
         return -1;
     }
     *v = (int)x;
@@ -58,8 +60,8 @@ int unet_dist_place_from_env(int flag_rank, int flag_world, int flag_local_rank,
         if (env_int(l->rank, &rank, err, errlen) < 0 || env_int(l->world, &world, err, errlen) < 0 ||
             env_int(l->local_rank, &local, err, errlen) < 0)
             return -1;
-        *out = (unet_dist_place){.rank = rank, .world = world, .local_rank = local >= 0 ? local : rank,
-                                 .source = l->source};
+        *out = (unet_dist_place){
+            .rank = rank, .world = world, .local_rank = local >= 0 ? local : rank, .source = l->source};
         break;
     }
     int from_launcher = strcmp(out->source, "single") != 0;
@@ -71,8 +73,8 @@ int unet_dist_place_from_env(int flag_rank, int flag_world, int flag_local_rank,
     if (flag_local_rank >= 0) out->local_rank = flag_local_rank;
     if (flag_rank >= 0 || flag_world >= 0) out->source = "flags";
     if (out->world < 1 || out->rank >= out->world) {
-        snprintf(err, errlen, "rank %d of a world of %d (from %s): need 0 <= rank < world size", out->rank,
-                 out->world, out->source);
+        snprintf(err, errlen, "rank %d of a world of %d (from %s): need 0 <= rank < world size", out->rank, out->world,
+                 out->source);
         return -1;
     }
     return 0;

@@ -123,9 +123,15 @@ unet_dist_face *unet_dist_mpi_open(int *rank, int *world, char *err, size_t errl
     MPI_Comm_rank(MPI_COMM_WORLD, rank);
     MPI_Comm_size(MPI_COMM_WORLD, world);
     m->world = *world;
-    m->face = (unet_dist_face){.name = "mpi", .host_memory = 1, .start_sum = mpi_start_sum,
-                               .progress = mpi_progress, .wait = mpi_wait, .sum_f64 = mpi_sum_f64,
-                               .barrier = mpi_barrier, .abort = mpi_abort, .close = mpi_close};
+    m->face = (unet_dist_face){.name = "mpi",
+                               .host_memory = 1,
+                               .start_sum = mpi_start_sum,
+                               .progress = mpi_progress,
+                               .wait = mpi_wait,
+                               .sum_f64 = mpi_sum_f64,
+                               .barrier = mpi_barrier,
+                               .abort = mpi_abort,
+                               .close = mpi_close};
     return &m->face;
 }
 
@@ -140,14 +146,13 @@ int unet_dist_mpi_built(void) { return 1; }
 
 unet_dist_face *unet_dist_mpi_open(int *rank, int *world, char *err, size_t errlen) {
     *rank = 0, *world = 1;
-    snprintf(err, errlen, "--dist mpi: this unet was built without MPI (install libopenmpi-dev and openmpi-bin, "
+    snprintf(err, errlen,
+             "--dist mpi: this unet was built without MPI (install libopenmpi-dev and openmpi-bin, "
              "then rebuild: scripts/setup.sh)");
     return NULL;
 }
 
-void unet_dist_mpi_broadcast(unet_dist_face *f, void *bytes, size_t n) {
-    (void)f, (void)bytes, (void)n;
-}
+void unet_dist_mpi_broadcast(unet_dist_face *f, void *bytes, size_t n) { (void)f, (void)bytes, (void)n; }
 
 int unet_dist_mpi_built(void) { return 0; }
 

@@ -24,9 +24,9 @@
 #include "host/common/util.h"
 #include "unet/dist.h"
 
-#define MAGIC "UNETRDV1"
+#define MAGIC     "UNETRDV1"
 #define MAGIC_LEN 8
-#define MAX_BLOB (1u << 20)
+#define MAX_BLOB  (1u << 20)
 
 static void sleep_s(double s) {
     struct timespec t = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
@@ -147,8 +147,10 @@ static void serve_one(unet_rendezvous *r, int fd) {
     memcpy(a.magic, MAGIC, MAGIC_LEN);
     if (write_all(fd, &a, sizeof a)) return;
     if (a.status) {
-        fprintf(stderr, "unet: rendezvous: rank %d started with a world of %d, rank 0 with %d (every rank must be "
-                "launched with the same world size)\n", (int)h.rank, (int)h.world, r->world);
+        fprintf(stderr,
+                "unet: rendezvous: rank %d started with a world of %d, rank 0 with %d (every rank must be "
+                "launched with the same world size)\n",
+                (int)h.rank, (int)h.world, r->world);
         return;
     }
     if (write_all(fd, r->blob, r->bytes)) return;
@@ -186,8 +188,8 @@ static int listen_on(int port, char *err, size_t errlen) {
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_ANY)};
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_ANY)};
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 256)) {
         snprintf(err, errlen, "rendezvous: cannot listen on port %d (%s): set MASTER_PORT to a free port", port,
                  strerror(errno));
@@ -211,8 +213,10 @@ static int write_file_atomic(const unet_rendezvous *r, char *err, size_t errlen)
     int ok = f && fwrite(&a, sizeof a, 1, f) == 1 && fwrite(r->blob, 1, r->bytes, f) == r->bytes;
     if (f && fclose(f)) ok = 0;
     if (!ok || rename(tmp, r->file)) {
-        snprintf(err, errlen, "rendezvous: cannot write %s (%s): set UNET_RENDEZVOUS_FILE to a path on a file "
-                 "system every node shares", r->file, strerror(errno));
+        snprintf(err, errlen,
+                 "rendezvous: cannot write %s (%s): set UNET_RENDEZVOUS_FILE to a path on a file "
+                 "system every node shares",
+                 r->file, strerror(errno));
         unlink(tmp);
         return -1;
     }
@@ -247,8 +251,10 @@ static int try_tcp(unet_rendezvous *r, const char *addr, int port, char *err, si
             if (!write_all(fd, &h, sizeof h) && !read_all(fd, &a, sizeof a, deadline) &&
                 !memcmp(a.magic, MAGIC, MAGIC_LEN)) {
                 if (a.status) {
-                    snprintf(err, errlen, "rendezvous: this rank was started with a world of %d, rank 0 with %d "
-                             "(launch every rank with the same world size)", r->world, (int)a.world);
+                    snprintf(err, errlen,
+                             "rendezvous: this rank was started with a world of %d, rank 0 with %d "
+                             "(launch every rank with the same world size)",
+                             r->world, (int)a.world);
                     got = -1;
                 } else if (a.bytes == r->bytes && !read_all(fd, r->blob, r->bytes, deadline)) {
                     got = 1;
@@ -270,8 +276,10 @@ static int try_file(unet_rendezvous *r, char *err, size_t errlen) {
               fread(r->blob, 1, r->bytes, f) == r->bytes;
     fclose(f);
     if (got && a.world != r->world) {
-        snprintf(err, errlen, "rendezvous: %s is for a world of %d, this rank was started with %d (a file left "
-                 "by another job? remove it, or set UNET_RENDEZVOUS_FILE)", r->file, (int)a.world, r->world);
+        snprintf(err, errlen,
+                 "rendezvous: %s is for a world of %d, this rank was started with %d (a file left "
+                 "by another job? remove it, or set UNET_RENDEZVOUS_FILE)",
+                 r->file, (int)a.world, r->world);
         return -1;
     }
     if (got) {
@@ -283,8 +291,8 @@ static int try_file(unet_rendezvous *r, char *err, size_t errlen) {
     return got;
 }
 
-int unet_rendezvous_begin(const char *addr, int port, const char *file, int rank, int world, void *blob,
-                          size_t bytes, double timeout_s, unet_rendezvous **out, char *err, size_t errlen) {
+int unet_rendezvous_begin(const char *addr, int port, const char *file, int rank, int world, void *blob, size_t bytes,
+                          double timeout_s, unet_rendezvous **out, char *err, size_t errlen) {
     *out = NULL;
     if (world < 1 || rank < 0 || rank >= world || bytes == 0 || bytes > MAX_BLOB || (!addr && !file)) {
         snprintf(err, errlen, "rendezvous: rank %d of %d with %zu bytes and neither address nor file", rank, world,
@@ -328,7 +336,8 @@ int unet_rendezvous_begin(const char *addr, int port, const char *file, int rank
             if (addr) snprintf(where, sizeof where, "on %s:%d", addr, port);
             if (file)
                 snprintf(where + strlen(where), sizeof where - strlen(where), "%sin %s", addr ? " or " : "", file);
-            snprintf(err, errlen, "rendezvous: rank %d of %d heard nothing from rank 0 %s within %.0f s (is rank 0 "
+            snprintf(err, errlen,
+                     "rendezvous: rank %d of %d heard nothing from rank 0 %s within %.0f s (is rank 0 "
                      "running? MASTER_ADDR, MASTER_PORT or UNET_RENDEZVOUS_FILE may need setting)",
                      rank, world, where, timeout_s);
             break;

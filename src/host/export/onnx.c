@@ -202,29 +202,33 @@ static const struct {
     emission kind;
     emit_fn emit;
 } emitters[] = {
-    [UNET_OP_CONV]        = {EMIT_NODES, emit_conv},
-    [UNET_OP_CONV_T2]     = {EMIT_NODES, emit_conv_t2},
-    [UNET_OP_BIAS]        = {EMIT_NODES, emit_bias},
-    [UNET_OP_RELU]        = {EMIT_NODES, emit_relu},
-    [UNET_OP_MAXPOOL2]    = {EMIT_NODES, emit_maxpool2},
-    [UNET_OP_MAXPOOL]     = {EMIT_NODES, emit_maxpool},
+    [UNET_OP_CONV] = {EMIT_NODES, emit_conv},
+    [UNET_OP_CONV_T2] = {EMIT_NODES, emit_conv_t2},
+    [UNET_OP_BIAS] = {EMIT_NODES, emit_bias},
+    [UNET_OP_RELU] = {EMIT_NODES, emit_relu},
+    [UNET_OP_MAXPOOL2] = {EMIT_NODES, emit_maxpool2},
+    [UNET_OP_MAXPOOL] = {EMIT_NODES, emit_maxpool},
     [UNET_OP_CROP_CONCAT] = {EMIT_NODES, emit_crop_concat},
-    [UNET_OP_CROP_ADD]    = {EMIT_NODES, emit_crop_add},
-    [UNET_OP_UPSAMPLE2]   = {EMIT_NODES, emit_upsample2},
-    [UNET_OP_BATCHNORM]   = {EMIT_NODES, emit_batchnorm},
-    [UNET_OP_DROPOUT]     = {EMIT_IDENTITY, NULL},
-    [UNET_OP_SOFTMAX_CE]  = {EMIT_TRAINING_ONLY, NULL},
-    [UNET_OP_BCE_DICE]    = {EMIT_TRAINING_ONLY, NULL},
+    [UNET_OP_CROP_ADD] = {EMIT_NODES, emit_crop_add},
+    [UNET_OP_UPSAMPLE2] = {EMIT_NODES, emit_upsample2},
+    [UNET_OP_BATCHNORM] = {EMIT_NODES, emit_batchnorm},
+    [UNET_OP_DROPOUT] = {EMIT_IDENTITY, NULL},
+    [UNET_OP_SOFTMAX_CE] = {EMIT_TRAINING_ONLY, NULL},
+    [UNET_OP_BCE_DICE] = {EMIT_TRAINING_ONLY, NULL},
 };
 _Static_assert(sizeof emitters / sizeof emitters[0] == UNET_OP_COUNT, "one row per unet_op in the ONNX emitters");
 
 const char *unet_onnx_op_emission(unet_op op) {
     if (op < 0 || op >= UNET_OP_COUNT) return NULL;
     switch (emitters[op].kind) {
-    case EMIT_NODES: return emitters[op].emit ? "nodes" : NULL;
-    case EMIT_IDENTITY: return "identity";
-    case EMIT_TRAINING_ONLY: return "training only";
-    case EMIT_MISSING: break;
+    case EMIT_NODES:
+        return emitters[op].emit ? "nodes" : NULL;
+    case EMIT_IDENTITY:
+        return "identity";
+    case EMIT_TRAINING_ONLY:
+        return "training only";
+    case EMIT_MISSING:
+        break;
     }
     return NULL;
 }
@@ -285,8 +289,8 @@ static int emit_graph(emit_ctx *c, const char *needed, const char **names, char 
             break;
         case EMIT_MISSING: /* refused by check_table before the walk */
         case EMIT_TRAINING_ONLY:
-            unet_errorf(err, errlen, "%s (%s) trains a model and has no place in an exported inference graph",
-                        n->name, unet_op_name(n->op));
+            unet_errorf(err, errlen, "%s (%s) trains a model and has no place in an exported inference graph", n->name,
+                        unet_op_name(n->op));
             return -1;
         }
     }
@@ -349,8 +353,10 @@ static void emit_io(emit_ctx *c) {
 static int check_table(char *err, size_t errlen) {
     for (int op = 0; op < UNET_OP_COUNT; op++)
         if (!unet_onnx_op_emission((unet_op)op)) {
-            unet_errorf(err, errlen, "internal error: op %s has no row in the ONNX emitter table "
-                                     "(src/host/export/onnx.c)", unet_op_name((unet_op)op));
+            unet_errorf(err, errlen,
+                        "internal error: op %s has no row in the ONNX emitter table "
+                        "(src/host/export/onnx.c)",
+                        unet_op_name((unet_op)op));
             return -1;
         }
     return 0;

@@ -15,16 +15,16 @@ typedef struct {
 } unet_onnx_meta;
 
 typedef struct {
-    const unet_graph *graph;      /* built without losses */
-    const unet_plan *plan;        /* compiled at the export tile: the shape of every value */
-    const float *params, *state;  /* host blocks in the graph's layout */
+    const unet_graph *graph;     /* built without losses */
+    const unet_plan *plan;       /* compiled at the export tile: the shape of every value */
+    const float *params, *state; /* host blocks in the graph's layout */
     /* The graph outputs whose probabilities make the output `prob`: one, or
      * several whose mean it is (the heads, each centre-cropped to the
      * smallest). Only the nodes these outputs need are written. */
     int n_heads;
     int heads[UNET_MAX_LEVELS];       /* graph output indices */
     int head_column[UNET_MAX_LEVELS]; /* their grid columns j: outputs logits_head<j> */
-    int dynamic_hw;               /* height and width named (H, W) instead of the tile's */
+    int dynamic_hw;                   /* height and width named (H, W) instead of the tile's */
     int opset;
     const char *graph_name, *doc;
     const unet_onnx_meta *meta;

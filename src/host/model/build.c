@@ -44,24 +44,32 @@ int unet_model_kind_parse(const char *s, unet_model_kind *out) {
 static int validate_encoder(const unet_model_cfg *m, char *err, size_t errlen) {
     const char *enc = unet_encoder_name(m->encoder);
     if (m->kind != UNET_MODEL_UNET && m->kind != UNET_MODEL_UNETPP) {
-        snprintf(err, errlen, "--encoder %s takes --model unet or unetpp (smp's Unet and UnetPlusPlus decoders); %s "
-                 "is a model of the plain grid: use --encoder plain", enc, unet_model_kind_name(m->kind));
+        snprintf(err, errlen,
+                 "--encoder %s takes --model unet or unetpp (smp's Unet and UnetPlusPlus decoders); %s "
+                 "is a model of the plain grid: use --encoder plain",
+                 enc, unet_model_kind_name(m->kind));
         return -1;
     }
     if (!m->same_padding) {
-        snprintf(err, errlen, "--encoder %s needs --padding same: the backbone's convolutions and poolings pad their "
+        snprintf(err, errlen,
+                 "--encoder %s needs --padding same: the backbone's convolutions and poolings pad their "
                  "input (as torchvision's do), so valid padding would leave its features and the decoder's no common "
-                 "size", enc);
+                 "size",
+                 enc);
         return -1;
     }
     if (m->upsample != UNET_UP_NEAREST || m->fusion_add) {
-        snprintf(err, errlen, "--encoder %s has smp's decoder, which upsamples by nearest x2 and concatenates: use "
-                 "--upsample nearest --fusion concat (the defaults with an encoder)", enc);
+        snprintf(err, errlen,
+                 "--encoder %s has smp's decoder, which upsamples by nearest x2 and concatenates: use "
+                 "--upsample nearest --fusion concat (the defaults with an encoder)",
+                 enc);
         return -1;
     }
     if (m->decoder_levels != UNET_ENCODER_STAGES) {
-        snprintf(err, errlen, "--decoder-channels needs %d widths, one per stage of the backbone (smp's default "
-                 "256,128,64,32,16), got %d", UNET_ENCODER_STAGES, m->decoder_levels);
+        snprintf(err, errlen,
+                 "--decoder-channels needs %d widths, one per stage of the backbone (smp's default "
+                 "256,128,64,32,16), got %d",
+                 UNET_ENCODER_STAGES, m->decoder_levels);
         return -1;
     }
     for (int j = 0; j < m->decoder_levels; j++)
@@ -71,16 +79,19 @@ static int validate_encoder(const unet_model_cfg *m, char *err, size_t errlen) {
             return -1;
         }
     if (m->deep_supervision) {
-        snprintf(err, errlen, "--deep-supervision puts a head on every full-resolution node X^{0,j}, but on a "
+        snprintf(err, errlen,
+                 "--deep-supervision puts a head on every full-resolution node X^{0,j}, but on a "
                  "backbone smp's UnetPlusPlus has only one, X^{0,5}: the backbone has no stride-1 feature, so "
                  "X^{0,1..4} do not exist (its X^{1,j} are at half resolution, with the backbone's widths); train "
                  "without --deep-supervision, or with --encoder plain");
         return -1;
     }
     if (m->prune_depth) {
-        snprintf(err, errlen, "--depth %d prunes to the nodes with i + j <= %d and a head on X^{0,%d}, but on a "
+        snprintf(err, errlen,
+                 "--depth %d prunes to the nodes with i + j <= %d and a head on X^{0,%d}, but on a "
                  "backbone the only full-resolution node is X^{0,5}, which needs the whole network: use --depth 0 "
-                 "(the full model), or --encoder plain", m->prune_depth, m->prune_depth, m->prune_depth);
+                 "(the full model), or --encoder plain",
+                 m->prune_depth, m->prune_depth, m->prune_depth);
         return -1;
     }
     return 0;
@@ -98,12 +109,14 @@ static int validate_plain(const unet_model_cfg *m, char *err, size_t errlen) {
             return -1;
         }
     if (m->upsample == UNET_UP_NEAREST) {
-        snprintf(err, errlen, "--upsample nearest (no convolution, channels kept) is smp's decoder, for --encoder "
+        snprintf(err, errlen,
+                 "--upsample nearest (no convolution, channels kept) is smp's decoder, for --encoder "
                  "models; the plain grid upsamples f_{i+1} -> f_i channels: use transposed or bilinear");
         return -1;
     }
     if (m->freeze_encoder_bn) {
-        snprintf(err, errlen, "--freeze-encoder-bn freezes the batch norms of a backbone: it needs --encoder "
+        snprintf(err, errlen,
+                 "--freeze-encoder-bn freezes the batch norms of a backbone: it needs --encoder "
                  "resnet18|resnet34|resnet50|mobilenet_v2");
         return -1;
     }
@@ -114,8 +127,10 @@ static int validate_plain(const unet_model_cfg *m, char *err, size_t errlen) {
         return -1;
     }
     if (m->kind == UNET_MODEL_UNET && (m->deep_supervision || (m->prune_depth && m->prune_depth != L))) {
-        snprintf(err, errlen, "U-Net has one head on X^{0,%d}: deep supervision and pruning need --model unet_e, "
-                 "unet_plus or unetpp", L);
+        snprintf(err, errlen,
+                 "U-Net has one head on X^{0,%d}: deep supervision and pruning need --model unet_e, "
+                 "unet_plus or unetpp",
+                 L);
         return -1;
     }
     return 0;
@@ -135,7 +150,8 @@ int unet_model_validate(const unet_model_cfg *m, char *err, size_t errlen) {
         return -1;
     }
     if (m->loss == UNET_LOSS_CE && m->classes < 2) {
-        snprintf(err, errlen, "--loss ce needs --classes >= 2 (softmax over classes); use --loss bce_dice for one class");
+        snprintf(err, errlen,
+                 "--loss ce needs --classes >= 2 (softmax over classes); use --loss bce_dice for one class");
         return -1;
     }
     if (m->loss == UNET_LOSS_BCE_DICE && m->classes != 1) {
@@ -157,7 +173,7 @@ int unet_pool_levels(const unet_model_cfg *m) {
 typedef struct {
     const unet_model_cfg *m;
     unet_graph *g;
-    int L;                                       /* deepest level of the (pruned) grid */
+    int L; /* deepest level of the (pruned) grid */
     char needed[UNET_MAX_LEVELS][UNET_MAX_LEVELS];
     int value[UNET_MAX_LEVELS][UNET_MAX_LEVELS]; /* output value of X^{i,j} */
 } grid;
@@ -177,9 +193,15 @@ static int skip_columns(const grid *G, int i, int j, int *cols) {
     int first = 0, last = 0, n = 0;
     switch (m->kind) {
     case UNET_MODEL_UNET:
-    case UNET_MODEL_UNET_E: first = last = 0; break;
-    case UNET_MODEL_UNET_PLUS: first = last = j - 1; break;
-    case UNET_MODEL_UNETPP: first = 0, last = j - 1; break;
+    case UNET_MODEL_UNET_E:
+        first = last = 0;
+        break;
+    case UNET_MODEL_UNET_PLUS:
+        first = last = j - 1;
+        break;
+    case UNET_MODEL_UNETPP:
+        first = 0, last = j - 1;
+        break;
     }
     if (!m->encoder) {
         for (int k = first; k <= last; k++) cols[n++] = k;
@@ -206,12 +228,15 @@ static void mark_needed(grid *G, int i, int j) {
 
 /* Conv layer `prefix` (k x k), then batch norm `norm_prefix` when
  * configured; ReLU fused into the last of the two when relu is set. */
-static int conv_layer(grid *G, const char *prefix, const char *norm_prefix, int x, int cin, int cout, int k,
-                      int relu) {
+static int conv_layer(grid *G, const char *prefix, const char *norm_prefix, int x, int cin, int cout, int k, int relu) {
     const unet_model_cfg *m = G->m;
     int use_norm = m->batch_norm && norm_prefix;
     /* smp's convolutions before a batch norm have no bias; the plain grid's keep theirs, as they always had */
-    unet_conv_spec c = {.k = k, .stride = 1, .groups = 1, .same = m->same_padding, .bias = !(m->encoder && use_norm),
+    unet_conv_spec c = {.k = k,
+                        .stride = 1,
+                        .groups = 1,
+                        .same = m->same_padding,
+                        .bias = !(m->encoder && use_norm),
                         .act = relu && !use_norm ? UNET_ACT_RELU : UNET_ACT_NONE};
     int y = unet_layer_conv(G->g, prefix, x, cin, cout, c);
     if (!use_norm) return y;

@@ -117,8 +117,8 @@ static int inverted_residual(backbone *B, int index, int x, int cin, int cout, i
 
 static void mobilenet_v2(backbone *B, int x, int in_channels, int *features) {
     /* torchvision's inverted_residual_setting: expansion t, channels c, repeats n, first stride s */
-    static const int settings[7][4] = {{1, 16, 1, 1},  {6, 24, 2, 2},  {6, 32, 3, 2},  {6, 64, 4, 2},
-                                       {6, 96, 3, 1},  {6, 160, 3, 2}, {6, 320, 1, 1}};
+    static const int settings[7][4] = {{1, 16, 1, 1}, {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
+                                       {6, 96, 3, 1}, {6, 160, 3, 2}, {6, 320, 1, 1}};
     static const int taps[UNET_ENCODER_STAGES] = {1, 3, 6, 13, 18}; /* smp's _out_indexes */
     x = conv_bn(B, "encoder.features.0.0", "encoder.features.0.1", x, in_channels, 32, 3, 2, 1, UNET_ACT_RELU6);
     int c = 32, index = 1, stage = 0;
@@ -148,9 +148,7 @@ static const encoder_row encoders[UNET_ENCODER_COUNT] = {
     [UNET_ENCODER_MOBILENET_V2] = {"mobilenet_v2", {0, 16, 24, 32, 96, 1280}, mobilenet_v2},
 };
 
-const char *unet_encoder_name(unet_encoder_kind e) {
-    return e >= 0 && e < UNET_ENCODER_COUNT ? encoders[e].name : "?";
-}
+const char *unet_encoder_name(unet_encoder_kind e) { return e >= 0 && e < UNET_ENCODER_COUNT ? encoders[e].name : "?"; }
 
 int unet_encoder_parse(const char *s, unet_encoder_kind *out) {
     for (int e = 0; e < UNET_ENCODER_COUNT; e++)
@@ -163,7 +161,7 @@ int unet_encoder_parse(const char *s, unet_encoder_kind *out) {
 
 int unet_encoder_channels(unet_encoder_kind e, int level) {
     return e > 0 && e < UNET_ENCODER_COUNT && level >= 1 && level <= UNET_ENCODER_STAGES ? encoders[e].channels[level]
-                                                                                          : 0;
+                                                                                         : 0;
 }
 
 void unet_encoder_build(unet_graph *g, const unet_model_cfg *m, int image, int *features) {

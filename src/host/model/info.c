@@ -28,7 +28,7 @@ static size_t backbone_params(const unet_graph *g) {
 static size_t group_length(const char *name) {
     int parts = !strncmp(name, "decoder.", 8) || !strncmp(name, "encoder.features.", 17) ? 3
                 : !strncmp(name, "encoder.", 8)                                          ? 2
-                                                                                          : 1;
+                                                                                         : 1;
     size_t len = 0;
     for (int k = 0; k < parts && name[len]; k++) {
         if (k) len++;
@@ -161,8 +161,10 @@ int unet_largest_batch(const unet_model_cfg *m, const unet_backend *b, int tile,
         unet_train_memory at;
         int f = batch_fits(&s, mid, &at, err, errlen);
         if (f < 0) goto fail;
-        if (f) lo = mid, *out = at;
-        else hi = mid;
+        if (f)
+            lo = mid, *out = at;
+        else
+            hi = mid;
     }
     if (out->batch != lo) rc = train_memory(model.graph, b, tile, lo, with_adam, out, err, errlen);
     goto out;
@@ -203,13 +205,15 @@ static void run_memory_json(json_object *o, const unet_run_memory *r) {
 
 static void run_memory_text(FILE *f, const unet_run_memory *r) {
     const unet_train_memory *t = &r->at_batch;
-    fprintf(f, "training run batch %d, %s: parameters %.1f MiB, gradients %.1f MiB, optimizer %.1f MiB, arena %.1f MiB, "
-               "workspace %.1f MiB; total %.1f MiB (%.2f GiB), planned for the %s layout\n",
+    fprintf(f,
+            "training run batch %d, %s: parameters %.1f MiB, gradients %.1f MiB, optimizer %.1f MiB, arena %.1f MiB, "
+            "workspace %.1f MiB; total %.1f MiB (%.2f GiB), planned for the %s layout\n",
             t->batch, r->optimizer, mib(t->params), mib(t->grads), mib(t->optimizer), mib(t->arena), mib(t->workspace),
             mib(t->total), gib(t->total), !strcmp(r->layout, "cuda") ? "CUDA backend's" : "CPU backend's");
     if (r->note[0]) fprintf(f, "             %s\n", r->note);
     if (!r->budget) {
-        fprintf(f, "largest batch  give --memory-budget GiB (or run on a CUDA device) for the largest batch that fits\n");
+        fprintf(f,
+                "largest batch  give --memory-budget GiB (or run on a CUDA device) for the largest batch that fits\n");
         return;
     }
     if (!r->largest.batch)
@@ -230,7 +234,8 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
         json_object_object_add(o, "encoder", json_object_new_string(unet_encoder_name(m->encoder)));
         if (m->encoder) {
             json_object *dc = json_object_new_array();
-            for (int j = 0; j < m->decoder_levels; j++) json_object_array_add(dc, json_object_new_int(m->decoder_channels[j]));
+            for (int j = 0; j < m->decoder_levels; j++)
+                json_object_array_add(dc, json_object_new_int(m->decoder_channels[j]));
             json_object_object_add(o, "decoder_channels", dc);
             json_object_object_add(o, "encoder_params", json_object_new_int64((int64_t)in->encoder_params));
         }
@@ -294,12 +299,15 @@ void unet_model_info_print(FILE *f, const unet_model_cfg *m, const unet_model_in
     for (int i = 0; i < in->n_outputs; i++) fprintf(f, " %dx%d", in->outputs[i].h, in->outputs[i].w);
     fprintf(f, "\nvalid tiles  nearest below %d, above %d\n", in->valid_below, in->valid_above);
     if (in->tile_asked)
-        fprintf(f, "             tile %d does not fit this network: the sizes are for %d, the nearest valid tile "
-                   "(the parameters do not depend on it)\n", in->tile_asked, in->tile);
+        fprintf(f,
+                "             tile %d does not fit this network: the sizes are for %d, the nearest valid tile "
+                "(the parameters do not depend on it)\n",
+                in->tile_asked, in->tile);
     fprintf(f, "FLOPs        %.3g per image forward (%.3g per trained image)\n", in->flops_per_image,
             3 * in->flops_per_image);
-    fprintf(f, "memory       batch %d: training activations %.1f MiB (%.1f MiB without reuse), inference %.1f MiB, "
-               "workspace %.1f MiB, parameters+gradients+optimizer %.1f MiB\n",
+    fprintf(f,
+            "memory       batch %d: training activations %.1f MiB (%.1f MiB without reuse), inference %.1f MiB, "
+            "workspace %.1f MiB, parameters+gradients+optimizer %.1f MiB\n",
             in->batch, mib(in->train_activation_bytes), mib(in->unplanned_bytes), mib(in->infer_activation_bytes),
             mib(in->workspace_bytes), mib(in->param_bytes));
     if (run) run_memory_text(f, run);
@@ -451,14 +459,17 @@ int unet_run_info(unet_config *cfg) {
         char why[512];
         b = unet_config_cuda_backend(cfg, index, &prec, why, sizeof why);
         if (!b && !(cfg->memory_budget > 0)) {
-            fprintf(stderr, "unet info: --device %s: %s%s%s; to plan a run for a GPU this machine does not have, give "
-                            "--memory-budget GiB\n", cfg->device, strstr(why, "no CUDA device") ? "" : "no CUDA device (",
-                    why, strstr(why, "no CUDA device") ? "" : ")");
+            fprintf(stderr,
+                    "unet info: --device %s: %s%s%s; to plan a run for a GPU this machine does not have, give "
+                    "--memory-budget GiB\n",
+                    cfg->device, strstr(why, "no CUDA device") ? "" : "no CUDA device (", why,
+                    strstr(why, "no CUDA device") ? "" : ")");
             return 2;
         }
         if (!b) {
-            snprintf(note, sizeof note, "no CUDA device here: the planner's sizes for the CPU layout (a CUDA run's "
-                                        "workspace, cuDNN's, differs)");
+            snprintf(note, sizeof note,
+                     "no CUDA device here: the planner's sizes for the CPU layout (a CUDA run's "
+                     "workspace, cuDNN's, differs)");
             b = unet_cpu_backend();
         }
         snprintf(desc, sizeof desc, "%s", cfg->device);

@@ -15,7 +15,7 @@ typedef struct {
 
 /* "<prefix>.<what>": a parameter of the layer `prefix`. */
 int unet_layer_param(unet_graph *g, const char *prefix, const char *what, int ndim, const int *dims, unet_init init,
-                int fan_in, unet_param_kind kind);
+                     int fan_in, unet_param_kind kind);
 /* The convolution `name` (parameters name.weight [cout, cin / groups, k, k], name.bias) on value x. */
 int unet_layer_conv(unet_graph *g, const char *name, int x, int cin, int cout, unet_conv_spec c);
 /* The batch norm `name` (name.weight, .bias, .running_mean, .running_var) over c channels. frozen: it normalises

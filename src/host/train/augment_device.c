@@ -24,8 +24,10 @@ int gpu_augment_open(gpu_augment *g, const unet_augment_cfg *a, const unet_backe
     if (!g->label || !g->weight) {
         /* one plane each for labels and weights: the warp writes both */
         if (!(g->scratch = b->alloc(b, 2 * pixels * sizeof(float)))) {
-            snprintf(err, errlen, "--augment-device cuda: out of device memory for %.1f MiB of warp output; use "
-                     "--augment-device cpu", 2 * pixels * sizeof(float) / 1048576.0);
+            snprintf(err, errlen,
+                     "--augment-device cuda: out of device memory for %.1f MiB of warp output; use "
+                     "--augment-device cpu",
+                     2 * pixels * sizeof(float) / 1048576.0);
             return -1;
         }
         if (!g->label) g->label = (int32_t *)g->scratch;
@@ -70,9 +72,11 @@ int check_augment_device(const unet_config *cfg, const unet_augment_cfg *a, cons
         for (int i = 0; i < 4; i++)
             if (names[i])
                 snprintf(which + strlen(which), sizeof which - strlen(which), "%s%s", which[0] ? ", " : "", names[i]);
-        snprintf(err, errlen, "--augment-device cuda applies the deformation only (elastic, flip, rot90, rotate, "
+        snprintf(err, errlen,
+                 "--augment-device cuda applies the deformation only (elastic, flip, rot90, rotate, "
                  "scale), and --augment %s also asks for %s, which the GPU warp does not do: drop %s from --augment, "
-                 "or use --augment-device cpu", cfg->augment, which, strchr(which, ',') ? "them" : "it");
+                 "or use --augment-device cpu",
+                 cfg->augment, which, strchr(which, ',') ? "them" : "it");
         return -1;
     }
     unet_layout held = b->warp_batch && b->layout ? b->layout(b, UNET_F32) : UNET_LAYOUT_NCHW;
@@ -80,11 +84,13 @@ int check_augment_device(const unet_config *cfg, const unet_augment_cfg *a, cons
         /* the layout, not the sizes: NHWC with channels padded to 8 bf16 or 4 floats takes as many bytes as NCHW
          * float32 at 4 channels, and the warp would write float32 planes into it */
         if (held == UNET_LAYOUT_NHWC_BF16)
-            snprintf(err, errlen, "--augment-device cuda writes its tiles as NCHW float32, but --precision %s keeps "
+            snprintf(err, errlen,
+                     "--augment-device cuda writes its tiles as NCHW float32, but --precision %s keeps "
                      "the images NHWC bfloat16 on the device: use --augment-device cpu, or --precision tf32 or fp32",
                      unet_config_choice_name("precision", cfg->precision));
         else
-            snprintf(err, errlen, "--augment-device cuda writes its tiles as NCHW float32, but --layout nhwc keeps the "
+            snprintf(err, errlen,
+                     "--augment-device cuda writes its tiles as NCHW float32, but --layout nhwc keeps the "
                      "images NHWC float32 on the device: use --augment-device cpu, or --layout nchw");
         return -1;
     }
@@ -93,10 +99,11 @@ int check_augment_device(const unet_config *cfg, const unet_augment_cfg *a, cons
         if (absent)
             snprintf(err, errlen, "--augment-device cuda warps on the GPU, but %s: use --augment-device cpu", absent);
         else
-            snprintf(err, errlen, "--augment-device cuda warps on the GPU, but this run is on the CPU (--device %s): "
-                     "use --augment-device cpu, or --device cuda on a machine with a GPU", cfg->device);
+            snprintf(err, errlen,
+                     "--augment-device cuda warps on the GPU, but this run is on the CPU (--device %s): "
+                     "use --augment-device cpu, or --device cuda on a machine with a GPU",
+                     cfg->device);
         return -1;
     }
     return 0;
 }
-

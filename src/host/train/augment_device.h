@@ -27,9 +27,9 @@ typedef struct {
     int32_t *src_label;          /* host: (B,1,S,S) */
     unsigned char *records;      /* host: the B draws */
     unet_warp *warps;
-    float *raw, *weight;         /* device: the plan's inputs, weight in scratch when the graph takes none */
+    float *raw, *weight; /* device: the plan's inputs, weight in scratch when the graph takes none */
     int32_t *label;
-    void *scratch;               /* device: what the graph has no input for */
+    void *scratch; /* device: what the graph has no input for */
 } gpu_augment;
 
 /* The warp's buffers on b, a backend with a warp (check_augment_device

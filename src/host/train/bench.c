@@ -106,8 +106,12 @@ out_model:
 int unet_run_bench(unet_config *cfg) {
     char err[1024], desc[128];
     const unet_backend *b = unet_select_backend(cfg, desc, sizeof desc, err, sizeof err);
-    unet_bench_cfg c = {.tile = cfg->tile, .batch = cfg->batch, .warmup = cfg->bench_warmup,
-                        .steps = (int)cfg->steps, .inference = cfg->mode != UNET_MODE_DEEPEST, .seed = cfg->seed,
+    unet_bench_cfg c = {.tile = cfg->tile,
+                        .batch = cfg->batch,
+                        .warmup = cfg->bench_warmup,
+                        .steps = (int)cfg->steps,
+                        .inference = cfg->mode != UNET_MODE_DEEPEST,
+                        .seed = cfg->seed,
                         .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO};
     unet_bench_result r;
     if (!b || unet_bench_run(&cfg->model, &cfg->optim, b, &c, &r, err, sizeof err)) {

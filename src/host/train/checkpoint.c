@@ -10,7 +10,7 @@
 #include "unet/checkpoint.h"
 #include "unet/safetensors.h"
 
-#define OPT_PREFIX_LEN 32
+#define OPT_PREFIX_LEN  32
 #define TENSOR_NAME_LEN (UNET_NAME_LEN + OPT_PREFIX_LEN)
 
 static int ends_with(const char *s, const char *suffix) {
@@ -61,7 +61,8 @@ int unet_checkpoint_save(const char *path, const unet_graph *g, const float *par
     const int64_t tracked = step; /* PyTorch's BatchNorm2d counts its training forward passes */
     for (int k = 0; k < np; k++) {
         const float *block = p[k].kind == UNET_PARAM_TRAINABLE ? params : state;
-        t[nt] = (unet_st_tensor){.name = p[k].name, .dtype = UNET_ST_F32, .ndim = p[k].ndim, .data = block + p[k].offset};
+        t[nt] =
+            (unet_st_tensor){.name = p[k].name, .dtype = UNET_ST_F32, .ndim = p[k].ndim, .data = block + p[k].offset};
         param_shape(&p[k], t[nt].shape);
         nt++;
         if (p[k].kind == UNET_PARAM_STATE && ends_with(p[k].name, ".running_var")) {
@@ -74,8 +75,8 @@ int unet_checkpoint_save(const char *path, const unet_graph *g, const float *par
         for (int k = 0; k < np; k++) {
             if (p[k].kind != UNET_PARAM_TRAINABLE) continue;
             snprintf(names[nn], TENSOR_NAME_LEN, "optimizer.%s.%s", opt_names[b], p[k].name);
-            t[nt] = (unet_st_tensor){.name = names[nn++], .dtype = UNET_ST_F32, .ndim = p[k].ndim,
-                                     .data = opt_blocks[b] + p[k].offset};
+            t[nt] = (unet_st_tensor){
+                .name = names[nn++], .dtype = UNET_ST_F32, .ndim = p[k].ndim, .data = opt_blocks[b] + p[k].offset};
             param_shape(&p[k], t[nt].shape);
             nt++;
         }
@@ -85,7 +86,9 @@ int unet_checkpoint_save(const char *path, const unet_graph *g, const float *par
     unet_st_meta meta[10] = {{"format", "pt"},
                              {"unet.format_version", version},
                              {"unet.step", step_text},
-                             {"unet.optimizer_state", !opt_a ? "none" : opt_b ? "adam" : "sgd"}};
+                             {"unet.optimizer_state", !opt_a  ? "none"
+                                                      : opt_b ? "adam"
+                                                              : "sgd"}};
     int n_meta = 4;
     if (config_json) meta[n_meta++] = (unet_st_meta){"unet.config", config_json};
     if (progress->skipped_steps) {
@@ -127,8 +130,9 @@ static int load_tensor(const unet_st_file *f, const char *name, const unet_param
     shape_text(p->ndim, want, want_text, sizeof want_text);
     const unet_st_tensor *t = unet_st_find(f, name);
     if (!t) {
-        unet_errorf(err, errlen, "%s has no tensor %s %s that the model needs (a checkpoint of another model? the "
-                                 "model flags must describe the one it was saved from)",
+        unet_errorf(err, errlen,
+                    "%s has no tensor %s %s that the model needs (a checkpoint of another model? the "
+                    "model flags must describe the one it was saved from)",
                     unet_st_path(f), name, want_text);
         return -1;
     }
@@ -180,8 +184,8 @@ static int graph_has(const unet_graph *g, const char *name) {
 
 /* A 3-channel first convolution t for p's `in` input channels, as smp's patch_first_conv adapts pretrained weights:
  * one channel takes the sum of the three, more take them in turn scaled by 3 / in. */
-static int load_first_conv(const unet_st_file *f, const unet_st_tensor *t, const unet_param *p, float *dst,
-                           char *err, size_t errlen) {
+static int load_first_conv(const unet_st_file *f, const unet_st_tensor *t, const unet_param *p, float *dst, char *err,
+                           size_t errlen) {
     const int out = p->dims[0], in = p->dims[1];
     const size_t kk = (size_t)p->dims[2] * p->dims[3];
     float *w3 = unet_alloc(unet_st_numel(t), sizeof(float), "the first convolution", err, errlen);
@@ -201,19 +205,20 @@ static int load_first_conv(const unet_st_file *f, const unet_st_tensor *t, const
 }
 
 /* The file's tensor for p, or -1 with a message saying what the file should be. */
-static const unet_st_tensor *backbone_tensor(const unet_st_file *f, const char *encoder, const unet_param *p,
-                                             char *err, size_t errlen) {
+static const unet_st_tensor *backbone_tensor(const unet_st_file *f, const char *encoder, const unet_param *p, char *err,
+                                             size_t errlen) {
     const char *name = p->name + strlen(ENCODER_PREFIX);
     const unet_st_tensor *t = unet_st_find(f, name);
     if (!t)
-        unet_errorf(err, errlen, "%s has no tensor %s, which the %s backbone needs: --init-encoder takes torchvision's "
-                                 "%s state dict under its own names (scripts/torchvision_weights.py converts a .pth)",
+        unet_errorf(err, errlen,
+                    "%s has no tensor %s, which the %s backbone needs: --init-encoder takes torchvision's "
+                    "%s state dict under its own names (scripts/torchvision_weights.py converts a .pth)",
                     unet_st_path(f), name, encoder, encoder);
     return t;
 }
 
-static int load_backbone(const unet_st_file *f, const char *encoder, const unet_graph *g, float *params,
-                         float *state, char *err, size_t errlen) {
+static int load_backbone(const unet_st_file *f, const char *encoder, const unet_graph *g, float *params, float *state,
+                         char *err, size_t errlen) {
     const char *converted = unet_st_meta_get(f, "unet.encoder");
     if (converted && strcmp(converted, encoder)) {
         unet_errorf(err, errlen, "%s holds the weights of %s, but the model's encoder is %s (--encoder %s)",
@@ -241,8 +246,9 @@ static int load_backbone(const unet_st_file *f, const char *encoder, const unet_
         char full[TENSOR_NAME_LEN];
         snprintf(full, sizeof full, "%s%s", ENCODER_PREFIX, name);
         if (!outside_backbone(name) && !graph_has(g, full)) {
-            unet_errorf(err, errlen, "%s has a tensor %s that the %s backbone lacks: the weights of another network "
-                                     "(give the --encoder they were trained as)",
+            unet_errorf(err, errlen,
+                        "%s has a tensor %s that the %s backbone lacks: the weights of another network "
+                        "(give the --encoder they were trained as)",
                         unet_st_path(f), name, encoder);
             return -1;
         }
@@ -307,16 +313,18 @@ int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *pa
     const char *want = opt_b ? "adam" : "sgd", *have = saved_optimizer(f);
     if (check_version(f, err, errlen) || load_weights(f, g, params, state, err, errlen)) goto out;
     if (!have) {
-        unet_errorf(err, errlen, "%s holds weights but no optimizer state, so a run cannot continue from it: start "
-                                 "from its weights with --init %s instead of --resume",
+        unet_errorf(err, errlen,
+                    "%s holds weights but no optimizer state, so a run cannot continue from it: start "
+                    "from its weights with --init %s instead of --resume",
                     path, path);
         goto out;
     }
     if (strcmp(have, want)) {
-        unet_errorf(err, errlen, "%s holds the optimizer state of %s, but this run uses %s: resume with the "
-                                 "--optimizer it was trained with, or start from its weights with --init %s",
-                    path, !strcmp(have, "sgd") ? "SGD (momentum buffers)" : "Adam (moments)",
-                    opt_b ? "Adam" : "SGD", path);
+        unet_errorf(err, errlen,
+                    "%s holds the optimizer state of %s, but this run uses %s: resume with the "
+                    "--optimizer it was trained with, or start from its weights with --init %s",
+                    path, !strcmp(have, "sgd") ? "SGD (momentum buffers)" : "Adam (moments)", opt_b ? "Adam" : "SGD",
+                    path);
         goto out;
     }
     const char *const *names = opt_b ? adam_names : sgd_names;
@@ -330,8 +338,9 @@ int unet_checkpoint_load_resume(const char *path, const unet_graph *g, float *pa
             if (load_tensor(f, name, &p[k], blocks[b] + p[k].offset, err, errlen)) goto out;
         }
     if (read_progress(f, progress)) {
-        unet_errorf(err, errlen, "%s has optimizer state but no valid \"unet.step\" in its metadata, so the step to "
-                                 "continue from is unknown",
+        unet_errorf(err, errlen,
+                    "%s has optimizer state but no valid \"unet.step\" in its metadata, so the step to "
+                    "continue from is unknown",
                     path);
         goto out;
     }

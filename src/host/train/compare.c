@@ -44,7 +44,7 @@
 extern char **environ;
 
 #define MAX_MODELS 8
-#define PATH_LEN (UNET_CONFIG_STRING_MAX + 128)
+#define PATH_LEN   (UNET_CONFIG_STRING_MAX + 128)
 
 typedef struct {
     double *v; /* one value per seed */
@@ -83,8 +83,8 @@ typedef struct {
     char name[32];  /* as in --models: a kind, wide_unet, or kind:encoder */
     char label[48]; /* in the report: U-Net, UNet++ (resnet34), ... */
     unet_model_cfg model;
-    int pruned_depths;                      /* deep supervision: depths 1..L evaluated pruned; else 0 */
-    size_t params, encoder_params;          /* encoder_params: of the backbone, 0 for the plain encoder */
+    int pruned_depths;             /* deep supervision: depths 1..L evaluated pruned; else 0 */
+    size_t params, encoder_params; /* encoder_params: of the backbone, 0 for the plain encoder */
     double flops, train_images_per_s, infer_ms;
     size_t train_activation_bytes;
     val_runs val;
@@ -132,8 +132,10 @@ static int parse_model(const unet_config *cfg, const char *s, size_t len, model_
     if ((colon = strchr(name, ':'))) {
         *colon = 0;
         if (unet_encoder_parse(colon + 1, &encoder) || encoder == UNET_ENCODER_PLAIN) {
-            snprintf(err, errlen, "--models: unknown encoder in '%s'; after the ':' come resnet18, resnet34, resnet50 "
-                                  "and mobilenet_v2 (unet:resnet34)", m->name);
+            snprintf(err, errlen,
+                     "--models: unknown encoder in '%s'; after the ':' come resnet18, resnet34, resnet50 "
+                     "and mobilenet_v2 (unet:resnet34)",
+                     m->name);
             return -1;
         }
     }
@@ -141,8 +143,9 @@ static int parse_model(const unet_config *cfg, const char *s, size_t len, model_
     for (int i = 0; i < 5; i++)
         if (!strcmp(name, model_names[i])) k = i;
     if (k < 0 || (encoder && k == WIDE_UNET)) {
-        snprintf(err, errlen, "--models: unknown model '%s'; the models are unet, unet_e, unet_plus, unetpp and "
-                              "wide_unet, and unet or unetpp on a backbone (unet:resnet34, unetpp:mobilenet_v2)",
+        snprintf(err, errlen,
+                 "--models: unknown model '%s'; the models are unet, unet_e, unet_plus, unetpp and "
+                 "wide_unet, and unet or unetpp on a backbone (unet:resnet34, unetpp:mobilenet_v2)",
                  m->name);
         return -1;
     }
@@ -152,8 +155,9 @@ static int parse_model(const unet_config *cfg, const char *s, size_t len, model_
     m->model = probe.model;
     if (k == WIDE_UNET) {
         if (!cfg->match_params[0]) {
-            snprintf(err, errlen, "wide_unet is the U-Net matched to another model's parameter count: add "
-                                  "--match-params (unetpp), --match-params MODEL or --match-params N");
+            snprintf(err, errlen,
+                     "wide_unet is the U-Net matched to another model's parameter count: add "
+                     "--match-params (unetpp), --match-params MODEL or --match-params N");
             return -1;
         }
         m->model.kind = UNET_MODEL_UNET;
@@ -368,7 +372,7 @@ typedef struct {
     size_t match_target;      /* --match-params: the count wide_unet matches; 0: none */
     unet_model_cfg match_ref; /* the model of that count (levels 0: a number was given) */
     const unet_backend *backend;
-    char device[128];         /* the backend in words */
+    char device[128]; /* the backend in words */
     unet_val_data val;
     double t0;
     double run_s[MAX_MODELS]; /* the summed wall time of each model's finished runs, for the time left */
@@ -388,8 +392,9 @@ static int compare_open(comparison *c, unet_config *cfg, char *err, size_t errle
         return -1;
     }
     if (unet_config_is_set(cfg, "model") || unet_config_is_set(cfg, "depth") || unet_config_is_set(cfg, "encoder")) {
-        snprintf(err, errlen, "--models says which models to train (an encoder after a ':', unet:resnet34), and every "
-                              "pruning depth of a deep-supervised model is evaluated: drop --model, --encoder and --depth");
+        snprintf(err, errlen,
+                 "--models says which models to train (an encoder after a ':', unet:resnet34), and every "
+                 "pruning depth of a deep-supervised model is evaluated: drop --model, --encoder and --depth");
         return -1;
     }
     if (parse_models(cfg, c->models, &c->n_models, err, errlen)) return -1;
@@ -585,8 +590,8 @@ static void write_report(const char *dir) {
     pid_t pid;
     int status = 0;
     fflush(stdout);
-    if (posix_spawnp(&pid, python, NULL, NULL, argv, environ) || waitpid(pid, &status, 0) < 0 ||
-        !WIFEXITED(status) || WEXITSTATUS(status))
+    if (posix_spawnp(&pid, python, NULL, NULL, argv, environ) || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
+        WEXITSTATUS(status))
         printf("report: %s %s %s failed; every number is in %s/report.json\n", python, script, dir, dir);
 }
 
@@ -647,8 +652,10 @@ static int load_result(const run_files *f, const comparison *c, const model_resu
     r->wall_s = ok && json_object_object_get_ex(o, "wall_s", &v) ? json_object_get_double(v) : NAN;
     json_object_put(o);
     if (!ok || r->steps != c->cfg->steps) {
-        snprintf(err, errlen, "%.900s is not the result of a %ld-step run of this comparison: give another --out, or "
-                 "remove the file to train that run again", f->result, c->cfg->steps);
+        snprintf(err, errlen,
+                 "%.900s is not the result of a %ld-step run of this comparison: give another --out, or "
+                 "remove the file to train that run again",
+                 f->result, c->cfg->steps);
         return -1;
     }
     return 1;
@@ -670,8 +677,10 @@ static int train_or_continue(unet_config *run, const run_files *f, const char *n
         run->resume = newest;
     }
     if (unet_run_train(run)) {
-        snprintf(err, errlen, "training %.31s with seed %llu failed (its message is above); run the same command "
-                 "again to continue the comparison", name, (unsigned long long)run->seed);
+        snprintf(err, errlen,
+                 "training %.31s with seed %llu failed (its message is above); run the same command "
+                 "again to continue the comparison",
+                 name, (unsigned long long)run->seed);
         return -1;
     }
     return 0;

@@ -69,8 +69,11 @@ int unet_measure_costs(const unet_config *cfg, const unet_backend *b, const unet
     out->encoder_params = info.encoder_params;
     out->flops = info.flops_per_image;
     out->train_bytes = info.train_activation_bytes;
-    unet_bench_cfg bc = {.tile = cfg->tile, .batch = cfg->batch, .warmup = cfg->bench_warmup,
-                         .steps = UNET_COST_BENCH_STEPS, .seed = cfg->seed,
+    unet_bench_cfg bc = {.tile = cfg->tile,
+                         .batch = cfg->batch,
+                         .warmup = cfg->bench_warmup,
+                         .steps = UNET_COST_BENCH_STEPS,
+                         .seed = cfg->seed,
                          .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO};
     unet_bench_result r;
     if (training) {

@@ -31,11 +31,11 @@ int unet_evaluate_pruned(const unet_config *cfg, const unet_model_cfg *full, int
  * FLOPs and planned training memory, `unet bench`'s timed steps. */
 typedef struct {
     size_t params;
-    size_t encoder_params;    /* of the backbone; 0 for the plain encoder */
-    double flops;             /* forward FLOPs per image */
-    size_t train_bytes;       /* the training step's planned activation arena */
+    size_t encoder_params; /* of the backbone; 0 for the plain encoder */
+    double flops;          /* forward FLOPs per image */
+    size_t train_bytes;    /* the training step's planned activation arena */
     double train_images_per_s;
-    double infer_ms;          /* per tile of inference */
+    double infer_ms; /* per tile of inference */
 } unet_model_costs;
 
 #define UNET_COST_BENCH_STEPS 10 /* timed steps per measurement, after --bench-warmup */

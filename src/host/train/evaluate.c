@@ -18,8 +18,13 @@ static int image_loss(const unet_model_cfg *m, const float *logits, unet_shape s
     const unet_op_impl *op = unet_cpu_backend()->ops[node.op];
     unet_shape map = {1, 1, s.h, s.w};
     float out = 0.0f;
-    unet_op_args a = {.node = &node, .backend = unet_cpu_backend(), .n_in = weight ? 3 : 2, .in_shape = {s, map, map},
-                      .out_shape = {1, 1, 1, 1}, .in = {logits, label, weight}, .out = &out};
+    unet_op_args a = {.node = &node,
+                      .backend = unet_cpu_backend(),
+                      .n_in = weight ? 3 : 2,
+                      .in_shape = {s, map, map},
+                      .out_shape = {1, 1, 1, 1},
+                      .in = {logits, label, weight},
+                      .out = &out};
     size_t bytes = op->workspace_bytes ? op->workspace_bytes(&a) : 0;
     void *workspace = bytes ? unet_alloc(bytes, 1, "a validation loss's sums", err, errlen) : NULL;
     if (bytes && !workspace) return -1;
@@ -39,11 +44,11 @@ int unet_evaluate_view(unet_plan *plan, const unet_tiling *t, const unet_data_vi
     float *raw = unet_alloc((size_t)C * pixels, sizeof(float), "a validation image", err, errlen);
     int32_t *label = raw ? unet_alloc(pixels, sizeof(int32_t), "a validation label image", err, errlen) : NULL;
     /* the weight map weighs the validation loss as it weighs the training loss */
-    float *weight = label && info.has_weight ? unet_alloc(pixels, sizeof(float), "a validation weight map", err, errlen)
-                                             : NULL;
+    float *weight =
+        label && info.has_weight ? unet_alloc(pixels, sizeof(float), "a validation weight map", err, errlen) : NULL;
     /* hard labels for the Rand score */
-    uint8_t *pred = label && (weight || !info.has_weight) ? unet_alloc(pixels, 1, "a validation prediction", err, errlen)
-                                                          : NULL;
+    uint8_t *pred =
+        label && (weight || !info.has_weight) ? unet_alloc(pixels, 1, "a validation prediction", err, errlen) : NULL;
     float *logits[UNET_MAX_LEVELS] = {0};
     int rc = pred ? 0 : -1;
     for (int h = 0; h < n_heads && !rc; h++) {

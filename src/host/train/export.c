@@ -36,15 +36,17 @@ static int load(unet_config *cfg, exported *e, char *err, size_t errlen) {
     int rc = unet_inference_model(cfg, err, errlen);
     if (rc < 0) return -1;
     if (rc == 0) {
-        unet_errorf(err, errlen, "%s has no unet.config metadata: export needs the model it was trained as (a "
-                                 "checkpoint written by unet train or unet prune)", cfg->checkpoint);
+        unet_errorf(err, errlen,
+                    "%s has no unet.config metadata: export needs the model it was trained as (a "
+                    "checkpoint written by unet train or unet prune)",
+                    cfg->checkpoint);
         return -1;
     }
     if (unet_model_build(&cfg->model, 0, 0, &e->model, err, errlen)) return -1;
     const unet_graph *g = e->model.graph;
     if (!(e->params = unet_alloc_zeroed(unet_graph_trainable_count(g), sizeof(float), "the parameters", err, errlen)) ||
-        !(e->state = unet_alloc_zeroed(unet_graph_state_count(g), sizeof(float), "the batch norm statistics", err,
-                                       errlen)))
+        !(e->state =
+              unet_alloc_zeroed(unet_graph_state_count(g), sizeof(float), "the batch norm statistics", err, errlen)))
         return -1;
     if (unet_checkpoint_load_weights(cfg->checkpoint, g, e->params, e->state, err, errlen)) return -1;
     e->pb = (unet_param_blocks){.backend = unet_cpu_backend()};
@@ -100,13 +102,17 @@ static void describe(const unet_config *cfg, const exported *e, const unet_onnx_
         snprintf(heads + strlen(heads), sizeof heads - strlen(heads), "%s%d", h ? "," : "", x->head_column[h]);
     meta(l, "unet.mode", "%s", unet_config_choice_name("mode", (int)cfg->mode));
     meta(l, "unet.heads", "%s", heads);
-    meta(l, "unet.input", "image (N, %d, H, W) float32: uint8 images divided by 255, uint16 by 65535, float32 as "
-                          "they are (as unet reads raw)", m->in_channels);
+    meta(l, "unet.input",
+         "image (N, %d, H, W) float32: uint8 images divided by 255, uint16 by 65535, float32 as "
+         "they are (as unet reads raw)",
+         m->in_channels);
     meta(l, "unet.input_scale", "{\"uint8\": 255, \"uint16\": 65535, \"float32\": 1}");
     meta(l, "unet.padding", "%s", m->same_padding ? "same" : "valid");
     if (m->same_padding)
-        meta(l, "unet.shape", "height and width: any multiples of %d (2^%d poolings); the outputs have the input's "
-                              "size", t->align, unet_pool_levels(m));
+        meta(l, "unet.shape",
+             "height and width: any multiples of %d (2^%d poolings); the outputs have the input's "
+             "size",
+             t->align, unet_pool_levels(m));
     else
         meta(l, "unet.shape", "a fixed %dx%d tile; prob %dx%d, its centre (a margin of %d lost per side)", t->tile,
              t->tile, t->out, t->out, t->margin);
@@ -123,8 +129,7 @@ static void describe(const unet_config *cfg, const exported *e, const unet_onnx_
                    "and averaged over the heads"
                  : "each tile's prob is copied to the image at the tile's origin (tiles abut exactly)");
     meta(l, "unet.classes", "%d", m->classes);
-    meta(l, "unet.output", "prob (N, %d, h, w): %s%s; logits_head<j>: the logits of head j (on X^{0,j})",
-         m->classes,
+    meta(l, "unet.output", "prob (N, %d, h, w): %s%s; logits_head<j>: the logits of head j (on X^{0,j})", m->classes,
          m->classes == 1 ? "the sigmoid of the logits, the probability of class 1 (label: prob > 0.5)"
                          : "the softmax over the classes (label: the argmax over channels)",
          x->n_heads > 1 ? ", the mean over the heads' probabilities" : "");
@@ -144,8 +149,12 @@ int unet_run_export(unet_config *cfg) {
         goto fail;
     }
     if (load(cfg, &e, err, sizeof err)) goto fail;
-    unet_onnx_export x = {.graph = e.model.graph, .plan = e.plan, .params = e.params, .state = e.state,
-                          .dynamic_hw = e.tiling.same, .opset = cfg->opset};
+    unet_onnx_export x = {.graph = e.model.graph,
+                          .plan = e.plan,
+                          .params = e.params,
+                          .state = e.state,
+                          .dynamic_hw = e.tiling.same,
+                          .opset = cfg->opset};
     choose_heads(cfg, &e.model, &x);
     if (!(meta = unet_alloc_zeroed(1, sizeof *meta, "the export's metadata", err, sizeof err))) goto fail;
     describe(cfg, &e, &x, meta);
@@ -168,8 +177,8 @@ int unet_run_export(unet_config *cfg) {
                cfg->opset);
     else
         printf("wrote %s: %s, image (N, %d, %d, %d) -> prob (N, %d, %d, %d); opset %d\n", cfg->output,
-               unet_model_kind_name(cfg->model.kind), in.c, in.h, in.w, cfg->model.classes, e.tiling.out,
-               e.tiling.out, cfg->opset);
+               unet_model_kind_name(cfg->model.kind), in.c, in.h, in.w, cfg->model.classes, e.tiling.out, e.tiling.out,
+               cfg->opset);
     code = 0;
     goto done;
 fail:

@@ -32,8 +32,9 @@ int unet_inference_model(unet_config *cfg, char *err, size_t errlen) {
             return -1;
         }
         if (cfg->model.prune_depth < deepest && !cfg->model.deep_supervision) {
-            snprintf(err, errlen, "%s has one head, on X^{0,%d}: --depth %d needs head %d, which a model trained "
-                                  "with --deep-supervision has (prune such a checkpoint, not a pruned one)",
+            snprintf(err, errlen,
+                     "%s has one head, on X^{0,%d}: --depth %d needs head %d, which a model trained "
+                     "with --deep-supervision has (prune such a checkpoint, not a pruned one)",
                      cfg->checkpoint, deepest, cfg->model.prune_depth, cfg->model.prune_depth);
             return -1;
         }
@@ -41,8 +42,10 @@ int unet_inference_model(unet_config *cfg, char *err, size_t errlen) {
         cfg->model.deep_supervision = 0;
     } else {
         if (depth_given) {
-            snprintf(err, errlen, "--depth prunes the network and goes with --mode fast (--mode %s runs the "
-                                  "checkpoint's network as it is)", unet_config_choice_name("mode", (int)cfg->mode));
+            snprintf(err, errlen,
+                     "--depth prunes the network and goes with --mode fast (--mode %s runs the "
+                     "checkpoint's network as it is)",
+                     unet_config_choice_name("mode", (int)cfg->mode));
             return -1;
         }
         cfg->model.prune_depth = file_depth;

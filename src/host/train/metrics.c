@@ -71,7 +71,8 @@ void unet_seg_stats_add(unet_seg_stats *s, const float *logits, unet_shape sh, c
         const int32_t *lab = label + (size_t)n * label_h * label_w;
         for (int y = 0; y < sh.h; y++)
             for (int x = 0; x < sh.w; x++)
-                count(s, pixel_class(z, plane, (size_t)y * sh.w + x, sh.c, 0.0f), lab[(size_t)(y + oy) * label_w + x + ox]);
+                count(s, pixel_class(z, plane, (size_t)y * sh.w + x, sh.c, 0.0f),
+                      lab[(size_t)(y + oy) * label_w + x + ox]);
     }
 }
 
@@ -135,8 +136,9 @@ static void append(char *buf, size_t len, int *used, const char *fmt, ...) {
 
 int unet_seg_metrics_json(char *buf, size_t len, const unet_seg_metrics *m, const char *prefix) {
     int used = 0;
-    append(buf, len, &used, ", \"%siou\": %.6f, \"%sdice\": %.6f, \"%spixel_accuracy\": %.6f, \"%spixel_error\": %.6f, "
-                            "\"%srand_error\": %.6f",
+    append(buf, len, &used,
+           ", \"%siou\": %.6f, \"%sdice\": %.6f, \"%spixel_accuracy\": %.6f, \"%spixel_error\": %.6f, "
+           "\"%srand_error\": %.6f",
            prefix, m->iou, prefix, m->dice, prefix, m->pixel_accuracy, prefix, m->pixel_error, prefix, m->rand_error);
     if (isfinite(m->loss)) append(buf, len, &used, ", \"%sloss\": %.6f", prefix, m->loss);
     for (int c = 1; c <= unet_seg_metrics_foreground(m); c++)

@@ -9,9 +9,12 @@ float unet_lr_at(const unet_optim_cfg *o, long step) {
     long t = step - o->warmup_steps, T = o->total_steps - o->warmup_steps;
     double frac = T > 0 ? fmin(1.0, (double)t / (double)T) : 0.0;
     switch (o->schedule) {
-    case UNET_SCHED_CONSTANT: return o->lr;
-    case UNET_SCHED_COSINE: return (float)(o->lr * 0.5 * (1.0 + cos(3.14159265358979323846 * frac)));
-    case UNET_SCHED_POLY: return (float)(o->lr * pow(1.0 - frac, 0.9));
+    case UNET_SCHED_CONSTANT:
+        return o->lr;
+    case UNET_SCHED_COSINE:
+        return (float)(o->lr * 0.5 * (1.0 + cos(3.14159265358979323846 * frac)));
+    case UNET_SCHED_POLY:
+        return (float)(o->lr * pow(1.0 - frac, 0.9));
     }
     return o->lr;
 }
@@ -20,8 +23,12 @@ float unet_lr_at(const unet_optim_cfg *o, long step) {
  * backend's update reads the same floats: the CPU and CUDA twins agree bit
  * for bit because neither derives these on its own. */
 unet_optim_scalars unet_optim_scalars_at(const unet_optim_cfg *o, long step) {
-    unet_optim_scalars s = {.lr = unet_lr_at(o, step), .decay = 1.0f, .step_size = 0.0f, .bc2_sqrt = 1.0f,
-                            .first = step == 0, .step = step};
+    unet_optim_scalars s = {.lr = unet_lr_at(o, step),
+                            .decay = 1.0f,
+                            .step_size = 0.0f,
+                            .bc2_sqrt = 1.0f,
+                            .first = step == 0,
+                            .step = step};
     if (o->kind != UNET_OPT_SGD) {
         /* PyTorch: bias corrections in double, step size lr / bc1, denominator sqrt(v) / sqrt(bc2) + eps */
         double t = (double)(step + 1);

@@ -18,8 +18,7 @@
 
 /* The mode's network of the checkpoint (unet_inference_model); then backend,
  * weights, an inference plan and its tiling. */
-static int open_model(unet_config *cfg, unet_session *s, unet_plan **plan, unet_tiling *t, char *err,
-                      size_t errlen) {
+static int open_model(unet_config *cfg, unet_session *s, unet_plan **plan, unet_tiling *t, char *err, size_t errlen) {
     if (unet_inference_model(cfg, err, errlen) < 0) return -1;
     if (unet_session_build(s, cfg, 0, 0, err, errlen)) return -1;
     unet_param_init_host(s->model.graph, 0, s->host_params, s->host_state);

@@ -26,9 +26,10 @@
  * validation images to choose it on. */
 static int check_flags(const unet_config *cfg, char *err, size_t errlen) {
     if (!cfg->checkpoint[0] || !cfg->output[0] || (!cfg->auto_depth && cfg->model.prune_depth < 1)) {
-        snprintf(err, errlen, "usage: unet prune --checkpoint C.safetensors --depth D --output P.safetensors "
-                              "(D >= 1: keep the nodes with i + j <= D and head D), or --auto --val V.h5 "
-                              "[--tolerance T] instead of --depth to choose D on validation images");
+        snprintf(err, errlen,
+                 "usage: unet prune --checkpoint C.safetensors --depth D --output P.safetensors "
+                 "(D >= 1: keep the nodes with i + j <= D and head D), or --auto --val V.h5 "
+                 "[--tolerance T] instead of --depth to choose D on validation images");
         return -1;
     }
     if (cfg->auto_depth && cfg->model.prune_depth) {
@@ -57,7 +58,9 @@ static void print_table(const unet_config *run, const depth_row *rows, int level
     for (int d = 1; d <= levels; d++)
         printf("L%-5d %-11zu %-13.4f %-25.3f %.4f%s\n", d, rows[d].cost.params, rows[d].cost.flops / 1e9,
                rows[d].cost.infer_ms, rows[d].m.iou,
-               d == chosen ? (d == best ? "  <- chosen (the best head)" : "  <- chosen") : d == best ? "  (best)" : "");
+               d == chosen ? (d == best ? "  <- chosen (the best head)" : "  <- chosen")
+               : d == best ? "  (best)"
+                           : "");
     printf("chose depth %d: IoU %.4f, within %g of the best head (L%d, %.4f)\n", chosen, rows[chosen].m.iou,
            (double)tol, best, rows[best].m.iou);
 }
@@ -95,7 +98,7 @@ int unet_run_prune(unet_config *cfg) {
     float *params = NULL, *state = NULL;
     char *json = NULL;
     unet_run_progress progress = {0};
-    unet_config ev;           /* --auto: the configuration the depths are scored and timed under */
+    unet_config ev;          /* --auto: the configuration the depths are scored and timed under */
     unet_val_data val = {0}; /* --auto: the images they are scored on */
     int depth = cfg->model.prune_depth;
 
@@ -117,9 +120,10 @@ int unet_run_prune(unet_config *cfg) {
     const int levels_deep = file_depth ? file_depth : cfg->model.levels - 1;
     if (cfg->auto_depth) {
         if (!cfg->model.deep_supervision || file_depth) {
-            snprintf(err, sizeof err, "--auto chooses among the heads of a deep-supervised network, and %s has one "
-                     "head%s: give --depth D, or train with --deep-supervision", cfg->checkpoint,
-                     file_depth ? " (it is pruned already)" : "");
+            snprintf(err, sizeof err,
+                     "--auto chooses among the heads of a deep-supervised network, and %s has one "
+                     "head%s: give --depth D, or train with --deep-supervision",
+                     cfg->checkpoint, file_depth ? " (it is pruned already)" : "");
             goto fail;
         }
         ev = out; /* the checkpoint's tile, batch and overlap, scored on --val */

@@ -29,11 +29,11 @@ static const struct {
     const char *name;
     size_t size;
 } dtypes[UNET_ST_DTYPE_COUNT] = {
-    [UNET_ST_F64] = {"F64", 8},  [UNET_ST_F32] = {"F32", 4},   [UNET_ST_F16] = {"F16", 2},
-    [UNET_ST_BF16] = {"BF16", 2}, [UNET_ST_I64] = {"I64", 8},  [UNET_ST_I32] = {"I32", 4},
-    [UNET_ST_I16] = {"I16", 2},  [UNET_ST_I8] = {"I8", 1},     [UNET_ST_U8] = {"U8", 1},
-    [UNET_ST_BOOL] = {"BOOL", 1}, [UNET_ST_U16] = {"U16", 2},  [UNET_ST_U32] = {"U32", 4},
-    [UNET_ST_U64] = {"U64", 8},  [UNET_ST_F8_E4M3] = {"F8_E4M3", 1}, [UNET_ST_F8_E5M2] = {"F8_E5M2", 1},
+    [UNET_ST_F64] = {"F64", 8},   [UNET_ST_F32] = {"F32", 4},         [UNET_ST_F16] = {"F16", 2},
+    [UNET_ST_BF16] = {"BF16", 2}, [UNET_ST_I64] = {"I64", 8},         [UNET_ST_I32] = {"I32", 4},
+    [UNET_ST_I16] = {"I16", 2},   [UNET_ST_I8] = {"I8", 1},           [UNET_ST_U8] = {"U8", 1},
+    [UNET_ST_BOOL] = {"BOOL", 1}, [UNET_ST_U16] = {"U16", 2},         [UNET_ST_U32] = {"U32", 4},
+    [UNET_ST_U64] = {"U64", 8},   [UNET_ST_F8_E4M3] = {"F8_E4M3", 1}, [UNET_ST_F8_E5M2] = {"F8_E5M2", 1},
 };
 
 const char *unet_st_dtype_name(unet_st_dtype t) { return t < UNET_ST_DTYPE_COUNT ? dtypes[t].name : "?"; }
@@ -55,8 +55,8 @@ static json_object *shape_json(const unet_st_tensor *t) {
 
 /* The header text, padded with spaces to a multiple of 8 so that the data
  * region starts aligned. NULL with a message on a bad tensor description. */
-static char *build_header(const unet_st_tensor *tensors, int n, const unet_st_meta *meta, int n_meta,
-                          size_t *len, const char *path, char *err, size_t errlen) {
+static char *build_header(const unet_st_tensor *tensors, int n, const unet_st_meta *meta, int n_meta, size_t *len,
+                          const char *path, char *err, size_t errlen) {
     json_object *root = json_object_new_object();
     if (n_meta > 0) {
         json_object *m = json_object_new_object();
@@ -69,8 +69,7 @@ static char *build_header(const unet_st_tensor *tensors, int n, const unet_st_me
         if (t->dtype >= UNET_ST_DTYPE_COUNT || t->ndim < 0 || t->ndim > UNET_ST_MAX_DIMS || !t->name ||
             !strcmp(t->name, "__metadata__") || json_object_object_get_ex(root, t->name, NULL)) {
             unet_errorf(err, errlen, "cannot write %s: tensor %d (%s) has a bad dtype, rank or a duplicate name", path,
-                        i,
-                        t->name ? t->name : "unnamed");
+                        i, t->name ? t->name : "unnamed");
             json_object_put(root);
             return NULL;
         }
@@ -119,8 +118,8 @@ static int write_contents(FILE *f, void *ctx) {
     return bad ? -1 : 0;
 }
 
-int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors, const unet_st_meta *meta,
-                  int n_meta, char *err, size_t errlen) {
+int unet_st_write(const char *path, const unet_st_tensor *tensors, int n_tensors, const unet_st_meta *meta, int n_meta,
+                  char *err, size_t errlen) {
     size_t header_len;
     char *header = build_header(tensors, n_tensors, meta, n_meta, &header_len, path, err, errlen);
     if (!header) return -1;
@@ -138,7 +137,7 @@ struct unet_st_file {
     size_t map_bytes;
     const unsigned char *data; /* start of the data region */
     int n;
-    unet_st_tensor *tensors;   /* sorted by offset */
+    unet_st_tensor *tensors; /* sorted by offset */
     int n_meta;
     unet_st_meta *meta;
 };
@@ -213,9 +212,12 @@ static int parse_entry(const char *name, json_object *v, entry *e, char *why, si
     }
     json_object *dtype = NULL, *shape = NULL, *offsets = NULL;
     json_object_object_foreach(v, key, val) {
-        if (!strcmp(key, "dtype")) dtype = val;
-        else if (!strcmp(key, "shape")) shape = val;
-        else if (!strcmp(key, "data_offsets")) offsets = val;
+        if (!strcmp(key, "dtype"))
+            dtype = val;
+        else if (!strcmp(key, "shape"))
+            shape = val;
+        else if (!strcmp(key, "data_offsets"))
+            offsets = val;
         else {
             unet_errorf(why, whylen, "has an unknown field \"%s\"", key);
             return -1;
@@ -306,8 +308,9 @@ int unet_st_open(const char *path, unet_st_file **out, char *err, size_t errlen)
     }
     size_t size = (size_t)st.st_size;
     if (size < 8) {
-        unet_errorf(err, errlen, "%s is not a safetensors file (truncated?): %zu bytes, less than the 8-byte header "
-                                 "length",
+        unet_errorf(err, errlen,
+                    "%s is not a safetensors file (truncated?): %zu bytes, less than the 8-byte header "
+                    "length",
                     path, size);
         close(fd);
         return -1;
@@ -328,8 +331,9 @@ int unet_st_open(const char *path, unet_st_file **out, char *err, size_t errlen)
     json_object *root = NULL;
     entry *entries = NULL;
     if (hlen > size - 8 || hlen > MAX_HEADER_BYTES) {
-        unet_errorf(err, errlen, "%s is truncated or not a safetensors file: its header claims %llu bytes, the "
-                                 "file has %zu",
+        unet_errorf(err, errlen,
+                    "%s is truncated or not a safetensors file: its header claims %llu bytes, the "
+                    "file has %zu",
                     path, (unsigned long long)hlen, size);
         goto bad_file;
     }
@@ -432,7 +436,9 @@ int unet_st_read_f32(const unet_st_file *f, const unet_st_tensor *t, float *dst,
     size_t n = unet_st_numel(t);
     const unsigned char *p = t->data;
     switch (t->dtype) {
-    case UNET_ST_F32: memcpy(dst, p, n * 4); return 0;
+    case UNET_ST_F32:
+        memcpy(dst, p, n * 4);
+        return 0;
     case UNET_ST_F64:
         for (size_t i = 0; i < n; i++) {
             double d;
@@ -455,8 +461,7 @@ int unet_st_read_f32(const unet_st_file *f, const unet_st_tensor *t, float *dst,
         return 0;
     default:
         unet_errorf(err, errlen, "%s: tensor %s has dtype %s, not a floating-point type (F32, F64, F16 or BF16)",
-                    f->path,
-                    t->name, dtypes[t->dtype].name);
+                    f->path, t->name, dtypes[t->dtype].name);
         return -1;
     }
 }
@@ -466,12 +471,28 @@ int unet_st_read_i64(const unet_st_file *f, const unet_st_tensor *t, int64_t *ds
     const unsigned char *p = t->data;
     for (size_t i = 0; i < n; i++) {
         switch (t->dtype) {
-        case UNET_ST_I64: memcpy(&dst[i], p + 8 * i, 8); break;
-        case UNET_ST_I32: { int32_t v; memcpy(&v, p + 4 * i, 4); dst[i] = v; break; }
-        case UNET_ST_I16: { int16_t v; memcpy(&v, p + 2 * i, 2); dst[i] = v; break; }
-        case UNET_ST_I8: dst[i] = (int8_t)p[i]; break;
+        case UNET_ST_I64:
+            memcpy(&dst[i], p + 8 * i, 8);
+            break;
+        case UNET_ST_I32: {
+            int32_t v;
+            memcpy(&v, p + 4 * i, 4);
+            dst[i] = v;
+            break;
+        }
+        case UNET_ST_I16: {
+            int16_t v;
+            memcpy(&v, p + 2 * i, 2);
+            dst[i] = v;
+            break;
+        }
+        case UNET_ST_I8:
+            dst[i] = (int8_t)p[i];
+            break;
         case UNET_ST_U8:
-        case UNET_ST_BOOL: dst[i] = p[i]; break;
+        case UNET_ST_BOOL:
+            dst[i] = p[i];
+            break;
         default:
             unet_errorf(err, errlen, "%s: tensor %s has dtype %s, not a signed or 8-bit integer type", f->path, t->name,
                         dtypes[t->dtype].name);

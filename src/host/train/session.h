@@ -22,11 +22,11 @@ const unet_backend *unet_config_cuda_backend(const unet_config *cfg, int index, 
 /* A model on a backend with its parameter blocks and host copies of them. */
 typedef struct {
     const unet_backend *backend;
-    char device[128];      /* what --device resolved to, for the log */
+    char device[128]; /* what --device resolved to, for the log */
     unet_model model;
     unet_param_blocks pb;
-    float *host_params;    /* n_trainable, the alignment gaps zero */
-    float *host_state;     /* n_state */
+    float *host_params; /* n_trainable, the alignment gaps zero */
+    float *host_state;  /* n_state */
 } unet_session;
 
 /* Backend, model (with loss nodes when training), parameter blocks. */

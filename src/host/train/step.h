@@ -48,11 +48,11 @@ typedef enum {
 typedef struct {
     unet_stepper_cfg cfg;
     unet_step_mode mode;
-    long eager_steps;     /* run so far */
-    long captured_step;   /* the step whose walk was recorded; -1: none */
-    size_t nodes;         /* in the graph */
+    long eager_steps;   /* run so far */
+    long captured_step; /* the step whose walk was recorded; -1: none */
+    size_t nodes;       /* in the graph */
     unet_capture *graph;
-    char why[1100];       /* UNET_STEP_REFUSED: what made the step eager */
+    char why[1100]; /* UNET_STEP_REFUSED: what made the step eager */
 } unet_stepper;
 
 void unet_stepper_init(unet_stepper *t, const unet_stepper_cfg *cfg);

@@ -36,8 +36,7 @@ static void progress(long step, long steps, double loss, double ips, double elap
     int width = 30, done = steps ? (int)(width * step / steps) : width;
     double eta = step ? elapsed / step * (steps - step) : 0;
     fprintf(stderr, "\r[%.*s%*s] step %ld/%ld  loss %.4f  %.1f img/s  eta %dm%02ds ", done,
-            "##############################", width - done, "", step, steps, loss, ips, (int)eta / 60,
-            (int)eta % 60);
+            "##############################", width - done, "", step, steps, loss, ips, (int)eta / 60, (int)eta % 60);
     if (step == steps) fputc('\n', stderr);
     fflush(stderr);
 }
@@ -58,8 +57,9 @@ static int alloc_opt_state(const unet_session *s, float **opt_a, float **opt_b, 
 /* --init-encoder: torchvision's weights over the backbone of a model started from --init or He initialisation. */
 static int init_encoder(const unet_config *cfg, unet_session *s, char *err, size_t errlen) {
     if (cfg->model.encoder == UNET_ENCODER_PLAIN) {
-        snprintf(err, errlen, "--init-encoder loads the weights of a backbone: it needs --encoder resnet18, resnet34, "
-                              "resnet50 or mobilenet_v2");
+        snprintf(err, errlen,
+                 "--init-encoder loads the weights of a backbone: it needs --encoder resnet18, resnet34, "
+                 "resnet50 or mobilenet_v2");
         return -1;
     }
     return unet_checkpoint_load_encoder(cfg->init_encoder, unet_encoder_name(cfg->model.encoder), s->model.graph,
@@ -109,34 +109,34 @@ static int log_json(FILE *log, const char *path, const char *line, char *err, si
  * stepped (train_steps), closed whatever was opened (train_close). */
 typedef struct {
     unet_config *cfg;
-    char rank_device[64];       /* cfg->device of a rank of several: cuda:<local rank> */
-    unet_augment_cfg augment;   /* outlives the loader, which calls it */
+    char rank_device[64];     /* cfg->device of a rank of several: cuda:<local rank> */
+    unet_augment_cfg augment; /* outlives the loader, which calls it */
     unet_dataset *train_ds, *val_ds;
     unet_dataset_info info;
     unet_data_view train_view, val_view;
-    unet_data_view my_val;      /* this rank's share of the validation images */
+    unet_data_view my_val; /* this rank's share of the validation images */
     unet_session s;
     unet_dist *dist;
     int rank, world;
     const unet_replica_sum *replica_sum; /* --sync-bn across the ranks; NULL: none */
     unet_plan *plan, *eval_plan;
-    unet_shape out;             /* the deepest head's output */
-    unet_tiling tiling;         /* of eval_plan */
-    long start;                 /* the first step: 0, or the resumed checkpoint's */
+    unet_shape out;     /* the deepest head's output */
+    unet_tiling tiling; /* of eval_plan */
+    long start;         /* the first step: 0, or the resumed checkpoint's */
     unet_loader *loader;
-    int warp_on_gpu;            /* --augment-device cuda: the loader draws, gpu_aug warps */
+    int warp_on_gpu; /* --augment-device cuda: the loader draws, gpu_aug warps */
     gpu_augment gpu_aug;
-    float *raw, *weight;        /* the host batch, when the loader makes it */
+    float *raw, *weight; /* the host batch, when the loader makes it */
     int32_t *label;
-    FILE *log;                  /* rank 0's JSONL log; NULL: none */
+    FILE *log; /* rank 0's JSONL log; NULL: none */
     unet_stepper stepper;
-    double t0, t_log;           /* when the steps started, and the last log line */
-    double t_saved;             /* when the last periodic checkpoint was written (or the steps started) */
+    double t0, t_log; /* when the steps started, and the last log line */
+    double t_saved;   /* when the last periodic checkpoint was written (or the steps started) */
     long imgs_since_log;
-    int all_ranks_failed;       /* every rank fails at this step: none waits for another */
-    unet_update_guard guard;    /* the update pass's record of non-finite steps, as last read */
-    long bad_reported;          /* of guard.bad_steps, those the run has reported */
-    unet_run_progress progress; /* what a checkpoint records besides the step: counters, the best validation */
+    int all_ranks_failed;              /* every rank fails at this step: none waits for another */
+    unet_update_guard guard;           /* the update pass's record of non-finite steps, as last read */
+    long bad_reported;                 /* of guard.bad_steps, those the run has reported */
+    unet_run_progress progress;        /* what a checkpoint records besides the step: counters, the best validation */
     char resumed[UNET_RUN_PATH_MAX];   /* the checkpoint --resume took */
     char last_good[UNET_RUN_PATH_MAX]; /* the newest checkpoint of this run, written or resumed ("": none) */
     long last_good_step;
@@ -144,11 +144,11 @@ typedef struct {
 
 /* What a step leaves for the stages after it. */
 typedef struct {
-    long step, done;        /* the step's index, and the steps done counting it */
-    int logged;             /* a log line at this step */
-    int have_loss;          /* the loss was read (and, with several ranks, agreed on) */
+    long step, done; /* the step's index, and the steps done counting it */
+    int logged;      /* a log line at this step */
+    int have_loss;   /* the loss was read (and, with several ranks, agreed on) */
     double loss, per_head[UNET_MAX_LEVELS];
-    int signalled;          /* a stop signal, on any rank */
+    int signalled; /* a stop signal, on any rank */
 } step_result;
 
 /* --data and the validation images (--val, or the --val-fraction split of
@@ -191,21 +191,26 @@ static int open_dist(train_run *t, char *err, size_t errlen) {
         cfg->device = unet_dist_device(cfg->device, place.local_rank, t->rank_device, sizeof t->rank_device);
     if (unet_session_build(&t->s, cfg, 1, t->info.has_weight, err, errlen)) return -1;
     if (check_augment_device(cfg, &t->augment, t->s.backend, err, errlen)) return -1;
-    unet_dist_opts dist_opts = {.kind = (unet_dist_kind)cfg->dist, .rank = cfg->rank, .world = cfg->world_size,
-                                .local_rank = cfg->local_rank, .timeout_s = cfg->dist_timeout,
+    unet_dist_opts dist_opts = {.kind = (unet_dist_kind)cfg->dist,
+                                .rank = cfg->rank,
+                                .world = cfg->world_size,
+                                .local_rank = cfg->local_rank,
+                                .timeout_s = cfg->dist_timeout,
                                 .bucket_bytes = (size_t)(cfg->bucket_mb * 1048576.0)};
     if (unet_dist_open(&dist_opts, t->s.backend, &t->dist, err, errlen)) return -1;
     t->rank = unet_dist_rank(t->dist), t->world = unet_dist_world(t->dist);
     if (t->world > 1 || cfg->dist == UNET_DIST_NCCL || cfg->dist == UNET_DIST_MPI) {
         printf("rank %d of %d (local rank %d) on %s: device %s, %s, batch %d of a global %d\n", t->rank, t->world,
-               unet_dist_local_rank(t->dist), unet_dist_host(t->dist), t->s.device, unet_dist_name(t->dist),
-               cfg->batch, cfg->batch * t->world);
+               unet_dist_local_rank(t->dist), unet_dist_host(t->dist), t->s.device, unet_dist_name(t->dist), cfg->batch,
+               cfg->batch * t->world);
         fflush(stdout);
     }
     t->replica_sum = cfg->sync_bn ? unet_dist_replica_sum(t->dist) : NULL;
     if (cfg->sync_bn && t->world > 1 && !t->replica_sum) {
-        snprintf(err, errlen, "--sync-bn is implemented on the CPU backend (--dist mpi) only for now; on %s batch "
-                 "norm is per process: drop --sync-bn", t->s.device);
+        snprintf(err, errlen,
+                 "--sync-bn is implemented on the CPU backend (--dist mpi) only for now; on %s batch "
+                 "norm is per process: drop --sync-bn",
+                 t->s.device);
         return -1;
     }
     return 0;
@@ -216,8 +221,8 @@ static int open_dist(train_run *t, char *err, size_t errlen) {
  * and tiling that evaluate this rank's share of them. */
 static int open_plans(train_run *t, char *err, size_t errlen) {
     const unet_config *cfg = t->cfg;
-    unet_plan_cfg pc = {.batch = cfg->batch, .height = cfg->tile, .width = cfg->tile, .training = 1,
-                        .replica_sum = t->replica_sum};
+    unet_plan_cfg pc = {
+        .batch = cfg->batch, .height = cfg->tile, .width = cfg->tile, .training = 1, .replica_sum = t->replica_sum};
     t->plan = unet_plan_compile(t->s.model.graph, &t->s.pb, pc, err, errlen);
     if (!t->plan) return -1;
     if (strcmp(unet_dist_name(t->dist), "none")) unet_plan_on_grads_ready(t->plan, unet_dist_grads_ready, t->dist);
@@ -241,9 +246,15 @@ static int open_plans(train_run *t, char *err, size_t errlen) {
 static int open_loader(train_run *t, char *err, size_t errlen) {
     const unet_config *cfg = t->cfg;
     /* the context a valid network loses per side, from the deepest head's output */
-    unet_loader_opts lo = {.batch = cfg->batch, .tile = cfg->tile, .margin = (cfg->tile - t->out.h) / 2,
-                           .seed = cfg->seed, .no_shuffle = cfg->no_shuffle, .rank = t->rank, .world = t->world,
-                           .workers = cfg->workers, .no_prefetch = cfg->workers == 0};
+    unet_loader_opts lo = {.batch = cfg->batch,
+                           .tile = cfg->tile,
+                           .margin = (cfg->tile - t->out.h) / 2,
+                           .seed = cfg->seed,
+                           .no_shuffle = cfg->no_shuffle,
+                           .rank = t->rank,
+                           .world = t->world,
+                           .workers = cfg->workers,
+                           .no_prefetch = cfg->workers == 0};
     /* with --augment-device cuda the loader only reads and draws; the GPU warps (gpu_augment) */
     t->warp_on_gpu = cfg->augment_device == UNET_AUGMENT_DEVICE_CUDA && unet_augment_active(&t->augment);
     if (unet_augment_active(&t->augment)) {
@@ -345,8 +356,10 @@ static int check_no_unfinished_run(const unet_config *cfg, char *err, size_t err
     if (cfg->resume[0] || unet_run_periodic_steps(cfg->save, newest, 1) == 0) return 0;
     char path[UNET_RUN_PATH_MAX];
     unet_run_periodic_path(cfg->save, newest[0], path, sizeof path);
-    unet_errorf(err, errlen, "--save %s: %s is there, from a run that did not finish: continue it with --resume %s, "
-                "or remove its periodic checkpoints to start afresh", cfg->save, path, cfg->save);
+    unet_errorf(err, errlen,
+                "--save %s: %s is there, from a run that did not finish: continue it with --resume %s, "
+                "or remove its periodic checkpoints to start afresh",
+                cfg->save, path, cfg->save);
     return -1;
 }
 
@@ -384,8 +397,8 @@ static void announce(const train_run *t) {
         printf("device: %s%s%s; %zu parameters; training images %d x %dx%d; tile %d -> output %d; "
                "activations %.1f MiB (%.1f MiB without reuse)\n",
                t->s.device, nondeterminism ? ", " : "", nondeterminism ? nondeterminism : "",
-               unet_graph_trainable_params(t->s.model.graph), t->train_view.images, t->train_view.rows,
-               t->info.w, cfg->tile, t->out.h, st.arena_bytes / 1048576.0, st.unplanned_bytes / 1048576.0);
+               unet_graph_trainable_params(t->s.model.graph), t->train_view.images, t->train_view.rows, t->info.w,
+               cfg->tile, t->out.h, st.arena_bytes / 1048576.0, st.unplanned_bytes / 1048576.0);
         if (cfg->resume[0]) printf("resuming %s at step %ld\n", t->resumed, t->start);
     }
     fflush(stdout);
@@ -395,7 +408,10 @@ static void announce(const train_run *t) {
  * and this rank's samples: the rank-th contiguous slice of the global batch. */
 static void open_stepper(train_run *t) {
     const unet_config *cfg = t->cfg;
-    unet_stepper_cfg step_cfg = {.plan = t->plan, .pb = &t->s.pb, .optim = &cfg->optim, .dist = t->dist,
+    unet_stepper_cfg step_cfg = {.plan = t->plan,
+                                 .pb = &t->s.pb,
+                                 .optim = &cfg->optim,
+                                 .dist = t->dist,
                                  .average_state = t->world > 1 && !t->replica_sum,
                                  .graph = cfg->cuda_graph == UNET_CUDA_GRAPH_AUTO,
                                  .notes = t->rank == 0 ? stdout : NULL};
@@ -497,8 +513,10 @@ static const char *nonfinite_tensor(const unet_graph *g, unet_param_kind kind, c
 static void describe_nonfinite(const train_run *t, const step_result *r, long bad_step, char *what, size_t n) {
     const unet_session *s = &t->s;
     if (bad_step != r->done) {
-        snprintf(what, n, "a loss, gradient or statistic is NaN or infinite (found at step %ld: replayed steps are "
-                 "read when logged)", r->done);
+        snprintf(what, n,
+                 "a loss, gradient or statistic is NaN or infinite (found at step %ld: replayed steps are "
+                 "read when logged)",
+                 r->done);
         return;
     }
     for (int h = 0; h < s->model.n_heads; h++)
@@ -519,8 +537,9 @@ static void describe_nonfinite(const train_run *t, const step_result *r, long ba
     if (name)
         snprintf(what, n, "the gradient of %s is NaN or infinite", name);
     else
-        snprintf(what, n, "%s", grads ? "the batch norm statistics are NaN or infinite"
-                                      : "a gradient or statistic is NaN or infinite");
+        snprintf(what, n, "%s",
+                 grads ? "the batch norm statistics are NaN or infinite"
+                       : "a gradient or statistic is NaN or infinite");
 }
 
 /* "the last good checkpoint is ...", or that there is none. */
@@ -536,9 +555,11 @@ static void last_good_text(const train_run *t, char *text, size_t n) {
 static int stop_nonfinite(train_run *t, const char *what, char *err, size_t errlen) {
     char good[UNET_RUN_PATH_MAX + 64];
     last_good_text(t, good, sizeof good);
-    unet_errorf(err, errlen, "step %ld is not finite: %s. The run diverged, or the batch holds NaN or infinity "
+    unet_errorf(err, errlen,
+                "step %ld is not finite: %s. The run diverged, or the batch holds NaN or infinity "
                 "(lower --lr, now %g; --on-nonfinite skip drops such steps); its update was dropped and nothing "
-                "saved after it: %s", (long)t->guard.first_bad, what, (double)t->cfg->optim.lr, good);
+                "saved after it: %s",
+                (long)t->guard.first_bad, what, (double)t->cfg->optim.lr, good);
     /* every rank reads the same guard (the gradients are averaged first): all of them stop here */
     t->all_ranks_failed = t->world > 1;
     return -1;
@@ -570,16 +591,18 @@ static int check_finite(train_run *t, const step_result *r, char *err, size_t er
     if (g->bad_steps > cfg->max_skips) {
         char good[UNET_RUN_PATH_MAX + 64];
         last_good_text(t, good, sizeof good);
-        unet_errorf(err, errlen, "%ld step(s) dropped for NaN or infinity, more than --max-skips %d (the last, step "
-                    "%ld: %s): the run diverged or the data is bad (lower --lr, now %g); %s", (long)g->bad_steps,
-                    cfg->max_skips, (long)g->last_bad, what, (double)cfg->optim.lr, good);
+        unet_errorf(err, errlen,
+                    "%ld step(s) dropped for NaN or infinity, more than --max-skips %d (the last, step "
+                    "%ld: %s): the run diverged or the data is bad (lower --lr, now %g); %s",
+                    (long)g->bad_steps, cfg->max_skips, (long)g->last_bad, what, (double)cfg->optim.lr, good);
         t->all_ranks_failed = t->world > 1;
         return -1;
     }
     if (t->rank == 0) {
         if (isatty(2)) fputc('\n', stderr);
         printf("step %ld: %s: its update was dropped (%ld step%s dropped so far; the run stops past --max-skips "
-               "%d)\n", (long)g->last_bad, what, (long)g->bad_steps, g->bad_steps > 1 ? "s" : "", cfg->max_skips);
+               "%d)\n",
+               (long)g->last_bad, what, (long)g->bad_steps, g->bad_steps > 1 ? "s" : "", cfg->max_skips);
     }
     return 0;
 }
@@ -607,8 +630,8 @@ static int log_step(train_run *t, const step_result *r, char *err, size_t errlen
     char line[1024]; /* the loss of up to UNET_MAX_LEVELS heads */
     char loss[32];
     json_number(r->loss, loss, sizeof loss);
-    int n = snprintf(line, sizeof line, "{\"step\": %ld, \"loss\": %s, \"lr\": %.6g, \"images_per_s\": %.4g",
-                     r->done, loss, (double)unet_lr_at(&cfg->optim, r->step), ips);
+    int n = snprintf(line, sizeof line, "{\"step\": %ld, \"loss\": %s, \"lr\": %.6g, \"images_per_s\": %.4g", r->done,
+                     loss, (double)unet_lr_at(&cfg->optim, r->step), ips);
     if (t->s.model.n_heads > 1)
         for (int h = 0; h < t->s.model.n_heads; h++) {
             json_number(r->per_head[h], loss, sizeof loss);
@@ -672,8 +695,7 @@ static int save_checkpoint(train_run *t, const char *path, long done, char *err,
     unet_optim_guard_read(&s->pb, &t->guard);
     if (t->guard.latched) {
         char what[UNET_RUN_PATH_MAX + 128];
-        snprintf(what, sizeof what, "a loss, gradient or statistic is NaN or infinite (found before writing %s)",
-                 path);
+        snprintf(what, sizeof what, "a loss, gradient or statistic is NaN or infinite (found before writing %s)", path);
         return stop_nonfinite(t, what, err, errlen);
     }
     float *opt_a, *opt_b;
@@ -690,14 +712,16 @@ static int save_checkpoint(train_run *t, const char *path, long done, char *err,
     if (bad) {
         char good[UNET_RUN_PATH_MAX + 64];
         last_good_text(t, good, sizeof good);
-        unet_errorf(err, errlen, "not writing %s: %s (or its optimizer state) is NaN or infinite after step %ld: "
-                    "the run diverged (lower --lr, now %g); %s", path, bad, done, (double)t->cfg->optim.lr, good);
+        unet_errorf(err, errlen,
+                    "not writing %s: %s (or its optimizer state) is NaN or infinite after step %ld: "
+                    "the run diverged (lower --lr, now %g); %s",
+                    path, bad, done, (double)t->cfg->optim.lr, good);
     } else {
         t->progress.step = done;
         t->progress.skipped_steps = (long)t->guard.bad_steps;
         char *json = unet_config_to_json(t->cfg, 0);
-        rc = unet_checkpoint_save(path, g, s->host_params, s->host_state, opt_a, opt_b, &t->progress, json, err,
-                                  errlen);
+        rc =
+            unet_checkpoint_save(path, g, s->host_params, s->host_state, opt_a, opt_b, &t->progress, json, err, errlen);
         free(json);
     }
     free(opt_a);
@@ -713,13 +737,20 @@ static int save_checkpoint(train_run *t, const char *path, long done, char *err,
 static double best_metric_value(unet_best_metric which, const unet_seg_metrics *m, int *higher) {
     *higher = which != UNET_BEST_PIXEL_ERROR && which != UNET_BEST_RAND_ERROR && which != UNET_BEST_LOSS;
     switch (which) {
-    case UNET_BEST_IOU: return m->iou;
-    case UNET_BEST_DICE: return m->dice;
-    case UNET_BEST_PIXEL_ACCURACY: return m->pixel_accuracy;
-    case UNET_BEST_PIXEL_ERROR: return m->pixel_error;
-    case UNET_BEST_RAND_ERROR: return m->rand_error < 0 ? NAN : m->rand_error;
-    case UNET_BEST_LOSS: return m->loss;
-    default: return NAN;
+    case UNET_BEST_IOU:
+        return m->iou;
+    case UNET_BEST_DICE:
+        return m->dice;
+    case UNET_BEST_PIXEL_ACCURACY:
+        return m->pixel_accuracy;
+    case UNET_BEST_PIXEL_ERROR:
+        return m->pixel_error;
+    case UNET_BEST_RAND_ERROR:
+        return m->rand_error < 0 ? NAN : m->rand_error;
+    case UNET_BEST_LOSS:
+        return m->loss;
+    default:
+        return NAN;
     }
 }
 

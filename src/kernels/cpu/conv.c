@@ -237,8 +237,8 @@ static void direct_forward(const unet_op_args *a) {
     /* B rows (c, tap) over the image, or over the padded band (same) */
     long taps[CONV_MAX_TAPS] = {0};
     tap_offsets(taps, d.k, same ? d.w + 2 : d.w);
-    conv_gemm_job job = {.m = d.o, .k = d.c * d.taps, .a = w, .a_row = (size_t)d.c * d.taps, .a_col = 1,
-                         .row_offset = L.rows_gemm};
+    conv_gemm_job job = {
+        .m = d.o, .k = d.c * d.taps, .a = w, .a_row = (size_t)d.c * d.taps, .a_col = 1, .row_offset = L.rows_gemm};
 #pragma omp parallel num_threads(conv_threads())
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -272,8 +272,15 @@ static void direct_forward(const unet_op_args *a) {
             } else {
                 for (int y0 = 0; y0 < d.ho; y0 += band) {
                     int rows = d.ho - y0 < band ? d.ho - y0 : band;
-                    band_fill f = {.src = xn, .sh = d.h, .sw = d.w, .band = L.band_x, .bplane = xplane,
-                                   .bw = d.w + 2, .rows = rows + 2, .y_first = y0 - 1, .left = 1};
+                    band_fill f = {.src = xn,
+                                   .sh = d.h,
+                                   .sw = d.w,
+                                   .band = L.band_x,
+                                   .bplane = xplane,
+                                   .bw = d.w + 2,
+                                   .rows = rows + 2,
+                                   .y_first = y0 - 1,
+                                   .left = 1};
                     fill_band(&f, ch0, ch1);
 #pragma omp barrier
                     compact_ctx e = {yn, ohw, d.o, d.w + 2, d.wo, y0, bias, act, 0};
@@ -325,8 +332,7 @@ static void direct_backward(const unet_op_args *a) {
     tap_offsets(taps, d.k, same ? d.w + 2 : d.w);
     /* input gradient: A[c][(o, t)] is the flipped, transposed weight (3x3), or
      * w read transposed (1x1); B rows (o, t) over dz's band */
-    conv_gemm_job gx = {.m = d.c, .k = d.o * d.taps, .row_offset = L.rows_gemm,
-                        .accumulate = a->din_accumulate[0]};
+    conv_gemm_job gx = {.m = d.c, .k = d.o * d.taps, .row_offset = L.rows_gemm, .accumulate = a->din_accumulate[0]};
     if (d.k == 3) {
         gx.a = L.wflip;
         gx.a_row = (size_t)d.o * d.taps;
@@ -337,8 +343,7 @@ static void direct_backward(const unet_op_args *a) {
         gx.a_col = (size_t)d.c;
     }
     /* weight gradient: rows o of dz times rows (c, t) of the shifted x */
-    conv_dot_job gw = {.m = d.o, .n = d.c * d.taps, .row_offset = L.rows_dot, .c = dw,
-                       .ldc = (size_t)d.c * d.taps};
+    conv_dot_job gw = {.m = d.o, .n = d.c * d.taps, .row_offset = L.rows_dot, .c = dw, .ldc = (size_t)d.c * d.taps};
 #pragma omp parallel num_threads(conv_threads())
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -384,18 +389,48 @@ static void direct_backward(const unet_op_args *a) {
                 int rows = d.h - y0 < band ? d.h - y0 : band;
                 if (!same) {
                     /* dz row y' at row y' + 2 of the band's frame, columns 2 .. w-1 */
-                    band_fill fz = {.src = gn, .mask = on, .act = act, .sh = d.ho, .sw = d.wo, .band = L.band_z,
-                                    .bplane = zplane, .bw = d.w, .rows = rows + 2, .y_first = y0 - 2, .left = 2,
-                                    .tail = 2, .sums = L.dbias, .own0 = 0, .own1 = rows};
+                    band_fill fz = {.src = gn,
+                                    .mask = on,
+                                    .act = act,
+                                    .sh = d.ho,
+                                    .sw = d.wo,
+                                    .band = L.band_z,
+                                    .bplane = zplane,
+                                    .bw = d.w,
+                                    .rows = rows + 2,
+                                    .y_first = y0 - 2,
+                                    .left = 2,
+                                    .tail = 2,
+                                    .sums = L.dbias,
+                                    .own0 = 0,
+                                    .own1 = rows};
                     fill_band(&fz, o0, o1);
                 } else {
-                    band_fill fz = {.src = gn, .mask = on, .act = act, .sh = d.h, .sw = d.w, .band = L.band_z,
-                                    .bplane = zplane, .bw = d.w + 2, .rows = rows + 2, .y_first = y0 - 1,
-                                    .left = 1, .sums = L.dbias, .own0 = 1, .own1 = rows + 1};
+                    band_fill fz = {.src = gn,
+                                    .mask = on,
+                                    .act = act,
+                                    .sh = d.h,
+                                    .sw = d.w,
+                                    .band = L.band_z,
+                                    .bplane = zplane,
+                                    .bw = d.w + 2,
+                                    .rows = rows + 2,
+                                    .y_first = y0 - 1,
+                                    .left = 1,
+                                    .sums = L.dbias,
+                                    .own0 = 1,
+                                    .own1 = rows + 1};
                     fill_band(&fz, o0, o1);
                     if (dw) {
-                        band_fill fx = {.src = xn, .sh = d.h, .sw = d.w, .band = L.band_x, .bplane = xplane,
-                                        .bw = d.w + 2, .rows = rows + 2, .y_first = y0 - 1, .left = 1};
+                        band_fill fx = {.src = xn,
+                                        .sh = d.h,
+                                        .sw = d.w,
+                                        .band = L.band_x,
+                                        .bplane = xplane,
+                                        .bw = d.w + 2,
+                                        .rows = rows + 2,
+                                        .y_first = y0 - 1,
+                                        .left = 1};
                         fill_band(&fx, c0, c1);
                     }
                 }
@@ -527,9 +562,16 @@ static void t2_forward(const unet_op_args *a) {
         for (int n = 0; n < d.n; n++) {
             scatter_ctx e = {(float *)a->out + (size_t)n * d.o * 4 * hw, d.o, d.h, d.w, a->param[1]};
             /* product row (o, a, b) = weight column: A[(o, a, b)][c] = w[c][(o, a, b)] */
-            conv_gemm_job job = {.m = 4 * d.o, .n = (int)hw, .k = d.c, .a = a->param[0], .a_row = 1,
-                                 .a_col = 4 * (size_t)d.o, .src = (const float *)a->in[0] + (size_t)n * d.c * hw,
-                                 .row_offset = L.rows, .epilogue = scatter_epilogue, .ctx = &e};
+            conv_gemm_job job = {.m = 4 * d.o,
+                                 .n = (int)hw,
+                                 .k = d.c,
+                                 .a = a->param[0],
+                                 .a_row = 1,
+                                 .a_col = 4 * (size_t)d.o,
+                                 .src = (const float *)a->in[0] + (size_t)n * d.c * hw,
+                                 .row_offset = L.rows,
+                                 .epilogue = scatter_epilogue,
+                                 .ctx = &e};
             conv_gemm_run(&job, L.threads + (size_t)tid * L.thread_floats, tid, nth);
         }
     }
@@ -586,15 +628,28 @@ static void t2_backward(const unet_op_args *a) {
 #pragma omp barrier
                 if (dx) {
                     /* A[c][(o, a, b)] = w[c][(o, a, b)], row-major as it lies */
-                    conv_gemm_job job = {.m = d.c, .n = rows * d.w, .k = 4 * d.o, .a = a->param[0],
-                                         .a_row = 4 * (size_t)d.o, .a_col = 1, .src = L.band, .row_offset = L.rows,
-                                         .c = dx + (size_t)n * d.c * hw + (size_t)i0 * d.w, .ldc = hw,
+                    conv_gemm_job job = {.m = d.c,
+                                         .n = rows * d.w,
+                                         .k = 4 * d.o,
+                                         .a = a->param[0],
+                                         .a_row = 4 * (size_t)d.o,
+                                         .a_col = 1,
+                                         .src = L.band,
+                                         .row_offset = L.rows,
+                                         .c = dx + (size_t)n * d.c * hw + (size_t)i0 * d.w,
+                                         .ldc = hw,
                                          .accumulate = a->din_accumulate[0]};
                     conv_gemm_run(&job, scratch, tid, nth);
                 }
                 if (dw) {
-                    conv_dot_job job = {.m = d.c, .n = 4 * d.o, .k = (long)rows * d.w, .a = xn + (size_t)i0 * d.w,
-                                        .a_stride = hw, .b = L.band, .row_offset = L.rows, .c = dw,
+                    conv_dot_job job = {.m = d.c,
+                                        .n = 4 * d.o,
+                                        .k = (long)rows * d.w,
+                                        .a = xn + (size_t)i0 * d.w,
+                                        .a_stride = hw,
+                                        .b = L.band,
+                                        .row_offset = L.rows,
+                                        .c = dw,
                                         .ldc = 4 * (size_t)d.o};
                     conv_dot_run(&job, tid, nth);
                 }

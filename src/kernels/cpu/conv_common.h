@@ -92,7 +92,8 @@ static inline void bias_act_epilogue(const void *vctx, float *cb, size_t ldc, lo
 /* Whether unet_cpu_conv's own kernels run a node: 3x3 (valid or same) or
  * 1x1, stride 1, groups 1. */
 static inline int conv_is_direct(const unet_node *n) {
-    return n->stride == 1 && n->groups == 1 && ((n->k == 3 && (n->pad == 0 || n->pad == 1)) || (n->k == 1 && n->pad == 0));
+    return n->stride == 1 && n->groups == 1 &&
+           ((n->k == 3 && (n->pad == 0 || n->pad == 1)) || (n->k == 1 && n->pad == 0));
 }
 
 void conv_im2col_forward(const unet_op_args *a);

@@ -18,40 +18,40 @@
 
 typedef struct {
     const char *name;
-    int mr, nr;       /* gemm_tile: MR x NR outputs */
-    int kc, nc;       /* gemm blocks: KC deep, NC columns (a multiple of NR) */
-    int dmr, dnr;     /* dot_tile: DMR x DNR outputs */
-    int dot_k;        /* dot: floats of each row summed per pass (a multiple of the vector length) */
-    int dot_mb;       /* dot: rows of A swept per B tile, so that they stay in L2 */
+    int mr, nr;   /* gemm_tile: MR x NR outputs */
+    int kc, nc;   /* gemm blocks: KC deep, NC columns (a multiple of NR) */
+    int dmr, dnr; /* dot_tile: DMR x DNR outputs */
+    int dot_k;    /* dot: floats of each row summed per pass (a multiple of the vector length) */
+    int dot_mb;   /* dot: rows of A swept per B tile, so that they stay in L2 */
     void (*gemm_tile)(int kc, const float *a, size_t a_row, size_t a_col, const float *b, const long *b_offset,
                       float *c, size_t ldc, int load_c);
     void (*dot_tile)(long k, const float *const *a, const float *const *b, float *c, size_t ldc);
     int (*supported)(void);
 } conv_isa;
 
-#define MAX_MR 8
-#define MAX_NR 48
+#define MAX_MR  8
+#define MAX_NR  48
 #define MAX_DMR 4
 #define MAX_DNR 6
 
 #define ISA_CAT2(a, b) a##_##b
-#define ISA_CAT(a, b) ISA_CAT2(a, b)
-#define ISA_NAME(x) ISA_CAT(x, ISA_SUFFIX)
+#define ISA_CAT(a, b)  ISA_CAT2(a, b)
+#define ISA_NAME(x)    ISA_CAT(x, ISA_SUFFIX)
 
 /* ---- plain C: any CPU ---- */
-#define ISA_SUFFIX scalar
-#define VEC float
-#define VL 1
-#define VZERO() 0.0f
-#define VLOAD(p) (*(p))
-#define VSTORE(p, v) (*(p) = (v))
-#define VSET1(x) (x)
+#define ISA_SUFFIX    scalar
+#define VEC           float
+#define VL            1
+#define VZERO()       0.0f
+#define VLOAD(p)      (*(p))
+#define VSTORE(p, v)  (*(p) = (v))
+#define VSET1(x)      (x)
 #define VFMA(a, b, c) ((a) * (b) + (c))
-#define VSUM(v) (v)
-#define MR 4
-#define NR 4
-#define DMR 2
-#define DNR 2
+#define VSUM(v)       (v)
+#define MR            4
+#define NR            4
+#define DMR           2
+#define DNR           2
 #include "kernels/cpu/conv_microkernels.h"
 #undef ISA_SUFFIX
 #undef VEC
@@ -80,19 +80,19 @@ static inline float hsum_sse2(__m128 v) {
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
 }
-#define ISA_SUFFIX sse2
-#define VEC __m128
-#define VL 4
-#define VZERO() _mm_setzero_ps()
-#define VLOAD(p) _mm_loadu_ps(p)
-#define VSTORE(p, v) _mm_storeu_ps(p, v)
-#define VSET1(x) _mm_set1_ps(x)
+#define ISA_SUFFIX    sse2
+#define VEC           __m128
+#define VL            4
+#define VZERO()       _mm_setzero_ps()
+#define VLOAD(p)      _mm_loadu_ps(p)
+#define VSTORE(p, v)  _mm_storeu_ps(p, v)
+#define VSET1(x)      _mm_set1_ps(x)
 #define VFMA(a, b, c) _mm_add_ps(_mm_mul_ps(a, b), c)
-#define VSUM(v) hsum_sse2(v)
-#define MR 4
-#define NR 8
-#define DMR 2
-#define DNR 4
+#define VSUM(v)       hsum_sse2(v)
+#define MR            4
+#define NR            8
+#define DMR           2
+#define DNR           4
 #include "kernels/cpu/conv_microkernels.h"
 #undef ISA_SUFFIX
 #undef VEC
@@ -121,20 +121,20 @@ static inline float hsum_avx2(__m256 v) {
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
 }
-#define ISA_SUFFIX avx2
-#define VEC __m256
-#define VL 8
-#define VZERO() _mm256_setzero_ps()
-#define VLOAD(p) _mm256_loadu_ps(p)
-#define VSTORE(p, v) _mm256_storeu_ps(p, v)
-#define VSET1(x) _mm256_set1_ps(x)
-#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define VSUM(v) hsum_avx2(v)
+#define ISA_SUFFIX          avx2
+#define VEC                 __m256
+#define VL                  8
+#define VZERO()             _mm256_setzero_ps()
+#define VLOAD(p)            _mm256_loadu_ps(p)
+#define VSTORE(p, v)        _mm256_storeu_ps(p, v)
+#define VSET1(x)            _mm256_set1_ps(x)
+#define VFMA(a, b, c)       _mm256_fmadd_ps(a, b, c)
+#define VSUM(v)             hsum_avx2(v)
 #define VLOAD_PARTIAL(p, n) _mm256_maskload_ps(p, _mm256_loadu_si256((const __m256i *)(avx2_lane_mask + 8 - (n))))
-#define MR 4
-#define NR 24
-#define DMR 3
-#define DNR 4
+#define MR                  4
+#define NR                  24
+#define DMR                 3
+#define DNR                 4
 #include "kernels/cpu/conv_microkernels.h"
 #undef ISA_SUFFIX
 #undef VEC
@@ -170,21 +170,21 @@ static inline void hsum4_avx512(__m512 a, __m512 b, __m512 c, __m512 d, float *o
     /* each 128-bit lane held (a, b, c, d) partial sums; quarter adds the four lanes */
     _mm_storeu_ps(out, quarter);
 }
-#define ISA_SUFFIX avx512
-#define VEC __m512
-#define VL 16
-#define VZERO() _mm512_setzero_ps()
-#define VLOAD(p) _mm512_loadu_ps(p)
-#define VSTORE(p, v) _mm512_storeu_ps(p, v)
-#define VSET1(x) _mm512_set1_ps(x)
-#define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define VSUM(v) _mm512_reduce_add_ps(v)
-#define VLOAD_PARTIAL(p, n) _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
+#define ISA_SUFFIX             avx512
+#define VEC                    __m512
+#define VL                     16
+#define VZERO()                _mm512_setzero_ps()
+#define VLOAD(p)               _mm512_loadu_ps(p)
+#define VSTORE(p, v)           _mm512_storeu_ps(p, v)
+#define VSET1(x)               _mm512_set1_ps(x)
+#define VFMA(a, b, c)          _mm512_fmadd_ps(a, b, c)
+#define VSUM(v)                _mm512_reduce_add_ps(v)
+#define VLOAD_PARTIAL(p, n)    _mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1), p)
 #define VSUM4(a, b, c, d, out) hsum4_avx512(a, b, c, d, out)
-#define MR 8
-#define NR 48
-#define DMR 4
-#define DNR 6
+#define MR                     8
+#define NR                     48
+#define DMR                    4
+#define DNR                    6
 #include "kernels/cpu/conv_microkernels.h"
 #undef ISA_SUFFIX
 #undef VEC
@@ -213,11 +213,10 @@ static int supported_avx2(void) {
 }
 #endif
 
-#define ISA_ENTRY(suffix, mr_, nr_, nc_, dmr_, dnr_, supported_)                                                   \
-    {                                                                                                              \
-        .name = #suffix, .mr = mr_, .nr = nr_, .kc = 256, .nc = nc_, .dmr = dmr_, .dnr = dnr_, .dot_k = 2048,      \
-        .dot_mb = 64, .gemm_tile = gemm_tile_##suffix, .dot_tile = dot_tile_##suffix,                              \
-        .supported = supported_,                                                                                   \
+#define ISA_ENTRY(suffix, mr_, nr_, nc_, dmr_, dnr_, supported_)                                                       \
+    {                                                                                                                  \
+        .name = #suffix, .mr = mr_, .nr = nr_, .kc = 256, .nc = nc_, .dmr = dmr_, .dnr = dnr_, .dot_k = 2048,          \
+        .dot_mb = 64, .gemm_tile = gemm_tile_##suffix, .dot_tile = dot_tile_##suffix, .supported = supported_,         \
     }
 
 /* Best first. */

@@ -201,8 +201,16 @@ void conv_im2col_forward(const unet_op_args *a) {
     im2col_ws L = layout(&d, 0, &cv);
     size_t ohw = (size_t)d.ho * d.wo;
     bias_act_ctx direct = {d.o, a->param[1], a->node->act};
-    conv_gemm_job job = {.m = d.o, .k = d.kk, .a = a->param[0], .a_row = (size_t)d.kk, .a_col = 1, .src = L.col,
-                         .row_offset = L.rows_col, .ldc = ohw, .epilogue = bias_act_epilogue, .ctx = &direct};
+    conv_gemm_job job = {.m = d.o,
+                         .k = d.kk,
+                         .a = a->param[0],
+                         .a_row = (size_t)d.kk,
+                         .a_col = 1,
+                         .src = L.col,
+                         .row_offset = L.rows_col,
+                         .ldc = ohw,
+                         .epilogue = bias_act_epilogue,
+                         .ctx = &direct};
     long no_shift[CONV_MAX_TAPS] = {0};
 #pragma omp parallel num_threads(conv_threads())
     {
@@ -252,10 +260,16 @@ void conv_im2col_backward(const unet_op_args *a) {
     const float *x = a->in[0], *w = a->param[0], *out = a->out;
     float *dz = a->dout, *dx = a->din[0], *dw = a->dparam[0], *db = a->dparam[1];
     /* dcol = W^T . dz: A[(c, t)][o] = w[o][(c, t)], read transposed */
-    conv_gemm_job gx = {.m = d.kk, .k = d.o, .a = w, .a_row = 1, .a_col = (size_t)d.kk, .row_offset = L.rows_dz,
-                        .c = L.dcol, .ldc = band_stride(&d)};
-    conv_dot_job gw = {.m = d.o, .n = d.kk, .a_stride = dz_stride, .b = L.col, .row_offset = L.rows_col, .c = dw,
-                       .ldc = (size_t)d.kk};
+    conv_gemm_job gx = {.m = d.kk,
+                        .k = d.o,
+                        .a = w,
+                        .a_row = 1,
+                        .a_col = (size_t)d.kk,
+                        .row_offset = L.rows_dz,
+                        .c = L.dcol,
+                        .ldc = band_stride(&d)};
+    conv_dot_job gw = {
+        .m = d.o, .n = d.kk, .a_stride = dz_stride, .b = L.col, .row_offset = L.rows_col, .c = dw, .ldc = (size_t)d.kk};
     long no_shift[CONV_MAX_TAPS] = {0};
 #pragma omp parallel num_threads(conv_threads())
     {

@@ -16,10 +16,10 @@
 
 /* The loss is a mean over N*h*w logit pixels, computed row by row. */
 typedef struct {
-    int n, k, h, w;          /* logits */
+    int n, k, h, w; /* logits */
     const float *z;
     const int32_t *label;
-    const float *weight;     /* NULL: every pixel weighs 1 */
+    const float *weight; /* NULL: every pixel weighs 1 */
     unet_shape label_shape, weight_shape;
 } loss_inputs;
 

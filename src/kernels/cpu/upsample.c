@@ -41,8 +41,8 @@ static void bilinear_forward(const unet_op_args *a) {
             float *yrow = yp + (size_t)oy * so.w;
             for (int ox = 0; ox < so.w; ox++) {
                 lerp_taps tx = taps_of(ox, si.w);
-                yrow[ox] = ty.w0 * (tx.w0 * r0[tx.i0] + tx.w1 * r0[tx.i1]) +
-                           ty.w1 * (tx.w0 * r1[tx.i0] + tx.w1 * r1[tx.i1]);
+                yrow[ox] =
+                    ty.w0 * (tx.w0 * r0[tx.i0] + tx.w1 * r0[tx.i1]) + ty.w1 * (tx.w0 * r1[tx.i0] + tx.w1 * r1[tx.i1]);
             }
         }
     }

@@ -170,8 +170,9 @@ void unet_cuda_warper_free(const unet_backend *b, unet_warper *w) {
 unet_warper *unet_cuda_warper_create(const unet_backend *b, int batch, int channels, int tile, int context, int grid,
                                      int cubic, char *err, size_t errlen) {
     const long long S = (long long)tile + 2LL * context;
-    if (batch < 1 || channels < 1 || tile < 1 || context < 0 || (grid != 0 && (grid < 2 || grid > UNET_WARP_MAX_GRID)) ||
-        (cubic && S < 2) || (long long)tile * tile > (1LL << 30) || S * S * channels > (1LL << 40)) {
+    if (batch < 1 || channels < 1 || tile < 1 || context < 0 ||
+        (grid != 0 && (grid < 2 || grid > UNET_WARP_MAX_GRID)) || (cubic && S < 2) ||
+        (long long)tile * tile > (1LL << 30) || S * S * channels > (1LL << 40)) {
         snprintf(err, errlen,
                  "the GPU augmentation warp: batch %d, %d channel(s), tile %d, context %d, grid %d: need batch, "
                  "channels, tile >= 1, context >= 0, grid 0 or 2..%d, a window of 2 pixels or more for cubic, and "
@@ -246,8 +247,10 @@ static int make_job(const unet_warper *w, int n, const unet_warp *wp, float *raw
         return -1;
     }
     if (elastic && g > w->grid) {
-        snprintf(err, errlen, "the GPU augmentation warp: sample %d has an elastic grid of %d points a side, the "
-                 "warper was made for %s", n, g, w->grid ? "smaller grids" : "no elastic deformation");
+        snprintf(err, errlen,
+                 "the GPU augmentation warp: sample %d has an elastic grid of %d points a side, the "
+                 "warper was made for %s",
+                 n, g, w->grid ? "smaller grids" : "no elastic deformation");
         return -1;
     }
     memset(j, 0, sizeof *j);
@@ -266,8 +269,10 @@ static int make_job(const unet_warper *w, int n, const unet_warp *wp, float *raw
     }
     if (wp->interp == UNET_INTERP_CUBIC) {
         if (!w->cubic) {
-            snprintf(err, errlen, "the GPU augmentation warp: sample %d asks for cubic interpolation, the warper "
-                     "was made for linear", n);
+            snprintf(err, errlen,
+                     "the GPU augmentation warp: sample %d asks for cubic interpolation, the warper "
+                     "was made for linear",
+                     n);
             return -1;
         }
         m->mode = UNET_WARP_CUBIC;
@@ -288,14 +293,15 @@ static int make_job(const unet_warper *w, int n, const unet_warp *wp, float *raw
     return 0;
 }
 
-int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const unet_warp *warps,
-                         const float *src_raw, const int32_t *src_label, const float *src_weight, float *raw,
-                         int32_t *label, float *weight, char *err, size_t errlen) {
+int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const unet_warp *warps, const float *src_raw,
+                         const int32_t *src_label, const float *src_weight, float *raw, int32_t *label, float *weight,
+                         char *err, size_t errlen) {
     (void)b;
-    if (count < 1 || count > w->batch || !warps || !src_raw || !src_label || !src_weight || !raw || !label ||
-        !weight) {
-        snprintf(err, errlen, "the GPU augmentation warp: %d sample(s) for a warper of %d, every array given: need "
-                 "1 to %d and all nine arrays", count, w->batch, w->batch);
+    if (count < 1 || count > w->batch || !warps || !src_raw || !src_label || !src_weight || !raw || !label || !weight) {
+        snprintf(err, errlen,
+                 "the GPU augmentation warp: %d sample(s) for a warper of %d, every array given: need "
+                 "1 to %d and all nine arrays",
+                 count, w->batch, w->batch);
         return -1;
     }
     int any_field = 0, any_prefilter = 0;
@@ -317,21 +323,20 @@ int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const
     unet_cuda_upload_staged(w->ctx, w->src_raw, src_raw, windows * sizeof(float), at);
     unet_cuda_upload_staged(w->ctx, w->src_label, src_label, planes * sizeof(int32_t), at);
     unet_cuda_upload_staged(w->ctx, w->src_weight, src_weight, planes * sizeof(float), at);
-    if (any_field) unet_cuda_upload_staged(w->ctx, w->grids, w->host_grids, count * grid_stride(w) * sizeof(double), at);
+    if (any_field)
+        unet_cuda_upload_staged(w->ctx, w->grids, w->host_grids, count * grid_stride(w) * sizeof(double), at);
     unet_cuda_upload_staged(w->ctx, w->jobs, w->host_jobs, count * sizeof(sample_job), at);
     if (any_field) {
-        field_kernel<<<count, UNET_THREADS, 0, stream>>>(w->jobs, w->grids, grid_stride(w), w->tables,
-                                                         table_stride(w));
+        field_kernel<<<count, UNET_THREADS, 0, stream>>>(w->jobs, w->grids, grid_stride(w), w->tables, table_stride(w));
         UNET_CUDA_LAUNCHED_AT("field_kernel", at);
     }
     if (any_prefilter) {
         const long long lines = (long long)count * C * S;
         const double zn1 = pow(UNET_SPLINE_POLE, S - 1);
-        spline_rows_kernel<<<unet_blocks_for(lines), UNET_THREADS, 0, stream>>>(w->jobs, w->src_raw, w->coef,
-                                                                                w->lines, C, S, lines, zn1);
+        spline_rows_kernel<<<unet_blocks_for(lines), UNET_THREADS, 0, stream>>>(w->jobs, w->src_raw, w->coef, w->lines,
+                                                                                C, S, lines, zn1);
         UNET_CUDA_LAUNCHED_AT("spline_rows_kernel", at);
-        spline_columns_kernel<<<unet_blocks_for(lines), UNET_THREADS, 0, stream>>>(w->jobs, w->coef, C, S, lines,
-                                                                                   zn1);
+        spline_columns_kernel<<<unet_blocks_for(lines), UNET_THREADS, 0, stream>>>(w->jobs, w->coef, C, S, lines, zn1);
         UNET_CUDA_LAUNCHED_AT("spline_columns_kernel", at);
     }
     unet_plane_launch l = unet_plane_launch_for(NULL, count, (long long)T * T);

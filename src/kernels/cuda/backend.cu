@@ -41,7 +41,7 @@ typedef struct {
     unet_backend backend;
     char device_name[256];
     int cc_major, cc_minor;
-    void *unpacking;      /* host buffer of the NHWC downloads (unpacking_buffer()), kept between calls */
+    void *unpacking; /* host buffer of the NHWC downloads (unpacking_buffer()), kept between calls */
     size_t unpacking_bytes;
 } cuda_instance;
 
@@ -98,8 +98,8 @@ static void describe_device(const cuda_instance *inst, char *buf, size_t size) {
 
 /* Errors of a kernel surface at the next synchronising call; the message says
  * where to look instead of blaming the call that noticed. */
-#define ASYNC_HINT                                                                                               \
-    " (this may be an earlier kernel's fault surfacing here: rerun with UNET_CUDA_SYNC=1, which also runs the "   \
+#define ASYNC_HINT                                                                                                     \
+    " (this may be an earlier kernel's fault surfacing here: rerun with UNET_CUDA_SYNC=1, which also runs the "        \
     "step without a CUDA graph, to stop at the op that failed)"
 
 extern "C" void unet_cuda_fail_at(const char *file, int line, const char *call, const char *msg, unet_cuda_site at) {
@@ -286,8 +286,7 @@ static void cuda_upload_bytes(const unet_backend *b, void *dst, const void *host
 }
 
 /* cudaMemGetInfo of the instance's device: an answer for planning, not a fault, so a failure is returned. */
-static int cuda_memory_info(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err,
-                            size_t errlen) {
+static int cuda_memory_info(const unet_backend *b, size_t *free_bytes, size_t *total_bytes, char *err, size_t errlen) {
     const cuda_instance *inst = instance_of(b);
     cudaError_t e = cudaSetDevice(inst->ctx.device);
     if (e == cudaSuccess) e = cudaMemGetInfo(free_bytes, total_bytes);
@@ -360,12 +359,12 @@ static __global__ void sgd_kernel(float *p, const float *g, float *buf, long lon
 }
 
 typedef struct {
-    float decay;        /* per step: AdamW's 1 - lr * wd */
-    float wd;           /* Adam: L2 added to the gradient */
+    float decay; /* per step: AdamW's 1 - lr * wd */
+    float wd;    /* Adam: L2 added to the gradient */
     int adamw;
     float beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
-    float step_size;    /* per step: lr / (1 - beta1^t) */
-    float bc2_sqrt;     /* per step: sqrt(1 - beta2^t) */
+    float step_size; /* per step: lr / (1 - beta1^t) */
+    float bc2_sqrt;  /* per step: sqrt(1 - beta2^t) */
 } adam_args;
 
 static __device__ __forceinline__ void adam_one(float &p, float g, float &m, float &v, const adam_args &s) {
@@ -482,8 +481,8 @@ static __global__ void guard_state_kernel(float *state, float *state_good, long 
     }
 }
 
-static void cuda_guard(const unet_backend *b, const float *g, size_t n, float *state, float *state_good,
-                       size_t n_state, unet_optim_scalars *s, unet_update_guard *guard) {
+static void cuda_guard(const unet_backend *b, const float *g, size_t n, float *state, float *state_good, size_t n_state,
+                       unet_optim_scalars *s, unet_update_guard *guard) {
     const cuda_instance *inst = instance_of(b);
     cudaStream_t stream = inst->ctx.stream;
     if (n + n_state) {
@@ -494,8 +493,8 @@ static void cuda_guard(const unet_backend *b, const float *g, size_t n, float *s
     guard_decide_kernel<<<1, 1, 0, stream>>>(s, guard);
     check_pass(inst, "guard decision", n, __FILE__, __LINE__);
     if (n_state) {
-        guard_state_kernel<<<unet_blocks_for((long long)n_state), UNET_THREADS, 0, stream>>>(
-            state, state_good, (long long)n_state, s);
+        guard_state_kernel<<<unet_blocks_for((long long)n_state), UNET_THREADS, 0, stream>>>(state, state_good,
+                                                                                             (long long)n_state, s);
         check_pass(inst, "guard statistics", n_state, __FILE__, __LINE__);
     }
 }
@@ -605,8 +604,9 @@ static int parse_layout(const char *s, unet_precision precision, unet_cuda_forma
     }
     if (precision == UNET_PREC_BF16) {
         if (nchw) {
-            snprintf(err, errlen, "--layout nchw is for fp32 and tf32: bf16 keeps activations NHWC (channels last, "
-                                  "the layout of bf16 tensor cores); use --layout auto or nhwc with bf16");
+            snprintf(err, errlen,
+                     "--layout nchw is for fp32 and tf32: bf16 keeps activations NHWC (channels last, "
+                     "the layout of bf16 tensor cores); use --layout auto or nhwc with bf16");
             return -1;
         }
         *out = UNET_FMT_NHWC_BF16;
@@ -630,7 +630,8 @@ static int create_instance(cuda_instance *inst, int device, unet_precision preci
     int count = 0;
     e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
-        snprintf(err, errlen, "no CUDA device: %s (run with --device cpu, or on a machine with an NVIDIA GPU and driver)",
+        snprintf(err, errlen,
+                 "no CUDA device: %s (run with --device cpu, or on a machine with an NVIDIA GPU and driver)",
                  e != cudaSuccess ? cudaGetErrorString(e) : "the driver lists none");
         cudaGetLastError();
         return -1;

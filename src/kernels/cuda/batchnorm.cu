@@ -51,9 +51,9 @@ static int is_nhwc(const unet_op_args *a) { return unet_cuda_ctx_of(a)->act_form
 
 typedef struct {
     int n, c;
-    long long hw, m;    /* plane size, values per channel */
-    int tiles;          /* NCHW: slices per plane */
-    long long slices;   /* per channel: NCHW n * tiles; NHWC the pixel slices of unet_nhwc_sums */
+    long long hw, m;  /* plane size, values per channel */
+    int tiles;        /* NCHW: slices per plane */
+    long long slices; /* per channel: NCHW n * tiles; NHWC the pixel slices of unet_nhwc_sums */
 } bn_split;
 
 static bn_split split_of(const unet_op_args *a, unet_shape s) {
@@ -72,7 +72,9 @@ static size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
 /* Partials: two doubles per (channel, slice); then two doubles per channel
  * (the backward's sums of dy and dy * xhat, read by its dx pass). */
-static size_t partial_bytes(const bn_split &sp) { return align256((size_t)sp.c * (size_t)sp.slices * 2 * sizeof(double)); }
+static size_t partial_bytes(const bn_split &sp) {
+    return align256((size_t)sp.c * (size_t)sp.slices * 2 * sizeof(double));
+}
 
 static size_t bn_workspace_bytes(const unet_op_args *a) {
     bn_split sp = split_of(a, a->in_shape[0]);
@@ -187,8 +189,8 @@ static __global__ void bn_normalize_kernel(const float *x, float *y, int channel
 /* Block (slice, channel): sums of dy and dy * (x - mean); with a fused
  * activation, dy = dout where it passes the gradient of out, else 0,
  * written back for the dx pass. */
-static __global__ void bn_grad_sums_kernel(float *dy, const float *x, const float *y, const float *mean,
-                                           int channels, long long hw, int tiles, int act, double *partial) {
+static __global__ void bn_grad_sums_kernel(float *dy, const float *x, const float *y, const float *mean, int channels,
+                                           long long hw, int tiles, int act, double *partial) {
     int c = blockIdx.y;
     bn_slice sl = slice_of(c, channels, hw, tiles);
     double mu = mean[c];
@@ -221,8 +223,7 @@ static __global__ void bn_dx_kernel(const float *dy, const float *x, float *dx, 
 /* ---- NHWC: channel vectors (nhwc.cuh) ---- */
 
 /* Statistics: sums of x - K and (x - K)^2, K the channel's value at pixel 0. */
-template <class F>
-struct bn_stats_op {
+template <class F> struct bn_stats_op {
     const typename F::T *x;
     int cp;
     typedef unet_vec<F> state;
@@ -240,8 +241,7 @@ struct bn_stats_op {
 
 /* Gradient sums: of dy and dy * (x - mean), dy masked (and written back) where a fused activation stops the
  * gradient of out. */
-template <class F>
-struct bn_grad_sums_op {
+template <class F> struct bn_grad_sums_op {
     typename F::T *dy;
     const typename F::T *x, *y;
     const float *mean;
@@ -388,18 +388,16 @@ static void require_launchable(const unet_op_args *a, const bn_split &sp) {
 }
 
 /* NHWC: the partials of op's two per-channel sums into the workspace (nhwc.cuh). */
-template <class F, class Op>
-static void bn_nhwc_sums(const unet_op_args *a, const Op &op, double *partial) {
+template <class F, class Op> static void bn_nhwc_sums(const unet_op_args *a, const Op &op, double *partial) {
     unet_shape s = a->in_shape[0];
     unet_nhwc_split ns = unet_nhwc_split_of<F>(s);
-    unet_nhwc_sums_kernel<F, 2><<<ns.grid, ns.block, 0, unet_cuda_ctx_of(a)->stream>>>(op, s.c, ns.vectors, ns.pixels,
-                                                                                      ns.per_slice, partial);
+    unet_nhwc_sums_kernel<F, 2>
+        <<<ns.grid, ns.block, 0, unet_cuda_ctx_of(a)->stream>>>(op, s.c, ns.vectors, ns.pixels, ns.per_slice, partial);
     UNET_CUDA_LAUNCHED(a);
 }
 
 /* The statistics' partials of x into the workspace. */
-template <class F>
-static void bn_stats_t(const unet_op_args *a, const bn_split &sp, double *partial) {
+template <class F> static void bn_stats_t(const unet_op_args *a, const bn_split &sp, double *partial) {
     unet_shape s = a->in_shape[0];
     if constexpr (F::nhwc) {
         bn_stats_op<F> op = {(const typename F::T *)a->in[0], F::channels(s.c)};
@@ -422,20 +420,18 @@ static void bn_normalize_t(const unet_op_args *a, const bn_split &sp, const floa
     if constexpr (F::nhwc) {
         unsigned items = unet_vec_items<F>(a, s);
         bn_normalize_nhwc_kernel<F><<<unet_blocks_for(items), UNET_THREADS, 0, stream>>>(
-            (const typename F::T *)a->in[0], (typename F::T *)a->out, s.c, F::channels(s.c) / F::V, items, mean,
-            invstd, a->param[0], a->param[1], act);
+            (const typename F::T *)a->in[0], (typename F::T *)a->out, s.c, F::channels(s.c) / F::V, items, mean, invstd,
+            a->param[0], a->param[1], act);
     } else {
         int vec = sp.hw % 4 == 0 && unet_aligned16(a->in[0]) && unet_aligned16(a->out);
         unet_plane_launch l = unet_plane_launch_for(a, (long long)s.n * s.c, vec ? sp.hw / 4 : sp.hw);
-        bn_normalize_kernel<<<l.grid, l.block, 0, stream>>>((const float *)a->in[0], (float *)a->out, s.c,
-                                                            (int)sp.hw, mean, invstd, a->param[0], a->param[1],
-                                                            act, vec);
+        bn_normalize_kernel<<<l.grid, l.block, 0, stream>>>((const float *)a->in[0], (float *)a->out, s.c, (int)sp.hw,
+                                                            mean, invstd, a->param[0], a->param[1], act, vec);
     }
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void bn_forward_t(const unet_op_args *a) {
+template <class F> static void bn_forward_t(const unet_op_args *a) {
     unet_shape s = a->in_shape[0];
     bn_split sp = split_of(a, s);
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
@@ -475,14 +471,13 @@ static void bn_grad_sums_t(const unet_op_args *a, const bn_split &sp, const floa
     unet_shape s = a->in_shape[0];
     typedef typename F::T T;
     if constexpr (F::nhwc) {
-        bn_grad_sums_op<F> op = {(T *)a->dout, (const T *)a->in[0], (const T *)a->out, mean, s.c, F::channels(s.c),
-                                 a->node->act};
+        bn_grad_sums_op<F> op = {(T *)a->dout, (const T *)a->in[0], (const T *)a->out, mean,
+                                 s.c,          F::channels(s.c),    a->node->act};
         bn_nhwc_sums<F>(a, op, partial);
     } else {
-        bn_grad_sums_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0,
-                              unet_cuda_ctx_of(a)->stream>>>((float *)a->dout, (const float *)a->in[0],
-                                                             (const float *)a->out, mean, s.c, sp.hw, sp.tiles,
-                                                             a->node->act, partial);
+        bn_grad_sums_kernel<<<dim3((unsigned)sp.slices, (unsigned)s.c), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+            (float *)a->dout, (const float *)a->in[0], (const float *)a->out, mean, s.c, sp.hw, sp.tiles, a->node->act,
+            partial);
         UNET_CUDA_LAUNCHED(a);
     }
 }
@@ -508,8 +503,7 @@ static void bn_dx_t(const unet_op_args *a, const bn_split &sp, const float *mean
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void bn_backward_t(const unet_op_args *a) {
+template <class F> static void bn_backward_t(const unet_op_args *a) {
     unet_shape s = a->in_shape[0];
     bn_split sp = split_of(a, s);
     const float *mean = (const float *)a->aux, *invstd = mean + s.c;

@@ -25,12 +25,12 @@ typedef struct {
     int device;
     unet_precision precision;
     unet_cuda_format act_format; /* how activations are held (layout.h): from the precision and the layout asked */
-    int deterministic; /* 1 unless --fast-nondeterministic */
+    int deterministic;           /* 1 unless --fast-nondeterministic */
     cudaStream_t stream;
     cudnnHandle_t cudnn;
     cublasLtHandle_t cublaslt;
-    struct unet_cudnn_cache *plans; /* cudnn_graph.c: execution plans keyed by op and shapes */
-    struct unet_gemm_cache *gemms;  /* gemm.c: cuBLASLt matmul plans of 1x1 convolutions */
+    struct unet_cudnn_cache *plans;    /* cudnn_graph.c: execution plans keyed by op and shapes */
+    struct unet_gemm_cache *gemms;     /* gemm.c: cuBLASLt matmul plans of 1x1 convolutions */
     struct unet_cuda_staging *staging; /* staging.c: page-locked buffers of the uploads, per destination */
     /* While a step is being captured as a CUDA graph (backend.cu), a failing
      * CUDA, cuDNN or cuBLASLt call does not end the process: the first failure
@@ -70,15 +70,15 @@ void unet_cuda_fail_at(const char *file, int line, const char *call, const char 
 void unet_cuda_fail(const char *file, int line, const char *call, const char *msg, const unet_op_args *a);
 
 /* The checks, one per library, alike: `at` is a unet_cuda_site. */
-#define UNET_CHECK_STATUS_(status_t, ok, words, call, at)                                  \
-    do {                                                                                   \
-        status_t s_ = (call);                                                              \
-        if (s_ != (ok)) unet_cuda_fail_at(__FILE__, __LINE__, #call, words(s_), (at));     \
+#define UNET_CHECK_STATUS_(status_t, ok, words, call, at)                                                              \
+    do {                                                                                                               \
+        status_t s_ = (call);                                                                                          \
+        if (s_ != (ok)) unet_cuda_fail_at(__FILE__, __LINE__, #call, words(s_), (at));                                 \
     } while (0)
 #define UNET_CUDA_CHECK(call, at) UNET_CHECK_STATUS_(cudaError_t, cudaSuccess, cudaGetErrorString, call, at)
-#define UNET_CUDNN_CHECK(call, at) \
+#define UNET_CUDNN_CHECK(call, at)                                                                                     \
     UNET_CHECK_STATUS_(cudnnStatus_t, CUDNN_STATUS_SUCCESS, cudnnGetErrorString, call, at)
-#define UNET_CUBLAS_CHECK(call, at) \
+#define UNET_CUBLAS_CHECK(call, at)                                                                                    \
     UNET_CHECK_STATUS_(cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasLtGetStatusString, call, at)
 /* for the file that includes nccl.h (dist_nccl.c) */
 #define UNET_NCCL_CHECK(call, at) UNET_CHECK_STATUS_(ncclResult_t, ncclSuccess, ncclGetErrorString, call, at)
@@ -89,7 +89,7 @@ void unet_cuda_fail(const char *file, int line, const char *call, const char *ms
  * here rather than at a later, unrelated call (slow: for debugging only). */
 void unet_cuda_launched_at(const char *file, int line, const char *kernel, unet_cuda_site at);
 #define UNET_CUDA_LAUNCHED_AT(kernel, at) unet_cuda_launched_at(__FILE__, __LINE__, (kernel), (at))
-#define UNET_CUDA_LAUNCHED(a) UNET_CUDA_LAUNCHED_AT("kernel launch", unet_at_op(a))
+#define UNET_CUDA_LAUNCHED(a)             UNET_CUDA_LAUNCHED_AT("kernel launch", unet_at_op(a))
 
 #ifdef __cplusplus
 }

@@ -31,21 +31,19 @@
 #include "kernels/cuda/tensor_view.cuh"
 
 /* One input (forward) or input gradient (backward) as the kernels see it. */
-template <class F>
-struct crop_part {
+template <class F> struct crop_part {
     const typename F::T *src; /* forward: the input */
     typename F::T *din;       /* backward: its gradient */
-    int c, c0;        /* channels, first channel in the output */
-    int cp;           /* channels in memory (NHWC: padded) */
-    int h, w, oy, ox; /* size and crop offset into it */
-    int acc;          /* backward: add into din */
-    int vec_src;      /* forward: src rows load as float4 at the crop's column (w, ox multiples of 4, aligned) */
-    int vec_din;      /* backward: din rows store as float4 (w a multiple of 4, aligned) */
-    long long begin;  /* backward: first global plane (NCHW) or (pixel, vector) item (NHWC) of this input */
+    int c, c0;                /* channels, first channel in the output */
+    int cp;                   /* channels in memory (NHWC: padded) */
+    int h, w, oy, ox;         /* size and crop offset into it */
+    int acc;                  /* backward: add into din */
+    int vec_src;     /* forward: src rows load as float4 at the crop's column (w, ox multiples of 4, aligned) */
+    int vec_din;     /* backward: din rows store as float4 (w a multiple of 4, aligned) */
+    long long begin; /* backward: first global plane (NCHW) or (pixel, vector) item (NHWC) of this input */
 };
 
-template <class F>
-struct crop_parts {
+template <class F> struct crop_parts {
     crop_part<F> part[UNET_MAX_IN];
     int n;
     long long end; /* backward: the planes (NCHW) or items (NHWC) of all the parts */
@@ -74,14 +72,12 @@ static __device__ __forceinline__ crop_part<F> the_part(const crop_parts<F> &par
     crop_part<F> p = parts.part[0];
 #pragma unroll
     for (int j = 1; j < UNET_MAX_IN; j++)
-        if (j < parts.n && (plane < 0 ? channel >= parts.part[j].c0 : plane >= parts.part[j].begin))
-            p = parts.part[j];
+        if (j < parts.n && (plane < 0 ? channel >= parts.part[j].c0 : plane >= parts.part[j].begin)) p = parts.part[j];
     return p;
 }
 
 /* Zeros over the padding plane (n, c) of an NHWC tensor. */
-template <class F>
-static __device__ void zero_plane(typename F::T *t, int n, int c, int cp, int h, int w) {
+template <class F> static __device__ void zero_plane(typename F::T *t, int n, int c, int cp, int h, int w) {
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < h * w; e += gridDim.y * blockDim.x) {
         int y = e / w, x = e - y * w;
         unet_st(t, F::at(n, c, cp, h, w, y, x), 0.0f);
@@ -184,8 +180,7 @@ static __global__ void crop_add_kernel(crop_parts<F> parts, typename F::T *out, 
 
 /* crop_add with an activation: dout = 0 where it stops the gradient of out,
  * in place (dout has no other reader), over memory (padding: out is 0). */
-template <class T>
-static __global__ void act_mask_kernel(T *dout, const T *out, long long n, int act) {
+template <class T> static __global__ void act_mask_kernel(T *dout, const T *out, long long n, int act) {
     for (long long i = unet_global_thread(); i < n; i += unet_grid_threads())
         if (!unet_act_passes(act, unet_ld(out, i))) unet_st(dout, i, 0.0f);
 }
@@ -251,8 +246,8 @@ static __global__ void crop_grad_kernel(crop_parts<F> parts, const typename F::T
  * where they all come from one input and start on one of its vectors, else
  * one load a channel. Channels past out_c are zeros. */
 template <class F>
-static __device__ __forceinline__ unet_vec<F> concat_vector(const crop_parts<F> &parts, int out_c, int c0, int n,
-                                                           int y, int x) {
+static __device__ __forceinline__ unet_vec<F> concat_vector(const crop_parts<F> &parts, int out_c, int c0, int n, int y,
+                                                            int x) {
     crop_part<F> p = the_part(parts, c0, -1);
     int last = min(c0 + F::V, out_c) - 1;
     unet_vec<F> r;
@@ -274,7 +269,7 @@ static __device__ __forceinline__ unet_vec<F> concat_vector(const crop_parts<F> 
  * out_c are zeros. */
 template <class F>
 static __device__ __forceinline__ unet_vec<F> add_vector(const crop_parts<F> &parts, int out_c, int c0, int n, int y,
-                                                        int x, int act) {
+                                                         int x, int act) {
     unet_vec<F> sum;
 #pragma unroll
     for (int k = 0; k < UNET_MAX_IN; k++) {
@@ -337,8 +332,7 @@ static void bad_shapes(const unet_op_args *a, const char *what) {
 }
 
 /* The parts of a node; for the backward, only the inputs whose gradient is asked. */
-template <class F>
-static crop_parts<F> parts_of(const unet_op_args *a, int concat, int backward) {
+template <class F> static crop_parts<F> parts_of(const unet_op_args *a, int concat, int backward) {
     typedef typename F::T T;
     unet_shape so = a->out_shape;
     crop_parts<F> ps;
@@ -379,8 +373,7 @@ static crop_parts<F> parts_of(const unet_op_args *a, int concat, int backward) {
     return ps;
 }
 
-template <class F>
-static void crop_forward_nhwc(const unet_op_args *a, int concat, const crop_parts<F> &ps) {
+template <class F> static void crop_forward_nhwc(const unet_op_args *a, int concat, const crop_parts<F> &ps) {
     unet_shape so = a->out_shape;
     unsigned items = unet_vec_items<F>(a, so);
     crop_nhwc_kernel<F><<<unet_blocks_for(items), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
@@ -388,8 +381,7 @@ static void crop_forward_nhwc(const unet_op_args *a, int concat, const crop_part
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void crop_forward_t(const unet_op_args *a, int concat) {
+template <class F> static void crop_forward_t(const unet_op_args *a, int concat) {
     typedef typename F::T T;
     unet_shape so = a->out_shape;
     crop_parts<F> ps = parts_of<F>(a, concat, 0);
@@ -413,20 +405,17 @@ static void crop_forward_t(const unet_op_args *a, int concat) {
 }
 
 /* crop_add with an activation: dout masked in place before the inputs' gradients read it. */
-template <class F>
-static void mask_dout(const unet_op_args *a, int concat) {
+template <class F> static void mask_dout(const unet_op_args *a, int concat) {
     typedef typename F::T T;
     if (concat || a->node->act == UNET_ACT_NONE) return;
     if (!a->out) bad_shapes(a, "crop_add backward with an activation needs the forward output (NULL)");
     long long n = unet_cuda_act_elements(a, a->out_shape);
-    act_mask_kernel<<<unet_blocks_for(n), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>((T *)a->dout,
-                                                                                        (const T *)a->out, n,
-                                                                                        a->node->act);
+    act_mask_kernel<<<unet_blocks_for(n), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
+        (T *)a->dout, (const T *)a->out, n, a->node->act);
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void crop_backward_t(const unet_op_args *a, int concat) {
+template <class F> static void crop_backward_t(const unet_op_args *a, int concat) {
     typedef typename F::T T;
     unet_shape so = a->out_shape;
     crop_parts<F> ps = parts_of<F>(a, concat, 1);

@@ -86,8 +86,7 @@ static __global__ void bias_act_nhwc_kernel(const typename F::T *in, typename F:
     }
 }
 
-template <class T>
-static __global__ void add_kernel(T *dst, const T *src, long long n) {
+template <class T> static __global__ void add_kernel(T *dst, const T *src, long long n) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         unet_st(dst, i, unet_ld(dst, i) + unet_ld(src, i));
 }
@@ -169,8 +168,7 @@ static __global__ void channel_partial_kernel(typename F::T *dz, const typename 
 
 /* NHWC: the same sums through unet_nhwc_sums (nhwc.cuh): the partials of a
  * channel vector's channels over a slice of pixels. */
-template <class F>
-struct bias_sums_op {
+template <class F> struct bias_sums_op {
     typename F::T *dz;
     const typename F::T *mask;
     int act;
@@ -249,8 +247,8 @@ static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, in
     if constexpr (F::nhwc) {
         bias_sums_op<F> op = {(T *)dz, (const T *)mask, act, F::channels(s.c)};
         unet_nhwc_split ns = unet_nhwc_split_of<F>(s);
-        unet_nhwc_sums_kernel<F, 1><<<ns.grid, ns.block, 0, ctx->stream>>>(op, s.c, ns.vectors, ns.pixels,
-                                                                           ns.per_slice, partial);
+        unet_nhwc_sums_kernel<F, 1>
+            <<<ns.grid, ns.block, 0, ctx->stream>>>(op, s.c, ns.vectors, ns.pixels, ns.per_slice, partial);
         UNET_CUDA_LAUNCHED(a);
     } else {
         channel_split sp = split_channel(per_channel);
@@ -260,8 +258,7 @@ static void channel_sums_t(const unet_op_args *a, void *dz, const void *mask, in
         UNET_CUDA_LAUNCHED(a);
     }
     if (sum) {
-        channel_finish_kernel<<<(unsigned)s.c, THREADS, 0, ctx->stream>>>(partial, channel_slices(a, per_channel),
-                                                                          sum);
+        channel_finish_kernel<<<(unsigned)s.c, THREADS, 0, ctx->stream>>>(partial, channel_slices(a, per_channel), sum);
         UNET_CUDA_LAUNCHED(a);
     }
 }
@@ -293,8 +290,7 @@ static void bias_act(const unet_op_args *a, const void *in, void *out, const flo
 }
 
 /* dst += src over an activation tensor of shape s (memory elements, padding included). */
-template <class F>
-static void add_into_t(const unet_op_args *a, void *dst, const void *src, unet_shape s) {
+template <class F> static void add_into_t(const unet_op_args *a, void *dst, const void *src, unet_shape s) {
     typedef typename F::T T;
     long long count = unet_cuda_act_elements(a, s);
     add_kernel<<<blocks_for(count), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>((T *)dst, (const T *)src, count);
@@ -367,8 +363,7 @@ static const void *weights_for(const unet_op_args *a, const unet_conv_problem &p
 /* The weight gradient's slot for cuDNN: dw itself (NCHW), or the prefix. */
 static void *dweights_slot(const unet_op_args *a, float *dw) { return is_nhwc(a) ? a->workspace : (void *)dw; }
 
-template <class F>
-static void dweights_from_krsc_t(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
+template <class F> static void dweights_from_krsc_t(const unet_op_args *a, const unet_conv_problem &p, float *dw) {
     long long total = (long long)p.k * filter_c(p) * p.r * p.r;
     dweights_from_krsc_kernel<<<blocks_for(total), THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
         (const typename F::T *)a->workspace, dw, p.k, filter_c(p), filter_cp(a, p), p.r);
@@ -443,9 +438,9 @@ static void check_conv_shapes(const unet_op_args *a) {
     unet_shape x = a->in_shape[0], y = a->out_shape;
     const unet_node *nd = a->node;
     int k = nd->k, pad = nd->pad, stride = nd->stride, groups = nd->groups;
-    if (k >= 1 && pad >= 0 && stride >= 1 && (groups == 1 || (groups == x.c && y.c == x.c)) && y.n == x.n &&
-        y.c >= 1 && y.h == unet_conv_out_size(x.h, k, stride, pad) && y.w == unet_conv_out_size(x.w, k, stride, pad) &&
-        y.h >= 1 && y.w >= 1)
+    if (k >= 1 && pad >= 0 && stride >= 1 && (groups == 1 || (groups == x.c && y.c == x.c)) && y.n == x.n && y.c >= 1 &&
+        y.h == unet_conv_out_size(x.h, k, stride, pad) && y.w == unet_conv_out_size(x.w, k, stride, pad) && y.h >= 1 &&
+        y.w >= 1)
         return;
     char msg[256];
     snprintf(msg, sizeof msg, "conv k %d stride %d pad %d groups %d cannot map x (%d,%d,%d,%d) to y (%d,%d,%d,%d)", k,
@@ -554,8 +549,8 @@ static float time_forward(const unet_op_args *t, unet_1x1_path path, cudaEvent_t
 static unet_1x1_path measure_1x1(const unet_op_args *a, size_t workspace, float *ms_gemm, float *ms_cudnn) {
     unet_op_args t = *a;
     size_t bytes[5] = {act_bytes(a, a->in_shape[0]), act_bytes(a, a->out_shape),
-                       (size_t)a->out_shape.c * a->in_shape[0].c * sizeof(float), (size_t)a->out_shape.c * sizeof(float),
-                       workspace};
+                       (size_t)a->out_shape.c * a->in_shape[0].c * sizeof(float),
+                       (size_t)a->out_shape.c * sizeof(float), workspace};
     void *buf[5] = {NULL, NULL, NULL, NULL, NULL};
     int ok = 1;
     for (int i = 0; i < 5 && ok; i++) {

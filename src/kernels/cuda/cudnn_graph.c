@@ -190,7 +190,9 @@ static void describe(const plan_key *k, int device, char *buf, size_t len) {
              "convolution %s%s%s%s: x (%d,%d,%d,%d), w (%d,%d,%d,%d), y (%d,%d,%d,%d), stride %d, pad %d, groups %d, "
              "%s %s, %s, device %d",
              dir_name(k->dir), k->bias ? " + bias" : "",
-             k->act == UNET_ACT_RELU ? " + ReLU" : k->act == UNET_ACT_RELU6 ? " + ReLU6" : "",
+             k->act == UNET_ACT_RELU    ? " + ReLU"
+             : k->act == UNET_ACT_RELU6 ? " + ReLU6"
+                                        : "",
              k->accumulate ? " accumulating (beta = 1)" : "", k->n, k->c, k->h, k->w, k->k,
              k->groups > 0 ? k->c / k->groups : 0, k->r, k->r, k->n, k->k, p, q, k->stride, k->pad, k->groups,
              precision_name(k->precision), k->act_format == UNET_FMT_NCHW_F32 ? "NCHW" : "NHWC",
@@ -254,9 +256,9 @@ static void finalize_desc(graph_builder *g, cudnnBackendDescriptor_t d, const ch
     }
 }
 
-#define CREATE(g, type) create_desc((g), (type), #type, __LINE__)
+#define CREATE(g, type)                      create_desc((g), (type), #type, __LINE__)
 #define SET(g, d, name, type, count, values) set_attr((g), (d), (name), (type), (count), (values), #name, __LINE__)
-#define FINALIZE(g, d, what) finalize_desc((g), (d), (what), __LINE__)
+#define FINALIZE(g, d, what)                 finalize_desc((g), (d), (what), __LINE__)
 
 static cudnnBackendDescriptor_t make_tensor(graph_builder *g, const tensor_layout *l, int64_t uid, bool is_virtual) {
     cudnnBackendDescriptor_t t = CREATE(g, CUDNN_BACKEND_TENSOR_DESCRIPTOR);
@@ -324,8 +326,8 @@ static cudnnBackendDescriptor_t make_conv_op(graph_builder *g, const plan_key *k
 
 /* A pointwise node y = mode(x [, b]); upper: RELU_FWD's upper clip (ReLU6: 6). */
 static cudnnBackendDescriptor_t make_pointwise_op(graph_builder *g, const unet_cuda_ctx *ctx, cudnnPointwiseMode_t mode,
-                                                  double upper, cudnnBackendDescriptor_t x,
-                                                  cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t y) {
+                                                  double upper, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
+                                                  cudnnBackendDescriptor_t y) {
     cudnnBackendDescriptor_t pw = CREATE(g, CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
     cudnnDataType_t prec = compute_type(ctx);
     SET(g, pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
@@ -422,17 +424,28 @@ static cudnnBackendDescriptor_t make_graph(graph_builder *g, const unet_cuda_ctx
 
 static const char *note_name(cudnnBackendNumericalNote_t n) {
     switch (n) {
-    case CUDNN_NUMERICAL_NOTE_TENSOR_CORE: return "tensor-core";
-    case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS: return "down-convert-inputs";
-    case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION: return "reduced-precision-reduction";
-    case CUDNN_NUMERICAL_NOTE_FFT: return "fft";
-    case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC: return "nondeterministic";
-    case CUDNN_NUMERICAL_NOTE_WINOGRAD: return "winograd";
-    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4: return "winograd-4x4";
-    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6: return "winograd-6x6";
-    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13: return "winograd-13x13";
-    case CUDNN_NUMERICAL_NOTE_STRICT_NAN_PROP: return "strict-nan";
-    default: return "other";
+    case CUDNN_NUMERICAL_NOTE_TENSOR_CORE:
+        return "tensor-core";
+    case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
+        return "down-convert-inputs";
+    case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION:
+        return "reduced-precision-reduction";
+    case CUDNN_NUMERICAL_NOTE_FFT:
+        return "fft";
+    case CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC:
+        return "nondeterministic";
+    case CUDNN_NUMERICAL_NOTE_WINOGRAD:
+        return "winograd";
+    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_4x4:
+        return "winograd-4x4";
+    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_6x6:
+        return "winograd-6x6";
+    case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13:
+        return "winograd-13x13";
+    case CUDNN_NUMERICAL_NOTE_STRICT_NAN_PROP:
+        return "strict-nan";
+    default:
+        return "other";
     }
 }
 
@@ -481,9 +494,12 @@ static const char *rejection(const unet_cuda_ctx *ctx, const cudnnBackendNumeric
         case CUDNN_NUMERICAL_NOTE_WINOGRAD_TILE_13x13:
             if (ctx->precision == UNET_PREC_FP32 && tier < TIER_TRANSFORMS) return "FFT/Winograd under fp32";
             break;
-        case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS: return "down-converts float inputs";
-        case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION: return "reduced-precision reduction";
-        default: break;
+        case CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS:
+            return "down-converts float inputs";
+        case CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION:
+            return "reduced-precision reduction";
+        default:
+            break;
         }
     }
     return NULL;
@@ -506,10 +522,10 @@ typedef struct {
     int64_t engine_index; /* -1 when it cannot be read (messages only) */
     cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
     int64_t n_notes;
-    int readable;         /* 0: the notes could not be read, so it is never run (unreadable says why) */
+    int readable; /* 0: the notes could not be read, so it is never run (unreadable says why) */
     char unreadable[200];
-    char note_text[160];  /* "tensor-core,fft": for the log and messages */
-    int mode;             /* the heuristics mode that offered it */
+    char note_text[160]; /* "tensor-core,fft": for the log and messages */
+    int mode;            /* the heuristics mode that offered it */
 } offer;
 
 /* What the heuristics offered for a graph, asked mode by mode as needed:
@@ -725,8 +741,7 @@ static void append_offers(const offer_list *l, char *buf, size_t len) {
             const offer *o = &l->offers[i];
             if (o->mode != m) continue;
             used = strlen(buf);
-            snprintf(buf + used, len - used, "%s %lld[%s]", any ? "," : "", (long long)o->engine_index,
-                     o->note_text);
+            snprintf(buf + used, len - used, "%s %lld[%s]", any ? "," : "", (long long)o->engine_index, o->note_text);
             any = 1;
         }
         if (!any) {
@@ -741,8 +756,8 @@ static void append_offers(const offer_list *l, char *buf, size_t len) {
  * failing that, the first that finalized at all. Asks further modes of the
  * heuristics while nothing within the limit is found. Returns 0 when no
  * offer does, with each refusal in why. */
-static int select_in_tier(graph_builder *g, const unet_cuda_ctx *ctx, cudnnBackendDescriptor_t graph,
-                          offer_list *l, rule_tier tier, candidate *best, char *why, size_t why_len) {
+static int select_in_tier(graph_builder *g, const unet_cuda_ctx *ctx, cudnnBackendDescriptor_t graph, offer_list *l,
+                          rule_tier tier, candidate *best, char *why, size_t why_len) {
     int have = 0, refusals = 0;
     memset(best, 0, sizeof *best);
     for (int i = 0;; i++) {
@@ -934,16 +949,19 @@ static void report_plan(struct unet_cudnn_cache *cache, const unet_cudnn_plan *p
                         const char *problem, const char *why, const char *offered, double ms) {
     if (cache->log) {
         if (plan->supported)
-            fprintf(stderr, "unet cudnn: %s -> engine %lld [%s] (rules %s), workspace %lld bytes; plan built in %.1f ms; "
-                    "offered %s\n", problem, (long long)plan->engine_index, plan->notes, tier_names[plan->tier],
+            fprintf(stderr,
+                    "unet cudnn: %s -> engine %lld [%s] (rules %s), workspace %lld bytes; plan built in %.1f ms; "
+                    "offered %s\n",
+                    problem, (long long)plan->engine_index, plan->notes, tier_names[plan->tier],
                     (long long)plan->workspace, ms, offered);
         else
             fprintf(stderr, "unet cudnn: %s -> no engine (%s); %.1f ms; offered %s\n", problem, why, ms, offered);
     }
     if (plan->supported && plan->nondeterministic && ctx->deterministic) {
-        fprintf(stderr, "unet cudnn: no deterministic cuDNN engine runs %s: engine %lld [%s] runs it, so this run "
-                "is not deterministic (two runs may differ in the last bits)\n", problem,
-                (long long)plan->engine_index, plan->notes);
+        fprintf(stderr,
+                "unet cudnn: no deterministic cuDNN engine runs %s: engine %lld [%s] runs it, so this run "
+                "is not deterministic (two runs may differ in the last bits)\n",
+                problem, (long long)plan->engine_index, plan->notes);
         if (!cache->nondeterministic++)
             snprintf(cache->first_nondeterministic, sizeof cache->first_nondeterministic, "%s", problem);
     }
@@ -1043,10 +1061,18 @@ void unet_cudnn_execute(unet_cuda_ctx *ctx, const unet_cudnn_plan *plan, const u
         const void *ptr = NULL;
         const char *slot = "";
         switch (plan->slot_uid[i]) {
-        case UID_X: ptr = t->x, slot = k->dir == UNET_CONV_DGRAD ? "dx" : "x"; break;
-        case UID_W: ptr = t->w, slot = k->dir == UNET_CONV_WGRAD ? "dw" : "w"; break;
-        case UID_Y: ptr = t->y, slot = k->dir == UNET_CONV_FWD ? "y" : "dy"; break;
-        case UID_B: ptr = t->b, slot = "bias"; break;
+        case UID_X:
+            ptr = t->x, slot = k->dir == UNET_CONV_DGRAD ? "dx" : "x";
+            break;
+        case UID_W:
+            ptr = t->w, slot = k->dir == UNET_CONV_WGRAD ? "dw" : "w";
+            break;
+        case UID_Y:
+            ptr = t->y, slot = k->dir == UNET_CONV_FWD ? "y" : "dy";
+            break;
+        case UID_B:
+            ptr = t->b, slot = "bias";
+            break;
         }
         /* what the plan was promised, not less: an engine may load 16 bytes at a time */
         check_pointer(ptr, (size_t)plan->slot_alignment[i], slot, k, ctx->device, a);

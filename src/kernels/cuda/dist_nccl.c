@@ -96,8 +96,10 @@ static int poll_until(nccl_face *f, cudaEvent_t ev, double timeout_s, char *err,
     for (;;) {
         ncclResult_t async = ncclSuccess, r = ncclCommGetAsyncError(f->comm, &async);
         if (r != ncclSuccess || (async != ncclSuccess && async != ncclInProgress)) {
-            snprintf(err, errlen, "NCCL reports \"%s\" (a peer died, or the network failed): the NCCL "
-                     "communicator is aborted", ncclGetErrorString(r != ncclSuccess ? r : async));
+            snprintf(err, errlen,
+                     "NCCL reports \"%s\" (a peer died, or the network failed): the NCCL "
+                     "communicator is aborted",
+                     ncclGetErrorString(r != ncclSuccess ? r : async));
             abort_comm(f);
             return -1;
         }
@@ -109,8 +111,10 @@ static int poll_until(nccl_face *f, cudaEvent_t ev, double timeout_s, char *err,
         cudaGetLastError(); /* "not yet" is an answer: no later check may take it for a failure */
         double waited = seconds_now() - start;
         if (waited > timeout_s) {
-            snprintf(err, errlen, "waited %.0f s for the other ranks: one of them died or hangs (see its output); "
-                     "the NCCL communicator is aborted", waited);
+            snprintf(err, errlen,
+                     "waited %.0f s for the other ranks: one of them died or hangs (see its output); "
+                     "the NCCL communicator is aborted",
+                     waited);
             abort_comm(f);
             return -1;
         }
@@ -136,8 +140,8 @@ static int nccl_sum_f64(unet_dist_face *face, double *values, int n, double time
         /* the page-locked buffer is free: the previous sum was polled to its end */
         memcpy(f->sum_host, values + first, bytes);
         UNET_CUDA_CHECK(cudaMemcpyAsync(f->sum_device, f->sum_host, bytes, cudaMemcpyHostToDevice, f->stream), at(f));
-        UNET_NCCL_CHECK(ncclAllReduce(f->sum_device, f->sum_device, (size_t)count, ncclDouble, ncclSum, f->comm,
-                                      f->stream), at(f));
+        UNET_NCCL_CHECK(
+            ncclAllReduce(f->sum_device, f->sum_device, (size_t)count, ncclDouble, ncclSum, f->comm, f->stream), at(f));
         UNET_CUDA_CHECK(cudaMemcpyAsync(f->sum_host, f->sum_device, bytes, cudaMemcpyDeviceToHost, f->stream), at(f));
         UNET_CUDA_CHECK(cudaEventRecord(f->summed, f->stream), at(f));
         if (poll_until(f, f->summed, timeout_s, err, errlen)) return -1;
@@ -210,14 +214,23 @@ unet_dist_face *unet_cuda_dist_open(const unet_backend *b, int rank, int world,
     ncclResult_t r = ncclCommInitRank(&f->comm, world, u, rank);
     if (r != ncclSuccess) {
         f->comm = NULL;
-        snprintf(err, errlen, "ncclCommInitRank (rank %d of %d on cuda:%d) failed: %s (two ranks on one GPU? NCCL "
-                 "refuses that; NCCL_DEBUG=INFO tells more)", rank, world, f->device, ncclGetErrorString(r));
+        snprintf(err, errlen,
+                 "ncclCommInitRank (rank %d of %d on cuda:%d) failed: %s (two ranks on one GPU? NCCL "
+                 "refuses that; NCCL_DEBUG=INFO tells more)",
+                 rank, world, f->device, ncclGetErrorString(r));
         nccl_close(&f->face);
         return NULL;
     }
-    f->face = (unet_dist_face){.name = "nccl", .host_memory = 0, .gives_up = 1, .start_sum = nccl_start_sum,
-                               .progress = NULL, .wait = nccl_wait, .sum_f64 = nccl_sum_f64, .barrier = nccl_barrier,
-                               .abort = nccl_abort, .close = nccl_close};
+    f->face = (unet_dist_face){.name = "nccl",
+                               .host_memory = 0,
+                               .gives_up = 1,
+                               .start_sum = nccl_start_sum,
+                               .progress = NULL,
+                               .wait = nccl_wait,
+                               .sum_f64 = nccl_sum_f64,
+                               .barrier = nccl_barrier,
+                               .abort = nccl_abort,
+                               .close = nccl_close};
     return &f->face;
 }
 
@@ -225,7 +238,8 @@ unet_dist_face *unet_cuda_dist_open(const unet_backend *b, int rank, int world,
 
 int unet_cuda_dist_id(const unet_backend *b, unsigned char id[UNET_DIST_ID_BYTES], char *err, size_t errlen) {
     (void)b, (void)id;
-    snprintf(err, errlen, "--dist nccl: this unet was built with CUDA but without NCCL (install NCCL's headers "
+    snprintf(err, errlen,
+             "--dist nccl: this unet was built with CUDA but without NCCL (install NCCL's headers "
              "and library, then reconfigure)");
     return -1;
 }

@@ -20,15 +20,13 @@
 #include "unet/rng.h"
 
 /* Runs op.one(i) for every i < n, as op.quad(q) on indices 4q..4q+3 where vec. */
-template <class Op>
-static __global__ void map_kernel(Op op, long long n, int vec) {
+template <class Op> static __global__ void map_kernel(Op op, long long n, int vec) {
     long long n4 = vec ? n / 4 : 0;
     for (long long q = unet_global_thread(); q < n4; q += unet_grid_threads()) op.quad(q);
     for (long long i = n4 * 4 + unet_global_thread(); i < n; i += unet_grid_threads()) op.one(i);
 }
 
-template <class Op>
-static void launch_map(const unet_op_args *a, const Op &op, long long n, int vec) {
+template <class Op> static void launch_map(const unet_op_args *a, const Op &op, long long n, int vec) {
     if (n == 0) return;
     map_kernel<<<unet_blocks_for(vec ? n / 4 : n), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(op, n, vec);
     UNET_CUDA_LAUNCHED(a);
@@ -40,8 +38,7 @@ static __device__ __forceinline__ float relu_of(float v) { return v < 0.0f ? 0.0
 static int relu6_of(const unet_op_args *a) { return a->node->act == UNET_ACT_RELU6; }
 
 /* A gradient store of four values at once (see unet_store_grad). */
-template <class T>
-static __device__ __forceinline__ void store_grad4(T *d, long long q, float4 v, int accumulate) {
+template <class T> static __device__ __forceinline__ void store_grad4(T *d, long long q, float4 v, int accumulate) {
     if (accumulate) {
         float4 o = unet_ld4(d, q);
         v.x += o.x;
@@ -56,8 +53,7 @@ static __device__ __forceinline__ void store_grad4(T *d, long long q, float4 v, 
  * Element by element over memory, padding included: bf16's zero padding
  * channels stay zero (relu(0) = 0, and their gradient is masked to 0). */
 
-template <class T>
-struct relu_fwd {
+template <class T> struct relu_fwd {
     const T *x;
     T *y;
     int six;
@@ -71,8 +67,7 @@ struct relu_fwd {
 
 /* dx = dout where out > 0 (and, ReLU6, out < 6): the plan keeps out, not in,
  * for this backward. */
-template <class T>
-struct relu_bwd {
+template <class T> struct relu_bwd {
     const T *y, *dy;
     T *dx;
     int acc, six;
@@ -89,20 +84,17 @@ static void require_ptr(const unet_op_args *a, const void *p, const char *what) 
 }
 
 /* Four elements an access (unet_ld4) where every pointer is aligned to four elements. */
-template <class T>
-static int vec_ok(const T *p, const T *q, const T *r = NULL) {
+template <class T> static int vec_ok(const T *p, const T *q, const T *r = NULL) {
     return (((uintptr_t)p | (uintptr_t)q | (uintptr_t)r) & (4 * sizeof(T) - 1)) == 0;
 }
 
-template <class F>
-static void relu_forward_t(const unet_op_args *a) {
+template <class F> static void relu_forward_t(const unet_op_args *a) {
     typedef typename F::T T;
     relu_fwd<T> op = {(const T *)a->in[0], (T *)a->out, relu6_of(a)};
     launch_map(a, op, unet_cuda_act_elements(a, a->out_shape), vec_ok(op.x, op.y));
 }
 
-template <class F>
-static void relu_backward_t(const unet_op_args *a) {
+template <class F> static void relu_backward_t(const unet_op_args *a) {
     typedef typename F::T T;
     relu_bwd<T> op = {(const T *)a->out, (const T *)a->dout, (T *)a->din[0], a->din_accumulate[0], relu6_of(a)};
     launch_map(a, op, unet_cuda_act_elements(a, a->out_shape), vec_ok(op.y, op.dy, op.dx));
@@ -171,8 +163,7 @@ static __device__ __forceinline__ float dropout_apply(const dropout_mask &m, uin
 }
 
 /* Forward (acc = 0, dst = out) and backward (dst = din) are the same map. */
-template <class T>
-struct dropout_map {
+template <class T> struct dropout_map {
     dropout_mask m;
     const T *src;
     T *dst;
@@ -192,8 +183,7 @@ struct dropout_map {
 };
 
 /* Evaluation: identity, and its gradient a plain (accumulated) copy. */
-template <class T>
-struct copy_map {
+template <class T> struct copy_map {
     const T *src;
     T *dst;
     int acc;
@@ -201,8 +191,7 @@ struct copy_map {
     __device__ void quad(long long q) const { store_grad4(dst, q, unet_ld4(src, q), acc); }
 };
 
-template <class F>
-static void dropout_pass_t(const unet_op_args *a, const void *src_v, void *dst_v, int acc) {
+template <class F> static void dropout_pass_t(const unet_op_args *a, const void *src_v, void *dst_v, int acc) {
     typedef typename F::T T;
     const T *src = (const T *)src_v;
     T *dst = (T *)dst_v;

@@ -45,7 +45,8 @@ int unet_gemm_runs(const unet_conv_problem *p) {
 static gemm_key key_of(const unet_cuda_ctx *ctx, const unet_conv_problem *p) {
     gemm_key k;
     memset(&k, 0, sizeof k);
-    k.n = p->n, k.c = p->c, k.h = p->h, k.w = p->w, k.k = p->k, k.relu = p->act == UNET_ACT_RELU, k.precision = (int)ctx->precision;
+    k.n = p->n, k.c = p->c, k.h = p->h, k.w = p->w, k.k = p->k, k.relu = p->act == UNET_ACT_RELU,
+    k.precision = (int)ctx->precision;
     k.act_format = (int)ctx->act_format;
     return k;
 }

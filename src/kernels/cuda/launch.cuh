@@ -46,8 +46,9 @@ static inline unet_plane_launch unet_plane_launch_for(const unet_op_args *a, lon
     /* planes index grid.x; a plane's own indices are int, with headroom for the stride */
     if (planes > 0x7fffffffLL || items > (1LL << 30)) {
         char msg[160];
-        snprintf(msg, sizeof msg, "%lld planes of %lld elements exceed the launch limits (2^31 - 1 planes, 2^30 per plane)",
-                 planes, items);
+        snprintf(msg, sizeof msg,
+                 "%lld planes of %lld elements exceed the launch limits (2^31 - 1 planes, 2^30 per plane)", planes,
+                 items);
         unet_cuda_fail(__FILE__, __LINE__, "launch shape", msg, a);
     }
     unet_plane_launch l;
@@ -80,8 +81,7 @@ static __device__ __forceinline__ long long unet_grid_threads() { return (long l
 /* Sums K doubles over a block of UNET_THREADS threads in a fixed order (a
  * shuffle tree in each warp, then one over the warps). The sums are valid in
  * thread 0 only. Every thread of the block must call it. */
-template <int K>
-static __device__ void unet_block_sum(double (&v)[K]) {
+template <int K> static __device__ void unet_block_sum(double (&v)[K]) {
     __shared__ double warp_sums[K][UNET_THREADS / 32];
     const unsigned full = 0xffffffffu;
     int lane = (int)(threadIdx.x & 31), warp = (int)(threadIdx.x >> 5);

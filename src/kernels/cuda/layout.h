@@ -46,7 +46,7 @@
 
 /* Channels of an NHWC tensor are padded to a multiple of these: 16 bytes,
  * the vector width of the kernels and of tensor-core loads. */
-#define UNET_BF16_CHANNELS 8
+#define UNET_BF16_CHANNELS     8
 #define UNET_NHWC_F32_CHANNELS 4
 
 /* How a backend instance holds its activations and their gradients. */
@@ -54,8 +54,8 @@ typedef enum { UNET_FMT_NCHW_F32, UNET_FMT_NHWC_F32, UNET_FMT_NHWC_BF16 } unet_c
 
 typedef struct {
     unet_cuda_format format; /* this tensor's: UNET_FMT_NCHW_F32 also for int32 (4-byte elements) */
-    int n, c, h, w;         /* logical shape */
-    int cp;                 /* channels in memory: c, or c rounded up to the format's channel group */
+    int n, c, h, w;          /* logical shape */
+    int cp;                  /* channels in memory: c, or c rounded up to the format's channel group */
 } unet_cuda_layout;
 
 /* Channels in memory of a tensor of c channels in format f. */

@@ -30,8 +30,7 @@
  * The logits (and their gradient) are activations, in any format F of
  * tensor_view.cuh (kp channels in memory); labels are int32 and weight maps
  * float32, NCHW, in every format. */
-template <class F>
-struct loss_view {
+template <class F> struct loss_view {
     const typename F::T *z;
     const int32_t *label;
     const float *weight;  /* NULL: every pixel weighs 1 */
@@ -45,8 +44,7 @@ struct loss_view {
     }
 };
 
-template <class F>
-static loss_view<F> view_of(const unet_op_args *a) {
+template <class F> static loss_view<F> view_of(const unet_op_args *a) {
     unet_shape s = a->in_shape[0], l = a->in_shape[1];
     loss_view<F> v;
     v.z = (const typename F::T *)a->in[0];
@@ -72,13 +70,11 @@ static loss_view<F> view_of(const unet_op_args *a) {
     return v;
 }
 
-template <class F>
-static __device__ __forceinline__ int32_t label_at(const loss_view<F> &v, int n, int y, int x) {
+template <class F> static __device__ __forceinline__ int32_t label_at(const loss_view<F> &v, int n, int y, int x) {
     return v.label[((long long)n * v.lh + v.loy + y) * v.lw + v.lox + x];
 }
 
-template <class F>
-static __device__ __forceinline__ double weight_at(const loss_view<F> &v, int n, int y, int x) {
+template <class F> static __device__ __forceinline__ double weight_at(const loss_view<F> &v, int n, int y, int x) {
     return v.weight ? (double)v.weight[((long long)n * v.wh + v.woy + y) * v.ww + v.wox + x] : 1.0;
 }
 
@@ -107,8 +103,7 @@ static __device__ double softmax_denominator(const loss_view<F> &v, int n, long 
 }
 
 /* Block b sums the weighted NLL of pixels b*LOSS_CHUNK .. (pixels in (n, y, x) order). */
-template <class F>
-static __global__ void ce_partial_kernel(loss_view<F> v, double *partial) {
+template <class F> static __global__ void ce_partial_kernel(loss_view<F> v, double *partial) {
     long long hw = (long long)v.h * v.w, pixels = (long long)v.n * hw;
     long long begin = (long long)blockIdx.x * LOSS_CHUNK;
     long long end = begin + LOSS_CHUNK < pixels ? begin + LOSS_CHUNK : pixels;
@@ -183,8 +178,7 @@ static __device__ __forceinline__ double sigmoid(double z) {
 }
 
 /* Block (chunk, image). */
-template <class F>
-static __global__ void bd_partial_kernel(loss_view<F> v, double *partial) {
+template <class F> static __global__ void bd_partial_kernel(loss_view<F> v, double *partial) {
     int n = blockIdx.y;
     long long hw = (long long)v.h * v.w;
     long long begin = (long long)blockIdx.x * LOSS_CHUNK, end = begin + LOSS_CHUNK < hw ? begin + LOSS_CHUNK : hw;
@@ -257,8 +251,8 @@ static void check_loss_args(const unet_op_args *a, int backward) {
         bad = "a loss input pointer is NULL";
     else if (l.n != s.n || l.c != 1 || l.h < s.h || l.w < s.w)
         bad = "the label must be (N,1,H,W) with H,W at least the logits'";
-    else if (a->n_in > 2 && (a->in_shape[2].n != s.n || a->in_shape[2].c != 1 || a->in_shape[2].h < s.h ||
-                             a->in_shape[2].w < s.w))
+    else if (a->n_in > 2 &&
+             (a->in_shape[2].n != s.n || a->in_shape[2].c != 1 || a->in_shape[2].h < s.h || a->in_shape[2].w < s.w))
         bad = "the weight map must be (N,1,H,W) with H,W at least the logits'";
     else if (!a->workspace)
         bad = "a loss needs its workspace";
@@ -275,28 +269,24 @@ static long long pixels_of(const unet_op_args *a) {
 }
 
 /* The launches below, for the logits' storage format F. */
-template <class F>
-static void ce_forward_t(const unet_op_args *a, long long chunks, double *partial) {
+template <class F> static void ce_forward_t(const unet_op_args *a, long long chunks, double *partial) {
     ce_partial_kernel<<<(unsigned)chunks, UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(view_of<F>(a), partial);
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void ce_backward_t(const unet_op_args *a, long long pixels, double coef) {
+template <class F> static void ce_backward_t(const unet_op_args *a, long long pixels, double coef) {
     ce_backward_kernel<<<unet_blocks_for(pixels), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
         view_of<F>(a), coef, (typename F::T *)a->din[0], a->din_accumulate[0]);
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void bd_partial_t(const unet_op_args *a, int chunks, double *partial) {
+template <class F> static void bd_partial_t(const unet_op_args *a, int chunks, double *partial) {
     dim3 grid((unsigned)chunks, (unsigned)a->in_shape[0].n);
     bd_partial_kernel<<<grid, UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(view_of<F>(a), partial);
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void bd_backward_t(const unet_op_args *a, long long pixels, const double *dice) {
+template <class F> static void bd_backward_t(const unet_op_args *a, long long pixels, const double *dice) {
     double scale = a->node->scale;
     bd_backward_kernel<<<unet_blocks_for(pixels), UNET_THREADS, 0, unet_cuda_ctx_of(a)->stream>>>(
         view_of<F>(a), dice, scale / (double)pixels, scale / a->in_shape[0].n, (typename F::T *)a->din[0],

@@ -26,8 +26,7 @@
 
 /* Host: the (pixel, vector) items of an NHWC tensor of shape s, checked to
  * fit the kernels' 32-bit indices. */
-template <class F>
-static inline unsigned unet_vec_items(const unet_op_args *a, unet_shape s) {
+template <class F> static inline unsigned unet_vec_items(const unet_op_args *a, unet_shape s) {
     long long items = (long long)s.n * s.h * s.w * (F::channels(s.c) / F::V);
     if (items > 0x7fffffffLL) {
         char msg[160];
@@ -69,7 +68,7 @@ struct unet_nhwc_split {
 /* A slice is at least this many pixels, and a channel has at most
  * UNET_NHWC_SLICES of them (its partials are summed by one block). */
 #define UNET_NHWC_SLICE_PIXELS 1024
-#define UNET_NHWC_SLICES 1024
+#define UNET_NHWC_SLICES       1024
 
 /* The slices of N*H*W pixels: what sizes the partials (slices per channel). */
 static inline int unet_nhwc_slices(long long pixels) {
@@ -80,8 +79,7 @@ static inline int unet_nhwc_slices(long long pixels) {
 /* The launch of unet_nhwc_sums_kernel over a tensor of shape s (the
  * kernels' files write the launch: cu2cc.py rewrites launches in .cu files
  * only). */
-template <class F>
-static inline unet_nhwc_split unet_nhwc_split_of(unet_shape s) {
+template <class F> static inline unet_nhwc_split unet_nhwc_split_of(unet_shape s) {
     unet_nhwc_split sp;
     sp.pixels = (long long)s.n * s.h * s.w;
     sp.vectors = F::channels(s.c) / F::V;

@@ -27,9 +27,9 @@ extern const unet_op_impl unet_cuda_bce_dice;    /* loss.cu */
 /* The augmentation warp (augment.cu): unet_backend's warper_create, warp_batch, warper_free. */
 unet_warper *unet_cuda_warper_create(const unet_backend *b, int batch, int channels, int tile, int context, int grid,
                                      int cubic, char *err, size_t errlen);
-int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const unet_warp *warps,
-                         const float *src_raw, const int32_t *src_label, const float *src_weight, float *raw,
-                         int32_t *label, float *weight, char *err, size_t errlen);
+int unet_cuda_warp_batch(const unet_backend *b, unet_warper *w, int count, const unet_warp *warps, const float *src_raw,
+                         const int32_t *src_label, const float *src_weight, float *raw, int32_t *label, float *weight,
+                         char *err, size_t errlen);
 void unet_cuda_warper_free(const unet_backend *b, unet_warper *w);
 
 /* NCCL (dist_nccl.c): unet_backend's dist_id and dist_open; in a build without NCCL they say so. */

@@ -71,8 +71,7 @@ static __device__ __forceinline__ void store_grad2(const unet_act_view<F, T> &d,
 }
 
 /* grid.x: planes (n, c) of the output, padding planes included (zeros). */
-template <class VX, class VY>
-static __global__ void maxpool2_forward_kernel(VX x, VY y, int out_items) {
+template <class VX, class VY> static __global__ void maxpool2_forward_kernel(VX x, VY y, int out_items) {
     int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
         int oy = e / y.w, ox = e - oy * y.w;
@@ -114,8 +113,7 @@ typedef struct {
 } pool_nhwc;
 
 /* The memory index of the window's top-left vector; the others are cp and a row of pixels further. */
-template <class F>
-static __device__ __forceinline__ long long window_at(const pool_nhwc &s, unsigned i) {
+template <class F> static __device__ __forceinline__ long long window_at(const pool_nhwc &s, unsigned i) {
     int n, oy, ox, vec = (int)(i % (unsigned)s.vectors);
     unet_pixel_of(i, s.vectors, s.out_h, s.out_w, n, oy, ox);
     return (((long long)n * 2 * s.out_h + 2 * oy) * (2 * s.out_w) + 2 * ox) * (s.vectors * F::V) + vec * F::V;
@@ -130,15 +128,14 @@ static __global__ void maxpool2_nhwc_forward_kernel(const typename F::T *x, type
         unet_vec<F> c = unet_ldv<F>(x, at + row), d = unet_ldv<F>(x, at + row + cp), m;
         int c0 = (int)(i % (unsigned)s.vectors) * F::V;
 #pragma unroll
-        for (int j = 0; j < F::V; j++)
-            m.v[j] = c0 + j < s.channels ? window_max(a.v[j], b.v[j], c.v[j], d.v[j]) : 0.0f;
+        for (int j = 0; j < F::V; j++) m.v[j] = c0 + j < s.channels ? window_max(a.v[j], b.v[j], c.v[j], d.v[j]) : 0.0f;
         unet_stv<F>(y, (long long)i * F::V, m);
     }
 }
 
 template <class F>
-static __global__ void maxpool2_nhwc_backward_kernel(const typename F::T *x, const typename F::T *dy,
-                                                     typename F::T *dx, pool_nhwc s, int accumulate) {
+static __global__ void maxpool2_nhwc_backward_kernel(const typename F::T *x, const typename F::T *dy, typename F::T *dx,
+                                                     pool_nhwc s, int accumulate) {
     long long cp = (long long)s.vectors * F::V, row = 2LL * s.out_w * cp;
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
         long long at[4];
@@ -178,22 +175,20 @@ static void check_pool_args(const unet_op_args *a, const void *x, const void *y,
     if (msg[0]) unet_cuda_fail(__FILE__, __LINE__, "argument check", msg, a);
 }
 
-template <class F>
-static pool_nhwc pool_nhwc_of(const unet_op_args *a) {
+template <class F> static pool_nhwc pool_nhwc_of(const unet_op_args *a) {
     unet_shape so = a->out_shape;
     pool_nhwc s = {so.c, F::channels(so.c) / F::V, so.h, so.w, unet_vec_items<F>(a, so)};
     return s;
 }
 
-template <class F>
-static void maxpool2_forward_t(const unet_op_args *a) {
+template <class F> static void maxpool2_forward_t(const unet_op_args *a) {
     typedef typename F::T T;
     unet_shape so = a->out_shape;
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     if constexpr (F::nhwc) {
         pool_nhwc s = pool_nhwc_of<F>(a);
-        maxpool2_nhwc_forward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
-            (const T *)a->in[0], (T *)a->out, s);
+        maxpool2_nhwc_forward_kernel<F>
+            <<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>((const T *)a->in[0], (T *)a->out, s);
     } else {
         unet_plane_launch l = unet_plane_launch_for(a, (long long)so.n * so.c, (long long)so.h * so.w);
         maxpool2_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->in[0], a->in_shape[0]),
@@ -202,8 +197,7 @@ static void maxpool2_forward_t(const unet_op_args *a) {
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void maxpool2_backward_t(const unet_op_args *a) {
+template <class F> static void maxpool2_backward_t(const unet_op_args *a) {
     typedef typename F::T T;
     unet_shape so = a->out_shape;
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
@@ -268,8 +262,7 @@ static __device__ __forceinline__ int2 window_max_at(const VX &x, int n, int c, 
 }
 
 /* grid.x: planes (n, c) of the output, padding planes included (zeros). */
-template <class VX, class VY>
-static __global__ void maxpool_forward_kernel(VX x, VY y, pool_geom g, int out_items) {
+template <class VX, class VY> static __global__ void maxpool_forward_kernel(VX x, VY y, pool_geom g, int out_items) {
     int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
         int oy = e / y.w, ox = e - oy * y.w;
@@ -354,8 +347,8 @@ static __global__ void maxpool_nhwc_forward_kernel(const typename F::T *x, typen
 }
 
 template <class F>
-static __global__ void maxpool_nhwc_backward_kernel(const typename F::T *x, const typename F::T *dy,
-                                                    typename F::T *dx, maxpool_nhwc s, int accumulate) {
+static __global__ void maxpool_nhwc_backward_kernel(const typename F::T *x, const typename F::T *dy, typename F::T *dx,
+                                                    maxpool_nhwc s, int accumulate) {
     long long cp = (long long)s.vectors * F::V;
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < s.items; i += gridDim.x * blockDim.x) {
         int n, iy, ix, c0 = (int)(i % (unsigned)s.vectors) * F::V;
@@ -397,22 +390,20 @@ static pool_geom pool_geom_of(const unet_op_args *a) {
     return g;
 }
 
-template <class F>
-static maxpool_nhwc maxpool_nhwc_of(const unet_op_args *a, pool_geom g, unet_shape written) {
+template <class F> static maxpool_nhwc maxpool_nhwc_of(const unet_op_args *a, pool_geom g, unet_shape written) {
     unet_shape si = a->in_shape[0], so = a->out_shape;
     maxpool_nhwc s = {g, si.c, F::channels(si.c) / F::V, si.h, si.w, so.h, so.w, unet_vec_items<F>(a, written)};
     return s;
 }
 
-template <class F>
-static void maxpool_forward_t(const unet_op_args *a, pool_geom g) {
+template <class F> static void maxpool_forward_t(const unet_op_args *a, pool_geom g) {
     typedef typename F::T T;
     unet_shape si = a->in_shape[0], so = a->out_shape;
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     if constexpr (F::nhwc) {
         maxpool_nhwc s = maxpool_nhwc_of<F>(a, g, so);
-        maxpool_nhwc_forward_kernel<F><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>((const T *)a->in[0],
-                                                                                            (T *)a->out, s);
+        maxpool_nhwc_forward_kernel<F>
+            <<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>((const T *)a->in[0], (T *)a->out, s);
     } else {
         unet_plane_launch l = unet_plane_launch_for(a, (long long)so.n * so.c, (long long)so.h * so.w);
         maxpool_forward_kernel<<<l.grid, l.block, 0, stream>>>(unet_view_in<F>(a->in[0], si),
@@ -421,8 +412,7 @@ static void maxpool_forward_t(const unet_op_args *a, pool_geom g) {
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void maxpool_backward_t(const unet_op_args *a, pool_geom g) {
+template <class F> static void maxpool_backward_t(const unet_op_args *a, pool_geom g) {
     typedef typename F::T T;
     unet_shape si = a->in_shape[0], so = a->out_shape;
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;

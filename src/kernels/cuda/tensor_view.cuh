@@ -76,8 +76,7 @@ static __device__ __forceinline__ void unet_st4(unet_bf16 *p, long long q, float
 
 /* A storage format of activations: element type Elem, channels last (and
  * padded, layout.h) or not. */
-template <class Elem, unet_cuda_format Format>
-struct unet_fmt {
+template <class Elem, unet_cuda_format Format> struct unet_fmt {
     typedef Elem T;
     static constexpr unet_cuda_format format = Format;
     static constexpr bool nhwc = Format != UNET_FMT_NCHW_F32;
@@ -102,13 +101,9 @@ struct unet_fmt {
 /* NHWC: V channels of one pixel, in float, moved as one 16-byte access at
  * memory index i (a multiple of V: every pixel and every tensor starts on 16
  * bytes). */
-template <class F>
-struct unet_vec {
-    float v[F::V];
-};
+template <class F> struct unet_vec { float v[F::V]; };
 
-template <class F>
-static __device__ __forceinline__ unet_vec<F> unet_ldv(const typename F::T *p, long long i) {
+template <class F> static __device__ __forceinline__ unet_vec<F> unet_ldv(const typename F::T *p, long long i) {
     unet_vec<F> r;
     if constexpr (F::V == 4) {
         float4 q = *reinterpret_cast<const float4 *>(p + i);
@@ -141,12 +136,17 @@ typedef unet_fmt<unet_bf16, UNET_FMT_NHWC_BF16> unet_bf16_nhwc;
  * host code is a template over F, instantiated for every format here and
  * nowhere else, e.g.
  *     unet_dispatch(a, [&](auto f) { relu_forward_t<decltype(f)>(a); }); */
-template <class Fn>
-static inline void unet_dispatch(const unet_op_args *a, Fn &&fn) {
+template <class Fn> static inline void unet_dispatch(const unet_op_args *a, Fn &&fn) {
     switch (unet_cuda_ctx_of(a)->act_format) {
-    case UNET_FMT_NHWC_BF16: fn(unet_bf16_nhwc()); return;
-    case UNET_FMT_NHWC_F32: fn(unet_f32_nhwc()); return;
-    case UNET_FMT_NCHW_F32: fn(unet_f32_nchw()); return;
+    case UNET_FMT_NHWC_BF16:
+        fn(unet_bf16_nhwc());
+        return;
+    case UNET_FMT_NHWC_F32:
+        fn(unet_f32_nhwc());
+        return;
+    case UNET_FMT_NCHW_F32:
+        fn(unet_f32_nchw());
+        return;
     }
     unet_cuda_fail(__FILE__, __LINE__, "unet_dispatch", "unknown activation format", a);
 }
@@ -154,27 +154,22 @@ static inline void unet_dispatch(const unet_op_args *a, Fn &&fn) {
 /* An activation tensor of logical shape (n, c, h, w) in format F, as the
  * plane-wise kernels of pool.cu and upsample.cu take it. T is F::T,
  * const-qualified for inputs. */
-template <class F, class T>
-struct unet_act_view {
+template <class F, class T> struct unet_act_view {
     T *p;
     int c, h, w;
     int cp; /* channels in memory: the planes per image a plane-wise kernel covers */
     __device__ __forceinline__ long long at(int n, int ch, int y, int x) const { return F::at(n, ch, cp, h, w, y, x); }
 };
 
-template <class F>
-using unet_in_view = unet_act_view<F, const typename F::T>;
-template <class F>
-using unet_out_view = unet_act_view<F, typename F::T>;
+template <class F> using unet_in_view = unet_act_view<F, const typename F::T>;
+template <class F> using unet_out_view = unet_act_view<F, typename F::T>;
 
 /* Host: the views of a tensor of shape s at p, an input and an output. */
-template <class F>
-static inline unet_in_view<F> unet_view_in(const void *p, unet_shape s) {
+template <class F> static inline unet_in_view<F> unet_view_in(const void *p, unet_shape s) {
     unet_in_view<F> v = {(const typename F::T *)p, s.c, s.h, s.w, F::channels(s.c)};
     return v;
 }
-template <class F>
-static inline unet_out_view<F> unet_view_out(void *p, unet_shape s) {
+template <class F> static inline unet_out_view<F> unet_view_out(void *p, unet_shape s) {
     unet_out_view<F> v = {(typename F::T *)p, s.c, s.h, s.w, F::channels(s.c)};
     return v;
 }

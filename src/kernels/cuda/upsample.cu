@@ -55,8 +55,8 @@ static __device__ __forceinline__ float lerp(float w0, float a, float w1, float 
 }
 
 /* The output value from its four taps a0 a1 / b0 b1 (rows ty, columns tx). */
-static __device__ __forceinline__ float bilinear(const lerp_taps &ty, const lerp_taps &tx, float a0, float a1,
-                                                 float b0, float b1) {
+static __device__ __forceinline__ float bilinear(const lerp_taps &ty, const lerp_taps &tx, float a0, float a1, float b0,
+                                                 float b1) {
     return lerp(ty.w0, lerp(tx.w0, a0, tx.w1, a1), ty.w1, lerp(tx.w0, b0, tx.w1, b1));
 }
 
@@ -75,8 +75,7 @@ static __device__ __forceinline__ gather_taps gather_of(int i, int in_size, int 
 }
 
 /* grid.x: planes (n, c), padding planes included (zeros). */
-template <class VX, class VY>
-static __global__ void upsample2_forward_kernel(VX x, VY y, int out_items) {
+template <class VX, class VY> static __global__ void upsample2_forward_kernel(VX x, VY y, int out_items) {
     int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
         int oy = e / y.w, ox = e - oy * y.w;
@@ -92,8 +91,7 @@ static __global__ void upsample2_forward_kernel(VX x, VY y, int out_items) {
 }
 
 /* grid.x: planes (n, c) of the input gradient, padding planes included (zeros). */
-template <class VG, class VD>
-static __global__ void upsample2_backward_kernel(VG dy, VD dx, int accumulate) {
+template <class VG, class VD> static __global__ void upsample2_backward_kernel(VG dy, VD dx, int accumulate) {
     int n = (int)(blockIdx.x / (unsigned)dx.cp), c = (int)(blockIdx.x % (unsigned)dx.cp);
     int in_h = dx.h, in_w = dx.w, out_h = dy.h, out_w = dy.w, in_items = in_h * in_w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < in_items; e += gridDim.y * blockDim.x) {
@@ -120,8 +118,7 @@ static __global__ void upsample2_backward_kernel(VG dy, VD dx, int accumulate) {
  * CPU: the same bits. ---- */
 
 /* NCHW: grid.x planes (n, c), grid.y along the plane. */
-template <class VX, class VY>
-static __global__ void nearest_forward_kernel(VX x, VY y, int out_items) {
+template <class VX, class VY> static __global__ void nearest_forward_kernel(VX x, VY y, int out_items) {
     int n = (int)(blockIdx.x / (unsigned)x.cp), c = (int)(blockIdx.x % (unsigned)x.cp);
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < out_items; e += gridDim.y * blockDim.x) {
         int oy = e / y.w, ox = e - oy * y.w;
@@ -129,8 +126,7 @@ static __global__ void nearest_forward_kernel(VX x, VY y, int out_items) {
     }
 }
 
-template <class VG, class VD>
-static __global__ void nearest_backward_kernel(VG dy, VD dx, int accumulate) {
+template <class VG, class VD> static __global__ void nearest_backward_kernel(VG dy, VD dx, int accumulate) {
     int n = (int)(blockIdx.x / (unsigned)dx.cp), c = (int)(blockIdx.x % (unsigned)dx.cp), in_items = dx.h * dx.w;
     for (int e = blockIdx.y * blockDim.x + threadIdx.x; e < in_items; e += gridDim.y * blockDim.x) {
         int iy = e / dx.w, ix = e - iy * dx.w;
@@ -238,26 +234,24 @@ static void check_shapes(const unet_op_args *a) {
 
 static int nearest(const unet_op_args *a) { return a->node->upsample == UNET_UPSAMPLE_NEAREST; }
 
-template <class F>
-static upsample_nhwc upsample_nhwc_of(const unet_op_args *a, unet_shape written) {
+template <class F> static upsample_nhwc upsample_nhwc_of(const unet_op_args *a, unet_shape written) {
     unet_shape si = a->in_shape[0], so = a->out_shape;
     upsample_nhwc s = {si.c, F::channels(si.c) / F::V, si.h, si.w, so.h, so.w, unet_vec_items<F>(a, written)};
     return s;
 }
 
-template <class F>
-static void upsample2_forward_t(const unet_op_args *a) {
+template <class F> static void upsample2_forward_t(const unet_op_args *a) {
     typedef typename F::T T;
     unet_shape so = a->out_shape;
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
     if constexpr (F::nhwc) {
         upsample_nhwc s = upsample_nhwc_of<F>(a, so);
         if (nearest(a))
-            upsample2_nhwc_forward_kernel<F, true><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
-                (const T *)a->in[0], (T *)a->out, s);
+            upsample2_nhwc_forward_kernel<F, true>
+                <<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>((const T *)a->in[0], (T *)a->out, s);
         else
-            upsample2_nhwc_forward_kernel<F, false><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
-                (const T *)a->in[0], (T *)a->out, s);
+            upsample2_nhwc_forward_kernel<F, false>
+                <<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>((const T *)a->in[0], (T *)a->out, s);
     } else {
         unet_plane_launch l = unet_plane_launch_for(a, (long long)so.n * so.c, (long long)so.h * so.w);
         if (nearest(a))
@@ -270,8 +264,7 @@ static void upsample2_forward_t(const unet_op_args *a) {
     UNET_CUDA_LAUNCHED(a);
 }
 
-template <class F>
-static void upsample2_backward_t(const unet_op_args *a) {
+template <class F> static void upsample2_backward_t(const unet_op_args *a) {
     typedef typename F::T T;
     unet_shape si = a->in_shape[0];
     cudaStream_t stream = unet_cuda_ctx_of(a)->stream;
@@ -279,11 +272,11 @@ static void upsample2_backward_t(const unet_op_args *a) {
     if constexpr (F::nhwc) {
         upsample_nhwc s = upsample_nhwc_of<F>(a, si);
         if (nearest(a))
-            upsample2_nhwc_backward_kernel<F, true><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
-                (const T *)a->dout, (T *)a->din[0], s, acc);
+            upsample2_nhwc_backward_kernel<F, true>
+                <<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>((const T *)a->dout, (T *)a->din[0], s, acc);
         else
-            upsample2_nhwc_backward_kernel<F, false><<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>(
-                (const T *)a->dout, (T *)a->din[0], s, acc);
+            upsample2_nhwc_backward_kernel<F, false>
+                <<<unet_blocks_for(s.items), UNET_THREADS, 0, stream>>>((const T *)a->dout, (T *)a->din[0], s, acc);
     } else {
         unet_plane_launch l = unet_plane_launch_for(a, (long long)si.n * si.c, (long long)si.h * si.w);
         if (nearest(a))

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #define UNET_CUDA_EMULATED 1
-#define CUDART_VERSION 13000
+#define CUDART_VERSION     13000
 
 #ifdef __cplusplus
 extern "C" {
@@ -67,12 +67,12 @@ typedef enum cudaStreamCaptureMode {
     cudaStreamCaptureModeRelaxed = 2
 } cudaStreamCaptureMode;
 
-#define cudaStreamDefault 0x00
-#define cudaStreamNonBlocking 0x01
-#define cudaEventDefault 0x00
-#define cudaEventBlockingSync 0x01
+#define cudaStreamDefault      0x00
+#define cudaStreamNonBlocking  0x01
+#define cudaEventDefault       0x00
+#define cudaEventBlockingSync  0x01
 #define cudaEventDisableTiming 0x02
-#define cudaHostAllocDefault 0x00
+#define cudaHostAllocDefault   0x00
 
 typedef struct cudaDeviceProp {
     char name[256];

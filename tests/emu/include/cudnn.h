@@ -9,10 +9,10 @@
 
 #include "cuda_runtime.h"
 
-#define CUDNN_MAJOR 9
-#define CUDNN_MINOR 10
+#define CUDNN_MAJOR      9
+#define CUDNN_MINOR      10
 #define CUDNN_PATCHLEVEL 0
-#define CUDNN_VERSION (CUDNN_MAJOR * 10000 + CUDNN_MINOR * 100 + CUDNN_PATCHLEVEL)
+#define CUDNN_VERSION    (CUDNN_MAJOR * 10000 + CUDNN_MINOR * 100 + CUDNN_PATCHLEVEL)
 
 #ifdef __cplusplus
 extern "C" {
@@ -81,8 +81,12 @@ typedef enum {
     CUDNN_BEHAVIOR_NOTE_TYPE_COUNT
 } cudnnBackendBehaviorNote_t;
 
-typedef enum { CUDNN_HEUR_MODE_INSTANT = 0, CUDNN_HEUR_MODE_B = 1, CUDNN_HEUR_MODE_FALLBACK = 2, CUDNN_HEUR_MODE_A = 3 }
-    cudnnBackendHeurMode_t;
+typedef enum {
+    CUDNN_HEUR_MODE_INSTANT = 0,
+    CUDNN_HEUR_MODE_B = 1,
+    CUDNN_HEUR_MODE_FALLBACK = 2,
+    CUDNN_HEUR_MODE_A = 3
+} cudnnBackendHeurMode_t;
 
 typedef enum {
     CUDNN_TYPE_HANDLE = 0,

@@ -45,9 +45,9 @@ typedef enum {
     ncclFloat64 = 8,
     ncclBfloat16 = 9
 } ncclDataType_t;
-#define ncclFloat ncclFloat32
+#define ncclFloat  ncclFloat32
 #define ncclDouble ncclFloat64
-#define ncclInt ncclInt32
+#define ncclInt    ncclInt32
 
 ncclResult_t ncclGetUniqueId(ncclUniqueId *id);
 ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank);
