@@ -20,7 +20,7 @@ def refused(*args, **env):
 
 
 def test_compare_sets_refuses_bad_input(tmp_path):
-    assert "usage: bench/compare_sets.sh isbi2012|nuclei" in refused("mnist")
+    assert "usage: bench/compare_sets.sh isbi2012|nuclei|mnfinder" in refused("mnist")
     assert "usage" in refused()
     assert "whole numbers" in refused("nuclei", COMPARE_STEPS="1e3", COMPARE_OUT=str(tmp_path / "a"))
     assert "is not built" in refused("nuclei", UNET=str(tmp_path / "no_unet"), COMPARE_OUT=str(tmp_path / "a"))
