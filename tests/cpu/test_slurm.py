@@ -219,7 +219,11 @@ def test_time_limit_signal_saves_requeues_and_resumes(cluster, data, tmp_path):
         assert job_field(cluster, job, "Restarts") == "1", open(str(run) + ".out").read()
         stopped = read_step(run / "checkpoint.safetensors")
         assert stopped >= logged()[-1] >= 200
-        # a requeued job waits a while before it starts again (BeginTime): start it now, once it is pending
+        # a requeued job waits a while before it starts again (BeginTime): start it now, once it is pending, but
+        # not in the second of its requeue: slurmd revoked the first run's credential then, and a new one made in
+        # the same second reads as revoked ("Killing non-startable batch JobId=2: Job credential revoked", after
+        # which the job is gone and nothing resumes)
+        time.sleep(2.5)
         t = time.time()
         while time.time() - t < 300 and logged()[-1] < stopped + 500:
             if job_field(cluster, job, "JobState") == "PENDING":
