@@ -5,6 +5,8 @@
 # (tests/fuzz/corpus/<target>/). A crash, leak, UB report, hang (over 10 s an input) or a single allocation over
 # 512 MiB (a reader that trusts a size its header claims: inputs are a few KB) fails the run, exit code 1, with the
 # input kept in build-fuzz/artifacts/<target>/ (save it under tests/fuzz/regressions/<target>/ once fixed).
+# UNET_FUZZ_SEED fixes libFuzzer's seed (CI: the same walk each run, so that CI is red for a change and not for a
+# lucky draw); unset, each run draws its own and explores further over many runs.
 #   scripts/fuzz.sh [SECONDS per target, default 40] [TARGET ...]   (targets: the tests/fuzz/fuzz_*.c names)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,7 @@ cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]/#/fuzz_}" >> "$log"
 export ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:suppressions=$PWD/tests/fuzz/asan.supp
 export LSAN_OPTIONS=suppressions=$PWD/tests/fuzz/lsan.supp:print_suppressions=0 UBSAN_OPTIONS=print_stacktrace=1
 limits=(-timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512)
+[ -n "${UNET_FUZZ_SEED:-}" ] && limits+=(-seed="$UNET_FUZZ_SEED")
 failed=()
 for t in "${targets[@]}"; do
   bin=build-fuzz/tests/fuzz/fuzz_$t

@@ -24,13 +24,6 @@
 #include "host/data/image_read.h"
 #include "unet/datacmd.h"
 
-static void say(char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* A header claiming more pixel bytes than its file can hold, even compressed
  * at `ratio` (the best a codec reaches) to one, is damage, a cut file or a
  * corrupt header: said in `why` before that many bytes are allocated. */
@@ -67,7 +60,7 @@ static void png_check_claim(png_structp png, png_infop info, const char *path) {
 static int read_png(const char *path, int is_mask, unet_image *im, char *err, size_t errlen) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        say(err, errlen, "cannot read %s", path);
+        unet_errorf(err, errlen, "cannot read %s", path);
         return -1;
     }
     char why[PNG_MESSAGE_MAX] = "";
@@ -79,7 +72,7 @@ static int read_png(const char *path, int is_mask, unet_image *im, char *err, si
         fclose(fp);
         free(rows), free(im->pixels);
         im->pixels = NULL;
-        say(err, errlen, "%s is not a readable PNG file%s%s", path, why[0] ? ": " : "", why);
+        unet_errorf(err, errlen, "%s is not a readable PNG file%s%s", path, why[0] ? ": " : "", why);
         return -1;
     }
     png_init_io(png, fp);
@@ -110,9 +103,23 @@ static int read_png(const char *path, int is_mask, unet_image *im, char *err, si
 /* ---- TIFF -------------------------------------------------------------------- */
 
 static char tiff_message[512];
+/* libtiff's messages may span lines (a tag's complaint on a second, indented line); ours are one line, so each run
+ * of control characters and the spaces after it becomes one space. */
 static void tiff_error(const char *module, const char *fmt, va_list ap) {
     (void)module;
-    vsnprintf(tiff_message, sizeof tiff_message, fmt, ap);
+    char raw[sizeof tiff_message];
+    vsnprintf(raw, sizeof raw, fmt, ap);
+    size_t n = 0;
+    for (const char *c = raw; *c; c++) {
+        if ((unsigned char)*c >= ' ') {
+            tiff_message[n++] = *c;
+            continue;
+        }
+        while (c[1] && ((unsigned char)c[1] < ' ' || c[1] == ' ')) c++;
+        if (n && tiff_message[n - 1] != ' ') tiff_message[n++] = ' ';
+    }
+    while (n && tiff_message[n - 1] == ' ') n--;
+    tiff_message[n] = 0;
 }
 
 /* Decoded bytes per stored byte at most, by codec: a bound, not an estimate (PackBits 128 from 2, LZW about 1400
@@ -208,7 +215,7 @@ static int read_tiff(const char *path, unet_image *im, char *err, size_t errlen)
     tiff_message[0] = 0;
     TIFF *t = TIFFOpen(path, "r");
     if (!t) {
-        say(err, errlen, "%s is not a readable TIFF file%s%s", path, tiff_message[0] ? ": " : "", tiff_message);
+        unet_errorf(err, errlen, "%s is not a readable TIFF file%s%s", path, tiff_message[0] ? ": " : "", tiff_message);
         return -1;
     }
     uint32_t w = 0, h = 0;
@@ -222,17 +229,17 @@ static int read_tiff(const char *path, unet_image *im, char *err, size_t errlen)
     int pages = TIFFNumberOfDirectories(t);
     if (pages > 1 || (bps != 8 && bps != 16) || format != SAMPLEFORMAT_UINT || spp < 1 || spp > 4 || !w || !h) {
         if (pages > 1)
-            say(err, errlen, "%s has %d pages: import takes one 2D image per file (split the stack first)", path,
-                pages);
+            unet_errorf(err, errlen, "%s has %d pages: import takes one 2D image per file (split the stack first)",
+                        path, pages);
         else
-            say(err, errlen,
-                "%s is %u-bit %s with %u samples a pixel: import takes 8- or 16-bit unsigned images with 1 "
-                "to 4 channels",
-                path, bps,
-                format == SAMPLEFORMAT_INT      ? "signed"
-                : format == SAMPLEFORMAT_IEEEFP ? "float"
-                                                : "unsigned",
-                spp);
+            unet_errorf(err, errlen,
+                        "%s is %u-bit %s with %u samples a pixel: import takes 8- or 16-bit unsigned images with 1 "
+                        "to 4 channels",
+                        path, bps,
+                        format == SAMPLEFORMAT_INT      ? "signed"
+                        : format == SAMPLEFORMAT_IEEEFP ? "float"
+                                                        : "unsigned",
+                        spp);
         TIFFClose(t);
         return -1;
     }
@@ -241,18 +248,19 @@ static int read_tiff(const char *path, unet_image *im, char *err, size_t errlen)
     char why[256] = "";
     tiff_check_layout(t, path, &l, why, sizeof why);
     if (why[0]) {
-        say(err, errlen, "%s is not a readable TIFF file: %s", path, why);
+        unet_errorf(err, errlen, "%s is not a readable TIFF file: %s", path, why);
         TIFFClose(t);
         return -1;
     }
     im->w = (int)w, im->h = (int)h, im->c = spp, im->bits = bps;
+    tiff_message[0] = 0; /* what libtiff said of the header is no reason for a failed read */
     im->pixels = malloc((size_t)w * h * l.spp * l.bpp);
     int rc = !im->pixels ? -1 : TIFFIsTiled(t) ? read_tiles(t, &l, im->pixels) : read_strips(t, &l, im->pixels);
     TIFFClose(t);
     if (rc) {
         free(im->pixels);
         im->pixels = NULL;
-        say(err, errlen, "%s: reading the pixels failed%s%s", path, tiff_message[0] ? ": " : "", tiff_message);
+        unet_errorf(err, errlen, "%s: reading the pixels failed%s%s", path, tiff_message[0] ? ": " : "", tiff_message);
     }
     return rc;
 }
@@ -275,7 +283,7 @@ static int compare_names(const void *a, const void *b) { return strcmp(*(char *c
 static char **list_images(const char *dir, int *count, char *err, size_t errlen) {
     DIR *d = opendir(dir);
     if (!d) {
-        say(err, errlen, "cannot open the folder %s: give a folder of .tif, .tiff or .png files", dir);
+        unet_errorf(err, errlen, "cannot open the folder %s: give a folder of .tif, .tiff or .png files", dir);
         return NULL;
     }
     char **names = NULL;
@@ -292,7 +300,7 @@ static char **list_images(const char *dir, int *count, char *err, size_t errlen)
     }
     closedir(d);
     if (!n) {
-        say(err, errlen, "%s has no .tif, .tiff or .png files", dir);
+        unet_errorf(err, errlen, "%s has no .tif, .tiff or .png files", dir);
         free(names);
         return NULL;
     }
@@ -365,8 +373,8 @@ int unet_run_data_import(unet_config *cfg) {
             if (stem_length(names[i]) == stem_length(masks[j]) && !strncmp(names[i], masks[j], stem_length(names[i])))
                 match[i] = j;
         if (match[i] < 0) {
-            say(err, sizeof err, "%s/%s has no mask in %s: name the mask like the image (%.*s.tif or .png)",
-                cfg->images, names[i], cfg->masks, (int)stem_length(names[i]), names[i]);
+            unet_errorf(err, sizeof err, "%s/%s has no mask in %s: name the mask like the image (%.*s.tif or .png)",
+                        cfg->images, names[i], cfg->masks, (int)stem_length(names[i]), names[i]);
             free(match);
             goto fail;
         }
@@ -383,10 +391,10 @@ int unet_run_data_import(unet_config *cfg) {
         unet_image m;
         if (read_image(cfg->masks, masks[match[i]], 1, &m, err, sizeof err)) goto fail_ids;
         if (m.h != H || m.w != W || m.c != 1) {
-            say(err, sizeof err,
-                "%s/%s is %dx%d with %d channel(s); masks must be single-channel and the size of the "
-                "images (%dx%d)",
-                cfg->masks, masks[match[i]], m.h, m.w, m.c, H, W);
+            unet_errorf(err, sizeof err,
+                        "%s/%s is %dx%d with %d channel(s); masks must be single-channel and the size of the "
+                        "images (%dx%d)",
+                        cfg->masks, masks[match[i]], m.h, m.w, m.c, H, W);
             free(m.pixels);
             goto fail_ids;
         }
@@ -400,7 +408,7 @@ int unet_run_data_import(unet_config *cfg) {
         free(m.pixels);
     }
     if (!ids) {
-        say(err, sizeof err, "out of memory for %d masks of %dx%d", n, H, W);
+        unet_errorf(err, sizeof err, "out of memory for %d masks of %dx%d", n, H, W);
         goto fail_match;
     }
 
@@ -418,7 +426,7 @@ int unet_run_data_import(unet_config *cfg) {
     hid_t dlab = f >= 0 ? create_stack(f, "label", H5T_STD_U8LE, 3, ldims) : -1;
     hid_t dins = f >= 0 && instances ? create_stack(f, "instances", H5T_STD_I32LE, 3, ldims) : -1;
     int rc = f < 0 || draw < 0 || dlab < 0 || (instances && dins < 0) ? -1 : 0;
-    if (rc) say(err, sizeof err, "cannot create %s (is the directory writable?)", cfg->output);
+    if (rc) unet_errorf(err, sizeof err, "cannot create %s (is the directory writable?)", cfg->output);
     unet_hdf5_unlock();
     uint8_t *lab = malloc(plane);
     unsigned char *planar = malloc(plane * C * (bits / 8));
@@ -427,10 +435,10 @@ int unet_run_data_import(unet_config *cfg) {
         rc = read_image(cfg->images, names[i], 0, &im, err, sizeof err);
         if (rc) break;
         if (im.h != H || im.w != W || im.c != C || im.bits != bits) {
-            say(err, sizeof err,
-                "%s/%s is %dx%d, %d channel(s), %d-bit; %s/%s is %dx%d, %d channel(s), %d-bit: all "
-                "images must match",
-                cfg->images, names[i], im.h, im.w, im.c, im.bits, cfg->images, names[0], H, W, C, bits);
+            unet_errorf(err, sizeof err,
+                        "%s/%s is %dx%d, %d channel(s), %d-bit; %s/%s is %dx%d, %d channel(s), %d-bit: all "
+                        "images must match",
+                        cfg->images, names[i], im.h, im.w, im.c, im.bits, cfg->images, names[0], H, W, C, bits);
             free(im.pixels);
             rc = -1;
             break;
@@ -447,16 +455,16 @@ int unet_run_data_import(unet_config *cfg) {
              write_image(dlab, 3, ldims, i, H5T_NATIVE_UINT8, lab) ||
              (instances && write_image(dins, 3, ldims, i, H5T_NATIVE_INT32, ids + (size_t)i * plane));
         unet_hdf5_unlock();
-        if (rc) say(err, sizeof err, "writing image %d to %s failed (disk full?)", i, tmp);
+        if (rc) unet_errorf(err, sizeof err, "writing image %d to %s failed (disk full?)", i, tmp);
     }
     free(lab), free(planar);
     unet_hdf5_lock();
     if (draw >= 0) H5Dclose(draw);
     if (dlab >= 0) H5Dclose(dlab);
     if (dins >= 0) H5Dclose(dins);
-    if (f >= 0 && H5Fclose(f) < 0 && !rc) rc = -1, say(err, sizeof err, "could not finish %s", tmp);
+    if (f >= 0 && H5Fclose(f) < 0 && !rc) rc = -1, unet_errorf(err, sizeof err, "could not finish %s", tmp);
     unet_hdf5_unlock();
-    if (!rc && rename(tmp, cfg->output) != 0) rc = -1, say(err, sizeof err, "cannot write %s", cfg->output);
+    if (!rc && rename(tmp, cfg->output) != 0) rc = -1, unet_errorf(err, sizeof err, "cannot write %s", cfg->output);
     if (rc) unlink(tmp);
     free(tmp);
     if (!rc) {
