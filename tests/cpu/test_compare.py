@@ -69,6 +69,11 @@ def test_compare_killed_and_rerun_reports_as_an_uninterrupted_one(tmp_path):
     steps = [json.loads(x)["step"] for x in open(os.path.join(runs, "unetpp_seed1.jsonl")) if "val_iou" in x]
     assert steps == [2, 4, 6]
     assert not [f for f in os.listdir(runs) if f.endswith(".safetensors")]
+    # a run's result holds its log's last validation, the loss included
+    for name in ("unet_seed1", "unetpp_seed2"):
+        last = [json.loads(x) for x in open(os.path.join(runs, name + ".jsonl")) if "val_iou" in x][-1]
+        result = json.load(open(os.path.join(runs, name + ".result.json")))
+        assert {k: result[k] for k in METRICS + ("val_loss",)} == {k: last[k] for k in METRICS + ("val_loss",)}
 
     # a third run keeps everything and trains nothing
     third = ok(*compare_args(train, val, broken))

@@ -275,6 +275,7 @@ static int metrics_from_json(json_object *o, const char *prefix, int classes, un
     m->pixel_accuracy = member(o, prefix, "pixel_accuracy");
     m->pixel_error = member(o, prefix, "pixel_error");
     m->rand_error = member(o, prefix, "rand_error");
+    m->loss = member(o, prefix, "loss"); /* NaN where no loss was logged; never the 0 of the memset */
     for (int c = 1; c <= unet_seg_metrics_foreground(m); c++) {
         char key[64];
         snprintf(key, sizeof key, "iou_class%d", c);
