@@ -295,6 +295,21 @@ def test_conv_deterministic(pad):
     assert run_conv_bits(x, wt, b, out_shape, dout, pad, {"OMP_NUM_THREADS": "1"}) == first
 
 
+@pytest.mark.parametrize("pad", [0, 1])
+def test_conv_split_by_rows(pad):
+    """Few pixels, many channels (M > N, deep layers): the threads split the output channels (whole
+    panels, a ragged last one) instead of the pixels. Values against PyTorch, and the same bits for
+    1, 2 and 3 threads."""
+    g = rng(1850 + pad)
+    check_conv((2, 40, 5, 6), 70, 3, pad, 1, g)
+    check_conv((1, 30, 4, 3), 45, 1, 0, 1, g)
+    check_conv_t2((1, 12, 3, 5), 20, g)
+    check_conv_t2((2, 40, 4, 4), 33, g)
+    x, wt, b, out_shape, dout = conv_case((2, 37, 6, 7), 53, 3, pad, 1, g)
+    bits = [run_conv_bits(x, wt, b, out_shape, dout, pad, {"OMP_NUM_THREADS": t}) for t in ("1", "2", "3")]
+    assert bits[0] == bits[1] == bits[2]
+
+
 def supported_isas():
     flags = ""
     if os.path.exists("/proc/cpuinfo"):

@@ -105,9 +105,9 @@ static void store_run(float *restrict dst, const float *restrict src, int n, flo
         bias_act_run(dst, src, n, b, act);
 }
 
-static void compact_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
+static void compact_epilogue(const void *vctx, float *cb, size_t ldc, int i0, int i1, long q0, int nq) {
     const compact_ctx *e = vctx;
-    for (int i = 0; i < e->m; i++) {
+    for (int i = i0; i < i1; i++) {
         const float *crow = cb + (size_t)i * ldc;
         float *yp = e->y + (size_t)i * e->plane;
         float b = e->bias ? e->bias[i] : 0.0f;
@@ -131,22 +131,27 @@ typedef struct {
     const float *bias;
 } scatter_ctx;
 
-static void scatter_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
+static void scatter_epilogue(const void *vctx, float *cb, size_t ldc, int i0, int i1, long q0, int nq) {
     const scatter_ctx *e = vctx;
     size_t ow = 2 * (size_t)e->w, oplane = 4 * (size_t)e->h * e->w;
-    for (int m = 0; m < 4 * e->o; m++) {
-        int o = m / 4, da = (m / 2) % 2, db = m % 2;
+    /* rows (o, a, 0) and (o, a, 1) together: they interleave into one output
+     * row (a thread's rows start at a multiple of MR, which is even) */
+    for (int m = i0; m < i1; m += 2) {
+        int o = m / 4, da = (m / 2) % 2;
         float b = e->bias ? e->bias[o] : 0.0f;
-        const float *crow = cb + (size_t)m * ldc;
+        const float *even = cb + (size_t)m * ldc, *odd = even + ldc;
         float *yp = e->y + (size_t)o * oplane;
         for (long q = q0; q < q0 + nq;) {
             long i = q / e->w;
             int j = (int)(q - i * e->w);
-            long row_end = (i + 1) * e->w < q0 + nq ? (i + 1) * e->w : q0 + nq;
-            float *dst = yp + (size_t)(2 * i + da) * ow + db;
-            const float *src = crow + (q - q0);
-            for (int jj = j; jj < j + (int)(row_end - q); jj++) dst[2 * jj] = src[jj - j] + b;
-            q = row_end;
+            int run = (int)(((i + 1) * e->w < q0 + nq ? (i + 1) * e->w : q0 + nq) - q);
+            float *restrict dst = yp + (size_t)(2 * i + da) * ow + 2 * (size_t)j;
+            const float *s0 = even + (q - q0), *s1 = odd + (q - q0);
+            for (int jj = 0; jj < run; jj++) {
+                dst[2 * jj] = s0[jj] + b;
+                dst[2 * jj + 1] = s1[jj] + b;
+            }
+            q += run;
         }
     }
 }
@@ -520,7 +525,7 @@ static t2_dims t2_dims_of(const unet_op_args *a) {
 static int t2_band_rows(const t2_dims *d) { return band_rows(d->h, 4 * (size_t)d->o * d->w); }
 
 typedef struct {
-    float *threads, *band;
+    float *threads, *band, *wt;
     size_t thread_floats;
     long *rows;
     double *dbias;
@@ -534,6 +539,8 @@ static t2_ws t2_layout(const t2_dims *d, int backward, carver *cv) {
     if (backward) {
         L.band = carve(cv, 4 * (size_t)d->o * round16((size_t)t2_band_rows(d) * d->w));
         L.dbias = (double *)carve(cv, 2 * (size_t)d->o);
+    } else {
+        L.wt = carve(cv, 4 * (size_t)d->o * d->c);
     }
     return L;
 }
@@ -544,6 +551,19 @@ static size_t t2_workspace_bytes(const unet_op_args *a) {
     t2_layout(&d, 0, &f);
     t2_layout(&d, 1, &b);
     return (f.top > b.top ? f.top : b.top) * sizeof(float);
+}
+
+/* dst[r][c] = w[c][r] for rows [r0, r1) of the 4o x c product weight, in
+ * 16 x 16 blocks: w's rows are 4o floats apart, a power of two, and read a
+ * column at a time they would all fall in the same few sets of L1. */
+static void transpose_weight(const float *w, int c_count, long r_count, float *dst, long r0, long r1) {
+    for (long rb = r0; rb < r1; rb += 16)
+        for (int cb = 0; cb < c_count; cb += 16) {
+            long re = rb + 16 < r1 ? rb + 16 : r1;
+            int ce = cb + 16 < c_count ? cb + 16 : c_count;
+            for (int c = cb; c < ce; c++)
+                for (long r = rb; r < re; r++) dst[(size_t)r * c_count + c] = w[(size_t)c * r_count + r];
+        }
 }
 
 static void t2_forward(const unet_op_args *a) {
@@ -558,16 +578,19 @@ static void t2_forward(const unet_op_args *a) {
         long r0, r1;
         share(d.c, tid, nth, &r0, &r1);
         conv_row_offsets(L.rows, r0, r1, hw, 1, no_shift);
+        share(4L * d.o, tid, nth, &r0, &r1);
+        transpose_weight(a->param[0], d.c, 4L * d.o, L.wt, r0, r1);
 #pragma omp barrier
         for (int n = 0; n < d.n; n++) {
             scatter_ctx e = {(float *)a->out + (size_t)n * d.o * 4 * hw, d.o, d.h, d.w, a->param[1]};
-            /* product row (o, a, b) = weight column: A[(o, a, b)][c] = w[c][(o, a, b)] */
+            /* product row (o, a, b) = weight column, A[(o, a, b)][c] = w[c][(o, a, b)]:
+             * transposed once, so that the product reads it row-major */
             conv_gemm_job job = {.m = 4 * d.o,
                                  .n = (int)hw,
                                  .k = d.c,
-                                 .a = a->param[0],
-                                 .a_row = 1,
-                                 .a_col = 4 * (size_t)d.o,
+                                 .a = L.wt,
+                                 .a_row = (size_t)d.c,
+                                 .a_col = 1,
                                  .src = (const float *)a->in[0] + (size_t)n * d.c * hw,
                                  .row_offset = L.rows,
                                  .epilogue = scatter_epilogue,

@@ -80,10 +80,10 @@ typedef struct {
     unet_act act;
 } bias_act_ctx;
 
-static inline void bias_act_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
+static inline void bias_act_epilogue(const void *vctx, float *cb, size_t ldc, int i0, int i1, long q0, int nq) {
     const bias_act_ctx *e = vctx;
     (void)q0;
-    for (int i = 0; i < e->m; i++) {
+    for (int i = i0; i < i1; i++) {
         float *row = cb + (size_t)i * ldc; /* the output itself: the job's c */
         bias_act_run(row, row, nq, e->bias ? e->bias[i] : 0.0f, e->act);
     }

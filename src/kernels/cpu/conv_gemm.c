@@ -18,6 +18,7 @@
 
 typedef struct {
     const char *name;
+    int vl;       /* floats per vector */
     int mr, nr;   /* gemm_tile: MR x NR outputs */
     int kc, nc;   /* gemm blocks: KC deep, NC columns (a multiple of NR) */
     int dmr, dnr; /* dot_tile: DMR x DNR outputs */
@@ -25,6 +26,9 @@ typedef struct {
     int dot_mb;   /* dot: rows of A swept per B tile, so that they stay in L2 */
     void (*gemm_tile)(int kc, const float *a, size_t a_row, size_t a_col, const float *b, const long *b_offset,
                       float *c, size_t ldc, int load_c);
+    /* the same, nv < NR / VL vectors of columns wide */
+    void (*gemm_tile_narrow)(int nv, int kc, const float *a, size_t a_row, size_t a_col, const float *b,
+                             const long *b_offset, float *c, size_t ldc, int load_c);
     void (*dot_tile)(long k, const float *const *a, const float *const *b, float *c, size_t ldc);
     int (*supported)(void);
 } conv_isa;
@@ -213,20 +217,21 @@ static int supported_avx2(void) {
 }
 #endif
 
-#define ISA_ENTRY(suffix, mr_, nr_, nc_, dmr_, dnr_, supported_)                                                       \
+#define ISA_ENTRY(suffix, vl_, mr_, nr_, nc_, dmr_, dnr_, supported_)                                                  \
     {                                                                                                                  \
-        .name = #suffix, .mr = mr_, .nr = nr_, .kc = 256, .nc = nc_, .dmr = dmr_, .dnr = dnr_, .dot_k = 2048,          \
-        .dot_mb = 64, .gemm_tile = gemm_tile_##suffix, .dot_tile = dot_tile_##suffix, .supported = supported_,         \
+        .name = #suffix, .vl = vl_, .mr = mr_, .nr = nr_, .kc = 256, .nc = nc_, .dmr = dmr_, .dnr = dnr_,              \
+        .dot_k = 2048, .dot_mb = 64, .gemm_tile = gemm_tile_##suffix, .gemm_tile_narrow = gemm_tile_narrow_##suffix,   \
+        .dot_tile = dot_tile_##suffix, .supported = supported_,                                                        \
     }
 
 /* Best first. */
 static const conv_isa isas[] = {
 #if defined(__x86_64__)
-    ISA_ENTRY(avx512, 8, 48, 480, 4, 6, supported_avx512),
-    ISA_ENTRY(avx2, 4, 24, 480, 3, 4, supported_avx2),
-    ISA_ENTRY(sse2, 4, 8, 480, 2, 4, supported_always),
+    ISA_ENTRY(avx512, 16, 8, 48, 480, 4, 6, supported_avx512),
+    ISA_ENTRY(avx2, 8, 4, 24, 480, 3, 4, supported_avx2),
+    ISA_ENTRY(sse2, 4, 4, 8, 480, 2, 4, supported_always),
 #endif
-    ISA_ENTRY(scalar, 4, 4, 480, 2, 2, supported_always),
+    ISA_ENTRY(scalar, 1, 4, 4, 480, 2, 2, supported_always),
 };
 #define N_ISAS ((int)(sizeof isas / sizeof isas[0]))
 
@@ -296,24 +301,40 @@ size_t conv_gemm_thread_floats(int m, int with_c_scratch) {
     return (size_t)I->kc * (I->nr + 2 + I->mr) + (with_c_scratch ? (size_t)m * I->nc : 0);
 }
 
-/* A tile at the bottom or right edge: computed whole in a local tile, only
- * its valid part read from and written to C. */
+/* A tile at the bottom or right edge, `cols` <= NR columns: computed whole
+ * vectors wide in a local tile, only its valid part read from and written
+ * to C. */
 static void edge_tile(const conv_isa *I, int kc, const float *a, size_t a_row, size_t a_col, const float *b,
                       const long *b_offset, float *c, size_t ldc, int rows, int cols, int load_c) {
     float tile[MAX_MR * MAX_NR] = {0};
+    int nv = (cols + I->vl - 1) / I->vl;
     if (load_c)
         for (int i = 0; i < rows; i++) memcpy(tile + i * I->nr, c + i * ldc, (size_t)cols * sizeof(float));
-    I->gemm_tile(kc, a, a_row, a_col, b, b_offset, tile, (size_t)I->nr, load_c);
+    if (nv * I->vl == I->nr)
+        I->gemm_tile(kc, a, a_row, a_col, b, b_offset, tile, (size_t)I->nr, load_c);
+    else
+        I->gemm_tile_narrow(nv, kc, a, a_row, a_col, b, b_offset, tile, (size_t)I->nr, load_c);
     for (int i = 0; i < rows; i++) memcpy(c + i * ldc, tile + i * I->nr, (size_t)cols * sizeof(float));
 }
 
 void conv_gemm_run(const conv_gemm_job *job, float *thread_scratch, int tid, int nthreads) {
     const conv_isa *I = isa();
-    int mr = I->mr, nr = I->nr, m = job->m;
-    long k = job->k, n = job->n;
-    long chunk = ceil_div(ceil_div(n, nthreads), nr) * nr;
-    long lo = tid * chunk, hi = min_l(n, lo + chunk);
-    if (lo >= hi || m <= 0) return;
+    int mr = I->mr, nr = I->nr, m0 = 0, m1 = job->m;
+    long k = job->k, n = job->n, lo = 0, hi = n;
+    /* Each thread takes a range of columns, and reads all of A; or, where A
+     * is the larger operand (deep layers of few pixels: a 512 x 4608 weight
+     * against 286 columns), a range of rows in whole panels, and reads only
+     * its part of A. */
+    if (job->m > n) {
+        long per = ceil_div(ceil_div(job->m, nthreads), mr) * mr;
+        m0 = (int)min_l(job->m, tid * per);
+        m1 = (int)min_l(job->m, m0 + per);
+    } else {
+        long chunk = ceil_div(ceil_div(n, nthreads), nr) * nr;
+        lo = min_l(n, tid * chunk);
+        hi = min_l(n, lo + chunk);
+    }
+    if (lo >= hi || m0 >= m1) return;
     /* equal slices rather than KC and a remainder: no short last pass */
     int kc = (int)ceil_div(k, ceil_div(k, I->kc));
     gemm_scratch s = scratch_parts(I, thread_scratch);
@@ -335,16 +356,16 @@ void conv_gemm_run(const conv_gemm_job *job, float *thread_scratch, int tid, int
                     memcpy(d, src, (size_t)rest * sizeof(float));
                     memset(d + rest, 0, (size_t)(nr - rest) * sizeof(float));
                 }
-            for (int ir = 0; ir < m; ir += mr) {
-                int rows = m - ir < mr ? m - ir : mr;
+            for (int ir = m0; ir < m1; ir += mr) {
+                int rows = m1 - ir < mr ? m1 - ir : mr;
                 const float *a = job->a + (size_t)ir * job->a_row + (size_t)pc * job->a_col;
                 size_t a_row = job->a_row, a_col = job->a_col;
                 if (rows < mr || a_col != 1) {
                     /* copied k-major ([KC][MR], zero-padded past the last row): the
                      * last rows, fewer than MR, because the kernel reads MR rows; a
-                     * column-major A because its columns lie a_col floats apart, a
-                     * power of two for conv_t2's weight, and would all fall in the
-                     * same few sets of L1 */
+                     * column-major A (a 1x1 weight read transposed, in its backward)
+                     * because its columns lie a_col floats apart, often a power of
+                     * two, and would all fall in the same few sets of L1 */
                     for (int kk = 0; kk < kcur; kk++)
                         for (int i = 0; i < mr; i++)
                             s.a_rows[(size_t)kk * mr + i] = i < rows ? a[(size_t)i * a_row + (size_t)kk * a_col] : 0.0f;
@@ -353,18 +374,18 @@ void conv_gemm_run(const conv_gemm_job *job, float *thread_scratch, int tid, int
                     a_col = (size_t)mr;
                 }
                 float *crow = cb + (size_t)ir * ldc;
-                for (int jr = 0; jr < full; jr += nr) {
-                    const float *b = job->src + q0 + jr;
-                    if (rows == mr)
-                        I->gemm_tile(kcur, a, a_row, a_col, b, rows_pc, crow + jr, ldc, load_c);
+                for (int jr = 0; jr < nc; jr += nr) {
+                    int cols = nc - jr < nr ? nc - jr : nr;
+                    const float *b = cols == nr ? job->src + q0 + jr : s.panel;
+                    const long *b_rows = cols == nr ? rows_pc : s.panel_rows;
+                    if (rows == mr && cols == nr)
+                        I->gemm_tile(kcur, a, a_row, a_col, b, b_rows, crow + jr, ldc, load_c);
                     else
-                        edge_tile(I, kcur, a, a_row, a_col, b, rows_pc, crow + jr, ldc, rows, nr, load_c);
+                        edge_tile(I, kcur, a, a_row, a_col, b, b_rows, crow + jr, ldc, rows, cols, load_c);
                 }
-                if (rest)
-                    edge_tile(I, kcur, a, a_row, a_col, s.panel, s.panel_rows, crow + full, ldc, rows, rest, load_c);
             }
         }
-        if (job->epilogue) job->epilogue(job->ctx, cb, ldc, q0, nc);
+        if (job->epilogue) job->epilogue(job->ctx, cb, ldc, m0, m1, q0, nc);
     }
 }
 

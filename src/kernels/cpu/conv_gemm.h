@@ -16,7 +16,8 @@
  *   gradient, a sum over pixels, without transposing anything.
  *
  * Both are run by every thread of an OpenMP parallel region (tid of nthreads)
- * and split the output between threads, never a sum: every output element is
+ * and split the output between threads (conv_gemm_run its columns, or its
+ * rows where A is the larger operand), never a sum: every output element is
  * summed by one thread in one fixed order, so the bits do not depend on the
  * thread count or on timing. No barrier inside: the caller places them.
  *
@@ -50,10 +51,10 @@ typedef struct {
     float *c;
     size_t ldc;
     int accumulate;
-    /* Called by each thread for each finished block of columns [q0, q0 + nq)
-     * of all M rows, at cblock (row i at cblock + i * ldc, column q0 first);
-     * NULL: none. */
-    void (*epilogue)(const void *ctx, float *cblock, size_t ldc, long q0, int nq);
+    /* Called by each thread for each finished block of its rows [i0, i1)
+     * and columns [q0, q0 + nq), at cblock (row i at cblock + i * ldc,
+     * column q0 first); NULL: none. */
+    void (*epilogue)(const void *ctx, float *cblock, size_t ldc, int i0, int i1, long q0, int nq);
     const void *ctx;
 } conv_gemm_job;
 

@@ -170,7 +170,7 @@ static void add_cols(const im2col_dims *d, float *dx, int g0, int rows, const fl
             }
 }
 
-/* The forward's epilogue: band pixels [q0, q0 + nq) of every output channel,
+/* The forward's epilogue: band pixels [q0, q0 + nq) of output channels [i0, i1),
  * plus bias and activation, into their images. */
 typedef struct {
     const im2col_dims *d;
@@ -180,7 +180,7 @@ typedef struct {
     unet_act act;
 } store_ctx;
 
-static void store_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int nq) {
+static void store_epilogue(const void *vctx, float *cb, size_t ldc, int i0, int i1, long q0, int nq) {
     const store_ctx *e = vctx;
     const im2col_dims *d = e->d;
     size_t ohw = (size_t)d->ho * d->wo;
@@ -188,7 +188,7 @@ static void store_epilogue(const void *vctx, float *cb, size_t ldc, long q0, int
         /* a run of pixels within one image */
         long p = (long)e->g0 * d->wo + q, n = p / (long)ohw, in_image = p - n * (long)ohw;
         int run = (int)((long)ohw - in_image < q0 + nq - q ? (long)ohw - in_image : q0 + nq - q);
-        for (int o = 0; o < d->o; o++)
+        for (int o = i0; o < i1; o++)
             bias_act_run(e->y + ((size_t)n * d->o + o) * ohw + in_image, cb + (size_t)o * ldc + (q - q0), run,
                          e->bias ? e->bias[o] : 0.0f, e->act);
         q += run;

@@ -8,38 +8,59 @@
  * A and one row of B. The sizes in conv_gemm.c fill the register file
  * without spilling. */
 
-/* C[MR][NR] = (load_c ? C : 0) + sum_k A[0..MR)[k] (outer) B_k[0..NR), where
- * A[i][k] = a[i * a_row + k * a_col] (row- or column-major, read in place)
- * and B_k = b + b_offset[k] (rows of B read in place: shifted image rows, or
- * a packed panel); C rows ldc apart. */
-static void ISA_NAME(gemm_tile)(int kc, const float *a, size_t a_row, size_t a_col, const float *b,
-                                const long *b_offset, float *restrict c, size_t ldc, int load_c) {
-    enum { NV = NR / VL };
-    VEC acc[MR][NV];
+/* C[MR][nv * VL] = (load_c ? C : 0) + sum_k A[0..MR)[k] (outer) B_k[0..nv * VL),
+ * where A[i][k] = a[i * a_row + k * a_col] (row- or column-major, read in
+ * place) and B_k = b + b_offset[k] (rows of B read in place: shifted image
+ * rows, or a packed panel); C rows ldc apart. nv <= NR / VL vectors of
+ * columns, a constant wherever this is inlined, so that the loops over them
+ * unroll into registers. */
+static inline __attribute__((always_inline)) void ISA_NAME(gemm_block)(int nv, int kc, const float *a, size_t a_row,
+                                                                       size_t a_col, const float *b,
+                                                                       const long *b_offset, float *restrict c,
+                                                                       size_t ldc, int load_c) {
+    VEC acc[MR][NR / VL];
     const float *ar[MR];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
         ar[i] = a + i * a_row;
 #pragma GCC unroll 8
-        for (int j = 0; j < NV; j++) acc[i][j] = load_c ? VLOAD(c + i * ldc + j * VL) : VZERO();
+        for (int j = 0; j < nv; j++) acc[i][j] = load_c ? VLOAD(c + i * ldc + j * VL) : VZERO();
     }
     size_t ka = 0;
     for (int k = 0; k < kc; k++, ka += a_col) {
         const float *bk = b + b_offset[k];
-        VEC bv[NV];
+        VEC bv[NR / VL];
 #pragma GCC unroll 8
-        for (int j = 0; j < NV; j++) bv[j] = VLOAD(bk + j * VL);
+        for (int j = 0; j < nv; j++) bv[j] = VLOAD(bk + j * VL);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; i++) {
             VEC av = VSET1(ar[i][ka]);
 #pragma GCC unroll 8
-            for (int j = 0; j < NV; j++) acc[i][j] = VFMA(av, bv[j], acc[i][j]);
+            for (int j = 0; j < nv; j++) acc[i][j] = VFMA(av, bv[j], acc[i][j]);
         }
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 8
-        for (int j = 0; j < NV; j++) VSTORE(c + i * ldc + j * VL, acc[i][j]);
+        for (int j = 0; j < nv; j++) VSTORE(c + i * ldc + j * VL, acc[i][j]);
+}
+
+/* The full MR x NR tile. */
+static void ISA_NAME(gemm_tile)(int kc, const float *a, size_t a_row, size_t a_col, const float *b,
+                                const long *b_offset, float *restrict c, size_t ldc, int load_c) {
+    ISA_NAME(gemm_block)(NR / VL, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c);
+}
+
+/* A narrower tile, nv < NR / VL vectors: the ragged last panel of a product,
+ * computed without the columns it does not have. */
+static void ISA_NAME(gemm_tile_narrow)(int nv, int kc, const float *a, size_t a_row, size_t a_col, const float *b,
+                                       const long *b_offset, float *restrict c, size_t ldc, int load_c) {
+    enum { NV = NR / VL };
+    switch (nv) {
+    case 1: ISA_NAME(gemm_block)(1, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c); break;
+    case 2: ISA_NAME(gemm_block)(NV > 2 ? 2 : NV, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c); break;
+    default: ISA_NAME(gemm_block)(NV > 3 ? 3 : NV, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c); break;
+    }
 }
 
 /* C[i][j] += sum_{p < k} a[i][p] * b[j][p], i < DMR, j < DNR: lanes of
