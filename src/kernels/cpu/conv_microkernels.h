@@ -57,9 +57,15 @@ static void ISA_NAME(gemm_tile_narrow)(int nv, int kc, const float *a, size_t a_
                                        const long *b_offset, float *restrict c, size_t ldc, int load_c) {
     enum { NV = NR / VL };
     switch (nv) {
-    case 1: ISA_NAME(gemm_block)(1, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c); break;
-    case 2: ISA_NAME(gemm_block)(NV > 2 ? 2 : NV, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c); break;
-    default: ISA_NAME(gemm_block)(NV > 3 ? 3 : NV, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c); break;
+    case 1:
+        ISA_NAME(gemm_block)(1, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c);
+        break;
+    case 2:
+        ISA_NAME(gemm_block)(NV > 2 ? 2 : NV, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c);
+        break;
+    default:
+        ISA_NAME(gemm_block)(NV > 3 ? 3 : NV, kc, a, a_row, a_col, b, b_offset, c, ldc, load_c);
+        break;
     }
 }
 
