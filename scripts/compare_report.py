@@ -190,7 +190,15 @@ def settings_text(report):
                ", deep supervision for every model but U-Net" if c["deep_supervision"] else "")
             + "Device: %s (%s). Date: %s. Wall time %.0f s%s.\n\n"
             % (s["device"], s["machine"], s["date"], s["wall_s"],
-               " (this invocation; the runs' own: %.0f s)" % s["runs_wall_s"] if "runs_wall_s" in s else ""))
+               " (this invocation; the runs' own: %.0f s%s)" % (s["runs_wall_s"], continued_text(s))
+               if "runs_wall_s" in s else ""))
+
+
+def continued_text(settings):
+    """The runs continued after an interruption: their time before it is not in the runs' own."""
+    n = settings.get("runs_continued", 0)
+    return "" if not n else ", %d of them continued from a checkpoint after an interruption, the time before it not " \
+                            "counted" % n
 
 
 def match_text(report):

@@ -75,6 +75,12 @@ def test_compare_killed_and_rerun_reports_as_an_uninterrupted_one(tmp_path):
         result = json.load(open(os.path.join(runs, name + ".result.json")))
         assert {k: result[k] for k in METRICS + ("val_loss",)} == {k: last[k] for k in METRICS + ("val_loss",)}
 
+    # the continued run says so, and the report that its time before the kill is not counted
+    assert json.load(open(os.path.join(runs, "unetpp_seed1.result.json")))["continued_from_step"] == 4
+    assert "continued_from_step" not in json.load(open(os.path.join(runs, "unetpp_seed2.result.json")))
+    assert json.load(open(os.path.join(broken, "report.json")))["settings"]["runs_continued"] == 1
+    assert "1 of them continued from a checkpoint" in open(os.path.join(broken, "report.md")).read()
+
     # a third run keeps everything and trains nothing
     third = ok(*compare_args(train, val, broken))
     assert third.count("finished earlier, kept") == 4 and numbers(broken) == numbers(whole)

@@ -376,8 +376,10 @@ typedef struct {
     char device[128]; /* the backend in words */
     unet_val_data val;
     double t0;
-    double run_s[MAX_MODELS]; /* the summed wall time of each model's finished runs, for the time left */
+    double run_s[MAX_MODELS]; /* each model's finished runs' wall time, as for whole runs: for the time left */
     int runs_timed[MAX_MODELS];
+    double measured_s;  /* the finished runs' wall time as measured */
+    int runs_continued; /* of those, the runs continued from a checkpoint: their time before it is unknown */
     int runs_done;
 } comparison;
 
@@ -471,9 +473,8 @@ static json_object *settings_json(const comparison *c) {
     json_object_object_add(settings, "wall_s", json_object_new_double(unet_now_s() - c->t0));
     json_object_object_add(settings, "runs_done", json_object_new_int(c->runs_done));
     json_object_object_add(settings, "runs_total", json_object_new_int(cfg->seeds * c->n_models));
-    double runs_s = 0;
-    for (int i = 0; i < c->n_models; i++) runs_s += c->run_s[i];
-    json_object_object_add(settings, "runs_wall_s", json_object_new_double(runs_s));
+    json_object_object_add(settings, "runs_wall_s", json_object_new_double(c->measured_s));
+    json_object_object_add(settings, "runs_continued", json_object_new_int(c->runs_continued));
     json_object_object_add(settings, "bench_steps", json_object_new_int(UNET_COST_BENCH_STEPS));
     return settings;
 }
@@ -612,7 +613,8 @@ static void run_files_of(const char *dir, const char *model, uint64_t seed, run_
 typedef struct {
     unet_seg_metrics val, depth[UNET_MAX_LEVELS + 1]; /* depth[d], d = 1..pruned_depths */
     long steps;
-    double wall_s;
+    double wall_s;       /* of this process's part of the run */
+    long continued_from; /* the step it continued from after an interruption; 0: trained in one go */
 } run_result;
 
 typedef struct {
@@ -626,6 +628,7 @@ static int print_result(FILE *f, void *ctx) {
     const result_text *t = ctx;
     char buf[16384];
     fprintf(f, "{\"steps\": %ld, \"wall_s\": %.3f", t->r->steps, t->r->wall_s);
+    if (t->r->continued_from) fprintf(f, ", \"continued_from_step\": %ld", t->r->continued_from);
     unet_seg_metrics_json(buf, sizeof buf, &t->r->val, "val_");
     fputs(buf, f);
     for (int d = 1; d <= t->depths; d++) {
@@ -651,6 +654,7 @@ static int load_result(const run_files *f, const comparison *c, const model_resu
     }
     r->steps = ok && json_object_object_get_ex(o, "steps", &v) ? json_object_get_int64(v) : -1;
     r->wall_s = ok && json_object_object_get_ex(o, "wall_s", &v) ? json_object_get_double(v) : NAN;
+    r->continued_from = ok && json_object_object_get_ex(o, "continued_from_step", &v) ? json_object_get_int64(v) : 0;
     json_object_put(o);
     if (!ok || r->steps != c->cfg->steps) {
         snprintf(err, errlen,
@@ -666,12 +670,14 @@ static int load_result(const run_files *f, const comparison *c, const model_resu
  * checkpoint an interrupted comparison left (a periodic one, or the one a
  * signal wrote to --save); not at all when its final checkpoint is there
  * (the interruption came while its depths were evaluated). */
-static int train_or_continue(unet_config *run, const run_files *f, const char *name, char *err, size_t errlen) {
+static int train_or_continue(unet_config *run, const run_files *f, const char *name, long *from_step, char *err,
+                             size_t errlen) {
     char newest[PATH_LEN], ignored[256];
     unet_config saved;
     long step = 0;
     if (!unet_run_newest_checkpoint(f->ckpt, newest, sizeof newest, NULL, ignored, sizeof ignored)) {
         if (unet_checkpoint_config(newest, &saved, &step, err, errlen) < 0) return -1;
+        *from_step = step;
         if (step == run->steps) return 0;
         printf("   continuing from %s (step %ld of %ld)\n", newest, step, run->steps);
         fflush(stdout);
@@ -699,7 +705,7 @@ static int train_and_evaluate(const comparison *c, const model_result *m, uint64
     if (!m->model.encoder) run.init_encoder = ""; /* torchvision's weights are for the backbones */
     run.log = f->log;
     run.save = f->ckpt;
-    if (train_or_continue(&run, f, m->name, err, errlen)) return -1;
+    if (train_or_continue(&run, f, m->name, &r->continued_from, err, errlen)) return -1;
     long step = 0;
     if (last_validation(f->log, cfg->model.classes, &r->val, &step, err, errlen)) return -1;
     if (step != cfg->steps) {
@@ -745,7 +751,12 @@ static int run_one(comparison *c, int i, uint64_t seed, int number, char *err, s
     }
     add_run(&m->val, &r.val);
     for (int d = 1; d <= m->pruned_depths; d++) add_run(&m->depth[d].val, &r.depth[d]);
-    if (isfinite(r.wall_s)) c->run_s[i] += r.wall_s, c->runs_timed[i]++;
+    /* a continued run's time, scaled to the whole run for the time left (its
+     * evaluation of the depths counted as training); not at all when only
+     * that evaluation was left */
+    long steps = c->cfg->steps, from = r.continued_from;
+    if (isfinite(r.wall_s) && from < steps) c->run_s[i] += r.wall_s * steps / (steps - from), c->runs_timed[i]++;
+    if (isfinite(r.wall_s)) c->measured_s += r.wall_s, c->runs_continued += from > 0;
     c->runs_done++;
     return 0;
 }
@@ -775,7 +786,7 @@ static void duration_text(char *buf, size_t n, double s) {
 
 /* "progress: k of n runs done, about T left": each model's runs still to go
  * at the mean wall time of its finished ones (of every model's, while it
- * has none). A run continued from a checkpoint counts the time since. */
+ * has none). */
 static void print_progress(const comparison *c) {
     const int total = c->cfg->seeds * c->n_models;
     double all_s = 0, left = 0;
