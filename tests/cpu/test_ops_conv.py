@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from op_references import t64
-from unet_testlib import assert_close, rng, run_op
+from unet_testlib import assert_close, rel_err, rng, run_op
 
 TOL = 1e-5
 
@@ -116,9 +116,12 @@ def test_conv3x3_first_layer(pad):
 
 @pytest.mark.parametrize("pad", [0, 1])
 @pytest.mark.parametrize("seed", range(2))
-def test_conv3x3_blocked(pad, seed):
+@pytest.mark.parametrize("winograd", ["0", "1"])
+def test_conv3x3_blocked(pad, seed, winograd, monkeypatch):
     """Big enough for several column blocks per thread, two K slices (9*C > 256), partial
-    tiles in every dimension (O, C not multiples of the tile sizes)."""
+    tiles in every dimension (O, C not multiples of the tile sizes); the forward both direct and
+    by Winograd's transform (which the default picks for some of these shapes)."""
+    monkeypatch.setenv("UNET_CONV_WINOGRAD", winograd)
     g = rng(1200 + 2 * seed + pad)
     shape = (int(g.integers(1, 3)), int(g.integers(30, 45)), int(g.integers(30, 50)), int(g.integers(40, 70)))
     check_conv(shape, int(g.integers(17, 40)), 3, pad, 1, g)
@@ -310,6 +313,44 @@ def test_conv_split_by_rows(pad):
     assert bits[0] == bits[1] == bits[2]
 
 
+# ---- the 3x3 forward by Winograd's F(2x2, 3x3) (conv_winograd.c) ----
+
+@pytest.mark.parametrize("pad", [0, 1])
+@pytest.mark.parametrize("relu", [0, 1])
+@pytest.mark.parametrize("seed", range(3))
+def test_conv3x3_winograd(pad, relu, seed, monkeypatch):
+    """Forced wherever the shape allows (C >= 8): random shapes, odd and even output sizes (a last
+    tile of one row or column), outputs down to 1x1, batch 1..3; the backward stays direct."""
+    monkeypatch.setenv("UNET_CONV_WINOGRAD", "1")
+    g = rng(2000 + 10 * seed + 2 * pad + relu)
+    shape = (int(g.integers(1, 4)), int(g.integers(8, 41)), int(g.integers(3, 30)), int(g.integers(3, 30)))
+    check_conv(shape, int(g.integers(1, 80)), 3, pad, relu, g, accumulate=seed == 2)
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_conv3x3_winograd_bands(pad, monkeypatch):
+    """Several bands of tile rows (2 MB of transformed input and output each), and bands that
+    hold several small images (a deep layer's planes)."""
+    monkeypatch.setenv("UNET_CONV_WINOGRAD", "1")
+    g = rng(2100 + pad)
+    check_conv((1, 8, 151, 130), 70, 3, pad, 1, g)
+    check_conv((9, 16, 9, 7), 20, 3, pad, 0, g)
+
+
+def test_conv3x3_winograd_by_default():
+    """Where it runs unasked (C >= 16, O >= 32, 256 tiles or more: a 32x32 plane), against PyTorch,
+    near the direct product, and the same bits for 1, 2 and 3 threads."""
+    g = rng(2150)
+    x, wt, b, out_shape, dout = conv_case((1, 32, 33, 31), 64, 3, 1, 1, g)
+    check_conv((1, 32, 33, 31), 64, 3, 1, 1, rng(2150))
+    bits = [run_conv_bits(x, wt, b, out_shape, dout, 1, {"OMP_NUM_THREADS": t}) for t in ("1", "2", "3")]
+    assert bits[0] == bits[1] == bits[2]
+    direct = run_conv_bits(x, wt, b, out_shape, dout, 1, {"UNET_CONV_WINOGRAD": "0"})
+    assert direct[0] != bits[0][0], "the default ran the direct product, not Winograd's"
+    assert direct[1:] == bits[0][1:], "the backward is the direct one either way"
+    assert rel_err(np.frombuffer(bits[0][0], np.float32), np.frombuffer(direct[0], np.float32)) < 1e-6
+
+
 def supported_isas():
     flags = ""
     if os.path.exists("/proc/cpuinfo"):
@@ -333,3 +374,6 @@ def test_narrower_kernels(isa, monkeypatch):
     check_conv((2, 13, 9, 11), 5, 1, 0, 0, g)
     check_conv_t2((2, 7, 9, 6), 5, g)
     check_conv((2, 9, 15, 13), 11, 7, 3, "relu", g, stride=2, bias=False, accumulate=True)
+    monkeypatch.setenv("UNET_CONV_WINOGRAD", "1")
+    check_conv((2, 10, 13, 16), 66, 3, 1, 1, g)
+    check_conv((1, 12, 11, 9), 9, 3, 0, 0, g)

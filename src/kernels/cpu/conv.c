@@ -480,9 +480,12 @@ static void direct_backward(const unet_op_args *a) {
 }
 
 /* The node's attributes pick the kernels: this file's for 3x3 and 1x1 at
- * stride 1, depthwise's for groups > 1, im2col's for the rest. */
+ * stride 1 (but Winograd's for the 3x3 forwards where it is faster),
+ * depthwise's for groups > 1, im2col's for the rest. */
 static void conv_forward(const unet_op_args *a) {
-    if (conv_is_direct(a->node))
+    if (conv_winograd_fits(a))
+        conv_winograd_forward(a);
+    else if (conv_is_direct(a->node))
         direct_forward(a);
     else if (a->node->groups > 1)
         conv_depthwise_forward(a);
@@ -500,7 +503,11 @@ static void conv_backward(const unet_op_args *a) {
 }
 
 static size_t conv_workspace_bytes(const unet_op_args *a) {
-    if (conv_is_direct(a->node)) return direct_workspace_bytes(a);
+    if (conv_is_direct(a->node)) {
+        /* the backward is direct's either way */
+        size_t direct = direct_workspace_bytes(a), wino = conv_winograd_fits(a) ? conv_winograd_workspace_bytes(a) : 0;
+        return direct > wino ? direct : wino;
+    }
     return a->node->groups > 1 ? conv_depthwise_workspace_bytes(a) : conv_im2col_workspace_bytes(a);
 }
 

@@ -8,7 +8,12 @@
  *   conv_im2col_*     groups 1, any k, stride and pad: the windows copied into
  *                     columns (im2col), then conv_gemm.h's products;
  *   conv_depthwise_*  groups = channels: a direct kernel over zero-padded
- *                     planes split into stride phases. */
+ *                     planes split into stride phases.
+ * And one that replaces conv.c's 3x3 forward where it is faster:
+ *   conv_winograd_*   3x3 stride 1, forward only, where it measured faster
+ *                     (UNET_CONV_WINOGRAD=0: never, 1: wherever C >= 8):
+ *                     Winograd's F(2x2, 3x3), 16 products over transformed
+ *                     tiles. */
 #ifndef UNET_CPU_CONV_COMMON_H
 #define UNET_CPU_CONV_COMMON_H
 
@@ -99,6 +104,11 @@ static inline int conv_is_direct(const unet_node *n) {
 void conv_im2col_forward(const unet_op_args *a);
 void conv_im2col_backward(const unet_op_args *a);
 size_t conv_im2col_workspace_bytes(const unet_op_args *a);
+
+/* Whether conv_winograd_forward runs a node's forward. */
+int conv_winograd_fits(const unet_op_args *a);
+void conv_winograd_forward(const unet_op_args *a);
+size_t conv_winograd_workspace_bytes(const unet_op_args *a);
 
 void conv_depthwise_forward(const unet_op_args *a);
 void conv_depthwise_backward(const unet_op_args *a);

@@ -16,10 +16,14 @@
  * deep layers) a band holds several images and the products stay long.
  *
  * Numerics: the transforms' coefficients are 0, +-1 and +-1/2, exact in
- * binary, and an output regroups the direct sum's products; its rounding
- * error is of the same order (tested against PyTorch in float64 at the 1e-5
- * every CPU convolution meets). Every output element is computed by one
- * thread in an order fixed by the shape: the same bits for any thread count.
+ * binary, and each product sums C terms where the direct one sums 9 C. On
+ * random data at 64..512 channels its norm-wise error against float64 was
+ * 1.8-4.7e-7, the direct product's 2.9-7.9e-7 (tests: PyTorch in float64 at
+ * the 1e-5 every CPU convolution meets). Every output element is computed by
+ * one thread in an order fixed by the shape: the same bits for any thread
+ * count. (cuDNN's fp32 rules pass over its Winograd engines, F(4x4) and
+ * larger tiles among them, whose transforms carry coefficients up to 8 and
+ * lose accuracy; this F(2x2) does not.)
  *
  * Forward only: the backward passes stay the direct ones (conv.c), whose
  * activation mask reads this forward's output. */
@@ -33,11 +37,12 @@
 
 #define XI 16 /* positions of the 4x4 transform, xi = 4 i + j */
 
-/* The transforms are loops of adds and loads the compiler vectorizes: built
+/* The transforms are loops of loads and adds the compiler vectorizes: built
  * for AVX-512 and AVX2 as well, the widest the CPU runs picked at load time
- * (they are as long as the products at 64 channels, and measured 1.2-1.4x
- * faster in 512-bit vectors than in SSE2's 128). They hold no product to be
- * fused into an FMA, so every version gives the same bits. */
+ * (UNET_CONV_ISA picks the products' kernels, not these). With SSE2's 128-bit
+ * vectors they took as long as the products, and 32 -> 32 at 256x256 ran at
+ * 0.96x the direct product; with AVX-512 at 1.16x. They hold no product to
+ * be fused into an FMA, so every version gives the same bits. */
 #if defined(__x86_64__)
 #define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -45,7 +50,7 @@
 #endif
 
 /* V and M of one band together, in floats: 2 MB, the L2 of one core of the
- * machines this was measured on. */
+ * machine this was measured on (not tuned further). */
 #define BAND_TRANSFORM_FLOATS ((size_t)1 << 19)
 
 /* Fewer input channels than this never run it: with a K of C per product
@@ -53,7 +58,8 @@
 #define MIN_CHANNELS 8
 
 /* Where it runs by default: the shapes where it measured faster than the
- * direct product on one thread (bench/results/winograd_cpu-2026-12-07.md).
+ * direct product (unet_convbench, one thread, UNET_CONV_WINOGRAD=1 against 0;
+ * U-Net's layers in bench/results/inference_layers_cpu-2026-12-07*.md).
  * The weight's transform, 16 O C floats each call, must be spread over
  * enough tiles: 256 (a 32x32 plane) won 1.06-1.23x, 128 tied or lost
  * (0.92-0.99x), 64 lost (0.77x). With fewer than 32 output or 16 input
@@ -97,8 +103,7 @@ int conv_winograd_fits(const unet_op_args *a) {
     pthread_once(&wino_once, read_mode);
     if (nd->k != 3 || !conv_is_direct(nd) || si.c < MIN_CHANNELS || wino_mode == WINO_OFF) return 0;
     long tiles = (long)so.n * ((so.h + 1) / 2) * ((so.w + 1) / 2);
-    return wino_mode == WINO_ALWAYS ||
-           (si.c >= AUTO_MIN_CHANNELS && so.c >= AUTO_MIN_OUT && tiles >= AUTO_MIN_TILES);
+    return wino_mode == WINO_ALWAYS || (si.c >= AUTO_MIN_CHANNELS && so.c >= AUTO_MIN_OUT && tiles >= AUTO_MIN_TILES);
 }
 
 typedef struct {
@@ -164,7 +169,8 @@ static void transform_weight(const float *w, const wino_dims *d, float *u, long 
                     s[4 * i + 2][l] = 0.5f * (t[i][0][l] - t[i][1][l] + t[i][2][l]);
                     s[4 * i + 3][l] = t[i][2][l];
                 }
-            for (int xi = 0; xi < XI; xi++) memcpy(u + xi * oc + (size_t)o * d->c + c0, s[xi], (size_t)nb * sizeof(float));
+            for (int xi = 0; xi < XI; xi++)
+                memcpy(u + xi * oc + (size_t)o * d->c + c0, s[xi], (size_t)nb * sizeof(float));
         }
 }
 
@@ -241,7 +247,7 @@ static void transform_input(const float *x, const wino_dims *d, const wino_ws *L
  * (t0 + t1 + t2)[tx] and (t1 - t2 - t3)[tx], plus bias and the activation; a
  * last odd column takes only the first. */
 static inline void store_row(float *restrict y, int wo, const float *restrict t0, const float *restrict t1,
-                      const float *restrict t2, const float *restrict t3, float b, unet_act act) {
+                             const float *restrict t2, const float *restrict t3, float b, unet_act act) {
     int pairs = wo / 2;
 #pragma GCC ivdep
     for (int tx = 0; tx < pairs; tx++) {
