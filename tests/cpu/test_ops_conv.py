@@ -329,12 +329,16 @@ def test_conv3x3_winograd(pad, relu, seed, monkeypatch):
 
 @pytest.mark.parametrize("pad", [0, 1])
 def test_conv3x3_winograd_bands(pad, monkeypatch):
-    """Several bands of tile rows (2 MB of transformed input and output each), and bands that
-    hold several small images (a deep layer's planes)."""
+    """Several bands of tile rows (2 MB of transformed input and output each), which the threads
+    take whole, and bands that hold several small images (a deep layer's planes); the same bits
+    for 1, 2 and 3 threads (whole bands each, or one band shared)."""
     monkeypatch.setenv("UNET_CONV_WINOGRAD", "1")
     g = rng(2100 + pad)
     check_conv((1, 8, 151, 130), 70, 3, pad, 1, g)
     check_conv((9, 16, 9, 7), 20, 3, pad, 0, g)
+    x, wt, b, out_shape, dout = conv_case((2, 12, 75, 61), 40, 3, pad, 1, g)
+    bits = [run_conv_bits(x, wt, b, out_shape, dout, pad, {"OMP_NUM_THREADS": t}) for t in ("1", "2", "3")]
+    assert bits[0] == bits[1] == bits[2]
 
 
 def test_conv3x3_winograd_by_default():

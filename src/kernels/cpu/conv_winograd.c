@@ -11,9 +11,13 @@
  * The sum over c is 16 matrix products (conv_gemm.h), one per position xi
  * of the 4x4 transform:  M_xi (O x T) = U_xi (O x C) . V_xi (C x T)  over the
  * T tiles of a band of tile rows; bands are sized so that V and M stay in
- * the cores' L2 between the transforms and the products, and count the
+ * a core's L2 between the transforms and the products, and count the
  * batch's tile rows as one sequence, so that where an image has few (the
  * deep layers) a band holds several images and the products stay long.
+ * Where there are at least as many bands as threads, each thread takes
+ * whole bands, with V and M of its own and no barrier between them (a
+ * barrier per band cost more than the transform saved where waiting threads
+ * sleep); else the threads share each band's transforms and products.
  *
  * Numerics: the transforms' coefficients are 0, +-1 and +-1/2, exact in
  * binary, and each product sums C terms where the direct one sums 9 C. On
@@ -107,7 +111,7 @@ int conv_winograd_fits(const unet_op_args *a) {
 }
 
 typedef struct {
-    float *u, *v, *m, *threads;
+    float *u, *v, *m, *threads;               /* v, m: one band's per thread slot */
     size_t thread_floats, vplane, mplane, tb; /* tb: columns between a band's rows of V and M */
     long *rows;                               /* B rows of the products: channel c at c * tb */
 } wino_ws;
@@ -124,8 +128,8 @@ static wino_ws layout(const wino_dims *d, carver *cv) {
     L.vplane = round16((size_t)d->c * L.tb);
     L.mplane = round16((size_t)d->o * L.tb);
     L.u = carve(cv, (size_t)XI * d->o * d->c);
-    L.v = carve(cv, XI * L.vplane);
-    L.m = carve(cv, XI * L.mplane);
+    L.v = carve(cv, XI * L.vplane * conv_thread_slots());
+    L.m = carve(cv, XI * L.mplane * conv_thread_slots());
     L.rows = carve_longs(cv, (size_t)d->c);
     L.thread_floats = round16(conv_gemm_thread_floats(d->o, 0)) + transform_scratch_floats(d);
     L.threads = carve(cv, L.thread_floats * conv_thread_slots());
@@ -213,8 +217,8 @@ static inline void transform_row(const float *s, const wino_dims *d, int iy, flo
  * transformed along x go round a ring of four: consecutive tile rows of an
  * image share two of their four. */
 VECTOR_CLONES
-static void transform_input(const float *x, const wino_dims *d, const wino_ws *L, int g0, int rows, long c0, long c1,
-                            float *split, float *ring) {
+static void transform_input(const float *x, const wino_dims *d, const wino_ws *L, float *v, int g0, int rows, long c0,
+                            long c1, float *split, float *ring) {
     size_t e_row = scratch_row(d), e_slot = 4 * e_row, hw = (size_t)d->h * d->w;
     for (long c = c0; c < c1; c++) {
         for (int r = 0; r < rows; r++) {
@@ -225,7 +229,7 @@ static void transform_input(const float *x, const wino_dims *d, const wino_ws *L
                 transform_row(s, d, iy + i, split, ring + (size_t)((iy + i + 4) % 4) * e_slot, e_row);
             const float *e[4];
             for (int i = 0; i < 4; i++) e[i] = ring + (size_t)((iy + i + 4) % 4) * e_slot;
-            float *dst = L->v + (size_t)c * L->tb + (size_t)r * d->tw;
+            float *dst = v + (size_t)c * L->tb + (size_t)r * d->tw;
             for (int j = 0; j < 4; j++) { /* V = B^T e: down the rows */
                 const float *restrict r0 = e[0] + j * e_row, *restrict r1 = e[1] + j * e_row;
                 const float *restrict r2 = e[2] + j * e_row, *restrict r3 = e[3] + j * e_row;
@@ -263,15 +267,15 @@ static inline void store_row(float *restrict y, int wo, const float *restrict t0
  * bias and the activation; a last odd row of the image takes only the first
  * of its tile's two. */
 VECTOR_CLONES
-static void transform_output(const wino_dims *d, const wino_ws *L, int g0, int rows, float *y, const float *bias,
-                             unet_act act, long o0, long o1, float *t) {
+static void transform_output(const wino_dims *d, const wino_ws *L, const float *m, int g0, int rows, float *y,
+                             const float *bias, unet_act act, long o0, long o1, float *t) {
     size_t ohw = (size_t)d->ho * d->wo, t_row = scratch_row(d);
     int tw = d->tw;
     for (long o = o0; o < o1; o++) {
         float b = bias ? bias[o] : 0.0f;
         for (int r = 0; r < rows; r++) {
             int n = (g0 + r) / d->th, oy = 2 * ((g0 + r) % d->th);
-            const float *src = L->m + (size_t)o * L->tb + (size_t)r * tw;
+            const float *src = m + (size_t)o * L->tb + (size_t)r * tw;
             for (int j = 0; j < 4; j++) {
                 const float *restrict m0 = src + (size_t)j * L->mplane, *restrict m1 = m0 + 4 * L->mplane;
                 const float *restrict m2 = m1 + 4 * L->mplane, *restrict m3 = m2 + 4 * L->mplane;
@@ -290,13 +294,32 @@ static void transform_output(const wino_dims *d, const wino_ws *L, int g0, int r
     }
 }
 
+/* One band's 16 products, M_xi = U_xi . V_xi, run by threads tid of nth. */
+static void band_products(const wino_dims *d, const wino_ws *L, const float *v, float *m, int rows, float *scratch,
+                          int tid, int nth) {
+    size_t oc = (size_t)d->o * d->c;
+    for (int xi = 0; xi < XI; xi++) {
+        conv_gemm_job j = {.m = d->o,
+                           .n = rows * d->tw,
+                           .k = d->c,
+                           .a = L->u + xi * oc,
+                           .a_row = (size_t)d->c,
+                           .a_col = 1,
+                           .src = v + xi * L->vplane,
+                           .row_offset = L->rows,
+                           .c = m + xi * L->mplane,
+                           .ldc = L->tb};
+        conv_gemm_run(&j, scratch, tid, nth);
+    }
+}
+
 void conv_winograd_forward(const unet_op_args *a) {
     wino_dims d = dims_of(a);
     carver cv = {a->workspace, 0};
     wino_ws L = layout(&d, &cv);
-    const float *w = a->param[0], *bias = a->param[1];
+    const float *bias = a->param[1];
     unet_act act = a->node->act;
-    size_t oc = (size_t)d.o * d.c;
+    int all = d.n * d.th, bands = (all + d.band - 1) / d.band;
 #pragma omp parallel num_threads(conv_threads())
     {
         int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -306,28 +329,29 @@ void conv_winograd_forward(const unet_op_args *a) {
         long o0, o1, c0, c1;
         share(d.o, tid, nth, &o0, &o1);
         share(d.c, tid, nth, &c0, &c1);
-        transform_weight(w, &d, L.u, o0, o1);
+        transform_weight(a->param[0], &d, L.u, o0, o1);
         for (long c = c0; c < c1; c++) L.rows[c] = (long)(c * L.tb);
-        for (int g0 = 0; g0 < d.n * d.th; g0 += d.band) {
-            int rows = d.n * d.th - g0 < d.band ? d.n * d.th - g0 : d.band;
-            /* (the previous band's output transform reads only M: V is free) */
-            transform_input(a->in[0], &d, &L, g0, rows, c0, c1, split, ring);
 #pragma omp barrier
-            for (int xi = 0; xi < XI; xi++) {
-                conv_gemm_job j = {.m = d.o,
-                                   .n = rows * d.tw,
-                                   .k = d.c,
-                                   .a = L.u + xi * oc,
-                                   .a_row = (size_t)d.c,
-                                   .a_col = 1,
-                                   .src = L.v + xi * L.vplane,
-                                   .row_offset = L.rows,
-                                   .c = L.m + xi * L.mplane,
-                                   .ldc = L.tb};
-                conv_gemm_run(&j, scratch, tid, nth);
+        if (bands >= nth) {
+            /* whole bands per thread: all channels, its own V and M, no barrier */
+            float *v = L.v + (size_t)tid * XI * L.vplane, *m = L.m + (size_t)tid * XI * L.mplane;
+            for (int b = tid; b < bands; b += nth) {
+                int g0 = b * d.band, rows = all - g0 < d.band ? all - g0 : d.band;
+                transform_input(a->in[0], &d, &L, v, g0, rows, 0, d.c, split, ring);
+                band_products(&d, &L, v, m, rows, scratch, 0, 1);
+                transform_output(&d, &L, m, g0, rows, a->out, bias, act, 0, d.o, split);
             }
+        } else {
+            /* fewer bands than threads (deep layers): each band shared */
+            for (int g0 = 0; g0 < all; g0 += d.band) {
+                int rows = all - g0 < d.band ? all - g0 : d.band;
+                /* (the previous band's output transform reads only M: V is free) */
+                transform_input(a->in[0], &d, &L, L.v, g0, rows, c0, c1, split, ring);
 #pragma omp barrier
-            transform_output(&d, &L, g0, rows, a->out, bias, act, o0, o1, split);
+                band_products(&d, &L, L.v, L.m, rows, scratch, tid, nth);
+#pragma omp barrier
+                transform_output(&d, &L, L.m, g0, rows, a->out, bias, act, o0, o1, split);
+            }
         }
     }
 }
