@@ -156,7 +156,7 @@ static const unet_backend cpu_backend = {
  * threads that compute: on x86 every operation on a subnormal takes a
  * microcode assist, about a hundred times a normal one. Training reaches
  * them: tiny gradients of deep layers, their Adam moments. A UNet+ run on the
- * mnfinder set trained 2.8x faster from the same checkpoint with them flushed
+ * mnfinder set trained 2.9x faster from the same checkpoint with them flushed
  * (its losses the same to the printed digits). The calling thread and every
  * OpenMP worker are set (libgomp's pool may exist already); threads created
  * later inherit the creator's setting. Values below 1.2e-38 are lost: far

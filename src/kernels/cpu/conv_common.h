@@ -35,12 +35,15 @@ static inline void share(long n, int tid, int nthreads, long *lo, long *hi) {
     *hi = *lo + per < n ? *lo + per : n;
 }
 
-/* Rows per band: as many as fit BAND_FLOATS at row_floats each, at least one. */
-static inline int band_rows(int rows, size_t row_floats) {
-    size_t r = BAND_FLOATS / (row_floats ? row_floats : 1);
+/* Rows per band: as many as fit `budget` floats at row_floats each, at least
+ * one; band_rows with the default budget BAND_FLOATS. */
+static inline int band_rows_within(int rows, size_t row_floats, size_t budget) {
+    size_t r = budget / (row_floats ? row_floats : 1);
     if (r < 1) r = 1;
     return r < (size_t)rows ? (int)r : rows;
 }
+
+static inline int band_rows(int rows, size_t row_floats) { return band_rows_within(rows, row_floats, BAND_FLOATS); }
 
 /* A bump allocator over the workspace, in floats, 64-byte aligned pieces; with
  * base NULL it only measures (workspace_bytes). */

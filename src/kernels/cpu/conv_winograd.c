@@ -82,9 +82,7 @@ typedef struct {
 static wino_dims dims_of(const unet_op_args *a) {
     unet_shape si = a->in_shape[0], so = a->out_shape;
     wino_dims d = {si.n, si.c, si.h, si.w, so.c, so.h, so.w, a->node->pad, (so.h + 1) / 2, (so.w + 1) / 2, 0};
-    size_t per_row = (size_t)XI * (d.c + d.o) * d.tw, rows = BAND_TRANSFORM_FLOATS / per_row;
-    size_t all = (size_t)d.n * d.th;
-    d.band = rows < 1 ? 1 : rows < all ? (int)rows : (int)all;
+    d.band = band_rows_within(d.n * d.th, (size_t)XI * (d.c + d.o) * d.tw, BAND_TRANSFORM_FLOATS);
     return d;
 }
 
