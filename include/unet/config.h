@@ -180,6 +180,13 @@ int unet_config_is_set(const unet_config *cfg, const char *name);
  * checkpoint's metadata while explicit flags win; presets work the same way. */
 void unet_config_merge(unet_config *dst, const unet_config *src, unsigned groups);
 
+/* Whether a and b differ in an option of `groups` (JSON-kept options, those
+ * named in the NULL-ended except aside): 1 with the first such option in buf
+ * as "--lr 0.001 against 0.002" (a's value first), else 0. unet compare
+ * refuses to add runs to a comparison of other settings. */
+int unet_config_first_difference(const unet_config *a, const unet_config *b, unsigned groups, const char *const *except,
+                                 char *buf, size_t n);
+
 /* usage, the subcommand's summary and its options by group, with defaults */
 void unet_config_help(FILE *f, const char *subcommand);
 /* Top-level usage: the subcommands and their summaries. */

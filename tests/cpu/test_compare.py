@@ -86,15 +86,38 @@ def test_compare_killed_and_rerun_reports_as_an_uninterrupted_one(tmp_path):
     assert third.count("finished earlier, kept") == 4 and numbers(broken) == numbers(whole)
 
 
-def test_compare_refuses_results_of_another_budget(tmp_path):
+def test_compare_refuses_results_of_another_comparison(tmp_path):
     d = str(tmp_path)
     train, val = datasets(d)
     out = os.path.join(d, "cmp")
     ok(*compare_args(train, val, out, "--models", "unet", "--seeds", "1"))
-    args = compare_args(train, val, out, "--models", "unet", "--seeds", "1")
-    args[args.index("--steps") + 1] = "8"
-    r = subprocess.run(args, capture_output=True, text=True)
+
+    def rerun(option, value, *extra):
+        args = compare_args(train, val, out, "--models", "unet", "--seeds", "1", *extra)
+        args[args.index(option) + 1] = value
+        return subprocess.run(args, capture_output=True, text=True)
+
+    r = rerun("--steps", "8")
     assert r.returncode == 2 and "not the result of a 8-step run" in r.stderr and len(r.stderr.splitlines()) == 1
+    # the same budget, other settings: refused by report.json's, before any work, naming the option
+    for option, value, said in (("--lr", "0.02", "--lr 0.01 against 0.02"), ("--filters", "2,4,16", "--filters"),
+                                ("--data", val, "--data")):
+        r = rerun(option, value)
+        assert r.returncode == 2 and "report.json is from another comparison" in r.stderr, r.stderr
+        assert said in r.stderr and len(r.stderr.splitlines()) == 1 and r.stdout == ""
+    # how and where the runs compute may change: the run is kept
+    assert "finished earlier, kept" in ok(*compare_args(train, val, out, "--models", "unet", "--seeds", "1",
+                                                        "--threads", "1", "--save-every", "3"))
+
+    # killed in its first run (no report yet): the unfinished run's checkpoint is not continued otherwise
+    out2 = os.path.join(d, "cmp2")
+    env = dict(os.environ, UNET_TEST_KILL="checkpoint-saved:1")
+    args = compare_args(train, val, out2, "--models", "unet", "--seeds", "1")
+    assert subprocess.run(args, capture_output=True, text=True, env=env).returncode == -9
+    args[args.index("--lr") + 1] = "0.02"
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 2 and "step2.safetensors is from another comparison" in r.stderr, r.stderr
+    assert "--lr 0.01 against 0.02" in r.stderr and len(r.stderr.splitlines()) == 1 and r.stdout == ""
 
 
 # ---- the report: spreads, paired differences, the papers' ordering ------------

@@ -1041,6 +1041,23 @@ void unet_config_merge(unet_config *dst, const unet_config *src, unsigned group_
     dst->optim.total_steps = dst->steps;
 }
 
+int unet_config_first_difference(const unet_config *a, const unet_config *b, unsigned groups, const char *const *except,
+                                 char *buf, size_t n) {
+    for (int k = 0; k < N_OPTIONS; k++) {
+        const option *o = &options[k];
+        if (!(o->group & groups) || (o->flags & OPTF_NO_JSON)) continue;
+        int excepted = 0;
+        for (const char *const *e = except; e && *e && !excepted; e++) excepted = !strcmp(*e, o->name);
+        char ta[TEXT_MAX], tb[TEXT_MAX];
+        value_text(a, o, ta, sizeof ta);
+        value_text(b, o, tb, sizeof tb);
+        if (excepted || !strcmp(ta, tb)) continue;
+        snprintf(buf, n, "--%s %s against %s", o->name, ta[0] ? ta : "(none)", tb[0] ? tb : "(none)");
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- JSON ------------------------------------------------------------ */
 
 static void json_key(const option *o, char *buf, size_t n) {

@@ -666,17 +666,59 @@ static int load_result(const run_files *f, const comparison *c, const model_resu
     return 1;
 }
 
+/* Whether what an earlier invocation left (`what`: its report.json, or an
+ * unfinished run's checkpoint) came from this comparison: its model,
+ * training and data options must be this command's, or its runs would be
+ * mixed with ones trained otherwise. A rerun may add seeds, start at another
+ * seed, and change how and where the runs compute and write. */
+static int check_same_settings(const unet_config *earlier, const unet_config *now, const char *what, char *err,
+                               size_t errlen) {
+    static const char *const may_change[] = {"seed", "seeds", "stop-after", "resume", NULL};
+    char first[2 * UNET_CONFIG_STRING_MAX + 64];
+    if (!unet_config_first_difference(earlier, now, UNET_GROUP_MODEL | UNET_GROUP_TRAINING | UNET_GROUP_DATA,
+                                      may_change, first, sizeof first))
+        return 0;
+    snprintf(err, errlen,
+             "%.400s is from another comparison (its settings against this command's: %.400s): give its options "
+             "again, or another --out",
+             what, first);
+    return -1;
+}
+
+/* The newest checkpoint an interrupted run left (a periodic one, or the one
+ * a signal wrote to --save), with the configuration and step it holds: 1,
+ * or 0 when there is none. */
+static int unfinished_checkpoint(const run_files *f, char *newest, size_t n, unet_config *saved, long *step, char *err,
+                                 size_t errlen) {
+    char ignored[256];
+    if (unet_run_newest_checkpoint(f->ckpt, newest, n, NULL, ignored, sizeof ignored)) return 0;
+    return unet_checkpoint_config(newest, saved, step, err, errlen) < 0 ? -1 : 1;
+}
+
+/* The configuration one run trains with: the comparison's, with the run's
+ * model, seed and files. */
+static unet_config run_config(const comparison *c, const model_result *m, uint64_t seed, const run_files *f) {
+    unet_config run = *c->cfg;
+    run.model = m->model;
+    run.seed = seed;
+    if (!m->model.encoder) run.init_encoder = ""; /* torchvision's weights are for the backbones */
+    run.log = f->log;
+    run.save = f->ckpt;
+    return run;
+}
+
 /* Trains one run by unet train's own run, or continues it from the newest
- * checkpoint an interrupted comparison left (a periodic one, or the one a
- * signal wrote to --save); not at all when its final checkpoint is there
- * (the interruption came while its depths were evaluated). */
+ * checkpoint an interrupted comparison left (its settings checked before
+ * any work); not at all when its final checkpoint is there (the
+ * interruption came while its depths were evaluated). */
 static int train_or_continue(unet_config *run, const run_files *f, const char *name, long *from_step, char *err,
                              size_t errlen) {
-    char newest[PATH_LEN], ignored[256];
+    char newest[PATH_LEN];
     unet_config saved;
     long step = 0;
-    if (!unet_run_newest_checkpoint(f->ckpt, newest, sizeof newest, NULL, ignored, sizeof ignored)) {
-        if (unet_checkpoint_config(newest, &saved, &step, err, errlen) < 0) return -1;
+    int found = unfinished_checkpoint(f, newest, sizeof newest, &saved, &step, err, errlen);
+    if (found < 0) return -1;
+    if (found) {
         *from_step = step;
         if (step == run->steps) return 0;
         printf("   continuing from %s (step %ld of %ld)\n", newest, step, run->steps);
@@ -699,12 +741,7 @@ static int train_or_continue(unet_config *run, const run_files *f, const char *n
 static int train_and_evaluate(const comparison *c, const model_result *m, uint64_t seed, const run_files *f,
                               run_result *r, char *err, size_t errlen) {
     const unet_config *cfg = c->cfg;
-    unet_config run = *cfg;
-    run.model = m->model;
-    run.seed = seed;
-    if (!m->model.encoder) run.init_encoder = ""; /* torchvision's weights are for the backbones */
-    run.log = f->log;
-    run.save = f->ckpt;
+    unet_config run = run_config(c, m, seed, f);
     if (train_or_continue(&run, f, m->name, &r->continued_from, err, errlen)) return -1;
     long step = 0;
     if (last_validation(f->log, cfg->model.classes, &r->val, &step, err, errlen)) return -1;
@@ -761,17 +798,52 @@ static int run_one(comparison *c, int i, uint64_t seed, int number, char *err, s
     return 0;
 }
 
-/* The result files an earlier invocation left: a mistake of the input (an
- * --out of another comparison) before any work. */
+/* The settings of the comparison whose runs DIR keeps, from its report.json. */
+static int check_report_settings(const comparison *c, char *err, size_t errlen) {
+    char path[PATH_LEN], why[512];
+    out_path(path, sizeof path, c->cfg->out_dir, "report.json");
+    if (access(path, F_OK)) return 0; /* runs from before report.json: their steps were checked */
+    json_object *o = json_object_from_file(path), *settings, *config;
+    unet_config earlier;
+    unet_config_defaults(&earlier);
+    int ok = o && json_object_object_get_ex(o, "settings", &settings) &&
+             json_object_object_get_ex(settings, "config", &config) &&
+             !unet_config_from_json(&earlier, json_object_to_json_string(config), why, sizeof why);
+    json_object_put(o);
+    if (!ok) {
+        snprintf(err, errlen, "%.900s is not the report of a unet compare: give another --out", path);
+        return -1;
+    }
+    return check_same_settings(&earlier, c->cfg, path, err, errlen);
+}
+
+/* An unfinished run's newest checkpoint, of this comparison's settings. */
+static int check_unfinished_run(const comparison *c, const model_result *m, uint64_t seed, const run_files *f,
+                                char *err, size_t errlen) {
+    char newest[PATH_LEN];
+    unet_config saved, run = run_config(c, m, seed, f);
+    long step;
+    int found = unfinished_checkpoint(f, newest, sizeof newest, &saved, &step, err, errlen);
+    return found < 0 ? -1 : found ? check_same_settings(&saved, &run, newest, err, errlen) : 0;
+}
+
+/* What an earlier invocation left (result files, an unfinished run's
+ * checkpoints): a mistake of the input (an --out of another comparison)
+ * found before any work. */
 static int check_kept_runs(const comparison *c, char *err, size_t errlen) {
+    int kept = 0;
     for (int s = 0; s < c->cfg->seeds; s++)
         for (int i = 0; i < c->n_models; i++) {
+            const model_result *m = &c->models[i];
+            uint64_t seed = c->cfg->seed + (uint64_t)s;
             run_files f;
             run_result r;
-            run_files_of(c->cfg->out_dir, c->models[i].name, c->cfg->seed + (uint64_t)s, &f);
-            if (load_result(&f, c, &c->models[i], &r, err, errlen) < 0) return -1;
+            run_files_of(c->cfg->out_dir, m->name, seed, &f);
+            int k = load_result(&f, c, m, &r, err, errlen);
+            if (k < 0 || (!k && check_unfinished_run(c, m, seed, &f, err, errlen))) return -1;
+            kept += k;
         }
-    return 0;
+    return kept ? check_report_settings(c, err, errlen) : 0;
 }
 
 /* "1 h 05 min", "12 min", "40 s" */
