@@ -160,7 +160,10 @@ static const unet_backend cpu_backend = {
  * (its losses the same to the printed digits). The calling thread and every
  * OpenMP worker are set (libgomp's pool may exist already); threads created
  * later inherit the creator's setting. Values below 1.2e-38 are lost: far
- * below anything a float32 network's result depends on. */
+ * below anything a float32 network's result depends on. The CUDA kernels
+ * keep nvcc's default -ftz=false: NVIDIA GPUs take subnormals at full speed
+ * in the FMA pipeline (adds and multiplies); only multi-instruction
+ * sequences such as Adam's one square root per parameter take a slower path. */
 static void flush_subnormals_here(void) {
 #if defined(__x86_64__)
     _mm_setcsr(_mm_getcsr() | 0x8040); /* FTZ (bit 15) and DAZ (bit 6) */
