@@ -1041,17 +1041,21 @@ void unet_config_merge(unet_config *dst, const unet_config *src, unsigned group_
     dst->optim.total_steps = dst->steps;
 }
 
+static int named_in(const char *const *names, const char *name) {
+    for (; names && *names; names++)
+        if (!strcmp(*names, name)) return 1;
+    return 0;
+}
+
 int unet_config_first_difference(const unet_config *a, const unet_config *b, unsigned groups, const char *const *except,
                                  char *buf, size_t n) {
     for (int k = 0; k < N_OPTIONS; k++) {
         const option *o = &options[k];
-        if (!(o->group & groups) || (o->flags & OPTF_NO_JSON)) continue;
-        int excepted = 0;
-        for (const char *const *e = except; e && *e && !excepted; e++) excepted = !strcmp(*e, o->name);
+        if (!(o->group & groups) || (o->flags & OPTF_NO_JSON) || named_in(except, o->name)) continue;
         char ta[TEXT_MAX], tb[TEXT_MAX];
         value_text(a, o, ta, sizeof ta);
         value_text(b, o, tb, sizeof tb);
-        if (excepted || !strcmp(ta, tb)) continue;
+        if (!strcmp(ta, tb)) continue;
         snprintf(buf, n, "--%s %s against %s", o->name, ta[0] ? ta : "(none)", tb[0] ? tb : "(none)");
         return 1;
     }

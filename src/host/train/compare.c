@@ -674,7 +674,7 @@ static int load_result(const run_files *f, const comparison *c, const model_resu
 static int check_same_settings(const unet_config *earlier, const unet_config *now, const char *what, char *err,
                                size_t errlen) {
     static const char *const may_change[] = {"seed", "seeds", "stop-after", "resume", NULL};
-    char first[2 * UNET_CONFIG_STRING_MAX + 64];
+    char first[512]; /* the message keeps 400 of it */
     if (!unet_config_first_difference(earlier, now, UNET_GROUP_MODEL | UNET_GROUP_TRAINING | UNET_GROUP_DATA,
                                       may_change, first, sizeof first))
         return 0;
